@@ -1,0 +1,140 @@
+//! Per-core counters.
+//!
+//! Each worker owns one [`CoreCounters`] (cache-line aligned so two cores never share a
+//! line) and is its only writer: it tallies a burst in plain integers and adds them with
+//! relaxed load + store (no locked instruction). Readers sum all cores into a
+//! [`CounterSnapshot`] (as Firecracker's metrics do).
+
+use crate::drop::DropReason;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! pipeline_counters {
+    ($($field:ident => $desc:literal;)*) => {
+        /// One core's counters. Written only by its worker.
+        #[derive(Debug, Default)]
+        #[repr(align(64))]
+        pub struct CoreCounters {
+            $(#[doc = $desc] $field: AtomicU64,)*
+            drops: [AtomicU64; DropReason::COUNT],
+        }
+
+        /// A plain-number copy of counters, summed over cores.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct CounterSnapshot {
+            $(#[doc = $desc] pub $field: u64,)*
+            /// Drops, indexed by [`DropReason::index`].
+            pub drops: [u64; DropReason::COUNT],
+        }
+
+        impl Default for CounterSnapshot {
+            fn default() -> Self {
+                Self { $($field: 0,)* drops: [0; DropReason::COUNT] }
+            }
+        }
+
+        impl CoreCounters {
+            /// Add a burst's tally. Single writer: load + store, no atomic RMW.
+            pub fn add(&self, t: &CounterSnapshot) {
+                $(bump(&self.$field, t.$field);)*
+                for (c, &n) in self.drops.iter().zip(&t.drops) {
+                    bump(c, n);
+                }
+            }
+
+            /// Read this core's counters.
+            #[must_use]
+            pub fn snapshot(&self) -> CounterSnapshot {
+                let mut s = CounterSnapshot { $($field: self.$field.load(Relaxed),)* ..CounterSnapshot::default() };
+                for (d, c) in s.drops.iter_mut().zip(&self.drops) {
+                    *d = c.load(Relaxed);
+                }
+                s
+            }
+        }
+
+        impl CounterSnapshot {
+            /// Add another snapshot (summing cores).
+            pub fn merge(&mut self, o: &Self) {
+                $(self.$field += o.$field;)*
+                for (d, s) in self.drops.iter_mut().zip(&o.drops) {
+                    *d += s;
+                }
+            }
+
+            /// Named non-drop counters, for printing and metrics.
+            #[must_use]
+            pub fn named(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($field), $desc, self.$field),)*]
+            }
+        }
+    };
+}
+
+pipeline_counters! {
+    rx => "frames handed to the pipeline";
+    tx => "frames the pipeline forwarded (sum of the four kinds below)";
+    bursts => "bursts processed";
+    encapsulated => "frames encapsulated towards a remote node";
+    decapsulated => "frames decapsulated and delivered to a local pod";
+    local => "frames routed between local pods";
+    arp_replies => "ARP requests answered by the proxy";
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    if n != 0 {
+        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+}
+
+impl CounterSnapshot {
+    /// Total drops.
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Drops for one reason.
+    #[must_use]
+    pub fn drop_count(&self, r: DropReason) -> u64 {
+        self.drops[r.index()]
+    }
+
+    /// Conservation: every frame in was forwarded or counted as a drop.
+    #[must_use]
+    pub fn conserved(&self) -> bool {
+        self.rx == self.tx + self.dropped()
+    }
+
+    /// Sum a set of per-core counters.
+    pub fn sum<'a>(cores: impl IntoIterator<Item = &'a CoreCounters>) -> Self {
+        let mut s = Self::default();
+        for c in cores {
+            s.merge(&c.snapshot());
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_snapshot_and_sum() {
+        let a = CoreCounters::default();
+        let b = CoreCounters::default();
+        let mut t = CounterSnapshot {
+            rx: 3,
+            tx: 2,
+            ..Default::default()
+        };
+        t.drops[DropReason::NoRoute.index()] = 1;
+        a.add(&t);
+        a.add(&t);
+        b.add(&t);
+        let s = CounterSnapshot::sum([&a, &b]);
+        assert_eq!((s.rx, s.tx, s.drop_count(DropReason::NoRoute)), (9, 6, 3));
+        assert!(s.conserved());
+        assert_eq!(core::mem::align_of::<CoreCounters>(), 64);
+    }
+}

@@ -1,0 +1,383 @@
+//! The burst pipeline: classify → (ARP proxy | VXLAN decap | IPv4 checks) → LPM → rewrite
+//! (local delivery or VXLAN encap), one verdict per frame.
+//!
+//! A burst comes from one ingress port. Stage 1 parses and validates every frame and
+//! answers ARP in place; stage 2 looks up all surviving destinations in one burst LPM
+//! call; stage 3 rewrites each frame in place (MACs, TTL, outer headers pushed into the
+//! headroom). Nothing allocates; the only per-packet state is a few stack arrays.
+
+use crate::counters::{CoreCounters, CounterSnapshot};
+use crate::drop::DropReason;
+use crate::flow;
+use crate::frame::Frame;
+use std::sync::Arc;
+use xlane_fib::{Endpoint, Fib, NextHop, NodeConfig, PortId, PortRole, Remote};
+use xlane_wire::{
+    ARP_ETH_IPV4_LEN, ArpHardware, ArpOperation, ArpPacket, ETHERNET_HEADER_LEN, EthernetAddress,
+    EthernetProtocol, IPV4_HEADER_LEN, IpProtocol, Ipv4Packet, UDP_HEADER_LEN, UdpPacket,
+    VXLAN_HEADER_LEN, VXLAN_OVERHEAD, VxlanPacket, checksum, ethertype,
+};
+
+/// Largest burst the pipeline takes.
+pub const BURST: usize = 64;
+
+/// What happens to a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit on this port.
+    Tx(PortId),
+    /// Drop and count.
+    Drop(DropReason),
+}
+
+const ETH: usize = ETHERNET_HEADER_LEN;
+
+/// Frame kinds after stage 1.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Verdict already final (ARP reply or drop).
+    Done,
+    /// IPv4 from a pod, waiting for its route.
+    FromPod,
+    /// Decapsulated IPv4 from the uplink, waiting for its route.
+    FromOverlay,
+}
+
+/// One worker's pipeline: its counters and scratch space.
+#[derive(Debug)]
+pub struct Pipeline {
+    counters: Arc<CoreCounters>,
+}
+
+impl Pipeline {
+    /// A pipeline adding to `counters` (one per core).
+    #[must_use]
+    pub fn new(counters: Arc<CoreCounters>) -> Self {
+        Self { counters }
+    }
+
+    /// This pipeline's counters.
+    #[must_use]
+    pub fn counters(&self) -> &Arc<CoreCounters> {
+        &self.counters
+    }
+
+    /// Process a burst of at most [`BURST`] frames received on `ingress`, writing one
+    /// verdict per frame into `verdicts[..frames.len()]`. Frames are rewritten in place.
+    ///
+    /// # Panics
+    /// If `frames` is longer than [`BURST`] or `verdicts` shorter than `frames`.
+    pub fn process(
+        &mut self,
+        fib: &Fib,
+        ingress: PortId,
+        frames: &mut [Frame<'_>],
+        verdicts: &mut [Verdict],
+    ) {
+        let n = frames.len();
+        assert!(
+            n <= BURST && verdicts.len() >= n,
+            "burst of {n} frames, {} verdicts",
+            verdicts.len()
+        );
+        let mut tally = CounterSnapshot {
+            rx: n as u64,
+            bursts: 1,
+            ..CounterSnapshot::default()
+        };
+        let mut stage = [Stage::Done; BURST];
+        let mut dst = [0u32; BURST];
+
+        // Stage 1: classify, validate, ARP proxy, decap.
+        match (fib.port(ingress), fib.node()) {
+            // Without a node config only local delivery works; encap checks for it.
+            (PortRole::Pod(ep), _) => {
+                for i in 0..n {
+                    (stage[i], verdicts[i]) = match from_pod(&mut frames[i], &ep) {
+                        Ok(FromPod::Arp) => {
+                            tally.arp_replies += 1;
+                            (Stage::Done, Verdict::Tx(ingress))
+                        }
+                        Ok(FromPod::Ipv4(d)) => {
+                            dst[i] = d;
+                            (Stage::FromPod, Verdict::Drop(DropReason::NoRoute))
+                        }
+                        Err(r) => (Stage::Done, Verdict::Drop(r)),
+                    };
+                }
+            }
+            (PortRole::Uplink, Some(node)) => {
+                for i in 0..n {
+                    (stage[i], verdicts[i]) = match decap(&mut frames[i], node) {
+                        Ok(d) => {
+                            dst[i] = d;
+                            (Stage::FromOverlay, Verdict::Drop(DropReason::NoRoute))
+                        }
+                        Err(r) => (Stage::Done, Verdict::Drop(r)),
+                    };
+                }
+            }
+            (PortRole::Uplink, None) => {
+                verdicts[..n].fill(Verdict::Drop(DropReason::NotConfigured))
+            }
+            (PortRole::Unknown, _) => verdicts[..n].fill(Verdict::Drop(DropReason::UnknownPort)),
+        }
+
+        // Stage 2: one burst lookup for every frame still routing.
+        let mut hops = [None; BURST];
+        fib.lpm().lookup_burst(&dst[..n], &mut hops[..n]);
+
+        // Stage 3: rewrite.
+        for i in 0..n {
+            if stage[i] == Stage::Done {
+                continue;
+            }
+            let from_overlay = stage[i] == Stage::FromOverlay;
+            verdicts[i] = match hops[i].map(NextHop::decode) {
+                None => Verdict::Drop(DropReason::NoRoute),
+                Some(NextHop::Unresolved) => Verdict::Drop(DropReason::UnresolvedVtep),
+                Some(NextHop::Endpoint(port)) => match fib.port(port) {
+                    PortRole::Pod(ep) => {
+                        deliver(&mut frames[i], &ep);
+                        if from_overlay {
+                            tally.decapsulated += 1;
+                        } else {
+                            tally.local += 1;
+                        }
+                        Verdict::Tx(port)
+                    }
+                    _ => Verdict::Drop(DropReason::UnknownPort),
+                },
+                Some(NextHop::Remote(_)) if from_overlay => {
+                    Verdict::Drop(DropReason::OverlayTransit)
+                }
+                Some(NextHop::Remote(r)) => match (fib.node(), fib.remote(r)) {
+                    (Some(node), Some(remote)) => match encap(&mut frames[i], node, remote) {
+                        Ok(()) => {
+                            tally.encapsulated += 1;
+                            Verdict::Tx(node.uplink_port)
+                        }
+                        Err(reason) => Verdict::Drop(reason),
+                    },
+                    (None, _) => Verdict::Drop(DropReason::NotConfigured),
+                    (_, None) => Verdict::Drop(DropReason::UnresolvedVtep),
+                },
+            };
+        }
+
+        for v in &verdicts[..n] {
+            match v {
+                Verdict::Tx(_) => tally.tx += 1,
+                Verdict::Drop(r) => tally.drops[r.index()] += 1,
+            }
+        }
+        self.counters.add(&tally);
+    }
+}
+
+enum FromPod {
+    /// ARP request answered in place.
+    Arp,
+    /// Valid IPv4 to this destination.
+    Ipv4(u32),
+}
+
+#[inline]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline]
+fn from_pod(f: &mut Frame<'_>, ep: &Endpoint) -> Result<FromPod, DropReason> {
+    if f.len() < ETH {
+        return Err(DropReason::Truncated);
+    }
+    match be16(f.data(), 12) {
+        ethertype::IPV4 => {
+            let dst = check_ipv4(f, ETH)?;
+            let src = &f.data()[ETH + 12..ETH + 16];
+            if src != ep.ip.octets() {
+                return Err(DropReason::SpoofedSource);
+            }
+            Ok(FromPod::Ipv4(dst))
+        }
+        ethertype::ARP => arp_proxy(f.data_mut(), ep).map(|()| FromPod::Arp),
+        _ => Err(DropReason::NotIpv4),
+    }
+}
+
+/// Validate the IPv4 packet at `off`, trim Ethernet padding after it, and return its
+/// destination. TTL must allow one more hop.
+#[inline]
+fn check_ipv4(f: &mut Frame<'_>, off: usize) -> Result<u32, DropReason> {
+    let ip = Ipv4Packet::new_checked(&f.data()[off..]).map_err(|_| DropReason::Ipv4Malformed)?;
+    if ip.version() != 4 {
+        return Err(DropReason::Ipv4Malformed);
+    }
+    if !ip.verify_checksum() {
+        return Err(DropReason::Ipv4Checksum);
+    }
+    if ip.hop_limit() <= 1 {
+        return Err(DropReason::TtlExpired);
+    }
+    let dst = u32::from(ip.dst_addr());
+    let total = usize::from(ip.total_len());
+    f.truncate(off + total);
+    Ok(dst)
+}
+
+/// Answer an ARP request in place with the gateway (host-side) MAC.
+#[inline]
+fn arp_proxy(data: &mut [u8], ep: &Endpoint) -> Result<(), DropReason> {
+    let body = &mut data[ETH..];
+    if body.len() < ARP_ETH_IPV4_LEN {
+        return Err(DropReason::ArpMalformed);
+    }
+    let mut arp = ArpPacket::new_unchecked(&mut body[..ARP_ETH_IPV4_LEN]);
+    if arp.hardware_type() != ArpHardware::Ethernet
+        || arp.protocol_type() != EthernetProtocol::Ipv4
+        || arp.hardware_len() != 6
+        || arp.protocol_len() != 4
+    {
+        return Err(DropReason::ArpMalformed);
+    }
+    if arp.operation() != ArpOperation::Request {
+        return Err(DropReason::ArpNotRequest);
+    }
+    let mut sender_ip = [0u8; 4];
+    sender_ip.copy_from_slice(arp.source_protocol_addr());
+    let mut target_ip = [0u8; 4];
+    target_ip.copy_from_slice(arp.target_protocol_addr());
+    if target_ip == ep.ip.octets() {
+        return Err(DropReason::ArpOwnAddress);
+    }
+    // A pod may only ask as itself (or as 0.0.0.0, an RFC 5227 probe).
+    if sender_ip != ep.ip.octets() && sender_ip != [0; 4] {
+        return Err(DropReason::SpoofedSource);
+    }
+    let mut requester = [0u8; 6];
+    requester.copy_from_slice(arp.source_hardware_addr());
+    arp.set_operation(ArpOperation::Reply);
+    arp.set_target_hardware_addr(&requester);
+    arp.set_target_protocol_addr(&sender_ip);
+    arp.set_source_hardware_addr(ep.gateway_mac.as_bytes());
+    arp.set_source_protocol_addr(&target_ip);
+    data[0..6].copy_from_slice(&requester);
+    data[6..12].copy_from_slice(ep.gateway_mac.as_bytes());
+    Ok(())
+}
+
+/// Strip and check the outer headers; returns the inner destination address.
+#[inline]
+fn decap(f: &mut Frame<'_>, node: &NodeConfig) -> Result<u32, DropReason> {
+    let data = f.data();
+    if data.len() < ETH {
+        return Err(DropReason::Truncated);
+    }
+    if be16(data, 12) != ethertype::IPV4 {
+        return Err(DropReason::NotVxlan);
+    }
+    let ip = Ipv4Packet::new_checked(&data[ETH..]).map_err(|_| DropReason::Ipv4Malformed)?;
+    if ip.version() != 4 {
+        return Err(DropReason::Ipv4Malformed);
+    }
+    if ip.next_header() != IpProtocol::Udp || ip.dst_addr() != node.vtep_ip {
+        return Err(DropReason::NotVxlan);
+    }
+    if !ip.verify_checksum() {
+        return Err(DropReason::Ipv4Checksum);
+    }
+    if ip.more_frags() || ip.frag_offset() != 0 {
+        return Err(DropReason::VxlanFragment);
+    }
+    let udp = UdpPacket::new_checked(ip.payload()).map_err(|_| DropReason::Truncated)?;
+    if udp.dst_port() != node.vxlan_port {
+        return Err(DropReason::NotVxlan);
+    }
+    if udp.checksum() != 0 && !udp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()) {
+        return Err(DropReason::UdpChecksum);
+    }
+    let vx = VxlanPacket::new_checked(udp.payload()).map_err(|_| DropReason::Truncated)?;
+    if !vx.vni_valid() {
+        return Err(DropReason::VxlanNoVni);
+    }
+    if vx.vni() != node.vni {
+        return Err(DropReason::VxlanWrongVni);
+    }
+    let inner = vx.payload();
+    if inner.len() < ETH {
+        return Err(DropReason::Truncated);
+    }
+    if inner[0..6] != *node.vtep_mac.as_bytes() {
+        return Err(DropReason::VxlanInnerMac);
+    }
+    if be16(inner, 12) != ethertype::IPV4 {
+        return Err(DropReason::NotIpv4);
+    }
+    let outer = ETH + usize::from(ip.header_len()) + UDP_HEADER_LEN + VXLAN_HEADER_LEN;
+    let inner_end = ETH + usize::from(ip.total_len());
+    f.truncate(inner_end);
+    f.pull_head(outer);
+    let dst = check_ipv4(f, ETH)?;
+    if ip_total_len(f.data()) > node.pod_mtu() {
+        return Err(DropReason::MtuExceeded);
+    }
+    Ok(dst)
+}
+
+#[inline]
+fn ip_total_len(frame: &[u8]) -> u16 {
+    be16(frame, ETH + 2)
+}
+
+/// Decrement the TTL and patch the header checksum (RFC 1624).
+#[inline]
+fn decrement_ttl(frame: &mut [u8]) {
+    let ip = &mut frame[ETH..ETH + IPV4_HEADER_LEN];
+    let old = be16(ip, 8);
+    ip[8] -= 1;
+    let new = be16(ip, 8);
+    let c = checksum::update_word(be16(ip, 10), old, new);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Rewrite for delivery to a local pod: from the gateway MAC to the pod's MAC.
+#[inline]
+fn deliver(f: &mut Frame<'_>, ep: &Endpoint) {
+    let d = f.data_mut();
+    d[0..6].copy_from_slice(ep.mac.as_bytes());
+    d[6..12].copy_from_slice(ep.gateway_mac.as_bytes());
+    decrement_ttl(d);
+}
+
+/// Route towards a remote node: TTL, inner MACs (our VTEP MAC → theirs, as the kernel's
+/// VXLAN device does), then the outer headers in the headroom.
+#[inline]
+fn encap(f: &mut Frame<'_>, node: &NodeConfig, remote: &Remote) -> Result<(), DropReason> {
+    if ip_total_len(f.data()) > node.pod_mtu() {
+        return Err(DropReason::MtuExceeded);
+    }
+    if f.head() < VXLAN_OVERHEAD {
+        return Err(DropReason::NoHeadroom);
+    }
+    let inner_len = u16::try_from(f.len()).map_err(|_| DropReason::MtuExceeded)?;
+    let port = {
+        let d = f.data_mut();
+        decrement_ttl(d);
+        set_macs(d, remote.node.vtep_mac, node.vtep_mac);
+        let h = flow::ipv4_flow_hash(&d[ETH..]);
+        flow::source_port(h, node.src_port_min, node.src_port_max)
+    };
+    f.push_head(VXLAN_OVERHEAD);
+    let out: &mut [u8; VXLAN_OVERHEAD] = (&mut f.data_mut()[..VXLAN_OVERHEAD])
+        .try_into()
+        .expect("pushed exactly VXLAN_OVERHEAD bytes");
+    remote.template.write(out, inner_len, port);
+    Ok(())
+}
+
+#[inline]
+fn set_macs(d: &mut [u8], dst: EthernetAddress, src: EthernetAddress) {
+    d[0..6].copy_from_slice(dst.as_bytes());
+    d[6..12].copy_from_slice(src.as_bytes());
+}
