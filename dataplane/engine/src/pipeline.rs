@@ -251,12 +251,14 @@ fn arp_proxy(data: &mut [u8], ep: &Endpoint) -> Result<(), DropReason> {
     if target_ip == ep.ip.octets() {
         return Err(DropReason::ArpOwnAddress);
     }
-    // A pod may only ask as itself (or as 0.0.0.0, an RFC 5227 probe).
-    if sender_ip != ep.ip.octets() && sender_ip != [0; 4] {
+    // A pod may only ask as itself (or as 0.0.0.0, an RFC 5227 probe), from its own
+    // MAC: otherwise it could aim replies at another station.
+    if (sender_ip != ep.ip.octets() && sender_ip != [0; 4])
+        || arp.source_hardware_addr() != ep.mac.as_bytes()
+    {
         return Err(DropReason::SpoofedSource);
     }
-    let mut requester = [0u8; 6];
-    requester.copy_from_slice(arp.source_hardware_addr());
+    let requester = ep.mac.0;
     arp.set_operation(ArpOperation::Reply);
     arp.set_target_hardware_addr(&requester);
     arp.set_target_protocol_addr(&sender_ip);

@@ -96,3 +96,37 @@ pub fn tables(pods: u8, remotes: u32) -> FibBuilder {
     }
     b
 }
+
+/// Pod 1 of node B (the first remote node): 10.244.2.3 on B's port 1.
+#[must_use]
+pub fn b_pod() -> Endpoint {
+    Endpoint {
+        ip: Ipv4Addr::new(10, 244, 2, 3),
+        port: PortId(1),
+        mac: EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x03]),
+        gateway_mac: EthernetAddress([0xee, 0xee, 0, 0, 0x02, 0x03]),
+    }
+}
+
+/// Tables for node B, the other end of node A's first remote: one pod ([`b_pod`]) and a
+/// route back to A's subnet. With [`tables`] this makes a two-node cluster.
+#[must_use]
+pub fn tables_b() -> FibBuilder {
+    let mut b = FibBuilder::new();
+    b.set_node(NodeConfig::new(
+        B_VTEP_IP,
+        B_VTEP_MAC,
+        UPLINK,
+        B_NEXT_HOP_MAC,
+    ))
+    .expect("valid node config");
+    b.upsert_endpoint(b_pod()).expect("one pod");
+    b.upsert_remote(RemoteNode {
+        underlay_ip: A_VTEP_IP,
+        vtep_mac: A_VTEP_MAC,
+        next_hop_mac: A_UPLINK_MAC,
+    })
+    .expect("room for remotes");
+    b.insert_route(node_subnet(), A_VTEP_IP);
+    b
+}
