@@ -31,10 +31,10 @@ fn lpm(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("xlane_burst", n), &addrs, |bch, addrs| {
             let mut out = [None; 64];
             bch.iter(|| {
-                let mut hits = 0u32;
+                let mut hits = 0usize;
                 for chunk in addrs.chunks(64) {
                     table.lookup_burst(black_box(chunk), &mut out[..chunk.len()]);
-                    hits += out[..chunk.len()].iter().flatten().count() as u32;
+                    hits += out[..chunk.len()].iter().flatten().count();
                 }
                 hits
             });

@@ -54,7 +54,7 @@ drop_reasons! {
     UnresolvedVtep => "unresolved_vtep", "route names a remote node that is not in the table";
     UnknownPort => "unknown_port", "frame arrived on, or was routed to, a port with no role";
     NotConfigured => "not_configured", "the node's VTEP is not configured yet";
-    SpoofedSource => "spoofed_source", "source address is not the pod's own";
+    SpoofedSource => "spoofed_source", "source IPv4 address, or ARP sender address or MAC, is not the pod's own";
     ArpMalformed => "arp_malformed", "ARP that is not Ethernet/IPv4 or is truncated";
     ArpNotRequest => "arp_not_request", "ARP reply or other operation from a pod (the engine never asks)";
     ArpOwnAddress => "arp_own_address", "ARP for the pod's own address (duplicate-address probe), not answered";
@@ -85,5 +85,20 @@ mod tests {
             assert!(!r.description().is_empty());
         }
         assert_eq!(DropReason::from_name("nope"), None);
+    }
+
+    /// The README's drop-reason table lists exactly these reasons, in this order.
+    #[test]
+    fn readme_table_in_step() {
+        let readme = include_str!("../../../README.md");
+        let table: Vec<(&str, &str)> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("### Drop reasons"))
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once("` | "))
+            .map(|(name, rest)| (name, rest.trim_end_matches(" |")))
+            .collect();
+        let code: Vec<(&str, &str)> = DropReason::ALL.iter().map(|r| (r.name(), r.description())).collect();
+        assert_eq!(table, code, "update the README's drop-reason table");
     }
 }
