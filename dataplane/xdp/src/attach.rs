@@ -1,0 +1,168 @@
+//! An XDP program on one interface: its XSKMAP, the loaded program, and the BPF link
+//! that keeps it attached. Dropping it (or the process dying) detaches the program.
+
+use crate::programs::{self, PodFilter, UplinkFilter, XDP_PASS};
+use crate::sys;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+/// Which program to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// The uplink pinhole (VXLAN to the local VTEP only).
+    Uplink(UplinkFilter),
+    /// A pod or host port (ARP and the cluster CIDR).
+    Pod(PodFilter),
+}
+
+/// XDP attach mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native (driver) XDP.
+    Native,
+    /// Generic (SKB) XDP: works on every device, slower.
+    Generic,
+}
+
+/// Which modes to try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModePreference {
+    /// Native, falling back to generic.
+    Auto,
+    /// Only this mode.
+    Only(XdpMode),
+}
+
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+/// Failure to put a program on an interface.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The XSKMAP could not be created.
+    #[error("creating the XSKMAP for ifindex {ifindex}: {source}")]
+    Map {
+        /// Interface.
+        ifindex: u32,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The verifier rejected the program.
+    #[error(transparent)]
+    Load(#[from] sys::LoadError),
+    /// No mode could attach (EBUSY: another XDP program is attached).
+    #[error("attaching XDP to ifindex {ifindex} ({tried}): {source}")]
+    Link {
+        /// Interface.
+        ifindex: u32,
+        /// Modes tried.
+        tried: &'static str,
+        /// The last kernel error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A program attached to an interface.
+#[derive(Debug)]
+pub struct XdpAttachment {
+    // Drop order: the link first (detaches), then program and map.
+    link: OwnedFd,
+    prog: OwnedFd,
+    xskmap: OwnedFd,
+    ifindex: u32,
+    mode: XdpMode,
+}
+
+impl XdpAttachment {
+    /// Create an XSKMAP of `queues` entries, load `program` against it and attach it to
+    /// `ifindex` with a BPF link.
+    ///
+    /// # Errors
+    /// [`AttachError`] for the step that failed.
+    pub fn attach(
+        ifindex: u32,
+        name: &str,
+        queues: u32,
+        program: Program,
+        prefer: ModePreference,
+    ) -> Result<Self, AttachError> {
+        let xskmap = sys::create_xskmap(name, queues.max(1))
+            .map_err(|source| AttachError::Map { ifindex, source })?;
+        let insns = match program {
+            Program::Uplink(f) => programs::uplink(&f, xskmap.as_raw_fd(), XDP_PASS),
+            Program::Pod(f) => programs::pod(&f, xskmap.as_raw_fd(), XDP_PASS),
+        };
+        let prog = sys::load_xdp(name, &insns)?;
+        let (modes, tried): (&[XdpMode], _) = match prefer {
+            ModePreference::Auto => (&[XdpMode::Native, XdpMode::Generic], "native, then generic"),
+            ModePreference::Only(XdpMode::Native) => (&[XdpMode::Native], "native"),
+            ModePreference::Only(XdpMode::Generic) => (&[XdpMode::Generic], "generic"),
+        };
+        let mut last = None;
+        for &mode in modes {
+            let flags = match mode {
+                XdpMode::Native => XDP_FLAGS_DRV_MODE,
+                XdpMode::Generic => XDP_FLAGS_SKB_MODE,
+            };
+            match sys::link_xdp(prog.as_fd(), ifindex, flags) {
+                Ok(link) => {
+                    return Ok(Self {
+                        link,
+                        prog,
+                        xskmap,
+                        ifindex,
+                        mode,
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(AttachError::Link {
+            ifindex,
+            tried,
+            source: last.expect("at least one mode tried"),
+        })
+    }
+
+    /// Steer queue `queue`'s matching traffic to the socket `xsk`.
+    ///
+    /// # Errors
+    /// The kernel's error.
+    pub fn insert_socket(&self, queue: u32, xsk: BorrowedFd<'_>) -> io::Result<()> {
+        sys::map_update_fd(self.xskmap.as_fd(), queue, xsk)
+    }
+
+    /// Stop steering queue `queue` (its traffic passes to the kernel again).
+    ///
+    /// # Errors
+    /// The kernel's error.
+    pub fn remove_socket(&self, queue: u32) -> io::Result<()> {
+        sys::map_delete(self.xskmap.as_fd(), queue)
+    }
+
+    /// The mode that attached.
+    #[must_use]
+    pub fn mode(&self) -> XdpMode {
+        self.mode
+    }
+
+    /// The interface.
+    #[must_use]
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The program descriptor (for test runs).
+    #[must_use]
+    pub fn program(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+
+    /// The link descriptor.
+    #[must_use]
+    pub fn link(&self) -> BorrowedFd<'_> {
+        self.link.as_fd()
+    }
+}

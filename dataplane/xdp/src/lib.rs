@@ -1,0 +1,14 @@
+//! Everything xlane does with the kernel's XDP machinery, and the only xlane crate
+//! allowed `unsafe`:
+//!
+//! * [`sys`]: the bpf(2) commands (maps, program load, links, test runs);
+//! * [`asm`] and [`programs`]: the XDP pinhole programs, emitted from Rust;
+//! * [`attach`]: an XSKMAP, a loaded program and its link on one interface, native XDP
+//!   with fallback to generic;
+//! * [`xsk`]: UMEM and AF_XDP sockets (through `xdpilone`), with safe frame access.
+
+pub mod asm;
+pub mod attach;
+pub mod programs;
+pub mod sys;
+pub mod xsk;

@@ -1,0 +1,273 @@
+//! The bpf(2) commands xlane uses, with their `union bpf_attr` members as `#[repr(C)]`
+//! structs (size-checked against the kernel UAPI layout). The kernel accepts an attr
+//! shorter than its union and zero-fills the rest, so each struct stops at the last
+//! field we set.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// `BPF_MAP_TYPE_XSKMAP`.
+pub const MAP_TYPE_XSKMAP: u32 = 17;
+/// `BPF_PROG_TYPE_XDP`.
+pub const PROG_TYPE_XDP: u32 = 6;
+/// `BPF_XDP` attach type.
+pub const ATTACH_TYPE_XDP: u32 = 37;
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+const _: () = assert!(size_of::<MapCreateAttr>() == 44);
+
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+const _: () = assert!(size_of::<MapElemAttr>() == 32);
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+const _: () = assert!(size_of::<ProgLoadAttr>() == 72);
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+}
+const _: () = assert!(size_of::<LinkCreateAttr>() == 16);
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+}
+const _: () = assert!(size_of::<TestRunAttr>() == 72);
+
+/// Issue one bpf(2) command.
+///
+/// # Safety
+/// `attr` must be the attr struct of `cmd`, and every pointer it holds must be valid for
+/// the access the command makes for the duration of the call.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    let size = u32::try_from(size_of::<T>()).expect("attr structs are small");
+    // SAFETY: the caller guarantees attr matches cmd and its pointers are valid; the
+    // kernel reads (and for some commands writes) at most `size` bytes of it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr).cast::<libc::c_void>(),
+            size,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn new_fd(ret: libc::c_long) -> OwnedFd {
+    let fd = libc::c_int::try_from(ret).expect("the kernel returns fds as int");
+    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn name16(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    // The kernel accepts [A-Za-z0-9_.] and needs a NUL within 16 bytes.
+    for (o, b) in out.iter_mut().zip(
+        name.bytes()
+            .filter(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .take(15),
+    ) {
+        *o = b;
+    }
+    out
+}
+
+fn raw(fd: BorrowedFd<'_>) -> u32 {
+    u32::try_from(fd.as_raw_fd()).expect("valid descriptors are non-negative")
+}
+
+/// Create an XSKMAP with `entries` slots (one per receive queue).
+///
+/// # Errors
+/// The kernel's error (EPERM without CAP_BPF, …).
+pub fn create_xskmap(name: &str, entries: u32) -> io::Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type: MAP_TYPE_XSKMAP,
+        key_size: 4,
+        value_size: 4,
+        max_entries: entries,
+        map_name: name16(name),
+        ..Default::default()
+    };
+    // SAFETY: a MAP_CREATE attr holding no pointers.
+    unsafe { bpf(BPF_MAP_CREATE, &mut attr) }.map(new_fd)
+}
+
+/// Set `map[key] = value_fd` (an AF_XDP socket in an XSKMAP).
+///
+/// # Errors
+/// The kernel's error.
+pub fn map_update_fd(map: BorrowedFd<'_>, key: u32, value_fd: BorrowedFd<'_>) -> io::Result<()> {
+    let value = u32::try_from(value_fd.as_raw_fd()).expect("valid descriptors are non-negative");
+    let mut attr = MapElemAttr {
+        map_fd: raw(map),
+        key: std::ptr::from_ref(&key) as u64,
+        value: std::ptr::from_ref(&value) as u64,
+        ..Default::default()
+    };
+    // SAFETY: key and value point at live u32s on this stack frame for the call.
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(drop)
+}
+
+/// Remove `map[key]`.
+///
+/// # Errors
+/// The kernel's error (ENOENT if absent).
+pub fn map_delete(map: BorrowedFd<'_>, key: u32) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: raw(map),
+        key: std::ptr::from_ref(&key) as u64,
+        ..Default::default()
+    };
+    // SAFETY: key points at a live u32 for the call.
+    unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) }.map(drop)
+}
+
+/// A program the verifier rejected, with its log.
+#[derive(Debug, thiserror::Error)]
+#[error("BPF_PROG_LOAD of {name}: {source}\nverifier log:\n{log}")]
+pub struct LoadError {
+    /// Program name.
+    pub name: String,
+    /// The errno.
+    #[source]
+    pub source: io::Error,
+    /// The verifier's log (empty if it produced none).
+    pub log: String,
+}
+
+/// Load an XDP program (raw 8-byte instructions).
+///
+/// # Errors
+/// [`LoadError`] with the verifier log.
+pub fn load_xdp(name: &str, insns: &[u64]) -> Result<OwnedFd, LoadError> {
+    const LICENSE: &CStr = c"GPL";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut attr = ProgLoadAttr {
+        prog_type: PROG_TYPE_XDP,
+        insn_cnt: u32::try_from(insns.len()).expect("programs are small"),
+        insns: insns.as_ptr() as u64,
+        license: LICENSE.as_ptr() as u64,
+        log_level: 1,
+        log_size: u32::try_from(log.len()).expect("64 KiB"),
+        log_buf: log.as_mut_ptr() as u64,
+        prog_name: name16(name),
+        expected_attach_type: ATTACH_TYPE_XDP,
+        ..Default::default()
+    };
+    // SAFETY: insns, license and log_buf point at live buffers of the stated sizes that
+    // outlive the call; the kernel writes at most log_size bytes into log.
+    match unsafe { bpf(BPF_PROG_LOAD, &mut attr) } {
+        Ok(fd) => Ok(new_fd(fd)),
+        Err(source) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            Err(LoadError {
+                name: name.to_owned(),
+                source,
+                log: String::from_utf8_lossy(&log[..end]).into_owned(),
+            })
+        }
+    }
+}
+
+/// Attach `prog` to the interface with a BPF link (`flags`: 2 = generic/SKB, 4 =
+/// native/driver). The program detaches when the returned link fd is closed — also when
+/// the process dies.
+///
+/// # Errors
+/// The kernel's error.
+pub fn link_xdp(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: raw(prog),
+        target_ifindex: ifindex,
+        attach_type: ATTACH_TYPE_XDP,
+        flags,
+    };
+    // SAFETY: a LINK_CREATE attr holding no pointers.
+    unsafe { bpf(BPF_LINK_CREATE, &mut attr) }.map(new_fd)
+}
+
+/// Run an XDP program once on `frame` (BPF_PROG_TEST_RUN) and return its verdict.
+///
+/// # Errors
+/// The kernel's error.
+pub fn test_run_xdp(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
+    let mut out = vec![0u8; frame.len() + 512];
+    let mut attr = TestRunAttr {
+        prog_fd: raw(prog),
+        data_size_in: u32::try_from(frame.len()).expect("frames are small"),
+        data_size_out: u32::try_from(out.len()).expect("frames are small"),
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: data_in/data_out point at live buffers of the stated sizes for the call.
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
+    Ok(attr.retval)
+}

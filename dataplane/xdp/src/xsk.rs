@@ -1,0 +1,689 @@
+//! UMEM and AF_XDP sockets for one worker, through `xdpilone`.
+//!
+//! A worker owns one [`Umem`]: an mmap'd area of equal-sized frames registered with the
+//! kernel, shared by the sockets of every port the worker serves (a port here is one
+//! (interface, queue) pair). Because the memory is shared, a frame received on one port
+//! is transmitted on another by moving its descriptor — no copy — and encapsulation
+//! prepends headers into the frame's headroom.
+//!
+//! Every frame has an owner at all times, tracked here: the free list, a fill ring, the
+//! application (received, being processed), or a TX ring. The tracking is what makes
+//! [`Umem::frames_mut`] sound: it hands out `&mut` slices only for distinct frames the
+//! application owns, whatever descriptors a buggy kernel or caller presents.
+
+use std::ffi::CString;
+use std::io;
+use std::num::NonZeroU32;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::ptr::NonNull;
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, UmemConfig, User};
+
+/// How to bind a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    /// Zero-copy where the driver supports it, copy otherwise.
+    Auto,
+    /// Copy mode only.
+    Copy,
+    /// Zero-copy only (fails on drivers without support).
+    ZeroCopy,
+}
+
+const XDP_COPY: u16 = 1 << 1;
+const XDP_ZEROCOPY: u16 = 1 << 2;
+const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+
+/// UMEM geometry and ring sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct UmemSettings {
+    /// Bytes per frame: 2048 or 4096.
+    pub frame_size: u32,
+    /// Number of frames.
+    pub frames: u32,
+    /// Entries in each port's fill and completion rings (a power of two).
+    pub fill_ring: u32,
+    /// Entries in each socket's RX and TX rings (a power of two).
+    pub rx_tx_ring: u32,
+}
+
+impl Default for UmemSettings {
+    fn default() -> Self {
+        Self {
+            frame_size: 2048,
+            frames: 16_384,
+            fill_ring: 2048,
+            rx_tx_ring: 2048,
+        }
+    }
+}
+
+/// A failure to set up AF_XDP.
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    /// mmap of the frame area failed.
+    #[error("mmap of a {bytes}-byte UMEM: {source}")]
+    Mmap {
+        /// Size requested.
+        bytes: usize,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Bad settings.
+    #[error("invalid UMEM settings: {0}")]
+    Settings(&'static str),
+    /// A step of socket setup failed.
+    #[error("{step} on {ifname} queue {queue}: {source}")]
+    Socket {
+        /// What was being done.
+        step: &'static str,
+        /// Interface.
+        ifname: String,
+        /// Queue id.
+        queue: u32,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn errno(e: xdpilone::Errno) -> io::Error {
+    // xdpilone reports errno values, sometimes negated.
+    io::Error::from_raw_os_error(e.get_raw().abs())
+}
+
+/// Anonymous memory for frames, unmapped on drop.
+struct Area {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Area {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: an anonymous private mapping with no address hint; the kernel picks the
+        // address and we check the result before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: NonNull::new(p.cast()).expect("mmap never returns null on success"),
+            len,
+        })
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly the mapping created in `new`, unmapped only here.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Who holds a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Free,
+    Fill,
+    App,
+    Tx,
+}
+
+/// A received frame: where it is and how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxFrame {
+    /// UMEM address of the packet's first byte.
+    pub addr: u64,
+    /// Packet length.
+    pub len: u32,
+}
+
+/// Per-port AF_XDP statistics from the kernel (`XDP_STATISTICS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    /// Frames dropped for reasons other than a full ring.
+    pub rx_dropped: u64,
+    /// Invalid RX descriptors.
+    pub rx_invalid_descs: u64,
+    /// Invalid TX descriptors.
+    pub tx_invalid_descs: u64,
+    /// Frames dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty when a frame arrived.
+    pub rx_fill_ring_empty_descs: u64,
+    /// Times the TX ring was empty when the kernel looked.
+    pub tx_ring_empty_descs: u64,
+}
+
+/// One AF_XDP socket bound to an (interface, queue), with its rings.
+pub struct XskPort {
+    // Field order is drop order: rings before the device queue and socket they map.
+    rx: RingRx,
+    tx: RingTx,
+    device: DeviceQueue,
+    user: User,
+    ifname: String,
+    ifindex: u32,
+    queue: u32,
+    zero_copy: bool,
+    /// Frames this port holds in its fill ring and TX ring.
+    in_fill: u32,
+    in_tx: u32,
+}
+
+impl core::fmt::Debug for XskPort {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("XskPort")
+            .field("ifname", &self.ifname)
+            .field("queue", &self.queue)
+            .field("zero_copy", &self.zero_copy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl XskPort {
+    /// The socket descriptor (for the XSKMAP and for poll(2)).
+    #[must_use]
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the socket lives as long as `self.user`, which `self` owns.
+        unsafe { BorrowedFd::borrow_raw(self.raw_fd()) }
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.rx.as_raw_fd()
+    }
+
+    /// Interface name.
+    #[must_use]
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// Interface index.
+    #[must_use]
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Queue id.
+    #[must_use]
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// Whether the socket is bound in zero-copy mode.
+    #[must_use]
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
+    /// Frames waiting in the RX ring.
+    #[must_use]
+    pub fn rx_pending(&self) -> u32 {
+        self.rx.available()
+    }
+
+    /// The kernel's statistics for this socket.
+    ///
+    /// # Errors
+    /// The getsockopt error.
+    pub fn stats(&self) -> io::Result<SocketStats> {
+        let s = self.user.statistics_v2().map_err(errno)?;
+        Ok(SocketStats {
+            rx_dropped: s.rx_dropped,
+            rx_invalid_descs: s.rx_invalid_descs,
+            tx_invalid_descs: s.tx_invalid_descs,
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
+            tx_ring_empty_descs: s.tx_ring_empty_descs,
+        })
+    }
+
+    /// Whether the kernel wants a wakeup to process the fill ring (need_wakeup mode).
+    #[must_use]
+    pub fn fill_needs_wakeup(&self) -> bool {
+        self.device.needs_wakeup()
+    }
+
+    /// Kick the kernel to send what is in the TX ring, if it asked for it.
+    pub fn kick_tx(&self) {
+        if self.tx.needs_wakeup() {
+            self.tx.wake();
+        }
+    }
+}
+
+/// A worker's frame memory and the bookkeeping of who owns each frame.
+pub struct Umem {
+    // Field order is drop order: the registration before the area it points into.
+    umem: xdpilone::Umem,
+    area: Area,
+    settings: UmemSettings,
+    shift: u32,
+    owner: Vec<Owner>,
+    free: Vec<u64>,
+    /// Per-frame stamp of the last `frames_mut` call that lent it out.
+    lent: Vec<u32>,
+    epoch: u32,
+    /// Descriptors presented by the kernel for frames it did not own (counted, dropped).
+    bad_descs: u64,
+    /// Whether the UMEM's own socket is bound to a port already.
+    own_fd_used: bool,
+}
+
+impl core::fmt::Debug for Umem {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Umem")
+            .field("settings", &self.settings)
+            .field("free", &self.free.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Umem {
+    /// Map and register the frame area.
+    ///
+    /// # Errors
+    /// [`XskError`] for bad settings or a kernel refusal.
+    pub fn new(settings: UmemSettings) -> Result<Self, XskError> {
+        if !matches!(settings.frame_size, 2048 | 4096) {
+            return Err(XskError::Settings("frame size must be 2048 or 4096"));
+        }
+        if settings.frames == 0
+            || !settings.fill_ring.is_power_of_two()
+            || !settings.rx_tx_ring.is_power_of_two()
+        {
+            return Err(XskError::Settings(
+                "frames must be > 0 and ring sizes powers of two",
+            ));
+        }
+        let bytes = settings.frame_size as usize * settings.frames as usize;
+        let area = Area::new(bytes).map_err(|source| XskError::Mmap { bytes, source })?;
+        let config = UmemConfig {
+            fill_size: settings.fill_ring,
+            complete_size: settings.fill_ring,
+            frame_size: settings.frame_size,
+            headroom: 0,
+            flags: 0,
+        };
+        let slice = NonNull::slice_from_raw_parts(area.ptr, area.len);
+        // SAFETY: `slice` is a page-aligned mapping of `bytes` bytes that lives in `area`,
+        // which this struct owns and drops after `umem` (field order).
+        let umem = unsafe { xdpilone::Umem::new(config, slice) }.map_err(|e| XskError::Socket {
+            step: "UMEM registration",
+            ifname: String::new(),
+            queue: 0,
+            source: errno(e),
+        })?;
+        let frames = settings.frames as usize;
+        Ok(Self {
+            umem,
+            area,
+            settings,
+            shift: settings.frame_size.trailing_zeros(),
+            owner: vec![Owner::Free; frames],
+            free: (0..u64::from(settings.frames))
+                .rev()
+                .map(|i| i << settings.frame_size.trailing_zeros())
+                .collect(),
+            lent: vec![0; frames],
+            epoch: 0,
+            bad_descs: 0,
+            own_fd_used: false,
+        })
+    }
+
+    /// Open a socket on `ifname` queue `queue` sharing this UMEM.
+    ///
+    /// # Errors
+    /// [`XskError::Socket`] naming the failed step.
+    pub fn open_port(
+        &mut self,
+        ifname: &str,
+        queue: u32,
+        mode: BindMode,
+    ) -> Result<XskPort, XskError> {
+        let fail = |step, source| XskError::Socket {
+            step,
+            ifname: ifname.to_owned(),
+            queue,
+            source,
+        };
+        match mode {
+            BindMode::Copy => self.open_port_as(ifname, queue, false),
+            BindMode::ZeroCopy => self.open_port_as(ifname, queue, true),
+            BindMode::Auto => match self.open_port_as(ifname, queue, true) {
+                Ok(p) => Ok(p),
+                // EOPNOTSUPP (no driver support) or EINVAL: fall back to copy mode.
+                Err(XskError::Socket { step: "bind", .. }) => {
+                    self.open_port_as(ifname, queue, false)
+                }
+                Err(e) => Err(e),
+            },
+        }
+        .map_err(|e| match e {
+            XskError::Socket { step, source, .. } => fail(step, source),
+            other => other,
+        })
+    }
+
+    fn open_port_as(
+        &mut self,
+        ifname: &str,
+        queue: u32,
+        zero_copy: bool,
+    ) -> Result<XskPort, XskError> {
+        let fail = |step, source| XskError::Socket {
+            step,
+            ifname: ifname.to_owned(),
+            queue,
+            source,
+        };
+        let name = CString::new(ifname).map_err(|_| {
+            fail(
+                "interface name",
+                io::Error::from(io::ErrorKind::InvalidInput),
+            )
+        })?;
+        let mut info = IfInfo::invalid();
+        info.from_name(&name)
+            .map_err(|e| fail("interface lookup", errno(e)))?;
+        info.set_queue(queue);
+        let ifindex = info.ifindex();
+        // The first socket uses the UMEM's own descriptor; later ones get their own and
+        // bind with XDP_SHARED_UMEM (xdpilone decides by comparing descriptors). Each
+        // (interface, queue) has its own fill and completion rings.
+        let sock = if self.own_fd_used {
+            Socket::new(&info)
+        } else {
+            Socket::with_shared(&info, &self.umem)
+        }
+        .map_err(|e| fail("socket", errno(e)))?;
+        let device = self
+            .umem
+            .fq_cq(&sock)
+            .map_err(|e| fail("fill/completion rings", errno(e)))?;
+        let ring = NonZeroU32::new(self.settings.rx_tx_ring).expect("checked non-zero");
+        let flags = XDP_USE_NEED_WAKEUP | if zero_copy { XDP_ZEROCOPY } else { XDP_COPY };
+        let config = SocketConfig {
+            rx_size: Some(ring),
+            tx_size: Some(ring),
+            bind_flags: flags,
+        };
+        let user = self
+            .umem
+            .rx_tx(&sock, &config)
+            .map_err(|e| fail("rx/tx rings", errno(e)))?;
+        let rx = user.map_rx().map_err(|e| fail("map rx ring", errno(e)))?;
+        let tx = user.map_tx().map_err(|e| fail("map tx ring", errno(e)))?;
+        self.umem.bind(&user).map_err(|e| fail("bind", errno(e)))?;
+        self.own_fd_used = true;
+        Ok(XskPort {
+            rx,
+            tx,
+            device,
+            user,
+            ifname: ifname.to_owned(),
+            ifindex,
+            queue,
+            zero_copy,
+            in_fill: 0,
+            in_tx: 0,
+        })
+    }
+
+    /// Frame size in bytes.
+    #[must_use]
+    pub fn frame_size(&self) -> u32 {
+        self.settings.frame_size
+    }
+
+    /// Frames on the free list.
+    #[must_use]
+    pub fn free_frames(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Descriptors the kernel presented for frames it did not hold (dropped).
+    #[must_use]
+    pub fn bad_descriptors(&self) -> u64 {
+        self.bad_descs
+    }
+
+    fn index(&self, addr: u64) -> Option<usize> {
+        let i = usize::try_from(addr >> self.shift).ok()?;
+        (i < self.owner.len()).then_some(i)
+    }
+
+    fn base(&self, addr: u64) -> u64 {
+        addr & !(u64::from(self.settings.frame_size) - 1)
+    }
+
+    /// Give up to `max` free frames to the port's fill ring, keeping `reserve` frames on
+    /// the free list. Returns how many were given.
+    pub fn refill(&mut self, port: &mut XskPort, max: u32, reserve: usize) -> u32 {
+        let avail = u32::try_from(self.free.len().saturating_sub(reserve)).unwrap_or(u32::MAX);
+        let want = max.min(avail);
+        if want == 0 {
+            return 0;
+        }
+        let mut w = port.device.fill(want);
+        let n = w.capacity().min(want);
+        let start = self.free.len() - n as usize;
+        let given = w.insert(self.free[start..].iter().copied());
+        w.commit();
+        let from = self.free.len() - given as usize;
+        for k in from..self.free.len() {
+            let i = self
+                .index(self.free[k])
+                .expect("free-list addresses lie inside the UMEM");
+            self.owner[i] = Owner::Fill;
+        }
+        self.free.truncate(from);
+        port.in_fill += given;
+        given
+    }
+
+    /// Frames currently in the port's fill ring.
+    #[must_use]
+    pub fn fill_level(port: &XskPort) -> u32 {
+        port.in_fill
+    }
+
+    /// Return frames whose transmission completed on `port` to the free list.
+    pub fn reap_completions(&mut self, port: &mut XskPort) -> u32 {
+        let mut r = port.device.complete(port.in_tx.max(1));
+        let mut n = 0;
+        while let Some(addr) = r.read() {
+            match self.index(addr) {
+                Some(i) if self.owner[i] == Owner::Tx => {
+                    self.owner[i] = Owner::Free;
+                    self.free.push(self.base(addr));
+                    n += 1;
+                }
+                _ => self.bad_descs += 1,
+            }
+        }
+        r.release();
+        port.in_tx = port.in_tx.saturating_sub(n);
+        n
+    }
+
+    /// Take up to `out.len()` received frames from `port`; returns how many were stored.
+    pub fn receive(&mut self, port: &mut XskPort, out: &mut [RxFrame]) -> usize {
+        let max = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        let mut r = port.rx.receive(max);
+        let mut n = 0;
+        while let Some(XdpDesc { addr, len, .. }) = r.read() {
+            let fits = addr
+                .checked_add(u64::from(len))
+                .is_some_and(|end| end <= self.base(addr) + u64::from(self.settings.frame_size));
+            match self.index(addr) {
+                Some(i) if self.owner[i] == Owner::Fill && fits => {
+                    self.owner[i] = Owner::App;
+                    port.in_fill = port.in_fill.saturating_sub(1);
+                    out[n] = RxFrame { addr, len };
+                    n += 1;
+                }
+                Some(i) if self.owner[i] == Owner::Fill => {
+                    // A descriptor overrunning its frame: take the frame back, drop it.
+                    self.owner[i] = Owner::Free;
+                    port.in_fill = port.in_fill.saturating_sub(1);
+                    self.free.push(self.base(addr));
+                    self.bad_descs += 1;
+                }
+                _ => self.bad_descs += 1,
+            }
+        }
+        r.release();
+        n
+    }
+
+    /// Lend the frames of `frames` out as whole-frame slices, in order: `f` gets one
+    /// `(buffer, offset of the packet in it)` per frame.
+    ///
+    /// # Panics
+    /// If a frame is not application-owned or appears twice: the caller passed
+    /// descriptors that did not come from [`receive`](Self::receive).
+    pub fn frames_mut<R>(
+        &mut self,
+        frames: &[RxFrame],
+        f: impl FnOnce(&mut [(&mut [u8], usize)]) -> R,
+    ) -> R {
+        assert!(frames.len() <= 64, "bursts are at most 64 frames");
+        self.epoch = self.epoch.wrapping_add(1);
+        let size = self.settings.frame_size as usize;
+        let mut lent: [(&mut [u8], usize); 64] = std::array::from_fn(|_| (&mut [][..], 0));
+        for (slot, fr) in lent.iter_mut().zip(frames) {
+            let i = self.index(fr.addr).expect("address inside the UMEM");
+            assert!(
+                self.owner[i] == Owner::App,
+                "frame {i} is not the application's"
+            );
+            assert!(
+                self.lent[i] != self.epoch,
+                "frame {i} lent twice in one call"
+            );
+            self.lent[i] = self.epoch;
+            let base = i * size;
+            // SAFETY: frame i lies inside the mapped area (index() checked i < frames);
+            // the checks above make every frame lent here distinct and owned by the
+            // application (not by a kernel ring), so no other reference to these bytes
+            // exists while the slices live; they borrow `self` mutably, so no second call
+            // can lend them again before they are dropped.
+            let buf =
+                unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(base), size) };
+            *slot = (
+                buf,
+                usize::try_from(fr.addr - base as u64).expect("offset within a frame"),
+            );
+        }
+        f(&mut lent[..frames.len()])
+    }
+
+    /// Queue application-owned frames for transmission on `port`: each entry is the
+    /// frame (as received) and the packet's new offset and length within it. Returns how
+    /// many were queued, in order; the caller must [`release`](Self::release) the rest.
+    pub fn transmit(&mut self, port: &mut XskPort, frames: &[(RxFrame, u32, u32)]) -> usize {
+        let mut queued = 0;
+        let mut w = port
+            .tx
+            .transmit(u32::try_from(frames.len()).unwrap_or(u32::MAX));
+        for &(fr, offset, len) in frames {
+            let Some(i) = self.index(fr.addr) else { break };
+            if self.owner[i] != Owner::App || offset + len > self.settings.frame_size {
+                break;
+            }
+            let desc = XdpDesc {
+                addr: self.base(fr.addr) + u64::from(offset),
+                len,
+                options: 0,
+            };
+            if !w.insert_once(desc) {
+                break;
+            }
+            self.owner[i] = Owner::Tx;
+            queued += 1;
+        }
+        w.commit();
+        port.in_tx += u32::try_from(queued).expect("at most a burst");
+        queued
+    }
+
+    /// Return an application-owned frame to the free list (a drop).
+    pub fn release(&mut self, frame: RxFrame) {
+        if let Some(i) = self.index(frame.addr)
+            && self.owner[i] == Owner::App
+        {
+            self.owner[i] = Owner::Free;
+            self.free.push(self.base(frame.addr));
+        }
+    }
+
+    /// Write a packet into a free frame for transmission (for frames the worker makes
+    /// itself, e.g. injected by tests). Returns the frame, application-owned.
+    pub fn alloc_with(&mut self, headroom: u32, bytes: &[u8]) -> Option<RxFrame> {
+        let len = u32::try_from(bytes.len()).ok()?;
+        if headroom + len > self.settings.frame_size {
+            return None;
+        }
+        let addr = self.free.pop()?;
+        let i = self
+            .index(addr)
+            .expect("free-list addresses lie inside the UMEM");
+        self.owner[i] = Owner::App;
+        let fr = RxFrame {
+            addr: addr + u64::from(headroom),
+            len,
+        };
+        self.frames_mut(&[fr], |f| {
+            let (buf, off) = &mut f[0];
+            buf[*off..*off + bytes.len()].copy_from_slice(bytes);
+        });
+        Some(fr)
+    }
+}
+
+/// Wait until one of `fds` is readable or `timeout_ms` passes (poll(2)).
+///
+/// # Errors
+/// The poll error (EINTR is reported as `Ok(false)`).
+pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<bool> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: pfds is a live, correctly sized array of pollfd for the duration of the call.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(r > 0)
+}
+
+impl XskPort {
+    /// The raw descriptor, for [`wait_readable`].
+    #[must_use]
+    pub fn poll_fd(&self) -> RawFd {
+        self.raw_fd()
+    }
+}

@@ -1,0 +1,190 @@
+//! The XDP programs on real frames, through BPF_PROG_TEST_RUN (needs root).
+//!
+//! Loaded with `miss = XDP_DROP` and an empty XSKMAP, "to the engine" shows as DROP (1)
+//! and "to the kernel" as PASS (2). The production variant (`miss = XDP_PASS`) is also
+//! loaded, to check the exact program xlaned attaches passes the verifier.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
+use xlane_xdp::programs::{self, PodFilter, UplinkFilter, XDP_DROP, XDP_PASS};
+use xlane_xdp::sys;
+
+const ENGINE: u32 = XDP_DROP;
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/../engine/tests/fixtures/{name}.bin",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn fix_ip_checksum(f: &mut [u8]) {
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    f[24..26].fill(0);
+    let mut sum: u32 = f[14..14 + ihl]
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let c = !u16::try_from(sum).unwrap();
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+fn uplink_filter() -> UplinkFilter {
+    UplinkFilter {
+        vtep_ip: Ipv4Addr::new(192, 168, 50, 1),
+        vxlan_port: 8472,
+    }
+}
+
+fn pod_filter() -> PodFilter {
+    PodFilter {
+        cluster: Ipv4Addr::new(10, 244, 0, 0),
+        prefix_len: 16,
+    }
+}
+
+fn verdicts(insns_for: impl Fn(i32) -> Vec<u64>, cases: &[(&str, Vec<u8>, u32)]) {
+    let map = sys::create_xskmap("xlane_test", 4).expect("XSKMAP");
+    let prog =
+        sys::load_xdp("xlane_test", &insns_for(map.as_raw_fd())).unwrap_or_else(|e| panic!("{e}"));
+    for (what, frame, want) in cases {
+        let got = sys::test_run_xdp(prog.as_fd(), frame).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(got, *want, "{what}");
+    }
+}
+
+#[test]
+fn uplink_pinhole_takes_only_vxlan_to_our_vtep() {
+    if !xlane_netlab::privileged("uplink_pinhole_takes_only_vxlan_to_our_vtep") {
+        return;
+    }
+    let vxlan = fixture("decap_udp_in");
+    let mutate = |f: fn(&mut Vec<u8>)| {
+        let mut v = vxlan.clone();
+        f(&mut v);
+        v
+    };
+    // IPv4 options (IHL 6): the UDP header moves by 4 bytes and must still be found.
+    let mut with_options = vxlan[..34].to_vec();
+    with_options[14] = 0x46;
+    with_options.extend_from_slice(&[0x94, 0x04, 0, 0]);
+    with_options.extend_from_slice(&vxlan[34..]);
+    let total = u16::from_be_bytes([with_options[16], with_options[17]]) + 4;
+    with_options[16..18].copy_from_slice(&total.to_be_bytes());
+    fix_ip_checksum(&mut with_options);
+    let cases = vec![
+        ("VXLAN to VTEP:8472", vxlan.clone(), ENGINE),
+        ("VXLAN with IPv4 options", with_options, ENGINE),
+        ("wrong UDP port", mutate(|f| f[37] = 0xb5), XDP_PASS),
+        ("other destination IP", mutate(|f| f[33] = 9), XDP_PASS),
+        ("TCP", mutate(|f| f[23] = 6), XDP_PASS),
+        ("fragment (MF)", mutate(|f| f[20] = 0x20), XDP_PASS),
+        ("non-first fragment", mutate(|f| f[21] = 0x10), XDP_PASS),
+        ("ARP (the host's own)", fixture("arp_request_in"), XDP_PASS),
+        (
+            "IPv6",
+            mutate(|f| f[12..14].copy_from_slice(&[0x86, 0xdd])),
+            XDP_PASS,
+        ),
+        ("Ethernet header only", vxlan[..14].to_vec(), XDP_PASS),
+        ("IPv4 without UDP header", vxlan[..40].to_vec(), XDP_PASS),
+    ];
+    verdicts(
+        |fd| programs::uplink(&uplink_filter(), fd, XDP_DROP),
+        &cases,
+    );
+    // The production program (miss = PASS) loads and, with no socket, passes everything.
+    let pass_all: Vec<_> = cases
+        .into_iter()
+        .map(|(w, f, _)| (w, f, XDP_PASS))
+        .collect();
+    verdicts(
+        |fd| programs::uplink(&uplink_filter(), fd, XDP_PASS),
+        &pass_all,
+    );
+}
+
+#[test]
+fn pod_port_takes_arp_and_cluster_traffic() {
+    if !xlane_netlab::privileged("pod_port_takes_arp_and_cluster_traffic") {
+        return;
+    }
+    let to_remote_pod = fixture("encap_udp_in");
+    let to_internet = {
+        let mut f = to_remote_pod.clone();
+        f[30..34].copy_from_slice(&[93, 184, 216, 34]);
+        fix_ip_checksum(&mut f);
+        f
+    };
+    let to_next_cluster = {
+        let mut f = to_remote_pod.clone();
+        f[30..34].copy_from_slice(&[10, 245, 0, 1]);
+        fix_ip_checksum(&mut f);
+        f
+    };
+    let mut ipv6 = to_remote_pod.clone();
+    ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let cases = vec![
+        ("ARP request", fixture("arp_request_in"), ENGINE),
+        (
+            "IPv4 to a pod on another node",
+            to_remote_pod.clone(),
+            ENGINE,
+        ),
+        ("IPv4 to a local pod", fixture("local_in"), ENGINE),
+        ("IPv4 to the internet", to_internet, XDP_PASS),
+        (
+            "IPv4 just outside the cluster CIDR",
+            to_next_cluster,
+            XDP_PASS,
+        ),
+        ("IPv6", ipv6, XDP_PASS),
+        ("truncated IPv4", to_remote_pod[..30].to_vec(), XDP_PASS),
+    ];
+    verdicts(|fd| programs::pod(&pod_filter(), fd, XDP_DROP), &cases);
+    let pass_all: Vec<_> = cases
+        .into_iter()
+        .map(|(w, f, _)| (w, f, XDP_PASS))
+        .collect();
+    verdicts(|fd| programs::pod(&pod_filter(), fd, XDP_PASS), &pass_all);
+}
+
+#[test]
+fn attachment_detaches_on_drop() {
+    if !xlane_netlab::privileged("attachment_detaches_on_drop") {
+        return;
+    }
+    use xlane_xdp::attach::{ModePreference, Program, XdpAttachment, XdpMode};
+    let ns = xlane_netlab::Netns::new("xlt-attach").unwrap();
+    let peer = xlane_netlab::Netns::new("xlt-peer").unwrap();
+    xlane_netlab::veth(&ns, "up0", &peer, "up1").unwrap();
+    let ifindex = ns.ifindex("up0").unwrap();
+    for (mode, prefer) in [
+        (XdpMode::Native, ModePreference::Auto),
+        (XdpMode::Generic, ModePreference::Only(XdpMode::Generic)),
+    ] {
+        let att = ns
+            .enter(|| {
+                XdpAttachment::attach(
+                    ifindex,
+                    "xlane_uplink",
+                    1,
+                    Program::Uplink(uplink_filter()),
+                    prefer,
+                )
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(att.mode(), mode);
+        assert!(ns.has_xdp("up0").unwrap(), "attached in {mode:?}");
+        drop(att);
+        assert!(
+            !ns.has_xdp("up0").unwrap(),
+            "detached after drop ({mode:?})"
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! Network namespaces for the lab and the privileged tests.
+//!
+//! Everything here is created inside namespaces this code makes and removes: a [`Netns`]
+//! deletes itself on drop (its interfaces go with it), so a failing test leaves nothing
+//! behind. Interfaces and addresses are configured with iproute2's `ip`, which every
+//! machine of the lab's kind has.
+#![forbid(unsafe_code)]
+
+use nix::sched::{CloneFlags, setns};
+use std::fs::File;
+use std::io;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Whether a privileged test may run: true as root. Outside CI a non-root run prints
+/// that the test was skipped; in CI (`CI=true`) it panics, because a missing privilege
+/// there is a failure, not a skip.
+///
+/// # Panics
+/// In CI without root.
+#[must_use]
+pub fn privileged(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: needs root (CI=true: not skipping)"
+    );
+    eprintln!("SKIPPED {test}: needs root (runs for real in CI)");
+    false
+}
+
+fn check(what: &str, out: Output) -> io::Result<String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(io::Error::other(format!(
+            "{what}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        )))
+    }
+}
+
+/// Run `ip` with `args` in the current namespace.
+///
+/// # Errors
+/// Spawn failure, or `ip`'s message on failure.
+pub fn ip(args: &[&str]) -> io::Result<String> {
+    check(
+        &format!("ip {}", args.join(" ")),
+        Command::new("ip").args(args).output()?,
+    )
+}
+
+/// A named network namespace (`/run/netns/<name>`), deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Netns {
+    /// Create a namespace named `<prefix>-<pid>-<n>` with loopback up.
+    ///
+    /// # Errors
+    /// `ip netns add` failing.
+    pub fn new(prefix: &str) -> io::Result<Self> {
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Namespace name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Run `ip -n <ns> args`.
+    ///
+    /// # Errors
+    /// As [`ip`].
+    pub fn ip(&self, args: &[&str]) -> io::Result<String> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec`).
+    #[must_use]
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Run `f` with the calling thread inside the namespace, then return to the
+    /// original one. Threads `f` spawns stay in the namespace.
+    ///
+    /// # Errors
+    /// Opening or entering either namespace.
+    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> io::Result<R> {
+        let home = File::open("/proc/thread-self/ns/net")?;
+        let target = File::open(format!("/run/netns/{}", self.name))?;
+        setns(&target, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let r = f();
+        setns(&home, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        Ok(r)
+    }
+
+    /// Interface index of `dev` in this namespace.
+    ///
+    /// # Errors
+    /// Missing interface.
+    pub fn ifindex(&self, dev: &str) -> io::Result<u32> {
+        let out = self.ip(&["-o", "link", "show", "dev", dev])?;
+        out.split(':')
+            .next()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| io::Error::other(format!("no ifindex in {out:?}")))
+    }
+
+    /// MAC address of `dev` in this namespace.
+    ///
+    /// # Errors
+    /// Missing interface.
+    pub fn mac(&self, dev: &str) -> io::Result<String> {
+        let out = self.ip(&["-o", "link", "show", "dev", dev])?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_owned)
+            .ok_or_else(|| io::Error::other(format!("no MAC in {out:?}")))
+    }
+
+    /// Whether an XDP program is attached to `dev`.
+    ///
+    /// # Errors
+    /// Missing interface.
+    pub fn has_xdp(&self, dev: &str) -> io::Result<bool> {
+        let out = self.ip(&["-d", "link", "show", "dev", dev])?;
+        Ok(out.contains("prog/xdp"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("netlab: removing namespace {}: {e}", self.name);
+        }
+    }
+}
+
+/// Create a veth pair `a` (in `ns_a`) ↔ `b` (in `ns_b`), both up.
+///
+/// # Errors
+/// `ip` failures.
+pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> io::Result<()> {
+    ns_a.ip(&[
+        "link",
+        "add",
+        a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "netns",
+        ns_b.name(),
+    ])?;
+    ns_a.ip(&["link", "set", a, "up"])?;
+    ns_b.ip(&["link", "set", b, "up"])?;
+    Ok(())
+}
