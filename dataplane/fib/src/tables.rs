@@ -360,10 +360,10 @@ impl FibBuilder {
 
     /// Route `prefix` through the remote VTEP `via`.
     pub fn insert_route(&mut self, prefix: Prefix, via: Ipv4Addr) {
-        if let Some(old) = self.routes.insert(prefix, via) {
-            if let Some(set) = self.routes_by_vtep.get_mut(&old) {
-                set.remove(&prefix);
-            }
+        if let Some(old) = self.routes.insert(prefix, via)
+            && let Some(set) = self.routes_by_vtep.get_mut(&old)
+        {
+            set.remove(&prefix);
         }
         self.routes_by_vtep.entry(via).or_default().insert(prefix);
         self.refresh_prefix(prefix);
@@ -402,13 +402,13 @@ impl FibBuilder {
             }
             _ => {}
         }
-        if let Some(other) = self.endpoints.get(&ep.ip) {
-            if other.port != ep.port {
-                return Err(FibError::AddressInUse {
-                    ip: ep.ip,
-                    port: other.port,
-                });
-            }
+        if let Some(other) = self.endpoints.get(&ep.ip)
+            && other.port != ep.port
+        {
+            return Err(FibError::AddressInUse {
+                ip: ep.ip,
+                port: other.port,
+            });
         }
         self.endpoints.insert(ep.ip, ep);
         self.set_role(ep.port, PortRole::Pod(ep));
