@@ -279,6 +279,8 @@ pub struct Umem {
     bad_descs: u64,
     /// Whether the UMEM's own socket is bound to a port already.
     own_fd_used: bool,
+    /// The mode the first port bound in (every port inherits it).
+    zero_copy: bool,
 }
 
 impl core::fmt::Debug for Umem {
@@ -316,6 +318,7 @@ impl Umem {
             headroom: 0,
             flags: 0,
         };
+        // (Self::config() builds the same once `self` exists.)
         let slice = NonNull::slice_from_raw_parts(area.ptr, area.len);
         // SAFETY: `slice` is a page-aligned mapping of `bytes` bytes that lives in `area`,
         // which this struct owns and drops after `umem` (field order).
@@ -340,10 +343,18 @@ impl Umem {
             epoch: 0,
             bad_descs: 0,
             own_fd_used: false,
+            zero_copy: false,
         })
     }
 
     /// Open a socket on `ifname` queue `queue` sharing this UMEM.
+    ///
+    /// The first port decides the UMEM's mode: sockets that share a UMEM inherit the
+    /// first one's zero-copy or copy binding (the kernel refuses mode flags on them), so
+    /// `mode` only matters for the first port. With [`BindMode::Auto`] a refused
+    /// zero-copy bind is retried in copy mode on a fresh registration (possible because
+    /// no other port exists yet). A zero-copy UMEM therefore cannot also serve devices
+    /// without zero-copy support (veth): give such a NIC its own worker UMEM.
     ///
     /// # Errors
     /// [`XskError::Socket`] naming the failed step.
@@ -353,35 +364,56 @@ impl Umem {
         queue: u32,
         mode: BindMode,
     ) -> Result<XskPort, XskError> {
-        let fail = |step, source| XskError::Socket {
-            step,
-            ifname: ifname.to_owned(),
-            queue,
-            source,
-        };
+        if self.own_fd_used {
+            return self.open_port_as(ifname, queue, None);
+        }
         match mode {
-            BindMode::Copy => self.open_port_as(ifname, queue, false),
-            BindMode::ZeroCopy => self.open_port_as(ifname, queue, true),
-            BindMode::Auto => match self.open_port_as(ifname, queue, true) {
-                Ok(p) => Ok(p),
-                // EOPNOTSUPP (no driver support) or EINVAL: fall back to copy mode.
+            BindMode::Copy => self.open_port_as(ifname, queue, Some(false)),
+            BindMode::ZeroCopy => self.open_port_as(ifname, queue, Some(true)),
+            BindMode::Auto => match self.open_port_as(ifname, queue, Some(true)) {
                 Err(XskError::Socket { step: "bind", .. }) => {
-                    self.open_port_as(ifname, queue, false)
+                    // The failed attempt configured rings on the UMEM's own socket; start
+                    // over with a new registration of the same area.
+                    self.reregister()?;
+                    self.open_port_as(ifname, queue, Some(false))
                 }
-                Err(e) => Err(e),
+                other => other,
             },
         }
-        .map_err(|e| match e {
-            XskError::Socket { step, source, .. } => fail(step, source),
-            other => other,
-        })
     }
 
+    fn config(&self) -> UmemConfig {
+        UmemConfig {
+            fill_size: self.settings.fill_ring,
+            complete_size: self.settings.fill_ring,
+            frame_size: self.settings.frame_size,
+            headroom: 0,
+            flags: 0,
+        }
+    }
+
+    fn reregister(&mut self) -> Result<(), XskError> {
+        let slice = NonNull::slice_from_raw_parts(self.area.ptr, self.area.len);
+        // SAFETY: as in `new`: the area is page aligned, owned by `self`, and outlives the
+        // registration (field order). No port uses the old registration (none is bound).
+        let umem =
+            unsafe { xdpilone::Umem::new(self.config(), slice) }.map_err(|e| XskError::Socket {
+                step: "UMEM registration",
+                ifname: String::new(),
+                queue: 0,
+                source: errno(e),
+            })?;
+        self.umem = umem;
+        Ok(())
+    }
+
+    /// `zero_copy`: `Some(mode)` for the UMEM's first socket, `None` for a socket that
+    /// shares it (and inherits its mode).
     fn open_port_as(
         &mut self,
         ifname: &str,
         queue: u32,
-        zero_copy: bool,
+        zero_copy: Option<bool>,
     ) -> Result<XskPort, XskError> {
         let fail = |step, source| XskError::Socket {
             step,
@@ -400,13 +432,13 @@ impl Umem {
             .map_err(|e| fail("interface lookup", errno(e)))?;
         info.set_queue(queue);
         let ifindex = info.ifindex();
-        // The first socket uses the UMEM's own descriptor; later ones get their own and
-        // bind with XDP_SHARED_UMEM (xdpilone decides by comparing descriptors). Each
+        // The first socket is the UMEM's own descriptor; later ones get their own and bind
+        // with XDP_SHARED_UMEM (xdpilone adds it when the descriptors differ). Each
         // (interface, queue) has its own fill and completion rings.
-        let sock = if self.own_fd_used {
-            Socket::new(&info)
-        } else {
+        let sock = if zero_copy.is_some() {
             Socket::with_shared(&info, &self.umem)
+        } else {
+            Socket::new(&info)
         }
         .map_err(|e| fail("socket", errno(e)))?;
         let device = self
@@ -414,11 +446,15 @@ impl Umem {
             .fq_cq(&sock)
             .map_err(|e| fail("fill/completion rings", errno(e)))?;
         let ring = NonZeroU32::new(self.settings.rx_tx_ring).expect("checked non-zero");
-        let flags = XDP_USE_NEED_WAKEUP | if zero_copy { XDP_ZEROCOPY } else { XDP_COPY };
+        let bind_flags = match zero_copy {
+            Some(true) => XDP_USE_NEED_WAKEUP | XDP_ZEROCOPY,
+            Some(false) => XDP_USE_NEED_WAKEUP | XDP_COPY,
+            None => 0,
+        };
         let config = SocketConfig {
             rx_size: Some(ring),
             tx_size: Some(ring),
-            bind_flags: flags,
+            bind_flags,
         };
         let user = self
             .umem
@@ -427,7 +463,10 @@ impl Umem {
         let rx = user.map_rx().map_err(|e| fail("map rx ring", errno(e)))?;
         let tx = user.map_tx().map_err(|e| fail("map tx ring", errno(e)))?;
         self.umem.bind(&user).map_err(|e| fail("bind", errno(e)))?;
-        self.own_fd_used = true;
+        if let Some(zc) = zero_copy {
+            self.own_fd_used = true;
+            self.zero_copy = zc;
+        }
         Ok(XskPort {
             rx,
             tx,
@@ -436,7 +475,7 @@ impl Umem {
             ifname: ifname.to_owned(),
             ifindex,
             queue,
-            zero_copy,
+            zero_copy: self.zero_copy,
             in_fill: 0,
             in_tx: 0,
         })
