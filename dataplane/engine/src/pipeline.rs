@@ -95,9 +95,10 @@ impl Pipeline {
         // Stage 1: classify, validate, ARP proxy, decap.
         match (fib.port(ingress), fib.node()) {
             // Without a node config only local delivery works; encap checks for it.
-            (PortRole::Pod(ep), _) => {
+            (role @ (PortRole::Pod(ep) | PortRole::Host(ep)), _) => {
+                let check_source = matches!(role, PortRole::Pod(_));
                 for i in 0..n {
-                    (stage[i], verdicts[i]) = match from_pod(&mut frames[i], &ep) {
+                    (stage[i], verdicts[i]) = match from_pod(&mut frames[i], &ep, check_source) {
                         Ok(FromPod::Arp) => {
                             tally.arp_replies += 1;
                             (Stage::Done, Verdict::Tx(ingress))
@@ -148,7 +149,7 @@ impl Pipeline {
                 None => Verdict::Drop(DropReason::NoRoute),
                 Some(NextHop::Unresolved) => Verdict::Drop(DropReason::UnresolvedVtep),
                 Some(NextHop::Endpoint(port)) => match fib.port(port) {
-                    PortRole::Pod(ep) => {
+                    PortRole::Pod(ep) | PortRole::Host(ep) => {
                         deliver(&mut frames[i], &ep);
                         if from_overlay {
                             tally.decapsulated += 1;
@@ -199,7 +200,9 @@ fn be16(b: &[u8], at: usize) -> u16 {
 }
 
 #[inline]
-fn from_pod(f: &mut Frame<'_>, ep: &Endpoint) -> Result<FromPod, DropReason> {
+/// Classify a frame from a pod or the host port. `check_source`: anti-spoofing (pods
+/// only; the host sends from any of its addresses).
+fn from_pod(f: &mut Frame<'_>, ep: &Endpoint, check_source: bool) -> Result<FromPod, DropReason> {
     if f.len() < ETH {
         return Err(DropReason::Truncated);
     }
@@ -207,12 +210,12 @@ fn from_pod(f: &mut Frame<'_>, ep: &Endpoint) -> Result<FromPod, DropReason> {
         ethertype::IPV4 => {
             let dst = check_ipv4(f, ETH)?;
             let src = &f.data()[ETH + 12..ETH + 16];
-            if src != ep.ip.octets() {
+            if check_source && src != ep.ip.octets() {
                 return Err(DropReason::SpoofedSource);
             }
             Ok(FromPod::Ipv4(dst))
         }
-        ethertype::ARP => arp_proxy(f.data_mut(), ep).map(|()| FromPod::Arp),
+        ethertype::ARP => arp_proxy(f.data_mut(), ep, check_source).map(|()| FromPod::Arp),
         _ => Err(DropReason::NotIpv4),
     }
 }
@@ -259,7 +262,7 @@ mod arp {
 /// `memmove` calls, which the `pipeline/arp_proxy` bench showed at ~22 ns/frame. Once
 /// hlen = 6 and plen = 4 are checked the layout is fixed.
 #[inline]
-fn arp_proxy(data: &mut [u8], ep: &Endpoint) -> Result<(), DropReason> {
+fn arp_proxy(data: &mut [u8], ep: &Endpoint, check_source: bool) -> Result<(), DropReason> {
     let Some(body) = data.get(ETH..ETH + ARP_ETH_IPV4_LEN) else {
         return Err(DropReason::ArpMalformed);
     };
@@ -280,16 +283,20 @@ fn arp_proxy(data: &mut [u8], ep: &Endpoint) -> Result<(), DropReason> {
     }
     // A pod may only ask as itself (or as 0.0.0.0, an RFC 5227 probe), from its own
     // MAC: otherwise it could aim replies at another station.
-    if (sender_ip != ep.ip.octets() && sender_ip != [0; 4]) || body[arp::SHA] != ep.mac.0 {
+    if check_source
+        && ((sender_ip != ep.ip.octets() && sender_ip != [0; 4]) || body[arp::SHA] != ep.mac.0)
+    {
         return Err(DropReason::SpoofedSource);
     }
+    let requester: [u8; 6] = body[arp::SHA].try_into().expect("6 bytes");
     let body = &mut data[ETH..ETH + ARP_ETH_IPV4_LEN];
     body[arp::OPER..arp::OPER + 2].copy_from_slice(&arp::REPLY.to_be_bytes());
-    body[arp::THA].copy_from_slice(&ep.mac.0);
+    body[arp::THA].copy_from_slice(&requester);
     body[arp::TPA].copy_from_slice(&sender_ip);
     body[arp::SHA].copy_from_slice(&ep.gateway_mac.0);
     body[arp::SPA].copy_from_slice(&target_ip);
-    set_macs(data, ep.mac, ep.gateway_mac);
+    data[0..6].copy_from_slice(&requester);
+    data[6..12].copy_from_slice(&ep.gateway_mac.0);
     Ok(())
 }
 

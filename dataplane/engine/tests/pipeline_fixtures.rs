@@ -270,3 +270,46 @@ fn set_ip(f: &mut [u8], at: usize, field: usize, ip: [u8; 4]) {
     f[at + field..at + field + 4].copy_from_slice(&ip);
     fix_ip_checksum(f, at);
 }
+
+/// The host port is routed like a pod, but the host may send (and ARP) from any of its
+/// addresses: no anti-spoofing there.
+#[test]
+fn host_port_is_not_source_checked() {
+    let h = FibHandle::new();
+    let mut tables = testbed::tables(2, 3);
+    let host = xlane_fib::Endpoint {
+        ip: "10.244.1.1".parse().unwrap(),
+        port: PortId(3),
+        ..testbed::pod(3)
+    };
+    tables.upsert_host(host).unwrap();
+    tables.publish(&h);
+    let mut dp = MemDataplane::new(&h, 4);
+    // The host (src 192.168.50.1, its uplink address) sends to pod 1 and to a remote pod.
+    for (dst, egress) in [([10, 244, 1, 2], POD1), ([10, 244, 2, 3], UPLINK)] {
+        let mut f = fixture("local_in");
+        f[0..6].copy_from_slice(&host.gateway_mac.0);
+        f[6..12].copy_from_slice(&host.mac.0);
+        set_ip(&mut f, 14, 12, [192, 168, 50, 1]);
+        set_ip(&mut f, 14, 16, dst);
+        dp.inject(PortId(3), &f).unwrap();
+        dp.run_until_idle();
+        assert_eq!(dp.take_tx(egress).unwrap().len(), 1, "to {dst:?}");
+    }
+    // The host resolving pod 1's address, asking as another of its addresses, is answered.
+    let mut arp = fixture("arp_request_in");
+    arp[6..12].copy_from_slice(&host.mac.0);
+    arp[22..28].copy_from_slice(&host.mac.0);
+    arp[28..32].copy_from_slice(&[192, 168, 50, 1]);
+    arp[38..42].copy_from_slice(&[10, 244, 1, 2]);
+    dp.inject(PortId(3), &arp).unwrap();
+    dp.run_until_idle();
+    assert_eq!(dp.take_tx(PortId(3)).unwrap().len(), 1);
+    // A pod replying to the host's gateway address reaches the host port.
+    let mut f = fixture("local_in");
+    set_ip(&mut f, 14, 16, [10, 244, 1, 1]);
+    dp.inject(POD1, &f).unwrap();
+    dp.run_until_idle();
+    assert_eq!(dp.take_tx(PortId(3)).unwrap().len(), 1);
+    assert_eq!(dp.counters().dropped(), 0, "{:?}", dp.counters().drops);
+}

@@ -126,6 +126,21 @@ pub enum PortRole {
     Uplink,
     /// A pod's port.
     Pod(Endpoint),
+    /// The host port: the node itself (kubelet probes, node → pod traffic). Routed like a
+    /// pod, but its source addresses are not checked (the host sends from any of its
+    /// addresses).
+    Host(Endpoint),
+}
+
+impl PortRole {
+    /// The endpoint behind a pod or host port.
+    #[must_use]
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        match self {
+            Self::Pod(ep) | Self::Host(ep) => Some(ep),
+            _ => None,
+        }
+    }
 }
 
 /// Where a longest-prefix match sends a packet. Packed into the LPM's `u32` value:
@@ -385,8 +400,21 @@ impl FibBuilder {
     /// Attach a pod: its /32 routes to `ep.port`, and the port becomes a pod port.
     ///
     /// # Errors
-    /// [`FibError`] if the port is the uplink or another pod's, or the address is taken.
+    /// [`FibError`] if the port is the uplink or another endpoint's, or the address is taken.
     pub fn upsert_endpoint(&mut self, ep: Endpoint) -> Result<(), FibError> {
+        self.attach(ep, PortRole::Pod(ep))
+    }
+
+    /// Attach the host port (the node's own interface into the overlay, `xlane0`), whose
+    /// address is usually the node subnet's gateway.
+    ///
+    /// # Errors
+    /// As [`upsert_endpoint`](Self::upsert_endpoint).
+    pub fn upsert_host(&mut self, ep: Endpoint) -> Result<(), FibError> {
+        self.attach(ep, PortRole::Host(ep))
+    }
+
+    fn attach(&mut self, ep: Endpoint, role: PortRole) -> Result<(), FibError> {
         match self.role(ep.port) {
             PortRole::Uplink => {
                 return Err(FibError::PortInUse {
@@ -394,10 +422,10 @@ impl FibBuilder {
                     role: "the uplink",
                 });
             }
-            PortRole::Pod(old) if old.ip != ep.ip => {
+            PortRole::Pod(old) | PortRole::Host(old) if old.ip != ep.ip => {
                 return Err(FibError::PortInUse {
                     port: ep.port,
-                    role: "another pod's port",
+                    role: "another endpoint's port",
                 });
             }
             _ => {}
@@ -411,7 +439,7 @@ impl FibBuilder {
             });
         }
         self.endpoints.insert(ep.ip, ep);
-        self.set_role(ep.port, PortRole::Pod(ep));
+        self.set_role(ep.port, role);
         self.refresh_prefix(host_prefix(ep.ip));
         Ok(())
     }

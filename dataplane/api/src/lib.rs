@@ -1,0 +1,561 @@
+//! The xlaned control protocol.
+//!
+//! One JSON object per line over a unix stream socket (root-only). Every request names
+//! the protocol version; a request the daemon cannot parse, of another version, or
+//! with invalid content gets an [`Reply::Error`] and the connection stays usable.
+//!
+//! ```text
+//! → {"version":1,"op":"apply","changes":[{"kind":"add_node","underlay_ip":"192.168.50.2","vtep_mac":"0e:00:00:00:02:01"},
+//!                                        {"kind":"add_route","prefix":"10.244.2.0/24","via":"192.168.50.2"}]}
+//! ← {"result":"applied","generation":7,"changes":2}
+//! ```
+#![forbid(unsafe_code)]
+
+use core::fmt;
+use core::str::FromStr;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, Write};
+use std::net::Ipv4Addr;
+
+/// The protocol version this crate speaks.
+pub const VERSION: u32 = 1;
+
+/// Longest request line accepted (a batch of ~100k changes fits comfortably).
+pub const MAX_LINE: usize = 64 << 20;
+
+/// A MAC address, written `aa:bb:cc:dd:ee:ff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+/// A string that is not a MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid MAC address {0:?} (expected aa:bb:cc:dd:ee:ff)")]
+pub struct BadMac(pub String);
+
+impl FromStr for Mac {
+    type Err = BadMac;
+    fn from_str(s: &str) -> Result<Self, BadMac> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut out {
+            let p = parts
+                .next()
+                .filter(|p| p.len() == 2)
+                .ok_or_else(|| BadMac(s.to_owned()))?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| BadMac(s.to_owned()))?;
+        }
+        if parts.next().is_some() {
+            return Err(BadMac(s.to_owned()));
+        }
+        Ok(Self(out))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Must be [`VERSION`].
+    pub version: u32,
+    /// What to do.
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+impl Request {
+    /// A request of the current version.
+    #[must_use]
+    pub fn new(op: Op) -> Self {
+        Self {
+            version: VERSION,
+            op,
+        }
+    }
+}
+
+/// The node's VTEP settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vtep {
+    /// Our underlay address (must be on the uplink).
+    pub ip: Ipv4Addr,
+    /// Our VTEP MAC (flannel's `VtepMAC`); the uplink's MAC if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    /// VXLAN network identifier (flannel default 1).
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    /// VXLAN UDP port (flannel default 8472).
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_vni() -> u32 {
+    1
+}
+
+fn default_port() -> u16 {
+    8472
+}
+
+/// One table change of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    /// Route a prefix through a remote node's VTEP.
+    AddRoute {
+        /// The prefix (a node subnet).
+        prefix: Ipv4Net,
+        /// The remote VTEP address.
+        via: Ipv4Addr,
+    },
+    /// Withdraw a route.
+    DelRoute {
+        /// The prefix.
+        prefix: Ipv4Net,
+    },
+    /// Add or update a remote node.
+    AddNode {
+        /// Its underlay (VTEP) address.
+        underlay_ip: Ipv4Addr,
+        /// Its VTEP MAC.
+        vtep_mac: Mac,
+        /// The underlay next hop's MAC; resolved from the kernel's neighbor table if
+        /// absent (the usual case).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_hop_mac: Option<Mac>,
+    },
+    /// Remove a remote node (its routes stay, unresolved, until withdrawn).
+    DelNode {
+        /// Its underlay address.
+        underlay_ip: Ipv4Addr,
+    },
+}
+
+/// A local endpoint: a pod (or VM) behind a host-side interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// Host-side interface (the veth end in the host namespace).
+    pub ifname: String,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+    /// The pod interface's MAC.
+    pub mac: Mac,
+}
+
+/// Which table to dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    /// Overlay routes.
+    Routes,
+    /// Remote nodes.
+    Nodes,
+    /// Local endpoints.
+    Endpoints,
+    /// Ports (uplink, host, pods).
+    Ports,
+}
+
+/// Operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// Set or change the VTEP.
+    SetVtep(Vtep),
+    /// Apply a batch of changes atomically (all or nothing, one table swap).
+    Apply {
+        /// The changes, applied in order.
+        changes: Vec<Change>,
+    },
+    /// Attach a local endpoint; replies when its port forwards.
+    AddEndpoint(EndpointSpec),
+    /// Detach the endpoint with this address (idempotent).
+    DelEndpoint {
+        /// The pod's address.
+        ip: Ipv4Addr,
+    },
+    /// Dump a table.
+    Dump {
+        /// Which one.
+        table: Table,
+    },
+    /// Counters of every port and drop reason.
+    Counters,
+    /// Daemon status.
+    Status,
+}
+
+/// Error categories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not a known request.
+    BadRequest,
+    /// Another protocol version.
+    UnsupportedVersion,
+    /// Well-formed but invalid (bad CIDR, VNI out of range, address in use, …).
+    Invalid,
+    /// The referenced object does not exist.
+    NotFound,
+    /// The daemon could not do it (interface setup failed, …).
+    Failed,
+}
+
+/// A route as dumped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// Prefix.
+    pub prefix: Ipv4Net,
+    /// Remote VTEP.
+    pub via: Ipv4Addr,
+    /// Whether the VTEP is a known node.
+    pub resolved: bool,
+}
+
+/// A remote node as dumped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// VTEP MAC.
+    pub vtep_mac: Mac,
+    /// Next-hop MAC in use (absent while unresolved).
+    pub next_hop_mac: Option<Mac>,
+    /// Where the next-hop MAC came from: "request", "neighbor" or "unresolved".
+    pub source: String,
+}
+
+/// A port as dumped, with its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// Port id.
+    pub id: u16,
+    /// "uplink", "host" or "pod".
+    pub role: String,
+    /// Interface.
+    pub ifname: String,
+    /// Pod or host address, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// Queues served.
+    pub queues: u32,
+    /// "native" or "generic".
+    pub xdp_mode: String,
+    /// Whether the sockets are zero-copy.
+    pub zero_copy: bool,
+    /// Frames received.
+    pub rx: u64,
+    /// Frames transmitted.
+    pub tx: u64,
+    /// Frames dropped because the TX ring was full.
+    pub tx_ring_full: u64,
+    /// Kernel: times the fill ring was empty.
+    pub rx_fill_ring_empty: u64,
+    /// Kernel: frames dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+}
+
+/// Counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Counters {
+    /// Pipeline counters by name (rx, tx, encapsulated, …).
+    pub pipeline: BTreeMap<String, u64>,
+    /// Drops by reason name (every reason, zero or not).
+    pub drops: BTreeMap<String, u64>,
+    /// Per-port counters.
+    pub ports: Vec<PortInfo>,
+    /// Burst forwarding latency percentiles in nanoseconds (p50, p99, p99.9, max).
+    pub latency_ns: BTreeMap<String, u64>,
+    /// Burst size percentiles.
+    pub burst_size: BTreeMap<String, u64>,
+}
+
+/// Daemon status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Daemon version.
+    pub version: String,
+    /// Protocol version.
+    pub protocol: u32,
+    /// Table generation.
+    pub generation: u64,
+    /// VTEP, if set.
+    pub vtep: Option<Vtep>,
+    /// Uplink interface.
+    pub uplink: String,
+    /// Uplink MTU.
+    pub uplink_mtu: u16,
+    /// Pod MTU (uplink MTU − 50).
+    pub pod_mtu: u16,
+    /// Cluster CIDR steered to the engine on pod ports.
+    pub cluster_cidr: Ipv4Net,
+    /// Worker threads.
+    pub workers: usize,
+    /// Whether workers spin instead of sleeping when idle.
+    pub busy_poll: bool,
+}
+
+/// Replies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Reply {
+    /// The request failed; nothing changed.
+    Error {
+        /// Category.
+        code: ErrorCode,
+        /// What went wrong.
+        message: String,
+    },
+    /// A VTEP or batch was applied.
+    Applied {
+        /// Table generation now published.
+        generation: u64,
+        /// Changes applied.
+        changes: usize,
+    },
+    /// An endpoint is attached and forwarding.
+    EndpointReady {
+        /// Its port.
+        port: u16,
+        /// The host-side MAC that answers the pod's ARP (its gateway MAC).
+        gateway_mac: Mac,
+        /// The pod MTU.
+        mtu: u16,
+    },
+    /// An endpoint was removed (or was not there).
+    EndpointRemoved {
+        /// Whether it existed.
+        existed: bool,
+    },
+    /// Routes.
+    Routes {
+        /// The routes.
+        routes: Vec<RouteInfo>,
+    },
+    /// Nodes.
+    Nodes {
+        /// The nodes.
+        nodes: Vec<NodeInfo>,
+    },
+    /// Endpoints (as ports).
+    Endpoints {
+        /// The endpoints.
+        endpoints: Vec<PortInfo>,
+    },
+    /// Ports.
+    Ports {
+        /// The ports.
+        ports: Vec<PortInfo>,
+    },
+    /// Counters.
+    Counters(Box<Counters>),
+    /// Status.
+    Status(Box<Status>),
+}
+
+impl Reply {
+    /// An error reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parse one request line, mapping every failure to the reply the daemon sends.
+///
+/// # Errors
+/// The [`Reply::Error`] to send back.
+pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
+    let value: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|e| Reply::error(ErrorCode::BadRequest, format!("not JSON: {e}")))?;
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(VERSION) => {}
+        Some(v) => {
+            return Err(Reply::error(
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {v} is not supported (this daemon speaks {VERSION})"),
+            ));
+        }
+        None => return Err(Reply::error(ErrorCode::BadRequest, "missing \"version\"")),
+    }
+    serde_json::from_value(value).map_err(|e| Reply::error(ErrorCode::BadRequest, e.to_string()))
+}
+
+/// A failure talking to xlaned.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Socket I/O.
+    #[error("control socket: {0}")]
+    Io(#[from] io::Error),
+    /// The reply was not understood.
+    #[error("unreadable reply: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// The daemon closed the connection.
+    #[error("xlaned closed the connection")]
+    Closed,
+}
+
+/// A blocking client (for xlanectl, the agent and tests).
+#[derive(Debug)]
+pub struct Client {
+    reader: io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl Client {
+    /// Connect to the socket at `path`.
+    ///
+    /// # Errors
+    /// Connection failure.
+    pub fn connect(path: impl AsRef<std::path::Path>) -> Result<Self, ClientError> {
+        let s = std::os::unix::net::UnixStream::connect(path)?;
+        Ok(Self {
+            reader: io::BufReader::new(s.try_clone()?),
+            writer: s,
+        })
+    }
+
+    /// Send a request and wait for its reply.
+    ///
+    /// # Errors
+    /// I/O or decoding failure (an error *reply* is `Ok(Reply::Error{..})`).
+    pub fn call(&mut self, op: Op) -> Result<Reply, ClientError> {
+        let mut line = serde_json::to_vec(&Request::new(op))?;
+        line.push(b'\n');
+        self.call_raw(&line)
+    }
+
+    /// Send raw bytes (one or more lines) and read one reply line.
+    ///
+    /// # Errors
+    /// I/O or decoding failure.
+    pub fn call_raw(&mut self, bytes: &[u8]) -> Result<Reply, ClientError> {
+        self.writer.write_all(bytes)?;
+        let mut reply = String::new();
+        if self.reader.read_line(&mut reply)? == 0 {
+            return Err(ClientError::Closed);
+        }
+        Ok(serde_json::from_str(&reply)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip_and_errors() {
+        let m: Mac = "0e:00:0a:ff:01:02".parse().unwrap();
+        assert_eq!(m.0, [0x0e, 0, 0x0a, 0xff, 1, 2]);
+        assert_eq!(m.to_string(), "0e:00:0a:ff:01:02");
+        for bad in [
+            "",
+            "0e:00:0a:ff:01",
+            "0e:00:0a:ff:01:02:03",
+            "0e-00-0a-ff-01-02",
+            "zz:00:0a:ff:01:02",
+            "e:000:0a:ff:01:02",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn documented_example_parses() {
+        let line = br#"{"version":1,"op":"apply","changes":[{"kind":"add_node","underlay_ip":"192.168.50.2","vtep_mac":"0e:00:00:00:02:01"},{"kind":"add_route","prefix":"10.244.2.0/24","via":"192.168.50.2"}]}"#;
+        let r = parse_request(line).unwrap();
+        let Op::Apply { changes } = r.op else {
+            panic!("{r:?}")
+        };
+        assert_eq!(changes.len(), 2);
+        assert_eq!(
+            changes[1],
+            Change::AddRoute {
+                prefix: "10.244.2.0/24".parse().unwrap(),
+                via: Ipv4Addr::new(192, 168, 50, 2)
+            }
+        );
+    }
+
+    #[test]
+    fn bad_requests_get_precise_errors() {
+        let code = |line: &[u8]| match parse_request(line) {
+            Err(Reply::Error { code, .. }) => code,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code(b"garbage"), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"op":"status"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(br#"{"version":2,"op":"status"}"#),
+            ErrorCode::UnsupportedVersion
+        );
+        assert_eq!(
+            code(br#"{"version":1,"op":"explode"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(code(br#"{"version":1,"op":"apply","changes":[{"kind":"add_route","prefix":"10.244.2.0/33","via":"1.2.3.4"}]}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(br#"{"version":1,"op":"set_vtep","ip":"192.168.50.1","mac":"nope"}"#),
+            ErrorCode::BadRequest
+        );
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let ops = [
+            Op::SetVtep(Vtep {
+                ip: Ipv4Addr::new(192, 168, 50, 1),
+                mac: None,
+                vni: 1,
+                port: 8472,
+            }),
+            Op::Apply {
+                changes: vec![Change::DelNode {
+                    underlay_ip: Ipv4Addr::new(1, 2, 3, 4),
+                }],
+            },
+            Op::AddEndpoint(EndpointSpec {
+                ifname: "veth1".into(),
+                ip: Ipv4Addr::new(10, 244, 1, 2),
+                mac: Mac([2, 0, 0, 0, 0, 1]),
+            }),
+            Op::Dump {
+                table: Table::Routes,
+            },
+            Op::Counters,
+        ];
+        for op in ops {
+            let line = serde_json::to_vec(&Request::new(op.clone())).unwrap();
+            assert_eq!(parse_request(&line).unwrap().op, op);
+        }
+    }
+}
