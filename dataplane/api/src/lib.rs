@@ -113,6 +113,10 @@ pub struct Vtep {
     /// VXLAN UDP port (flannel default 8472).
     #[serde(default = "default_port")]
     pub port: u16,
+    /// The node's pod subnet. Its first address becomes the host port's address (the
+    /// pods' gateway), through which the node reaches every pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
 }
 
 fn default_vni() -> u32 {
@@ -537,6 +541,7 @@ mod tests {
                 mac: None,
                 vni: 1,
                 port: 8472,
+                subnet: Some("10.244.1.0/24".parse().unwrap()),
             }),
             Op::Apply {
                 changes: vec![Change::DelNode {

@@ -271,3 +271,106 @@ pub fn test_run_xdp(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
     unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     Ok(attr.retval)
 }
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// `struct ifreq` with the `ifr_data` member of its union.
+#[repr(C)]
+struct IfreqData {
+    name: [u8; libc::IFNAMSIZ],
+    data: *mut libc::c_void,
+    _pad: [u8; 16],
+}
+const _: () = assert!(size_of::<IfreqData>() == 40);
+
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+
+#[repr(C)]
+#[derive(Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+fn ethtool<T>(ifname: &str, value: &mut T) -> io::Result<()> {
+    let bytes = ifname.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad interface name {ifname:?}"),
+        ));
+    }
+    let mut req = IfreqData {
+        name: [0; libc::IFNAMSIZ],
+        data: std::ptr::from_mut(value).cast(),
+        _pad: [0; 16],
+    };
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: an ordinary datagram socket used only for this ioctl; checked below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the socket was just created and is owned here only.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCETHTOOL reads the NUL-terminated name and reads/writes the ethtool
+    // struct that req.data points to (its command word says which); both live on this
+    // stack frame for the duration of the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, std::ptr::from_mut(&mut req)) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Receive queues in use on an interface (ethtool channels: combined + rx). Devices
+/// without channel support have one.
+///
+/// `IFLA_NUM_RX_QUEUES` is not the answer: it counts allocated queues (veth allocates
+/// one per CPU but activates one), and binding an inactive queue fails.
+///
+/// # Errors
+/// Unknown interface.
+pub fn rx_queues(ifname: &str) -> io::Result<u32> {
+    let mut ch = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    match ethtool(ifname, &mut ch) {
+        Ok(()) => Ok((ch.combined_count + ch.rx_count).max(1)),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(1),
+        Err(e) => Err(e),
+    }
+}
+
+/// Turn transmit checksum offload on or off (`ethtool -K dev tx on|off`).
+///
+/// A packet an interface sends with offloaded checksums carries only a partial checksum
+/// for the device to finish; an AF_XDP socket on the other end of a veth receives it
+/// unfinished. Interfaces whose traffic reaches xlane (pod ends, the host port) therefore
+/// compute checksums in software.
+///
+/// # Errors
+/// Unknown interface, or the ioctl's error.
+pub fn set_tx_checksum(ifname: &str, on: bool) -> io::Result<()> {
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    ethtool(ifname, &mut value)
+}

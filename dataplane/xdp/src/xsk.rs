@@ -261,6 +261,29 @@ impl XskPort {
             self.tx.wake();
         }
     }
+
+    /// Descriptors in the TX ring the kernel has not taken yet.
+    #[must_use]
+    pub fn tx_pending(&self) -> u32 {
+        self.tx.pending()
+    }
+
+    /// Make the kernel send what is queued. In copy mode one wakeup sends at most 32
+    /// descriptors (the kernel's TX batch), so a single kick per burst lets the ring back
+    /// up; wake it until the ring is drained, it stops making progress (completion ring
+    /// full), or `max_wakeups` is reached.
+    pub fn flush_tx(&self, max_wakeups: u32) {
+        for _ in 0..max_wakeups {
+            let before = self.tx.pending();
+            if before == 0 || !self.tx.needs_wakeup() {
+                return;
+            }
+            self.tx.wake();
+            if self.tx.pending() >= before {
+                return;
+            }
+        }
+    }
 }
 
 /// A worker's frame memory and the bookkeeping of who owns each frame.

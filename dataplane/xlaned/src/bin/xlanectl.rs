@@ -1,0 +1,347 @@
+//! xlanectl: inspect and drive xlaned through its control socket.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use ipnet::Ipv4Net;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use xlane_api::{Change, Client, EndpointSpec, Mac, Op, PortInfo, Reply, Table, Vtep};
+
+/// Inspect and drive xlaned: ports, routes, nodes, counters and drop reasons.
+#[derive(Debug, Parser)]
+#[command(name = "xlanectl", version, about)]
+struct Cli {
+    /// xlaned's control socket.
+    #[arg(
+        long,
+        env = "XLANE_SOCKET",
+        default_value = "/run/xlane/xlaned.sock",
+        global = true
+    )]
+    socket: PathBuf,
+    /// Print the daemon's JSON reply instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Daemon status.
+    Status,
+    /// Ports and their counters.
+    Ports,
+    /// Overlay routes.
+    Routes,
+    /// Remote nodes and their next hops.
+    Nodes,
+    /// Local endpoints.
+    Endpoints,
+    /// Pipeline counters, drop reasons, ports, latency.
+    Counters {
+        /// Also list drop reasons that are zero.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Set the VTEP.
+    SetVtep {
+        /// Underlay address.
+        ip: Ipv4Addr,
+        /// VNI.
+        #[arg(long, default_value_t = 1)]
+        vni: u32,
+        /// VXLAN UDP port.
+        #[arg(long, default_value_t = 8472)]
+        port: u16,
+        /// VTEP MAC (default: the uplink's).
+        #[arg(long)]
+        mac: Option<Mac>,
+        /// The node's pod subnet (configures the host port).
+        #[arg(long)]
+        subnet: Option<Ipv4Net>,
+    },
+    /// Add or update a remote node.
+    AddNode {
+        /// Underlay address.
+        underlay_ip: Ipv4Addr,
+        /// Its VTEP MAC.
+        vtep_mac: Mac,
+        /// Next-hop MAC (default: from the kernel's neighbour table).
+        #[arg(long)]
+        next_hop_mac: Option<Mac>,
+    },
+    /// Remove a remote node.
+    DelNode {
+        /// Underlay address.
+        underlay_ip: Ipv4Addr,
+    },
+    /// Route a prefix through a remote VTEP.
+    AddRoute {
+        /// Prefix.
+        prefix: Ipv4Net,
+        /// Remote VTEP address.
+        via: Ipv4Addr,
+    },
+    /// Withdraw a route.
+    DelRoute {
+        /// Prefix.
+        prefix: Ipv4Net,
+    },
+    /// Apply a batch of changes from a JSON file ("-" for stdin): a list of changes.
+    Apply {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Attach a pod behind a host-side interface.
+    AddEndpoint {
+        /// Host-side interface.
+        ifname: String,
+        /// Pod address.
+        ip: Ipv4Addr,
+        /// Pod MAC.
+        mac: Mac,
+    },
+    /// Detach a pod.
+    DelEndpoint {
+        /// Pod address.
+        ip: Ipv4Addr,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("xlanectl: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<bool> {
+    let op = match &cli.cmd {
+        Cmd::Status => Op::Status,
+        Cmd::Ports => Op::Dump {
+            table: Table::Ports,
+        },
+        Cmd::Routes => Op::Dump {
+            table: Table::Routes,
+        },
+        Cmd::Nodes => Op::Dump {
+            table: Table::Nodes,
+        },
+        Cmd::Endpoints => Op::Dump {
+            table: Table::Endpoints,
+        },
+        Cmd::Counters { .. } => Op::Counters,
+        Cmd::SetVtep {
+            ip,
+            vni,
+            port,
+            mac,
+            subnet,
+        } => Op::SetVtep(Vtep {
+            ip: *ip,
+            mac: *mac,
+            vni: *vni,
+            port: *port,
+            subnet: *subnet,
+        }),
+        Cmd::AddNode {
+            underlay_ip,
+            vtep_mac,
+            next_hop_mac,
+        } => Op::Apply {
+            changes: vec![Change::AddNode {
+                underlay_ip: *underlay_ip,
+                vtep_mac: *vtep_mac,
+                next_hop_mac: *next_hop_mac,
+            }],
+        },
+        Cmd::DelNode { underlay_ip } => Op::Apply {
+            changes: vec![Change::DelNode {
+                underlay_ip: *underlay_ip,
+            }],
+        },
+        Cmd::AddRoute { prefix, via } => Op::Apply {
+            changes: vec![Change::AddRoute {
+                prefix: *prefix,
+                via: *via,
+            }],
+        },
+        Cmd::DelRoute { prefix } => Op::Apply {
+            changes: vec![Change::DelRoute { prefix: *prefix }],
+        },
+        Cmd::Apply { file } => {
+            let mut text = String::new();
+            if file.as_os_str() == "-" {
+                std::io::stdin().read_to_string(&mut text)?;
+            } else {
+                text = std::fs::read_to_string(file)?;
+            }
+            Op::Apply {
+                changes: serde_json::from_str(&text)?,
+            }
+        }
+        Cmd::AddEndpoint { ifname, ip, mac } => Op::AddEndpoint(EndpointSpec {
+            ifname: ifname.clone(),
+            ip: *ip,
+            mac: *mac,
+        }),
+        Cmd::DelEndpoint { ip } => Op::DelEndpoint { ip: *ip },
+    };
+    let mut client = Client::connect(&cli.socket)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cli.socket.display()))?;
+    let reply = client.call(op)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(!matches!(reply, Reply::Error { .. }));
+    }
+    let all = matches!(cli.cmd, Cmd::Counters { all: true });
+    print_reply(&reply, all);
+    Ok(!matches!(reply, Reply::Error { .. }))
+}
+
+fn print_ports(ports: &[PortInfo]) {
+    println!(
+        "{:>4}  {:<7} {:<16} {:<15} {:>2} {:<7} {:>12} {:>12} {:>9} {:>9}",
+        "PORT", "ROLE", "IFNAME", "IP", "Q", "XDP", "RX", "TX", "TX-FULL", "FILL-EMPTY"
+    );
+    for p in ports {
+        let ip = p.ip.map(|i| i.to_string()).unwrap_or_default();
+        let mode = if p.zero_copy {
+            format!("{}/zc", p.xdp_mode)
+        } else {
+            p.xdp_mode.clone()
+        };
+        println!(
+            "{:>4}  {:<7} {:<16} {:<15} {:>2} {:<7} {:>12} {:>12} {:>9} {:>9}",
+            p.id,
+            p.role,
+            p.ifname,
+            ip,
+            p.queues,
+            mode,
+            p.rx,
+            p.tx,
+            p.tx_ring_full,
+            p.rx_fill_ring_empty
+        );
+    }
+}
+
+fn print_reply(reply: &Reply, all_drops: bool) {
+    match reply {
+        Reply::Error { code, message } => eprintln!("error ({code:?}): {message}"),
+        Reply::Applied {
+            generation,
+            changes,
+        } => println!("applied {changes} change(s); tables at generation {generation}"),
+        Reply::EndpointReady {
+            port,
+            gateway_mac,
+            mtu,
+        } => println!("endpoint ready on port {port}; gateway MAC {gateway_mac}; MTU {mtu}"),
+        Reply::EndpointRemoved { existed } => println!(
+            "{}",
+            if *existed {
+                "endpoint removed"
+            } else {
+                "no such endpoint (nothing to do)"
+            }
+        ),
+        Reply::Routes { routes } => {
+            println!("{:<20} {:<16} STATE", "PREFIX", "VIA");
+            for r in routes {
+                println!(
+                    "{:<20} {:<16} {}",
+                    r.prefix.to_string(),
+                    r.via.to_string(),
+                    if r.resolved { "resolved" } else { "unresolved" }
+                );
+            }
+        }
+        Reply::Nodes { nodes } => {
+            println!(
+                "{:<16} {:<18} {:<18} SOURCE",
+                "UNDERLAY", "VTEP-MAC", "NEXT-HOP-MAC"
+            );
+            for n in nodes {
+                let nh = n
+                    .next_hop_mac
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<16} {:<18} {:<18} {}",
+                    n.underlay_ip.to_string(),
+                    n.vtep_mac.to_string(),
+                    nh,
+                    n.source
+                );
+            }
+        }
+        Reply::Endpoints { endpoints: ports } | Reply::Ports { ports } => print_ports(ports),
+        Reply::Counters(c) => {
+            println!("pipeline:");
+            for (k, v) in &c.pipeline {
+                println!("  {k:<14} {v:>14}");
+            }
+            println!("drops:");
+            for (k, v) in &c.drops {
+                if *v > 0 || all_drops {
+                    let desc = xlane_engine::DropReason::from_name(k)
+                        .map_or("", xlane_engine::DropReason::description);
+                    println!("  {k:<16} {v:>12}  {desc}");
+                }
+            }
+            if !c.latency_ns.is_empty() {
+                let l = &c.latency_ns;
+                println!(
+                    "burst latency ns: p50 {} p99 {} p99.9 {} max {}",
+                    l["p50"], l["p99"], l["p99.9"], l["max"]
+                );
+            }
+            if !c.burst_size.is_empty() {
+                println!(
+                    "burst size: p50 {} p99 {} max {}",
+                    c.burst_size["p50"], c.burst_size["p99"], c.burst_size["max"]
+                );
+            }
+            println!("ports:");
+            print_ports(&c.ports);
+        }
+        Reply::Status(s) => {
+            println!(
+                "xlaned {} (protocol {}), tables at generation {}",
+                s.version, s.protocol, s.generation
+            );
+            match &s.vtep {
+                Some(v) => println!(
+                    "VTEP {} VNI {} port {}{}",
+                    v.ip,
+                    v.vni,
+                    v.port,
+                    v.subnet.map(|s| format!(" subnet {s}")).unwrap_or_default()
+                ),
+                None => println!("VTEP not set"),
+            }
+            println!(
+                "uplink {} MTU {} (pod MTU {}), cluster {}",
+                s.uplink, s.uplink_mtu, s.pod_mtu, s.cluster_cidr
+            );
+            println!(
+                "{} worker(s), {}",
+                s.workers,
+                if s.busy_poll {
+                    "busy-poll"
+                } else {
+                    "adaptive idle"
+                }
+            );
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Configuration: command-line flags, each with an environment fallback, over an
+//! optional TOML file, over defaults that work in the lab.
+
+use clap::{Parser, ValueEnum};
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+/// XDP attach mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpModeArg {
+    /// Native, falling back to generic.
+    Auto,
+    /// Native (driver) only.
+    Native,
+    /// Generic (SKB) only.
+    Generic,
+}
+
+/// AF_XDP bind mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BindArg {
+    /// Zero-copy where the driver supports it, copy otherwise.
+    Auto,
+    /// Copy only.
+    Copy,
+    /// Zero-copy only.
+    ZeroCopy,
+}
+
+/// xlaned: the xlane dataplane daemon.
+///
+/// Serves the uplink (VXLAN to the local VTEP, through an XDP pinhole: everything else
+/// stays with the kernel), the host port and pod ports with AF_XDP workers, and takes
+/// its tables from a control socket (xlane-agent, xlanectl). Every flag can also come
+/// from the environment (XLANE_*) or a TOML file (--config, keys as the flag names).
+#[derive(Debug, Parser, Default)]
+#[command(name = "xlaned", version, about, long_about)]
+pub struct Args {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "XLANE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Uplink interface (a NIC, an SR-IOV VF, or a PF with --uplink-queues).
+    #[arg(long, env = "XLANE_UPLINK")]
+    pub uplink: Option<String>,
+    /// Uplink queue ids to serve, e.g. "0,1" (default: all receive queues).
+    #[arg(long, env = "XLANE_UPLINK_QUEUES", value_delimiter = ',')]
+    pub uplink_queues: Option<Vec<u32>>,
+    /// Cluster CIDR: what pod ports steer to the engine [default: 10.244.0.0/16].
+    #[arg(long, env = "XLANE_CLUSTER_CIDR")]
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// Control socket path [default: /run/xlane/xlaned.sock].
+    #[arg(long, env = "XLANE_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Prometheus endpoint address, or "off" [default: 127.0.0.1:9472].
+    #[arg(long, env = "XLANE_METRICS")]
+    pub metrics: Option<String>,
+    /// Worker threads [default: 1].
+    #[arg(long, env = "XLANE_WORKERS")]
+    pub workers: Option<usize>,
+    /// Cores to pin workers to, e.g. "1,2" (default: not pinned).
+    #[arg(long, env = "XLANE_CORES", value_delimiter = ',')]
+    pub cores: Option<Vec<usize>>,
+    /// Keep workers spinning when idle (lowest latency, one core each at 100%).
+    #[arg(long, env = "XLANE_BUSY_POLL", num_args = 0..=1, default_missing_value = "true")]
+    pub busy_poll: Option<bool>,
+    /// XDP attach mode [default: auto].
+    #[arg(long, env = "XLANE_XDP_MODE", value_enum)]
+    pub xdp_mode: Option<XdpModeArg>,
+    /// AF_XDP bind mode [default: auto].
+    #[arg(long, env = "XLANE_BIND_MODE", value_enum)]
+    pub bind_mode: Option<BindArg>,
+    /// Host port interface name, or "none" [default: xlane0].
+    #[arg(long, env = "XLANE_HOST_PORT")]
+    pub host_port: Option<String>,
+    /// UMEM frames per worker [default: 16384].
+    #[arg(long, env = "XLANE_UMEM_FRAMES")]
+    pub umem_frames: Option<u32>,
+    /// VTEP address to configure at start (else the agent sets it).
+    #[arg(long, env = "XLANE_VTEP_IP")]
+    pub vtep_ip: Option<Ipv4Addr>,
+    /// VNI for --vtep-ip [default: 1].
+    #[arg(long, env = "XLANE_VNI")]
+    pub vni: Option<u32>,
+    /// VXLAN UDP port for --vtep-ip [default: 8472].
+    #[arg(long, env = "XLANE_VXLAN_PORT")]
+    pub vxlan_port: Option<u16>,
+    /// This node's pod subnet for --vtep-ip (enables the host port).
+    #[arg(long, env = "XLANE_NODE_SUBNET")]
+    pub node_subnet: Option<Ipv4Net>,
+}
+
+/// The file form: the same keys as the flags (kebab-case).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct File {
+    uplink: Option<String>,
+    uplink_queues: Option<Vec<u32>>,
+    cluster_cidr: Option<Ipv4Net>,
+    socket: Option<PathBuf>,
+    metrics: Option<String>,
+    workers: Option<usize>,
+    cores: Option<Vec<usize>>,
+    busy_poll: Option<bool>,
+    xdp_mode: Option<XdpModeArg>,
+    bind_mode: Option<BindArg>,
+    host_port: Option<String>,
+    umem_frames: Option<u32>,
+    vtep_ip: Option<Ipv4Addr>,
+    vni: Option<u32>,
+    vxlan_port: Option<u16>,
+    node_subnet: Option<Ipv4Net>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Uplink interface.
+    pub uplink: String,
+    /// Uplink queues (empty: all).
+    pub uplink_queues: Vec<u32>,
+    /// Cluster CIDR.
+    pub cluster_cidr: Ipv4Net,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Metrics address.
+    pub metrics: Option<SocketAddr>,
+    /// Workers.
+    pub workers: usize,
+    /// Pinning.
+    pub cores: Vec<usize>,
+    /// Busy poll.
+    pub busy_poll: bool,
+    /// XDP mode.
+    pub xdp_mode: XdpModeArg,
+    /// Bind mode.
+    pub bind_mode: BindArg,
+    /// Host port name.
+    pub host_port: Option<String>,
+    /// UMEM frames per worker.
+    pub umem_frames: u32,
+    /// VTEP to set at start.
+    pub vtep: Option<xlane_api::Vtep>,
+}
+
+impl Config {
+    /// Merge flags/env over the file over defaults, and validate.
+    ///
+    /// # Errors
+    /// Unreadable or invalid file, missing uplink, invalid values.
+    pub fn resolve(args: Args) -> anyhow::Result<Self> {
+        let file: File = match &args.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?
+            }
+            None => File::default(),
+        };
+        let uplink = args.uplink.or(file.uplink).ok_or_else(|| {
+            anyhow::anyhow!("no uplink: pass --uplink <interface> (or XLANE_UPLINK)")
+        })?;
+        let cluster_cidr = args
+            .cluster_cidr
+            .or(file.cluster_cidr)
+            .unwrap_or_else(|| "10.244.0.0/16".parse().expect("valid"));
+        anyhow::ensure!(
+            cluster_cidr.network() == cluster_cidr.addr(),
+            "cluster CIDR {cluster_cidr} has host bits set"
+        );
+        let metrics = match args.metrics.or(file.metrics).as_deref() {
+            Some("off") => None,
+            Some(a) => Some(
+                a.parse()
+                    .map_err(|e| anyhow::anyhow!("--metrics {a}: {e}"))?,
+            ),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9472))),
+        };
+        let workers = args.workers.or(file.workers).unwrap_or(1);
+        anyhow::ensure!((1..=64).contains(&workers), "--workers must be 1 to 64");
+        let cores = args.cores.or(file.cores).unwrap_or_default();
+        anyhow::ensure!(
+            cores.is_empty() || cores.len() >= workers,
+            "--cores lists {} cores for {workers} workers",
+            cores.len()
+        );
+        let host_port = match args.host_port.or(file.host_port) {
+            Some(h) if h == "none" => None,
+            Some(h) => Some(h),
+            None => Some("xlane0".to_owned()),
+        };
+        if let Some(h) = &host_port {
+            anyhow::ensure!(
+                !h.is_empty() && h.len() <= 13,
+                "host port name {h:?} must be 1 to 13 characters"
+            );
+        }
+        let vtep_ip = args.vtep_ip.or(file.vtep_ip);
+        let vtep = vtep_ip.map(|ip| xlane_api::Vtep {
+            ip,
+            mac: None,
+            vni: args.vni.or(file.vni).unwrap_or(1),
+            port: args.vxlan_port.or(file.vxlan_port).unwrap_or(8472),
+            subnet: args.node_subnet.or(file.node_subnet),
+        });
+        Ok(Self {
+            uplink,
+            uplink_queues: args
+                .uplink_queues
+                .or(file.uplink_queues)
+                .unwrap_or_default(),
+            cluster_cidr,
+            socket: args
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(|| "/run/xlane/xlaned.sock".into()),
+            metrics,
+            workers,
+            cores,
+            busy_poll: args.busy_poll.or(file.busy_poll).unwrap_or(false),
+            xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or(XdpModeArg::Auto),
+            bind_mode: args.bind_mode.or(file.bind_mode).unwrap_or(BindArg::Auto),
+            host_port,
+            umem_frames: args.umem_frames.or(file.umem_frames).unwrap_or(16_384),
+            vtep,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let dir = std::env::temp_dir().join(format!("xlaned-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("xlaned.toml");
+        std::fs::write(&path, "uplink = \"eth9\"\nworkers = 2\nmetrics = \"off\"\nvtep-ip = \"192.168.50.1\"\nvni = 7\n").unwrap();
+        let args = Args {
+            config: Some(path.clone()),
+            workers: Some(1),
+            ..Args::default()
+        };
+        let c = Config::resolve(args).unwrap();
+        assert_eq!((c.uplink.as_str(), c.workers, c.metrics), ("eth9", 1, None));
+        assert_eq!(c.vtep.unwrap().vni, 7);
+        assert_eq!(c.vtep.unwrap().port, 8472);
+        assert_eq!(c.cluster_cidr.to_string(), "10.244.0.0/16");
+        assert_eq!(c.host_port.as_deref(), Some("xlane0"));
+        std::fs::write(&path, "uplnk = \"eth9\"\n").unwrap();
+        let e = Config::resolve(Args {
+            config: Some(path),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn invalid_values_are_explained() {
+        let e = Config::resolve(Args::default()).unwrap_err();
+        assert!(e.to_string().contains("--uplink"), "{e}");
+        let e = Config::resolve(Args {
+            uplink: Some("x".into()),
+            cluster_cidr: Some("10.244.1.0/16".parse().unwrap()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("host bits"), "{e}");
+    }
+}

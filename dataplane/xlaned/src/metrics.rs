@@ -1,0 +1,140 @@
+//! Prometheus text exposition on loopback (`GET /metrics`).
+
+use crate::worker::{PortStats, WorkerShared};
+use arc_swap::ArcSwap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use xlane_engine::{CounterSnapshot, DropReason};
+
+/// A port as the metrics endpoint labels it.
+#[derive(Debug)]
+pub struct MetricPort {
+    /// Port id.
+    pub id: u16,
+    /// Role name.
+    pub role: &'static str,
+    /// Interface.
+    pub ifname: String,
+    /// One per worker.
+    pub stats: Vec<Arc<PortStats>>,
+}
+
+/// The current port list, replaced by the control thread when ports change.
+pub type MetricPorts = ArcSwap<Vec<MetricPort>>;
+
+/// Render every metric.
+#[must_use]
+pub fn render(workers: &[Arc<WorkerShared>], ports: &MetricPorts) -> String {
+    let mut out = String::new();
+    let c = CounterSnapshot::sum(workers.iter().map(|w| w.counters.as_ref()));
+    for (name, help, v) in c.named() {
+        let _ = writeln!(
+            out,
+            "# HELP xlane_pipeline_{name}_total {help}\n# TYPE xlane_pipeline_{name}_total counter\nxlane_pipeline_{name}_total {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP xlane_drops_total Frames dropped, by reason.\n# TYPE xlane_drops_total counter"
+    );
+    for r in DropReason::ALL {
+        let _ = writeln!(
+            out,
+            "xlane_drops_total{{reason=\"{}\"}} {}",
+            r.name(),
+            c.drop_count(*r)
+        );
+    }
+    let ports = ports.load();
+    for (metric, help, get) in [
+        (
+            "rx_frames",
+            "Frames received on the port.",
+            (|s: &PortStats| s.rx.load(Relaxed)) as fn(&PortStats) -> u64,
+        ),
+        ("tx_frames", "Frames transmitted on the port.", |s| {
+            s.tx.load(Relaxed)
+        }),
+        (
+            "tx_ring_full",
+            "Frames dropped because the TX ring was full.",
+            |s| s.tx_ring_full.load(Relaxed),
+        ),
+        (
+            "rx_fill_ring_empty",
+            "Kernel: receive found the fill ring empty.",
+            |s| s.kernel.load().rx_fill_ring_empty_descs,
+        ),
+        (
+            "rx_ring_full",
+            "Kernel: frames dropped because the RX ring was full.",
+            |s| s.kernel.load().rx_ring_full,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP xlane_port_{metric}_total {help}\n# TYPE xlane_port_{metric}_total counter"
+        );
+        for p in ports.iter() {
+            let v: u64 = p.stats.iter().map(|s| get(s)).sum();
+            let _ = writeln!(
+                out,
+                "xlane_port_{metric}_total{{port=\"{}\",role=\"{}\",ifname=\"{}\"}} {v}",
+                p.id, p.role, p.ifname
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP xlane_burst_latency_ns Burst forwarding latency (RX to TX flush).\n# TYPE xlane_burst_latency_ns summary"
+    );
+    let mut lat = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2)
+        .expect("static bounds");
+    for w in workers {
+        let _ = lat.add(&**w.latency.load());
+    }
+    for q in [0.5, 0.99, 0.999] {
+        let _ = writeln!(
+            out,
+            "xlane_burst_latency_ns{{quantile=\"{q}\"}} {}",
+            if lat.is_empty() {
+                0
+            } else {
+                lat.value_at_quantile(q)
+            }
+        );
+    }
+    let _ = writeln!(out, "xlane_burst_latency_ns_count {}", lat.len());
+    out
+}
+
+/// Serve metrics on `addr` from a background thread.
+///
+/// # Errors
+/// Bind failure.
+pub fn spawn(
+    addr: SocketAddr,
+    workers: Vec<Arc<WorkerShared>>,
+    ports: Arc<MetricPorts>,
+) -> anyhow::Result<()> {
+    let server =
+        tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
+    std::thread::Builder::new()
+        .name("xlane-metrics".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                let resp = if req.url() == "/metrics" {
+                    let header =
+                        tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4")
+                            .expect("static header");
+                    tiny_http::Response::from_string(render(&workers, &ports)).with_header(header)
+                } else {
+                    tiny_http::Response::from_string("try /metrics\n").with_status_code(404)
+                };
+                let _ = req.respond(resp);
+            }
+        })?;
+    Ok(())
+}

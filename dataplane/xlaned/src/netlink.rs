@@ -1,0 +1,310 @@
+//! What xlaned asks of the kernel over rtnetlink (`netlink-packet-route`): interface
+//! facts, the route to a remote VTEP, managed neighbour entries, and neighbour events.
+//!
+//! Next-hop MACs come from the kernel's neighbour table. For each remote VTEP xlaned
+//! looks up the route to it (its gateway, or the VTEP itself when on-link) and adds a
+//! *managed* neighbour entry for that next hop (`NTF_EXT_MANAGED`, Linux ≥ 5.16): the
+//! kernel then resolves it with ARP on its own and keeps it fresh, and every change
+//! arrives as an RTM_NEWNEIGH event that updates the encapsulation template. No traffic
+//! of ours is needed to trigger resolution; until it completes, routes through that
+//! node are counted drops (`unresolved_vtep`).
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use std::io;
+use std::net::Ipv4Addr;
+use xlane_api::Mac;
+
+/// Facts about an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub ifindex: u32,
+    /// Its MAC.
+    pub mac: Mac,
+    /// MTU.
+    pub mtu: u32,
+}
+
+/// A neighbour table change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighEvent {
+    /// Interface.
+    pub ifindex: u32,
+    /// The neighbour's address.
+    pub ip: Ipv4Addr,
+    /// Its MAC when the entry is usable; `None` when it was deleted or failed.
+    pub mac: Option<Mac>,
+}
+
+/// A request/response rtnetlink socket.
+#[derive(Debug)]
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
+}
+
+fn usable(state: NeighbourState) -> bool {
+    matches!(
+        state,
+        NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Permanent
+            | NeighbourState::Noarp
+    )
+}
+
+/// Decode a neighbour message into an event, if it is IPv4.
+#[must_use]
+pub fn neigh_event(m: &NeighbourMessage, deleted: bool) -> Option<NeighEvent> {
+    let mut ip = None;
+    let mut mac = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(*v4),
+            NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                mac = Some(Mac(l[..6].try_into().expect("6 bytes")))
+            }
+            _ => {}
+        }
+    }
+    let mac = if deleted || !usable(m.header.state) {
+        None
+    } else {
+        mac
+    };
+    Some(NeighEvent {
+        ifindex: m.header.ifindex,
+        ip: ip?,
+        mac,
+    })
+}
+
+impl Netlink {
+    /// Open a socket.
+    ///
+    /// # Errors
+    /// Socket creation.
+    pub fn new() -> io::Result<Self> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self { sock, seq: 1 })
+    }
+
+    /// Send a request and collect the replies (all parts of a dump, or the ACK).
+    fn request(
+        &mut self,
+        flags: u16,
+        msg: RouteNetlinkMessage,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        self.seq = self.seq.wrapping_add(1);
+        header.sequence_number = self.seq;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        m.finalize();
+        let mut buf = vec![0; m.buffer_len()];
+        m.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            let mut off = 0;
+            while off < data.len() {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = msg.header.length as usize;
+                if msg.header.sequence_number == self.seq {
+                    match msg.payload {
+                        NetlinkPayload::Done(_) => return Ok(out),
+                        NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                        NetlinkPayload::Error(_) => return Ok(out), // ACK
+                        NetlinkPayload::InnerMessage(inner) => {
+                            out.push(inner);
+                            if flags & NLM_F_DUMP != NLM_F_DUMP && flags & NLM_F_ACK == 0 {
+                                return Ok(out);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                off += len.next_multiple_of(4);
+            }
+        }
+    }
+
+    /// Look an interface up by name.
+    ///
+    /// # Errors
+    /// `NotFound` if there is none, or the netlink error.
+    pub fn link(&mut self, name: &str) -> io::Result<Link> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        let replies = self
+            .request(0, RouteNetlinkMessage::GetLink(m))
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENODEV) {
+                    io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}"))
+                } else {
+                    e
+                }
+            })?;
+        let Some(RouteNetlinkMessage::NewLink(l)) = replies.into_iter().next() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no interface {name}"),
+            ));
+        };
+        let mut link = Link {
+            ifindex: l.header.index,
+            mac: Mac([0; 6]),
+            mtu: 1500,
+        };
+        for a in l.attributes {
+            match a {
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    link.mac = Mac(a[..6].try_into().expect("6 bytes"))
+                }
+                LinkAttribute::Mtu(m) => link.mtu = m,
+                _ => {}
+            }
+        }
+        Ok(link)
+    }
+
+    /// The next hop towards `dst` and the interface it leaves by: the gateway of the
+    /// route, or `dst` itself when it is on-link.
+    ///
+    /// # Errors
+    /// No route, or the netlink error.
+    pub fn next_hop(&mut self, dst: Ipv4Addr) -> io::Result<(Ipv4Addr, u32)> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.destination_prefix_length = 32;
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        let replies = self.request(0, RouteNetlinkMessage::GetRoute(m))?;
+        let Some(RouteNetlinkMessage::NewRoute(r)) = replies.into_iter().next() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no route to {dst}"),
+            ));
+        };
+        let mut via = dst;
+        let mut oif = 0;
+        for a in r.attributes {
+            match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = g,
+                RouteAttribute::Oif(i) => oif = i,
+                _ => {}
+            }
+        }
+        Ok((via, oif))
+    }
+
+    /// The usable MAC of `ip` on `ifindex`, if the kernel has one.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn neighbour(&mut self, ip: Ipv4Addr, ifindex: u32) -> io::Result<Option<Mac>> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        let replies = self.request(NLM_F_DUMP, RouteNetlinkMessage::GetNeighbour(m))?;
+        Ok(replies.iter().find_map(|r| match r {
+            RouteNetlinkMessage::NewNeighbour(n) => neigh_event(n, false)
+                .filter(|e| e.ip == ip && e.ifindex == ifindex)
+                .and_then(|e| e.mac),
+            _ => None,
+        }))
+    }
+
+    /// Ask the kernel to resolve `ip` on `ifindex` and keep it resolved (a managed
+    /// neighbour entry). An existing entry (static or learned) is left as it is.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn manage_neighbour(&mut self, ip: Ipv4Addr, ifindex: u32) -> io::Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = ifindex;
+        m.header.state = NeighbourState::None;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        m.attributes
+            .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+        match self.request(
+            NLM_F_ACK | NLM_F_CREATE,
+            RouteNetlinkMessage::NewNeighbour(m),
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A socket subscribed to neighbour events (RTNLGRP_NEIGH).
+#[derive(Debug)]
+pub struct NeighMonitor {
+    sock: Socket,
+}
+
+const RTNLGRP_NEIGH: u32 = 3;
+
+impl NeighMonitor {
+    /// Subscribe.
+    ///
+    /// # Errors
+    /// Socket creation or subscription.
+    pub fn new() -> io::Result<Self> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.add_membership(RTNLGRP_NEIGH)?;
+        Ok(Self { sock })
+    }
+
+    /// Block until the next batch of events.
+    ///
+    /// # Errors
+    /// Socket errors (ENOBUFS means events were lost: re-read the table).
+    pub fn next(&mut self) -> io::Result<Vec<NeighEvent>> {
+        let (data, _) = self.sock.recv_from_full()?;
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off < data.len() {
+            let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..]) else {
+                break;
+            };
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
+                    out.extend(neigh_event(&n, false))
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
+                    out.extend(neigh_event(&n, true))
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            off += len.next_multiple_of(4);
+        }
+        Ok(out)
+    }
+}

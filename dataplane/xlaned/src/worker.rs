@@ -1,0 +1,458 @@
+//! A worker: one pinned thread that owns a UMEM and the sockets of the port queues it
+//! serves, and runs RX burst → pipeline → TX until told to stop.
+//!
+//! Ports are added and removed by commands from the control thread (the worker owns
+//! the UMEM, so only it may touch the sockets); an eventfd wakes a sleeping worker. When
+//! idle for a run of empty polls a worker sleeps in poll(2) on its sockets (need_wakeup
+//! mode), so an idle node costs ~0 CPU; with busy-poll it keeps spinning.
+
+use arc_swap::ArcSwap;
+use arrayvec::ArrayVec;
+use crossbeam_channel::{Receiver, Sender};
+use hdrhistogram::Histogram;
+use nix::sys::eventfd::EventFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use xlane_engine::{BURST, CoreCounters, Frame, Pipeline, Verdict};
+use xlane_fib::{FibHandle, PortId};
+use xlane_xdp::attach::XdpAttachment;
+use xlane_xdp::xsk::{BindMode, RxFrame, SocketStats, Umem, UmemSettings, XskPort, wait_readable};
+
+/// Empty polls before a non-busy worker sleeps.
+const IDLE_SPINS: u32 = 2_000;
+/// Longest sleep (also the period of statistics refresh while idle).
+const SLEEP_MS: i32 = 200;
+/// Wakeups per TX flush: copy mode sends 32 descriptors per wakeup, so 8 cover a
+/// burst of 64 with room for backlog.
+const TX_FLUSH_WAKEUPS: u32 = 8;
+
+/// Per-port counters, written by one worker (relaxed load + store), read by control.
+#[derive(Debug, Default)]
+pub struct PortStats {
+    /// Frames received.
+    pub rx: AtomicU64,
+    /// Frames transmitted.
+    pub tx: AtomicU64,
+    /// Frames dropped because the TX ring was full.
+    pub tx_ring_full: AtomicU64,
+    /// Kernel socket statistics, refreshed about once a second.
+    pub kernel: ArcSwap<SocketStats>,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    if n != 0 {
+        c.store(c.load(Relaxed) + n, Relaxed);
+    }
+}
+
+/// Histograms a worker publishes about once a second.
+#[derive(Debug)]
+pub struct WorkerShared {
+    /// Pipeline counters.
+    pub counters: Arc<CoreCounters>,
+    /// Burst forwarding latency (RX to TX flush), nanoseconds.
+    pub latency: ArcSwap<Histogram<u64>>,
+    /// Frames per RX burst.
+    pub burst: ArcSwap<Histogram<u64>>,
+}
+
+fn new_latency() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("static bounds")
+}
+
+fn new_burst() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, BURST as u64, 2).expect("static bounds")
+}
+
+impl WorkerShared {
+    fn new() -> Self {
+        Self {
+            counters: Arc::new(CoreCounters::default()),
+            latency: ArcSwap::from_pointee(new_latency()),
+            burst: ArcSwap::from_pointee(new_burst()),
+        }
+    }
+}
+
+/// What a port serves, as the worker needs it.
+#[derive(Debug)]
+pub struct PortSpec {
+    /// Pipeline port id.
+    pub id: PortId,
+    /// Interface.
+    pub ifname: String,
+    /// Queues this worker binds.
+    pub queues: Vec<u32>,
+    /// The interface's XDP program (its XSKMAP receives our sockets).
+    pub attach: Arc<XdpAttachment>,
+    /// Frames to keep in each queue's fill ring.
+    pub fill_target: u32,
+    /// Counters.
+    pub stats: Arc<PortStats>,
+}
+
+/// Commands from the control thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Bind sockets on a port's queues; replies whether they are zero-copy.
+    AddPort(PortSpec, Sender<Result<bool, String>>),
+    /// Close a port's sockets (its traffic falls back to the kernel).
+    RemovePort(PortId, Sender<()>),
+    /// Exit the loop.
+    Stop,
+}
+
+/// The control thread's handle on a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    tx: Sender<Command>,
+    wake: Arc<EventFd>,
+    /// Shared counters and histograms.
+    pub shared: Arc<WorkerShared>,
+}
+
+impl WorkerHandle {
+    /// Send a command and wake the worker.
+    pub fn send(&self, cmd: Command) {
+        if self.tx.send(cmd).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
+}
+
+struct WPort {
+    id: PortId,
+    xsk: XskPort,
+    stats: Arc<PortStats>,
+    fill_target: u32,
+    _attach: Arc<XdpAttachment>,
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    /// UMEM geometry.
+    pub umem: UmemSettings,
+    /// Socket bind mode.
+    pub bind: BindMode,
+    /// Spin instead of sleeping when idle.
+    pub busy_poll: bool,
+    /// Core to pin to.
+    pub core: Option<usize>,
+}
+
+/// Start a worker thread.
+///
+/// # Errors
+/// UMEM creation or thread spawn failure.
+pub fn spawn(
+    index: usize,
+    cfg: WorkerConfig,
+    fib: &FibHandle,
+) -> anyhow::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    // The UMEM holds raw pointers into its mapping and is not Send: the worker creates
+    // it on its own thread and reports whether that worked.
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
+    let wake = Arc::new(EventFd::from_value_and_flags(
+        0,
+        nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+    )?);
+    let shared = Arc::new(WorkerShared::new());
+    let handle = WorkerHandle {
+        tx,
+        wake: Arc::clone(&wake),
+        shared: Arc::clone(&shared),
+    };
+    let reader = fib.reader();
+    let join = std::thread::Builder::new()
+        .name(format!("xlane-worker{index}"))
+        .spawn(move || {
+            if let Some(core) = cfg.core {
+                if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    tracing::info!(worker = index, core, "worker pinned");
+                } else {
+                    tracing::warn!(worker = index, core, "could not pin worker");
+                }
+            }
+            let umem = match Umem::new(cfg.umem) {
+                Ok(u) => {
+                    let _ = ready_tx.send(Ok(()));
+                    u
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let mut w = Worker {
+                index,
+                umem,
+                ports: Vec::new(),
+                by_id: Vec::new(),
+                pending: Vec::new(),
+                pipeline: Pipeline::new(Arc::clone(&shared.counters)),
+                reader,
+                cmds: rx,
+                wake,
+                cfg,
+                shared,
+                latency: new_latency(),
+                burst: new_burst(),
+            };
+            w.run();
+        })?;
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("worker {index} exited during start"))?
+        .map_err(|e| anyhow::anyhow!("worker {index}: {e}"))?;
+    Ok((handle, join))
+}
+
+struct Worker {
+    index: usize,
+    // Ports before the UMEM: their sockets must close before it is unregistered.
+    ports: Vec<WPort>,
+    umem: Umem,
+    /// PortId → index of the socket used to transmit on that port.
+    by_id: Vec<Option<usize>>,
+    /// Per local port: frames to transmit after the current burst.
+    pending: Vec<ArrayVec<(RxFrame, u32, u32), BURST>>,
+    pipeline: Pipeline,
+    reader: xlane_fib::FibReader,
+    cmds: Receiver<Command>,
+    wake: Arc<EventFd>,
+    cfg: WorkerConfig,
+    shared: Arc<WorkerShared>,
+    latency: Histogram<u64>,
+    burst: Histogram<u64>,
+}
+
+impl Worker {
+    fn run(&mut self) {
+        let mut idle = 0u32;
+        let mut last_publish = Instant::now();
+        loop {
+            while let Ok(cmd) = self.cmds.try_recv() {
+                if !self.command(cmd) {
+                    self.publish();
+                    return;
+                }
+            }
+            let work = self.poll_once();
+            if work > 0 {
+                idle = 0;
+            } else {
+                idle = idle.saturating_add(1);
+            }
+            if last_publish.elapsed() >= Duration::from_secs(1) {
+                self.publish();
+                last_publish = Instant::now();
+            }
+            if idle >= IDLE_SPINS && !self.cfg.busy_poll {
+                self.sleep();
+                idle = 0;
+            } else if idle >= IDLE_SPINS && self.ports.is_empty() {
+                // Busy-poll with nothing to poll: wait for a command instead of burning a core.
+                self.sleep();
+                idle = 0;
+            }
+        }
+    }
+
+    fn sleep(&mut self) {
+        let mut fds: Vec<RawFd> = self.ports.iter().map(|p| p.xsk.poll_fd()).collect();
+        fds.push(self.wake.as_raw_fd());
+        // Before sleeping, make sure the kernel has frames to receive into and knows it.
+        for p in &mut self.ports {
+            if p.xsk.fill_needs_wakeup() {
+                p.xsk.kick_tx();
+            }
+        }
+        if let Err(e) = wait_readable(&fds, SLEEP_MS) {
+            tracing::warn!(worker = self.index, error = %e, "poll failed");
+        }
+        let _ = self.wake.read();
+    }
+
+    fn command(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::AddPort(spec, reply) => {
+                let r = self.add_port(spec);
+                let _ = reply.send(r);
+            }
+            Command::RemovePort(id, reply) => {
+                self.remove_port(id);
+                let _ = reply.send(());
+            }
+            Command::Stop => return false,
+        }
+        true
+    }
+
+    fn add_port(&mut self, spec: PortSpec) -> Result<bool, String> {
+        let mut opened = Vec::new();
+        for &q in &spec.queues {
+            let mut xsk = self
+                .umem
+                .open_port(&spec.ifname, q, self.cfg.bind)
+                .map_err(|e| e.to_string())?;
+            self.umem.refill(&mut xsk, spec.fill_target, 0);
+            spec.attach
+                .insert_socket(q, xsk.fd())
+                .map_err(|e| format!("XSKMAP insert for {} queue {q}: {e}", spec.ifname))?;
+            opened.push(xsk);
+        }
+        let zero_copy = opened.first().is_some_and(XskPort::zero_copy);
+        for xsk in opened {
+            self.ports.push(WPort {
+                id: spec.id,
+                xsk,
+                stats: Arc::clone(&spec.stats),
+                fill_target: spec.fill_target,
+                _attach: Arc::clone(&spec.attach),
+            });
+            self.pending.push(ArrayVec::new());
+        }
+        self.reindex();
+        tracing::debug!(worker = self.index, port = %spec.id, ifname = %spec.ifname, "port added");
+        Ok(zero_copy)
+    }
+
+    fn remove_port(&mut self, id: PortId) {
+        let mut i = 0;
+        while i < self.ports.len() {
+            if self.ports[i].id == id {
+                let p = self.ports.remove(i);
+                self.pending.remove(i);
+                let _ = p._attach.remove_socket(p.xsk.queue());
+                // Frames still in its rings are lost with the socket; the UMEM keeps its
+                // accounting (they are never returned), which is bounded by the ring sizes.
+                drop(p);
+            } else {
+                i += 1;
+            }
+        }
+        self.reindex();
+    }
+
+    fn reindex(&mut self) {
+        self.by_id.clear();
+        for (i, p) in self.ports.iter().enumerate() {
+            let k = usize::from(p.id.0);
+            if self.by_id.len() <= k {
+                self.by_id.resize(k + 1, None);
+            }
+            if self.by_id[k].is_none() {
+                self.by_id[k] = Some(i);
+            }
+        }
+    }
+
+    /// One pass over every port; returns frames received.
+    fn poll_once(&mut self) -> usize {
+        let Self {
+            ports,
+            umem,
+            by_id,
+            pending,
+            pipeline,
+            reader,
+            latency,
+            burst,
+            ..
+        } = self;
+        let fib = reader.current();
+        let mut work = 0;
+        let mut rx = [RxFrame { addr: 0, len: 0 }; BURST];
+        let mut verdicts = [Verdict::Drop(xlane_engine::DropReason::UnknownPort); BURST];
+        let mut placed = [(0u32, 0u32); BURST];
+        for pi in 0..ports.len() {
+            umem.reap_completions(&mut ports[pi].xsk);
+            let n = umem.receive(&mut ports[pi].xsk, &mut rx);
+            if n == 0 {
+                continue;
+            }
+            // Give the kernel new frames at once: a fill ring left short while other
+            // ports are processed is where frames get dropped under load.
+            let (level, target) = (Umem::fill_level(&ports[pi].xsk), ports[pi].fill_target);
+            if level < target {
+                umem.refill(&mut ports[pi].xsk, target - level, BURST);
+            }
+            let t0 = Instant::now();
+            work += n;
+            let ingress = ports[pi].id;
+            umem.frames_mut(&rx[..n], |bufs| {
+                let mut frames: ArrayVec<Frame<'_>, BURST> = ArrayVec::new();
+                for ((buf, off), fr) in bufs.iter_mut().zip(&rx[..n]) {
+                    let frame = Frame::new(buf, *off, fr.len as usize)
+                        .expect("receive() checked the frame bounds");
+                    frames.push(frame);
+                }
+                pipeline.process(fib, ingress, &mut frames, &mut verdicts[..n]);
+                for (p, f) in placed.iter_mut().zip(&frames) {
+                    *p = (
+                        u32::try_from(f.head()).expect("< frame size"),
+                        u32::try_from(f.len()).expect("< frame size"),
+                    );
+                }
+            });
+            bump(&ports[pi].stats.rx, n as u64);
+            for i in 0..n {
+                match verdicts[i] {
+                    Verdict::Tx(dst) => match by_id.get(usize::from(dst.0)).copied().flatten() {
+                        Some(k) => pending[k].push((rx[i], placed[i].0, placed[i].1)),
+                        None => umem.release(rx[i]),
+                    },
+                    Verdict::Drop(_) => umem.release(rx[i]),
+                }
+            }
+            for (k, q) in pending.iter_mut().enumerate() {
+                if q.is_empty() {
+                    continue;
+                }
+                let mut sent = umem.transmit(&mut ports[k].xsk, q);
+                if sent < q.len() {
+                    // Ring full: let the kernel drain it, take back completed frames, retry.
+                    ports[k].xsk.flush_tx(TX_FLUSH_WAKEUPS);
+                    umem.reap_completions(&mut ports[k].xsk);
+                    sent += umem.transmit(&mut ports[k].xsk, &q[sent..]);
+                }
+                for &(fr, _, _) in &q[sent..] {
+                    umem.release(fr);
+                }
+                bump(&ports[k].stats.tx, sent as u64);
+                bump(&ports[k].stats.tx_ring_full, (q.len() - sent) as u64);
+                q.clear();
+                ports[k].xsk.flush_tx(TX_FLUSH_WAKEUPS);
+            }
+            let _ = latency.record(
+                u64::try_from(t0.elapsed().as_nanos())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            );
+            let _ = burst.record(n as u64);
+        }
+        // Keep every fill ring stocked; leave a reserve so TX completions lag safely.
+        let reserve = BURST * ports.len().max(1);
+        for p in ports.iter_mut() {
+            let level = Umem::fill_level(&p.xsk);
+            if level < p.fill_target {
+                umem.refill(&mut p.xsk, p.fill_target - level, reserve);
+            }
+        }
+        work
+    }
+
+    fn publish(&mut self) {
+        self.shared.latency.store(Arc::new(self.latency.clone()));
+        self.shared.burst.store(Arc::new(self.burst.clone()));
+        for p in &self.ports {
+            if let Ok(s) = p.xsk.stats() {
+                p.stats.kernel.store(Arc::new(s));
+            }
+        }
+    }
+}
