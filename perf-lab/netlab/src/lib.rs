@@ -6,6 +6,10 @@
 //! machine of the lab's kind has.
 #![forbid(unsafe_code)]
 
+pub mod topology;
+
+pub use topology::{Lab, Node, Pod};
+
 use nix::sched::{CloneFlags, setns};
 use std::fs::File;
 use std::io;

@@ -1,0 +1,639 @@
+//! xlaned end to end, as root, in namespaces the tests create and remove: two nodes on
+//! a fabric bridge, pods on veths, one xlaned per node configured through its control
+//! socket (as the agent would).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use xlane_api::{Change, Client, Counters, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, Vtep};
+use xlane_netlab::{Lab, Netns, privileged};
+
+/// One lab at a time: they share two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A running xlaned, stopped (by PID) on drop.
+struct Xlaned {
+    child: Option<Child>,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Xlaned {
+    fn start(ns: &Netns, name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xlane-e2e-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("xlaned.sock");
+        let log = std::fs::File::create(dir.join("xlaned.log")).unwrap();
+        let child = ns
+            .command(env!("CARGO_BIN_EXE_xlaned"))
+            .args(["--uplink", "eth0", "--socket"])
+            .arg(&socket)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn xlaned");
+        let d = Self {
+            child: Some(child),
+            socket,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Client::connect(&d.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "xlaned did not open its socket:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.socket).expect("connect")
+    }
+
+    fn call(&self, op: Op) -> Reply {
+        self.client().call(op).expect("call")
+    }
+
+    fn ok(&self, op: Op) -> Reply {
+        let r = self.call(op.clone());
+        assert!(
+            !matches!(r, Reply::Error { .. }),
+            "{op:?} → {r:?}\n{}",
+            self.log()
+        );
+        r
+    }
+
+    fn counters(&self) -> Counters {
+        match self.ok(Op::Counters) {
+            Reply::Counters(c) => *c,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("xlaned.log")).unwrap_or_default()
+    }
+
+    /// Stop with `sig` and wait; returns the exit status.
+    fn stop_with(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, sig);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Xlaned {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop_with(nix::sys::signal::Signal::SIGTERM);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn mac(s: &str) -> Mac {
+    s.parse().unwrap()
+}
+
+/// Two nodes, pods 0 and 1 on node 0, pod 2 on node 1, both daemons configured.
+struct Cluster {
+    // Daemons before the lab: they stop before their namespaces go.
+    daemons: Vec<Xlaned>,
+    lab: Lab,
+}
+
+fn cluster(prefix: &str) -> Cluster {
+    let mut lab = Lab::new(prefix, 2).unwrap();
+    for node in [0, 0, 1] {
+        lab.add_pod(node).unwrap();
+    }
+    let daemons: Vec<Xlaned> = lab
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Xlaned::start(&n.ns, &format!("{prefix}-{i}")))
+        .collect();
+    for (i, n) in lab.nodes.iter().enumerate() {
+        let d = &daemons[i];
+        d.ok(Op::SetVtep(Vtep {
+            ip: n.ip,
+            mac: None,
+            vni: 1,
+            port: 8472,
+            subnet: Some(n.subnet_cidr().parse().unwrap()),
+        }));
+        let mut changes = Vec::new();
+        for (j, other) in lab.nodes.iter().enumerate() {
+            if j != i {
+                changes.push(Change::AddNode {
+                    underlay_ip: other.ip,
+                    vtep_mac: mac(&other.ns.mac("eth0").unwrap()),
+                    next_hop_mac: None,
+                });
+                changes.push(Change::AddRoute {
+                    prefix: other.subnet_cidr().parse().unwrap(),
+                    via: other.ip,
+                });
+            }
+        }
+        d.ok(Op::Apply { changes });
+    }
+    for p in &lab.pods {
+        let r = daemons[p.node].ok(Op::AddEndpoint(EndpointSpec {
+            ifname: p.host_if.clone(),
+            ip: p.ip,
+            mac: mac(&p.mac),
+        }));
+        assert!(matches!(r, Reply::EndpointReady { mtu: 1450, .. }), "{r:?}");
+    }
+    // Wait for the kernel to resolve each remote VTEP's MAC (managed neighbour entries).
+    for d in &daemons {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let Reply::Nodes { nodes } = d.ok(Op::Dump {
+                table: Table::Nodes,
+            }) else {
+                panic!()
+            };
+            if nodes.iter().all(|n| n.next_hop_mac.is_some()) {
+                assert!(nodes.iter().all(|n| n.source == "neighbor"), "{nodes:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "next hops never resolved: {nodes:?}\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Cluster { daemons, lab }
+}
+
+fn ping(ns: &Netns, dst: Ipv4Addr) -> Result<(), String> {
+    let out = ns
+        .command("ping")
+        .args(["-c", "3", "-i", "0.2", "-W", "2"])
+        .arg(dst.to_string())
+        .output()
+        .expect("ping (iputils-ping) is installed");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn fnv1a(h: &mut u64, bytes: &[u8]) {
+    for &b in bytes {
+        *h ^= u64::from(b);
+        *h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+}
+
+fn drops(c: &Counters) -> BTreeMap<String, u64> {
+    c.drops
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+fn conserved(c: &Counters) -> bool {
+    c.pipeline["rx"] == c.pipeline["tx"] + c.drops.values().sum::<u64>()
+}
+
+#[test]
+fn pods_nodes_and_the_pinhole() {
+    if !privileged("pods_nodes_and_the_pinhole") {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Cluster { mut daemons, lab } = cluster("xe-basic");
+    let (p0, p1, p2) = (&lab.pods[0], &lab.pods[1], &lab.pods[2]);
+
+    // Ping both ways across nodes, on one node, node to pods, pods to nodes.
+    ping(&p0.ns, p2.ip).unwrap();
+    ping(&p2.ns, p0.ip).unwrap();
+    ping(&p0.ns, p1.ip).unwrap();
+    ping(&lab.nodes[0].ns, p0.ip).unwrap();
+    ping(&lab.nodes[0].ns, p2.ip).unwrap();
+    ping(&p2.ns, lab.nodes[0].gateway()).unwrap();
+    ping(&p0.ns, lab.nodes[0].ip).unwrap();
+
+    // Proxy ARP: the pod's gateway resolved to the host-side veth's MAC.
+    let neigh = p0
+        .ns
+        .ip(&["neigh", "show", &lab.nodes[0].gateway().to_string()])
+        .unwrap();
+    let host_mac = lab.nodes[0].ns.mac(&p0.host_if).unwrap();
+    assert!(
+        neigh.contains(&host_mac),
+        "gateway entry {neigh:?} should be {host_mac}"
+    );
+
+    // The pinhole: the node's own address still answers the fabric while xlaned runs.
+    ping(&lab.fabric, lab.nodes[0].ip).unwrap();
+
+    // 100 MB over TCP, byte-exact.
+    let listener = p2
+        .ns
+        .enter(|| TcpListener::bind(SocketAddrV4::new(p2.ip, 5001)))
+        .unwrap()
+        .unwrap();
+    let server = std::thread::spawn(move || -> io::Result<(u64, u64)> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let (mut n, mut h) = (0u64, 0xcbf2_9ce4_8422_2325u64);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let k = io::Read::read(&mut s, &mut buf)?;
+            if k == 0 {
+                return Ok((n, h));
+            }
+            fnv1a(&mut h, &buf[..k]);
+            n += k as u64;
+        }
+    });
+    let mut stream = p0
+        .ns
+        .enter(|| TcpStream::connect(SocketAddrV4::new(p2.ip, 5001)))
+        .unwrap()
+        .unwrap();
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut sent_hash = 0xcbf2_9ce4_8422_2325u64;
+    let t0 = Instant::now();
+    for _ in 0..100 {
+        io::Write::write_all(&mut stream, &chunk).unwrap();
+        fnv1a(&mut sent_hash, &chunk);
+    }
+    drop(stream);
+    let (received, recv_hash) = server.join().unwrap().unwrap();
+    assert_eq!(received, 100 << 20);
+    assert_eq!(recv_hash, sent_hash, "100 MB arrived intact");
+    eprintln!(
+        "100 MB TCP pod→pod across nodes in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Anti-spoofing: a pod sending as another address is dropped and counted.
+    p0.ns
+        .ip(&["addr", "add", "10.244.1.77/32", "dev", "eth0"])
+        .unwrap();
+    let before = daemons[0].counters().drops["spoofed_source"];
+    let rx = p2
+        .ns
+        .enter(|| UdpSocket::bind(SocketAddrV4::new(p2.ip, 6001)))
+        .unwrap()
+        .unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let spoofer = p0
+        .ns
+        .enter(|| UdpSocket::bind("10.244.1.77:0"))
+        .unwrap()
+        .unwrap();
+    for _ in 0..10 {
+        spoofer
+            .send_to(b"spoofed", SocketAddrV4::new(p2.ip, 6001))
+            .unwrap();
+    }
+    let mut buf = [0u8; 64];
+    assert!(
+        rx.recv_from(&mut buf).is_err(),
+        "a spoofed packet got through"
+    );
+    let after = daemons[0].counters().drops["spoofed_source"];
+    assert_eq!(after - before, 10, "every spoofed packet counted");
+
+    for (i, d) in daemons.iter().enumerate() {
+        let c = d.counters();
+        assert!(
+            conserved(&c),
+            "node {i}: {:?} drops {:?}",
+            c.pipeline,
+            drops(&c)
+        );
+    }
+
+    // Stop xlaned: nothing stays attached, and the node keeps its network.
+    let node = &lab.nodes[0];
+    assert!(node.ns.has_xdp("eth0").unwrap() && node.ns.has_xdp(&p0.host_if).unwrap());
+    let st = daemons[0].stop_with(nix::sys::signal::Signal::SIGTERM);
+    assert!(st.success(), "xlaned exit: {st}\n{}", daemons[0].log());
+    for dev in ["eth0", "xlane0-e", &p0.host_if, &p1.host_if] {
+        assert!(
+            !node.ns.has_xdp(dev).unwrap(),
+            "XDP left on {dev} after exit"
+        );
+    }
+    ping(&lab.fabric, node.ip).unwrap();
+    // Even a killed xlaned leaves nothing behind (BPF links die with the process).
+    let n1 = &lab.nodes[1];
+    assert!(n1.ns.has_xdp("eth0").unwrap());
+    daemons[1].stop_with(nix::sys::signal::Signal::SIGKILL);
+    assert!(
+        !n1.ns.has_xdp("eth0").unwrap() && !n1.ns.has_xdp(&p2.host_if).unwrap(),
+        "XDP left after SIGKILL"
+    );
+}
+
+#[test]
+fn udp_flood_is_accounted_for() {
+    if !privileged("udp_flood_is_accounted_for") {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Cluster { daemons, lab } = cluster("xe-flood");
+    let (p0, p2) = (&lab.pods[0], &lab.pods[2]);
+    let rx = p2
+        .ns
+        .enter(|| UdpSocket::bind(SocketAddrV4::new(p2.ip, 7001)))
+        .unwrap()
+        .unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let receiver = std::thread::spawn(move || {
+        let mut n = 0u64;
+        let mut buf = [0u8; 2048];
+        while rx.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    });
+    let tx = p0
+        .ns
+        .enter(|| UdpSocket::bind(SocketAddrV4::new(p0.ip, 0)))
+        .unwrap()
+        .unwrap();
+    let payload = [0x5au8; 18]; // 64-byte frames on the pod link
+    const MAX: u64 = 300_000;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut sent = 0u64;
+    while sent < MAX && Instant::now() < deadline {
+        for _ in 0..16 {
+            if tx.send_to(&payload, SocketAddrV4::new(p2.ip, 7001)).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    let received = receiver.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let c0 = daemons[0].counters();
+    let c1 = daemons[1].counters();
+    eprintln!(
+        "UDP flood: sent {sent}, received {received}; node0 {:?} drops {:?}; node1 {:?} drops {:?}",
+        c0.pipeline,
+        drops(&c0),
+        c1.pipeline,
+        drops(&c1)
+    );
+    assert!(
+        conserved(&c0) && conserved(&c1),
+        "frames in = frames out + counted drops"
+    );
+    assert!(received > 0 && received <= sent);
+    let pod_port = c0.ports.iter().find(|p| p.ifname == p0.host_if).unwrap();
+    assert!(
+        pod_port.rx >= received,
+        "the pod port saw the flood: {pod_port:?}"
+    );
+    assert!(c0.pipeline["encapsulated"] >= received && c1.pipeline["decapsulated"] >= received);
+}
+
+#[test]
+fn route_churn_does_not_disturb_forwarding() {
+    if !privileged("route_churn_does_not_disturb_forwarding") {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Cluster { daemons, lab } = cluster("xe-churn");
+    let (p0, p2) = (&lab.pods[0], &lab.pods[2]);
+    let rx = p2
+        .ns
+        .enter(|| UdpSocket::bind(SocketAddrV4::new(p2.ip, 7002)))
+        .unwrap()
+        .unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let tx = p0
+        .ns
+        .enter(|| UdpSocket::bind(SocketAddrV4::new(p0.ip, 0)))
+        .unwrap()
+        .unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A paced stream (~5k packets/s, numbered) to an unaffected destination.
+    let sender = {
+        let done = std::sync::Arc::clone(&done);
+        let dst = SocketAddrV4::new(p2.ip, 7002);
+        std::thread::spawn(move || {
+            let mut seq = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && seq < 200_000 {
+                for _ in 0..25 {
+                    tx.send_to(&seq.to_be_bytes(), dst).unwrap();
+                    seq += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seq
+        })
+    };
+    let receiver = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok((n, _)) = rx.recv_from(&mut buf) {
+            if n == 4 {
+                got.push(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+            }
+        }
+        got
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // 100k route changes: 50k host routes in 10.128.0.0/9 added, then withdrawn, in
+    // batches of 1000, while the stream flows.
+    let via = lab.nodes[1].ip;
+    let mut client = daemons[0].client();
+    let t0 = Instant::now();
+    for batch in 0..100u32 {
+        let changes: Vec<Change> = (0..1000u32)
+            .map(|i| {
+                let k = (batch % 50) * 1000 + i;
+                let prefix = format!("{}/30", Ipv4Addr::from(0x0a80_0000 + k * 4))
+                    .parse()
+                    .unwrap();
+                if batch < 50 {
+                    Change::AddRoute { prefix, via }
+                } else {
+                    Change::DelRoute { prefix }
+                }
+            })
+            .collect();
+        let r = client.call(Op::Apply { changes }).unwrap();
+        assert!(matches!(r, Reply::Applied { changes: 1000, .. }), "{r:?}");
+    }
+    let churn = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    let mut got = receiver.join().unwrap();
+    got.sort_unstable();
+    got.dedup();
+    eprintln!(
+        "100k route changes in {:.0} ms; stream: sent {sent}, received {}",
+        churn.as_secs_f64() * 1e3,
+        got.len()
+    );
+    let Reply::Routes { routes } = daemons[0].ok(Op::Dump {
+        table: Table::Routes,
+    }) else {
+        panic!()
+    };
+    assert_eq!(
+        routes.len(),
+        1,
+        "only the node route is left: {:?}",
+        &routes[..routes.len().min(3)]
+    );
+    let missing: Vec<u32> = (0..sent)
+        .filter(|s| got.binary_search(s).is_err())
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} of {sent} in-flight packets, e.g. {missing:?}; drops {:?}",
+        sent as usize - got.len(),
+        drops(&daemons[0].counters())
+    );
+}
+
+#[test]
+fn bad_control_requests_get_errors_and_forwarding_continues() {
+    if !privileged("bad_control_requests_get_errors_and_forwarding_continues") {
+        return;
+    }
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Cluster { daemons, lab } = cluster("xe-bad");
+    let d = &daemons[0];
+    let mut c = d.client();
+    let code = |r: Reply| match r {
+        Reply::Error { code, message } => {
+            assert!(!message.is_empty());
+            code
+        }
+        other => panic!("expected an error, got {other:?}"),
+    };
+    // Garbage, wrong version, unknown op, on one connection that stays usable.
+    assert_eq!(
+        code(c.call_raw(b"\x00\xffgarbage\n").unwrap()),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(c.call_raw(b"{\"version\":9,\"op\":\"status\"}\n").unwrap()),
+        ErrorCode::UnsupportedVersion
+    );
+    assert_eq!(
+        code(c.call_raw(b"{\"version\":1,\"op\":\"reboot\"}\n").unwrap()),
+        ErrorCode::BadRequest
+    );
+    // Invalid CIDRs: /33 does not parse; host bits set is refused; the batch is atomic.
+    let bad = br#"{"version":1,"op":"apply","changes":[{"kind":"add_route","prefix":"10.244.9.0/33","via":"192.168.50.2"}]}
+"#;
+    assert_eq!(code(c.call_raw(bad).unwrap()), ErrorCode::BadRequest);
+    let r = c
+        .call(Op::Apply {
+            changes: vec![
+                Change::AddRoute {
+                    prefix: "10.244.8.0/24".parse().unwrap(),
+                    via: lab.nodes[1].ip,
+                },
+                Change::AddRoute {
+                    prefix: "10.244.9.5/24".parse().unwrap(),
+                    via: lab.nodes[1].ip,
+                },
+            ],
+        })
+        .unwrap();
+    assert_eq!(code(r), ErrorCode::Invalid);
+    let Reply::Routes { routes } = d.ok(Op::Dump {
+        table: Table::Routes,
+    }) else {
+        panic!()
+    };
+    assert!(
+        routes
+            .iter()
+            .all(|r| r.prefix.to_string() != "10.244.8.0/24"),
+        "a refused batch changed nothing"
+    );
+    // Invalid VTEP and endpoints.
+    let v = Vtep {
+        ip: lab.nodes[0].ip,
+        mac: None,
+        vni: 1 << 24,
+        port: 8472,
+        subnet: None,
+    };
+    assert_eq!(code(c.call(Op::SetVtep(v)).unwrap()), ErrorCode::Invalid);
+    let ep = EndpointSpec {
+        ifname: "nosuchif".into(),
+        ip: "10.244.1.50".parse().unwrap(),
+        mac: mac("02:00:00:00:00:50"),
+    };
+    assert_eq!(
+        code(c.call(Op::AddEndpoint(ep)).unwrap()),
+        ErrorCode::Invalid
+    );
+    let ep = EndpointSpec {
+        ifname: lab.pods[0].host_if.clone(),
+        ip: "10.99.0.1".parse().unwrap(),
+        mac: mac("02:00:00:00:00:50"),
+    };
+    assert_eq!(
+        code(c.call(Op::AddEndpoint(ep)).unwrap()),
+        ErrorCode::Invalid
+    );
+    // An oversized line closes that connection only.
+    let mut huge = vec![b'x'; xlane_api::MAX_LINE + 1024];
+    huge.push(b'\n');
+    let mut c2 = d.client();
+    assert_eq!(code(c2.call_raw(&huge).unwrap()), ErrorCode::BadRequest);
+    // Deleting what is not there is fine.
+    assert_eq!(
+        d.ok(Op::DelEndpoint {
+            ip: "10.244.1.99".parse().unwrap()
+        }),
+        Reply::EndpointRemoved { existed: false }
+    );
+    // The daemon is up and still forwarding.
+    assert!(matches!(c.call(Op::Status).unwrap(), Reply::Status(_)));
+    ping(&lab.pods[0].ns, lab.pods[2].ip).unwrap();
+}

@@ -1,0 +1,173 @@
+//! The lab topology: a fabric namespace with a bridge as the underlay, nodes attached
+//! to it by their uplink, and pods attached to nodes by veth pairs.
+//!
+//! ```text
+//!   pod ns ── eth0 ═══ vpN ── node ns ── eth0 ═══ nN ── fabric ns (br0, 192.168.50.254)
+//! ```
+//! Node `i` (0-based) is 192.168.50.(i+1) with pod subnet 10.244.(i+1).0/24; pod `k` of
+//! a node is .(k+2) with the gateway .1, MTU 1450 (uplink 1500 − 50).
+
+use crate::Netns;
+use std::io;
+use std::net::Ipv4Addr;
+
+/// Underlay prefix length.
+pub const UNDERLAY_PREFIX: u8 = 24;
+/// Pod MTU: uplink 1500 − 50 bytes of VXLAN.
+pub const POD_MTU: u16 = 1450;
+
+/// A node: its namespace and uplink.
+#[derive(Debug)]
+pub struct Node {
+    /// The node's namespace.
+    pub ns: Netns,
+    /// Uplink interface name inside the node.
+    pub uplink: String,
+    /// Underlay address.
+    pub ip: Ipv4Addr,
+    /// Pod subnet (network address; /24).
+    pub subnet: Ipv4Addr,
+    pods: u8,
+}
+
+impl Node {
+    /// The pod subnet as "a.b.c.d/24".
+    #[must_use]
+    pub fn subnet_cidr(&self) -> String {
+        format!("{}/24", self.subnet)
+    }
+
+    /// The pods' gateway (the subnet's first address).
+    #[must_use]
+    pub fn gateway(&self) -> Ipv4Addr {
+        let o = self.subnet.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], 1)
+    }
+}
+
+/// A pod: its namespace, address and the host-side interface in its node.
+#[derive(Debug)]
+pub struct Pod {
+    /// The pod's namespace.
+    pub ns: Netns,
+    /// Index of its node.
+    pub node: usize,
+    /// Host-side veth name (in the node).
+    pub host_if: String,
+    /// Pod address.
+    pub ip: Ipv4Addr,
+    /// Pod interface MAC.
+    pub mac: String,
+}
+
+/// A lab: fabric, nodes, pods. Dropping it removes every namespace (pods first).
+#[derive(Debug)]
+pub struct Lab {
+    /// Pods (dropped first).
+    pub pods: Vec<Pod>,
+    /// Nodes.
+    pub nodes: Vec<Node>,
+    /// The underlay.
+    pub fabric: Netns,
+}
+
+impl Lab {
+    /// A fabric with `nodes` nodes and no pods.
+    ///
+    /// # Errors
+    /// Namespace or interface setup failures.
+    pub fn new(prefix: &str, nodes: u8) -> io::Result<Self> {
+        let fabric = Netns::new(&format!("{prefix}-fab"))?;
+        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
+        fabric.ip(&[
+            "addr",
+            "add",
+            &format!("192.168.50.254/{UNDERLAY_PREFIX}"),
+            "dev",
+            "br0",
+        ])?;
+        fabric.ip(&["link", "set", "br0", "up"])?;
+        let mut lab = Self {
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            fabric,
+        };
+        for i in 0..nodes {
+            let ns = Netns::new(&format!("{prefix}-n{i}"))?;
+            let fab_end = format!("n{i}");
+            lab.fabric.ip(&[
+                "link",
+                "add",
+                &fab_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
+            lab.fabric
+                .ip(&["link", "set", &fab_end, "master", "br0", "up"])?;
+            let ip = Ipv4Addr::new(192, 168, 50, i + 1);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{ip}/{UNDERLAY_PREFIX}"),
+                "dev",
+                "eth0",
+            ])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            lab.nodes.push(Node {
+                ns,
+                uplink: "eth0".into(),
+                ip,
+                subnet: Ipv4Addr::new(10, 244, i + 1, 0),
+                pods: 0,
+            });
+        }
+        Ok(lab)
+    }
+
+    /// Attach a new pod to node `node`; returns its index in [`Lab::pods`].
+    ///
+    /// # Errors
+    /// Namespace or interface setup failures.
+    pub fn add_pod(&mut self, node: usize) -> io::Result<usize> {
+        let k = self.pods.len();
+        let n = &mut self.nodes[node];
+        let ns = Netns::new(&format!("{}-p{k}", n.ns.name()))?;
+        let host_if = format!("vp{k}");
+        n.ns.ip(&[
+            "link",
+            "add",
+            &host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        n.ns.ip(&["link", "set", &host_if, "up"])?;
+        let o = n.subnet.octets();
+        let ip = Ipv4Addr::new(o[0], o[1], o[2], n.pods + 2);
+        n.pods += 1;
+        let gw = n.gateway();
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "mtu", &POD_MTU.to_string(), "up"])?;
+        ns.ip(&["route", "add", "default", "via", &gw.to_string()])?;
+        // The pod's offloaded checksums would reach the AF_XDP socket unfinished.
+        ns.enter(|| xlane_xdp::sys::set_tx_checksum("eth0", false))??;
+        let mac = ns.mac("eth0")?;
+        self.pods.push(Pod {
+            ns,
+            node,
+            host_if,
+            ip,
+            mac,
+        });
+        Ok(k)
+    }
+}
