@@ -283,7 +283,7 @@ fn pods_nodes_and_the_pinhole() {
         .unwrap()
         .unwrap();
     let chunk: Vec<u8> = (0..1u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[1])
         .collect();
     let mut sent_hash = 0xcbf2_9ce4_8422_2325u64;
     let t0 = Instant::now();
