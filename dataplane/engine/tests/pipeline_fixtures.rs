@@ -313,3 +313,27 @@ fn host_port_is_not_source_checked() {
     assert_eq!(dp.take_tx(PortId(3)).unwrap().len(), 1);
     assert_eq!(dp.counters().dropped(), 0, "{:?}", dp.counters().drops);
 }
+
+/// Pod MTU = uplink MTU − 50: the largest packet that fits is encapsulated, one byte
+/// more is a counted `mtu_exceeded` drop.
+#[test]
+fn pod_mtu_is_enforced() {
+    let frame = |ip_len: usize| {
+        let mut f = fixture("encap_udp_in");
+        f.truncate(14 + 28);
+        f.resize(14 + ip_len, 0xab);
+        f[16..18].copy_from_slice(&u16::try_from(ip_len).unwrap().to_be_bytes());
+        f[38..40].copy_from_slice(&u16::try_from(ip_len - 20).unwrap().to_be_bytes());
+        f[40..42].fill(0);
+        set_ip(&mut f, 14, 16, [10, 244, 2, 3]);
+        f
+    };
+    let mut dp = node();
+    dp.inject(POD1, &frame(1450)).unwrap();
+    dp.inject(POD1, &frame(1451)).unwrap();
+    dp.run_until_idle();
+    let out = dp.take_tx(UPLINK).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].len(), 1500 + 14, "a full-size outer frame");
+    assert_eq!(dp.counters().drop_count(DropReason::MtuExceeded), 1);
+}

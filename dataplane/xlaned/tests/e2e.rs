@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use xlane_api::{Change, Client, Counters, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, Vtep};
@@ -339,6 +339,58 @@ fn pods_nodes_and_the_pinhole() {
             drops(&c)
         );
     }
+
+    // xlanectl shows live counters, as a table and as JSON.
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlanectl"))
+            .arg("--socket")
+            .arg(&daemons[0].socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "xlanectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = ctl(&["counters"]);
+    assert!(
+        table.contains("spoofed_source")
+            && table.contains(&p0.host_if)
+            && table.contains("encapsulated"),
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ctl(&["--json", "counters"])).unwrap();
+    assert_eq!(json["drops"]["spoofed_source"], 10);
+    assert!(
+        json["pipeline"]["encapsulated"].as_u64().unwrap() > 70_000,
+        "{}",
+        json["pipeline"]
+    );
+    assert!(ctl(&["routes"]).contains("10.244.2.0/24"));
+    assert!(ctl(&["nodes"]).contains("neighbor"));
+    assert!(ctl(&["status"]).contains("pod MTU 1450"));
+
+    // The Prometheus endpoint on the node's loopback.
+    let metrics = lab.nodes[0]
+        .ns
+        .enter(|| -> io::Result<String> {
+            let mut s = TcpStream::connect("127.0.0.1:9472")?;
+            io::Write::write_all(&mut s, b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut body = String::new();
+            io::Read::read_to_string(&mut s, &mut body)?;
+            Ok(body)
+        })
+        .unwrap()
+        .unwrap();
+    assert!(
+        metrics.contains("xlane_drops_total{reason=\"spoofed_source\"} 10"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!("ifname=\"{}\"", p0.host_if)));
+    assert!(metrics.contains("xlane_burst_latency_ns{quantile=\"0.99\"}"));
 
     // Stop xlaned: nothing stays attached, and the node keeps its network.
     let node = &lab.nodes[0];

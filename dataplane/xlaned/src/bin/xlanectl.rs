@@ -108,6 +108,17 @@ enum Cmd {
         /// Pod address.
         ip: Ipv4Addr,
     },
+    /// Turn transmit checksum offload of an interface in this namespace on or off (what
+    /// `ethtool -K <dev> tx off` does). Interfaces whose traffic reaches xlane — pod
+    /// interfaces, the host port — need it off: offloaded checksums reach an AF_XDP
+    /// socket unfinished. Does not talk to xlaned.
+    NetdevTxChecksum {
+        /// Interface.
+        ifname: String,
+        /// "on" or "off".
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 fn main() {
@@ -124,6 +135,11 @@ fn main() {
 
 fn run(cli: &Cli) -> anyhow::Result<bool> {
     let op = match &cli.cmd {
+        Cmd::NetdevTxChecksum { ifname, state } => {
+            xlane_xdp::sys::set_tx_checksum(ifname, state == "on")
+                .map_err(|e| anyhow::anyhow!("{ifname}: {e}"))?;
+            return Ok(true);
+        }
         Cmd::Status => Op::Status,
         Cmd::Ports => Op::Dump {
             table: Table::Ports,
