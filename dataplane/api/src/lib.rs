@@ -299,6 +299,9 @@ pub struct Counters {
     pub latency_ns: BTreeMap<String, u64>,
     /// Burst size percentiles.
     pub burst_size: BTreeMap<String, u64>,
+    /// Frames each worker took from its queues (how RSS spreads the load).
+    #[serde(default)]
+    pub worker_rx: Vec<u64>,
 }
 
 /// Daemon status.

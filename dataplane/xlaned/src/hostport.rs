@@ -32,20 +32,35 @@ fn ip(args: &[&str]) -> io::Result<String> {
     }
 }
 
-/// Create the pair if missing, address `host` with `gateway`/32, route `cluster` into it,
+/// Create the pair if missing (an existing pair is reused), address `host` with `gateway`/32, route `cluster` into it,
 /// set the pod MTU and software checksums.
 ///
 /// # Errors
 /// The failing `ip` command or ioctl.
+/// The pair gets `queues` queues each way, one per worker.
 pub fn ensure(
     host: &str,
     engine: &str,
     gateway: Ipv4Addr,
     cluster: Ipv4Net,
     mtu: u16,
+    queues: usize,
 ) -> io::Result<()> {
     if ip(&["link", "show", "dev", host]).is_err() {
-        ip(&["link", "add", host, "type", "veth", "peer", "name", engine])?;
+        let q = queues.to_string();
+        let mut args = vec![
+            "link",
+            "add",
+            host,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+        ];
+        args.extend(["peer", "name", engine, "numtxqueues", &q, "numrxqueues", &q]);
+        ip(&args)?;
     }
     let mtu = mtu.to_string();
     for dev in [host, engine] {

@@ -376,6 +376,7 @@ impl State {
             gateway,
             self.cfg.cluster_cidr,
             self.pod_mtu(),
+            self.workers.len(),
         )
         .map_err(|e| failed(format!("host port {host}: {e}")))?;
         if let Some(old) = self
@@ -744,6 +745,11 @@ impl State {
                 .collect(),
             latency_ns: pct(&latency),
             burst_size: pct(&burst),
+            worker_rx: self
+                .workers
+                .iter()
+                .map(|w| w.shared.counters.snapshot().rx)
+                .collect(),
         }
     }
 

@@ -69,14 +69,25 @@ pub struct Lab {
     pub nodes: Vec<Node>,
     /// The underlay.
     pub fabric: Netns,
+    /// Queues per veth.
+    queues: u16,
 }
 
 impl Lab {
-    /// A fabric with `nodes` nodes and no pods.
+    /// A fabric with `nodes` nodes and no pods; every veth has one queue.
     ///
     /// # Errors
     /// Namespace or interface setup failures.
     pub fn new(prefix: &str, nodes: u8) -> io::Result<Self> {
+        Self::with_queues(prefix, nodes, 1)
+    }
+
+    /// As [`Lab::new`], with `queues` queues each way on every veth (uplinks and the
+    /// pods added later), for multi-worker dataplanes.
+    ///
+    /// # Errors
+    /// Namespace or interface setup failures.
+    pub fn with_queues(prefix: &str, nodes: u8, queues: u16) -> io::Result<Self> {
         let fabric = Netns::new(&format!("{prefix}-fab"))?;
         fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
         fabric.ip(&[
@@ -91,22 +102,12 @@ impl Lab {
             pods: Vec::new(),
             nodes: Vec::new(),
             fabric,
+            queues,
         };
         for i in 0..nodes {
             let ns = Netns::new(&format!("{prefix}-n{i}"))?;
             let fab_end = format!("n{i}");
-            lab.fabric.ip(&[
-                "link",
-                "add",
-                &fab_end,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])?;
+            veth_pair(&lab.fabric, &fab_end, &ns, "eth0", queues)?;
             lab.fabric
                 .ip(&["link", "set", &fab_end, "master", "br0", "up"])?;
             let ip = Ipv4Addr::new(192, 168, 50, i + 1);
@@ -138,18 +139,7 @@ impl Lab {
         let n = &mut self.nodes[node];
         let ns = Netns::new(&format!("{}-p{k}", n.ns.name()))?;
         let host_if = format!("vp{k}");
-        n.ns.ip(&[
-            "link",
-            "add",
-            &host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        veth_pair(&n.ns, &host_if, &ns, "eth0", self.queues)?;
         n.ns.ip(&["link", "set", &host_if, "up"])?;
         let o = n.subnet.octets();
         let ip = Ipv4Addr::new(o[0], o[1], o[2], n.pods + 2);
@@ -170,4 +160,32 @@ impl Lab {
         });
         Ok(k)
     }
+}
+
+/// A veth pair `a` (in `ns_a`) ↔ `b` (moved into `ns_b`), `queues` queues each way.
+fn veth_pair(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u16) -> io::Result<()> {
+    let q = queues.to_string();
+    let mut args = vec![
+        "link",
+        "add",
+        a,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+    ];
+    args.extend([
+        "peer",
+        "name",
+        b,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "netns",
+        ns_b.name(),
+    ]);
+    ns_a.ip(&args).map(drop)
 }
