@@ -23,10 +23,6 @@ struct Xlaned {
 }
 
 impl Xlaned {
-    fn start(ns: &Netns, name: &str) -> Self {
-        Self::start_with(ns, name, &[])
-    }
-
     fn start_with(ns: &Netns, name: &str, extra: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("xlane-e2e-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
