@@ -18,8 +18,7 @@ fn lpm(c: &mut Criterion) {
         let mut b = LpmBuilder::new();
         let mut trie = prefix_trie::PrefixMap::<(u32, u8), u32>::new();
         for &(addr, len, v) in &routes {
-            b.insert(Prefix::new(addr.into(), len).expect("valid"), v)
-                .expect("value in range");
+            b.insert(Prefix::new(addr.into(), len).expect("valid"), v).expect("value in range");
             trie.insert((addr, len), v);
         }
         let table = b.compile().clone();
@@ -40,12 +39,7 @@ fn lpm(c: &mut Criterion) {
             });
         });
         g.bench_with_input(BenchmarkId::new("xlane_single", n), &addrs, |bch, addrs| {
-            bch.iter(|| {
-                addrs
-                    .iter()
-                    .filter_map(|&a| table.lookup(black_box(a)))
-                    .fold(0u32, u32::wrapping_add)
-            });
+            bch.iter(|| addrs.iter().filter_map(|&a| table.lookup(black_box(a))).fold(0u32, u32::wrapping_add));
         });
         g.bench_with_input(BenchmarkId::new("prefix_trie", n), &addrs, |bch, addrs| {
             bch.iter(|| {

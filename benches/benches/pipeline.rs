@@ -19,11 +19,7 @@ const REMOTES: u32 = 10_000;
 type Buf = Box<[u8; FRAME_SIZE]>;
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/../dataplane/engine/tests/fixtures/{name}.bin",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    std::fs::read(format!("{}/../dataplane/engine/tests/fixtures/{name}.bin", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 fn load(bytes: &[u8]) -> (Buf, usize) {
@@ -55,23 +51,14 @@ fn encap_burst() -> Vec<(Buf, usize)> {
         .collect()
 }
 
-fn run(
-    c: &mut Criterion,
-    name: &str,
-    fib: &Fib,
-    ingress: PortId,
-    burst: &[(Buf, usize)],
-    expect: fn(Verdict) -> bool,
-) {
+fn run(c: &mut Criterion, name: &str, fib: &Fib, ingress: PortId, burst: &[(Buf, usize)], expect: fn(Verdict) -> bool) {
     let mut pipeline = Pipeline::new(Arc::new(CoreCounters::default()));
     // Check once that the burst takes the path the bench is named for.
     let mut check = burst.to_vec();
     let mut verdicts = [Verdict::Tx(PortId(0)); BURST];
     {
-        let mut frames: Vec<Frame<'_>> = check
-            .iter_mut()
-            .map(|(b, len)| Frame::new(&mut b[..], HEADROOM, *len).unwrap())
-            .collect();
+        let mut frames: Vec<Frame<'_>> =
+            check.iter_mut().map(|(b, len)| Frame::new(&mut b[..], HEADROOM, *len).unwrap()).collect();
         pipeline.process(fib, ingress, &mut frames, &mut verdicts);
     }
     assert!(verdicts.iter().all(|&v| expect(v)), "{name}: {verdicts:?}");
@@ -88,10 +75,8 @@ fn run(
                 for ((buf, _), (orig, len)) in bufs.iter_mut().zip(burst) {
                     buf[HEADROOM..HEADROOM + len].copy_from_slice(&orig[HEADROOM..HEADROOM + len]);
                 }
-                let mut frames: arrayvec::ArrayVec<Frame<'_>, BURST> = bufs
-                    .iter_mut()
-                    .map(|(b, len)| Frame::new(&mut b[..], HEADROOM, *len).unwrap())
-                    .collect();
+                let mut frames: arrayvec::ArrayVec<Frame<'_>, BURST> =
+                    bufs.iter_mut().map(|(b, len)| Frame::new(&mut b[..], HEADROOM, *len).unwrap()).collect();
                 let t0 = Instant::now();
                 pipeline.process(fib, ingress, &mut frames, &mut verdicts);
                 timed += t0.elapsed();
@@ -105,26 +90,13 @@ fn run(
 
 fn pipeline(c: &mut Criterion) {
     let fib = testbed::tables(2, REMOTES).snapshot();
-    run(
-        c,
-        "encap_64B_10k_routes",
-        &fib,
-        PortId(1),
-        &encap_burst(),
-        |v| v == Verdict::Tx(UPLINK),
-    );
+    run(c, "encap_64B_10k_routes", &fib, PortId(1), &encap_burst(), |v| v == Verdict::Tx(UPLINK));
 
     let decap: Vec<_> = (0..BURST).map(|_| load(&fixture("decap_udp_in"))).collect();
-    run(c, "decap_64B_10k_routes", &fib, UPLINK, &decap, |v| {
-        v == Verdict::Tx(PortId(1))
-    });
+    run(c, "decap_64B_10k_routes", &fib, UPLINK, &decap, |v| v == Verdict::Tx(PortId(1)));
 
-    let arp: Vec<_> = (0..BURST)
-        .map(|_| load(&fixture("arp_request_in")))
-        .collect();
-    run(c, "arp_proxy", &fib, PortId(1), &arp, |v| {
-        v == Verdict::Tx(PortId(1))
-    });
+    let arp: Vec<_> = (0..BURST).map(|_| load(&fixture("arp_request_in"))).collect();
+    run(c, "arp_proxy", &fib, PortId(1), &arp, |v| v == Verdict::Tx(PortId(1)));
 }
 
 criterion_group!(benches, pipeline);

@@ -40,10 +40,7 @@ impl FromStr for Mac {
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for b in &mut out {
-            let p = parts
-                .next()
-                .filter(|p| p.len() == 2)
-                .ok_or_else(|| BadMac(s.to_owned()))?;
+            let p = parts.next().filter(|p| p.len() == 2).ok_or_else(|| BadMac(s.to_owned()))?;
             *b = u8::from_str_radix(p, 16).map_err(|_| BadMac(s.to_owned()))?;
         }
         if parts.next().is_some() {
@@ -56,11 +53,7 @@ impl FromStr for Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
     }
 }
 
@@ -91,10 +84,7 @@ impl Request {
     /// A request of the current version.
     #[must_use]
     pub fn new(op: Op) -> Self {
-        Self {
-            version: VERSION,
-            op,
-        }
+        Self { version: VERSION, op }
     }
 }
 
@@ -390,10 +380,7 @@ pub enum Reply {
 impl Reply {
     /// An error reply.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::Error {
-            code,
-            message: message.into(),
-        }
+        Self::Error { code, message: message.into() }
     }
 }
 
@@ -402,8 +389,8 @@ impl Reply {
 /// # Errors
 /// The [`Reply::Error`] to send back.
 pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
-    let value: serde_json::Value = serde_json::from_slice(line)
-        .map_err(|e| Reply::error(ErrorCode::BadRequest, format!("not JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| Reply::error(ErrorCode::BadRequest, format!("not JSON: {e}")))?;
     match value.get("version").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(VERSION) => {}
         Some(v) => {
@@ -445,10 +432,7 @@ impl Client {
     /// Connection failure.
     pub fn connect(path: impl AsRef<std::path::Path>) -> Result<Self, ClientError> {
         let s = std::os::unix::net::UnixStream::connect(path)?;
-        Ok(Self {
-            reader: io::BufReader::new(s.try_clone()?),
-            writer: s,
-        })
+        Ok(Self { reader: io::BufReader::new(s.try_clone()?), writer: s })
     }
 
     /// Send a request and wait for its reply.
@@ -500,16 +484,11 @@ mod tests {
     fn documented_example_parses() {
         let line = br#"{"version":1,"op":"apply","changes":[{"kind":"add_node","underlay_ip":"192.168.50.2","vtep_mac":"0e:00:00:00:02:01"},{"kind":"add_route","prefix":"10.244.2.0/24","via":"192.168.50.2"}]}"#;
         let r = parse_request(line).unwrap();
-        let Op::Apply { changes } = r.op else {
-            panic!("{r:?}")
-        };
+        let Op::Apply { changes } = r.op else { panic!("{r:?}") };
         assert_eq!(changes.len(), 2);
         assert_eq!(
             changes[1],
-            Change::AddRoute {
-                prefix: "10.244.2.0/24".parse().unwrap(),
-                via: Ipv4Addr::new(192, 168, 50, 2)
-            }
+            Change::AddRoute { prefix: "10.244.2.0/24".parse().unwrap(), via: Ipv4Addr::new(192, 168, 50, 2) }
         );
     }
 
@@ -521,19 +500,10 @@ mod tests {
         };
         assert_eq!(code(b"garbage"), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"op":"status"}"#), ErrorCode::BadRequest);
-        assert_eq!(
-            code(br#"{"version":2,"op":"status"}"#),
-            ErrorCode::UnsupportedVersion
-        );
-        assert_eq!(
-            code(br#"{"version":1,"op":"explode"}"#),
-            ErrorCode::BadRequest
-        );
+        assert_eq!(code(br#"{"version":2,"op":"status"}"#), ErrorCode::UnsupportedVersion);
+        assert_eq!(code(br#"{"version":1,"op":"explode"}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"version":1,"op":"apply","changes":[{"kind":"add_route","prefix":"10.244.2.0/33","via":"1.2.3.4"}]}"#), ErrorCode::BadRequest);
-        assert_eq!(
-            code(br#"{"version":1,"op":"set_vtep","ip":"192.168.50.1","mac":"nope"}"#),
-            ErrorCode::BadRequest
-        );
+        assert_eq!(code(br#"{"version":1,"op":"set_vtep","ip":"192.168.50.1","mac":"nope"}"#), ErrorCode::BadRequest);
     }
 
     #[test]
@@ -546,19 +516,13 @@ mod tests {
                 port: 8472,
                 subnet: Some("10.244.1.0/24".parse().unwrap()),
             }),
-            Op::Apply {
-                changes: vec![Change::DelNode {
-                    underlay_ip: Ipv4Addr::new(1, 2, 3, 4),
-                }],
-            },
+            Op::Apply { changes: vec![Change::DelNode { underlay_ip: Ipv4Addr::new(1, 2, 3, 4) }] },
             Op::AddEndpoint(EndpointSpec {
                 ifname: "veth1".into(),
                 ip: Ipv4Addr::new(10, 244, 1, 2),
                 mac: Mac([2, 0, 0, 0, 0, 1]),
             }),
-            Op::Dump {
-                table: Table::Routes,
-            },
+            Op::Dump { table: Table::Routes },
             Op::Counters,
         ];
         for op in ops {

@@ -15,13 +15,7 @@ use xlane_wire::{EthernetFrame, Ipv4Packet, UdpPacket, VxlanPacket, checksum};
 const RATE_FRAMES: u64 = 2_000_000;
 const RATE_TIME_CAP: Duration = Duration::from_secs(10);
 
-fn icmp_echo(
-    src: &xlane_fib::Endpoint,
-    dst: core::net::Ipv4Addr,
-    dst_mac: [u8; 6],
-    kind: u8,
-    seq: u16,
-) -> Vec<u8> {
+fn icmp_echo(src: &xlane_fib::Endpoint, dst: core::net::Ipv4Addr, dst_mac: [u8; 6], kind: u8, seq: u16) -> Vec<u8> {
     let mut f = Vec::with_capacity(98);
     f.extend_from_slice(&dst_mac);
     f.extend_from_slice(src.mac.as_bytes());
@@ -77,20 +71,11 @@ fn print_counters(node: &str, c: &CounterSnapshot) {
         c.local,
         c.arp_replies,
         c.dropped(),
-        if c.conserved() {
-            ", conserved"
-        } else {
-            ", NOT CONSERVED"
-        }
+        if c.conserved() { ", conserved" } else { ", NOT CONSERVED" }
     );
     for r in DropReason::ALL {
         if c.drop_count(*r) > 0 {
-            println!(
-                "      drop {:<16} {:>10}  {}",
-                r.name(),
-                c.drop_count(*r),
-                r.description()
-            );
+            println!("      drop {:<16} {:>10}  {}", r.name(), c.drop_count(*r), r.description());
         }
     }
 }
@@ -102,40 +87,21 @@ fn main() {
     let (mut a, mut b) = (MemDataplane::new(&ha, 2), MemDataplane::new(&hb, 2));
     let (pa, pb) = (testbed::pod(1), testbed::b_pod());
     println!("xlane two-node demo (in-memory ports; AF_XDP lab: see README)");
-    println!(
-        "  node A  VTEP {}  pod {} on {}",
-        testbed::A_VTEP_IP,
-        pa.ip,
-        pa.port
-    );
-    println!(
-        "  node B  VTEP {}  pod {} on {}",
-        testbed::B_VTEP_IP,
-        pb.ip,
-        pb.port
-    );
+    println!("  node A  VTEP {}  pod {} on {}", testbed::A_VTEP_IP, pa.ip, pa.port);
+    println!("  node B  VTEP {}  pod {} on {}", testbed::B_VTEP_IP, pb.ip, pb.port);
 
     // 1. The pod resolves its gateway: answered by the proxy with the host-side MAC.
-    a.inject(pa.port, &arp_request(&pa, [10, 244, 1, 1]))
-        .expect("inject");
+    a.inject(pa.port, &arp_request(&pa, [10, 244, 1, 1])).expect("inject");
     a.run_until_idle();
-    let reply = a
-        .take_tx(pa.port)
-        .expect("port")
-        .pop()
-        .expect("proxy ARP reply");
+    let reply = a.take_tx(pa.port).expect("port").pop().expect("proxy ARP reply");
     let gw_mac: [u8; 6] = reply[22..28].try_into().expect("6 bytes");
-    println!(
-        "\n1. ARP who-has 10.244.1.1 → is-at {:02x?} (the host-side veth MAC)",
-        gw_mac
-    );
+    println!("\n1. ARP who-has 10.244.1.1 → is-at {:02x?} (the host-side veth MAC)", gw_mac);
 
     // 2. Ping across nodes.
     let mut rtts = Vec::new();
     for seq in 1..=3u16 {
         let t0 = Instant::now();
-        a.inject(pa.port, &icmp_echo(&pa, pb.ip, gw_mac, 8, seq))
-            .expect("inject");
+        a.inject(pa.port, &icmp_echo(&pa, pb.ip, gw_mac, 8, seq)).expect("inject");
         a.run_until_idle();
         let wire = a.take_tx(UPLINK).expect("port");
         assert_eq!(wire.len(), 1, "A encapsulated the echo request");
@@ -144,28 +110,14 @@ fn main() {
         }
         b.inject(UPLINK, &wire[0]).expect("inject");
         b.run_until_idle();
-        let at_pod = b
-            .take_tx(pb.port)
-            .expect("port")
-            .pop()
-            .expect("B delivered the request");
+        let at_pod = b.take_tx(pb.port).expect("port").pop().expect("B delivered the request");
         // Pod B answers (the demo plays its IP stack).
-        let reply = icmp_echo(
-            &pb,
-            pa.ip,
-            at_pod[6..12].try_into().expect("6 bytes"),
-            0,
-            seq,
-        );
+        let reply = icmp_echo(&pb, pa.ip, at_pod[6..12].try_into().expect("6 bytes"), 0, seq);
         b.inject(pb.port, &reply).expect("inject");
         b.run_until_idle();
         b.wire_to(UPLINK, &mut a, UPLINK).expect("ports");
         a.run_until_idle();
-        let back = a
-            .take_tx(pa.port)
-            .expect("port")
-            .pop()
-            .expect("A delivered the reply");
+        let back = a.take_tx(pa.port).expect("port").pop().expect("A delivered the reply");
         assert_eq!(back[34], 0, "echo reply");
         rtts.push(t0.elapsed());
         println!(
@@ -212,14 +164,7 @@ fn main() {
     print_counters("node A", &ca);
     print_counters("node B", &cb);
     let ok = ca.conserved() && cb.conserved() && delivered == sent && rtts.len() == 3;
-    println!(
-        "\n{}",
-        if ok {
-            "demo OK: 3/3 pings answered, every frame delivered or counted"
-        } else {
-            "demo FAILED"
-        }
-    );
+    println!("\n{}", if ok { "demo OK: 3/3 pings answered, every frame delivered or counted" } else { "demo FAILED" });
     if !ok {
         std::process::exit(1);
     }

@@ -123,11 +123,7 @@ mod tests {
     fn add_snapshot_and_sum() {
         let a = CoreCounters::default();
         let b = CoreCounters::default();
-        let mut t = CounterSnapshot {
-            rx: 3,
-            tx: 2,
-            ..Default::default()
-        };
+        let mut t = CounterSnapshot { rx: 3, tx: 2, ..Default::default() };
         t.drops[DropReason::NoRoute.index()] = 1;
         a.add(&t);
         a.add(&t);

@@ -98,10 +98,7 @@ mod tests {
             .filter_map(|l| l.split_once("` | "))
             .map(|(name, rest)| (name, rest.trim_end_matches(" |")))
             .collect();
-        let code: Vec<(&str, &str)> = DropReason::ALL
-            .iter()
-            .map(|r| (r.name(), r.description()))
-            .collect();
+        let code: Vec<(&str, &str)> = DropReason::ALL.iter().map(|r| (r.name(), r.description())).collect();
         assert_eq!(table, code, "update the README's drop-reason table");
     }
 }

@@ -43,10 +43,7 @@ pub fn ipv4_flow_hash(ip: &[u8]) -> u32 {
 #[must_use]
 pub fn source_port(hash: u32, min: u16, max: u16) -> u16 {
     let span = u64::from(max - min) + 1;
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "(hash * span) >> 32 < span <= 65536"
-    )]
+    #[expect(clippy::cast_possible_truncation, reason = "(hash * span) >> 32 < span <= 65536")]
     let off = ((u64::from(hash) * span) >> 32) as u16;
     min + off
 }
@@ -56,10 +53,8 @@ mod tests {
     use super::*;
 
     /// IPv4/UDP 10.244.1.2:1234 → 10.244.2.3:80, checksum not needed for hashing.
-    const UDP: [u8; 28] = [
-        0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 244, 1, 2, 10, 244, 2, 3, 0x04, 0xd2, 0, 80,
-        0, 8, 0, 0,
-    ];
+    const UDP: [u8; 28] =
+        [0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 244, 1, 2, 10, 244, 2, 3, 0x04, 0xd2, 0, 80, 0, 8, 0, 0];
 
     #[test]
     fn known_value() {

@@ -73,10 +73,7 @@ pub struct MemDataplane {
     pipeline: Pipeline,
     fib: FibReader,
     ports: Vec<MemPort>,
-    #[expect(
-        clippy::vec_box,
-        reason = "buffers move between the pool and port queues without copying"
-    )]
+    #[expect(clippy::vec_box, reason = "buffers move between the pool and port queues without copying")]
     pool: Vec<Box<[u8; FRAME_SIZE]>>,
     io: IoCounters,
 }
@@ -121,11 +118,7 @@ impl MemDataplane {
         self.port(port)?;
         let mut buf = self.pool.pop().unwrap_or_else(|| Box::new([0; FRAME_SIZE]));
         buf[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
-        self.port(port)?.rx.push_back(Slot {
-            buf,
-            head: HEADROOM,
-            len: bytes.len(),
-        });
+        self.port(port)?.rx.push_back(Slot { buf, head: HEADROOM, len: bytes.len() });
         Ok(())
     }
 
@@ -172,8 +165,7 @@ impl MemDataplane {
                 .map(|s| Frame::new(&mut s.buf[..], s.head, s.len).expect("slot bounds hold"))
                 .collect();
             let fib = self.fib.current();
-            self.pipeline
-                .process(fib, ingress, &mut frames, &mut verdicts);
+            self.pipeline.process(fib, ingress, &mut frames, &mut verdicts);
             for (p, f) in placed.iter_mut().zip(&frames) {
                 *p = (f.head(), f.len());
             }
@@ -199,11 +191,7 @@ impl MemDataplane {
     ///
     /// # Errors
     /// [`NoSuchPort`] for an unknown port.
-    pub fn drain_tx(
-        &mut self,
-        port: PortId,
-        mut f: impl FnMut(&[u8]),
-    ) -> Result<usize, NoSuchPort> {
+    pub fn drain_tx(&mut self, port: PortId, mut f: impl FnMut(&[u8])) -> Result<usize, NoSuchPort> {
         let mut n = 0;
         while let Some(slot) = self.port(port)?.tx.pop_front() {
             f(slot.bytes());
@@ -228,19 +216,13 @@ impl MemDataplane {
     ///
     /// # Errors
     /// [`NoSuchPort`] if either port does not exist.
-    pub fn wire_to(
-        &mut self,
-        from: PortId,
-        peer: &mut Self,
-        to: PortId,
-    ) -> Result<usize, NoSuchPort> {
+    pub fn wire_to(&mut self, from: PortId, peer: &mut Self, to: PortId) -> Result<usize, NoSuchPort> {
         peer.port(to)?;
         let mut n = 0;
         while let Some(mut slot) = self.port(from)?.tx.pop_front() {
             // Received frames start at the receiver's headroom, as on a real port.
             if slot.head != HEADROOM {
-                slot.buf
-                    .copy_within(slot.head..slot.head + slot.len, HEADROOM);
+                slot.buf.copy_within(slot.head..slot.head + slot.len, HEADROOM);
                 slot.head = HEADROOM;
             }
             peer.port(to)?.rx.push_back(slot);
@@ -256,12 +238,7 @@ impl MemDataplane {
     /// Buffers this dataplane owns (free, queued for RX, queued for TX).
     #[must_use]
     pub fn buffers_owned(&self) -> usize {
-        self.pool.len()
-            + self
-                .ports
-                .iter()
-                .map(|p| p.rx.len() + p.tx.len())
-                .sum::<usize>()
+        self.pool.len() + self.ports.iter().map(|p| p.rx.len() + p.tx.len()).sum::<usize>()
     }
 
     /// Pipeline counters of this dataplane.
@@ -309,10 +286,7 @@ mod tests {
                 a.inject(PortId(1), &frame).unwrap();
             }
             a.run_until_idle();
-            assert_eq!(
-                a.wire_to(testbed::UPLINK, &mut b, testbed::UPLINK).unwrap(),
-                64
-            );
+            assert_eq!(a.wire_to(testbed::UPLINK, &mut b, testbed::UPLINK).unwrap(), 64);
             b.run_until_idle();
             assert_eq!(b.drain_tx(PortId(1), |_| {}).unwrap(), 64);
             assert_eq!((a.buffers_owned(), b.buffers_owned()), (128, 128));
@@ -324,14 +298,8 @@ mod tests {
     fn bad_inputs_are_errors() {
         let h = FibHandle::new();
         let mut dp = MemDataplane::new(&h, 1);
-        assert_eq!(
-            dp.inject(PortId(1), &[0; 60]),
-            Err(InjectError::NoPort(NoSuchPort(PortId(1))))
-        );
-        assert_eq!(
-            dp.inject(PortId(0), &[0; FRAME_SIZE]),
-            Err(InjectError::TooLarge(FrameTooLarge(FRAME_SIZE)))
-        );
+        assert_eq!(dp.inject(PortId(1), &[0; 60]), Err(InjectError::NoPort(NoSuchPort(PortId(1)))));
+        assert_eq!(dp.inject(PortId(0), &[0; FRAME_SIZE]), Err(InjectError::TooLarge(FrameTooLarge(FRAME_SIZE))));
         // Tables not configured: the frame is a counted drop, not an error.
         dp.inject(PortId(0), &[0; 60]).unwrap();
         dp.run_until_idle();

@@ -13,9 +13,8 @@ use crate::frame::Frame;
 use std::sync::Arc;
 use xlane_fib::{Endpoint, Fib, NextHop, NodeConfig, PortId, PortRole, Remote};
 use xlane_wire::{
-    ARP_ETH_IPV4_LEN, ETHERNET_HEADER_LEN, EthernetAddress, IPV4_HEADER_LEN, IpProtocol,
-    Ipv4Packet, UDP_HEADER_LEN, UdpPacket, VXLAN_HEADER_LEN, VXLAN_OVERHEAD, VxlanPacket, checksum,
-    ethertype,
+    ARP_ETH_IPV4_LEN, ETHERNET_HEADER_LEN, EthernetAddress, IPV4_HEADER_LEN, IpProtocol, Ipv4Packet, UDP_HEADER_LEN,
+    UdpPacket, VXLAN_HEADER_LEN, VXLAN_OVERHEAD, VxlanPacket, checksum, ethertype,
 };
 
 /// Largest burst the pipeline takes.
@@ -67,24 +66,10 @@ impl Pipeline {
     ///
     /// # Panics
     /// If `frames` is longer than [`BURST`] or `verdicts` shorter than `frames`.
-    pub fn process(
-        &mut self,
-        fib: &Fib,
-        ingress: PortId,
-        frames: &mut [Frame<'_>],
-        verdicts: &mut [Verdict],
-    ) {
+    pub fn process(&mut self, fib: &Fib, ingress: PortId, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
         let n = frames.len();
-        assert!(
-            n <= BURST && verdicts.len() >= n,
-            "burst of {n} frames, {} verdicts",
-            verdicts.len()
-        );
-        let mut tally = CounterSnapshot {
-            rx: n as u64,
-            bursts: 1,
-            ..CounterSnapshot::default()
-        };
+        assert!(n <= BURST && verdicts.len() >= n, "burst of {n} frames, {} verdicts", verdicts.len());
+        let mut tally = CounterSnapshot { rx: n as u64, bursts: 1, ..CounterSnapshot::default() };
         let mut stage = [Stage::Done; BURST];
         let mut dst = [0u32; BURST];
         // Frames still routing after stage 1, compacted so stage 2 looks up only those.
@@ -122,9 +107,7 @@ impl Pipeline {
                     };
                 }
             }
-            (PortRole::Uplink, None) => {
-                verdicts[..n].fill(Verdict::Drop(DropReason::NotConfigured))
-            }
+            (PortRole::Uplink, None) => verdicts[..n].fill(Verdict::Drop(DropReason::NotConfigured)),
             (PortRole::Unknown, _) => verdicts[..n].fill(Verdict::Drop(DropReason::UnknownPort)),
         }
 
@@ -160,9 +143,7 @@ impl Pipeline {
                     }
                     _ => Verdict::Drop(DropReason::UnknownPort),
                 },
-                Some(NextHop::Remote(_)) if from_overlay => {
-                    Verdict::Drop(DropReason::OverlayTransit)
-                }
+                Some(NextHop::Remote(_)) if from_overlay => Verdict::Drop(DropReason::OverlayTransit),
                 Some(NextHop::Remote(r)) => match (fib.node(), fib.remote(r)) {
                     (Some(node), Some(remote)) => match encap(&mut frames[i], node, remote) {
                         Ok(()) => {
@@ -283,9 +264,7 @@ fn arp_proxy(data: &mut [u8], ep: &Endpoint, check_source: bool) -> Result<(), D
     }
     // A pod may only ask as itself (or as 0.0.0.0, an RFC 5227 probe), from its own
     // MAC: otherwise it could aim replies at another station.
-    if check_source
-        && ((sender_ip != ep.ip.octets() && sender_ip != [0; 4]) || body[arp::SHA] != ep.mac.0)
-    {
+    if check_source && ((sender_ip != ep.ip.octets() && sender_ip != [0; 4]) || body[arp::SHA] != ep.mac.0) {
         return Err(DropReason::SpoofedSource);
     }
     let requester: [u8; 6] = body[arp::SHA].try_into().expect("6 bytes");
@@ -402,9 +381,8 @@ fn encap(f: &mut Frame<'_>, node: &NodeConfig, remote: &Remote) -> Result<(), Dr
         flow::source_port(h, node.src_port_min, node.src_port_max)
     };
     f.push_head(VXLAN_OVERHEAD);
-    let out: &mut [u8; VXLAN_OVERHEAD] = (&mut f.data_mut()[..VXLAN_OVERHEAD])
-        .try_into()
-        .expect("pushed exactly VXLAN_OVERHEAD bytes");
+    let out: &mut [u8; VXLAN_OVERHEAD] =
+        (&mut f.data_mut()[..VXLAN_OVERHEAD]).try_into().expect("pushed exactly VXLAN_OVERHEAD bytes");
     remote.template.write(out, inner_len, port);
     Ok(())
 }

@@ -53,14 +53,7 @@ pub fn pod(i: u8) -> Endpoint {
 pub fn remote(n: u32) -> (Prefix, RemoteNode) {
     if n == 0 {
         let p = Prefix::new(Ipv4Addr::new(10, 244, 2, 0), 24).expect("valid");
-        return (
-            p,
-            RemoteNode {
-                underlay_ip: B_VTEP_IP,
-                vtep_mac: B_VTEP_MAC,
-                next_hop_mac: B_NEXT_HOP_MAC,
-            },
-        );
+        return (p, RemoteNode { underlay_ip: B_VTEP_IP, vtep_mac: B_VTEP_MAC, next_hop_mac: B_NEXT_HOP_MAC });
     }
     let [_, b1, b2, b3] = (n + 2).to_be_bytes();
     let underlay_ip = Ipv4Addr::new(172, 16 + (b1 & 0x0f), b2, b3);
@@ -70,11 +63,7 @@ pub fn remote(n: u32) -> (Prefix, RemoteNode) {
     let mac = |kind: u8| EthernetAddress([kind, m[0], m[1], m[2], m[3], 1]);
     (
         Prefix::new(subnet.into(), 24).expect("valid"),
-        RemoteNode {
-            underlay_ip,
-            vtep_mac: mac(0x0e),
-            next_hop_mac: mac(0x02),
-        },
+        RemoteNode { underlay_ip, vtep_mac: mac(0x0e), next_hop_mac: mac(0x02) },
     )
 }
 
@@ -113,20 +102,10 @@ pub fn b_pod() -> Endpoint {
 #[must_use]
 pub fn tables_b() -> FibBuilder {
     let mut b = FibBuilder::new();
-    b.set_node(NodeConfig::new(
-        B_VTEP_IP,
-        B_VTEP_MAC,
-        UPLINK,
-        B_NEXT_HOP_MAC,
-    ))
-    .expect("valid node config");
+    b.set_node(NodeConfig::new(B_VTEP_IP, B_VTEP_MAC, UPLINK, B_NEXT_HOP_MAC)).expect("valid node config");
     b.upsert_endpoint(b_pod()).expect("one pod");
-    b.upsert_remote(RemoteNode {
-        underlay_ip: A_VTEP_IP,
-        vtep_mac: A_VTEP_MAC,
-        next_hop_mac: A_UPLINK_MAC,
-    })
-    .expect("room for remotes");
+    b.upsert_remote(RemoteNode { underlay_ip: A_VTEP_IP, vtep_mac: A_VTEP_MAC, next_hop_mac: A_UPLINK_MAC })
+        .expect("room for remotes");
     b.insert_route(node_subnet(), A_VTEP_IP);
     b
 }

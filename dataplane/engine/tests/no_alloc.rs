@@ -13,11 +13,7 @@ use xlane_fib::{FibHandle, PortId};
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/tests/fixtures/{name}.bin",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    std::fs::read(format!("{}/tests/fixtures/{name}.bin", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 fn main() {
@@ -25,24 +21,17 @@ fn main() {
     testbed::tables(2, 10_000).publish(&h);
     let mut dp = MemDataplane::new(&h, 3);
     dp.preallocate(1024);
-    let pod_frames: Vec<Vec<u8>> = [
-        "encap_udp_in",
-        "encap_tcp_in",
-        "arp_request_in",
-        "local_in",
-        "encap_padded_in",
-    ]
-    .iter()
-    .map(|n| fixture(n))
-    .collect();
+    let pod_frames: Vec<Vec<u8>> = ["encap_udp_in", "encap_tcp_in", "arp_request_in", "local_in", "encap_padded_in"]
+        .iter()
+        .map(|n| fixture(n))
+        .collect();
     let mut bad = fixture("encap_udp_in");
     bad[24] ^= 0xff;
     let uplink_frames = [fixture("decap_udp_in"), fixture("decap_udp_csum_in")];
 
     let round = |dp: &mut MemDataplane| {
         for i in 0..64 {
-            dp.inject(PortId(1), &pod_frames[i % pod_frames.len()])
-                .unwrap();
+            dp.inject(PortId(1), &pod_frames[i % pod_frames.len()]).unwrap();
             dp.inject(UPLINK, &uplink_frames[i % 2]).unwrap();
         }
         dp.inject(PortId(1), &bad).unwrap();
@@ -68,17 +57,7 @@ fn main() {
     }
     let c = dp.counters();
     assert!(polled >= 20 * 129, "polled {polled}");
-    assert!(
-        c.encapsulated > 0
-            && c.decapsulated > 0
-            && c.arp_replies > 0
-            && c.local > 0
-            && c.dropped() > 0,
-        "{c:?}"
-    );
-    assert_eq!(
-        allocations, 0,
-        "heap allocations while forwarding {polled} frames"
-    );
+    assert!(c.encapsulated > 0 && c.decapsulated > 0 && c.arp_replies > 0 && c.local > 0 && c.dropped() > 0, "{c:?}");
+    assert_eq!(allocations, 0, "heap allocations while forwarding {polled} frames");
     println!("no_alloc: {polled} frames forwarded or dropped with 0 heap allocations");
 }

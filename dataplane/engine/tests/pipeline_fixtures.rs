@@ -30,12 +30,7 @@ fn check(ingress: PortId, input: &str, egress: PortId, expected: &str) {
     assert_eq!(c.dropped(), 0, "{input}: drops {:?}", c.drops);
     assert_eq!(out.len(), 1, "{input}: one frame out of {egress}");
     let want = fixture(expected);
-    assert!(
-        out[0] == want,
-        "{input}:\n got  {:02x?}\n want {:02x?}",
-        out[0],
-        want
-    );
+    assert!(out[0] == want, "{input}:\n got  {:02x?}\n want {:02x?}", out[0], want);
     assert!(c.conserved());
 }
 
@@ -51,12 +46,7 @@ fn encap_tcp_syn_with_options() {
 
 #[test]
 fn encap_icmp_with_ip_options() {
-    check(
-        POD1,
-        "encap_icmp_options_in",
-        UPLINK,
-        "encap_icmp_options_out",
-    );
+    check(POD1, "encap_icmp_options_in", UPLINK, "encap_icmp_options_out");
 }
 
 #[test]
@@ -94,126 +84,26 @@ fn local_delivery() {
 fn mutated_fixtures_drop_with_reason() {
     type Mutation = fn(&mut Vec<u8>);
     let cases: &[(&str, PortId, Mutation, DropReason)] = &[
-        (
-            "encap_udp_in",
-            POD1,
-            |f| f[12..14].copy_from_slice(&[0x86, 0xdd]),
-            DropReason::NotIpv4,
-        ),
-        (
-            "encap_udp_in",
-            POD1,
-            |f| f.truncate(13),
-            DropReason::Truncated,
-        ),
-        (
-            "encap_udp_in",
-            POD1,
-            |f| f.truncate(40),
-            DropReason::Ipv4Malformed,
-        ),
-        (
-            "encap_udp_in",
-            POD1,
-            |f| f[14] = 0x65,
-            DropReason::Ipv4Malformed,
-        ),
-        (
-            "encap_udp_in",
-            POD1,
-            |f| f[24] ^= 1,
-            DropReason::Ipv4Checksum,
-        ),
-        (
-            "encap_udp_in",
-            POD1,
-            |f| set_ttl(f, 14, 1),
-            DropReason::TtlExpired,
-        ),
-        (
-            "encap_udp_in",
-            POD1,
-            |f| set_ip(f, 14, 16, [10, 99, 0, 1]),
-            DropReason::NoRoute,
-        ),
-        (
-            "encap_udp_in",
-            POD1,
-            |f| set_ip(f, 14, 12, [10, 244, 1, 77]),
-            DropReason::SpoofedSource,
-        ),
-        (
-            "arp_request_in",
-            POD1,
-            |f| f[21] = 2,
-            DropReason::ArpNotRequest,
-        ),
-        (
-            "arp_request_in",
-            POD1,
-            |f| f[38..42].copy_from_slice(&[10, 244, 1, 2]),
-            DropReason::ArpOwnAddress,
-        ),
-        (
-            "arp_request_in",
-            POD1,
-            |f| f[28..32].copy_from_slice(&[10, 244, 1, 9]),
-            DropReason::SpoofedSource,
-        ),
-        (
-            "arp_request_in",
-            POD1,
-            |f| f[15] = 6,
-            DropReason::ArpMalformed,
-        ),
-        (
-            "arp_request_in",
-            POD1,
-            |f| f.truncate(30),
-            DropReason::ArpMalformed,
-        ),
-        (
-            "decap_udp_in",
-            UPLINK,
-            |f| f[37] = 0x13,
-            DropReason::NotVxlan,
-        ),
-        (
-            "decap_udp_in",
-            UPLINK,
-            |f| set_ip(f, 14, 16, [192, 168, 50, 9]),
-            DropReason::NotVxlan,
-        ),
-        (
-            "decap_udp_in",
-            UPLINK,
-            |f| f[42] = 0,
-            DropReason::VxlanNoVni,
-        ),
-        (
-            "decap_udp_in",
-            UPLINK,
-            |f| f[48] = 2,
-            DropReason::VxlanWrongVni,
-        ),
-        (
-            "decap_udp_in",
-            UPLINK,
-            |f| f[55] = 9,
-            DropReason::VxlanInnerMac,
-        ),
-        (
-            "decap_udp_in",
-            UPLINK,
-            |f| set_ttl(f, 64, 1),
-            DropReason::TtlExpired,
-        ),
-        (
-            "decap_udp_in",
-            UPLINK,
-            |f| set_ip(f, 64, 16, [10, 244, 2, 5]),
-            DropReason::OverlayTransit,
-        ),
+        ("encap_udp_in", POD1, |f| f[12..14].copy_from_slice(&[0x86, 0xdd]), DropReason::NotIpv4),
+        ("encap_udp_in", POD1, |f| f.truncate(13), DropReason::Truncated),
+        ("encap_udp_in", POD1, |f| f.truncate(40), DropReason::Ipv4Malformed),
+        ("encap_udp_in", POD1, |f| f[14] = 0x65, DropReason::Ipv4Malformed),
+        ("encap_udp_in", POD1, |f| f[24] ^= 1, DropReason::Ipv4Checksum),
+        ("encap_udp_in", POD1, |f| set_ttl(f, 14, 1), DropReason::TtlExpired),
+        ("encap_udp_in", POD1, |f| set_ip(f, 14, 16, [10, 99, 0, 1]), DropReason::NoRoute),
+        ("encap_udp_in", POD1, |f| set_ip(f, 14, 12, [10, 244, 1, 77]), DropReason::SpoofedSource),
+        ("arp_request_in", POD1, |f| f[21] = 2, DropReason::ArpNotRequest),
+        ("arp_request_in", POD1, |f| f[38..42].copy_from_slice(&[10, 244, 1, 2]), DropReason::ArpOwnAddress),
+        ("arp_request_in", POD1, |f| f[28..32].copy_from_slice(&[10, 244, 1, 9]), DropReason::SpoofedSource),
+        ("arp_request_in", POD1, |f| f[15] = 6, DropReason::ArpMalformed),
+        ("arp_request_in", POD1, |f| f.truncate(30), DropReason::ArpMalformed),
+        ("decap_udp_in", UPLINK, |f| f[37] = 0x13, DropReason::NotVxlan),
+        ("decap_udp_in", UPLINK, |f| set_ip(f, 14, 16, [192, 168, 50, 9]), DropReason::NotVxlan),
+        ("decap_udp_in", UPLINK, |f| f[42] = 0, DropReason::VxlanNoVni),
+        ("decap_udp_in", UPLINK, |f| f[48] = 2, DropReason::VxlanWrongVni),
+        ("decap_udp_in", UPLINK, |f| f[55] = 9, DropReason::VxlanInnerMac),
+        ("decap_udp_in", UPLINK, |f| set_ttl(f, 64, 1), DropReason::TtlExpired),
+        ("decap_udp_in", UPLINK, |f| set_ip(f, 64, 16, [10, 244, 2, 5]), DropReason::OverlayTransit),
         (
             "decap_udp_in",
             UPLINK,
@@ -223,18 +113,8 @@ fn mutated_fixtures_drop_with_reason() {
             },
             DropReason::VxlanFragment,
         ),
-        (
-            "decap_udp_csum_in",
-            UPLINK,
-            |f| f[96] ^= 0xff,
-            DropReason::UdpChecksum,
-        ),
-        (
-            "decap_udp_in",
-            UPLINK,
-            |f| f.truncate(60),
-            DropReason::Ipv4Malformed,
-        ),
+        ("decap_udp_csum_in", UPLINK, |f| f[96] ^= 0xff, DropReason::UdpChecksum),
+        ("decap_udp_in", UPLINK, |f| f.truncate(60), DropReason::Ipv4Malformed),
         ("local_in", PortId(3), |_| {}, DropReason::UnknownPort),
     ];
     for (name, port, mutate, reason) in cases {
@@ -244,12 +124,7 @@ fn mutated_fixtures_drop_with_reason() {
         dp.inject(*port, &frame).unwrap();
         dp.run_until_idle();
         let c = dp.counters();
-        assert_eq!(
-            c.drop_count(*reason),
-            1,
-            "{name} → {reason:?}; drops {:?}",
-            c.drops
-        );
+        assert_eq!(c.drop_count(*reason), 1, "{name} → {reason:?}; drops {:?}", c.drops);
         assert_eq!((c.rx, c.tx, c.dropped()), (1, 0, 1), "{name} → {reason:?}");
     }
 }
@@ -277,11 +152,7 @@ fn set_ip(f: &mut [u8], at: usize, field: usize, ip: [u8; 4]) {
 fn host_port_is_not_source_checked() {
     let h = FibHandle::new();
     let mut tables = testbed::tables(2, 3);
-    let host = xlane_fib::Endpoint {
-        ip: "10.244.1.1".parse().unwrap(),
-        port: PortId(3),
-        ..testbed::pod(3)
-    };
+    let host = xlane_fib::Endpoint { ip: "10.244.1.1".parse().unwrap(), port: PortId(3), ..testbed::pod(3) };
     tables.upsert_host(host).unwrap();
     tables.publish(&h);
     let mut dp = MemDataplane::new(&h, 4);

@@ -21,11 +21,7 @@ const FIXTURES: &[&str] = &[
 ];
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/tests/fixtures/{name}.bin",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    std::fs::read(format!("{}/tests/fixtures/{name}.bin", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 #[derive(Debug, Clone)]
@@ -87,11 +83,7 @@ fn assert_well_formed(port: PortId, f: &[u8]) {
         assert_eq!(eth.dst_addr(), pod.mac);
         assert_eq!(eth.src_addr(), pod.gateway_mac);
         if eth.ethertype() == xlane_wire::EthernetProtocol::Ipv4 {
-            assert!(
-                Ipv4Packet::new_checked(eth.payload())
-                    .expect("ipv4")
-                    .verify_checksum()
-            );
+            assert!(Ipv4Packet::new_checked(eth.payload()).expect("ipv4").verify_checksum());
         }
     }
 }

@@ -14,6 +14,6 @@ pub mod tables;
 
 pub use lpm::{Lpm, LpmBuilder, Prefix};
 pub use tables::{
-    Endpoint, Fib, FibBuilder, FibError, FibHandle, FibReader, NextHop, NodeConfig, PortId,
-    PortRole, Remote, RemoteNode,
+    Endpoint, Fib, FibBuilder, FibError, FibHandle, FibReader, NextHop, NodeConfig, PortId, PortRole, Remote,
+    RemoteNode,
 };

@@ -43,10 +43,7 @@ impl Prefix {
         if len > 32 {
             return Err(BadPrefixLen(len));
         }
-        Ok(Self {
-            addr: u32::from(addr) & mask(len),
-            len,
-        })
+        Ok(Self { addr: u32::from(addr) & mask(len), len })
     }
 
     /// Network address.
@@ -57,10 +54,7 @@ impl Prefix {
 
     /// Prefix length.
     #[must_use]
-    #[expect(
-        clippy::len_without_is_empty,
-        reason = "a prefix length, not a container size"
-    )]
+    #[expect(clippy::len_without_is_empty, reason = "a prefix length, not a container size")]
     pub fn len(self) -> u8 {
         self.len
     }
@@ -74,10 +68,7 @@ impl Prefix {
 
 impl From<ipnet::Ipv4Net> for Prefix {
     fn from(n: ipnet::Ipv4Net) -> Self {
-        Self {
-            addr: u32::from(n.network()),
-            len: n.prefix_len(),
-        }
+        Self { addr: u32::from(n.network()), len: n.prefix_len() }
     }
 }
 
@@ -106,22 +97,14 @@ pub struct Lpm {
 
 impl core::fmt::Debug for Lpm {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Lpm")
-            .field("chunks", &self.chunks.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Lpm").field("chunks", &self.chunks.len()).finish_non_exhaustive()
     }
 }
 
 impl Default for Lpm {
     fn default() -> Self {
-        let root: Box<[u32; ROOT_SLOTS]> = vec![NONE; ROOT_SLOTS]
-            .into_boxed_slice()
-            .try_into()
-            .expect("exact length");
-        Self {
-            root,
-            chunks: Vec::new(),
-        }
+        let root: Box<[u32; ROOT_SLOTS]> = vec![NONE; ROOT_SLOTS].into_boxed_slice().try_into().expect("exact length");
+        Self { root, chunks: Vec::new() }
     }
 }
 
@@ -151,11 +134,7 @@ impl Lpm {
             for (i, a) in addrs[chunk..end].iter().enumerate() {
                 first[i] = self.root[(a >> 16) as usize];
             }
-            for (i, (a, o)) in addrs[chunk..end]
-                .iter()
-                .zip(&mut out[chunk..end])
-                .enumerate()
-            {
+            for (i, (a, o)) in addrs[chunk..end].iter().zip(&mut out[chunk..end]).enumerate() {
                 let mut e = first[i];
                 if e & CHILD != 0 {
                     e = self.chunks[(e & !CHILD) as usize][((a >> 8) & 0xff) as usize];
@@ -198,9 +177,7 @@ pub struct LpmBuilder {
 
 impl core::fmt::Debug for LpmBuilder {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("LpmBuilder")
-            .field("routes", &self.rib.len())
-            .finish_non_exhaustive()
+        f.debug_struct("LpmBuilder").field("routes", &self.rib.len()).finish_non_exhaustive()
     }
 }
 
@@ -208,11 +185,7 @@ impl LpmBuilder {
     /// An empty table.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            short_value: vec![NONE; ROOT_SLOTS],
-            short_len: vec![0; ROOT_SLOTS],
-            ..Self::default()
-        }
+        Self { short_value: vec![NONE; ROOT_SLOTS], short_len: vec![0; ROOT_SLOTS], ..Self::default() }
     }
 
     /// Number of routes.
@@ -235,9 +208,7 @@ impl LpmBuilder {
 
     /// Iterate over the routes in (network, length) order.
     pub fn iter(&self) -> impl Iterator<Item = (Prefix, u32)> + '_ {
-        self.rib
-            .iter()
-            .map(|(&(addr, len), &v)| (Prefix { addr, len }, v))
+        self.rib.iter().map(|(&(addr, len), &v)| (Prefix { addr, len }, v))
     }
 
     /// Add or replace a route; returns the previous value.
@@ -295,8 +266,7 @@ impl LpmBuilder {
         if count > 4096 {
             self.dirty_all = true;
         } else {
-            self.dirty
-                .extend(slots.filter_map(|s| u16::try_from(s).ok()));
+            self.dirty.extend(slots.filter_map(|s| u16::try_from(s).ok()));
         }
     }
 
@@ -345,11 +315,8 @@ impl LpmBuilder {
         }
         let base = u32::from(slot) << 16;
         let default = self.short_value[usize::from(slot)];
-        let mut long: Vec<(u8, u32, u32)> = self
-            .rib
-            .range((base, 17)..=(base | 0xffff, 32))
-            .map(|(&(addr, len), &v)| (len, addr, v))
-            .collect();
+        let mut long: Vec<(u8, u32, u32)> =
+            self.rib.range((base, 17)..=(base | 0xffff, 32)).map(|(&(addr, len), &v)| (len, addr, v)).collect();
         if long.is_empty() {
             self.lpm.root[usize::from(slot)] = default;
             return;
@@ -452,23 +419,13 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range() {
-        assert_eq!(
-            Prefix::new(Ipv4Addr::UNSPECIFIED, 33),
-            Err(BadPrefixLen(33))
-        );
-        assert_eq!(
-            LpmBuilder::new().insert(p("1.0.0.0/8"), NONE),
-            Err(ValueTooLarge(NONE))
-        );
+        assert_eq!(Prefix::new(Ipv4Addr::UNSPECIFIED, 33), Err(BadPrefixLen(33)));
+        assert_eq!(LpmBuilder::new().insert(p("1.0.0.0/8"), NONE), Err(ValueTooLarge(NONE)));
     }
 
     /// Reference: a linear scan over the route list.
     fn naive(routes: &BTreeMap<(u32, u8), u32>, a: u32) -> Option<u32> {
-        routes
-            .iter()
-            .filter(|((n, l), _)| a & mask(*l) == *n)
-            .max_by_key(|((_, l), _)| *l)
-            .map(|(_, v)| *v)
+        routes.iter().filter(|((n, l), _)| a & mask(*l) == *n).max_by_key(|((_, l), _)| *l).map(|(_, v)| *v)
     }
 
     fn arb_prefix() -> impl Strategy<Value = Prefix> {

@@ -53,12 +53,7 @@ impl NodeConfig {
     /// Defaults that match flannel's kernel VXLAN: VNI 1, port 8472, TTL 64, and RFC
     /// 7348's dynamic port range for source ports.
     #[must_use]
-    pub fn new(
-        vtep_ip: Ipv4Addr,
-        vtep_mac: EthernetAddress,
-        uplink_port: PortId,
-        uplink_mac: EthernetAddress,
-    ) -> Self {
+    pub fn new(vtep_ip: Ipv4Addr, vtep_mac: EthernetAddress, uplink_port: PortId, uplink_mac: EthernetAddress) -> Self {
         Self {
             vtep_ip,
             vtep_mac,
@@ -76,8 +71,7 @@ impl NodeConfig {
     /// The MTU pods must use: the largest inner IPv4 packet that fits the uplink.
     #[must_use]
     pub fn pod_mtu(&self) -> u16 {
-        self.uplink_mtu
-            .saturating_sub(xlane_wire::VXLAN_OVERHEAD_U16)
+        self.uplink_mtu.saturating_sub(xlane_wire::VXLAN_OVERHEAD_U16)
     }
 }
 
@@ -210,10 +204,7 @@ impl Fib {
     #[inline]
     #[must_use]
     pub fn port(&self, id: PortId) -> PortRole {
-        self.ports
-            .get(usize::from(id.0))
-            .copied()
-            .unwrap_or_default()
+        self.ports.get(usize::from(id.0)).copied().unwrap_or_default()
     }
 
     /// A compiled remote node.
@@ -290,10 +281,7 @@ impl FibBuilder {
     /// Empty tables.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            lpm: LpmBuilder::new(),
-            ..Self::default()
-        }
+        Self { lpm: LpmBuilder::new(), ..Self::default() }
     }
 
     /// Set (or change) the node's VTEP settings; every encap template is rebuilt.
@@ -311,10 +299,7 @@ impl FibBuilder {
             return Err(FibError::BadPortRange(node.src_port_min, node.src_port_max));
         }
         if let PortRole::Pod(_) = self.role(node.uplink_port) {
-            return Err(FibError::PortInUse {
-                port: node.uplink_port,
-                role: "a pod port",
-            });
+            return Err(FibError::PortInUse { port: node.uplink_port, role: "a pod port" });
         }
         if let Some(old) = self.node {
             self.set_role(old.uplink_port, PortRole::Unknown);
@@ -338,11 +323,7 @@ impl FibBuilder {
     /// # Errors
     /// [`FibError::TooManyRemotes`] past 2^29 nodes.
     pub fn upsert_remote(&mut self, node: RemoteNode) -> Result<(), FibError> {
-        let template = EncapTemplate::new(
-            &self
-                .node
-                .map_or_else(placeholder_params, |n| encap_params(&n, &node)),
-        );
+        let template = EncapTemplate::new(&self.node.map_or_else(placeholder_params, |n| encap_params(&n, &node)));
         let entry = Some(Remote { node, template });
         if let Some(&i) = self.nodes.get(&node.underlay_ip) {
             self.remotes[i as usize] = entry;
@@ -352,10 +333,8 @@ impl FibBuilder {
             self.remotes[i as usize] = entry;
             i
         } else {
-            let i = u32::try_from(self.remotes.len())
-                .ok()
-                .filter(|&i| i < INDEX_MASK)
-                .ok_or(FibError::TooManyRemotes)?;
+            let i =
+                u32::try_from(self.remotes.len()).ok().filter(|&i| i < INDEX_MASK).ok_or(FibError::TooManyRemotes)?;
             self.remotes.push(entry);
             i
         };
@@ -417,26 +396,17 @@ impl FibBuilder {
     fn attach(&mut self, ep: Endpoint, role: PortRole) -> Result<(), FibError> {
         match self.role(ep.port) {
             PortRole::Uplink => {
-                return Err(FibError::PortInUse {
-                    port: ep.port,
-                    role: "the uplink",
-                });
+                return Err(FibError::PortInUse { port: ep.port, role: "the uplink" });
             }
             PortRole::Pod(old) | PortRole::Host(old) if old.ip != ep.ip => {
-                return Err(FibError::PortInUse {
-                    port: ep.port,
-                    role: "another endpoint's port",
-                });
+                return Err(FibError::PortInUse { port: ep.port, role: "another endpoint's port" });
             }
             _ => {}
         }
         if let Some(other) = self.endpoints.get(&ep.ip)
             && other.port != ep.port
         {
-            return Err(FibError::AddressInUse {
-                ip: ep.ip,
-                port: other.port,
-            });
+            return Err(FibError::AddressInUse { ip: ep.ip, port: other.port });
         }
         self.endpoints.insert(ep.ip, ep);
         self.set_role(ep.port, role);
@@ -488,10 +458,7 @@ impl FibBuilder {
     }
 
     fn role(&self, port: PortId) -> PortRole {
-        self.ports
-            .get(usize::from(port.0))
-            .copied()
-            .unwrap_or_default()
+        self.ports.get(usize::from(port.0)).copied().unwrap_or_default()
     }
 
     fn set_role(&mut self, port: PortId, role: PortRole) {
@@ -503,11 +470,8 @@ impl FibBuilder {
     }
 
     fn refresh_routes_of(&mut self, vtep: Ipv4Addr) {
-        let prefixes: Vec<Prefix> = self
-            .routes_by_vtep
-            .get(&vtep)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
+        let prefixes: Vec<Prefix> =
+            self.routes_by_vtep.get(&vtep).map(|s| s.iter().copied().collect()).unwrap_or_default();
         for p in prefixes {
             self.refresh_prefix(p);
         }
@@ -515,23 +479,15 @@ impl FibBuilder {
 
     /// Recompute the LPM value of one prefix: a local endpoint beats an overlay route.
     fn refresh_prefix(&mut self, p: Prefix) {
-        let endpoint = (p.len() == 32)
-            .then(|| self.endpoints.get(&p.addr()))
-            .flatten();
+        let endpoint = (p.len() == 32).then(|| self.endpoints.get(&p.addr())).flatten();
         let hop = if let Some(ep) = endpoint {
             Some(NextHop::Endpoint(ep.port))
         } else {
-            self.routes.get(&p).map(|via| {
-                self.nodes
-                    .get(via)
-                    .map_or(NextHop::Unresolved, |&i| NextHop::Remote(i))
-            })
+            self.routes.get(&p).map(|via| self.nodes.get(via).map_or(NextHop::Unresolved, |&i| NextHop::Remote(i)))
         };
         match hop {
             Some(h) => {
-                self.lpm
-                    .insert(p, h.encode())
-                    .expect("encoded next hops are below MAX_VALUE");
+                self.lpm.insert(p, h.encode()).expect("encoded next hops are below MAX_VALUE");
             }
             None => {
                 self.lpm.remove(p);
@@ -578,9 +534,7 @@ pub struct FibHandle {
 
 impl Default for FibHandle {
     fn default() -> Self {
-        Self {
-            current: Arc::new(ArcSwap::from_pointee(Fib::default())),
-        }
+        Self { current: Arc::new(ArcSwap::from_pointee(Fib::default())) }
     }
 }
 
@@ -606,9 +560,7 @@ impl FibHandle {
     /// A per-worker reader that re-reads the shared pointer only when it changed.
     #[must_use]
     pub fn reader(&self) -> FibReader {
-        FibReader {
-            cache: arc_swap::Cache::new(Arc::clone(&self.current)),
-        }
+        FibReader { cache: arc_swap::Cache::new(Arc::clone(&self.current)) }
     }
 }
 
@@ -642,11 +594,7 @@ mod tests {
     }
 
     fn remote(last: u8) -> RemoteNode {
-        RemoteNode {
-            underlay_ip: Ipv4Addr::new(192, 168, 50, last),
-            vtep_mac: MAC_A,
-            next_hop_mac: MAC_B,
-        }
+        RemoteNode { underlay_ip: Ipv4Addr::new(192, 168, 50, last), vtep_mac: MAC_A, next_hop_mac: MAC_B }
     }
 
     #[test]
@@ -658,9 +606,7 @@ mod tests {
         assert_eq!(b.snapshot().next_hop(dst), Some(NextHop::Unresolved));
         b.upsert_remote(remote(2)).unwrap();
         let fib = b.snapshot();
-        let Some(NextHop::Remote(i)) = fib.next_hop(dst) else {
-            panic!("not resolved")
-        };
+        let Some(NextHop::Remote(i)) = fib.next_hop(dst) else { panic!("not resolved") };
         assert_eq!(fib.remote(i).unwrap().node, remote(2));
         b.remove_remote(remote(2).underlay_ip);
         assert_eq!(b.snapshot().next_hop(dst), Some(NextHop::Unresolved));
@@ -674,12 +620,7 @@ mod tests {
         b.set_node(node()).unwrap();
         b.upsert_remote(remote(2)).unwrap();
         b.insert_route(pfx("10.244.0.0/16"), remote(2).underlay_ip);
-        let ep = Endpoint {
-            ip: Ipv4Addr::new(10, 244, 1, 5),
-            port: PortId(3),
-            mac: MAC_A,
-            gateway_mac: MAC_B,
-        };
+        let ep = Endpoint { ip: Ipv4Addr::new(10, 244, 1, 5), port: PortId(3), mac: MAC_A, gateway_mac: MAC_B };
         b.upsert_endpoint(ep).unwrap();
         let fib = b.snapshot();
         assert_eq!(fib.next_hop(ep.ip), Some(NextHop::Endpoint(PortId(3))));
@@ -687,26 +628,10 @@ mod tests {
         assert_eq!(fib.port(PortId(0)), PortRole::Uplink);
         assert_eq!(fib.port(PortId(99)), PortRole::Unknown);
 
-        let clash = Endpoint {
-            port: PortId(4),
-            ..ep
-        };
-        assert_eq!(
-            b.upsert_endpoint(clash),
-            Err(FibError::AddressInUse {
-                ip: ep.ip,
-                port: PortId(3)
-            })
-        );
-        let on_uplink = Endpoint {
-            port: PortId(0),
-            ip: Ipv4Addr::new(10, 244, 1, 6),
-            ..ep
-        };
-        assert!(matches!(
-            b.upsert_endpoint(on_uplink),
-            Err(FibError::PortInUse { .. })
-        ));
+        let clash = Endpoint { port: PortId(4), ..ep };
+        assert_eq!(b.upsert_endpoint(clash), Err(FibError::AddressInUse { ip: ep.ip, port: PortId(3) }));
+        let on_uplink = Endpoint { port: PortId(0), ip: Ipv4Addr::new(10, 244, 1, 6), ..ep };
+        assert!(matches!(b.upsert_endpoint(on_uplink), Err(FibError::PortInUse { .. })));
 
         b.remove_endpoint(ep.ip);
         let fib = b.snapshot();
@@ -717,26 +642,10 @@ mod tests {
     #[test]
     fn node_config_validated() {
         let mut b = FibBuilder::new();
+        assert_eq!(b.set_node(NodeConfig { vni: 1 << 24, ..node() }), Err(FibError::VniOutOfRange(1 << 24)));
+        assert_eq!(b.set_node(NodeConfig { uplink_mtu: 100, ..node() }), Err(FibError::MtuTooSmall(100)));
         assert_eq!(
-            b.set_node(NodeConfig {
-                vni: 1 << 24,
-                ..node()
-            }),
-            Err(FibError::VniOutOfRange(1 << 24))
-        );
-        assert_eq!(
-            b.set_node(NodeConfig {
-                uplink_mtu: 100,
-                ..node()
-            }),
-            Err(FibError::MtuTooSmall(100))
-        );
-        assert_eq!(
-            b.set_node(NodeConfig {
-                src_port_min: 9,
-                src_port_max: 8,
-                ..node()
-            }),
+            b.set_node(NodeConfig { src_port_min: 9, src_port_max: 8, ..node() }),
             Err(FibError::BadPortRange(9, 8))
         );
         assert_eq!(node().pod_mtu(), 1450);
@@ -764,10 +673,6 @@ mod tests {
         assert_eq!(b.publish(&h), 1);
         assert_eq!(r.current().generation(), 1);
         assert!(r.current().node().is_some());
-        assert_eq!(
-            held.generation(),
-            0,
-            "an old snapshot stays valid while held"
-        );
+        assert_eq!(held.generation(), 0, "an old snapshot stays valid while held");
     }
 }

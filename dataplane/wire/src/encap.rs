@@ -7,9 +7,7 @@
 
 use crate::checksum;
 use crate::vxlan::{FLAG_I, VXLAN_HEADER_LEN};
-use crate::{
-    ETHERNET_HEADER_LEN, EthernetAddress, IPV4_HEADER_LEN, UDP_HEADER_LEN, VXLAN_OVERHEAD,
-};
+use crate::{ETHERNET_HEADER_LEN, EthernetAddress, IPV4_HEADER_LEN, UDP_HEADER_LEN, VXLAN_OVERHEAD};
 use core::net::Ipv4Addr;
 
 /// What a template is built from.
@@ -50,9 +48,7 @@ pub struct EncapTemplate {
 
 impl core::fmt::Debug for EncapTemplate {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("EncapTemplate")
-            .field("bytes", &format_args!("{:02x?}", self.bytes))
-            .finish()
+        f.debug_struct("EncapTemplate").field("bytes", &format_args!("{:02x?}", self.bytes)).finish()
     }
 }
 
@@ -76,10 +72,7 @@ impl EncapTemplate {
         b[UDP + 2..UDP + 4].copy_from_slice(&p.dst_port.to_be_bytes());
         b[VXLAN] = FLAG_I;
         b[VXLAN + 4..VXLAN + 7].copy_from_slice(&p.vni.to_be_bytes()[1..4]);
-        Self {
-            bytes: b,
-            base_checksum,
-        }
+        Self { bytes: b, base_checksum }
     }
 
     /// Write the outer headers for an inner Ethernet frame of `inner_len` bytes into
@@ -92,8 +85,7 @@ impl EncapTemplate {
         let ip_len = inner_len.wrapping_add(IP_OVERHEAD);
         let udp_len = inner_len.wrapping_add(UDP_OVERHEAD);
         out[IP + 2..IP + 4].copy_from_slice(&ip_len.to_be_bytes());
-        out[IP + 10..IP + 12]
-            .copy_from_slice(&checksum::add_word(self.base_checksum, ip_len).to_be_bytes());
+        out[IP + 10..IP + 12].copy_from_slice(&checksum::add_word(self.base_checksum, ip_len).to_be_bytes());
         out[UDP..UDP + 2].copy_from_slice(&src_port.to_be_bytes());
         out[UDP + 4..UDP + 6].copy_from_slice(&udp_len.to_be_bytes());
     }
@@ -132,15 +124,9 @@ mod tests {
         let ip = Ipv4Packet::new_checked(&frame[IP..]).unwrap();
         assert!(ip.verify_checksum());
         assert!(ip.dont_frag());
-        assert_eq!(
-            usize::from(ip.total_len()),
-            frame.len() - ETHERNET_HEADER_LEN
-        );
+        assert_eq!(usize::from(ip.total_len()), frame.len() - ETHERNET_HEADER_LEN);
         let udp = UdpPacket::new_checked(ip.payload()).unwrap();
-        assert_eq!(
-            (udp.src_port(), udp.dst_port(), udp.checksum()),
-            (50_000, 8472, 0)
-        );
+        assert_eq!((udp.src_port(), udp.dst_port(), udp.checksum()), (50_000, 8472, 0));
         assert_eq!(usize::from(udp.len()), ip.payload().len());
         let vx = VxlanPacket::new_checked(udp.payload()).unwrap();
         assert_eq!(VxlanRepr::parse(&vx), Ok(VxlanRepr { vni: 1 }));

@@ -13,14 +13,13 @@ pub mod encap;
 pub mod vxlan;
 
 pub use smoltcp::wire::{
-    ArpHardware, ArpOperation, ArpPacket, ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame,
-    EthernetProtocol, IPV4_HEADER_LEN, IpProtocol, Ipv4Packet, UDP_HEADER_LEN, UdpPacket,
+    ArpHardware, ArpOperation, ArpPacket, ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol,
+    IPV4_HEADER_LEN, IpProtocol, Ipv4Packet, UDP_HEADER_LEN, UdpPacket,
 };
 pub use vxlan::{VXLAN_HEADER_LEN, VxlanPacket, VxlanRepr};
 
 /// Bytes a VXLAN encapsulation prepends: outer Ethernet + IPv4 (no options) + UDP + VXLAN.
-pub const VXLAN_OVERHEAD: usize =
-    ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN + VXLAN_HEADER_LEN;
+pub const VXLAN_OVERHEAD: usize = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN + VXLAN_HEADER_LEN;
 
 /// [`VXLAN_OVERHEAD`] as a `u16`, for MTU arithmetic.
 #[expect(clippy::cast_possible_truncation, reason = "50 fits in u16")]

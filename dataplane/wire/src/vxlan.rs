@@ -65,11 +65,7 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
     /// # Errors
     /// [`Truncated`] if the buffer is shorter than [`VXLAN_HEADER_LEN`].
     pub fn check_len(&self) -> Result<(), Truncated> {
-        if self.buffer.as_ref().len() < VXLAN_HEADER_LEN {
-            Err(Truncated)
-        } else {
-            Ok(())
-        }
+        if self.buffer.as_ref().len() < VXLAN_HEADER_LEN { Err(Truncated) } else { Ok(()) }
     }
 
     /// The raw flags byte.
@@ -146,9 +142,7 @@ impl VxlanRepr {
     /// # Errors
     /// [`ParseError`] when the header is truncated or the I flag is clear.
     pub fn parse<T: AsRef<[u8]>>(packet: &VxlanPacket<T>) -> Result<Self, ParseError> {
-        packet
-            .check_len()
-            .map_err(|Truncated| ParseError::Truncated)?;
+        packet.check_len().map_err(|Truncated| ParseError::Truncated)?;
         if !packet.vni_valid() {
             return Err(ParseError::NoVni);
         }

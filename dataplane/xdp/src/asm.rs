@@ -120,13 +120,7 @@ impl Asm {
     }
 
     fn push(&mut self, code: u8, dst: Reg, src: Reg, off: i16, imm: i32) -> &mut Self {
-        self.insns.push(Insn {
-            code,
-            dst: dst.0,
-            src: src.0,
-            off,
-            imm,
-        });
+        self.insns.push(Insn { code, dst: dst.0, src: src.0, off, imm });
         self
     }
 
@@ -259,11 +253,7 @@ mod tests {
     fn encodes_known_instructions() {
         let mut a = Asm::new();
         let end = a.label();
-        a.mov_imm(R0, 2)
-            .jmp_imm(Cond::Eq, R1, 0, end)
-            .load(Size::W, R2, R1, 4)
-            .bind(end)
-            .exit();
+        a.mov_imm(R0, 2).jmp_imm(Cond::Eq, R1, 0, end).load(Size::W, R2, R1, 4).bind(end).exit();
         let insns = a.finish();
         // r0 = 2: b7 00 0000 02000000
         assert_eq!(insns[0].to_ne_bytes(), [0xb7, 0x00, 0, 0, 2, 0, 0, 0]);
@@ -277,14 +267,8 @@ mod tests {
     #[test]
     fn network_order_constants() {
         let frame = [0x08u8, 0x00, 192, 168, 50, 200];
-        assert_eq!(
-            i32::from(u16::from_ne_bytes([frame[0], frame[1]])),
-            ne16(0x0800)
-        );
+        assert_eq!(i32::from(u16::from_ne_bytes([frame[0], frame[1]])), ne16(0x0800));
         let ip = u32::from_ne_bytes([frame[2], frame[3], frame[4], frame[5]]);
-        assert_eq!(
-            ip.cast_signed(),
-            ne32(u32::from_be_bytes([192, 168, 50, 200]))
-        );
+        assert_eq!(ip.cast_signed(), ne32(u32::from_be_bytes([192, 168, 50, 200])));
     }
 }

@@ -88,8 +88,7 @@ impl XdpAttachment {
         program: Program,
         prefer: ModePreference,
     ) -> Result<Self, AttachError> {
-        let xskmap = sys::create_xskmap(name, queues.max(1))
-            .map_err(|source| AttachError::Map { ifindex, source })?;
+        let xskmap = sys::create_xskmap(name, queues.max(1)).map_err(|source| AttachError::Map { ifindex, source })?;
         let insns = match program {
             Program::Uplink(f) => programs::uplink(&f, xskmap.as_raw_fd(), XDP_PASS),
             Program::Pod(f) => programs::pod(&f, xskmap.as_raw_fd(), XDP_PASS),
@@ -108,22 +107,12 @@ impl XdpAttachment {
             };
             match sys::link_xdp(prog.as_fd(), ifindex, flags) {
                 Ok(link) => {
-                    return Ok(Self {
-                        link,
-                        prog,
-                        xskmap,
-                        ifindex,
-                        mode,
-                    });
+                    return Ok(Self { link, prog, xskmap, ifindex, mode });
                 }
                 Err(e) => last = Some(e),
             }
         }
-        Err(AttachError::Link {
-            ifindex,
-            tried,
-            source: last.expect("at least one mode tried"),
-        })
+        Err(AttachError::Link { ifindex, tried, source: last.expect("at least one mode tried") })
     }
 
     /// Steer queue `queue`'s matching traffic to the socket `xsk`.

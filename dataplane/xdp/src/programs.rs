@@ -97,11 +97,7 @@ pub fn uplink(f: &UplinkFilter, xskmap_fd: i32, miss: u32) -> Vec<u64> {
 /// The pod (and host) port program.
 #[must_use]
 pub fn pod(f: &PodFilter, xskmap_fd: i32, miss: u32) -> Vec<u64> {
-    let mask = if f.prefix_len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(f.prefix_len.min(32)))
-    };
+    let mask = if f.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(f.prefix_len.min(32))) };
     let net = u32::from(f.cluster) & mask;
     let mut a = Asm::new();
     let pass = a.label();

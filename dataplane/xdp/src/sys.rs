@@ -103,19 +103,8 @@ unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     let size = u32::try_from(size_of::<T>()).expect("attr structs are small");
     // SAFETY: the caller guarantees attr matches cmd and its pointers are valid; the
     // kernel reads (and for some commands writes) at most `size` bytes of it.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr).cast::<libc::c_void>(),
-            size,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr).cast::<libc::c_void>(), size) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
 fn new_fd(ret: libc::c_long) -> OwnedFd {
@@ -127,11 +116,7 @@ fn new_fd(ret: libc::c_long) -> OwnedFd {
 fn name16(name: &str) -> [u8; 16] {
     let mut out = [0u8; 16];
     // The kernel accepts [A-Za-z0-9_.] and needs a NUL within 16 bytes.
-    for (o, b) in out.iter_mut().zip(
-        name.bytes()
-            .filter(|b| b.is_ascii_alphanumeric() || *b == b'_')
-            .take(15),
-    ) {
+    for (o, b) in out.iter_mut().zip(name.bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'_').take(15)) {
         *o = b;
     }
     out
@@ -179,11 +164,7 @@ pub fn map_update_fd(map: BorrowedFd<'_>, key: u32, value_fd: BorrowedFd<'_>) ->
 /// # Errors
 /// The kernel's error (ENOENT if absent).
 pub fn map_delete(map: BorrowedFd<'_>, key: u32) -> io::Result<()> {
-    let mut attr = MapElemAttr {
-        map_fd: raw(map),
-        key: std::ptr::from_ref(&key) as u64,
-        ..Default::default()
-    };
+    let mut attr = MapElemAttr { map_fd: raw(map), key: std::ptr::from_ref(&key) as u64, ..Default::default() };
     // SAFETY: key points at a live u32 for the call.
     unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) }.map(drop)
 }
@@ -226,11 +207,7 @@ pub fn load_xdp(name: &str, insns: &[u64]) -> Result<OwnedFd, LoadError> {
         Ok(fd) => Ok(new_fd(fd)),
         Err(source) => {
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            Err(LoadError {
-                name: name.to_owned(),
-                source,
-                log: String::from_utf8_lossy(&log[..end]).into_owned(),
-            })
+            Err(LoadError { name: name.to_owned(), source, log: String::from_utf8_lossy(&log[..end]).into_owned() })
         }
     }
 }
@@ -242,12 +219,7 @@ pub fn load_xdp(name: &str, insns: &[u64]) -> Result<OwnedFd, LoadError> {
 /// # Errors
 /// The kernel's error.
 pub fn link_xdp(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
-    let mut attr = LinkCreateAttr {
-        prog_fd: raw(prog),
-        target_ifindex: ifindex,
-        attach_type: ATTACH_TYPE_XDP,
-        flags,
-    };
+    let mut attr = LinkCreateAttr { prog_fd: raw(prog), target_ifindex: ifindex, attach_type: ATTACH_TYPE_XDP, flags };
     // SAFETY: a LINK_CREATE attr holding no pointers.
     unsafe { bpf(BPF_LINK_CREATE, &mut attr) }.map(new_fd)
 }
@@ -309,16 +281,9 @@ struct EthtoolChannels {
 fn ethtool<T>(ifname: &str, value: &mut T) -> io::Result<()> {
     let bytes = ifname.as_bytes();
     if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad interface name {ifname:?}"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {ifname:?}")));
     }
-    let mut req = IfreqData {
-        name: [0; libc::IFNAMSIZ],
-        data: std::ptr::from_mut(value).cast(),
-        _pad: [0; 16],
-    };
+    let mut req = IfreqData { name: [0; libc::IFNAMSIZ], data: std::ptr::from_mut(value).cast(), _pad: [0; 16] };
     req.name[..bytes.len()].copy_from_slice(bytes);
     // SAFETY: an ordinary datagram socket used only for this ioctl; checked below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -331,11 +296,7 @@ fn ethtool<T>(ifname: &str, value: &mut T) -> io::Result<()> {
     // struct that req.data points to (its command word says which); both live on this
     // stack frame for the duration of the call.
     let r = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, std::ptr::from_mut(&mut req)) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Receive queues in use on an interface (ethtool channels: combined + rx). Devices
@@ -347,10 +308,7 @@ fn ethtool<T>(ifname: &str, value: &mut T) -> io::Result<()> {
 /// # Errors
 /// Unknown interface.
 pub fn rx_queues(ifname: &str) -> io::Result<u32> {
-    let mut ch = EthtoolChannels {
-        cmd: ETHTOOL_GCHANNELS,
-        ..Default::default()
-    };
+    let mut ch = EthtoolChannels { cmd: ETHTOOL_GCHANNELS, ..Default::default() };
     match ethtool(ifname, &mut ch) {
         Ok(()) => Ok((ch.combined_count + ch.rx_count).max(1)),
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(1),
@@ -368,9 +326,6 @@ pub fn rx_queues(ifname: &str) -> io::Result<u32> {
 /// # Errors
 /// Unknown interface, or the ioctl's error.
 pub fn set_tx_checksum(ifname: &str, on: bool) -> io::Result<()> {
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: u32::from(on),
-    };
+    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: u32::from(on) };
     ethtool(ifname, &mut value)
 }

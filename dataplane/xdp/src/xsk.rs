@@ -49,12 +49,7 @@ pub struct UmemSettings {
 
 impl Default for UmemSettings {
     fn default() -> Self {
-        Self {
-            frame_size: 2048,
-            frames: 16_384,
-            fill_ring: 2048,
-            rx_tx_ring: 2048,
-        }
+        Self { frame_size: 2048, frames: 16_384, fill_ring: 2048, rx_tx_ring: 2048 }
     }
 }
 
@@ -116,10 +111,7 @@ impl Area {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self {
-            ptr: NonNull::new(p.cast()).expect("mmap never returns null on success"),
-            len,
-        })
+        Ok(Self { ptr: NonNull::new(p.cast()).expect("mmap never returns null on success"), len })
     }
 }
 
@@ -308,10 +300,7 @@ pub struct Umem {
 
 impl core::fmt::Debug for Umem {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Umem")
-            .field("settings", &self.settings)
-            .field("free", &self.free.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Umem").field("settings", &self.settings).field("free", &self.free.len()).finish_non_exhaustive()
     }
 }
 
@@ -324,13 +313,8 @@ impl Umem {
         if !matches!(settings.frame_size, 2048 | 4096) {
             return Err(XskError::Settings("frame size must be 2048 or 4096"));
         }
-        if settings.frames == 0
-            || !settings.fill_ring.is_power_of_two()
-            || !settings.rx_tx_ring.is_power_of_two()
-        {
-            return Err(XskError::Settings(
-                "frames must be > 0 and ring sizes powers of two",
-            ));
+        if settings.frames == 0 || !settings.fill_ring.is_power_of_two() || !settings.rx_tx_ring.is_power_of_two() {
+            return Err(XskError::Settings("frames must be > 0 and ring sizes powers of two"));
         }
         let bytes = settings.frame_size as usize * settings.frames as usize;
         let area = Area::new(bytes).map_err(|source| XskError::Mmap { bytes, source })?;
@@ -358,10 +342,7 @@ impl Umem {
             settings,
             shift: settings.frame_size.trailing_zeros(),
             owner: vec![Owner::Free; frames],
-            free: (0..u64::from(settings.frames))
-                .rev()
-                .map(|i| i << settings.frame_size.trailing_zeros())
-                .collect(),
+            free: (0..u64::from(settings.frames)).rev().map(|i| i << settings.frame_size.trailing_zeros()).collect(),
             lent: vec![0; frames],
             epoch: 0,
             bad_descs: 0,
@@ -381,12 +362,7 @@ impl Umem {
     ///
     /// # Errors
     /// [`XskError::Socket`] naming the failed step.
-    pub fn open_port(
-        &mut self,
-        ifname: &str,
-        queue: u32,
-        mode: BindMode,
-    ) -> Result<XskPort, XskError> {
+    pub fn open_port(&mut self, ifname: &str, queue: u32, mode: BindMode) -> Result<XskPort, XskError> {
         if self.own_fd_used {
             return self.open_port_as(ifname, queue, None);
         }
@@ -419,70 +395,40 @@ impl Umem {
         let slice = NonNull::slice_from_raw_parts(self.area.ptr, self.area.len);
         // SAFETY: as in `new`: the area is page aligned, owned by `self`, and outlives the
         // registration (field order). No port uses the old registration (none is bound).
-        let umem =
-            unsafe { xdpilone::Umem::new(self.config(), slice) }.map_err(|e| XskError::Socket {
-                step: "UMEM registration",
-                ifname: String::new(),
-                queue: 0,
-                source: errno(e),
-            })?;
+        let umem = unsafe { xdpilone::Umem::new(self.config(), slice) }.map_err(|e| XskError::Socket {
+            step: "UMEM registration",
+            ifname: String::new(),
+            queue: 0,
+            source: errno(e),
+        })?;
         self.umem = umem;
         Ok(())
     }
 
     /// `zero_copy`: `Some(mode)` for the UMEM's first socket, `None` for a socket that
     /// shares it (and inherits its mode).
-    fn open_port_as(
-        &mut self,
-        ifname: &str,
-        queue: u32,
-        zero_copy: Option<bool>,
-    ) -> Result<XskPort, XskError> {
-        let fail = |step, source| XskError::Socket {
-            step,
-            ifname: ifname.to_owned(),
-            queue,
-            source,
-        };
-        let name = CString::new(ifname).map_err(|_| {
-            fail(
-                "interface name",
-                io::Error::from(io::ErrorKind::InvalidInput),
-            )
-        })?;
+    fn open_port_as(&mut self, ifname: &str, queue: u32, zero_copy: Option<bool>) -> Result<XskPort, XskError> {
+        let fail = |step, source| XskError::Socket { step, ifname: ifname.to_owned(), queue, source };
+        let name =
+            CString::new(ifname).map_err(|_| fail("interface name", io::Error::from(io::ErrorKind::InvalidInput)))?;
         let mut info = IfInfo::invalid();
-        info.from_name(&name)
-            .map_err(|e| fail("interface lookup", errno(e)))?;
+        info.from_name(&name).map_err(|e| fail("interface lookup", errno(e)))?;
         info.set_queue(queue);
         let ifindex = info.ifindex();
         // The first socket is the UMEM's own descriptor; later ones get their own and bind
         // with XDP_SHARED_UMEM (xdpilone adds it when the descriptors differ). Each
         // (interface, queue) has its own fill and completion rings.
-        let sock = if zero_copy.is_some() {
-            Socket::with_shared(&info, &self.umem)
-        } else {
-            Socket::new(&info)
-        }
-        .map_err(|e| fail("socket", errno(e)))?;
-        let device = self
-            .umem
-            .fq_cq(&sock)
-            .map_err(|e| fail("fill/completion rings", errno(e)))?;
+        let sock = if zero_copy.is_some() { Socket::with_shared(&info, &self.umem) } else { Socket::new(&info) }
+            .map_err(|e| fail("socket", errno(e)))?;
+        let device = self.umem.fq_cq(&sock).map_err(|e| fail("fill/completion rings", errno(e)))?;
         let ring = NonZeroU32::new(self.settings.rx_tx_ring).expect("checked non-zero");
         let bind_flags = match zero_copy {
             Some(true) => XDP_USE_NEED_WAKEUP | XDP_ZEROCOPY,
             Some(false) => XDP_USE_NEED_WAKEUP | XDP_COPY,
             None => 0,
         };
-        let config = SocketConfig {
-            rx_size: Some(ring),
-            tx_size: Some(ring),
-            bind_flags,
-        };
-        let user = self
-            .umem
-            .rx_tx(&sock, &config)
-            .map_err(|e| fail("rx/tx rings", errno(e)))?;
+        let config = SocketConfig { rx_size: Some(ring), tx_size: Some(ring), bind_flags };
+        let user = self.umem.rx_tx(&sock, &config).map_err(|e| fail("rx/tx rings", errno(e)))?;
         let rx = user.map_rx().map_err(|e| fail("map rx ring", errno(e)))?;
         let tx = user.map_tx().map_err(|e| fail("map tx ring", errno(e)))?;
         self.umem.bind(&user).map_err(|e| fail("bind", errno(e)))?;
@@ -546,9 +492,7 @@ impl Umem {
         w.commit();
         let from = self.free.len() - given as usize;
         for k in from..self.free.len() {
-            let i = self
-                .index(self.free[k])
-                .expect("free-list addresses lie inside the UMEM");
+            let i = self.index(self.free[k]).expect("free-list addresses lie inside the UMEM");
             self.owner[i] = Owner::Fill;
         }
         self.free.truncate(from);
@@ -617,25 +561,15 @@ impl Umem {
     /// # Panics
     /// If a frame is not application-owned or appears twice: the caller passed
     /// descriptors that did not come from [`receive`](Self::receive).
-    pub fn frames_mut<R>(
-        &mut self,
-        frames: &[RxFrame],
-        f: impl FnOnce(&mut [(&mut [u8], usize)]) -> R,
-    ) -> R {
+    pub fn frames_mut<R>(&mut self, frames: &[RxFrame], f: impl FnOnce(&mut [(&mut [u8], usize)]) -> R) -> R {
         assert!(frames.len() <= 64, "bursts are at most 64 frames");
         self.epoch = self.epoch.wrapping_add(1);
         let size = self.settings.frame_size as usize;
         let mut lent: [(&mut [u8], usize); 64] = std::array::from_fn(|_| (&mut [][..], 0));
         for (slot, fr) in lent.iter_mut().zip(frames) {
             let i = self.index(fr.addr).expect("address inside the UMEM");
-            assert!(
-                self.owner[i] == Owner::App,
-                "frame {i} is not the application's"
-            );
-            assert!(
-                self.lent[i] != self.epoch,
-                "frame {i} lent twice in one call"
-            );
+            assert!(self.owner[i] == Owner::App, "frame {i} is not the application's");
+            assert!(self.lent[i] != self.epoch, "frame {i} lent twice in one call");
             self.lent[i] = self.epoch;
             let base = i * size;
             // SAFETY: frame i lies inside the mapped area (index() checked i < frames);
@@ -643,12 +577,8 @@ impl Umem {
             // application (not by a kernel ring), so no other reference to these bytes
             // exists while the slices live; they borrow `self` mutably, so no second call
             // can lend them again before they are dropped.
-            let buf =
-                unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(base), size) };
-            *slot = (
-                buf,
-                usize::try_from(fr.addr - base as u64).expect("offset within a frame"),
-            );
+            let buf = unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(base), size) };
+            *slot = (buf, usize::try_from(fr.addr - base as u64).expect("offset within a frame"));
         }
         f(&mut lent[..frames.len()])
     }
@@ -658,19 +588,13 @@ impl Umem {
     /// many were queued, in order; the caller must [`release`](Self::release) the rest.
     pub fn transmit(&mut self, port: &mut XskPort, frames: &[(RxFrame, u32, u32)]) -> usize {
         let mut queued = 0;
-        let mut w = port
-            .tx
-            .transmit(u32::try_from(frames.len()).unwrap_or(u32::MAX));
+        let mut w = port.tx.transmit(u32::try_from(frames.len()).unwrap_or(u32::MAX));
         for &(fr, offset, len) in frames {
             let Some(i) = self.index(fr.addr) else { break };
             if self.owner[i] != Owner::App || offset + len > self.settings.frame_size {
                 break;
             }
-            let desc = XdpDesc {
-                addr: self.base(fr.addr) + u64::from(offset),
-                len,
-                options: 0,
-            };
+            let desc = XdpDesc { addr: self.base(fr.addr) + u64::from(offset), len, options: 0 };
             if !w.insert_once(desc) {
                 break;
             }
@@ -700,14 +624,9 @@ impl Umem {
             return None;
         }
         let addr = self.free.pop()?;
-        let i = self
-            .index(addr)
-            .expect("free-list addresses lie inside the UMEM");
+        let i = self.index(addr).expect("free-list addresses lie inside the UMEM");
         self.owner[i] = Owner::App;
-        let fr = RxFrame {
-            addr: addr + u64::from(headroom),
-            len,
-        };
+        let fr = RxFrame { addr: addr + u64::from(headroom), len };
         self.frames_mut(&[fr], |f| {
             let (buf, off) = &mut f[0];
             buf[*off..*off + bytes.len()].copy_from_slice(bytes);
@@ -721,23 +640,13 @@ impl Umem {
 /// # Errors
 /// The poll error (EINTR is reported as `Ok(false)`).
 pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<bool> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     // SAFETY: pfds is a live, correctly sized array of pollfd for the duration of the call.
     let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
     if r < 0 {
         let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
     }
     Ok(r > 0)
 }

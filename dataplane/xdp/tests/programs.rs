@@ -12,20 +12,13 @@ use xlane_xdp::sys;
 const ENGINE: u32 = XDP_DROP;
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/../engine/tests/fixtures/{name}.bin",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    std::fs::read(format!("{}/../engine/tests/fixtures/{name}.bin", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 fn fix_ip_checksum(f: &mut [u8]) {
     let ihl = usize::from(f[14] & 0x0f) * 4;
     f[24..26].fill(0);
-    let mut sum: u32 = f[14..14 + ihl]
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
+    let mut sum: u32 = f[14..14 + ihl].chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -34,23 +27,16 @@ fn fix_ip_checksum(f: &mut [u8]) {
 }
 
 fn uplink_filter() -> UplinkFilter {
-    UplinkFilter {
-        vtep_ip: Ipv4Addr::new(192, 168, 50, 1),
-        vxlan_port: 8472,
-    }
+    UplinkFilter { vtep_ip: Ipv4Addr::new(192, 168, 50, 1), vxlan_port: 8472 }
 }
 
 fn pod_filter() -> PodFilter {
-    PodFilter {
-        cluster: Ipv4Addr::new(10, 244, 0, 0),
-        prefix_len: 16,
-    }
+    PodFilter { cluster: Ipv4Addr::new(10, 244, 0, 0), prefix_len: 16 }
 }
 
 fn verdicts(insns_for: impl Fn(i32) -> Vec<u64>, cases: &[(&str, Vec<u8>, u32)]) {
     let map = sys::create_xskmap("xlane_test", 4).expect("XSKMAP");
-    let prog =
-        sys::load_xdp("xlane_test", &insns_for(map.as_raw_fd())).unwrap_or_else(|e| panic!("{e}"));
+    let prog = sys::load_xdp("xlane_test", &insns_for(map.as_raw_fd())).unwrap_or_else(|e| panic!("{e}"));
     for (what, frame, want) in cases {
         let got = sys::test_run_xdp(prog.as_fd(), frame).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(got, *want, "{what}");
@@ -85,27 +71,14 @@ fn uplink_pinhole_takes_only_vxlan_to_our_vtep() {
         ("fragment (MF)", mutate(|f| f[20] = 0x20), XDP_PASS),
         ("non-first fragment", mutate(|f| f[21] = 0x10), XDP_PASS),
         ("ARP (the host's own)", fixture("arp_request_in"), XDP_PASS),
-        (
-            "IPv6",
-            mutate(|f| f[12..14].copy_from_slice(&[0x86, 0xdd])),
-            XDP_PASS,
-        ),
+        ("IPv6", mutate(|f| f[12..14].copy_from_slice(&[0x86, 0xdd])), XDP_PASS),
         ("Ethernet header only", vxlan[..14].to_vec(), XDP_PASS),
         ("IPv4 without UDP header", vxlan[..40].to_vec(), XDP_PASS),
     ];
-    verdicts(
-        |fd| programs::uplink(&uplink_filter(), fd, XDP_DROP),
-        &cases,
-    );
+    verdicts(|fd| programs::uplink(&uplink_filter(), fd, XDP_DROP), &cases);
     // The production program (miss = PASS) loads and, with no socket, passes everything.
-    let pass_all: Vec<_> = cases
-        .into_iter()
-        .map(|(w, f, _)| (w, f, XDP_PASS))
-        .collect();
-    verdicts(
-        |fd| programs::uplink(&uplink_filter(), fd, XDP_PASS),
-        &pass_all,
-    );
+    let pass_all: Vec<_> = cases.into_iter().map(|(w, f, _)| (w, f, XDP_PASS)).collect();
+    verdicts(|fd| programs::uplink(&uplink_filter(), fd, XDP_PASS), &pass_all);
 }
 
 #[test]
@@ -130,26 +103,15 @@ fn pod_port_takes_arp_and_cluster_traffic() {
     ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
     let cases = vec![
         ("ARP request", fixture("arp_request_in"), ENGINE),
-        (
-            "IPv4 to a pod on another node",
-            to_remote_pod.clone(),
-            ENGINE,
-        ),
+        ("IPv4 to a pod on another node", to_remote_pod.clone(), ENGINE),
         ("IPv4 to a local pod", fixture("local_in"), ENGINE),
         ("IPv4 to the internet", to_internet, XDP_PASS),
-        (
-            "IPv4 just outside the cluster CIDR",
-            to_next_cluster,
-            XDP_PASS,
-        ),
+        ("IPv4 just outside the cluster CIDR", to_next_cluster, XDP_PASS),
         ("IPv6", ipv6, XDP_PASS),
         ("truncated IPv4", to_remote_pod[..30].to_vec(), XDP_PASS),
     ];
     verdicts(|fd| programs::pod(&pod_filter(), fd, XDP_DROP), &cases);
-    let pass_all: Vec<_> = cases
-        .into_iter()
-        .map(|(w, f, _)| (w, f, XDP_PASS))
-        .collect();
+    let pass_all: Vec<_> = cases.into_iter().map(|(w, f, _)| (w, f, XDP_PASS)).collect();
     verdicts(|fd| programs::pod(&pod_filter(), fd, XDP_PASS), &pass_all);
 }
 
@@ -163,28 +125,16 @@ fn attachment_detaches_on_drop() {
     let peer = xlane_netlab::Netns::new("xlt-peer").unwrap();
     xlane_netlab::veth(&ns, "up0", &peer, "up1").unwrap();
     let ifindex = ns.ifindex("up0").unwrap();
-    for (mode, prefer) in [
-        (XdpMode::Native, ModePreference::Auto),
-        (XdpMode::Generic, ModePreference::Only(XdpMode::Generic)),
-    ] {
+    for (mode, prefer) in
+        [(XdpMode::Native, ModePreference::Auto), (XdpMode::Generic, ModePreference::Only(XdpMode::Generic))]
+    {
         let att = ns
-            .enter(|| {
-                XdpAttachment::attach(
-                    ifindex,
-                    "xlane_uplink",
-                    1,
-                    Program::Uplink(uplink_filter()),
-                    prefer,
-                )
-            })
+            .enter(|| XdpAttachment::attach(ifindex, "xlane_uplink", 1, Program::Uplink(uplink_filter()), prefer))
             .unwrap()
             .unwrap();
         assert_eq!(att.mode(), mode);
         assert!(ns.has_xdp("up0").unwrap(), "attached in {mode:?}");
         drop(att);
-        assert!(
-            !ns.has_xdp("up0").unwrap(),
-            "detached after drop ({mode:?})"
-        );
+        assert!(!ns.has_xdp("up0").unwrap(), "detached after drop ({mode:?})");
     }
 }

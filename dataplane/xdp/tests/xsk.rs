@@ -44,37 +44,18 @@ fn shared_umem_across_a_veth_pair() {
         return;
     }
     let ns = Netns::new("xlt-xsk").unwrap();
-    ns.ip(&["link", "add", "a0", "type", "veth", "peer", "name", "a1"])
-        .unwrap();
+    ns.ip(&["link", "add", "a0", "type", "veth", "peer", "name", "a1"]).unwrap();
     ns.ip(&["link", "set", "a0", "up"]).unwrap();
     ns.ip(&["link", "set", "a1", "up"]).unwrap();
     let a0 = ns.ifindex("a0").unwrap();
     ns.enter(|| {
-        let filter = PodFilter {
-            cluster: [10, 244, 0, 0].into(),
-            prefix_len: 16,
-        };
-        let att = XdpAttachment::attach(
-            a0,
-            "xlane_pod",
-            1,
-            Program::Pod(filter),
-            ModePreference::Auto,
-        )
-        .unwrap();
-        let settings = UmemSettings {
-            frames: 1024,
-            fill_ring: 256,
-            rx_tx_ring: 256,
-            ..UmemSettings::default()
-        };
+        let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
+        let att = XdpAttachment::attach(a0, "xlane_pod", 1, Program::Pod(filter), ModePreference::Auto).unwrap();
+        let settings = UmemSettings { frames: 1024, fill_ring: 256, rx_tx_ring: 256, ..UmemSettings::default() };
         let mut umem = Umem::new(settings).unwrap();
         let mut rx_port = umem.open_port("a0", 0, BindMode::Auto).unwrap();
         let mut tx_port = umem.open_port("a1", 0, BindMode::Auto).unwrap();
-        assert!(
-            !rx_port.zero_copy(),
-            "veth has no zero-copy: fell back to copy mode"
-        );
+        assert!(!rx_port.zero_copy(), "veth has no zero-copy: fell back to copy mode");
         att.insert_socket(0, rx_port.fd().as_fd()).unwrap();
         assert_eq!(umem.refill(&mut rx_port, 128, 0), 128);
 
@@ -82,11 +63,7 @@ fn shared_umem_across_a_veth_pair() {
         let mut sent = Vec::new();
         let mut out = Vec::new();
         for seq in 0..12u8 {
-            let dst = if seq % 3 == 2 {
-                [93, 184, 216, 34]
-            } else {
-                [10, 244, 2, 3]
-            };
+            let dst = if seq % 3 == 2 { [93, 184, 216, 34] } else { [10, 244, 2, 3] };
             let f = frame(dst, seq);
             let fr = umem.alloc_with(256, &f).unwrap();
             if dst[0] == 10 {
@@ -99,10 +76,7 @@ fn shared_umem_across_a_veth_pair() {
 
         let got = receive_n(&mut umem, &mut rx_port, sent.len());
         let bytes: Vec<_> = got.iter().map(|(_, b)| b.clone()).collect();
-        assert_eq!(
-            bytes, sent,
-            "exactly the cluster frames arrive, in order, intact"
-        );
+        assert_eq!(bytes, sent, "exactly the cluster frames arrive, in order, intact");
 
         // Completions on the sending port give the 12 frames back.
         let deadline = Instant::now() + Duration::from_secs(2);

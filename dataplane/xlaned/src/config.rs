@@ -154,29 +154,21 @@ impl Config {
     pub fn resolve(args: Args) -> anyhow::Result<Self> {
         let file: File = match &args.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?;
+                let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?;
                 toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?
             }
             None => File::default(),
         };
-        let uplink = args.uplink.or(file.uplink).ok_or_else(|| {
-            anyhow::anyhow!("no uplink: pass --uplink <interface> (or XLANE_UPLINK)")
-        })?;
-        let cluster_cidr = args
-            .cluster_cidr
-            .or(file.cluster_cidr)
-            .unwrap_or_else(|| "10.244.0.0/16".parse().expect("valid"));
-        anyhow::ensure!(
-            cluster_cidr.network() == cluster_cidr.addr(),
-            "cluster CIDR {cluster_cidr} has host bits set"
-        );
+        let uplink = args
+            .uplink
+            .or(file.uplink)
+            .ok_or_else(|| anyhow::anyhow!("no uplink: pass --uplink <interface> (or XLANE_UPLINK)"))?;
+        let cluster_cidr =
+            args.cluster_cidr.or(file.cluster_cidr).unwrap_or_else(|| "10.244.0.0/16".parse().expect("valid"));
+        anyhow::ensure!(cluster_cidr.network() == cluster_cidr.addr(), "cluster CIDR {cluster_cidr} has host bits set");
         let metrics = match args.metrics.or(file.metrics).as_deref() {
             Some("off") => None,
-            Some(a) => Some(
-                a.parse()
-                    .map_err(|e| anyhow::anyhow!("--metrics {a}: {e}"))?,
-            ),
+            Some(a) => Some(a.parse().map_err(|e| anyhow::anyhow!("--metrics {a}: {e}"))?),
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9472))),
         };
         let workers = args.workers.or(file.workers).unwrap_or(1);
@@ -193,10 +185,7 @@ impl Config {
             None => Some("xlane0".to_owned()),
         };
         if let Some(h) = &host_port {
-            anyhow::ensure!(
-                !h.is_empty() && h.len() <= 13,
-                "host port name {h:?} must be 1 to 13 characters"
-            );
+            anyhow::ensure!(!h.is_empty() && h.len() <= 13, "host port name {h:?} must be 1 to 13 characters");
         }
         let vtep_ip = args.vtep_ip.or(file.vtep_ip);
         let vtep = vtep_ip.map(|ip| xlane_api::Vtep {
@@ -208,15 +197,9 @@ impl Config {
         });
         Ok(Self {
             uplink,
-            uplink_queues: args
-                .uplink_queues
-                .or(file.uplink_queues)
-                .unwrap_or_default(),
+            uplink_queues: args.uplink_queues.or(file.uplink_queues).unwrap_or_default(),
             cluster_cidr,
-            socket: args
-                .socket
-                .or(file.socket)
-                .unwrap_or_else(|| "/run/xlane/xlaned.sock".into()),
+            socket: args.socket.or(file.socket).unwrap_or_else(|| "/run/xlane/xlaned.sock".into()),
             metrics,
             workers,
             cores,
@@ -239,12 +222,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xlaned-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("xlaned.toml");
-        std::fs::write(&path, "uplink = \"eth9\"\nworkers = 2\nmetrics = \"off\"\nvtep-ip = \"192.168.50.1\"\nvni = 7\n").unwrap();
-        let args = Args {
-            config: Some(path.clone()),
-            workers: Some(1),
-            ..Args::default()
-        };
+        std::fs::write(
+            &path,
+            "uplink = \"eth9\"\nworkers = 2\nmetrics = \"off\"\nvtep-ip = \"192.168.50.1\"\nvni = 7\n",
+        )
+        .unwrap();
+        let args = Args { config: Some(path.clone()), workers: Some(1), ..Args::default() };
         let c = Config::resolve(args).unwrap();
         assert_eq!((c.uplink.as_str(), c.workers, c.metrics), ("eth9", 1, None));
         assert_eq!(c.vtep.unwrap().vni, 7);
@@ -252,11 +235,7 @@ mod tests {
         assert_eq!(c.cluster_cidr.to_string(), "10.244.0.0/16");
         assert_eq!(c.host_port.as_deref(), Some("xlane0"));
         std::fs::write(&path, "uplnk = \"eth9\"\n").unwrap();
-        let e = Config::resolve(Args {
-            config: Some(path),
-            ..Args::default()
-        })
-        .unwrap_err();
+        let e = Config::resolve(Args { config: Some(path), ..Args::default() }).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -24,11 +24,7 @@ fn ip(args: &[&str]) -> io::Result<String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(io::Error::other(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        Err(io::Error::other(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
     }
 }
 
@@ -48,17 +44,7 @@ pub fn ensure(
 ) -> io::Result<()> {
     if ip(&["link", "show", "dev", host]).is_err() {
         let q = queues.to_string();
-        let mut args = vec![
-            "link",
-            "add",
-            host,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-        ];
+        let mut args = vec!["link", "add", host, "numtxqueues", &q, "numrxqueues", &q, "type", "veth"];
         args.extend(["peer", "name", engine, "numtxqueues", &q, "numrxqueues", &q]);
         ip(&args)?;
     }
@@ -67,15 +53,7 @@ pub fn ensure(
         ip(&["link", "set", dev, "mtu", &mtu, "up"])?;
     }
     ip(&["addr", "replace", &format!("{gateway}/32"), "dev", host])?;
-    ip(&[
-        "route",
-        "replace",
-        &cluster.to_string(),
-        "dev",
-        host,
-        "src",
-        &gateway.to_string(),
-    ])?;
+    ip(&["route", "replace", &cluster.to_string(), "dev", host, "src", &gateway.to_string()])?;
     // The host's offloaded checksums would reach the engine unfinished.
     xlane_xdp::sys::set_tx_checksum(host, false)?;
     Ok(())

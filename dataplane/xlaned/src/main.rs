@@ -1,9 +1,6 @@
 //! xlaned: the xlane dataplane daemon.
 #![forbid(unsafe_code)]
-#![allow(
-    unreachable_pub,
-    reason = "a binary: `pub` marks each module's interface"
-)]
+#![allow(unreachable_pub, reason = "a binary: `pub` marks each module's interface")]
 
 mod config;
 mod hostport;
@@ -23,9 +20,7 @@ use xlane_xdp::xsk::{BindMode, UmemSettings};
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(true)
         .init();
     if let Err(e) = run() {
@@ -45,10 +40,7 @@ fn run() -> anyhow::Result<()> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
     let fib = FibHandle::new();
-    let umem = UmemSettings {
-        frames: cfg.umem_frames,
-        ..UmemSettings::default()
-    };
+    let umem = UmemSettings { frames: cfg.umem_frames, ..UmemSettings::default() };
     let bind = match cfg.bind_mode {
         config::BindArg::Auto => BindMode::Auto,
         config::BindArg::Copy => BindMode::Copy,
@@ -57,24 +49,14 @@ fn run() -> anyhow::Result<()> {
     let mut workers = Vec::new();
     let mut joins = Vec::new();
     for i in 0..cfg.workers {
-        let wc = worker::WorkerConfig {
-            umem,
-            bind,
-            busy_poll: cfg.busy_poll,
-            core: cfg.cores.get(i).copied(),
-        };
+        let wc = worker::WorkerConfig { umem, bind, busy_poll: cfg.busy_poll, core: cfg.cores.get(i).copied() };
         let (h, j) = worker::spawn(i, wc, &fib)?;
         workers.push(h);
         joins.push(j);
     }
-    let metric_ports: Arc<metrics::MetricPorts> =
-        Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
+    let metric_ports: Arc<metrics::MetricPorts> = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
     if let Some(addr) = cfg.metrics {
-        metrics::spawn(
-            addr,
-            workers.iter().map(|w| Arc::clone(&w.shared)).collect(),
-            Arc::clone(&metric_ports),
-        )?;
+        metrics::spawn(addr, workers.iter().map(|w| Arc::clone(&w.shared)).collect(), Arc::clone(&metric_ports))?;
         tracing::info!(%addr, "metrics on /metrics");
     }
     let control = state::ControlConfig {
@@ -97,26 +79,24 @@ fn run() -> anyhow::Result<()> {
     let waker = server::neigh_waker(&poll)?;
     let (neigh_tx, neigh_rx) = crossbeam_channel::unbounded();
     let mut monitor = netlink::NeighMonitor::new()?;
-    std::thread::Builder::new()
-        .name("xlane-neigh".into())
-        .spawn(move || {
-            loop {
-                match monitor.next() {
-                    Ok(evs) => {
-                        for ev in evs {
-                            if neigh_tx.send(ev).is_err() {
-                                return;
-                            }
+    std::thread::Builder::new().name("xlane-neigh".into()).spawn(move || {
+        loop {
+            match monitor.next() {
+                Ok(evs) => {
+                    for ev in evs {
+                        if neigh_tx.send(ev).is_err() {
+                            return;
                         }
-                        let _ = waker.wake();
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "neighbour monitor");
-                        std::thread::sleep(std::time::Duration::from_millis(100));
-                    }
+                    let _ = waker.wake();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "neighbour monitor");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
                 }
             }
-        })?;
+        }
+    })?;
 
     if let Some(v) = cfg.vtep {
         match st.handle(xlane_api::Op::SetVtep(v)) {

@@ -35,48 +35,21 @@ pub fn render(workers: &[Arc<WorkerShared>], ports: &MetricPorts) -> String {
             "# HELP xlane_pipeline_{name}_total {help}\n# TYPE xlane_pipeline_{name}_total counter\nxlane_pipeline_{name}_total {v}"
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP xlane_drops_total Frames dropped, by reason.\n# TYPE xlane_drops_total counter"
-    );
+    let _ = writeln!(out, "# HELP xlane_drops_total Frames dropped, by reason.\n# TYPE xlane_drops_total counter");
     for r in DropReason::ALL {
-        let _ = writeln!(
-            out,
-            "xlane_drops_total{{reason=\"{}\"}} {}",
-            r.name(),
-            c.drop_count(*r)
-        );
+        let _ = writeln!(out, "xlane_drops_total{{reason=\"{}\"}} {}", r.name(), c.drop_count(*r));
     }
     let ports = ports.load();
     for (metric, help, get) in [
-        (
-            "rx_frames",
-            "Frames received on the port.",
-            (|s: &PortStats| s.rx.load(Relaxed)) as fn(&PortStats) -> u64,
-        ),
-        ("tx_frames", "Frames transmitted on the port.", |s| {
-            s.tx.load(Relaxed)
+        ("rx_frames", "Frames received on the port.", (|s: &PortStats| s.rx.load(Relaxed)) as fn(&PortStats) -> u64),
+        ("tx_frames", "Frames transmitted on the port.", |s| s.tx.load(Relaxed)),
+        ("tx_ring_full", "Frames dropped because the TX ring was full.", |s| s.tx_ring_full.load(Relaxed)),
+        ("rx_fill_ring_empty", "Kernel: receive found the fill ring empty.", |s| {
+            s.kernel.load().rx_fill_ring_empty_descs
         }),
-        (
-            "tx_ring_full",
-            "Frames dropped because the TX ring was full.",
-            |s| s.tx_ring_full.load(Relaxed),
-        ),
-        (
-            "rx_fill_ring_empty",
-            "Kernel: receive found the fill ring empty.",
-            |s| s.kernel.load().rx_fill_ring_empty_descs,
-        ),
-        (
-            "rx_ring_full",
-            "Kernel: frames dropped because the RX ring was full.",
-            |s| s.kernel.load().rx_ring_full,
-        ),
+        ("rx_ring_full", "Kernel: frames dropped because the RX ring was full.", |s| s.kernel.load().rx_ring_full),
     ] {
-        let _ = writeln!(
-            out,
-            "# HELP xlane_port_{metric}_total {help}\n# TYPE xlane_port_{metric}_total counter"
-        );
+        let _ = writeln!(out, "# HELP xlane_port_{metric}_total {help}\n# TYPE xlane_port_{metric}_total counter");
         for p in ports.iter() {
             let v: u64 = p.stats.iter().map(|s| get(s)).sum();
             let _ = writeln!(
@@ -90,8 +63,7 @@ pub fn render(workers: &[Arc<WorkerShared>], ports: &MetricPorts) -> String {
         out,
         "# HELP xlane_burst_latency_ns Burst forwarding latency (RX to TX flush).\n# TYPE xlane_burst_latency_ns summary"
     );
-    let mut lat = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2)
-        .expect("static bounds");
+    let mut lat = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2).expect("static bounds");
     for w in workers {
         let _ = lat.add(&**w.latency.load());
     }
@@ -99,11 +71,7 @@ pub fn render(workers: &[Arc<WorkerShared>], ports: &MetricPorts) -> String {
         let _ = writeln!(
             out,
             "xlane_burst_latency_ns{{quantile=\"{q}\"}} {}",
-            if lat.is_empty() {
-                0
-            } else {
-                lat.value_at_quantile(q)
-            }
+            if lat.is_empty() { 0 } else { lat.value_at_quantile(q) }
         );
     }
     let _ = writeln!(out, "xlane_burst_latency_ns_count {}", lat.len());
@@ -114,27 +82,19 @@ pub fn render(workers: &[Arc<WorkerShared>], ports: &MetricPorts) -> String {
 ///
 /// # Errors
 /// Bind failure.
-pub fn spawn(
-    addr: SocketAddr,
-    workers: Vec<Arc<WorkerShared>>,
-    ports: Arc<MetricPorts>,
-) -> anyhow::Result<()> {
-    let server =
-        tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
-    std::thread::Builder::new()
-        .name("xlane-metrics".into())
-        .spawn(move || {
-            for req in server.incoming_requests() {
-                let resp = if req.url() == "/metrics" {
-                    let header =
-                        tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4")
-                            .expect("static header");
-                    tiny_http::Response::from_string(render(&workers, &ports)).with_header(header)
-                } else {
-                    tiny_http::Response::from_string("try /metrics\n").with_status_code(404)
-                };
-                let _ = req.respond(resp);
-            }
-        })?;
+pub fn spawn(addr: SocketAddr, workers: Vec<Arc<WorkerShared>>, ports: Arc<MetricPorts>) -> anyhow::Result<()> {
+    let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
+    std::thread::Builder::new().name("xlane-metrics".into()).spawn(move || {
+        for req in server.incoming_requests() {
+            let resp = if req.url() == "/metrics" {
+                let header =
+                    tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4").expect("static header");
+                tiny_http::Response::from_string(render(&workers, &ports)).with_header(header)
+            } else {
+                tiny_http::Response::from_string("try /metrics\n").with_status_code(404)
+            };
+            let _ = req.respond(resp);
+        }
+    })?;
     Ok(())
 }

@@ -10,8 +10,7 @@
 //! node are counted drops (`unresolved_vtep`).
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
@@ -79,16 +78,8 @@ pub fn neigh_event(m: &NeighbourMessage, deleted: bool) -> Option<NeighEvent> {
             _ => {}
         }
     }
-    let mac = if deleted || !usable(m.header.state) {
-        None
-    } else {
-        mac
-    };
-    Some(NeighEvent {
-        ifindex: m.header.ifindex,
-        ip: ip?,
-        mac,
-    })
+    let mac = if deleted || !usable(m.header.state) { None } else { mac };
+    Some(NeighEvent { ifindex: m.header.ifindex, ip: ip?, mac })
 }
 
 impl Netlink {
@@ -104,11 +95,7 @@ impl Netlink {
     }
 
     /// Send a request and collect the replies (all parts of a dump, or the ACK).
-    fn request(
-        &mut self,
-        flags: u16,
-        msg: RouteNetlinkMessage,
-    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+    fn request(&mut self, flags: u16, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | flags;
         self.seq = self.seq.wrapping_add(1);
@@ -155,31 +142,20 @@ impl Netlink {
     pub fn link(&mut self, name: &str) -> io::Result<Link> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        let replies = self
-            .request(0, RouteNetlinkMessage::GetLink(m))
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ENODEV) {
-                    io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}"))
-                } else {
-                    e
-                }
-            })?;
+        let replies = self.request(0, RouteNetlinkMessage::GetLink(m)).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENODEV) {
+                io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}"))
+            } else {
+                e
+            }
+        })?;
         let Some(RouteNetlinkMessage::NewLink(l)) = replies.into_iter().next() else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no interface {name}"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}")));
         };
-        let mut link = Link {
-            ifindex: l.header.index,
-            mac: Mac([0; 6]),
-            mtu: 1500,
-        };
+        let mut link = Link { ifindex: l.header.index, mac: Mac([0; 6]), mtu: 1500 };
         for a in l.attributes {
             match a {
-                LinkAttribute::Address(a) if a.len() == 6 => {
-                    link.mac = Mac(a[..6].try_into().expect("6 bytes"))
-                }
+                LinkAttribute::Address(a) if a.len() == 6 => link.mac = Mac(a[..6].try_into().expect("6 bytes")),
                 LinkAttribute::Mtu(m) => link.mtu = m,
                 _ => {}
             }
@@ -196,14 +172,10 @@ impl Netlink {
         let mut m = RouteMessage::default();
         m.header.address_family = AddressFamily::Inet;
         m.header.destination_prefix_length = 32;
-        m.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        m.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
         let replies = self.request(0, RouteNetlinkMessage::GetRoute(m))?;
         let Some(RouteNetlinkMessage::NewRoute(r)) = replies.into_iter().next() else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no route to {dst}"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no route to {dst}")));
         };
         let mut via = dst;
         let mut oif = 0;
@@ -226,9 +198,9 @@ impl Netlink {
         m.header.family = AddressFamily::Inet;
         let replies = self.request(NLM_F_DUMP, RouteNetlinkMessage::GetNeighbour(m))?;
         Ok(replies.iter().find_map(|r| match r {
-            RouteNetlinkMessage::NewNeighbour(n) => neigh_event(n, false)
-                .filter(|e| e.ip == ip && e.ifindex == ifindex)
-                .and_then(|e| e.mac),
+            RouteNetlinkMessage::NewNeighbour(n) => {
+                neigh_event(n, false).filter(|e| e.ip == ip && e.ifindex == ifindex).and_then(|e| e.mac)
+            }
             _ => None,
         }))
     }
@@ -243,14 +215,9 @@ impl Netlink {
         m.header.family = AddressFamily::Inet;
         m.header.ifindex = ifindex;
         m.header.state = NeighbourState::None;
-        m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        m.attributes
-            .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
-        match self.request(
-            NLM_F_ACK | NLM_F_CREATE,
-            RouteNetlinkMessage::NewNeighbour(m),
-        ) {
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        m.attributes.push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+        match self.request(NLM_F_ACK | NLM_F_CREATE, RouteNetlinkMessage::NewNeighbour(m)) {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(e),
@@ -295,9 +262,7 @@ impl NeighMonitor {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
                     out.extend(neigh_event(&n, false))
                 }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
-                    out.extend(neigh_event(&n, true))
-                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => out.extend(neigh_event(&n, true)),
                 _ => {}
             }
             if len == 0 {

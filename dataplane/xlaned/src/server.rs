@@ -51,11 +51,9 @@ pub fn serve(
     let _ = std::fs::remove_file(path);
     let mut listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let sigfd = signals.as_raw_fd();
-    poll.registry()
-        .register(&mut SourceFd(&sigfd), SIGNAL, Interest::READABLE)?;
+    poll.registry().register(&mut SourceFd(&sigfd), SIGNAL, Interest::READABLE)?;
     tracing::info!(socket = %path.display(), "control socket listening");
 
     let mut conns: HashMap<Token, Conn> = HashMap::new();
@@ -75,17 +73,8 @@ pub fn serve(
                         Ok((mut stream, _)) => {
                             let t = Token(next);
                             next += 1;
-                            poll.registry()
-                                .register(&mut stream, t, Interest::READABLE)?;
-                            conns.insert(
-                                t,
-                                Conn {
-                                    stream,
-                                    rbuf: Vec::new(),
-                                    wbuf: Vec::new(),
-                                    closing: false,
-                                },
-                            );
+                            poll.registry().register(&mut stream, t, Interest::READABLE)?;
+                            conns.insert(t, Conn { stream, rbuf: Vec::new(), wbuf: Vec::new(), closing: false });
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => {
@@ -123,11 +112,8 @@ pub fn serve(
                             Err(_) => done = true,
                         }
                     }
-                    let want = if conn.wbuf.is_empty() {
-                        Interest::READABLE
-                    } else {
-                        Interest::READABLE | Interest::WRITABLE
-                    };
+                    let want =
+                        if conn.wbuf.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
                     if done || (conn.closing && conn.wbuf.is_empty()) {
                         if let Some(mut c) = conns.remove(&t) {
                             let _ = poll.registry().deregister(&mut c.stream);
@@ -174,13 +160,7 @@ fn read_requests(conn: &mut Conn, state: &mut State) -> bool {
         push_reply(conn, &reply);
     }
     if conn.rbuf.len() > MAX_LINE {
-        push_reply(
-            conn,
-            &Reply::error(
-                ErrorCode::BadRequest,
-                format!("request longer than {MAX_LINE} bytes"),
-            ),
-        );
+        push_reply(conn, &Reply::error(ErrorCode::BadRequest, format!("request longer than {MAX_LINE} bytes")));
         conn.rbuf.clear();
         conn.closing = true;
     }

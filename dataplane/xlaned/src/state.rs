@@ -13,8 +13,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 use xlane_api::{
-    Change, Counters, EndpointSpec, ErrorCode, Mac, NodeInfo, Op, PortInfo, Reply, RouteInfo,
-    Status, Table, Vtep,
+    Change, Counters, EndpointSpec, ErrorCode, Mac, NodeInfo, Op, PortInfo, Reply, RouteInfo, Status, Table, Vtep,
 };
 use xlane_engine::{CounterSnapshot, DropReason};
 use xlane_fib::{Endpoint, FibBuilder, FibHandle, NodeConfig, PortId, Prefix, RemoteNode};
@@ -124,9 +123,7 @@ pub struct State {
 
 impl core::fmt::Debug for State {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("State")
-            .field("generation", &self.generation)
-            .finish_non_exhaustive()
+        f.debug_struct("State").field("generation", &self.generation).finish_non_exhaustive()
     }
 }
 
@@ -143,9 +140,7 @@ impl State {
         metrics: Arc<crate::metrics::MetricPorts>,
     ) -> anyhow::Result<Self> {
         let mut nl = Netlink::new()?;
-        let uplink = nl
-            .link(&cfg.uplink)
-            .map_err(|e| anyhow::anyhow!("uplink {}: {e}", cfg.uplink))?;
+        let uplink = nl.link(&cfg.uplink).map_err(|e| anyhow::anyhow!("uplink {}: {e}", cfg.uplink))?;
         Ok(Self {
             cfg,
             fib,
@@ -168,9 +163,7 @@ impl State {
             Op::SetVtep(v) => self.set_vtep(v),
             Op::Apply { changes } => self.apply(&changes),
             Op::AddEndpoint(spec) => self.add_endpoint(&spec),
-            Op::DelEndpoint { ip } => Ok(Reply::EndpointRemoved {
-                existed: self.del_endpoint(ip),
-            }),
+            Op::DelEndpoint { ip } => Ok(Reply::EndpointRemoved { existed: self.del_endpoint(ip) }),
             Op::Dump { table } => Ok(self.dump(table)),
             Op::Counters => Ok(Reply::Counters(Box::new(self.counters()))),
             Op::Status => Ok(Reply::Status(Box::new(self.status()))),
@@ -184,16 +177,11 @@ impl State {
     }
 
     fn pod_mtu(&self) -> u16 {
-        u16::try_from(self.uplink.mtu)
-            .unwrap_or(u16::MAX)
-            .saturating_sub(xlane_wire::VXLAN_OVERHEAD_U16)
+        u16::try_from(self.uplink.mtu).unwrap_or(u16::MAX).saturating_sub(xlane_wire::VXLAN_OVERHEAD_U16)
     }
 
     fn free_port_id(&self) -> Result<PortId, Failure> {
-        (1..=u16::MAX)
-            .map(PortId)
-            .find(|p| !self.ports.contains_key(p))
-            .ok_or_else(|| failed("out of port ids"))
+        (1..=u16::MAX).map(PortId).find(|p| !self.ports.contains_key(p)).ok_or_else(|| failed("out of port ids"))
     }
 
     /// Queues of a port this many workers can serve: every worker needs a queue of every
@@ -222,15 +210,11 @@ impl State {
         ip: Option<Ipv4Addr>,
         program: Program,
     ) -> Result<(), Failure> {
-        let link = self
-            .nl
-            .link(ifname)
-            .map_err(|e| invalid(format!("{ifname}: {e}")))?;
+        let link = self.nl.link(ifname).map_err(|e| invalid(format!("{ifname}: {e}")))?;
         let queues: Vec<u32> = if role == Role::Uplink && !self.cfg.uplink_queues.is_empty() {
             self.cfg.uplink_queues.clone()
         } else {
-            let n =
-                xlane_xdp::sys::rx_queues(ifname).map_err(|e| invalid(format!("{ifname}: {e}")))?;
+            let n = xlane_xdp::sys::rx_queues(ifname).map_err(|e| invalid(format!("{ifname}: {e}")))?;
             (0..n).collect()
         };
         let per_worker = self.spread(ifname, &queues)?;
@@ -240,11 +224,7 @@ impl State {
             XdpAttachment::attach(link.ifindex, &name, max_queue, program, self.cfg.xdp)
                 .map_err(|e| failed(e.to_string()))?,
         );
-        let fill = if role == Role::Uplink {
-            self.cfg.uplink_fill
-        } else {
-            self.cfg.pod_fill
-        };
+        let fill = if role == Role::Uplink { self.cfg.uplink_fill } else { self.cfg.pod_fill };
         let mut stats = Vec::new();
         let mut zero_copy = false;
         let mut replies = Vec::new();
@@ -314,38 +294,24 @@ impl State {
         if v.port == 0 {
             return Err(invalid("VXLAN port 0"));
         }
-        let mut node = NodeConfig::new(
-            v.ip,
-            eth(v.mac.unwrap_or(self.uplink.mac)),
-            UPLINK,
-            eth(self.uplink.mac),
-        );
+        let mut node = NodeConfig::new(v.ip, eth(v.mac.unwrap_or(self.uplink.mac)), UPLINK, eth(self.uplink.mac));
         node.vni = v.vni;
         node.vxlan_port = v.port;
         node.uplink_mtu = u16::try_from(self.uplink.mtu).unwrap_or(u16::MAX);
         // Validate before touching the interface.
-        FibBuilder::new()
-            .set_node(node)
-            .map_err(|e| invalid(e.to_string()))?;
+        FibBuilder::new().set_node(node).map_err(|e| invalid(e.to_string()))?;
 
-        let pinhole_changed = self
-            .vtep
-            .is_none_or(|old| old.ip != v.ip || old.port != v.port);
+        let pinhole_changed = self.vtep.is_none_or(|old| old.ip != v.ip || old.port != v.port);
         if pinhole_changed {
             // Take the uplink out of the tables, re-attach the pinhole for the new VTEP.
             if self.ports.contains_key(&UPLINK) {
                 self.remove_port(UPLINK);
             }
             let uplink = self.cfg.uplink.clone();
-            let program = Program::Uplink(UplinkFilter {
-                vtep_ip: v.ip,
-                vxlan_port: v.port,
-            });
+            let program = Program::Uplink(UplinkFilter { vtep_ip: v.ip, vxlan_port: v.port });
             self.open_port(UPLINK, Role::Uplink, &uplink, Some(v.ip), program)?;
         }
-        self.tables
-            .set_node(node)
-            .map_err(|e| invalid(e.to_string()))?;
+        self.tables.set_node(node).map_err(|e| invalid(e.to_string()))?;
         if let Some(subnet) = v.subnet
             && self.vtep.and_then(|o| o.subnet) != Some(subnet)
         {
@@ -354,10 +320,7 @@ impl State {
         self.vtep = Some(v);
         let generation = self.publish();
         tracing::info!(vtep = %v.ip, vni = v.vni, port = v.port, generation, "VTEP set");
-        Ok(Reply::Applied {
-            generation,
-            changes: 1,
-        })
+        Ok(Reply::Applied { generation, changes: 1 })
     }
 
     /// Create (or reuse) the host port veth pair and route the cluster CIDR into it.
@@ -366,47 +329,21 @@ impl State {
             return Ok(());
         };
         let engine_end = crate::hostport::engine_end(&host);
-        let gateway = subnet
-            .hosts()
-            .next()
-            .ok_or_else(|| invalid(format!("subnet {subnet} has no host address")))?;
-        crate::hostport::ensure(
-            &host,
-            &engine_end,
-            gateway,
-            self.cfg.cluster_cidr,
-            self.pod_mtu(),
-            self.workers.len(),
-        )
-        .map_err(|e| failed(format!("host port {host}: {e}")))?;
-        if let Some(old) = self
-            .ports
-            .iter()
-            .find(|(_, p)| p.role == Role::Host)
-            .map(|(id, _)| *id)
-        {
+        let gateway = subnet.hosts().next().ok_or_else(|| invalid(format!("subnet {subnet} has no host address")))?;
+        crate::hostport::ensure(&host, &engine_end, gateway, self.cfg.cluster_cidr, self.pod_mtu(), self.workers.len())
+            .map_err(|e| failed(format!("host port {host}: {e}")))?;
+        if let Some(old) = self.ports.iter().find(|(_, p)| p.role == Role::Host).map(|(id, _)| *id) {
             self.remove_port(old);
         }
-        let host_link = self
-            .nl
-            .link(&host)
-            .map_err(|e| failed(format!("{host}: {e}")))?;
-        let engine_link = self
-            .nl
-            .link(&engine_end)
-            .map_err(|e| failed(format!("{engine_end}: {e}")))?;
+        let host_link = self.nl.link(&host).map_err(|e| failed(format!("{host}: {e}")))?;
+        let engine_link = self.nl.link(&engine_end).map_err(|e| failed(format!("{engine_end}: {e}")))?;
         let id = self.free_port_id()?;
         let program = Program::Pod(PodFilter {
             cluster: self.cfg.cluster_cidr.network(),
             prefix_len: self.cfg.cluster_cidr.prefix_len(),
         });
         self.open_port(id, Role::Host, &engine_end, Some(gateway), program)?;
-        let ep = Endpoint {
-            ip: gateway,
-            port: id,
-            mac: eth(host_link.mac),
-            gateway_mac: eth(engine_link.mac),
-        };
+        let ep = Endpoint { ip: gateway, port: id, mac: eth(host_link.mac), gateway_mac: eth(engine_link.mac) };
         if let Err(e) = self.tables.upsert_host(ep) {
             self.remove_port(id);
             return Err(invalid(e.to_string()));
@@ -421,10 +358,7 @@ impl State {
             if let Change::AddRoute { prefix, .. } | Change::DelRoute { prefix } = c
                 && prefix.network() != prefix.addr()
             {
-                return Err(invalid(format!(
-                    "route {prefix} has host bits set (did you mean {}?)",
-                    prefix.trunc()
-                )));
+                return Err(invalid(format!("route {prefix} has host bits set (did you mean {}?)", prefix.trunc())));
             }
             if let Change::AddRoute { via, .. } = c
                 && (via.is_unspecified() || via.is_broadcast() || via.is_multicast())
@@ -434,23 +368,12 @@ impl State {
         }
         for c in changes {
             match *c {
-                Change::AddRoute { prefix, via } => {
-                    self.tables.insert_route(Prefix::from(prefix), via)
-                }
+                Change::AddRoute { prefix, via } => self.tables.insert_route(Prefix::from(prefix), via),
                 Change::DelRoute { prefix } => {
                     self.tables.remove_route(Prefix::from(prefix));
                 }
-                Change::AddNode {
-                    underlay_ip,
-                    vtep_mac,
-                    next_hop_mac,
-                } => {
-                    let mut node = Node {
-                        vtep_mac,
-                        requested: next_hop_mac,
-                        next_hop: None,
-                        resolved: None,
-                    };
+                Change::AddNode { underlay_ip, vtep_mac, next_hop_mac } => {
+                    let mut node = Node { vtep_mac, requested: next_hop_mac, next_hop: None, resolved: None };
                     if next_hop_mac.is_none() {
                         self.resolve(underlay_ip, &mut node);
                     }
@@ -464,10 +387,7 @@ impl State {
             }
         }
         let generation = self.publish();
-        Ok(Reply::Applied {
-            generation,
-            changes: changes.len(),
-        })
+        Ok(Reply::Applied { generation, changes: changes.len() })
     }
 
     /// Find the node's next hop and ask the kernel to keep it resolved.
@@ -497,11 +417,7 @@ impl State {
         match node.mac() {
             Some(mac) => self
                 .tables
-                .upsert_remote(RemoteNode {
-                    underlay_ip,
-                    vtep_mac: eth(node.vtep_mac),
-                    next_hop_mac: eth(mac),
-                })
+                .upsert_remote(RemoteNode { underlay_ip, vtep_mac: eth(node.vtep_mac), next_hop_mac: eth(mac) })
                 .map_err(|e| invalid(e.to_string())),
             None => {
                 self.tables.remove_remote(underlay_ip);
@@ -515,11 +431,7 @@ impl State {
         let affected: Vec<Ipv4Addr> = self
             .nodes
             .iter()
-            .filter(|(_, n)| {
-                n.requested.is_none()
-                    && n.next_hop == Some((ev.ip, ev.ifindex))
-                    && n.resolved != ev.mac
-            })
+            .filter(|(_, n)| n.requested.is_none() && n.next_hop == Some((ev.ip, ev.ifindex)) && n.resolved != ev.mac)
             .map(|(ip, _)| *ip)
             .collect();
         if affected.is_empty() {
@@ -539,37 +451,21 @@ impl State {
 
     fn add_endpoint(&mut self, spec: &EndpointSpec) -> Result<Reply, Failure> {
         if !self.cfg.cluster_cidr.contains(&spec.ip) {
-            return Err(invalid(format!(
-                "{} is outside the cluster CIDR {}",
-                spec.ip, self.cfg.cluster_cidr
-            )));
+            return Err(invalid(format!("{} is outside the cluster CIDR {}", spec.ip, self.cfg.cluster_cidr)));
         }
         if spec.mac.0[0] & 1 == 1 || spec.mac.0 == [0; 6] {
             return Err(invalid(format!("{} is not a unicast MAC", spec.mac)));
         }
-        let link = self
-            .nl
-            .link(&spec.ifname)
-            .map_err(|e| invalid(format!("{}: {e}", spec.ifname)))?;
+        let link = self.nl.link(&spec.ifname).map_err(|e| invalid(format!("{}: {e}", spec.ifname)))?;
         if let Some(&id) = self.endpoints.get(&spec.ip) {
             let p = &self.ports[&id];
             if p.ifname == spec.ifname && p.role == Role::Pod {
-                return Ok(Reply::EndpointReady {
-                    port: id.0,
-                    gateway_mac: link.mac,
-                    mtu: self.pod_mtu(),
-                });
+                return Ok(Reply::EndpointReady { port: id.0, gateway_mac: link.mac, mtu: self.pod_mtu() });
             }
-            return Err(invalid(format!(
-                "{} is already attached on {}",
-                spec.ip, p.ifname
-            )));
+            return Err(invalid(format!("{} is already attached on {}", spec.ip, p.ifname)));
         }
         if self.ports.values().any(|p| p.ifname == spec.ifname) {
-            return Err(invalid(format!(
-                "{} already serves another endpoint",
-                spec.ifname
-            )));
+            return Err(invalid(format!("{} already serves another endpoint", spec.ifname)));
         }
         let id = self.free_port_id()?;
         let program = Program::Pod(PodFilter {
@@ -577,12 +473,7 @@ impl State {
             prefix_len: self.cfg.cluster_cidr.prefix_len(),
         });
         self.open_port(id, Role::Pod, &spec.ifname, Some(spec.ip), program)?;
-        let ep = Endpoint {
-            ip: spec.ip,
-            port: id,
-            mac: eth(spec.mac),
-            gateway_mac: eth(link.mac),
-        };
+        let ep = Endpoint { ip: spec.ip, port: id, mac: eth(spec.mac), gateway_mac: eth(link.mac) };
         if let Err(e) = self.tables.upsert_endpoint(ep) {
             self.remove_port(id);
             return Err(invalid(e.to_string()));
@@ -590,11 +481,7 @@ impl State {
         self.endpoints.insert(spec.ip, id);
         let generation = self.publish();
         tracing::info!(ip = %spec.ip, ifname = %spec.ifname, port = %id, generation, "endpoint attached");
-        Ok(Reply::EndpointReady {
-            port: id.0,
-            gateway_mac: link.mac,
-            mtu: self.pod_mtu(),
-        })
+        Ok(Reply::EndpointReady { port: id.0, gateway_mac: link.mac, mtu: self.pod_mtu() })
     }
 
     fn del_endpoint(&mut self, ip: Ipv4Addr) -> bool {
@@ -630,9 +517,7 @@ impl State {
 
     fn port_info(&self, id: PortId, p: &Port) -> PortInfo {
         let sum = |f: fn(&PortStats) -> u64| p.stats.iter().map(|s| f(s)).sum();
-        let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| {
-            p.stats.iter().map(|s| f(&s.kernel.load())).sum()
-        };
+        let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| p.stats.iter().map(|s| f(&s.kernel.load())).sum();
         PortInfo {
             id: id.0,
             role: p.role.name().to_owned(),
@@ -691,13 +576,7 @@ impl State {
                     .map(|(id, p)| self.port_info(*id, p))
                     .collect(),
             },
-            Table::Ports => Reply::Ports {
-                ports: self
-                    .ports
-                    .iter()
-                    .map(|(id, p)| self.port_info(*id, p))
-                    .collect(),
-            },
+            Table::Ports => Reply::Ports { ports: self.ports.iter().map(|(id, p)| self.port_info(*id, p)).collect() },
         }
     }
 
@@ -709,10 +588,8 @@ impl State {
 
     fn counters(&self) -> Counters {
         let c = self.pipeline_counters();
-        let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2)
-            .expect("static bounds");
-        let mut burst =
-            hdrhistogram::Histogram::<u64>::new_with_bounds(1, 64, 2).expect("static bounds");
+        let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2).expect("static bounds");
+        let mut burst = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 64, 2).expect("static bounds");
         for w in &self.workers {
             let _ = latency.add(&**w.shared.latency.load());
             let _ = burst.add(&**w.shared.burst.load());
@@ -729,27 +606,12 @@ impl State {
                 .collect()
         };
         Counters {
-            pipeline: c
-                .named()
-                .into_iter()
-                .map(|(k, _, v)| (k.to_owned(), v))
-                .collect(),
-            drops: DropReason::ALL
-                .iter()
-                .map(|r| (r.name().to_owned(), c.drop_count(*r)))
-                .collect(),
-            ports: self
-                .ports
-                .iter()
-                .map(|(id, p)| self.port_info(*id, p))
-                .collect(),
+            pipeline: c.named().into_iter().map(|(k, _, v)| (k.to_owned(), v)).collect(),
+            drops: DropReason::ALL.iter().map(|r| (r.name().to_owned(), c.drop_count(*r))).collect(),
+            ports: self.ports.iter().map(|(id, p)| self.port_info(*id, p)).collect(),
             latency_ns: pct(&latency),
             burst_size: pct(&burst),
-            worker_rx: self
-                .workers
-                .iter()
-                .map(|w| w.shared.counters.snapshot().rx)
-                .collect(),
+            worker_rx: self.workers.iter().map(|w| w.shared.counters.snapshot().rx).collect(),
         }
     }
 

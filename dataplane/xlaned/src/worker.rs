@@ -156,54 +156,45 @@ pub fn spawn(
     // The UMEM holds raw pointers into its mapping and is not Send: the worker creates
     // it on its own thread and reports whether that worked.
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
-    let wake = Arc::new(EventFd::from_value_and_flags(
-        0,
-        nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
-    )?);
+    let wake = Arc::new(EventFd::from_value_and_flags(0, nix::sys::eventfd::EfdFlags::EFD_NONBLOCK)?);
     let shared = Arc::new(WorkerShared::new());
-    let handle = WorkerHandle {
-        tx,
-        wake: Arc::clone(&wake),
-        shared: Arc::clone(&shared),
-    };
+    let handle = WorkerHandle { tx, wake: Arc::clone(&wake), shared: Arc::clone(&shared) };
     let reader = fib.reader();
-    let join = std::thread::Builder::new()
-        .name(format!("xlane-worker{index}"))
-        .spawn(move || {
-            if let Some(core) = cfg.core {
-                if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                    tracing::info!(worker = index, core, "worker pinned");
-                } else {
-                    tracing::warn!(worker = index, core, "could not pin worker");
-                }
+    let join = std::thread::Builder::new().name(format!("xlane-worker{index}")).spawn(move || {
+        if let Some(core) = cfg.core {
+            if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                tracing::info!(worker = index, core, "worker pinned");
+            } else {
+                tracing::warn!(worker = index, core, "could not pin worker");
             }
-            let umem = match Umem::new(cfg.umem) {
-                Ok(u) => {
-                    let _ = ready_tx.send(Ok(()));
-                    u
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let mut w = Worker {
-                index,
-                umem,
-                ports: Vec::new(),
-                by_id: Vec::new(),
-                pending: Vec::new(),
-                pipeline: Pipeline::new(Arc::clone(&shared.counters)),
-                reader,
-                cmds: rx,
-                wake,
-                cfg,
-                shared,
-                latency: new_latency(),
-                burst: new_burst(),
-            };
-            w.run();
-        })?;
+        }
+        let umem = match Umem::new(cfg.umem) {
+            Ok(u) => {
+                let _ = ready_tx.send(Ok(()));
+                u
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let mut w = Worker {
+            index,
+            umem,
+            ports: Vec::new(),
+            by_id: Vec::new(),
+            pending: Vec::new(),
+            pipeline: Pipeline::new(Arc::clone(&shared.counters)),
+            reader,
+            cmds: rx,
+            wake,
+            cfg,
+            shared,
+            latency: new_latency(),
+            burst: new_burst(),
+        };
+        w.run();
+    })?;
     ready_rx
         .recv()
         .map_err(|_| anyhow::anyhow!("worker {index} exited during start"))?
@@ -295,10 +286,7 @@ impl Worker {
     fn add_port(&mut self, spec: PortSpec) -> Result<bool, String> {
         let mut opened = Vec::new();
         for &q in &spec.queues {
-            let mut xsk = self
-                .umem
-                .open_port(&spec.ifname, q, self.cfg.bind)
-                .map_err(|e| e.to_string())?;
+            let mut xsk = self.umem.open_port(&spec.ifname, q, self.cfg.bind).map_err(|e| e.to_string())?;
             self.umem.refill(&mut xsk, spec.fill_target, 0);
             spec.attach
                 .insert_socket(q, xsk.fd())
@@ -353,17 +341,7 @@ impl Worker {
 
     /// One pass over every port; returns frames received.
     fn poll_once(&mut self) -> usize {
-        let Self {
-            ports,
-            umem,
-            by_id,
-            pending,
-            pipeline,
-            reader,
-            latency,
-            burst,
-            ..
-        } = self;
+        let Self { ports, umem, by_id, pending, pipeline, reader, latency, burst, .. } = self;
         let fib = reader.current();
         let mut work = 0;
         let mut rx = [RxFrame { addr: 0, len: 0 }; BURST];
@@ -387,16 +365,13 @@ impl Worker {
             umem.frames_mut(&rx[..n], |bufs| {
                 let mut frames: ArrayVec<Frame<'_>, BURST> = ArrayVec::new();
                 for ((buf, off), fr) in bufs.iter_mut().zip(&rx[..n]) {
-                    let frame = Frame::new(buf, *off, fr.len as usize)
-                        .expect("receive() checked the frame bounds");
+                    let frame = Frame::new(buf, *off, fr.len as usize).expect("receive() checked the frame bounds");
                     frames.push(frame);
                 }
                 pipeline.process(fib, ingress, &mut frames, &mut verdicts[..n]);
                 for (p, f) in placed.iter_mut().zip(&frames) {
-                    *p = (
-                        u32::try_from(f.head()).expect("< frame size"),
-                        u32::try_from(f.len()).expect("< frame size"),
-                    );
+                    *p =
+                        (u32::try_from(f.head()).expect("< frame size"), u32::try_from(f.len()).expect("< frame size"));
                 }
             });
             bump(&ports[pi].stats.rx, n as u64);
@@ -428,11 +403,7 @@ impl Worker {
                 q.clear();
                 ports[k].xsk.flush_tx(TX_FLUSH_WAKEUPS);
             }
-            let _ = latency.record(
-                u64::try_from(t0.elapsed().as_nanos())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            );
+            let _ = latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
             let _ = burst.record(n as u64);
         }
         // Keep every fill ring stocked; leave a reserve so TX completions lag safely.

@@ -38,18 +38,10 @@ impl Xlaned {
             .stderr(log)
             .spawn()
             .expect("spawn xlaned");
-        let d = Self {
-            child: Some(child),
-            socket,
-            dir,
-        };
+        let d = Self { child: Some(child), socket, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Client::connect(&d.socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "xlaned did not open its socket:\n{}",
-                d.log()
-            );
+            assert!(Instant::now() < deadline, "xlaned did not open its socket:\n{}", d.log());
             std::thread::sleep(Duration::from_millis(20));
         }
         d
@@ -65,11 +57,7 @@ impl Xlaned {
 
     fn ok(&self, op: Op) -> Reply {
         let r = self.call(op.clone());
-        assert!(
-            !matches!(r, Reply::Error { .. }),
-            "{op:?} → {r:?}\n{}",
-            self.log()
-        );
+        assert!(!matches!(r, Reply::Error { .. }), "{op:?} → {r:?}\n{}", self.log());
         r
     }
 
@@ -123,21 +111,13 @@ struct Cluster {
     lab: Lab,
 }
 
-fn cluster(prefix: &str) -> Cluster {
-    cluster_with(prefix, 1, &[])
-}
-
 fn cluster_with(prefix: &str, queues: u16, flags: &[&str]) -> Cluster {
     let mut lab = Lab::with_queues(prefix, 2, queues).unwrap();
     for node in [0, 0, 1] {
         lab.add_pod(node).unwrap();
     }
-    let daemons: Vec<Xlaned> = lab
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Xlaned::start_with(&n.ns, &format!("{prefix}-{i}"), flags))
-        .collect();
+    let daemons: Vec<Xlaned> =
+        lab.nodes.iter().enumerate().map(|(i, n)| Xlaned::start_with(&n.ns, &format!("{prefix}-{i}"), flags)).collect();
     for (i, n) in lab.nodes.iter().enumerate() {
         let d = &daemons[i];
         d.ok(Op::SetVtep(Vtep {
@@ -155,44 +135,49 @@ fn cluster_with(prefix: &str, queues: u16, flags: &[&str]) -> Cluster {
                     vtep_mac: mac(&other.ns.mac("eth0").unwrap()),
                     next_hop_mac: None,
                 });
-                changes.push(Change::AddRoute {
-                    prefix: other.subnet_cidr().parse().unwrap(),
-                    via: other.ip,
-                });
+                changes.push(Change::AddRoute { prefix: other.subnet_cidr().parse().unwrap(), via: other.ip });
             }
         }
         d.ok(Op::Apply { changes });
     }
     for p in &lab.pods {
-        let r = daemons[p.node].ok(Op::AddEndpoint(EndpointSpec {
-            ifname: p.host_if.clone(),
-            ip: p.ip,
-            mac: mac(&p.mac),
-        }));
+        let r =
+            daemons[p.node].ok(Op::AddEndpoint(EndpointSpec { ifname: p.host_if.clone(), ip: p.ip, mac: mac(&p.mac) }));
         assert!(matches!(r, Reply::EndpointReady { mtu: 1450, .. }), "{r:?}");
     }
     // Wait for the kernel to resolve each remote VTEP's MAC (managed neighbour entries).
     for d in &daemons {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let Reply::Nodes { nodes } = d.ok(Op::Dump {
-                table: Table::Nodes,
-            }) else {
-                panic!()
-            };
+            let Reply::Nodes { nodes } = d.ok(Op::Dump { table: Table::Nodes }) else { panic!() };
             if nodes.iter().all(|n| n.next_hop_mac.is_some()) {
                 assert!(nodes.iter().all(|n| n.source == "neighbor"), "{nodes:?}");
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "next hops never resolved: {nodes:?}\n{}",
-                d.log()
-            );
+            assert!(Instant::now() < deadline, "next hops never resolved: {nodes:?}\n{}", d.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
     Cluster { daemons, lab }
+}
+
+/// Root check, one lab at a time, and the cluster for this test.
+fn setup(
+    test: &str,
+    prefix: &str,
+    queues: u16,
+    flags: &[&str],
+) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
+    if !privileged(test) {
+        return None;
+    }
+    let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Some((serial, cluster_with(prefix, queues, flags)))
+}
+
+/// A UDP socket bound in a namespace.
+fn udp(ns: &Netns, addr: SocketAddrV4) -> UdpSocket {
+    ns.enter(|| UdpSocket::bind(addr)).unwrap().unwrap()
 }
 
 fn ping(ns: &Netns, dst: Ipv4Addr) -> Result<(), String> {
@@ -202,11 +187,7 @@ fn ping(ns: &Netns, dst: Ipv4Addr) -> Result<(), String> {
         .arg(dst.to_string())
         .output()
         .expect("ping (iputils-ping) is installed");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
+    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stdout).into_owned()) }
 }
 
 fn fnv1a(h: &mut u64, bytes: &[u8]) {
@@ -217,11 +198,7 @@ fn fnv1a(h: &mut u64, bytes: &[u8]) {
 }
 
 fn drops(c: &Counters) -> BTreeMap<String, u64> {
-    c.drops
-        .iter()
-        .filter(|(_, v)| **v > 0)
-        .map(|(k, v)| (k.clone(), *v))
-        .collect()
+    c.drops.iter().filter(|(_, v)| **v > 0).map(|(k, v)| (k.clone(), *v)).collect()
 }
 
 fn conserved(c: &Counters) -> bool {
@@ -230,13 +207,9 @@ fn conserved(c: &Counters) -> bool {
 
 #[test]
 fn pods_nodes_and_the_pinhole() {
-    if !privileged("pods_nodes_and_the_pinhole") {
+    let Some((_serial, Cluster { mut daemons, lab })) = setup("pods_nodes_and_the_pinhole", "xe-basic", 1, &[]) else {
         return;
-    }
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Cluster { mut daemons, lab } = cluster("xe-basic");
+    };
     let (p0, p1, p2) = (&lab.pods[0], &lab.pods[1], &lab.pods[2]);
 
     // Ping both ways across nodes, on one node, node to pods, pods to nodes.
@@ -249,25 +222,15 @@ fn pods_nodes_and_the_pinhole() {
     ping(&p0.ns, lab.nodes[0].ip).unwrap();
 
     // Proxy ARP: the pod's gateway resolved to the host-side veth's MAC.
-    let neigh = p0
-        .ns
-        .ip(&["neigh", "show", &lab.nodes[0].gateway().to_string()])
-        .unwrap();
+    let neigh = p0.ns.ip(&["neigh", "show", &lab.nodes[0].gateway().to_string()]).unwrap();
     let host_mac = lab.nodes[0].ns.mac(&p0.host_if).unwrap();
-    assert!(
-        neigh.contains(&host_mac),
-        "gateway entry {neigh:?} should be {host_mac}"
-    );
+    assert!(neigh.contains(&host_mac), "gateway entry {neigh:?} should be {host_mac}");
 
     // The pinhole: the node's own address still answers the fabric while xlaned runs.
     ping(&lab.fabric, lab.nodes[0].ip).unwrap();
 
     // 100 MB over TCP, byte-exact.
-    let listener = p2
-        .ns
-        .enter(|| TcpListener::bind(SocketAddrV4::new(p2.ip, 5001)))
-        .unwrap()
-        .unwrap();
+    let listener = p2.ns.enter(|| TcpListener::bind(SocketAddrV4::new(p2.ip, 5001))).unwrap().unwrap();
     let server = std::thread::spawn(move || -> io::Result<(u64, u64)> {
         let (mut s, _) = listener.accept()?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -282,14 +245,8 @@ fn pods_nodes_and_the_pinhole() {
             n += k as u64;
         }
     });
-    let mut stream = p0
-        .ns
-        .enter(|| TcpStream::connect(SocketAddrV4::new(p2.ip, 5001)))
-        .unwrap()
-        .unwrap();
-    let chunk: Vec<u8> = (0..1u32 << 20)
-        .map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[1])
-        .collect();
+    let mut stream = p0.ns.enter(|| TcpStream::connect(SocketAddrV4::new(p2.ip, 5001))).unwrap().unwrap();
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[1]).collect();
     let mut sent_hash = 0xcbf2_9ce4_8422_2325u64;
     let t0 = Instant::now();
     for _ in 0..100 {
@@ -300,49 +257,25 @@ fn pods_nodes_and_the_pinhole() {
     let (received, recv_hash) = server.join().unwrap().unwrap();
     assert_eq!(received, 100 << 20);
     assert_eq!(recv_hash, sent_hash, "100 MB arrived intact");
-    eprintln!(
-        "100 MB TCP pod→pod across nodes in {:.2} s",
-        t0.elapsed().as_secs_f64()
-    );
+    eprintln!("100 MB TCP pod→pod across nodes in {:.2} s", t0.elapsed().as_secs_f64());
 
     // Anti-spoofing: a pod sending as another address is dropped and counted.
-    p0.ns
-        .ip(&["addr", "add", "10.244.1.77/32", "dev", "eth0"])
-        .unwrap();
+    p0.ns.ip(&["addr", "add", "10.244.1.77/32", "dev", "eth0"]).unwrap();
     let before = daemons[0].counters().drops["spoofed_source"];
-    let rx = p2
-        .ns
-        .enter(|| UdpSocket::bind(SocketAddrV4::new(p2.ip, 6001)))
-        .unwrap()
-        .unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let spoofer = p0
-        .ns
-        .enter(|| UdpSocket::bind("10.244.1.77:0"))
-        .unwrap()
-        .unwrap();
+    let rx = udp(&p2.ns, SocketAddrV4::new(p2.ip, 6001));
+    rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let spoofer = p0.ns.enter(|| UdpSocket::bind("10.244.1.77:0")).unwrap().unwrap();
     for _ in 0..10 {
-        spoofer
-            .send_to(b"spoofed", SocketAddrV4::new(p2.ip, 6001))
-            .unwrap();
+        spoofer.send_to(b"spoofed", SocketAddrV4::new(p2.ip, 6001)).unwrap();
     }
     let mut buf = [0u8; 64];
-    assert!(
-        rx.recv_from(&mut buf).is_err(),
-        "a spoofed packet got through"
-    );
+    assert!(rx.recv_from(&mut buf).is_err(), "a spoofed packet got through");
     let after = daemons[0].counters().drops["spoofed_source"];
     assert_eq!(after - before, 10, "every spoofed packet counted");
 
     for (i, d) in daemons.iter().enumerate() {
         let c = d.counters();
-        assert!(
-            conserved(&c),
-            "node {i}: {:?} drops {:?}",
-            c.pipeline,
-            drops(&c)
-        );
+        assert!(conserved(&c), "node {i}: {:?} drops {:?}", c.pipeline, drops(&c));
     }
 
     // xlanectl shows live counters, as a table and as JSON.
@@ -353,27 +286,17 @@ fn pods_nodes_and_the_pinhole() {
             .args(args)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "xlanectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "xlanectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     let table = ctl(&["counters"]);
     assert!(
-        table.contains("spoofed_source")
-            && table.contains(&p0.host_if)
-            && table.contains("encapsulated"),
+        table.contains("spoofed_source") && table.contains(&p0.host_if) && table.contains("encapsulated"),
         "{table}"
     );
     let json: serde_json::Value = serde_json::from_str(&ctl(&["--json", "counters"])).unwrap();
     assert_eq!(json["drops"]["spoofed_source"], 10);
-    assert!(
-        json["pipeline"]["encapsulated"].as_u64().unwrap() > 70_000,
-        "{}",
-        json["pipeline"]
-    );
+    assert!(json["pipeline"]["encapsulated"].as_u64().unwrap() > 70_000, "{}", json["pipeline"]);
     assert!(ctl(&["routes"]).contains("10.244.2.0/24"));
     assert!(ctl(&["nodes"]).contains("neighbor"));
     assert!(ctl(&["status"]).contains("pod MTU 1450"));
@@ -390,10 +313,7 @@ fn pods_nodes_and_the_pinhole() {
         })
         .unwrap()
         .unwrap();
-    assert!(
-        metrics.contains("xlane_drops_total{reason=\"spoofed_source\"} 10"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("xlane_drops_total{reason=\"spoofed_source\"} 10"), "{metrics}");
     assert!(metrics.contains(&format!("ifname=\"{}\"", p0.host_if)));
     assert!(metrics.contains("xlane_burst_latency_ns{quantile=\"0.99\"}"));
 
@@ -403,39 +323,24 @@ fn pods_nodes_and_the_pinhole() {
     let st = daemons[0].stop_with(nix::sys::signal::Signal::SIGTERM);
     assert!(st.success(), "xlaned exit: {st}\n{}", daemons[0].log());
     for dev in ["eth0", "xlane0-e", &p0.host_if, &p1.host_if] {
-        assert!(
-            !node.ns.has_xdp(dev).unwrap(),
-            "XDP left on {dev} after exit"
-        );
+        assert!(!node.ns.has_xdp(dev).unwrap(), "XDP left on {dev} after exit");
     }
     ping(&lab.fabric, node.ip).unwrap();
     // Even a killed xlaned leaves nothing behind (BPF links die with the process).
     let n1 = &lab.nodes[1];
     assert!(n1.ns.has_xdp("eth0").unwrap());
     daemons[1].stop_with(nix::sys::signal::Signal::SIGKILL);
-    assert!(
-        !n1.ns.has_xdp("eth0").unwrap() && !n1.ns.has_xdp(&p2.host_if).unwrap(),
-        "XDP left after SIGKILL"
-    );
+    assert!(!n1.ns.has_xdp("eth0").unwrap() && !n1.ns.has_xdp(&p2.host_if).unwrap(), "XDP left after SIGKILL");
 }
 
 #[test]
 fn udp_flood_is_accounted_for() {
-    if !privileged("udp_flood_is_accounted_for") {
+    let Some((_serial, Cluster { daemons, lab })) = setup("udp_flood_is_accounted_for", "xe-flood", 1, &[]) else {
         return;
-    }
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Cluster { daemons, lab } = cluster("xe-flood");
+    };
     let (p0, p2) = (&lab.pods[0], &lab.pods[2]);
-    let rx = p2
-        .ns
-        .enter(|| UdpSocket::bind(SocketAddrV4::new(p2.ip, 7001)))
-        .unwrap()
-        .unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    let rx = udp(&p2.ns, SocketAddrV4::new(p2.ip, 7001));
+    rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let receiver = std::thread::spawn(move || {
         let mut n = 0u64;
         let mut buf = [0u8; 2048];
@@ -444,11 +349,7 @@ fn udp_flood_is_accounted_for() {
         }
         n
     });
-    let tx = p0
-        .ns
-        .enter(|| UdpSocket::bind(SocketAddrV4::new(p0.ip, 0)))
-        .unwrap()
-        .unwrap();
+    let tx = udp(&p0.ns, SocketAddrV4::new(p0.ip, 0));
     let payload = [0x5au8; 18]; // 64-byte frames on the pod link
     const MAX: u64 = 300_000;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -471,40 +372,24 @@ fn udp_flood_is_accounted_for() {
         c1.pipeline,
         drops(&c1)
     );
-    assert!(
-        conserved(&c0) && conserved(&c1),
-        "frames in = frames out + counted drops"
-    );
+    assert!(conserved(&c0) && conserved(&c1), "frames in = frames out + counted drops");
     assert!(received > 0 && received <= sent);
     let pod_port = c0.ports.iter().find(|p| p.ifname == p0.host_if).unwrap();
-    assert!(
-        pod_port.rx >= received,
-        "the pod port saw the flood: {pod_port:?}"
-    );
+    assert!(pod_port.rx >= received, "the pod port saw the flood: {pod_port:?}");
     assert!(c0.pipeline["encapsulated"] >= received && c1.pipeline["decapsulated"] >= received);
 }
 
 #[test]
 fn route_churn_does_not_disturb_forwarding() {
-    if !privileged("route_churn_does_not_disturb_forwarding") {
+    let Some((_serial, Cluster { daemons, lab })) =
+        setup("route_churn_does_not_disturb_forwarding", "xe-churn", 1, &[])
+    else {
         return;
-    }
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Cluster { daemons, lab } = cluster("xe-churn");
+    };
     let (p0, p2) = (&lab.pods[0], &lab.pods[2]);
-    let rx = p2
-        .ns
-        .enter(|| UdpSocket::bind(SocketAddrV4::new(p2.ip, 7002)))
-        .unwrap()
-        .unwrap();
+    let rx = udp(&p2.ns, SocketAddrV4::new(p2.ip, 7002));
     rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let tx = p0
-        .ns
-        .enter(|| UdpSocket::bind(SocketAddrV4::new(p0.ip, 0)))
-        .unwrap()
-        .unwrap();
+    let tx = udp(&p0.ns, SocketAddrV4::new(p0.ip, 0));
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // A paced stream (~5k packets/s, numbered) to an unaffected destination.
     let sender = {
@@ -542,14 +427,8 @@ fn route_churn_does_not_disturb_forwarding() {
         let changes: Vec<Change> = (0..1000u32)
             .map(|i| {
                 let k = (batch % 50) * 1000 + i;
-                let prefix = format!("{}/30", Ipv4Addr::from(0x0a80_0000 + k * 4))
-                    .parse()
-                    .unwrap();
-                if batch < 50 {
-                    Change::AddRoute { prefix, via }
-                } else {
-                    Change::DelRoute { prefix }
-                }
+                let prefix = format!("{}/30", Ipv4Addr::from(0x0a80_0000 + k * 4)).parse().unwrap();
+                if batch < 50 { Change::AddRoute { prefix, via } } else { Change::DelRoute { prefix } }
             })
             .collect();
         let r = client.call(Op::Apply { changes }).unwrap();
@@ -562,26 +441,10 @@ fn route_churn_does_not_disturb_forwarding() {
     let mut got = receiver.join().unwrap();
     got.sort_unstable();
     got.dedup();
-    eprintln!(
-        "100k route changes in {:.0} ms; stream: sent {sent}, received {}",
-        churn.as_secs_f64() * 1e3,
-        got.len()
-    );
-    let Reply::Routes { routes } = daemons[0].ok(Op::Dump {
-        table: Table::Routes,
-    }) else {
-        panic!()
-    };
-    assert_eq!(
-        routes.len(),
-        1,
-        "only the node route is left: {:?}",
-        &routes[..routes.len().min(3)]
-    );
-    let missing: Vec<u32> = (0..sent)
-        .filter(|s| got.binary_search(s).is_err())
-        .take(10)
-        .collect();
+    eprintln!("100k route changes in {:.0} ms; stream: sent {sent}, received {}", churn.as_secs_f64() * 1e3, got.len());
+    let Reply::Routes { routes } = daemons[0].ok(Op::Dump { table: Table::Routes }) else { panic!() };
+    assert_eq!(routes.len(), 1, "only the node route is left: {:?}", &routes[..routes.len().min(3)]);
+    let missing: Vec<u32> = (0..sent).filter(|s| got.binary_search(s).is_err()).take(10).collect();
     assert!(
         missing.is_empty(),
         "lost {} of {sent} in-flight packets, e.g. {missing:?}; drops {:?}",
@@ -592,13 +455,11 @@ fn route_churn_does_not_disturb_forwarding() {
 
 #[test]
 fn bad_control_requests_get_errors_and_forwarding_continues() {
-    if !privileged("bad_control_requests_get_errors_and_forwarding_continues") {
+    let Some((_serial, Cluster { daemons, lab })) =
+        setup("bad_control_requests_get_errors_and_forwarding_continues", "xe-bad", 1, &[])
+    else {
         return;
-    }
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Cluster { daemons, lab } = cluster("xe-bad");
+    };
     let d = &daemons[0];
     let mut c = d.client();
     let code = |r: Reply| match r {
@@ -609,87 +470,44 @@ fn bad_control_requests_get_errors_and_forwarding_continues() {
         other => panic!("expected an error, got {other:?}"),
     };
     // Garbage, wrong version, unknown op, on one connection that stays usable.
-    assert_eq!(
-        code(c.call_raw(b"\x00\xffgarbage\n").unwrap()),
-        ErrorCode::BadRequest
-    );
-    assert_eq!(
-        code(c.call_raw(b"{\"version\":9,\"op\":\"status\"}\n").unwrap()),
-        ErrorCode::UnsupportedVersion
-    );
-    assert_eq!(
-        code(c.call_raw(b"{\"version\":1,\"op\":\"reboot\"}\n").unwrap()),
-        ErrorCode::BadRequest
-    );
+    assert_eq!(code(c.call_raw(b"\x00\xffgarbage\n").unwrap()), ErrorCode::BadRequest);
+    assert_eq!(code(c.call_raw(b"{\"version\":9,\"op\":\"status\"}\n").unwrap()), ErrorCode::UnsupportedVersion);
+    assert_eq!(code(c.call_raw(b"{\"version\":1,\"op\":\"reboot\"}\n").unwrap()), ErrorCode::BadRequest);
     // Invalid CIDRs: /33 does not parse; host bits set is refused; the batch is atomic.
-    let bad = br#"{"version":1,"op":"apply","changes":[{"kind":"add_route","prefix":"10.244.9.0/33","via":"192.168.50.2"}]}
+    let bad =
+        br#"{"version":1,"op":"apply","changes":[{"kind":"add_route","prefix":"10.244.9.0/33","via":"192.168.50.2"}]}
 "#;
     assert_eq!(code(c.call_raw(bad).unwrap()), ErrorCode::BadRequest);
     let r = c
         .call(Op::Apply {
             changes: vec![
-                Change::AddRoute {
-                    prefix: "10.244.8.0/24".parse().unwrap(),
-                    via: lab.nodes[1].ip,
-                },
-                Change::AddRoute {
-                    prefix: "10.244.9.5/24".parse().unwrap(),
-                    via: lab.nodes[1].ip,
-                },
+                Change::AddRoute { prefix: "10.244.8.0/24".parse().unwrap(), via: lab.nodes[1].ip },
+                Change::AddRoute { prefix: "10.244.9.5/24".parse().unwrap(), via: lab.nodes[1].ip },
             ],
         })
         .unwrap();
     assert_eq!(code(r), ErrorCode::Invalid);
-    let Reply::Routes { routes } = d.ok(Op::Dump {
-        table: Table::Routes,
-    }) else {
-        panic!()
-    };
-    assert!(
-        routes
-            .iter()
-            .all(|r| r.prefix.to_string() != "10.244.8.0/24"),
-        "a refused batch changed nothing"
-    );
+    let Reply::Routes { routes } = d.ok(Op::Dump { table: Table::Routes }) else { panic!() };
+    assert!(routes.iter().all(|r| r.prefix.to_string() != "10.244.8.0/24"), "a refused batch changed nothing");
     // Invalid VTEP and endpoints.
-    let v = Vtep {
-        ip: lab.nodes[0].ip,
-        mac: None,
-        vni: 1 << 24,
-        port: 8472,
-        subnet: None,
-    };
+    let v = Vtep { ip: lab.nodes[0].ip, mac: None, vni: 1 << 24, port: 8472, subnet: None };
     assert_eq!(code(c.call(Op::SetVtep(v)).unwrap()), ErrorCode::Invalid);
-    let ep = EndpointSpec {
-        ifname: "nosuchif".into(),
-        ip: "10.244.1.50".parse().unwrap(),
-        mac: mac("02:00:00:00:00:50"),
-    };
-    assert_eq!(
-        code(c.call(Op::AddEndpoint(ep)).unwrap()),
-        ErrorCode::Invalid
-    );
+    let ep =
+        EndpointSpec { ifname: "nosuchif".into(), ip: "10.244.1.50".parse().unwrap(), mac: mac("02:00:00:00:00:50") };
+    assert_eq!(code(c.call(Op::AddEndpoint(ep)).unwrap()), ErrorCode::Invalid);
     let ep = EndpointSpec {
         ifname: lab.pods[0].host_if.clone(),
         ip: "10.99.0.1".parse().unwrap(),
         mac: mac("02:00:00:00:00:50"),
     };
-    assert_eq!(
-        code(c.call(Op::AddEndpoint(ep)).unwrap()),
-        ErrorCode::Invalid
-    );
+    assert_eq!(code(c.call(Op::AddEndpoint(ep)).unwrap()), ErrorCode::Invalid);
     // An oversized line closes that connection only.
     let mut huge = vec![b'x'; xlane_api::MAX_LINE + 1024];
     huge.push(b'\n');
     let mut c2 = d.client();
     assert_eq!(code(c2.call_raw(&huge).unwrap()), ErrorCode::BadRequest);
     // Deleting what is not there is fine.
-    assert_eq!(
-        d.ok(Op::DelEndpoint {
-            ip: "10.244.1.99".parse().unwrap()
-        }),
-        Reply::EndpointRemoved { existed: false }
-    );
+    assert_eq!(d.ok(Op::DelEndpoint { ip: "10.244.1.99".parse().unwrap() }), Reply::EndpointRemoved { existed: false });
     // The daemon is up and still forwarding.
     assert!(matches!(c.call(Op::Status).unwrap(), Reply::Status(_)));
     ping(&lab.pods[0].ns, lab.pods[2].ip).unwrap();
@@ -699,29 +517,19 @@ fn bad_control_requests_get_errors_and_forwarding_continues() {
 /// over both (RSS on veth follows the sender's queue), and nothing is lost or misrouted.
 #[test]
 fn two_workers_share_the_queues() {
-    if !privileged("two_workers_share_the_queues") {
+    let Some((_serial, Cluster { daemons, lab })) =
+        setup("two_workers_share_the_queues", "xe-rss", 2, &["--workers", "2", "--cores", "0,1"])
+    else {
         return;
-    }
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Cluster { daemons, lab } = cluster_with("xe-rss", 2, &["--workers", "2", "--cores", "0,1"]);
+    };
     let (p0, p1, p2) = (&lab.pods[0], &lab.pods[1], &lab.pods[2]);
     ping(&p0.ns, p2.ip).unwrap();
     ping(&p2.ns, p1.ip).unwrap();
     ping(&lab.nodes[1].ns, p0.ip).unwrap();
-    let Reply::Ports { ports } = daemons[0].ok(Op::Dump {
-        table: Table::Ports,
-    }) else {
-        panic!()
-    };
+    let Reply::Ports { ports } = daemons[0].ok(Op::Dump { table: Table::Ports }) else { panic!() };
     assert!(ports.iter().all(|p| p.queues == 2), "{ports:?}");
     // Many TCP flows at once; each must arrive intact.
-    let listener = p2
-        .ns
-        .enter(|| TcpListener::bind(SocketAddrV4::new(p2.ip, 5002)))
-        .unwrap()
-        .unwrap();
+    let listener = p2.ns.enter(|| TcpListener::bind(SocketAddrV4::new(p2.ip, 5002))).unwrap().unwrap();
     const FLOWS: usize = 8;
     let server = std::thread::spawn(move || {
         let mut sums = Vec::new();
@@ -742,20 +550,14 @@ fn two_workers_share_the_queues() {
         }
         sums
     });
-    let chunk: Vec<u8> = (0..1u32 << 20)
-        .map(|i| i.wrapping_mul(40_503).to_be_bytes()[2])
-        .collect();
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| i.wrapping_mul(40_503).to_be_bytes()[2]).collect();
     let mut expect = 0xcbf2_9ce4_8422_2325u64;
     for _ in 0..8 {
         fnv1a(&mut expect, &chunk);
     }
     let clients: Vec<_> = (0..FLOWS)
         .map(|_| {
-            let mut s = p0
-                .ns
-                .enter(|| TcpStream::connect(SocketAddrV4::new(p2.ip, 5002)))
-                .unwrap()
-                .unwrap();
+            let mut s = p0.ns.enter(|| TcpStream::connect(SocketAddrV4::new(p2.ip, 5002))).unwrap().unwrap();
             let chunk = chunk.clone();
             std::thread::spawn(move || {
                 for _ in 0..8 {
@@ -768,23 +570,12 @@ fn two_workers_share_the_queues() {
         c.join().unwrap();
     }
     let sums = server.join().unwrap();
-    assert!(
-        sums.iter().all(|&(n, h)| n == 8 << 20 && h == expect),
-        "{sums:?}"
-    );
+    assert!(sums.iter().all(|&(n, h)| n == 8 << 20 && h == expect), "{sums:?}");
     let per_worker = daemons[1].counters().worker_rx;
     eprintln!("frames per worker on the receiving node: {per_worker:?}");
-    assert!(
-        per_worker.len() == 2 && per_worker.iter().all(|&n| n > 0),
-        "both workers forward: {per_worker:?}"
-    );
+    assert!(per_worker.len() == 2 && per_worker.iter().all(|&n| n > 0), "both workers forward: {per_worker:?}");
     for (i, d) in daemons.iter().enumerate() {
         let c = d.counters();
-        assert!(
-            conserved(&c),
-            "node {i}: {:?} drops {:?}",
-            c.pipeline,
-            drops(&c)
-        );
+        assert!(conserved(&c), "node {i}: {:?} drops {:?}", c.pipeline, drops(&c));
     }
 }

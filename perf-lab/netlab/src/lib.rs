@@ -27,10 +27,7 @@ pub fn privileged(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: needs root (CI=true: not skipping)"
-    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: needs root (CI=true: not skipping)");
     eprintln!("SKIPPED {test}: needs root (runs for real in CI)");
     false
 }
@@ -52,10 +49,7 @@ fn check(what: &str, out: Output) -> io::Result<String> {
 /// # Errors
 /// Spawn failure, or `ip`'s message on failure.
 pub fn ip(args: &[&str]) -> io::Result<String> {
-    check(
-        &format!("ip {}", args.join(" ")),
-        Command::new("ip").args(args).output()?,
-    )
+    check(&format!("ip {}", args.join(" ")), Command::new("ip").args(args).output()?)
 }
 
 /// A named network namespace (`/run/netns/<name>`), deleted on drop.
@@ -72,11 +66,7 @@ impl Netns {
     /// # Errors
     /// `ip netns add` failing.
     pub fn new(prefix: &str) -> io::Result<Self> {
-        let name = format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         ip(&["netns", "add", &name])?;
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"])?;
@@ -169,18 +159,7 @@ impl Drop for Netns {
 /// # Errors
 /// `ip` failures.
 pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> io::Result<()> {
-    ns_a.ip(&[
-        "link",
-        "add",
-        a,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b,
-        "netns",
-        ns_b.name(),
-    ])?;
+    ns_a.ip(&["link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b.name()])?;
     ns_a.ip(&["link", "set", a, "up"])?;
     ns_b.ip(&["link", "set", b, "up"])?;
     Ok(())

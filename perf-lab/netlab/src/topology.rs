@@ -90,42 +90,18 @@ impl Lab {
     pub fn with_queues(prefix: &str, nodes: u8, queues: u16) -> io::Result<Self> {
         let fabric = Netns::new(&format!("{prefix}-fab"))?;
         fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
-        fabric.ip(&[
-            "addr",
-            "add",
-            &format!("192.168.50.254/{UNDERLAY_PREFIX}"),
-            "dev",
-            "br0",
-        ])?;
+        fabric.ip(&["addr", "add", &format!("192.168.50.254/{UNDERLAY_PREFIX}"), "dev", "br0"])?;
         fabric.ip(&["link", "set", "br0", "up"])?;
-        let mut lab = Self {
-            pods: Vec::new(),
-            nodes: Vec::new(),
-            fabric,
-            queues,
-        };
+        let mut lab = Self { pods: Vec::new(), nodes: Vec::new(), fabric, queues };
         for i in 0..nodes {
             let ns = Netns::new(&format!("{prefix}-n{i}"))?;
             let fab_end = format!("n{i}");
             veth_pair(&lab.fabric, &fab_end, &ns, "eth0", queues)?;
-            lab.fabric
-                .ip(&["link", "set", &fab_end, "master", "br0", "up"])?;
+            lab.fabric.ip(&["link", "set", &fab_end, "master", "br0", "up"])?;
             let ip = Ipv4Addr::new(192, 168, 50, i + 1);
-            ns.ip(&[
-                "addr",
-                "add",
-                &format!("{ip}/{UNDERLAY_PREFIX}"),
-                "dev",
-                "eth0",
-            ])?;
+            ns.ip(&["addr", "add", &format!("{ip}/{UNDERLAY_PREFIX}"), "dev", "eth0"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
-            lab.nodes.push(Node {
-                ns,
-                uplink: "eth0".into(),
-                ip,
-                subnet: Ipv4Addr::new(10, 244, i + 1, 0),
-                pods: 0,
-            });
+            lab.nodes.push(Node { ns, uplink: "eth0".into(), ip, subnet: Ipv4Addr::new(10, 244, i + 1, 0), pods: 0 });
         }
         Ok(lab)
     }
@@ -151,13 +127,7 @@ impl Lab {
         // The pod's offloaded checksums would reach the AF_XDP socket unfinished.
         ns.enter(|| xlane_xdp::sys::set_tx_checksum("eth0", false))??;
         let mac = ns.mac("eth0")?;
-        self.pods.push(Pod {
-            ns,
-            node,
-            host_if,
-            ip,
-            mac,
-        });
+        self.pods.push(Pod { ns, node, host_if, ip, mac });
         Ok(k)
     }
 }
@@ -165,27 +135,7 @@ impl Lab {
 /// A veth pair `a` (in `ns_a`) ↔ `b` (moved into `ns_b`), `queues` queues each way.
 fn veth_pair(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u16) -> io::Result<()> {
     let q = queues.to_string();
-    let mut args = vec![
-        "link",
-        "add",
-        a,
-        "numtxqueues",
-        &q,
-        "numrxqueues",
-        &q,
-        "type",
-        "veth",
-    ];
-    args.extend([
-        "peer",
-        "name",
-        b,
-        "numtxqueues",
-        &q,
-        "numrxqueues",
-        &q,
-        "netns",
-        ns_b.name(),
-    ]);
+    let mut args = vec!["link", "add", a, "numtxqueues", &q, "numrxqueues", &q, "type", "veth"];
+    args.extend(["peer", "name", b, "numtxqueues", &q, "numrxqueues", &q, "netns", ns_b.name()]);
     ns_a.ip(&args).map(drop)
 }

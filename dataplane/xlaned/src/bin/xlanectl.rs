@@ -13,12 +13,7 @@ use xlane_api::{Change, Client, EndpointSpec, Mac, Op, PortInfo, Reply, Table, V
 #[command(name = "xlanectl", version, about)]
 struct Cli {
     /// xlaned's control socket.
-    #[arg(
-        long,
-        env = "XLANE_SOCKET",
-        default_value = "/run/xlane/xlaned.sock",
-        global = true
-    )]
+    #[arg(long, env = "XLANE_SOCKET", default_value = "/run/xlane/xlaned.sock", global = true)]
     socket: PathBuf,
     /// Print the daemon's JSON reply instead of a table.
     #[arg(long, global = true)]
@@ -136,62 +131,28 @@ fn main() {
 fn run(cli: &Cli) -> anyhow::Result<bool> {
     let op = match &cli.cmd {
         Cmd::NetdevTxChecksum { ifname, state } => {
-            xlane_xdp::sys::set_tx_checksum(ifname, state == "on")
-                .map_err(|e| anyhow::anyhow!("{ifname}: {e}"))?;
+            xlane_xdp::sys::set_tx_checksum(ifname, state == "on").map_err(|e| anyhow::anyhow!("{ifname}: {e}"))?;
             return Ok(true);
         }
         Cmd::Status => Op::Status,
-        Cmd::Ports => Op::Dump {
-            table: Table::Ports,
-        },
-        Cmd::Routes => Op::Dump {
-            table: Table::Routes,
-        },
-        Cmd::Nodes => Op::Dump {
-            table: Table::Nodes,
-        },
-        Cmd::Endpoints => Op::Dump {
-            table: Table::Endpoints,
-        },
+        Cmd::Ports => Op::Dump { table: Table::Ports },
+        Cmd::Routes => Op::Dump { table: Table::Routes },
+        Cmd::Nodes => Op::Dump { table: Table::Nodes },
+        Cmd::Endpoints => Op::Dump { table: Table::Endpoints },
         Cmd::Counters { .. } => Op::Counters,
-        Cmd::SetVtep {
-            ip,
-            vni,
-            port,
-            mac,
-            subnet,
-        } => Op::SetVtep(Vtep {
-            ip: *ip,
-            mac: *mac,
-            vni: *vni,
-            port: *port,
-            subnet: *subnet,
-        }),
-        Cmd::AddNode {
-            underlay_ip,
-            vtep_mac,
-            next_hop_mac,
-        } => Op::Apply {
+        Cmd::SetVtep { ip, vni, port, mac, subnet } => {
+            Op::SetVtep(Vtep { ip: *ip, mac: *mac, vni: *vni, port: *port, subnet: *subnet })
+        }
+        Cmd::AddNode { underlay_ip, vtep_mac, next_hop_mac } => Op::Apply {
             changes: vec![Change::AddNode {
                 underlay_ip: *underlay_ip,
                 vtep_mac: *vtep_mac,
                 next_hop_mac: *next_hop_mac,
             }],
         },
-        Cmd::DelNode { underlay_ip } => Op::Apply {
-            changes: vec![Change::DelNode {
-                underlay_ip: *underlay_ip,
-            }],
-        },
-        Cmd::AddRoute { prefix, via } => Op::Apply {
-            changes: vec![Change::AddRoute {
-                prefix: *prefix,
-                via: *via,
-            }],
-        },
-        Cmd::DelRoute { prefix } => Op::Apply {
-            changes: vec![Change::DelRoute { prefix: *prefix }],
-        },
+        Cmd::DelNode { underlay_ip } => Op::Apply { changes: vec![Change::DelNode { underlay_ip: *underlay_ip }] },
+        Cmd::AddRoute { prefix, via } => Op::Apply { changes: vec![Change::AddRoute { prefix: *prefix, via: *via }] },
+        Cmd::DelRoute { prefix } => Op::Apply { changes: vec![Change::DelRoute { prefix: *prefix }] },
         Cmd::Apply { file } => {
             let mut text = String::new();
             if file.as_os_str() == "-" {
@@ -199,19 +160,14 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             } else {
                 text = std::fs::read_to_string(file)?;
             }
-            Op::Apply {
-                changes: serde_json::from_str(&text)?,
-            }
+            Op::Apply { changes: serde_json::from_str(&text)? }
         }
-        Cmd::AddEndpoint { ifname, ip, mac } => Op::AddEndpoint(EndpointSpec {
-            ifname: ifname.clone(),
-            ip: *ip,
-            mac: *mac,
-        }),
+        Cmd::AddEndpoint { ifname, ip, mac } => {
+            Op::AddEndpoint(EndpointSpec { ifname: ifname.clone(), ip: *ip, mac: *mac })
+        }
         Cmd::DelEndpoint { ip } => Op::DelEndpoint { ip: *ip },
     };
-    let mut client = Client::connect(&cli.socket)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cli.socket.display()))?;
+    let mut client = Client::connect(&cli.socket).map_err(|e| anyhow::anyhow!("{}: {e}", cli.socket.display()))?;
     let reply = client.call(op)?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
@@ -229,23 +185,10 @@ fn print_ports(ports: &[PortInfo]) {
     );
     for p in ports {
         let ip = p.ip.map(|i| i.to_string()).unwrap_or_default();
-        let mode = if p.zero_copy {
-            format!("{}/zc", p.xdp_mode)
-        } else {
-            p.xdp_mode.clone()
-        };
+        let mode = if p.zero_copy { format!("{}/zc", p.xdp_mode) } else { p.xdp_mode.clone() };
         println!(
             "{:>4}  {:<7} {:<16} {:<15} {:>2} {:<7} {:>12} {:>12} {:>9} {:>9}",
-            p.id,
-            p.role,
-            p.ifname,
-            ip,
-            p.queues,
-            mode,
-            p.rx,
-            p.tx,
-            p.tx_ring_full,
-            p.rx_fill_ring_empty
+            p.id, p.role, p.ifname, ip, p.queues, mode, p.rx, p.tx, p.tx_ring_full, p.rx_fill_ring_empty
         );
     }
 }
@@ -253,23 +196,15 @@ fn print_ports(ports: &[PortInfo]) {
 fn print_reply(reply: &Reply, all_drops: bool) {
     match reply {
         Reply::Error { code, message } => eprintln!("error ({code:?}): {message}"),
-        Reply::Applied {
-            generation,
-            changes,
-        } => println!("applied {changes} change(s); tables at generation {generation}"),
-        Reply::EndpointReady {
-            port,
-            gateway_mac,
-            mtu,
-        } => println!("endpoint ready on port {port}; gateway MAC {gateway_mac}; MTU {mtu}"),
-        Reply::EndpointRemoved { existed } => println!(
-            "{}",
-            if *existed {
-                "endpoint removed"
-            } else {
-                "no such endpoint (nothing to do)"
-            }
-        ),
+        Reply::Applied { generation, changes } => {
+            println!("applied {changes} change(s); tables at generation {generation}")
+        }
+        Reply::EndpointReady { port, gateway_mac, mtu } => {
+            println!("endpoint ready on port {port}; gateway MAC {gateway_mac}; MTU {mtu}")
+        }
+        Reply::EndpointRemoved { existed } => {
+            println!("{}", if *existed { "endpoint removed" } else { "no such endpoint (nothing to do)" })
+        }
         Reply::Routes { routes } => {
             println!("{:<20} {:<16} STATE", "PREFIX", "VIA");
             for r in routes {
@@ -282,22 +217,10 @@ fn print_reply(reply: &Reply, all_drops: bool) {
             }
         }
         Reply::Nodes { nodes } => {
-            println!(
-                "{:<16} {:<18} {:<18} SOURCE",
-                "UNDERLAY", "VTEP-MAC", "NEXT-HOP-MAC"
-            );
+            println!("{:<16} {:<18} {:<18} SOURCE", "UNDERLAY", "VTEP-MAC", "NEXT-HOP-MAC");
             for n in nodes {
-                let nh = n
-                    .next_hop_mac
-                    .map(|m| m.to_string())
-                    .unwrap_or_else(|| "-".into());
-                println!(
-                    "{:<16} {:<18} {:<18} {}",
-                    n.underlay_ip.to_string(),
-                    n.vtep_mac.to_string(),
-                    nh,
-                    n.source
-                );
+                let nh = n.next_hop_mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
+                println!("{:<16} {:<18} {:<18} {}", n.underlay_ip.to_string(), n.vtep_mac.to_string(), nh, n.source);
             }
         }
         Reply::Endpoints { endpoints: ports } | Reply::Ports { ports } => print_ports(ports),
@@ -309,17 +232,13 @@ fn print_reply(reply: &Reply, all_drops: bool) {
             println!("drops:");
             for (k, v) in &c.drops {
                 if *v > 0 || all_drops {
-                    let desc = xlane_engine::DropReason::from_name(k)
-                        .map_or("", xlane_engine::DropReason::description);
+                    let desc = xlane_engine::DropReason::from_name(k).map_or("", xlane_engine::DropReason::description);
                     println!("  {k:<16} {v:>12}  {desc}");
                 }
             }
             if !c.latency_ns.is_empty() {
                 let l = &c.latency_ns;
-                println!(
-                    "burst latency ns: p50 {} p99 {} p99.9 {} max {}",
-                    l["p50"], l["p99"], l["p99.9"], l["max"]
-                );
+                println!("burst latency ns: p50 {} p99 {} p99.9 {} max {}", l["p50"], l["p99"], l["p99.9"], l["max"]);
             }
             if !c.burst_size.is_empty() {
                 println!(
@@ -331,10 +250,7 @@ fn print_reply(reply: &Reply, all_drops: bool) {
             print_ports(&c.ports);
         }
         Reply::Status(s) => {
-            println!(
-                "xlaned {} (protocol {}), tables at generation {}",
-                s.version, s.protocol, s.generation
-            );
+            println!("xlaned {} (protocol {}), tables at generation {}", s.version, s.protocol, s.generation);
             match &s.vtep {
                 Some(v) => println!(
                     "VTEP {} VNI {} port {}{}",
@@ -345,19 +261,8 @@ fn print_reply(reply: &Reply, all_drops: bool) {
                 ),
                 None => println!("VTEP not set"),
             }
-            println!(
-                "uplink {} MTU {} (pod MTU {}), cluster {}",
-                s.uplink, s.uplink_mtu, s.pod_mtu, s.cluster_cidr
-            );
-            println!(
-                "{} worker(s), {}",
-                s.workers,
-                if s.busy_poll {
-                    "busy-poll"
-                } else {
-                    "adaptive idle"
-                }
-            );
+            println!("uplink {} MTU {} (pod MTU {}), cluster {}", s.uplink, s.uplink_mtu, s.pod_mtu, s.cluster_cidr);
+            println!("{} worker(s), {}", s.workers, if s.busy_poll { "busy-poll" } else { "adaptive idle" });
         }
     }
 }
