@@ -28,9 +28,11 @@ impl Xlaned {
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("xlaned.sock");
         let log = std::fs::File::create(dir.join("xlaned.log")).unwrap();
+        let uplink: &[&str] = if extra.contains(&"--uplink") { &[] } else { &["--uplink", "eth0"] };
         let child = ns
             .command(env!("CARGO_BIN_EXE_xlaned"))
-            .args(["--uplink", "eth0", "--socket"])
+            .args(uplink)
+            .arg("--socket")
             .arg(&socket)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -66,6 +68,19 @@ impl Xlaned {
             Reply::Counters(c) => *c,
             r => panic!("{r:?}"),
         }
+    }
+
+    /// CPU seconds (user + system) the daemon has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command name (which may contain spaces): utime is 14th, stime 15th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).map(|x| x.parse().unwrap()).collect();
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap();
+        #[expect(clippy::cast_precision_loss, reason = "seconds for display")]
+        let secs = (f[0] + f[1]) as f64 / ticks as f64;
+        secs
     }
 
     fn log(&self) -> String {
@@ -578,4 +593,34 @@ fn two_workers_share_the_queues() {
         let c = d.counters();
         assert!(conserved(&c), "node {i}: {:?} drops {:?}", c.pipeline, drops(&c));
     }
+}
+
+/// Adaptive idle: an idle xlaned sleeps in poll(2) and costs next to no CPU; with
+/// --busy-poll its worker spins (one core busy). Measured as CPU time over 2 s of
+/// silence, which tells the two apart by two orders of magnitude.
+#[test]
+fn idle_costs_no_cpu_unless_busy_polling() {
+    let Some((_serial, Cluster { daemons, lab })) = setup("idle_costs_no_cpu_unless_busy_polling", "xe-idle", 1, &[])
+    else {
+        return;
+    };
+    ping(&lab.pods[0].ns, lab.pods[2].ip).unwrap();
+    // A second daemon with an uplink of its own (a spare veth), spinning.
+    let ns = &lab.nodes[0].ns;
+    ns.ip(&["link", "add", "bp0", "type", "veth", "peer", "name", "bp1"]).unwrap();
+    ns.ip(&["link", "set", "bp0", "up"]).unwrap();
+    ns.ip(&["link", "set", "bp1", "up"]).unwrap();
+    let flags =
+        ["--uplink", "bp0", "--vtep-ip", "192.168.99.1", "--busy-poll", "--metrics", "off", "--host-port", "none"];
+    let busy = Xlaned::start_with(ns, "xe-idle-busy", &flags);
+    std::thread::sleep(Duration::from_millis(500));
+    let (idle0, busy0) = (daemons[0].cpu_seconds(), busy.cpu_seconds());
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = daemons[0].cpu_seconds() - idle0;
+    let spin = busy.cpu_seconds() - busy0;
+    eprintln!("CPU over 2 s idle: adaptive {idle:.3} s, busy-poll {spin:.3} s");
+    assert!(idle < 0.2, "an idle xlaned used {idle:.3} s of CPU in 2 s");
+    assert!(spin > 0.5 && spin > 10.0 * idle, "busy-poll should spin: {spin:.3} s");
+    drop(busy);
+    let _ = &daemons;
 }
