@@ -307,6 +307,11 @@ pub struct Status {
     pub vtep: Option<Vtep>,
     /// Uplink interface.
     pub uplink: String,
+    /// Uplink MAC (the VTEP MAC unless one is set).
+    pub uplink_mac: Mac,
+    /// The uplink's IPv4 addresses.
+    #[serde(default)]
+    pub uplink_ips: Vec<Ipv4Addr>,
     /// Uplink MTU.
     pub uplink_mtu: u16,
     /// Pod MTU (uplink MTU − 50).

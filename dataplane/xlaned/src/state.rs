@@ -622,6 +622,8 @@ impl State {
             generation: self.generation,
             vtep: self.vtep,
             uplink: self.cfg.uplink.clone(),
+            uplink_mac: self.uplink.mac,
+            uplink_ips: uplink_ips(&self.cfg.uplink),
             uplink_mtu: u16::try_from(self.uplink.mtu).unwrap_or(u16::MAX),
             pod_mtu: self.pod_mtu(),
             cluster_cidr: self.cfg.cluster_cidr,
@@ -637,4 +639,16 @@ impl State {
         }
         self.ports.clear();
     }
+}
+
+/// IPv4 addresses of an interface (for the agent's default public IP).
+fn uplink_ips(ifname: &str) -> Vec<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter(|a| a.interface_name == ifname)
+                .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|v4| v4.ip())))
+                .collect()
+        })
+        .unwrap_or_default()
 }

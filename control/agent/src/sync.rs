@@ -1,0 +1,156 @@
+//! From leases to xlaned's tables: what the dataplane should hold, and the smallest
+//! batch of changes that gets it there.
+//!
+//! Reconciling against what xlaned reports (instead of replaying blindly) is what makes
+//! an agent restart harmless: routes that are already right are not touched, so
+//! forwarding never blinks.
+
+use crate::lease::Lease;
+use ipnet::Ipv4Net;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use xlane_api::{Change, Mac, NodeInfo, RouteInfo};
+
+/// A remote node as the dataplane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// VTEP MAC.
+    pub vtep_mac: Mac,
+    /// Subnets routed to it.
+    pub subnets: BTreeSet<Ipv4Net>,
+}
+
+/// The remote nodes the leases describe, keyed by underlay address: every vxlan lease
+/// but our own and those on another VNI (which could not talk to us anyway).
+#[must_use]
+pub fn desired(leases: &[Lease], own: Option<Ipv4Net>, own_ip: Ipv4Addr, vni: u32) -> BTreeMap<Ipv4Addr, Remote> {
+    let mut out: BTreeMap<Ipv4Addr, Remote> = BTreeMap::new();
+    for l in leases {
+        if Some(l.subnet) == own || l.attrs.public_ip == own_ip {
+            continue;
+        }
+        let Some(data) = l.attrs.vxlan_data() else {
+            tracing::debug!(subnet = %l.subnet, backend = %l.attrs.backend_type, "not a vxlan lease; skipped");
+            continue;
+        };
+        if data.vni != vni {
+            tracing::warn!(subnet = %l.subnet, vni = data.vni, ours = vni, "lease on another VNI; skipped");
+            continue;
+        }
+        let r = out
+            .entry(l.attrs.public_ip)
+            .or_insert_with(|| Remote { vtep_mac: data.vtep_mac, subnets: BTreeSet::new() });
+        r.vtep_mac = data.vtep_mac;
+        r.subnets.insert(l.subnet);
+    }
+    out
+}
+
+/// The changes that turn xlaned's `nodes` and `routes` into `want`: stale routes and
+/// nodes withdrawn, missing or changed ones added. Routes are added after their node
+/// and withdrawn before it.
+#[must_use]
+pub fn diff(nodes: &[NodeInfo], routes: &[RouteInfo], want: &BTreeMap<Ipv4Addr, Remote>) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let want_routes: BTreeMap<Ipv4Net, Ipv4Addr> =
+        want.iter().flat_map(|(ip, r)| r.subnets.iter().map(move |s| (*s, *ip))).collect();
+    for r in routes {
+        if want_routes.get(&r.prefix) != Some(&r.via) {
+            changes.push(Change::DelRoute { prefix: r.prefix });
+        }
+    }
+    for n in nodes {
+        if !want.contains_key(&n.underlay_ip) {
+            changes.push(Change::DelNode { underlay_ip: n.underlay_ip });
+        }
+    }
+    for (ip, r) in want {
+        if !nodes.iter().any(|n| n.underlay_ip == *ip && n.vtep_mac == r.vtep_mac) {
+            changes.push(Change::AddNode { underlay_ip: *ip, vtep_mac: r.vtep_mac, next_hop_mac: None });
+        }
+    }
+    for (prefix, via) in &want_routes {
+        if !routes.iter().any(|r| r.prefix == *prefix && r.via == *via) {
+            changes.push(Change::AddRoute { prefix: *prefix, via: *via });
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+
+    fn lease(subnet: &str, last: u8, vni: u32) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            attrs: LeaseAttrs::vxlan(Ipv4Addr::new(192, 168, 50, last), vni, Mac([0x0e, 0, 0, 0, last, 1])),
+        }
+    }
+
+    fn node(last: u8) -> NodeInfo {
+        NodeInfo {
+            underlay_ip: Ipv4Addr::new(192, 168, 50, last),
+            vtep_mac: Mac([0x0e, 0, 0, 0, last, 1]),
+            next_hop_mac: None,
+            source: "unresolved".into(),
+        }
+    }
+
+    fn route(p: &str, last: u8) -> RouteInfo {
+        RouteInfo { prefix: p.parse().unwrap(), via: Ipv4Addr::new(192, 168, 50, last), resolved: true }
+    }
+
+    #[test]
+    fn desired_skips_self_other_vnis_and_other_backends() {
+        let mut other_backend = lease("10.244.5.0/24", 5, 1);
+        other_backend.attrs.backend_type = "host-gw".into();
+        let leases =
+            [lease("10.244.1.0/24", 1, 1), lease("10.244.2.0/24", 2, 1), lease("10.244.3.0/24", 3, 7), other_backend];
+        let d = desired(&leases, Some("10.244.1.0/24".parse().unwrap()), Ipv4Addr::new(192, 168, 50, 1), 1);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[&Ipv4Addr::new(192, 168, 50, 2)].subnets.len(), 1);
+    }
+
+    #[test]
+    fn diff_from_empty_adds_nodes_before_routes() {
+        let d = desired(&[lease("10.244.2.0/24", 2, 1)], None, Ipv4Addr::new(192, 168, 50, 1), 1);
+        let c = diff(&[], &[], &d);
+        assert!(
+            matches!(c[0], Change::AddNode { .. }) && matches!(c[1], Change::AddRoute { .. }) && c.len() == 2,
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn diff_of_a_matching_dataplane_is_empty() {
+        let d = desired(&[lease("10.244.2.0/24", 2, 1)], None, Ipv4Addr::new(192, 168, 50, 1), 1);
+        assert!(diff(&[node(2)], &[route("10.244.2.0/24", 2)], &d).is_empty());
+    }
+
+    #[test]
+    fn diff_withdraws_stale_and_moves_changed() {
+        // 10.244.3.0/24 moved from node 3 to node 4; node 3 left.
+        let d = desired(
+            &[lease("10.244.2.0/24", 2, 1), lease("10.244.3.0/24", 4, 1)],
+            None,
+            Ipv4Addr::new(192, 168, 50, 1),
+            1,
+        );
+        let c = diff(&[node(2), node(3)], &[route("10.244.2.0/24", 2), route("10.244.3.0/24", 3)], &d);
+        assert_eq!(
+            c,
+            vec![
+                Change::DelRoute { prefix: "10.244.3.0/24".parse().unwrap() },
+                Change::DelNode { underlay_ip: Ipv4Addr::new(192, 168, 50, 3) },
+                Change::AddNode {
+                    underlay_ip: Ipv4Addr::new(192, 168, 50, 4),
+                    vtep_mac: Mac([0x0e, 0, 0, 0, 4, 1]),
+                    next_hop_mac: None
+                },
+                Change::AddRoute { prefix: "10.244.3.0/24".parse().unwrap(), via: Ipv4Addr::new(192, 168, 50, 4) },
+            ]
+        );
+    }
+}
