@@ -7,6 +7,8 @@
 //! * [`sync`]: leases → the remote nodes and routes xlaned should hold, and the diff.
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod api;
 pub mod ipam;
 pub mod lease;
 pub mod netconf;

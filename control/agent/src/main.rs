@@ -1,1 +1,169 @@
-fn main() {}
+//! xlane-agent: the per-node control process.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand, ValueEnum};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use xlane_agent::agent::{self, Settings, Shared};
+use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
+use xlane_agent::store::file::FileStore;
+use xlane_api::Mac;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StoreKind {
+    /// A directory on this host (single host, the lab, tests).
+    File,
+    /// etcd v3 in flannel's schema (clusters).
+    Etcd,
+}
+
+/// xlane-agent: leases the node's pod subnet, mirrors every other node's lease into
+/// xlaned, and allocates pod addresses for the CNI plugin.
+///
+/// Works with no flags on a single host (file datastore under /var/lib/xlane). Every flag
+/// has an XLANE_AGENT_* environment fallback.
+#[derive(Debug, Parser)]
+#[command(name = "xlane-agent", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Datastore engine.
+    #[arg(long, env = "XLANE_AGENT_DATASTORE", value_enum, default_value = "file")]
+    datastore: StoreKind,
+    /// File datastore directory (shared by the agents of one host).
+    #[arg(long, env = "XLANE_AGENT_STORE_DIR", default_value = "/var/lib/xlane/store")]
+    store_dir: PathBuf,
+    /// This node's state (IPAM, last lease).
+    #[arg(long, env = "XLANE_AGENT_STATE_DIR", default_value = "/var/lib/xlane/node")]
+    state_dir: PathBuf,
+    /// xlaned's control socket.
+    #[arg(long, env = "XLANE_SOCKET", default_value = "/run/xlane/xlaned.sock")]
+    xlaned_socket: PathBuf,
+    /// The socket the CNI plugin uses.
+    #[arg(long, env = "XLANE_AGENT_SOCKET", default_value = "/run/xlane/agent.sock")]
+    socket: PathBuf,
+    /// Network config file (flannel JSON), used when the datastore has none.
+    #[arg(long, env = "XLANE_AGENT_NETWORK_CONFIG")]
+    network_config: Option<PathBuf>,
+    /// Underlay address to publish (default: the uplink's first IPv4 address).
+    #[arg(long, env = "XLANE_AGENT_PUBLIC_IP")]
+    public_ip: Option<Ipv4Addr>,
+    /// VTEP MAC to publish (default: the uplink's MAC).
+    #[arg(long, env = "XLANE_AGENT_VTEP_MAC")]
+    vtep_mac: Option<Mac>,
+    /// Lease time to live in seconds (flannel: 86400); renewed every third of it.
+    #[arg(long, env = "XLANE_AGENT_LEASE_TTL", default_value_t = 86_400)]
+    lease_ttl: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show the lease, every node's lease and this node's allocations (asks a running agent).
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Cmd::Status { json }) = cli.cmd {
+        let reply = AgentClient::connect(&cli.socket)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", cli.socket.display()))?
+            .call(AgentOp::Status)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&reply)?);
+        } else if let AgentReply::Status { lease, leases, allocations, dataplane_synced } = reply {
+            match lease {
+                Some(l) => println!(
+                    "lease {} for {} ({})",
+                    l.subnet,
+                    l.public_ip,
+                    if dataplane_synced { "dataplane in sync" } else { "dataplane NOT in sync" }
+                ),
+                None => println!("no lease yet"),
+            }
+            println!("{:<20} {:<16} {}", "SUBNET", "NODE", "BACKEND");
+            for l in leases {
+                println!("{:<20} {:<16} {}", l.subnet.to_string(), l.public_ip.to_string(), l.backend);
+            }
+            println!("{:<16} {:<20} {:<8} {}", "ADDRESS", "CONTAINER", "IFNAME", "HOST-IF");
+            for a in allocations {
+                println!(
+                    "{:<16} {:<20} {:<8} {}",
+                    a.ip.to_string(),
+                    a.container_id,
+                    a.ifname,
+                    a.host_if.unwrap_or_default()
+                );
+            }
+        } else {
+            println!("{reply:?}");
+        }
+        return Ok(());
+    }
+    let mut store = match cli.datastore {
+        StoreKind::File => FileStore::open(&cli.store_dir)?,
+        StoreKind::Etcd => anyhow::bail!(
+            "the etcd datastore is not built yet (planned behind the `etcd` feature); use --datastore file"
+        ),
+    };
+    anyhow::ensure!(cli.lease_ttl >= 3, "--lease-ttl must be at least 3 seconds");
+    let network_config = match &cli.network_config {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    let settings = Settings {
+        state_dir: cli.state_dir,
+        xlaned_socket: cli.xlaned_socket,
+        api_socket: cli.socket,
+        network_config,
+        public_ip: cli.public_ip,
+        vtep_mac: cli.vtep_mac,
+        ttl: Duration::from_secs(cli.lease_ttl),
+    };
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.thread_block()?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new().name("xlane-agent-signals".into()).spawn(move || {
+            loop {
+                if let Ok(Some(_)) = signals.read_signal() {
+                    stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })?;
+    }
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    agent::serve_api(settings.api_socket.clone(), settings.xlaned_socket.clone(), Arc::clone(&shared))?;
+    agent::run(&settings, &mut store, &shared, &stop)?;
+    let _ = std::fs::remove_file(&settings.api_socket);
+    Ok(())
+}

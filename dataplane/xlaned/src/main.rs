@@ -20,6 +20,7 @@ use xlane_xdp::xsk::{BindMode, UmemSettings};
 
 fn main() {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(true)
         .init();

@@ -44,6 +44,25 @@ fn check(what: &str, out: Output) -> io::Result<String> {
     }
 }
 
+/// Path of a workspace binary (`xlaned`, `xlane-agent`, …) built beside the running
+/// test: `cargo test --workspace` builds every package's binaries before it runs tests.
+///
+/// # Panics
+/// If the binary is not there (run `cargo build --workspace --bins` first).
+#[must_use]
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(std::path::Path::parent).expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
 /// Run `ip` with `args` in the current namespace.
 ///
 /// # Errors

@@ -106,22 +106,33 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Attach a new pod to node `node`; returns its index in [`Lab::pods`].
+    /// Attach a new pod to node `node` with the next address of the node's subnet;
+    /// returns its index in [`Lab::pods`].
     ///
     /// # Errors
     /// Namespace or interface setup failures.
     pub fn add_pod(&mut self, node: usize) -> io::Result<usize> {
+        let n = &self.nodes[node];
+        let o = n.subnet.octets();
+        let ip = Ipv4Addr::new(o[0], o[1], o[2], n.pods + 2);
+        let gw = n.gateway();
+        self.add_pod_at(node, ip, 24, gw)
+    }
+
+    /// Attach a new pod to node `node` with a given address (e.g. one the agent
+    /// allocated); returns its index in [`Lab::pods`].
+    ///
+    /// # Errors
+    /// Namespace or interface setup failures.
+    pub fn add_pod_at(&mut self, node: usize, ip: Ipv4Addr, prefix_len: u8, gw: Ipv4Addr) -> io::Result<usize> {
         let k = self.pods.len();
         let n = &mut self.nodes[node];
         let ns = Netns::new(&format!("{}-p{k}", n.ns.name()))?;
         let host_if = format!("vp{k}");
         veth_pair(&n.ns, &host_if, &ns, "eth0", self.queues)?;
         n.ns.ip(&["link", "set", &host_if, "up"])?;
-        let o = n.subnet.octets();
-        let ip = Ipv4Addr::new(o[0], o[1], o[2], n.pods + 2);
         n.pods += 1;
-        let gw = n.gateway();
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.ip(&["addr", "add", &format!("{ip}/{prefix_len}"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "mtu", &POD_MTU.to_string(), "up"])?;
         ns.ip(&["route", "add", "default", "via", &gw.to_string()])?;
         // The pod's offloaded checksums would reach the AF_XDP socket unfinished.

@@ -1,0 +1,417 @@
+//! The agent's loops: keep the lease, mirror every other lease into xlaned, serve the
+//! CNI plugin.
+//!
+//! The main loop acquires the node's lease, sets xlaned's VTEP (with the node subnet, so
+//! the host port gets the gateway address), reconciles the remote nodes and routes, and
+//! then applies each watch event as one batch. It renews the lease on time and checks
+//! xlaned every iteration: when xlaned restarts, it replays the full state (VTEP, nodes,
+//! routes, endpoints). When the agent itself restarts, xlaned keeps forwarding with what
+//! it has and the agent only sends the difference.
+
+use crate::api::{AgentOp, AgentReply, AllocationInfo, LeaseInfo};
+use crate::ipam::Ipam;
+use crate::lease::{Lease, LeaseAttrs};
+use crate::netconf::NetConfig;
+use crate::store::{Datastore, StoreError};
+use crate::sync;
+use ipnet::Ipv4Net;
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use xlane_api::{Change, Client, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, Vtep};
+
+/// flannel's default network, used when neither the store nor a flag provides one.
+pub const DEFAULT_NETWORK: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+/// Changes per request to xlaned.
+const BATCH: usize = 1000;
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where IPAM and the last lease are kept.
+    pub state_dir: PathBuf,
+    /// xlaned's control socket.
+    pub xlaned_socket: PathBuf,
+    /// The socket the CNI plugin talks to.
+    pub api_socket: PathBuf,
+    /// Network config JSON if the store has none.
+    pub network_config: Option<String>,
+    /// Underlay address to publish (default: the uplink's first address).
+    pub public_ip: Option<Ipv4Addr>,
+    /// VTEP MAC to publish (default: the uplink's).
+    pub vtep_mac: Option<Mac>,
+    /// Lease time to live.
+    pub ttl: Duration,
+}
+
+/// State shared with the API thread.
+#[derive(Debug, Default)]
+pub struct Shared {
+    ipam: Option<Ipam>,
+    mtu: u16,
+    lease: Option<Lease>,
+    leases: Vec<Lease>,
+    synced: bool,
+}
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Bad network config.
+    #[error(transparent)]
+    Config(#[from] crate::netconf::ConfigError),
+    /// Datastore failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// IPAM failure.
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::IpamError),
+    /// xlaned refused our setup.
+    #[error("xlaned: {0}")]
+    Dataplane(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn xlaned_call(c: &mut Client, op: Op) -> Result<Reply, AgentError> {
+    match c.call(op) {
+        Ok(Reply::Error { code, message }) => Err(AgentError::Dataplane(format!("{code:?}: {message}"))),
+        Ok(r) => Ok(r),
+        Err(e) => Err(AgentError::Dataplane(e.to_string())),
+    }
+}
+
+fn connect(path: &std::path::Path, stop: &AtomicBool) -> Option<Client> {
+    let mut tries = 0u32;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        match Client::connect(path) {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                if tries.is_multiple_of(20) {
+                    tracing::warn!(socket = %path.display(), error = %e, "waiting for xlaned");
+                }
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+}
+
+/// The main loop. Returns when `stop` is set.
+///
+/// # Errors
+/// Unusable configuration, or a datastore/xlaned failure during setup.
+pub fn run(
+    settings: &Settings,
+    store: &mut dyn Datastore,
+    shared: &Arc<Mutex<Shared>>,
+    stop: &AtomicBool,
+) -> Result<(), AgentError> {
+    let text = match store.network_config()? {
+        Some(t) => t,
+        None => settings.network_config.clone().unwrap_or_else(|| DEFAULT_NETWORK.to_owned()),
+    };
+    let net = NetConfig::parse(&text)?;
+    tracing::info!(network = %net.network, subnet_len = net.subnet_len, vni = net.vni, port = net.port, "network config");
+    let Some(mut xl) = connect(&settings.xlaned_socket, stop) else { return Ok(()) };
+    let Reply::Status(status) = xlaned_call(&mut xl, Op::Status)? else {
+        return Err(AgentError::Dataplane("unexpected status reply".into()));
+    };
+    let public_ip = settings
+        .public_ip
+        .or_else(|| status.uplink_ips.first().copied())
+        .ok_or_else(|| AgentError::Other(format!("uplink {} has no IPv4 address; pass --public-ip", status.uplink)))?;
+    let vtep_mac = settings.vtep_mac.unwrap_or(status.uplink_mac);
+    let attrs = LeaseAttrs::vxlan(public_ip, net.vni, vtep_mac);
+
+    std::fs::create_dir_all(&settings.state_dir)
+        .map_err(|e| AgentError::Other(format!("{}: {e}", settings.state_dir.display())))?;
+    let lease_file = settings.state_dir.join("lease.json");
+    let preferred: Option<Ipv4Net> = std::fs::read(&lease_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let mut lease = store.acquire(&net, &attrs, preferred, settings.ttl)?;
+    let _ = crate::store::file::atomic_write(&lease_file, &serde_json::to_vec(&lease.subnet).expect("plain"));
+    tracing::info!(subnet = %lease.subnet, public_ip = %public_ip, vtep_mac = %vtep_mac, "lease acquired");
+    {
+        let mut s = shared.lock().expect("not poisoned");
+        s.ipam = Some(Ipam::open(settings.state_dir.join("ipam.json"), lease.subnet)?);
+        s.mtu = status.pod_mtu;
+        s.lease = Some(lease.clone());
+    }
+
+    let vtep = Vtep { ip: public_ip, mac: settings.vtep_mac, vni: net.vni, port: net.port, subnet: Some(lease.subnet) };
+    let (mut leases, mut rev) = store.leases()?;
+    let mut in_sync = program(&mut xl, vtep, &leases, &lease, net.vni, shared, true).is_ok();
+    let mut last_renew = Instant::now();
+    let renew_every = settings.ttl / 3;
+    let mut last_generation = 0;
+
+    while !stop.load(Ordering::Relaxed) {
+        if last_renew.elapsed() >= renew_every {
+            match store.renew(&lease, settings.ttl) {
+                Ok(()) => last_renew = Instant::now(),
+                Err(StoreError::Lost(s)) => {
+                    tracing::error!(subnet = %s, "lease lost (expired while unreachable?); acquiring again");
+                    lease = store.acquire(&net, &attrs, Some(s), settings.ttl)?;
+                    last_renew = Instant::now();
+                    if lease.subnet != s {
+                        tracing::error!(old = %s, new = %lease.subnet, "node subnet changed: pods need new addresses");
+                        let mut sh = shared.lock().expect("not poisoned");
+                        sh.ipam = Some(Ipam::open(settings.state_dir.join("ipam.json"), lease.subnet)?);
+                        sh.lease = Some(lease.clone());
+                    }
+                    in_sync = false;
+                }
+                Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
+            }
+        }
+        match store.watch(rev, Duration::from_millis(300)) {
+            Ok((events, r)) => {
+                rev = r;
+                if !events.is_empty() {
+                    tracing::debug!(events = events.len(), "lease changes");
+                    let (l, r) = store.leases()?;
+                    leases = l;
+                    rev = r;
+                    if in_sync {
+                        in_sync = apply_leases(&mut xl, &leases, &lease, net.vni)
+                            .map_err(|e| tracing::warn!(error = %e, "applying lease changes"))
+                            .is_ok();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+        }
+        shared.lock().expect("not poisoned").leases.clone_from(&leases);
+        // Heartbeat: a restarted xlaned (new connection, or a generation that went back)
+        // gets the full state again.
+        let alive = match xl.call(Op::Status) {
+            Ok(Reply::Status(s)) if s.generation >= last_generation => {
+                last_generation = s.generation;
+                true
+            }
+            Ok(Reply::Status(s)) => {
+                tracing::warn!(generation = s.generation, "xlaned restarted");
+                false
+            }
+            _ => false,
+        };
+        if !alive || !in_sync {
+            if !alive {
+                tracing::warn!("xlaned connection lost; reconnecting");
+                let Some(c) = connect(&settings.xlaned_socket, stop) else { break };
+                xl = c;
+            }
+            let vtep = Vtep { subnet: Some(lease.subnet), ..vtep };
+            in_sync = program(&mut xl, vtep, &leases, &lease, net.vni, shared, !alive).is_ok();
+            last_generation = 0;
+        }
+        shared.lock().expect("not poisoned").synced = in_sync;
+    }
+    tracing::info!(subnet = %lease.subnet, "agent stopping; lease kept for the next start");
+    Ok(())
+}
+
+/// Set the VTEP, reconcile nodes and routes, and (after an xlaned restart) re-attach
+/// every known endpoint.
+fn program(
+    xl: &mut Client,
+    vtep: Vtep,
+    leases: &[Lease],
+    own: &Lease,
+    vni: u32,
+    shared: &Arc<Mutex<Shared>>,
+    endpoints: bool,
+) -> Result<(), AgentError> {
+    let r = (|| {
+        xlaned_call(xl, Op::SetVtep(vtep))?;
+        apply_leases(xl, leases, own, vni)?;
+        if endpoints {
+            let list: Vec<(Ipv4Addr, String, Mac)> = shared
+                .lock()
+                .expect("not poisoned")
+                .ipam
+                .as_ref()
+                .map(|i| i.allocations().filter_map(|(ip, a)| Some((ip, a.host_if.clone()?, a.mac?))).collect())
+                .unwrap_or_default();
+            for (ip, host_if, mac) in list {
+                if let Err(e) = xlaned_call(xl, Op::AddEndpoint(EndpointSpec { ifname: host_if.clone(), ip, mac })) {
+                    tracing::warn!(%ip, %host_if, error = %e, "could not re-attach endpoint");
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = &r {
+        tracing::warn!(error = %e, "programming xlaned failed; will retry");
+    } else {
+        tracing::info!(leases = leases.len(), "xlaned in sync");
+    }
+    r
+}
+
+fn apply_leases(xl: &mut Client, leases: &[Lease], own: &Lease, vni: u32) -> Result<(), AgentError> {
+    let want = sync::desired(leases, Some(own.subnet), own.attrs.public_ip, vni);
+    let Reply::Nodes { nodes } = xlaned_call(xl, Op::Dump { table: Table::Nodes })? else {
+        return Err(AgentError::Dataplane("unexpected nodes reply".into()));
+    };
+    let Reply::Routes { routes } = xlaned_call(xl, Op::Dump { table: Table::Routes })? else {
+        return Err(AgentError::Dataplane("unexpected routes reply".into()));
+    };
+    let changes: Vec<Change> = sync::diff(&nodes, &routes, &want);
+    for batch in changes.chunks(BATCH) {
+        xlaned_call(xl, Op::Apply { changes: batch.to_vec() })?;
+    }
+    if !changes.is_empty() {
+        tracing::info!(changes = changes.len(), nodes = want.len(), "dataplane updated");
+    }
+    Ok(())
+}
+
+/// Serve the CNI plugin's requests until the process exits.
+///
+/// # Errors
+/// The socket cannot be created.
+pub fn serve_api(path: PathBuf, xlaned: PathBuf, shared: Arc<Mutex<Shared>>) -> std::io::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new().name("xlane-agent-api".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+            let Ok(mut writer) = conn.try_clone() else { continue };
+            let mut reader = BufReader::new(conn);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                let reply = match crate::api::parse(&line) {
+                    Ok(op) => handle(op, &xlaned, &shared),
+                    Err(r) => r,
+                };
+                line.clear();
+                let mut out = serde_json::to_vec(&reply).expect("plain data");
+                out.push(b'\n');
+                if writer.write_all(&out).is_err() {
+                    break;
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn not_ready() -> AgentReply {
+    AgentReply::error(ErrorCode::Failed, "the agent has no lease yet; try again")
+}
+
+fn handle(op: AgentOp, xlaned: &std::path::Path, shared: &Arc<Mutex<Shared>>) -> AgentReply {
+    let mut sh = shared.lock().expect("not poisoned");
+    let mtu = sh.mtu;
+    match op {
+        AgentOp::Add { container_id, ifname } => {
+            let Some(ipam) = sh.ipam.as_mut() else { return not_ready() };
+            match ipam.allocate(&container_id, &ifname) {
+                Ok(ip) => AgentReply::Allocated {
+                    ip: Ipv4Net::new(ip, ipam.subnet().prefix_len()).expect("valid"),
+                    gateway: ipam.gateway(),
+                    mtu,
+                    routes: vec!["0.0.0.0/0".parse().expect("valid")],
+                },
+                Err(e) => AgentReply::error(ErrorCode::Invalid, e.to_string()),
+            }
+        }
+        AgentOp::Attach { container_id, ifname, host_if, mac } => {
+            let Some(ipam) = sh.ipam.as_mut() else { return not_ready() };
+            let ip = match ipam.attach(&container_id, &ifname, &host_if, mac) {
+                Ok(ip) => ip,
+                Err(e) => return AgentReply::error(ErrorCode::NotFound, e.to_string()),
+            };
+            drop(sh);
+            match Client::connect(xlaned).map_err(|e| e.to_string()).and_then(|mut c| {
+                c.call(Op::AddEndpoint(EndpointSpec { ifname: host_if, ip, mac })).map_err(|e| e.to_string())
+            }) {
+                Ok(Reply::EndpointReady { gateway_mac, .. }) => AgentReply::Attached { gateway_mac },
+                Ok(Reply::Error { code, message }) => AgentReply::error(code, format!("xlaned: {message}")),
+                Ok(other) => AgentReply::error(ErrorCode::Failed, format!("xlaned: unexpected {other:?}")),
+                Err(e) => AgentReply::error(ErrorCode::Failed, format!("xlaned unreachable: {e}; try again")),
+            }
+        }
+        AgentOp::Check { container_id, ifname } => {
+            let Some(ipam) = sh.ipam.as_ref() else { return not_ready() };
+            match ipam.find(&container_id, &ifname) {
+                Some((_, a)) if a.host_if.is_some() => AgentReply::Ok,
+                Some(_) => AgentReply::error(ErrorCode::Invalid, "address allocated but not attached"),
+                None => AgentReply::error(ErrorCode::NotFound, format!("no address for {container_id}/{ifname}")),
+            }
+        }
+        AgentOp::Del { container_id, ifname } => {
+            let Some(ipam) = sh.ipam.as_mut() else { return not_ready() };
+            match ipam.release(&container_id, &ifname) {
+                Ok(Some((ip, _))) => {
+                    drop(sh);
+                    detach(xlaned, ip);
+                    AgentReply::Released { existed: true }
+                }
+                Ok(None) => AgentReply::Released { existed: false },
+                Err(e) => AgentReply::error(ErrorCode::Failed, e.to_string()),
+            }
+        }
+        AgentOp::Gc { valid } => {
+            let Some(ipam) = sh.ipam.as_mut() else { return not_ready() };
+            match ipam.gc(&valid) {
+                Ok(released) => {
+                    drop(sh);
+                    for (ip, _) in &released {
+                        detach(xlaned, *ip);
+                    }
+                    AgentReply::Collected { released: released.into_iter().map(|(ip, _)| ip).collect() }
+                }
+                Err(e) => AgentReply::error(ErrorCode::Failed, e.to_string()),
+            }
+        }
+        AgentOp::Status => {
+            let info = |l: &Lease| LeaseInfo {
+                subnet: l.subnet,
+                public_ip: l.attrs.public_ip,
+                backend: l.attrs.backend_type.clone(),
+            };
+            AgentReply::Status {
+                lease: sh.lease.as_ref().map(info),
+                leases: sh.leases.iter().map(info).collect(),
+                allocations: sh
+                    .ipam
+                    .as_ref()
+                    .map(|i| {
+                        i.allocations()
+                            .map(|(ip, a)| AllocationInfo {
+                                ip,
+                                container_id: a.container_id.clone(),
+                                ifname: a.ifname.clone(),
+                                host_if: a.host_if.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                dataplane_synced: sh.synced,
+            }
+        }
+    }
+}
+
+fn detach(xlaned: &std::path::Path, ip: Ipv4Addr) {
+    match Client::connect(xlaned).map(|mut c| c.call(Op::DelEndpoint { ip })) {
+        Ok(Ok(Reply::EndpointRemoved { .. })) => {}
+        other => tracing::warn!(%ip, result = ?other.map(|r| r.map(|_| ())), "detaching from xlaned"),
+    }
+}

@@ -1,0 +1,355 @@
+//! xlane-agent end to end (as root, in namespaces): agents on three lab nodes share a
+//! file datastore, each feeding its node's xlaned; pods get addresses and attachment
+//! through the agent's API, as the CNI plugin will.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
+use xlane_agent::lease::LeaseAttrs;
+use xlane_agent::store::file::FileStore;
+use xlane_api::{Client, Op, Reply, Table};
+use xlane_netlab::{Lab, Netns, privileged, workspace_binary};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+const TTL: u64 = 4;
+
+/// A process in a namespace, stopped by PID on drop.
+struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(ns: &Netns, bin: &Path, args: &[String], log: PathBuf) -> Self {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = ns.command(bin.to_str().unwrap()).args(args).stdout(Stdio::null()).stderr(f).spawn().unwrap();
+        Self { child: Some(child), log }
+    }
+
+    fn stop(&mut self, sig: nix::sys::signal::Signal) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
+            let _ = nix::sys::signal::kill(pid, sig);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+struct NodeRun {
+    xlaned: Proc,
+    agent: Proc,
+    xl_sock: PathBuf,
+    agent_sock: PathBuf,
+    state: PathBuf,
+}
+
+struct Cluster {
+    runs: Vec<NodeRun>,
+    lab: Lab,
+    dir: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &mut self.runs {
+            r.agent.stop(nix::sys::signal::Signal::SIGTERM);
+            r.xlaned.stop(nix::sys::signal::Signal::SIGTERM);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
+}
+
+fn agent_args(dir: &Path, i: usize) -> Vec<String> {
+    let d = |s: &str| dir.join(s).to_string_lossy().into_owned();
+    vec![
+        "--store-dir".into(),
+        d("store"),
+        "--state-dir".into(),
+        d(&format!("state{i}")),
+        "--xlaned-socket".into(),
+        d(&format!("xlaned{i}.sock")),
+        "--socket".into(),
+        d(&format!("agent{i}.sock")),
+        "--lease-ttl".into(),
+        TTL.to_string(),
+    ]
+}
+
+fn start_xlaned(ns: &Netns, dir: &Path, i: usize) -> Proc {
+    let sock = dir.join(format!("xlaned{i}.sock"));
+    let args: Vec<String> =
+        vec!["--uplink".into(), "eth0".into(), "--socket".into(), sock.to_string_lossy().into_owned()];
+    let p = Proc::start(ns, &workspace_binary("xlaned"), &args, dir.join(format!("xlaned{i}.log")));
+    wait_for("xlaned socket", Duration::from_secs(10), || Client::connect(&sock).is_ok());
+    p
+}
+
+fn start_agent(ns: &Netns, dir: &Path, i: usize) -> Proc {
+    let sock = dir.join(format!("agent{i}.sock"));
+    let p = Proc::start(ns, &workspace_binary("xlane-agent"), &agent_args(dir, i), dir.join(format!("agent{i}.log")));
+    wait_for("agent lease", Duration::from_secs(10), || {
+        AgentClient::connect(&sock)
+            .and_then(|mut c| c.call(AgentOp::Status))
+            .is_ok_and(|r| matches!(r, AgentReply::Status { lease: Some(_), dataplane_synced: true, .. }))
+    });
+    p
+}
+
+fn cluster(prefix: &str, nodes: u8) -> Cluster {
+    let lab = Lab::new(prefix, nodes).unwrap();
+    let dir = std::env::temp_dir().join(format!("xlane-agent-e2e-{prefix}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    FileStore::open(dir.join("store"))
+        .unwrap()
+        .put_network_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
+        .unwrap();
+    let mut runs = Vec::new();
+    for (i, n) in lab.nodes.iter().enumerate() {
+        let xlaned = start_xlaned(&n.ns, &dir, i);
+        let agent = start_agent(&n.ns, &dir, i);
+        runs.push(NodeRun {
+            xlaned,
+            agent,
+            xl_sock: dir.join(format!("xlaned{i}.sock")),
+            agent_sock: dir.join(format!("agent{i}.sock")),
+            state: dir.join(format!("state{i}")),
+        });
+    }
+    Cluster { runs, lab, dir }
+}
+
+fn agent(c: &Cluster, i: usize) -> AgentClient {
+    AgentClient::connect(&c.runs[i].agent_sock).unwrap()
+}
+
+/// Do what the CNI plugin does: allocate, create the pod, attach.
+fn add_pod(c: &mut Cluster, node: usize, cid: &str) -> usize {
+    let AgentReply::Allocated { ip, gateway, mtu, .. } =
+        agent(c, node).call(AgentOp::Add { container_id: cid.into(), ifname: "eth0".into() }).unwrap()
+    else {
+        panic!("allocation failed")
+    };
+    assert_eq!(mtu, 1450);
+    let k = c.lab.add_pod_at(node, ip.addr(), ip.prefix_len(), gateway).unwrap();
+    let pod = &c.lab.pods[k];
+    let r = agent(c, node)
+        .call(AgentOp::Attach {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            host_if: pod.host_if.clone(),
+            mac: pod.mac.parse().unwrap(),
+        })
+        .unwrap();
+    assert!(matches!(r, AgentReply::Attached { .. }), "{r:?}\n{}", c.runs[node].agent.log());
+    k
+}
+
+fn routes(sock: &Path) -> Vec<String> {
+    match Client::connect(sock).unwrap().call(Op::Dump { table: Table::Routes }).unwrap() {
+        Reply::Routes { routes } => routes.iter().map(|r| format!("{} via {}", r.prefix, r.via)).collect(),
+        r => panic!("{r:?}"),
+    }
+}
+
+fn ping(ns: &Netns, dst: Ipv4Addr) -> bool {
+    ns.command("ping")
+        .args(["-c", "2", "-i", "0.2", "-W", "2"])
+        .arg(dst.to_string())
+        .output()
+        .expect("ping is installed")
+        .status
+        .success()
+}
+
+fn leases(c: &Cluster, i: usize) -> Vec<String> {
+    match agent(c, i).call(AgentOp::Status).unwrap() {
+        AgentReply::Status { leases, .. } => leases.iter().map(|l| format!("{}={}", l.subnet, l.public_ip)).collect(),
+        r => panic!("{r:?}"),
+    }
+}
+
+#[test]
+fn three_agents_leases_routes_expiry_and_flannel_leases() {
+    if !privileged("three_agents_leases_routes_expiry_and_flannel_leases") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut c = cluster("xa-three", 3);
+    // Every agent sees all three leases; every xlaned has a route to the two others.
+    wait_for("three leases everywhere", Duration::from_secs(5), || (0..3).all(|i| leases(&c, i).len() == 3));
+    for r in &c.runs {
+        wait_for("two routes", Duration::from_secs(5), || routes(&r.xl_sock).len() == 2);
+    }
+    let p0 = add_pod(&mut c, 0, "pod-a");
+    let p1 = add_pod(&mut c, 1, "pod-b");
+    assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip), "pod to pod across nodes, set up by the agents");
+
+    // A lease written by hand in flannel's exact JSON is a remote node like any other.
+    let flannel = r#"{"PublicIP":"192.168.50.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"b2:41:9c:3e:51:0a"}}"#;
+    let attrs: LeaseAttrs = serde_json::from_str(flannel).unwrap();
+    let store = FileStore::open(c.dir.join("store")).unwrap();
+    store.put_lease("10.244.200.0/24".parse().unwrap(), &attrs, Duration::from_secs(60)).unwrap();
+    wait_for("the flannel lease routed", Duration::from_secs(3), || {
+        routes(&c.runs[0].xl_sock).iter().any(|r| r == "10.244.200.0/24 via 192.168.50.3")
+    });
+
+    // Node 2's agent dies without cleanup: its lease expires and its routes go away
+    // everywhere within TTL + 2 s.
+    let gone = match agent(&c, 2).call(AgentOp::Status).unwrap() {
+        AgentReply::Status { lease: Some(l), .. } => l.subnet.to_string(),
+        r => panic!("{r:?}"),
+    };
+    c.runs[2].agent.stop(nix::sys::signal::Signal::SIGKILL);
+    let took = wait_for("routes withdrawn after expiry", Duration::from_secs(TTL + 2), || {
+        (0..2).all(|i| !routes(&c.runs[i].xl_sock).iter().any(|r| r.starts_with(&gone)))
+    });
+    eprintln!("lease of {gone} expired and withdrawn after {took:?} (TTL {TTL} s)");
+    assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip), "unaffected traffic flows on");
+}
+
+#[test]
+fn restarts_of_agent_and_xlaned_lose_nothing() {
+    if !privileged("restarts_of_agent_and_xlaned_lose_nothing") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut c = cluster("xa-restart", 2);
+    let p0 = add_pod(&mut c, 0, "pod-a");
+    let p1 = add_pod(&mut c, 1, "pod-b");
+    wait_for("routes", Duration::from_secs(5), || routes(&c.runs[0].xl_sock).len() == 1);
+    assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip));
+    let subnet_before = leases(&c, 0);
+
+    // The agent restarts: xlaned keeps forwarding meanwhile; the agent keeps its subnet
+    // and its pods' addresses, and changes nothing that was right.
+    c.runs[0].agent.stop(nix::sys::signal::Signal::SIGTERM);
+    assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip), "forwarding without the agent");
+    let generation = |sock: &Path| match Client::connect(sock).unwrap().call(Op::Status).unwrap() {
+        Reply::Status(s) => s.generation,
+        r => panic!("{r:?}"),
+    };
+    let g0 = generation(&c.runs[0].xl_sock);
+    c.runs[0].agent = start_agent(&c.lab.nodes[0].ns, &c.dir, 0);
+    assert_eq!(leases(&c, 0), subnet_before);
+    assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip));
+    let g1 = generation(&c.runs[0].xl_sock);
+    assert!(g1 - g0 <= 1, "a restarted agent re-sent only the VTEP (generation {g0} → {g1})");
+    let AgentReply::Allocated { ip, .. } =
+        agent(&c, 0).call(AgentOp::Add { container_id: "pod-a".into(), ifname: "eth0".into() }).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(ip.addr(), c.lab.pods[p0].ip, "the pod keeps its address across the restart");
+
+    // xlaned restarts: the agent replays VTEP, nodes, routes and endpoints.
+    c.runs[0].xlaned.stop(nix::sys::signal::Signal::SIGKILL);
+    c.runs[0].xlaned = start_xlaned(&c.lab.nodes[0].ns, &c.dir, 0);
+    let took = wait_for("pod reachable after xlaned restart", Duration::from_secs(15), || {
+        ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip)
+    });
+    eprintln!("traffic back {took:?} after xlaned restarted");
+    assert_eq!(routes(&c.runs[0].xl_sock).len(), 1);
+
+    // Delete is idempotent and frees the address.
+    for _ in 0..2 {
+        let r = agent(&c, 0).call(AgentOp::Del { container_id: "pod-a".into(), ifname: "eth0".into() }).unwrap();
+        assert!(matches!(r, AgentReply::Released { .. }), "{r:?}");
+    }
+    match agent(&c, 0).call(AgentOp::Status).unwrap() {
+        AgentReply::Status { allocations, .. } => assert!(allocations.is_empty(), "{allocations:?}"),
+        r => panic!("{r:?}"),
+    }
+    let _ = &c.runs[0].state;
+}
+
+#[test]
+fn bad_config_and_bad_requests_are_explained() {
+    if !privileged("bad_config_and_bad_requests_are_explained") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let c = cluster("xa-bad", 1);
+    // An agent given an invalid network config refuses to start, saying why.
+    let dir = c.dir.join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    FileStore::open(dir.join("store"))
+        .unwrap()
+        .put_network_config(r#"{"Network":"10.244.0.0/16","SubnetLen":8}"#)
+        .unwrap();
+    let mut args = agent_args(&dir, 0);
+    args[5] = c.runs[0].xl_sock.to_string_lossy().into_owned();
+    let mut bad = Proc::start(&c.lab.nodes[0].ns, &workspace_binary("xlane-agent"), &args, dir.join("agent.log"));
+    let st = bad.exit_status(Duration::from_secs(10)).expect("the agent exits");
+    assert!(!st.success());
+    assert!(bad.log().contains("SubnetLen"), "{}", bad.log());
+
+    // Bad API requests get errors; the agent stays up.
+    let sock = &c.runs[0].agent_sock;
+    let raw = |line: &[u8]| {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        s.write_all(line).unwrap();
+        let mut reply = String::new();
+        std::io::BufReader::new(s).read_line(&mut reply).unwrap();
+        serde_json::from_str::<AgentReply>(&reply).unwrap()
+    };
+    for line in [&b"nonsense\n"[..], b"{\"version\":7,\"op\":\"status\"}\n", b"{\"version\":1,\"op\":\"add\"}\n"] {
+        assert!(matches!(raw(line), AgentReply::Error { .. }), "{}", String::from_utf8_lossy(line));
+    }
+    let r = agent(&c, 0)
+        .call(AgentOp::Attach {
+            container_id: "nope".into(),
+            ifname: "eth0".into(),
+            host_if: "x".into(),
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+        })
+        .unwrap();
+    assert!(matches!(r, AgentReply::Error { .. }), "{r:?}");
+    assert!(matches!(agent(&c, 0).call(AgentOp::Status).unwrap(), AgentReply::Status { lease: Some(_), .. }));
+}
