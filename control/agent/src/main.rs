@@ -104,11 +104,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => println!("no lease yet"),
             }
-            println!("{:<20} {:<16} {}", "SUBNET", "NODE", "BACKEND");
+            println!("{:<20} {:<16} BACKEND", "SUBNET", "NODE");
             for l in leases {
                 println!("{:<20} {:<16} {}", l.subnet.to_string(), l.public_ip.to_string(), l.backend);
             }
-            println!("{:<16} {:<20} {:<8} {}", "ADDRESS", "CONTAINER", "IFNAME", "HOST-IF");
+            println!("{:<16} {:<20} {:<8} HOST-IF", "ADDRESS", "CONTAINER", "IFNAME");
             for a in allocations {
                 println!(
                     "{:<16} {:<20} {:<8} {}",
