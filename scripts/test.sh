@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the project, on a fresh machine of the lab's kind, as root.
-# Installs the system packages the tests need, then lints, builds and tests.
+# Installs the system packages the tests need (ping, etcd, protoc for the etcd client),
+# then lints, builds and tests.
 # Privileged tests (namespaces, XDP, AF_XDP) run for real; with CI=true a missing
 # privilege or tool fails them instead of skipping.
 set -euo pipefail
@@ -12,6 +13,9 @@ log "toolchain: $(cargo --version)"
 
 need=()
 command -v ping >/dev/null || need+=(iputils-ping)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -d /usr/include/google/protobuf ] || need+=(libprotobuf-dev)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     if [ "$(id -u)" -ne 0 ]; then
@@ -25,12 +29,16 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "warning: not root: privileged tests will be skipped (CI runs them as root)" >&2
 fi
 
-log "format and lints"
+log "format and lints (default features, and all features: etcd)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 log "unit, fixture, property, XDP, AF_XDP and end-to-end tests"
 cargo test --workspace --locked
+
+log "the agent's etcd datastore against real etcd (single member and a three-member cluster)"
+cargo test -p xlane-agent --features etcd --locked --test etcd
 
 log "benches, once each in test mode (they check their own inputs)"
 cargo test -p xlane-benches --benches --locked

@@ -35,6 +35,12 @@ struct Cli {
     /// Datastore engine.
     #[arg(long, env = "XLANE_AGENT_DATASTORE", value_enum, default_value = "file")]
     datastore: StoreKind,
+    /// etcd endpoints, comma-separated (with --datastore etcd).
+    #[arg(long, env = "XLANE_AGENT_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    etcd_endpoints: Vec<String>,
+    /// etcd key prefix (flannel's default, so both share one network).
+    #[arg(long, env = "XLANE_AGENT_ETCD_PREFIX", default_value = "/coreos.com/network")]
+    etcd_prefix: String,
     /// File datastore directory (shared by the agents of one host).
     #[arg(long, env = "XLANE_AGENT_STORE_DIR", default_value = "/var/lib/xlane/store")]
     store_dir: PathBuf,
@@ -123,10 +129,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let mut store = match cli.datastore {
-        StoreKind::File => FileStore::open(&cli.store_dir)?,
+    let mut store: Box<dyn xlane_agent::store::Datastore> = match cli.datastore {
+        StoreKind::File => Box::new(FileStore::open(&cli.store_dir)?),
+        #[cfg(feature = "etcd")]
+        StoreKind::Etcd => {
+            Box::new(xlane_agent::store::etcd::EtcdStore::connect(&cli.etcd_endpoints, &cli.etcd_prefix)?)
+        }
+        #[cfg(not(feature = "etcd"))]
         StoreKind::Etcd => anyhow::bail!(
-            "the etcd datastore is not built yet (planned behind the `etcd` feature); use --datastore file"
+            "this xlane-agent was built without etcd support: cargo build -p xlane-agent --features etcd (needs protoc); endpoints {:?}, prefix {}",
+            cli.etcd_endpoints,
+            cli.etcd_prefix
         ),
     };
     anyhow::ensure!(cli.lease_ttl >= 3, "--lease-ttl must be at least 3 seconds");
@@ -163,7 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let shared = Arc::new(Mutex::new(Shared::default()));
     agent::serve_api(settings.api_socket.clone(), settings.xlaned_socket.clone(), Arc::clone(&shared))?;
-    agent::run(&settings, &mut store, &shared, &stop)?;
+    agent::run(&settings, store.as_mut(), &shared, &stop)?;
     let _ = std::fs::remove_file(&settings.api_socket);
     Ok(())
 }

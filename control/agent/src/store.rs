@@ -3,9 +3,11 @@
 //! * [`file::FileStore`]: the embedded default, for a single host, the lab and tests.
 //!   Several agents on one machine share a directory; mutations are serialized with
 //!   flock(2) and written atomically (write, fsync, rename).
-//! * etcd (v3 API, flannel's key schema): the distributed engine for real clusters.
-//!   (Planned: behind the `etcd` feature, because the client needs protoc to build.)
+//! * [`etcd::EtcdStore`] (v3 API, flannel's key schema): the distributed engine for real
+//!   clusters. Behind the `etcd` feature, because its client needs protoc to build.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod file;
 
 use crate::lease::{Lease, LeaseAttrs};
