@@ -2,74 +2,20 @@
 //! file datastore, each feeding its node's xlaned; pods get addresses and attachment
 //! through the agent's API, as the CNI plugin will.
 
-use std::net::Ipv4Addr;
+mod common;
+
+use common::{Proc, ping, routes, start_xlaned, wait_for};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
 use xlane_agent::lease::LeaseAttrs;
 use xlane_agent::store::file::FileStore;
-use xlane_api::{Client, Op, Reply, Table};
+use xlane_api::{Client, Op, Reply};
 use xlane_netlab::{Lab, Netns, privileged, workspace_binary};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 const TTL: u64 = 4;
-
-/// A process in a namespace, stopped by PID on drop.
-struct Proc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(ns: &Netns, bin: &Path, args: &[String], log: PathBuf) -> Self {
-        let f = std::fs::File::create(&log).unwrap();
-        let child = ns.command(bin.to_str().unwrap()).args(args).stdout(Stdio::null()).stderr(f).spawn().unwrap();
-        Self { child: Some(child), log }
-    }
-
-    fn stop(&mut self, sig: nix::sys::signal::Signal) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
-            let _ = nix::sys::signal::kill(pid, sig);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-
-    fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        let c = self.child.as_mut()?;
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                self.child = None;
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop(nix::sys::signal::Signal::SIGTERM);
-    }
-}
 
 struct NodeRun {
     xlaned: Proc,
@@ -95,15 +41,6 @@ impl Drop for Cluster {
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    t0.elapsed()
-}
-
 fn agent_args(dir: &Path, i: usize) -> Vec<String> {
     let d = |s: &str| dir.join(s).to_string_lossy().into_owned();
     vec![
@@ -118,15 +55,6 @@ fn agent_args(dir: &Path, i: usize) -> Vec<String> {
         "--lease-ttl".into(),
         TTL.to_string(),
     ]
-}
-
-fn start_xlaned(ns: &Netns, dir: &Path, i: usize) -> Proc {
-    let sock = dir.join(format!("xlaned{i}.sock"));
-    let args: Vec<String> =
-        vec!["--uplink".into(), "eth0".into(), "--socket".into(), sock.to_string_lossy().into_owned()];
-    let p = Proc::start(ns, &workspace_binary("xlaned"), &args, dir.join(format!("xlaned{i}.log")));
-    wait_for("xlaned socket", Duration::from_secs(10), || Client::connect(&sock).is_ok());
-    p
 }
 
 fn start_agent(ns: &Netns, dir: &Path, i: usize) -> Proc {
@@ -188,23 +116,6 @@ fn add_pod(c: &mut Cluster, node: usize, cid: &str) -> usize {
         .unwrap();
     assert!(matches!(r, AgentReply::Attached { .. }), "{r:?}\n{}", c.runs[node].agent.log());
     k
-}
-
-fn routes(sock: &Path) -> Vec<String> {
-    match Client::connect(sock).unwrap().call(Op::Dump { table: Table::Routes }).unwrap() {
-        Reply::Routes { routes } => routes.iter().map(|r| format!("{} via {}", r.prefix, r.via)).collect(),
-        r => panic!("{r:?}"),
-    }
-}
-
-fn ping(ns: &Netns, dst: Ipv4Addr) -> bool {
-    ns.command("ping")
-        .args(["-c", "2", "-i", "0.2", "-W", "2"])
-        .arg(dst.to_string())
-        .output()
-        .expect("ping is installed")
-        .status
-        .success()
 }
 
 fn leases(c: &Cluster, i: usize) -> Vec<String> {

@@ -2,6 +2,8 @@
 //! loopback with non-default ports and a temporary data directory, stopped by PID.
 #![cfg(feature = "etcd")]
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -213,4 +215,122 @@ fn three_members_survive_a_member_loss_and_wait_out_a_quorum_loss() {
     }
     let (leases, _) = EtcdStore::connect(&etcd.endpoints(), DEFAULT_PREFIX).unwrap().leases().unwrap();
     assert!(leases.iter().any(|l| l.subnet == la.subnet) && leases.iter().any(|l| l.subnet == lb.subnet), "{leases:?}");
+}
+
+/// Agents on a three-member etcd cluster feed their nodes' xlaned: pods talk across nodes;
+/// a member loss changes nothing; a killed agent's routes go within TTL + 2 s; during a
+/// quorum loss every node keeps its last known routes and traffic flows; when quorum
+/// returns the agents carry on.
+#[test]
+fn agents_on_etcd_through_member_and_quorum_loss() {
+    if !etcd_available("agents_on_etcd_through_member_and_quorum_loss")
+        || !xlane_netlab::privileged("agents_on_etcd_through_member_and_quorum_loss")
+    {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    use common::{Proc, ping, routes, start_xlaned, wait_for};
+    use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
+    const TTL: u64 = 4;
+    let mut etcd = Etcd::start(3, 3);
+    EtcdStore::connect(&etcd.endpoints(), DEFAULT_PREFIX)
+        .unwrap()
+        .put_network_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
+        .unwrap();
+    let mut lab = xlane_netlab::Lab::new("xa-etcd", 3).unwrap();
+    let dir = std::env::temp_dir().join(format!("xlane-agent-etcd-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut xlaneds: Vec<Proc> = lab.nodes.iter().enumerate().map(|(i, n)| start_xlaned(&n.ns, &dir, i)).collect();
+    let agent_sock = |i: usize| dir.join(format!("agent{i}.sock"));
+    let xl_sock = |i: usize| dir.join(format!("xlaned{i}.sock"));
+    // Agents need only unix sockets and etcd on loopback: they run in this namespace.
+    let endpoints = etcd.endpoints().join(",");
+    let start_agent = |i: usize| {
+        let p = |s: String| dir.join(s).to_string_lossy().into_owned();
+        let args = vec![
+            "--datastore".into(),
+            "etcd".into(),
+            "--etcd-endpoints".into(),
+            endpoints.clone(),
+            "--state-dir".into(),
+            p(format!("state{i}")),
+            "--xlaned-socket".into(),
+            p(format!("xlaned{i}.sock")),
+            "--socket".into(),
+            p(format!("agent{i}.sock")),
+            "--lease-ttl".into(),
+            TTL.to_string(),
+        ];
+        let a =
+            Proc::start_here(&xlane_netlab::workspace_binary("xlane-agent"), &args, dir.join(format!("agent{i}.log")));
+        wait_for("agent in sync", Duration::from_secs(15), || {
+            AgentClient::connect(agent_sock(i))
+                .and_then(|mut c| c.call(AgentOp::Status))
+                .is_ok_and(|r| matches!(r, AgentReply::Status { lease: Some(_), dataplane_synced: true, .. }))
+        });
+        a
+    };
+    let mut agents: Vec<Proc> = (0..3).map(start_agent).collect();
+    for i in 0..3 {
+        wait_for("routes to the two other nodes", Duration::from_secs(10), || routes(&xl_sock(i)).len() == 2);
+    }
+    let mut pods = Vec::new();
+    for (node, cid) in [(0usize, "a"), (1, "b")] {
+        let mut c = AgentClient::connect(agent_sock(node)).unwrap();
+        let AgentReply::Allocated { ip, gateway, .. } =
+            c.call(AgentOp::Add { container_id: cid.into(), ifname: "eth0".into() }).unwrap()
+        else {
+            panic!()
+        };
+        let k = lab.add_pod_at(node, ip.addr(), ip.prefix_len(), gateway).unwrap();
+        let pod = &lab.pods[k];
+        let r = c
+            .call(AgentOp::Attach {
+                container_id: cid.into(),
+                ifname: "eth0".into(),
+                host_if: pod.host_if.clone(),
+                mac: pod.mac.parse().unwrap(),
+            })
+            .unwrap();
+        assert!(matches!(r, AgentReply::Attached { .. }), "{r:?}");
+        pods.push(k);
+    }
+    let (pa, pb) = (&lab.pods[pods[0]], &lab.pods[pods[1]]);
+    assert!(ping(&pa.ns, pb.ip));
+
+    // A member down: nothing changes.
+    etcd.kill(0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(routes(&xl_sock(0)).len(), 2);
+    assert!(ping(&pa.ns, pb.ip));
+
+    // Agent 2 dies without cleanup: its routes go within TTL + 2 s (two members still up).
+    let gone = routes(&xl_sock(0)).into_iter().find(|r| r.ends_with("via 192.168.50.3")).expect("a route to node 2");
+    agents[2].stop(nix::sys::signal::Signal::SIGKILL);
+    let took = wait_for("node 2's routes withdrawn", Duration::from_secs(TTL + 2), || {
+        (0..2).all(|i| !routes(&xl_sock(i)).contains(&gone))
+    });
+    eprintln!("lease expired and withdrawn after {took:?} (TTL {TTL} s) with one etcd member down");
+
+    // Quorum lost: every node keeps its last known routes; traffic flows.
+    etcd.kill(1);
+    std::thread::sleep(Duration::from_secs(TTL));
+    assert_eq!(routes(&xl_sock(0)).len(), 1, "routes kept without quorum");
+    assert!(ping(&pa.ns, pb.ip), "traffic flows without quorum");
+    // Quorum back: the agents carry on (agent 2 comes back and is routed again).
+    etcd.restart(1);
+    agents[2] = start_agent(2);
+    wait_for("node 2 routed again", Duration::from_secs(15), || {
+        routes(&xl_sock(0)).len() == 2 && routes(&xl_sock(1)).len() == 2
+    });
+    assert!(ping(&pa.ns, pb.ip));
+    for a in &mut agents {
+        a.stop(nix::sys::signal::Signal::SIGTERM);
+    }
+    for x in &mut xlaneds {
+        x.stop(nix::sys::signal::Signal::SIGTERM);
+    }
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
 }
