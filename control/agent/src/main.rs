@@ -32,6 +32,10 @@ enum StoreKind {
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
+    /// TOML file with any of these settings (keys as the flag names, e.g.
+    /// `store-dir = "/srv/xlane"`); flags and environment variables beat it.
+    #[arg(long, env = "XLANE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
     /// Datastore engine.
     #[arg(long, env = "XLANE_AGENT_DATASTORE", value_enum, default_value = "file")]
     datastore: StoreKind,
@@ -82,8 +86,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let cli = Cli::parse();
-    let code = match run(cli) {
+    let code = match parse_cli().and_then(run) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -91,6 +94,57 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// The file form of the settings.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct File {
+    datastore: Option<String>,
+    etcd_endpoints: Option<Vec<String>>,
+    etcd_prefix: Option<String>,
+    store_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    xlaned_socket: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    network_config: Option<PathBuf>,
+    public_ip: Option<Ipv4Addr>,
+    vtep_mac: Option<Mac>,
+    lease_ttl: Option<u64>,
+}
+
+/// Parse flags and environment, then fill what neither set from `--config`.
+fn parse_cli() -> anyhow::Result<Cli> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let Some(path) = cli.config.clone() else { return Ok(cli) };
+    let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+    let file: File = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+    let unset =
+        |id: &str| !matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+    if let Some(v) = file.datastore.filter(|_| unset("datastore")) {
+        cli.datastore = StoreKind::from_str(&v, true).map_err(|e| anyhow::anyhow!("config datastore: {e}"))?;
+    }
+    macro_rules! take {
+        ($($field:ident),*) => {$(
+            if let Some(v) = file.$field.filter(|_| unset(stringify!($field))) {
+                cli.$field = v.into();
+            }
+        )*};
+    }
+    take!(etcd_endpoints, etcd_prefix, store_dir, state_dir, xlaned_socket, socket, lease_ttl);
+    if let Some(v) = file.network_config.filter(|_| unset("network_config")) {
+        cli.network_config = Some(v);
+    }
+    if let Some(v) = file.public_ip.filter(|_| unset("public_ip")) {
+        cli.public_ip = Some(v);
+    }
+    if let Some(v) = file.vtep_mac.filter(|_| unset("vtep_mac")) {
+        cli.vtep_mac = Some(v);
+    }
+    Ok(cli)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
