@@ -12,9 +12,10 @@ use crate::api::{AgentOp, AgentReply, AllocationInfo, LeaseInfo};
 use crate::ipam::Ipam;
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netconf::NetConfig;
-use crate::store::{Datastore, StoreError};
+use crate::store::{Datastore, Event, StoreError};
 use crate::sync;
 use ipnet::Ipv4Net;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -148,8 +149,13 @@ pub fn run(
     }
 
     let vtep = Vtep { ip: public_ip, mac: settings.vtep_mac, vni: net.vni, port: net.port, subnet: Some(lease.subnet) };
-    let (mut leases, mut rev) = store.leases()?;
-    let mut in_sync = program(&mut xl, vtep, &leases, &lease, net.vni, shared, true).is_ok();
+    let (listed, mut rev) = store.leases()?;
+    let mut leases: BTreeMap<Ipv4Net, Lease> = listed.into_iter().map(|l| (l.subnet, l)).collect();
+    // What xlaned holds, as last programmed: watch events are diffed against it in
+    // memory, so an event costs only its own changes (no re-list, no table dumps).
+    shared.lock().expect("not poisoned").leases = leases.values().cloned().collect();
+    let mut programmed = BTreeMap::new();
+    let mut in_sync = program(&mut xl, vtep, &leases, &lease, net.vni, shared, true, &mut programmed).is_ok();
     let mut last_renew = Instant::now();
     let renew_every = settings.ttl / 3;
     let mut last_generation = 0;
@@ -178,19 +184,26 @@ pub fn run(
                 rev = r;
                 if !events.is_empty() {
                     tracing::debug!(events = events.len(), "lease changes");
-                    let (l, r) = store.leases()?;
-                    leases = l;
-                    rev = r;
+                    for ev in events {
+                        match ev {
+                            Event::Upsert(l) => {
+                                leases.insert(l.subnet, l);
+                            }
+                            Event::Removed(s) => {
+                                leases.remove(&s);
+                            }
+                        }
+                    }
                     if in_sync {
-                        in_sync = apply_leases(&mut xl, &leases, &lease, net.vni)
+                        in_sync = apply_events(&mut xl, &leases, &lease, net.vni, &mut programmed)
                             .map_err(|e| tracing::warn!(error = %e, "applying lease changes"))
                             .is_ok();
                     }
+                    shared.lock().expect("not poisoned").leases = leases.values().cloned().collect();
                 }
             }
             Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
         }
-        shared.lock().expect("not poisoned").leases.clone_from(&leases);
         // Heartbeat: a restarted xlaned (new connection, or a generation that went back)
         // gets the full state again.
         let alive = match xl.call(Op::Status) {
@@ -211,7 +224,7 @@ pub fn run(
                 xl = c;
             }
             let vtep = Vtep { subnet: Some(lease.subnet), ..vtep };
-            in_sync = program(&mut xl, vtep, &leases, &lease, net.vni, shared, !alive).is_ok();
+            in_sync = program(&mut xl, vtep, &leases, &lease, net.vni, shared, !alive, &mut programmed).is_ok();
             last_generation = 0;
         }
         shared.lock().expect("not poisoned").synced = in_sync;
@@ -222,18 +235,20 @@ pub fn run(
 
 /// Set the VTEP, reconcile nodes and routes, and (after an xlaned restart) re-attach
 /// every known endpoint.
+#[allow(clippy::too_many_arguments, reason = "the loop's state, passed explicitly")]
 fn program(
     xl: &mut Client,
     vtep: Vtep,
-    leases: &[Lease],
+    leases: &BTreeMap<Ipv4Net, Lease>,
     own: &Lease,
     vni: u32,
     shared: &Arc<Mutex<Shared>>,
     endpoints: bool,
+    programmed: &mut BTreeMap<Ipv4Addr, sync::Remote>,
 ) -> Result<(), AgentError> {
     let r = (|| {
         xlaned_call(xl, Op::SetVtep(vtep))?;
-        apply_leases(xl, leases, own, vni)?;
+        apply_leases(xl, leases, own, vni, programmed)?;
         if endpoints {
             let list: Vec<(Ipv4Addr, String, Mac)> = shared
                 .lock()
@@ -258,8 +273,16 @@ fn program(
     r
 }
 
-fn apply_leases(xl: &mut Client, leases: &[Lease], own: &Lease, vni: u32) -> Result<(), AgentError> {
-    let want = sync::desired(leases, Some(own.subnet), own.attrs.public_ip, vni);
+/// Reconcile against what xlaned reports (startup, xlaned restart).
+fn apply_leases(
+    xl: &mut Client,
+    leases: &BTreeMap<Ipv4Net, Lease>,
+    own: &Lease,
+    vni: u32,
+    programmed: &mut BTreeMap<Ipv4Addr, sync::Remote>,
+) -> Result<(), AgentError> {
+    let list: Vec<Lease> = leases.values().cloned().collect();
+    let want = sync::desired(&list, Some(own.subnet), own.attrs.public_ip, vni);
     let Reply::Nodes { nodes } = xlaned_call(xl, Op::Dump { table: Table::Nodes })? else {
         return Err(AgentError::Dataplane("unexpected nodes reply".into()));
     };
@@ -267,11 +290,33 @@ fn apply_leases(xl: &mut Client, leases: &[Lease], own: &Lease, vni: u32) -> Res
         return Err(AgentError::Dataplane("unexpected routes reply".into()));
     };
     let changes: Vec<Change> = sync::diff(&nodes, &routes, &want);
+    send(xl, &changes)?;
+    *programmed = want;
+    Ok(())
+}
+
+/// Apply lease events: diff the new desired state against what was programmed.
+fn apply_events(
+    xl: &mut Client,
+    leases: &BTreeMap<Ipv4Net, Lease>,
+    own: &Lease,
+    vni: u32,
+    programmed: &mut BTreeMap<Ipv4Addr, sync::Remote>,
+) -> Result<(), AgentError> {
+    let list: Vec<Lease> = leases.values().cloned().collect();
+    let want = sync::desired(&list, Some(own.subnet), own.attrs.public_ip, vni);
+    let changes = sync::diff_desired(programmed, &want);
+    send(xl, &changes)?;
+    *programmed = want;
+    Ok(())
+}
+
+fn send(xl: &mut Client, changes: &[Change]) -> Result<(), AgentError> {
     for batch in changes.chunks(BATCH) {
         xlaned_call(xl, Op::Apply { changes: batch.to_vec() })?;
     }
     if !changes.is_empty() {
-        tracing::info!(changes = changes.len(), nodes = want.len(), "dataplane updated");
+        tracing::info!(changes = changes.len(), "dataplane updated");
     }
     Ok(())
 }

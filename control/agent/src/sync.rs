@@ -77,6 +77,38 @@ pub fn diff(nodes: &[NodeInfo], routes: &[RouteInfo], want: &BTreeMap<Ipv4Addr, 
     changes
 }
 
+/// The changes from one desired state to another, without asking xlaned: used for watch
+/// events once the dataplane is known to match `old`. Same order as [`diff`].
+#[must_use]
+pub fn diff_desired(old: &BTreeMap<Ipv4Addr, Remote>, new: &BTreeMap<Ipv4Addr, Remote>) -> Vec<Change> {
+    let routes = |m: &BTreeMap<Ipv4Addr, Remote>| -> BTreeMap<Ipv4Net, Ipv4Addr> {
+        m.iter().flat_map(|(ip, r)| r.subnets.iter().map(move |s| (*s, *ip))).collect()
+    };
+    let (old_routes, new_routes) = (routes(old), routes(new));
+    let mut changes = Vec::new();
+    for (prefix, via) in &old_routes {
+        if new_routes.get(prefix) != Some(via) {
+            changes.push(Change::DelRoute { prefix: *prefix });
+        }
+    }
+    for ip in old.keys() {
+        if !new.contains_key(ip) {
+            changes.push(Change::DelNode { underlay_ip: *ip });
+        }
+    }
+    for (ip, r) in new {
+        if old.get(ip).is_none_or(|o| o.vtep_mac != r.vtep_mac) {
+            changes.push(Change::AddNode { underlay_ip: *ip, vtep_mac: r.vtep_mac, next_hop_mac: None });
+        }
+    }
+    for (prefix, via) in &new_routes {
+        if old_routes.get(prefix) != Some(via) {
+            changes.push(Change::AddRoute { prefix: *prefix, via: *via });
+        }
+    }
+    changes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +159,36 @@ mod tests {
     fn diff_of_a_matching_dataplane_is_empty() {
         let d = desired(&[lease("10.244.2.0/24", 2, 1)], None, Ipv4Addr::new(192, 168, 50, 1), 1);
         assert!(diff(&[node(2)], &[route("10.244.2.0/24", 2)], &d).is_empty());
+    }
+
+    /// Diffing two desired states gives what diffing xlaned's tables would.
+    #[test]
+    fn diff_desired_matches_diff_against_the_dataplane() {
+        let me = Ipv4Addr::new(192, 168, 50, 1);
+        let before = desired(
+            &[lease("10.244.2.0/24", 2, 1), lease("10.244.3.0/24", 3, 1), lease("10.244.4.0/24", 3, 1)],
+            None,
+            me,
+            1,
+        );
+        let mut moved = lease("10.244.3.0/24", 4, 1);
+        moved.attrs.backend_data["VtepMAC"] = "0e:00:00:00:04:01".into();
+        let after = desired(&[lease("10.244.2.0/24", 2, 1), moved, lease("10.244.5.0/24", 5, 1)], None, me, 1);
+        let nodes: Vec<NodeInfo> = before
+            .iter()
+            .map(|(ip, r)| NodeInfo {
+                underlay_ip: *ip,
+                vtep_mac: r.vtep_mac,
+                next_hop_mac: None,
+                source: String::new(),
+            })
+            .collect();
+        let routes: Vec<RouteInfo> = before
+            .iter()
+            .flat_map(|(ip, r)| r.subnets.iter().map(|s| RouteInfo { prefix: *s, via: *ip, resolved: true }))
+            .collect();
+        assert_eq!(diff_desired(&before, &after), diff(&nodes, &routes, &after));
+        assert!(diff_desired(&after, &after).is_empty());
     }
 
     #[test]
