@@ -159,6 +159,7 @@ pub fn run(
     let mut last_renew = Instant::now();
     let renew_every = settings.ttl / 3;
     let mut last_generation = 0;
+    let mut last_heartbeat = Instant::now();
 
     while !stop.load(Ordering::Relaxed) {
         if last_renew.elapsed() >= renew_every {
@@ -180,8 +181,24 @@ pub fn run(
             }
         }
         match store.watch(rev, Duration::from_millis(300)) {
-            Ok((events, r)) => {
+            Ok((mut events, r)) => {
                 rev = r;
+                // etcd delivers one response per change: take everything already
+                // waiting (for at most 50 ms) and apply it as one batch.
+                let drain_until = Instant::now() + Duration::from_millis(50);
+                while !events.is_empty() && Instant::now() < drain_until {
+                    match store.watch(rev, Duration::ZERO) {
+                        Ok((more, r)) if !more.is_empty() => {
+                            rev = r;
+                            events.extend(more);
+                        }
+                        Ok((_, r)) => {
+                            rev = r;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
                 if !events.is_empty() {
                     tracing::debug!(events = events.len(), "lease changes");
                     for ev in events {
@@ -204,8 +221,13 @@ pub fn run(
             }
             Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
         }
-        // Heartbeat: a restarted xlaned (new connection, or a generation that went back)
-        // gets the full state again.
+        // Heartbeat (once a second): a restarted xlaned (new connection, or a generation
+        // that went back) gets the full state again.
+        if in_sync && last_heartbeat.elapsed() < Duration::from_secs(1) {
+            shared.lock().expect("not poisoned").synced = true;
+            continue;
+        }
+        last_heartbeat = Instant::now();
         let alive = match xl.call(Op::Status) {
             Ok(Reply::Status(s)) if s.generation >= last_generation => {
                 last_generation = s.generation;

@@ -196,7 +196,7 @@ fn control_plane(nodes: u32, rate: u32, store: Store, json: Option<&Path>) -> an
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     for (s, w) in &written {
         if let Some(t) = seen.get(s) {
             h.record(u64::try_from(t.saturating_duration_since(*w).as_micros()).unwrap_or(u64::MAX).max(1))?;

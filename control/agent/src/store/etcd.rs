@@ -307,7 +307,19 @@ impl EtcdStore {
         }
         let prefix = self.subnets_prefix();
         let stream = self.watch.as_mut().expect("created above");
-        let msg = self.rt.block_on(async { tokio::time::timeout(timeout, stream.message()).await });
+        // Skip responses that carry nothing (the "created" acknowledgement, progress
+        // notifications) until events, a cancellation, or the timeout.
+        let msg = self.rt.block_on(async {
+            tokio::time::timeout(timeout, async {
+                loop {
+                    match stream.message().await {
+                        Ok(Some(r)) if r.events().is_empty() && !r.canceled() && r.compact_revision() == 0 => {}
+                        other => return other,
+                    }
+                }
+            })
+            .await
+        });
         let resp = match msg {
             Err(_) => return Ok((Vec::new(), Self::rev(self.revision))), // nothing within the timeout
             Ok(Err(e)) => {
