@@ -212,7 +212,7 @@ pub fn run(
                         }
                     }
                     if in_sync {
-                        in_sync = apply_events(&mut xl, &leases, &lease, net.vni, &mut programmed)
+                        in_sync = converge(&mut xl, &leases, &lease, net.vni, &mut programmed, Baseline::Programmed)
                             .map_err(|e| tracing::warn!(error = %e, "applying lease changes"))
                             .is_ok();
                     }
@@ -270,7 +270,7 @@ fn program(
 ) -> Result<(), AgentError> {
     let r = (|| {
         xlaned_call(xl, Op::SetVtep(vtep))?;
-        apply_leases(xl, leases, own, vni, programmed)?;
+        converge(xl, leases, own, vni, programmed, Baseline::Dataplane)?;
         if endpoints {
             let list: Vec<(Ipv4Addr, String, Mac)> = shared
                 .lock()
@@ -295,39 +295,38 @@ fn program(
     r
 }
 
-/// Reconcile against what xlaned reports (startup, xlaned restart).
-fn apply_leases(
-    xl: &mut Client,
-    leases: &BTreeMap<Ipv4Net, Lease>,
-    own: &Lease,
-    vni: u32,
-    programmed: &mut BTreeMap<Ipv4Addr, sync::Remote>,
-) -> Result<(), AgentError> {
-    let list: Vec<Lease> = leases.values().cloned().collect();
-    let want = sync::desired(&list, Some(own.subnet), own.attrs.public_ip, vni);
-    let Reply::Nodes { nodes } = xlaned_call(xl, Op::Dump { table: Table::Nodes })? else {
-        return Err(AgentError::Dataplane("unexpected nodes reply".into()));
-    };
-    let Reply::Routes { routes } = xlaned_call(xl, Op::Dump { table: Table::Routes })? else {
-        return Err(AgentError::Dataplane("unexpected routes reply".into()));
-    };
-    let changes: Vec<Change> = sync::diff(&nodes, &routes, &want);
-    send(xl, &changes)?;
-    *programmed = want;
-    Ok(())
+/// Where the diff for bringing xlaned to the leases' state starts from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Baseline {
+    /// Ask xlaned for its tables (startup, xlaned restart).
+    Dataplane,
+    /// What we programmed last (watch events): no dumps, only the changes.
+    Programmed,
 }
 
-/// Apply lease events: diff the new desired state against what was programmed.
-fn apply_events(
+/// Bring xlaned's remote nodes and routes to what the leases say.
+fn converge(
     xl: &mut Client,
     leases: &BTreeMap<Ipv4Net, Lease>,
     own: &Lease,
     vni: u32,
     programmed: &mut BTreeMap<Ipv4Addr, sync::Remote>,
+    from: Baseline,
 ) -> Result<(), AgentError> {
     let list: Vec<Lease> = leases.values().cloned().collect();
     let want = sync::desired(&list, Some(own.subnet), own.attrs.public_ip, vni);
-    let changes = sync::diff_desired(programmed, &want);
+    let changes = match from {
+        Baseline::Programmed => sync::diff_desired(programmed, &want),
+        Baseline::Dataplane => {
+            let Reply::Nodes { nodes } = xlaned_call(xl, Op::Dump { table: Table::Nodes })? else {
+                return Err(AgentError::Dataplane("unexpected nodes reply".into()));
+            };
+            let Reply::Routes { routes } = xlaned_call(xl, Op::Dump { table: Table::Routes })? else {
+                return Err(AgentError::Dataplane("unexpected routes reply".into()));
+            };
+            sync::diff(&nodes, &routes, &want)
+        }
+    };
     send(xl, &changes)?;
     *programmed = want;
     Ok(())

@@ -98,24 +98,8 @@ fn agent(c: &Cluster, i: usize) -> AgentClient {
 
 /// Do what the CNI plugin does: allocate, create the pod, attach.
 fn add_pod(c: &mut Cluster, node: usize, cid: &str) -> usize {
-    let AgentReply::Allocated { ip, gateway, mtu, .. } =
-        agent(c, node).call(AgentOp::Add { container_id: cid.into(), ifname: "eth0".into() }).unwrap()
-    else {
-        panic!("allocation failed")
-    };
-    assert_eq!(mtu, 1450);
-    let k = c.lab.add_pod_at(node, ip.addr(), ip.prefix_len(), gateway).unwrap();
-    let pod = &c.lab.pods[k];
-    let r = agent(c, node)
-        .call(AgentOp::Attach {
-            container_id: cid.into(),
-            ifname: "eth0".into(),
-            host_if: pod.host_if.clone(),
-            mac: pod.mac.parse().unwrap(),
-        })
-        .unwrap();
-    assert!(matches!(r, AgentReply::Attached { .. }), "{r:?}\n{}", c.runs[node].agent.log());
-    k
+    let sock = c.runs[node].agent_sock.clone();
+    common::attach_pod(&mut c.lab, &sock, node, cid)
 }
 
 fn leases(c: &Cluster, i: usize) -> Vec<String> {

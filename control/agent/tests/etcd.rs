@@ -275,27 +275,10 @@ fn agents_on_etcd_through_member_and_quorum_loss() {
     for i in 0..3 {
         wait_for("routes to the two other nodes", Duration::from_secs(10), || routes(&xl_sock(i)).len() == 2);
     }
-    let mut pods = Vec::new();
-    for (node, cid) in [(0usize, "a"), (1, "b")] {
-        let mut c = AgentClient::connect(agent_sock(node)).unwrap();
-        let AgentReply::Allocated { ip, gateway, .. } =
-            c.call(AgentOp::Add { container_id: cid.into(), ifname: "eth0".into() }).unwrap()
-        else {
-            panic!()
-        };
-        let k = lab.add_pod_at(node, ip.addr(), ip.prefix_len(), gateway).unwrap();
-        let pod = &lab.pods[k];
-        let r = c
-            .call(AgentOp::Attach {
-                container_id: cid.into(),
-                ifname: "eth0".into(),
-                host_if: pod.host_if.clone(),
-                mac: pod.mac.parse().unwrap(),
-            })
-            .unwrap();
-        assert!(matches!(r, AgentReply::Attached { .. }), "{r:?}");
-        pods.push(k);
-    }
+    let pods: Vec<usize> = [(0usize, "a"), (1, "b")]
+        .into_iter()
+        .map(|(node, cid)| common::attach_pod(&mut lab, &agent_sock(node), node, cid))
+        .collect();
     let (pa, pb) = (&lab.pods[pods[0]], &lab.pods[pods[1]]);
     assert!(ping(&pa.ns, pb.ip));
 

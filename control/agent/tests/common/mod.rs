@@ -106,3 +106,28 @@ pub fn ping(ns: &Netns, dst: Ipv4Addr) -> bool {
         .status
         .success()
 }
+
+/// Do what the CNI plugin does for a pod on `node`: allocate through the agent at
+/// `agent_sock`, create the pod with that address, attach it. Returns the pod's index.
+pub fn attach_pod(lab: &mut xlane_netlab::Lab, agent_sock: &Path, node: usize, cid: &str) -> usize {
+    use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
+    let mut c = AgentClient::connect(agent_sock).unwrap();
+    let AgentReply::Allocated { ip, gateway, mtu, .. } =
+        c.call(AgentOp::Add { container_id: cid.into(), ifname: "eth0".into() }).unwrap()
+    else {
+        panic!("allocation failed")
+    };
+    assert_eq!(mtu, 1450);
+    let k = lab.add_pod_at(node, ip.addr(), ip.prefix_len(), gateway).unwrap();
+    let pod = &lab.pods[k];
+    let r = c
+        .call(AgentOp::Attach {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            host_if: pod.host_if.clone(),
+            mac: pod.mac.parse().unwrap(),
+        })
+        .unwrap();
+    assert!(matches!(r, AgentReply::Attached { .. }), "{r:?}");
+    k
+}
