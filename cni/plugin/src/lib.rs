@@ -6,4 +6,5 @@
 //! (Next: the veth attach through the agent's API, IPAM delegation, the binary.)
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod protocol;

@@ -6,6 +6,7 @@
 //! machine of the lab's kind has.
 #![forbid(unsafe_code)]
 
+pub mod process;
 pub mod topology;
 
 pub use topology::{Lab, Node, Pod};

@@ -3,83 +3,11 @@
 #![allow(unreachable_pub, reason = "a module shared by test crates")]
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 use xlane_api::{Client, Op, Reply, Table};
+pub use xlane_netlab::process::{Proc, wait_for};
 use xlane_netlab::{Netns, workspace_binary};
-
-/// A process in a namespace, stopped by PID on drop.
-pub struct Proc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    pub fn start(ns: &Netns, bin: &Path, args: &[String], log: PathBuf) -> Self {
-        let f = std::fs::File::create(&log).unwrap();
-        let child = ns.command(bin.to_str().unwrap()).args(args).stdout(Stdio::null()).stderr(f).spawn().unwrap();
-        Self { child: Some(child), log }
-    }
-
-    /// Start in the root namespace (for processes that need only unix sockets and
-    /// loopback, like an agent talking to etcd).
-    pub fn start_here(bin: &Path, args: &[String], log: PathBuf) -> Self {
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(f).spawn().unwrap();
-        Self { child: Some(child), log }
-    }
-
-    pub fn stop(&mut self, sig: nix::sys::signal::Signal) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
-            let _ = nix::sys::signal::kill(pid, sig);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-
-    pub fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        let c = self.child.as_mut()?;
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                self.child = None;
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop(nix::sys::signal::Signal::SIGTERM);
-    }
-}
-
-pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    t0.elapsed()
-}
 
 pub fn start_xlaned(ns: &Netns, dir: &Path, i: usize) -> Proc {
     let sock = dir.join(format!("xlaned{i}.sock"));
