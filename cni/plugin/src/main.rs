@@ -46,7 +46,13 @@ fn run(stdin: &[u8], requested: Option<&str>, version: &str) -> Result<Option<se
         ));
     }
     match env.command {
-        Command::Add => attach::add(&env, &conf).map(|a| Some(protocol::add_result(version, &a))),
+        Command::Add => attach::add(&env, &conf).map(|a| {
+            let ours = protocol::add_result(version, &a);
+            Some(match &conf.prev_result {
+                Some(prev) => protocol::merge_prev(prev, ours),
+                None => ours,
+            })
+        }),
         Command::Del => attach::del(&env, &conf).map(|()| None),
         Command::Check => attach::check(&env, &conf).map(|()| None),
         Command::Status => attach::status(&conf).map(|()| None),

@@ -268,6 +268,36 @@ pub fn add_result(version: &str, a: &Attachment) -> serde_json::Value {
     serde_json::json!({"cniVersion": version, "interfaces": interfaces, "ips": [ip], "routes": routes, "dns": {}})
 }
 
+/// Merge our ADD result into a previous plugin's (when not first in a chain): their
+/// interfaces, IPs and routes come first, ours are appended with interface indices
+/// shifted; `dns` is kept from the previous result when present.
+#[must_use]
+pub fn merge_prev(prev: &serde_json::Value, ours: serde_json::Value) -> serde_json::Value {
+    let mut out = ours;
+    let list =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+    let prev_ifs = list(prev, "interfaces");
+    let shift = prev_ifs.len() as u64;
+    let mut ifs = prev_ifs;
+    ifs.extend(list(&out, "interfaces"));
+    let mut ips = list(prev, "ips");
+    ips.extend(list(&out, "ips").into_iter().map(|mut ip| {
+        if let Some(i) = ip.get("interface").and_then(serde_json::Value::as_u64) {
+            ip["interface"] = (i + shift).into();
+        }
+        ip
+    }));
+    let mut routes = list(prev, "routes");
+    routes.extend(list(&out, "routes"));
+    out["interfaces"] = ifs.into();
+    out["ips"] = ips.into();
+    out["routes"] = routes.into();
+    if let Some(dns) = prev.get("dns").filter(|d| d.as_object().is_some_and(|o| !o.is_empty())) {
+        out["dns"] = dns.clone();
+    }
+    out
+}
+
 /// The host-side interface name for a container's interface: deterministic, ≤ 15 bytes,
 /// and distinct per (container, interface).
 #[must_use]
@@ -377,6 +407,30 @@ mod tests {
         let e = CniError::new(Code::TryAgain, "agent not ready", "try again").to_json("1.0.0");
         assert_eq!((e["code"].as_u64(), e["cniVersion"].as_str()), (Some(11), Some("1.0.0")));
         assert_eq!(version_result(Some("0.4.0"))["supportedVersions"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn prev_result_is_merged_not_lost() {
+        let prev = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "macvlan0", "mac": "02:00:00:00:00:09", "sandbox": "/run/netns/p"}],
+            "ips": [{"address": "192.0.2.5/24", "interface": 0}],
+            "routes": [{"dst": "192.0.2.0/24"}],
+            "dns": {"nameservers": ["192.0.2.53"]}
+        });
+        let ours = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "xlhost", "mac": "ee:ee:00:00:01:02"}, {"name": "eth0", "mac": "0a:58:0a:f4:01:02", "sandbox": "/run/netns/p"}],
+            "ips": [{"address": "10.244.1.2/24", "gateway": "10.244.1.1", "interface": 1}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}],
+            "dns": {}
+        });
+        let m = merge_prev(&prev, ours);
+        assert_eq!(m["interfaces"].as_array().unwrap().len(), 3);
+        assert_eq!(m["ips"][0]["address"], "192.0.2.5/24");
+        assert_eq!(m["ips"][1]["interface"], 2, "our pod interface, shifted past theirs");
+        assert_eq!(m["routes"].as_array().unwrap().len(), 2);
+        assert_eq!(m["dns"]["nameservers"][0], "192.0.2.53");
     }
 
     #[test]
