@@ -80,8 +80,10 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Attachment, CniError> {
         return Err(CniError::new(Code::UnknownContainer, "network namespace not found", netns));
     }
     let mut c = agent(conf)?;
-    let AgentReply::Allocated { ip: addr, gateway, mtu, routes } =
-        call(&mut c, AgentOp::Add { container_id: env.container_id.clone(), ifname: env.ifname.clone() })?
+    let AgentReply::Allocated { ip: addr, gateway, mtu, routes } = call(
+        &mut c,
+        AgentOp::Add { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: Some(netns.clone()) },
+    )?
     else {
         return Err(CniError::new(Code::Io, "unexpected reply from xlane-agent", "to add"));
     };

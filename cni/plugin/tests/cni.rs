@@ -132,6 +132,17 @@ fn add_check_del_across_versions_and_nodes() {
     // The first packet after ADD goes through: ADD returned only once the port was ready.
     assert!(ping(&pods[0], &ip_of(&b)), "pod to pod across nodes");
     assert!(ping(&pods[0], &ip_of(&c)), "pod to pod on one node");
+    match xlane_agent::api::AgentClient::connect(&s.nodes[0].agent_sock)
+        .unwrap()
+        .call(xlane_agent::api::AgentOp::Status)
+        .unwrap()
+    {
+        xlane_agent::api::AgentReply::Status { allocations, .. } => {
+            let a = allocations.iter().find(|a| a.container_id == "cid-a").expect("cid-a allocated");
+            assert_eq!(a.netns.as_deref(), Some(path(&pods[0]).as_str()), "the agent records the pod's namespace");
+        }
+        r => panic!("{r:?}"),
+    }
     let (ok, v) = cni(n0, "CHECK", "cid-a", Some(&path(&pods[0])), &conf("1.0.0", &s.nodes[0].agent_sock));
     assert!(ok, "{v}");
     let (ok, v) = cni(n0, "STATUS", "", None, &conf("1.1.0", &s.nodes[0].agent_sock));

@@ -385,9 +385,15 @@ fn handle(op: AgentOp, xlaned: &std::path::Path, shared: &Arc<Mutex<Shared>>) ->
     let mut sh = shared.lock().expect("not poisoned");
     let mtu = sh.mtu;
     match op {
-        AgentOp::Add { container_id, ifname } => {
+        AgentOp::Add { container_id, ifname, netns } => {
             let Some(ipam) = sh.ipam.as_mut() else { return not_ready() };
-            match ipam.allocate(&container_id, &ifname) {
+            let allocated = ipam.allocate(&container_id, &ifname).and_then(|ip| {
+                if let Some(n) = &netns {
+                    ipam.set_netns(&container_id, &ifname, n)?;
+                }
+                Ok(ip)
+            });
+            match allocated {
                 Ok(ip) => AgentReply::Allocated {
                     ip: Ipv4Net::new(ip, ipam.subnet().prefix_len()).expect("valid"),
                     gateway: ipam.gateway(),
@@ -465,6 +471,7 @@ fn handle(op: AgentOp, xlaned: &std::path::Path, shared: &Arc<Mutex<Shared>>) ->
                                 container_id: a.container_id.clone(),
                                 ifname: a.ifname.clone(),
                                 host_if: a.host_if.clone(),
+                                netns: a.netns.clone(),
                             })
                             .collect()
                     })

@@ -27,6 +27,9 @@ pub enum AgentOp {
         container_id: String,
         /// CNI_IFNAME.
         ifname: String,
+        /// CNI_NETNS, recorded with the allocation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<String>,
     },
     /// The pod interface is set up behind `host_if`: attach it to the dataplane. Replies
     /// once xlaned forwards for it.
@@ -84,6 +87,9 @@ pub struct AllocationInfo {
     pub ifname: String,
     /// Host-side interface, once attached.
     pub host_if: Option<String>,
+    /// The pod's network namespace, if the plugin gave it.
+    #[serde(default)]
+    pub netns: Option<String>,
 }
 
 /// A lease as reported.

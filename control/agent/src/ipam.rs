@@ -26,6 +26,9 @@ pub struct Allocation {
     /// The pod interface's MAC, once attached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<Mac>,
+    /// The pod's network namespace path, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -139,13 +142,36 @@ impl Ipam {
             .ok_or(IpamError::Full(self.subnet))?;
         self.state.allocations.insert(
             ip,
-            Allocation { container_id: container_id.to_owned(), ifname: ifname.to_owned(), host_if: None, mac: None },
+            Allocation {
+                container_id: container_id.to_owned(),
+                ifname: ifname.to_owned(),
+                host_if: None,
+                mac: None,
+                netns: None,
+            },
         );
         if let Err(e) = self.save() {
             self.state.allocations.remove(&ip);
             return Err(e);
         }
         Ok(ip)
+    }
+
+    /// Record the pod's namespace path for an allocation.
+    ///
+    /// # Errors
+    /// [`IpamError::NotFound`], or the state cannot be saved.
+    pub fn set_netns(&mut self, container_id: &str, ifname: &str, netns: &str) -> Result<(), IpamError> {
+        let ip = self
+            .find(container_id, ifname)
+            .map(|(ip, _)| ip)
+            .ok_or_else(|| IpamError::NotFound { container_id: container_id.to_owned(), ifname: ifname.to_owned() })?;
+        let a = self.state.allocations.get_mut(&ip).expect("found above");
+        if a.netns.as_deref() != Some(netns) {
+            a.netns = Some(netns.to_owned());
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// Record where an allocated address is attached.
