@@ -95,7 +95,8 @@ fn main() {
     a.run_until_idle();
     let reply = a.take_tx(pa.port).expect("port").pop().expect("proxy ARP reply");
     let gw_mac: [u8; 6] = reply[22..28].try_into().expect("6 bytes");
-    println!("\n1. ARP who-has 10.244.1.1 → is-at {:02x?} (the host-side veth MAC)", gw_mac);
+    let mac = gw_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    println!("\n1. ARP who-has 10.244.1.1 → is-at {mac} (the host-side veth MAC)");
 
     // 2. Ping across nodes.
     let mut rtts = Vec::new();
