@@ -313,8 +313,7 @@ fn converge(
     programmed: &mut BTreeMap<Ipv4Addr, sync::Remote>,
     from: Baseline,
 ) -> Result<(), AgentError> {
-    let list: Vec<Lease> = leases.values().cloned().collect();
-    let want = sync::desired(&list, Some(own.subnet), own.attrs.public_ip, vni);
+    let want = sync::desired(leases.values(), Some(own.subnet), own.attrs.public_ip, vni);
     let changes = match from {
         Baseline::Programmed => sync::diff_desired(programmed, &want),
         Baseline::Dataplane => {

@@ -23,7 +23,12 @@ pub struct Remote {
 /// The remote nodes the leases describe, keyed by underlay address: every vxlan lease
 /// but our own and those on another VNI (which could not talk to us anyway).
 #[must_use]
-pub fn desired(leases: &[Lease], own: Option<Ipv4Net>, own_ip: Ipv4Addr, vni: u32) -> BTreeMap<Ipv4Addr, Remote> {
+pub fn desired<'a>(
+    leases: impl IntoIterator<Item = &'a Lease>,
+    own: Option<Ipv4Net>,
+    own_ip: Ipv4Addr,
+    vni: u32,
+) -> BTreeMap<Ipv4Addr, Remote> {
     let mut out: BTreeMap<Ipv4Addr, Remote> = BTreeMap::new();
     for l in leases {
         if Some(l.subnet) == own || l.attrs.public_ip == own_ip {
@@ -46,67 +51,58 @@ pub fn desired(leases: &[Lease], own: Option<Ipv4Net>, own_ip: Ipv4Addr, vni: u3
     out
 }
 
-/// The changes that turn xlaned's `nodes` and `routes` into `want`: stale routes and
-/// nodes withdrawn, missing or changed ones added. Routes are added after their node
-/// and withdrawn before it.
-#[must_use]
-pub fn diff(nodes: &[NodeInfo], routes: &[RouteInfo], want: &BTreeMap<Ipv4Addr, Remote>) -> Vec<Change> {
+/// Routes of a desired state, by prefix.
+fn routes_of(m: &BTreeMap<Ipv4Addr, Remote>) -> BTreeMap<Ipv4Net, Ipv4Addr> {
+    m.iter().flat_map(|(ip, r)| r.subnets.iter().map(move |s| (*s, *ip))).collect()
+}
+
+/// The changes from the tables `have_nodes` (underlay → VTEP MAC) and `have_routes`
+/// (prefix → VTEP) to `want`: stale routes and nodes withdrawn, missing or changed ones
+/// added. Routes are added after their node and withdrawn before it.
+fn changes(
+    have_nodes: &BTreeMap<Ipv4Addr, Mac>,
+    have_routes: &BTreeMap<Ipv4Net, Ipv4Addr>,
+    want: &BTreeMap<Ipv4Addr, Remote>,
+) -> Vec<Change> {
+    let want_routes = routes_of(want);
     let mut changes = Vec::new();
-    let want_routes: BTreeMap<Ipv4Net, Ipv4Addr> =
-        want.iter().flat_map(|(ip, r)| r.subnets.iter().map(move |s| (*s, *ip))).collect();
-    for r in routes {
-        if want_routes.get(&r.prefix) != Some(&r.via) {
-            changes.push(Change::DelRoute { prefix: r.prefix });
+    for (prefix, via) in have_routes {
+        if want_routes.get(prefix) != Some(via) {
+            changes.push(Change::DelRoute { prefix: *prefix });
         }
     }
-    for n in nodes {
-        if !want.contains_key(&n.underlay_ip) {
-            changes.push(Change::DelNode { underlay_ip: n.underlay_ip });
+    for ip in have_nodes.keys() {
+        if !want.contains_key(ip) {
+            changes.push(Change::DelNode { underlay_ip: *ip });
         }
     }
     for (ip, r) in want {
-        if !nodes.iter().any(|n| n.underlay_ip == *ip && n.vtep_mac == r.vtep_mac) {
+        if have_nodes.get(ip) != Some(&r.vtep_mac) {
             changes.push(Change::AddNode { underlay_ip: *ip, vtep_mac: r.vtep_mac, next_hop_mac: None });
         }
     }
     for (prefix, via) in &want_routes {
-        if !routes.iter().any(|r| r.prefix == *prefix && r.via == *via) {
+        if have_routes.get(prefix) != Some(via) {
             changes.push(Change::AddRoute { prefix: *prefix, via: *via });
         }
     }
     changes
 }
 
+/// The changes that turn xlaned's `nodes` and `routes` (as it reports them) into `want`.
+#[must_use]
+pub fn diff(nodes: &[NodeInfo], routes: &[RouteInfo], want: &BTreeMap<Ipv4Addr, Remote>) -> Vec<Change> {
+    let have_nodes = nodes.iter().map(|n| (n.underlay_ip, n.vtep_mac)).collect();
+    let have_routes = routes.iter().map(|r| (r.prefix, r.via)).collect();
+    changes(&have_nodes, &have_routes, want)
+}
+
 /// The changes from one desired state to another, without asking xlaned: used for watch
-/// events once the dataplane is known to match `old`. Same order as [`diff`].
+/// events once the dataplane is known to match `old`.
 #[must_use]
 pub fn diff_desired(old: &BTreeMap<Ipv4Addr, Remote>, new: &BTreeMap<Ipv4Addr, Remote>) -> Vec<Change> {
-    let routes = |m: &BTreeMap<Ipv4Addr, Remote>| -> BTreeMap<Ipv4Net, Ipv4Addr> {
-        m.iter().flat_map(|(ip, r)| r.subnets.iter().map(move |s| (*s, *ip))).collect()
-    };
-    let (old_routes, new_routes) = (routes(old), routes(new));
-    let mut changes = Vec::new();
-    for (prefix, via) in &old_routes {
-        if new_routes.get(prefix) != Some(via) {
-            changes.push(Change::DelRoute { prefix: *prefix });
-        }
-    }
-    for ip in old.keys() {
-        if !new.contains_key(ip) {
-            changes.push(Change::DelNode { underlay_ip: *ip });
-        }
-    }
-    for (ip, r) in new {
-        if old.get(ip).is_none_or(|o| o.vtep_mac != r.vtep_mac) {
-            changes.push(Change::AddNode { underlay_ip: *ip, vtep_mac: r.vtep_mac, next_hop_mac: None });
-        }
-    }
-    for (prefix, via) in &new_routes {
-        if old_routes.get(prefix) != Some(via) {
-            changes.push(Change::AddRoute { prefix: *prefix, via: *via });
-        }
-    }
-    changes
+    let have_nodes = old.iter().map(|(ip, r)| (*ip, r.vtep_mac)).collect();
+    changes(&have_nodes, &routes_of(old), new)
 }
 
 #[cfg(test)]
