@@ -31,17 +31,6 @@ pub enum Verdict {
 
 const ETH: usize = ETHERNET_HEADER_LEN;
 
-/// Frame kinds after stage 1.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// Verdict already final (ARP reply or drop).
-    Done,
-    /// IPv4 from a pod, waiting for its route.
-    FromPod,
-    /// Decapsulated IPv4 from the uplink, waiting for its route.
-    FromOverlay,
-}
-
 /// One worker's pipeline: its counters and scratch space.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -70,40 +59,45 @@ impl Pipeline {
         let n = frames.len();
         assert!(n <= BURST && verdicts.len() >= n, "burst of {n} frames, {} verdicts", verdicts.len());
         let mut tally = CounterSnapshot { rx: n as u64, bursts: 1, ..CounterSnapshot::default() };
-        let mut stage = [Stage::Done; BURST];
-        let mut dst = [0u32; BURST];
-        // Frames still routing after stage 1, compacted so stage 2 looks up only those.
+        // Frames still routing after stage 1 (index and destination), compacted so stage 2
+        // looks up only those.
         let mut pending = [0u8; BURST];
         let mut keys = [0u32; BURST];
         let mut m = 0;
+        let mut route = |i: usize, dst: u32| {
+            #[expect(clippy::cast_possible_truncation, reason = "i < BURST = 64")]
+            let idx = i as u8;
+            pending[m] = idx;
+            keys[m] = dst;
+            m += 1;
+            Verdict::Drop(DropReason::NoRoute)
+        };
+        // A burst has one ingress: everything routed in it came from a pod (or the host
+        // port), or everything was decapsulated from the overlay.
+        let role = fib.port(ingress);
+        let from_overlay = role == PortRole::Uplink;
 
         // Stage 1: classify, validate, ARP proxy, decap.
-        match (fib.port(ingress), fib.node()) {
+        match (role, fib.node()) {
             // Without a node config only local delivery works; encap checks for it.
-            (role @ (PortRole::Pod(ep) | PortRole::Host(ep)), _) => {
+            (PortRole::Pod(ep) | PortRole::Host(ep), _) => {
                 let check_source = matches!(role, PortRole::Pod(_));
                 for i in 0..n {
-                    (stage[i], verdicts[i]) = match from_pod(&mut frames[i], &ep, check_source) {
+                    verdicts[i] = match from_pod(&mut frames[i], &ep, check_source) {
                         Ok(FromPod::Arp) => {
                             tally.arp_replies += 1;
-                            (Stage::Done, Verdict::Tx(ingress))
+                            Verdict::Tx(ingress)
                         }
-                        Ok(FromPod::Ipv4(d)) => {
-                            dst[i] = d;
-                            (Stage::FromPod, Verdict::Drop(DropReason::NoRoute))
-                        }
-                        Err(r) => (Stage::Done, Verdict::Drop(r)),
+                        Ok(FromPod::Ipv4(d)) => route(i, d),
+                        Err(r) => Verdict::Drop(r),
                     };
                 }
             }
             (PortRole::Uplink, Some(node)) => {
                 for i in 0..n {
-                    (stage[i], verdicts[i]) = match decap(&mut frames[i], node) {
-                        Ok(d) => {
-                            dst[i] = d;
-                            (Stage::FromOverlay, Verdict::Drop(DropReason::NoRoute))
-                        }
-                        Err(r) => (Stage::Done, Verdict::Drop(r)),
+                    verdicts[i] = match decap(&mut frames[i], node) {
+                        Ok(d) => route(i, d),
+                        Err(r) => Verdict::Drop(r),
                     };
                 }
             }
@@ -112,22 +106,12 @@ impl Pipeline {
         }
 
         // Stage 2: one burst lookup for every frame still routing.
-        for i in 0..n {
-            if stage[i] != Stage::Done {
-                #[expect(clippy::cast_possible_truncation, reason = "i < BURST = 64")]
-                let idx = i as u8;
-                pending[m] = idx;
-                keys[m] = dst[i];
-                m += 1;
-            }
-        }
         let mut hops = [None; BURST];
         fib.lpm().lookup_burst(&keys[..m], &mut hops[..m]);
 
         // Stage 3: rewrite.
         for (&i, hop) in pending[..m].iter().zip(&hops[..m]) {
             let i = usize::from(i);
-            let from_overlay = stage[i] == Stage::FromOverlay;
             verdicts[i] = match hop.map(NextHop::decode) {
                 None => Verdict::Drop(DropReason::NoRoute),
                 Some(NextHop::Unresolved) => Verdict::Drop(DropReason::UnresolvedVtep),
