@@ -399,6 +399,13 @@ impl State {
                 }
                 let oif = self.uplink.ifindex;
                 node.next_hop = Some((via, oif));
+                // Nodes behind one router share its neighbour entry: it is already managed,
+                // and on_neighbour updates every node that uses it. Only a new next hop
+                // needs the entry added and the table read.
+                if let Some(known) = self.nodes.values().find(|n| n.next_hop == Some((via, oif))) {
+                    node.resolved = known.resolved;
+                    return;
+                }
                 if let Err(e) = self.nl.manage_neighbour(via, oif) {
                     tracing::warn!(%via, error = %e, "could not add a managed neighbour entry");
                 }
