@@ -25,6 +25,11 @@ use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// A TTL as etcd takes it: whole seconds, at least one.
+fn ttl_secs(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX)
+}
+
 /// Leases by subnet, with the etcd revision that last modified each.
 type Listing = BTreeMap<Ipv4Net, (LeaseAttrs, i64)>;
 
@@ -152,7 +157,7 @@ impl EtcdStore {
     pub fn put_lease(&mut self, subnet: Ipv4Net, attrs: &LeaseAttrs, ttl: Duration) -> Result<(), StoreError> {
         let key = self.key(subnet);
         let value = serde_json::to_string(attrs).expect("plain data");
-        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let secs = ttl_secs(ttl);
         let Self { rt, client, .. } = self;
         rt.block_on(async {
             let l = client.lease_grant(secs, None).await?;
@@ -212,7 +217,7 @@ impl EtcdStore {
         preferred: Option<Ipv4Net>,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let secs = ttl_secs(ttl);
         let value = serde_json::to_string(attrs).expect("plain data");
         for _attempt in 0..16 {
             let (all, _) = self.list()?;
