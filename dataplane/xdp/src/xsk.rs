@@ -171,6 +171,10 @@ pub struct XskPort {
     /// Frames this port holds in its fill ring and TX ring.
     in_fill: u32,
     in_tx: u32,
+    /// Tags the frames this port's rings hold, to take them back when it closes.
+    token: u32,
+    /// Bound through the UMEM's own descriptor, which outlives the port.
+    umem_socket: bool,
 }
 
 impl core::fmt::Debug for XskPort {
@@ -286,6 +290,9 @@ pub struct Umem {
     settings: UmemSettings,
     shift: u32,
     owner: Vec<Owner>,
+    /// For frames in a fill or TX ring: the token of the port whose ring it is.
+    holder: Vec<u32>,
+    next_token: u32,
     free: Vec<u64>,
     /// Per-frame stamp of the last `frames_mut` call that lent it out.
     lent: Vec<u32>,
@@ -342,6 +349,8 @@ impl Umem {
             settings,
             shift: settings.frame_size.trailing_zeros(),
             owner: vec![Owner::Free; frames],
+            holder: vec![0; frames],
+            next_token: 0,
             free: (0..u64::from(settings.frames)).rev().map(|i| i << settings.frame_size.trailing_zeros()).collect(),
             lent: vec![0; frames],
             epoch: 0,
@@ -431,11 +440,24 @@ impl Umem {
         let user = self.umem.rx_tx(&sock, &config).map_err(|e| fail("rx/tx rings", errno(e)))?;
         let rx = user.map_rx().map_err(|e| fail("map rx ring", errno(e)))?;
         let tx = user.map_tx().map_err(|e| fail("map tx ring", errno(e)))?;
-        self.umem.bind(&user).map_err(|e| fail("bind", errno(e)))?;
+        // A queue whose previous socket just closed stays busy until the kernel's deferred
+        // pool release runs (xp_release_deferred): a quick re-bind (a restarted daemon, a
+        // re-added port) gets EBUSY for a few milliseconds.
+        let t0 = std::time::Instant::now();
+        loop {
+            match self.umem.bind(&user) {
+                Ok(()) => break,
+                Err(e) if e.get_raw().abs() == libc::EBUSY && t0.elapsed() < std::time::Duration::from_secs(1) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(fail("bind", errno(e))),
+            }
+        }
         if let Some(zc) = zero_copy {
             self.own_fd_used = true;
             self.zero_copy = zc;
         }
+        self.next_token = self.next_token.wrapping_add(1);
         Ok(XskPort {
             rx,
             tx,
@@ -447,6 +469,8 @@ impl Umem {
             zero_copy: self.zero_copy,
             in_fill: 0,
             in_tx: 0,
+            token: self.next_token,
+            umem_socket: zero_copy.is_some(),
         })
     }
 
@@ -454,6 +478,28 @@ impl Umem {
     #[must_use]
     pub fn frame_size(&self) -> u32 {
         self.settings.frame_size
+    }
+
+    /// Close `port` and take back the frames its fill and TX rings held; returns how
+    /// many. Without this every removed port would leak a fill ring's worth of frames.
+    /// Closing the socket unbinds it and waits out in-flight receives (`synchronize_net`
+    /// in `xsk_release`), so the kernel no longer writes those frames. The UMEM's own
+    /// socket stays bound while the UMEM lives: its frames stay with it.
+    pub fn close_port(&mut self, port: XskPort) -> usize {
+        let (token, umem_socket) = (port.token, port.umem_socket);
+        drop(port);
+        if umem_socket {
+            return 0;
+        }
+        let mut n = 0;
+        for i in 0..self.owner.len() {
+            if matches!(self.owner[i], Owner::Fill | Owner::Tx) && self.holder[i] == token {
+                self.owner[i] = Owner::Free;
+                self.free.push((i as u64) << self.shift);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Frames on the free list.
@@ -494,6 +540,7 @@ impl Umem {
         for k in from..self.free.len() {
             let i = self.index(self.free[k]).expect("free-list addresses lie inside the UMEM");
             self.owner[i] = Owner::Fill;
+            self.holder[i] = port.token;
         }
         self.free.truncate(from);
         port.in_fill += given;
@@ -599,6 +646,7 @@ impl Umem {
                 break;
             }
             self.owner[i] = Owner::Tx;
+            self.holder[i] = port.token;
             queued += 1;
         }
         w.commit();

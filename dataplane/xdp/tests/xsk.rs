@@ -108,3 +108,36 @@ fn shared_umem_across_a_veth_pair() {
     })
     .unwrap();
 }
+
+/// Ports come and go (pods); the frames their rings held come back to the UMEM, so a
+/// node that has attached and removed thousands of pods still has its whole UMEM.
+#[test]
+fn closed_ports_give_their_frames_back() {
+    if !xlane_netlab::privileged("closed_ports_give_their_frames_back") {
+        return;
+    }
+    let ns = Netns::new("xlt-xskc").unwrap();
+    ns.ip(&["link", "add", "b0", "type", "veth", "peer", "name", "b1"]).unwrap();
+    ns.ip(&["link", "set", "b0", "up"]).unwrap();
+    ns.ip(&["link", "set", "b1", "up"]).unwrap();
+    ns.enter(|| {
+        let settings = UmemSettings { frames: 1024, fill_ring: 256, rx_tx_ring: 256, ..UmemSettings::default() };
+        let mut umem = Umem::new(settings).unwrap();
+        // The first socket is the UMEM's own and stays bound: it keeps its frames.
+        let mut first = umem.open_port("b1", 0, BindMode::Auto).unwrap();
+        umem.refill(&mut first, 64, 0);
+        let baseline = umem.free_frames();
+        for round in 0..50 {
+            let mut p = umem.open_port("b0", 0, BindMode::Auto).unwrap();
+            assert_eq!(umem.refill(&mut p, 200, 0), 200);
+            // Some frames in flight on TX too.
+            let frs: Vec<_> = (0..8u8).map(|s| umem.alloc_with(0, &frame([10, 244, 2, 3], s)).unwrap()).collect();
+            let out: Vec<_> = frs.iter().map(|f| (*f, 0, f.len)).collect();
+            assert_eq!(umem.transmit(&mut p, &out), 8);
+            assert_eq!(umem.close_port(p), 208, "round {round}");
+            assert_eq!(umem.free_frames(), baseline, "round {round}: nothing leaked");
+        }
+        assert_eq!(umem.close_port(first), 0, "the UMEM's own socket keeps its frames");
+    })
+    .unwrap();
+}

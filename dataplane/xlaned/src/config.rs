@@ -76,7 +76,7 @@ pub struct Args {
     /// Host port interface name, or "none" [default: xlane0].
     #[arg(long, env = "XLANE_HOST_PORT")]
     pub host_port: Option<String>,
-    /// UMEM frames per worker [default: 16384].
+    /// UMEM frames per worker [default: 32768, 64 MiB]; each pod port keeps 256 in its fill ring.
     #[arg(long, env = "XLANE_UMEM_FRAMES")]
     pub umem_frames: Option<u32>,
     /// VTEP address to configure at start (else the agent sets it).
@@ -207,7 +207,7 @@ impl Config {
             xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or(XdpModeArg::Auto),
             bind_mode: args.bind_mode.or(file.bind_mode).unwrap_or(BindArg::Auto),
             host_port,
-            umem_frames: args.umem_frames.or(file.umem_frames).unwrap_or(16_384),
+            umem_frames: args.umem_frames.or(file.umem_frames).unwrap_or(32_768),
             vtep,
         })
     }

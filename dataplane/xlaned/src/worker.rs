@@ -284,6 +284,17 @@ impl Worker {
     }
 
     fn add_port(&mut self, spec: PortSpec) -> Result<bool, String> {
+        // A port whose fill ring cannot be stocked would attach and silently receive
+        // nothing: refuse it with the remedy instead.
+        let queues = u32::try_from(spec.queues.len()).unwrap_or(u32::MAX);
+        let needed = spec.fill_target.saturating_mul(queues) as usize + BURST * (self.ports.len() + 1);
+        let free = self.umem.free_frames();
+        if free < needed {
+            return Err(format!(
+                "UMEM exhausted: {free} free frames, port {} needs {needed}; start xlaned with a larger --umem-frames",
+                spec.ifname
+            ));
+        }
         let mut opened = Vec::new();
         for &q in &spec.queues {
             let mut xsk = self.umem.open_port(&spec.ifname, q, self.cfg.bind).map_err(|e| e.to_string())?;
@@ -316,9 +327,7 @@ impl Worker {
                 let p = self.ports.remove(i);
                 self.pending.remove(i);
                 let _ = p._attach.remove_socket(p.xsk.queue());
-                // Frames still in its rings are lost with the socket; the UMEM keeps its
-                // accounting (they are never returned), which is bounded by the ring sizes.
-                drop(p);
+                self.umem.close_port(p.xsk);
             } else {
                 i += 1;
             }
