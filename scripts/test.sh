@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of the project, on a fresh machine of the lab's kind, as root.
-# Installs the system packages the tests need (ping, etcd, protoc for the etcd client),
-# then lints, builds and tests.
+# Installs the system packages the tests need (ping, etcd, protoc for the etcd client,
+# Debian's CNI reference plugins, iptables for portmap, busybox, podman + runc), then
+# lints, builds and tests.
 # Privileged tests (namespaces, XDP, AF_XDP) run for real; with CI=true a missing
 # privilege or tool fails them instead of skipping.
 set -euo pipefail
@@ -16,6 +17,11 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 [ -d /usr/include/google/protobuf ] || need+=(libprotobuf-dev)
+[ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
+[ -x /usr/sbin/iptables ] || need+=(iptables)
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     if [ "$(id -u)" -ne 0 ]; then

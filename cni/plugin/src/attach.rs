@@ -6,9 +6,13 @@
 //! pod's first packet is not lost). Any failure undoes what was done: the pair is
 //! deleted and the address released.
 
+use crate::delegate::Delegate;
 use crate::protocol::{Attachment, CniError, Code, Env, NetConf};
+use ipnet::Ipv4Net;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sched::{CloneFlags, setns};
 use std::fs::File;
+use std::net::Ipv4Addr;
 use std::process::Command;
 use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
 use xlane_api::ErrorCode;
@@ -67,6 +71,73 @@ fn call(c: &mut AgentClient, op: AgentOp) -> Result<AgentReply, CniError> {
     }
 }
 
+/// Calls for one container (ADD, DEL, CHECK) are serialized across plugin processes: a
+/// runtime that times out an ADD and sends DEL must not interleave the two. Containers
+/// hash onto a fixed set of lock files, so nothing accumulates per container.
+const LOCK_DIR: &str = "/run/xlane/cni-locks";
+const LOCK_BUCKETS: u64 = 64;
+
+fn lock_container(container_id: &str) -> Result<Flock<File>, CniError> {
+    let io = |e: std::io::Error| CniError::new(Code::Io, "cannot take the container lock", format!("{LOCK_DIR}: {e}"));
+    std::fs::create_dir_all(LOCK_DIR).map_err(io)?;
+    let bucket =
+        container_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{LOCK_DIR}/{:02}", bucket % LOCK_BUCKETS))
+        .map_err(io)?;
+    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| io(e.into()))
+}
+
+/// Where the pod's address comes from.
+struct Addressing {
+    ip: Ipv4Net,
+    gateway: Ipv4Addr,
+    mtu: u16,
+    routes: Vec<Ipv4Net>,
+}
+
+/// Allocate: from the agent, or from the delegated IPAM plugin and recorded by the agent
+/// (which checks it lies in this node's subnet). On failure nothing stays allocated.
+fn allocate(
+    c: &mut AgentClient,
+    env: &Env,
+    conf: &NetConf,
+    delegate: Option<&Delegate>,
+) -> Result<Addressing, CniError> {
+    let netns = env.netns.clone();
+    let delegated = delegate.map(|d| d.add(&conf.raw)).transpose()?;
+    let reply = call(
+        c,
+        AgentOp::Add {
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            netns,
+            ip: delegated.as_ref().map(|d| d.ip.addr()),
+        },
+    );
+    match (reply, delegated) {
+        (Ok(AgentReply::Allocated { ip, gateway, mtu, routes }), None) => Ok(Addressing { ip, gateway, mtu, routes }),
+        (Ok(AgentReply::Allocated { gateway, mtu, routes, .. }), Some(d)) => Ok(Addressing {
+            ip: d.ip,
+            gateway: d.gateway.unwrap_or(gateway),
+            mtu,
+            routes: if d.routes.is_empty() { routes } else { d.routes },
+        }),
+        (other, delegated) => {
+            if let (Some(d), Some(_)) = (delegate, delegated) {
+                let _ = d.del(&conf.raw);
+            }
+            Err(match other {
+                Err(e) => e,
+                Ok(r) => CniError::new(Code::Io, "unexpected reply from xlane-agent", format!("{r:?}")),
+            })
+        }
+    }
+}
+
 /// ADD.
 ///
 /// # Errors
@@ -79,17 +150,16 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Attachment, CniError> {
     if std::fs::metadata(&netns).is_err() {
         return Err(CniError::new(Code::UnknownContainer, "network namespace not found", netns));
     }
+    let delegate = Delegate::of(env, conf)?;
+    let _lock = lock_container(&env.container_id)?;
     let mut c = agent(conf)?;
-    let AgentReply::Allocated { ip: addr, gateway, mtu, routes } = call(
-        &mut c,
-        AgentOp::Add { container_id: env.container_id.clone(), ifname: env.ifname.clone(), netns: Some(netns.clone()) },
-    )?
-    else {
-        return Err(CniError::new(Code::Io, "unexpected reply from xlane-agent", "to add"));
-    };
+    let Addressing { ip: addr, gateway, mtu, routes } = allocate(&mut c, env, conf, delegate.as_ref())?;
     let host_if = crate::protocol::host_ifname(&env.container_id, &env.ifname);
     let release = |c: &mut AgentClient| {
         let _ = c.call(AgentOp::Del { container_id: env.container_id.clone(), ifname: env.ifname.clone() });
+        if let Some(d) = &delegate {
+            let _ = d.del(&conf.raw);
+        }
     };
     // The pod end is created in the namespace under its final name: an interface of that
     // name already there makes this fail before anything exists.
@@ -166,38 +236,55 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Attachment, CniError> {
 }
 
 /// DEL: idempotent — repeated, after the namespace is gone, for an unknown container,
-/// after a failed ADD.
+/// after a failed ADD. The agent forgets the address before a delegated IPAM plugin frees
+/// it, so the address is never held by two pods.
 ///
 /// # Errors
 /// [`Code::TryAgain`] when the agent cannot be reached (the address must be released).
 pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let delegate = Delegate::of(env, conf)?;
+    let _lock = lock_container(&env.container_id)?;
     let mut c = agent(conf)?;
     call(&mut c, AgentOp::Del { container_id: env.container_id.clone(), ifname: env.ifname.clone() })?;
     // Deleting the host end removes the pair; it may already be gone with the namespace.
     let _ = ip(&["link", "del", &crate::protocol::host_ifname(&env.container_id, &env.ifname)]);
-    Ok(())
+    match delegate {
+        Some(d) => d.del(&conf.raw),
+        None => Ok(()),
+    }
 }
 
-/// CHECK: the agent has the attachment and the pod interface is there.
+/// CHECK: the agent has the attachment, the pod interface is there, and a delegated IPAM
+/// plugin agrees.
 ///
 /// # Errors
 /// A [`CniError`] saying what is missing.
 pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let delegate = Delegate::of(env, conf)?;
+    let _lock = lock_container(&env.container_id)?;
     let mut c = agent(conf)?;
     call(&mut c, AgentOp::Check { container_id: env.container_id.clone(), ifname: env.ifname.clone() })?;
     let netns = env.netns.clone().unwrap_or_default();
-    in_netns(&netns, || ip(&["link", "show", "dev", &env.ifname]).map(drop))
+    in_netns(&netns, || ip(&["link", "show", "dev", &env.ifname]).map(drop))?;
+    match delegate {
+        Some(d) => d.check(&conf.raw),
+        None => Ok(()),
+    }
 }
 
 /// STATUS: whether ADD can work now.
 ///
 /// # Errors
 /// [`Code::NotAvailable`] when the agent is down or has no lease.
-pub fn status(conf: &NetConf) -> Result<(), CniError> {
+pub fn status(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let not = |d: String| CniError::new(Code::NotAvailable, "xlane is not ready", d);
+    let delegate = Delegate::of(env, conf)?;
     let mut c = agent(conf).map_err(|e| not(e.details))?;
     match c.call(AgentOp::Status) {
-        Ok(AgentReply::Status { lease: Some(_), dataplane_synced: true, .. }) => Ok(()),
+        Ok(AgentReply::Status { lease: Some(_), dataplane_synced: true, .. }) => match delegate {
+            Some(d) => d.forward_if_supported("STATUS", &conf.raw),
+            None => Ok(()),
+        },
         Ok(AgentReply::Status { lease: Some(_), .. }) => Err(CniError::new(
             Code::LimitedConnectivity,
             "xlane dataplane not in sync",
@@ -212,10 +299,14 @@ pub fn status(conf: &NetConf) -> Result<(), CniError> {
 ///
 /// # Errors
 /// [`Code::TryAgain`] when the agent cannot be reached.
-pub fn gc(conf: &NetConf) -> Result<(), CniError> {
+pub fn gc(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let valid =
         conf.valid_attachments.clone().unwrap_or_default().into_iter().map(|a| (a.container_id, a.ifname)).collect();
+    let delegate = Delegate::of(env, conf)?;
     let mut c = agent(conf)?;
     call(&mut c, AgentOp::Gc { valid })?;
-    Ok(())
+    match delegate {
+        Some(d) => d.forward_if_supported("GC", &conf.raw),
+        None => Ok(()),
+    }
 }

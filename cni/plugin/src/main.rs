@@ -31,13 +31,6 @@ fn run(stdin: &[u8], requested: Option<&str>, version: &str) -> Result<Option<se
         return Ok(Some(protocol::version_result(requested)));
     }
     let conf = NetConf::parse(stdin)?;
-    if conf.ipam.is_some() {
-        return Err(CniError::new(
-            Code::UnsupportedField,
-            "ipam delegation is not supported yet",
-            "remove the ipam section to use xlane-agent's IPAM",
-        ));
-    }
     if matches!(env.command, Command::Status | Command::Gc) && version != "1.1.0" {
         return Err(CniError::new(
             Code::IncompatibleVersion,
@@ -55,8 +48,8 @@ fn run(stdin: &[u8], requested: Option<&str>, version: &str) -> Result<Option<se
         }),
         Command::Del => attach::del(&env, &conf).map(|()| None),
         Command::Check => attach::check(&env, &conf).map(|()| None),
-        Command::Status => attach::status(&conf).map(|()| None),
-        Command::Gc => attach::gc(&conf).map(|()| None),
+        Command::Status => attach::status(&env, &conf).map(|()| None),
+        Command::Gc => attach::gc(&env, &conf).map(|()| None),
         Command::Version => unreachable!("answered above"),
     }
 }

@@ -182,6 +182,9 @@ pub struct NetConf {
     /// GC: the attachments that still exist.
     #[serde(default, rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<ValidAttachment>>,
+    /// The configuration exactly as received: what a delegated IPAM plugin is given.
+    #[serde(skip)]
+    pub raw: Vec<u8>,
 }
 
 /// One entry of `cni.dev/valid-attachments`.
@@ -203,8 +206,9 @@ impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
         let v: serde_json::Value = serde_json::from_slice(stdin)
             .map_err(|e| CniError::new(Code::Decode, "network configuration is not JSON", e.to_string()))?;
-        let conf: Self = serde_json::from_value(v)
+        let mut conf: Self = serde_json::from_value(v)
             .map_err(|e| CniError::new(Code::InvalidConfig, "invalid network configuration", e.to_string()))?;
+        conf.raw = stdin.to_vec();
         if !SUPPORTED.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
                 Code::IncompatibleVersion,

@@ -1,113 +1,44 @@
-//! The plugin driven exactly as a runtime drives it (environment + stdin), on two lab
-//! nodes each running xlaned and xlane-agent (as root, in namespaces the test creates).
+//! The plugin driven exactly as a runtime drives it (environment + stdin, conflist
+//! chains), on lab nodes each running xlaned and xlane-agent (as root, in namespaces the
+//! test creates).
 
-use std::io::Write;
-use std::net::Ipv4Addr;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
-use xlane_netlab::process::{Proc, wait_for};
-use xlane_netlab::{Lab, Netns, privileged, workspace_binary};
+use xlane_netlab::cluster::{Cluster, ClusterOptions};
+use xlane_netlab::runtime::{Container, Outcome, Runtime};
+use xlane_netlab::{Netns, privileged, privileged_with};
 
-struct Node {
-    _xlaned: Proc,
-    agent: Proc,
-    agent_sock: PathBuf,
-}
+/// Debian's containernetworking-plugins (host-local, tuning, portmap, bridge).
+const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
-struct Setup {
-    nodes: Vec<Node>,
-    lab: Lab,
-    dir: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn setup(prefix: &str) -> Setup {
-    let lab = Lab::new(prefix, 2).unwrap();
-    let dir = std::env::temp_dir().join(format!("xlane-cni-{prefix}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("store")).unwrap();
-    std::fs::write(dir.join("store/config"), r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
-    let mut nodes = Vec::new();
-    for (i, n) in lab.nodes.iter().enumerate() {
-        let xs = dir.join(format!("xlaned{i}.sock"));
-        let args: Vec<String> = vec!["--uplink".into(), "eth0".into(), "--socket".into(), xs.to_string_lossy().into()];
-        let xlaned = Proc::start(&n.ns, &workspace_binary("xlaned"), &args, dir.join(format!("xlaned{i}.log")));
-        wait_for("xlaned", Duration::from_secs(10), || xs.exists());
-        let agent_sock = dir.join(format!("agent{i}.sock"));
-        let p = |s: &str| dir.join(s).to_string_lossy().into_owned();
-        let args: Vec<String> = vec![
-            "--store-dir".into(),
-            p("store"),
-            "--state-dir".into(),
-            p(&format!("state{i}")),
-            "--xlaned-socket".into(),
-            xs.to_string_lossy().into(),
-            "--socket".into(),
-            agent_sock.to_string_lossy().into(),
-            "--lease-ttl".into(),
-            "30".into(),
-        ];
-        let agent = Proc::start_here(&workspace_binary("xlane-agent"), &args, dir.join(format!("agent{i}.log")));
-        wait_for("agent", Duration::from_secs(15), || {
-            xlane_agent::api::AgentClient::connect(&agent_sock)
-                .and_then(|mut c| c.call(xlane_agent::api::AgentOp::Status))
-                .is_ok_and(|r| {
-                    matches!(r, xlane_agent::api::AgentReply::Status { lease: Some(_), dataplane_synced: true, .. })
-                })
-        });
-        nodes.push(Node { _xlaned: xlaned, agent, agent_sock });
-    }
-    Setup { nodes, lab, dir }
-}
-
-/// Run the plugin in `ns` (the node) as a runtime would.
-fn cni(
-    ns: &Netns,
-    command: &str,
-    cid: &str,
-    netns: Option<&str>,
-    conf: &serde_json::Value,
-) -> (bool, serde_json::Value) {
-    let mut c = ns.command(env!("CARGO_BIN_EXE_xlane"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web;K8S_POD_NAMESPACE=default");
-    if let Some(n) = netns {
-        c.env("CNI_NETNS", n);
-    }
-    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = if text.trim().is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-    };
-    (out.status.success(), v)
+fn runtime() -> Runtime {
+    let ours = Path::new(env!("CARGO_BIN_EXE_xlane")).parent().unwrap().to_path_buf();
+    Runtime::new(vec![ours, PathBuf::from(REFERENCE_PLUGINS)])
 }
 
 fn conf(version: &str, agent: &Path) -> serde_json::Value {
     serde_json::json!({"cniVersion": version, "name": "xlane", "type": "xlane", "agentSocket": agent, "capabilities": {"portMappings": true}})
 }
 
-fn ping(ns: &Netns, dst: &str) -> bool {
-    ns.command("ping").args(["-c", "2", "-i", "0.2", "-W", "2", dst]).output().expect("ping").status.success()
+fn cni(s: &Cluster, node: usize, command: &str, c: &Container, conf: &serde_json::Value) -> Outcome {
+    runtime().exec(&s.lab.nodes[node].ns, command, c, conf).unwrap()
 }
 
 fn ip_of(result: &serde_json::Value) -> String {
     result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned()
+}
+
+fn failed_with(o: &Outcome) -> u64 {
+    assert!(!o.success, "expected failure: {}", o.output);
+    assert!(o.output["msg"].as_str().is_some_and(|m| !m.is_empty()), "{}", o.output);
+    o.code().unwrap()
+}
+
+/// Nothing of any pod left on node `i`: no address, no veth, no dataplane port.
+fn assert_clean(s: &Cluster, i: usize) {
+    assert_eq!(s.allocations(i).unwrap(), vec![], "no address left");
+    assert_eq!(s.pod_veths(i).unwrap(), Vec::<String>::new(), "no veth left");
+    assert_eq!(s.endpoints(i).unwrap(), vec![], "no dataplane port left");
 }
 
 #[test]
@@ -115,62 +46,63 @@ fn add_check_del_across_versions_and_nodes() {
     if !privileged("add_check_del_across_versions_and_nodes") {
         return;
     }
-    let s = setup("xc-add");
-    let (n0, n1) = (&s.lab.nodes[0].ns, &s.lab.nodes[1].ns);
+    let s = Cluster::start("xc-add", 2, &ClusterOptions::default()).unwrap();
+    let sock = |i: usize| s.nodes[i].agent_socket.clone();
     let pods: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("xc-pod{i}")).unwrap()).collect();
-    let path = |p: &Netns| format!("/run/netns/{}", p.name());
-    let (ok, a) = cni(n0, "ADD", "cid-a", Some(&path(&pods[0])), &conf("1.0.0", &s.nodes[0].agent_sock));
-    assert!(ok, "{a}");
+    let ca = Container::in_netns("cid-a", &pods[0]);
+    let a = cni(&s, 0, "ADD", &ca, &conf("1.0.0", &sock(0))).result().unwrap();
     assert_eq!(a["cniVersion"], "1.0.0");
-    assert_eq!(a["interfaces"][1]["sandbox"], path(&pods[0]));
-    let (ok, b) = cni(n1, "ADD", "cid-b", Some(&path(&pods[1])), &conf("0.4.0", &s.nodes[1].agent_sock));
-    assert!(ok, "{b}");
+    assert_eq!(a["interfaces"][1]["sandbox"], ca.netns.clone().unwrap());
+    let b = cni(&s, 1, "ADD", &Container::in_netns("cid-b", &pods[1]), &conf("0.4.0", &sock(1))).result().unwrap();
     assert_eq!(b["ips"][0]["version"], "4");
-    let (ok, c) = cni(n0, "ADD", "cid-c", Some(&path(&pods[2])), &conf("1.1.0", &s.nodes[0].agent_sock));
-    assert!(ok, "{c}");
+    let c = cni(&s, 0, "ADD", &Container::in_netns("cid-c", &pods[2]), &conf("1.1.0", &sock(0))).result().unwrap();
     assert_eq!(c["interfaces"][1]["mtu"], 1450);
     // The first packet after ADD goes through: ADD returned only once the port was ready.
-    assert!(ping(&pods[0], &ip_of(&b)), "pod to pod across nodes");
-    assert!(ping(&pods[0], &ip_of(&c)), "pod to pod on one node");
-    match xlane_agent::api::AgentClient::connect(&s.nodes[0].agent_sock)
-        .unwrap()
-        .call(xlane_agent::api::AgentOp::Status)
-        .unwrap()
-    {
-        xlane_agent::api::AgentReply::Status { allocations, .. } => {
-            let a = allocations.iter().find(|a| a.container_id == "cid-a").expect("cid-a allocated");
-            assert_eq!(a.netns.as_deref(), Some(path(&pods[0]).as_str()), "the agent records the pod's namespace");
-        }
-        r => panic!("{r:?}"),
-    }
-    let (ok, v) = cni(n0, "CHECK", "cid-a", Some(&path(&pods[0])), &conf("1.0.0", &s.nodes[0].agent_sock));
-    assert!(ok, "{v}");
-    let (ok, v) = cni(n0, "STATUS", "", None, &conf("1.1.0", &s.nodes[0].agent_sock));
-    assert!(ok, "{v}");
-    // GC keeping only a: c's address is released and can be handed out again.
-    let mut gc = conf("1.1.0", &s.nodes[0].agent_sock);
+    assert!(pods[0].ping(&ip_of(&b), 2), "pod to pod across nodes");
+    assert!(pods[0].ping(&ip_of(&c), 2), "pod to pod on one node");
+    let alloc = s.allocations(0).unwrap();
+    let rec = alloc.iter().find(|a| a.container_id == "cid-a").expect("cid-a allocated");
+    assert_eq!(rec.netns, ca.netns, "the agent records the pod's namespace");
+    assert!(cni(&s, 0, "CHECK", &ca, &conf("1.0.0", &sock(0))).success);
+    assert!(
+        cni(
+            &s,
+            0,
+            "STATUS",
+            &Container { id: String::new(), netns: None, ifname: String::new() },
+            &conf("1.1.0", &sock(0))
+        )
+        .success
+    );
+    // GC keeping only a: c's address is released.
+    let mut gc = conf("1.1.0", &sock(0));
     gc["cni.dev/valid-attachments"] = serde_json::json!([{"containerID": "cid-a", "ifname": "eth0"}]);
-    let (ok, v) = cni(n0, "GC", "", None, &gc);
-    assert!(ok, "{v}");
+    let none = Container { id: String::new(), netns: None, ifname: String::new() };
+    assert!(cni(&s, 0, "GC", &none, &gc).success);
+    assert_eq!(s.allocations(0).unwrap().len(), 1);
     // DEL: twice, and after the namespace is gone, and for a container never seen.
     for _ in 0..2 {
-        let (ok, v) = cni(n0, "DEL", "cid-a", Some(&path(&pods[0])), &conf("1.0.0", &s.nodes[0].agent_sock));
-        assert!(ok, "{v}");
+        let o = cni(&s, 0, "DEL", &ca, &conf("1.0.0", &sock(0)));
+        assert!(o.success, "{}", o.output);
     }
-    assert!(
-        n0.ip(&["link", "show", "dev", &xlane_cni::protocol::host_ifname("cid-a", "eth0")]).is_err(),
-        "veth removed"
-    );
+    assert!(!s.pod_veths(0).unwrap().contains(&xlane_cni::protocol::host_ifname("cid-a", "eth0")), "veth removed");
     let gone = Netns::new("xc-gone").unwrap();
-    let gone_path = path(&gone);
-    let (ok, _) = cni(n1, "ADD", "cid-g", Some(&gone_path), &conf("1.0.0", &s.nodes[1].agent_sock));
-    assert!(ok);
+    let cg = Container::in_netns("cid-g", &gone);
+    assert!(cni(&s, 1, "ADD", &cg, &conf("1.0.0", &sock(1))).success);
     drop(gone);
-    let (ok, v) = cni(n1, "DEL", "cid-g", Some(&gone_path), &conf("1.0.0", &s.nodes[1].agent_sock));
-    assert!(ok, "DEL after the namespace is gone: {v}");
-    let (ok, v) = cni(n1, "DEL", "never-seen", None, &conf("1.0.0", &s.nodes[1].agent_sock));
-    assert!(ok, "{v}");
-    let _ = &s.nodes[1].agent;
+    let o = cni(&s, 1, "DEL", &cg, &conf("1.0.0", &sock(1)));
+    assert!(o.success, "DEL after the namespace is gone: {}", o.output);
+    let o = cni(
+        &s,
+        1,
+        "DEL",
+        &Container { id: "never-seen".into(), netns: None, ifname: "eth0".into() },
+        &conf("1.0.0", &sock(1)),
+    );
+    assert!(o.success, "{}", o.output);
+    let cb = Container::in_netns("cid-b", &pods[1]);
+    assert!(cni(&s, 1, "DEL", &cb, &conf("0.4.0", &sock(1))).success);
+    assert_clean(&s, 1);
 }
 
 #[test]
@@ -178,46 +110,225 @@ fn failures_are_spec_errors_and_leave_nothing() {
     if !privileged("failures_are_spec_errors_and_leave_nothing") {
         return;
     }
-    let mut s = setup("xc-fail");
-    let n0 = &s.lab.nodes[0].ns;
-    let sock = s.nodes[0].agent_sock.clone();
-    let code = |r: (bool, serde_json::Value)| {
-        assert!(!r.0, "expected failure: {}", r.1);
-        assert!(r.1["msg"].as_str().is_some_and(|m| !m.is_empty()), "{}", r.1);
-        r.1["code"].as_u64().unwrap()
-    };
-    let allocations = |sock: &Path| match xlane_agent::api::AgentClient::connect(sock)
-        .unwrap()
-        .call(xlane_agent::api::AgentOp::Status)
-        .unwrap()
-    {
-        xlane_agent::api::AgentReply::Status { allocations, .. } => allocations.len(),
-        r => panic!("{r:?}"),
-    };
-    // A missing namespace.
-    assert_eq!(code(cni(n0, "ADD", "cid-x", Some("/run/netns/does-not-exist"), &conf("1.0.0", &sock))), 3);
-    // An interface that already exists in the pod.
+    let mut s = Cluster::start("xc-fail", 1, &ClusterOptions::default()).unwrap();
+    let sock = s.nodes[0].agent_socket.clone();
+    let missing =
+        Container { id: "cid-x".into(), netns: Some("/run/netns/does-not-exist".into()), ifname: "eth0".into() };
+    assert_eq!(failed_with(&cni(&s, 0, "ADD", &missing, &conf("1.0.0", &sock))), 3, "a missing netns");
     let pod = Netns::new("xc-busy").unwrap();
     pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]).unwrap();
-    let p = format!("/run/netns/{}", pod.name());
-    assert_eq!(code(cni(n0, "ADD", "cid-busy", Some(&p), &conf("1.0.0", &sock))), 7);
-    assert!(
-        n0.ip(&["link", "show", "dev", &xlane_cni::protocol::host_ifname("cid-busy", "eth0")]).is_err(),
-        "no veth left"
-    );
-    assert_eq!(allocations(&sock), 0, "no address left");
+    let busy = Container::in_netns("cid-busy", &pod);
+    assert_eq!(failed_with(&cni(&s, 0, "ADD", &busy, &conf("1.0.0", &sock))), 7, "an interface that exists");
+    assert_clean(&s, 0);
     // Protocol errors.
-    assert_eq!(code(cni(n0, "ADD", "cid-v", Some(&p), &conf("0.3.1", &sock))), 1);
-    assert_eq!(code(cni(n0, "ADD", "bad/id", Some(&p), &conf("1.0.0", &sock))), 4);
-    assert_eq!(code(cni(n0, "STATUS", "", None, &conf("1.0.0", &sock))), 1);
-    let (ok, v) = cni(n0, "VERSION", "", None, &serde_json::json!({"cniVersion": "1.0.0"}));
-    assert!(ok && v["supportedVersions"].as_array().unwrap().len() == 3, "{v}");
+    assert_eq!(failed_with(&cni(&s, 0, "ADD", &busy, &conf("0.3.1", &sock))), 1);
+    let bad_id = Container { id: "bad/id".into(), ..busy.clone() };
+    assert_eq!(failed_with(&cni(&s, 0, "ADD", &bad_id, &conf("1.0.0", &sock))), 4);
+    let none = Container { id: String::new(), netns: None, ifname: String::new() };
+    assert_eq!(failed_with(&cni(&s, 0, "STATUS", &none, &conf("1.0.0", &sock))), 1, "STATUS needs 1.1.0");
+    let v = cni(&s, 0, "VERSION", &none, &serde_json::json!({"cniVersion": "1.0.0", "type": "xlane"}));
+    assert!(v.success && v.output["supportedVersions"].as_array().unwrap().len() == 3, "{}", v.output);
+    let mut bad_ipam = conf("1.0.0", &sock);
+    bad_ipam["ipam"] = serde_json::json!({"type": "no-such-ipam"});
+    assert_eq!(failed_with(&cni(&s, 0, "ADD", &busy, &bad_ipam)), 7, "an IPAM plugin not on CNI_PATH");
     // The agent not running: try again later; STATUS says not available.
-    s.nodes[0].agent.stop(nix::sys::signal::Signal::SIGTERM);
+    s.stop_agent(0);
     let fresh = Netns::new("xc-noagent").unwrap();
-    let fp = format!("/run/netns/{}", fresh.name());
-    assert_eq!(code(cni(n0, "ADD", "cid-n", Some(&fp), &conf("1.0.0", &sock))), 11);
-    assert!(n0.ip(&["link", "show", "dev", &xlane_cni::protocol::host_ifname("cid-n", "eth0")]).is_err());
-    assert_eq!(code(cni(n0, "STATUS", "", None, &conf("1.1.0", &sock))), 50);
-    let _ = Ipv4Addr::LOCALHOST;
+    let cn = Container::in_netns("cid-n", &fresh);
+    assert_eq!(failed_with(&cni(&s, 0, "ADD", &cn, &conf("1.0.0", &sock))), 11);
+    assert_eq!(s.pod_veths(0).unwrap(), Vec::<String>::new());
+    assert_eq!(failed_with(&cni(&s, 0, "STATUS", &none, &conf("1.1.0", &sock))), 50);
+    assert_eq!(failed_with(&cni(&s, 0, "DEL", &cn, &conf("1.0.0", &sock))), 11, "DEL must be retried");
+}
+
+#[test]
+fn a_full_subnet_is_an_error_that_leaves_nothing() {
+    if !privileged("a_full_subnet_is_an_error_that_leaves_nothing") {
+        return;
+    }
+    // /29 node subnets: 6 hosts, one the gateway → 5 pods.
+    let opts = ClusterOptions {
+        netconf: r#"{"Network":"10.244.0.0/16","SubnetLen":29,"Backend":{"Type":"vxlan"}}"#.into(),
+        ..ClusterOptions::default()
+    };
+    let s = Cluster::start("xc-full", 1, &opts).unwrap();
+    let sock = s.nodes[0].agent_socket.clone();
+    let pods: Vec<Netns> = (0..6).map(|i| Netns::new(&format!("xc-f{i}")).unwrap()).collect();
+    for (i, p) in pods.iter().take(5).enumerate() {
+        assert!(cni(&s, 0, "ADD", &Container::in_netns(&format!("f{i}"), p), &conf("1.0.0", &sock)).success);
+    }
+    let o = cni(&s, 0, "ADD", &Container::in_netns("f5", &pods[5]), &conf("1.0.0", &sock));
+    assert_eq!(failed_with(&o), 7);
+    assert!(o.output["details"].as_str().unwrap().contains("full"), "{}", o.output);
+    assert_eq!(s.allocations(0).unwrap().len(), 5);
+    assert_eq!(s.pod_veths(0).unwrap().len(), 5, "no veth for the refused pod");
+    assert!(pods[5].ip(&["link", "show", "eth0"]).is_err());
+    for (i, p) in pods.iter().take(5).enumerate() {
+        assert!(cni(&s, 0, "DEL", &Container::in_netns(&format!("f{i}"), p), &conf("1.0.0", &sock)).success);
+    }
+    assert_clean(&s, 0);
+}
+
+/// `xlane` first in a chain with Debian's `tuning` and `portmap`, its addresses from
+/// Debian's `host-local` through the `ipam` section; the pod is reachable through the
+/// mapped host port from the other node.
+#[test]
+fn delegated_ipam_in_a_chain_with_tuning_and_portmap() {
+    let plugins = ["host-local", "tuning", "portmap"].map(|p| format!("{REFERENCE_PLUGINS}/{p}"));
+    if !privileged_with(
+        "delegated_ipam_in_a_chain_with_tuning_and_portmap",
+        &[&plugins[0], &plugins[1], &plugins[2], "/usr/sbin/iptables", "/bin/busybox"],
+    ) {
+        return;
+    }
+    let s = Cluster::start("xc-chain", 2, &ClusterOptions::default()).unwrap();
+    let subnet = s.lab.nodes[0].subnet_cidr();
+    let data_dir = s.dir.join("host-local");
+    let net = subnet.rsplit_once('.').unwrap().0.to_owned();
+    let list = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "xlane",
+        "plugins": [
+            {"type": "xlane", "agentSocket": s.nodes[0].agent_socket,
+             "ipam": {"type": "host-local", "dataDir": data_dir,
+                      "ranges": [[{"subnet": subnet, "rangeStart": format!("{net}.100"), "rangeEnd": format!("{net}.120")}]],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}},
+            {"type": "portmap", "capabilities": {"portMappings": true},
+             "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}
+        ]
+    });
+    let rt = runtime();
+    let node = &s.lab.nodes[0].ns;
+    let pod = Netns::new("xc-chained").unwrap();
+    let c = Container::in_netns("chained", &pod);
+    let result = rt.add(node, &list, &c).unwrap();
+    let ip = ip_of(&result);
+    assert_eq!(ip, format!("{net}.100"), "host-local's first address: {result}");
+    assert!(data_dir.join("xlane").join(&ip).exists(), "host-local recorded it");
+    assert_eq!(s.allocations(0).unwrap()[0].ip.to_string(), ip, "the agent recorded the delegated address");
+    let somaxconn = pod.command("cat").arg("/proc/sys/net/core/somaxconn").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&somaxconn.stdout).trim(), "512", "tuning ran after xlane, inside the pod");
+    let nat = node.command("iptables").args(["-t", "nat", "-S"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&nat.stdout).contains(&format!("{ip}:80")), "portmap's DNAT rule");
+    // CHECK through xlane (and host-local) and tuning; portmap 1.1.1's CHECK fails on
+    // hosts without ip6tables NAT chains, whatever the plugin before it did.
+    let mut checkable = list.clone();
+    checkable["plugins"].as_array_mut().unwrap().truncate(2);
+    rt.check(node, &checkable, &c, &result).unwrap();
+    // Through the mapped port from the other node: node1 → node0:8080 → DNAT → pod:80.
+    // A Kubernetes node forwards (kubeadm's preflight insists on it).
+    node.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")).unwrap().unwrap();
+    let mut server = pod
+        .command("busybox")
+        .args(["nc", "-l", "-p", "80", "-e", "echo", "hello-from-pod"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let got = s.lab.nodes[1]
+        .ns
+        .command("busybox")
+        .args(["nc", "-w", "3", &s.lab.nodes[0].ip.to_string(), "8080"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello-from-pod", "{got:?}");
+    // A second pod gets the next address; a node-foreign delegated range is refused.
+    rt.del(node, &list, &c, Some(&result)).unwrap();
+    assert!(!data_dir.join("xlane").join(&ip).exists(), "host-local released it");
+    assert!(
+        !String::from_utf8_lossy(&node.command("iptables").args(["-t", "nat", "-S"]).output().unwrap().stdout)
+            .contains(&format!("{ip}:80"))
+    );
+    assert_clean(&s, 0);
+    let mut foreign = list.clone();
+    foreign["plugins"][0]["ipam"]["ranges"] = serde_json::json!([[{"subnet": "10.99.0.0/24"}]]);
+    let e = rt.add(node, &foreign, &c).unwrap_err().to_string();
+    assert!(e.contains("not a pod address of this node"), "{e}");
+    assert_clean(&s, 0);
+    assert_eq!(
+        std::fs::read_dir(data_dir.join("xlane"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("10."))
+            .count(),
+        0,
+        "host-local got its address back"
+    );
+}
+
+#[test]
+fn parallel_calls_for_different_containers() {
+    if !privileged("parallel_calls_for_different_containers") {
+        return;
+    }
+    let s = Cluster::start("xc-par", 1, &ClusterOptions::default()).unwrap();
+    let conf = conf("1.0.0", &s.nodes[0].agent_socket);
+    let pods: Vec<Netns> = (0..16).map(|i| Netns::new(&format!("xc-par{i}")).unwrap()).collect();
+    let containers: Vec<Container> =
+        pods.iter().enumerate().map(|(i, p)| Container::in_netns(&format!("par{i}"), p)).collect();
+    let results: Vec<Outcome> = std::thread::scope(|sc| {
+        let hs: Vec<_> = containers.iter().map(|c| sc.spawn(|| cni(&s, 0, "ADD", c, &conf))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips: Vec<String> = results.iter().map(|r| ip_of(&r.clone().result().unwrap())).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 16, "16 distinct addresses");
+    assert_eq!(s.endpoints(0).unwrap().len(), 16);
+    let unreachable: Vec<&String> =
+        pods.iter().zip(ips.iter().rev()).filter(|(p, ip)| !p.ping(ip, 1)).map(|(_, ip)| ip).collect();
+    assert_eq!(unreachable, Vec::<&String>::new(), "every pod attached and forwarding");
+    // DELs in parallel, each container twice at once (the per-container lock).
+    std::thread::scope(|sc| {
+        for c in containers.iter().chain(containers.iter()) {
+            let conf = &conf;
+            let s = &s;
+            sc.spawn(move || assert!(cni(s, 0, "DEL", c, conf).success));
+        }
+    });
+    assert_clean(&s, 0);
+}
+
+/// 200 ADD/DEL cycles over 12 pods in a random interleaving, the agent restarted in the
+/// middle: every ADD works, and at the end nothing leaked.
+#[test]
+fn two_hundred_cycles_with_an_agent_restart() {
+    if !privileged("two_hundred_cycles_with_an_agent_restart") {
+        return;
+    }
+    let mut s = Cluster::start("xc-cyc", 1, &ClusterOptions::default()).unwrap();
+    let conf = conf("1.0.0", &s.nodes[0].agent_socket);
+    let pods: Vec<Netns> = (0..12).map(|i| Netns::new(&format!("xc-cy{i}")).unwrap()).collect();
+    let containers: Vec<Container> =
+        pods.iter().enumerate().map(|(i, p)| Container::in_netns(&format!("cyc{i}"), p)).collect();
+    let mut attached: BTreeMap<usize, String> = BTreeMap::new();
+    // xorshift: a fixed, reproducible interleaving.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let (mut adds, mut restarted) = (0, false);
+    while adds < 200 || !attached.is_empty() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let k = usize::try_from(x % 12).unwrap();
+        if adds >= 100 && !restarted {
+            s.restart_agent(0).unwrap();
+            restarted = true;
+        }
+        if let Some(ip) = attached.remove(&k) {
+            let o = cni(&s, 0, "DEL", &containers[k], &conf);
+            assert!(o.success, "DEL {k}: {}", o.output);
+            assert!(!s.allocations(0).unwrap().iter().any(|a| a.ip.to_string() == ip));
+        } else if adds < 200 {
+            let r = cni(&s, 0, "ADD", &containers[k], &conf).result().unwrap_or_else(|e| panic!("ADD {k}: {e}"));
+            let ip = ip_of(&r);
+            assert!(!attached.values().any(|v| *v == ip), "{ip} handed out twice");
+            attached.insert(k, ip);
+            adds += 1;
+        }
+        assert_eq!(s.allocations(0).unwrap().len(), attached.len(), "allocations track the pods");
+    }
+    assert_clean(&s, 0);
 }

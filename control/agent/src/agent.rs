@@ -355,25 +355,38 @@ pub fn serve_api(path: PathBuf, xlaned: PathBuf, shared: Arc<Mutex<Shared>>) -> 
     std::thread::Builder::new().name("xlane-agent-api".into()).spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-            let Ok(mut writer) = conn.try_clone() else { continue };
-            let mut reader = BufReader::new(conn);
-            let mut line = Vec::new();
-            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-                let reply = match crate::api::parse(&line) {
-                    Ok(op) => handle(op, &xlaned, &shared),
-                    Err(r) => r,
-                };
-                line.clear();
-                let mut out = serde_json::to_vec(&reply).expect("plain data");
-                out.push(b'\n');
-                if writer.write_all(&out).is_err() {
-                    break;
-                }
+            // A thread per connection: a plugin holds its connection while it builds the
+            // pod's veth, and parallel ADDs for different pods must not queue behind it.
+            // The IPAM state is behind the one mutex, held only inside `handle`.
+            let (xlaned, shared) = (xlaned.clone(), Arc::clone(&shared));
+            let spawned = std::thread::Builder::new()
+                .name("xlane-agent-conn".into())
+                .spawn(move || serve_connection(conn, &xlaned, &shared));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot serve an API connection");
             }
         }
     })?;
     Ok(())
+}
+
+fn serve_connection(conn: std::os::unix::net::UnixStream, xlaned: &std::path::Path, shared: &Arc<Mutex<Shared>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut writer) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(conn);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+        let reply = match crate::api::parse(&line) {
+            Ok(op) => handle(op, xlaned, shared),
+            Err(r) => r,
+        };
+        line.clear();
+        let mut out = serde_json::to_vec(&reply).expect("plain data");
+        out.push(b'\n');
+        if writer.write_all(&out).is_err() {
+            break;
+        }
+    }
 }
 
 fn not_ready() -> AgentReply {
@@ -384,9 +397,13 @@ fn handle(op: AgentOp, xlaned: &std::path::Path, shared: &Arc<Mutex<Shared>>) ->
     let mut sh = shared.lock().expect("not poisoned");
     let mtu = sh.mtu;
     match op {
-        AgentOp::Add { container_id, ifname, netns } => {
+        AgentOp::Add { container_id, ifname, netns, ip } => {
             let Some(ipam) = sh.ipam.as_mut() else { return not_ready() };
-            let allocated = ipam.allocate(&container_id, &ifname).and_then(|ip| {
+            let allocated = match ip {
+                Some(ip) => ipam.reserve(&container_id, &ifname, ip).map(|()| ip),
+                None => ipam.allocate(&container_id, &ifname),
+            };
+            let allocated = allocated.and_then(|ip| {
                 if let Some(n) = &netns {
                     ipam.set_netns(&container_id, &ifname, n)?;
                 }

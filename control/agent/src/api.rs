@@ -30,6 +30,9 @@ pub enum AgentOp {
         /// CNI_NETNS, recorded with the allocation.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         netns: Option<String>,
+        /// An address a delegated IPAM plugin chose: record it instead of allocating.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<Ipv4Addr>,
     },
     /// The pod interface is set up behind `host_if`: attach it to the dataplane. Replies
     /// once xlaned forwards for it.

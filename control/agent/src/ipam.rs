@@ -51,6 +51,22 @@ pub enum IpamError {
         /// What went wrong.
         reason: String,
     },
+    /// A delegated address outside what this node may use.
+    #[error("{ip} is not a pod address of this node's subnet {subnet}")]
+    Foreign {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The node subnet.
+        subnet: Ipv4Net,
+    },
+    /// A delegated address already held by another interface.
+    #[error("{ip} is already held by {holder}")]
+    Taken {
+        /// The address.
+        ip: Ipv4Addr,
+        /// Who has it.
+        holder: String,
+    },
     /// No such allocation.
     #[error("no address for container {container_id} interface {ifname}")]
     NotFound {
@@ -155,6 +171,41 @@ impl Ipam {
             return Err(e);
         }
         Ok(ip)
+    }
+
+    /// Record `ip`, chosen by a delegated IPAM plugin, as the address of (container,
+    /// interface). Idempotent for the same holder; the address must lie in the node subnet
+    /// (other nodes route the subnet here) and not be the gateway or someone else's.
+    ///
+    /// # Errors
+    /// [`IpamError::Foreign`], [`IpamError::Taken`], or the state cannot be saved.
+    pub fn reserve(&mut self, container_id: &str, ifname: &str, ip: Ipv4Addr) -> Result<(), IpamError> {
+        if !self.subnet.contains(&ip) || ip == self.gateway() || ip == self.subnet.broadcast() {
+            return Err(IpamError::Foreign { ip, subnet: self.subnet });
+        }
+        match self.state.allocations.get(&ip) {
+            Some(a) if a.container_id == container_id && a.ifname == ifname => return Ok(()),
+            Some(a) => return Err(IpamError::Taken { ip, holder: format!("{}/{}", a.container_id, a.ifname) }),
+            None => {}
+        }
+        if let Some((old, _)) = self.find(container_id, ifname) {
+            return Err(IpamError::Taken { ip: old, holder: format!("{container_id}/{ifname} (already has it)") });
+        }
+        self.state.allocations.insert(
+            ip,
+            Allocation {
+                container_id: container_id.to_owned(),
+                ifname: ifname.to_owned(),
+                host_if: None,
+                mac: None,
+                netns: None,
+            },
+        );
+        if let Err(e) = self.save() {
+            self.state.allocations.remove(&ip);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Record the pod's namespace path for an allocation.
@@ -280,6 +331,27 @@ mod tests {
         let released = ipam.gc(&[("c0".into(), "eth0".into()), ("c4".into(), "eth0".into())]).unwrap();
         assert_eq!(released.len(), 3);
         assert_eq!(ipam.allocations().count(), 2);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn delegated_addresses_are_reserved_in_the_subnet_only() {
+        let path = tmp("reserve");
+        let mut ipam = Ipam::open(&path, net("10.244.1.0/24")).unwrap();
+        let ip = Ipv4Addr::new(10, 244, 1, 50);
+        ipam.reserve("c1", "eth0", ip).unwrap();
+        ipam.reserve("c1", "eth0", ip).unwrap();
+        assert!(matches!(ipam.reserve("c2", "eth0", ip), Err(IpamError::Taken { .. })));
+        assert!(matches!(ipam.reserve("c1", "eth0", Ipv4Addr::new(10, 244, 1, 51)), Err(IpamError::Taken { .. })));
+        for bad in [Ipv4Addr::new(10, 244, 2, 5), Ipv4Addr::new(10, 244, 1, 1), Ipv4Addr::new(10, 244, 1, 255)] {
+            assert!(matches!(ipam.reserve("c3", "eth0", bad), Err(IpamError::Foreign { .. })), "{bad}");
+        }
+        // Our own allocator steps around it, and it survives a restart.
+        let mut ipam = Ipam::open(&path, net("10.244.1.0/24")).unwrap();
+        assert_eq!(ipam.find("c1", "eth0").unwrap().0, ip);
+        for i in 0..60 {
+            assert_ne!(ipam.allocate(&format!("x{i}"), "eth0").unwrap(), ip);
+        }
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

@@ -175,8 +175,9 @@ fn restarts_of_agent_and_xlaned_lose_nothing() {
     assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip));
     let g1 = generation(&c.runs[0].xl_sock);
     assert!(g1 - g0 <= 1, "a restarted agent re-sent only the VTEP (generation {g0} → {g1})");
-    let AgentReply::Allocated { ip, .. } =
-        agent(&c, 0).call(AgentOp::Add { container_id: "pod-a".into(), ifname: "eth0".into(), netns: None }).unwrap()
+    let AgentReply::Allocated { ip, .. } = agent(&c, 0)
+        .call(AgentOp::Add { container_id: "pod-a".into(), ifname: "eth0".into(), netns: None, ip: None })
+        .unwrap()
     else {
         panic!()
     };

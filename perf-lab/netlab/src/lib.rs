@@ -6,7 +6,9 @@
 //! machine of the lab's kind has.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod process;
+pub mod runtime;
 pub mod topology;
 
 pub use topology::{Lab, Node, Pod};
@@ -33,6 +35,25 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// Whether a test needing root and the files in `tools` (installed by
+/// `scripts/test.sh`) may run; like [`privileged`], a skip outside CI, a failure in CI.
+///
+/// # Panics
+/// In CI without root or a tool.
+#[must_use]
+pub fn privileged_with(test: &str, tools: &[&str]) -> bool {
+    if !privileged(test) {
+        return false;
+    }
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !std::path::Path::new(t).exists()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: missing {missing:?} (CI=true: not skipping)");
+    eprintln!("SKIPPED {test}: missing {missing:?} (scripts/test.sh installs them)");
+    false
+}
+
 fn check(what: &str, out: Output) -> io::Result<String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -52,9 +73,10 @@ fn check(what: &str, out: Output) -> io::Result<String> {
 /// If the binary is not there (run `cargo build --workspace --bins` first).
 #[must_use]
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(std::path::Path::parent).expect("target/<profile>/deps");
+    let exe = std::env::current_exe().expect("own executable path");
+    // A test runs from target/<profile>/deps/, a lab binary from target/<profile>/.
+    let here = exe.parent().expect("target/<profile>[/deps]");
+    let dir = if here.ends_with("deps") { here.parent().expect("target/<profile>") } else { here };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -154,6 +176,16 @@ impl Netns {
             .nth(1)
             .map(str::to_owned)
             .ok_or_else(|| io::Error::other(format!("no MAC in {out:?}")))
+    }
+
+    /// Whether `count` pings to `dst` from inside this namespace are answered (200 ms
+    /// apart, 2 s deadline each).
+    #[must_use]
+    pub fn ping(&self, dst: &str, count: u32) -> bool {
+        self.command("ping")
+            .args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", dst])
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     /// Whether an XDP program is attached to `dev`.

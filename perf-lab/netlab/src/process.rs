@@ -14,18 +14,54 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn start(ns: &Netns, bin: &Path, args: &[String], log: PathBuf) -> Self {
-        let f = std::fs::File::create(&log).unwrap();
-        let child = ns.command(bin.to_str().unwrap()).args(args).stdout(Stdio::null()).stderr(f).spawn().unwrap();
-        Self { child: Some(child), log }
+    /// Start `bin` in `ns`, stderr to `log`.
+    ///
+    /// # Errors
+    /// The log cannot be created or the program not started.
+    pub fn spawn(ns: &Netns, bin: &Path, args: &[String], log: PathBuf) -> std::io::Result<Self> {
+        let f = std::fs::File::create(&log)?;
+        let child = ns.command(&bin.to_string_lossy()).args(args).stdout(Stdio::null()).stderr(f).spawn()?;
+        Ok(Self { child: Some(child), log })
     }
 
     /// Start in the root namespace (for processes that need only unix sockets and
-    /// loopback, like an agent talking to etcd).
+    /// loopback, like an agent talking to its datastore).
+    ///
+    /// # Errors
+    /// As [`Proc::spawn`].
+    pub fn spawn_here(bin: &Path, args: &[String], log: PathBuf) -> std::io::Result<Self> {
+        let f = std::fs::File::create(&log)?;
+        let child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(f).spawn()?;
+        Ok(Self { child: Some(child), log })
+    }
+
+    /// [`Proc::spawn`] for tests.
+    ///
+    /// # Panics
+    /// If it cannot start.
+    #[must_use]
+    pub fn start(ns: &Netns, bin: &Path, args: &[String], log: PathBuf) -> Self {
+        Self::spawn(ns, bin, args, log).unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()))
+    }
+
+    /// [`Proc::spawn_here`] for tests.
+    ///
+    /// # Panics
+    /// If it cannot start.
+    #[must_use]
     pub fn start_here(bin: &Path, args: &[String], log: PathBuf) -> Self {
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(f).spawn().unwrap();
-        Self { child: Some(child), log }
+        Self::spawn_here(bin, args, log).unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()))
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// The process ID, while running.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn stop(&mut self, sig: nix::sys::signal::Signal) {
@@ -81,4 +117,28 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> D
         std::thread::sleep(Duration::from_millis(50));
     }
     t0.elapsed()
+}
+
+/// Poll `f` every 50 ms until it holds, while `proc` keeps running.
+///
+/// # Errors
+/// `proc` exited, or `timeout` passed; the message names `what` and ends with the log.
+pub fn wait_until(what: &str, timeout: Duration, proc: &mut Proc, mut f: impl FnMut() -> bool) -> std::io::Result<()> {
+    let t0 = Instant::now();
+    while !f() {
+        let why = if !proc.running() {
+            "the process exited"
+        } else if t0.elapsed() > timeout {
+            "timed out"
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        return Err(std::io::Error::other(format!(
+            "waiting for {what}: {why}; log {}:\n{}",
+            proc.log.display(),
+            proc.log()
+        )));
+    }
+    Ok(())
 }

@@ -41,7 +41,7 @@ pub fn attach_pod(lab: &mut xlane_netlab::Lab, agent_sock: &Path, node: usize, c
     use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
     let mut c = AgentClient::connect(agent_sock).unwrap();
     let AgentReply::Allocated { ip, gateway, mtu, .. } =
-        c.call(AgentOp::Add { container_id: cid.into(), ifname: "eth0".into(), netns: None }).unwrap()
+        c.call(AgentOp::Add { container_id: cid.into(), ifname: "eth0".into(), netns: None, ip: None }).unwrap()
     else {
         panic!("allocation failed")
     };

@@ -1,0 +1,201 @@
+//! A running xlane cluster on a [`Lab`]: every node runs `xlaned` (in its namespace, on
+//! its uplink) and `xlane-agent` (file datastore shared by all nodes, as on one host).
+
+use crate::process::{Proc, wait_until};
+use crate::{Lab, workspace_binary};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use xlane_agent::api::{AgentClient, AgentOp, AgentReply, AllocationInfo};
+use xlane_api::{Client, Op, PortInfo, Reply, Table};
+
+/// The flannel network configuration every node reads.
+pub const DEFAULT_NETCONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+/// One node's daemons.
+#[derive(Debug)]
+pub struct ClusterNode {
+    /// The dataplane.
+    pub xlaned: Proc,
+    /// The agent.
+    pub agent: Proc,
+    /// xlaned's control socket.
+    pub xlaned_socket: PathBuf,
+    /// The agent's API socket (what the CNI plugin's `agentSocket` names).
+    pub agent_socket: PathBuf,
+    agent_args: Vec<String>,
+}
+
+/// A lab with xlane running on every node. Dropping it stops the daemons (by PID), then
+/// removes the namespaces and the working directory.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The daemons, per node (stopped first).
+    pub nodes: Vec<ClusterNode>,
+    /// The namespaces.
+    pub lab: Lab,
+    /// Sockets, logs, datastore and state.
+    pub dir: PathBuf,
+}
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// flannel network configuration (`<store>/config`).
+    pub netconf: String,
+    /// Extra `xlaned` arguments (e.g. `--busy-poll`).
+    pub xlaned_args: Vec<String>,
+    /// Agent lease TTL in seconds.
+    pub lease_ttl: u32,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self { netconf: DEFAULT_NETCONF.into(), xlaned_args: Vec::new(), lease_ttl: 30 }
+    }
+}
+
+impl Cluster {
+    /// Build a lab of `nodes` nodes named after `prefix` and start xlane on each; returns
+    /// once every agent holds a lease and its dataplane is in sync.
+    ///
+    /// # Errors
+    /// Lab setup failures, a daemon that does not come up (its log is in the message).
+    pub fn start(prefix: &str, nodes: u8, opts: &ClusterOptions) -> io::Result<Self> {
+        let lab = Lab::new(prefix, nodes)?;
+        let dir = std::env::temp_dir().join(format!("xlane-{prefix}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("store"))?;
+        std::fs::write(dir.join("store/config"), &opts.netconf)?;
+        let mut cluster = Self { nodes: Vec::new(), lab, dir };
+        for i in 0..usize::from(nodes) {
+            let node = cluster.start_node(i, opts)?;
+            cluster.nodes.push(node);
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_ready(i)?;
+        }
+        Ok(cluster)
+    }
+
+    fn start_node(&self, i: usize, opts: &ClusterOptions) -> io::Result<ClusterNode> {
+        let path = |s: &str| self.dir.join(s).to_string_lossy().into_owned();
+        let xlaned_socket = self.dir.join(format!("xlaned{i}.sock"));
+        let mut args = vec!["--uplink".into(), "eth0".into(), "--socket".into(), path(&format!("xlaned{i}.sock"))];
+        args.extend(opts.xlaned_args.iter().cloned());
+        let mut xlaned = Proc::spawn(
+            &self.lab.nodes[i].ns,
+            &workspace_binary("xlaned"),
+            &args,
+            self.dir.join(format!("xlaned{i}.log")),
+        )?;
+        wait_until("xlaned's socket", Duration::from_secs(10), &mut xlaned, || xlaned_socket.exists())?;
+        let agent_socket = self.dir.join(format!("agent{i}.sock"));
+        let agent_args = vec![
+            "--store-dir".into(),
+            path("store"),
+            "--state-dir".into(),
+            path(&format!("state{i}")),
+            "--xlaned-socket".into(),
+            path(&format!("xlaned{i}.sock")),
+            "--socket".into(),
+            path(&format!("agent{i}.sock")),
+            "--lease-ttl".into(),
+            opts.lease_ttl.to_string(),
+        ];
+        let agent = Proc::spawn_here(&workspace_binary("xlane-agent"), &agent_args, self.agent_log(i))?;
+        Ok(ClusterNode { xlaned, agent, xlaned_socket, agent_socket, agent_args })
+    }
+
+    fn agent_log(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("agent{i}.log"))
+    }
+
+    /// Wait until node `i`'s agent holds a lease and its dataplane is in sync.
+    ///
+    /// # Errors
+    /// Not within 20 s, or the agent exited.
+    pub fn wait_ready(&mut self, i: usize) -> io::Result<()> {
+        let sock = self.nodes[i].agent_socket.clone();
+        wait_until("the agent's lease and dataplane sync", Duration::from_secs(20), &mut self.nodes[i].agent, || {
+            agent_ready(&sock)
+        })
+    }
+
+    /// Stop node `i`'s agent (SIGTERM, by PID).
+    pub fn stop_agent(&mut self, i: usize) {
+        self.nodes[i].agent.stop(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Restart node `i`'s agent and wait until it is ready again.
+    ///
+    /// # Errors
+    /// As [`Cluster::wait_ready`].
+    pub fn restart_agent(&mut self, i: usize) -> io::Result<()> {
+        self.stop_agent(i);
+        let log = self.agent_log(i).with_extension("restarted.log");
+        self.nodes[i].agent = Proc::spawn_here(&workspace_binary("xlane-agent"), &self.nodes[i].agent_args, log)?;
+        self.wait_ready(i)
+    }
+
+    /// A client of node `i`'s agent.
+    ///
+    /// # Errors
+    /// The agent is not listening.
+    pub fn agent(&self, i: usize) -> io::Result<AgentClient> {
+        AgentClient::connect(&self.nodes[i].agent_socket)
+    }
+}
+
+impl Cluster {
+    /// Node `i`'s pod address allocations, as its agent reports them.
+    ///
+    /// # Errors
+    /// The agent does not answer.
+    pub fn allocations(&self, i: usize) -> io::Result<Vec<AllocationInfo>> {
+        match self.agent(i)?.call(AgentOp::Status)? {
+            AgentReply::Status { allocations, .. } => Ok(allocations),
+            other => Err(io::Error::other(format!("agent status: {other:?}"))),
+        }
+    }
+
+    /// Node `i`'s pod ports (not the host port), as xlaned reports them.
+    ///
+    /// # Errors
+    /// xlaned does not answer.
+    pub fn endpoints(&self, i: usize) -> io::Result<Vec<PortInfo>> {
+        let mut c = Client::connect(&self.nodes[i].xlaned_socket).map_err(io::Error::other)?;
+        match c.call(Op::Dump { table: Table::Endpoints }).map_err(io::Error::other)? {
+            Reply::Endpoints { endpoints } => Ok(endpoints.into_iter().filter(|e| e.role == "pod").collect()),
+            other => Err(io::Error::other(format!("xlaned dump: {other:?}"))),
+        }
+    }
+
+    /// The host-side pod interfaces (`xl…`) in node `i`.
+    ///
+    /// # Errors
+    /// `ip` failures.
+    pub fn pod_veths(&self, i: usize) -> io::Result<Vec<String>> {
+        let out = self.lab.nodes[i].ns.ip(&["-o", "link", "show"])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or_default().to_owned())
+            .filter(|n| n.starts_with("xl") && n != "xlane0" && n != "xlane0-e")
+            .collect())
+    }
+}
+
+fn agent_ready(sock: &Path) -> bool {
+    AgentClient::connect(sock)
+        .and_then(|mut c| c.call(AgentOp::Status))
+        .is_ok_and(|r| matches!(r, AgentReply::Status { lease: Some(_), dataplane_synced: true, .. }))
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Daemons before namespaces: xlaned detaches its XDP programs on the way out.
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
