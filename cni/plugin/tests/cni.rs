@@ -60,6 +60,21 @@ fn add_check_del_across_versions_and_nodes() {
     // The first packet after ADD goes through: ADD returned only once the port was ready.
     assert!(pods[0].ping(&ip_of(&b), 2), "pod to pod across nodes");
     assert!(pods[0].ping(&ip_of(&c), 2), "pod to pod on one node");
+    // 20 MB over TCP across nodes, byte-exact.
+    let dst: std::net::Ipv4Addr = ip_of(&b).parse().unwrap();
+    let listener = pods[1].enter(|| std::net::TcpListener::bind((dst, 5001))).unwrap().unwrap();
+    let receiver = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut c, _) = listener.accept().unwrap();
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap();
+        all
+    });
+    let data: Vec<u8> = (0..20_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let mut out = pods[0].enter(|| std::net::TcpStream::connect((dst, 5001))).unwrap().unwrap();
+    std::io::Write::write_all(&mut out, &data).unwrap();
+    drop(out);
+    assert!(receiver.join().unwrap() == data, "20 MB arrived intact");
     let alloc = s.allocations(0).unwrap();
     let rec = alloc.iter().find(|a| a.container_id == "cid-a").expect("cid-a allocated");
     assert_eq!(rec.netns, ca.netns, "the agent records the pod's namespace");
