@@ -62,7 +62,7 @@ fn call(c: &mut AgentClient, op: AgentOp) -> Result<AgentReply, CniError> {
     let r = c.call(op).map_err(|e| CniError::new(Code::TryAgain, "xlane-agent did not answer", e.to_string()))?;
     match r {
         AgentReply::Error { code: ErrorCode::Failed, message } => {
-            Err(CniError::new(Code::TryAgain, "xlane-agent is not ready", message))
+            Err(CniError::new(Code::TryAgain, "xlane could not complete the request; try again", message))
         }
         AgentReply::Error { code, message } => {
             Err(CniError::new(Code::InvalidConfig, format!("xlane-agent refused ({code:?})"), message))

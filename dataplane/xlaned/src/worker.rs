@@ -287,7 +287,7 @@ impl Worker {
         // A port whose fill ring cannot be stocked would attach and silently receive
         // nothing: refuse it with the remedy instead.
         let queues = u32::try_from(spec.queues.len()).unwrap_or(u32::MAX);
-        let needed = spec.fill_target.saturating_mul(queues) as usize + BURST * (self.ports.len() + 1);
+        let needed = spec.fill_target.saturating_mul(queues) as usize + free_reserve(self.ports.len() + 1);
         let free = self.umem.free_frames();
         if free < needed {
             return Err(format!(
@@ -416,7 +416,7 @@ impl Worker {
             let _ = burst.record(n as u64);
         }
         // Keep every fill ring stocked; leave a reserve so TX completions lag safely.
-        let reserve = BURST * ports.len().max(1);
+        let reserve = free_reserve(ports.len());
         for p in ports.iter_mut() {
             let level = Umem::fill_level(&p.xsk);
             if level < p.fill_target {
@@ -435,4 +435,10 @@ impl Worker {
             }
         }
     }
+}
+
+/// Frames kept off the fill rings so completions can lag: a burst per port, capped so a
+/// node with a hundred pods does not park thousands of frames.
+fn free_reserve(ports: usize) -> usize {
+    BURST * ports.clamp(1, 16)
 }

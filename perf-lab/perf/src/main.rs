@@ -1,5 +1,7 @@
 //! xlane-perf: perf-lab measurements.
 //!
+//! `cni-latency`: CNI ADD/DEL latency through xlane beside bridge + host-local.
+//!
 //! `control-plane`: the time from a lease appearing in the datastore to its route being
 //! in xlaned's FIB, for N simulated remote nodes, and the agent's memory at N nodes. One
 //! lab node (namespace, uplink on a fabric bridge, default route via the fabric) runs
@@ -46,7 +48,18 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// CNI ADD/DEL latency (p50/p99) through xlane beside Debian's bridge + host-local.
+    CniLatency {
+        /// Pods per contender.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
+
+mod cni_latency;
 
 /// Writes one lease (subnet, attributes) into the datastore under test.
 type Writer = Box<dyn FnMut(&str, &LeaseAttrs) -> anyhow::Result<()>>;
@@ -280,6 +293,10 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::ControlPlane { nodes, rate, store, json } => control_plane(nodes, rate, store, json.as_deref()),
+        Cmd::CniLatency { pods, json } => cni_latency::run(pods).and_then(|v| match json {
+            Some(p) => std::fs::write(p, serde_json::to_vec_pretty(&v)?).map_err(Into::into),
+            None => Ok(()),
+        }),
     };
     if let Err(e) = r {
         eprintln!("xlane-perf: {e:#}");
