@@ -71,9 +71,9 @@ pub(crate) fn run(pods: usize) -> anyhow::Result<serde_json::Value> {
         }
     }
     for i in 0..pods {
-        for (k, c) in contenders.iter_mut().enumerate() {
+        for (k, (c, cached)) in contenders.iter_mut().zip(&results).enumerate() {
             let t0 = Instant::now();
-            rt.del(node, &c.conflist, &container(k, i), Some(&results[k][i]))?;
+            rt.del(node, &c.conflist, &container(k, i), Some(&cached[i]))?;
             c.del.record(u64::try_from(t0.elapsed().as_nanos())?.max(1))?;
         }
     }
