@@ -156,20 +156,7 @@ impl Ipam {
             .hosts()
             .find(|ip| *ip != gw && !self.state.allocations.contains_key(ip))
             .ok_or(IpamError::Full(self.subnet))?;
-        self.state.allocations.insert(
-            ip,
-            Allocation {
-                container_id: container_id.to_owned(),
-                ifname: ifname.to_owned(),
-                host_if: None,
-                mac: None,
-                netns: None,
-            },
-        );
-        if let Err(e) = self.save() {
-            self.state.allocations.remove(&ip);
-            return Err(e);
-        }
+        self.insert_saved(ip, container_id, ifname)?;
         Ok(ip)
     }
 
@@ -191,16 +178,19 @@ impl Ipam {
         if let Some((old, _)) = self.find(container_id, ifname) {
             return Err(IpamError::Taken { ip: old, holder: format!("{container_id}/{ifname} (already has it)") });
         }
-        self.state.allocations.insert(
-            ip,
-            Allocation {
-                container_id: container_id.to_owned(),
-                ifname: ifname.to_owned(),
-                host_if: None,
-                mac: None,
-                netns: None,
-            },
-        );
+        self.insert_saved(ip, container_id, ifname)
+    }
+
+    /// Record a new allocation and persist it; on a failed save nothing is recorded.
+    fn insert_saved(&mut self, ip: Ipv4Addr, container_id: &str, ifname: &str) -> Result<(), IpamError> {
+        let a = Allocation {
+            container_id: container_id.to_owned(),
+            ifname: ifname.to_owned(),
+            host_if: None,
+            mac: None,
+            netns: None,
+        };
+        self.state.allocations.insert(ip, a);
         if let Err(e) = self.save() {
             self.state.allocations.remove(&ip);
             return Err(e);

@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use xlane_api::{Change, Client, Counters, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, Vtep};
+use xlane_netlab::process::Proc;
 use xlane_netlab::{Lab, Netns, privileged};
 
 /// One lab at a time: they share two cores.
@@ -17,7 +18,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// A running xlaned, stopped (by PID) on drop.
 struct Xlaned {
-    child: Option<Child>,
+    proc: Proc,
     socket: PathBuf,
     dir: PathBuf,
 }
@@ -27,20 +28,15 @@ impl Xlaned {
         let dir = std::env::temp_dir().join(format!("xlane-e2e-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("xlaned.sock");
-        let log = std::fs::File::create(dir.join("xlaned.log")).unwrap();
         let uplink: &[&str] = if extra.contains(&"--uplink") { &[] } else { &["--uplink", "eth0"] };
-        let child = ns
-            .command(env!("CARGO_BIN_EXE_xlaned"))
-            .args(uplink)
-            .arg("--socket")
-            .arg(&socket)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn xlaned");
-        let d = Self { child: Some(child), socket, dir };
+        let args: Vec<String> = uplink
+            .iter()
+            .chain(&["--socket", &socket.to_string_lossy()])
+            .chain(extra)
+            .map(|a| (*a).to_owned())
+            .collect();
+        let proc = Proc::start(ns, Path::new(env!("CARGO_BIN_EXE_xlaned")), &args, dir.join("xlaned.log"));
+        let d = Self { proc, socket, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Client::connect(&d.socket).is_err() {
             assert!(Instant::now() < deadline, "xlaned did not open its socket:\n{}", d.log());
@@ -72,7 +68,7 @@ impl Xlaned {
 
     /// CPU seconds (user + system) the daemon has used so far.
     fn cpu_seconds(&self) -> f64 {
-        let pid = self.child.as_ref().expect("running").id();
+        let pid = self.proc.pid().expect("running");
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         // Fields after the command name (which may contain spaces): utime is 14th, stime 15th.
         let rest = &stat[stat.rfind(')').unwrap() + 2..];
@@ -84,33 +80,18 @@ impl Xlaned {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("xlaned.log")).unwrap_or_default()
+        self.proc.log()
     }
 
     /// Stop with `sig` and wait; returns the exit status.
     fn stop_with(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, sig);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.proc.stop(sig).expect("running")
     }
 }
 
 impl Drop for Xlaned {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            self.stop_with(nix::sys::signal::Signal::SIGTERM);
-        }
+        self.proc.stop(nix::sys::signal::Signal::SIGTERM);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -64,18 +64,21 @@ impl Proc {
         self.child.as_ref().map(Child::id)
     }
 
-    pub fn stop(&mut self, sig: nix::sys::signal::Signal) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
-            let _ = nix::sys::signal::kill(pid, sig);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
+    /// Send `sig` (by PID) and wait up to 10 s, then kill; the exit status, or `None`
+    /// if it was not running.
+    pub fn stop(&mut self, sig: nix::sys::signal::Signal) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).ok()?);
+        let _ = nix::sys::signal::kill(pid, sig);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match c.try_wait() {
+                Ok(Some(st)) => return Some(st),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
                     let _ = c.kill();
-                    let _ = c.wait();
-                    break;
+                    return c.wait().ok();
                 }
-                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }

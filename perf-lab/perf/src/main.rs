@@ -13,10 +13,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use xlane_agent::lease::LeaseAttrs;
 use xlane_api::{Client, Mac, Op, Reply, Table};
+use xlane_netlab::process::Proc;
 
 #[derive(Debug, Parser)]
 #[command(name = "xlane-perf", about = "perf-lab measurements")]
@@ -63,22 +63,6 @@ mod cni_latency;
 
 /// Writes one lease (subnet, attributes) into the datastore under test.
 type Writer = Box<dyn FnMut(&str, &LeaseAttrs) -> anyhow::Result<()>>;
-
-/// A child process stopped (by PID) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap_or(0));
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -134,14 +118,9 @@ fn control_plane(nodes: u32, rate: u32, store: Store, json: Option<&Path>) -> an
     let node = &lab.nodes[0];
     node.ns.ip(&["route", "add", "default", "via", "192.168.50.254"])?;
     let xl_sock = dir.join("xlaned.sock");
-    let _xlaned = Proc(
-        node.ns
-            .command(sibling("xlaned")?.to_str().unwrap_or("xlaned"))
-            .args(["--uplink", "eth0", "--metrics", "off", "--socket"])
-            .arg(&xl_sock)
-            .stderr(std::fs::File::create(dir.join("xlaned.log"))?)
-            .spawn()?,
-    );
+    let xlaned_args: Vec<String> =
+        ["--uplink", "eth0", "--metrics", "off", "--socket", &xl_sock.to_string_lossy()].map(str::to_owned).to_vec();
+    let _xlaned = Proc::spawn(&node.ns, &sibling("xlaned")?, &xlaned_args, dir.join("xlaned.log"))?;
     wait_until("xlaned", Duration::from_secs(10), || Client::connect(&xl_sock).is_ok())?;
     let network = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
     let agent_sock = dir.join("agent.sock");
@@ -166,14 +145,8 @@ fn control_plane(nodes: u32, rate: u32, store: Store, json: Option<&Path>) -> an
         }
         Store::Etcd => etcd_writer(&dir, network, &mut agent_args, &mut _etcd)?,
     };
-    let agent = Proc(
-        Command::new(sibling("xlane-agent")?)
-            .args(&agent_args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("agent.log"))?)
-            .spawn()?,
-    );
-    let agent_pid = agent.0.id();
+    let agent = Proc::spawn_here(&sibling("xlane-agent")?, &agent_args, dir.join("agent.log"))?;
+    let agent_pid = agent.pid().unwrap_or_default();
     wait_until("agent lease", Duration::from_secs(15), || {
         xlane_agent::api::AgentClient::connect(&agent_sock)
             .and_then(|mut c| c.call(xlane_agent::api::AgentOp::Status))
@@ -256,22 +229,29 @@ fn etcd_writer(
     use xlane_agent::store::Datastore as _;
     use xlane_agent::store::etcd::{DEFAULT_PREFIX, EtcdStore};
     let url = "http://127.0.0.1:32379";
-    let child = Command::new("etcd")
-        .args(["--name", "perf", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .args(["--listen-client-urls", url, "--advertise-client-urls", url])
-        .args([
-            "--listen-peer-urls",
-            "http://127.0.0.1:32380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:32380",
-        ])
-        .args(["--initial-cluster", "perf=http://127.0.0.1:32380"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("etcd.log"))?)
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("starting etcd (apt-get install etcd-server): {e}"))?;
-    *keep = Some(Proc(child));
+    let data_dir = dir.join("etcd").to_string_lossy().into_owned();
+    let args: Vec<String> = [
+        "--name",
+        "perf",
+        "--data-dir",
+        &data_dir,
+        "--listen-client-urls",
+        url,
+        "--advertise-client-urls",
+        url,
+        "--listen-peer-urls",
+        "http://127.0.0.1:32380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:32380",
+        "--initial-cluster",
+        "perf=http://127.0.0.1:32380",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    *keep = Some(
+        Proc::spawn_here(Path::new("etcd"), &args, dir.join("etcd.log"))
+            .map_err(|e| anyhow::anyhow!("starting etcd (apt-get install etcd-server): {e}"))?,
+    );
     let eps = vec![url.to_owned()];
     wait_until("etcd", Duration::from_secs(15), || {
         EtcdStore::connect(&eps, DEFAULT_PREFIX).and_then(|mut s| s.network_config()).is_ok()
