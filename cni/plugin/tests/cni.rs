@@ -58,8 +58,8 @@ fn add_check_del_across_versions_and_nodes() {
     let c = cni(&s, 0, "ADD", &Container::in_netns("cid-c", &pods[2]), &conf("1.1.0", &sock(0))).result().unwrap();
     assert_eq!(c["interfaces"][1]["mtu"], 1450);
     // The first packet after ADD goes through: ADD returned only once the port was ready.
-    assert!(pods[0].ping(&ip_of(&b), 2), "pod to pod across nodes");
-    assert!(pods[0].ping(&ip_of(&c), 2), "pod to pod on one node");
+    pods[0].ping(&ip_of(&b), 2).expect("pod to pod across nodes");
+    pods[0].ping(&ip_of(&c), 2).expect("pod to pod on one node");
     // 20 MB over TCP across nodes, byte-exact.
     let dst: std::net::Ipv4Addr = ip_of(&b).parse().unwrap();
     let listener = pods[1].enter(|| std::net::TcpListener::bind((dst, 5001))).unwrap().unwrap();
@@ -294,7 +294,7 @@ fn parallel_calls_for_different_containers() {
     assert_eq!(ips.len(), 16, "16 distinct addresses");
     assert_eq!(s.endpoints(0).unwrap().len(), 16);
     let unreachable: Vec<&String> =
-        pods.iter().zip(ips.iter().rev()).filter(|(p, ip)| !p.ping(ip, 1)).map(|(_, ip)| ip).collect();
+        pods.iter().zip(ips.iter().rev()).filter(|(p, ip)| p.ping(ip, 1).is_err()).map(|(_, ip)| ip).collect();
     assert_eq!(unreachable, Vec::<&String>::new(), "every pod attached and forwarding");
     // DELs in parallel, each container twice at once (the per-container lock).
     std::thread::scope(|sc| {

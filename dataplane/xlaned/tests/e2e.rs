@@ -177,13 +177,7 @@ fn udp(ns: &Netns, addr: SocketAddrV4) -> UdpSocket {
 }
 
 fn ping(ns: &Netns, dst: Ipv4Addr) -> Result<(), String> {
-    let out = ns
-        .command("ping")
-        .args(["-c", "3", "-i", "0.2", "-W", "2"])
-        .arg(dst.to_string())
-        .output()
-        .expect("ping (iputils-ping) is installed");
-    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stdout).into_owned()) }
+    ns.ping(&dst.to_string(), 3)
 }
 
 fn fnv1a(h: &mut u64, bytes: &[u8]) {

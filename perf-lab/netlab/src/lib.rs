@@ -178,14 +178,22 @@ impl Netns {
             .ok_or_else(|| io::Error::other(format!("no MAC in {out:?}")))
     }
 
-    /// Whether `count` pings to `dst` from inside this namespace are answered (200 ms
-    /// apart, 2 s deadline each).
-    #[must_use]
-    pub fn ping(&self, dst: &str, count: u32) -> bool {
-        self.command("ping")
+    /// Send `count` pings to `dst` from inside this namespace (200 ms apart, 2 s
+    /// deadline each, iputils `ping`).
+    ///
+    /// # Errors
+    /// Not every ping was answered: ping's output, for the test's message.
+    pub fn ping(&self, dst: &str, count: u32) -> Result<(), String> {
+        let out = self
+            .command("ping")
             .args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", dst])
             .output()
-            .is_ok_and(|o| o.status.success())
+            .map_err(|e| format!("running ping (iputils-ping): {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ping {dst}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        }
     }
 
     /// Whether an XDP program is attached to `dev`.

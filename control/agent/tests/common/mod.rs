@@ -26,13 +26,7 @@ pub fn routes(sock: &Path) -> Vec<String> {
 }
 
 pub fn ping(ns: &Netns, dst: Ipv4Addr) -> bool {
-    ns.command("ping")
-        .args(["-c", "2", "-i", "0.2", "-W", "2"])
-        .arg(dst.to_string())
-        .output()
-        .expect("ping is installed")
-        .status
-        .success()
+    ns.ping(&dst.to_string(), 2).is_ok()
 }
 
 /// Do what the CNI plugin does for a pod on `node`: allocate through the agent at
