@@ -49,7 +49,10 @@ cargo test -p xlane-agent --features etcd --locked --test etcd
 log "benches, once each in test mode (they check their own inputs)"
 cargo test -p xlane-benches --benches --locked
 
-log "demo (in-memory two-node cluster)"
+log "the in-memory two-node example (pipeline only)"
 cargo run --release --locked -p xlane-engine --example two_nodes
+
+log "the README's demo, short (namespace lab, CNI pods, ping/TCP/UDP, teardown)"
+./scripts/demo.sh --quick
 
 log "all tests passed"

@@ -2,8 +2,10 @@
 //! its uplink) and `xlane-agent` (file datastore shared by all nodes, as on one host).
 
 use crate::process::{Proc, wait_until};
-use crate::{Lab, workspace_binary};
+use crate::runtime::{Container, Runtime};
+use crate::{Lab, Netns, workspace_binary};
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use xlane_agent::api::{AgentClient, AgentOp, AgentReply, AllocationInfo};
@@ -171,6 +173,18 @@ impl Cluster {
         }
     }
 
+    /// Node `i`'s dataplane counters.
+    ///
+    /// # Errors
+    /// xlaned does not answer.
+    pub fn counters(&self, i: usize) -> io::Result<xlane_api::Counters> {
+        let mut c = Client::connect(&self.nodes[i].xlaned_socket).map_err(io::Error::other)?;
+        match c.call(Op::Counters).map_err(io::Error::other)? {
+            Reply::Counters(c) => Ok(*c),
+            other => Err(io::Error::other(format!("xlaned counters: {other:?}"))),
+        }
+    }
+
     /// The host-side pod interfaces (`xl…`) in node `i`.
     ///
     /// # Errors
@@ -183,6 +197,61 @@ impl Cluster {
             .map(|n| n.trim().split('@').next().unwrap_or_default().to_owned())
             .filter(|n| n.starts_with("xl") && n != "xlane0" && n != "xlane0-e")
             .collect())
+    }
+}
+
+/// A pod attached through the `xlane` CNI plugin, as a runtime would.
+#[derive(Debug)]
+pub struct CniPod {
+    /// The pod's namespace.
+    pub ns: Netns,
+    /// Its node.
+    pub node: usize,
+    /// What the runtime passed.
+    pub container: Container,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The ADD result (cached for DEL, as runtimes do).
+    pub result: serde_json::Value,
+}
+
+impl Cluster {
+    /// A runtime finding the `xlane` plugin beside the workspace's binaries and Debian's
+    /// reference plugins in /usr/lib/cni.
+    #[must_use]
+    pub fn runtime() -> Runtime {
+        let ours = workspace_binary("xlane").parent().map(Path::to_path_buf).unwrap_or_default();
+        Runtime::new(vec![ours, PathBuf::from("/usr/lib/cni")])
+    }
+
+    /// The conflist a node's runtime uses: `xlane` talking to that node's agent.
+    #[must_use]
+    pub fn conflist(&self, i: usize) -> serde_json::Value {
+        serde_json::json!({"cniVersion": "1.0.0", "name": "xlane",
+            "plugins": [{"type": "xlane", "agentSocket": self.nodes[i].agent_socket}]})
+    }
+
+    /// Create a pod namespace on node `i` and ADD it through the CNI plugin.
+    ///
+    /// # Errors
+    /// Namespace creation, the plugin's error.
+    pub fn attach_pod(&self, i: usize, name: &str) -> io::Result<CniPod> {
+        let ns = Netns::new(&format!("{}-{name}", self.lab.nodes[i].ns.name().split('-').next().unwrap_or("xl")))?;
+        let container = Container::in_netns(&format!("{name}-{}", std::process::id()), &ns);
+        let result = Self::runtime().add(&self.lab.nodes[i].ns, &self.conflist(i), &container)?;
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next()?.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("no address in the ADD result {result}")))?;
+        Ok(CniPod { ns, node: i, container, ip, result })
+    }
+
+    /// DEL a pod through the CNI plugin (its namespace goes when it is dropped).
+    ///
+    /// # Errors
+    /// The plugin's error.
+    pub fn detach_pod(&self, pod: &CniPod) -> io::Result<()> {
+        Self::runtime().del(&self.lab.nodes[pod.node].ns, &self.conflist(pod.node), &pod.container, Some(&pod.result))
     }
 }
 

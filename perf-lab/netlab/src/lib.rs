@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod process;
 pub mod runtime;
+pub mod sweep;
 pub mod topology;
 
 pub use topology::{Lab, Node, Pod};

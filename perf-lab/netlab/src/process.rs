@@ -2,11 +2,13 @@
 //! polling helper.
 
 use crate::Netns;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A process in a namespace, stopped by PID on drop.
+/// A process in a namespace, stopped by PID on drop. It runs in its own process group, so
+/// a Ctrl-C at the terminal reaches only the lab, which then stops it in order.
 #[derive(Debug)]
 pub struct Proc {
     child: Option<Child>,
@@ -20,8 +22,9 @@ impl Proc {
     /// The log cannot be created or the program not started.
     pub fn spawn(ns: &Netns, bin: &Path, args: &[String], log: PathBuf) -> std::io::Result<Self> {
         let f = std::fs::File::create(&log)?;
-        let child = ns.command(&bin.to_string_lossy()).args(args).stdout(Stdio::null()).stderr(f).spawn()?;
-        Ok(Self { child: Some(child), log })
+        let child =
+            ns.command(&bin.to_string_lossy()).args(args).stdout(Stdio::null()).stderr(f).process_group(0).spawn()?;
+        Self::record(child, log)
     }
 
     /// Start in the root namespace (for processes that need only unix sockets and
@@ -31,8 +34,16 @@ impl Proc {
     /// As [`Proc::spawn`].
     pub fn spawn_here(bin: &Path, args: &[String], log: PathBuf) -> std::io::Result<Self> {
         let f = std::fs::File::create(&log)?;
-        let child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(f).spawn()?;
-        Ok(Self { child: Some(child), log })
+        let child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(f).process_group(0).spawn()?;
+        Self::record(child, log)
+    }
+
+    /// Keep the PID beside the log, so a later run can stop it if this one dies
+    /// without dropping it ([`crate::sweep`]).
+    fn record(child: Child, log: PathBuf) -> std::io::Result<Self> {
+        let proc = Self { child: Some(child), log };
+        std::fs::write(proc.log.with_extension("pid"), proc.pid().unwrap_or_default().to_string())?;
+        Ok(proc)
     }
 
     /// [`Proc::spawn`] for tests.
@@ -68,6 +79,7 @@ impl Proc {
     /// if it was not running.
     pub fn stop(&mut self, sig: nix::sys::signal::Signal) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
+        let _ = std::fs::remove_file(self.log.with_extension("pid"));
         let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).ok()?);
         let _ = nix::sys::signal::kill(pid, sig);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -27,7 +27,7 @@ fn micros(h: &Histogram<u64>, q: f64) -> f64 {
 ///
 /// # Errors
 /// Lab setup, a plugin failure.
-pub(crate) fn run(pods: usize) -> anyhow::Result<serde_json::Value> {
+pub fn run(pods: usize) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "needs root (network namespaces, XDP)");
     anyhow::ensure!(
         std::path::Path::new(REFERENCE_PLUGINS).join("bridge").exists(),

@@ -1,15 +1,10 @@
-//! xlane-perf: perf-lab measurements.
-//!
-//! `cni-latency`: CNI ADD/DEL latency through xlane beside bridge + host-local.
-//!
 //! `control-plane`: the time from a lease appearing in the datastore to its route being
 //! in xlaned's FIB, for N simulated remote nodes, and the agent's memory at N nodes. One
 //! lab node (namespace, uplink on a fabric bridge, default route via the fabric) runs
 //! xlaned; an agent feeds it; this tool writes N leases (flannel JSON, as N nodes
 //! would) at a steady rate and polls xlaned's routes to see when each lands.
-#![forbid(unsafe_code)]
 
-use clap::{Parser, Subcommand, ValueEnum};
+use crate::Store;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -17,49 +12,6 @@ use std::time::{Duration, Instant};
 use xlane_agent::lease::LeaseAttrs;
 use xlane_api::{Client, Mac, Op, Reply, Table};
 use xlane_netlab::process::Proc;
-
-#[derive(Debug, Parser)]
-#[command(name = "xlane-perf", about = "perf-lab measurements")]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Store {
-    File,
-    Etcd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Lease → FIB latency (p50/p99) and agent memory with N remote nodes.
-    ControlPlane {
-        /// Remote nodes to simulate.
-        #[arg(long, default_value_t = 5000)]
-        nodes: u32,
-        /// Leases written per second.
-        #[arg(long, default_value_t = 1000)]
-        rate: u32,
-        /// Datastore.
-        #[arg(long, value_enum, default_value = "etcd")]
-        store: Store,
-        /// Write the results as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
-    /// CNI ADD/DEL latency (p50/p99) through xlane beside Debian's bridge + host-local.
-    CniLatency {
-        /// Pods per contender.
-        #[arg(long, default_value_t = 100)]
-        pods: usize,
-        /// Write the results as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
-}
-
-mod cni_latency;
 
 /// Writes one lease (subnet, attributes) into the datastore under test.
 type Writer = Box<dyn FnMut(&str, &LeaseAttrs) -> anyhow::Result<()>>;
@@ -110,9 +62,9 @@ fn remote(i: u32) -> (String, LeaseAttrs) {
 }
 
 #[allow(clippy::too_many_lines, reason = "one linear procedure: set up, measure, report")]
-fn control_plane(nodes: u32, rate: u32, store: Store, json: Option<&Path>) -> anyhow::Result<()> {
+pub fn run(nodes: u32, rate: u32, store: Store, json: Option<&Path>) -> anyhow::Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "needs root (network namespaces, XDP)");
-    let dir = std::env::temp_dir().join(format!("xlane-perf-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("xlane-lab-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let lab = xlane_netlab::Lab::new("xperf", 1)?;
     let node = &lab.nodes[0];
@@ -265,21 +217,6 @@ fn etcd_writer(
 #[cfg(not(feature = "etcd"))]
 fn etcd_writer(_: &Path, _: &str, _: &mut Vec<String>, _: &mut Option<Proc>) -> anyhow::Result<Writer> {
     anyhow::bail!(
-        "built without etcd: cargo build --release -p xlane-perf --features etcd (needs protoc), or --store file"
+        "built without etcd: cargo build --release -p xlane-lab --features etcd (needs protoc), or --store file"
     )
-}
-
-fn main() {
-    let cli = Cli::parse();
-    let r = match cli.cmd {
-        Cmd::ControlPlane { nodes, rate, store, json } => control_plane(nodes, rate, store, json.as_deref()),
-        Cmd::CniLatency { pods, json } => cni_latency::run(pods).and_then(|v| match json {
-            Some(p) => std::fs::write(p, serde_json::to_vec_pretty(&v)?).map_err(Into::into),
-            None => Ok(()),
-        }),
-    };
-    if let Err(e) = r {
-        eprintln!("xlane-perf: {e:#}");
-        std::process::exit(1);
-    }
 }

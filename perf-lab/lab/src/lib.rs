@@ -1,0 +1,17 @@
+//! The perf-lab: the one-command demo, the interop scenario and the measurements, all in
+//! network namespaces built by `xlane-netlab`.
+#![forbid(unsafe_code)]
+
+pub mod cni_latency;
+pub mod control_plane;
+pub mod demo;
+pub mod traffic;
+
+/// The agent datastore a measurement runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Store {
+    /// The file store (one host).
+    File,
+    /// etcd on loopback.
+    Etcd,
+}

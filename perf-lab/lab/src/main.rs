@@ -1,0 +1,102 @@
+//! xlane-lab: the perf-lab — the one-command demo and measurements.
+//!
+//! `demo`: see [`demo`].
+//!
+//! `cni-latency`: CNI ADD/DEL latency through xlane beside bridge + host-local.
+//!
+//! `control-plane`: the time from a lease appearing in the datastore to its route being
+//! in xlaned's FIB, for N simulated remote nodes, and the agent's memory at N nodes. One
+//! lab node (namespace, uplink on a fabric bridge, default route via the fabric) runs
+//! xlaned; an agent feeds it; this tool writes N leases (flannel JSON, as N nodes
+//! would) at a steady rate and polls xlaned's routes to see when each lands.
+#![forbid(unsafe_code)]
+
+use xlane_lab::{Store, cni_latency, control_plane, demo};
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Debug, Parser)]
+#[command(name = "xlane-lab", about = "perf-lab measurements")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The one-command demo: a lab in namespaces, pods through CNI, ping/TCP/UDP, summary,
+    /// teardown (also on Ctrl-C; a rerun after a crash cleans up first).
+    Demo {
+        /// Lab nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: u8,
+        /// Megabytes over TCP.
+        #[arg(long, default_value_t = 200)]
+        tcp_mb: usize,
+        /// Seconds of UDP packet-rate test.
+        #[arg(long, default_value_t = 3.0)]
+        udp_seconds: f64,
+        /// A few seconds in all: 20 MB TCP, 0.5 s UDP (what CI runs).
+        #[arg(long)]
+        quick: bool,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Lease → FIB latency (p50/p99) and agent memory with N remote nodes.
+    ControlPlane {
+        /// Remote nodes to simulate.
+        #[arg(long, default_value_t = 5000)]
+        nodes: u32,
+        /// Leases written per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Datastore.
+        #[arg(long, value_enum, default_value = "etcd")]
+        store: Store,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// CNI ADD/DEL latency (p50/p99) through xlane beside Debian's bridge + host-local.
+    CniLatency {
+        /// Pods per contender.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            eprintln!("xlane-lab: cannot handle signal {sig}: {e}");
+        }
+    }
+    let r = match cli.cmd {
+        Cmd::Demo { nodes, tcp_mb, udp_seconds, quick, json } => {
+            let opts = if quick {
+                demo::Options { nodes, tcp_mb: 20, udp_seconds: 0.5, json }
+            } else {
+                demo::Options { nodes, tcp_mb, udp_seconds, json }
+            };
+            demo::run(&opts, &stop)
+        }
+        Cmd::ControlPlane { nodes, rate, store, json } => control_plane::run(nodes, rate, store, json.as_deref()),
+        Cmd::CniLatency { pods, json } => cni_latency::run(pods).and_then(|v| match json {
+            Some(p) => std::fs::write(p, serde_json::to_vec_pretty(&v)?).map_err(Into::into),
+            None => Ok(()),
+        }),
+    };
+    if let Err(e) = r {
+        eprintln!("xlane-lab: {e:#}");
+        std::process::exit(if stop.load(Ordering::Relaxed) { 130 } else { 1 });
+    }
+}

@@ -1,0 +1,217 @@
+//! The lab's own traffic: ping, a checked TCP transfer and a bounded UDP packet-rate
+//! generator, each run from inside pod namespaces. Every loop is bounded in count and in
+//! time.
+
+use anyhow::Context as _;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use xlane_netlab::Netns;
+
+/// Ping results.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PingStats {
+    /// Echo requests sent.
+    pub sent: u32,
+    /// Replies received.
+    pub received: u32,
+    /// Average round trip in milliseconds.
+    pub rtt_avg_ms: f64,
+}
+
+/// Ping `dst` `count` times from `from` (iputils ping, 200 ms apart).
+///
+/// # Errors
+/// ping missing or unparsable output.
+pub fn ping(from: &Netns, dst: Ipv4Addr, count: u32) -> anyhow::Result<PingStats> {
+    let out = from
+        .command("ping")
+        .args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", &dst.to_string()])
+        .output()
+        .context("running ping (apt-get install iputils-ping)")?;
+    parse_ping(&String::from_utf8_lossy(&out.stdout)).with_context(|| {
+        format!("ping output: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+fn parse_ping(text: &str) -> anyhow::Result<PingStats> {
+    // "5 packets transmitted, 5 received, 0% packet loss, time 803ms"
+    // "rtt min/avg/max/mdev = 0.061/0.083/0.120/0.021 ms"
+    let stats = text.lines().find(|l| l.contains("packets transmitted")).context("no statistics line")?;
+    let num = |i: usize| -> anyhow::Result<u32> {
+        stats.split(',').nth(i).and_then(|p| p.split_whitespace().next()?.parse().ok()).context("bad statistics line")
+    };
+    let rtt_avg_ms = text
+        .lines()
+        .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
+        .and_then(|l| l.split('=').nth(1)?.split('/').nth(1)?.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok(PingStats { sent: num(0)?, received: num(1)?, rtt_avg_ms })
+}
+
+/// TCP transfer results.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TcpStats {
+    /// Bytes moved.
+    pub bytes: usize,
+    /// Seconds from connect to the receiver's end of stream.
+    pub seconds: f64,
+    /// Whether every byte arrived as sent.
+    pub intact: bool,
+}
+
+impl TcpStats {
+    /// Goodput in Gbit/s.
+    #[must_use]
+    pub fn gbit_s(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.seconds / 1e9
+    }
+}
+
+/// A byte pattern both ends can produce without storing it.
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0]
+}
+
+/// Move `bytes` from `from` to `to_ip:5201` in `to`, checked byte for byte; at most 60 s,
+/// and cut short when `stop` is raised.
+///
+/// # Errors
+/// Socket failures, timeouts, `stop`.
+pub fn tcp_transfer(
+    from: &Netns,
+    to: &Netns,
+    to_ip: Ipv4Addr,
+    bytes: usize,
+    stop: &AtomicBool,
+) -> anyhow::Result<TcpStats> {
+    let listener = to.enter(|| TcpListener::bind(SocketAddrV4::new(to_ip, 5201)))??;
+    let receiver = std::thread::spawn(move || -> anyhow::Result<(usize, bool)> {
+        let (mut c, _) = listener.accept()?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut n, mut intact) = (0usize, true);
+        loop {
+            let k = c.read(&mut buf)?;
+            if k == 0 {
+                return Ok((n, intact));
+            }
+            intact &= buf[..k].iter().enumerate().all(|(j, b)| *b == pattern(n + j));
+            n += k;
+        }
+    });
+    let t0 = Instant::now();
+    let mut s =
+        from.enter(|| TcpStream::connect_timeout(&SocketAddrV4::new(to_ip, 5201).into(), Duration::from_secs(5)))??;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut sent = 0;
+    while sent < bytes {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "TCP transfer took over 60 s");
+        anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
+        let k = chunk.len().min(bytes - sent);
+        for (j, b) in chunk[..k].iter_mut().enumerate() {
+            *b = pattern(sent + j);
+        }
+        s.write_all(&chunk[..k])?;
+        sent += k;
+    }
+    drop(s);
+    let (got, intact) = receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    Ok(TcpStats { bytes: got, seconds: t0.elapsed().as_secs_f64(), intact: intact && got == bytes })
+}
+
+/// UDP packet-rate results.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UdpStats {
+    /// Packets sent.
+    pub sent: u64,
+    /// Packets received.
+    pub received: u64,
+    /// Seconds the sender ran.
+    pub seconds: f64,
+}
+
+impl UdpStats {
+    /// Received packets per second.
+    #[must_use]
+    pub fn pps(&self) -> f64 {
+        self.received as f64 / self.seconds
+    }
+}
+
+/// 64-byte frames (18-byte UDP payload) from `from` to `to_ip:5300` over `flows` source
+/// ports, for `duration` or `max_packets`, whichever ends first (or until `stop`).
+///
+/// # Errors
+/// Socket failures.
+pub fn udp_rate(
+    from: &Netns,
+    to: &Netns,
+    to_ip: Ipv4Addr,
+    duration: Duration,
+    max_packets: u64,
+    flows: u16,
+    stop: &AtomicBool,
+) -> anyhow::Result<UdpStats> {
+    let rx = to.enter(|| UdpSocket::bind(SocketAddrV4::new(to_ip, 5300)))??;
+    rx.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let received = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let (received, done) = (Arc::clone(&received), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            // Drain until the sender is done and the socket has been quiet for 300 ms.
+            loop {
+                match rx.recv(&mut buf) {
+                    Ok(_) => {
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) if done.load(Ordering::Relaxed) => return,
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+    let sockets: Vec<UdpSocket> = from.enter(|| {
+        (0..flows.max(1))
+            .map(|_| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))
+            .collect::<std::io::Result<Vec<_>>>()
+    })??;
+    let dst = SocketAddrV4::new(to_ip, 5300);
+    let payload = [0x5au8; 18];
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    'send: while sent < max_packets {
+        for s in &sockets {
+            // ENOBUFS and friends under overload are drops, not errors.
+            if s.send_to(&payload, dst).is_ok() {
+                sent += 1;
+            }
+        }
+        if t0.elapsed() >= duration || stop.load(Ordering::Relaxed) {
+            break 'send;
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+    Ok(UdpStats { sent, received: received.load(Ordering::Relaxed), seconds })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_output_of_iputils_and_busybox() {
+        let iputils = "PING 10.244.2.2 (10.244.2.2) 56(84) bytes of data.\n64 bytes from 10.244.2.2: icmp_seq=1 ttl=62 time=0.120 ms\n\n--- 10.244.2.2 ping statistics ---\n5 packets transmitted, 4 received, 20% packet loss, time 803ms\nrtt min/avg/max/mdev = 0.061/0.083/0.120/0.021 ms\n";
+        assert_eq!(parse_ping(iputils).unwrap(), PingStats { sent: 5, received: 4, rtt_avg_ms: 0.083 });
+        let busybox = "--- 10.244.2.2 ping statistics ---\n3 packets transmitted, 3 packets received, 0% packet loss\nround-trip min/avg/max = 0.549/1.167/1.524 ms\n";
+        assert_eq!(parse_ping(busybox).unwrap(), PingStats { sent: 3, received: 3, rtt_avg_ms: 1.167 });
+        assert!(parse_ping("ping: connect: Network is unreachable").is_err());
+    }
+}
