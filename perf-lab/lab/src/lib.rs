@@ -5,6 +5,8 @@
 pub mod cni_latency;
 pub mod control_plane;
 pub mod demo;
+pub mod interop;
+pub mod kernel;
 pub mod traffic;
 
 /// The agent datastore a measurement runs on.

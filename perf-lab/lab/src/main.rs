@@ -11,7 +11,7 @@
 //! would) at a steady rate and polls xlaned's routes to see when each lands.
 #![forbid(unsafe_code)]
 
-use xlane_lab::{Store, cni_latency, control_plane, demo};
+use xlane_lab::{Store, cni_latency, control_plane, demo, interop};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -45,6 +45,19 @@ enum Cmd {
         /// Write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// An xlane node and a flannel-style kernel VXLAN node: pods talk both ways. Runs
+    /// flannel's defaults (VNI 1, port 8472) and VNI 42 on port 4789, or the one given.
+    Interop {
+        /// VXLAN network identifier.
+        #[arg(long, requires = "port")]
+        vni: Option<u32>,
+        /// VXLAN UDP port.
+        #[arg(long, requires = "vni")]
+        port: Option<u16>,
+        /// Megabytes over TCP each way.
+        #[arg(long, default_value_t = 20)]
+        tcp_mb: usize,
     },
     /// Lease → FIB latency (p50/p99) and agent memory with N remote nodes.
     ControlPlane {
@@ -88,6 +101,30 @@ fn main() {
                 demo::Options { nodes, tcp_mb, udp_seconds, json }
             };
             demo::run(&opts, &stop)
+        }
+        Cmd::Interop { vni, port, tcp_mb } => {
+            let cases = match (vni, port) {
+                (Some(v), Some(p)) => vec![(v, p)],
+                _ => vec![(1, 8472), (42, 4789)],
+            };
+            cases.into_iter().try_for_each(|(vni, port)| {
+                eprintln!("interop: xlane node ↔ flannel-style kernel VXLAN node, VNI {vni}, port {port}");
+                let r = interop::run(vni, port, tcp_mb, &stop)?;
+                println!(
+                    "VNI {vni} port {port}: ping xlane→flannel {}/{}, flannel→xlane {}/{}; TCP {} MB xlane→flannel {} ({:.2} Gbit/s), flannel→xlane {} ({:.2} Gbit/s)",
+                    r.ping_to_flannel.received,
+                    r.ping_to_flannel.sent,
+                    r.ping_to_xlane.received,
+                    r.ping_to_xlane.sent,
+                    tcp_mb,
+                    if r.tcp_to_flannel.intact { "intact" } else { "CORRUPTED" },
+                    r.tcp_to_flannel.gbit_s(),
+                    if r.tcp_to_xlane.intact { "intact" } else { "CORRUPTED" },
+                    r.tcp_to_xlane.gbit_s(),
+                );
+                anyhow::ensure!(r.ok(), "traffic did not get through both ways");
+                Ok(())
+            })
         }
         Cmd::ControlPlane { nodes, rate, store, json } => control_plane::run(nodes, rate, store, json.as_deref()),
         Cmd::CniLatency { pods, json } => cni_latency::run(pods).and_then(|v| match json {

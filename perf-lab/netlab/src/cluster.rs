@@ -32,7 +32,7 @@ pub struct ClusterNode {
 /// removes the namespaces and the working directory.
 #[derive(Debug)]
 pub struct Cluster {
-    /// The daemons, per node (stopped first).
+    /// The daemons of the xlane nodes, the lab's first nodes (stopped first).
     pub nodes: Vec<ClusterNode>,
     /// The namespaces.
     pub lab: Lab,
@@ -49,17 +49,21 @@ pub struct ClusterOptions {
     pub xlaned_args: Vec<String>,
     /// Agent lease TTL in seconds.
     pub lease_ttl: u32,
+    /// How many of the lab's nodes (the first ones) run xlane; the rest are bare
+    /// namespaces for another dataplane (the interop scenario, the kernel baselines).
+    pub xlane_nodes: Option<u8>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { netconf: DEFAULT_NETCONF.into(), xlaned_args: Vec::new(), lease_ttl: 30 }
+        Self { netconf: DEFAULT_NETCONF.into(), xlaned_args: Vec::new(), lease_ttl: 30, xlane_nodes: None }
     }
 }
 
 impl Cluster {
-    /// Build a lab of `nodes` nodes named after `prefix` and start xlane on each; returns
-    /// once every agent holds a lease and its dataplane is in sync.
+    /// Build a lab of `nodes` nodes named after `prefix` and start xlane on each (or on
+    /// the first [`ClusterOptions::xlane_nodes`]); returns once every agent holds a lease
+    /// and its dataplane is in sync. [`Cluster::nodes`] lists the xlane nodes.
     ///
     /// # Errors
     /// Lab setup failures, a daemon that does not come up (its log is in the message).
@@ -70,7 +74,7 @@ impl Cluster {
         std::fs::create_dir_all(dir.join("store"))?;
         std::fs::write(dir.join("store/config"), &opts.netconf)?;
         let mut cluster = Self { nodes: Vec::new(), lab, dir };
-        for i in 0..usize::from(nodes) {
+        for i in 0..usize::from(opts.xlane_nodes.unwrap_or(nodes).min(nodes)) {
             let node = cluster.start_node(i, opts)?;
             cluster.nodes.push(node);
         }
