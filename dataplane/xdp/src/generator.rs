@@ -8,6 +8,7 @@
 use crate::asm::{Asm, Cond, R0, R1, R2, R6, R7, Size};
 use crate::sys;
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 
 /// `bpf_get_prandom_u32`.
@@ -16,6 +17,31 @@ const XDP_TX: i32 = 3;
 const XDP_DROP: i32 = 1;
 /// Ethernet + IPv4 without options: the UDP source port's offset.
 const UDP_SRC_PORT: i16 = 14 + 20;
+
+/// A 60-byte Ethernet/IPv4/UDP frame (64 on a wire with its FCS) from `src` to
+/// `dst:dst_port` with an 18-byte payload and no UDP checksum (the generator rewrites the
+/// source port of every copy; IPv4 allows UDP without a checksum).
+#[must_use]
+pub fn udp_template(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, dst_port: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [0u8; 20];
+    ip[..12].copy_from_slice(&[0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let sum: u32 = ip.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    ip[10..12].copy_from_slice(&(!u16::try_from(folded).expect("folded twice")).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0x30, 0x39]);
+    f.extend_from_slice(&dst_port.to_be_bytes());
+    f.extend_from_slice(&[0x00, 26, 0, 0]);
+    f.extend_from_slice(&[0x5a; 18]);
+    f
+}
 
 /// The generator program: loaded once, run many times.
 #[derive(Debug)]

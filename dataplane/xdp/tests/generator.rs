@@ -6,24 +6,7 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 use xlane_netlab::Netns;
-use xlane_xdp::generator::Generator;
-
-/// Ethernet/IPv4/UDP to `dst`:9 with an 18-byte payload (a 60-byte frame, 64 on a wire).
-fn udp_frame(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let mut f = dst_mac.to_vec();
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00]);
-    let mut ip = vec![0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let sum = ip.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum::<u32>();
-    let sum = !u16::try_from((sum & 0xffff) + (sum >> 16)).unwrap();
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    f.extend_from_slice(&ip);
-    // UDP checksum 0 (none): the generator rewrites the source port per copy.
-    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x09, 0x00, 26, 0, 0]);
-    f.extend_from_slice(&[0x5a; 18]);
-    f
-}
+use xlane_xdp::generator::{Generator, udp_template};
 
 fn rx_packets(ns: &Netns, dev: &str) -> u64 {
     let out = ns.command("cat").arg(format!("/sys/class/net/{dev}/statistics/rx_packets")).output().unwrap();
@@ -42,7 +25,9 @@ fn generated_frames_arrive_with_many_source_ports() {
     ns.ip(&["link", "set", "g1", "up"]).unwrap();
     let g0 = ns.ifindex("g0").unwrap();
     let mac: Vec<u8> = ns.mac("g1").unwrap().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
-    let frame = udp_frame(mac.try_into().unwrap(), Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(10, 9, 0, 2));
+    let src_mac = [0x02, 0, 0, 0, 0, 0x01];
+    let frame =
+        udp_template(mac.try_into().unwrap(), src_mac, Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(10, 9, 0, 2), 9);
     let generator = Generator::new().unwrap();
     assert_eq!(generator.verdict(&frame).unwrap(), 3, "XDP_TX");
     assert_eq!(generator.verdict(&frame[..40]).unwrap(), 1, "a frame too short for UDP is dropped");
