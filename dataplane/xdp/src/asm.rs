@@ -22,10 +22,6 @@ pub const R3: Reg = Reg(3);
 pub const R4: Reg = Reg(4);
 /// Scratch.
 pub const R5: Reg = Reg(5);
-/// Callee-saved.
-pub const R6: Reg = Reg(6);
-/// Callee-saved.
-pub const R7: Reg = Reg(7);
 
 /// Load/store width.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +50,6 @@ pub enum Cond {
 }
 
 const CLS_LDX: u8 = 0x01;
-const CLS_STX: u8 = 0x03;
 const CLS_ALU: u8 = 0x04;
 const CLS_JMP: u8 = 0x05;
 const CLS_JMP32: u8 = 0x06;
@@ -153,16 +148,6 @@ impl Asm {
             Size::W => 0x00,
         };
         self.push(CLS_LDX | MODE_MEM | sz, dst, src, off, 0)
-    }
-
-    /// `*(size *)(dst + off) = src`
-    pub fn store(&mut self, size: Size, dst: Reg, off: i16, src: Reg) -> &mut Self {
-        let sz = match size {
-            Size::B => 0x10,
-            Size::H => 0x08,
-            Size::W => 0x00,
-        };
-        self.push(CLS_STX | MODE_MEM | sz, dst, src, off, 0)
     }
 
     /// `dst = imm` (64-bit).

@@ -5,12 +5,10 @@
 //! * [`asm`] and [`programs`]: the XDP pinhole programs, emitted from Rust;
 //! * [`attach`]: an XSKMAP, a loaded program and its link on one interface, native XDP
 //!   with fallback to generic;
-//! * [`xsk`]: UMEM and AF_XDP sockets (through `xdpilone`), with safe frame access;
-//! * [`generator`]: the lab's packet generator (XDP live-frames test runs).
+//! * [`xsk`]: UMEM and AF_XDP sockets (through `xdpilone`), with safe frame access.
 
 pub mod asm;
 pub mod attach;
-pub mod generator;
 pub mod programs;
 pub mod sys;
 pub mod xsk;

@@ -91,27 +91,8 @@ struct TestRunAttr {
     ctx_out: u64,
     flags: u32,
     cpu: u32,
-    batch_size: u32,
-    _pad: u32,
 }
-const _: () = assert!(size_of::<TestRunAttr>() == 80);
-
-/// `BPF_F_TEST_XDP_LIVE_FRAMES`: run in "live" mode, where XDP_TX and redirects really
-/// transmit (Linux ≥ 5.18).
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-
-/// `struct xdp_md` as a test-run context.
-#[repr(C)]
-#[derive(Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
-}
-const _: () = assert!(size_of::<XdpMd>() == 24);
+const _: () = assert!(size_of::<TestRunAttr>() == 72);
 
 /// Issue one bpf(2) command.
 ///
@@ -263,32 +244,6 @@ pub fn test_run_xdp(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
     Ok(attr.retval)
 }
 
-/// Run an XDP program `repeat` times on `frame` in live-frames mode, as if received on
-/// `ifindex` (queue 0) of the calling thread's namespace: what it transmits (XDP_TX)
-/// leaves through that device. Returns when all runs are done (or a signal arrives).
-///
-/// # Errors
-/// The kernel's error (EINTR on a signal).
-pub fn test_run_xdp_live(prog: BorrowedFd<'_>, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<()> {
-    let len = u32::try_from(frame.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut ctx = XdpMd { data_end: len, ingress_ifindex: ifindex, ..Default::default() };
-    let mut attr = TestRunAttr {
-        prog_fd: raw(prog),
-        data_size_in: len,
-        data_in: frame.as_ptr() as u64,
-        repeat,
-        ctx_size_in: u32::try_from(size_of::<XdpMd>()).expect("24"),
-        ctx_in: std::ptr::from_mut(&mut ctx) as u64,
-        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-        batch_size: 64,
-        ..Default::default()
-    };
-    // SAFETY: data_in and ctx_in point at live buffers of the stated sizes for the call;
-    // live mode writes no output buffers.
-    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
-    Ok(())
-}
-
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_STXCSUM: u32 = 0x17;
 
@@ -359,19 +314,6 @@ pub fn rx_queues(ifname: &str) -> io::Result<u32> {
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(1),
         Err(e) => Err(e),
     }
-}
-
-const ETHTOOL_SGRO: u32 = 0x2c;
-
-/// Turn generic receive offload on or off (`ethtool -K dev gro on|off`). A veth whose
-/// peer sends with XDP (XDP_TX, redirects) delivers those frames only with GRO on or a
-/// native XDP program attached.
-///
-/// # Errors
-/// Unknown interface, or the ioctl's error.
-pub fn set_gro(ifname: &str, on: bool) -> io::Result<()> {
-    let mut value = EthtoolValue { cmd: ETHTOOL_SGRO, data: u32::from(on) };
-    ethtool(ifname, &mut value)
 }
 
 /// Turn transmit checksum offload on or off (`ethtool -K dev tx on|off`).

@@ -2,11 +2,13 @@
 //! network namespaces built by `xlane-netlab`.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cni_latency;
 pub mod control_plane;
 pub mod demo;
 pub mod interop;
 pub mod kernel;
+pub mod report;
 pub mod traffic;
 
 /// The agent datastore a measurement runs on.

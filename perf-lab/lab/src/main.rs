@@ -11,7 +11,7 @@
 //! would) at a steady rate and polls xlaned's routes to see when each lands.
 #![forbid(unsafe_code)]
 
-use xlane_lab::{Store, cni_latency, control_plane, demo, interop};
+use xlane_lab::{Store, bench, cni_latency, control_plane, demo, interop, report};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -45,6 +45,30 @@ enum Cmd {
         /// Write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// Every contender on the same topology with the same traffic: packet rate, latency,
+    /// TCP. Writes the JSON results.
+    Bench {
+        /// Contenders (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Contender>,
+        /// A short run (seconds per contender).
+        #[arg(long)]
+        quick: bool,
+        /// Also measure CNI ADD/DEL latency with this many pods (0: skip).
+        #[arg(long, default_value_t = 100)]
+        cni_pods: usize,
+        /// Where to write report.json, report.md and the charts.
+        #[arg(long, default_value = "perf-lab/results/latest")]
+        out: PathBuf,
+    },
+    /// Make report.md and the charts again from a report.json.
+    Report {
+        /// A report.json written by `bench`.
+        json: PathBuf,
+        /// Where to write report.md and the charts (default: beside the JSON).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// An xlane node and a flannel-style kernel VXLAN node: pods talk both ways. Runs
     /// flannel's defaults (VNI 1, port 8472) and VNI 42 on port 4789, or the one given.
@@ -102,6 +126,24 @@ fn main() {
             };
             demo::run(&opts, &stop)
         }
+        Cmd::Bench { only, quick, cni_pods, out } => {
+            let contenders = if only.is_empty() { bench::Contender::ALL.to_vec() } else { only };
+            let w = if quick { bench::Workload::QUICK } else { bench::Workload::FULL };
+            bench::report(&contenders, w, cni_pods, &stop).and_then(|r| {
+                let md = report::write(&r, &out)?;
+                print!("{}", std::fs::read_to_string(&md)?);
+                eprintln!("report in {}", md.display());
+                Ok(())
+            })
+        }
+        Cmd::Report { json, out } => (|| {
+            let r: report::Report = serde_json::from_slice(&std::fs::read(&json)?)?;
+            let dir = out.unwrap_or_else(|| json.parent().map(PathBuf::from).unwrap_or_default());
+            let charts = r.charts(&dir)?;
+            std::fs::write(dir.join("report.md"), r.markdown(&charts))?;
+            eprintln!("report in {}", dir.join("report.md").display());
+            Ok(())
+        })(),
         Cmd::Interop { vni, port, tcp_mb } => {
             let cases = match (vni, port) {
                 (Some(v), Some(p)) => vec![(v, p)],

@@ -1,0 +1,366 @@
+//! `bench`: every contender on the same two-node topology, with the same traffic, in one
+//! run — xlane (adaptive idle and busy-poll), flannel-style kernel VXLAN, and kernel
+//! host-gw routing (a ceiling: no encapsulation). One pod per node; the sender's pod on
+//! node 0, the receiver's on node 1.
+//!
+//! Workloads:
+//! * 64-byte UDP packet rate over many flows: the lab's generator
+//!   ([`traffic::udp_flood`], AF_XDP copy-mode TX out of the sender pod's interface,
+//!   random source ports) sends a fixed count; the rate is what the receiver pod's
+//!   interface counted over the generator's sending time.
+//! * UDP request/response latency: a client in the sender pod, an echo server in the
+//!   receiver pod, one request in flight; p50/p99/p99.9 from hdrhistogram.
+//! * TCP: iperf3, one stream and four.
+
+use crate::kernel::{self, Subnet};
+use crate::traffic;
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use xlane_netlab::cluster::{Cluster, ClusterOptions, CniPod};
+use xlane_netlab::{Lab, Netns};
+
+/// A dataplane under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contender {
+    /// xlane, workers sleeping when idle (the default).
+    Xlane,
+    /// xlane with busy-polling workers.
+    XlaneBusyPoll,
+    /// flannel-style kernel VXLAN (vxlan device, cni0 bridge).
+    KernelVxlan,
+    /// Kernel routing without encapsulation (flannel's host-gw).
+    HostGw,
+}
+
+impl Contender {
+    /// Every contender, in report order.
+    pub const ALL: [Self; 4] = [Self::Xlane, Self::XlaneBusyPoll, Self::KernelVxlan, Self::HostGw];
+
+    /// Report name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Xlane => "xlane",
+            Self::XlaneBusyPoll => "xlane busy-poll",
+            Self::KernelVxlan => "kernel VXLAN",
+            Self::HostGw => "kernel host-gw",
+        }
+    }
+}
+
+/// How much traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// Frames the generator sends per packet-rate run.
+    pub udp_frames: u32,
+    /// Request/response round trips.
+    pub rr_requests: u32,
+    /// Seconds per iperf3 run.
+    pub tcp_seconds: u32,
+    /// Repetitions of the packet-rate run (the median is reported).
+    pub repeats: u32,
+}
+
+impl Workload {
+    /// The full run.
+    pub const FULL: Self = Self { udp_frames: 2_000_000, rr_requests: 20_000, tcp_seconds: 5, repeats: 3 };
+    /// A short run (tests).
+    pub const QUICK: Self = Self { udp_frames: 100_000, rr_requests: 500, tcp_seconds: 1, repeats: 1 };
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+}
+
+/// One contender's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    /// Which.
+    pub contender: Contender,
+    /// Frames per second the receiver's interface counted (median of the repeats).
+    pub udp_pps: f64,
+    /// Frames per second the generator offered.
+    pub offered_pps: f64,
+    /// Fraction of the offered frames that arrived.
+    pub delivered: f64,
+    /// Request/response latency.
+    pub latency: Latency,
+    /// iperf3, one stream, Gbit/s.
+    pub tcp1_gbit: f64,
+    /// iperf3, four streams, Gbit/s.
+    pub tcp4_gbit: f64,
+}
+
+/// The two pods and what runs them.
+struct Testbed {
+    // Pods before what they live on.
+    cni_pods: Vec<CniPod>,
+    kernel_pods: Vec<Netns>,
+    _cluster: Option<Cluster>,
+    _lab: Option<Lab>,
+    receiver_ip: Ipv4Addr,
+    sender_ip: Ipv4Addr,
+}
+
+impl Testbed {
+    fn sender(&self) -> &Netns {
+        self.cni_pods.first().map_or_else(|| &self.kernel_pods[0], |p| &p.ns)
+    }
+
+    fn receiver(&self) -> &Netns {
+        self.cni_pods.get(1).map_or_else(|| &self.kernel_pods[1], |p| &p.ns)
+    }
+}
+
+fn setup(c: Contender) -> anyhow::Result<Testbed> {
+    let prefix = match c {
+        Contender::Xlane => "xbx",
+        Contender::XlaneBusyPoll => "xbb",
+        Contender::KernelVxlan => "xbv",
+        Contender::HostGw => "xbh",
+    };
+    match c {
+        Contender::Xlane | Contender::XlaneBusyPoll => {
+            let xlaned_args = if c == Contender::XlaneBusyPoll { vec!["--busy-poll".into()] } else { vec![] };
+            let cluster = Cluster::start(prefix, 2, &ClusterOptions { xlaned_args, ..ClusterOptions::default() })?;
+            let pods = vec![cluster.attach_pod(0, "snd")?, cluster.attach_pod(1, "rcv")?];
+            let (sender_ip, receiver_ip) = (pods[0].ip, pods[1].ip);
+            Ok(Testbed {
+                cni_pods: pods,
+                kernel_pods: vec![],
+                _cluster: Some(cluster),
+                _lab: None,
+                receiver_ip,
+                sender_ip,
+            })
+        }
+        Contender::KernelVxlan | Contender::HostGw => {
+            let lab = Lab::new(prefix, 2)?;
+            let subnets = [Subnet(lab.nodes[0].subnet), Subnet(lab.nodes[1].subnet)];
+            let mut pods = Vec::new();
+            let mut macs = Vec::new();
+            for (i, n) in lab.nodes.iter().enumerate() {
+                if c == Contender::KernelVxlan {
+                    macs.push(kernel::flannel_vtep(n, subnets[i], 1, 8472)?);
+                }
+                let mtu = if c == Contender::KernelVxlan { 1450 } else { 1500 };
+                kernel::cni0(n, subnets[i], mtu)?;
+                pods.push(kernel::bridge_pod(n, subnets[i], 0, mtu)?);
+            }
+            for (i, n) in lab.nodes.iter().enumerate() {
+                let (j, other) = (1 - i, &lab.nodes[1 - i]);
+                if c == Contender::KernelVxlan {
+                    kernel::flannel_remote(n, subnets[j], other.ip, &macs[j])?;
+                } else {
+                    kernel::host_gw_remote(n, subnets[j], other.ip)?;
+                }
+            }
+            let (sender_ip, receiver_ip) = (subnets[0].pod(0), subnets[1].pod(0));
+            Ok(Testbed { cni_pods: vec![], kernel_pods: pods, _cluster: None, _lab: Some(lab), receiver_ip, sender_ip })
+        }
+    }
+}
+
+/// Measure `contenders` with `w`, reporting progress on stderr.
+///
+/// # Errors
+/// Setup failures, a contender that does not pass traffic, `stop`.
+pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::Result<Vec<Results>> {
+    anyhow::ensure!(nix::unistd::geteuid().is_root(), "needs root (network namespaces, XDP)");
+    let mut out = Vec::new();
+    for (k, &c) in contenders.iter().enumerate() {
+        eprintln!("[{}/{}] {}: setting up", k + 1, contenders.len(), c.name());
+        let tb = setup(c)?;
+        let ping = traffic::ping(tb.sender(), tb.receiver_ip, 3)?;
+        anyhow::ensure!(ping.received == ping.sent, "{}: pods cannot reach each other ({ping:?})", c.name());
+        anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
+        eprintln!("      64-byte UDP rate, {} frames × {}", w.udp_frames, w.repeats);
+        let mut rates = Vec::new();
+        for _ in 0..w.repeats {
+            rates.push(udp_rate(&tb, w.udp_frames)?);
+            anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
+        }
+        rates.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (udp_pps, offered_pps) = rates[rates.len() / 2];
+        eprintln!("      {:.0} kpps received of {:.0} kpps offered", udp_pps / 1e3, offered_pps / 1e3);
+        eprintln!("      UDP request/response, {} round trips", w.rr_requests);
+        let latency = request_response(tb.sender(), tb.receiver(), tb.receiver_ip, w.rr_requests, stop)?;
+        eprintln!("      p50 {:.1} µs, p99 {:.1} µs", latency.p50_us, latency.p99_us);
+        eprintln!("      iperf3, 1 and 4 streams, {} s each", w.tcp_seconds);
+        let tcp1_gbit = iperf3(tb.sender(), tb.receiver(), tb.receiver_ip, 1, w.tcp_seconds)?;
+        let tcp4_gbit = iperf3(tb.sender(), tb.receiver(), tb.receiver_ip, 4, w.tcp_seconds)?;
+        eprintln!("      {tcp1_gbit:.2} / {tcp4_gbit:.2} Gbit/s");
+        out.push(Results {
+            contender: c,
+            udp_pps,
+            offered_pps,
+            delivered: udp_pps / offered_pps,
+            latency,
+            tcp1_gbit,
+            tcp4_gbit,
+        });
+        drop(tb);
+    }
+    Ok(out)
+}
+
+fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let v: Vec<u8> = s.split(':').map(|h| u8::from_str_radix(h, 16)).collect::<Result<_, _>>()?;
+    v.try_into().map_err(|_| anyhow::anyhow!("bad MAC {s}"))
+}
+
+fn rx_packets(ns: &Netns, dev: &str) -> anyhow::Result<u64> {
+    // Through `ip -s -j`: sysfs shows the namespace it was mounted in, not the thread's.
+    let v: serde_json::Value = serde_json::from_str(&ns.ip(&["-s", "-j", "link", "show", "dev", dev])?)?;
+    v[0]["stats64"]["rx"]["packets"].as_u64().context("no rx packet count in ip -s -j")
+}
+
+/// One generator run: (received pps, offered pps).
+fn udp_rate(tb: &Testbed, frames: u32) -> anyhow::Result<(f64, f64)> {
+    let (snd, rcv) = (tb.sender(), tb.receiver());
+    // The sender's gateway MAC, as the pod resolved it (the ping above made it).
+    let route = snd.ip(&["-4", "route", "show", "default"])?;
+    let gw =
+        route.split_whitespace().skip_while(|w| *w != "via").nth(1).context("the sender pod has no default route")?;
+    let neigh = snd.ip(&["-4", "neigh", "show", gw, "dev", "eth0"])?;
+    let gw_mac = neigh
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .with_context(|| format!("the sender pod has no neighbour entry for its gateway {gw}"))?;
+    let frame =
+        traffic::udp_template(parse_mac(gw_mac)?, parse_mac(&snd.mac("eth0")?)?, tb.sender_ip, tb.receiver_ip, 5300);
+    // A bound socket keeps the receiver from answering with port-unreachables.
+    let _sink = rcv.enter(|| UdpSocket::bind(SocketAddrV4::new(tb.receiver_ip, 5300)))??;
+    let before = rx_packets(rcv, "eth0")?;
+    let flood = snd.enter(|| traffic::udp_flood("eth0", &frame, u64::from(frames), Duration::from_secs(20)))??;
+    // Let the last frames drain through both nodes.
+    std::thread::sleep(Duration::from_millis(300));
+    let got = rx_packets(rcv, "eth0")? - before;
+    Ok((got as f64 / flood.seconds, flood.sent as f64 / flood.seconds))
+}
+
+/// Sequential UDP echoes from `client` to `server_ip:5400` in `server`.
+fn request_response(
+    client: &Netns,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    requests: u32,
+    stop: &AtomicBool,
+) -> anyhow::Result<Latency> {
+    let srv = server.enter(|| UdpSocket::bind(SocketAddrV4::new(server_ip, 5400)))??;
+    srv.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let echo = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = srv.recv_from(&mut buf) {
+                    let _ = srv.send_to(&buf[..n], from);
+                }
+            }
+        })
+    };
+    let cli = client.enter(|| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))??;
+    cli.connect(SocketAddrV4::new(server_ip, 5400))?;
+    cli.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
+    let mut buf = [0u8; 64];
+    let t0 = Instant::now();
+    for i in 0..requests {
+        if stop.load(Ordering::Relaxed) || t0.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        let req = i.to_le_bytes();
+        let t = Instant::now();
+        cli.send(&req)?;
+        // A lost request or reply is retried by the next one; it is not a latency.
+        if let Ok(n) = cli.recv(&mut buf)
+            && buf[..n] == req
+        {
+            h.record(u64::try_from(t.elapsed().as_nanos() / 1000)?.max(1))?;
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    echo.join().map_err(|_| anyhow::anyhow!("echo server panicked"))?;
+    anyhow::ensure!(h.len() > u64::from(requests) / 2, "only {} of {requests} round trips completed", h.len());
+    let q = |p| h.value_at_quantile(p) as f64;
+    Ok(Latency { p50_us: q(0.5), p99_us: q(0.99), p999_us: q(0.999) })
+}
+
+/// iperf3 from `client` to `server_ip` with `streams` streams for `seconds`; Gbit/s.
+fn iperf3(client: &Netns, server: &Netns, server_ip: Ipv4Addr, streams: u32, seconds: u32) -> anyhow::Result<f64> {
+    let mut srv = server
+        .command("iperf3")
+        .args(["-s", "-1", "-B", &server_ip.to_string(), "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("running iperf3 (apt-get install iperf3)")?;
+    let out = (|| -> anyhow::Result<std::process::Output> {
+        // The server needs a moment to listen.
+        for _ in 0..50 {
+            let o = client
+                .command("iperf3")
+                .args(["-c", &server_ip.to_string(), "-p", "5201", "-J"])
+                .args(["-t", &seconds.to_string(), "-P", &streams.to_string()])
+                .output()?;
+            // iperf3 -J exits 0 even when it could not connect; the JSON says so.
+            let refused = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(|e| e.contains("unable to connect")))
+                .unwrap_or(false);
+            if o.status.success() && !refused {
+                return Ok(o);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!("iperf3 client never connected")
+    })();
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out?.stdout)?;
+    v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).with_context(|| {
+        format!("iperf3 with {streams} streams: {}", v.get("error").map_or("no result", |e| e.as_str().unwrap_or("?")))
+    })
+}
+
+/// Run the bench and assemble the report (machine, date, versions, results, CNI).
+///
+/// # Errors
+/// As [`run`] and [`crate::cni_latency::run`].
+pub fn report(
+    contenders: &[Contender],
+    w: Workload,
+    cni_pods: usize,
+    stop: &AtomicBool,
+) -> anyhow::Result<crate::report::Report> {
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let results = run(contenders, w, stop)?;
+    let cni = if cni_pods > 0 {
+        eprintln!("CNI ADD/DEL latency, {cni_pods} pods: xlane and bridge + host-local");
+        Some(crate::cni_latency::run(cni_pods)?)
+    } else {
+        None
+    };
+    let mut versions = std::collections::BTreeMap::new();
+    versions.insert("xlane".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+    if let Ok(o) = std::process::Command::new("iperf3").arg("--version").output() {
+        let v = String::from_utf8_lossy(&o.stdout);
+        versions.insert("iperf3".to_owned(), v.split_whitespace().nth(1).unwrap_or("?").to_owned());
+    }
+    Ok(crate::report::Report { machine: crate::report::Machine::here(), date, versions, workload: w, results, cni })
+}

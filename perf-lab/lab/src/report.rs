@@ -1,0 +1,298 @@
+//! The benchmark report: the JSON a `bench` run writes (machine, date, versions, workload,
+//! every contender's results), and what is made from it — a Markdown report with every
+//! ratio against the goals in DESIGN.md, and SVG charts.
+
+use crate::bench::{Contender, Results, Workload};
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Where the numbers were taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// `model name` from /proc/cpuinfo.
+    pub cpu_model: String,
+}
+
+impl Machine {
+    /// This machine.
+    #[must_use]
+    pub fn here() -> Self {
+        let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines().find(|l| l.starts_with("model name"))?.split(':').nth(1).map(|m| m.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Self { kernel, cpus, cpu_model }
+    }
+}
+
+/// A full benchmark run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Machine.
+    pub machine: Machine,
+    /// UTC date and time of the run (RFC 3339).
+    pub date: String,
+    /// Versions of what was measured (xlane, iperf3, …).
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// The traffic.
+    pub workload: Workload,
+    /// Per contender.
+    pub results: Vec<Results>,
+    /// CNI ADD/DEL latency (from `cni-latency`), if measured.
+    #[serde(default)]
+    pub cni: Option<serde_json::Value>,
+}
+
+/// One goal of DESIGN.md and how the run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Goal {
+    /// What.
+    pub what: &'static str,
+    /// The target, as written.
+    pub target: &'static str,
+    /// The measured ratio or value, if the run had what it needs.
+    pub measured: Option<f64>,
+    /// Met or missed (None: not measured).
+    pub met: Option<bool>,
+}
+
+impl Report {
+    fn get(&self, c: Contender) -> Option<&Results> {
+        self.results.iter().find(|r| r.contender == c)
+    }
+
+    /// The goals of DESIGN.md that a bench run speaks to.
+    #[must_use]
+    pub fn goals(&self) -> Vec<Goal> {
+        let x = self.get(Contender::Xlane);
+        let best_x = self
+            .results
+            .iter()
+            .filter(|r| matches!(r.contender, Contender::Xlane | Contender::XlaneBusyPoll))
+            .max_by(|a, b| a.udp_pps.total_cmp(&b.udp_pps));
+        let kv = self.get(Contender::KernelVxlan);
+        let hg = self.get(Contender::HostGw);
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let goal = |what, target, measured: Option<f64>, ok: fn(f64) -> bool| Goal {
+            what,
+            target,
+            measured,
+            met: measured.map(ok),
+        };
+        let cni_add_p50_ms =
+            self.cni.as_ref().and_then(|c| c["contenders"]["xlane"]["add_us"]["p50"].as_f64()).map(|us| us / 1000.0);
+        vec![
+            goal(
+                "64-byte packets/s vs kernel VXLAN",
+                "≥ 3×",
+                ratio(best_x.map(|r| r.udp_pps), kv.map(|r| r.udp_pps)),
+                |v| v >= 3.0,
+            ),
+            goal(
+                "request/response p50 vs kernel VXLAN",
+                "≤ 1×",
+                ratio(x.map(|r| r.latency.p50_us), kv.map(|r| r.latency.p50_us)),
+                |v| v <= 1.0,
+            ),
+            goal(
+                "request/response p99 vs kernel VXLAN",
+                "≤ 1×",
+                ratio(x.map(|r| r.latency.p99_us), kv.map(|r| r.latency.p99_us)),
+                |v| v <= 1.0,
+            ),
+            goal(
+                "request/response p50 vs host-gw (moonshot)",
+                "≤ 1×",
+                ratio(x.map(|r| r.latency.p50_us), hg.map(|r| r.latency.p50_us)),
+                |v| v <= 1.0,
+            ),
+            goal(
+                "TCP, one stream, vs kernel VXLAN",
+                "≥ 0.5×",
+                ratio(x.map(|r| r.tcp1_gbit), kv.map(|r| r.tcp1_gbit)),
+                |v| v >= 0.5,
+            ),
+            goal("CNI ADD p50 (ms)", "≤ 30 ms", cni_add_p50_ms, |v| v <= 30.0),
+            goal("encap forwarding vs plain MAC-swap on the same sockets", "≥ 0.9×", None, |v| v >= 0.9),
+            goal("encap forwarding vs DPDK testpmd (net_af_xdp, macswap)", "≥ 1.0×", None, |v| v >= 1.0),
+        ]
+    }
+
+    /// The Markdown report.
+    #[must_use]
+    pub fn markdown(&self, charts: &[PathBuf]) -> String {
+        let mut m = String::new();
+        let _ = writeln!(m, "# xlane perf-lab report\n");
+        let _ = writeln!(
+            m,
+            "{} · kernel {} · {} × {} · ",
+            self.date, self.machine.kernel, self.machine.cpus, self.machine.cpu_model
+        );
+        let versions: Vec<String> = self.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(m, "{}\n", versions.join(" · "));
+        let w = self.workload;
+        let _ = writeln!(
+            m,
+            "Two lab nodes in network namespaces, one pod each; every contender on the same topology with \
+             the same traffic, in this one run: {} 64-byte frames from the lab's XDP generator (random \
+             source ports) × {} (median), {} UDP round trips, iperf3 {} s per run.\n",
+            w.udp_frames, w.repeats, w.rr_requests, w.tcp_seconds
+        );
+        let _ = writeln!(m, "## Results\n");
+        let _ = writeln!(
+            m,
+            "| contender | 64 B kpps | offered kpps | delivered | RR p50 µs | RR p99 µs | RR p99.9 µs | TCP ×1 Gbit/s | TCP ×4 Gbit/s |"
+        );
+        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &self.results {
+            let _ = writeln!(
+                m,
+                "| {} | {:.0} | {:.0} | {:.1}% | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                r.contender.name(),
+                r.udp_pps / 1e3,
+                r.offered_pps / 1e3,
+                r.delivered * 100.0,
+                r.latency.p50_us,
+                r.latency.p99_us,
+                r.latency.p999_us,
+                r.tcp1_gbit,
+                r.tcp4_gbit
+            );
+        }
+        if let Some(c) = &self.cni {
+            let _ = writeln!(m, "\nCNI (ms, {} pods each):\n", c["pods"]);
+            let _ = writeln!(m, "| plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 |\n|---|---:|---:|---:|---:|");
+            if let Some(cs) = c["contenders"].as_object() {
+                for (name, v) in cs {
+                    let ms = |k: &str, q: &str| v[k][q].as_f64().unwrap_or(f64::NAN) / 1000.0;
+                    let _ = writeln!(
+                        m,
+                        "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                        ms("add_us", "p50"),
+                        ms("add_us", "p99"),
+                        ms("del_us", "p50"),
+                        ms("del_us", "p99")
+                    );
+                }
+            }
+        }
+        let _ = writeln!(m, "\n## Goals (DESIGN.md)\n");
+        let _ = writeln!(m, "| goal | target | measured | |\n|---|---|---:|---|");
+        for g in self.goals() {
+            let (measured, verdict) = match (g.measured, g.met) {
+                (Some(v), Some(true)) => (format!("{v:.2}"), "met"),
+                (Some(v), _) => (format!("{v:.2}"), "**missed**"),
+                (None, _) => ("—".into(), "not measured in this run"),
+            };
+            let _ = writeln!(m, "| {} | {} | {measured} | {verdict} |", g.what, g.target);
+        }
+        if !charts.is_empty() {
+            let _ = writeln!(m, "\n## Charts\n");
+            for c in charts {
+                let name = c.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                let _ = writeln!(m, "![{name}]({name})");
+            }
+        }
+        m
+    }
+
+    /// SVG bar charts (packet rate, latency, TCP) into `dir`; their paths.
+    ///
+    /// # Errors
+    /// Drawing or writing failures.
+    pub fn charts(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir)?;
+        let names: Vec<&str> = self.results.iter().map(|r| r.contender.name()).collect();
+        let charts: [(&str, &str, Vec<f64>); 4] = [
+            (
+                "packet_rate.svg",
+                "64-byte UDP, kpps received (higher is better)",
+                self.results.iter().map(|r| r.udp_pps / 1e3).collect(),
+            ),
+            (
+                "latency_p50.svg",
+                "UDP request/response p50, µs (lower is better)",
+                self.results.iter().map(|r| r.latency.p50_us).collect(),
+            ),
+            (
+                "latency_p99.svg",
+                "UDP request/response p99, µs (lower is better)",
+                self.results.iter().map(|r| r.latency.p99_us).collect(),
+            ),
+            (
+                "tcp.svg",
+                "iperf3 one stream, Gbit/s (higher is better)",
+                self.results.iter().map(|r| r.tcp1_gbit).collect(),
+            ),
+        ];
+        let mut out = Vec::new();
+        for (file, title, values) in charts {
+            let path = dir.join(file);
+            bar_chart(&path, title, &names, &values)?;
+            out.push(path);
+        }
+        Ok(out)
+    }
+}
+
+fn bar_chart(path: &Path, title: &str, names: &[&str], values: &[f64]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (720, 400)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let top = values.iter().copied().filter(|v| v.is_finite()).fold(0.0_f64, f64::max).max(1e-9) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d((0..names.len()).into_segmented(), 0.0..top)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => names.get(*i).map(|s| (*s).to_owned()).unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let colors = [
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0x4a, 0x9f, 0xd8),
+        RGBColor(0xd6, 0x27, 0x28),
+        RGBColor(0x7f, 0x7f, 0x7f),
+    ];
+    for (i, v) in values.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(Histogram::vertical(&chart).style(color.filled()).margin(24).data(std::iter::once((i, *v))))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Write `report.json`, `report.md` and the charts into `dir`.
+///
+/// # Errors
+/// Writing failures.
+pub fn write(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(report)?)?;
+    let charts = report.charts(dir)?;
+    let md = dir.join("report.md");
+    std::fs::write(&md, report.markdown(&charts))?;
+    Ok(md)
+}
