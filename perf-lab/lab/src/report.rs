@@ -136,19 +136,23 @@ impl Report {
     pub fn markdown(&self, charts: &[PathBuf]) -> String {
         let mut m = String::new();
         let _ = writeln!(m, "# xlane perf-lab report\n");
+        let versions: Vec<String> = self.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(
             m,
-            "{} · kernel {} · {} × {} · ",
-            self.date, self.machine.kernel, self.machine.cpus, self.machine.cpu_model
+            "{} · Linux {} · {} CPUs ({}) · {}\n",
+            self.date,
+            self.machine.kernel,
+            self.machine.cpus,
+            self.machine.cpu_model,
+            versions.join(" · ")
         );
-        let versions: Vec<String> = self.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = writeln!(m, "{}\n", versions.join(" · "));
         let w = self.workload;
         let _ = writeln!(
             m,
             "Two lab nodes in network namespaces, one pod each; every contender on the same topology with \
-             the same traffic, in this one run: {} 64-byte frames from the lab's XDP generator (random \
-             source ports) × {} (median), {} UDP round trips, iperf3 {} s per run.\n",
+             the same traffic, in this one run: {} 64-byte frames from the lab's AF_XDP generator (random \
+             source ports, counted at the receiving pod) × {} (median), {} UDP round trips, iperf3 {} s \
+             per run.\n",
             w.udp_frames, w.repeats, w.rr_requests, w.tcp_seconds
         );
         let _ = writeln!(m, "## Results\n");

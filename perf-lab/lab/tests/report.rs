@@ -1,0 +1,44 @@
+//! The report generator on a recorded run (`fixtures/report.json`, a full `bench` on this
+//! machine): every contender in the table, every goal with its ratio and verdict, and
+//! charts a browser can show.
+
+use xlane_lab::bench::Contender;
+use xlane_lab::report::Report;
+
+fn recorded() -> Report {
+    serde_json::from_str(include_str!("fixtures/report.json")).unwrap()
+}
+
+#[test]
+fn markdown_has_every_result_and_goal() {
+    let r = recorded();
+    let dir = std::env::temp_dir().join(format!("xlane-report-{}", std::process::id()));
+    let md_path = xlane_lab::report::write(&r, &dir).unwrap();
+    let md = std::fs::read_to_string(&md_path).unwrap();
+    assert!(md.contains(&r.date) && md.contains(&r.machine.kernel), "machine and date");
+    for c in Contender::ALL {
+        assert!(md.contains(&format!("| {} |", c.name())), "a row for {}", c.name());
+    }
+    // The packet-rate goal: the better xlane mode against kernel VXLAN.
+    let pps = |c| r.results.iter().find(|x| x.contender == c).unwrap().udp_pps;
+    let ratio = pps(Contender::Xlane).max(pps(Contender::XlaneBusyPoll)) / pps(Contender::KernelVxlan);
+    let verdict = if ratio >= 3.0 { "met" } else { "**missed**" };
+    let row = format!("| 64-byte packets/s vs kernel VXLAN | ≥ 3× | {ratio:.2} | {verdict} |");
+    assert!(md.contains(&row), "{row}\n{md}");
+    assert!(md.contains(
+        "| encap forwarding vs DPDK testpmd (net_af_xdp, macswap) | ≥ 1.0× | — | not measured in this run |"
+    ));
+    assert!(md.contains("| xlane | ") && md.contains("| bridge+host-local | "), "the CNI table");
+    for chart in ["packet_rate.svg", "latency_p50.svg", "latency_p99.svg", "tcp.svg"] {
+        assert!(md.contains(&format!("![{chart}]({chart})")));
+        let svg = std::fs::read_to_string(dir.join(chart)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{chart} is SVG");
+        for c in Contender::ALL {
+            assert!(svg.contains(c.name()), "{chart} labels {}", c.name());
+        }
+    }
+    // The JSON round-trips unchanged.
+    let again: Report = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(again, r);
+    std::fs::remove_dir_all(dir).unwrap();
+}
