@@ -13,7 +13,7 @@
 //! * TCP: iperf3, one stream and four.
 
 use crate::kernel::{self, Subnet};
-use crate::traffic;
+use crate::{forward, traffic};
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -101,6 +101,47 @@ pub struct Results {
     pub tcp1_gbit: f64,
     /// iperf3, four streams, Gbit/s.
     pub tcp4_gbit: f64,
+    /// xlane only: frames per second node 0 sent out of its uplink (encapsulated) during
+    /// the packet-rate run — one RX and one TX per frame, comparable with the MAC-swap
+    /// forwarders of [`IoResult`].
+    #[serde(default)]
+    pub encap_pps: Option<f64>,
+}
+
+/// An I/O-ceiling forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forwarder {
+    /// xlane's plain MAC-swap forward on the same socket code as xlaned.
+    XlaneMacswap,
+    /// DPDK testpmd, `net_af_xdp`, `--forward-mode=macswap`.
+    Testpmd,
+}
+
+impl Forwarder {
+    /// Both, in report order.
+    pub const ALL: [Self; 2] = [Self::XlaneMacswap, Self::Testpmd];
+
+    /// Report name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XlaneMacswap => "xlane MAC-swap",
+            Self::Testpmd => "DPDK testpmd macswap",
+        }
+    }
+}
+
+/// An I/O-ceiling result: the generator's pod sends to its node's host veth, where the
+/// forwarder swaps MACs and sends each frame back; counted at the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct IoResult {
+    /// Which.
+    pub forwarder: Forwarder,
+    /// Frames per second back at the pod (median of the repeats).
+    pub forwarded_pps: f64,
+    /// Frames per second the generator offered.
+    pub offered_pps: f64,
 }
 
 /// The two pods and what runs them.
@@ -193,7 +234,7 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
             anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
         }
         rates.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (udp_pps, offered_pps) = rates[rates.len() / 2];
+        let (udp_pps, offered_pps, encap_pps) = rates[rates.len() / 2];
         eprintln!("      {:.0} kpps received of {:.0} kpps offered", udp_pps / 1e3, offered_pps / 1e3);
         eprintln!("      UDP request/response, {} round trips", w.rr_requests);
         let latency = request_response(tb.sender(), tb.receiver(), tb.receiver_ip, w.rr_requests, stop)?;
@@ -210,6 +251,7 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
             latency,
             tcp1_gbit,
             tcp4_gbit,
+            encap_pps,
         });
         drop(tb);
     }
@@ -227,8 +269,8 @@ fn rx_packets(ns: &Netns, dev: &str) -> anyhow::Result<u64> {
     v[0]["stats64"]["rx"]["packets"].as_u64().context("no rx packet count in ip -s -j")
 }
 
-/// One generator run: (received pps, offered pps).
-fn udp_rate(tb: &Testbed, frames: u32) -> anyhow::Result<(f64, f64)> {
+/// One generator run: (received pps, offered pps, for xlane: encapsulated pps).
+fn udp_rate(tb: &Testbed, frames: u32) -> anyhow::Result<(f64, f64, Option<f64>)> {
     let (snd, rcv) = (tb.sender(), tb.receiver());
     // The sender's gateway MAC, as the pod resolved it (the ping above made it).
     let route = snd.ip(&["-4", "route", "show", "default"])?;
@@ -245,11 +287,18 @@ fn udp_rate(tb: &Testbed, frames: u32) -> anyhow::Result<(f64, f64)> {
     // A bound socket keeps the receiver from answering with port-unreachables.
     let _sink = rcv.enter(|| UdpSocket::bind(SocketAddrV4::new(tb.receiver_ip, 5300)))??;
     let before = rx_packets(rcv, "eth0")?;
+    // Node 0's uplink as the fabric sees it.
+    let uplink = tb._cluster.as_ref().map(|c| (&c.lab.fabric, "n0"));
+    let uplink_before = uplink.map(|(ns, dev)| rx_packets(ns, dev)).transpose()?;
     let flood = snd.enter(|| traffic::udp_flood("eth0", &frame, u64::from(frames), Duration::from_secs(20)))??;
     // Let the last frames drain through both nodes.
     std::thread::sleep(Duration::from_millis(300));
     let got = rx_packets(rcv, "eth0")? - before;
-    Ok((got as f64 / flood.seconds, flood.sent as f64 / flood.seconds))
+    let encap = match (uplink, uplink_before) {
+        (Some((ns, dev)), Some(b)) => Some((rx_packets(ns, dev)? - b) as f64 / flood.seconds),
+        _ => None,
+    };
+    Ok((got as f64 / flood.seconds, flood.sent as f64 / flood.seconds, encap))
 }
 
 /// Sequential UDP echoes from `client` to `server_ip:5400` in `server`.
@@ -344,12 +393,25 @@ fn iperf3(client: &Netns, server: &Netns, server_ip: Ipv4Addr, streams: u32, sec
 /// As [`run`] and [`crate::cni_latency::run`].
 pub fn report(
     contenders: &[Contender],
+    forwarders: &[Forwarder],
     w: Workload,
     cni_pods: usize,
     stop: &AtomicBool,
 ) -> anyhow::Result<crate::report::Report> {
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let results = run(contenders, w, stop)?;
+    let mut io = Vec::new();
+    for (k, f) in forwarders.iter().enumerate() {
+        eprintln!(
+            "[io {}/{}] {}: generator pod → its node's host veth → MAC swap → back",
+            k + 1,
+            forwarders.len(),
+            f.name()
+        );
+        let r = io_ceiling(*f, w, stop)?;
+        eprintln!("      {:.0} kpps back of {:.0} kpps offered", r.forwarded_pps / 1e3, r.offered_pps / 1e3);
+        io.push(r);
+    }
     let cni = if cni_pods > 0 {
         eprintln!("CNI ADD/DEL latency, {cni_pods} pods: xlane and bridge + host-local");
         Some(crate::cni_latency::run(cni_pods)?)
@@ -362,5 +424,64 @@ pub fn report(
         let v = String::from_utf8_lossy(&o.stdout);
         versions.insert("iperf3".to_owned(), v.split_whitespace().nth(1).unwrap_or("?").to_owned());
     }
-    Ok(crate::report::Report { machine: crate::report::Machine::here(), date, versions, workload: w, results, cni })
+    if !forwarders.is_empty()
+        && let Ok(o) = std::process::Command::new("dpdk-testpmd").arg("--version").output()
+    {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        if let Some(v) = text.split_whitespace().skip_while(|w| *w != "DPDK").nth(1) {
+            versions.insert("DPDK".to_owned(), v.to_owned());
+        }
+    }
+    Ok(crate::report::Report { machine: crate::report::Machine::here(), date, versions, workload: w, results, io, cni })
+}
+
+/// Measure an I/O-ceiling forwarder: median of `w.repeats` runs of `w.udp_frames`.
+///
+/// # Errors
+/// Setup failures, `stop`.
+pub fn io_ceiling(f: Forwarder, w: Workload, stop: &AtomicBool) -> anyhow::Result<IoResult> {
+    let mut lab = Lab::new(if f == Forwarder::Testpmd { "xbt" } else { "xbm" }, 1)?;
+    let k = lab.add_pod(0)?;
+    let (node, pod) = (&lab.nodes[0], &lab.pods[k]);
+    let frame = traffic::udp_template(
+        parse_mac(&node.ns.mac(&pod.host_if)?)?,
+        parse_mac(&pod.mac)?,
+        pod.ip,
+        Ipv4Addr::new(10, 244, 2, 2),
+        5300,
+    );
+    let fwd_stop = AtomicBool::new(false);
+    let mut runs = Vec::new();
+    std::thread::scope(|sc| -> anyhow::Result<()> {
+        let _testpmd;
+        let xlane = if f == Forwarder::XlaneMacswap {
+            Some(sc.spawn(|| forward::xlane_macswap(&node.ns, &pod.host_if, &fwd_stop)))
+        } else {
+            _testpmd = forward::Testpmd::start(&node.ns, &pod.host_if)?;
+            None
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let result = (|| -> anyhow::Result<()> {
+            for _ in 0..w.repeats {
+                anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
+                let before = rx_packets(&pod.ns, "eth0")?;
+                let flood = pod
+                    .ns
+                    .enter(|| traffic::udp_flood("eth0", &frame, u64::from(w.udp_frames), Duration::from_secs(20)))??;
+                std::thread::sleep(Duration::from_millis(200));
+                let back = rx_packets(&pod.ns, "eth0")? - before;
+                runs.push((back as f64 / flood.seconds, flood.sent as f64 / flood.seconds));
+            }
+            Ok(())
+        })();
+        fwd_stop.store(true, Ordering::Relaxed);
+        if let Some(h) = xlane {
+            h.join().map_err(|_| anyhow::anyhow!("the forwarder panicked"))??;
+        }
+        result
+    })?;
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (forwarded_pps, offered_pps) = runs[runs.len() / 2];
+    anyhow::ensure!(forwarded_pps > 0.0, "{}: nothing came back", f.name());
+    Ok(IoResult { forwarder: f, forwarded_pps, offered_pps })
 }

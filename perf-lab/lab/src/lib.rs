@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cni_latency;
 pub mod control_plane;
 pub mod demo;
+pub mod forward;
 pub mod interop;
 pub mod kernel;
 pub mod report;

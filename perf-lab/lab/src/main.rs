@@ -55,6 +55,12 @@ enum Cmd {
         /// A short run (seconds per contender).
         #[arg(long)]
         quick: bool,
+        /// I/O-ceiling forwarders (default: both; `--no-io` skips them).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        io: Vec<bench::Forwarder>,
+        /// Skip the I/O-ceiling forwarders.
+        #[arg(long)]
+        no_io: bool,
         /// Also measure CNI ADD/DEL latency with this many pods (0: skip).
         #[arg(long, default_value_t = 100)]
         cni_pods: usize,
@@ -126,10 +132,15 @@ fn main() {
             };
             demo::run(&opts, &stop)
         }
-        Cmd::Bench { only, quick, cni_pods, out } => {
+        Cmd::Bench { only, io, no_io, quick, cni_pods, out } => {
             let contenders = if only.is_empty() { bench::Contender::ALL.to_vec() } else { only };
+            let forwarders = match (no_io, io.is_empty()) {
+                (true, _) => vec![],
+                (false, true) => bench::Forwarder::ALL.to_vec(),
+                (false, false) => io,
+            };
             let w = if quick { bench::Workload::QUICK } else { bench::Workload::FULL };
-            bench::report(&contenders, w, cni_pods, &stop).and_then(|r| {
+            bench::report(&contenders, &forwarders, w, cni_pods, &stop).and_then(|r| {
                 let md = report::write(&r, &out)?;
                 print!("{}", std::fs::read_to_string(&md)?);
                 eprintln!("report in {}", md.display());

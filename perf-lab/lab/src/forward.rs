@@ -1,0 +1,131 @@
+//! The I/O-ceiling forwarders: frames in on an interface's AF_XDP socket, MAC addresses
+//! swapped, frames out of the same socket — no lookup, no encapsulation. xlane's own
+//! (on the same socket code as xlaned: `xlane_xdp`'s UMEM, sockets and pod program) and
+//! DPDK testpmd's (`net_af_xdp`, `--forward-mode=macswap`), the reference AF_XDP peer.
+
+use anyhow::Context as _;
+use std::io::Write as _;
+use std::os::fd::AsFd as _;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use xlane_netlab::Netns;
+use xlane_xdp::attach::{ModePreference, Program, XdpAttachment};
+use xlane_xdp::programs::PodFilter;
+use xlane_xdp::xsk::{BindMode, RxFrame, Umem, UmemSettings, wait_readable};
+
+/// Forward with MAC swap on `dev` (in `ns`) until `stop`; returns the frames forwarded.
+/// Steers what xlaned's pod program steers (ARP and IPv4 to 10.244.0.0/16).
+///
+/// # Errors
+/// Attach or socket failures.
+pub fn xlane_macswap(ns: &Netns, dev: &str, stop: &AtomicBool) -> anyhow::Result<u64> {
+    let ifindex = ns.ifindex(dev)?;
+    ns.enter(|| -> anyhow::Result<u64> {
+        let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
+        let att = XdpAttachment::attach(ifindex, "xlane_macswap", 1, Program::Pod(filter), ModePreference::Auto)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut umem = Umem::new(UmemSettings { frames: 8192, ..UmemSettings::default() })?;
+        let mut port = umem.open_port(dev, 0, BindMode::Auto)?;
+        att.insert_socket(0, port.fd().as_fd())?;
+        umem.refill(&mut port, 2048, 0);
+        let mut burst = [RxFrame { addr: 0, len: 0 }; 64];
+        let mut out: Vec<(RxFrame, u32, u32)> = Vec::with_capacity(64);
+        let mut forwarded = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            umem.reap_completions(&mut port);
+            let n = umem.receive(&mut port, &mut burst);
+            if n == 0 {
+                port.flush_tx(8);
+                umem.refill(&mut port, 2048, 64);
+                wait_readable(&[port.poll_fd()], 10)?;
+                continue;
+            }
+            umem.frames_mut(&burst[..n], |frames| {
+                for (buf, off) in frames.iter_mut() {
+                    let eth = &mut buf[*off..*off + 12];
+                    let (dst, src) = eth.split_at_mut(6);
+                    dst.swap_with_slice(src);
+                }
+            });
+            out.clear();
+            for fr in &burst[..n] {
+                let base = fr.addr & !(u64::from(umem.frame_size()) - 1);
+                let offset = u32::try_from(fr.addr - base)?;
+                out.push((*fr, offset, fr.len));
+            }
+            let sent = umem.transmit(&mut port, &out);
+            for (fr, _, _) in &out[sent..] {
+                umem.release(*fr);
+            }
+            port.flush_tx(8);
+            forwarded += sent as u64;
+            umem.refill(&mut port, 2048, 64);
+        }
+        Ok(forwarded)
+    })?
+}
+
+/// DPDK testpmd forwarding with MAC swap on `dev` in `ns` (AF_XDP PMD, no hugepages),
+/// stopped when dropped.
+#[derive(Debug)]
+pub struct Testpmd {
+    child: Option<Child>,
+}
+
+impl Testpmd {
+    /// Start testpmd and wait until it forwards.
+    ///
+    /// # Errors
+    /// testpmd missing (`apt-get install dpdk`) or not starting.
+    pub fn start(ns: &Netns, dev: &str) -> anyhow::Result<Self> {
+        let prefix = format!("xlane{}", std::process::id());
+        let mut child = ns
+            .command("dpdk-testpmd")
+            .args(["--no-huge", "-m", "512", "--no-pci", "--file-prefix", &prefix, "-l", "0-1"])
+            .arg(format!("--vdev=net_af_xdp0,iface={dev},start_queue=0,queue_count=1,busy_budget=0"))
+            .args(["--", "--forward-mode=macswap", "--total-num-mbufs=16384", "--stats-period=0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running dpdk-testpmd (apt-get install dpdk)")?;
+        // Ready once its AF_XDP PMD has attached its XDP program (its stdout is block
+        // buffered through a pipe, so its own "forwarding" line comes late).
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                anyhow::bail!("dpdk-testpmd exited ({st}) before forwarding");
+            }
+            if ns.has_xdp(dev)? {
+                break;
+            }
+            if t0.elapsed().as_secs() >= 30 {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("dpdk-testpmd did not attach to {dev} in 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Ok(Self { child: Some(child) })
+    }
+}
+
+impl Drop for Testpmd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // testpmd without -i exits on Enter; SIGTERM by PID if it does not.
+            let _ = c.stdin.take().map(|mut s| s.write_all(b"\n"));
+            for _ in 0..100 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+}
