@@ -3,13 +3,11 @@
 //!
 //! `xlane0` stays in the host with the node subnet's gateway address (/32) and a route
 //! for the cluster CIDR; its peer (`xlane0-e`) is served by the engine like a pod port.
-//! Rare, one-time setup, done with iproute2's `ip` (present on every node; the hot
-//! paths and the neighbour table use netlink directly).
+//! Set up over netlink (`xlane-netlink`), idempotently: an existing pair is reused.
 
 use ipnet::Ipv4Net;
 use std::io;
 use std::net::Ipv4Addr;
-use std::process::Command;
 
 /// The engine-side name for host port `host`.
 #[must_use]
@@ -19,20 +17,11 @@ pub fn engine_end(host: &str) -> String {
     s
 }
 
-fn ip(args: &[&str]) -> io::Result<String> {
-    let out = Command::new("ip").args(args).output()?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(io::Error::other(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
-    }
-}
-
 /// Create the pair if missing (an existing pair is reused), address `host` with `gateway`/32, route `cluster` into it,
 /// set the pod MTU and software checksums.
 ///
 /// # Errors
-/// The failing `ip` command or ioctl.
+/// The failing netlink request or ioctl.
 /// The pair gets `queues` queues each way, one per worker.
 pub fn ensure(
     host: &str,
@@ -42,18 +31,20 @@ pub fn ensure(
     mtu: u16,
     queues: usize,
 ) -> io::Result<()> {
-    if ip(&["link", "show", "dev", host]).is_err() {
-        let q = queues.to_string();
-        let mut args = vec!["link", "add", host, "numtxqueues", &q, "numrxqueues", &q, "type", "veth"];
-        args.extend(["peer", "name", engine, "numtxqueues", &q, "numrxqueues", &q]);
-        ip(&args)?;
+    let mut nl = xlane_netlink::Netlink::new()?;
+    let queues = u32::try_from(queues).unwrap_or(1).max(1);
+    match nl.add_veth(host, engine, None, u32::from(mtu), queues) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(io::Error::new(e.kind(), format!("creating {host}/{engine}: {e}"))),
     }
-    let mtu = mtu.to_string();
+    let host_link = nl.link(host)?;
     for dev in [host, engine] {
-        ip(&["link", "set", dev, "mtu", &mtu, "up"])?;
+        let l = nl.link(dev)?;
+        nl.set_up(l.ifindex, Some(u32::from(mtu)))?;
     }
-    ip(&["addr", "replace", &format!("{gateway}/32"), "dev", host])?;
-    ip(&["route", "replace", &cluster.to_string(), "dev", host, "src", &gateway.to_string()])?;
+    nl.replace_addr(host_link.ifindex, gateway, 32)?;
+    nl.replace_route(cluster.network(), cluster.prefix_len(), None, host_link.ifindex, Some(gateway))?;
     // The host's offloaded checksums would reach the engine unfinished.
     xlane_xdp::sys::set_tx_checksum(host, false)?;
     Ok(())

@@ -5,7 +5,7 @@
 mod config;
 mod hostport;
 mod metrics;
-mod netlink;
+
 mod server;
 mod state;
 mod worker;
@@ -82,10 +82,10 @@ fn run() -> anyhow::Result<()> {
     let mut poll = mio::Poll::new()?;
     let waker = server::neigh_waker(&poll)?;
     let (neigh_tx, neigh_rx) = crossbeam_channel::unbounded();
-    let mut monitor = netlink::NeighMonitor::new()?;
+    let mut monitor = xlane_netlink::NeighMonitor::new()?;
     std::thread::Builder::new().name("xlane-neigh".into()).spawn(move || {
         loop {
-            match monitor.next() {
+            match monitor.next_batch() {
                 Ok(evs) => {
                     for ev in evs {
                         if neigh_tx.send(ev).is_err() {

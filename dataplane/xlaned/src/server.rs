@@ -1,7 +1,6 @@
 //! The control socket: a mio event loop on the control thread serving newline-delimited
 //! JSON requests (see `xlane-api`), neighbour events and termination signals.
 
-use crate::netlink::NeighEvent;
 use crate::state::State;
 use crossbeam_channel::Receiver;
 use mio::net::{UnixListener, UnixStream};
@@ -15,6 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use xlane_api::{ErrorCode, MAX_LINE, Reply};
+use xlane_netlink::NeighEvent;
 
 const LISTENER: Token = Token(0);
 const NEIGH: Token = Token(1);

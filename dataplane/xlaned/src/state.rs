@@ -5,7 +5,6 @@
 //! tables route anything to them, and removed from the tables before their sockets
 //! close, so no frame is routed to a port that cannot send it.
 
-use crate::netlink::{Link, NeighEvent, Netlink};
 use crate::worker::{Command, PortSpec, PortStats, WorkerHandle};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +16,7 @@ use xlane_api::{
 };
 use xlane_engine::{CounterSnapshot, DropReason};
 use xlane_fib::{Endpoint, FibBuilder, FibHandle, NodeConfig, PortId, Prefix, RemoteNode};
+use xlane_netlink::{Link, NeighEvent, Netlink};
 use xlane_wire::EthernetAddress;
 use xlane_xdp::attach::{ModePreference, Program, XdpAttachment, XdpMode};
 use xlane_xdp::programs::{PodFilter, UplinkFilter};

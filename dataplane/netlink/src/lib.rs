@@ -1,5 +1,9 @@
-//! What xlaned asks of the kernel over rtnetlink (`netlink-packet-route`): interface
-//! facts, the route to a remote VTEP, managed neighbour entries, and neighbour events.
+//! What xlane asks of the kernel over rtnetlink (`netlink-packet-route`, synchronous
+//! sockets): interface facts, veth pairs, addresses and routes (the CNI plugin's pod
+//! interfaces, xlaned's host port), the route to a remote VTEP, managed neighbour
+//! entries, and neighbour events. A socket opened with [`Netlink::in_netns`] works in
+//! that namespace (netlink sockets belong to the namespace they were created in), so a
+//! pod is configured without entering it for every call.
 //!
 //! Next-hop MACs come from the kernel's neighbour table. For each remote VTEP xlaned
 //! looks up the route to it (its gateway, or the VTEP itself when on-link) and adds a
@@ -9,18 +13,26 @@
 //! of ours is needed to trigger resolution; until it completes, routes through that
 //! node are counted drops (`unresolved_vtep`).
 
+#![forbid(unsafe_code)]
+
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkFlags, LinkInfo};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use std::fs::File;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd as _;
 use xlane_api::Mac;
 
 /// Facts about an interface.
@@ -92,6 +104,131 @@ impl Netlink {
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
         Ok(Self { sock, seq: 1 })
+    }
+
+    /// Open a socket in the network namespace at `path` (e.g. `/run/netns/x`, a pod's
+    /// `CNI_NETNS`); the calling thread returns to its own namespace before this returns.
+    ///
+    /// # Errors
+    /// `NotFound` for a missing namespace; setns or socket errors.
+    pub fn in_netns(path: &str) -> io::Result<Self> {
+        use nix::sched::{CloneFlags, setns};
+        let home = File::open("/proc/thread-self/ns/net")?;
+        let target = File::open(path)?;
+        setns(&target, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let made = Self::new();
+        setns(&home, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        made
+    }
+
+    /// Create a veth pair: `name` here and `peer` — in the namespace of `peer_netns` (an
+    /// open namespace file) when given, directly under its final name — both with `mtu`
+    /// and `queues` queues each way, down.
+    ///
+    /// # Errors
+    /// `AlreadyExists` if either name is taken; the netlink error.
+    pub fn add_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        peer_netns: Option<&File>,
+        mtu: u32,
+        queues: u32,
+    ) -> io::Result<()> {
+        let common = |m: &mut LinkMessage, n: &str| {
+            m.attributes.push(LinkAttribute::IfName(n.to_owned()));
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+            m.attributes.push(LinkAttribute::NumTxQueues(queues));
+            m.attributes.push(LinkAttribute::NumRxQueues(queues));
+        };
+        let mut p = LinkMessage::default();
+        common(&mut p, peer);
+        if let Some(ns) = peer_netns {
+            p.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+        }
+        let mut m = LinkMessage::default();
+        common(&mut m, name);
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+        ]));
+        self.request(NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, RouteNetlinkMessage::NewLink(m)).map(drop)
+    }
+
+    /// Set an interface's MTU (when given) and bring it up.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn set_up(&mut self, ifindex: u32, mtu: Option<u32>) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = ifindex;
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        self.request(NLM_F_ACK, RouteNetlinkMessage::SetLink(m)).map(drop)
+    }
+
+    /// Delete an interface (a veth takes its peer along); whether it existed.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn del_link(&mut self, name: &str) -> io::Result<bool> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        match self.request(NLM_F_ACK, RouteNetlinkMessage::DelLink(m)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Add `addr/prefix_len` to an interface, or keep it if it is there.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn replace_addr(&mut self, ifindex: u32, addr: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.prefix_len = prefix_len;
+        m.header.index = ifindex;
+        m.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
+        m.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
+        self.request(NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, RouteNetlinkMessage::NewAddress(m)).map(drop)
+    }
+
+    /// Add or replace the main-table route `dst/prefix_len` out of `oif`, through `via`
+    /// (a gateway) or on-link, with preferred source `src`.
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn replace_route(
+        &mut self,
+        dst: Ipv4Addr,
+        prefix_len: u8,
+        via: Option<Ipv4Addr>,
+        oif: u32,
+        src: Option<Ipv4Addr>,
+    ) -> io::Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.destination_prefix_length = prefix_len;
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = if via.is_some() { RouteScope::Universe } else { RouteScope::Link };
+        m.header.kind = RouteType::Unicast;
+        if prefix_len > 0 {
+            m.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        }
+        if let Some(g) = via {
+            m.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(g)));
+        }
+        if let Some(s) = src {
+            m.attributes.push(RouteAttribute::PrefSource(RouteAddress::Inet(s)));
+        }
+        m.attributes.push(RouteAttribute::Oif(oif));
+        self.request(NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, RouteNetlinkMessage::NewRoute(m)).map(drop)
     }
 
     /// Send a request and collect the replies (all parts of a dump, or the ACK).
@@ -249,7 +386,7 @@ impl NeighMonitor {
     ///
     /// # Errors
     /// Socket errors (ENOBUFS means events were lost: re-read the table).
-    pub fn next(&mut self) -> io::Result<Vec<NeighEvent>> {
+    pub fn next_batch(&mut self) -> io::Result<Vec<NeighEvent>> {
         let (data, _) = self.sock.recv_from_full()?;
         let mut out = Vec::new();
         let mut off = 0;
