@@ -1,0 +1,15 @@
+//! virtio-net over vhost-user for xlane's VM-based pods: moving Ethernet frames between
+//! a guest's virtqueues and the dataplane.
+//!
+//! * [`net::drain_tx`]: every frame the guest queued on its transmit queue, header
+//!   checked and stripped, handed to the caller (which copies it into the dataplane);
+//! * [`net::deliver_rx`]: one frame into the guest's receive buffers, with the
+//!   virtio-net header, across several buffers when the guest negotiated mergeable
+//!   receive buffers.
+//!
+//! Guest memory and ring addresses come from the frontend and are not trusted: every
+//! access goes through `vm-memory`'s checked accessors, and a chain that points outside
+//! guest memory, is too short, or loops is a counted drop, never a panic.
+#![forbid(unsafe_code)]
+
+pub mod net;
