@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of the project, on a fresh machine of the lab's kind, as root.
 # Installs the system packages the tests need (ping, etcd, protoc for the etcd client,
-# Debian's CNI reference plugins, iptables for portmap, busybox, podman + runc), then
+# Debian's CNI reference plugins, iptables for portmap, busybox, podman + runc, DPDK's
+# testpmd as a vhost-user frontend), then
 # lints, builds and tests.
 # Privileged tests (namespaces, XDP, AF_XDP) run for real; with CI=true a missing
 # privilege or tool fails them instead of skipping.
@@ -22,6 +23,7 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
+[ -x /usr/bin/dpdk-testpmd ] || need+=(dpdk dpdk-dev)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     if [ "$(id -u)" -ne 0 ]; then

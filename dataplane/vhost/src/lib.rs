@@ -7,9 +7,13 @@
 //!   virtio-net header, across several buffers when the guest negotiated mergeable
 //!   receive buffers.
 //!
+//! * [`backend`]: the vhost-user-net device (rust-vmm `vhost-user-backend`) around them,
+//!   and the queues it shares with the dataplane.
+//!
 //! Guest memory and ring addresses come from the frontend and are not trusted: every
 //! access goes through `vm-memory`'s checked accessors, and a chain that points outside
 //! guest memory, is too short, or loops is a counted drop, never a panic.
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod net;
