@@ -19,7 +19,9 @@ use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, Vrin
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend as _, GuestMemoryMmap, GuestMemoryRegion as _,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -297,6 +299,23 @@ impl VhostUserBackendMut for NetBackend {
     }
 
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        // A region larger than the file behind it maps fine, but touching its tail would
+        // kill this process with SIGBUS: refuse such a table (the frontend is cut off).
+        for region in mem.memory().iter() {
+            if let Some(fo) = region.file_offset() {
+                let file_len = fo.file().metadata()?.len();
+                if fo.start().saturating_add(region.len()) > file_len {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "memory region of {} bytes at offset {} of a {file_len}-byte file",
+                            region.len(),
+                            fo.start()
+                        ),
+                    ));
+                }
+            }
+        }
         self.mem = mem;
         Ok(())
     }

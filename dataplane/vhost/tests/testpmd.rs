@@ -103,3 +103,99 @@ fn testpmd_frontend_both_ways_and_reconnect() {
     let _ = server.join();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// One vhost-user message: header (request, flags = version 1, size) and body.
+fn message(request: u32, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&request.to_le_bytes());
+    m.extend_from_slice(&1u32.to_le_bytes());
+    m.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Whether the backend hung up on `s` within 2 s.
+fn cut_off(s: &mut std::os::unix::net::UnixStream) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn hostile_frontends_are_cut_off_and_service_goes_on() {
+    use std::os::fd::AsRawFd;
+    if !xlane_netlab::privileged_with("hostile_frontends_are_cut_off_and_service_goes_on", &[TESTPMD]) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("xlane-vhost-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("pod.sock");
+    let io = PortIo::new(1024).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let (sock, io, stop) = (sock.clone(), Arc::clone(&io), Arc::clone(&stop));
+        std::thread::spawn(move || serve(sock, &io, [0x0a, 0x58, 0, 0, 0, 1], || stop.load(Ordering::Relaxed)))
+    };
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Garbage instead of a message.
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(&[0xff; 64]).unwrap();
+    assert!(cut_off(&mut s), "garbage: disconnected");
+    // A memory table whose region lies past the end of the file it maps (a guest
+    // touching it would fault the backend with SIGBUS): refused, disconnected.
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(&message(3, &[])).unwrap(); // SET_OWNER
+    let memfd = nix::sys::memfd::memfd_create(c"guest", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    nix::unistd::ftruncate(&memfd, 4096).unwrap();
+    let mut body = Vec::new();
+    body.extend_from_slice(&1u32.to_le_bytes()); // one region
+    body.extend_from_slice(&0u32.to_le_bytes()); // padding
+    for v in [0u64, 1 << 30, 0x7f00_0000_0000, 0] {
+        body.extend_from_slice(&v.to_le_bytes()); // guest address, size 1 GiB, user address, offset
+    }
+    let msg = message(5, &body); // SET_MEM_TABLE
+    let fds = [memfd.as_raw_fd()];
+    nix::sys::socket::sendmsg::<()>(
+        s.as_raw_fd(),
+        &[std::io::IoSlice::new(&msg)],
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    assert!(cut_off(&mut s), "bad memory table: disconnected");
+    // A vring address before any memory table: refused.
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(&message(3, &[])).unwrap();
+    let mut addr = Vec::new();
+    addr.extend_from_slice(&0u32.to_le_bytes()); // index
+    addr.extend_from_slice(&0u32.to_le_bytes()); // flags
+    for v in [0xdead_0000u64, 0xdead_1000, 0xdead_2000, 0] {
+        addr.extend_from_slice(&v.to_le_bytes());
+    }
+    s.write_all(&message(9, &addr)).unwrap(); // SET_VRING_ADDR
+    assert!(cut_off(&mut s), "ring addresses outside guest memory: disconnected");
+    // And the port still serves a real frontend.
+    let c = testpmd(&sock, "txonly", "xvho");
+    std::thread::sleep(Duration::from_millis(1000));
+    let (_, sent) = finish(c);
+    std::thread::sleep(Duration::from_millis(100));
+    let got = io.recv_from_guest(usize::MAX, |_| {}) as u64 + io.counters.dropped.load(Ordering::Relaxed);
+    assert!(sent > 1000 && got == sent, "sent {sent}, arrived or counted {got}");
+    stop.store(true, Ordering::Relaxed);
+    let _ = std::os::unix::net::UnixStream::connect(&sock);
+    let _ = server.join();
+    let _ = std::fs::remove_dir_all(dir);
+}
