@@ -16,8 +16,10 @@ const TESTPMD: &str = "/usr/bin/dpdk-testpmd";
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn testpmd(sock: &Path, mode: &str, prefix: &str) -> Child {
+    // DPDK's runtime files are keyed by the prefix: unique per test process.
+    let prefix = format!("{prefix}{}", std::process::id());
     Command::new(TESTPMD)
-        .args(["--no-huge", "-m", "512", "--no-pci", "--file-prefix", prefix, "-l", "0-1"])
+        .args(["--no-huge", "-m", "512", "--no-pci", "--file-prefix", &prefix, "-l", "0-1"])
         .arg(format!("--vdev=net_virtio_user0,path={},queues=1", sock.display()))
         .args(["--", &format!("--forward-mode={mode}"), "--stats-period=0", "--total-num-mbufs=8192"])
         .stdin(Stdio::piped())
@@ -29,7 +31,8 @@ fn testpmd(sock: &Path, mode: &str, prefix: &str) -> Child {
 
 /// Stop testpmd (Enter) and read its accumulated `RX-packets` and `TX-packets`.
 fn finish(mut c: Child) -> (u64, u64) {
-    c.stdin.take().unwrap().write_all(b"\n").unwrap();
+    // It may have exited already (then its output says why, and the counts are zero).
+    let _ = c.stdin.take().unwrap().write_all(b"\n");
     let out = BufReader::new(c.stdout.take().unwrap());
     let (mut rx, mut tx) = (0, 0);
     let mut accumulated = false;
