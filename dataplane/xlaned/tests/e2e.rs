@@ -599,3 +599,44 @@ fn idle_costs_no_cpu_unless_busy_polling() {
     drop(busy);
     let _ = &daemons;
 }
+
+/// A UMEM too small for another pod's fill ring refuses the pod with the remedy instead
+/// of attaching a port that would receive nothing; removing a pod gives its frames back,
+/// so the refused pod fits afterwards.
+#[test]
+fn a_full_umem_refuses_a_port_and_frames_come_back() {
+    if !privileged("a_full_umem_refuses_a_port_and_frames_come_back") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut lab = Lab::new("xe-umem", 1).unwrap();
+    for _ in 0..6 {
+        lab.add_pod(0).unwrap();
+    }
+    let n = &lab.nodes[0];
+    // The uplink's fill ring takes 2048 of these; each pod needs 256 and a reserve.
+    let d = Xlaned::start_with(&n.ns, "xe-umem", &["--umem-frames", "3200"]);
+    d.ok(Op::SetVtep(Vtep { ip: n.ip, mac: None, vni: 1, port: 8472, subnet: Some(n.subnet_cidr().parse().unwrap()) }));
+    let spec = |k: usize| {
+        let p = &lab.pods[k];
+        EndpointSpec { ifname: p.host_if.clone(), ip: p.ip, mac: mac(&p.mac) }
+    };
+    let mut attached = Vec::new();
+    let refused = loop {
+        let k = attached.len();
+        assert!(k < lab.pods.len(), "a 3200-frame UMEM took {k} pods");
+        match d.call(Op::AddEndpoint(spec(k))) {
+            Reply::EndpointReady { .. } => attached.push(k),
+            Reply::Error { message, .. } => break (k, message),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(!attached.is_empty(), "at least one pod fits");
+    assert!(refused.1.contains("UMEM exhausted") && refused.1.contains("--umem-frames"), "{}", refused.1);
+    // Still serving; the refused pod's interface has no socket and no leftover state.
+    let Reply::Endpoints { endpoints } = d.ok(Op::Dump { table: Table::Endpoints }) else { panic!() };
+    assert!(!endpoints.iter().any(|e| e.ifname == lab.pods[refused.0].host_if));
+    // Remove one pod: its fill ring's frames return to the UMEM, and the refused pod fits.
+    d.ok(Op::DelEndpoint { ip: lab.pods[attached[0]].ip });
+    assert!(matches!(d.call(Op::AddEndpoint(spec(refused.0))), Reply::EndpointReady { .. }));
+}
