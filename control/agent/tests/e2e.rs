@@ -4,101 +4,32 @@
 
 mod common;
 
-use common::{Proc, ping, routes, start_xlaned, wait_for};
-use std::path::{Path, PathBuf};
+use common::{Proc, ping, routes, wait_for};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
 use xlane_agent::lease::LeaseAttrs;
 use xlane_agent::store::file::FileStore;
 use xlane_api::{Client, Op, Reply};
-use xlane_netlab::{Lab, Netns, privileged, workspace_binary};
+use xlane_netlab::cluster::{Cluster, ClusterOptions, agent_args};
+use xlane_netlab::{privileged, workspace_binary};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-const TTL: u64 = 4;
-
-struct NodeRun {
-    xlaned: Proc,
-    agent: Proc,
-    xl_sock: PathBuf,
-    agent_sock: PathBuf,
-    state: PathBuf,
-}
-
-struct Cluster {
-    runs: Vec<NodeRun>,
-    lab: Lab,
-    dir: PathBuf,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for r in &mut self.runs {
-            r.agent.stop(nix::sys::signal::Signal::SIGTERM);
-            r.xlaned.stop(nix::sys::signal::Signal::SIGTERM);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn agent_args(dir: &Path, i: usize) -> Vec<String> {
-    let d = |s: &str| dir.join(s).to_string_lossy().into_owned();
-    vec![
-        "--store-dir".into(),
-        d("store"),
-        "--state-dir".into(),
-        d(&format!("state{i}")),
-        "--xlaned-socket".into(),
-        d(&format!("xlaned{i}.sock")),
-        "--socket".into(),
-        d(&format!("agent{i}.sock")),
-        "--lease-ttl".into(),
-        TTL.to_string(),
-    ]
-}
-
-fn start_agent(ns: &Netns, dir: &Path, i: usize) -> Proc {
-    let sock = dir.join(format!("agent{i}.sock"));
-    let p = Proc::start(ns, &workspace_binary("xlane-agent"), &agent_args(dir, i), dir.join(format!("agent{i}.log")));
-    wait_for("agent lease", Duration::from_secs(10), || {
-        AgentClient::connect(&sock)
-            .and_then(|mut c| c.call(AgentOp::Status))
-            .is_ok_and(|r| matches!(r, AgentReply::Status { lease: Some(_), dataplane_synced: true, .. }))
-    });
-    p
-}
+const TTL: u32 = 4;
 
 fn cluster(prefix: &str, nodes: u8) -> Cluster {
-    let lab = Lab::new(prefix, nodes).unwrap();
-    let dir = std::env::temp_dir().join(format!("xlane-agent-e2e-{prefix}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    FileStore::open(dir.join("store"))
-        .unwrap()
-        .put_network_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
-        .unwrap();
-    let mut runs = Vec::new();
-    for (i, n) in lab.nodes.iter().enumerate() {
-        let xlaned = start_xlaned(&n.ns, &dir, i);
-        let agent = start_agent(&n.ns, &dir, i);
-        runs.push(NodeRun {
-            xlaned,
-            agent,
-            xl_sock: dir.join(format!("xlaned{i}.sock")),
-            agent_sock: dir.join(format!("agent{i}.sock")),
-            state: dir.join(format!("state{i}")),
-        });
-    }
-    Cluster { runs, lab, dir }
+    let opts = ClusterOptions { lease_ttl: TTL, ..ClusterOptions::default() };
+    Cluster::start(prefix, nodes, &opts).unwrap()
 }
 
 fn agent(c: &Cluster, i: usize) -> AgentClient {
-    AgentClient::connect(&c.runs[i].agent_sock).unwrap()
+    AgentClient::connect(&c.nodes[i].agent_socket).unwrap()
 }
 
 /// Do what the CNI plugin does: allocate, create the pod, attach.
 fn add_pod(c: &mut Cluster, node: usize, cid: &str) -> usize {
-    let sock = c.runs[node].agent_sock.clone();
+    let sock = c.nodes[node].agent_socket.clone();
     common::attach_pod(&mut c.lab, &sock, node, cid)
 }
 
@@ -118,8 +49,8 @@ fn three_agents_leases_routes_expiry_and_flannel_leases() {
     let mut c = cluster("xa-three", 3);
     // Every agent sees all three leases; every xlaned has a route to the two others.
     wait_for("three leases everywhere", Duration::from_secs(5), || (0..3).all(|i| leases(&c, i).len() == 3));
-    for r in &c.runs {
-        wait_for("two routes", Duration::from_secs(5), || routes(&r.xl_sock).len() == 2);
+    for n in &c.nodes {
+        wait_for("two routes", Duration::from_secs(5), || routes(&n.xlaned_socket).len() == 2);
     }
     let p0 = add_pod(&mut c, 0, "pod-a");
     let p1 = add_pod(&mut c, 1, "pod-b");
@@ -131,7 +62,7 @@ fn three_agents_leases_routes_expiry_and_flannel_leases() {
     let store = FileStore::open(c.dir.join("store")).unwrap();
     store.put_lease("10.244.200.0/24".parse().unwrap(), &attrs, Duration::from_secs(60)).unwrap();
     wait_for("the flannel lease routed", Duration::from_secs(3), || {
-        routes(&c.runs[0].xl_sock).iter().any(|r| r == "10.244.200.0/24 via 192.168.50.3")
+        routes(&c.nodes[0].xlaned_socket).iter().any(|r| r == "10.244.200.0/24 via 192.168.50.3")
     });
 
     // Node 2's agent dies without cleanup: its lease expires and its routes go away
@@ -140,9 +71,9 @@ fn three_agents_leases_routes_expiry_and_flannel_leases() {
         AgentReply::Status { lease: Some(l), .. } => l.subnet.to_string(),
         r => panic!("{r:?}"),
     };
-    c.runs[2].agent.stop(nix::sys::signal::Signal::SIGKILL);
-    let took = wait_for("routes withdrawn after expiry", Duration::from_secs(TTL + 2), || {
-        (0..2).all(|i| !routes(&c.runs[i].xl_sock).iter().any(|r| r.starts_with(&gone)))
+    c.nodes[2].agent.stop(nix::sys::signal::Signal::SIGKILL);
+    let took = wait_for("routes withdrawn after expiry", Duration::from_secs(u64::from(TTL) + 2), || {
+        (0..2).all(|i| !routes(&c.nodes[i].xlaned_socket).iter().any(|r| r.starts_with(&gone)))
     });
     eprintln!("lease of {gone} expired and withdrawn after {took:?} (TTL {TTL} s)");
     assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip), "unaffected traffic flows on");
@@ -157,23 +88,23 @@ fn restarts_of_agent_and_xlaned_lose_nothing() {
     let mut c = cluster("xa-restart", 2);
     let p0 = add_pod(&mut c, 0, "pod-a");
     let p1 = add_pod(&mut c, 1, "pod-b");
-    wait_for("routes", Duration::from_secs(5), || routes(&c.runs[0].xl_sock).len() == 1);
+    wait_for("routes", Duration::from_secs(5), || routes(&c.nodes[0].xlaned_socket).len() == 1);
     assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip));
     let subnet_before = leases(&c, 0);
 
     // The agent restarts: xlaned keeps forwarding meanwhile; the agent keeps its subnet
     // and its pods' addresses, and changes nothing that was right.
-    c.runs[0].agent.stop(nix::sys::signal::Signal::SIGTERM);
+    c.nodes[0].agent.stop(nix::sys::signal::Signal::SIGTERM);
     assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip), "forwarding without the agent");
     let generation = |sock: &Path| match Client::connect(sock).unwrap().call(Op::Status).unwrap() {
         Reply::Status(s) => s.generation,
         r => panic!("{r:?}"),
     };
-    let g0 = generation(&c.runs[0].xl_sock);
-    c.runs[0].agent = start_agent(&c.lab.nodes[0].ns, &c.dir, 0);
+    let g0 = generation(&c.nodes[0].xlaned_socket);
+    c.restart_agent(0).unwrap();
     assert_eq!(leases(&c, 0), subnet_before);
     assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip));
-    let g1 = generation(&c.runs[0].xl_sock);
+    let g1 = generation(&c.nodes[0].xlaned_socket);
     assert!(g1 - g0 <= 1, "a restarted agent re-sent only the VTEP (generation {g0} → {g1})");
     let AgentReply::Allocated { ip, .. } = agent(&c, 0)
         .call(AgentOp::Add { container_id: "pod-a".into(), ifname: "eth0".into(), netns: None, ip: None })
@@ -184,13 +115,13 @@ fn restarts_of_agent_and_xlaned_lose_nothing() {
     assert_eq!(ip.addr(), c.lab.pods[p0].ip, "the pod keeps its address across the restart");
 
     // xlaned restarts: the agent replays VTEP, nodes, routes and endpoints.
-    c.runs[0].xlaned.stop(nix::sys::signal::Signal::SIGKILL);
-    c.runs[0].xlaned = start_xlaned(&c.lab.nodes[0].ns, &c.dir, 0);
+    c.nodes[0].xlaned.stop(nix::sys::signal::Signal::SIGKILL);
+    c.restart_xlaned(0).unwrap();
     let took = wait_for("pod reachable after xlaned restart", Duration::from_secs(15), || {
         ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip)
     });
     eprintln!("traffic back {took:?} after xlaned restarted");
-    assert_eq!(routes(&c.runs[0].xl_sock).len(), 1);
+    assert_eq!(routes(&c.nodes[0].xlaned_socket).len(), 1);
 
     // Delete is idempotent and frees the address.
     for _ in 0..2 {
@@ -201,7 +132,6 @@ fn restarts_of_agent_and_xlaned_lose_nothing() {
         AgentReply::Status { allocations, .. } => assert!(allocations.is_empty(), "{allocations:?}"),
         r => panic!("{r:?}"),
     }
-    let _ = &c.runs[0].state;
 }
 
 #[test]
@@ -218,15 +148,15 @@ fn bad_config_and_bad_requests_are_explained() {
         .unwrap()
         .put_network_config(r#"{"Network":"10.244.0.0/16","SubnetLen":8}"#)
         .unwrap();
-    let mut args = agent_args(&dir, 0);
-    args[5] = c.runs[0].xl_sock.to_string_lossy().into_owned();
+    let mut args = agent_args(&dir, 0, TTL);
+    args[5] = c.nodes[0].xlaned_socket.to_string_lossy().into_owned();
     let mut bad = Proc::start(&c.lab.nodes[0].ns, &workspace_binary("xlane-agent"), &args, dir.join("agent.log"));
     let st = bad.exit_status(Duration::from_secs(10)).expect("the agent exits");
     assert!(!st.success());
     assert!(bad.log().contains("SubnetLen"), "{}", bad.log());
 
     // Bad API requests get errors; the agent stays up.
-    let sock = &c.runs[0].agent_sock;
+    let sock = &c.nodes[0].agent_socket;
     let raw = |line: &[u8]| {
         use std::io::{BufRead, Write};
         let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();

@@ -229,8 +229,9 @@ fn agents_on_etcd_through_member_and_quorum_loss() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    use common::{Proc, ping, routes, start_xlaned, wait_for};
+    use common::{Proc, ping, routes, wait_for};
     use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
+    use xlane_netlab::cluster::start_xlaned;
     const TTL: u64 = 4;
     let mut etcd = Etcd::start(3, 3);
     EtcdStore::connect(&etcd.endpoints(), DEFAULT_PREFIX)
@@ -241,7 +242,8 @@ fn agents_on_etcd_through_member_and_quorum_loss() {
     let dir = std::env::temp_dir().join(format!("xlane-agent-etcd-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut xlaneds: Vec<Proc> = lab.nodes.iter().enumerate().map(|(i, n)| start_xlaned(&n.ns, &dir, i)).collect();
+    let mut xlaneds: Vec<Proc> =
+        lab.nodes.iter().enumerate().map(|(i, n)| start_xlaned(&n.ns, &dir, i, &[]).unwrap()).collect();
     let agent_sock = |i: usize| dir.join(format!("agent{i}.sock"));
     let xl_sock = |i: usize| dir.join(format!("xlaned{i}.sock"));
     // Agents need only unix sockets and etcd on loopback: they run in this namespace.

@@ -25,7 +25,41 @@ pub struct ClusterNode {
     pub xlaned_socket: PathBuf,
     /// The agent's API socket (what the CNI plugin's `agentSocket` names).
     pub agent_socket: PathBuf,
+    xlaned_args: Vec<String>,
     agent_args: Vec<String>,
+}
+
+/// Start node `i`'s xlaned in `ns` on its uplink `eth0`, socket `<dir>/xlaned<i>.sock`,
+/// log `<dir>/xlaned<i>.log`, with `extra` arguments; returns once it answers.
+///
+/// # Errors
+/// It cannot start, exits, or does not answer within 10 s (its log is in the message).
+pub fn start_xlaned(ns: &Netns, dir: &Path, i: usize, extra: &[String]) -> io::Result<Proc> {
+    let socket = dir.join(format!("xlaned{i}.sock"));
+    let mut args = vec!["--uplink".into(), "eth0".into(), "--socket".into(), socket.to_string_lossy().into_owned()];
+    args.extend(extra.iter().cloned());
+    let mut xlaned = Proc::spawn(ns, &workspace_binary("xlaned"), &args, dir.join(format!("xlaned{i}.log")))?;
+    wait_until("xlaned's socket", Duration::from_secs(10), &mut xlaned, || Client::connect(&socket).is_ok())?;
+    Ok(xlaned)
+}
+
+/// The arguments of node `i`'s agent: file datastore `<dir>/store`, state
+/// `<dir>/state<i>`, xlaned at `<dir>/xlaned<i>.sock`, API at `<dir>/agent<i>.sock`.
+#[must_use]
+pub fn agent_args(dir: &Path, i: usize, lease_ttl: u32) -> Vec<String> {
+    let path = |s: &str| dir.join(s).to_string_lossy().into_owned();
+    vec![
+        "--store-dir".into(),
+        path("store"),
+        "--state-dir".into(),
+        path(&format!("state{i}")),
+        "--xlaned-socket".into(),
+        path(&format!("xlaned{i}.sock")),
+        "--socket".into(),
+        path(&format!("agent{i}.sock")),
+        "--lease-ttl".into(),
+        lease_ttl.to_string(),
+    ]
 }
 
 /// A lab with xlane running on every node. Dropping it stops the daemons (by PID), then
@@ -85,32 +119,17 @@ impl Cluster {
     }
 
     fn start_node(&self, i: usize, opts: &ClusterOptions) -> io::Result<ClusterNode> {
-        let path = |s: &str| self.dir.join(s).to_string_lossy().into_owned();
-        let xlaned_socket = self.dir.join(format!("xlaned{i}.sock"));
-        let mut args = vec!["--uplink".into(), "eth0".into(), "--socket".into(), path(&format!("xlaned{i}.sock"))];
-        args.extend(opts.xlaned_args.iter().cloned());
-        let mut xlaned = Proc::spawn(
-            &self.lab.nodes[i].ns,
-            &workspace_binary("xlaned"),
-            &args,
-            self.dir.join(format!("xlaned{i}.log")),
-        )?;
-        wait_until("xlaned's socket", Duration::from_secs(10), &mut xlaned, || xlaned_socket.exists())?;
-        let agent_socket = self.dir.join(format!("agent{i}.sock"));
-        let agent_args = vec![
-            "--store-dir".into(),
-            path("store"),
-            "--state-dir".into(),
-            path(&format!("state{i}")),
-            "--xlaned-socket".into(),
-            path(&format!("xlaned{i}.sock")),
-            "--socket".into(),
-            path(&format!("agent{i}.sock")),
-            "--lease-ttl".into(),
-            opts.lease_ttl.to_string(),
-        ];
+        let xlaned = start_xlaned(&self.lab.nodes[i].ns, &self.dir, i, &opts.xlaned_args)?;
+        let agent_args = agent_args(&self.dir, i, opts.lease_ttl);
         let agent = Proc::spawn_here(&workspace_binary("xlane-agent"), &agent_args, self.agent_log(i))?;
-        Ok(ClusterNode { xlaned, agent, xlaned_socket, agent_socket, agent_args })
+        Ok(ClusterNode {
+            xlaned,
+            agent,
+            xlaned_socket: self.dir.join(format!("xlaned{i}.sock")),
+            agent_socket: self.dir.join(format!("agent{i}.sock")),
+            xlaned_args: opts.xlaned_args.clone(),
+            agent_args,
+        })
     }
 
     fn agent_log(&self, i: usize) -> PathBuf {
@@ -142,6 +161,18 @@ impl Cluster {
         let log = self.agent_log(i).with_extension("restarted.log");
         self.nodes[i].agent = Proc::spawn_here(&workspace_binary("xlane-agent"), &self.nodes[i].agent_args, log)?;
         self.wait_ready(i)
+    }
+
+    /// Restart node `i`'s xlaned (after the test stopped or killed it), on the same
+    /// socket; returns once it answers there.
+    ///
+    /// # Errors
+    /// As [`start_xlaned`].
+    pub fn restart_xlaned(&mut self, i: usize) -> io::Result<()> {
+        self.nodes[i].xlaned.stop(nix::sys::signal::Signal::SIGTERM);
+        let args = self.nodes[i].xlaned_args.clone();
+        self.nodes[i].xlaned = start_xlaned(&self.lab.nodes[i].ns, &self.dir, i, &args)?;
+        Ok(())
     }
 
     /// A client of node `i`'s agent.

@@ -4,19 +4,9 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::Duration;
 use xlane_api::{Client, Op, Reply, Table};
+use xlane_netlab::Netns;
 pub use xlane_netlab::process::{Proc, wait_for};
-use xlane_netlab::{Netns, workspace_binary};
-
-pub fn start_xlaned(ns: &Netns, dir: &Path, i: usize) -> Proc {
-    let sock = dir.join(format!("xlaned{i}.sock"));
-    let args: Vec<String> =
-        vec!["--uplink".into(), "eth0".into(), "--socket".into(), sock.to_string_lossy().into_owned()];
-    let p = Proc::start(ns, &workspace_binary("xlaned"), &args, dir.join(format!("xlaned{i}.log")));
-    wait_for("xlaned socket", Duration::from_secs(10), || Client::connect(&sock).is_ok());
-    p
-}
 
 pub fn routes(sock: &Path) -> Vec<String> {
     match Client::connect(sock).unwrap().call(Op::Dump { table: Table::Routes }).unwrap() {
