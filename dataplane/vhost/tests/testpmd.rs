@@ -3,7 +3,7 @@
 //! second frontend is served after the first goes away.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,30 +48,58 @@ fn finish(mut c: Child) -> (u64, u64) {
     (rx, tx)
 }
 
+/// A backend serving a socket in its own directory, on its own thread; stopped and
+/// cleaned up on drop.
+struct Backend {
+    sock: PathBuf,
+    io: Arc<PortIo>,
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    server: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Backend {
+    fn start(name: &str, mac: [u8; 6]) -> Self {
+        let dir = std::env::temp_dir().join(format!("xlane-vhost-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("pod.sock");
+        let io = PortIo::new(1024).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = {
+            let (sock, io, stop) = (sock.clone(), Arc::clone(&io), Arc::clone(&stop));
+            std::thread::spawn(move || serve(sock, &io, mac, || stop.load(Ordering::Relaxed)))
+        };
+        let t0 = Instant::now();
+        while !sock.exists() {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { sock, io, dir, stop, server: Some(server) }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Unblock the listener with one last connection so the server thread can end.
+        let _ = std::os::unix::net::UnixStream::connect(&self.sock);
+        if let Some(s) = self.server.take() {
+            let _ = s.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn testpmd_frontend_both_ways_and_reconnect() {
     if !xlane_netlab::privileged_with("testpmd_frontend_both_ways_and_reconnect", &[TESTPMD]) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = std::env::temp_dir().join(format!("xlane-vhost-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("pod.sock");
-    let io = PortIo::new(1024).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = {
-        let (sock, io, stop) = (sock.clone(), Arc::clone(&io), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            serve(sock, &io, [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x09], || stop.load(Ordering::Relaxed))
-        })
-    };
-    let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let b = Backend::start("both", [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x09]);
+    let (sock, io) = (&b.sock, &b.io);
     // The guest transmits: every frame testpmd sent arrives here.
-    let c = testpmd(&sock, "txonly", "xvtx");
+    let c = testpmd(sock, "txonly", "xvtx");
     let mut got = 0;
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(2) {
@@ -87,7 +115,7 @@ fn testpmd_frontend_both_ways_and_reconnect() {
     assert_eq!(io.counters.malformed.load(Ordering::Relaxed), 0);
 
     // A second frontend after the first went away; now the guest receives.
-    let c = testpmd(&sock, "rxonly", "xvrx");
+    let c = testpmd(sock, "rxonly", "xvrx");
     std::thread::sleep(Duration::from_millis(1500));
     let frame: Vec<u8> = (0..60u8).collect();
     let mut queued = 0u64;
@@ -104,11 +132,6 @@ fn testpmd_frontend_both_ways_and_reconnect() {
     let delivered = io.counters.to_guest.load(Ordering::Relaxed);
     assert!(received > 0, "testpmd received nothing");
     assert_eq!(received, delivered, "what we wrote into the guest is what it counted");
-    stop.store(true, Ordering::Relaxed);
-    // Unblock the listener with one last connection so the server thread can end.
-    let _ = std::os::unix::net::UnixStream::connect(&sock);
-    let _ = server.join();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// One vhost-user message: header (request, flags = version 1, size) and body.
@@ -143,27 +166,15 @@ fn hostile_frontends_are_cut_off_and_service_goes_on() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = std::env::temp_dir().join(format!("xlane-vhost-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("pod.sock");
-    let io = PortIo::new(1024).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = {
-        let (sock, io, stop) = (sock.clone(), Arc::clone(&io), Arc::clone(&stop));
-        std::thread::spawn(move || serve(sock, &io, [0x0a, 0x58, 0, 0, 0, 1], || stop.load(Ordering::Relaxed)))
-    };
-    let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let b = Backend::start("hostile", [0x0a, 0x58, 0, 0, 0, 1]);
+    let (sock, io) = (&b.sock, &b.io);
     // Garbage instead of a message.
-    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
     s.write_all(&[0xff; 64]).unwrap();
     assert!(cut_off(&mut s), "garbage: disconnected");
     // A memory table whose region lies past the end of the file it maps (a guest
     // touching it would fault the backend with SIGBUS): refused, disconnected.
-    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
     s.write_all(&message(3, &[])).unwrap(); // SET_OWNER
     let memfd = nix::sys::memfd::memfd_create(c"guest", nix::sys::memfd::MFdFlags::empty()).unwrap();
     nix::unistd::ftruncate(&memfd, 4096).unwrap();
@@ -185,7 +196,7 @@ fn hostile_frontends_are_cut_off_and_service_goes_on() {
     .unwrap();
     assert!(cut_off(&mut s), "bad memory table: disconnected");
     // A vring address before any memory table: refused.
-    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
     s.write_all(&message(3, &[])).unwrap();
     let mut addr = Vec::new();
     addr.extend_from_slice(&0u32.to_le_bytes()); // index
@@ -196,14 +207,10 @@ fn hostile_frontends_are_cut_off_and_service_goes_on() {
     s.write_all(&message(9, &addr)).unwrap(); // SET_VRING_ADDR
     assert!(cut_off(&mut s), "ring addresses outside guest memory: disconnected");
     // And the port still serves a real frontend.
-    let c = testpmd(&sock, "txonly", "xvho");
+    let c = testpmd(sock, "txonly", "xvho");
     std::thread::sleep(Duration::from_millis(1000));
     let (_, sent) = finish(c);
     std::thread::sleep(Duration::from_millis(100));
     let got = io.recv_from_guest(usize::MAX, |_| {}) as u64 + io.counters.dropped.load(Ordering::Relaxed);
     assert!(sent > 0 && got == sent, "sent {sent}, arrived or counted {got}");
-    stop.store(true, Ordering::Relaxed);
-    let _ = std::os::unix::net::UnixStream::connect(&sock);
-    let _ = server.join();
-    let _ = std::fs::remove_dir_all(dir);
 }
