@@ -258,11 +258,6 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
     Ok(out)
 }
 
-fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
-    let v: Vec<u8> = s.split(':').map(|h| u8::from_str_radix(h, 16)).collect::<Result<_, _>>()?;
-    v.try_into().map_err(|_| anyhow::anyhow!("bad MAC {s}"))
-}
-
 fn rx_packets(ns: &Netns, dev: &str) -> anyhow::Result<u64> {
     // Through `ip -s -j`: sysfs shows the namespace it was mounted in, not the thread's.
     let v: serde_json::Value = serde_json::from_str(&ns.ip(&["-s", "-j", "link", "show", "dev", dev])?)?;
@@ -282,8 +277,7 @@ fn udp_rate(tb: &Testbed, frames: u32) -> anyhow::Result<(f64, f64, Option<f64>)
         .skip_while(|w| *w != "lladdr")
         .nth(1)
         .with_context(|| format!("the sender pod has no neighbour entry for its gateway {gw}"))?;
-    let frame =
-        traffic::udp_template(parse_mac(gw_mac)?, parse_mac(&snd.mac("eth0")?)?, tb.sender_ip, tb.receiver_ip, 5300);
+    let frame = traffic::udp_template(gw_mac.parse()?, snd.mac("eth0")?.parse()?, tb.sender_ip, tb.receiver_ip, 5300);
     // A bound socket keeps the receiver from answering with port-unreachables.
     let _sink = rcv.enter(|| UdpSocket::bind(SocketAddrV4::new(tb.receiver_ip, 5300)))??;
     let before = rx_packets(rcv, "eth0")?;
@@ -444,8 +438,8 @@ pub fn io_ceiling(f: Forwarder, w: Workload, stop: &AtomicBool) -> anyhow::Resul
     let k = lab.add_pod(0)?;
     let (node, pod) = (&lab.nodes[0], &lab.pods[k]);
     let frame = traffic::udp_template(
-        parse_mac(&node.ns.mac(&pod.host_if)?)?,
-        parse_mac(&pod.mac)?,
+        node.ns.mac(&pod.host_if)?.parse()?,
+        pod.mac.parse()?,
         pod.ip,
         Ipv4Addr::new(10, 244, 2, 2),
         5300,

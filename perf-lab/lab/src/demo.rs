@@ -83,24 +83,10 @@ pub fn run(opts: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
     drop(pods);
     drop(cluster);
     attached?;
-    let left = leftovers()?;
+    let left = xlane_netlab::namespaces_of(PREFIX, std::process::id())?;
     anyhow::ensure!(left.is_empty(), "left behind: {left:?}");
     eprintln!("done in {:.1} s; nothing left behind", t0.elapsed().as_secs_f64());
     Ok(())
-}
-
-/// Namespaces of this demo that still exist (after teardown: none).
-///
-/// # Errors
-/// `ip netns list` failing.
-pub fn leftovers() -> anyhow::Result<Vec<String>> {
-    let me = format!("-{}-", std::process::id());
-    Ok(xlane_netlab::ip(&["netns", "list"])?
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(PREFIX) && n.contains(&me))
-        .map(str::to_owned)
-        .collect())
 }
 
 /// What the demo measured.

@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use xlane_api::Mac;
 use xlane_netlab::Netns;
 
 /// Ping results.
@@ -220,10 +221,10 @@ mod tests {
 /// `dst:dst_port` with an 18-byte payload and no UDP checksum (the generator rewrites the
 /// source port of every copy; IPv4 allows UDP without a checksum).
 #[must_use]
-pub fn udp_template(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, dst_port: u16) -> Vec<u8> {
+pub fn udp_template(dst_mac: Mac, src_mac: Mac, src: Ipv4Addr, dst: Ipv4Addr, dst_port: u16) -> Vec<u8> {
     let mut f = Vec::with_capacity(60);
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&dst_mac.0);
+    f.extend_from_slice(&src_mac.0);
     f.extend_from_slice(&[0x08, 0x00]);
     let mut ip = [0u8; 20];
     ip[..12].copy_from_slice(&[0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0]);

@@ -18,12 +18,7 @@ fn demo(args: &[&str]) -> Command {
 
 /// Namespaces owned by the demo process `pid`.
 fn namespaces_of(pid: u32) -> Vec<String> {
-    let list = xlane_netlab::ip(&["netns", "list"]).unwrap();
-    list.lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with("xdemo") && n.contains(&format!("-{pid}-")))
-        .map(str::to_owned)
-        .collect()
+    xlane_netlab::namespaces_of("xdemo", pid).unwrap()
 }
 
 /// Start the demo with a long UDP phase and wait until it is in it.

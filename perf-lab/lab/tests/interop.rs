@@ -4,17 +4,6 @@
 use std::sync::atomic::AtomicBool;
 use xlane_netlab::privileged;
 
-fn namespaces(prefix: &str) -> Vec<String> {
-    let me = format!("-{}-", std::process::id());
-    xlane_netlab::ip(&["netns", "list"])
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix) && n.contains(&me))
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn xlane_and_flannel_nodes_talk_both_ways() {
     if !privileged("xlane_and_flannel_nodes_talk_both_ways") {
@@ -24,6 +13,6 @@ fn xlane_and_flannel_nodes_talk_both_ways() {
         let r = xlane_lab::interop::run(vni, port, 5, &AtomicBool::new(false)).unwrap();
         assert!(r.ok(), "VNI {vni} port {port}: {r:?}");
         assert_eq!(r.tcp_to_xlane.bytes, 5_000_000);
-        assert_eq!(namespaces("xiop"), Vec::<String>::new(), "torn down");
+        assert_eq!(xlane_netlab::namespaces_of("xiop", std::process::id()).unwrap(), Vec::<String>::new(), "torn down");
     }
 }

@@ -95,6 +95,36 @@ pub fn ip(args: &[&str]) -> io::Result<String> {
     check(&format!("ip {}", args.join(" ")), Command::new("ip").args(args).output()?)
 }
 
+/// The process that created a namespace named `<prefix…>-<pid>-<n>` (see
+/// [`Netns::new`]).
+fn owner_of(name: &str) -> Option<u32> {
+    let mut parts = name.rsplitn(3, '-');
+    let _seq: u32 = parts.next()?.parse().ok()?;
+    parts.next()?.parse().ok()
+}
+
+/// Namespaces named `prefix…` by [`Netns::new`], with the PID of the process that made
+/// each.
+///
+/// # Errors
+/// `ip netns list` failing.
+pub fn namespaces(prefix: &str) -> io::Result<Vec<(String, u32)>> {
+    Ok(ip(&["netns", "list"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .filter_map(|n| Some((n.to_owned(), owner_of(n)?)))
+        .collect())
+}
+
+/// The namespaces named `prefix…` that process `pid` made and that still exist.
+///
+/// # Errors
+/// `ip netns list` failing.
+pub fn namespaces_of(prefix: &str, pid: u32) -> io::Result<Vec<String>> {
+    Ok(namespaces(prefix)?.into_iter().filter(|(_, o)| *o == pid).map(|(n, _)| n).collect())
+}
+
 /// A named network namespace (`/run/netns/<name>`), deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -224,4 +254,17 @@ pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> io::Result<()> {
     ns_a.ip(&["link", "set", a, "up"])?;
     ns_b.ip(&["link", "set", b, "up"])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_read_from_namespace_names() {
+        assert_eq!(owner_of("xdemo-n0-4242-3"), Some(4242));
+        assert_eq!(owner_of("xdemo-fab-17-0"), Some(17));
+        assert_eq!(owner_of("xdemo"), None);
+        assert_eq!(owner_of("foreign-ns"), None);
+    }
 }

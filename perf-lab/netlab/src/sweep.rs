@@ -22,13 +22,6 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The owning run's PID in a namespace name `<prefix…>-<pid>-<n>`.
-fn owner_of(name: &str) -> Option<u32> {
-    let mut parts = name.rsplitn(3, '-');
-    let _seq: u32 = parts.next()?.parse().ok()?;
-    parts.next()?.parse().ok()
-}
-
 /// Remove what dead runs with names starting `prefix` left behind.
 ///
 /// # Errors
@@ -56,10 +49,9 @@ pub fn sweep(prefix: &str) -> io::Result<Swept> {
         }
         let _ = std::fs::remove_dir_all(run.path());
     }
-    let list = crate::ip(&["netns", "list"])?;
-    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        if name.starts_with(prefix) && owner_of(name).is_some_and(|o| !alive(o)) {
-            crate::ip(&["netns", "del", name])?;
+    for (name, owner) in crate::namespaces(prefix)? {
+        if !alive(owner) {
+            crate::ip(&["netns", "del", &name])?;
             swept.namespaces += 1;
         }
     }
@@ -87,17 +79,4 @@ fn stop(pid: u32) -> bool {
         let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGKILL);
     }
     true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn owners_are_read_from_namespace_names() {
-        assert_eq!(owner_of("xdemo-n0-4242-3"), Some(4242));
-        assert_eq!(owner_of("xdemo-fab-17-0"), Some(17));
-        assert_eq!(owner_of("xdemo"), None);
-        assert_eq!(owner_of("foreign-ns"), None);
-    }
 }
