@@ -11,29 +11,14 @@ use crate::delegate::Delegate;
 use crate::protocol::{Attachment, CniError, Code, Env, NetConf};
 use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
-use nix::sched::{CloneFlags, setns};
 use std::fs::File;
 use std::net::Ipv4Addr;
 use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
-use xlane_api::ErrorCode;
+use xlane_api::{ErrorCode, Mac};
 use xlane_netlink::Netlink;
 
 /// Where the agent listens by default.
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/xlane/agent.sock";
-
-/// Run `f` inside the namespace at `path`, then come back.
-fn in_netns<T>(path: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, CniError> {
-    let home = File::open("/proc/thread-self/ns/net")
-        .map_err(|e| CniError::new(Code::Io, "cannot open own namespace", e.to_string()))?;
-    let target = File::open(path)
-        .map_err(|e| CniError::new(Code::UnknownContainer, "network namespace not found", format!("{path}: {e}")))?;
-    setns(&target, CloneFlags::CLONE_NEWNET)
-        .map_err(|e| CniError::new(Code::Io, "cannot enter the network namespace", format!("{path}: {e}")))?;
-    let r = f();
-    setns(&home, CloneFlags::CLONE_NEWNET)
-        .map_err(|e| CniError::new(Code::Io, "cannot leave the network namespace", e.to_string()))?;
-    r.map_err(|e| CniError::new(Code::Io, "configuring the pod interface failed", e))
-}
 
 fn agent(conf: &NetConf) -> Result<AgentClient, CniError> {
     let sock = conf.agent_socket.as_deref().unwrap_or(DEFAULT_AGENT_SOCKET);
@@ -175,7 +160,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Attachment, CniError> {
         let _ = node.del_link(&host_if);
         release(c);
     };
-    let setup = (|| -> Result<(String, String), CniError> {
+    let setup = (|| -> Result<(Mac, Mac), CniError> {
         let host = node.link(&host_if).map_err(|e| io("host side setup failed", e))?;
         node.set_up(host.ifindex, None).map_err(|e| io("host side setup failed", e))?;
         let p = pod.link(&env.ifname).map_err(|e| io("pod side setup failed", e))?;
@@ -186,10 +171,10 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Attachment, CniError> {
                 .map_err(|e| io(&format!("pod route {r} via {gateway}"), e))?;
         }
         // Offloaded checksums would reach the AF_XDP socket unfinished.
-        in_netns(&netns, || {
-            xlane_xdp::sys::set_tx_checksum(&env.ifname, false).map_err(|e| format!("tx checksum off: {e}"))
-        })?;
-        Ok((host.mac.to_string(), p.mac.to_string()))
+        xlane_netlink::in_netns(&netns, || xlane_xdp::sys::set_tx_checksum(&env.ifname, false))
+            .map_err(|e| io("cannot enter the network namespace", e))?
+            .map_err(|e| io("tx checksum off", e))?;
+        Ok((host.mac, p.mac))
     })();
     let (host_mac, pod_mac) = match setup {
         Ok(m) => m,
@@ -198,14 +183,13 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Attachment, CniError> {
             return Err(e);
         }
     };
-    let mac = pod_mac.parse().map_err(|e| CniError::new(Code::Io, "bad MAC", format!("{e}")))?;
     match call(
         &mut c,
         AgentOp::Attach {
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
             host_if: host_if.clone(),
-            mac,
+            mac: pod_mac,
         },
     ) {
         Ok(AgentReply::Attached { .. }) => {}
@@ -219,8 +203,8 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Attachment, CniError> {
         }
     }
     Ok(Attachment {
-        host_if: (host_if, host_mac),
-        pod_if: (env.ifname.clone(), pod_mac, netns),
+        host_if: (host_if, host_mac.to_string()),
+        pod_if: (env.ifname.clone(), pod_mac.to_string(), netns),
         ip: addr,
         gateway,
         routes,

@@ -112,13 +112,7 @@ impl Netlink {
     /// # Errors
     /// `NotFound` for a missing namespace; setns or socket errors.
     pub fn in_netns(path: &str) -> io::Result<Self> {
-        use nix::sched::{CloneFlags, setns};
-        let home = File::open("/proc/thread-self/ns/net")?;
-        let target = File::open(path)?;
-        setns(&target, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        let made = Self::new();
-        setns(&home, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        made
+        in_netns(path, Self::new)?
     }
 
     /// Create a veth pair: `name` here and `peer` — in the namespace of `peer_netns` (an
@@ -360,6 +354,21 @@ impl Netlink {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Run `f` with the calling thread in the network namespace at `path`, then return to
+/// the thread's own namespace. Threads `f` spawns stay in the namespace.
+///
+/// # Errors
+/// `NotFound` for a missing namespace; opening or entering either namespace.
+pub fn in_netns<R>(path: impl AsRef<std::path::Path>, f: impl FnOnce() -> R) -> io::Result<R> {
+    use nix::sched::{CloneFlags, setns};
+    let home = File::open("/proc/thread-self/ns/net")?;
+    let target = File::open(path)?;
+    setns(&target, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    let r = f();
+    setns(&home, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    Ok(r)
 }
 
 /// A socket subscribed to neighbour events (RTNLGRP_NEIGH).

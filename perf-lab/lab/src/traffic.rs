@@ -27,11 +27,7 @@ pub struct PingStats {
 /// # Errors
 /// ping missing or unparsable output.
 pub fn ping(from: &Netns, dst: Ipv4Addr, count: u32) -> anyhow::Result<PingStats> {
-    let out = from
-        .command("ping")
-        .args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", &dst.to_string()])
-        .output()
-        .context("running ping (apt-get install iputils-ping)")?;
+    let out = from.ping_output(&dst.to_string(), count).context("running ping (apt-get install iputils-ping)")?;
     parse_ping(&String::from_utf8_lossy(&out.stdout)).with_context(|| {
         format!("ping output: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     })

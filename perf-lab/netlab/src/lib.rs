@@ -14,8 +14,6 @@ pub mod topology;
 
 pub use topology::{Lab, Node, Pod};
 
-use nix::sched::{CloneFlags, setns};
-use std::fs::File;
 use std::io;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -176,12 +174,7 @@ impl Netns {
     /// # Errors
     /// Opening or entering either namespace.
     pub fn enter<R>(&self, f: impl FnOnce() -> R) -> io::Result<R> {
-        let home = File::open("/proc/thread-self/ns/net")?;
-        let target = File::open(format!("/run/netns/{}", self.name))?;
-        setns(&target, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        let r = f();
-        setns(&home, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        Ok(r)
+        xlane_netlink::in_netns(format!("/run/netns/{}", self.name), f)
     }
 
     /// Interface index of `dev` in this namespace.
@@ -215,16 +208,21 @@ impl Netns {
     /// # Errors
     /// Not every ping was answered: ping's output, for the test's message.
     pub fn ping(&self, dst: &str, count: u32) -> Result<(), String> {
-        let out = self
-            .command("ping")
-            .args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", dst])
-            .output()
-            .map_err(|e| format!("running ping (iputils-ping): {e}"))?;
+        let out = self.ping_output(dst, count).map_err(|e| format!("running ping (iputils-ping): {e}"))?;
         if out.status.success() {
             Ok(())
         } else {
             Err(format!("ping {dst}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
         }
+    }
+
+    /// Run `ping -c count` to `dst` from inside this namespace (200 ms apart, 2 s
+    /// deadline each) and return what it printed.
+    ///
+    /// # Errors
+    /// ping cannot be run.
+    pub fn ping_output(&self, dst: &str, count: u32) -> io::Result<Output> {
+        self.command("ping").args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", dst]).output()
     }
 
     /// Whether an XDP program is attached to `dev`.
