@@ -19,15 +19,13 @@ pub const MIN_FRAME: usize = 14;
 /// Most buffers one received frame may span.
 const MAX_RX_BUFFERS: usize = 64;
 
-/// What a pass over a queue did.
+/// What a pass over the transmit queue did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
     /// Frames moved.
     pub frames: u64,
     /// Chains the frontend got back unusable: bad addresses, too short, too long.
     pub malformed: u64,
-    /// Frames not delivered for want of guest buffers.
-    pub no_buffers: u64,
 }
 
 /// A frame from the guest, header skipped, into `buf`; `None` if the chain's size is not
@@ -197,7 +195,7 @@ mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         let mut got = Vec::new();
         let t = drain_tx(&mut q, &mem, |b| got.push(b.to_vec()));
-        assert_eq!(t, Tally { frames: 1, malformed: 0, no_buffers: 0 });
+        assert_eq!(t, Tally { frames: 1, malformed: 0 });
         assert_eq!(got, vec![f]);
         assert_eq!(used_idx(&vq), 1, "the chain went back to the guest");
     }
