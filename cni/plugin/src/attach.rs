@@ -106,6 +106,43 @@ fn allocate(
     }
 }
 
+/// How a pod is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A veth pair into the pod's namespace (containers).
+    Veth,
+    /// A vhost-user socket its VMM connects to (VM-based pods, e.g. Kata).
+    VhostUser,
+}
+
+/// The CNI_ARGS key that selects the attachment per pod, over the conflist's `attach`.
+pub const ATTACH_ARG: &str = "XLANE_ATTACH";
+/// Where vhost-user sockets are created unless the conflist says `vhostUserDir`.
+pub const DEFAULT_VHOST_USER_DIR: &str = "/run/xlane/vhost-user";
+
+/// The attachment asked for: CNI_ARGS `XLANE_ATTACH`, else the conflist's `attach`, else veth.
+///
+/// # Errors
+/// [`Code::InvalidConfig`] for a value that is neither `veth` nor `vhost-user`.
+pub fn mode(env: &Env, conf: &NetConf) -> Result<Mode, CniError> {
+    match env.args.get(ATTACH_ARG).map(String::as_str).or(conf.attach.as_deref()) {
+        None | Some("veth") => Ok(Mode::Veth),
+        Some("vhost-user") => Ok(Mode::VhostUser),
+        Some(other) => Err(CniError::new(
+            Code::InvalidConfig,
+            "unknown attachment",
+            format!("{other:?}: attach (or CNI_ARGS {ATTACH_ARG}) is \"veth\" or \"vhost-user\""),
+        )),
+    }
+}
+
+/// The vhost-user socket of (container, interface): short enough for a unix socket
+/// path, stable, so DEL finds it without state.
+fn vhost_user_socket(env: &Env, conf: &NetConf) -> std::path::PathBuf {
+    let dir = conf.vhost_user_dir.as_deref().unwrap_or(DEFAULT_VHOST_USER_DIR);
+    std::path::Path::new(dir).join(format!("{}.sock", crate::protocol::host_ifname(&env.container_id, &env.ifname)))
+}
+
 /// ADD.
 ///
 /// # Errors
@@ -118,97 +155,133 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Attachment, CniError> {
     if std::fs::metadata(&netns).is_err() {
         return Err(CniError::new(Code::UnknownContainer, "network namespace not found", netns));
     }
+    let mode = mode(env, conf)?;
     let delegate = Delegate::of(env, conf)?;
     let _lock = lock_container(&env.container_id)?;
     let mut c = agent(conf)?;
-    let Addressing { ip: addr, gateway, mtu, routes } = allocate(&mut c, env, conf, delegate.as_ref())?;
-    let host_if = crate::protocol::host_ifname(&env.container_id, &env.ifname);
-    let release = |c: &mut AgentClient| {
+    let addressing = allocate(&mut c, env, conf, delegate.as_ref())?;
+    let attached = match mode {
+        Mode::Veth => attach_veth(&mut c, env, &netns, &addressing),
+        Mode::VhostUser => attach_vhost_user(&mut c, env, conf, &netns, &addressing),
+    };
+    if attached.is_err() {
         let _ = c.call(AgentOp::Del { container_id: env.container_id.clone(), ifname: env.ifname.clone() });
         if let Some(d) = &delegate {
             let _ = d.del(&conf.raw);
         }
+    }
+    attached
+}
+
+fn io_error(what: &str, e: std::io::Error) -> CniError {
+    CniError::new(Code::Io, what.to_owned(), e.to_string())
+}
+
+/// Ask the agent to attach the endpoint (it replies once xlaned forwards for it).
+fn attach_endpoint(
+    c: &mut AgentClient,
+    env: &Env,
+    host_if: &str,
+    mac: Mac,
+    vhost_user: Option<&std::path::Path>,
+) -> Result<(), CniError> {
+    let op = AgentOp::Attach {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        host_if: host_if.to_owned(),
+        mac,
+        vhost_user: vhost_user.map(std::path::Path::to_path_buf),
     };
-    let io = |what: &str, e: std::io::Error| CniError::new(Code::Io, what.to_owned(), e.to_string());
+    match call(c, op)? {
+        AgentReply::Attached { .. } => Ok(()),
+        other => Err(CniError::new(Code::Io, "unexpected reply from xlane-agent", format!("{other:?}"))),
+    }
+}
+
+/// The veth pair, configured, then attached; on failure the pair is deleted.
+fn attach_veth(c: &mut AgentClient, env: &Env, netns: &str, a: &Addressing) -> Result<Attachment, CniError> {
+    let Addressing { ip: addr, gateway, mtu, ref routes } = *a;
+    let host_if = crate::protocol::host_ifname(&env.container_id, &env.ifname);
     // Netlink sockets on both sides: this node's, and one opened inside the pod's
     // namespace (it stays there), so nothing below enters the namespace but the
     // checksum ioctl.
-    let mut node = Netlink::new().map_err(|e| io("netlink", e))?;
-    let mut pod = match Netlink::in_netns(&netns) {
-        Ok(n) => n,
-        Err(e) => {
-            release(&mut c);
-            return Err(CniError::new(Code::UnknownContainer, "network namespace not found", format!("{netns}: {e}")));
-        }
-    };
+    let mut node = Netlink::new().map_err(|e| io_error("netlink", e))?;
+    let mut pod = Netlink::in_netns(netns)
+        .map_err(|e| CniError::new(Code::UnknownContainer, "network namespace not found", format!("{netns}: {e}")))?;
     // The pod end is created in the namespace under its final name: an interface of that
     // name already there makes this fail before anything exists.
     if pod.link(&env.ifname).is_ok() {
-        release(&mut c);
         return Err(CniError::new(
             Code::InvalidConfig,
             "interface already exists",
             format!("{} in {netns}", env.ifname),
         ));
     }
-    let created = File::open(&netns).and_then(|ns| node.add_veth(&host_if, &env.ifname, Some(&ns), u32::from(mtu), 1));
-    if let Err(e) = created {
-        release(&mut c);
-        return Err(io("creating the veth pair failed", e));
-    }
-    let undo = |c: &mut AgentClient, node: &mut Netlink| {
-        let _ = node.del_link(&host_if);
-        release(c);
-    };
+    File::open(netns)
+        .and_then(|ns| node.add_veth(&host_if, &env.ifname, Some(&ns), u32::from(mtu), 1))
+        .map_err(|e| io_error("creating the veth pair failed", e))?;
     let setup = (|| -> Result<(Mac, Mac), CniError> {
-        let host = node.link(&host_if).map_err(|e| io("host side setup failed", e))?;
-        node.set_up(host.ifindex, None).map_err(|e| io("host side setup failed", e))?;
-        let p = pod.link(&env.ifname).map_err(|e| io("pod side setup failed", e))?;
-        pod.set_up(p.ifindex, None).map_err(|e| io("pod side setup failed", e))?;
-        pod.replace_addr(p.ifindex, addr.addr(), addr.prefix_len()).map_err(|e| io("pod address", e))?;
-        for r in &routes {
+        let host = node.link(&host_if).map_err(|e| io_error("host side setup failed", e))?;
+        node.set_up(host.ifindex, None).map_err(|e| io_error("host side setup failed", e))?;
+        let p = pod.link(&env.ifname).map_err(|e| io_error("pod side setup failed", e))?;
+        pod.set_up(p.ifindex, None).map_err(|e| io_error("pod side setup failed", e))?;
+        pod.replace_addr(p.ifindex, addr.addr(), addr.prefix_len()).map_err(|e| io_error("pod address", e))?;
+        for r in routes {
             pod.replace_route(r.network(), r.prefix_len(), Some(gateway), p.ifindex, None)
-                .map_err(|e| io(&format!("pod route {r} via {gateway}"), e))?;
+                .map_err(|e| io_error(&format!("pod route {r} via {gateway}"), e))?;
         }
         // Offloaded checksums would reach the AF_XDP socket unfinished.
-        xlane_netlink::in_netns(&netns, || xlane_xdp::sys::set_tx_checksum(&env.ifname, false))
-            .map_err(|e| io("cannot enter the network namespace", e))?
-            .map_err(|e| io("tx checksum off", e))?;
+        xlane_netlink::in_netns(netns, || xlane_xdp::sys::set_tx_checksum(&env.ifname, false))
+            .map_err(|e| io_error("cannot enter the network namespace", e))?
+            .map_err(|e| io_error("tx checksum off", e))?;
+        attach_endpoint(c, env, &host_if, p.mac, None)?;
         Ok((host.mac, p.mac))
     })();
-    let (host_mac, pod_mac) = match setup {
-        Ok(m) => m,
+    match setup {
+        Ok((host_mac, pod_mac)) => Ok(Attachment {
+            host_if: Some((host_if, host_mac.to_string())),
+            pod_if: (env.ifname.clone(), pod_mac.to_string(), netns.to_owned()),
+            socket_path: None,
+            ip: addr,
+            gateway,
+            routes: routes.clone(),
+            mtu,
+        }),
         Err(e) => {
-            undo(&mut c, &mut node);
-            return Err(e);
-        }
-    };
-    match call(
-        &mut c,
-        AgentOp::Attach {
-            container_id: env.container_id.clone(),
-            ifname: env.ifname.clone(),
-            host_if: host_if.clone(),
-            mac: pod_mac,
-        },
-    ) {
-        Ok(AgentReply::Attached { .. }) => {}
-        Ok(other) => {
-            undo(&mut c, &mut node);
-            return Err(CniError::new(Code::Io, "unexpected reply from xlane-agent", format!("{other:?}")));
-        }
-        Err(e) => {
-            undo(&mut c, &mut node);
-            return Err(e);
+            let _ = node.del_link(&host_if);
+            Err(e)
         }
     }
+}
+
+/// A vhost-user socket for the pod's VMM: nothing is created in the namespace (the
+/// VM's guest configures its interface from the result); xlaned listens on the socket
+/// from now on and serves the VMM whenever it connects.
+fn attach_vhost_user(
+    c: &mut AgentClient,
+    env: &Env,
+    conf: &NetConf,
+    netns: &str,
+    a: &Addressing,
+) -> Result<Attachment, CniError> {
+    let socket = vhost_user_socket(env, conf);
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(&format!("creating {}", dir.display()), e))?;
+    }
+    // The guest's MAC follows from its address (0a:58 + IPv4, as Kubernetes' bridge
+    // plugins do), so a VM restarted on the same address keeps it.
+    let o = a.ip.addr().octets();
+    let mac = Mac([0x0a, 0x58, o[0], o[1], o[2], o[3]]);
+    let port = crate::protocol::host_ifname(&env.container_id, &env.ifname);
+    attach_endpoint(c, env, &port, mac, Some(&socket))?;
     Ok(Attachment {
-        host_if: (host_if, host_mac.to_string()),
-        pod_if: (env.ifname.clone(), pod_mac.to_string(), netns),
-        ip: addr,
-        gateway,
-        routes,
-        mtu,
+        host_if: None,
+        pod_if: (env.ifname.clone(), mac.to_string(), netns.to_owned()),
+        socket_path: Some(socket.to_string_lossy().into_owned()),
+        ip: a.ip,
+        gateway: a.gateway,
+        routes: a.routes.clone(),
+        mtu: a.mtu,
     })
 }
 
@@ -228,6 +301,14 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     Netlink::new()
         .and_then(|mut nl| nl.del_link(&host_if))
         .map_err(|e| CniError::new(Code::Io, "removing the veth pair failed", format!("{host_if}: {e}")))?;
+    // xlaned removed a vhost-user socket with its port; one left by a crash goes here.
+    let socket = vhost_user_socket(env, conf);
+    match std::fs::remove_file(&socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_error(&format!("removing {}", socket.display()), e));
+        }
+        _ => {}
+    }
     match delegate {
         Some(d) => d.del(&conf.raw),
         None => Ok(()),
@@ -244,10 +325,17 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let _lock = lock_container(&env.container_id)?;
     let mut c = agent(conf)?;
     call(&mut c, AgentOp::Check { container_id: env.container_id.clone(), ifname: env.ifname.clone() })?;
-    let netns = env.netns.clone().unwrap_or_default();
-    Netlink::in_netns(&netns)
-        .and_then(|mut nl| nl.link(&env.ifname))
-        .map_err(|e| CniError::new(Code::UnknownContainer, "the pod interface is missing", format!("{netns}: {e}")))?;
+    if mode(env, conf)? == Mode::VhostUser {
+        let socket = vhost_user_socket(env, conf);
+        if !socket.exists() {
+            return Err(CniError::new(Code::Io, "the vhost-user socket is missing", socket.display().to_string()));
+        }
+    } else {
+        let netns = env.netns.clone().unwrap_or_default();
+        Netlink::in_netns(&netns).and_then(|mut nl| nl.link(&env.ifname)).map_err(|e| {
+            CniError::new(Code::UnknownContainer, "the pod interface is missing", format!("{netns}: {e}"))
+        })?;
+    }
     match delegate {
         Some(d) => d.check(&conf.raw),
         None => Ok(()),

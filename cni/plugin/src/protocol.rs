@@ -170,6 +170,13 @@ pub struct NetConf {
     /// The agent's socket (default /run/xlane/agent.sock).
     #[serde(default)]
     pub agent_socket: Option<String>,
+    /// How pods attach: "veth" (default) or "vhost-user" (VM-based pods; CNI_ARGS
+    /// `XLANE_ATTACH` chooses per pod).
+    #[serde(default)]
+    pub attach: Option<String>,
+    /// Where vhost-user sockets are created (default /run/xlane/vhost-user).
+    #[serde(default)]
+    pub vhost_user_dir: Option<String>,
     /// A standard IPAM section: delegate to that IPAM plugin instead of the agent.
     #[serde(default)]
     pub ipam: Option<serde_json::Value>,
@@ -230,10 +237,12 @@ pub fn version_result(requested: Option<&str>) -> serde_json::Value {
 /// What an ADD produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
-    /// Host-side interface and MAC.
-    pub host_if: (String, String),
+    /// Host-side interface and MAC (none for vhost-user).
+    pub host_if: Option<(String, String)>,
     /// Pod interface, MAC and namespace path.
     pub pod_if: (String, String, String),
+    /// The vhost-user socket its VMM connects to.
+    pub socket_path: Option<String>,
     /// Address with prefix.
     pub ip: Ipv4Net,
     /// Gateway.
@@ -252,18 +261,28 @@ struct Interface<'a> {
     sandbox: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mtu: Option<u16>,
+    #[serde(rename = "socketPath", skip_serializing_if = "Option::is_none")]
+    socket_path: Option<&'a str>,
 }
 
 /// The ADD result, shaped for `version` (0.4.0 adds `"version": "4"` to IPs; 1.1.0
-/// reports interface MTUs).
+/// reports interface MTUs and the vhost-user socket).
 #[must_use]
 pub fn add_result(version: &str, a: &Attachment) -> serde_json::Value {
-    let with_mtu = version == "1.1.0";
-    let interfaces = [
-        Interface { name: &a.host_if.0, mac: &a.host_if.1, sandbox: None, mtu: with_mtu.then_some(a.mtu) },
-        Interface { name: &a.pod_if.0, mac: &a.pod_if.1, sandbox: Some(&a.pod_if.2), mtu: with_mtu.then_some(a.mtu) },
-    ];
-    let mut ip = serde_json::json!({"address": a.ip.to_string(), "gateway": a.gateway.to_string(), "interface": 1});
+    let v11 = version == "1.1.0";
+    let mtu = v11.then_some(a.mtu);
+    let mut interfaces: Vec<Interface<'_>> =
+        a.host_if.iter().map(|(name, mac)| Interface { name, mac, sandbox: None, mtu, socket_path: None }).collect();
+    interfaces.push(Interface {
+        name: &a.pod_if.0,
+        mac: &a.pod_if.1,
+        sandbox: Some(&a.pod_if.2),
+        mtu,
+        socket_path: a.socket_path.as_deref().filter(|_| v11),
+    });
+    let pod_index = interfaces.len() - 1;
+    let mut ip =
+        serde_json::json!({"address": a.ip.to_string(), "gateway": a.gateway.to_string(), "interface": pod_index});
     if version == "0.4.0" {
         ip["version"] = "4".into();
     }
@@ -393,8 +412,9 @@ mod tests {
     #[test]
     fn results_are_shaped_per_version() {
         let a = Attachment {
-            host_if: ("xl0123456789ab".into(), "ee:ee:00:00:01:02".into()),
+            host_if: Some(("xl0123456789ab".into(), "ee:ee:00:00:01:02".into())),
             pod_if: ("eth0".into(), "0a:58:0a:f4:01:02".into(), "/run/netns/p".into()),
+            socket_path: None,
             ip: "10.244.1.2/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 244, 1, 1),
             routes: vec!["0.0.0.0/0".parse().unwrap()],
@@ -411,6 +431,28 @@ mod tests {
         let e = CniError::new(Code::TryAgain, "agent not ready", "try again").to_json("1.0.0");
         assert_eq!((e["code"].as_u64(), e["cniVersion"].as_str()), (Some(11), Some("1.0.0")));
         assert_eq!(version_result(Some("0.4.0"))["supportedVersions"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn vhost_user_results_name_the_socket_from_1_1_0() {
+        let a = Attachment {
+            host_if: None,
+            pod_if: ("eth0".into(), "0a:58:0a:f4:01:fa".into(), "/run/netns/vm".into()),
+            socket_path: Some("/run/xlane/vhost-user/xl0123456789ab.sock".into()),
+            ip: "10.244.1.250/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 244, 1, 1),
+            routes: vec!["0.0.0.0/0".parse().unwrap()],
+            mtu: 1450,
+        };
+        let r11 = add_result("1.1.0", &a);
+        assert_eq!(r11["interfaces"].as_array().unwrap().len(), 1, "no host-side interface");
+        assert_eq!(r11["interfaces"][0]["socketPath"], "/run/xlane/vhost-user/xl0123456789ab.sock");
+        assert_eq!(r11["ips"][0]["interface"], 0);
+        for older in ["0.4.0", "1.0.0"] {
+            let r = add_result(older, &a);
+            assert!(r["interfaces"][0].get("socketPath").is_none(), "{older} has no socketPath");
+            assert_eq!(r["ips"][0]["interface"], 0);
+        }
     }
 
     #[test]

@@ -272,15 +272,27 @@ fn program(
         xlaned_call(xl, Op::SetVtep(vtep))?;
         converge(xl, leases, own, vni, programmed, Baseline::Dataplane)?;
         if endpoints {
-            let list: Vec<(Ipv4Addr, String, Mac)> = shared
+            let list: Vec<EndpointSpec> = shared
                 .lock()
                 .expect("not poisoned")
                 .ipam
                 .as_ref()
-                .map(|i| i.allocations().filter_map(|(ip, a)| Some((ip, a.host_if.clone()?, a.mac?))).collect())
+                .map(|i| {
+                    i.allocations()
+                        .filter_map(|(ip, a)| {
+                            Some(EndpointSpec {
+                                ifname: a.host_if.clone()?,
+                                ip,
+                                mac: a.mac?,
+                                vhost_user: a.vhost_user.clone(),
+                            })
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
-            for (ip, host_if, mac) in list {
-                if let Err(e) = xlaned_call(xl, Op::AddEndpoint(EndpointSpec { ifname: host_if.clone(), ip, mac })) {
+            for spec in list {
+                let (ip, host_if) = (spec.ip, spec.ifname.clone());
+                if let Err(e) = xlaned_call(xl, Op::AddEndpoint(spec)) {
                     tracing::warn!(%ip, %host_if, error = %e, "could not re-attach endpoint");
                 }
             }
@@ -419,15 +431,16 @@ fn handle(op: AgentOp, xlaned: &std::path::Path, shared: &Arc<Mutex<Shared>>) ->
                 Err(e) => AgentReply::error(ErrorCode::Invalid, e.to_string()),
             }
         }
-        AgentOp::Attach { container_id, ifname, host_if, mac } => {
+        AgentOp::Attach { container_id, ifname, host_if, mac, vhost_user } => {
             let Some(ipam) = sh.ipam.as_mut() else { return not_ready() };
-            let ip = match ipam.attach(&container_id, &ifname, &host_if, mac) {
+            let ip = match ipam.attach(&container_id, &ifname, &host_if, mac, vhost_user.as_deref()) {
                 Ok(ip) => ip,
                 Err(e) => return AgentReply::error(ErrorCode::NotFound, e.to_string()),
             };
             drop(sh);
             match Client::connect(xlaned).map_err(|e| e.to_string()).and_then(|mut c| {
-                c.call(Op::AddEndpoint(EndpointSpec { ifname: host_if, ip, mac })).map_err(|e| e.to_string())
+                c.call(Op::AddEndpoint(EndpointSpec { ifname: host_if, ip, mac, vhost_user }))
+                    .map_err(|e| e.to_string())
             }) {
                 Ok(Reply::EndpointReady { gateway_mac, .. }) => AgentReply::Attached { gateway_mac },
                 Ok(Reply::Error { code, message }) => AgentReply::error(code, format!("xlaned: {message}")),

@@ -45,6 +45,10 @@ pub enum AgentOp {
         host_if: String,
         /// Pod interface MAC.
         mac: Mac,
+        /// Serve the pod through this vhost-user socket (a VM-based pod) rather than
+        /// `host_if`, which then only names the port.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vhost_user: Option<std::path::PathBuf>,
     },
     /// Whether the interface has its address and is attached.
     Check {

@@ -29,6 +29,9 @@ pub struct Allocation {
     /// The pod's network namespace path, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// The vhost-user socket, for a VM-based pod attached through one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -189,6 +192,7 @@ impl Ipam {
             host_if: None,
             mac: None,
             netns: None,
+            vhost_user: None,
         };
         self.state.allocations.insert(ip, a);
         if let Err(e) = self.save() {
@@ -219,7 +223,14 @@ impl Ipam {
     ///
     /// # Errors
     /// [`IpamError::NotFound`], or the state cannot be saved.
-    pub fn attach(&mut self, container_id: &str, ifname: &str, host_if: &str, mac: Mac) -> Result<Ipv4Addr, IpamError> {
+    pub fn attach(
+        &mut self,
+        container_id: &str,
+        ifname: &str,
+        host_if: &str,
+        mac: Mac,
+        vhost_user: Option<&std::path::Path>,
+    ) -> Result<Ipv4Addr, IpamError> {
         let ip = self
             .find(container_id, ifname)
             .map(|(ip, _)| ip)
@@ -227,6 +238,7 @@ impl Ipam {
         let a = self.state.allocations.get_mut(&ip).expect("found above");
         a.host_if = Some(host_if.to_owned());
         a.mac = Some(mac);
+        a.vhost_user = vhost_user.map(std::path::Path::to_path_buf);
         self.save()?;
         Ok(ip)
     }

@@ -174,6 +174,7 @@ fn bad_config_and_bad_requests_are_explained() {
             ifname: "eth0".into(),
             host_if: "x".into(),
             mac: "02:00:00:00:00:01".parse().unwrap(),
+            vhost_user: None,
         })
         .unwrap();
     assert!(matches!(r, AgentReply::Error { .. }), "{r:?}");

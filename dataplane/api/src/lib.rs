@@ -155,12 +155,18 @@ pub enum Change {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
-    /// Host-side interface (the veth end in the host namespace).
+    /// Host-side interface (the veth end in the host namespace); for a vhost-user port,
+    /// the port's name.
     pub ifname: String,
     /// The pod's address.
     pub ip: Ipv4Addr,
-    /// The pod interface's MAC.
+    /// The pod interface's MAC (for a vhost-user port: the MAC the device offers the
+    /// guest).
     pub mac: Mac,
+    /// Serve the pod as a vhost-user-net backend on this unix socket (a VM-based pod:
+    /// its VMM connects) instead of attaching the interface `ifname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<std::path::PathBuf>,
 }
 
 /// Which table to dump.
@@ -274,6 +280,28 @@ pub struct PortInfo {
     pub rx_fill_ring_empty: u64,
     /// Kernel: frames dropped because the RX ring was full.
     pub rx_ring_full: u64,
+    /// For a vhost-user port: its socket, frontend and guest-side counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<VhostUserInfo>,
+}
+
+/// The vhost-user side of a port (a VM-based pod).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostUserInfo {
+    /// The socket the VMM connects to.
+    pub socket: std::path::PathBuf,
+    /// Whether a frontend is connected.
+    pub connected: bool,
+    /// Frontend connections accepted so far.
+    pub connections: u64,
+    /// Frames read from the guest's transmit queue.
+    pub from_guest: u64,
+    /// Frames written into the guest's receive buffers.
+    pub to_guest: u64,
+    /// Descriptor chains the guest handed over unusable (counted, returned).
+    pub malformed: u64,
+    /// Frames dropped: no guest receive buffer, or a queue between backend and dataplane full.
+    pub dropped: u64,
 }
 
 /// Counters.
@@ -526,6 +554,7 @@ mod tests {
                 ifname: "veth1".into(),
                 ip: Ipv4Addr::new(10, 244, 1, 2),
                 mac: Mac([2, 0, 0, 0, 0, 1]),
+                vhost_user: None,
             }),
             Op::Dump { table: Table::Routes },
             Op::Counters,

@@ -6,18 +6,18 @@
 //! backend thread copies between guest memory and those buffers (guest memory is not
 //! the dataplane's UMEM, so one copy each way is inherent to vhost-user).
 
-use crate::net::{self, MAX_FRAME, RxError};
+use crate::net::{self, FrameSink, MAX_FRAME, RxError};
 use crossbeam_queue::ArrayQueue;
 use std::io;
 use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use vhost_user_backend::{ShutdownHandle, VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{
     GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend as _, GuestMemoryMmap, GuestMemoryRegion as _,
@@ -42,18 +42,56 @@ const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
 /// Ring size offered.
 const QUEUE_SIZE: usize = 1024;
 
-/// One frame buffer.
+/// Bytes kept free in front of every frame from the guest: the dataplane processes
+/// frames in place and encapsulation prepends the outer headers there.
+pub const HEADROOM: usize = 256;
+
+/// One frame buffer: the frame lies at `head..head + len`, headroom in front of it.
 #[derive(Debug)]
 pub struct Frame {
+    head: usize,
     len: usize,
-    data: Box<[u8; MAX_FRAME]>,
+    data: Box<[u8; HEADROOM + MAX_FRAME]>,
 }
 
 impl Frame {
+    fn new() -> Self {
+        Self { head: HEADROOM, len: 0, data: Box::new([0; HEADROOM + MAX_FRAME]) }
+    }
+
     /// The frame's bytes.
     #[must_use]
     pub fn bytes(&self) -> &[u8] {
-        &self.data[..self.len]
+        &self.data[self.head..self.head + self.len]
+    }
+
+    /// Offset of the frame in [`buffer`](Self::buffer).
+    #[must_use]
+    pub fn head(&self) -> usize {
+        self.head
+    }
+
+    /// Length of the frame.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole buffer, headroom included.
+    #[must_use]
+    pub fn buffer(&self) -> &[u8] {
+        &self.data[..]
+    }
+
+    /// The whole buffer, for processing the frame in place.
+    pub fn buffer_mut(&mut self) -> &mut [u8] {
+        &mut self.data[..]
     }
 }
 
@@ -68,6 +106,10 @@ pub struct PortCounters {
     pub malformed: AtomicU64,
     /// Frames dropped: the guest had no receive buffers, or a queue was full.
     pub dropped: AtomicU64,
+    /// Frontend connections accepted.
+    pub connections: AtomicU64,
+    /// Whether a frontend is connected now.
+    pub connected: AtomicBool,
 }
 
 /// What the dataplane and a backend share.
@@ -76,7 +118,10 @@ pub struct PortIo {
     from_guest: ArrayQueue<Frame>,
     to_guest: ArrayQueue<Frame>,
     pool: ArrayQueue<Frame>,
+    /// Written by the dataplane when frames for the guest are queued.
     wake: EventFd,
+    /// Written by the backend when frames from the guest are queued.
+    ready: EventFd,
     /// Counters.
     pub counters: PortCounters,
 }
@@ -85,56 +130,126 @@ impl PortIo {
     /// Queues of `capacity` frames each way, all buffers allocated now.
     ///
     /// # Errors
-    /// The eventfd cannot be created.
+    /// The eventfds cannot be created.
     pub fn new(capacity: usize) -> io::Result<Arc<Self>> {
         let pool = ArrayQueue::new(capacity * 2);
         for _ in 0..capacity * 2 {
-            let _ = pool.push(Frame { len: 0, data: Box::new([0; MAX_FRAME]) });
+            let _ = pool.push(Frame::new());
         }
         Ok(Arc::new(Self {
             from_guest: ArrayQueue::new(capacity),
             to_guest: ArrayQueue::new(capacity),
             pool,
             wake: EventFd::new(EFD_NONBLOCK)?,
+            ready: EventFd::new(EFD_NONBLOCK)?,
             counters: PortCounters::default(),
         }))
     }
 
-    fn fill(&self, bytes: &[u8]) -> Option<Frame> {
-        let mut f = self.pool.pop()?;
-        let n = bytes.len().min(MAX_FRAME);
-        f.data[..n].copy_from_slice(&bytes[..n]);
-        f.len = n;
-        Some(f)
+    fn count_drop(&self) {
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Queue a frame for the guest (copied); false if it was dropped (queue full).
-    pub fn send_to_guest(&self, bytes: &[u8]) -> bool {
-        let queued = self.fill(bytes).is_some_and(|f| match self.to_guest.push(f) {
+    /// Queue a copy of `bytes` for the guest without waking the backend (call
+    /// [`wake_guest`](Self::wake_guest) once per burst); false if it was dropped.
+    pub fn push_to_guest(&self, bytes: &[u8]) -> bool {
+        let Some(mut f) = self.pool.pop() else {
+            self.count_drop();
+            return false;
+        };
+        let n = bytes.len().min(MAX_FRAME);
+        f.data[HEADROOM..HEADROOM + n].copy_from_slice(&bytes[..n]);
+        (f.head, f.len) = (HEADROOM, n);
+        match self.to_guest.push(f) {
             Ok(()) => true,
             Err(f) => {
                 let _ = self.pool.push(f);
+                self.count_drop();
                 false
             }
-        });
+        }
+    }
+
+    /// Tell the backend frames for the guest are waiting.
+    pub fn wake_guest(&self) {
+        let _ = self.wake.write(1);
+    }
+
+    /// Queue a frame for the guest (copied) and wake the backend; false if dropped.
+    pub fn send_to_guest(&self, bytes: &[u8]) -> bool {
+        let queued = self.push_to_guest(bytes);
         if queued {
-            let _ = self.wake.write(1);
-        } else {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.wake_guest();
         }
         queued
+    }
+
+    /// The next frame from the guest; give it back with [`recycle`](Self::recycle).
+    #[must_use]
+    pub fn take_from_guest(&self) -> Option<Frame> {
+        self.from_guest.pop()
+    }
+
+    /// Return a frame taken with [`take_from_guest`](Self::take_from_guest).
+    pub fn recycle(&self, frame: Frame) {
+        let _ = self.pool.push(frame);
     }
 
     /// Hand up to `max` frames from the guest to `f`; how many.
     pub fn recv_from_guest(&self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
         while n < max {
-            let Some(frame) = self.from_guest.pop() else { break };
+            let Some(frame) = self.take_from_guest() else { break };
             f(frame.bytes());
-            let _ = self.pool.push(frame);
+            self.recycle(frame);
             n += 1;
         }
         n
+    }
+
+    /// Readable when frames from the guest have been queued: a sleeping dataplane
+    /// thread polls it.
+    #[must_use]
+    pub fn ready_fd(&self) -> std::os::fd::RawFd {
+        self.ready.as_raw_fd()
+    }
+
+    /// Reset [`ready_fd`](Self::ready_fd) before draining the queue.
+    pub fn clear_ready(&self) {
+        let _ = self.ready.read();
+    }
+}
+
+/// Frames from the guest straight into pool buffers (the one copy out of guest memory).
+struct ToDataplane<'a> {
+    io: &'a PortIo,
+    current: Option<Frame>,
+}
+
+impl FrameSink for ToDataplane<'_> {
+    fn buffer(&mut self) -> Option<&mut [u8]> {
+        if self.current.is_none() {
+            self.current = self.io.pool.pop();
+        }
+        self.current.as_mut().map(|f| &mut f.data[HEADROOM..])
+    }
+
+    fn commit(&mut self, len: usize) {
+        if let Some(mut f) = self.current.take() {
+            (f.head, f.len) = (HEADROOM, len);
+            if let Err(f) = self.io.from_guest.push(f) {
+                let _ = self.io.pool.push(f);
+                self.io.count_drop();
+            }
+        }
+    }
+}
+
+impl Drop for ToDataplane<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.current.take() {
+            let _ = self.io.pool.push(f);
+        }
     }
 }
 
@@ -143,6 +258,7 @@ pub struct NetBackend {
     io: Arc<PortIo>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     mac: [u8; 6],
+    mtu: u16,
     event_idx: bool,
     mergeable: bool,
     /// A frame that found no guest buffer, delivered first on the next RX kick.
@@ -161,15 +277,17 @@ impl std::fmt::Debug for NetBackend {
 }
 
 impl NetBackend {
-    /// A device with `mac` (what the guest should use; the pod's address is its).
+    /// A device with `mac` (what the guest should use; the pod's address is its) and
+    /// `mtu` (the pod MTU: the overlay's 50 bytes less than the uplink's).
     ///
     /// # Errors
     /// The retry timer cannot be created.
-    pub fn new(io: Arc<PortIo>, mac: [u8; 6]) -> io::Result<Self> {
+    pub fn new(io: Arc<PortIo>, mac: [u8; 6], mtu: u16) -> io::Result<Self> {
         Ok(Self {
             io,
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             mac,
+            mtu: mtu.min(u16::try_from(MAX_FRAME - 18).expect("small")),
             event_idx: false,
             mergeable: false,
             pending: None,
@@ -185,23 +303,18 @@ impl NetBackend {
             }
             let tally = {
                 let mut state = vring.get_mut();
-                let io = &self.io;
-                net::drain_tx(state.get_queue_mut(), &*mem, |bytes| {
-                    match io.fill(bytes).map(|f| io.from_guest.push(f)) {
-                        Some(Ok(())) => {}
-                        Some(Err(f)) => {
-                            let _ = io.pool.push(f);
-                            io.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                        None => {
-                            io.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                })
+                net::drain_tx(state.get_queue_mut(), &*mem, &mut ToDataplane { io: &self.io, current: None })
             };
-            self.io.counters.from_guest.fetch_add(tally.frames, Ordering::Relaxed);
-            self.io.counters.malformed.fetch_add(tally.malformed, Ordering::Relaxed);
-            if tally.frames + tally.malformed > 0 && vring.needs_notification().map_err(io::Error::other)? {
+            let c = &self.io.counters;
+            c.from_guest.fetch_add(tally.frames, Ordering::Relaxed);
+            c.malformed.fetch_add(tally.malformed, Ordering::Relaxed);
+            c.dropped.fetch_add(tally.dropped, Ordering::Relaxed);
+            if tally.frames > 0 {
+                let _ = self.io.ready.write(1);
+            }
+            if tally.frames + tally.malformed + tally.dropped > 0
+                && vring.needs_notification().map_err(io::Error::other)?
+            {
                 vring.signal_used_queue()?;
             }
             if !self.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
@@ -254,6 +367,17 @@ impl NetBackend {
     }
 }
 
+impl Drop for NetBackend {
+    fn drop(&mut self) {
+        // A frame still waiting for guest buffers when the frontend left: its buffer
+        // goes back to the pool (the frame is a counted drop).
+        if let Some(f) = self.pending.take() {
+            self.io.count_drop();
+            self.io.recycle(f);
+        }
+    }
+}
+
 impl VhostUserBackendMut for NetBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -270,6 +394,7 @@ impl VhostUserBackendMut for NetBackend {
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_NET_F_MRG_RXBUF)
             | (1 << VIRTIO_NET_F_MAC)
+            | (1 << VIRTIO_NET_F_MTU)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
@@ -292,7 +417,7 @@ impl VhostUserBackendMut for NetBackend {
         config[..6].copy_from_slice(&self.mac);
         config[6..8].copy_from_slice(&1u16.to_le_bytes()); // VIRTIO_NET_S_LINK_UP
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
-        config[10..12].copy_from_slice(&1500u16.to_le_bytes());
+        config[10..12].copy_from_slice(&self.mtu.to_le_bytes());
         let start = (offset as usize).min(config.len());
         let end = start.saturating_add(size as usize).min(config.len());
         config[start..end].to_vec()
@@ -353,32 +478,138 @@ impl VhostUserBackendMut for NetBackend {
     }
 }
 
-/// Serve the vhost-user socket at `path` for `io`, accepting a new frontend each time
-/// the previous one goes away, until `stop` returns true between connections. Runs on
-/// the calling thread.
-///
-/// # Errors
-/// The socket cannot be created, or the daemon cannot start.
-pub fn serve(path: PathBuf, io: &Arc<PortIo>, mac: [u8; 6], stop: impl Fn() -> bool) -> io::Result<()> {
-    let mut listener = Listener::new(&path, true).map_err(io::Error::other)?;
-    while !stop() {
-        let backend = NetBackend::new(Arc::clone(io), mac)?;
-        let retry_fd = backend.retry.as_raw_fd();
-        let backend = Arc::new(std::sync::RwLock::new(backend));
-        let mut daemon = VhostUserDaemon::new(
-            format!("xlane-vhost-{}", path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()),
-            backend,
-            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        )
-        .map_err(|e| io::Error::other(e.to_string()))?;
-        for h in daemon.get_epoll_handlers() {
-            h.register_listener(io.wake.as_raw_fd(), EventSet::IN, u64::from(WAKE_EVENT))?;
-            h.register_listener(retry_fd, EventSet::IN, u64::from(RETRY_EVENT))?;
-        }
-        let started = daemon.start(&mut listener);
-        started.map_err(|e| io::Error::other(e.to_string()))?;
-        // Returns when the frontend disconnects (or misbehaves and is cut off).
-        let _ = daemon.wait();
+/// A served vhost-user port: its socket, and the thread that accepts one frontend after
+/// another on it (a restarted VM or testpmd reconnects). Dropping it cuts the frontend
+/// off, stops the thread and removes the socket.
+pub struct VhostUserPort {
+    path: PathBuf,
+    io: Arc<PortIo>,
+    stop: Arc<AtomicBool>,
+    /// The current connection's shutdown handle, to cut a frontend off on removal.
+    conn: Arc<Mutex<Option<ShutdownHandle>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for VhostUserPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhostUserPort").field("path", &self.path).finish_non_exhaustive()
     }
-    Ok(())
+}
+
+impl VhostUserPort {
+    /// Create the socket at `path` (replacing a stale one) and serve it for `io`, with
+    /// `mac` and `mtu` as the device's (see [`NetBackend::new`]).
+    ///
+    /// # Errors
+    /// The socket cannot be created (missing directory, path too long, permissions).
+    pub fn spawn(path: PathBuf, io: Arc<PortIo>, mac: [u8; 6], mtu: u16) -> io::Result<Self> {
+        let listener = Listener::new(&path, true)
+            .map_err(|e| io::Error::other(format!("vhost-user socket {}: {e}", path.display())))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let conn = Arc::new(Mutex::new(None));
+        let thread = {
+            let (path, io, stop, conn) = (path.clone(), Arc::clone(&io), Arc::clone(&stop), Arc::clone(&conn));
+            let name = format!("vhost-{}", path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default());
+            std::thread::Builder::new()
+                .name(name.chars().take(15).collect())
+                .spawn(move || serve(listener, &path, &io, (mac, mtu), &stop, &conn))?
+        };
+        Ok(Self { path, io, stop, conn, thread: Some(thread) })
+    }
+
+    /// The socket's path.
+    #[must_use]
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The queues and counters shared with the dataplane.
+    #[must_use]
+    pub fn io(&self) -> &Arc<PortIo> {
+        &self.io
+    }
+}
+
+impl Drop for VhostUserPort {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Cut the current frontend off; a connection accepted after this sees `stop`
+        // under the same lock and cuts itself off.
+        if let Some(h) = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+            h.shutdown();
+        }
+        // Unblock a thread waiting in accept(2) with one last connection.
+        let _ = std::os::unix::net::UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Accept frontends on `listener` one after another until `stop`.
+fn serve(
+    mut listener: Listener,
+    path: &std::path::Path,
+    io: &Arc<PortIo>,
+    device: ([u8; 6], u16),
+    stop: &AtomicBool,
+    conn: &Mutex<Option<ShutdownHandle>>,
+) {
+    let lock = || conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    while !stop.load(Ordering::SeqCst) {
+        let mut daemon = match daemon(path, io, device) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(socket = %path.display(), error = %e, "vhost-user port cannot serve");
+                return;
+            }
+        };
+        if let Err(e) = daemon.start(&mut listener) {
+            tracing::warn!(socket = %path.display(), error = %e, "vhost-user accept failed");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        {
+            let mut slot = lock();
+            *slot = daemon.shutdown_handle();
+            if stop.load(Ordering::SeqCst)
+                && let Some(h) = slot.as_ref()
+            {
+                h.shutdown();
+            }
+        }
+        io.counters.connections.fetch_add(1, Ordering::Relaxed);
+        io.counters.connected.store(true, Ordering::Relaxed);
+        // Returns when the frontend disconnects, misbehaves and is cut off, or the port
+        // is removed.
+        match daemon.wait() {
+            Ok(()) => tracing::info!(socket = %path.display(), "vhost-user frontend disconnected"),
+            Err(e) => tracing::warn!(socket = %path.display(), error = %e, "vhost-user frontend cut off"),
+        }
+        io.counters.connected.store(false, Ordering::Relaxed);
+        *lock() = None;
+    }
+}
+
+/// A daemon for the next frontend, with the dataplane's wake-up and the retry timer
+/// registered beside the vring events.
+fn daemon(
+    path: &std::path::Path,
+    io: &Arc<PortIo>,
+    (mac, mtu): ([u8; 6], u16),
+) -> io::Result<VhostUserDaemon<Arc<std::sync::RwLock<NetBackend>>>> {
+    let backend = NetBackend::new(Arc::clone(io), mac, mtu)?;
+    let retry_fd = backend.retry.as_raw_fd();
+    let daemon = VhostUserDaemon::new(
+        format!("xlane-vhost-{}", path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()),
+        Arc::new(std::sync::RwLock::new(backend)),
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    for h in daemon.get_epoll_handlers() {
+        h.register_listener(io.wake.as_raw_fd(), EventSet::IN, u64::from(WAKE_EVENT))?;
+        h.register_listener(retry_fd, EventSet::IN, u64::from(RETRY_EVENT))?;
+    }
+    Ok(daemon)
 }

@@ -26,13 +26,15 @@ pub struct Tally {
     pub frames: u64,
     /// Chains the frontend got back unusable: bad addresses, too short, too long.
     pub malformed: u64,
+    /// Frames dropped for want of a dataplane buffer.
+    pub dropped: u64,
 }
 
 /// A frame from the guest, header skipped, into `buf`; `None` if the chain's size is not
 /// that of a frame or it cannot be read.
-fn read_frame<'a, B: vm_memory::bitmap::BitmapSlice>(mut r: Reader<'a, B>, buf: &mut [u8; MAX_FRAME]) -> Option<usize> {
+fn read_frame<B: vm_memory::bitmap::BitmapSlice>(mut r: Reader<'_, B>, buf: &mut [u8]) -> Option<usize> {
     let total = r.available_bytes();
-    if !(HDR_LEN + MIN_FRAME..=HDR_LEN + MAX_FRAME).contains(&total) {
+    if !(HDR_LEN + MIN_FRAME..=HDR_LEN + MAX_FRAME).contains(&total) || buf.len() < total - HDR_LEN {
         return None;
     }
     let mut hdr = [0u8; HDR_LEN];
@@ -42,21 +44,32 @@ fn read_frame<'a, B: vm_memory::bitmap::BitmapSlice>(mut r: Reader<'a, B>, buf: 
     Some(len)
 }
 
-/// Take every available chain of the transmit queue `q`: each valid frame goes to
-/// `sink` (which must copy it: the slice is reused), every chain is returned to the guest
-/// as used. Returns what happened; the caller signals the guest if
-/// [`QueueT::needs_notification`] says so.
-pub fn drain_tx<Q: QueueT, M: GuestMemory>(q: &mut Q, mem: &M, mut sink: impl FnMut(&[u8])) -> Tally {
+/// Where frames from the guest go: straight into the buffers the dataplane processes,
+/// so a frame is copied once, from guest memory.
+pub trait FrameSink {
+    /// A buffer of at least [`MAX_FRAME`] bytes for the next frame; `None` when none is
+    /// free (the frame is dropped).
+    fn buffer(&mut self) -> Option<&mut [u8]>;
+    /// The buffer last handed out now holds a frame of `len` bytes.
+    fn commit(&mut self, len: usize);
+}
+
+/// Take every available chain of the transmit queue `q`: each valid frame is read into
+/// a buffer of `sink`, every chain is returned to the guest as used. Returns what
+/// happened; the caller signals the guest if [`QueueT::needs_notification`] says so.
+pub fn drain_tx<Q: QueueT, M: GuestMemory>(q: &mut Q, mem: &M, sink: &mut impl FrameSink) -> Tally {
     let mut tally = Tally::default();
-    let mut buf = [0u8; MAX_FRAME];
     while let Some(chain) = q.pop_descriptor_chain(mem) {
         let head = chain.head_index();
-        match Reader::new(mem, chain).ok().and_then(|r| read_frame(r, &mut buf)) {
-            Some(len) => {
-                sink(&buf[..len]);
-                tally.frames += 1;
-            }
-            None => tally.malformed += 1,
+        match sink.buffer() {
+            None => tally.dropped += 1,
+            Some(buf) => match Reader::new(mem, chain).ok().and_then(|r| read_frame(r, buf)) {
+                Some(len) => {
+                    sink.commit(len);
+                    tally.frames += 1;
+                }
+                None => tally.malformed += 1,
+            },
         }
         if q.add_used(mem, head, 0).is_err() {
             // The used ring itself is unusable: stop; the frontend's problem is reported
@@ -181,6 +194,28 @@ mod tests {
         vq.used().idx().load()
     }
 
+    /// Frames kept as vectors; `room` buffers before it runs dry.
+    struct Collect {
+        buf: [u8; MAX_FRAME],
+        got: Vec<Vec<u8>>,
+        room: usize,
+    }
+
+    impl Collect {
+        fn new(room: usize) -> Self {
+            Self { buf: [0; MAX_FRAME], got: Vec::new(), room }
+        }
+    }
+
+    impl FrameSink for Collect {
+        fn buffer(&mut self) -> Option<&mut [u8]> {
+            (self.got.len() < self.room).then_some(&mut self.buf[..])
+        }
+        fn commit(&mut self, len: usize) {
+            self.got.push(self.buf[..len].to_vec());
+        }
+    }
+
     #[test]
     fn tx_strips_the_header_across_descriptors() {
         let mem = memory();
@@ -193,10 +228,10 @@ mod tests {
         vq.add_desc_chains(&[desc(0x1_0000, 12, NEXT, 1), desc(0x2_0000, 20, NEXT, 2), desc(0x3_0000, 40, 0, 0)], 0)
             .unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        let mut got = Vec::new();
-        let t = drain_tx(&mut q, &mem, |b| got.push(b.to_vec()));
-        assert_eq!(t, Tally { frames: 1, malformed: 0 });
-        assert_eq!(got, vec![f]);
+        let mut sink = Collect::new(8);
+        let t = drain_tx(&mut q, &mem, &mut sink);
+        assert_eq!(t, Tally { frames: 1, malformed: 0, dropped: 0 });
+        assert_eq!(sink.got, vec![f]);
         assert_eq!(used_idx(&vq), 1, "the chain went back to the guest");
     }
 
@@ -217,9 +252,25 @@ mod tests {
         )
         .unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        let t = drain_tx(&mut q, &mem, |_| panic!("nothing valid"));
+        let mut sink = Collect::new(8);
+        let t = drain_tx(&mut q, &mem, &mut sink);
         assert_eq!((t.frames, t.malformed), (0, 3));
+        assert!(sink.got.is_empty());
         assert_eq!(used_idx(&vq), 3);
+    }
+
+    #[test]
+    fn tx_without_dataplane_buffers_drops_and_returns_the_chain() {
+        let mem = memory();
+        let vq = MockSplitQueue::new(&mem, 16);
+        mem.write_slice(&[0u8; HDR_LEN], GuestAddress(0x1_0000)).unwrap();
+        mem.write_slice(&frame(60), GuestAddress(0x1_0000 + 12)).unwrap();
+        vq.add_desc_chains(&[desc(0x1_0000, 72, 0, 0), desc(0x1_0000, 72, 0, 0)], 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut sink = Collect::new(1);
+        let t = drain_tx(&mut q, &mem, &mut sink);
+        assert_eq!(t, Tally { frames: 1, malformed: 0, dropped: 1 });
+        assert_eq!(used_idx(&vq), 2, "the guest gets both buffers back");
     }
 
     #[test]
@@ -286,7 +337,7 @@ mod tests {
                 vq.add_desc_chains(&raw, 0).unwrap();
                 let mut q: Queue = vq.create_queue().unwrap();
                 if dir == 0 {
-                    let _ = drain_tx(&mut q, &mem, |_| {});
+                    let _ = drain_tx(&mut q, &mem, &mut Collect::new(16));
                 } else {
                     for _ in 0..4 {
                         let _ = deliver_rx(&mut q, &mem, &frame(frame_len.max(14)), mergeable);

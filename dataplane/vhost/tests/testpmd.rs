@@ -2,90 +2,53 @@
 //! hugepages): frames the frontend transmits arrive, frames we queue reach it, and a
 //! second frontend is served after the first goes away.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use xlane_vhost::backend::{PortIo, serve};
-
-const TESTPMD: &str = "/usr/bin/dpdk-testpmd";
+use xlane_netlab::dpdk::{TESTPMD, Testpmd};
+use xlane_vhost::backend::{PortIo, VhostUserPort};
 
 /// One testpmd at a time: each pins a busy-polling core.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn testpmd(sock: &Path, mode: &str, prefix: &str) -> Child {
-    // DPDK's runtime files are keyed by the prefix: unique per test process.
-    let prefix = format!("{prefix}{}", std::process::id());
-    Command::new(TESTPMD)
-        .args(["--no-huge", "-m", "512", "--no-pci", "--file-prefix", &prefix, "-l", "0-1"])
-        .arg(format!("--vdev=net_virtio_user0,path={},queues=1", sock.display()))
-        .args(["--", &format!("--forward-mode={mode}"), "--stats-period=0", "--total-num-mbufs=8192"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn testpmd(sock: &Path, mode: &str) -> Testpmd {
+    Testpmd::spawn(
+        None,
+        "0-1",
+        &format!("net_virtio_user0,path={},queues=1", sock.display()),
+        &[&format!("--forward-mode={mode}"), "--stats-period=0", "--total-num-mbufs=8192"],
+    )
+    .unwrap()
 }
 
-/// Stop testpmd (Enter) and read its accumulated `RX-packets` and `TX-packets`.
-fn finish(mut c: Child) -> (u64, u64) {
-    // It may have exited already (then its output says why, and the counts are zero).
-    let _ = c.stdin.take().unwrap().write_all(b"\n");
-    let out = BufReader::new(c.stdout.take().unwrap());
-    let (mut rx, mut tx) = (0, 0);
-    let mut accumulated = false;
-    for line in out.lines().map_while(Result::ok) {
-        accumulated |= line.contains("Accumulated forward statistics");
-        let num = |key: &str| line.split(key).nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
-        if accumulated {
-            rx = num("RX-packets:").unwrap_or(rx);
-            tx = num("TX-packets:").unwrap_or(tx);
-        }
-    }
-    c.wait().unwrap();
-    (rx, tx)
-}
-
-/// A backend serving a socket in its own directory, on its own thread; stopped and
-/// cleaned up on drop.
+/// A port served from its own directory; stopped and cleaned up on drop.
 struct Backend {
-    sock: PathBuf,
-    io: Arc<PortIo>,
+    port: Option<VhostUserPort>,
     dir: PathBuf,
-    stop: Arc<AtomicBool>,
-    server: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Backend {
     fn start(name: &str, mac: [u8; 6]) -> Self {
         let dir = std::env::temp_dir().join(format!("xlane-vhost-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("pod.sock");
-        let io = PortIo::new(1024).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let server = {
-            let (sock, io, stop) = (sock.clone(), Arc::clone(&io), Arc::clone(&stop));
-            std::thread::spawn(move || serve(sock, &io, mac, || stop.load(Ordering::Relaxed)))
-        };
-        let t0 = Instant::now();
-        while !sock.exists() {
-            assert!(t0.elapsed() < Duration::from_secs(5));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { sock, io, dir, stop, server: Some(server) }
+        let port = VhostUserPort::spawn(dir.join("pod.sock"), PortIo::new(1024).unwrap(), mac, 1450).unwrap();
+        Self { port: Some(port), dir }
+    }
+
+    fn sock(&self) -> &Path {
+        self.port.as_ref().unwrap().path()
+    }
+
+    fn io(&self) -> &Arc<PortIo> {
+        self.port.as_ref().unwrap().io()
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Unblock the listener with one last connection so the server thread can end.
-        let _ = std::os::unix::net::UnixStream::connect(&self.sock);
-        if let Some(s) = self.server.take() {
-            let _ = s.join();
-        }
+        drop(self.port.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -97,16 +60,16 @@ fn testpmd_frontend_both_ways_and_reconnect() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let b = Backend::start("both", [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x09]);
-    let (sock, io) = (&b.sock, &b.io);
+    let (sock, io) = (b.sock(), b.io());
     // The guest transmits: every frame testpmd sent arrives here.
-    let c = testpmd(sock, "txonly", "xvtx");
+    let c = testpmd(sock, "txonly");
     let mut got = 0;
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(2) {
         got += io.recv_from_guest(256, |f| assert_eq!(f.len(), 64, "testpmd txonly sends 64-byte frames"));
         std::thread::sleep(Duration::from_millis(1));
     }
-    let (_, sent) = finish(c);
+    let sent = c.finish().tx;
     std::thread::sleep(Duration::from_millis(100));
     got += io.recv_from_guest(usize::MAX, |_| {});
     assert!(sent > 0, "testpmd sent nothing");
@@ -115,7 +78,7 @@ fn testpmd_frontend_both_ways_and_reconnect() {
     assert_eq!(io.counters.malformed.load(Ordering::Relaxed), 0);
 
     // A second frontend after the first went away; now the guest receives.
-    let c = testpmd(sock, "rxonly", "xvrx");
+    let c = testpmd(sock, "rxonly");
     std::thread::sleep(Duration::from_millis(1500));
     let frame: Vec<u8> = (0..60u8).collect();
     let mut queued = 0u64;
@@ -128,7 +91,7 @@ fn testpmd_frontend_both_ways_and_reconnect() {
         }
     }
     std::thread::sleep(Duration::from_millis(300));
-    let (received, _) = finish(c);
+    let received = c.finish().rx;
     let delivered = io.counters.to_guest.load(Ordering::Relaxed);
     assert!(received > 0, "testpmd received nothing");
     assert_eq!(received, delivered, "what we wrote into the guest is what it counted");
@@ -167,7 +130,7 @@ fn hostile_frontends_are_cut_off_and_service_goes_on() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let b = Backend::start("hostile", [0x0a, 0x58, 0, 0, 0, 1]);
-    let (sock, io) = (&b.sock, &b.io);
+    let (sock, io) = (b.sock(), b.io());
     // Garbage instead of a message.
     let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
     s.write_all(&[0xff; 64]).unwrap();
@@ -207,10 +170,34 @@ fn hostile_frontends_are_cut_off_and_service_goes_on() {
     s.write_all(&message(9, &addr)).unwrap(); // SET_VRING_ADDR
     assert!(cut_off(&mut s), "ring addresses outside guest memory: disconnected");
     // And the port still serves a real frontend.
-    let c = testpmd(sock, "txonly", "xvho");
+    let c = testpmd(sock, "txonly");
     std::thread::sleep(Duration::from_millis(1000));
-    let (_, sent) = finish(c);
+    let sent = c.finish().tx;
     std::thread::sleep(Duration::from_millis(100));
     let got = io.recv_from_guest(usize::MAX, |_| {}) as u64 + io.counters.dropped.load(Ordering::Relaxed);
     assert!(sent > 0 && got == sent, "sent {sent}, arrived or counted {got}");
+}
+
+#[test]
+fn removing_a_port_cuts_its_frontend_off_and_removes_the_socket() {
+    if !xlane_netlab::privileged_with("removing_a_port_cuts_its_frontend_off_and_removes_the_socket", &[TESTPMD]) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut b = Backend::start("remove", [0x0a, 0x58, 0, 0, 0, 2]);
+    let sock = b.sock().to_owned();
+    let c = testpmd(&sock, "rxonly");
+    let io = Arc::clone(b.io());
+    let t0 = Instant::now();
+    while !io.counters.connected.load(Ordering::Relaxed) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "testpmd never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Dropping the port returns (the connection is cut, the thread joined) …
+    drop(b.port.take());
+    assert!(!io.counters.connected.load(Ordering::Relaxed));
+    // … and leaves nothing to connect to.
+    assert!(!sock.exists(), "socket removed");
+    assert!(std::os::unix::net::UnixStream::connect(&sock).is_err());
+    drop(c);
 }

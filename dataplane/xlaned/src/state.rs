@@ -5,24 +5,32 @@
 //! tables route anything to them, and removed from the tables before their sockets
 //! close, so no frame is routed to a port that cannot send it.
 
-use crate::worker::{Command, PortSpec, PortStats, WorkerHandle};
+use crate::worker::{Command, PortSpec, PortStats, VhostSpec, WorkerHandle};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 use xlane_api::{
-    Change, Counters, EndpointSpec, ErrorCode, Mac, NodeInfo, Op, PortInfo, Reply, RouteInfo, Status, Table, Vtep,
+    Change, Counters, EndpointSpec, ErrorCode, Mac, NodeInfo, Op, PortInfo, Reply, RouteInfo, Status, Table,
+    VhostUserInfo, Vtep,
 };
 use xlane_engine::{CounterSnapshot, DropReason};
 use xlane_fib::{Endpoint, FibBuilder, FibHandle, NodeConfig, PortId, Prefix, RemoteNode};
 use xlane_netlink::{Link, NeighEvent, Netlink};
+use xlane_vhost::backend::{PortIo, VhostUserPort};
 use xlane_wire::EthernetAddress;
 use xlane_xdp::attach::{ModePreference, Program, XdpAttachment, XdpMode};
 use xlane_xdp::programs::{PodFilter, UplinkFilter};
 
 /// The uplink is always port 0.
 pub const UPLINK: PortId = PortId(0);
+/// The gateway MAC VM-based pods see (answering their ARP, source of frames to them):
+/// there is no host-side interface to take one from. Locally administered, unicast,
+/// the same for every such pod (as Calico does with ee:ee:ee:ee:ee:ee).
+pub const VHOST_GATEWAY_MAC: Mac = Mac([0xee, 0xee, 0xee, 0xee, 0xee, 0xee]);
+/// Frames queued each way between a vhost-user backend and the workers.
+const VHOST_QUEUE: usize = 1024;
 /// How long a worker may take to open a port's sockets.
 const PORT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -64,14 +72,23 @@ impl Role {
     }
 }
 
+/// How a port's frames reach the engine.
+#[derive(Debug)]
+enum PortKind {
+    /// AF_XDP sockets on an interface's queues, behind its XDP program.
+    Xdp { attach: Arc<XdpAttachment>, queues: u32, zero_copy: bool },
+    /// A vhost-user-net backend on a unix socket (a VM-based pod). Dropping it cuts the
+    /// frontend off and removes the socket.
+    VhostUser(VhostUserPort),
+}
+
 #[derive(Debug)]
 struct Port {
     role: Role,
     ifname: String,
     ip: Option<Ipv4Addr>,
-    queues: u32,
-    attach: Arc<XdpAttachment>,
-    zero_copy: bool,
+    kind: PortKind,
+    /// One per worker.
     stats: Vec<Arc<PortStats>>,
 }
 
@@ -263,9 +280,7 @@ impl State {
                 role,
                 ifname: ifname.to_owned(),
                 ip,
-                queues: u32::try_from(queues.len()).unwrap_or(u32::MAX),
-                attach,
-                zero_copy,
+                kind: PortKind::Xdp { attach, queues: u32::try_from(queues.len()).unwrap_or(u32::MAX), zero_copy },
                 stats,
             },
         );
@@ -463,10 +478,13 @@ impl State {
         if spec.mac.0[0] & 1 == 1 || spec.mac.0 == [0; 6] {
             return Err(invalid(format!("{} is not a unicast MAC", spec.mac)));
         }
+        if let Some(socket) = &spec.vhost_user {
+            return self.add_vhost_endpoint(spec, socket);
+        }
         let link = self.nl.link(&spec.ifname).map_err(|e| invalid(format!("{}: {e}", spec.ifname)))?;
         if let Some(&id) = self.endpoints.get(&spec.ip) {
             let p = &self.ports[&id];
-            if p.ifname == spec.ifname && p.role == Role::Pod {
+            if p.ifname == spec.ifname && p.role == Role::Pod && matches!(p.kind, PortKind::Xdp { .. }) {
                 return Ok(Reply::EndpointReady { port: id.0, gateway_mac: link.mac, mtu: self.pod_mtu() });
             }
             return Err(invalid(format!("{} is already attached on {}", spec.ip, p.ifname)));
@@ -489,6 +507,68 @@ impl State {
         let generation = self.publish();
         tracing::info!(ip = %spec.ip, ifname = %spec.ifname, port = %id, generation, "endpoint attached");
         Ok(Reply::EndpointReady { port: id.0, gateway_mac: link.mac, mtu: self.pod_mtu() })
+    }
+
+    /// Serve a VM-based pod on a vhost-user socket: the backend listens at once (the VMM
+    /// may connect later, and again after it restarts); one worker takes the guest's
+    /// frames, every worker may send to it.
+    fn add_vhost_endpoint(&mut self, spec: &EndpointSpec, socket: &std::path::Path) -> Result<Reply, Failure> {
+        let ready = |id: PortId, mtu| Reply::EndpointReady { port: id.0, gateway_mac: VHOST_GATEWAY_MAC, mtu };
+        if let Some(&id) = self.endpoints.get(&spec.ip) {
+            let p = &self.ports[&id];
+            if p.ifname == spec.ifname && matches!(&p.kind, PortKind::VhostUser(v) if v.path() == socket) {
+                return Ok(ready(id, self.pod_mtu()));
+            }
+            return Err(invalid(format!("{} is already attached on {}", spec.ip, p.ifname)));
+        }
+        if self.ports.values().any(|p| p.ifname == spec.ifname) {
+            return Err(invalid(format!("{} already serves another endpoint", spec.ifname)));
+        }
+        if !socket.is_absolute() {
+            return Err(invalid(format!("vhost-user socket {} is not an absolute path", socket.display())));
+        }
+        if self.ports.values().any(|p| matches!(&p.kind, PortKind::VhostUser(v) if v.path() == socket)) {
+            return Err(invalid(format!("vhost-user socket {} serves another endpoint", socket.display())));
+        }
+        let id = self.free_port_id()?;
+        let io = PortIo::new(VHOST_QUEUE).map_err(|e| failed(format!("vhost-user queues: {e}")))?;
+        let server = VhostUserPort::spawn(socket.to_owned(), Arc::clone(&io), spec.mac.0, self.pod_mtu())
+            .map_err(|e| invalid(e.to_string()))?;
+        // Spread the guests' receive work over the workers by port id.
+        let rx_worker = usize::from(id.0) % self.workers.len().max(1);
+        let mut stats = Vec::new();
+        let mut replies = Vec::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            let s = Arc::new(PortStats::default());
+            stats.push(Arc::clone(&s));
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            w.send(Command::AddVhost(VhostSpec { id, io: Arc::clone(&io), poll_rx: i == rx_worker, stats: s }, tx));
+            replies.push(rx);
+        }
+        if replies.iter().any(|rx| rx.recv_timeout(PORT_TIMEOUT).is_err()) {
+            self.close_sockets(id);
+            return Err(failed("a worker did not take the vhost-user port"));
+        }
+        self.ports.insert(
+            id,
+            Port {
+                role: Role::Pod,
+                ifname: spec.ifname.clone(),
+                ip: Some(spec.ip),
+                kind: PortKind::VhostUser(server),
+                stats,
+            },
+        );
+        self.export_ports();
+        let ep = Endpoint { ip: spec.ip, port: id, mac: eth(spec.mac), gateway_mac: eth(VHOST_GATEWAY_MAC) };
+        if let Err(e) = self.tables.upsert_endpoint(ep) {
+            self.remove_port(id);
+            return Err(invalid(e.to_string()));
+        }
+        self.endpoints.insert(spec.ip, id);
+        let generation = self.publish();
+        tracing::info!(ip = %spec.ip, name = %spec.ifname, socket = %socket.display(), port = %id, generation, "vhost-user endpoint attached");
+        Ok(ready(id, self.pod_mtu()))
     }
 
     fn del_endpoint(&mut self, ip: Ipv4Addr) -> bool {
@@ -525,23 +605,43 @@ impl State {
     fn port_info(&self, id: PortId, p: &Port) -> PortInfo {
         let sum = |f: fn(&PortStats) -> u64| p.stats.iter().map(|s| f(s)).sum();
         let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| p.stats.iter().map(|s| f(&s.kernel.load())).sum();
+        let (queues, xdp_mode, zero_copy, vhost_user) = match &p.kind {
+            PortKind::Xdp { attach, queues, zero_copy } => {
+                let mode = match attach.mode() {
+                    XdpMode::Native => "native",
+                    XdpMode::Generic => "generic",
+                };
+                (*queues, mode, *zero_copy, None)
+            }
+            PortKind::VhostUser(v) => {
+                let c = &v.io().counters;
+                let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                let info = VhostUserInfo {
+                    socket: v.path().to_owned(),
+                    connected: c.connected.load(std::sync::atomic::Ordering::Relaxed),
+                    connections: get(&c.connections),
+                    from_guest: get(&c.from_guest),
+                    to_guest: get(&c.to_guest),
+                    malformed: get(&c.malformed),
+                    dropped: get(&c.dropped),
+                };
+                (1, "none", false, Some(info))
+            }
+        };
         PortInfo {
             id: id.0,
             role: p.role.name().to_owned(),
             ifname: p.ifname.clone(),
             ip: p.ip,
-            queues: p.queues,
-            xdp_mode: match p.attach.mode() {
-                XdpMode::Native => "native",
-                XdpMode::Generic => "generic",
-            }
-            .to_owned(),
-            zero_copy: p.zero_copy,
+            queues,
+            xdp_mode: xdp_mode.to_owned(),
+            zero_copy,
             rx: sum(|s| s.rx.load(std::sync::atomic::Ordering::Relaxed)),
             tx: sum(|s| s.tx.load(std::sync::atomic::Ordering::Relaxed)),
             tx_ring_full: sum(|s| s.tx_ring_full.load(std::sync::atomic::Ordering::Relaxed)),
             rx_fill_ring_empty: kernel(|k| k.rx_fill_ring_empty_descs),
             rx_ring_full: kernel(|k| k.rx_ring_full),
+            vhost_user,
         }
     }
 

@@ -2,7 +2,12 @@
 //! serves, and runs RX burst → pipeline → TX until told to stop.
 //!
 //! Ports are added and removed by commands from the control thread (the worker owns
-//! the UMEM, so only it may touch the sockets); an eventfd wakes a sleeping worker. When
+//! the UMEM, so only it may touch the sockets); an eventfd wakes a sleeping worker.
+//!
+//! A vhost-user port (a VM-based pod) has no socket: its backend thread exchanges frames
+//! with the workers through lock-free queues. One worker takes the guest's frames and
+//! runs them through the pipeline in place; every worker may queue frames for the guest
+//! (one copy out of the UMEM, as guest memory is not the UMEM). When
 //! idle for a run of empty polls a worker sleeps in poll(2) on its sockets (need_wakeup
 //! mode), so an idle node costs ~0 CPU; with busy-poll it keeps spinning.
 
@@ -17,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use xlane_engine::{BURST, CoreCounters, Frame, Pipeline, Verdict};
 use xlane_fib::{FibHandle, PortId};
+use xlane_vhost::backend::{Frame as GuestFrame, PortIo};
 use xlane_xdp::attach::XdpAttachment;
 use xlane_xdp::xsk::{BindMode, RxFrame, SocketStats, Umem, UmemSettings, XskPort, wait_readable};
 
@@ -35,7 +41,8 @@ pub struct PortStats {
     pub rx: AtomicU64,
     /// Frames transmitted.
     pub tx: AtomicU64,
-    /// Frames dropped because the TX ring was full.
+    /// Frames dropped on the way out: TX ring (or the guest's queue) full, or no free
+    /// UMEM frame to copy a guest's frame into.
     pub tx_ring_full: AtomicU64,
     /// Kernel socket statistics, refreshed about once a second.
     pub kernel: ArcSwap<SocketStats>,
@@ -93,11 +100,26 @@ pub struct PortSpec {
     pub stats: Arc<PortStats>,
 }
 
+/// A vhost-user port, as a worker needs it.
+#[derive(Debug)]
+pub struct VhostSpec {
+    /// Pipeline port id.
+    pub id: PortId,
+    /// The queues shared with the port's backend.
+    pub io: Arc<PortIo>,
+    /// Whether this worker takes the guest's frames (exactly one worker does).
+    pub poll_rx: bool,
+    /// Counters.
+    pub stats: Arc<PortStats>,
+}
+
 /// Commands from the control thread.
 #[derive(Debug)]
 pub enum Command {
     /// Bind sockets on a port's queues; replies whether they are zero-copy.
     AddPort(PortSpec, Sender<Result<bool, String>>),
+    /// Serve a vhost-user port.
+    AddVhost(VhostSpec, Sender<()>),
     /// Close a port's sockets (its traffic falls back to the kernel).
     RemovePort(PortId, Sender<()>),
     /// Exit the loop.
@@ -120,6 +142,21 @@ impl WorkerHandle {
             let _ = self.wake.write(1);
         }
     }
+}
+
+struct VPort {
+    spec: VhostSpec,
+    /// Frames from other ports to copy into the guest's queue after the current burst.
+    pending: ArrayVec<(RxFrame, u32, u32), BURST>,
+}
+
+/// Where a port id's frames go.
+#[derive(Debug, Clone, Copy)]
+enum Dest {
+    /// Index into the worker's sockets.
+    Xsk(usize),
+    /// Index into the worker's vhost-user ports.
+    Vhost(usize),
 }
 
 struct WPort {
@@ -182,6 +219,7 @@ pub fn spawn(
             index,
             umem,
             ports: Vec::new(),
+            vports: Vec::new(),
             by_id: Vec::new(),
             pending: Vec::new(),
             pipeline: Pipeline::new(Arc::clone(&shared.counters)),
@@ -207,8 +245,10 @@ struct Worker {
     // Ports before the UMEM: their sockets must close before it is unregistered.
     ports: Vec<WPort>,
     umem: Umem,
-    /// PortId → index of the socket used to transmit on that port.
-    by_id: Vec<Option<usize>>,
+    vports: Vec<VPort>,
+    /// PortId → where frames for that port go (for a socket: the one this worker
+    /// transmits on).
+    by_id: Vec<Option<Dest>>,
     /// Per local port: frames to transmit after the current burst.
     pending: Vec<ArrayVec<(RxFrame, u32, u32), BURST>>,
     pipeline: Pipeline,
@@ -245,7 +285,7 @@ impl Worker {
             if idle >= IDLE_SPINS && !self.cfg.busy_poll {
                 self.sleep();
                 idle = 0;
-            } else if idle >= IDLE_SPINS && self.ports.is_empty() {
+            } else if idle >= IDLE_SPINS && self.ports.is_empty() && self.vports.is_empty() {
                 // Busy-poll with nothing to poll: wait for a command instead of burning a core.
                 self.sleep();
                 idle = 0;
@@ -255,6 +295,7 @@ impl Worker {
 
     fn sleep(&mut self) {
         let mut fds: Vec<RawFd> = self.ports.iter().map(|p| p.xsk.poll_fd()).collect();
+        fds.extend(self.vports.iter().filter(|v| v.spec.poll_rx).map(|v| v.spec.io.ready_fd()));
         fds.push(self.wake.as_raw_fd());
         // Before sleeping, make sure the kernel has frames to receive into and knows it.
         for p in &mut self.ports {
@@ -266,6 +307,11 @@ impl Worker {
             tracing::warn!(worker = self.index, error = %e, "poll failed");
         }
         let _ = self.wake.read();
+        for v in &self.vports {
+            if v.spec.poll_rx {
+                v.spec.io.clear_ready();
+            }
+        }
     }
 
     fn command(&mut self, cmd: Command) -> bool {
@@ -273,6 +319,12 @@ impl Worker {
             Command::AddPort(spec, reply) => {
                 let r = self.add_port(spec);
                 let _ = reply.send(r);
+            }
+            Command::AddVhost(spec, reply) => {
+                tracing::debug!(worker = self.index, port = %spec.id, poll_rx = spec.poll_rx, "vhost-user port added");
+                self.vports.push(VPort { spec, pending: ArrayVec::new() });
+                self.reindex();
+                let _ = reply.send(());
             }
             Command::RemovePort(id, reply) => {
                 self.remove_port(id);
@@ -332,25 +384,28 @@ impl Worker {
                 i += 1;
             }
         }
+        self.vports.retain(|v| v.spec.id != id);
         self.reindex();
     }
 
     fn reindex(&mut self) {
         self.by_id.clear();
-        for (i, p) in self.ports.iter().enumerate() {
-            let k = usize::from(p.id.0);
+        let xsk = self.ports.iter().enumerate().map(|(i, p)| (p.id, Dest::Xsk(i)));
+        let vhost = self.vports.iter().enumerate().map(|(i, v)| (v.spec.id, Dest::Vhost(i)));
+        for (id, dest) in xsk.chain(vhost) {
+            let k = usize::from(id.0);
             if self.by_id.len() <= k {
                 self.by_id.resize(k + 1, None);
             }
             if self.by_id[k].is_none() {
-                self.by_id[k] = Some(i);
+                self.by_id[k] = Some(dest);
             }
         }
     }
 
     /// One pass over every port; returns frames received.
     fn poll_once(&mut self) -> usize {
-        let Self { ports, umem, by_id, pending, pipeline, reader, latency, burst, .. } = self;
+        let Self { ports, vports, umem, by_id, pending, pipeline, reader, latency, burst, .. } = self;
         let fib = reader.current();
         let mut work = 0;
         let mut rx = [RxFrame { addr: 0, len: 0 }; BURST];
@@ -379,39 +434,88 @@ impl Worker {
                 }
                 pipeline.process(fib, ingress, &mut frames, &mut verdicts[..n]);
                 for (p, f) in placed.iter_mut().zip(&frames) {
-                    *p =
-                        (u32::try_from(f.head()).expect("< frame size"), u32::try_from(f.len()).expect("< frame size"));
+                    *p = span(f);
                 }
             });
             bump(&ports[pi].stats.rx, n as u64);
             for i in 0..n {
+                let out = (rx[i], placed[i].0, placed[i].1);
                 match verdicts[i] {
                     Verdict::Tx(dst) => match by_id.get(usize::from(dst.0)).copied().flatten() {
-                        Some(k) => pending[k].push((rx[i], placed[i].0, placed[i].1)),
+                        Some(Dest::Xsk(k)) => pending[k].push(out),
+                        Some(Dest::Vhost(v)) => vports[v].pending.push(out),
                         None => umem.release(rx[i]),
                     },
                     Verdict::Drop(_) => umem.release(rx[i]),
                 }
             }
-            for (k, q) in pending.iter_mut().enumerate() {
-                if q.is_empty() {
-                    continue;
-                }
-                let mut sent = umem.transmit(&mut ports[k].xsk, q);
-                if sent < q.len() {
-                    // Ring full: let the kernel drain it, take back completed frames, retry.
-                    ports[k].xsk.flush_tx(TX_FLUSH_WAKEUPS);
-                    umem.reap_completions(&mut ports[k].xsk);
-                    sent += umem.transmit(&mut ports[k].xsk, &q[sent..]);
-                }
-                for &(fr, _, _) in &q[sent..] {
-                    umem.release(fr);
-                }
-                bump(&ports[k].stats.tx, sent as u64);
-                bump(&ports[k].stats.tx_ring_full, (q.len() - sent) as u64);
-                q.clear();
-                ports[k].xsk.flush_tx(TX_FLUSH_WAKEUPS);
+            transmit_pending(ports, umem, pending);
+            copy_to_guests(vports, umem);
+            let _ = latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
+            let _ = burst.record(n as u64);
+        }
+        for vi in 0..vports.len() {
+            if !vports[vi].spec.poll_rx {
+                continue;
             }
+            let io = Arc::clone(&vports[vi].spec.io);
+            let mut guest: ArrayVec<GuestFrame, BURST> = ArrayVec::new();
+            while !guest.is_full() {
+                let Some(f) = io.take_from_guest() else { break };
+                guest.push(f);
+            }
+            let n = guest.len();
+            if n == 0 {
+                continue;
+            }
+            let t0 = Instant::now();
+            work += n;
+            // The pipeline works on the backend's buffers in place (they have headroom
+            // for encapsulation); a frame is copied once more only into a UMEM frame to
+            // leave by a socket.
+            {
+                let mut frames: ArrayVec<Frame<'_>, BURST> = ArrayVec::new();
+                for g in &mut guest {
+                    let (head, len) = (g.head(), g.len());
+                    frames.push(Frame::new(g.buffer_mut(), head, len).expect("the backend keeps frames in bounds"));
+                }
+                pipeline.process(fib, vports[vi].spec.id, &mut frames, &mut verdicts[..n]);
+                for (p, f) in placed.iter_mut().zip(&frames) {
+                    *p = span(f);
+                }
+            }
+            bump(&vports[vi].spec.stats.rx, n as u64);
+            let mut woken = 0u64;
+            for (i, g) in guest.iter().enumerate() {
+                let Verdict::Tx(dst) = verdicts[i] else { continue };
+                let (head, len) = (placed[i].0 as usize, placed[i].1 as usize);
+                let bytes = &g.buffer()[head..head + len];
+                match by_id.get(usize::from(dst.0)).copied().flatten() {
+                    Some(Dest::Xsk(k)) => match umem.alloc_with(0, bytes) {
+                        Some(fr) => pending[k].push((fr, 0, placed[i].1)),
+                        None => bump(&ports[k].stats.tx_ring_full, 1),
+                    },
+                    Some(Dest::Vhost(v)) => {
+                        let to = &vports[v].spec;
+                        if to.io.push_to_guest(bytes) {
+                            bump(&to.stats.tx, 1);
+                            woken |= 1 << (v % 64);
+                        } else {
+                            bump(&to.stats.tx_ring_full, 1);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            for g in guest {
+                io.recycle(g);
+            }
+            for (v, vp) in vports.iter().enumerate() {
+                if woken & (1 << (v % 64)) != 0 {
+                    vp.spec.io.wake_guest();
+                }
+            }
+            transmit_pending(ports, umem, pending);
             let _ = latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
             let _ = burst.record(n as u64);
         }
@@ -434,6 +538,60 @@ impl Worker {
                 p.stats.kernel.store(Arc::new(s));
             }
         }
+    }
+}
+
+/// Where a processed frame lies in its buffer: (offset, length).
+fn span(f: &Frame<'_>) -> (u32, u32) {
+    (u32::try_from(f.head()).expect("< frame size"), u32::try_from(f.len()).expect("< frame size"))
+}
+
+/// Queue each port's pending frames on its TX ring and kick the kernel; frames that do
+/// not fit are dropped (counted).
+fn transmit_pending(ports: &mut [WPort], umem: &mut Umem, pending: &mut [ArrayVec<(RxFrame, u32, u32), BURST>]) {
+    for (k, q) in pending.iter_mut().enumerate() {
+        if q.is_empty() {
+            continue;
+        }
+        let mut sent = umem.transmit(&mut ports[k].xsk, q);
+        if sent < q.len() {
+            // Ring full: let the kernel drain it, take back completed frames, retry.
+            ports[k].xsk.flush_tx(TX_FLUSH_WAKEUPS);
+            umem.reap_completions(&mut ports[k].xsk);
+            sent += umem.transmit(&mut ports[k].xsk, &q[sent..]);
+        }
+        for &(fr, _, _) in &q[sent..] {
+            umem.release(fr);
+        }
+        bump(&ports[k].stats.tx, sent as u64);
+        bump(&ports[k].stats.tx_ring_full, (q.len() - sent) as u64);
+        q.clear();
+        ports[k].xsk.flush_tx(TX_FLUSH_WAKEUPS);
+    }
+}
+
+/// Copy each vhost-user port's pending frames into its guest queue, free the UMEM
+/// frames, and wake the backends once per burst.
+fn copy_to_guests(vports: &mut [VPort], umem: &mut Umem) {
+    for v in vports.iter_mut().filter(|v| !v.pending.is_empty()) {
+        let frames: ArrayVec<RxFrame, BURST> = v.pending.iter().map(|&(fr, _, _)| fr).collect();
+        let io = &v.spec.io;
+        let queued = umem.frames_mut(&frames, |bufs| {
+            let mut queued = 0u64;
+            for ((buf, _), &(_, head, len)) in bufs.iter().zip(&v.pending) {
+                queued += u64::from(io.push_to_guest(&buf[head as usize..(head + len) as usize]));
+            }
+            queued
+        });
+        for fr in frames {
+            umem.release(fr);
+        }
+        if queued > 0 {
+            io.wake_guest();
+        }
+        bump(&v.spec.stats.tx, queued);
+        bump(&v.spec.stats.tx_ring_full, v.pending.len() as u64 - queued);
+        v.pending.clear();
     }
 }
 

@@ -137,8 +137,12 @@ fn cluster_with(prefix: &str, queues: u16, flags: &[&str]) -> Cluster {
         d.ok(Op::Apply { changes });
     }
     for p in &lab.pods {
-        let r =
-            daemons[p.node].ok(Op::AddEndpoint(EndpointSpec { ifname: p.host_if.clone(), ip: p.ip, mac: mac(&p.mac) }));
+        let r = daemons[p.node].ok(Op::AddEndpoint(EndpointSpec {
+            ifname: p.host_if.clone(),
+            ip: p.ip,
+            mac: mac(&p.mac),
+            vhost_user: None,
+        }));
         assert!(matches!(r, Reply::EndpointReady { mtu: 1450, .. }), "{r:?}");
     }
     // Wait for the kernel to resolve each remote VTEP's MAC (managed neighbour entries).
@@ -482,13 +486,18 @@ fn bad_control_requests_get_errors_and_forwarding_continues() {
     // Invalid VTEP and endpoints.
     let v = Vtep { ip: lab.nodes[0].ip, mac: None, vni: 1 << 24, port: 8472, subnet: None };
     assert_eq!(code(c.call(Op::SetVtep(v)).unwrap()), ErrorCode::Invalid);
-    let ep =
-        EndpointSpec { ifname: "nosuchif".into(), ip: "10.244.1.50".parse().unwrap(), mac: mac("02:00:00:00:00:50") };
+    let ep = EndpointSpec {
+        ifname: "nosuchif".into(),
+        ip: "10.244.1.50".parse().unwrap(),
+        mac: mac("02:00:00:00:00:50"),
+        vhost_user: None,
+    };
     assert_eq!(code(c.call(Op::AddEndpoint(ep)).unwrap()), ErrorCode::Invalid);
     let ep = EndpointSpec {
         ifname: lab.pods[0].host_if.clone(),
         ip: "10.99.0.1".parse().unwrap(),
         mac: mac("02:00:00:00:00:50"),
+        vhost_user: None,
     };
     assert_eq!(code(c.call(Op::AddEndpoint(ep)).unwrap()), ErrorCode::Invalid);
     // An oversized line closes that connection only.
@@ -619,7 +628,7 @@ fn a_full_umem_refuses_a_port_and_frames_come_back() {
     d.ok(Op::SetVtep(Vtep { ip: n.ip, mac: None, vni: 1, port: 8472, subnet: Some(n.subnet_cidr().parse().unwrap()) }));
     let spec = |k: usize| {
         let p = &lab.pods[k];
-        EndpointSpec { ifname: p.host_if.clone(), ip: p.ip, mac: mac(&p.mac) }
+        EndpointSpec { ifname: p.host_if.clone(), ip: p.ip, mac: mac(&p.mac), vhost_user: None }
     };
     let mut attached = Vec::new();
     let refused = loop {
@@ -639,4 +648,124 @@ fn a_full_umem_refuses_a_port_and_frames_come_back() {
     // Remove one pod: its fill ring's frames return to the UMEM, and the refused pod fits.
     d.ok(Op::DelEndpoint { ip: lab.pods[attached[0]].ip });
     assert!(matches!(d.call(Op::AddEndpoint(spec(refused.0))), Reply::EndpointReady { .. }));
+}
+
+/// The vhost-user port of `ip` as xlaned reports it.
+fn vhost_port(d: &Xlaned, ip: Ipv4Addr) -> Option<xlane_api::PortInfo> {
+    let Reply::Ports { ports } = d.ok(Op::Dump { table: Table::Ports }) else { panic!() };
+    ports.into_iter().find(|p| p.ip == Some(ip) && p.vhost_user.is_some())
+}
+
+/// Wait until the port has had `n` frontend connections and one is connected.
+fn wait_connected(d: &Xlaned, ip: Ipv4Addr, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = vhost_port(d, ip).and_then(|p| p.vhost_user).expect("port listed");
+        if v.connected && v.connections == n {
+            // The frontend connects, then sets its rings up: give it that moment.
+            std::thread::sleep(Duration::from_millis(500));
+            return;
+        }
+        assert!(Instant::now() < deadline, "frontend {n} never connected: {v:?}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// "N received" from ping's summary.
+fn ping_received(ns: &Netns, dst: Ipv4Addr, count: u32) -> u32 {
+    let out = ns.ping_output(&dst.to_string(), count).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(", ")
+        .find_map(|f| f.strip_suffix(" received").and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no ping summary: {text}"))
+}
+
+#[test]
+fn vhost_user_pod_talks_to_a_veth_pod_on_another_node() {
+    use xlane_netlab::dpdk::{TESTPMD, Testpmd};
+    let test = "vhost_user_pod_talks_to_a_veth_pod_on_another_node";
+    if !xlane_netlab::privileged_with(test, &[TESTPMD]) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Cluster { daemons, lab } = cluster_with("xe-vhu", 1, &[]);
+    let (node0, pod) = (&lab.nodes[0], &lab.pods[2]);
+    let o = node0.gateway().octets();
+    let vm_ip = Ipv4Addr::new(o[0], o[1], o[2], 250);
+    let vm_mac = mac("02:00:0a:f4:00:fa");
+    let sock = daemons[0].dir.join("vm0.sock");
+    let r = daemons[0].ok(Op::AddEndpoint(EndpointSpec {
+        ifname: "vm0".into(),
+        ip: vm_ip,
+        mac: vm_mac,
+        vhost_user: Some(sock.clone()),
+    }));
+    let Reply::EndpointReady { gateway_mac, mtu: 1450, .. } = r else { panic!("{r:?}") };
+    assert!(sock.exists(), "the socket waits for the VMM");
+    // The guest: testpmd answering ARP and ICMP echo, after sending one burst of UDP
+    // frames to the veth pod on the other node.
+    let guest = |tx_first: bool| {
+        let mut app = vec![
+            "--forward-mode=icmpecho".to_owned(),
+            "--stats-period=0".into(),
+            "--total-num-mbufs=8192".into(),
+            format!("--eth-peer=0,{gateway_mac}"),
+            format!("--tx-ip={vm_ip},{}", pod.ip),
+            "--burst=32".into(),
+        ];
+        if tx_first {
+            app.push("--tx-first".into());
+        }
+        let app: Vec<&str> = app.iter().map(String::as_str).collect();
+        let vdev = format!("net_virtio_user0,path={},queues=1,mac={vm_mac}", sock.display());
+        Testpmd::spawn(None, "0-1", &vdev, &app).unwrap()
+    };
+    let rx = udp(&pod.ns, SocketAddrV4::new(pod.ip, 9));
+    rx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let vm = guest(true);
+    wait_connected(&daemons[0], vm_ip, 1);
+    // Guest → pod: the burst arrives whole.
+    let mut buf = [0u8; 2048];
+    let mut got = 0;
+    while got < 32 {
+        let (_, from) = rx.recv_from(&mut buf).unwrap_or_else(|e| panic!("{got} of 32 datagrams, then {e}"));
+        assert_eq!(from.ip(), std::net::IpAddr::V4(vm_ip));
+        got += 1;
+    }
+    // Pod → guest: pings answered by the guest, and datagrams it counts.
+    assert_eq!(ping_received(&pod.ns, vm_ip, 20), 20);
+    let tx = udp(&pod.ns, SocketAddrV4::new(pod.ip, 0));
+    for i in 0..1000 {
+        tx.send_to(&[0u8; 100], SocketAddrV4::new(vm_ip, 9)).unwrap();
+        if i % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let v = vhost_port(&daemons[0], vm_ip).unwrap().vhost_user.unwrap();
+    let counts = vm.finish();
+    // Every frame is accounted for, at each hop.
+    assert_eq!((counts.tx, counts.rx), (32 + 20, 20 + 1000), "guest counts; xlaned saw {v:?}");
+    assert_eq!((v.from_guest, v.to_guest, v.malformed, v.dropped), (52, 1020, 0, 0), "{v:?}");
+
+    // A hostile frontend is cut off; xlaned stays up and serves the next VMM.
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    io::Write::write_all(&mut s, &[0xff; 64]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert!(matches!(io::Read::read(&mut s, &mut buf), Ok(0) | Err(_)), "garbage: disconnected");
+    daemons[0].ok(Op::Status);
+    // The VM restarts: its next frontend reconnects and traffic flows again.
+    let vm = guest(false);
+    wait_connected(&daemons[0], vm_ip, 3);
+    let answered = ping_received(&pod.ns, vm_ip, 5);
+    assert_eq!(answered, 5, "after the reconnect: {:?}\n{:?}", vhost_port(&daemons[0], vm_ip), daemons[0].counters());
+    assert_eq!(vm.finish().rx, 5);
+
+    // Removing the endpoint removes the socket and the port.
+    let r = daemons[0].ok(Op::DelEndpoint { ip: vm_ip });
+    assert!(matches!(r, Reply::EndpointRemoved { existed: true }), "{r:?}");
+    assert!(!sock.exists(), "socket removed");
+    assert!(vhost_port(&daemons[0], vm_ip).is_none());
+    let c = daemons[0].counters();
+    assert!(conserved(&c), "pipeline counters conserved: {c:?}");
 }

@@ -451,7 +451,7 @@ pub fn io_ceiling(f: Forwarder, w: Workload, stop: &AtomicBool) -> anyhow::Resul
         let xlane = if f == Forwarder::XlaneMacswap {
             Some(sc.spawn(|| forward::xlane_macswap(&node.ns, &pod.host_if, &fwd_stop)))
         } else {
-            _testpmd = forward::Testpmd::start(&node.ns, &pod.host_if)?;
+            _testpmd = forward::testpmd_macswap(&node.ns, &pod.host_if)?;
             None
         };
         std::thread::sleep(Duration::from_millis(500));

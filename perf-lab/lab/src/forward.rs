@@ -4,11 +4,11 @@
 //! DPDK testpmd's (`net_af_xdp`, `--forward-mode=macswap`), the reference AF_XDP peer.
 
 use anyhow::Context as _;
-use std::io::Write as _;
 use std::os::fd::AsFd as _;
-use std::process::{Child, Stdio};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use xlane_netlab::Netns;
+use xlane_netlab::dpdk::Testpmd;
 use xlane_xdp::attach::{ModePreference, Program, XdpAttachment};
 use xlane_xdp::programs::PodFilter;
 use xlane_xdp::xsk::{BindMode, RxFrame, Umem, UmemSettings, wait_readable};
@@ -66,66 +66,29 @@ pub fn xlane_macswap(ns: &Netns, dev: &str, stop: &AtomicBool) -> anyhow::Result
 }
 
 /// DPDK testpmd forwarding with MAC swap on `dev` in `ns` (AF_XDP PMD, no hugepages),
-/// stopped when dropped.
-#[derive(Debug)]
-pub struct Testpmd {
-    child: Option<Child>,
-}
-
-impl Testpmd {
-    /// Start testpmd and wait until it forwards.
-    ///
-    /// # Errors
-    /// testpmd missing (`apt-get install dpdk`) or not starting.
-    pub fn start(ns: &Netns, dev: &str) -> anyhow::Result<Self> {
-        let prefix = format!("xlane{}", std::process::id());
-        let mut child = ns
-            .command("dpdk-testpmd")
-            .args(["--no-huge", "-m", "512", "--no-pci", "--file-prefix", &prefix, "-l", "0-1"])
-            .arg(format!("--vdev=net_af_xdp0,iface={dev},start_queue=0,queue_count=1,busy_budget=0"))
-            .args(["--", "--forward-mode=macswap", "--total-num-mbufs=16384", "--stats-period=0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("running dpdk-testpmd (apt-get install dpdk)")?;
-        // Ready once its AF_XDP PMD has attached its XDP program (its stdout is block
-        // buffered through a pipe, so its own "forwarding" line comes late).
-        let t0 = std::time::Instant::now();
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                anyhow::bail!("dpdk-testpmd exited ({st}) before forwarding");
-            }
-            if ns.has_xdp(dev)? {
-                break;
-            }
-            if t0.elapsed().as_secs() >= 30 {
-                let _ = child.kill();
-                let _ = child.wait();
-                anyhow::bail!("dpdk-testpmd did not attach to {dev} in 30 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+/// once it forwards; stopped when dropped.
+///
+/// # Errors
+/// testpmd missing (`apt-get install dpdk`) or not starting.
+pub fn testpmd_macswap(ns: &Netns, dev: &str) -> anyhow::Result<Testpmd> {
+    let mut t = Testpmd::spawn(
+        Some(ns),
+        "0-1",
+        &format!("net_af_xdp0,iface={dev},start_queue=0,queue_count=1,busy_budget=0"),
+        &["--forward-mode=macswap", "--total-num-mbufs=16384", "--stats-period=0"],
+    )
+    .context("running dpdk-testpmd (apt-get install dpdk)")?;
+    // Ready once its AF_XDP PMD has attached its XDP program (its stdout is block
+    // buffered through a pipe, so its own "forwarding" line comes late).
+    let t0 = std::time::Instant::now();
+    loop {
+        anyhow::ensure!(t.running(), "dpdk-testpmd exited before forwarding");
+        if ns.has_xdp(dev)? {
+            break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        Ok(Self { child: Some(child) })
+        anyhow::ensure!(t0.elapsed().as_secs() < 30, "dpdk-testpmd did not attach to {dev} in 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // testpmd without -i exits on Enter; SIGTERM by PID if it does not.
-            let _ = c.stdin.take().map(|mut s| s.write_all(b"\n"));
-            for _ in 0..100 {
-                if matches!(c.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            if let Ok(pid) = i32::try_from(c.id()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-            }
-            let _ = c.wait();
-        }
-    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    Ok(t)
 }

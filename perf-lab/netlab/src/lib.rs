@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod dpdk;
 pub mod process;
 pub mod runtime;
 pub mod sweep;

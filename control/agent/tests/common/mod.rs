@@ -38,6 +38,7 @@ pub fn attach_pod(lab: &mut xlane_netlab::Lab, agent_sock: &Path, node: usize, c
             ifname: "eth0".into(),
             host_if: pod.host_if.clone(),
             mac: pod.mac.parse().unwrap(),
+            vhost_user: None,
         })
         .unwrap();
     assert!(matches!(r, AgentReply::Attached { .. }), "{r:?}");

@@ -89,14 +89,18 @@ enum Cmd {
         /// The file.
         file: PathBuf,
     },
-    /// Attach a pod behind a host-side interface.
+    /// Attach a pod behind a host-side interface, or serve a VM-based pod on a
+    /// vhost-user socket.
     AddEndpoint {
-        /// Host-side interface.
+        /// Host-side interface (with --vhost-user: the port's name).
         ifname: String,
         /// Pod address.
         ip: Ipv4Addr,
-        /// Pod MAC.
+        /// Pod MAC (with --vhost-user: the MAC the device offers the guest).
         mac: Mac,
+        /// Serve the pod as a vhost-user-net backend on this socket (its VMM connects).
+        #[arg(long, value_name = "SOCKET")]
+        vhost_user: Option<PathBuf>,
     },
     /// Detach a pod.
     DelEndpoint {
@@ -162,8 +166,8 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             }
             Op::Apply { changes: serde_json::from_str(&text)? }
         }
-        Cmd::AddEndpoint { ifname, ip, mac } => {
-            Op::AddEndpoint(EndpointSpec { ifname: ifname.clone(), ip: *ip, mac: *mac })
+        Cmd::AddEndpoint { ifname, ip, mac, vhost_user } => {
+            Op::AddEndpoint(EndpointSpec { ifname: ifname.clone(), ip: *ip, mac: *mac, vhost_user: vhost_user.clone() })
         }
         Cmd::DelEndpoint { ip } => Op::DelEndpoint { ip: *ip },
     };
@@ -185,11 +189,32 @@ fn print_ports(ports: &[PortInfo]) {
     );
     for p in ports {
         let ip = p.ip.map(|i| i.to_string()).unwrap_or_default();
-        let mode = if p.zero_copy { format!("{}/zc", p.xdp_mode) } else { p.xdp_mode.clone() };
+        let mode = if p.vhost_user.is_some() {
+            "vhost".to_owned()
+        } else if p.zero_copy {
+            format!("{}/zc", p.xdp_mode)
+        } else {
+            p.xdp_mode.clone()
+        };
         println!(
             "{:>4}  {:<7} {:<16} {:<15} {:>2} {:<7} {:>12} {:>12} {:>9} {:>9}",
             p.id, p.role, p.ifname, ip, p.queues, mode, p.rx, p.tx, p.tx_ring_full, p.rx_fill_ring_empty
         );
+    }
+    for p in ports {
+        if let Some(v) = &p.vhost_user {
+            println!(
+                "port {} vhost-user {} ({}, {} connection(s)): from guest {}, to guest {}, malformed {}, dropped {}",
+                p.id,
+                v.socket.display(),
+                if v.connected { "connected" } else { "waiting for its VMM" },
+                v.connections,
+                v.from_guest,
+                v.to_guest,
+                v.malformed,
+                v.dropped
+            );
+        }
     }
 }
 
