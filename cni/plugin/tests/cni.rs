@@ -347,3 +347,70 @@ fn two_hundred_cycles_with_an_agent_restart() {
     }
     assert_clean(&s, 0);
 }
+
+#[test]
+fn vm_pods_attach_through_vhost_user() {
+    use xlane_netlab::dpdk::{TESTPMD, Testpmd};
+    if !privileged_with("vm_pods_attach_through_vhost_user", &[TESTPMD]) {
+        return;
+    }
+    let s = Cluster::start("xc-vhu", 2, &ClusterOptions::default()).unwrap();
+    let node0 = &s.lab.nodes[0].ns;
+    let dir = std::env::temp_dir().join(format!("xc-vhu-{}", std::process::id()));
+    let mut conf = conf("1.1.0", &s.nodes[0].agent_socket);
+    conf["vhostUserDir"] = dir.to_string_lossy().into();
+    // The sandbox namespace a VM runtime (Kata) creates; nothing is put in it.
+    let sandbox = Netns::new("xc-vm").unwrap();
+    let vm = Container::in_netns("cid-vm", &sandbox);
+    let mut rt = runtime();
+    rt.args = format!("{};XLANE_ATTACH=vhost-user", xlane_netlab::runtime::K8S_ARGS);
+    let r = rt.exec(node0, "ADD", &vm, &conf).unwrap().result().unwrap();
+    let ifs = r["interfaces"].as_array().unwrap();
+    assert_eq!(ifs.len(), 1, "one interface, no host side: {r}");
+    let socket = PathBuf::from(ifs[0]["socketPath"].as_str().expect("socketPath in a 1.1.0 result"));
+    assert!(socket.starts_with(&dir) && socket.exists(), "{}", socket.display());
+    assert_eq!(r["ips"][0]["interface"], 0);
+    let (ip, mac) = (ip_of(&r), ifs[0]["mac"].as_str().unwrap().to_owned());
+    assert_eq!(sandbox.ip(&["-o", "link"]).unwrap().lines().count(), 1, "only lo in the sandbox");
+    let port = |s: &Cluster| s.endpoints(0).unwrap().into_iter().find(|p| p.vhost_user.is_some());
+    assert_eq!(port(&s).and_then(|p| p.vhost_user).map(|v| v.socket), Some(socket.clone()));
+    assert!(rt.exec(node0, "CHECK", &vm, &conf).unwrap().success);
+
+    // The VM's frontend connects; a pod on the other node reaches the guest.
+    let guest = Testpmd::spawn(
+        None,
+        "0-1",
+        &format!("net_virtio_user0,path={},queues=1,mac={mac}", socket.display()),
+        &["--forward-mode=icmpecho", "--stats-period=0", "--total-num-mbufs=8192"],
+    )
+    .unwrap();
+    xlane_netlab::process::wait_for("the guest's frontend", std::time::Duration::from_secs(20), || {
+        port(&s).and_then(|p| p.vhost_user).is_some_and(|v| v.connected)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pod = s.attach_pod(1, "web").unwrap();
+    pod.ns.ping(&ip, 5).expect("veth pod to VM pod across nodes");
+
+    // DEL while the VMM is connected: it is cut off, the socket and port are gone.
+    let o = rt.exec(node0, "DEL", &vm, &conf).unwrap();
+    assert!(o.success, "{}", o.output);
+    assert!(!socket.exists(), "socket removed");
+    assert_eq!(guest.finish().rx, 5, "the guest saw the five pings");
+    assert_clean(&s, 0);
+
+    // The conflist can choose vhost-user for every pod; before 1.1.0 the result has no
+    // socketPath, and the socket is where the directory says.
+    let mut conf10 = serde_json::json!({"cniVersion": "1.0.0", "name": "xlane", "type": "xlane",
+        "agentSocket": s.nodes[0].agent_socket, "attach": "vhost-user", "vhostUserDir": dir});
+    let r = cni(&s, 0, "ADD", &vm, &conf10).result().unwrap();
+    assert!(r["interfaces"][0].get("socketPath").is_none(), "{r}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "one socket");
+    assert!(cni(&s, 0, "DEL", &vm, &conf10).success);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    assert_clean(&s, 0);
+    // An unknown attachment is the spec's invalid-configuration error, nothing left.
+    conf10["attach"] = "macvtap".into();
+    assert_eq!(failed_with(&cni(&s, 0, "ADD", &vm, &conf10)), 7);
+    assert_clean(&s, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
