@@ -24,14 +24,23 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 [ -x /usr/bin/dpdk-testpmd ] || need+=(dpdk dpdk-dev)
-if ((${#need[@]})); then
-    log "installing ${need[*]}"
+# QEMU 7.2 for the vhost-user handshake test (no guest is booted, so no GUI or firmware
+# extras: installed without recommends).
+bare=()
+[ -x /usr/bin/qemu-system-x86_64 ] || bare+=(qemu-system-x86)
+if ((${#need[@]} + ${#bare[@]})); then
+    log "installing ${need[*]} ${bare[*]}"
     if [ "$(id -u)" -ne 0 ]; then
-        echo "need root to install ${need[*]}" >&2
+        echo "need root to install ${need[*]} ${bare[*]}" >&2
         exit 1
     fi
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    if ((${#need[@]})); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+    if ((${#bare[@]})); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${bare[@]}" >/dev/null
+    fi
 fi
 if [ "$(id -u)" -ne 0 ]; then
     echo "warning: not root: privileged tests will be skipped (CI runs them as root)" >&2

@@ -7,9 +7,11 @@
 //! the dataplane's UMEM, so one copy each way is inherent to vhost-user).
 
 use crate::net::{self, FrameSink, MAX_FRAME, RxError};
+use crate::relay;
 use crossbeam_queue::ArrayQueue;
 use std::io;
 use std::os::fd::AsRawFd as _;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -501,18 +503,27 @@ impl VhostUserPort {
     /// `mac` and `mtu` as the device's (see [`NetBackend::new`]).
     ///
     /// # Errors
-    /// The socket cannot be created (missing directory, path too long, permissions).
+    /// The socket cannot be created (missing directory, path too long, permissions, a
+    /// file that is not a socket in the way).
     pub fn spawn(path: PathBuf, io: Arc<PortIo>, mac: [u8; 6], mtu: u16) -> io::Result<Self> {
-        let listener = Listener::new(&path, true)
-            .map_err(|e| io::Error::other(format!("vhost-user socket {}: {e}", path.display())))?;
+        let context = |e: io::Error| io::Error::new(e.kind(), format!("vhost-user socket {}: {e}", path.display()));
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+                return Err(context(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket")));
+            }
+            std::fs::remove_file(&path).map_err(context)?;
+        }
+        let public = UnixListener::bind(&path).map_err(context)?;
+        let private = PrivateListener::new()?;
         let stop = Arc::new(AtomicBool::new(false));
         let conn = Arc::new(Mutex::new(None));
         let thread = {
             let (path, io, stop, conn) = (path.clone(), Arc::clone(&io), Arc::clone(&stop), Arc::clone(&conn));
             let name = format!("vhost-{}", path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default());
-            std::thread::Builder::new()
-                .name(name.chars().take(15).collect())
-                .spawn(move || serve(listener, &path, &io, (mac, mtu), &stop, &conn))?
+            std::thread::Builder::new().name(name.chars().take(15).collect()).spawn(move || {
+                let listeners = Listeners { public, private };
+                serve(listeners, &path, &io, (mac, mtu), &stop, &conn);
+            })?
         };
         Ok(Self { path, io, stop, conn, thread: Some(thread) })
     }
@@ -547,9 +558,48 @@ impl Drop for VhostUserPort {
     }
 }
 
-/// Accept frontends on `listener` one after another until `stop`.
+/// Where the library accepts its end of each relayed connection: a socket in a
+/// directory only this process's user may enter, so nothing else can reach the backend
+/// around the relay. Removed on drop.
+struct PrivateListener {
+    listener: Listener,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl PrivateListener {
+    fn new() -> io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "xlane-vhost-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let path = dir.join("backend.sock");
+        let listener = Listener::new(&path, true).map_err(io::Error::other)?;
+        Ok(Self { listener, path, dir })
+    }
+}
+
+impl Drop for PrivateListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The socket frontends connect to, and the library's side of the relay.
+struct Listeners {
+    public: UnixListener,
+    private: PrivateListener,
+}
+
+/// Accept frontends one after another until `stop`, each relayed to a fresh daemon.
 fn serve(
-    mut listener: Listener,
+    mut listeners: Listeners,
     path: &std::path::Path,
     io: &Arc<PortIo>,
     device: ([u8; 6], u16),
@@ -557,7 +607,18 @@ fn serve(
     conn: &Mutex<Option<ShutdownHandle>>,
 ) {
     let lock = || conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    while !stop.load(Ordering::SeqCst) {
+    loop {
+        let frontend = match listeners.public.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(socket = %path.display(), error = %e, "vhost-user accept failed");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         let mut daemon = match daemon(path, io, device) {
             Ok(d) => d,
             Err(e) => {
@@ -565,10 +626,17 @@ fn serve(
                 return;
             }
         };
-        if let Err(e) = daemon.start(&mut listener) {
-            tracing::warn!(socket = %path.display(), error = %e, "vhost-user accept failed");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            continue;
+        // Our end first (it waits in the backlog), then the library accepts it.
+        let library_end = match UnixStream::connect(&listeners.private.path) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(socket = %path.display(), error = %e, "vhost-user relay cannot connect");
+                return;
+            }
+        };
+        if let Err(e) = daemon.start(&mut listeners.private.listener) {
+            tracing::error!(socket = %path.display(), error = %e, "vhost-user daemon cannot start");
+            return;
         }
         {
             let mut slot = lock();
@@ -581,14 +649,19 @@ fn serve(
         }
         io.counters.connections.fetch_add(1, Ordering::Relaxed);
         io.counters.connected.store(true, Ordering::Relaxed);
-        // Returns when the frontend disconnects, misbehaves and is cut off, or the port
-        // is removed.
-        match daemon.wait() {
-            Ok(()) => tracing::info!(socket = %path.display(), "vhost-user frontend disconnected"),
-            Err(e) => tracing::warn!(socket = %path.display(), error = %e, "vhost-user frontend cut off"),
+        // Until the frontend disconnects, misbehaves, or the port is removed.
+        let relayed = relay::run(&frontend, &library_end);
+        let handled = daemon.wait();
+        match (relayed, handled) {
+            (Ok(()), Ok(())) => tracing::info!(socket = %path.display(), "vhost-user frontend disconnected"),
+            (Err(e), _) => tracing::warn!(socket = %path.display(), error = %e, "vhost-user frontend cut off"),
+            (_, Err(e)) => tracing::warn!(socket = %path.display(), error = %e, "vhost-user frontend cut off"),
         }
         io.counters.connected.store(false, Ordering::Relaxed);
         *lock() = None;
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
     }
 }
 

@@ -8,7 +8,8 @@
 //!   receive buffers.
 //!
 //! * [`backend`]: the vhost-user-net device (rust-vmm `vhost-user-backend`) around them,
-//!   and the queues it shares with the dataplane.
+//!   and the queues it shares with the dataplane; frontends reach it through a relay
+//!   that puts QEMU 7.2's early `SET_VRING_ENABLE` in the spec's order.
 //!
 //! Guest memory and ring addresses come from the frontend and are not trusted: every
 //! access goes through `vm-memory`'s checked accessors, and a chain that points outside
@@ -17,3 +18,4 @@
 
 pub mod backend;
 pub mod net;
+mod relay;
