@@ -380,7 +380,7 @@ fn vm_pods_attach_through_vhost_user() {
     let guest = Testpmd::spawn(
         None,
         "0-1",
-        &format!("net_virtio_user0,path={},queues=1,mac={mac}", socket.display()),
+        &[&format!("net_virtio_user0,path={},queues=1,mac={mac}", socket.display())],
         &["--forward-mode=icmpecho", "--stats-period=0", "--total-num-mbufs=8192"],
     )
     .unwrap();

@@ -17,7 +17,7 @@ fn testpmd(sock: &Path, mode: &str) -> Testpmd {
     Testpmd::spawn(
         None,
         "0-1",
-        &format!("net_virtio_user0,path={},queues=1", sock.display()),
+        &[&format!("net_virtio_user0,path={},queues=1", sock.display())],
         &[&format!("--forward-mode={mode}"), "--stats-period=0", "--total-num-mbufs=8192"],
     )
     .unwrap()

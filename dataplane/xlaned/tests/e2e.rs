@@ -681,91 +681,107 @@ fn ping_received(ns: &Netns, dst: Ipv4Addr, count: u32) -> u32 {
 }
 
 #[test]
-fn vhost_user_pod_talks_to_a_veth_pod_on_another_node() {
+fn vhost_user_pods_talk_to_each_other_and_to_a_veth_pod_on_another_node() {
     use xlane_netlab::dpdk::{TESTPMD, Testpmd};
-    let test = "vhost_user_pod_talks_to_a_veth_pod_on_another_node";
+    let test = "vhost_user_pods_talk_to_each_other_and_to_a_veth_pod_on_another_node";
     if !xlane_netlab::privileged_with(test, &[TESTPMD]) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Cluster { daemons, lab } = cluster_with("xe-vhu", 1, &[]);
-    let (node0, pod) = (&lab.nodes[0], &lab.pods[2]);
-    let o = node0.gateway().octets();
-    let vm_ip = Ipv4Addr::new(o[0], o[1], o[2], 250);
-    let vm_mac = mac("02:00:0a:f4:00:fa");
-    let sock = daemons[0].dir.join("vm0.sock");
-    let r = daemons[0].ok(Op::AddEndpoint(EndpointSpec {
-        ifname: "vm0".into(),
-        ip: vm_ip,
-        mac: vm_mac,
-        vhost_user: Some(sock.clone()),
-    }));
-    let Reply::EndpointReady { gateway_mac, mtu: 1450, .. } = r else { panic!("{r:?}") };
-    assert!(sock.exists(), "the socket waits for the VMM");
-    // The guest: testpmd answering ARP and ICMP echo, after sending one burst of UDP
-    // frames to the veth pod on the other node.
-    let guest = |tx_first: bool| {
+    let (xl, pod) = (&daemons[0], &lab.pods[2]);
+    let o = lab.nodes[0].gateway().octets();
+    // Two VM pods on node 0, each on its own socket.
+    let vms: Vec<(Ipv4Addr, Mac, PathBuf)> = (0..2u8)
+        .map(|i| {
+            let ip = Ipv4Addr::new(o[0], o[1], o[2], 250 + i);
+            (ip, Mac([2, 0, 0x0a, 0xf4, 0, 250 + i]), xl.dir.join(format!("vm{i}.sock")))
+        })
+        .collect();
+    let mut gateway = None;
+    for (i, (ip, mac, sock)) in vms.iter().enumerate() {
+        let spec = EndpointSpec { ifname: format!("vm{i}"), ip: *ip, mac: *mac, vhost_user: Some(sock.clone()) };
+        let r = xl.ok(Op::AddEndpoint(spec));
+        let Reply::EndpointReady { gateway_mac, mtu: 1450, .. } = r else { panic!("{r:?}") };
+        gateway = Some(gateway_mac);
+        assert!(sock.exists(), "the socket waits for the VMM");
+    }
+    let gateway = gateway.unwrap();
+    // The guests: one testpmd with a virtio-user port per VM, answering ARP and ICMP
+    // echo; with `tx_first`, each port first sends a burst of 32 UDP frames from VM 0 to
+    // VM 1 (testpmd has one source address for all ports: VM 1's burst is spoofed).
+    let guests = |tx_first: bool| {
         let mut app = vec![
             "--forward-mode=icmpecho".to_owned(),
             "--stats-period=0".into(),
             "--total-num-mbufs=8192".into(),
-            format!("--eth-peer=0,{gateway_mac}"),
-            format!("--tx-ip={vm_ip},{}", pod.ip),
+            format!("--eth-peer=0,{gateway}"),
+            format!("--eth-peer=1,{gateway}"),
+            format!("--tx-ip={},{}", vms[0].0, vms[1].0),
             "--burst=32".into(),
         ];
         if tx_first {
             app.push("--tx-first".into());
         }
         let app: Vec<&str> = app.iter().map(String::as_str).collect();
-        let vdev = format!("net_virtio_user0,path={},queues=1,mac={vm_mac}", sock.display());
-        Testpmd::spawn(None, "0-1", &vdev, &app).unwrap()
+        let vdevs: Vec<String> = vms
+            .iter()
+            .enumerate()
+            .map(|(i, (_, mac, sock))| format!("net_virtio_user{i},path={},queues=1,mac={mac}", sock.display()))
+            .collect();
+        let vdevs: Vec<&str> = vdevs.iter().map(String::as_str).collect();
+        Testpmd::spawn(None, "0-1", &vdevs, &app).unwrap()
     };
-    let rx = udp(&pod.ns, SocketAddrV4::new(pod.ip, 9));
-    rx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let vm = guest(true);
-    wait_connected(&daemons[0], vm_ip, 1);
-    // Guest → pod: the burst arrives whole.
-    let mut buf = [0u8; 2048];
-    let mut got = 0;
-    while got < 32 {
-        let (_, from) = rx.recv_from(&mut buf).unwrap_or_else(|e| panic!("{got} of 32 datagrams, then {e}"));
-        assert_eq!(from.ip(), std::net::IpAddr::V4(vm_ip));
-        got += 1;
+    let spoofed_before = xl.counters().drops["spoofed_source"];
+    let vm = guests(true);
+    for (ip, _, _) in &vms {
+        wait_connected(xl, *ip, 1);
     }
-    // Pod → guest: pings answered by the guest, and datagrams it counts.
-    assert_eq!(ping_received(&pod.ns, vm_ip, 20), 20);
+    // The veth pod on node 1 pings both VMs and sends each 500 datagrams.
     let tx = udp(&pod.ns, SocketAddrV4::new(pod.ip, 0));
-    for i in 0..1000 {
-        tx.send_to(&[0u8; 100], SocketAddrV4::new(vm_ip, 9)).unwrap();
-        if i % 50 == 49 {
-            std::thread::sleep(Duration::from_millis(5));
+    for (ip, _, _) in &vms {
+        assert_eq!(ping_received(&pod.ns, *ip, 10), 10, "pings to {ip}");
+        for i in 0..500 {
+            tx.send_to(&[0u8; 100], SocketAddrV4::new(*ip, 9)).unwrap();
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
     std::thread::sleep(Duration::from_millis(500));
-    let v = vhost_port(&daemons[0], vm_ip).unwrap().vhost_user.unwrap();
+    let port = |i: usize| vhost_port(xl, vms[i].0).unwrap().vhost_user.unwrap();
+    let (v0, v1) = (port(0), port(1));
     let counts = vm.finish();
-    // Every frame is accounted for, at each hop.
-    assert_eq!((counts.tx, counts.rx), (32 + 20, 20 + 1000), "guest counts; xlaned saw {v:?}");
-    assert_eq!((v.from_guest, v.to_guest, v.malformed, v.dropped), (52, 1020, 0, 0), "{v:?}");
+    // Every frame accounted for, at the guests and at xlaned: VM 0's burst reached VM 1
+    // on the same node; VM 1's spoofed burst was dropped and counted.
+    assert_eq!((counts.tx, counts.rx), (32 + 32 + 10 + 10, (10 + 500) + (32 + 10 + 500)), "{v0:?} {v1:?}");
+    assert_eq!((v0.from_guest, v0.to_guest, v0.malformed, v0.dropped), (42, 510, 0, 0), "{v0:?}");
+    assert_eq!((v1.from_guest, v1.to_guest, v1.malformed, v1.dropped), (42, 542, 0, 0), "{v1:?}");
+    assert_eq!(xl.counters().drops["spoofed_source"] - spoofed_before, 32);
 
-    // A hostile frontend is cut off; xlaned stays up and serves the next VMM.
-    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    // A hostile frontend on VM 0's socket is cut off; xlaned stays up.
+    let mut s = std::os::unix::net::UnixStream::connect(&vms[0].2).unwrap();
     io::Write::write_all(&mut s, &[0xff; 64]).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 64];
     assert!(matches!(io::Read::read(&mut s, &mut buf), Ok(0) | Err(_)), "garbage: disconnected");
-    daemons[0].ok(Op::Status);
-    // The VM restarts: its next frontend reconnects and traffic flows again.
-    let vm = guest(false);
-    wait_connected(&daemons[0], vm_ip, 3);
-    let answered = ping_received(&pod.ns, vm_ip, 5);
-    assert_eq!(answered, 5, "after the reconnect: {:?}\n{:?}", vhost_port(&daemons[0], vm_ip), daemons[0].counters());
-    assert_eq!(vm.finish().rx, 5);
+    xl.ok(Op::Status);
+    // The VMs restart: their frontends reconnect and traffic flows again.
+    let vm = guests(false);
+    wait_connected(xl, vms[0].0, 3);
+    wait_connected(xl, vms[1].0, 2);
+    for (ip, _, _) in &vms {
+        let answered = ping_received(&pod.ns, *ip, 5);
+        assert_eq!(answered, 5, "{ip} after the reconnect: {:?}\n{:?}", vhost_port(xl, *ip), xl.counters());
+    }
 
-    // Removing the endpoint removes the socket and the port.
-    let r = daemons[0].ok(Op::DelEndpoint { ip: vm_ip });
+    // Removing VM 0 removes its socket and port; VM 1 keeps working.
+    let r = xl.ok(Op::DelEndpoint { ip: vms[0].0 });
     assert!(matches!(r, Reply::EndpointRemoved { existed: true }), "{r:?}");
-    assert!(!sock.exists(), "socket removed");
-    assert!(vhost_port(&daemons[0], vm_ip).is_none());
-    let c = daemons[0].counters();
+    assert!(!vms[0].2.exists(), "socket removed");
+    assert!(vhost_port(xl, vms[0].0).is_none());
+    assert_eq!(ping_received(&pod.ns, vms[1].0, 3), 3, "the other VM is unaffected");
+    assert_eq!(vm.finish().rx, 5 + 5 + 3);
+    let c = xl.counters();
     assert!(conserved(&c), "pipeline counters conserved: {c:?}");
 }

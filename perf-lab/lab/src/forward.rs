@@ -74,7 +74,7 @@ pub fn testpmd_macswap(ns: &Netns, dev: &str) -> anyhow::Result<Testpmd> {
     let mut t = Testpmd::spawn(
         Some(ns),
         "0-1",
-        &format!("net_af_xdp0,iface={dev},start_queue=0,queue_count=1,busy_budget=0"),
+        &[&format!("net_af_xdp0,iface={dev},start_queue=0,queue_count=1,busy_budget=0")],
         &["--forward-mode=macswap", "--total-num-mbufs=16384", "--stats-period=0"],
     )
     .context("running dpdk-testpmd (apt-get install dpdk)")?;

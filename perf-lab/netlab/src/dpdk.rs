@@ -20,7 +20,7 @@ pub struct Testpmd {
 /// Packets testpmd counted on its port over the whole run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// `RX-packets`.
+    /// `RX-packets` (over all ports).
     pub rx: u64,
     /// `TX-packets`.
     pub tx: u64,
@@ -28,12 +28,12 @@ pub struct Counts {
 
 impl Testpmd {
     /// Start testpmd on `cores` (an EAL `-l` list, or an `--lcores` map when it contains
-    /// `@`) with one virtual device `vdev` and the application arguments `app` (after
-    /// `--`), inside `ns` if given.
+    /// `@`) with the virtual devices `vdevs` (its ports, in order) and the application
+    /// arguments `app` (after `--`), inside `ns` if given.
     ///
     /// # Errors
     /// testpmd cannot be run (`apt-get install dpdk`).
-    pub fn spawn(ns: Option<&Netns>, cores: &str, vdev: &str, app: &[&str]) -> std::io::Result<Self> {
+    pub fn spawn(ns: Option<&Netns>, cores: &str, vdevs: &[&str], app: &[&str]) -> std::io::Result<Self> {
         // DPDK's runtime files are keyed by the file prefix: unique per instance.
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let prefix = format!("xlane{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
@@ -41,7 +41,7 @@ impl Testpmd {
         let core_arg = if cores.contains('@') { "--lcores" } else { "-l" };
         let child = cmd
             .args(["--no-huge", "-m", "512", "--no-pci", "--file-prefix", &prefix, core_arg, cores])
-            .arg(format!("--vdev={vdev}"))
+            .args(vdevs.iter().map(|v| format!("--vdev={v}")))
             .arg("--")
             .args(app)
             .stdin(Stdio::piped())
