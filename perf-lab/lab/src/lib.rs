@@ -11,6 +11,7 @@ pub mod interop;
 pub mod kernel;
 pub mod report;
 pub mod traffic;
+pub mod vhost_ingest;
 
 /// The agent datastore a measurement runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -11,7 +11,7 @@
 //! would) at a steady rate and polls xlaned's routes to see when each lands.
 #![forbid(unsafe_code)]
 
-use xlane_lab::{Store, bench, cni_latency, control_plane, demo, interop, report};
+use xlane_lab::{Store, bench, cni_latency, control_plane, demo, interop, report, vhost_ingest};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -104,6 +104,16 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// vhost-user ingest: testpmd's virtio-user (txonly) into xlane's backend and into
+    /// DPDK's net_vhost, same frontend, same run.
+    VhostIngest {
+        /// Seconds per backend.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// CNI ADD/DEL latency (p50/p99) through xlane beside Debian's bridge + host-local.
     CniLatency {
         /// Pods per contender.
@@ -180,6 +190,19 @@ fn main() {
             })
         }
         Cmd::ControlPlane { nodes, rate, store, json } => control_plane::run(nodes, rate, store, json.as_deref()),
+        Cmd::VhostIngest { seconds, json } => vhost_ingest::run(seconds, &stop).and_then(|r| {
+            println!(
+                "vhost-user ingest, 64-byte frames from testpmd txonly (median of {seconds} one-second samples):\n  \
+                 xlane backend:      {:>10.0} pps at the frontend, {:>10.0} pps taken by the backend\n  \
+                 DPDK net_vhost:     {:>10.0} pps at the frontend, {:>10.0} pps taken by the backend\n  \
+                 xlane / DPDK: {:.2}x (goal >= 0.8x)",
+                r.xlane.frontend_tx_pps, r.xlane.backend_rx_pps, r.dpdk.frontend_tx_pps, r.dpdk.backend_rx_pps, r.ratio
+            );
+            match json {
+                Some(p) => std::fs::write(p, serde_json::to_vec_pretty(&r)?).map_err(Into::into),
+                None => Ok(()),
+            }
+        }),
         Cmd::CniLatency { pods, json } => cni_latency::run(pods).and_then(|v| match json {
             Some(p) => std::fs::write(p, serde_json::to_vec_pretty(&v)?).map_err(Into::into),
             None => Ok(()),

@@ -6,6 +6,7 @@ use crate::Netns;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Where Debian's `dpdk` package installs it.
@@ -15,6 +16,31 @@ pub const TESTPMD: &str = "/usr/bin/dpdk-testpmd";
 #[derive(Debug)]
 pub struct Testpmd {
     child: Option<Child>,
+    /// What its output said so far (read on a thread: it must never block on a full pipe).
+    seen: Arc<Mutex<Seen>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What testpmd printed: the periodic rates (`--stats-period`) and the final totals.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    tx_pps: Vec<u64>,
+    rx_pps: Vec<u64>,
+    totals: Counts,
+}
+
+impl Seen {
+    fn read(&mut self, line: &str, accumulated: &mut bool) {
+        let num = |key: &str| line.split(key).nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
+        *accumulated |= line.contains("Accumulated forward statistics");
+        if *accumulated {
+            self.totals.rx = num("RX-packets:").unwrap_or(self.totals.rx);
+            self.totals.tx = num("TX-packets:").unwrap_or(self.totals.tx);
+        } else {
+            self.tx_pps.extend(num("Tx-pps:"));
+            self.rx_pps.extend(num("Rx-pps:"));
+        }
+    }
 }
 
 /// Packets testpmd counted on its port over the whole run.
@@ -37,9 +63,11 @@ impl Testpmd {
         // DPDK's runtime files are keyed by the file prefix: unique per instance.
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let prefix = format!("xlane{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        let mut cmd = ns.map_or_else(|| Command::new(TESTPMD), |ns| ns.command(TESTPMD));
+        // Line-buffered output (stdbuf), so periodic statistics arrive as they are printed.
+        let mut cmd = ns.map_or_else(|| Command::new("stdbuf"), |ns| ns.command("stdbuf"));
         let core_arg = if cores.contains('@') { "--lcores" } else { "-l" };
-        let child = cmd
+        let mut child = cmd
+            .args(["-oL", TESTPMD])
             .args(["--no-huge", "-m", "512", "--no-pci", "--file-prefix", &prefix, core_arg, cores])
             .args(vdevs.iter().map(|v| format!("--vdev={v}")))
             .arg("--")
@@ -48,7 +76,31 @@ impl Testpmd {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
-        Ok(Self { child: Some(child) })
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let out = child.stdout.take().expect("piped");
+        let reader = {
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                let mut accumulated = false;
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read(&line, &mut accumulated);
+                }
+            })
+        };
+        Ok(Self { child: Some(child), seen, reader: Some(reader) })
+    }
+
+    /// The transmit rates (packets/s, summed over ports) it printed so far, one per
+    /// `--stats-period` and port.
+    #[must_use]
+    pub fn tx_pps(&self) -> Vec<u64> {
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tx_pps.clone()
+    }
+
+    /// The receive rates it printed so far, like [`tx_pps`](Self::tx_pps).
+    #[must_use]
+    pub fn rx_pps(&self) -> Vec<u64> {
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).rx_pps.clone()
     }
 
     /// Whether it is still running (it exits early on a bad device or a refused
@@ -61,23 +113,14 @@ impl Testpmd {
     /// already exited without them.
     #[must_use]
     pub fn finish(mut self) -> Counts {
-        let Some(mut c) = self.child.take() else { return Counts::default() };
-        let _ = c.stdin.take().map(|mut s| s.write_all(b"\n"));
-        let mut counts = Counts::default();
-        if let Some(out) = c.stdout.take() {
-            let mut accumulated = false;
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                accumulated |= line.contains("Accumulated forward statistics");
-                let num =
-                    |key: &str| line.split(key).nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
-                if accumulated {
-                    counts.rx = num("RX-packets:").unwrap_or(counts.rx);
-                    counts.tx = num("TX-packets:").unwrap_or(counts.tx);
-                }
-            }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.stdin.take().map(|mut s| s.write_all(b"\n"));
+            let _ = c.wait();
         }
-        let _ = c.wait();
-        counts
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).totals
     }
 }
 
@@ -86,7 +129,6 @@ impl Drop for Testpmd {
         if let Some(mut c) = self.child.take() {
             // testpmd without -i exits on Enter; SIGTERM by PID if it does not.
             let _ = c.stdin.take().map(|mut s| s.write_all(b"\n"));
-            drop(c.stdout.take());
             for _ in 0..100 {
                 if matches!(c.try_wait(), Ok(Some(_))) {
                     return;
