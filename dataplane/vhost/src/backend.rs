@@ -41,6 +41,8 @@ const RETRY_EVENT: u16 = 4;
 /// before its ring was enabled is lost, and a driver that posted all its buffers at
 /// start may not kick again until one is used.
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
+/// Chains taken from the guest's transmit ring before the dataplane is told: a burst.
+const TX_BUDGET: usize = 64;
 /// Ring size offered.
 const QUEUE_SIZE: usize = 1024;
 
@@ -216,6 +218,12 @@ impl PortIo {
         self.ready.as_raw_fd()
     }
 
+    /// Whether frames from the guest are waiting.
+    #[must_use]
+    pub fn guest_frames_waiting(&self) -> bool {
+        !self.from_guest.is_empty()
+    }
+
     /// Reset [`ready_fd`](Self::ready_fd) before draining the queue.
     pub fn clear_ready(&self) {
         let _ = self.ready.read();
@@ -305,19 +313,22 @@ impl NetBackend {
             }
             let tally = {
                 let mut state = vring.get_mut();
-                net::drain_tx(state.get_queue_mut(), &*mem, &mut ToDataplane { io: &self.io, current: None })
+                let mut sink = ToDataplane { io: &self.io, current: None };
+                net::drain_tx(state.get_queue_mut(), &*mem, &mut sink, TX_BUDGET)
             };
             let c = &self.io.counters;
             c.from_guest.fetch_add(tally.frames, Ordering::Relaxed);
             c.malformed.fetch_add(tally.malformed, Ordering::Relaxed);
             c.dropped.fetch_add(tally.dropped, Ordering::Relaxed);
+            // Per budget, not per pass: the dataplane starts on these while we read more.
             if tally.frames > 0 {
                 let _ = self.io.ready.write(1);
             }
-            if tally.frames + tally.malformed + tally.dropped > 0
-                && vring.needs_notification().map_err(io::Error::other)?
-            {
+            if tally.chains > 0 && vring.needs_notification().map_err(io::Error::other)? {
                 vring.signal_used_queue()?;
+            }
+            if tally.chains == TX_BUDGET {
+                continue;
             }
             if !self.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
                 return Ok(());

@@ -3,9 +3,9 @@
 //! receive buffers (VIRTIO_NET_F_MRG_RXBUF). No offloads are offered, so a guest sends
 //! complete frames with finished checksums and expects the same.
 
-use std::io::{Read as _, Write as _};
-use virtio_queue::{QueueT, Reader, Writer};
-use vm_memory::GuestMemory;
+use virtio_queue::QueueT;
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Address as _, Bytes as _, GuestMemory};
 
 /// `sizeof(struct virtio_net_hdr_v1)`.
 pub const HDR_LEN: usize = 12;
@@ -28,20 +28,39 @@ pub struct Tally {
     pub malformed: u64,
     /// Frames dropped for want of a dataplane buffer.
     pub dropped: u64,
+    /// Chains taken from the ring (the pass stopped at its budget if this equals it).
+    pub chains: usize,
 }
 
-/// A frame from the guest, header skipped, into `buf`; `None` if the chain's size is not
-/// that of a frame or it cannot be read.
-fn read_frame<B: vm_memory::bitmap::BitmapSlice>(mut r: Reader<'_, B>, buf: &mut [u8]) -> Option<usize> {
-    let total = r.available_bytes();
-    if !(HDR_LEN + MIN_FRAME..=HDR_LEN + MAX_FRAME).contains(&total) || buf.len() < total - HDR_LEN {
-        return None;
+/// A frame from the guest, header skipped, into `buf`; `None` if the chain is not a
+/// frame (too short or long, device-writable, outside guest memory). Walks the
+/// descriptors directly: virtio-queue's `Reader` would collect them into a fresh vector
+/// for every frame, an allocation per packet.
+fn read_frame<M: GuestMemory>(chain: impl Iterator<Item = Descriptor>, mem: &M, buf: &mut [u8]) -> Option<usize> {
+    let mut skip = HDR_LEN;
+    let mut len = 0;
+    let room = buf.len().min(MAX_FRAME);
+    for d in chain {
+        if d.is_write_only() {
+            return None;
+        }
+        let mut n = d.len() as usize;
+        let mut addr = d.addr();
+        if skip > 0 {
+            let s = skip.min(n);
+            (skip, n) = (skip - s, n - s);
+            addr = addr.checked_add(s as u64)?;
+        }
+        if n == 0 {
+            continue;
+        }
+        if len + n > room {
+            return None;
+        }
+        mem.read_slice(&mut buf[len..len + n], addr).ok()?;
+        len += n;
     }
-    let mut hdr = [0u8; HDR_LEN];
-    r.read_exact(&mut hdr).ok()?;
-    let len = total - HDR_LEN;
-    r.read_exact(&mut buf[..len]).ok()?;
-    Some(len)
+    (skip == 0 && len >= MIN_FRAME).then_some(len)
 }
 
 /// Where frames from the guest go: straight into the buffers the dataplane processes,
@@ -54,16 +73,21 @@ pub trait FrameSink {
     fn commit(&mut self, len: usize);
 }
 
-/// Take every available chain of the transmit queue `q`: each valid frame is read into
-/// a buffer of `sink`, every chain is returned to the guest as used. Returns what
-/// happened; the caller signals the guest if [`QueueT::needs_notification`] says so.
-pub fn drain_tx<Q: QueueT, M: GuestMemory>(q: &mut Q, mem: &M, sink: &mut impl FrameSink) -> Tally {
+/// Take up to `budget` available chains of the transmit queue `q`: each valid frame is
+/// read into a buffer of `sink`, every chain is returned to the guest as used. Returns
+/// what happened; the caller signals the guest if [`QueueT::needs_notification`] says
+/// so. The budget bounds a pass: a guest that keeps its ring full would otherwise keep
+/// one pass going forever, and the dataplane would hear of its frames only at the end.
+pub fn drain_tx<Q: QueueT, M: GuestMemory>(q: &mut Q, mem: &M, sink: &mut impl FrameSink, budget: usize) -> Tally {
     let mut tally = Tally::default();
-    while let Some(chain) = q.pop_descriptor_chain(mem) {
+    while tally.chains < budget
+        && let Some(chain) = q.pop_descriptor_chain(mem)
+    {
+        tally.chains += 1;
         let head = chain.head_index();
         match sink.buffer() {
             None => tally.dropped += 1,
-            Some(buf) => match Reader::new(mem, chain).ok().and_then(|r| read_frame(r, buf)) {
+            Some(buf) => match read_frame(chain, mem, buf) {
                 Some(len) => {
                     sink.commit(len);
                     tally.frames += 1;
@@ -109,7 +133,6 @@ pub fn deliver_rx<Q: QueueT, M: GuestMemory>(q: &mut Q, mem: &M, frame: &[u8], m
     let need = HDR_LEN + frame.len();
     let most = if mergeable { MAX_RX_BUFFERS } else { 1 };
     // Count the buffers it takes without consuming them: pop, measure, rewind.
-    let mut caps = [0usize; MAX_RX_BUFFERS];
     let mut n = 0;
     let mut room = 0;
     while room < need && n < most {
@@ -118,15 +141,14 @@ pub fn deliver_rx<Q: QueueT, M: GuestMemory>(q: &mut Q, mem: &M, frame: &[u8], m
             return Err(RxError::NoBuffers);
         };
         let head = chain.head_index();
-        match Writer::new(mem, chain) {
-            Ok(w) if n > 0 || w.available_bytes() >= HDR_LEN => {
-                caps[n] = w.available_bytes();
-                room += caps[n];
+        match writable(chain, mem) {
+            Some(cap) if n > 0 || cap >= HDR_LEN => {
+                room += cap;
                 n += 1;
             }
             _ => {
                 // Unusable (outside guest memory, read-only, shorter than a header): give
-                // back whatever was measured so far, and this one as used and empty.
+                // back whatever was measured so far, and this one, as used and empty.
                 q.set_next_avail(start);
                 for _ in 0..n {
                     let _ = q.pop_descriptor_chain(mem).map(|c| q.add_used(mem, c.head_index(), 0));
@@ -145,23 +167,51 @@ pub fn deliver_rx<Q: QueueT, M: GuestMemory>(q: &mut Q, mem: &M, frame: &[u8], m
     }
     let mut hdr = [0u8; HDR_LEN];
     hdr[NUM_BUFFERS..].copy_from_slice(&u16::try_from(n).expect("at most 64").to_le_bytes());
-    let mut rest: &[u8] = frame;
-    for (i, &cap) in caps[..n].iter().enumerate() {
+    // The header, then the frame, poured across the buffers in order.
+    let mut parts = [&hdr[..], frame];
+    for _ in 0..n {
         let chain = q.pop_descriptor_chain(mem).ok_or(RxError::Malformed)?;
         let head = chain.head_index();
-        let mut w = Writer::new(mem, chain).map_err(|_| RxError::Malformed)?;
-        let mut used = 0;
-        if i == 0 {
-            w.write_all(&hdr).map_err(|_| RxError::Malformed)?;
-            used = HDR_LEN;
-        }
-        let take = (cap - used).min(rest.len());
-        w.write_all(&rest[..take]).map_err(|_| RxError::Malformed)?;
-        rest = &rest[take..];
-        used += take;
+        let used = fill(chain, mem, &mut parts).ok_or(RxError::Malformed)?;
         q.add_used(mem, head, u32::try_from(used).expect("a frame is small")).map_err(|_| RxError::Malformed)?;
     }
     Ok(())
+}
+
+/// Bytes the device may write into `chain`; `None` if a descriptor is device-readable or
+/// lies outside guest memory.
+fn writable<M: GuestMemory>(chain: impl Iterator<Item = Descriptor>, mem: &M) -> Option<usize> {
+    let mut cap = 0usize;
+    for d in chain {
+        if !d.is_write_only() || !mem.check_range(d.addr(), d.len() as usize, vm_memory::Permissions::Write) {
+            return None;
+        }
+        cap = cap.checked_add(d.len() as usize)?;
+    }
+    Some(cap)
+}
+
+/// Write the front of `parts` into `chain`'s buffers, consuming what was written;
+/// returns how many bytes.
+fn fill<M: GuestMemory>(chain: impl Iterator<Item = Descriptor>, mem: &M, parts: &mut [&[u8]; 2]) -> Option<usize> {
+    let mut used = 0;
+    for d in chain {
+        let (mut addr, mut room) = (d.addr(), d.len() as usize);
+        for part in parts.iter_mut() {
+            let k = room.min(part.len());
+            if k == 0 {
+                continue;
+            }
+            mem.write_slice(&part[..k], addr).ok()?;
+            *part = &part[k..];
+            addr = addr.checked_add(k as u64)?;
+            (room, used) = (room - k, used + k);
+        }
+        if parts.iter().all(|p| p.is_empty()) {
+            break;
+        }
+    }
+    Some(used)
 }
 
 #[cfg(test)]
@@ -172,7 +222,7 @@ mod tests {
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::desc::split::Descriptor as SplitDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes as _, GuestAddress, GuestMemoryMmap};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     const NEXT: u16 = 1;
     const WRITE: u16 = 2;
@@ -229,8 +279,8 @@ mod tests {
             .unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let mut sink = Collect::new(8);
-        let t = drain_tx(&mut q, &mem, &mut sink);
-        assert_eq!(t, Tally { frames: 1, malformed: 0, dropped: 0 });
+        let t = drain_tx(&mut q, &mem, &mut sink, 64);
+        assert_eq!(t, Tally { frames: 1, malformed: 0, dropped: 0, chains: 1 });
         assert_eq!(sink.got, vec![f]);
         assert_eq!(used_idx(&vq), 1, "the chain went back to the guest");
     }
@@ -253,7 +303,7 @@ mod tests {
         .unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let mut sink = Collect::new(8);
-        let t = drain_tx(&mut q, &mem, &mut sink);
+        let t = drain_tx(&mut q, &mem, &mut sink, 64);
         assert_eq!((t.frames, t.malformed), (0, 3));
         assert!(sink.got.is_empty());
         assert_eq!(used_idx(&vq), 3);
@@ -268,8 +318,8 @@ mod tests {
         vq.add_desc_chains(&[desc(0x1_0000, 72, 0, 0), desc(0x1_0000, 72, 0, 0)], 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let mut sink = Collect::new(1);
-        let t = drain_tx(&mut q, &mem, &mut sink);
-        assert_eq!(t, Tally { frames: 1, malformed: 0, dropped: 1 });
+        let t = drain_tx(&mut q, &mem, &mut sink, 64);
+        assert_eq!(t, Tally { frames: 1, malformed: 0, dropped: 1, chains: 2 });
         assert_eq!(used_idx(&vq), 2, "the guest gets both buffers back");
     }
 
@@ -337,7 +387,7 @@ mod tests {
                 vq.add_desc_chains(&raw, 0).unwrap();
                 let mut q: Queue = vq.create_queue().unwrap();
                 if dir == 0 {
-                    let _ = drain_tx(&mut q, &mem, &mut Collect::new(16));
+                    let _ = drain_tx(&mut q, &mem, &mut Collect::new(16), 64);
                 } else {
                     for _ in 0..4 {
                         let _ = deliver_rx(&mut q, &mem, &frame(frame_len.max(14)), mergeable);

@@ -282,6 +282,10 @@ impl Worker {
                 self.publish();
                 last_publish = Instant::now();
             }
+            // Never sleep on a guest's frames: its backend signals new ones, not old ones.
+            if idle >= IDLE_SPINS && self.vports.iter().any(|v| v.spec.poll_rx && v.spec.io.guest_frames_waiting()) {
+                idle = 0;
+            }
             if idle >= IDLE_SPINS && !self.cfg.busy_poll {
                 self.sleep();
                 idle = 0;

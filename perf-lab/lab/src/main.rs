@@ -193,8 +193,8 @@ fn main() {
         Cmd::VhostIngest { seconds, json } => vhost_ingest::run(seconds, &stop).and_then(|r| {
             println!(
                 "vhost-user ingest, 64-byte frames from testpmd txonly (median of {seconds} one-second samples):\n  \
-                 xlane backend:      {:>10.0} pps at the frontend, {:>10.0} pps taken by the backend\n  \
-                 DPDK net_vhost:     {:>10.0} pps at the frontend, {:>10.0} pps taken by the backend\n  \
+                 xlane backend:      {:>10.0} pps at the frontend, {:>10.0} pps through the pipeline\n  \
+                 DPDK net_vhost:     {:>10.0} pps at the frontend, {:>10.0} pps received\n  \
                  xlane / DPDK: {:.2}x (goal >= 0.8x)",
                 r.xlane.frontend_tx_pps, r.xlane.backend_rx_pps, r.dpdk.frontend_tx_pps, r.dpdk.backend_rx_pps, r.ratio
             );

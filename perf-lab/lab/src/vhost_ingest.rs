@@ -26,7 +26,8 @@ const WARMUP_SAMPLES: usize = 2;
 pub struct Backend {
     /// Median of the frontend's per-second transmit rate, packets/s.
     pub frontend_tx_pps: f64,
-    /// What the backend took from the guest per second over the same window.
+    /// What the backend delivered per second over the same window: for xlane, frames
+    /// through the pipeline; for DPDK, testpmd's receive rate.
     pub backend_rx_pps: f64,
     /// Per-second samples of the frontend's rate.
     pub samples: Vec<u64>,
@@ -90,9 +91,11 @@ fn pin_process(pid: u32, core: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn from_guest(xlaned: &Path) -> anyhow::Result<u64> {
+/// Frames of the VM pod's port that went through the pipeline (not merely read from the
+/// ring: frames the backend could not queue for a worker are drops, not throughput).
+fn processed(xlaned: &Path) -> anyhow::Result<u64> {
     match Client::connect(xlaned)?.call(Op::Dump { table: Table::Ports })? {
-        Reply::Ports { ports } => Ok(ports.iter().filter_map(|p| p.vhost_user.as_ref()).map(|v| v.from_guest).sum()),
+        Reply::Ports { ports } => Ok(ports.iter().filter(|p| p.vhost_user.is_some()).map(|p| p.rx).sum()),
         other => anyhow::bail!("xlaned: {other:?}"),
     }
 }
@@ -117,10 +120,10 @@ fn xlane(seconds: u32, dir: &Path, stop: &AtomicBool) -> anyhow::Result<Backend>
     // as testpmd rxonly frees what it receives.
     let t = frontend(&sock, vm_ip, Ipv4Addr::new(10, 244, 250, 1), gateway)?;
     std::thread::sleep(Duration::from_secs(1));
-    let before = (from_guest(&xl)?, std::time::Instant::now());
+    let before = (processed(&xl)?, std::time::Instant::now());
     let samples = run_for(&t, seconds, stop)?;
     #[expect(clippy::cast_precision_loss, reason = "rates")]
-    let backend_rx_pps = (from_guest(&xl)? - before.0) as f64 / before.1.elapsed().as_secs_f64();
+    let backend_rx_pps = (processed(&xl)? - before.0) as f64 / before.1.elapsed().as_secs_f64();
     drop(t);
     Ok(Backend { frontend_tx_pps: median(&samples), backend_rx_pps, samples })
 }
