@@ -377,17 +377,15 @@ fn vm_pods_attach_through_vhost_user() {
     assert!(rt.exec(node0, "CHECK", &vm, &conf).unwrap().success);
 
     // The VM's frontend connects; a pod on the other node reaches the guest.
-    let guest = Testpmd::spawn(
+    let mut guest = Testpmd::spawn(
         None,
         "0-1",
         &[&format!("net_virtio_user0,path={},queues=1,mac={mac}", socket.display())],
         &["--forward-mode=icmpecho", "--stats-period=0", "--total-num-mbufs=8192"],
     )
     .unwrap();
-    xlane_netlab::process::wait_for("the guest's frontend", std::time::Duration::from_secs(20), || {
-        port(&s).and_then(|p| p.vhost_user).is_some_and(|v| v.connected)
-    });
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    guest.wait_forwarding(std::time::Duration::from_secs(60)).unwrap();
+    assert!(port(&s).and_then(|p| p.vhost_user).is_some_and(|v| v.connected), "the guest's frontend is connected");
     let pod = s.attach_pod(1, "web").unwrap();
     pod.ns.ping(&ip, 5).expect("veth pod to VM pod across nodes");
 

@@ -148,6 +148,8 @@ struct VPort {
     spec: VhostSpec,
     /// Frames from other ports to copy into the guest's queue after the current burst.
     pending: ArrayVec<(RxFrame, u32, u32), BURST>,
+    /// Frames were queued for the guest in the current burst: wake its backend.
+    wake: bool,
 }
 
 /// Where a port id's frames go.
@@ -326,7 +328,7 @@ impl Worker {
             }
             Command::AddVhost(spec, reply) => {
                 tracing::debug!(worker = self.index, port = %spec.id, poll_rx = spec.poll_rx, "vhost-user port added");
-                self.vports.push(VPort { spec, pending: ArrayVec::new() });
+                self.vports.push(VPort { spec, pending: ArrayVec::new(), wake: false });
                 self.reindex();
                 let _ = reply.send(());
             }
@@ -489,7 +491,6 @@ impl Worker {
                 }
             }
             bump(&vports[vi].spec.stats.rx, n as u64);
-            let mut woken = 0u64;
             for (i, g) in guest.iter().enumerate() {
                 let Verdict::Tx(dst) = verdicts[i] else { continue };
                 let (head, len) = (placed[i].0 as usize, placed[i].1 as usize);
@@ -500,12 +501,12 @@ impl Worker {
                         None => bump(&ports[k].stats.tx_ring_full, 1),
                     },
                     Some(Dest::Vhost(v)) => {
-                        let to = &vports[v].spec;
-                        if to.io.push_to_guest(bytes) {
-                            bump(&to.stats.tx, 1);
-                            woken |= 1 << (v % 64);
+                        let to = &mut vports[v];
+                        if to.spec.io.push_to_guest(bytes) {
+                            bump(&to.spec.stats.tx, 1);
+                            to.wake = true;
                         } else {
-                            bump(&to.stats.tx_ring_full, 1);
+                            bump(&to.spec.stats.tx_ring_full, 1);
                         }
                     }
                     None => {}
@@ -514,10 +515,10 @@ impl Worker {
             for g in guest {
                 io.recycle(g);
             }
-            for (v, vp) in vports.iter().enumerate() {
-                if woken & (1 << (v % 64)) != 0 {
-                    vp.spec.io.wake_guest();
-                }
+            // One wake-up per guest and burst.
+            for vp in vports.iter_mut().filter(|v| v.wake) {
+                vp.spec.io.wake_guest();
+                vp.wake = false;
             }
             transmit_pending(ports, umem, pending);
             let _ = latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));

@@ -662,8 +662,6 @@ fn wait_connected(d: &Xlaned, ip: Ipv4Addr, n: u64) {
     loop {
         let v = vhost_port(d, ip).and_then(|p| p.vhost_user).expect("port listed");
         if v.connected && v.connections == n {
-            // The frontend connects, then sets its rings up: give it that moment.
-            std::thread::sleep(Duration::from_millis(500));
             return;
         }
         assert!(Instant::now() < deadline, "frontend {n} never connected: {v:?}\n{}", d.log());
@@ -730,7 +728,10 @@ fn vhost_user_pods_talk_to_each_other_and_to_a_veth_pod_on_another_node() {
             .map(|(i, (_, mac, sock))| format!("net_virtio_user{i},path={},queues=1,mac={mac}", sock.display()))
             .collect();
         let vdevs: Vec<&str> = vdevs.iter().map(String::as_str).collect();
-        Testpmd::spawn(None, "0-1", &vdevs, &app).unwrap()
+        let mut t = Testpmd::spawn(None, "0-1", &vdevs, &app).unwrap();
+        // Connected is not ready: the guest sets its rings up, then forwards.
+        t.wait_forwarding(Duration::from_secs(60)).unwrap();
+        t
     };
     let spoofed_before = xl.counters().drops["spoofed_source"];
     let vm = guests(true);

@@ -27,12 +27,15 @@ struct Seen {
     tx_pps: Vec<u64>,
     rx_pps: Vec<u64>,
     totals: Counts,
+    /// It said its ports are started and it forwards ("Press enter to exit").
+    forwarding: bool,
 }
 
 impl Seen {
     fn read(&mut self, line: &str, accumulated: &mut bool) {
         let num = |key: &str| line.split(key).nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
         *accumulated |= line.contains("Accumulated forward statistics");
+        self.forwarding |= line.contains("Press enter to exit");
         if *accumulated {
             self.totals.rx = num("RX-packets:").unwrap_or(self.totals.rx);
             self.totals.tx = num("TX-packets:").unwrap_or(self.totals.tx);
@@ -88,6 +91,27 @@ impl Testpmd {
             })
         };
         Ok(Self { child: Some(child), seen, reader: Some(reader) })
+    }
+
+    /// Wait until it forwards: its ports are set up (for a virtio-user port: the rings
+    /// are in place and filled) and its forwarding loop runs.
+    ///
+    /// # Errors
+    /// It exited, or `timeout` passed.
+    pub fn wait_forwarding(&mut self, timeout: Duration) -> std::io::Result<()> {
+        let t0 = std::time::Instant::now();
+        loop {
+            if self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).forwarding {
+                return Ok(());
+            }
+            if !self.running() {
+                return Err(std::io::Error::other("dpdk-testpmd exited before forwarding"));
+            }
+            if t0.elapsed() > timeout {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "dpdk-testpmd is not forwarding"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The transmit rates (packets/s, summed over ports) it printed so far, one per
