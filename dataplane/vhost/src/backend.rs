@@ -8,6 +8,7 @@
 
 use crate::net::{self, FrameSink, MAX_FRAME, RxError};
 use crate::relay;
+use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
 use std::io;
 use std::os::fd::AsRawFd as _;
@@ -41,8 +42,6 @@ const RETRY_EVENT: u16 = 4;
 /// before its ring was enabled is lost, and a driver that posted all its buffers at
 /// start may not kick again until one is used.
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
-/// Chains taken from the guest's transmit ring before the dataplane is told: a burst.
-const TX_BUDGET: usize = 64;
 /// Ring size offered.
 const QUEUE_SIZE: usize = 1024;
 
@@ -116,15 +115,22 @@ pub struct PortCounters {
     pub connected: AtomicBool,
 }
 
+/// The guest's transmit ring and memory, shared with the dataplane once the guest has
+/// kicked it: the dataplane thread reads frames straight out of the ring (one copy, into
+/// its own buffers), with no thread or queue in between — as DPDK's vhost does.
+struct GuestTx {
+    vring: VringRwLock,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+}
+
 /// What the dataplane and a backend share.
-#[derive(Debug)]
 pub struct PortIo {
-    from_guest: ArrayQueue<Frame>,
+    guest_tx: ArcSwapOption<GuestTx>,
     to_guest: ArrayQueue<Frame>,
     pool: ArrayQueue<Frame>,
     /// Written by the dataplane when frames for the guest are queued.
     wake: EventFd,
-    /// Written by the backend when frames from the guest are queued.
+    /// Written by the backend when the guest kicked its transmit ring.
     ready: EventFd,
     /// Counters.
     pub counters: PortCounters,
@@ -141,7 +147,7 @@ impl PortIo {
             let _ = pool.push(Frame::new());
         }
         Ok(Arc::new(Self {
-            from_guest: ArrayQueue::new(capacity),
+            guest_tx: ArcSwapOption::empty(),
             to_guest: ArrayQueue::new(capacity),
             pool,
             wake: EventFd::new(EFD_NONBLOCK)?,
@@ -188,78 +194,86 @@ impl PortIo {
         queued
     }
 
-    /// The next frame from the guest; give it back with [`recycle`](Self::recycle).
+    /// Read up to `budget` frames the guest transmitted into `sink` (the one copy out of
+    /// guest memory) and give the guest its buffers back. Only one thread may call this
+    /// for a port (the one that owns its receive side).
+    pub fn drain_from_guest(&self, sink: &mut impl FrameSink, budget: usize) -> net::Tally {
+        let guard = self.guest_tx.load();
+        let Some(tx) = guard.as_ref() else { return net::Tally::default() };
+        let mem = tx.mem.memory();
+        let tally = {
+            let mut state = tx.vring.get_mut();
+            net::drain_tx(state.get_queue_mut(), &*mem, sink, budget)
+        };
+        let c = &self.counters;
+        c.from_guest.fetch_add(tally.frames, Ordering::Relaxed);
+        c.malformed.fetch_add(tally.malformed, Ordering::Relaxed);
+        c.dropped.fetch_add(tally.dropped, Ordering::Relaxed);
+        // An interrupt only if the guest asked for one (a polling guest does not).
+        if tally.chains > 0 && tx.vring.needs_notification().unwrap_or(true) {
+            let _ = tx.vring.signal_used_queue();
+        }
+        tally
+    }
+
+    /// Before the dataplane thread sleeps: ask the guest to kick on its next frame (the
+    /// kick makes [`ready_fd`](Self::ready_fd) readable). True if frames arrived
+    /// meanwhile: do not sleep.
     #[must_use]
-    pub fn take_from_guest(&self) -> Option<Frame> {
-        self.from_guest.pop()
+    pub fn arm_guest_kick(&self) -> bool {
+        self.guest_tx.load().as_ref().is_some_and(|tx| tx.vring.enable_notification().unwrap_or(true))
     }
 
-    /// Return a frame taken with [`take_from_guest`](Self::take_from_guest).
-    pub fn recycle(&self, frame: Frame) {
-        let _ = self.pool.push(frame);
+    /// The dataplane thread polls again: the guest need not kick.
+    pub fn disarm_guest_kick(&self) {
+        if let Some(tx) = self.guest_tx.load().as_ref() {
+            let _ = tx.vring.disable_notification();
+        }
     }
 
-    /// Hand up to `max` frames from the guest to `f`; how many.
-    pub fn recv_from_guest(&self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
+    /// Hand up to `max` frames from the guest to `f`; how many (for tests and tools:
+    /// the dataplane uses [`drain_from_guest`](Self::drain_from_guest)).
+    pub fn recv_from_guest(&self, max: usize, f: impl FnMut(&[u8])) -> usize {
+        struct Each<F> {
+            buf: Box<[u8; MAX_FRAME]>,
+            f: F,
+        }
+        impl<F: FnMut(&[u8])> FrameSink for Each<F> {
+            fn buffer(&mut self) -> Option<&mut [u8]> {
+                Some(&mut self.buf[..])
+            }
+            fn commit(&mut self, len: usize) {
+                (self.f)(&self.buf[..len]);
+            }
+        }
+        let mut sink = Each { buf: Box::new([0; MAX_FRAME]), f };
         let mut n = 0;
         while n < max {
-            let Some(frame) = self.take_from_guest() else { break };
-            f(frame.bytes());
-            self.recycle(frame);
-            n += 1;
+            let t = self.drain_from_guest(&mut sink, (max - n).min(256));
+            if t.chains == 0 {
+                break;
+            }
+            n += usize::try_from(t.frames).unwrap_or(usize::MAX);
         }
         n
     }
 
-    /// Readable when frames from the guest have been queued: a sleeping dataplane
-    /// thread polls it.
+    /// Readable when the guest kicked its transmit ring (after
+    /// [`arm_guest_kick`](Self::arm_guest_kick)): a sleeping dataplane thread polls it.
     #[must_use]
     pub fn ready_fd(&self) -> std::os::fd::RawFd {
         self.ready.as_raw_fd()
     }
 
-    /// Whether frames from the guest are waiting.
-    #[must_use]
-    pub fn guest_frames_waiting(&self) -> bool {
-        !self.from_guest.is_empty()
-    }
-
-    /// Reset [`ready_fd`](Self::ready_fd) before draining the queue.
+    /// Reset [`ready_fd`](Self::ready_fd) before polling the ring again.
     pub fn clear_ready(&self) {
         let _ = self.ready.read();
     }
 }
 
-/// Frames from the guest straight into pool buffers (the one copy out of guest memory).
-struct ToDataplane<'a> {
-    io: &'a PortIo,
-    current: Option<Frame>,
-}
-
-impl FrameSink for ToDataplane<'_> {
-    fn buffer(&mut self) -> Option<&mut [u8]> {
-        if self.current.is_none() {
-            self.current = self.io.pool.pop();
-        }
-        self.current.as_mut().map(|f| &mut f.data[HEADROOM..])
-    }
-
-    fn commit(&mut self, len: usize) {
-        if let Some(mut f) = self.current.take() {
-            (f.head, f.len) = (HEADROOM, len);
-            if let Err(f) = self.io.from_guest.push(f) {
-                let _ = self.io.pool.push(f);
-                self.io.count_drop();
-            }
-        }
-    }
-}
-
-impl Drop for ToDataplane<'_> {
-    fn drop(&mut self) {
-        if let Some(f) = self.current.take() {
-            let _ = self.io.pool.push(f);
-        }
+impl std::fmt::Debug for PortIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortIo").field("counters", &self.counters).finish_non_exhaustive()
     }
 }
 
@@ -305,35 +319,13 @@ impl NetBackend {
         })
     }
 
-    fn process_tx(&mut self, vring: &VringRwLock) -> io::Result<()> {
-        let mem = self.mem.memory();
-        loop {
-            if self.event_idx {
-                vring.disable_notification().map_err(io::Error::other)?;
-            }
-            let tally = {
-                let mut state = vring.get_mut();
-                let mut sink = ToDataplane { io: &self.io, current: None };
-                net::drain_tx(state.get_queue_mut(), &*mem, &mut sink, TX_BUDGET)
-            };
-            let c = &self.io.counters;
-            c.from_guest.fetch_add(tally.frames, Ordering::Relaxed);
-            c.malformed.fetch_add(tally.malformed, Ordering::Relaxed);
-            c.dropped.fetch_add(tally.dropped, Ordering::Relaxed);
-            // Per budget, not per pass: the dataplane starts on these while we read more.
-            if tally.frames > 0 {
-                let _ = self.io.ready.write(1);
-            }
-            if tally.chains > 0 && vring.needs_notification().map_err(io::Error::other)? {
-                vring.signal_used_queue()?;
-            }
-            if tally.chains == TX_BUDGET {
-                continue;
-            }
-            if !self.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
-                return Ok(());
-            }
+    /// The guest kicked its transmit ring: share the ring with the dataplane (once per
+    /// connection) and wake it; it reads the frames itself.
+    fn on_tx_kick(&self, vring: &VringRwLock) {
+        if self.io.guest_tx.load().is_none() {
+            self.io.guest_tx.store(Some(Arc::new(GuestTx { vring: vring.clone(), mem: self.mem.clone() })));
         }
+        let _ = self.io.ready.write(1);
     }
 
     fn process_rx(&mut self, vring: &VringRwLock) -> io::Result<()> {
@@ -386,8 +378,10 @@ impl Drop for NetBackend {
         // goes back to the pool (the frame is a counted drop).
         if let Some(f) = self.pending.take() {
             self.io.count_drop();
-            self.io.recycle(f);
+            let _ = self.io.pool.push(f);
         }
+        // The frontend is gone: the dataplane stops reading its ring.
+        self.io.guest_tx.store(None);
     }
 }
 
@@ -479,7 +473,10 @@ impl VhostUserBackendMut for NetBackend {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }
         match device_event {
-            TX_QUEUE => self.process_tx(&vrings[usize::from(TX_QUEUE)]),
+            TX_QUEUE => {
+                self.on_tx_kick(&vrings[usize::from(TX_QUEUE)]);
+                Ok(())
+            }
             RX_QUEUE | WAKE_EVENT => self.process_rx(&vrings[usize::from(RX_QUEUE)]),
             RETRY_EVENT => {
                 // Consume the expirations, then try again.

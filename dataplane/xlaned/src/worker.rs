@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use xlane_engine::{BURST, CoreCounters, Frame, Pipeline, Verdict};
 use xlane_fib::{FibHandle, PortId};
-use xlane_vhost::backend::{Frame as GuestFrame, PortIo};
+use xlane_vhost::backend::PortIo;
 use xlane_xdp::attach::XdpAttachment;
 use xlane_xdp::xsk::{BindMode, RxFrame, SocketStats, Umem, UmemSettings, XskPort, wait_readable};
 
@@ -148,8 +148,6 @@ struct VPort {
     spec: VhostSpec,
     /// Frames from other ports to copy into the guest's queue after the current burst.
     pending: ArrayVec<(RxFrame, u32, u32), BURST>,
-    /// Frames were queued for the guest in the current burst: wake its backend.
-    wake: bool,
 }
 
 /// Where a port id's frames go.
@@ -284,10 +282,6 @@ impl Worker {
                 self.publish();
                 last_publish = Instant::now();
             }
-            // Never sleep on a guest's frames: its backend signals new ones, not old ones.
-            if idle >= IDLE_SPINS && self.vports.iter().any(|v| v.spec.poll_rx && v.spec.io.guest_frames_waiting()) {
-                idle = 0;
-            }
             if idle >= IDLE_SPINS && !self.cfg.busy_poll {
                 self.sleep();
                 idle = 0;
@@ -300,6 +294,15 @@ impl Worker {
     }
 
     fn sleep(&mut self) {
+        // Guests kick their rings only when asked; if one queued frames meanwhile, poll on.
+        let mut armed = false;
+        for v in self.vports.iter().filter(|v| v.spec.poll_rx) {
+            armed |= v.spec.io.arm_guest_kick();
+        }
+        if armed {
+            self.disarm_guests();
+            return;
+        }
         let mut fds: Vec<RawFd> = self.ports.iter().map(|p| p.xsk.poll_fd()).collect();
         fds.extend(self.vports.iter().filter(|v| v.spec.poll_rx).map(|v| v.spec.io.ready_fd()));
         fds.push(self.wake.as_raw_fd());
@@ -313,10 +316,14 @@ impl Worker {
             tracing::warn!(worker = self.index, error = %e, "poll failed");
         }
         let _ = self.wake.read();
-        for v in &self.vports {
-            if v.spec.poll_rx {
-                v.spec.io.clear_ready();
-            }
+        self.disarm_guests();
+    }
+
+    /// Polling again: guests need not kick.
+    fn disarm_guests(&self) {
+        for v in self.vports.iter().filter(|v| v.spec.poll_rx) {
+            v.spec.io.clear_ready();
+            v.spec.io.disarm_guest_kick();
         }
     }
 
@@ -328,7 +335,7 @@ impl Worker {
             }
             Command::AddVhost(spec, reply) => {
                 tracing::debug!(worker = self.index, port = %spec.id, poll_rx = spec.poll_rx, "vhost-user port added");
-                self.vports.push(VPort { spec, pending: ArrayVec::new(), wake: false });
+                self.vports.push(VPort { spec, pending: ArrayVec::new() });
                 self.reindex();
                 let _ = reply.send(());
             }
@@ -415,8 +422,6 @@ impl Worker {
         let fib = reader.current();
         let mut work = 0;
         let mut rx = [RxFrame { addr: 0, len: 0 }; BURST];
-        let mut verdicts = [Verdict::Drop(xlane_engine::DropReason::UnknownPort); BURST];
-        let mut placed = [(0u32, 0u32); BURST];
         for pi in 0..ports.len() {
             umem.reap_completions(&mut ports[pi].xsk);
             let n = umem.receive(&mut ports[pi].xsk, &mut rx);
@@ -429,34 +434,11 @@ impl Worker {
             if level < target {
                 umem.refill(&mut ports[pi].xsk, target - level, BURST);
             }
-            let t0 = Instant::now();
             work += n;
-            let ingress = ports[pi].id;
-            umem.frames_mut(&rx[..n], |bufs| {
-                let mut frames: ArrayVec<Frame<'_>, BURST> = ArrayVec::new();
-                for ((buf, off), fr) in bufs.iter_mut().zip(&rx[..n]) {
-                    let frame = Frame::new(buf, *off, fr.len as usize).expect("receive() checked the frame bounds");
-                    frames.push(frame);
-                }
-                pipeline.process(fib, ingress, &mut frames, &mut verdicts[..n]);
-                for (p, f) in placed.iter_mut().zip(&frames) {
-                    *p = span(f);
-                }
-            });
+            let t0 = Instant::now();
             bump(&ports[pi].stats.rx, n as u64);
-            for i in 0..n {
-                let out = (rx[i], placed[i].0, placed[i].1);
-                match verdicts[i] {
-                    Verdict::Tx(dst) => match by_id.get(usize::from(dst.0)).copied().flatten() {
-                        Some(Dest::Xsk(k)) => pending[k].push(out),
-                        Some(Dest::Vhost(v)) => vports[v].pending.push(out),
-                        None => umem.release(rx[i]),
-                    },
-                    Verdict::Drop(_) => umem.release(rx[i]),
-                }
-            }
-            transmit_pending(ports, umem, pending);
-            copy_to_guests(vports, umem);
+            let ingress = ports[pi].id;
+            Out { ports, vports, umem, by_id, pending }.forward(pipeline, fib, ingress, &rx[..n]);
             let _ = latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
             let _ = burst.record(n as u64);
         }
@@ -464,63 +446,36 @@ impl Worker {
             if !vports[vi].spec.poll_rx {
                 continue;
             }
-            let io = Arc::clone(&vports[vi].spec.io);
-            let mut guest: ArrayVec<GuestFrame, BURST> = ArrayVec::new();
-            while !guest.is_full() {
-                let Some(f) = io.take_from_guest() else { break };
-                guest.push(f);
+            // The guest's frames: one copy out of guest memory straight into UMEM frames
+            // (headroom kept for encapsulation), then the path of a socket's frames.
+            let mut fresh = [RxFrame { addr: 0, len: 0 }; BURST];
+            let mut k = 0;
+            while k < BURST
+                && let Some(f) = umem.alloc_with(GUEST_HEADROOM, &[])
+            {
+                fresh[k] = f;
+                k += 1;
             }
-            let n = guest.len();
+            let io = Arc::clone(&vports[vi].spec.io);
+            let (n, lens) = umem.frames_mut(&fresh[..k], |bufs| {
+                let mut sink = UmemSink { bufs, next: 0, lens: [0; BURST] };
+                let _ = io.drain_from_guest(&mut sink, k);
+                (sink.next, sink.lens)
+            });
+            for f in &fresh[n..k] {
+                umem.release(*f);
+            }
             if n == 0 {
                 continue;
             }
-            let t0 = Instant::now();
             work += n;
-            // The pipeline works on the backend's buffers in place (they have headroom
-            // for encapsulation); a frame is copied once more only into a UMEM frame to
-            // leave by a socket.
-            {
-                let mut frames: ArrayVec<Frame<'_>, BURST> = ArrayVec::new();
-                for g in &mut guest {
-                    let (head, len) = (g.head(), g.len());
-                    frames.push(Frame::new(g.buffer_mut(), head, len).expect("the backend keeps frames in bounds"));
-                }
-                pipeline.process(fib, vports[vi].spec.id, &mut frames, &mut verdicts[..n]);
-                for (p, f) in placed.iter_mut().zip(&frames) {
-                    *p = span(f);
-                }
+            let t0 = Instant::now();
+            for i in 0..n {
+                rx[i] = RxFrame { addr: fresh[i].addr, len: lens[i] };
             }
             bump(&vports[vi].spec.stats.rx, n as u64);
-            for (i, g) in guest.iter().enumerate() {
-                let Verdict::Tx(dst) = verdicts[i] else { continue };
-                let (head, len) = (placed[i].0 as usize, placed[i].1 as usize);
-                let bytes = &g.buffer()[head..head + len];
-                match by_id.get(usize::from(dst.0)).copied().flatten() {
-                    Some(Dest::Xsk(k)) => match umem.alloc_with(0, bytes) {
-                        Some(fr) => pending[k].push((fr, 0, placed[i].1)),
-                        None => bump(&ports[k].stats.tx_ring_full, 1),
-                    },
-                    Some(Dest::Vhost(v)) => {
-                        let to = &mut vports[v];
-                        if to.spec.io.push_to_guest(bytes) {
-                            bump(&to.spec.stats.tx, 1);
-                            to.wake = true;
-                        } else {
-                            bump(&to.spec.stats.tx_ring_full, 1);
-                        }
-                    }
-                    None => {}
-                }
-            }
-            for g in guest {
-                io.recycle(g);
-            }
-            // One wake-up per guest and burst.
-            for vp in vports.iter_mut().filter(|v| v.wake) {
-                vp.spec.io.wake_guest();
-                vp.wake = false;
-            }
-            transmit_pending(ports, umem, pending);
+            let ingress = vports[vi].spec.id;
+            Out { ports, vports, umem, by_id, pending }.forward(pipeline, fib, ingress, &rx[..n]);
             let _ = latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
             let _ = burst.record(n as u64);
         }
@@ -543,6 +498,70 @@ impl Worker {
                 p.stats.kernel.store(Arc::new(s));
             }
         }
+    }
+}
+
+/// Headroom in front of a guest's frame in its UMEM frame: room to encapsulate.
+const GUEST_HEADROOM: u32 = 256;
+
+/// A guest's frames read straight into lent UMEM frames.
+struct UmemSink<'a, 'b> {
+    bufs: &'a mut [(&'b mut [u8], usize)],
+    next: usize,
+    lens: [u32; BURST],
+}
+
+impl xlane_vhost::net::FrameSink for UmemSink<'_, '_> {
+    fn buffer(&mut self) -> Option<&mut [u8]> {
+        let (buf, off) = self.bufs.get_mut(self.next)?;
+        Some(&mut buf[*off..])
+    }
+
+    fn commit(&mut self, len: usize) {
+        self.lens[self.next] = u32::try_from(len).expect("a frame fits a UMEM frame");
+        self.next += 1;
+    }
+}
+
+/// Where a burst's frames go: the worker's sockets and vhost-user ports.
+struct Out<'a> {
+    ports: &'a mut [WPort],
+    vports: &'a mut [VPort],
+    umem: &'a mut Umem,
+    by_id: &'a [Option<Dest>],
+    pending: &'a mut [ArrayVec<(RxFrame, u32, u32), BURST>],
+}
+
+impl Out<'_> {
+    /// Run application-owned frames `rx` from `ingress` through the pipeline and send
+    /// each where its verdict says (dropped frames go back to the free list).
+    fn forward(&mut self, pipeline: &mut Pipeline, fib: &xlane_fib::Fib, ingress: PortId, rx: &[RxFrame]) {
+        let n = rx.len();
+        let mut verdicts = [Verdict::Drop(xlane_engine::DropReason::UnknownPort); BURST];
+        let mut placed = [(0u32, 0u32); BURST];
+        self.umem.frames_mut(rx, |bufs| {
+            let mut frames: ArrayVec<Frame<'_>, BURST> = ArrayVec::new();
+            for ((buf, off), fr) in bufs.iter_mut().zip(rx) {
+                frames.push(Frame::new(buf, *off, fr.len as usize).expect("frames lie inside their buffers"));
+            }
+            pipeline.process(fib, ingress, &mut frames, &mut verdicts[..n]);
+            for (p, f) in placed.iter_mut().zip(&frames) {
+                *p = span(f);
+            }
+        });
+        for i in 0..n {
+            let out = (rx[i], placed[i].0, placed[i].1);
+            match verdicts[i] {
+                Verdict::Tx(dst) => match self.by_id.get(usize::from(dst.0)).copied().flatten() {
+                    Some(Dest::Xsk(k)) => self.pending[k].push(out),
+                    Some(Dest::Vhost(v)) => self.vports[v].pending.push(out),
+                    None => self.umem.release(rx[i]),
+                },
+                Verdict::Drop(_) => self.umem.release(rx[i]),
+            }
+        }
+        transmit_pending(self.ports, self.umem, self.pending);
+        copy_to_guests(self.vports, self.umem);
     }
 }
 
