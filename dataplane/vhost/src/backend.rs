@@ -11,6 +11,7 @@ use crate::relay;
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
 use std::io;
+use std::num::Wrapping;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use vhost_user_backend::{ShutdownHandle, VhostUserBackendMut, VhostUserDaemon, V
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::QueueT as _;
 use vm_memory::{
     GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend as _, GuestMemoryMmap, GuestMemoryRegion as _,
 };
@@ -214,6 +216,22 @@ impl PortIo {
             let _ = tx.vring.signal_used_queue();
         }
         tally
+    }
+
+    /// Frames the guest has queued on its transmit ring and the dataplane has not read
+    /// yet (0 before the guest's first kick, or for a ring not set up): lets the
+    /// dataplane take buffers for exactly that many.
+    #[must_use]
+    pub fn guest_frames_waiting(&self) -> usize {
+        let guard = self.guest_tx.load();
+        let Some(tx) = guard.as_ref() else { return 0 };
+        let mem = tx.mem.memory();
+        let state = tx.vring.get_ref();
+        let q = state.get_queue();
+        if !q.ready() {
+            return 0;
+        }
+        q.avail_idx(&*mem, Ordering::Acquire).map_or(0, |avail| usize::from((avail - Wrapping(q.next_avail())).0))
     }
 
     /// Before the dataplane thread sleeps: ask the guest to kick on its next frame (the
