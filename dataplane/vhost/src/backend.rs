@@ -1,10 +1,12 @@
 //! The vhost-user-net backend: one per VM-based pod, serving its unix socket.
 //!
-//! Frames cross between the backend's thread and the dataplane through a [`PortIo`]:
-//! lock-free bounded queues of preallocated frame buffers (no allocation per packet),
-//! plus an eventfd that wakes the backend when frames for the guest are waiting. The
-//! backend thread copies between guest memory and those buffers (guest memory is not
-//! the dataplane's UMEM, so one copy each way is inherent to vhost-user).
+//! The dataplane and a backend share a [`PortIo`]. From the guest, the dataplane thread
+//! reads the guest's transmit ring itself (shared on the guest's first kick), one copy
+//! into its own buffers; the backend's thread only turns the guest's kicks into a
+//! wake-up while that thread sleeps. To the guest, frames go through a lock-free bounded
+//! queue of preallocated buffers (no allocation per packet) and an eventfd that wakes the
+//! backend's thread, which writes them into the guest's receive buffers. Guest memory is
+//! not the dataplane's UMEM, so one copy each way is inherent to vhost-user.
 
 use crate::net::{self, FrameSink, MAX_FRAME, RxError};
 use crate::relay;
@@ -47,56 +49,22 @@ const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
 /// Ring size offered.
 const QUEUE_SIZE: usize = 1024;
 
-/// Bytes kept free in front of every frame from the guest: the dataplane processes
-/// frames in place and encapsulation prepends the outer headers there.
-pub const HEADROOM: usize = 256;
-
-/// One frame buffer: the frame lies at `head..head + len`, headroom in front of it.
+/// One frame on its way to the guest.
 #[derive(Debug)]
 pub struct Frame {
-    head: usize,
     len: usize,
-    data: Box<[u8; HEADROOM + MAX_FRAME]>,
+    data: Box<[u8; MAX_FRAME]>,
 }
 
 impl Frame {
     fn new() -> Self {
-        Self { head: HEADROOM, len: 0, data: Box::new([0; HEADROOM + MAX_FRAME]) }
+        Self { len: 0, data: Box::new([0; MAX_FRAME]) }
     }
 
     /// The frame's bytes.
     #[must_use]
     pub fn bytes(&self) -> &[u8] {
-        &self.data[self.head..self.head + self.len]
-    }
-
-    /// Offset of the frame in [`buffer`](Self::buffer).
-    #[must_use]
-    pub fn head(&self) -> usize {
-        self.head
-    }
-
-    /// Length of the frame.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the frame is empty.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The whole buffer, headroom included.
-    #[must_use]
-    pub fn buffer(&self) -> &[u8] {
-        &self.data[..]
-    }
-
-    /// The whole buffer, for processing the frame in place.
-    pub fn buffer_mut(&mut self) -> &mut [u8] {
-        &mut self.data[..]
+        &self.data[..self.len]
     }
 }
 
@@ -109,7 +77,8 @@ pub struct PortCounters {
     pub to_guest: AtomicU64,
     /// Chains the frontend got back unusable.
     pub malformed: AtomicU64,
-    /// Frames dropped: the guest had no receive buffers, or a queue was full.
+    /// Frames dropped: the guest had no receive buffers, the queue to it was full, or
+    /// the dataplane had no buffer for a frame from it.
     pub dropped: AtomicU64,
     /// Frontend connections accepted.
     pub connections: AtomicU64,
@@ -139,7 +108,9 @@ pub struct PortIo {
 }
 
 impl PortIo {
-    /// Queues of `capacity` frames each way, all buffers allocated now.
+    /// A queue of `capacity` frames to the guest, its buffers allocated now: twice as
+    /// many, since frames also sit outside the queue (the one the backend keeps while
+    /// the guest has no buffer for it, one per worker in the middle of a push).
     ///
     /// # Errors
     /// The eventfds cannot be created.
@@ -170,8 +141,8 @@ impl PortIo {
             return false;
         };
         let n = bytes.len().min(MAX_FRAME);
-        f.data[HEADROOM..HEADROOM + n].copy_from_slice(&bytes[..n]);
-        (f.head, f.len) = (HEADROOM, n);
+        f.data[..n].copy_from_slice(&bytes[..n]);
+        f.len = n;
         match self.to_guest.push(f) {
             Ok(()) => true,
             Err(f) => {
