@@ -498,13 +498,7 @@ impl State {
             prefix_len: self.cfg.cluster_cidr.prefix_len(),
         });
         self.open_port(id, Role::Pod, &spec.ifname, Some(spec.ip), program)?;
-        let ep = Endpoint { ip: spec.ip, port: id, mac: eth(spec.mac), gateway_mac: eth(link.mac) };
-        if let Err(e) = self.tables.upsert_endpoint(ep) {
-            self.remove_port(id);
-            return Err(invalid(e.to_string()));
-        }
-        self.endpoints.insert(spec.ip, id);
-        let generation = self.publish();
+        let generation = self.route_endpoint(id, spec, link.mac)?;
         tracing::info!(ip = %spec.ip, ifname = %spec.ifname, port = %id, generation, "endpoint attached");
         Ok(Reply::EndpointReady { port: id.0, gateway_mac: link.mac, mtu: self.pod_mtu() })
     }
@@ -560,15 +554,21 @@ impl State {
             },
         );
         self.export_ports();
-        let ep = Endpoint { ip: spec.ip, port: id, mac: eth(spec.mac), gateway_mac: eth(VHOST_GATEWAY_MAC) };
+        let generation = self.route_endpoint(id, spec, VHOST_GATEWAY_MAC)?;
+        tracing::info!(ip = %spec.ip, name = %spec.ifname, socket = %socket.display(), port = %id, generation, "vhost-user endpoint attached");
+        Ok(ready(id, self.pod_mtu()))
+    }
+
+    /// Route the pod's address to its open port `id` and publish; if the tables refuse
+    /// the endpoint, the port is closed again. Returns the new generation.
+    fn route_endpoint(&mut self, id: PortId, spec: &EndpointSpec, gateway_mac: Mac) -> Result<u64, Failure> {
+        let ep = Endpoint { ip: spec.ip, port: id, mac: eth(spec.mac), gateway_mac: eth(gateway_mac) };
         if let Err(e) = self.tables.upsert_endpoint(ep) {
             self.remove_port(id);
             return Err(invalid(e.to_string()));
         }
         self.endpoints.insert(spec.ip, id);
-        let generation = self.publish();
-        tracing::info!(ip = %spec.ip, name = %spec.ifname, socket = %socket.display(), port = %id, generation, "vhost-user endpoint attached");
-        Ok(ready(id, self.pod_mtu()))
+        Ok(self.publish())
     }
 
     fn del_endpoint(&mut self, ip: Ipv4Addr) -> bool {
