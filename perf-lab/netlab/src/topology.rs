@@ -83,11 +83,15 @@ impl Lab {
     }
 
     /// As [`Lab::new`], with `queues` queues each way on every veth (uplinks and the
-    /// pods added later), for multi-worker dataplanes.
+    /// pods added later), for multi-worker dataplanes. What dead runs with the same
+    /// prefix left behind is swept first ([`crate::sweep::sweep`]).
     ///
     /// # Errors
     /// Namespace or interface setup failures.
     pub fn with_queues(prefix: &str, nodes: u8, queues: u16) -> io::Result<Self> {
+        // A run killed before its drops ran (SIGKILL, a CI timeout) left its namespaces
+        // and daemons: remove those of dead runs with this prefix before building anew.
+        crate::sweep::sweep(prefix)?;
         let fabric = Netns::new(&format!("{prefix}-fab"))?;
         fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
         fabric.ip(&["addr", "add", &format!("192.168.50.254/{UNDERLAY_PREFIX}"), "dev", "br0"])?;
