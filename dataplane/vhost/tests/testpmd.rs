@@ -67,13 +67,23 @@ impl Drop for Backend {
     }
 }
 
+/// Root and testpmd (a skip outside CI without them), one test at a time, and a port
+/// named `name` offering `mac`.
+fn setup(test: &str, name: &str, mac: [u8; 6]) -> Option<(std::sync::MutexGuard<'static, ()>, Backend)> {
+    if !xlane_netlab::privileged_with(test, &[TESTPMD]) {
+        return None;
+    }
+    let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Some((serial, Backend::start(name, mac)))
+}
+
 #[test]
 fn testpmd_frontend_both_ways_and_reconnect() {
-    if !xlane_netlab::privileged_with("testpmd_frontend_both_ways_and_reconnect", &[TESTPMD]) {
+    let Some((_serial, b)) =
+        setup("testpmd_frontend_both_ways_and_reconnect", "both", [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x09])
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let b = Backend::start("both", [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x09]);
+    };
     let (sock, io) = (b.sock(), b.io());
     // The guest transmits: every frame testpmd sent is read from its ring.
     let (sent, got) = guest_sends(sock, io);
@@ -82,8 +92,8 @@ fn testpmd_frontend_both_ways_and_reconnect() {
     assert_eq!(io.counters.malformed.load(Ordering::Relaxed), 0);
 
     // A second frontend after the first went away; now the guest receives.
-    let c = testpmd(sock, "rxonly");
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut c = testpmd(sock, "rxonly");
+    c.wait_forwarding(Duration::from_secs(30)).unwrap();
     let frame: Vec<u8> = (0..60u8).collect();
     let mut queued = 0u64;
     let t0 = Instant::now();
@@ -129,11 +139,11 @@ fn cut_off(s: &mut std::os::unix::net::UnixStream) -> bool {
 #[test]
 fn hostile_frontends_are_cut_off_and_service_goes_on() {
     use std::os::fd::AsRawFd;
-    if !xlane_netlab::privileged_with("hostile_frontends_are_cut_off_and_service_goes_on", &[TESTPMD]) {
+    let Some((_serial, b)) =
+        setup("hostile_frontends_are_cut_off_and_service_goes_on", "hostile", [0x0a, 0x58, 0, 0, 0, 1])
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let b = Backend::start("hostile", [0x0a, 0x58, 0, 0, 0, 1]);
+    };
     let (sock, io) = (b.sock(), b.io());
     // Garbage instead of a message.
     let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
@@ -180,11 +190,11 @@ fn hostile_frontends_are_cut_off_and_service_goes_on() {
 
 #[test]
 fn removing_a_port_cuts_its_frontend_off_and_removes_the_socket() {
-    if !xlane_netlab::privileged_with("removing_a_port_cuts_its_frontend_off_and_removes_the_socket", &[TESTPMD]) {
+    let Some((_serial, mut b)) =
+        setup("removing_a_port_cuts_its_frontend_off_and_removes_the_socket", "remove", [0x0a, 0x58, 0, 0, 0, 2])
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut b = Backend::start("remove", [0x0a, 0x58, 0, 0, 0, 2]);
+    };
     let sock = b.sock().to_owned();
     let c = testpmd(&sock, "rxonly");
     let io = Arc::clone(b.io());
