@@ -669,13 +669,9 @@ fn wait_connected(d: &Xlaned, ip: Ipv4Addr, n: u64) {
     }
 }
 
-/// "N received" from ping's summary.
+/// How many of `count` pings to `dst` were answered.
 fn ping_received(ns: &Netns, dst: Ipv4Addr, count: u32) -> u32 {
-    let out = ns.ping_output(&dst.to_string(), count).unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split(", ")
-        .find_map(|f| f.strip_suffix(" received").and_then(|n| n.parse().ok()))
-        .unwrap_or_else(|| panic!("no ping summary: {text}"))
+    ns.ping_stats(&dst.to_string(), count).unwrap().received
 }
 
 #[test]

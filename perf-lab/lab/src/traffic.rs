@@ -11,41 +11,14 @@ use std::time::{Duration, Instant};
 use xlane_api::Mac;
 use xlane_netlab::Netns;
 
-/// Ping results.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PingStats {
-    /// Echo requests sent.
-    pub sent: u32,
-    /// Replies received.
-    pub received: u32,
-    /// Average round trip in milliseconds.
-    pub rtt_avg_ms: f64,
-}
+pub use xlane_netlab::PingStats;
 
 /// Ping `dst` `count` times from `from` (iputils ping, 200 ms apart).
 ///
 /// # Errors
-/// ping missing or unparsable output.
+/// ping cannot be run or printed no statistics.
 pub fn ping(from: &Netns, dst: Ipv4Addr, count: u32) -> anyhow::Result<PingStats> {
-    let out = from.ping_output(&dst.to_string(), count).context("running ping (apt-get install iputils-ping)")?;
-    parse_ping(&String::from_utf8_lossy(&out.stdout)).with_context(|| {
-        format!("ping output: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-    })
-}
-
-fn parse_ping(text: &str) -> anyhow::Result<PingStats> {
-    // "5 packets transmitted, 5 received, 0% packet loss, time 803ms"
-    // "rtt min/avg/max/mdev = 0.061/0.083/0.120/0.021 ms"
-    let stats = text.lines().find(|l| l.contains("packets transmitted")).context("no statistics line")?;
-    let num = |i: usize| -> anyhow::Result<u32> {
-        stats.split(',').nth(i).and_then(|p| p.split_whitespace().next()?.parse().ok()).context("bad statistics line")
-    };
-    let rtt_avg_ms = text
-        .lines()
-        .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
-        .and_then(|l| l.split('=').nth(1)?.split('/').nth(1)?.trim().parse().ok())
-        .unwrap_or(f64::NAN);
-    Ok(PingStats { sent: num(0)?, received: num(1)?, rtt_avg_ms })
+    from.ping_stats(&dst.to_string(), count).context("ping (apt-get install iputils-ping)")
 }
 
 /// TCP transfer results.
@@ -197,20 +170,6 @@ pub fn udp_rate(
     done.store(true, Ordering::Relaxed);
     receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?;
     Ok(UdpStats { sent, received: received.load(Ordering::Relaxed), seconds })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ping_output_of_iputils_and_busybox() {
-        let iputils = "PING 10.244.2.2 (10.244.2.2) 56(84) bytes of data.\n64 bytes from 10.244.2.2: icmp_seq=1 ttl=62 time=0.120 ms\n\n--- 10.244.2.2 ping statistics ---\n5 packets transmitted, 4 received, 20% packet loss, time 803ms\nrtt min/avg/max/mdev = 0.061/0.083/0.120/0.021 ms\n";
-        assert_eq!(parse_ping(iputils).unwrap(), PingStats { sent: 5, received: 4, rtt_avg_ms: 0.083 });
-        let busybox = "--- 10.244.2.2 ping statistics ---\n3 packets transmitted, 3 packets received, 0% packet loss\nround-trip min/avg/max = 0.549/1.167/1.524 ms\n";
-        assert_eq!(parse_ping(busybox).unwrap(), PingStats { sent: 3, received: 3, rtt_avg_ms: 1.167 });
-        assert!(parse_ping("ping: connect: Network is unreachable").is_err());
-    }
 }
 
 /// A 60-byte Ethernet/IPv4/UDP frame (64 on a wire with its FCS) from `src` to

@@ -124,6 +124,34 @@ pub fn namespaces_of(prefix: &str, pid: u32) -> io::Result<Vec<String>> {
     Ok(namespaces(prefix)?.into_iter().filter(|(_, o)| *o == pid).map(|(n, _)| n).collect())
 }
 
+/// What a run of `ping` reported.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PingStats {
+    /// Echo requests sent.
+    pub sent: u32,
+    /// Replies received.
+    pub received: u32,
+    /// Average round trip in milliseconds (NaN without replies).
+    pub rtt_avg_ms: f64,
+}
+
+impl PingStats {
+    /// From ping's summary (iputils or busybox):
+    /// "5 packets transmitted, 5 received, 0% packet loss, time 803ms" and
+    /// "rtt min/avg/max/mdev = 0.061/0.083/0.120/0.021 ms".
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        let stats = text.lines().find(|l| l.contains("packets transmitted"))?;
+        let num = |i: usize| -> Option<u32> { stats.split(',').nth(i)?.split_whitespace().next()?.parse().ok() };
+        let rtt_avg_ms = text
+            .lines()
+            .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
+            .and_then(|l| l.split('=').nth(1)?.split('/').nth(1)?.trim().parse().ok())
+            .unwrap_or(f64::NAN);
+        Some(Self { sent: num(0)?, received: num(1)?, rtt_avg_ms })
+    }
+}
+
 /// A named network namespace (`/run/netns/<name>`), deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -207,7 +235,8 @@ impl Netns {
     /// deadline each, iputils `ping`).
     ///
     /// # Errors
-    /// Not every ping was answered: ping's output, for the test's message.
+    /// No ping was answered (ping's exit status): ping's output, for the test's
+    /// message. [`ping_stats`](Self::ping_stats) counts the answers.
     pub fn ping(&self, dst: &str, count: u32) -> Result<(), String> {
         let out = self.ping_output(dst, count).map_err(|e| format!("running ping (iputils-ping): {e}"))?;
         if out.status.success() {
@@ -215,6 +244,21 @@ impl Netns {
         } else {
             Err(format!("ping {dst}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
         }
+    }
+
+    /// Send `count` pings to `dst` from inside this namespace and count the answers.
+    ///
+    /// # Errors
+    /// ping cannot be run or printed no statistics (its output is in the message).
+    pub fn ping_stats(&self, dst: &str, count: u32) -> io::Result<PingStats> {
+        let out = self.ping_output(dst, count)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        PingStats::parse(&text).ok_or_else(|| {
+            io::Error::other(format!(
+                "ping {dst} printed no statistics: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })
     }
 
     /// Run `ping -c count` to `dst` from inside this namespace (200 ms apart, 2 s
@@ -258,6 +302,15 @@ pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ping_output_of_iputils_and_busybox() {
+        let iputils = "PING 10.244.2.2 (10.244.2.2) 56(84) bytes of data.\n64 bytes from 10.244.2.2: icmp_seq=1 ttl=62 time=0.120 ms\n\n--- 10.244.2.2 ping statistics ---\n5 packets transmitted, 4 received, 20% packet loss, time 803ms\nrtt min/avg/max/mdev = 0.061/0.083/0.120/0.021 ms\n";
+        assert_eq!(PingStats::parse(iputils).unwrap(), PingStats { sent: 5, received: 4, rtt_avg_ms: 0.083 });
+        let busybox = "--- 10.244.2.2 ping statistics ---\n3 packets transmitted, 3 packets received, 0% packet loss\nround-trip min/avg/max = 0.549/1.167/1.524 ms\n";
+        assert_eq!(PingStats::parse(busybox).unwrap(), PingStats { sent: 3, received: 3, rtt_avg_ms: 1.167 });
+        assert!(PingStats::parse("ping: connect: Network is unreachable").is_none());
+    }
 
     #[test]
     fn owners_are_read_from_namespace_names() {
