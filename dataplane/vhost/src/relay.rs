@@ -108,8 +108,9 @@ impl Message {
         let cmsgs: &[ControlMessage<'_>] = if self.fds.is_empty() { &[] } else { &rights };
         let sent = sendmsg::<()>(s.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
         // The descriptors went with the first byte; the rest, if the socket took less.
-        let all: Vec<u8> = [&self.hdr[..], &self.payload].concat();
-        (&*s).write_all(&all[sent.min(all.len())..])
+        let (mut s, rest) = (s, sent.saturating_sub(HDR_LEN));
+        s.write_all(&self.hdr[sent.min(HDR_LEN)..])?;
+        s.write_all(&self.payload[rest.min(self.payload.len())..])
     }
 
     /// The reply "done" (a u64 zero) to this message.
