@@ -12,9 +12,10 @@ use crate::net::{self, FrameSink, MAX_FRAME, RxError};
 use crate::relay;
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use std::io;
 use std::num::Wrapping;
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,7 +33,6 @@ use vm_memory::{
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-use vmm_sys_util::timerfd::TimerFd;
 
 /// Receive queue (to the guest).
 const RX_QUEUE: u16 = 0;
@@ -304,7 +304,12 @@ impl NetBackend {
             event_idx: false,
             mergeable: false,
             pending: None,
-            retry: TimerFd::new()?,
+            // Non-blocking: a frame delivered on the wake-up that came in the same epoll
+            // batch disarms the timer and zeroes its count, and a blocking read of it
+            // would then never return (with the backend locked, the frontend's next
+            // request waits forever).
+            retry: TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)
+                .map_err(io::Error::from)?,
         })
     }
 
@@ -350,9 +355,9 @@ impl NetBackend {
         self.io.counters.to_guest.fetch_add(delivered, Ordering::Relaxed);
         // Look again soon while a frame waits; stop looking once none does.
         if self.pending.is_some() {
-            self.retry.reset(RETRY_EVERY, Some(RETRY_EVERY))?;
+            self.retry.set(Expiration::Interval(RETRY_EVERY.into()), TimerSetTimeFlags::empty())?;
         } else {
-            self.retry.clear()?;
+            self.retry.unset()?;
         }
         if delivered > 0 && vring.needs_notification().map_err(io::Error::other)? {
             vring.signal_used_queue()?;
@@ -468,7 +473,8 @@ impl VhostUserBackendMut for NetBackend {
             }
             RX_QUEUE | WAKE_EVENT => self.process_rx(&vrings[usize::from(RX_QUEUE)]),
             RETRY_EVENT => {
-                // Consume the expirations, then try again.
+                // Consume the expirations (none if a delivery just disarmed it), then
+                // try again.
                 let _ = self.retry.wait();
                 self.process_rx(&vrings[usize::from(RX_QUEUE)])
             }
@@ -670,7 +676,7 @@ fn daemon(
     (mac, mtu): ([u8; 6], u16),
 ) -> io::Result<VhostUserDaemon<Arc<std::sync::RwLock<NetBackend>>>> {
     let backend = NetBackend::new(Arc::clone(io), mac, mtu)?;
-    let retry_fd = backend.retry.as_raw_fd();
+    let retry_fd = backend.retry.as_fd().as_raw_fd();
     let daemon = VhostUserDaemon::new(
         format!("xlane-vhost-{}", path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()),
         Arc::new(std::sync::RwLock::new(backend)),
