@@ -183,7 +183,7 @@ impl PortIo {
         c.malformed.fetch_add(tally.malformed, Ordering::Relaxed);
         c.dropped.fetch_add(tally.dropped, Ordering::Relaxed);
         // An interrupt only if the guest asked for one (a polling guest does not).
-        if tally.chains > 0 && tx.vring.needs_notification().unwrap_or(true) {
+        if tally.notify {
             let _ = tx.vring.signal_used_queue();
         }
         tally

@@ -19,3 +19,4 @@
 pub mod backend;
 pub mod net;
 mod relay;
+mod ring;
