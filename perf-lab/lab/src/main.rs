@@ -107,9 +107,12 @@ enum Cmd {
     /// vhost-user ingest: testpmd's virtio-user (txonly) into xlane's backend and into
     /// DPDK's net_vhost, same frontend, same run.
     VhostIngest {
-        /// Seconds per backend.
-        #[arg(long, default_value_t = 10)]
+        /// Seconds per backend and round.
+        #[arg(long, default_value_t = 6)]
         seconds: u32,
+        /// Rounds, each running both backends (in alternating order).
+        #[arg(long, default_value_t = 6)]
+        rounds: u32,
         /// Write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -190,13 +193,30 @@ fn main() {
             })
         }
         Cmd::ControlPlane { nodes, rate, store, json } => control_plane::run(nodes, rate, store, json.as_deref()),
-        Cmd::VhostIngest { seconds, json } => vhost_ingest::run(seconds, &stop).and_then(|r| {
+        Cmd::VhostIngest { seconds, rounds, json } => vhost_ingest::run(seconds, rounds, &stop).and_then(|r| {
+            let per_round: Vec<String> = r.round_ratios.iter().map(|x| format!("{x:.2}")).collect();
             println!(
-                "vhost-user ingest, 64-byte frames from testpmd txonly (median of {seconds} one-second samples):\n  \
-                 xlane backend:      {:>10.0} pps at the frontend, {:>10.0} pps through the pipeline\n  \
-                 DPDK net_vhost:     {:>10.0} pps at the frontend, {:>10.0} pps received\n  \
-                 xlane / DPDK: {:.2}x (goal >= 0.8x)",
-                r.xlane.frontend_tx_pps, r.xlane.backend_rx_pps, r.dpdk.frontend_tx_pps, r.dpdk.backend_rx_pps, r.ratio
+                "vhost-user ingest, 64-byte frames from testpmd txonly ({} rounds of {seconds} s per backend):\n  \
+                 {:<16} {:>14} {:>14} {:>16}\n  \
+                 {:<16} {:>14.0} {:>14.0} {:>16.0}\n  \
+                 {:<16} {:>14.0} {:>14.0} {:>16.0}\n  \
+                 xlane / DPDK: {:.2}x on p90 (goal >= 0.8x), {:.2}x on medians; per round (medians): {}",
+                r.rounds,
+                "backend",
+                "frontend p90",
+                "median",
+                "delivered",
+                "xlane",
+                r.xlane.frontend_tx_p90_pps,
+                r.xlane.frontend_tx_pps,
+                r.xlane.backend_rx_pps,
+                "DPDK net_vhost",
+                r.dpdk.frontend_tx_p90_pps,
+                r.dpdk.frontend_tx_pps,
+                r.dpdk.backend_rx_pps,
+                r.ratio,
+                r.median_ratio,
+                per_round.join(", ")
             );
             match json {
                 Some(p) => std::fs::write(p, serde_json::to_vec_pretty(&r)?).map_err(Into::into),
