@@ -326,30 +326,38 @@ impl NetBackend {
         let _ = self.io.wake.read();
         let mem = self.mem.memory();
         let mut delivered = 0u64;
-        while let Some(frame) = self.pending.take().or_else(|| self.io.to_guest.pop()) {
-            let r = {
-                let mut state = vring.get_mut();
-                net::deliver_rx(state.get_queue_mut(), &*mem, frame.bytes(), self.mergeable)
-            };
-            match r {
-                Ok(()) => {
-                    delivered += 1;
-                    let _ = self.io.pool.push(frame);
-                }
-                Err(RxError::NoBuffers) => {
-                    self.pending = Some(frame);
-                    // Ask for a kick when the guest posts buffers (with EVENT_IDX this
-                    // moves avail_event; without it, notifications are already on). If
-                    // buffers arrived meanwhile, go on at once.
-                    if self.event_idx && vring.enable_notification().map_err(io::Error::other)? {
-                        continue;
+        let mut notify = false;
+        // One pass (and one used-index update) per round; a new round only when the
+        // guest posted buffers while we asked it to kick.
+        loop {
+            let mut state = vring.get_mut();
+            let q = state.get_queue_mut();
+            let mut burst = net::RxBurst::new(q, &*mem);
+            let mut starved = false;
+            while let Some(frame) = self.pending.take().or_else(|| self.io.to_guest.pop()) {
+                match burst.deliver(q, &*mem, frame.bytes(), self.mergeable) {
+                    Ok(()) => {
+                        delivered += 1;
+                        let _ = self.io.pool.push(frame);
                     }
-                    break;
+                    Err(RxError::NoBuffers) => {
+                        self.pending = Some(frame);
+                        starved = true;
+                        break;
+                    }
+                    Err(RxError::Malformed | RxError::TooLarge) => {
+                        self.io.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.io.pool.push(frame);
+                    }
                 }
-                Err(RxError::Malformed | RxError::TooLarge) => {
-                    self.io.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    let _ = self.io.pool.push(frame);
-                }
+            }
+            notify |= burst.finish(q, &*mem);
+            drop(state);
+            // Out of buffers: ask for a kick when the guest posts some (with EVENT_IDX
+            // this moves avail_event; without it, notifications are already on). If
+            // buffers arrived meanwhile, go on at once.
+            if !(starved && self.event_idx && vring.enable_notification().map_err(io::Error::other)?) {
+                break;
             }
         }
         self.io.counters.to_guest.fetch_add(delivered, Ordering::Relaxed);
@@ -359,7 +367,7 @@ impl NetBackend {
         } else {
             self.retry.unset()?;
         }
-        if delivered > 0 && vring.needs_notification().map_err(io::Error::other)? {
+        if notify {
             vring.signal_used_queue()?;
         }
         Ok(())

@@ -10,14 +10,14 @@ use vm_memory::{Address as _, Bytes as _, GuestMemory, GuestMemoryBackend};
 /// `sizeof(struct virtio_net_hdr_v1)`.
 pub const HDR_LEN: usize = 12;
 /// Offset of `num_buffers` in the header.
-const NUM_BUFFERS: usize = 10;
+pub(crate) const NUM_BUFFERS: usize = 10;
 /// Largest frame carried: Ethernet header + the 1500-byte MTU of an uplink, with room
 /// for a VLAN tag (the pod MTU is 50 bytes less).
 pub const MAX_FRAME: usize = 1518;
 /// Smallest frame accepted from a guest (an Ethernet header).
 pub const MIN_FRAME: usize = 14;
 /// Most buffers one received frame may span.
-const MAX_RX_BUFFERS: usize = 64;
+pub(crate) const MAX_RX_BUFFERS: usize = 64;
 
 /// What a pass over the transmit queue did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -210,9 +210,58 @@ pub fn deliver_rx<Q: QueueT, M: GuestMemory>(q: &mut Q, mem: &M, frame: &[u8], m
     Ok(())
 }
 
+/// Frames into the receive queue, several per pass: [`RxBurst::deliver`] each, then
+/// [`RxBurst::finish`], which publishes the used index once (the general path, for a
+/// ring that spans memory regions, publishes per buffer).
+pub struct RxBurst<'m, M: GuestMemoryBackend>(Burst<'m, M>);
+
+enum Burst<'m, M: GuestMemoryBackend> {
+    /// The ring's areas resolved once ([`crate::ring`]).
+    Fast(crate::ring::RxPass<'m, vm_memory::bitmap::MS<'m, M>>),
+    /// virtio-queue's accessors; the used index the pass started at.
+    General(u16),
+}
+
+impl<M: GuestMemoryBackend> std::fmt::Debug for RxBurst<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Burst::Fast(_) => "RxBurst(fast)",
+            Burst::General(_) => "RxBurst(general)",
+        })
+    }
+}
+
+impl<'m, M: GuestMemoryBackend> RxBurst<'m, M> {
+    /// Start a pass over `q`.
+    pub fn new<Q: QueueT>(q: &Q, mem: &'m M) -> Self {
+        Self(crate::ring::resolve(q, mem).map_or(Burst::General(q.next_used()), |ring| Burst::Fast(ring.rx_pass(q))))
+    }
+
+    /// Deliver `frame`, as [`deliver_rx`] does (on [`RxError::NoBuffers`] nothing was
+    /// consumed). `q` and `mem` are the ones the pass started with.
+    ///
+    /// # Errors
+    /// [`RxError`].
+    pub fn deliver<Q: QueueT>(&mut self, q: &mut Q, mem: &M, frame: &[u8], mergeable: bool) -> Result<(), RxError> {
+        match &mut self.0 {
+            Burst::Fast(pass) => pass.deliver(mem, frame, mergeable),
+            Burst::General(_) => deliver_rx(q, mem, frame, mergeable),
+        }
+    }
+
+    /// End the pass: the used index published; whether the guest wants an interrupt.
+    pub fn finish<Q: QueueT>(self, q: &mut Q, mem: &M) -> bool {
+        match self.0 {
+            Burst::Fast(pass) => pass.finish(q),
+            // Buffers went back (filled, or returned unusable): the guest may want to know.
+            Burst::General(start) => q.next_used() != start && q.needs_notification(mem).unwrap_or(true),
+        }
+    }
+}
+
 /// Bytes the device may write into `chain`; `None` if a descriptor is device-readable or
 /// lies outside guest memory.
-fn writable<M: GuestMemory>(chain: impl Iterator<Item = Descriptor>, mem: &M) -> Option<usize> {
+pub(crate) fn writable<M: GuestMemory>(chain: impl Iterator<Item = Descriptor>, mem: &M) -> Option<usize> {
     let mut cap = 0usize;
     for d in chain {
         if !d.is_write_only() || !mem.check_range(d.addr(), d.len() as usize, vm_memory::Permissions::Write) {
@@ -225,7 +274,11 @@ fn writable<M: GuestMemory>(chain: impl Iterator<Item = Descriptor>, mem: &M) ->
 
 /// Write the front of `parts` into `chain`'s buffers, consuming what was written;
 /// returns how many bytes.
-fn fill<M: GuestMemory>(chain: impl Iterator<Item = Descriptor>, mem: &M, parts: &mut [&[u8]; 2]) -> Option<usize> {
+pub(crate) fn fill<M: GuestMemory>(
+    chain: impl Iterator<Item = Descriptor>,
+    mem: &M,
+    parts: &mut [&[u8]; 2],
+) -> Option<usize> {
     let mut used = 0;
     for d in chain {
         let (mut addr, mut room) = (d.addr(), d.len() as usize);
