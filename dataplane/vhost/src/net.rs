@@ -34,6 +34,24 @@ pub struct Tally {
     pub notify: bool,
 }
 
+impl Tally {
+    /// Count one chain taken from the ring: `read` copies its frame into a buffer of
+    /// `sink` and returns the length, or `None` if the chain is not a frame.
+    pub(crate) fn take(&mut self, sink: &mut impl FrameSink, read: impl FnOnce(&mut [u8]) -> Option<usize>) {
+        self.chains += 1;
+        match sink.buffer() {
+            None => self.dropped += 1,
+            Some(buf) => match read(buf) {
+                Some(len) => {
+                    sink.commit(len);
+                    self.frames += 1;
+                }
+                None => self.malformed += 1,
+            },
+        }
+    }
+}
+
 /// A frame from the guest, header skipped, into `buf`; `None` if the chain is not a
 /// frame (too short or long, device-writable, outside guest memory). Walks the
 /// descriptors directly: virtio-queue's `Reader` would collect them into a fresh vector
@@ -114,18 +132,8 @@ pub(crate) fn drain_tx_general<Q: QueueT, M: GuestMemoryBackend>(
     while tally.chains < budget
         && let Some(chain) = q.pop_descriptor_chain(mem)
     {
-        tally.chains += 1;
         let head = chain.head_index();
-        match sink.buffer() {
-            None => tally.dropped += 1,
-            Some(buf) => match read_frame(chain, mem, buf) {
-                Some(len) => {
-                    sink.commit(len);
-                    tally.frames += 1;
-                }
-                None => tally.malformed += 1,
-            },
-        }
+        tally.take(sink, |buf| read_frame(chain, mem, buf));
         if q.add_used(mem, head, 0).is_err() {
             // The used ring itself is unusable: stop; the frontend's problem is reported
             // by the caller through the error counters.

@@ -112,20 +112,10 @@ impl<B: BitmapSlice> SplitRing<'_, B> {
                 tally.malformed += 1;
                 continue;
             };
-            tally.chains += 1;
-            match sink.buffer() {
-                None => tally.dropped += 1,
-                Some(buf) => {
-                    let mut chain = Chain { ring: self, next: Some(head), ttl: self.size, broken: false };
-                    match read_frame(&mut chain, mem, buf) {
-                        Some(len) if !chain.broken => {
-                            sink.commit(len);
-                            tally.frames += 1;
-                        }
-                        _ => tally.malformed += 1,
-                    }
-                }
-            }
+            tally.take(sink, |buf| {
+                let mut chain = Chain { ring: self, next: Some(head), ttl: self.size, broken: false };
+                read_frame(&mut chain, mem, buf).filter(|_| !chain.broken)
+            });
             if self.put_used(used, head, 0).is_none() {
                 tally.malformed += 1;
                 break;
