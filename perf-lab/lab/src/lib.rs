@@ -11,7 +11,7 @@ pub mod interop;
 pub mod kernel;
 pub mod report;
 pub mod traffic;
-pub mod vhost_ingest;
+pub mod vhost_bench;
 
 /// The agent datastore a measurement runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

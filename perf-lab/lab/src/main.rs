@@ -11,7 +11,7 @@
 //! would) at a steady rate and polls xlaned's routes to see when each lands.
 #![forbid(unsafe_code)]
 
-use xlane_lab::{Store, bench, cni_latency, control_plane, demo, interop, report, vhost_ingest};
+use xlane_lab::{Store, bench, cni_latency, control_plane, demo, interop, report, vhost_bench};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,6 +23,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Options of the vhost-user comparisons.
+#[derive(Debug, clap::Args)]
+struct VhostArgs {
+    /// Seconds per backend and round.
+    #[arg(long, default_value_t = 6)]
+    seconds: u32,
+    /// Rounds, each running both backends (in alternating order).
+    #[arg(long, default_value_t = 6)]
+    rounds: u32,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,19 +118,12 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// vhost-user ingest: testpmd's virtio-user (txonly) into xlane's backend and into
-    /// DPDK's net_vhost, same frontend, same run.
-    VhostIngest {
-        /// Seconds per backend and round.
-        #[arg(long, default_value_t = 6)]
-        seconds: u32,
-        /// Rounds, each running both backends (in alternating order).
-        #[arg(long, default_value_t = 6)]
-        rounds: u32,
-        /// Write the results as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    /// vhost-user ingest: testpmd's virtio-user (txonly) into xlane's backend (through
+    /// the pipeline) and into DPDK's net_vhost, same frontend, same run.
+    VhostIngest(VhostArgs),
+    /// vhost-user egress: xlane-vhost's guest-bound path and DPDK's net_vhost (txonly)
+    /// into testpmd's virtio-user (rxonly), same frontend, same run.
+    VhostEgress(VhostArgs),
     /// CNI ADD/DEL latency (p50/p99) through xlane beside Debian's bridge + host-local.
     CniLatency {
         /// Pods per contender.
@@ -193,36 +200,8 @@ fn main() {
             })
         }
         Cmd::ControlPlane { nodes, rate, store, json } => control_plane::run(nodes, rate, store, json.as_deref()),
-        Cmd::VhostIngest { seconds, rounds, json } => vhost_ingest::run(seconds, rounds, &stop).and_then(|r| {
-            let per_round: Vec<String> = r.round_ratios.iter().map(|x| format!("{x:.2}")).collect();
-            println!(
-                "vhost-user ingest, 64-byte frames from testpmd txonly ({} rounds of {seconds} s per backend):\n  \
-                 {:<16} {:>14} {:>14} {:>16}\n  \
-                 {:<16} {:>14.0} {:>14.0} {:>16.0}\n  \
-                 {:<16} {:>14.0} {:>14.0} {:>16.0}\n  \
-                 xlane / DPDK: {:.2}x on p90 (goal >= 0.8x), {:.2}x on medians; per round (medians): {}",
-                r.rounds,
-                "backend",
-                "frontend p90",
-                "median",
-                "delivered",
-                "xlane",
-                r.xlane.frontend_tx_p90_pps,
-                r.xlane.frontend_tx_pps,
-                r.xlane.backend_rx_pps,
-                "DPDK net_vhost",
-                r.dpdk.frontend_tx_p90_pps,
-                r.dpdk.frontend_tx_pps,
-                r.dpdk.backend_rx_pps,
-                r.ratio,
-                r.median_ratio,
-                per_round.join(", ")
-            );
-            match json {
-                Some(p) => std::fs::write(p, serde_json::to_vec_pretty(&r)?).map_err(Into::into),
-                None => Ok(()),
-            }
-        }),
+        Cmd::VhostIngest(a) => vhost(vhost_bench::Direction::Ingest, a, &stop),
+        Cmd::VhostEgress(a) => vhost(vhost_bench::Direction::Egress, a, &stop),
         Cmd::CniLatency { pods, json } => cni_latency::run(pods).and_then(|v| match json {
             Some(p) => std::fs::write(p, serde_json::to_vec_pretty(&v)?).map_err(Into::into),
             None => Ok(()),
@@ -231,5 +210,43 @@ fn main() {
     if let Err(e) = r {
         eprintln!("xlane-lab: {e:#}");
         std::process::exit(if stop.load(Ordering::Relaxed) { 130 } else { 1 });
+    }
+}
+
+/// Run a vhost-user comparison and print it (and its JSON if asked).
+fn vhost(direction: vhost_bench::Direction, a: VhostArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    let r = vhost_bench::run(direction, a.seconds, a.rounds, stop)?;
+    let (what, goal) = match direction {
+        vhost_bench::Direction::Ingest => ("ingest, 64-byte frames from testpmd txonly", " (goal >= 0.8x)"),
+        vhost_bench::Direction::Egress => ("egress, 64-byte frames to testpmd rxonly", ""),
+    };
+    let per_round: Vec<String> = r.round_ratios.iter().map(|x| format!("{x:.2}")).collect();
+    println!(
+        "vhost-user {what} ({} rounds of {} s per backend):\n  \
+         {:<16} {:>14} {:>14} {:>16}\n  \
+         {:<16} {:>14.0} {:>14.0} {:>16.0}\n  \
+         {:<16} {:>14.0} {:>14.0} {:>16.0}\n  \
+         xlane / DPDK: {:.2}x on p90{goal}, {:.2}x on medians; per round (medians): {}",
+        r.rounds,
+        a.seconds,
+        "backend",
+        "frontend p90",
+        "median",
+        "backend",
+        "xlane",
+        r.xlane.frontend_p90_pps,
+        r.xlane.frontend_pps,
+        r.xlane.backend_pps,
+        "DPDK net_vhost",
+        r.dpdk.frontend_p90_pps,
+        r.dpdk.frontend_pps,
+        r.dpdk.backend_pps,
+        r.ratio,
+        r.median_ratio,
+        per_round.join(", ")
+    );
+    match a.json {
+        Some(p) => std::fs::write(p, serde_json::to_vec_pretty(&r)?).map_err(Into::into),
+        None => Ok(()),
     }
 }

@@ -1,19 +1,23 @@
-//! The vhost-user ingest benchmark as a user runs it, briefly: both backends carry the
-//! frontend's frames in every round, xlane's through its pipeline, and the report is
-//! complete. (Rates are this machine's; the comparison is BENCHMARKS.md's, not a test's.)
+//! The vhost-user comparisons as a user runs them, briefly: in every round both backends
+//! carry frames (xlane's ingest through its pipeline, its egress into the guest's ring)
+//! and the report is complete. (Rates are this machine's; the comparison is
+//! BENCHMARKS.md's, not a test's.)
 
 use std::process::{Command, Stdio};
 use xlane_netlab::dpdk::TESTPMD;
 use xlane_netlab::privileged_with;
 
-#[test]
-fn both_backends_carry_the_frontends_frames_every_round() {
-    if !privileged_with("both_backends_carry_the_frontends_frames_every_round", &[TESTPMD]) {
+/// One benchmark at a time: each pins busy pollers on both cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn both_backends_carry_frames_every_round(test: &str, command: &str) {
+    if !privileged_with(test, &[TESTPMD]) {
         return;
     }
-    let json = std::env::temp_dir().join(format!("vhost-ingest-test-{}.json", std::process::id()));
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let json = std::env::temp_dir().join(format!("{command}-test-{}.json", std::process::id()));
     let child = Command::new(env!("CARGO_BIN_EXE_xlane-lab"))
-        .args(["vhost-ingest", "--seconds", "5", "--rounds", "2", "--json"])
+        .args([command, "--seconds", "5", "--rounds", "2", "--json"])
         .arg(&json)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -21,7 +25,7 @@ fn both_backends_carry_the_frontends_frames_every_round() {
         .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "vhost-ingest failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{command} failed: {}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     std::fs::remove_file(&json).unwrap();
     for backend in ["xlane", "dpdk"] {
@@ -35,7 +39,7 @@ fn both_backends_carry_the_frontends_frames_every_round() {
                 "{backend}, round {i}: a second without frames: {samples:?}"
             );
         }
-        assert!(r[backend]["backend_rx_pps"].as_f64().unwrap() > 0.0, "{backend} delivered nothing");
+        assert!(r[backend]["backend_pps"].as_f64().unwrap() > 0.0, "{backend}'s own count is zero");
     }
     assert_eq!(r["round_ratios"].as_array().unwrap().len(), 2);
     assert!(r["ratio"].as_f64().unwrap() > 0.0);
@@ -43,4 +47,14 @@ fn both_backends_carry_the_frontends_frames_every_round() {
     assert!(stdout.contains("xlane / DPDK:"), "the summary: {stdout}");
     let left = xlane_netlab::namespaces_of("xvi", pid).unwrap();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
+#[test]
+fn ingest_both_backends_carry_frames_every_round() {
+    both_backends_carry_frames_every_round("ingest_both_backends_carry_frames_every_round", "vhost-ingest");
+}
+
+#[test]
+fn egress_both_backends_carry_frames_every_round() {
+    both_backends_carry_frames_every_round("egress_both_backends_carry_frames_every_round", "vhost-egress");
 }
