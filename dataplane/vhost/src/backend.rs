@@ -18,7 +18,7 @@ use std::num::Wrapping;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -94,9 +94,22 @@ struct GuestTx {
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
 }
 
+/// The guest's receive ring and memory, shared with the dataplane once the guest has
+/// posted buffers: a worker writes its frames straight in (one copy, out of its own
+/// buffers), under the ring's lock, which the backend thread also takes.
+struct GuestRx {
+    vring: VringRwLock,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    mergeable: bool,
+}
+
 /// What the dataplane and a backend share.
 pub struct PortIo {
     guest_tx: ArcSwapOption<GuestTx>,
+    guest_rx: ArcSwapOption<GuestRx>,
+    /// Frames queued for the backend thread and not yet written or dropped: while any
+    /// wait, later frames queue behind them (a flow's frames stay in order).
+    backlog: AtomicUsize,
     to_guest: ArrayQueue<Frame>,
     pool: ArrayQueue<Frame>,
     /// Written by the dataplane when frames for the guest are queued.
@@ -121,6 +134,8 @@ impl PortIo {
         }
         Ok(Arc::new(Self {
             guest_tx: ArcSwapOption::empty(),
+            guest_rx: ArcSwapOption::empty(),
+            backlog: AtomicUsize::new(0),
             to_guest: ArrayQueue::new(capacity),
             pool,
             wake: EventFd::new(EFD_NONBLOCK)?,
@@ -133,9 +148,9 @@ impl PortIo {
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Queue a copy of `bytes` for the guest without waking the backend (call
-    /// [`wake_guest`](Self::wake_guest) once per burst); false if it was dropped.
-    pub fn push_to_guest(&self, bytes: &[u8]) -> bool {
+    /// Queue a copy of `bytes` for the backend thread, without waking it; false if it
+    /// was dropped.
+    fn push_to_guest(&self, bytes: &[u8]) -> bool {
         let Some(mut f) = self.pool.pop() else {
             self.count_drop();
             return false;
@@ -143,9 +158,11 @@ impl PortIo {
         let n = bytes.len().min(MAX_FRAME);
         f.data[..n].copy_from_slice(&bytes[..n]);
         f.len = n;
+        self.backlog.fetch_add(1, Ordering::AcqRel);
         match self.to_guest.push(f) {
             Ok(()) => true,
             Err(f) => {
+                self.backlog.fetch_sub(1, Ordering::AcqRel);
                 let _ = self.pool.push(f);
                 self.count_drop();
                 false
@@ -153,18 +170,57 @@ impl PortIo {
         }
     }
 
-    /// Tell the backend frames for the guest are waiting.
-    pub fn wake_guest(&self) {
-        let _ = self.wake.write(1);
+    /// Copy a burst of frames to the guest; how many were taken (written, or queued
+    /// behind earlier ones); the rest are counted drops. Once the guest has posted
+    /// receive buffers they are written straight into its ring, one used-index update
+    /// for the burst; frames that find no buffer, or arrive while earlier ones still
+    /// wait, are queued for the backend thread, which writes them when the guest posts
+    /// more. Any thread may call this.
+    pub fn send_burst_to_guest<'a>(&self, frames: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+        let mut frames = frames.into_iter().peekable();
+        let mut taken = 0u64;
+        if let Some(rx) = self.guest_rx.load().as_ref() {
+            let mem = rx.mem.memory();
+            let (mut written, mut malformed) = (0u64, 0u64);
+            let notify = {
+                // The backend thread writes queued frames under this lock too: with the
+                // backlog empty under it, nothing older can still be written after these.
+                let mut state = rx.vring.get_mut();
+                let q = state.get_queue_mut();
+                let mut burst = net::RxBurst::new(q, &*mem);
+                while self.backlog.load(Ordering::Acquire) == 0
+                    && let Some(f) = frames.peek()
+                {
+                    match burst.deliver(q, &*mem, f, rx.mergeable) {
+                        Ok(()) => written += 1,
+                        Err(RxError::NoBuffers) => break,
+                        Err(RxError::Malformed | RxError::TooLarge) => malformed += 1,
+                    }
+                    frames.next();
+                }
+                burst.finish(q, &*mem)
+            };
+            self.counters.to_guest.fetch_add(written, Ordering::Relaxed);
+            self.counters.malformed.fetch_add(malformed, Ordering::Relaxed);
+            taken += written;
+            if notify {
+                let _ = rx.vring.signal_used_queue();
+            }
+        }
+        let mut queued = 0u64;
+        for f in frames {
+            queued += u64::from(self.push_to_guest(f));
+        }
+        if queued > 0 {
+            let _ = self.wake.write(1);
+        }
+        taken + queued
     }
 
-    /// Queue a frame for the guest (copied) and wake the backend; false if dropped.
+    /// [`send_burst_to_guest`](Self::send_burst_to_guest) for one frame: whether it
+    /// was taken.
     pub fn send_to_guest(&self, bytes: &[u8]) -> bool {
-        let queued = self.push_to_guest(bytes);
-        if queued {
-            self.wake_guest();
-        }
-        queued
+        self.send_burst_to_guest([bytes]) == 1
     }
 
     /// Read up to `budget` frames the guest transmitted into `sink` (the one copy out of
@@ -322,6 +378,15 @@ impl NetBackend {
         let _ = self.io.ready.write(1);
     }
 
+    /// The guest posted receive buffers: share the ring with the dataplane (once per
+    /// connection), which from then on writes its frames in itself.
+    fn on_rx_kick(&self, vring: &VringRwLock) {
+        if self.io.guest_rx.load().is_none() {
+            let rx = GuestRx { vring: vring.clone(), mem: self.mem.clone(), mergeable: self.mergeable };
+            self.io.guest_rx.store(Some(Arc::new(rx)));
+        }
+    }
+
     fn process_rx(&mut self, vring: &VringRwLock) -> io::Result<()> {
         let _ = self.io.wake.read();
         let mem = self.mem.memory();
@@ -338,6 +403,7 @@ impl NetBackend {
                 match burst.deliver(q, &*mem, frame.bytes(), self.mergeable) {
                     Ok(()) => {
                         delivered += 1;
+                        self.io.backlog.fetch_sub(1, Ordering::AcqRel);
                         let _ = self.io.pool.push(frame);
                     }
                     Err(RxError::NoBuffers) => {
@@ -347,6 +413,7 @@ impl NetBackend {
                     }
                     Err(RxError::Malformed | RxError::TooLarge) => {
                         self.io.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        self.io.backlog.fetch_sub(1, Ordering::AcqRel);
                         let _ = self.io.pool.push(frame);
                     }
                 }
@@ -380,10 +447,12 @@ impl Drop for NetBackend {
         // goes back to the pool (the frame is a counted drop).
         if let Some(f) = self.pending.take() {
             self.io.count_drop();
+            self.io.backlog.fetch_sub(1, Ordering::AcqRel);
             let _ = self.io.pool.push(f);
         }
-        // The frontend is gone: the dataplane stops reading its ring.
+        // The frontend is gone: the dataplane stops using its rings.
         self.io.guest_tx.store(None);
+        self.io.guest_rx.store(None);
     }
 }
 
@@ -479,7 +548,11 @@ impl VhostUserBackendMut for NetBackend {
                 self.on_tx_kick(&vrings[usize::from(TX_QUEUE)]);
                 Ok(())
             }
-            RX_QUEUE | WAKE_EVENT => self.process_rx(&vrings[usize::from(RX_QUEUE)]),
+            RX_QUEUE => {
+                self.on_rx_kick(&vrings[usize::from(RX_QUEUE)]);
+                self.process_rx(&vrings[usize::from(RX_QUEUE)])
+            }
+            WAKE_EVENT => self.process_rx(&vrings[usize::from(RX_QUEUE)]),
             RETRY_EVENT => {
                 // Consume the expirations (none if a delivery just disarmed it), then
                 // try again.

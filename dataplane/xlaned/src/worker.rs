@@ -599,27 +599,24 @@ fn transmit_pending(ports: &mut [WPort], umem: &mut Umem, pending: &mut [ArrayVe
     }
 }
 
-/// Copy each vhost-user port's pending frames into its guest queue, free the UMEM
-/// frames, and wake the backends once per burst.
+/// Copy each vhost-user port's pending frames to its guest (straight into the guest's
+/// receive ring once it has posted buffers) and free the UMEM frames.
 fn copy_to_guests(vports: &mut [VPort], umem: &mut Umem) {
     for v in vports.iter_mut().filter(|v| !v.pending.is_empty()) {
         let frames: ArrayVec<RxFrame, BURST> = v.pending.iter().map(|&(fr, _, _)| fr).collect();
         let io = &v.spec.io;
-        let queued = umem.frames_mut(&frames, |bufs| {
-            let mut queued = 0u64;
-            for ((buf, _), &(_, head, len)) in bufs.iter().zip(&v.pending) {
-                queued += u64::from(io.push_to_guest(&buf[head as usize..(head + len) as usize]));
-            }
-            queued
+        let taken = umem.frames_mut(&frames, |bufs| {
+            io.send_burst_to_guest(
+                bufs.iter()
+                    .zip(&v.pending)
+                    .map(|((buf, _), &(_, head, len))| &buf[head as usize..(head + len) as usize]),
+            )
         });
         for fr in frames {
             umem.release(fr);
         }
-        if queued > 0 {
-            io.wake_guest();
-        }
-        bump(&v.spec.stats.tx, queued);
-        bump(&v.spec.stats.tx_ring_full, v.pending.len() as u64 - queued);
+        bump(&v.spec.stats.tx, taken);
+        bump(&v.spec.stats.tx_ring_full, v.pending.len() as u64 - taken);
         v.pending.clear();
     }
 }

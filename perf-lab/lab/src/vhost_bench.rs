@@ -7,7 +7,7 @@
 //!   through the pipeline, dropped there: no route) and into DPDK's `net_vhost` with
 //!   testpmd `rxonly`;
 //! * egress: xlane-vhost's guest-bound path, fed the way xlaned's workers feed it (a
-//!   thread queueing bursts and waking the backend), and DPDK's `net_vhost` with testpmd
+//!   thread sending bursts of 32), and DPDK's `net_vhost` with testpmd
 //!   `txonly`, both into the frontend in `rxonly`.
 
 use anyhow::Context as _;
@@ -273,7 +273,7 @@ fn dpdk_segment(direction: Direction, seconds: u32, dir: &Path, stop: &AtomicBoo
 }
 
 /// xlane-vhost's guest-bound path on its own: a port whose dataplane side is a thread
-/// queueing bursts of 32 frames and waking the backend once per burst, as a worker does.
+/// sending bursts of 32 frames, as a worker does.
 struct EgressTarget {
     port: Option<xlane_vhost::backend::VhostUserPort>,
     io: Arc<PortIo>,
@@ -296,11 +296,9 @@ impl EgressTarget {
                 frame[..6].copy_from_slice(&[2, 0, 0x0a, 0xf4, 1, 0xfa]);
                 frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
                 while !done.load(Ordering::Relaxed) {
-                    let queued = (0..32).take_while(|_| io.push_to_guest(&frame)).count();
-                    if queued > 0 {
-                        io.wake_guest();
-                    } else {
-                        // Queue full (or no guest yet): let the backend run.
+                    if io.send_burst_to_guest(std::iter::repeat_n(&frame[..], 32)) == 0 {
+                        // The guest's ring and the queue behind it are full (or no guest
+                        // yet): let the frontend and the backend thread run.
                         std::thread::yield_now();
                     }
                 }
