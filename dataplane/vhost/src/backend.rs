@@ -3,10 +3,12 @@
 //! The dataplane and a backend share a [`PortIo`]. From the guest, the dataplane thread
 //! reads the guest's transmit ring itself (shared on the guest's first kick), one copy
 //! into its own buffers; the backend's thread only turns the guest's kicks into a
-//! wake-up while that thread sleeps. To the guest, frames go through a lock-free bounded
-//! queue of preallocated buffers (no allocation per packet) and an eventfd that wakes the
-//! backend's thread, which writes them into the guest's receive buffers. Guest memory is
-//! not the dataplane's UMEM, so one copy each way is inherent to vhost-user.
+//! wake-up while that thread sleeps. To the guest, a dataplane thread writes its frames
+//! straight into the guest's receive ring (shared once the guest has posted buffers),
+//! under the ring's lock; only frames that find no buffer, or arrive behind such frames,
+//! go through a lock-free bounded queue of preallocated buffers (no allocation per
+//! packet) to the backend's thread, which writes them when the guest posts more. Guest
+//! memory is not the dataplane's UMEM, so one copy each way is inherent to vhost-user.
 
 use crate::net::{self, FrameSink, MAX_FRAME, RxError};
 use crate::relay;

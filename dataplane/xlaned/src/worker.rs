@@ -4,10 +4,10 @@
 //! Ports are added and removed by commands from the control thread (the worker owns
 //! the UMEM, so only it may touch the sockets); an eventfd wakes a sleeping worker.
 //!
-//! A vhost-user port (a VM-based pod) has no socket: its backend thread exchanges frames
-//! with the workers through lock-free queues. One worker takes the guest's frames and
-//! runs them through the pipeline in place; every worker may queue frames for the guest
-//! (one copy out of the UMEM, as guest memory is not the UMEM). When
+//! A vhost-user port (a VM-based pod) has no socket: the workers use the guest's rings
+//! themselves. One worker reads the guest's frames straight into UMEM frames and runs
+//! them through the pipeline; every worker may write frames into the guest's receive
+//! ring (one copy out of the UMEM, as guest memory is not the UMEM). When
 //! idle for a run of empty polls a worker sleeps in poll(2) on its sockets (need_wakeup
 //! mode), so an idle node costs ~0 CPU; with busy-poll it keeps spinning.
 
