@@ -175,15 +175,17 @@ impl PortIo {
     /// Copy a burst of frames to the guest; how many were taken (written, or queued
     /// behind earlier ones); the rest are counted drops. Once the guest has posted
     /// receive buffers they are written straight into its ring, one used-index update
-    /// for the burst; frames that find no buffer, or arrive while earlier ones still
-    /// wait, are queued for the backend thread, which writes them when the guest posts
-    /// more. Any thread may call this.
+    /// for the burst, and what finds no buffer is dropped, as by a NIC whose receive
+    /// ring is full (queueing it would hand the dataplane's overload to the backend
+    /// thread, on the same core). Before that, and while frames queued then still wait,
+    /// frames queue for the backend thread, which writes them when the guest posts
+    /// buffers. Any thread may call this.
     pub fn send_burst_to_guest<'a>(&self, frames: impl IntoIterator<Item = &'a [u8]>) -> u64 {
         let mut frames = frames.into_iter().peekable();
-        let mut taken = 0u64;
+        let mut written = 0u64;
         if let Some(rx) = self.guest_rx.load().as_ref() {
             let mem = rx.mem.memory();
-            let (mut written, mut malformed) = (0u64, 0u64);
+            let (mut malformed, mut starved) = (0u64, false);
             let notify = {
                 // The backend thread writes queued frames under this lock too: with the
                 // backlog empty under it, nothing older can still be written after these.
@@ -195,7 +197,10 @@ impl PortIo {
                 {
                     match burst.deliver(q, &*mem, f, rx.mergeable) {
                         Ok(()) => written += 1,
-                        Err(RxError::NoBuffers) => break,
+                        Err(RxError::NoBuffers) => {
+                            starved = true;
+                            break;
+                        }
                         Err(RxError::Malformed | RxError::TooLarge) => malformed += 1,
                     }
                     frames.next();
@@ -204,9 +209,12 @@ impl PortIo {
             };
             self.counters.to_guest.fetch_add(written, Ordering::Relaxed);
             self.counters.malformed.fetch_add(malformed, Ordering::Relaxed);
-            taken += written;
             if notify {
                 let _ = rx.vring.signal_used_queue();
+            }
+            if starved {
+                self.counters.dropped.fetch_add(frames.count() as u64, Ordering::Relaxed);
+                return written;
             }
         }
         let mut queued = 0u64;
@@ -216,7 +224,7 @@ impl PortIo {
         if queued > 0 {
             let _ = self.wake.write(1);
         }
-        taken + queued
+        written + queued
     }
 
     /// [`send_burst_to_guest`](Self::send_burst_to_guest) for one frame: whether it

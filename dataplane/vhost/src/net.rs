@@ -165,7 +165,7 @@ pub enum RxError {
 ///
 /// # Errors
 /// [`RxError`].
-pub fn deliver_rx<Q: QueueT, M: GuestMemory>(q: &mut Q, mem: &M, frame: &[u8], mergeable: bool) -> Result<(), RxError> {
+pub fn deliver_rx<Q: QueueT, M: GuestMemoryBackend>(q: &mut Q, mem: &M, frame: &[u8], mergeable: bool) -> Result<(), RxError> {
     if frame.len() > MAX_FRAME {
         return Err(RxError::TooLarge);
     }
@@ -282,27 +282,34 @@ pub(crate) fn writable<M: GuestMemory>(chain: impl Iterator<Item = Descriptor>, 
 
 /// Write the front of `parts` into `chain`'s buffers, consuming what was written;
 /// returns how many bytes.
-pub(crate) fn fill<M: GuestMemory>(
+pub(crate) fn fill<M: GuestMemoryBackend>(
     chain: impl Iterator<Item = Descriptor>,
     mem: &M,
     parts: &mut [&[u8]; 2],
 ) -> Option<usize> {
     let mut used = 0;
     for d in chain {
-        let (mut addr, mut room) = (d.addr(), d.len() as usize);
+        let want = (parts[0].len() + parts[1].len()).min(d.len() as usize);
+        if want == 0 {
+            break;
+        }
+        // One lookup for the buffer when it lies in one region (the usual case); the
+        // general, region-crossing write otherwise.
+        let slice = mem.get_slice(d.addr(), want).ok();
+        let mut off = 0;
         for part in parts.iter_mut() {
-            let k = room.min(part.len());
+            let k = (want - off).min(part.len());
             if k == 0 {
                 continue;
             }
-            mem.write_slice(&part[..k], addr).ok()?;
+            match &slice {
+                Some(slice) => slice.subslice(off, k).ok()?.copy_from(&part[..k]),
+                None => mem.write_slice(&part[..k], d.addr().checked_add(off as u64)?).ok()?,
+            }
             *part = &part[k..];
-            addr = addr.checked_add(k as u64)?;
-            (room, used) = (room - k, used + k);
+            off += k;
         }
-        if parts.iter().all(|p| p.is_empty()) {
-            break;
-        }
+        used += want;
     }
     Some(used)
 }
@@ -474,6 +481,23 @@ mod tests {
         mem.read_slice(&mut a, GuestAddress(0x1_0000 + 12)).unwrap();
         mem.read_slice(&mut b, GuestAddress(0x2_0000)).unwrap();
         assert_eq!([a, b].concat(), f);
+    }
+
+    #[test]
+    fn rx_writes_a_buffer_that_spans_two_memory_regions() {
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1_0000), (GuestAddress(0x1_0000), 0x1_0000)])
+                .unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let at = 0x1_0000 - 40;
+        vq.add_desc_chains(&[desc(at, 2048, WRITE, 0)], 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let f = frame(100);
+        deliver_rx(&mut q, &mem, &f, true).unwrap();
+        let mut got = vec![0u8; HDR_LEN + 100];
+        mem.read_slice(&mut got, GuestAddress(at)).unwrap();
+        assert_eq!(&got[HDR_LEN..], &f[..]);
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
     }
 
     #[test]
