@@ -165,7 +165,12 @@ pub enum RxError {
 ///
 /// # Errors
 /// [`RxError`].
-pub fn deliver_rx<Q: QueueT, M: GuestMemoryBackend>(q: &mut Q, mem: &M, frame: &[u8], mergeable: bool) -> Result<(), RxError> {
+pub fn deliver_rx<Q: QueueT, M: GuestMemoryBackend>(
+    q: &mut Q,
+    mem: &M,
+    frame: &[u8],
+    mergeable: bool,
+) -> Result<(), RxError> {
     if frame.len() > MAX_FRAME {
         return Err(RxError::TooLarge);
     }

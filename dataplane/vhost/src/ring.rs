@@ -367,6 +367,50 @@ mod tests {
             f
         }
 
+        /// Lay `chains` over the descriptor table from slot `first` on (wrapping), each
+        /// buffer at its slot's data address holding running bytes, for the device to
+        /// read (`device_writes` false) or write; offer each. How many were offered (the
+        /// table may run out).
+        fn post(&mut self, chains: &[Posted], device_writes: bool, first: usize) -> usize {
+            let mut slots: Vec<u16> = (0..SIZE).collect();
+            slots.rotate_left(first % usize::from(SIZE));
+            let mut free = slots.into_iter();
+            let mut byte = 0u8;
+            let mut offered = 0;
+            for c in chains {
+                let Some(idx) = c.parts.iter().map(|_| free.next()).collect::<Option<Vec<u16>>>() else { break };
+                for (k, (&len, &slot)) in c.parts.iter().zip(&idx).enumerate() {
+                    let at = DATA + u64::from(slot) * 0x800;
+                    let bytes: Vec<u8> = (0..len)
+                        .map(|_| {
+                            byte = byte.wrapping_add(7);
+                            byte
+                        })
+                        .collect();
+                    self.mem.write_slice(&bytes, GuestAddress(at)).unwrap();
+                    let last = k + 1 == idx.len();
+                    let write = if device_writes != c.wrong_way { 2 } else { 0 };
+                    self.desc(slot, at, len, if last { 0 } else { NEXT } | write, if last { 0 } else { idx[k + 1] });
+                }
+                self.offer(idx[0]);
+                offered += 1;
+            }
+            offered
+        }
+
+        /// A second driver over a copy of this one's memory.
+        fn twin(&self) -> Self {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+            let mut copy = vec![0u8; 0x10_0000];
+            self.mem.read_slice(&mut copy, GuestAddress(0)).unwrap();
+            mem.write_slice(&copy, GuestAddress(0)).unwrap();
+            Self { mem, start: self.start, avail_idx: self.avail_idx }
+        }
+
+        fn set_used_event(&self, event: u16) {
+            self.mem.write_obj(event.to_le(), GuestAddress(AVAIL + 4 + u64::from(SIZE) * 2)).unwrap();
+        }
+
         fn used(&self) -> (u16, Vec<u64>) {
             let idx = u16::from_le(self.mem.read_obj(GuestAddress(USED + 2)).unwrap());
             let ring =
@@ -479,17 +523,18 @@ mod tests {
         assert!(!drain(&d, &mut q, 64).0.notify);
     }
 
-    /// Receive buffers the differential test posts: descriptor lengths, and whether
-    /// the chain is (wrongly) device-readable.
+    /// A chain the differential tests post: descriptor lengths, and whether it points
+    /// the wrong way for its queue (device-writable on transmit, device-readable on
+    /// receive: malformed).
     #[derive(Debug, Clone)]
-    struct Buffers {
+    struct Posted {
         parts: Vec<u32>,
-        readable: bool,
+        wrong_way: bool,
     }
 
-    fn buffers() -> impl Strategy<Value = Buffers> {
-        (prop::collection::vec(1u32..900, 1..3), prop::bool::weighted(0.1))
-            .prop_map(|(parts, readable)| Buffers { parts, readable })
+    fn posted(longest: u32, most_parts: usize) -> impl Strategy<Value = Posted> {
+        (prop::collection::vec(1u32..longest, 1..=most_parts), prop::bool::weighted(0.1))
+            .prop_map(|(parts, wrong_way)| Posted { parts, wrong_way })
     }
 
     proptest! {
@@ -499,7 +544,7 @@ mod tests {
         /// mergeable buffers.
         #[test]
         fn the_receive_hot_path_matches_virtio_queue(
-            posted in prop::collection::vec(buffers(), 0..8),
+            posted in prop::collection::vec(posted(900, 2), 0..8),
             frames in prop::collection::vec(0usize..2000, 1..6),
             start in any::<u16>(),
             mergeable in any::<bool>(),
@@ -507,24 +552,9 @@ mod tests {
             used_event in any::<u16>(),
         ) {
             let mut d = Driver::new(start);
-            let mut free = 0..SIZE;
-            for b in &posted {
-                let idx: Vec<u16> = b.parts.iter().map(|_| free.next()).collect::<Option<_>>().unwrap_or_default();
-                if idx.is_empty() {
-                    break;
-                }
-                for (k, (&len, &slot)) in b.parts.iter().zip(&idx).enumerate() {
-                    let last = k + 1 == idx.len();
-                    let flags = if last { 0 } else { NEXT } | if b.readable { 0 } else { 2 };
-                    d.desc(slot, DATA + u64::from(slot) * 0x800, len, flags, if last { 0 } else { idx[k + 1] });
-                }
-                d.offer(idx[0]);
-            }
-            d.mem.write_obj(used_event.to_le(), GuestAddress(AVAIL + 4 + u64::from(SIZE) * 2)).unwrap();
-            let twin = Driver { mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap(), start, avail_idx: d.avail_idx };
-            let mut copy = vec![0u8; 0x10_0000];
-            d.mem.read_slice(&mut copy, GuestAddress(0)).unwrap();
-            twin.mem.write_slice(&copy, GuestAddress(0)).unwrap();
+            d.post(&posted, true, 0);
+            d.set_used_event(used_event);
+            let twin = d.twin();
             let (mut qa, mut qb) = (d.queue(event_idx), twin.queue(event_idx));
 
             let frames: Vec<Vec<u8>> = frames.iter().map(|&n| (0..n).map(|i| u8::try_from(i % 253).unwrap()).collect()).collect();
@@ -544,19 +574,6 @@ mod tests {
         }
     }
 
-    /// A chain the differential test builds: descriptor lengths (the first ones hold
-    /// the header) and whether the chain is device-writable (malformed on transmit).
-    #[derive(Debug, Clone)]
-    struct Spec {
-        parts: Vec<u32>,
-        writable: bool,
-    }
-
-    fn spec() -> impl Strategy<Value = Spec> {
-        (prop::collection::vec(1u32..400, 1..4), prop::bool::weighted(0.1))
-            .prop_map(|(parts, writable)| Spec { parts, writable })
-    }
-
     proptest! {
         /// The hot path and virtio-queue's general path agree on everything a driver
         /// and the dataplane see: frames, counts, the used ring, the indices and the
@@ -564,7 +581,7 @@ mod tests {
         /// index space, drained with any budget.
         #[test]
         fn the_hot_path_matches_virtio_queue(
-            chains in prop::collection::vec(spec(), 0..8),
+            chains in prop::collection::vec(posted(400, 3), 0..8),
             start in any::<u16>(),
             budget in 1usize..10,
             used_event in any::<u16>(),
@@ -572,33 +589,9 @@ mod tests {
             rotate in 0usize..16,
         ) {
             let mut d = Driver::new(start);
-            let mut slots: Vec<u16> = (0..SIZE).collect();
-            slots.rotate_left(rotate);
-            let mut free = slots.into_iter();
-            let mut byte = 0u8;
-            let mut offered = 0;
-            for c in &chains {
-                let idx: Vec<u16> = c.parts.iter().map(|_| free.next()).collect::<Option<_>>().unwrap_or_default();
-                if idx.is_empty() {
-                    break;
-                }
-                for (k, (&len, &slot)) in c.parts.iter().zip(&idx).enumerate() {
-                    let at = DATA + u64::from(slot) * 0x800;
-                    let bytes: Vec<u8> = (0..len).map(|_| { byte = byte.wrapping_add(7); byte }).collect();
-                    d.mem.write_slice(&bytes, GuestAddress(at)).unwrap();
-                    let last = k + 1 == idx.len();
-                    let flags = if last { 0 } else { NEXT } | if c.writable { 2 } else { 0 };
-                    d.desc(slot, at, len, flags, if last { 0 } else { idx[k + 1] });
-                }
-                d.offer(idx[0]);
-                offered += 1;
-            }
-            let used_event_at = GuestAddress(AVAIL + 4 + u64::from(SIZE) * 2);
-            d.mem.write_obj(used_event.to_le(), used_event_at).unwrap();
-            let twin = Driver { mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap(), start, avail_idx: d.avail_idx };
-            let mut copy = vec![0u8; 0x10_0000];
-            d.mem.read_slice(&mut copy, GuestAddress(0)).unwrap();
-            twin.mem.write_slice(&copy, GuestAddress(0)).unwrap();
+            let offered = d.post(&chains, false, rotate);
+            d.set_used_event(used_event);
+            let twin = d.twin();
 
             let (mut qa, mut qb) = (d.queue(event_idx), twin.queue(event_idx));
             let (ta, fa) = drain(&d, &mut qa, budget);
