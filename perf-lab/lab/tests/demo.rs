@@ -45,13 +45,7 @@ fn quick_demo_reports_and_leaves_nothing() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let json = std::env::temp_dir().join(format!("xlane-demo-{}.json", std::process::id()));
-    let child = demo(&["--quick", "--json", &json.to_string_lossy()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let (pid, out) = xlane_netlab::run_and_pid(&mut demo(&["--quick", "--json", &json.to_string_lossy()])).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("ping   5/5 answered"), "{stdout}");

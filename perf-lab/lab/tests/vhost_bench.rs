@@ -3,7 +3,7 @@
 //! and the report is complete. (Rates are this machine's; the comparison is
 //! BENCHMARKS.md's, not a test's.)
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use xlane_netlab::dpdk::TESTPMD;
 use xlane_netlab::privileged_with;
 
@@ -16,15 +16,9 @@ fn both_backends_carry_frames_every_round(test: &str, command: &str) {
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let json = std::env::temp_dir().join(format!("{command}-test-{}.json", std::process::id()));
-    let child = Command::new(env!("CARGO_BIN_EXE_xlane-lab"))
-        .args([command, "--seconds", "5", "--rounds", "2", "--json"])
-        .arg(&json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xlane-lab"));
+    cmd.args([command, "--seconds", "5", "--rounds", "2", "--json"]).arg(&json);
+    let (pid, out) = xlane_netlab::run_and_pid(&mut cmd).unwrap();
     assert!(out.status.success(), "{command} failed: {}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     std::fs::remove_file(&json).unwrap();

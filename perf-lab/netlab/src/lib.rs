@@ -124,6 +124,17 @@ pub fn namespaces_of(prefix: &str, pid: u32) -> io::Result<Vec<String>> {
     Ok(namespaces(prefix)?.into_iter().filter(|(_, o)| *o == pid).map(|(n, _)| n).collect())
 }
 
+/// Run `cmd` to its end with its output captured; its PID too, to look for what it
+/// left behind ([`namespaces_of`]).
+///
+/// # Errors
+/// It cannot be started or waited for.
+pub fn run_and_pid(cmd: &mut Command) -> io::Result<(u32, Output)> {
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()?;
+    let pid = child.id();
+    Ok((pid, child.wait_with_output()?))
+}
+
 /// What a run of `ping` reported.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PingStats {
