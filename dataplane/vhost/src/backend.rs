@@ -191,19 +191,21 @@ impl PortIo {
                 // backlog empty under it, nothing older can still be written after these.
                 let mut state = rx.vring.get_mut();
                 let q = state.get_queue_mut();
+                // One look suffices: frames this thread queued earlier are all written
+                // once it reads zero here (a flow comes through one thread).
                 let mut burst = net::RxBurst::new(q, &*mem);
-                while self.backlog.load(Ordering::Acquire) == 0
-                    && let Some(f) = frames.peek()
-                {
-                    match burst.deliver(q, &*mem, f, rx.mergeable) {
-                        Ok(()) => written += 1,
-                        Err(RxError::NoBuffers) => {
-                            starved = true;
-                            break;
+                if self.backlog.load(Ordering::Acquire) == 0 {
+                    while let Some(f) = frames.peek() {
+                        match burst.deliver(q, &*mem, f, rx.mergeable) {
+                            Ok(()) => written += 1,
+                            Err(RxError::NoBuffers) => {
+                                starved = true;
+                                break;
+                            }
+                            Err(RxError::Malformed | RxError::TooLarge) => malformed += 1,
                         }
-                        Err(RxError::Malformed | RxError::TooLarge) => malformed += 1,
+                        frames.next();
                     }
-                    frames.next();
                 }
                 burst.finish(q, &*mem)
             };

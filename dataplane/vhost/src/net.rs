@@ -10,7 +10,7 @@ use vm_memory::{Address as _, Bytes as _, GuestMemory, GuestMemoryBackend};
 /// `sizeof(struct virtio_net_hdr_v1)`.
 pub const HDR_LEN: usize = 12;
 /// Offset of `num_buffers` in the header.
-pub(crate) const NUM_BUFFERS: usize = 10;
+const NUM_BUFFERS: usize = 10;
 /// Largest frame carried: Ethernet header + the 1500-byte MTU of an uplink, with room
 /// for a VLAN tag (the pod MTU is 50 bytes less).
 pub const MAX_FRAME: usize = 1518;
@@ -145,6 +145,13 @@ pub(crate) fn drain_tx_general<Q: QueueT, M: GuestMemoryBackend>(
     tally
 }
 
+/// The header in front of a received frame: no offloads, `num_buffers` buffers.
+pub(crate) fn header(num_buffers: u16) -> [u8; HDR_LEN] {
+    let mut hdr = [0u8; HDR_LEN];
+    hdr[NUM_BUFFERS..].copy_from_slice(&num_buffers.to_le_bytes());
+    hdr
+}
+
 /// Why a frame was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RxError {
@@ -210,8 +217,7 @@ pub fn deliver_rx<Q: QueueT, M: GuestMemoryBackend>(
         let _ = q.pop_descriptor_chain(mem).map(|c| q.add_used(mem, c.head_index(), 0));
         return Err(RxError::Malformed);
     }
-    let mut hdr = [0u8; HDR_LEN];
-    hdr[NUM_BUFFERS..].copy_from_slice(&u16::try_from(n).expect("at most 64").to_le_bytes());
+    let hdr = header(u16::try_from(n).expect("at most 64"));
     // The header, then the frame, poured across the buffers in order.
     let mut parts = [&hdr[..], frame];
     for _ in 0..n {

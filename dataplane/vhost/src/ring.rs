@@ -1,4 +1,4 @@
-//! The transmit queue's hot path: a split virtqueue (virtio 1.x §2.7) whose three areas
+//! The hot path of both queues: a split virtqueue (virtio 1.x §2.7) whose three areas
 //! are resolved to host memory once per pass.
 //!
 //! virtio-queue translates a guest address on every access (the available index, each
@@ -10,9 +10,7 @@
 //! (`next_avail`, `next_used`) still lives in virtio-queue's `Queue`, which the
 //! vhost-user handshake reads and writes.
 
-use crate::net::{
-    FrameSink, HDR_LEN, MAX_FRAME, MAX_RX_BUFFERS, NUM_BUFFERS, RxError, Tally, fill, read_frame, writable,
-};
+use crate::net::{FrameSink, HDR_LEN, MAX_FRAME, MAX_RX_BUFFERS, RxError, Tally, fill, header, read_frame, writable};
 use std::num::Wrapping;
 use std::sync::atomic::{Ordering, fence};
 use virtio_queue::QueueT;
@@ -63,7 +61,7 @@ pub(crate) fn resolve<'m, Q: QueueT, M: GuestMemoryBackend>(
     })
 }
 
-impl<B: BitmapSlice> SplitRing<'_, B> {
+impl<'m, B: BitmapSlice> SplitRing<'m, B> {
     fn load_u16(&self, area: &VolatileSlice<'_, B>, off: usize, order: Ordering) -> Option<u16> {
         area.load::<u16>(off, order).ok().map(u16::from_le)
     }
@@ -77,11 +75,22 @@ impl<B: BitmapSlice> SplitRing<'_, B> {
         self.desc.get_ref::<Descriptor>(usize::from(index) * DESC_SIZE).ok().map(|r| r.load())
     }
 
+    /// The descriptors of the chain starting at `head`.
+    fn chain(&self, head: u16) -> Chain<'_, 'm, B> {
+        Chain { ring: self, next: Some(head), ttl: self.size, broken: false }
+    }
+
     fn put_used(&self, i: Wrapping<u16>, head: u16, len: u32) -> Option<()> {
         let off = RING_HEADER + usize::from(i.0 % self.size) * USED_ENTRY;
         // `struct virtq_used_elem { le32 id; le32 len; }` as one little-endian store.
         let elem = (u64::from(len) << 32 | u64::from(head)).to_le();
         self.used.get_ref::<u64>(off).ok().map(|r| r.store(elem))
+    }
+
+    /// Start delivering frames into this (receive) ring.
+    pub(crate) fn rx_pass<Q: QueueT>(self, q: &Q) -> RxPass<'m, B> {
+        let (next_avail, used) = (Wrapping(q.next_avail()), Wrapping(q.next_used()));
+        RxPass { ring: self, avail_idx: next_avail, next_avail, used, old_used: used }
     }
 
     /// Take up to `budget` chains, as [`crate::net::drain_tx`] documents.
@@ -113,7 +122,7 @@ impl<B: BitmapSlice> SplitRing<'_, B> {
                 continue;
             };
             tally.take(sink, |buf| {
-                let mut chain = Chain { ring: self, next: Some(head), ttl: self.size, broken: false };
+                let mut chain = self.chain(head);
                 read_frame(&mut chain, mem, buf).filter(|_| !chain.broken)
             });
             if self.put_used(used, head, 0).is_none() {
@@ -158,13 +167,6 @@ pub(crate) struct RxPass<'m, B: BitmapSlice> {
     next_avail: Wrapping<u16>,
     used: Wrapping<u16>,
     old_used: Wrapping<u16>,
-}
-
-impl<'m, B: BitmapSlice> SplitRing<'m, B> {
-    pub(crate) fn rx_pass<Q: QueueT>(self, q: &Q) -> RxPass<'m, B> {
-        let (next_avail, used) = (Wrapping(q.next_avail()), Wrapping(q.next_used()));
-        RxPass { ring: self, avail_idx: next_avail, next_avail, used, old_used: used }
-    }
 }
 
 impl<B: BitmapSlice> RxPass<'_, B> {
@@ -233,18 +235,12 @@ impl<B: BitmapSlice> RxPass<'_, B> {
             self.give_back(1);
             return Err(RxError::Malformed);
         }
-        let mut hdr = [0u8; HDR_LEN];
-        hdr[NUM_BUFFERS..].copy_from_slice(&n.to_le_bytes());
+        let hdr = header(n);
         let mut parts = [&hdr[..], frame];
         for _ in 0..n {
             let head = self.ring.avail_entry(self.next_avail).ok_or(RxError::Malformed)?;
-            let chain = Chain { ring: &self.ring, next: Some(head), ttl: self.ring.size, broken: false };
-            let written = fill(chain, mem, &mut parts).ok_or(RxError::Malformed)?;
-            self.ring
-                .put_used(self.used, head, u32::try_from(written).expect("a frame is small"))
-                .ok_or(RxError::Malformed)?;
-            self.used += Wrapping(1);
-            self.next_avail += Wrapping(1);
+            let written = fill(self.ring.chain(head), mem, &mut parts).ok_or(RxError::Malformed)?;
+            self.consume(head, written)?;
         }
         Ok(())
     }
@@ -262,23 +258,26 @@ impl<B: BitmapSlice> RxPass<'_, B> {
         else {
             return Ok(false);
         };
-        let mut hdr = [0u8; HDR_LEN];
-        hdr[NUM_BUFFERS..].copy_from_slice(&1u16.to_le_bytes());
         let (h, f) = slice.split_at(HDR_LEN).map_err(|_| RxError::Malformed)?;
-        h.copy_from(&hdr);
+        h.copy_from(&header(1));
         f.copy_from(frame);
-        self.ring
-            .put_used(self.used, head, u32::try_from(need).expect("a frame is small"))
-            .ok_or(RxError::Malformed)?;
+        self.consume(head, need)?;
+        Ok(true)
+    }
+
+    /// The next available chain, `head`, goes back used with `written` bytes.
+    fn consume(&mut self, head: u16, written: usize) -> Result<(), RxError> {
+        let len = u32::try_from(written).expect("a frame is small");
+        self.ring.put_used(self.used, head, len).ok_or(RxError::Malformed)?;
         self.used += Wrapping(1);
         self.next_avail += Wrapping(1);
-        Ok(true)
+        Ok(())
     }
 
     /// Bytes the device may write into the chain at `head`; `None` if it is broken, a
     /// descriptor is device-readable or lies outside guest memory.
     fn writable<M: GuestMemoryBackend>(&self, mem: &M, head: u16) -> Option<usize> {
-        let mut chain = Chain { ring: &self.ring, next: Some(head), ttl: self.ring.size, broken: false };
+        let mut chain = self.ring.chain(head);
         let cap = writable(&mut chain, mem)?;
         (!chain.broken).then_some(cap)
     }
