@@ -125,7 +125,7 @@ fn frontend(direction: Direction, sock: &Path, src: Ipv4Addr, dst: Ipv4Addr, pee
     Testpmd::spawn(
         None,
         FRONTEND_CORES,
-        &[&format!("net_virtio_user0,path={},queues=1,mac=02:00:0a:f4:01:fa", sock.display())],
+        &[&format!("net_virtio_user0,path={},queues=1,mac={VM_MAC}", sock.display())],
         &app,
     )
     .context("running dpdk-testpmd (apt-get install dpdk)")
@@ -189,8 +189,7 @@ fn pin_process(pid: u32, core: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Frames of the VM pod's port that went through the pipeline (not merely read from the
-/// ring: frames the backend could not queue for a worker are drops, not throughput).
+/// Frames of the VM pod's port that went through the pipeline.
 fn processed(xlaned: &Path) -> anyhow::Result<u64> {
     match Client::connect(xlaned)?.call(Op::Dump { table: Table::Ports })? {
         Reply::Ports { ports } => Ok(ports.iter().filter(|p| p.vhost_user.is_some()).map(|p| p.rx).sum()),
@@ -207,6 +206,10 @@ struct XlaneTarget {
 }
 
 const VM_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 250);
+/// The frontend's (the guest's) MAC.
+const VM_MAC: Mac = Mac([2, 0, 0x0a, 0xf4, 1, 0xfa]);
+/// Where a frontend sends when the backend does not route (DPDK's).
+const ANY_PEER: Mac = Mac([2, 0, 0, 0, 0, 1]);
 /// An address in the cluster no node leases: xlane's pipeline drops it (no route), as
 /// testpmd rxonly frees what it receives.
 const NOWHERE: Ipv4Addr = Ipv4Addr::new(10, 244, 250, 1);
@@ -216,12 +219,7 @@ impl XlaneTarget {
         let cluster = Cluster::start("xvi", 1, &ClusterOptions::default())?;
         let sock = dir.join("xlane-vm.sock");
         let xlaned = cluster.nodes[0].xlaned_socket.clone();
-        let spec = EndpointSpec {
-            ifname: "vm0".into(),
-            ip: VM_IP,
-            mac: Mac([2, 0, 0x0a, 0xf4, 1, 0xfa]),
-            vhost_user: Some(sock.clone()),
-        };
+        let spec = EndpointSpec { ifname: "vm0".into(), ip: VM_IP, mac: VM_MAC, vhost_user: Some(sock.clone()) };
         let gateway = match Client::connect(&xlaned)?.call(Op::AddEndpoint(spec))? {
             Reply::EndpointReady { gateway_mac, .. } => gateway_mac,
             other => anyhow::bail!("xlaned refused the vhost-user port: {other:?}"),
@@ -229,16 +227,44 @@ impl XlaneTarget {
         pin_process(cluster.nodes[0].xlaned.pid().context("xlaned exited")?, 0)?;
         Ok(Self { _cluster: cluster, sock, xlaned, gateway })
     }
+}
 
-    fn segment(&self, seconds: u32, stop: &AtomicBool) -> anyhow::Result<Segment> {
-        let mut t = frontend(Direction::Ingest, &self.sock, VM_IP, NOWHERE, self.gateway)?;
-        let from = flowing(&mut t, Direction::Ingest, stop)?;
-        let before = (processed(&self.xlaned)?, std::time::Instant::now());
-        let samples = run_for(&t, Direction::Ingest, from, seconds, stop)?;
-        #[expect(clippy::cast_precision_loss, reason = "rates")]
-        let delivered_pps = (processed(&self.xlaned)? - before.0) as f64 / before.1.elapsed().as_secs_f64();
-        Ok(Segment { samples, delivered_pps })
+/// xlane's side of a comparison, whichever the direction.
+trait XlaneSide {
+    /// The socket a frontend connects to.
+    fn sock(&self) -> &Path;
+    /// Where the frontend sends (ingest).
+    fn peer(&self) -> Mac;
+    /// Frames xlane has handled so far: through the pipeline, or into the guest.
+    fn handled(&self) -> anyhow::Result<u64>;
+}
+
+impl XlaneSide for XlaneTarget {
+    fn sock(&self) -> &Path {
+        &self.sock
     }
+    fn peer(&self) -> Mac {
+        self.gateway
+    }
+    fn handled(&self) -> anyhow::Result<u64> {
+        processed(&self.xlaned)
+    }
+}
+
+/// One round of xlane's side with a fresh frontend.
+fn xlane_segment(
+    side: &dyn XlaneSide,
+    direction: Direction,
+    seconds: u32,
+    stop: &AtomicBool,
+) -> anyhow::Result<Segment> {
+    let mut t = frontend(direction, side.sock(), VM_IP, NOWHERE, side.peer())?;
+    let from = flowing(&mut t, direction, stop)?;
+    let before = (side.handled()?, std::time::Instant::now());
+    let samples = run_for(&t, direction, from, seconds, stop)?;
+    #[expect(clippy::cast_precision_loss, reason = "rates")]
+    let delivered_pps = (side.handled()? - before.0) as f64 / before.1.elapsed().as_secs_f64();
+    Ok(Segment { samples, delivered_pps })
 }
 
 fn dpdk_segment(direction: Direction, seconds: u32, dir: &Path, stop: &AtomicBool) -> anyhow::Result<Segment> {
@@ -259,7 +285,7 @@ fn dpdk_segment(direction: Direction, seconds: u32, dir: &Path, stop: &AtomicBoo
         anyhow::ensure!(t0.elapsed() < Duration::from_secs(20), "DPDK's net_vhost did not create {}", sock.display());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut t = frontend(direction, &sock, VM_IP, NOWHERE, Mac([2, 0, 0, 0, 0, 1]))?;
+    let mut t = frontend(direction, &sock, VM_IP, NOWHERE, ANY_PEER)?;
     let from = flowing(&mut t, direction, stop)?;
     let samples = run_for(&t, direction, from, seconds, stop)?;
     let backend_rates = match direction {
@@ -286,19 +312,19 @@ impl EgressTarget {
     fn start(dir: &Path) -> anyhow::Result<Self> {
         let sock = dir.join("xlane-egress.sock");
         let io = PortIo::new(1024)?;
-        let port = VhostUserPort::spawn(sock.clone(), Arc::clone(&io), [2, 0, 0x0a, 0xf4, 1, 0xfa], 1450)?;
+        let port = VhostUserPort::spawn(sock.clone(), Arc::clone(&io), VM_MAC.0, 1450)?;
         let done = Arc::new(AtomicBool::new(false));
         let feeder = {
             let (io, done) = (Arc::clone(&io), Arc::clone(&done));
             std::thread::Builder::new().name("egress-feeder".into()).spawn(move || {
                 // A 64-byte frame to the guest; its bytes do not matter to rxonly.
                 let mut frame = [0u8; 64];
-                frame[..6].copy_from_slice(&[2, 0, 0x0a, 0xf4, 1, 0xfa]);
+                frame[..6].copy_from_slice(&VM_MAC.0);
                 frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
                 while !done.load(Ordering::Relaxed) {
                     if io.send_burst_to_guest(std::iter::repeat_n(&frame[..], 32)) == 0 {
-                        // The guest's ring and the queue behind it are full (or no guest
-                        // yet): let the frontend and the backend thread run.
+                        // The guest's ring is full (or, before the guest, the queue to
+                        // it): let the backend thread run.
                         std::thread::yield_now();
                     }
                 }
@@ -309,16 +335,17 @@ impl EgressTarget {
         pin_process(std::process::id(), 0)?;
         Ok(Self { port: Some(port), io, sock, done, feeder: Some(feeder) })
     }
+}
 
-    fn segment(&self, seconds: u32, stop: &AtomicBool) -> anyhow::Result<Segment> {
-        let mut t = frontend(Direction::Egress, &self.sock, VM_IP, NOWHERE, Mac([2, 0, 0, 0, 0, 1]))?;
-        let from = flowing(&mut t, Direction::Egress, stop)?;
-        let before = (self.io.counters.to_guest.load(Ordering::Relaxed), std::time::Instant::now());
-        let samples = run_for(&t, Direction::Egress, from, seconds, stop)?;
-        let delivered = self.io.counters.to_guest.load(Ordering::Relaxed) - before.0;
-        #[expect(clippy::cast_precision_loss, reason = "rates")]
-        let delivered_pps = delivered as f64 / before.1.elapsed().as_secs_f64();
-        Ok(Segment { samples, delivered_pps })
+impl XlaneSide for EgressTarget {
+    fn sock(&self) -> &Path {
+        &self.sock
+    }
+    fn peer(&self) -> Mac {
+        ANY_PEER
+    }
+    fn handled(&self) -> anyhow::Result<u64> {
+        Ok(self.io.counters.to_guest.load(Ordering::Relaxed))
     }
 }
 
@@ -352,15 +379,11 @@ pub fn run(direction: Direction, seconds: u32, rounds: u32, stop: &AtomicBool) -
     let dir = std::env::temp_dir().join(format!("xlane-vhost-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let r = (|| {
-        let (ingest, egress) = match direction {
-            Direction::Ingest => (Some(XlaneTarget::start(&dir)?), None),
-            Direction::Egress => (None, Some(EgressTarget::start(&dir)?)),
+        let side: Box<dyn XlaneSide> = match direction {
+            Direction::Ingest => Box::new(XlaneTarget::start(&dir)?),
+            Direction::Egress => Box::new(EgressTarget::start(&dir)?),
         };
-        let xlane_segment = || match (&ingest, &egress) {
-            (Some(t), _) => t.segment(seconds, stop),
-            (_, Some(t)) => t.segment(seconds, stop),
-            (None, None) => unreachable!("one target per direction"),
-        };
+        let xlane_segment = || xlane_segment(&*side, direction, seconds, stop);
         let (mut xlane, mut dpdk, mut round_ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds.max(1) {
             let (x, d) = if round % 2 == 0 {
