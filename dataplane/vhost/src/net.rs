@@ -342,6 +342,11 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
+    /// Guest memory in two adjacent 64 KiB regions: the boundary at 0x1_0000.
+    fn two_regions() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000), (GuestAddress(0x1_0000), 0x1_0000)]).unwrap()
+    }
+
     fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
         RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
     }
@@ -400,9 +405,7 @@ mod tests {
     fn tx_reads_a_buffer_that_spans_two_memory_regions() {
         // Guest memory in two adjacent regions, a frame straddling the boundary: the
         // one-region fast path does not apply, the general read does.
-        let mem =
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1_0000), (GuestAddress(0x1_0000), 0x1_0000)])
-                .unwrap();
+        let mem = two_regions();
         let vq = MockSplitQueue::new(&mem, 16);
         let f = frame(100);
         let at = 0x1_0000 - 40;
@@ -420,9 +423,7 @@ mod tests {
     fn tx_serves_a_ring_that_spans_two_memory_regions() {
         // The descriptor table straddles the boundary: no one-region view of it, so the
         // pass takes virtio-queue's general path.
-        let mem =
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1_0000), (GuestAddress(0x1_0000), 0x1_0000)])
-                .unwrap();
+        let mem = two_regions();
         let vq = MockSplitQueue::create(&mem, GuestAddress(0x1_0000 - 0x80), 16);
         let f = frame(60);
         mem.write_slice(&[0u8; HDR_LEN], GuestAddress(0x1_8000)).unwrap();
@@ -496,9 +497,7 @@ mod tests {
 
     #[test]
     fn rx_writes_a_buffer_that_spans_two_memory_regions() {
-        let mem =
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1_0000), (GuestAddress(0x1_0000), 0x1_0000)])
-                .unwrap();
+        let mem = two_regions();
         let vq = MockSplitQueue::new(&mem, 16);
         let at = 0x1_0000 - 40;
         vq.add_desc_chains(&[desc(at, 2048, WRITE, 0)], 0).unwrap();
