@@ -67,6 +67,7 @@ drop_reasons! {
     OverlayTransit => "overlay_transit", "decapsulated packet not for a local pod (no re-encapsulation)";
     MtuExceeded => "mtu_exceeded", "IPv4 packet larger than the pod MTU (uplink MTU - 50)";
     NoHeadroom => "no_headroom", "frame buffer has no room in front for the outer headers";
+    NoEgressPort => "no_egress_port", "routed to a port this worker does not serve (still attaching, or just removed)";
 }
 
 #[cfg(test)]

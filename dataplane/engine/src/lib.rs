@@ -6,22 +6,32 @@
 //! * [`counters`]: per-core counters, summed when read.
 //! * [`frame`]: a packet view with headroom.
 //! * [`flow`]: the inner-flow hash for the outer UDP source port.
-//! * [`mem`]: in-memory ports, so the whole engine runs without privileges (tests,
-//!   benches, the demo).
+//! * [`port`]: what an I/O layer implements: a [`Port`] (receive, transmit, release,
+//!   counters, offloads) over a [`FrameMemory`] its ports share.
+//! * [`driver`]: the one burst driver over any such ports: pipeline, placement,
+//!   transmission, every frame counted.
+//! * `mem` and `testbed` (feature `test-utils`): in-memory ports and a reproducible
+//!   node, so the whole engine runs without privileges (tests, benches, examples).
 //!
-//! The engine has no I/O of its own: the AF_XDP daemon and the in-memory ports hand it
-//! bursts of frames and act on the verdicts.
+//! The engine has no I/O of its own: AF_XDP sockets, vhost-user guests and the
+//! in-memory ports implement [`Port`] and the [`Driver`] runs them.
 #![forbid(unsafe_code)]
 
 pub mod counters;
+pub mod driver;
 pub mod drop;
 pub mod flow;
 pub mod frame;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod mem;
 pub mod pipeline;
+pub mod port;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod testbed;
 
 pub use counters::{CoreCounters, CounterSnapshot};
+pub use driver::Driver;
 pub use drop::DropReason;
 pub use frame::Frame;
 pub use pipeline::{BURST, Pipeline, Verdict};
+pub use port::{FrameMemory, Offloads, Packet, Port, PortCounters, bump};

@@ -1,13 +1,17 @@
-//! In-memory ports: a test double for AF_XDP sockets.
+//! In-memory ports: a test double for AF_XDP sockets (feature `test-utils`).
 //!
-//! A [`MemDataplane`] owns a set of ports, each an RX and a TX queue of fixed-size frame
-//! buffers with headroom, as UMEM chunks are. Forwarding moves a buffer from one port's
-//! RX queue to another's TX queue, like moving a descriptor within a shared UMEM; a
-//! dropped frame's buffer goes back to the pool. After warm-up nothing allocates.
+//! [`MemFrames`] is a pool of fixed-size buffers with headroom, as UMEM chunks are;
+//! [`MemPort`] is an RX and a TX queue of packets in it. Both implement the engine's
+//! [`FrameMemory`] and [`Port`], so the same [`Driver`] that runs the AF_XDP and
+//! vhost-user ports runs these. [`MemDataplane`] is one driver with ports `0..n` and a
+//! way to inject, collect and wire frames between two of them. After warm-up nothing
+//! allocates.
 
-use crate::counters::{CoreCounters, CounterSnapshot};
-use crate::frame::Frame;
-use crate::pipeline::{BURST, Pipeline, Verdict};
+use crate::CoreCounters;
+use crate::counters::CounterSnapshot;
+use crate::driver::Driver;
+use crate::pipeline::BURST;
+use crate::port::{FrameMemory, Packet, Port, PortCounters};
 use arrayvec::ArrayVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,17 +23,138 @@ pub const FRAME_SIZE: usize = 2048;
 /// like `XDP_PACKET_HEADROOM`).
 pub const HEADROOM: usize = 256;
 
-/// A frame buffer and the packet's place in it.
-#[derive(Debug)]
-struct Slot {
-    buf: Box<[u8; FRAME_SIZE]>,
-    head: usize,
-    len: usize,
+type Buffer = Box<[u8; FRAME_SIZE]>;
+
+/// A pool of frame buffers; a buffer is named by its slot.
+#[derive(Debug, Default)]
+pub struct MemFrames {
+    /// `None` while the slot's buffer is lent out by `with_buffers`.
+    slots: Vec<Option<Buffer>>,
+    free: Vec<u32>,
 }
 
-impl Slot {
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.head..self.head + self.len]
+impl MemFrames {
+    /// Make sure `n` buffers exist (free or in use), so later traffic allocates nothing.
+    pub fn preallocate(&mut self, n: usize) {
+        self.free.reserve(n);
+        while self.slots.len() < n {
+            let i = self.grow();
+            self.free.push(i);
+        }
+    }
+
+    fn grow(&mut self) -> u32 {
+        self.slots.push(Some(Box::new([0; FRAME_SIZE])));
+        u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 buffers")
+    }
+
+    /// Buffers on the free list.
+    #[must_use]
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    /// The bytes of a packet.
+    #[must_use]
+    pub fn bytes(&self, p: &Packet<u32>) -> &[u8] {
+        let b = self.slots[p.buf as usize].as_ref().expect("buffer not lent");
+        &b[p.head as usize..(p.head + p.len) as usize]
+    }
+
+    fn slot(&mut self, i: u32) -> &mut Buffer {
+        self.slots[i as usize].as_mut().expect("buffer not lent")
+    }
+}
+
+impl FrameMemory for MemFrames {
+    type Buf = u32;
+
+    fn buffer_size(&self) -> usize {
+        FRAME_SIZE
+    }
+
+    /// A free buffer; the pool grows when none is free (a test double has no fixed size).
+    fn alloc(&mut self) -> Option<u32> {
+        Some(self.free.pop().unwrap_or_else(|| self.grow()))
+    }
+
+    fn release(&mut self, buf: u32) {
+        self.free.push(buf);
+    }
+
+    fn with_buffers<R>(&mut self, bufs: &[u32], f: impl FnOnce(&mut [&mut [u8]]) -> R) -> R {
+        // Buffers are taken out of their slots for the call, so each is borrowed once
+        // without index juggling; a slot lent twice panics.
+        let mut taken: ArrayVec<Buffer, BURST> =
+            bufs.iter().map(|&i| self.slots[i as usize].take().expect("buffer lent twice")).collect();
+        let r = {
+            let mut slices: ArrayVec<&mut [u8], BURST> = taken.iter_mut().map(|b| &mut b[..]).collect();
+            f(&mut slices)
+        };
+        for (&i, b) in bufs.iter().zip(taken) {
+            self.slots[i as usize] = Some(b);
+        }
+        r
+    }
+}
+
+/// An in-memory port: frames to receive, frames transmitted.
+#[derive(Debug)]
+pub struct MemPort {
+    id: PortId,
+    /// Waiting to be received.
+    pub rx: VecDeque<Packet<u32>>,
+    /// Transmitted, waiting to be collected.
+    pub tx: VecDeque<Packet<u32>>,
+    /// Most frames `tx` holds; beyond it a transmit drops (as a full TX ring).
+    pub tx_capacity: usize,
+    counters: Arc<PortCounters>,
+}
+
+impl MemPort {
+    /// An empty port with an unbounded TX queue.
+    #[must_use]
+    pub fn new(id: PortId) -> Self {
+        Self::with_counters(id, Arc::new(PortCounters::default()))
+    }
+
+    /// An empty port counting into `counters` (shared with a reader).
+    #[must_use]
+    pub fn with_counters(id: PortId, counters: Arc<PortCounters>) -> Self {
+        Self { id, rx: VecDeque::new(), tx: VecDeque::new(), tx_capacity: usize::MAX, counters }
+    }
+}
+
+impl Port<MemFrames> for MemPort {
+    fn id(&self) -> PortId {
+        self.id
+    }
+
+    fn counters(&self) -> &PortCounters {
+        &self.counters
+    }
+
+    fn receive(&mut self, _mem: &mut MemFrames, out: &mut [Packet<u32>; BURST]) -> usize {
+        let n = self.rx.len().min(BURST);
+        for (o, p) in out.iter_mut().zip(self.rx.drain(..n)) {
+            *o = p;
+        }
+        n
+    }
+
+    fn transmit(&mut self, mem: &mut MemFrames, pkts: &[Packet<u32>]) -> usize {
+        let room = self.tx_capacity.saturating_sub(self.tx.len()).min(pkts.len());
+        self.tx.extend(&pkts[..room]);
+        for p in &pkts[room..] {
+            mem.release(p.buf);
+        }
+        room
+    }
+
+    fn close(self, mem: &mut MemFrames) {
+        for p in self.rx.into_iter().chain(self.tx) {
+            mem.release(p.buf);
+        }
     }
 }
 
@@ -54,57 +179,35 @@ pub enum InjectError {
     NoPort(#[from] NoSuchPort),
 }
 
-#[derive(Debug, Default)]
-struct MemPort {
-    rx: VecDeque<Slot>,
-    tx: VecDeque<Slot>,
-}
-
-/// Frames the I/O layer could not hand on (outside the pipeline's conservation).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct IoCounters {
-    /// Verdicts naming a port this dataplane does not have.
-    pub tx_no_port: u64,
-}
-
-/// A worker driving in-memory ports through the pipeline.
+/// A worker driving in-memory ports `0..n` through the pipeline.
 #[derive(Debug)]
 pub struct MemDataplane {
-    pipeline: Pipeline,
+    driver: Driver<MemFrames, MemPort>,
     fib: FibReader,
-    ports: Vec<MemPort>,
-    #[expect(clippy::vec_box, reason = "buffers move between the pool and port queues without copying")]
-    pool: Vec<Box<[u8; FRAME_SIZE]>>,
-    io: IoCounters,
 }
 
 impl MemDataplane {
     /// A dataplane with `ports` ports (ids `0..ports`) reading tables from `fib`.
     #[must_use]
     pub fn new(fib: &FibHandle, ports: u16) -> Self {
-        Self {
-            pipeline: Pipeline::new(Arc::new(CoreCounters::default())),
-            fib: fib.reader(),
-            ports: (0..ports).map(|_| MemPort::default()).collect(),
-            pool: Vec::new(),
-            io: IoCounters::default(),
+        let mut driver = Driver::new(MemFrames::default(), Arc::new(CoreCounters::default()));
+        for id in 0..ports {
+            driver.add_port(MemPort::new(PortId(id)));
         }
+        Self { driver, fib: fib.reader() }
     }
 
     /// Reserve `frames` buffers up front so later traffic allocates nothing.
     pub fn preallocate(&mut self, frames: usize) {
-        for p in &mut self.ports {
+        for p in self.driver.ports_mut() {
             p.rx.reserve(frames);
             p.tx.reserve(frames);
         }
-        self.pool.reserve(frames);
-        while self.pool.len() < frames {
-            self.pool.push(Box::new([0; FRAME_SIZE]));
-        }
+        self.driver.mem_mut().preallocate(frames);
     }
 
     fn port(&mut self, id: PortId) -> Result<&mut MemPort, NoSuchPort> {
-        self.ports.get_mut(usize::from(id.0)).ok_or(NoSuchPort(id))
+        self.driver.ports_mut().get_mut(usize::from(id.0)).ok_or(NoSuchPort(id))
     }
 
     /// Queue a copy of `bytes` for reception on `port`.
@@ -116,21 +219,20 @@ impl MemDataplane {
             return Err(FrameTooLarge(bytes.len()).into());
         }
         self.port(port)?;
-        let mut buf = self.pool.pop().unwrap_or_else(|| Box::new([0; FRAME_SIZE]));
-        buf[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
-        self.port(port)?.rx.push_back(Slot { buf, head: HEADROOM, len: bytes.len() });
+        let mem = self.driver.mem_mut();
+        let buf = mem.alloc().expect("the in-memory pool grows");
+        mem.slot(buf)[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
+        #[expect(clippy::cast_possible_truncation, reason = "checked against FRAME_SIZE above")]
+        let p = Packet { buf, head: HEADROOM as u32, len: bytes.len() as u32 };
+        self.port(port)?.rx.push_back(p);
         Ok(())
     }
 
     /// Process at most one burst from every port with frames waiting; returns how many
     /// frames were processed.
     pub fn poll(&mut self) -> usize {
-        let mut done = 0;
-        for p in 0..self.ports.len() {
-            let ingress = PortId(u16::try_from(p).expect("ports are numbered by u16"));
-            done += self.poll_port(ingress);
-        }
-        done
+        let fib = self.fib.current();
+        self.driver.poll(fib)
     }
 
     /// Poll until no port has frames waiting.
@@ -145,57 +247,16 @@ impl MemDataplane {
         }
     }
 
-    fn poll_port(&mut self, ingress: PortId) -> usize {
-        let rx = &mut self.ports[usize::from(ingress.0)].rx;
-        let mut burst: ArrayVec<Slot, BURST> = ArrayVec::new();
-        while burst.len() < BURST {
-            match rx.pop_front() {
-                Some(s) => burst.push(s),
-                None => break,
-            }
-        }
-        if burst.is_empty() {
-            return 0;
-        }
-        let mut verdicts = [Verdict::Drop(crate::DropReason::UnknownPort); BURST];
-        let mut placed = [(0usize, 0usize); BURST];
-        {
-            let mut frames: ArrayVec<Frame<'_>, BURST> = burst
-                .iter_mut()
-                .map(|s| Frame::new(&mut s.buf[..], s.head, s.len).expect("slot bounds hold"))
-                .collect();
-            let fib = self.fib.current();
-            self.pipeline.process(fib, ingress, &mut frames, &mut verdicts);
-            for (p, f) in placed.iter_mut().zip(&frames) {
-                *p = (f.head(), f.len());
-            }
-        }
-        let n = burst.len();
-        for ((mut slot, v), (head, len)) in burst.into_iter().zip(verdicts).zip(placed) {
-            (slot.head, slot.len) = (head, len);
-            match v {
-                Verdict::Tx(out) => match self.ports.get_mut(usize::from(out.0)) {
-                    Some(port) => port.tx.push_back(slot),
-                    None => {
-                        self.io.tx_no_port += 1;
-                        self.pool.push(slot.buf);
-                    }
-                },
-                Verdict::Drop(_) => self.pool.push(slot.buf),
-            }
-        }
-        n
-    }
-
     /// Hand every frame transmitted on `port` to `f`, then recycle its buffer.
     ///
     /// # Errors
     /// [`NoSuchPort`] for an unknown port.
     pub fn drain_tx(&mut self, port: PortId, mut f: impl FnMut(&[u8])) -> Result<usize, NoSuchPort> {
         let mut n = 0;
-        while let Some(slot) = self.port(port)?.tx.pop_front() {
-            f(slot.bytes());
-            self.pool.push(slot.buf);
+        while let Some(p) = self.port(port)?.tx.pop_front() {
+            let mem = self.driver.mem_mut();
+            f(mem.bytes(&p));
+            mem.release(p.buf);
             n += 1;
         }
         Ok(n)
@@ -212,52 +273,74 @@ impl MemDataplane {
     }
 
     /// Move every frame transmitted on `from` of this dataplane into the RX queue of
-    /// `to` on `peer` (a wire between two nodes' uplinks). Buffers move, bytes do not.
+    /// `to` on `peer` (a wire between two nodes' uplinks). Buffers move, bytes do not:
+    /// each frame's buffer trades places with a free buffer of the peer's, so neither
+    /// pool drains or grows.
     ///
     /// # Errors
     /// [`NoSuchPort`] if either port does not exist.
     pub fn wire_to(&mut self, from: PortId, peer: &mut Self, to: PortId) -> Result<usize, NoSuchPort> {
         peer.port(to)?;
         let mut n = 0;
-        while let Some(mut slot) = self.port(from)?.tx.pop_front() {
+        while let Some(p) = self.port(from)?.tx.pop_front() {
+            let theirs = peer.driver.mem_mut().alloc().expect("the in-memory pool grows");
+            let ours = self.driver.mem_mut().slot(p.buf);
+            core::mem::swap(ours, peer.driver.mem_mut().slot(theirs));
+            self.driver.mem_mut().release(p.buf);
             // Received frames start at the receiver's headroom, as on a real port.
-            if slot.head != HEADROOM {
-                slot.buf.copy_within(slot.head..slot.head + slot.len, HEADROOM);
-                slot.head = HEADROOM;
+            let (head, len) = (p.head as usize, p.len as usize);
+            if head != HEADROOM {
+                peer.driver.mem_mut().slot(theirs).copy_within(head..head + len, HEADROOM);
             }
-            peer.port(to)?.rx.push_back(slot);
-            // The receiver pays with a buffer of its own, so neither pool drains or grows.
-            if let Some(spare) = peer.pool.pop() {
-                self.pool.push(spare);
-            }
+            #[expect(clippy::cast_possible_truncation, reason = "HEADROOM < FRAME_SIZE")]
+            let rx = Packet { buf: theirs, head: HEADROOM as u32, len: p.len };
+            peer.port(to)?.rx.push_back(rx);
             n += 1;
         }
         Ok(n)
     }
 
-    /// Buffers this dataplane owns (free, queued for RX, queued for TX).
+    /// Buffers this dataplane accounts for (free, queued for RX, queued for TX): a
+    /// buffer in none of these has leaked.
     #[must_use]
     pub fn buffers_owned(&self) -> usize {
-        self.pool.len() + self.ports.iter().map(|p| p.rx.len() + p.tx.len()).sum::<usize>()
+        self.driver.mem().free() + self.driver.ports().iter().map(|p| p.rx.len() + p.tx.len()).sum::<usize>()
     }
 
     /// Pipeline counters of this dataplane.
     #[must_use]
     pub fn counters(&self) -> CounterSnapshot {
-        self.pipeline.counters().snapshot()
+        self.driver.counters().snapshot()
     }
 
-    /// I/O counters of this dataplane.
-    #[must_use]
-    pub fn io_counters(&self) -> IoCounters {
-        self.io
+    /// A port's counters: (rx, tx, tx_dropped).
+    ///
+    /// # Errors
+    /// [`NoSuchPort`] for an unknown port.
+    pub fn port_counters(&self, port: PortId) -> Result<(u64, u64, u64), NoSuchPort> {
+        self.driver.ports().get(usize::from(port.0)).map(|p| p.counters().get()).ok_or(NoSuchPort(port))
+    }
+
+    /// Limit how many transmitted frames `port` holds (as a TX ring's size).
+    ///
+    /// # Errors
+    /// [`NoSuchPort`] for an unknown port.
+    pub fn set_tx_capacity(&mut self, port: PortId, frames: usize) -> Result<(), NoSuchPort> {
+        self.port(port)?.tx_capacity = frames;
+        Ok(())
+    }
+
+    /// Stop serving `port` (its queued buffers come back): frames routed to it become
+    /// counted drops, as on a worker whose port was just removed.
+    pub fn remove_port(&mut self, port: PortId) -> usize {
+        self.driver.remove_port(port)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testbed;
+    use crate::{DropReason, testbed};
 
     fn udp_to_b(pod: &xlane_fib::Endpoint) -> Vec<u8> {
         let mut f = Vec::new();
@@ -303,6 +386,49 @@ mod tests {
         // Tables not configured: the frame is a counted drop, not an error.
         dp.inject(PortId(0), &[0; 60]).unwrap();
         dp.run_until_idle();
-        assert_eq!(dp.counters().drop_count(crate::DropReason::UnknownPort), 1);
+        assert_eq!(dp.counters().drop_count(DropReason::UnknownPort), 1);
+    }
+
+    #[test]
+    fn a_frame_routed_to_a_port_the_driver_does_not_serve_is_a_counted_drop() {
+        let h = FibHandle::new();
+        testbed::tables(2, 1).publish(&h);
+        // Pod 2 is in the tables (port 2) but this dataplane serves ports 0 and 1 only,
+        // as a worker does while pod 2's port is still attaching.
+        let mut dp = MemDataplane::new(&h, 3);
+        dp.preallocate(16);
+        dp.remove_port(PortId(2));
+        let mut local = udp_to_b(&testbed::pod(1));
+        local[30..34].copy_from_slice(&testbed::pod(2).ip.octets());
+        local[24..26].fill(0);
+        let c = !xlane_wire::checksum::sum(&local[14..34]);
+        local[24..26].copy_from_slice(&c.to_be_bytes());
+        for _ in 0..5 {
+            dp.inject(PortId(1), &local).unwrap();
+        }
+        dp.run_until_idle();
+        let c = dp.counters();
+        assert_eq!((c.rx, c.tx, c.drop_count(DropReason::NoEgressPort)), (5, 0, 5));
+        assert!(c.conserved());
+        assert_eq!(dp.buffers_owned(), 16, "the dropped frames' buffers came back");
+    }
+
+    #[test]
+    fn a_full_tx_queue_drops_and_counts_on_the_port() {
+        let h = FibHandle::new();
+        testbed::tables(1, 1).publish(&h);
+        let mut dp = MemDataplane::new(&h, 2);
+        dp.preallocate(64);
+        dp.set_tx_capacity(testbed::UPLINK, 10).unwrap();
+        let frame = udp_to_b(&testbed::pod(1));
+        for _ in 0..30 {
+            dp.inject(PortId(1), &frame).unwrap();
+        }
+        dp.run_until_idle();
+        assert_eq!(dp.port_counters(PortId(1)).unwrap(), (30, 0, 0));
+        assert_eq!(dp.port_counters(testbed::UPLINK).unwrap(), (0, 10, 20));
+        assert_eq!(dp.counters().encapsulated, 30, "the pipeline forwarded all; the port took 10");
+        assert_eq!(dp.drain_tx(testbed::UPLINK, |_| {}).unwrap(), 10);
+        assert_eq!(dp.buffers_owned(), 64);
     }
 }

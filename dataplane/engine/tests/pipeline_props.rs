@@ -3,6 +3,7 @@
 //! valid pod traffic survives a round trip through two nodes.
 
 use proptest::prelude::*;
+use xlane_engine::DropReason;
 use xlane_engine::mem::MemDataplane;
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_fib::{FibHandle, PortId};
@@ -113,7 +114,7 @@ proptest! {
             out += dp.drain_tx(port, |f| assert_well_formed(port, f)).unwrap() as u64;
         }
         prop_assert_eq!(out, c.tx);
-        prop_assert_eq!(dp.io_counters().tx_no_port, 0);
+        prop_assert_eq!(c.drop_count(DropReason::NoEgressPort), 0);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!
 //! * [`backend`]: the vhost-user-net device (rust-vmm `vhost-user-backend`) around them,
 //!   and the queues it shares with the dataplane; frontends reach it through a relay
-//!   that puts QEMU 7.2's early `SET_VRING_ENABLE` in the spec's order.
+//!   that puts QEMU 7.2's early `SET_VRING_ENABLE` in the spec's order;
+//! * [`port`]: a guest as the engine's `Port`, so the burst driver that runs AF_XDP
+//!   sockets runs guests too.
 //!
 //! Guest memory and ring addresses come from the frontend and are not trusted: every
 //! access goes through `vm-memory`'s checked accessors, and a chain that points outside
@@ -18,5 +20,6 @@
 
 pub mod backend;
 pub mod net;
+pub mod port;
 mod relay;
 mod ring;

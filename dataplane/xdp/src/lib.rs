@@ -5,10 +5,12 @@
 //! * [`asm`] and [`programs`]: the XDP pinhole programs, emitted from Rust;
 //! * [`attach`]: an XSKMAP, a loaded program and its link on one interface, native XDP
 //!   with fallback to generic;
-//! * [`xsk`]: UMEM and AF_XDP sockets (through `xdpilone`), with safe frame access.
+//! * [`xsk`]: UMEM and AF_XDP sockets (through `xdpilone`), with safe frame access;
+//! * [`port`]: an AF_XDP socket as the engine's `Port`, its UMEM as the `FrameMemory`.
 
 pub mod asm;
 pub mod attach;
+pub mod port;
 pub mod programs;
 pub mod sys;
 pub mod xsk;

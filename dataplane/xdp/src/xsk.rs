@@ -8,8 +8,12 @@
 //!
 //! Every frame has an owner at all times, tracked here: the free list, a fill ring, the
 //! application (received, being processed), or a TX ring. The tracking is what makes
-//! [`Umem::frames_mut`] sound: it hands out `&mut` slices only for distinct frames the
+//! [`Umem::buffers_mut`] sound: it hands out `&mut` slices only for distinct frames the
 //! application owns, whatever descriptors a buggy kernel or caller presents.
+//!
+//! Frames cross this API as the engine's [`Packet<u64>`]: the frame's base address in
+//! the UMEM, and the packet's offset and length in it. [`Umem`] is the engine's
+//! [`FrameMemory`] for AF_XDP ports.
 
 use std::ffi::CString;
 use std::io;
@@ -18,6 +22,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::ptr::NonNull;
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, UmemConfig, User};
+use xlane_engine::{FrameMemory, Packet};
 
 /// How to bind a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,15 +134,6 @@ enum Owner {
     Fill,
     App,
     Tx,
-}
-
-/// A received frame: where it is and how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RxFrame {
-    /// UMEM address of the packet's first byte.
-    pub addr: u64,
-    /// Packet length.
-    pub len: u32,
 }
 
 /// Per-port AF_XDP statistics from the kernel (`XDP_STATISTICS`).
@@ -294,7 +290,7 @@ pub struct Umem {
     holder: Vec<u32>,
     next_token: u32,
     free: Vec<u64>,
-    /// Per-frame stamp of the last `frames_mut` call that lent it out.
+    /// Per-frame stamp of the last `buffers_mut` call that lent it out.
     lent: Vec<u32>,
     epoch: u32,
     /// Descriptors presented by the kernel for frames it did not own (counted, dropped).
@@ -303,6 +299,8 @@ pub struct Umem {
     own_fd_used: bool,
     /// The mode the first port bound in (every port inherits it).
     zero_copy: bool,
+    /// Sockets open on this UMEM.
+    open_ports: usize,
 }
 
 impl core::fmt::Debug for Umem {
@@ -357,6 +355,7 @@ impl Umem {
             bad_descs: 0,
             own_fd_used: false,
             zero_copy: false,
+            open_ports: 0,
         })
     }
 
@@ -458,6 +457,7 @@ impl Umem {
             self.zero_copy = zc;
         }
         self.next_token = self.next_token.wrapping_add(1);
+        self.open_ports += 1;
         Ok(XskPort {
             rx,
             tx,
@@ -488,6 +488,7 @@ impl Umem {
     pub fn close_port(&mut self, port: XskPort) -> usize {
         let (token, umem_socket) = (port.token, port.umem_socket);
         drop(port);
+        self.open_ports -= 1;
         if umem_socket {
             return 0;
         }
@@ -500,6 +501,12 @@ impl Umem {
             }
         }
         n
+    }
+
+    /// Sockets open on this UMEM.
+    #[must_use]
+    pub fn open_ports(&self) -> usize {
+        self.open_ports
     }
 
     /// Frames on the free list.
@@ -573,7 +580,7 @@ impl Umem {
     }
 
     /// Take up to `out.len()` received frames from `port`; returns how many were stored.
-    pub fn receive(&mut self, port: &mut XskPort, out: &mut [RxFrame]) -> usize {
+    pub fn receive(&mut self, port: &mut XskPort, out: &mut [Packet<u64>]) -> usize {
         let max = u32::try_from(out.len()).unwrap_or(u32::MAX);
         let mut r = port.rx.receive(max);
         let mut n = 0;
@@ -585,7 +592,10 @@ impl Umem {
                 Some(i) if self.owner[i] == Owner::Fill && fits => {
                     self.owner[i] = Owner::App;
                     port.in_fill = port.in_fill.saturating_sub(1);
-                    out[n] = RxFrame { addr, len };
+                    let base = self.base(addr);
+                    #[expect(clippy::cast_possible_truncation, reason = "an offset within a frame")]
+                    let head = (addr - base) as u32;
+                    out[n] = Packet { buf: base, head, len };
                     n += 1;
                 }
                 Some(i) if self.owner[i] == Owner::Fill => {
@@ -602,46 +612,44 @@ impl Umem {
         n
     }
 
-    /// Lend the frames of `frames` out as whole-frame slices, in order: `f` gets one
-    /// `(buffer, offset of the packet in it)` per frame.
+    /// Lend the application-owned frames `bufs` (base addresses, as in [`Packet::buf`])
+    /// out as whole-frame slices, in order.
     ///
     /// # Panics
     /// If a frame is not application-owned or appears twice: the caller passed
-    /// descriptors that did not come from [`receive`](Self::receive).
-    pub fn frames_mut<R>(&mut self, frames: &[RxFrame], f: impl FnOnce(&mut [(&mut [u8], usize)]) -> R) -> R {
-        assert!(frames.len() <= 64, "bursts are at most 64 frames");
+    /// descriptors that did not come from [`receive`](Self::receive) or an allocation.
+    pub fn buffers_mut<R>(&mut self, bufs: &[u64], f: impl FnOnce(&mut [&mut [u8]]) -> R) -> R {
+        assert!(bufs.len() <= 64, "bursts are at most 64 frames");
         self.epoch = self.epoch.wrapping_add(1);
         let size = self.settings.frame_size as usize;
-        let mut lent: [(&mut [u8], usize); 64] = std::array::from_fn(|_| (&mut [][..], 0));
-        for (slot, fr) in lent.iter_mut().zip(frames) {
-            let i = self.index(fr.addr).expect("address inside the UMEM");
+        let mut lent: [&mut [u8]; 64] = std::array::from_fn(|_| &mut [][..]);
+        for (slot, &addr) in lent.iter_mut().zip(bufs) {
+            let i = self.index(addr).expect("address inside the UMEM");
             assert!(self.owner[i] == Owner::App, "frame {i} is not the application's");
             assert!(self.lent[i] != self.epoch, "frame {i} lent twice in one call");
             self.lent[i] = self.epoch;
-            let base = i * size;
             // SAFETY: frame i lies inside the mapped area (index() checked i < frames);
             // the checks above make every frame lent here distinct and owned by the
             // application (not by a kernel ring), so no other reference to these bytes
             // exists while the slices live; they borrow `self` mutably, so no second call
             // can lend them again before they are dropped.
-            let buf = unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(base), size) };
-            *slot = (buf, usize::try_from(fr.addr - base as u64).expect("offset within a frame"));
+            *slot = unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(i * size), size) };
         }
-        f(&mut lent[..frames.len()])
+        f(&mut lent[..bufs.len()])
     }
 
-    /// Queue application-owned frames for transmission on `port`: each entry is the
-    /// frame (as received) and the packet's new offset and length within it. Returns how
-    /// many were queued, in order; the caller must [`release`](Self::release) the rest.
-    pub fn transmit(&mut self, port: &mut XskPort, frames: &[(RxFrame, u32, u32)]) -> usize {
+    /// Queue application-owned packets for transmission on `port`. Returns how many were
+    /// queued, in order; the caller must [`release`](Self::release) the rest.
+    pub fn transmit(&mut self, port: &mut XskPort, pkts: &[Packet<u64>]) -> usize {
         let mut queued = 0;
-        let mut w = port.tx.transmit(u32::try_from(frames.len()).unwrap_or(u32::MAX));
-        for &(fr, offset, len) in frames {
-            let Some(i) = self.index(fr.addr) else { break };
-            if self.owner[i] != Owner::App || offset + len > self.settings.frame_size {
+        let mut w = port.tx.transmit(u32::try_from(pkts.len()).unwrap_or(u32::MAX));
+        for p in pkts {
+            let Some(i) = self.index(p.buf) else { break };
+            if self.owner[i] != Owner::App || p.head.checked_add(p.len).is_none_or(|end| end > self.settings.frame_size)
+            {
                 break;
             }
-            let desc = XdpDesc { addr: self.base(fr.addr) + u64::from(offset), len, options: 0 };
+            let desc = XdpDesc { addr: self.base(p.buf) + u64::from(p.head), len: p.len, options: 0 };
             if !w.insert_once(desc) {
                 break;
             }
@@ -654,32 +662,39 @@ impl Umem {
         queued
     }
 
-    /// Return an application-owned frame to the free list (a drop).
-    pub fn release(&mut self, frame: RxFrame) {
-        if let Some(i) = self.index(frame.addr)
+    /// Return an application-owned frame (any address inside it) to the free list.
+    pub fn release(&mut self, frame: u64) {
+        if let Some(i) = self.index(frame)
             && self.owner[i] == Owner::App
         {
             self.owner[i] = Owner::Free;
-            self.free.push(self.base(frame.addr));
+            self.free.push(self.base(frame));
         }
     }
 
-    /// Write a packet into a free frame for transmission (for frames the worker makes
-    /// itself, e.g. injected by tests). Returns the frame, application-owned.
-    pub fn alloc_with(&mut self, headroom: u32, bytes: &[u8]) -> Option<RxFrame> {
-        let len = u32::try_from(bytes.len()).ok()?;
-        if headroom + len > self.settings.frame_size {
-            return None;
-        }
+    /// Take a free frame for the application; returns its base address.
+    pub fn alloc(&mut self) -> Option<u64> {
         let addr = self.free.pop()?;
         let i = self.index(addr).expect("free-list addresses lie inside the UMEM");
         self.owner[i] = Owner::App;
-        let fr = RxFrame { addr: addr + u64::from(headroom), len };
-        self.frames_mut(&[fr], |f| {
-            let (buf, off) = &mut f[0];
-            buf[*off..*off + bytes.len()].copy_from_slice(bytes);
-        });
-        Some(fr)
+        Some(addr)
+    }
+
+    /// Write a packet into a free frame at offset `headroom` (for frames the application
+    /// makes itself: generators, tests). Returns it, application-owned.
+    pub fn alloc_with(&mut self, headroom: u32, bytes: &[u8]) -> Option<Packet<u64>> {
+        let len = u32::try_from(bytes.len()).ok()?;
+        if headroom.checked_add(len)? > self.settings.frame_size {
+            return None;
+        }
+        let buf = self.alloc()?;
+        self.buffers_mut(&[buf], |b| b[0][headroom as usize..][..bytes.len()].copy_from_slice(bytes));
+        Some(Packet { buf, head: headroom, len })
+    }
+
+    /// The bytes of an application-owned packet, for reading (tests, generators).
+    pub fn with_packet<R>(&mut self, p: &Packet<u64>, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        self.buffers_mut(&[p.buf], |b| f(&mut b[0][p.head as usize..(p.head + p.len) as usize]))
     }
 }
 
@@ -704,5 +719,25 @@ impl XskPort {
     #[must_use]
     pub fn poll_fd(&self) -> RawFd {
         self.raw_fd()
+    }
+}
+
+impl FrameMemory for Umem {
+    type Buf = u64;
+
+    fn buffer_size(&self) -> usize {
+        self.settings.frame_size as usize
+    }
+
+    fn alloc(&mut self) -> Option<u64> {
+        Umem::alloc(self)
+    }
+
+    fn release(&mut self, buf: u64) {
+        Umem::release(self, buf);
+    }
+
+    fn with_buffers<R>(&mut self, bufs: &[u64], f: impl FnOnce(&mut [&mut [u8]]) -> R) -> R {
+        self.buffers_mut(bufs, f)
     }
 }

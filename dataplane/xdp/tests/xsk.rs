@@ -4,10 +4,11 @@
 
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
+use xlane_engine::Packet;
 use xlane_netlab::Netns;
 use xlane_xdp::attach::{ModePreference, Program, XdpAttachment};
 use xlane_xdp::programs::PodFilter;
-use xlane_xdp::xsk::{BindMode, RxFrame, Umem, UmemSettings, XskPort, wait_readable};
+use xlane_xdp::xsk::{BindMode, Umem, UmemSettings, XskPort, wait_readable};
 
 fn frame(dst: [u8; 4], seq: u8) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 0xa0, 0x02, 0, 0, 0, 0, 0xa1, 0x08, 0x00];
@@ -17,18 +18,15 @@ fn frame(dst: [u8; 4], seq: u8) -> Vec<u8> {
     f
 }
 
-fn receive_n(umem: &mut Umem, port: &mut XskPort, n: usize) -> Vec<(RxFrame, Vec<u8>)> {
+fn receive_n(umem: &mut Umem, port: &mut XskPort, n: usize) -> Vec<(Packet<u64>, Vec<u8>)> {
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(3);
-    let mut burst = [RxFrame { addr: 0, len: 0 }; 64];
+    let mut burst = [Packet::default(); 64];
     while got.len() < n && Instant::now() < deadline {
         umem.refill(port, 64, 0);
         let k = umem.receive(port, &mut burst);
         for fr in &burst[..k] {
-            let bytes = umem.frames_mut(&[*fr], |f| {
-                let (buf, off) = &f[0];
-                buf[*off..*off + fr.len as usize].to_vec()
-            });
+            let bytes = umem.with_packet(fr, |b| b.to_vec());
             got.push((*fr, bytes));
         }
         if k == 0 {
@@ -69,7 +67,7 @@ fn shared_umem_across_a_veth_pair() {
             if dst[0] == 10 {
                 sent.push(f);
             }
-            out.push((fr, 256, fr.len));
+            out.push(fr);
         }
         assert_eq!(umem.transmit(&mut tx_port, &out), 12);
         tx_port.kick_tx();
@@ -89,14 +87,11 @@ fn shared_umem_across_a_veth_pair() {
         // Forward a received frame out of a1 by moving its descriptor (with the packet
         // moved 50 bytes into its headroom, as encapsulation does): it comes back to a0.
         let (fr, original) = got[0].clone();
-        let offset = u32::try_from(fr.addr % 2048).unwrap();
-        umem.frames_mut(&[fr], |f| {
-            let (buf, off) = &mut f[0];
-            buf.copy_within(*off..*off + original.len(), *off - 50);
-        });
-        assert_eq!(umem.transmit(&mut tx_port, &[(fr, offset - 50, fr.len)]), 1);
+        let off = fr.head as usize;
+        umem.buffers_mut(&[fr.buf], |b| b[0].copy_within(off..off + original.len(), off - 50));
+        assert_eq!(umem.transmit(&mut tx_port, &[Packet { head: fr.head - 50, ..fr }]), 1);
         for (fr, _) in &got[1..] {
-            umem.release(*fr);
+            umem.release(fr.buf);
         }
         tx_port.kick_tx();
         let again = receive_n(&mut umem, &mut rx_port, 1);
@@ -132,8 +127,7 @@ fn closed_ports_give_their_frames_back() {
             assert_eq!(umem.refill(&mut p, 200, 0), 200);
             // Some frames in flight on TX too.
             let frs: Vec<_> = (0..8u8).map(|s| umem.alloc_with(0, &frame([10, 244, 2, 3], s)).unwrap()).collect();
-            let out: Vec<_> = frs.iter().map(|f| (*f, 0, f.len)).collect();
-            assert_eq!(umem.transmit(&mut p, &out), 8);
+            assert_eq!(umem.transmit(&mut p, &frs), 8);
             assert_eq!(umem.close_port(p), 208, "round {round}");
             assert_eq!(umem.free_frames(), baseline, "round {round}: nothing leaked");
         }

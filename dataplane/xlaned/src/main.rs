@@ -16,7 +16,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::sync::Arc;
 use xlane_fib::FibHandle;
 use xlane_xdp::attach::{ModePreference, XdpMode};
-use xlane_xdp::xsk::{BindMode, UmemSettings};
+use xlane_xdp::xsk::{BindMode, Umem, UmemSettings};
 
 fn main() {
     tracing_subscriber::fmt()
@@ -50,8 +50,8 @@ fn run() -> anyhow::Result<()> {
     let mut workers = Vec::new();
     let mut joins = Vec::new();
     for i in 0..cfg.workers {
-        let wc = worker::WorkerConfig { umem, bind, busy_poll: cfg.busy_poll, core: cfg.cores.get(i).copied() };
-        let (h, j) = worker::spawn(i, wc, &fib)?;
+        let wc = worker::WorkerConfig { busy_poll: cfg.busy_poll, core: cfg.cores.get(i).copied() };
+        let (h, j) = worker::spawn(i, wc, &fib, move || Umem::new(umem).map_err(|e| e.to_string()))?;
         workers.push(h);
         joins.push(j);
     }
@@ -76,6 +76,7 @@ fn run() -> anyhow::Result<()> {
         // the uplink's full ring.
         pod_fill: 256,
         busy_poll: cfg.busy_poll,
+        bind,
     };
     let mut st = state::State::new(control, fib, workers, metric_ports)?;
 

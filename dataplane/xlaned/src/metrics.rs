@@ -1,12 +1,12 @@
 //! Prometheus text exposition on loopback (`GET /metrics`).
 
-use crate::worker::{PortStats, WorkerShared};
+use crate::worker::WorkerShared;
 use arc_swap::ArcSwap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use xlane_engine::{CounterSnapshot, DropReason};
+use xlane_engine::{CounterSnapshot, DropReason, PortCounters};
+use xlane_xdp::port::KernelStats;
 
 /// A port as the metrics endpoint labels it.
 #[derive(Debug)]
@@ -18,7 +18,19 @@ pub struct MetricPort {
     /// Interface.
     pub ifname: String,
     /// One per worker.
-    pub stats: Vec<Arc<PortStats>>,
+    pub counters: Vec<Arc<PortCounters>>,
+    /// The kernel's socket statistics, one per worker (AF_XDP ports only).
+    pub kernel: Vec<Arc<KernelStats>>,
+}
+
+impl MetricPort {
+    fn sum(&self, f: fn((u64, u64, u64)) -> u64) -> u64 {
+        self.counters.iter().map(|c| f(c.get())).sum()
+    }
+
+    fn kernel(&self, f: fn(&xlane_xdp::xsk::SocketStats) -> u64) -> u64 {
+        self.kernel.iter().map(|k| f(&k.get())).sum()
+    }
 }
 
 /// The current port list, replaced by the control thread when ports change.
@@ -40,18 +52,20 @@ pub fn render(workers: &[Arc<WorkerShared>], ports: &MetricPorts) -> String {
         let _ = writeln!(out, "xlane_drops_total{{reason=\"{}\"}} {}", r.name(), c.drop_count(*r));
     }
     let ports = ports.load();
-    for (metric, help, get) in [
-        ("rx_frames", "Frames received on the port.", (|s: &PortStats| s.rx.load(Relaxed)) as fn(&PortStats) -> u64),
-        ("tx_frames", "Frames transmitted on the port.", |s| s.tx.load(Relaxed)),
-        ("tx_ring_full", "Frames dropped because the TX ring was full.", |s| s.tx_ring_full.load(Relaxed)),
-        ("rx_fill_ring_empty", "Kernel: receive found the fill ring empty.", |s| {
-            s.kernel.load().rx_fill_ring_empty_descs
+    type Get = fn(&MetricPort) -> u64;
+    let metrics: [(&str, &str, Get); 5] = [
+        ("rx_frames", "Frames received on the port.", |p| p.sum(|c| c.0)),
+        ("tx_frames", "Frames transmitted on the port.", |p| p.sum(|c| c.1)),
+        ("tx_ring_full", "Frames dropped because the TX ring was full.", |p| p.sum(|c| c.2)),
+        ("rx_fill_ring_empty", "Kernel: receive found the fill ring empty.", |p| {
+            p.kernel(|k| k.rx_fill_ring_empty_descs)
         }),
-        ("rx_ring_full", "Kernel: frames dropped because the RX ring was full.", |s| s.kernel.load().rx_ring_full),
-    ] {
+        ("rx_ring_full", "Kernel: frames dropped because the RX ring was full.", |p| p.kernel(|k| k.rx_ring_full)),
+    ];
+    for (metric, help, get) in metrics {
         let _ = writeln!(out, "# HELP xlane_port_{metric}_total {help}\n# TYPE xlane_port_{metric}_total counter");
         for p in ports.iter() {
-            let v: u64 = p.stats.iter().map(|s| get(s)).sum();
+            let v = get(p);
             let _ = writeln!(
                 out,
                 "xlane_port_{metric}_total{{port=\"{}\",role=\"{}\",ifname=\"{}\"}} {v}",

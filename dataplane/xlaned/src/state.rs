@@ -5,7 +5,7 @@
 //! tables route anything to them, and removed from the tables before their sockets
 //! close, so no frame is routed to a port that cannot send it.
 
-use crate::worker::{Command, PortSpec, PortStats, VhostSpec, WorkerHandle};
+use crate::worker::{Command, NodePort, WorkerHandle};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -16,12 +16,16 @@ use xlane_api::{
     VhostUserInfo, Vtep,
 };
 use xlane_engine::{CounterSnapshot, DropReason};
+use xlane_engine::{Driver, PortCounters};
 use xlane_fib::{Endpoint, FibBuilder, FibHandle, NodeConfig, PortId, Prefix, RemoteNode};
 use xlane_netlink::{Link, NeighEvent, Netlink};
 use xlane_vhost::backend::{PortIo, VhostUserPort};
+use xlane_vhost::port::VhostPort;
 use xlane_wire::EthernetAddress;
 use xlane_xdp::attach::{ModePreference, Program, XdpAttachment, XdpMode};
+use xlane_xdp::port::{KernelStats, XdpPort};
 use xlane_xdp::programs::{PodFilter, UplinkFilter};
+use xlane_xdp::xsk::{BindMode, Umem};
 
 /// The uplink is always port 0.
 pub const UPLINK: PortId = PortId(0);
@@ -53,7 +57,12 @@ pub struct ControlConfig {
     pub pod_fill: u32,
     /// Whether workers busy-poll (for status).
     pub busy_poll: bool,
+    /// AF_XDP bind mode.
+    pub bind: BindMode,
 }
+
+/// The daemon's workers: UMEMs with AF_XDP sockets and vhost-user guests.
+pub type Workers = Vec<WorkerHandle<Umem, NodePort>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -76,7 +85,13 @@ impl Role {
 #[derive(Debug)]
 enum PortKind {
     /// AF_XDP sockets on an interface's queues, behind its XDP program.
-    Xdp { attach: Arc<XdpAttachment>, queues: u32, zero_copy: bool },
+    Xdp {
+        attach: Arc<XdpAttachment>,
+        queues: u32,
+        zero_copy: bool,
+        /// The kernel's socket statistics, one per worker.
+        kernel: Vec<Arc<KernelStats>>,
+    },
     /// A vhost-user-net backend on a unix socket (a VM-based pod). Dropping it cuts the
     /// frontend off and removes the socket.
     VhostUser(VhostUserPort),
@@ -89,7 +104,7 @@ struct Port {
     ip: Option<Ipv4Addr>,
     kind: PortKind,
     /// One per worker.
-    stats: Vec<Arc<PortStats>>,
+    counters: Vec<Arc<PortCounters>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,7 +149,7 @@ pub struct State {
     nodes: BTreeMap<Ipv4Addr, Node>,
     ports: BTreeMap<PortId, Port>,
     endpoints: HashMap<Ipv4Addr, PortId>,
-    workers: Vec<WorkerHandle>,
+    workers: Workers,
     metrics: Arc<crate::metrics::MetricPorts>,
 }
 
@@ -153,7 +168,7 @@ impl State {
     pub fn new(
         cfg: ControlConfig,
         fib: FibHandle,
-        workers: Vec<WorkerHandle>,
+        workers: Workers,
         metrics: Arc<crate::metrics::MetricPorts>,
     ) -> anyhow::Result<Self> {
         let mut nl = Netlink::new()?;
@@ -242,24 +257,27 @@ impl State {
                 .map_err(|e| failed(e.to_string()))?,
         );
         let fill = if role == Role::Uplink { self.cfg.uplink_fill } else { self.cfg.pod_fill };
-        let mut stats = Vec::new();
-        let mut zero_copy = false;
-        let mut replies = Vec::new();
+        let (mut counters, mut kernel, mut replies) = (Vec::new(), Vec::new(), Vec::new());
         for (w, qs) in self.workers.iter().zip(per_worker) {
-            let s = Arc::new(PortStats::default());
-            stats.push(Arc::clone(&s));
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            let spec = PortSpec {
+            let spec = XdpSpec {
                 id,
                 ifname: ifname.to_owned(),
                 queues: qs,
+                bind: self.cfg.bind,
                 attach: Arc::clone(&attach),
                 fill_target: fill,
-                stats: s,
+                counters: Arc::new(PortCounters::default()),
+                kernel: Arc::new(KernelStats::default()),
             };
-            w.send(Command::AddPort(spec, tx));
+            counters.push(Arc::clone(&spec.counters));
+            kernel.push(Arc::clone(&spec.kernel));
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            w.run(move |d| {
+                let _ = tx.send(spec.open(d));
+            });
             replies.push(rx);
         }
+        let mut zero_copy = false;
         let mut error = None;
         for rx in replies {
             match rx.recv_timeout(PORT_TIMEOUT) {
@@ -280,8 +298,13 @@ impl State {
                 role,
                 ifname: ifname.to_owned(),
                 ip,
-                kind: PortKind::Xdp { attach, queues: u32::try_from(queues.len()).unwrap_or(u32::MAX), zero_copy },
-                stats,
+                kind: PortKind::Xdp {
+                    attach,
+                    queues: u32::try_from(queues.len()).unwrap_or(u32::MAX),
+                    zero_copy,
+                    kernel,
+                },
+                counters,
             },
         );
         self.export_ports();
@@ -292,7 +315,10 @@ impl State {
         let mut waits = Vec::new();
         for w in &self.workers {
             let (tx, rx) = crossbeam_channel::bounded(1);
-            w.send(Command::RemovePort(id, tx));
+            w.run(move |d| {
+                d.remove_port(id);
+                let _ = tx.send(());
+            });
             waits.push(rx);
         }
         for rx in waits {
@@ -530,13 +556,17 @@ impl State {
             .map_err(|e| invalid(e.to_string()))?;
         // Spread the guests' receive work over the workers by port id.
         let rx_worker = usize::from(id.0) % self.workers.len().max(1);
-        let mut stats = Vec::new();
+        let mut counters = Vec::new();
         let mut replies = Vec::new();
         for (i, w) in self.workers.iter().enumerate() {
-            let s = Arc::new(PortStats::default());
-            stats.push(Arc::clone(&s));
+            let c = Arc::new(PortCounters::default());
+            counters.push(Arc::clone(&c));
+            let port = VhostPort::new(id, Arc::clone(&io), i == rx_worker, c);
             let (tx, rx) = crossbeam_channel::bounded(1);
-            w.send(Command::AddVhost(VhostSpec { id, io: Arc::clone(&io), poll_rx: i == rx_worker, stats: s }, tx));
+            w.run(move |d| {
+                d.add_port(NodePort::Vhost(port));
+                let _ = tx.send(());
+            });
             replies.push(rx);
         }
         if replies.iter().any(|rx| rx.recv_timeout(PORT_TIMEOUT).is_err()) {
@@ -550,7 +580,7 @@ impl State {
                 ifname: spec.ifname.clone(),
                 ip: Some(spec.ip),
                 kind: PortKind::VhostUser(server),
-                stats,
+                counters,
             },
         );
         self.export_ports();
@@ -596,17 +626,30 @@ impl State {
                 id: id.0,
                 role: p.role.name(),
                 ifname: p.ifname.clone(),
-                stats: p.stats.clone(),
+                counters: p.counters.clone(),
+                kernel: match &p.kind {
+                    PortKind::Xdp { kernel, .. } => kernel.clone(),
+                    PortKind::VhostUser(_) => Vec::new(),
+                },
             })
             .collect();
         self.metrics.store(Arc::new(ports));
     }
 
     fn port_info(&self, id: PortId, p: &Port) -> PortInfo {
-        let sum = |f: fn(&PortStats) -> u64| p.stats.iter().map(|s| f(s)).sum();
-        let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| p.stats.iter().map(|s| f(&s.kernel.load())).sum();
+        let (mut rx, mut tx, mut tx_dropped) = (0, 0, 0);
+        for c in &p.counters {
+            let (r, t, d) = c.get();
+            (rx, tx, tx_dropped) = (rx + r, tx + t, tx_dropped + d);
+        }
+        let no_kernel = Vec::new();
+        let kernel_stats = match &p.kind {
+            PortKind::Xdp { kernel, .. } => kernel,
+            PortKind::VhostUser(_) => &no_kernel,
+        };
+        let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| kernel_stats.iter().map(|k| f(&k.get())).sum();
         let (queues, xdp_mode, zero_copy, vhost_user) = match &p.kind {
-            PortKind::Xdp { attach, queues, zero_copy } => {
+            PortKind::Xdp { attach, queues, zero_copy, .. } => {
                 let mode = match attach.mode() {
                     XdpMode::Native => "native",
                     XdpMode::Generic => "generic",
@@ -636,9 +679,9 @@ impl State {
             queues,
             xdp_mode: xdp_mode.to_owned(),
             zero_copy,
-            rx: sum(|s| s.rx.load(std::sync::atomic::Ordering::Relaxed)),
-            tx: sum(|s| s.tx.load(std::sync::atomic::Ordering::Relaxed)),
-            tx_ring_full: sum(|s| s.tx_ring_full.load(std::sync::atomic::Ordering::Relaxed)),
+            rx,
+            tx,
+            tx_ring_full: tx_dropped,
             rx_fill_ring_empty: kernel(|k| k.rx_fill_ring_empty_descs),
             rx_ring_full: kernel(|k| k.rx_ring_full),
             vhost_user,
@@ -758,4 +801,61 @@ fn uplink_ips(ifname: &str) -> Vec<Ipv4Addr> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A port's queues one worker opens.
+struct XdpSpec {
+    id: PortId,
+    ifname: String,
+    queues: Vec<u32>,
+    bind: BindMode,
+    attach: Arc<XdpAttachment>,
+    fill_target: u32,
+    counters: Arc<PortCounters>,
+    kernel: Arc<KernelStats>,
+}
+
+impl XdpSpec {
+    /// On the worker: open a socket per queue and serve them; whether they are
+    /// zero-copy. A port the UMEM cannot stock would attach and silently receive
+    /// nothing: it is refused with the remedy instead. On any failure nothing stays open.
+    fn open(self, d: &mut Driver<Umem, NodePort>) -> Result<bool, String> {
+        let needed = XdpPort::frames_to_open(d.mem(), self.fill_target, self.queues.len());
+        let free = d.mem().free_frames();
+        if free < needed {
+            return Err(format!(
+                "UMEM exhausted: {free} free frames, port {} needs {needed}; start xlaned with a larger --umem-frames",
+                self.ifname
+            ));
+        }
+        let mut opened = Vec::new();
+        for &q in &self.queues {
+            let port = XdpPort::open(
+                d.mem_mut(),
+                self.id,
+                &self.ifname,
+                q,
+                self.bind,
+                Arc::clone(&self.attach),
+                self.fill_target,
+                Arc::clone(&self.counters),
+                Arc::clone(&self.kernel),
+            );
+            match port {
+                Ok(p) => opened.push(p),
+                Err(e) => {
+                    for p in opened {
+                        xlane_engine::Port::close(p, d.mem_mut());
+                    }
+                    return Err(e.to_string());
+                }
+            }
+        }
+        let zero_copy = opened.first().is_some_and(|p| p.socket().zero_copy());
+        for p in opened {
+            d.add_port(NodePort::Xdp(p));
+        }
+        tracing::debug!(port = %self.id, ifname = %self.ifname, "port added");
+        Ok(zero_copy)
+    }
 }

@@ -7,11 +7,12 @@ use anyhow::Context as _;
 use std::os::fd::AsFd as _;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use xlane_engine::Packet;
 use xlane_netlab::Netns;
 use xlane_netlab::dpdk::Testpmd;
 use xlane_xdp::attach::{ModePreference, Program, XdpAttachment};
 use xlane_xdp::programs::PodFilter;
-use xlane_xdp::xsk::{BindMode, RxFrame, Umem, UmemSettings, wait_readable};
+use xlane_xdp::xsk::{BindMode, Umem, UmemSettings, wait_readable};
 
 /// Forward with MAC swap on `dev` (in `ns`) until `stop`; returns the frames forwarded.
 /// Steers what xlaned's pod program steers (ARP and IPv4 to 10.244.0.0/16).
@@ -28,8 +29,8 @@ pub fn xlane_macswap(ns: &Netns, dev: &str, stop: &AtomicBool) -> anyhow::Result
         let mut port = umem.open_port(dev, 0, BindMode::Auto)?;
         att.insert_socket(0, port.fd().as_fd())?;
         umem.refill(&mut port, 2048, 0);
-        let mut burst = [RxFrame { addr: 0, len: 0 }; 64];
-        let mut out: Vec<(RxFrame, u32, u32)> = Vec::with_capacity(64);
+        let mut burst = [Packet::default(); 64];
+        let mut bufs = [0u64; 64];
         let mut forwarded = 0u64;
         while !stop.load(Ordering::Relaxed) {
             umem.reap_completions(&mut port);
@@ -40,22 +41,19 @@ pub fn xlane_macswap(ns: &Netns, dev: &str, stop: &AtomicBool) -> anyhow::Result
                 wait_readable(&[port.poll_fd()], 10)?;
                 continue;
             }
-            umem.frames_mut(&burst[..n], |frames| {
-                for (buf, off) in frames.iter_mut() {
-                    let eth = &mut buf[*off..*off + 12];
+            for (b, p) in bufs.iter_mut().zip(&burst[..n]) {
+                *b = p.buf;
+            }
+            umem.buffers_mut(&bufs[..n], |frames| {
+                for (buf, p) in frames.iter_mut().zip(&burst) {
+                    let eth = &mut buf[p.head as usize..][..12];
                     let (dst, src) = eth.split_at_mut(6);
                     dst.swap_with_slice(src);
                 }
             });
-            out.clear();
-            for fr in &burst[..n] {
-                let base = fr.addr & !(u64::from(umem.frame_size()) - 1);
-                let offset = u32::try_from(fr.addr - base)?;
-                out.push((*fr, offset, fr.len));
-            }
-            let sent = umem.transmit(&mut port, &out);
-            for (fr, _, _) in &out[sent..] {
-                umem.release(*fr);
+            let sent = umem.transmit(&mut port, &burst[..n]);
+            for p in &burst[sent..n] {
+                umem.release(p.buf);
             }
             port.flush_tx(8);
             forwarded += sent as u64;

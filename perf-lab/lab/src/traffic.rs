@@ -221,13 +221,13 @@ pub struct Flood {
 /// # Errors
 /// Socket setup failures.
 pub fn udp_flood(dev: &str, template: &[u8], frames: u64, max: Duration) -> anyhow::Result<Flood> {
-    use xlane_xdp::xsk::{BindMode, RxFrame, Umem, UmemSettings};
+    use xlane_xdp::xsk::{BindMode, Umem, UmemSettings};
     let settings = UmemSettings { frames: 4096, fill_ring: 2048, rx_tx_ring: 2048, ..UmemSettings::default() };
     let mut umem = Umem::new(settings)?;
     let mut port = umem.open_port(dev, 0, BindMode::Copy)?;
     let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut frame = template.to_vec();
-    let mut batch: Vec<(RxFrame, u32, u32)> = Vec::with_capacity(64);
+    let mut batch: Vec<xlane_engine::Packet<u64>> = Vec::with_capacity(64);
     let t0 = Instant::now();
     let mut sent = 0u64;
     while sent < frames && t0.elapsed() < max {
@@ -240,11 +240,11 @@ pub fn udp_flood(dev: &str, template: &[u8], frames: u64, max: Duration) -> anyh
             rng ^= rng << 17;
             frame[34..36].copy_from_slice(&rng.to_le_bytes()[..2]);
             let Some(fr) = umem.alloc_with(0, &frame) else { break };
-            batch.push((fr, 0, fr.len));
+            batch.push(fr);
         }
         let queued = umem.transmit(&mut port, &batch);
-        for (fr, _, _) in &batch[queued..] {
-            umem.release(*fr);
+        for p in &batch[queued..] {
+            umem.release(p.buf);
         }
         port.flush_tx(8);
         sent += queued as u64;

@@ -1,0 +1,211 @@
+//! The burst driver: one loop for every kind of port.
+//!
+//! A driver owns a worker's [`FrameMemory`], its ports and its [`Pipeline`]. Polling a
+//! port receives a burst, runs the pipeline over it in place, places each frame by its
+//! verdict (a queue per egress port, or back to memory), transmits every queue once and
+//! counts everything: each frame ends as a pipeline drop (with its reason, including a
+//! route to a port this driver does not serve), a transmitted frame, or a port's
+//! `tx_dropped`. As VPP has one graph dispatcher, a new port kind is a new [`Port`]
+//! impl, not a new loop.
+
+use crate::counters::CoreCounters;
+use crate::drop::DropReason;
+use crate::frame::Frame;
+use crate::pipeline::{BURST, Pipeline, Verdict};
+use crate::port::{FrameMemory, Packet, Port, bump};
+use arrayvec::ArrayVec;
+use std::sync::Arc;
+use xlane_fib::{Fib, PortId};
+
+/// A worker's ports, their memory and the pipeline between them.
+/// Dropping a driver closes its ports (giving their buffers back) before its memory
+/// goes: an AF_XDP socket must close before its UMEM is unregistered.
+#[derive(Debug)]
+pub struct Driver<M: FrameMemory, P: Port<M>> {
+    pipeline: Pipeline,
+    // Closed by `Drop` (which needs the memory), so before `mem` either way.
+    ports: Vec<P>,
+    mem: M,
+    /// `PortId` → index into `ports` of the entry that transmits for it.
+    egress: Vec<Option<u16>>,
+    /// Per entry of `ports`: frames to transmit once the current burst is placed.
+    pending: Vec<ArrayVec<Packet<M::Buf>, BURST>>,
+}
+
+impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
+    /// A driver with no ports, adding to `counters` (one per worker).
+    #[must_use]
+    pub fn new(mem: M, counters: Arc<CoreCounters>) -> Self {
+        Self { pipeline: Pipeline::new(counters), mem, ports: Vec::new(), egress: Vec::new(), pending: Vec::new() }
+    }
+
+    /// The frame memory.
+    #[must_use]
+    pub fn mem(&self) -> &M {
+        &self.mem
+    }
+
+    /// The frame memory, mutably (to open ports in it).
+    pub fn mem_mut(&mut self) -> &mut M {
+        &mut self.mem
+    }
+
+    /// The ports, in polling order.
+    #[must_use]
+    pub fn ports(&self) -> &[P] {
+        &self.ports
+    }
+
+    /// The ports, mutably.
+    pub fn ports_mut(&mut self) -> &mut [P] {
+        &mut self.ports
+    }
+
+    /// The pipeline's counters.
+    #[must_use]
+    pub fn counters(&self) -> &Arc<CoreCounters> {
+        self.pipeline.counters()
+    }
+
+    /// Serve `port` (after the ports already served).
+    pub fn add_port(&mut self, port: P) {
+        self.ports.push(port);
+        self.pending.push(ArrayVec::new());
+        self.reindex();
+    }
+
+    /// Close every entry serving `id`, giving their buffers back; returns how many.
+    pub fn remove_port(&mut self, id: PortId) -> usize {
+        let mut removed = 0;
+        let mut i = 0;
+        while i < self.ports.len() {
+            if self.ports[i].id() == id {
+                self.pending.remove(i);
+                self.ports.remove(i).close(&mut self.mem);
+                removed += 1;
+            } else {
+                i += 1;
+            }
+        }
+        self.reindex();
+        removed
+    }
+
+    /// Close every port.
+    pub fn close_all(&mut self) {
+        self.pending.clear();
+        self.egress.clear();
+        for p in self.ports.drain(..) {
+            p.close(&mut self.mem);
+        }
+    }
+
+    fn reindex(&mut self) {
+        self.egress.clear();
+        for (i, p) in self.ports.iter().enumerate() {
+            let k = usize::from(p.id().0);
+            if self.egress.len() <= k {
+                self.egress.resize(k + 1, None);
+            }
+            if self.egress[k].is_none() {
+                self.egress[k] = Some(u16::try_from(i).expect("fewer than 65536 port entries"));
+            }
+        }
+    }
+
+    /// Receive one burst from entry `index` and forward it; returns frames received.
+    ///
+    /// # Panics
+    /// If `index` is not an entry.
+    pub fn poll_port(&mut self, fib: &Fib, index: usize) -> usize {
+        let mut rx = [Packet::default(); BURST];
+        let (ingress, n) = self.receive(index, &mut rx);
+        if n > 0 {
+            self.forward(fib, ingress, &rx[..n]);
+        }
+        n
+    }
+
+    /// Receive one burst from entry `index` into `rx` (counted on the port); returns the
+    /// port's id and how many frames. The caller owns them: [`forward`](Self::forward)
+    /// them (the two halves of [`poll_port`](Self::poll_port), for a caller that times
+    /// the forwarding alone).
+    ///
+    /// # Panics
+    /// If `index` is not an entry.
+    pub fn receive(&mut self, index: usize, rx: &mut [Packet<M::Buf>; BURST]) -> (PortId, usize) {
+        let port = &mut self.ports[index];
+        let n = port.receive(&mut self.mem, rx).min(BURST);
+        bump(&port.counters().rx, n as u64);
+        (port.id(), n)
+    }
+
+    /// One burst from every entry, then each entry's [`Port::service`]; returns frames
+    /// received.
+    pub fn poll(&mut self, fib: &Fib) -> usize {
+        let mut work = 0;
+        for i in 0..self.ports.len() {
+            work += self.poll_port(fib, i);
+        }
+        self.service();
+        work
+    }
+
+    /// Let every entry take back completed buffers and restock its rings.
+    pub fn service(&mut self) {
+        for p in &mut self.ports {
+            p.service(&mut self.mem);
+        }
+    }
+
+    /// Run buffers the caller holds (received on `ingress`) through the pipeline, place
+    /// each by its verdict and transmit.
+    pub fn forward(&mut self, fib: &Fib, ingress: PortId, rx: &[Packet<M::Buf>]) {
+        let n = rx.len();
+        assert!(n <= BURST, "bursts are at most {BURST} frames");
+        let mut verdicts = [Verdict::Drop(DropReason::UnknownPort); BURST];
+        let mut placed = [(0u32, 0u32); BURST];
+        let mut bufs: ArrayVec<M::Buf, BURST> = rx.iter().map(|p| p.buf).collect();
+        let Self { pipeline, mem, egress, .. } = self;
+        mem.with_buffers(&bufs, |slices| {
+            let mut frames: ArrayVec<Frame<'_>, BURST> = ArrayVec::new();
+            for (buf, p) in slices.iter_mut().zip(rx) {
+                frames
+                    .push(Frame::new(buf, p.head as usize, p.len as usize).expect("packets lie inside their buffers"));
+            }
+            let serves = |id: PortId| egress.get(usize::from(id.0)).is_some_and(Option::is_some);
+            pipeline.process_to(fib, ingress, &mut frames, &mut verdicts[..n], serves);
+            for (p, f) in placed.iter_mut().zip(&frames) {
+                *p = (u32::try_from(f.head()).expect("< buffer size"), u32::try_from(f.len()).expect("< buffer size"));
+            }
+        });
+        for ((buf, v), (head, len)) in bufs.drain(..).zip(verdicts).zip(placed) {
+            match v {
+                Verdict::Tx(dst) => {
+                    let k = self.egress[usize::from(dst.0)].expect("the pipeline checked the egress port");
+                    self.pending[usize::from(k)].push(Packet { buf, head, len });
+                }
+                Verdict::Drop(_) => self.mem.release(buf),
+            }
+        }
+        self.transmit_pending();
+    }
+
+    fn transmit_pending(&mut self) {
+        for (port, q) in self.ports.iter_mut().zip(&mut self.pending) {
+            if q.is_empty() {
+                continue;
+            }
+            let sent = port.transmit(&mut self.mem, q).min(q.len());
+            bump(&port.counters().tx, sent as u64);
+            bump(&port.counters().tx_dropped, (q.len() - sent) as u64);
+            q.clear();
+        }
+    }
+}
+
+impl<M: FrameMemory, P: Port<M>> Drop for Driver<M, P> {
+    fn drop(&mut self) {
+        self.close_all();
+    }
+}

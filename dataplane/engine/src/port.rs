@@ -1,0 +1,142 @@
+//! Ports and the memory their frames live in: what an I/O layer implements so the burst
+//! [`Driver`](crate::Driver) can run the pipeline over it.
+//!
+//! As smoltcp's `phy::Device` separates the interface from the medium, a [`Port`] is a
+//! medium: AF_XDP sockets, a vhost-user guest, an in-memory queue. Frames live in a
+//! [`FrameMemory`] that every port of one worker shares (a UMEM, a pool of buffers), so
+//! forwarding between two ports of that memory moves a buffer handle, never bytes.
+//! Everything is generic and monomorphised: the driver's hot path has no virtual call.
+
+use crate::pipeline::BURST;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use xlane_fib::PortId;
+
+/// A packet in a frame buffer: which buffer, and where the packet lies in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Packet<B> {
+    /// The buffer (a UMEM frame's base address, a pool slot).
+    pub buf: B,
+    /// Offset of the packet's first byte in the buffer.
+    pub head: u32,
+    /// Packet length.
+    pub len: u32,
+}
+
+/// The frame buffers a worker's ports share.
+///
+/// A buffer is owned by exactly one party at a time: the memory (free), a port (in a
+/// ring or queue), or the driver (between receive and transmit). Handing a buffer to
+/// [`release`](Self::release) or [`Port::transmit`] gives it away.
+pub trait FrameMemory {
+    /// A handle naming one buffer. Small and `Copy`: bursts move handles.
+    type Buf: Copy + Default + core::fmt::Debug;
+
+    /// Bytes in each buffer.
+    fn buffer_size(&self) -> usize;
+
+    /// Take a free buffer, if any.
+    fn alloc(&mut self) -> Option<Self::Buf>;
+
+    /// Give a buffer back (a dropped frame).
+    fn release(&mut self, buf: Self::Buf);
+
+    /// Lend the buffers `bufs` (all held by the caller, none twice) as whole-buffer
+    /// slices, in order, for the duration of `f`.
+    fn with_buffers<R>(&mut self, bufs: &[Self::Buf], f: impl FnOnce(&mut [&mut [u8]]) -> R) -> R;
+}
+
+/// What a port can carry beyond plain, complete Ethernet frames. Every flag is a promise
+/// the port makes to the driver; a port that promises nothing gets only frames that are
+/// complete as they stand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offloads {
+    /// Frames may arrive, and may be sent, with a partial checksum to complete
+    /// (virtio-net `NEEDS_CSUM`: checksum start and offset in metadata).
+    pub partial_checksum: bool,
+    /// Frames may be TCP super-packets larger than the MTU, with a segment size in
+    /// metadata (virtio-net GSO).
+    pub tcp_segmentation: bool,
+}
+
+/// One port's counters on one worker. Single writer (that worker): relaxed load + store.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    /// Frames received.
+    pub rx: AtomicU64,
+    /// Frames transmitted.
+    pub tx: AtomicU64,
+    /// Frames the pipeline sent here that the port could not take: its TX ring (or the
+    /// guest's queue) full, or no buffer to copy them into.
+    pub tx_dropped: AtomicU64,
+}
+
+impl PortCounters {
+    /// Current values: (rx, tx, tx_dropped).
+    #[must_use]
+    pub fn get(&self) -> (u64, u64, u64) {
+        (self.rx.load(Relaxed), self.tx.load(Relaxed), self.tx_dropped.load(Relaxed))
+    }
+}
+
+/// Add `n` to a counter that has a single writer: a relaxed load and store, no locked
+/// instruction (readers may see the old or the new value, never a torn one).
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    if n != 0 {
+        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+}
+
+/// A medium frames are received from and transmitted to.
+///
+/// Several entries of one worker may carry the same [`id`](Self::id) (one per queue of
+/// a multi-queue interface): the driver receives from all of them and transmits on the
+/// first.
+pub trait Port<M: FrameMemory> {
+    /// The pipeline's name for this port (what routes point at).
+    fn id(&self) -> PortId;
+
+    /// This port's counters on this worker (the driver keeps them).
+    fn counters(&self) -> &PortCounters;
+
+    /// What the port carries beyond plain frames.
+    fn offloads(&self) -> Offloads {
+        Offloads::default()
+    }
+
+    /// Receive up to [`BURST`] frames into `out`; returns how many. Each received
+    /// buffer now belongs to the caller.
+    fn receive(&mut self, mem: &mut M, out: &mut [Packet<M::Buf>; BURST]) -> usize;
+
+    /// Transmit `pkts` in order. The port takes every buffer: those it queues it gives
+    /// back when the medium is done with them, the rest it releases at once. Returns
+    /// how many it queued (sent); the driver counts the rest as dropped.
+    fn transmit(&mut self, mem: &mut M, pkts: &[Packet<M::Buf>]) -> usize;
+
+    /// Between polling passes: take back completed buffers, restock receive rings.
+    fn service(&mut self, _mem: &mut M) {}
+
+    /// Give every buffer the port holds back to `mem` and close it.
+    fn close(self, mem: &mut M)
+    where
+        Self: Sized;
+
+    /// A descriptor that becomes readable when the port has frames to receive (the
+    /// worker sleeps in poll(2) on these).
+    fn wait_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// About to sleep: ask the medium to signal new frames on [`wait_fd`](Self::wait_fd).
+    /// Returns true if frames are already waiting (do not sleep).
+    fn prepare_sleep(&mut self) -> bool {
+        false
+    }
+
+    /// Polling again after a sleep (or a cancelled one): stop asking for signals.
+    fn after_sleep(&mut self) {}
+
+    /// Refresh statistics the medium keeps itself (about once a second).
+    fn refresh_stats(&self) {}
+}

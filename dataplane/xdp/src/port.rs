@@ -1,0 +1,204 @@
+//! An AF_XDP socket on one queue of an interface, as the engine's [`Port`]: receive
+//! restocks the fill ring at once, transmit drains a full TX ring before giving up,
+//! service keeps the fill ring at its target, close takes every frame back.
+
+use crate::attach::XdpAttachment;
+use crate::xsk::{BindMode, SocketStats, Umem, XskError, XskPort};
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use xlane_engine::{BURST, Packet, Port, PortCounters};
+use xlane_fib::PortId;
+
+/// Wakeups per TX flush: copy mode sends 32 descriptors per wakeup, so 8 cover a burst
+/// of 64 with room for backlog.
+const TX_FLUSH_WAKEUPS: u32 = 8;
+
+/// The kernel's statistics of one socket (`XDP_STATISTICS`), refreshed about once a
+/// second by the worker and read by the control thread.
+#[derive(Debug, Default)]
+pub struct KernelStats {
+    rx_dropped: AtomicU64,
+    rx_invalid_descs: AtomicU64,
+    tx_invalid_descs: AtomicU64,
+    rx_ring_full: AtomicU64,
+    rx_fill_ring_empty_descs: AtomicU64,
+    tx_ring_empty_descs: AtomicU64,
+}
+
+impl KernelStats {
+    /// The last refreshed values.
+    #[must_use]
+    pub fn get(&self) -> SocketStats {
+        SocketStats {
+            rx_dropped: self.rx_dropped.load(Relaxed),
+            rx_invalid_descs: self.rx_invalid_descs.load(Relaxed),
+            tx_invalid_descs: self.tx_invalid_descs.load(Relaxed),
+            rx_ring_full: self.rx_ring_full.load(Relaxed),
+            rx_fill_ring_empty_descs: self.rx_fill_ring_empty_descs.load(Relaxed),
+            tx_ring_empty_descs: self.tx_ring_empty_descs.load(Relaxed),
+        }
+    }
+
+    fn set(&self, s: &SocketStats) {
+        self.rx_dropped.store(s.rx_dropped, Relaxed);
+        self.rx_invalid_descs.store(s.rx_invalid_descs, Relaxed);
+        self.tx_invalid_descs.store(s.tx_invalid_descs, Relaxed);
+        self.rx_ring_full.store(s.rx_ring_full, Relaxed);
+        self.rx_fill_ring_empty_descs.store(s.rx_fill_ring_empty_descs, Relaxed);
+        self.tx_ring_empty_descs.store(s.tx_ring_empty_descs, Relaxed);
+    }
+}
+
+fn reserve_for(sockets: usize) -> usize {
+    BURST * sockets.clamp(1, 16)
+}
+
+/// Errors opening an [`XdpPort`].
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The socket could not be opened or bound.
+    #[error(transparent)]
+    Socket(#[from] XskError),
+    /// The XSKMAP refused the socket.
+    #[error("XSKMAP insert for {ifname} queue {queue}: {source}")]
+    Steer {
+        /// Interface.
+        ifname: String,
+        /// Queue.
+        queue: u32,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One AF_XDP socket serving pipeline port `id` on one queue.
+#[derive(Debug)]
+pub struct XdpPort {
+    id: PortId,
+    xsk: XskPort,
+    attach: Arc<XdpAttachment>,
+    fill_target: u32,
+    counters: Arc<PortCounters>,
+    kernel: Arc<KernelStats>,
+}
+
+impl XdpPort {
+    /// Open a socket on `ifname` queue `queue` in `umem`, stock its fill ring with
+    /// `fill_target` frames and steer the queue's traffic to it through `attach`.
+    ///
+    /// # Errors
+    /// [`OpenError`]; nothing stays open.
+    #[expect(clippy::too_many_arguments, reason = "one place opens ports; a builder would only rename them")]
+    pub fn open(
+        umem: &mut Umem,
+        id: PortId,
+        ifname: &str,
+        queue: u32,
+        bind: BindMode,
+        attach: Arc<XdpAttachment>,
+        fill_target: u32,
+        counters: Arc<PortCounters>,
+        kernel: Arc<KernelStats>,
+    ) -> Result<Self, OpenError> {
+        let mut xsk = umem.open_port(ifname, queue, bind)?;
+        umem.refill(&mut xsk, fill_target, 0);
+        if let Err(source) = attach.insert_socket(queue, xsk.fd()) {
+            umem.close_port(xsk);
+            return Err(OpenError::Steer { ifname: ifname.to_owned(), queue, source });
+        }
+        Ok(Self { id, xsk, attach, fill_target, counters, kernel })
+    }
+
+    /// The socket.
+    #[must_use]
+    pub fn socket(&self) -> &XskPort {
+        &self.xsk
+    }
+
+    /// Frames kept off the fill rings so TX completions can lag: a burst per socket,
+    /// capped so a node with a hundred pods does not park thousands of frames.
+    fn reserve(umem: &Umem) -> usize {
+        reserve_for(umem.open_ports())
+    }
+
+    /// Free frames `umem` needs to open `queues` more sockets that each keep
+    /// `fill_target` frames in their fill ring, with the reserve still kept.
+    #[must_use]
+    pub fn frames_to_open(umem: &Umem, fill_target: u32, queues: usize) -> usize {
+        fill_target as usize * queues + reserve_for(umem.open_ports() + queues)
+    }
+}
+
+impl Port<Umem> for XdpPort {
+    fn id(&self) -> PortId {
+        self.id
+    }
+
+    fn counters(&self) -> &PortCounters {
+        &self.counters
+    }
+
+    fn receive(&mut self, umem: &mut Umem, out: &mut [Packet<u64>; BURST]) -> usize {
+        umem.reap_completions(&mut self.xsk);
+        let n = umem.receive(&mut self.xsk, out);
+        if n > 0 {
+            // Give the kernel new frames at once: a fill ring left short while other
+            // ports are processed is where frames get dropped under load.
+            let level = Umem::fill_level(&self.xsk);
+            if level < self.fill_target {
+                umem.refill(&mut self.xsk, self.fill_target - level, BURST);
+            }
+        }
+        n
+    }
+
+    fn transmit(&mut self, umem: &mut Umem, pkts: &[Packet<u64>]) -> usize {
+        let mut sent = umem.transmit(&mut self.xsk, pkts);
+        if sent < pkts.len() {
+            // Ring full: let the kernel drain it, take back completed frames, retry.
+            self.xsk.flush_tx(TX_FLUSH_WAKEUPS);
+            umem.reap_completions(&mut self.xsk);
+            sent += umem.transmit(&mut self.xsk, &pkts[sent..]);
+        }
+        for p in &pkts[sent..] {
+            umem.release(p.buf);
+        }
+        self.xsk.flush_tx(TX_FLUSH_WAKEUPS);
+        sent
+    }
+
+    fn service(&mut self, umem: &mut Umem) {
+        let level = Umem::fill_level(&self.xsk);
+        if level < self.fill_target {
+            let reserve = Self::reserve(umem);
+            umem.refill(&mut self.xsk, self.fill_target - level, reserve);
+        }
+    }
+
+    fn close(self, umem: &mut Umem) {
+        // Stop steering first so the kernel passes the queue's traffic on, then close.
+        let _ = self.attach.remove_socket(self.xsk.queue());
+        umem.close_port(self.xsk);
+    }
+
+    fn wait_fd(&self) -> Option<RawFd> {
+        Some(self.xsk.poll_fd())
+    }
+
+    fn prepare_sleep(&mut self) -> bool {
+        // Make sure the kernel has frames to receive into and knows it.
+        if self.xsk.fill_needs_wakeup() {
+            self.xsk.kick_tx();
+        }
+        false
+    }
+
+    fn refresh_stats(&self) {
+        if let Ok(s) = self.xsk.stats() {
+            self.kernel.set(&s);
+        }
+    }
+}
