@@ -13,16 +13,19 @@ use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
 use std::net::Ipv4Addr;
-use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
+use xlane_api::agent::{AgentClient, AgentOp, AgentReply};
 use xlane_api::{ErrorCode, Mac};
 use xlane_netlink::Netlink;
 
 /// Where the agent listens by default.
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/xlane/agent.sock";
 
+/// How long the plugin waits for one agent reply (an attach waits for xlaned).
+const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn agent(conf: &NetConf) -> Result<AgentClient, CniError> {
     let sock = conf.agent_socket.as_deref().unwrap_or(DEFAULT_AGENT_SOCKET);
-    AgentClient::connect(sock)
+    AgentClient::connect_with_timeout(sock, Some(AGENT_TIMEOUT))
         .map_err(|e| CniError::new(Code::TryAgain, "xlane-agent is not running", format!("{sock}: {e}")))
 }
 
@@ -231,7 +234,7 @@ fn attach_veth(c: &mut AgentClient, env: &Env, netns: &str, a: &Addressing) -> R
                 .map_err(|e| io_error(&format!("pod route {r} via {gateway}"), e))?;
         }
         // Offloaded checksums would reach the AF_XDP socket unfinished.
-        xlane_netlink::in_netns(netns, || xlane_xdp::sys::set_tx_checksum(&env.ifname, false))
+        xlane_netlink::in_netns(netns, || xlane_netlink::ethtool::set_tx_checksum(&env.ifname, false))
             .map_err(|e| io_error("cannot enter the network namespace", e))?
             .map_err(|e| io_error("tx checksum off", e))?;
         attach_endpoint(c, env, &host_if, p.mac, None)?;

@@ -16,14 +16,12 @@ use crate::store::{Datastore, Event, StoreError};
 use crate::sync;
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use xlane_api::server::{Handler, Responder, Server};
 use xlane_api::{Change, Client, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, Vtep};
 
 /// flannel's default network, used when neither the store nor a flag provides one.
@@ -353,50 +351,47 @@ fn send(xl: &mut Client, changes: &[Change]) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Serve the CNI plugin's requests until the process exits.
+/// Serve the CNI plugin's requests on a thread of their own until the process exits.
+///
+/// One event loop reads every connection (a line over `MAX_LINE` is refused and closes
+/// only its connection). Requests that touch the IPAM file or xlaned run on a thread
+/// each and reply when done, so a slow attach does not hold up another pod's ADD; the
+/// IPAM state is behind the one mutex, held only inside `handle`.
 ///
 /// # Errors
 /// The socket cannot be created.
 pub fn serve_api(path: PathBuf, xlaned: PathBuf, shared: Arc<Mutex<Shared>>) -> std::io::Result<()> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let server = Server::<AgentOp>::bind(&path)?;
     std::thread::Builder::new().name("xlane-agent-api".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            // A thread per connection: a plugin holds its connection while it builds the
-            // pod's veth, and parallel ADDs for different pods must not queue behind it.
-            // The IPAM state is behind the one mutex, held only inside `handle`.
-            let (xlaned, shared) = (xlaned.clone(), Arc::clone(&shared));
-            let spawned = std::thread::Builder::new()
-                .name("xlane-agent-conn".into())
-                .spawn(move || serve_connection(conn, &xlaned, &shared));
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "cannot serve an API connection");
-            }
+        if let Err(e) = server.run(&mut Api { xlaned, shared }) {
+            tracing::error!(error = %e, "agent API stopped");
         }
     })?;
     Ok(())
 }
 
-fn serve_connection(conn: std::os::unix::net::UnixStream, xlaned: &std::path::Path, shared: &Arc<Mutex<Shared>>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut writer) = conn.try_clone() else { return };
-    let mut reader = BufReader::new(conn);
-    let mut line = Vec::new();
-    while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-        let reply = match crate::api::parse(&line) {
-            Ok(op) => handle(op, xlaned, shared),
-            Err(r) => r,
-        };
-        line.clear();
-        let mut out = serde_json::to_vec(&reply).expect("plain data");
-        out.push(b'\n');
-        if writer.write_all(&out).is_err() {
-            break;
+/// The agent's side of its API socket.
+struct Api {
+    xlaned: PathBuf,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Handler for Api {
+    type Op = AgentOp;
+
+    fn handle(&mut self, op: AgentOp, responder: Responder<AgentReply>) {
+        if matches!(op, AgentOp::Status | AgentOp::Check { .. }) {
+            // Read-only, in memory: answered on the loop.
+            responder.reply(handle(op, &self.xlaned, &self.shared));
+            return;
+        }
+        let (xlaned, shared) = (self.xlaned.clone(), Arc::clone(&self.shared));
+        let spawned = std::thread::Builder::new()
+            .name("xlane-agent-req".into())
+            .spawn(move || responder.reply(handle(op, &xlaned, &shared)));
+        // On failure the responder is dropped with the closure: the client gets an error.
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot serve an API request");
         }
     }
 }
@@ -515,5 +510,42 @@ fn detach(xlaned: &std::path::Path, ip: Ipv4Addr) {
     match Client::connect(xlaned).map(|mut c| c.call(Op::DelEndpoint { ip })) {
         Ok(Ok(Reply::EndpointRemoved { .. })) => {}
         other => tracing::warn!(%ip, result = ?other.map(|r| r.map(|_| ())), "detaching from xlaned"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::AgentClient;
+    use std::io::Write as _;
+
+    #[test]
+    fn an_over_long_line_is_refused_and_the_api_stays_up() {
+        let dir = std::env::temp_dir().join(format!("xlane-agent-api-{}", std::process::id()));
+        let sock = dir.join("agent.sock");
+        serve_api(sock.clone(), dir.join("xlaned.sock"), Arc::new(Mutex::new(Shared::default()))).unwrap();
+        let mut c = AgentClient::connect_with_timeout(&sock, Some(Duration::from_secs(10))).unwrap();
+        let mut huge = vec![b'x'; xlane_api::MAX_LINE + 1024];
+        huge.push(b'\n');
+        match c.call_raw(&huge).unwrap() {
+            AgentReply::Error { code: ErrorCode::BadRequest, message } => {
+                assert!(message.contains(&xlane_api::MAX_LINE.to_string()), "{message}");
+            }
+            r => panic!("{r:?}"),
+        }
+        // A following connection is served; requests that run off the loop answer too.
+        let mut c = AgentClient::connect(&sock).unwrap();
+        assert!(matches!(c.call(AgentOp::Status).unwrap(), AgentReply::Status { lease: None, .. }));
+        let add = AgentOp::Add { container_id: "c".into(), ifname: "eth0".into(), netns: None, ip: None };
+        assert!(matches!(c.call(add).unwrap(), AgentReply::Error { code: ErrorCode::Failed, .. }), "no lease yet");
+        // Garbage on a raw connection gets an error and the connection stays usable.
+        let mut raw = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        raw.write_all(b"nonsense\n{\"version\":1,\"op\":\"status\"}\n").unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(raw));
+        let first: AgentReply = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert!(matches!(first, AgentReply::Error { code: ErrorCode::BadRequest, .. }), "{first:?}");
+        let second: AgentReply = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert!(matches!(second, AgentReply::Status { .. }), "{second:?}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -15,6 +15,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ethtool;
+
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,

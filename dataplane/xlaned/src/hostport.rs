@@ -46,6 +46,6 @@ pub fn ensure(
     nl.replace_addr(host_link.ifindex, gateway, 32)?;
     nl.replace_route(cluster.network(), cluster.prefix_len(), None, host_link.ifindex, Some(gateway))?;
     // The host's offloaded checksums would reach the engine unfinished.
-    xlane_xdp::sys::set_tx_checksum(host, false)?;
+    xlane_netlink::ethtool::set_tx_checksum(host, false)?;
     Ok(())
 }

@@ -80,10 +80,17 @@ fn run() -> anyhow::Result<()> {
     };
     let mut st = state::State::new(control, fib, workers, metric_ports)?;
 
-    let mut poll = mio::Poll::new()?;
-    let waker = server::neigh_waker(&poll)?;
-    let (neigh_tx, neigh_rx) = crossbeam_channel::unbounded();
+    // Subscribed now, so no neighbour change is missed while the VTEP is set up.
     let mut monitor = xlane_netlink::NeighMonitor::new()?;
+    if let Some(v) = cfg.vtep {
+        match st.handle(xlane_api::Op::SetVtep(v)) {
+            xlane_api::Reply::Error { message, .. } => anyhow::bail!("--vtep-ip: {message}"),
+            _ => tracing::info!(vtep = %v.ip, "VTEP configured from flags"),
+        }
+    }
+    let control = server::ControlSocket::bind(&cfg.socket)?;
+    let notifier = control.notifier();
+    let (neigh_tx, neigh_rx) = crossbeam_channel::unbounded();
     std::thread::Builder::new().name("xlane-neigh".into()).spawn(move || {
         loop {
             match monitor.next_batch() {
@@ -93,7 +100,7 @@ fn run() -> anyhow::Result<()> {
                             return;
                         }
                     }
-                    let _ = waker.wake();
+                    let _ = notifier.notify();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "neighbour monitor");
@@ -102,15 +109,8 @@ fn run() -> anyhow::Result<()> {
             }
         }
     })?;
-
-    if let Some(v) = cfg.vtep {
-        match st.handle(xlane_api::Op::SetVtep(v)) {
-            xlane_api::Reply::Error { message, .. } => anyhow::bail!("--vtep-ip: {message}"),
-            _ => tracing::info!(vtep = %v.ip, "VTEP configured from flags"),
-        }
-    }
     tracing::info!(uplink = %cfg.uplink, workers = cfg.workers, busy_poll = cfg.busy_poll, "xlaned running");
-    server::serve(&mut poll, &cfg.socket, &mut st, &neigh_rx, &signals)?;
+    control.serve(&mut st, &neigh_rx, &signals)?;
     st.shutdown();
     for j in joins {
         let _ = j.join();

@@ -246,7 +246,7 @@ impl State {
         let queues: Vec<u32> = if role == Role::Uplink && !self.cfg.uplink_queues.is_empty() {
             self.cfg.uplink_queues.clone()
         } else {
-            let n = xlane_xdp::sys::rx_queues(ifname).map_err(|e| invalid(format!("{ifname}: {e}")))?;
+            let n = xlane_netlink::ethtool::rx_queues(ifname).map_err(|e| invalid(format!("{ifname}: {e}")))?;
             (0..n).collect()
         };
         let per_worker = self.spread(ifname, &queues)?;

@@ -65,7 +65,7 @@ pub fn run(vni: u32, port: u16, tcp_mb: usize, stop: &AtomicBool) -> anyhow::Res
     // The kernel's VXLAN device fills in outer UDP checksums (flannel leaves udpcsum at
     // the kernel's default, on) and leaves them to the NIC; a veth uplink hands them on
     // unfinished. A real NIC computes them, so the lab's uplink must too.
-    fnode.ns.enter(|| xlane_xdp::sys::set_tx_checksum(&fnode.uplink, false))??;
+    fnode.ns.enter(|| xlane_netlink::ethtool::set_tx_checksum(&fnode.uplink, false))??;
     kernel::cni0(fnode, FLANNEL_SUBNET, 1450)?;
     let fpod = kernel::bridge_pod(fnode, FLANNEL_SUBNET, 0, 1450)?;
     // Its lease, in flannel's format, where xlane's agent watches.

@@ -180,7 +180,7 @@ impl Cluster {
     /// # Errors
     /// The agent is not listening.
     pub fn agent(&self, i: usize) -> io::Result<AgentClient> {
-        AgentClient::connect(&self.nodes[i].agent_socket)
+        AgentClient::connect(&self.nodes[i].agent_socket).map_err(io::Error::from)
     }
 }
 

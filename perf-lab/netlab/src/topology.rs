@@ -140,7 +140,7 @@ impl Lab {
         ns.ip(&["link", "set", "eth0", "mtu", &POD_MTU.to_string(), "up"])?;
         ns.ip(&["route", "add", "default", "via", &gw.to_string()])?;
         // The pod's offloaded checksums would reach the AF_XDP socket unfinished.
-        ns.enter(|| xlane_xdp::sys::set_tx_checksum("eth0", false))??;
+        ns.enter(|| xlane_netlink::ethtool::set_tx_checksum("eth0", false))??;
         let mac = ns.mac("eth0")?;
         self.pods.push(Pod { ns, node, host_if, ip, mac });
         Ok(k)

@@ -135,7 +135,8 @@ fn main() {
 fn run(cli: &Cli) -> anyhow::Result<bool> {
     let op = match &cli.cmd {
         Cmd::NetdevTxChecksum { ifname, state } => {
-            xlane_xdp::sys::set_tx_checksum(ifname, state == "on").map_err(|e| anyhow::anyhow!("{ifname}: {e}"))?;
+            xlane_netlink::ethtool::set_tx_checksum(ifname, state == "on")
+                .map_err(|e| anyhow::anyhow!("{ifname}: {e}"))?;
             return Ok(true);
         }
         Cmd::Status => Op::Status,

@@ -1,0 +1,418 @@
+//! xlaned's control protocol: its operations and replies.
+//!
+//! ```text
+//! → {"version":1,"op":"apply","changes":[{"kind":"add_node","underlay_ip":"192.168.50.2","vtep_mac":"0e:00:00:00:02:01"},
+//!                                        {"kind":"add_route","prefix":"10.244.2.0/24","via":"192.168.50.2"}]}
+//! ← {"result":"applied","generation":7,"changes":2}
+//! ```
+
+use crate::Mac;
+use crate::codec::{self, Envelope, ErrorCode, ErrorReply, Message};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// The protocol version xlaned speaks.
+pub const VERSION: u32 = 1;
+
+/// A request to xlaned.
+pub type Request = Envelope<Op>;
+
+/// A client of xlaned.
+pub type Client = crate::client::Client<Op>;
+
+/// The node's VTEP settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vtep {
+    /// Our underlay address (must be on the uplink).
+    pub ip: Ipv4Addr,
+    /// Our VTEP MAC (flannel's `VtepMAC`); the uplink's MAC if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    /// VXLAN network identifier (flannel default 1).
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    /// VXLAN UDP port (flannel default 8472).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The node's pod subnet. Its first address becomes the host port's address (the
+    /// pods' gateway), through which the node reaches every pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+}
+
+fn default_vni() -> u32 {
+    1
+}
+
+fn default_port() -> u16 {
+    8472
+}
+
+/// One table change of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    /// Route a prefix through a remote node's VTEP.
+    AddRoute {
+        /// The prefix (a node subnet).
+        prefix: Ipv4Net,
+        /// The remote VTEP address.
+        via: Ipv4Addr,
+    },
+    /// Withdraw a route.
+    DelRoute {
+        /// The prefix.
+        prefix: Ipv4Net,
+    },
+    /// Add or update a remote node.
+    AddNode {
+        /// Its underlay (VTEP) address.
+        underlay_ip: Ipv4Addr,
+        /// Its VTEP MAC.
+        vtep_mac: Mac,
+        /// The underlay next hop's MAC; resolved from the kernel's neighbor table if
+        /// absent (the usual case).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_hop_mac: Option<Mac>,
+    },
+    /// Remove a remote node (its routes stay, unresolved, until withdrawn).
+    DelNode {
+        /// Its underlay address.
+        underlay_ip: Ipv4Addr,
+    },
+}
+
+/// A local endpoint: a pod (or VM) behind a host-side interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// Host-side interface (the veth end in the host namespace); for a vhost-user port,
+    /// the port's name.
+    pub ifname: String,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+    /// The pod interface's MAC (for a vhost-user port: the MAC the device offers the
+    /// guest).
+    pub mac: Mac,
+    /// Serve the pod as a vhost-user-net backend on this unix socket (a VM-based pod:
+    /// its VMM connects) instead of attaching the interface `ifname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<std::path::PathBuf>,
+}
+
+/// Which table to dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    /// Overlay routes.
+    Routes,
+    /// Remote nodes.
+    Nodes,
+    /// Local endpoints.
+    Endpoints,
+    /// Ports (uplink, host, pods).
+    Ports,
+}
+
+/// Operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// Set or change the VTEP.
+    SetVtep(Vtep),
+    /// Apply a batch of changes atomically (all or nothing, one table swap).
+    Apply {
+        /// The changes, applied in order.
+        changes: Vec<Change>,
+    },
+    /// Attach a local endpoint; replies when its port forwards.
+    AddEndpoint(EndpointSpec),
+    /// Detach the endpoint with this address (idempotent).
+    DelEndpoint {
+        /// The pod's address.
+        ip: Ipv4Addr,
+    },
+    /// Dump a table.
+    Dump {
+        /// Which one.
+        table: Table,
+    },
+    /// Counters of every port and drop reason.
+    Counters,
+    /// Daemon status.
+    Status,
+}
+
+/// A route as dumped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// Prefix.
+    pub prefix: Ipv4Net,
+    /// Remote VTEP.
+    pub via: Ipv4Addr,
+    /// Whether the VTEP is a known node.
+    pub resolved: bool,
+}
+
+/// A remote node as dumped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// VTEP MAC.
+    pub vtep_mac: Mac,
+    /// Next-hop MAC in use (absent while unresolved).
+    pub next_hop_mac: Option<Mac>,
+    /// Where the next-hop MAC came from: "request", "neighbor" or "unresolved".
+    pub source: String,
+}
+
+/// A port as dumped, with its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// Port id.
+    pub id: u16,
+    /// "uplink", "host" or "pod".
+    pub role: String,
+    /// Interface.
+    pub ifname: String,
+    /// Pod or host address, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// Queues served.
+    pub queues: u32,
+    /// "native" or "generic".
+    pub xdp_mode: String,
+    /// Whether the sockets are zero-copy.
+    pub zero_copy: bool,
+    /// Frames received.
+    pub rx: u64,
+    /// Frames transmitted.
+    pub tx: u64,
+    /// Frames dropped because the TX ring was full.
+    pub tx_ring_full: u64,
+    /// Kernel: times the fill ring was empty.
+    pub rx_fill_ring_empty: u64,
+    /// Kernel: frames dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// For a vhost-user port: its socket, frontend and guest-side counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<VhostUserInfo>,
+}
+
+/// The vhost-user side of a port (a VM-based pod).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostUserInfo {
+    /// The socket the VMM connects to.
+    pub socket: std::path::PathBuf,
+    /// Whether a frontend is connected.
+    pub connected: bool,
+    /// Frontend connections accepted so far.
+    pub connections: u64,
+    /// Frames read from the guest's transmit queue.
+    pub from_guest: u64,
+    /// Frames written into the guest's receive buffers.
+    pub to_guest: u64,
+    /// Descriptor chains the guest handed over unusable (counted, returned).
+    pub malformed: u64,
+    /// Frames dropped: no guest receive buffer, or a queue between backend and dataplane full.
+    pub dropped: u64,
+}
+
+/// Counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Counters {
+    /// Pipeline counters by name (rx, tx, encapsulated, …).
+    pub pipeline: BTreeMap<String, u64>,
+    /// Drops by reason name (every reason, zero or not).
+    pub drops: BTreeMap<String, u64>,
+    /// Per-port counters.
+    pub ports: Vec<PortInfo>,
+    /// Burst forwarding latency percentiles in nanoseconds (p50, p99, p99.9, max).
+    pub latency_ns: BTreeMap<String, u64>,
+    /// Burst size percentiles.
+    pub burst_size: BTreeMap<String, u64>,
+    /// Frames each worker took from its queues (how RSS spreads the load).
+    #[serde(default)]
+    pub worker_rx: Vec<u64>,
+}
+
+/// Daemon status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Daemon version.
+    pub version: String,
+    /// Protocol version.
+    pub protocol: u32,
+    /// Table generation.
+    pub generation: u64,
+    /// VTEP, if set.
+    pub vtep: Option<Vtep>,
+    /// Uplink interface.
+    pub uplink: String,
+    /// Uplink MAC (the VTEP MAC unless one is set).
+    pub uplink_mac: Mac,
+    /// The uplink's IPv4 addresses.
+    #[serde(default)]
+    pub uplink_ips: Vec<Ipv4Addr>,
+    /// Uplink MTU.
+    pub uplink_mtu: u16,
+    /// Pod MTU (uplink MTU − 50).
+    pub pod_mtu: u16,
+    /// Cluster CIDR steered to the engine on pod ports.
+    pub cluster_cidr: Ipv4Net,
+    /// Worker threads.
+    pub workers: usize,
+    /// Whether workers spin instead of sleeping when idle.
+    pub busy_poll: bool,
+}
+
+/// Replies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Reply {
+    /// The request failed; nothing changed.
+    Error {
+        /// Category.
+        code: ErrorCode,
+        /// What went wrong.
+        message: String,
+    },
+    /// A VTEP or batch was applied.
+    Applied {
+        /// Table generation now published.
+        generation: u64,
+        /// Changes applied.
+        changes: usize,
+    },
+    /// An endpoint is attached and forwarding.
+    EndpointReady {
+        /// Its port.
+        port: u16,
+        /// The host-side MAC that answers the pod's ARP (its gateway MAC).
+        gateway_mac: Mac,
+        /// The pod MTU.
+        mtu: u16,
+    },
+    /// An endpoint was removed (or was not there).
+    EndpointRemoved {
+        /// Whether it existed.
+        existed: bool,
+    },
+    /// Routes.
+    Routes {
+        /// The routes.
+        routes: Vec<RouteInfo>,
+    },
+    /// Nodes.
+    Nodes {
+        /// The nodes.
+        nodes: Vec<NodeInfo>,
+    },
+    /// Endpoints (as ports).
+    Endpoints {
+        /// The endpoints.
+        endpoints: Vec<PortInfo>,
+    },
+    /// Ports.
+    Ports {
+        /// The ports.
+        ports: Vec<PortInfo>,
+    },
+    /// Counters.
+    Counters(Box<Counters>),
+    /// Status.
+    Status(Box<Status>),
+}
+
+impl Reply {
+    /// An error reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error { code, message: message.into() }
+    }
+}
+
+impl Message for Op {
+    const VERSION: u32 = VERSION;
+    type Reply = Reply;
+}
+
+impl ErrorReply for Reply {
+    fn from_error(code: ErrorCode, message: String) -> Self {
+        Self::Error { code, message }
+    }
+    fn as_error(&self) -> Option<(ErrorCode, &str)> {
+        match self {
+            Self::Error { code, message } => Some((*code, message)),
+            _ => None,
+        }
+    }
+}
+
+/// Parse one request line, mapping every failure to the reply the daemon sends.
+///
+/// # Errors
+/// The [`Reply::Error`] to send back.
+pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
+    codec::parse::<Op>(line).map(Envelope::new).map_err(|e| e.reply())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_example_parses() {
+        let line = br#"{"version":1,"op":"apply","changes":[{"kind":"add_node","underlay_ip":"192.168.50.2","vtep_mac":"0e:00:00:00:02:01"},{"kind":"add_route","prefix":"10.244.2.0/24","via":"192.168.50.2"}]}"#;
+        let r = parse_request(line).unwrap();
+        let Op::Apply { changes } = r.op else { panic!("{r:?}") };
+        assert_eq!(changes.len(), 2);
+        assert_eq!(
+            changes[1],
+            Change::AddRoute { prefix: "10.244.2.0/24".parse().unwrap(), via: Ipv4Addr::new(192, 168, 50, 2) }
+        );
+    }
+
+    #[test]
+    fn bad_requests_get_precise_errors() {
+        let code = |line: &[u8]| match parse_request(line) {
+            Err(Reply::Error { code, .. }) => code,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code(b"garbage"), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"op":"status"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"version":2,"op":"status"}"#), ErrorCode::UnsupportedVersion);
+        assert_eq!(code(br#"{"version":1,"op":"explode"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"version":1,"op":"apply","changes":[{"kind":"add_route","prefix":"10.244.2.0/33","via":"1.2.3.4"}]}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"version":1,"op":"set_vtep","ip":"192.168.50.1","mac":"nope"}"#), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let ops = [
+            Op::SetVtep(Vtep {
+                ip: Ipv4Addr::new(192, 168, 50, 1),
+                mac: None,
+                vni: 1,
+                port: 8472,
+                subnet: Some("10.244.1.0/24".parse().unwrap()),
+            }),
+            Op::Apply { changes: vec![Change::DelNode { underlay_ip: Ipv4Addr::new(1, 2, 3, 4) }] },
+            Op::AddEndpoint(EndpointSpec {
+                ifname: "veth1".into(),
+                ip: Ipv4Addr::new(10, 244, 1, 2),
+                mac: Mac([2, 0, 0, 0, 0, 1]),
+                vhost_user: None,
+            }),
+            Op::Dump { table: Table::Routes },
+            Op::Counters,
+        ];
+        for op in ops {
+            let line = serde_json::to_vec(&Request::new(op.clone())).unwrap();
+            assert_eq!(parse_request(&line).unwrap().op, op);
+        }
+    }
+}
