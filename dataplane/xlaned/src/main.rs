@@ -1,22 +1,7 @@
-//! xlaned: the xlane dataplane daemon.
+//! xlaned: the xlane dataplane daemon (a thin binary over the `xlaned` library).
 #![forbid(unsafe_code)]
-#![allow(unreachable_pub, reason = "a binary: `pub` marks each module's interface")]
-
-mod config;
-mod hostport;
-mod metrics;
-
-mod server;
-mod state;
-mod worker;
 
 use clap::Parser;
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use std::sync::Arc;
-use xlane_fib::FibHandle;
-use xlane_xdp::attach::{ModePreference, XdpMode};
-use xlane_xdp::xsk::{BindMode, Umem, UmemSettings};
 
 fn main() {
     tracing_subscriber::fmt()
@@ -24,97 +9,9 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(true)
         .init();
-    if let Err(e) = run() {
+    let run = xlaned::config::Config::resolve(xlaned::config::Args::parse()).and_then(|cfg| xlaned::daemon::run(&cfg));
+    if let Err(e) = run {
         tracing::error!("{e:#}");
         std::process::exit(1);
     }
-}
-
-fn run() -> anyhow::Result<()> {
-    let cfg = config::Config::resolve(config::Args::parse())?;
-    // Termination signals are read from a signalfd by the control loop; block them
-    // before any thread starts so every thread inherits the mask.
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGINT);
-    mask.add(Signal::SIGTERM);
-    mask.thread_block()?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-
-    let fib = FibHandle::new();
-    let umem = UmemSettings { frames: cfg.umem_frames, ..UmemSettings::default() };
-    let bind = match cfg.bind_mode {
-        config::BindArg::Auto => BindMode::Auto,
-        config::BindArg::Copy => BindMode::Copy,
-        config::BindArg::ZeroCopy => BindMode::ZeroCopy,
-    };
-    let mut workers = Vec::new();
-    let mut joins = Vec::new();
-    for i in 0..cfg.workers {
-        let wc = worker::WorkerConfig { busy_poll: cfg.busy_poll, core: cfg.cores.get(i).copied() };
-        let (h, j) = worker::spawn(i, wc, &fib, move || Umem::new(umem).map_err(|e| e.to_string()))?;
-        workers.push(h);
-        joins.push(j);
-    }
-    let metric_ports: Arc<metrics::MetricPorts> = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
-    if let Some(addr) = cfg.metrics {
-        metrics::spawn(addr, workers.iter().map(|w| Arc::clone(&w.shared)).collect(), Arc::clone(&metric_ports))?;
-        tracing::info!(%addr, "metrics on /metrics");
-    }
-    let control = state::ControlConfig {
-        uplink: cfg.uplink.clone(),
-        uplink_queues: cfg.uplink_queues.clone(),
-        cluster_cidr: cfg.cluster_cidr,
-        host_port: cfg.host_port.clone(),
-        xdp: match cfg.xdp_mode {
-            config::XdpModeArg::Auto => ModePreference::Auto,
-            config::XdpModeArg::Native => ModePreference::Only(XdpMode::Native),
-            config::XdpModeArg::Generic => ModePreference::Only(XdpMode::Generic),
-        },
-        uplink_fill: umem.fill_ring,
-        // A pod port rarely sees more than a few bursts in flight; 256 frames each lets a
-        // default UMEM (32768 frames) serve ~110 pods, the Kubernetes default, beside
-        // the uplink's full ring.
-        pod_fill: 256,
-        busy_poll: cfg.busy_poll,
-        bind,
-    };
-    let mut st = state::State::new(control, fib, workers, metric_ports)?;
-
-    // Subscribed now, so no neighbour change is missed while the VTEP is set up.
-    let mut monitor = xlane_netlink::NeighMonitor::new()?;
-    if let Some(v) = cfg.vtep {
-        match st.handle(xlane_api::Op::SetVtep(v)) {
-            xlane_api::Reply::Error { message, .. } => anyhow::bail!("--vtep-ip: {message}"),
-            _ => tracing::info!(vtep = %v.ip, "VTEP configured from flags"),
-        }
-    }
-    let control = server::ControlSocket::bind(&cfg.socket)?;
-    let notifier = control.notifier();
-    let (neigh_tx, neigh_rx) = crossbeam_channel::unbounded();
-    std::thread::Builder::new().name("xlane-neigh".into()).spawn(move || {
-        loop {
-            match monitor.next_batch() {
-                Ok(evs) => {
-                    for ev in evs {
-                        if neigh_tx.send(ev).is_err() {
-                            return;
-                        }
-                    }
-                    let _ = notifier.notify();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "neighbour monitor");
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-            }
-        }
-    })?;
-    tracing::info!(uplink = %cfg.uplink, workers = cfg.workers, busy_poll = cfg.busy_poll, "xlaned running");
-    control.serve(&mut st, &neigh_rx, &signals)?;
-    st.shutdown();
-    for j in joins {
-        let _ = j.join();
-    }
-    tracing::info!("xlaned stopped; XDP programs detached");
-    Ok(())
 }

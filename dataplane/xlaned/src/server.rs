@@ -2,15 +2,16 @@
 //! xlaned's protocol with [`State`], plus neighbour events (a [`Notifier`] the neighbour
 //! thread pokes) and termination signals (the signalfd, registered with the loop).
 //!
-//! [`State::handle`] answers synchronously today. A request that has to wait (say, an
-//! endpoint attach until its port forwards) can instead keep its [`Responder`] and
-//! complete it later — from another thread, or from [`Handler::on_wake`] when the event
-//! it waits for arrives — and the connection's next request waits until then while
-//! other connections are served.
+//! A request [`State::handle`] cannot answer at once (an endpoint attach, until the
+//! workers have opened its port) keeps its [`Responder`] under the state's ticket; the
+//! workers' answers wake the loop ([`Handler::on_wake`]), which completes it. That
+//! connection's next request waits until then; other connections are served meanwhile.
 
-use crate::state::State;
+use crate::host::System;
+use crate::state::{Handled, State, Ticket};
 use crossbeam_channel::Receiver;
 use nix::sys::signalfd::SignalFd;
+use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::Path;
 use xlane_api::server::{Control, Handler, Notifier, Responder, Server};
@@ -20,6 +21,12 @@ use xlane_netlink::NeighEvent;
 /// The control socket, bound; requests queue until [`ControlSocket::serve`].
 pub struct ControlSocket {
     server: Server<Op>,
+}
+
+impl core::fmt::Debug for ControlSocket {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ControlSocket").field("path", &self.server.path()).finish()
+    }
 }
 
 impl ControlSocket {
@@ -41,29 +48,48 @@ impl ControlSocket {
     ///
     /// # Errors
     /// Poll failure.
-    pub fn serve(mut self, state: &mut State, neigh: &Receiver<NeighEvent>, signals: &SignalFd) -> anyhow::Result<()> {
+    pub fn serve(
+        mut self,
+        state: &mut State<System>,
+        neigh: &Receiver<NeighEvent>,
+        signals: &SignalFd,
+    ) -> anyhow::Result<()> {
         self.server.register_fd(signals.as_fd())?;
-        self.server.run(&mut Daemon { state, neigh, signals })?;
+        self.server.run(&mut Daemon { state, neigh, signals, waiting: HashMap::new() })?;
         Ok(())
     }
 }
 
 struct Daemon<'a> {
-    state: &'a mut State,
+    state: &'a mut State<System>,
     neigh: &'a Receiver<NeighEvent>,
     signals: &'a SignalFd,
+    /// Requests the state answers later.
+    waiting: HashMap<Ticket, Responder<Reply>>,
 }
 
 impl Handler for Daemon<'_> {
     type Op = Op;
 
     fn handle(&mut self, op: Op, responder: Responder<Reply>) {
-        responder.reply(self.state.handle(op));
+        match self.state.handle(op) {
+            Handled::Now(reply) => responder.reply(reply),
+            Handled::Later(ticket) => {
+                self.waiting.insert(ticket, responder);
+            }
+        }
     }
 
+    /// Neighbour events, workers done with a job, or the once-a-second tick (which lets
+    /// the state give up on workers that do not answer).
     fn on_wake(&mut self, _ctl: &mut Control) {
         while let Ok(ev) = self.neigh.try_recv() {
             self.state.on_neighbour(&ev);
+        }
+        for (ticket, reply) in self.state.on_wake() {
+            if let Some(r) = self.waiting.remove(&ticket) {
+                r.reply(reply);
+            }
         }
     }
 

@@ -1,0 +1,248 @@
+//! What the control thread asks of the node, behind one trait: interfaces, XDP
+//! programs, the host port, the kernel's routes and neighbours, and how a worker opens
+//! an interface's queues as ports.
+//!
+//! The daemon runs on [`System`] (netlink, bpf(2), AF_XDP sockets in a UMEM); the unit
+//! tests run the same [`State`](crate::state::State) on a fake with in-memory ports, so
+//! every request path is tested without privileges.
+
+use crate::worker::NodePort;
+use ipnet::Ipv4Net;
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use xlane_api::Mac;
+use xlane_engine::{Driver, FrameMemory, Port, PortCounters};
+use xlane_fib::PortId;
+use xlane_netlink::{Link, Netlink};
+use xlane_vhost::port::VhostPort;
+use xlane_xdp::attach::{ModePreference, Program, XdpAttachment, XdpMode};
+use xlane_xdp::port::{KernelStats, XdpPort};
+use xlane_xdp::xsk::{BindMode, Umem};
+
+/// What one worker opens of an interface: its share of the queues, as port `id`.
+#[derive(Debug)]
+pub struct OpenSpec<A> {
+    /// Pipeline port id.
+    pub id: PortId,
+    /// Interface.
+    pub ifname: String,
+    /// The queues this worker serves.
+    pub queues: Vec<u32>,
+    /// The interface's XDP program (steers the queues to the sockets).
+    pub attach: Arc<A>,
+    /// Frames to keep in each queue's fill ring.
+    pub fill_target: u32,
+    /// The port's counters on this worker.
+    pub counters: Arc<PortCounters>,
+    /// The kernel's socket statistics on this worker.
+    pub kernel: Arc<KernelStats>,
+}
+
+/// Work a worker runs to open ports: whether they are zero-copy, or why they could not
+/// be opened.
+pub type OpenJob<M, P> = Box<dyn FnOnce(&mut Driver<M, P>) -> Result<bool, String> + Send>;
+
+/// The node as the control thread sees it.
+pub trait Host {
+    /// A worker's frame memory.
+    type Mem: FrameMemory + 'static;
+    /// A worker's port.
+    type Port: Port<Self::Mem> + 'static;
+    /// An interface's XDP program, shared by the sockets of its queues.
+    type Attachment: core::fmt::Debug + Send + Sync + 'static;
+
+    /// An interface's index, MAC and MTU.
+    ///
+    /// # Errors
+    /// No such interface, or the kernel's error.
+    fn link(&mut self, ifname: &str) -> io::Result<Link>;
+
+    /// How many receive queues an interface has.
+    ///
+    /// # Errors
+    /// No such interface, or the kernel's error.
+    fn rx_queues(&mut self, ifname: &str) -> io::Result<u32>;
+
+    /// Load `program` with an XSKMAP of `queues` entries and attach it to `link`.
+    ///
+    /// # Errors
+    /// Why the program could not be loaded or attached.
+    fn attach(&mut self, link: &Link, name: &str, queues: u32, program: Program) -> Result<Self::Attachment, String>;
+
+    /// The XDP mode an attachment got ("native", "generic").
+    fn xdp_mode(attachment: &Self::Attachment) -> &'static str;
+
+    /// A job for a worker that opens `spec`'s queues as ports of its driver and says
+    /// whether they are zero-copy, or why not (then nothing stays open).
+    fn opener(&self, spec: OpenSpec<Self::Attachment>) -> OpenJob<Self::Mem, Self::Port>;
+
+    /// A vhost-user guest as a worker port.
+    fn vhost(port: VhostPort) -> Self::Port;
+
+    /// Create (or reuse) the host port veth pair: `host` keeps `gateway`/32 and a route
+    /// for `cluster`; `engine` is served by the engine. `queues` each way.
+    ///
+    /// # Errors
+    /// The failing step.
+    fn ensure_host_port(
+        &mut self,
+        host: &str,
+        engine: &str,
+        gateway: Ipv4Addr,
+        cluster: Ipv4Net,
+        mtu: u16,
+        queues: usize,
+    ) -> io::Result<()>;
+
+    /// The next hop towards `dst` (its gateway, or `dst` on-link) and the interface.
+    ///
+    /// # Errors
+    /// No route.
+    fn next_hop(&mut self, dst: Ipv4Addr) -> io::Result<(Ipv4Addr, u32)>;
+
+    /// Ask the kernel to resolve and keep `ip` on `ifindex` fresh (a managed neighbour).
+    ///
+    /// # Errors
+    /// The kernel's error.
+    fn manage_neighbour(&mut self, ip: Ipv4Addr, ifindex: u32) -> io::Result<()>;
+
+    /// The MAC the kernel knows for `ip` on `ifindex`, if resolved.
+    ///
+    /// # Errors
+    /// The kernel's error.
+    fn neighbour(&mut self, ip: Ipv4Addr, ifindex: u32) -> io::Result<Option<Mac>>;
+
+    /// An interface's IPv4 addresses.
+    fn addresses(&mut self, ifname: &str) -> Vec<Ipv4Addr>;
+}
+
+/// The real node: rtnetlink, bpf(2) and AF_XDP sockets in each worker's UMEM.
+#[derive(Debug)]
+pub struct System {
+    nl: Netlink,
+    xdp: ModePreference,
+    bind: BindMode,
+}
+
+impl System {
+    /// A netlink socket in the current namespace; programs attach as `xdp` prefers,
+    /// sockets bind as `bind` says.
+    ///
+    /// # Errors
+    /// The netlink socket could not be opened.
+    pub fn new(xdp: ModePreference, bind: BindMode) -> io::Result<Self> {
+        Ok(Self { nl: Netlink::new()?, xdp, bind })
+    }
+}
+
+impl Host for System {
+    type Mem = Umem;
+    type Port = NodePort;
+    type Attachment = XdpAttachment;
+
+    fn link(&mut self, ifname: &str) -> io::Result<Link> {
+        self.nl.link(ifname)
+    }
+
+    fn rx_queues(&mut self, ifname: &str) -> io::Result<u32> {
+        xlane_netlink::ethtool::rx_queues(ifname)
+    }
+
+    fn attach(&mut self, link: &Link, name: &str, queues: u32, program: Program) -> Result<XdpAttachment, String> {
+        XdpAttachment::attach(link.ifindex, name, queues, program, self.xdp).map_err(|e| e.to_string())
+    }
+
+    fn xdp_mode(attachment: &XdpAttachment) -> &'static str {
+        match attachment.mode() {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+
+    fn opener(&self, spec: OpenSpec<XdpAttachment>) -> OpenJob<Umem, NodePort> {
+        let bind = self.bind;
+        Box::new(move |d| open_sockets(spec, bind, d))
+    }
+
+    fn vhost(port: VhostPort) -> NodePort {
+        NodePort::Vhost(port)
+    }
+
+    fn ensure_host_port(
+        &mut self,
+        host: &str,
+        engine: &str,
+        gateway: Ipv4Addr,
+        cluster: Ipv4Net,
+        mtu: u16,
+        queues: usize,
+    ) -> io::Result<()> {
+        crate::hostport::ensure(host, engine, gateway, cluster, mtu, queues)
+    }
+
+    fn next_hop(&mut self, dst: Ipv4Addr) -> io::Result<(Ipv4Addr, u32)> {
+        self.nl.next_hop(dst)
+    }
+
+    fn manage_neighbour(&mut self, ip: Ipv4Addr, ifindex: u32) -> io::Result<()> {
+        self.nl.manage_neighbour(ip, ifindex)
+    }
+
+    fn neighbour(&mut self, ip: Ipv4Addr, ifindex: u32) -> io::Result<Option<Mac>> {
+        self.nl.neighbour(ip, ifindex)
+    }
+
+    fn addresses(&mut self, ifname: &str) -> Vec<Ipv4Addr> {
+        nix::ifaddrs::getifaddrs()
+            .map(|addrs| {
+                addrs
+                    .filter(|a| a.interface_name == ifname)
+                    .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|v4| v4.ip())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// On a worker: one AF_XDP socket per queue of `spec`, in the worker's UMEM.
+fn open_sockets(spec: OpenSpec<XdpAttachment>, bind: BindMode, d: &mut Driver<Umem, NodePort>) -> Result<bool, String> {
+    // A port the UMEM cannot stock would attach and silently receive nothing: refuse
+    // it with the remedy instead.
+    let needed = XdpPort::frames_to_open(d.mem(), spec.fill_target, spec.queues.len());
+    let free = d.mem().free_frames();
+    if free < needed {
+        return Err(format!(
+            "UMEM exhausted: {free} free frames, port {} needs {needed}; start xlaned with a larger --umem-frames",
+            spec.ifname
+        ));
+    }
+    let mut opened = Vec::new();
+    for &q in &spec.queues {
+        let port = XdpPort::open(
+            d.mem_mut(),
+            spec.id,
+            &spec.ifname,
+            q,
+            bind,
+            Arc::clone(&spec.attach),
+            spec.fill_target,
+            Arc::clone(&spec.counters),
+            Arc::clone(&spec.kernel),
+        );
+        match port {
+            Ok(p) => opened.push(p),
+            Err(e) => {
+                for p in opened {
+                    Port::close(p, d.mem_mut());
+                }
+                return Err(e.to_string());
+            }
+        }
+    }
+    let zero_copy = opened.first().is_some_and(|p| p.socket().zero_copy());
+    for p in opened {
+        d.add_port(NodePort::Xdp(p));
+    }
+    Ok(zero_copy)
+}

@@ -1,0 +1,538 @@
+//! Ports as the control thread sees them, and their lifecycle on the workers.
+//!
+//! A port is opened on every worker (each serves its share of the queues, and transmits
+//! on its own), by a job the control thread sends; each job answers with a
+//! [`WorkerEvent`]. An endpoint's attach does not wait for those answers: it is kept in
+//! `attaching` with the requests waiting for it, and finished (routed, published,
+//! answered) when the last worker has answered, or failed (sockets closed again,
+//! answered with the reason) when one could not open its queues, has exited, or has not
+//! answered in time. Closing is asynchronous too: the tables stop routing to the port
+//! first, then the workers close it; its id is not reused until they have. The uplink
+//! and host port are opened at start-up and wait for the workers.
+
+use crate::host::{Host, OpenSpec};
+use crate::state::{Failure, State, Ticket, eth, failed, invalid};
+use crossbeam_channel::Sender;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use xlane_api::{EndpointSpec, Mac, PortInfo, Reply, VhostUserInfo};
+use xlane_engine::PortCounters;
+use xlane_fib::{Endpoint, PortId};
+use xlane_vhost::backend::{PortIo, VhostUserPort};
+use xlane_vhost::port::VhostPort;
+use xlane_xdp::attach::Program;
+use xlane_xdp::port::KernelStats;
+use xlane_xdp::programs::PodFilter;
+
+/// The gateway MAC VM-based pods see (answering their ARP, source of frames to them):
+/// there is no host-side interface to take one from. Locally administered, unicast,
+/// the same for every such pod (as Calico does with ee:ee:ee:ee:ee:ee).
+pub const VHOST_GATEWAY_MAC: Mac = Mac([0xee, 0xee, 0xee, 0xee, 0xee, 0xee]);
+/// Frames queued each way between a vhost-user backend and the workers.
+const VHOST_QUEUE: usize = 1024;
+/// How long the workers may take to open a port.
+pub(crate) const PORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Uplink,
+    Host,
+    Pod,
+}
+
+impl Role {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Uplink => "uplink",
+            Self::Host => "host",
+            Self::Pod => "pod",
+        }
+    }
+}
+
+/// How a port's frames reach the engine.
+#[derive(Debug)]
+pub(crate) enum PortKind<A> {
+    /// Sockets on an interface's queues, behind its XDP program.
+    Xdp {
+        attach: Arc<A>,
+        queues: u32,
+        zero_copy: bool,
+        /// The kernel's socket statistics, one per worker.
+        kernel: Vec<Arc<KernelStats>>,
+    },
+    /// A vhost-user-net backend on a unix socket (a VM-based pod). Dropping it cuts the
+    /// frontend off and removes the socket.
+    VhostUser(VhostUserPort),
+}
+
+#[derive(Debug)]
+pub(crate) struct Port<A> {
+    pub(crate) role: Role,
+    pub(crate) ifname: String,
+    pub(crate) ip: Option<Ipv4Addr>,
+    pub(crate) kind: PortKind<A>,
+    /// One per worker.
+    pub(crate) counters: Vec<Arc<PortCounters>>,
+}
+
+impl<A> Port<A> {
+    pub(crate) fn kernel(&self) -> &[Arc<KernelStats>] {
+        match &self.kind {
+            PortKind::Xdp { kernel, .. } => kernel,
+            PortKind::VhostUser(_) => &[],
+        }
+    }
+
+    fn serves(&self, spec: &EndpointSpec) -> bool {
+        self.ifname == spec.ifname
+            && self.role == Role::Pod
+            && match (&self.kind, &spec.vhost_user) {
+                (PortKind::Xdp { .. }, None) => true,
+                (PortKind::VhostUser(v), Some(socket)) => v.path() == socket,
+                _ => false,
+            }
+    }
+
+    /// What `xlanectl ports` shows.
+    pub(crate) fn info<H: Host<Attachment = A>>(&self, id: PortId) -> PortInfo {
+        let (mut rx, mut tx, mut tx_dropped) = (0, 0, 0);
+        for c in &self.counters {
+            let (r, t, d) = c.get();
+            (rx, tx, tx_dropped) = (rx + r, tx + t, tx_dropped + d);
+        }
+        let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| self.kernel().iter().map(|k| f(&k.get())).sum();
+        let (queues, xdp_mode, zero_copy, vhost_user) = match &self.kind {
+            PortKind::Xdp { attach, queues, zero_copy, .. } => (*queues, H::xdp_mode(attach), *zero_copy, None),
+            PortKind::VhostUser(v) => {
+                let c = &v.io().counters;
+                let info = VhostUserInfo {
+                    socket: v.path().to_owned(),
+                    connected: c.connected.load(Relaxed),
+                    connections: c.connections.load(Relaxed),
+                    from_guest: c.from_guest.load(Relaxed),
+                    to_guest: c.to_guest.load(Relaxed),
+                    malformed: c.malformed.load(Relaxed),
+                    dropped: c.dropped.load(Relaxed),
+                };
+                (1, "none", false, Some(info))
+            }
+        };
+        PortInfo {
+            id: id.0,
+            role: self.role.name().to_owned(),
+            ifname: self.ifname.clone(),
+            ip: self.ip,
+            queues,
+            xdp_mode: xdp_mode.to_owned(),
+            zero_copy,
+            rx,
+            tx,
+            tx_ring_full: tx_dropped,
+            rx_fill_ring_empty: kernel(|k| k.rx_fill_ring_empty_descs),
+            rx_ring_full: kernel(|k| k.rx_ring_full),
+            vhost_user,
+        }
+    }
+}
+
+/// A worker's answer to a job of the control thread.
+#[derive(Debug)]
+pub(crate) enum WorkerEvent {
+    /// A port's queues are open on the worker (zero-copy or not), or why not.
+    Opened { id: PortId, result: Result<bool, String> },
+    /// A port is closed on the worker.
+    Closed { id: PortId },
+}
+
+/// An endpoint whose port the workers are opening.
+#[derive(Debug)]
+pub(crate) struct Attaching<A> {
+    pub(crate) ip: Ipv4Addr,
+    spec: EndpointSpec,
+    gateway_mac: Mac,
+    port: Port<A>,
+    /// Workers yet to answer.
+    pending: usize,
+    error: Option<String>,
+    deadline: Instant,
+    /// Requests answered when the attach ends.
+    pub(crate) waiters: Vec<Ticket>,
+}
+
+/// A port being opened: what the control thread keeps of it.
+struct Opening<A> {
+    kind: PortKind<A>,
+    counters: Vec<Arc<PortCounters>>,
+    queues: usize,
+}
+
+impl<H: Host> State<H> {
+    pub(crate) fn free_port_id(&self) -> Result<PortId, Failure> {
+        (1..=u16::MAX)
+            .map(PortId)
+            .find(|p| !self.ports.contains_key(p) && !self.attaching.contains_key(p) && !self.closing.contains_key(p))
+            .ok_or_else(|| failed("out of port ids"))
+    }
+
+    /// Queues of a port this many workers can serve: every worker needs a queue of every
+    /// port (it transmits on its own), so a port needs at least as many queues as workers.
+    fn spread(&self, ifname: &str, queues: &[u32]) -> Result<Vec<Vec<u32>>, Failure> {
+        let n = self.workers.len();
+        if queues.len() < n {
+            return Err(invalid(format!(
+                "{ifname} has {} queue(s) but xlaned runs {n} workers; give it at least {n} (e.g. veth numrxqueues/numtxqueues)",
+                queues.len()
+            )));
+        }
+        let mut per = vec![Vec::new(); n];
+        for (i, &q) in queues.iter().enumerate() {
+            per[i % n].push(q);
+        }
+        Ok(per)
+    }
+
+    /// Attach `program` to `ifname` and send every worker the job that opens its share
+    /// of the queues; each answers on `events`.
+    fn start_open(
+        &mut self,
+        id: PortId,
+        role: Role,
+        ifname: &str,
+        program: Program,
+        events: &Sender<WorkerEvent>,
+        notify: bool,
+    ) -> Result<Opening<H::Attachment>, Failure> {
+        let link = self.host.link(ifname).map_err(|e| invalid(format!("{ifname}: {e}")))?;
+        let queues: Vec<u32> = if role == Role::Uplink && !self.cfg.uplink_queues.is_empty() {
+            self.cfg.uplink_queues.clone()
+        } else {
+            let n = self.host.rx_queues(ifname).map_err(|e| invalid(format!("{ifname}: {e}")))?;
+            (0..n).collect()
+        };
+        let per_worker = self.spread(ifname, &queues)?;
+        let name = format!("xlane_{}", role.name());
+        let max_queue = queues.iter().max().copied().unwrap_or(0) + 1;
+        let attach = Arc::new(self.host.attach(&link, &name, max_queue, program).map_err(failed)?);
+        let fill_target = if role == Role::Uplink { self.cfg.uplink_fill } else { self.cfg.pod_fill };
+        let (mut counters, mut kernel) = (Vec::new(), Vec::new());
+        for (i, qs) in per_worker.into_iter().enumerate() {
+            let spec = OpenSpec {
+                id,
+                ifname: ifname.to_owned(),
+                queues: qs,
+                attach: Arc::clone(&attach),
+                fill_target,
+                counters: Arc::new(PortCounters::default()),
+                kernel: Arc::new(KernelStats::default()),
+            };
+            counters.push(Arc::clone(&spec.counters));
+            kernel.push(Arc::clone(&spec.kernel));
+            let job = self.host.opener(spec);
+            self.on_worker(
+                i,
+                events,
+                notify,
+                move |d| WorkerEvent::Opened { id, result: job(d) },
+                move || WorkerEvent::Opened { id, result: Err(format!("worker {i} has exited")) },
+            );
+        }
+        let queues = queues.len();
+        let kind =
+            PortKind::Xdp { attach, queues: u32::try_from(queues).unwrap_or(u32::MAX), zero_copy: false, kernel };
+        Ok(Opening { kind, counters, queues })
+    }
+
+    /// Run `job` on worker `i`; its event goes to `events` (and wakes the control loop
+    /// if `notify`). A worker that has exited answers `gone()` at once.
+    fn on_worker(
+        &self,
+        i: usize,
+        events: &Sender<WorkerEvent>,
+        notify: bool,
+        job: impl FnOnce(&mut xlane_engine::Driver<H::Mem, H::Port>) -> WorkerEvent + Send + 'static,
+        gone: impl FnOnce() -> WorkerEvent,
+    ) {
+        let tx = events.clone();
+        let wake = notify.then(|| Arc::clone(&self.notify));
+        let sent = self.workers[i].run(move |d| {
+            let _ = tx.send(job(d));
+            if let Some(wake) = wake {
+                wake();
+            }
+        });
+        if !sent {
+            let _ = events.send(gone());
+            if notify {
+                (self.notify)();
+            }
+        }
+    }
+
+    /// Open a port and wait for the workers (the uplink and host port, at start-up).
+    pub(crate) fn open_port_and_wait(
+        &mut self,
+        id: PortId,
+        role: Role,
+        ifname: &str,
+        ip: Option<Ipv4Addr>,
+        program: Program,
+    ) -> Result<(), Failure> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut opening = self.start_open(id, role, ifname, program, &tx, false)?;
+        let deadline = Instant::now() + PORT_TIMEOUT;
+        let mut error = None;
+        for _ in 0..self.workers.len() {
+            match rx.recv_deadline(deadline) {
+                Ok(WorkerEvent::Opened { result: Ok(zc), .. }) => set_zero_copy(&mut opening.kind, zc),
+                Ok(WorkerEvent::Opened { result: Err(e), .. }) => error = Some(e),
+                Ok(WorkerEvent::Closed { .. }) => {}
+                Err(_) => error = Some("worker did not answer".to_owned()),
+            }
+        }
+        let port = Port { role, ifname: ifname.to_owned(), ip, kind: opening.kind, counters: opening.counters };
+        if let Some(e) = error {
+            self.close_on_workers(id);
+            return Err(failed(format!("opening AF_XDP sockets on {ifname}: {e}")));
+        }
+        tracing::info!(port = %id, ifname, role = role.name(), queues = opening.queues, "port ready");
+        self.ports.insert(id, port);
+        self.export_ports();
+        Ok(())
+    }
+
+    /// Attach an endpoint. `Ok(Some(reply))`: done (it was attached already);
+    /// `Ok(None)`: the workers are opening its port, and the reply comes with
+    /// [`State::on_wake`](crate::state::State::on_wake).
+    pub(crate) fn add_endpoint(&mut self, spec: &EndpointSpec) -> Result<Option<Reply>, Failure> {
+        if !self.cfg.cluster_cidr.contains(&spec.ip) {
+            return Err(invalid(format!("{} is outside the cluster CIDR {}", spec.ip, self.cfg.cluster_cidr)));
+        }
+        if spec.mac.0[0] & 1 == 1 || spec.mac.0 == [0; 6] {
+            return Err(invalid(format!("{} is not a unicast MAC", spec.mac)));
+        }
+        if let Some(&id) = self.endpoints.get(&spec.ip) {
+            let p = &self.ports[&id];
+            if p.serves(spec) {
+                let gateway_mac = match &p.kind {
+                    PortKind::Xdp { .. } => {
+                        self.host.link(&spec.ifname).map_err(|e| invalid(format!("{}: {e}", spec.ifname)))?.mac
+                    }
+                    PortKind::VhostUser(_) => VHOST_GATEWAY_MAC,
+                };
+                return Ok(Some(Reply::EndpointReady { port: id.0, gateway_mac, mtu: self.pod_mtu() }));
+            }
+            return Err(invalid(format!("{} is already attached on {}", spec.ip, p.ifname)));
+        }
+        if let Some(a) = self.attaching.values().find(|a| a.ip == spec.ip || a.spec.ifname == spec.ifname) {
+            if a.spec == *spec {
+                return Ok(None);
+            }
+            return Err(invalid(format!("{} is being attached on {}", a.ip, a.spec.ifname)));
+        }
+        if self.ports.values().any(|p| p.ifname == spec.ifname) {
+            return Err(invalid(format!("{} already serves another endpoint", spec.ifname)));
+        }
+        let id = self.free_port_id()?;
+        let events = self.events.0.clone();
+        let (opening, gateway_mac) = match &spec.vhost_user {
+            None => {
+                let link = self.host.link(&spec.ifname).map_err(|e| invalid(format!("{}: {e}", spec.ifname)))?;
+                let cluster = self.cfg.cluster_cidr;
+                let program = Program::Pod(PodFilter { cluster: cluster.network(), prefix_len: cluster.prefix_len() });
+                (self.start_open(id, Role::Pod, &spec.ifname, program, &events, true)?, link.mac)
+            }
+            Some(socket) => (self.start_vhost(id, spec, socket, &events)?, VHOST_GATEWAY_MAC),
+        };
+        let port = Port {
+            role: Role::Pod,
+            ifname: spec.ifname.clone(),
+            ip: Some(spec.ip),
+            kind: opening.kind,
+            counters: opening.counters,
+        };
+        let attaching = Attaching {
+            ip: spec.ip,
+            spec: spec.clone(),
+            gateway_mac,
+            port,
+            pending: self.workers.len(),
+            error: None,
+            deadline: Instant::now() + PORT_TIMEOUT,
+            waiters: Vec::new(),
+        };
+        self.attaching.insert(id, attaching);
+        Ok(None)
+    }
+
+    /// Serve a VM-based pod on a vhost-user socket: the backend listens at once (the VMM
+    /// may connect later, and again after it restarts); one worker takes the guest's
+    /// frames, every worker may send to it.
+    fn start_vhost(
+        &mut self,
+        id: PortId,
+        spec: &EndpointSpec,
+        socket: &std::path::Path,
+        events: &Sender<WorkerEvent>,
+    ) -> Result<Opening<H::Attachment>, Failure> {
+        if !socket.is_absolute() {
+            return Err(invalid(format!("vhost-user socket {} is not an absolute path", socket.display())));
+        }
+        let in_use = |k: &PortKind<H::Attachment>| matches!(k, PortKind::VhostUser(v) if v.path() == socket);
+        if self.ports.values().any(|p| in_use(&p.kind)) || self.attaching.values().any(|a| in_use(&a.port.kind)) {
+            return Err(invalid(format!("vhost-user socket {} serves another endpoint", socket.display())));
+        }
+        let io = PortIo::new(VHOST_QUEUE).map_err(|e| failed(format!("vhost-user queues: {e}")))?;
+        let server = VhostUserPort::spawn(socket.to_owned(), Arc::clone(&io), spec.mac.0, self.pod_mtu())
+            .map_err(|e| invalid(e.to_string()))?;
+        // Spread the guests' receive work over the workers by port id.
+        let rx_worker = usize::from(id.0) % self.workers.len().max(1);
+        let mut counters = Vec::new();
+        for i in 0..self.workers.len() {
+            let c = Arc::new(PortCounters::default());
+            counters.push(Arc::clone(&c));
+            let port = VhostPort::new(id, Arc::clone(&io), i == rx_worker, c);
+            let add = move |d: &mut xlane_engine::Driver<H::Mem, H::Port>| {
+                d.add_port(H::vhost(port));
+                WorkerEvent::Opened { id, result: Ok(false) }
+            };
+            self.on_worker(i, events, true, add, move || WorkerEvent::Opened {
+                id,
+                result: Err(format!("worker {i} has exited")),
+            });
+        }
+        Ok(Opening { kind: PortKind::VhostUser(server), counters, queues: 1 })
+    }
+
+    /// Take in one worker answer; replies now due go to `due`.
+    pub(crate) fn worker_event(&mut self, ev: WorkerEvent, due: &mut Vec<(Ticket, Reply)>) {
+        match ev {
+            WorkerEvent::Opened { id, result } => {
+                let Some(a) = self.attaching.get_mut(&id) else {
+                    return; // An attach given up on: its sockets are being closed.
+                };
+                a.pending = a.pending.saturating_sub(1);
+                match result {
+                    Ok(zc) => set_zero_copy(&mut a.port.kind, zc),
+                    Err(e) => a.error = Some(e),
+                }
+                if a.pending == 0 {
+                    let a = self.attaching.remove(&id).expect("present");
+                    self.finish_attach(id, a, due);
+                }
+            }
+            WorkerEvent::Closed { id } => {
+                if let Some(n) = self.closing.get_mut(&id) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.closing.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Give up on attaches whose workers have not all answered in time.
+    pub(crate) fn expire_attaches(&mut self, due: &mut Vec<(Ticket, Reply)>) {
+        let now = Instant::now();
+        let late: Vec<PortId> = self.attaching.iter().filter(|(_, a)| a.deadline <= now).map(|(id, _)| *id).collect();
+        for id in late {
+            let mut a = self.attaching.remove(&id).expect("present");
+            a.error = Some(format!("{} of {} workers did not answer in time", a.pending, self.workers.len()));
+            self.finish_attach(id, a, due);
+        }
+    }
+
+    fn finish_attach(&mut self, id: PortId, a: Attaching<H::Attachment>, due: &mut Vec<(Ticket, Reply)>) {
+        let Attaching { spec, gateway_mac, port, error, waiters, .. } = a;
+        let reply = match error {
+            Some(e) => {
+                self.close_on_workers(id);
+                tracing::info!(ip = %spec.ip, ifname = %spec.ifname, error = %e, "endpoint attach failed");
+                Reply::error(xlane_api::ErrorCode::Failed, format!("opening the port of {}: {e}", spec.ifname))
+            }
+            None => {
+                self.ports.insert(id, port);
+                self.export_ports();
+                match self.route_endpoint(id, &spec, gateway_mac) {
+                    Ok(generation) => {
+                        tracing::info!(ip = %spec.ip, ifname = %spec.ifname, port = %id, generation, "endpoint attached");
+                        Reply::EndpointReady { port: id.0, gateway_mac, mtu: self.pod_mtu() }
+                    }
+                    Err((code, message)) => Reply::Error { code, message },
+                }
+            }
+        };
+        due.extend(waiters.into_iter().map(|t| (t, reply.clone())));
+    }
+
+    /// Route the pod's address to its open port `id` and publish; if the tables refuse
+    /// the endpoint, the port is closed again. Returns the new generation.
+    fn route_endpoint(&mut self, id: PortId, spec: &EndpointSpec, gateway_mac: Mac) -> Result<u64, Failure> {
+        let ep = Endpoint { ip: spec.ip, port: id, mac: eth(spec.mac), gateway_mac: eth(gateway_mac) };
+        if let Err(e) = self.tables.upsert_endpoint(ep) {
+            self.remove_port(id);
+            return Err(invalid(e.to_string()));
+        }
+        self.endpoints.insert(spec.ip, id);
+        Ok(self.publish())
+    }
+
+    /// Detach an endpoint: out of the tables at once, its port closed by the workers
+    /// after. Whether it existed.
+    pub(crate) fn del_endpoint(&mut self, ip: Ipv4Addr) -> Result<bool, Failure> {
+        if let Some(a) = self.attaching.values().find(|a| a.ip == ip) {
+            return Err(failed(format!("{ip} is still being attached on {}; try again", a.spec.ifname)));
+        }
+        let Some(id) = self.endpoints.remove(&ip) else {
+            return Ok(false);
+        };
+        self.tables.remove_endpoint(ip);
+        self.publish();
+        self.remove_port(id);
+        tracing::info!(%ip, port = %id, "endpoint detached");
+        Ok(true)
+    }
+
+    /// Forget a port and have the workers close it.
+    pub(crate) fn remove_port(&mut self, id: PortId) {
+        self.close_on_workers(id);
+        self.ports.remove(&id);
+        self.export_ports();
+    }
+
+    fn close_on_workers(&mut self, id: PortId) {
+        let events = self.events.0.clone();
+        *self.closing.entry(id).or_insert(0) += self.workers.len();
+        for i in 0..self.workers.len() {
+            let close = move |d: &mut xlane_engine::Driver<H::Mem, H::Port>| {
+                d.remove_port(id);
+                WorkerEvent::Closed { id }
+            };
+            self.on_worker(i, &events, true, close, move || WorkerEvent::Closed { id });
+        }
+    }
+
+    pub(crate) fn export_ports(&self) {
+        let ports = self
+            .ports
+            .iter()
+            .map(|(id, p)| crate::metrics::MetricPort {
+                id: id.0,
+                role: p.role.name(),
+                ifname: p.ifname.clone(),
+                counters: p.counters.clone(),
+                kernel: p.kernel().to_vec(),
+            })
+            .collect();
+        self.metrics.store(Arc::new(ports));
+    }
+}
+
+fn set_zero_copy<A>(kind: &mut PortKind<A>, zc: bool) {
+    if let PortKind::Xdp { zero_copy, .. } = kind {
+        *zero_copy |= zc;
+    }
+}

@@ -1,0 +1,316 @@
+//! The control state and real workers on a fake node (in-memory ports): attach and
+//! detach under traffic, route swaps, failing and exited workers, and a control loop
+//! that keeps answering while a port attaches.
+
+use crate::fake::{FakeHost, Wire};
+use crate::state::{ControlConfig, Handled, State, Ticket};
+use crate::worker::{self, WorkerConfig};
+use crossbeam_channel::Receiver;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use xlane_api::{Change, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, Vtep};
+use xlane_engine::DropReason;
+use xlane_engine::mem::MemFrames;
+use xlane_fib::FibHandle;
+use xlane_wire::checksum;
+
+const VTEP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+
+struct Rig {
+    state: State<FakeHost>,
+    host: FakeHost,
+    woken: Receiver<()>,
+    joins: Vec<std::thread::JoinHandle<()>>,
+    /// Replies that fell due while waiting for another.
+    due: HashMap<Ticket, Reply>,
+}
+
+impl Rig {
+    /// A node with `workers` workers, its uplink `up0` (one queue per worker) and the
+    /// VTEP set.
+    fn new(workers: usize) -> Self {
+        let host = FakeHost::default();
+        host.add_link("up0", 1, u32::try_from(workers).unwrap());
+        let fib = FibHandle::new();
+        let mut handles = Vec::new();
+        let mut joins = Vec::new();
+        for i in 0..workers {
+            let cfg = WorkerConfig { busy_poll: false, core: None };
+            let (h, j) = worker::spawn(i, cfg, &fib, || Ok(MemFrames::default())).unwrap();
+            handles.push(h);
+            joins.push(j);
+        }
+        let (wake_tx, woken) = crossbeam_channel::unbounded();
+        let cfg = ControlConfig {
+            uplink: "up0".into(),
+            uplink_queues: Vec::new(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            host_port: None,
+            uplink_fill: 64,
+            pod_fill: 64,
+            busy_poll: false,
+        };
+        let metrics = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
+        let notify = Arc::new(move || {
+            let _ = wake_tx.send(());
+        });
+        let state = State::new(cfg, host.clone(), fib, handles, metrics, notify).unwrap();
+        let mut rig = Self { state, host, woken, joins, due: HashMap::new() };
+        let vtep = Vtep { ip: VTEP, mac: None, vni: 1, port: 8472, subnet: None };
+        assert!(matches!(rig.state.handle_now(Op::SetVtep(vtep)), Reply::Applied { .. }));
+        rig
+    }
+
+    fn pod(&self, n: u8) -> EndpointSpec {
+        let ifname = format!("veth{n}");
+        EndpointSpec { ip: pod_ip(n), ifname, mac: pod_mac(n), vhost_user: None }
+    }
+
+    /// Add interface `veth<n>` (one queue per worker).
+    fn add_veth(&self, n: u8) {
+        self.host.add_link(&format!("veth{n}"), 10 + u32::from(n), u32::try_from(self.joins.len()).unwrap());
+    }
+
+    /// The reply for `t`, waiting for the workers (at most 5 s).
+    fn wait(&mut self, t: Ticket) -> Reply {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(r) = self.due.remove(&t) {
+                return r;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(self.woken.recv_timeout(left).is_ok(), "no reply for {t:?} within 5 s");
+            self.due.extend(self.state.on_wake());
+        }
+    }
+
+    /// Handle a request and wait for its reply.
+    fn call(&mut self, op: Op) -> Reply {
+        match self.state.handle(op) {
+            Handled::Now(r) => r,
+            Handled::Later(t) => self.wait(t),
+        }
+    }
+
+    /// Let the workers finish closing ports.
+    fn settle(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.state.busy() {
+            assert!(Instant::now() < deadline, "workers did not finish");
+            if self.woken.recv_timeout(Duration::from_millis(100)).is_ok() {
+                self.due.extend(self.state.on_wake());
+            }
+        }
+    }
+
+    fn attach(&mut self, n: u8) -> Wire {
+        self.add_veth(n);
+        let spec = self.pod(n);
+        let r = self.call(Op::AddEndpoint(spec));
+        assert!(matches!(r, Reply::EndpointReady { .. }), "{r:?}");
+        self.host.wire(&format!("veth{n}"), 0)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = self.state.shutdown();
+        for j in self.joins.drain(..) {
+            let _ = j.join();
+        }
+    }
+}
+
+fn pod_ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 1, n)
+}
+
+fn pod_mac(n: u8) -> Mac {
+    Mac([0x0a, 0x58, 0x0a, 0xf4, 0x01, n])
+}
+
+/// A UDP frame from pod `n` (behind `gateway`) to `dst`, its payload `tag`.
+fn udp(n: u8, gateway: Mac, dst: Ipv4Addr, tag: u32) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&gateway.0);
+    f.extend_from_slice(&pod_mac(n).0);
+    f.extend_from_slice(&[0x08, 0, 0x45, 0, 0, 32, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&pod_ip(n).octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 12, 0, 0]);
+    f.extend_from_slice(&tag.to_be_bytes());
+    let c = !checksum::sum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+fn tag(frame: &[u8]) -> u32 {
+    u32::from_be_bytes(frame[frame.len() - 4..].try_into().unwrap())
+}
+
+/// Frames that arrive on `wire` within `wait`, stopping early at `want`.
+fn collect(wire: &Wire, want: usize, wait: Duration) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    while got.len() < want {
+        match wire.sent.recv_deadline(deadline) {
+            Ok(f) => got.push(f),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+#[test]
+fn local_pods_talk_through_the_workers() {
+    let mut rig = Rig::new(1);
+    let (a, b) = (rig.attach(2), rig.attach(3));
+    let gw = rig.host.mac("veth2");
+    for i in 0..100 {
+        a.send(&udp(2, gw, pod_ip(3), i));
+    }
+    let got = collect(&b, 100, Duration::from_secs(5));
+    assert_eq!(got.iter().map(|f| tag(f)).collect::<Vec<_>>(), (0..100).collect::<Vec<_>>(), "all, in order");
+    assert_eq!(got[0][..6], pod_mac(3).0, "to pod 3's MAC");
+    assert_eq!(got[0][6..12], rig.host.mac("veth3").0, "from its gateway (host-side) MAC");
+    let c = rig.state.pipeline_counters();
+    assert_eq!((c.rx, c.local), (100, 100));
+    let Reply::Ports { ports } = rig.call(Op::Dump { table: Table::Ports }) else { panic!() };
+    let p2 = ports.iter().find(|p| p.ifname == "veth2").unwrap();
+    assert_eq!((p2.rx, p2.xdp_mode.as_str()), (100, "fake"));
+}
+
+#[test]
+fn a_request_is_answered_while_another_port_attaches() {
+    let mut rig = Rig::new(2);
+    rig.add_veth(2);
+    rig.host.0.lock().unwrap().slow_open.insert("veth2".into(), Duration::from_millis(800));
+    let t0 = Instant::now();
+    let Handled::Later(attach) = rig.state.handle(Op::AddEndpoint(rig.pod(2))) else {
+        panic!("an attach waits for the workers");
+    };
+    // The control loop is free: status, counters and a route batch are answered now.
+    let Handled::Now(Reply::Status(s)) = rig.state.handle(Op::Status) else { panic!("status answered at once") };
+    assert_eq!(s.workers, 2);
+    let routes =
+        vec![Change::AddRoute { prefix: "10.244.9.0/24".parse().unwrap(), via: Ipv4Addr::new(192, 168, 50, 9) }];
+    assert!(matches!(rig.state.handle(Op::Apply { changes: routes }), Handled::Now(Reply::Applied { .. })));
+    assert!(t0.elapsed() < Duration::from_millis(500), "answered while the port was still opening");
+    // The same attach again joins the one in progress; a conflicting one is refused,
+    // and so is a delete before the attach is done.
+    let Handled::Later(again) = rig.state.handle(Op::AddEndpoint(rig.pod(2))) else { panic!() };
+    let mut other = rig.pod(2);
+    other.ip = pod_ip(9);
+    assert!(matches!(
+        rig.state.handle(Op::AddEndpoint(other)),
+        Handled::Now(Reply::Error { code: ErrorCode::Invalid, .. })
+    ));
+    assert!(matches!(
+        rig.state.handle(Op::DelEndpoint { ip: pod_ip(2) }),
+        Handled::Now(Reply::Error { code: ErrorCode::Failed, .. })
+    ));
+    for t in [attach, again] {
+        assert!(matches!(rig.wait(t), Reply::EndpointReady { .. }));
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(800));
+}
+
+#[test]
+fn endpoints_come_and_go_under_traffic_and_every_frame_is_accounted_for() {
+    let mut rig = Rig::new(2);
+    let (a, b) = (rig.attach(2), rig.attach(3));
+    let gw = rig.host.mac("veth2");
+    let mut sent = 0u32;
+    for round in 0..20u8 {
+        // Pod 4 comes and goes while pod 2 streams to pod 3 and, half the time, to pod 4.
+        let c = rig.attach(4);
+        for _ in 0..50 {
+            a.send(&udp(2, gw, pod_ip(3), sent));
+            a.send(&udp(2, gw, pod_ip(4), sent));
+            sent += 1;
+        }
+        let r = rig.call(Op::DelEndpoint { ip: pod_ip(4) });
+        assert_eq!(r, Reply::EndpointRemoved { existed: true }, "round {round}");
+        rig.settle();
+        assert!(
+            !rig.host.is_open("veth4", 0) && !rig.host.is_open("veth4", 1),
+            "round {round}: closed on both workers"
+        );
+        drop(c);
+    }
+    let to_b = collect(&b, sent as usize, Duration::from_secs(10));
+    assert_eq!(to_b.len(), sent as usize, "nothing to pod 3 was lost");
+    // Every frame in was forwarded or counted: what pod 4 missed is a counted drop.
+    std::thread::sleep(Duration::from_millis(300));
+    let c = rig.state.pipeline_counters();
+    assert_eq!(c.rx, u64::from(2 * sent));
+    assert!(c.conserved(), "{c:?}");
+    let late = c.drop_count(DropReason::NoRoute) + c.drop_count(DropReason::NoEgressPort);
+    assert_eq!(c.tx + late, c.rx, "only frames to a detached pod 4 were dropped: {c:?}");
+    let Reply::Endpoints { endpoints } = rig.call(Op::Dump { table: Table::Endpoints }) else { panic!() };
+    assert_eq!(endpoints.len(), 2);
+}
+
+#[test]
+fn a_route_swap_moves_traffic_to_the_new_node_at_once() {
+    let mut rig = Rig::new(1);
+    let a = rig.attach(2);
+    let up = rig.host.wire("up0", 0);
+    let gw = rig.host.mac("veth2");
+    let subnet = "10.244.2.0/24".parse().unwrap();
+    let node = |last: u8| Change::AddNode {
+        underlay_ip: Ipv4Addr::new(192, 168, 50, last),
+        vtep_mac: Mac([0x0e, 0, 0, 0, 0, last]),
+        next_hop_mac: None,
+    };
+    let route = |last: u8| Change::AddRoute { prefix: subnet, via: Ipv4Addr::new(192, 168, 50, last) };
+    assert!(matches!(rig.call(Op::Apply { changes: vec![node(2), node(3), route(2)] }), Reply::Applied { .. }));
+    let outer_dst = |f: &Vec<u8>| Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+    for i in 0..10 {
+        a.send(&udp(2, gw, Ipv4Addr::new(10, 244, 2, 7), i));
+    }
+    let first = collect(&up, 10, Duration::from_secs(5));
+    assert_eq!(first.len(), 10);
+    assert!(first.iter().all(|f| outer_dst(f) == Ipv4Addr::new(192, 168, 50, 2)));
+    assert_eq!(first[0][..6], [2, 0, 0, 0, 0xff, 2], "to the next hop the kernel resolved");
+    assert!(matches!(rig.call(Op::Apply { changes: vec![route(3)] }), Reply::Applied { .. }));
+    for i in 0..10 {
+        a.send(&udp(2, gw, Ipv4Addr::new(10, 244, 2, 7), 100 + i));
+    }
+    let second = collect(&up, 10, Duration::from_secs(5));
+    assert!(second.iter().all(|f| outer_dst(f) == Ipv4Addr::new(192, 168, 50, 3)), "every frame after the swap");
+    let inner: Vec<u32> = second.iter().map(|f| tag(f)).collect();
+    assert_eq!(inner, (100..110).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_worker_that_cannot_open_its_queues_fails_the_attach_and_nothing_stays_open() {
+    let mut rig = Rig::new(2);
+    rig.add_veth(2);
+    rig.host.0.lock().unwrap().fail_open.insert("veth2".into());
+    let r = rig.call(Op::AddEndpoint(rig.pod(2)));
+    let Reply::Error { code: ErrorCode::Failed, message } = r else { panic!("{r:?}") };
+    assert!(message.contains("injected failure"), "{message}");
+    rig.settle();
+    assert!(!rig.host.is_open("veth2", 0), "the other worker's queue was closed again");
+    let Reply::Endpoints { endpoints } = rig.call(Op::Dump { table: Table::Endpoints }) else { panic!() };
+    assert!(endpoints.is_empty());
+    // The daemon carries on: the pod attaches once the interface opens.
+    rig.host.0.lock().unwrap().fail_open.clear();
+    assert!(matches!(rig.call(Op::AddEndpoint(rig.pod(2))), Reply::EndpointReady { port: 1, .. }), "port id reused");
+}
+
+#[test]
+fn an_exited_worker_gets_an_error_reply_not_a_hang() {
+    let mut rig = Rig::new(2);
+    rig.add_veth(2);
+    // Stop worker 1 behind the state's back, as a crashed thread would be.
+    rig.state.stop_worker_for_test(1);
+    std::thread::sleep(Duration::from_millis(100));
+    let r = rig.call(Op::AddEndpoint(rig.pod(2)));
+    let Reply::Error { message, .. } = r else { panic!("{r:?}") };
+    assert!(message.contains("worker 1 has exited"), "{message}");
+    assert!(matches!(rig.call(Op::Status), Reply::Status(_)), "still answering");
+}
