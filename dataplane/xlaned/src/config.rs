@@ -192,7 +192,7 @@ impl Config {
             ip,
             mac: None,
             vni: args.vni.or(file.vni).unwrap_or(1),
-            port: args.vxlan_port.or(file.vxlan_port).unwrap_or(8472),
+            port: args.vxlan_port.or(file.vxlan_port).unwrap_or(xlane_wire::VXLAN_PORT_LINUX),
             subnet: args.node_subnet.or(file.node_subnet),
         });
         Ok(Self {
