@@ -15,7 +15,7 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use xlane_api::agent::{AgentClient, AgentOp, AgentReply};
 use xlane_api::{ErrorCode, Mac};
-use xlane_netlink::Netlink;
+use xlane_netlink::{Netlink, Route, Veth, VethEnd};
 
 /// Where the agent listens by default.
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/xlane/agent.sock";
@@ -205,10 +205,8 @@ fn attach_endpoint(
 fn attach_veth(c: &mut AgentClient, env: &Env, netns: &str, a: &Addressing) -> Result<Attachment, CniError> {
     let Addressing { ip: addr, gateway, mtu, ref routes } = *a;
     let host_if = crate::protocol::host_ifname(&env.container_id, &env.ifname);
-    // Netlink sockets on both sides: this node's, and one opened inside the pod's
-    // namespace (it stays there), so nothing below enters the namespace but the
-    // checksum ioctl.
-    let mut node = Netlink::new().map_err(|e| io_error("netlink", e))?;
+    // The pair is set up over netlink sockets on both sides (one opened inside the pod's
+    // namespace), so nothing below enters the namespace but the checksum ioctl.
     let mut pod = Netlink::in_netns(netns)
         .map_err(|e| CniError::new(Code::UnknownContainer, "network namespace not found", format!("{netns}: {e}")))?;
     // The pod end is created in the namespace under its final name: an interface of that
@@ -220,19 +218,21 @@ fn attach_veth(c: &mut AgentClient, env: &Env, netns: &str, a: &Addressing) -> R
             format!("{} in {netns}", env.ifname),
         ));
     }
-    File::open(netns)
-        .and_then(|ns| node.add_veth(&host_if, &env.ifname, Some(&ns), u32::from(mtu), 1))
-        .map_err(|e| io_error("creating the veth pair failed", e))?;
+    let addrs = [(addr.addr(), addr.prefix_len())];
+    let pod_routes: Vec<Route> = routes
+        .iter()
+        .map(|r| Route { dst: r.network(), prefix_len: r.prefix_len(), via: Some(gateway), src: None })
+        .collect();
+    let (host, p) = Veth {
+        local: VethEnd { name: &host_if, ..VethEnd::default() },
+        peer: VethEnd { name: &env.ifname, netns: Some(netns), addrs: &addrs, routes: &pod_routes },
+        mtu: Some(u32::from(mtu)),
+        queues: 1,
+        reuse: false,
+    }
+    .create()
+    .map_err(|e| io_error("setting up the veth pair failed", e))?;
     let setup = (|| -> Result<(Mac, Mac), CniError> {
-        let host = node.link(&host_if).map_err(|e| io_error("host side setup failed", e))?;
-        node.set_up(host.ifindex, None).map_err(|e| io_error("host side setup failed", e))?;
-        let p = pod.link(&env.ifname).map_err(|e| io_error("pod side setup failed", e))?;
-        pod.set_up(p.ifindex, None).map_err(|e| io_error("pod side setup failed", e))?;
-        pod.replace_addr(p.ifindex, addr.addr(), addr.prefix_len()).map_err(|e| io_error("pod address", e))?;
-        for r in routes {
-            pod.replace_route(r.network(), r.prefix_len(), Some(gateway), p.ifindex, None)
-                .map_err(|e| io_error(&format!("pod route {r} via {gateway}"), e))?;
-        }
         // Offloaded checksums would reach the AF_XDP socket unfinished.
         xlane_netlink::in_netns(netns, || xlane_netlink::ethtool::set_tx_checksum(&env.ifname, false))
             .map_err(|e| io_error("cannot enter the network namespace", e))?
@@ -251,7 +251,7 @@ fn attach_veth(c: &mut AgentClient, env: &Env, netns: &str, a: &Addressing) -> R
             mtu,
         }),
         Err(e) => {
-            let _ = node.del_link(&host_if);
+            let _ = Netlink::new().and_then(|mut node| node.del_link(&host_if));
             Err(e)
         }
     }

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use xlane_agent::agent::{self, Settings, Shared};
+use xlane_agent::agent::{self, Shared};
 use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
 use xlane_agent::store::file::FileStore;
 use xlane_api::Mac;
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum StoreKind {
     /// A directory on this host (single host, the lab, tests).
     File,
@@ -32,9 +33,18 @@ enum StoreKind {
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+// The settings, flags and file keys alike (layered by `xlane-config`, as xlaned's are).
+#[derive(Debug, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Settings {
     /// TOML file with any of these settings (keys as the flag names, e.g.
     /// `store-dir = "/srv/xlane"`); flags and environment variables beat it.
     #[arg(long, env = "XLANE_AGENT_CONFIG")]
+    #[serde(skip)]
     config: Option<PathBuf>,
     /// Datastore engine.
     #[arg(long, env = "XLANE_AGENT_DATASTORE", value_enum, default_value = "file")]
@@ -96,59 +106,22 @@ fn main() {
     std::process::exit(code);
 }
 
-/// The file form of the settings.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct File {
-    datastore: Option<String>,
-    etcd_endpoints: Option<Vec<String>>,
-    etcd_prefix: Option<String>,
-    store_dir: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-    xlaned_socket: Option<PathBuf>,
-    socket: Option<PathBuf>,
-    network_config: Option<PathBuf>,
-    public_ip: Option<Ipv4Addr>,
-    vtep_mac: Option<Mac>,
-    lease_ttl: Option<u64>,
+impl xlane_config::Layered for Settings {
+    fn config_file(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
 }
 
 /// Parse flags and environment, then fill what neither set from `--config`.
 fn parse_cli() -> anyhow::Result<Cli> {
-    use clap::parser::ValueSource;
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
-    let mut cli = Cli::from_arg_matches(&matches)?;
-    let Some(path) = cli.config.clone() else { return Ok(cli) };
-    let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
-    let file: File = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
-    let unset =
-        |id: &str| !matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
-    if let Some(v) = file.datastore.filter(|_| unset("datastore")) {
-        cli.datastore = StoreKind::from_str(&v, true).map_err(|e| anyhow::anyhow!("config datastore: {e}"))?;
-    }
-    macro_rules! take {
-        ($($field:ident),*) => {$(
-            if let Some(v) = file.$field.filter(|_| unset(stringify!($field))) {
-                cli.$field = v.into();
-            }
-        )*};
-    }
-    take!(etcd_endpoints, etcd_prefix, store_dir, state_dir, xlaned_socket, socket, lease_ttl);
-    if let Some(v) = file.network_config.filter(|_| unset("network_config")) {
-        cli.network_config = Some(v);
-    }
-    if let Some(v) = file.public_ip.filter(|_| unset("public_ip")) {
-        cli.public_ip = Some(v);
-    }
-    if let Some(v) = file.vtep_mac.filter(|_| unset("vtep_mac")) {
-        cli.vtep_mac = Some(v);
-    }
-    Ok(cli)
+    let cli = Cli::from_arg_matches(&matches)?;
+    Ok(Cli { settings: xlane_config::layer(cli.settings, Some(&matches))?, ..cli })
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Cmd::Status { json }) = cli.cmd {
+fn run(Cli { cmd, settings: cli }: Cli) -> anyhow::Result<()> {
+    if let Some(Cmd::Status { json }) = cmd {
         let reply = AgentClient::connect(&cli.socket)
             .map_err(|e| anyhow::anyhow!("{}: {e}", cli.socket.display()))?
             .call(AgentOp::Status)?;
@@ -201,7 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(p) => Some(std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?),
         None => None,
     };
-    let settings = Settings {
+    let settings = agent::Settings {
         state_dir: cli.state_dir,
         xlaned_socket: cli.xlaned_socket,
         api_socket: cli.socket,

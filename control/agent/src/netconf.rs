@@ -125,7 +125,7 @@ impl NetConfig {
         if vni == 0 || vni > 0x00ff_ffff {
             return Err(field("Backend.VNI", format!("{vni} is not a 24-bit VNI")));
         }
-        let port = backend.port.unwrap_or(8472);
+        let port = backend.port.unwrap_or(xlane_wire::VXLAN_PORT_LINUX);
         if port == 0 {
             return Err(field("Backend.Port", "0 is not a port"));
         }

@@ -16,6 +16,9 @@
 #![forbid(unsafe_code)]
 
 pub mod ethtool;
+mod veth;
+
+pub use veth::{Route, Veth, VethEnd};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
@@ -149,6 +152,28 @@ impl Netlink {
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
         ]));
         self.request(NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, RouteNetlinkMessage::NewLink(m)).map(drop)
+    }
+
+    /// Create a bridge named `name`, down.
+    ///
+    /// # Errors
+    /// `AlreadyExists` if the name is taken; the netlink error.
+    pub fn add_bridge(&mut self, name: &str) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
+        self.request(NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, RouteNetlinkMessage::NewLink(m)).map(drop)
+    }
+
+    /// Enslave interface `ifindex` to the bridge `master` (an ifindex).
+    ///
+    /// # Errors
+    /// The netlink error.
+    pub fn set_master(&mut self, ifindex: u32, master: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = ifindex;
+        m.attributes.push(LinkAttribute::Controller(master));
+        self.request(NLM_F_ACK, RouteNetlinkMessage::SetLink(m)).map(drop)
     }
 
     /// Set an interface's MTU (when given) and bring it up.

@@ -8,6 +8,13 @@
 //! * [`xsk`]: UMEM and AF_XDP sockets (through `xdpilone`), with safe frame access;
 //! * [`port`]: an AF_XDP socket as the engine's `Port`, its UMEM as the `FrameMemory`.
 
+// The workspace forbids unsafe code; this crate is where it lives instead of everywhere.
+#![allow(
+    unsafe_code,
+    reason = "the one crate that talks to the kernel (bpf(2), mmap'd rings, UMEM); every unsafe block carries a SAFETY comment"
+)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod asm;
 pub mod attach;
 pub mod port;

@@ -1,14 +1,15 @@
 //! Configuration: command-line flags, each with an environment fallback, over an
-//! optional TOML file, over defaults that work in the lab.
+//! optional TOML file, over defaults that work in the lab (layered by `xlane-config`, as
+//! the agent's are: the file's keys are the flags' names, read into [`Args`] itself).
 
 use clap::{Parser, ValueEnum};
 use ipnet::Ipv4Net;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 /// XDP attach mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum XdpModeArg {
     /// Native, falling back to generic.
@@ -20,7 +21,7 @@ pub enum XdpModeArg {
 }
 
 /// AF_XDP bind mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BindArg {
     /// Zero-copy where the driver supports it, copy otherwise.
@@ -37,11 +38,13 @@ pub enum BindArg {
 /// stays with the kernel), the host port and pod ports with AF_XDP workers, and takes
 /// its tables from a control socket (xlane-agent, xlanectl). Every flag can also come
 /// from the environment (XLANE_*) or a TOML file (--config, keys as the flag names).
-#[derive(Debug, Parser, Default)]
+#[derive(Debug, Parser, Default, Serialize, Deserialize)]
 #[command(name = "xlaned", version, about, long_about)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Args {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "XLANE_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Uplink interface (a NIC, an SR-IOV VF, or a PF with --uplink-queues).
     #[arg(long, env = "XLANE_UPLINK")]
@@ -93,26 +96,10 @@ pub struct Args {
     pub node_subnet: Option<Ipv4Net>,
 }
 
-/// The file form: the same keys as the flags (kebab-case).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct File {
-    uplink: Option<String>,
-    uplink_queues: Option<Vec<u32>>,
-    cluster_cidr: Option<Ipv4Net>,
-    socket: Option<PathBuf>,
-    metrics: Option<String>,
-    workers: Option<usize>,
-    cores: Option<Vec<usize>>,
-    busy_poll: Option<bool>,
-    xdp_mode: Option<XdpModeArg>,
-    bind_mode: Option<BindArg>,
-    host_port: Option<String>,
-    umem_frames: Option<u32>,
-    vtep_ip: Option<Ipv4Addr>,
-    vni: Option<u32>,
-    vxlan_port: Option<u16>,
-    node_subnet: Option<Ipv4Net>,
+impl xlane_config::Layered for Args {
+    fn config_file(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
 }
 
 /// The resolved configuration.
@@ -152,34 +139,25 @@ impl Config {
     /// # Errors
     /// Unreadable or invalid file, missing uplink, invalid values.
     pub fn resolve(args: Args) -> anyhow::Result<Self> {
-        let file: File = match &args.config {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?
-            }
-            None => File::default(),
-        };
-        let uplink = args
-            .uplink
-            .or(file.uplink)
-            .ok_or_else(|| anyhow::anyhow!("no uplink: pass --uplink <interface> (or XLANE_UPLINK)"))?;
-        let cluster_cidr =
-            args.cluster_cidr.or(file.cluster_cidr).unwrap_or_else(|| "10.244.0.0/16".parse().expect("valid"));
+        let args = xlane_config::layer(args, None)?;
+        let uplink =
+            args.uplink.ok_or_else(|| anyhow::anyhow!("no uplink: pass --uplink <interface> (or XLANE_UPLINK)"))?;
+        let cluster_cidr = args.cluster_cidr.unwrap_or_else(|| "10.244.0.0/16".parse().expect("valid"));
         anyhow::ensure!(cluster_cidr.network() == cluster_cidr.addr(), "cluster CIDR {cluster_cidr} has host bits set");
-        let metrics = match args.metrics.or(file.metrics).as_deref() {
+        let metrics = match args.metrics.as_deref() {
             Some("off") => None,
             Some(a) => Some(a.parse().map_err(|e| anyhow::anyhow!("--metrics {a}: {e}"))?),
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9472))),
         };
-        let workers = args.workers.or(file.workers).unwrap_or(1);
+        let workers = args.workers.unwrap_or(1);
         anyhow::ensure!((1..=64).contains(&workers), "--workers must be 1 to 64");
-        let cores = args.cores.or(file.cores).unwrap_or_default();
+        let cores = args.cores.unwrap_or_default();
         anyhow::ensure!(
             cores.is_empty() || cores.len() >= workers,
             "--cores lists {} cores for {workers} workers",
             cores.len()
         );
-        let host_port = match args.host_port.or(file.host_port) {
+        let host_port = match args.host_port {
             Some(h) if h == "none" => None,
             Some(h) => Some(h),
             None => Some("xlane0".to_owned()),
@@ -187,27 +165,27 @@ impl Config {
         if let Some(h) = &host_port {
             anyhow::ensure!(!h.is_empty() && h.len() <= 13, "host port name {h:?} must be 1 to 13 characters");
         }
-        let vtep_ip = args.vtep_ip.or(file.vtep_ip);
+        let vtep_ip = args.vtep_ip;
         let vtep = vtep_ip.map(|ip| xlane_api::Vtep {
             ip,
             mac: None,
-            vni: args.vni.or(file.vni).unwrap_or(1),
-            port: args.vxlan_port.or(file.vxlan_port).unwrap_or(8472),
-            subnet: args.node_subnet.or(file.node_subnet),
+            vni: args.vni.unwrap_or(1),
+            port: args.vxlan_port.unwrap_or(xlane_wire::VXLAN_PORT_LINUX),
+            subnet: args.node_subnet,
         });
         Ok(Self {
             uplink,
-            uplink_queues: args.uplink_queues.or(file.uplink_queues).unwrap_or_default(),
+            uplink_queues: args.uplink_queues.unwrap_or_default(),
             cluster_cidr,
-            socket: args.socket.or(file.socket).unwrap_or_else(|| "/run/xlane/xlaned.sock".into()),
+            socket: args.socket.unwrap_or_else(|| "/run/xlane/xlaned.sock".into()),
             metrics,
             workers,
             cores,
-            busy_poll: args.busy_poll.or(file.busy_poll).unwrap_or(false),
-            xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or(XdpModeArg::Auto),
-            bind_mode: args.bind_mode.or(file.bind_mode).unwrap_or(BindArg::Auto),
+            busy_poll: args.busy_poll.unwrap_or(false),
+            xdp_mode: args.xdp_mode.unwrap_or(XdpModeArg::Auto),
+            bind_mode: args.bind_mode.unwrap_or(BindArg::Auto),
             host_port,
-            umem_frames: args.umem_frames.or(file.umem_frames).unwrap_or(32_768),
+            umem_frames: args.umem_frames.unwrap_or(32_768),
             vtep,
         })
     }

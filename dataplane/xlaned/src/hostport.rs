@@ -8,6 +8,7 @@
 use ipnet::Ipv4Net;
 use std::io;
 use std::net::Ipv4Addr;
+use xlane_netlink::{Route, Veth, VethEnd};
 
 /// The engine-side name for host port `host`.
 #[must_use]
@@ -31,20 +32,15 @@ pub fn ensure(
     mtu: u16,
     queues: usize,
 ) -> io::Result<()> {
-    let mut nl = xlane_netlink::Netlink::new()?;
-    let queues = u32::try_from(queues).unwrap_or(1).max(1);
-    match nl.add_veth(host, engine, None, u32::from(mtu), queues) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        Err(e) => return Err(io::Error::new(e.kind(), format!("creating {host}/{engine}: {e}"))),
+    let route = Route { dst: cluster.network(), prefix_len: cluster.prefix_len(), via: None, src: Some(gateway) };
+    Veth {
+        local: VethEnd { name: host, addrs: &[(gateway, 32)], routes: &[route], ..VethEnd::default() },
+        peer: VethEnd { name: engine, ..VethEnd::default() },
+        mtu: Some(u32::from(mtu)),
+        queues: u32::try_from(queues).unwrap_or(1),
+        reuse: true,
     }
-    let host_link = nl.link(host)?;
-    for dev in [host, engine] {
-        let l = nl.link(dev)?;
-        nl.set_up(l.ifindex, Some(u32::from(mtu)))?;
-    }
-    nl.replace_addr(host_link.ifindex, gateway, 32)?;
-    nl.replace_route(cluster.network(), cluster.prefix_len(), None, host_link.ifindex, Some(gateway))?;
+    .create()?;
     // The host's offloaded checksums would reach the engine unfinished.
     xlane_netlink::ethtool::set_tx_checksum(host, false)?;
     Ok(())

@@ -194,7 +194,7 @@ fn setup(c: Contender) -> anyhow::Result<Testbed> {
             let mut macs = Vec::new();
             for (i, n) in lab.nodes.iter().enumerate() {
                 if c == Contender::KernelVxlan {
-                    macs.push(kernel::flannel_vtep(n, subnets[i], 1, 8472)?);
+                    macs.push(kernel::flannel_vtep(n, subnets[i], 1, xlane_wire::VXLAN_PORT_LINUX)?);
                 }
                 let mtu = if c == Contender::KernelVxlan { 1450 } else { 1500 };
                 kernel::cni0(n, subnets[i], mtu)?;

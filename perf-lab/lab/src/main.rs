@@ -178,7 +178,7 @@ fn main() {
         Cmd::Interop { vni, port, tcp_mb } => {
             let cases = match (vni, port) {
                 (Some(v), Some(p)) => vec![(v, p)],
-                _ => vec![(1, 8472), (42, 4789)],
+                _ => vec![(1, xlane_wire::VXLAN_PORT_LINUX), (42, xlane_wire::VXLAN_PORT_IANA)],
             };
             cases.into_iter().try_for_each(|(vni, port)| {
                 eprintln!("interop: xlane node ↔ flannel-style kernel VXLAN node, VNI {vni}, port {port}");

@@ -2,8 +2,11 @@
 //!
 //! Everything here is created inside namespaces this code makes and removes: a [`Netns`]
 //! deletes itself on drop (its interfaces go with it), so a failing test leaves nothing
-//! behind. Interfaces and addresses are configured with iproute2's `ip`, which every
-//! machine of the lab's kind has.
+//! behind. Interfaces, addresses and routes are configured over netlink
+//! ([`xlane_netlink`], as the CNI plugin and xlaned do). iproute2's `ip` stays for what is
+//! not a netlink object: named namespaces (`ip netns add/del/list/exec`: a namespace
+//! bind-mounted under /run/netns) — and for the tests' and the lab's own ad-hoc commands
+//! ([`Netns::ip`]), which read what `ip` prints.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
@@ -18,6 +21,7 @@ pub use topology::{Lab, Node, Pod};
 use std::io;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
+use xlane_netlink::{Netlink, Veth, VethEnd};
 
 /// Whether a privileged test may run: true as root. Outside CI a non-root run prints
 /// that the test was skipped; in CI (`CI=true`) it panics, because a missing privilege
@@ -180,7 +184,9 @@ impl Netns {
         let name = format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         ip(&["netns", "add", &name])?;
         let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
+        let mut nl = Netlink::in_netns(&ns.path())?;
+        let lo = nl.link("lo")?;
+        nl.set_up(lo.ifindex, None)?;
         Ok(ns)
     }
 
@@ -188,6 +194,12 @@ impl Netns {
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The namespace's file (`/run/netns/<name>`).
+    #[must_use]
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
     }
 
     /// Run `ip -n <ns> args`.
@@ -214,7 +226,7 @@ impl Netns {
     /// # Errors
     /// Opening or entering either namespace.
     pub fn enter<R>(&self, f: impl FnOnce() -> R) -> io::Result<R> {
-        xlane_netlink::in_netns(format!("/run/netns/{}", self.name), f)
+        xlane_netlink::in_netns(self.path(), f)
     }
 
     /// Interface index of `dev` in this namespace.
@@ -222,11 +234,7 @@ impl Netns {
     /// # Errors
     /// Missing interface.
     pub fn ifindex(&self, dev: &str) -> io::Result<u32> {
-        let out = self.ip(&["-o", "link", "show", "dev", dev])?;
-        out.split(':')
-            .next()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| io::Error::other(format!("no ifindex in {out:?}")))
+        Ok(Netlink::in_netns(&self.path())?.link(dev)?.ifindex)
     }
 
     /// MAC address of `dev` in this namespace.
@@ -234,12 +242,7 @@ impl Netns {
     /// # Errors
     /// Missing interface.
     pub fn mac(&self, dev: &str) -> io::Result<String> {
-        let out = self.ip(&["-o", "link", "show", "dev", dev])?;
-        out.split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .map(str::to_owned)
-            .ok_or_else(|| io::Error::other(format!("no MAC in {out:?}")))
+        Ok(Netlink::in_netns(&self.path())?.link(dev)?.mac.to_string())
     }
 
     /// Send `count` pings to `dst` from inside this namespace (200 ms apart, 2 s
@@ -302,12 +305,17 @@ impl Drop for Netns {
 /// Create a veth pair `a` (in `ns_a`) ↔ `b` (in `ns_b`), both up.
 ///
 /// # Errors
-/// `ip` failures.
+/// Netlink failures.
 pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> io::Result<()> {
-    ns_a.ip(&["link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b.name()])?;
-    ns_a.ip(&["link", "set", a, "up"])?;
-    ns_b.ip(&["link", "set", b, "up"])?;
-    Ok(())
+    Veth {
+        local: VethEnd { name: a, netns: Some(&ns_a.path()), ..VethEnd::default() },
+        peer: VethEnd { name: b, netns: Some(&ns_b.path()), ..VethEnd::default() },
+        mtu: None,
+        queues: 1,
+        reuse: false,
+    }
+    .create()
+    .map(drop)
 }
 
 #[cfg(test)]

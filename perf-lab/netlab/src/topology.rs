@@ -10,6 +10,7 @@
 use crate::Netns;
 use std::io;
 use std::net::Ipv4Addr;
+use xlane_netlink::{Netlink, Route, Veth, VethEnd};
 
 /// Underlay prefix length.
 pub const UNDERLAY_PREFIX: u8 = 24;
@@ -93,18 +94,25 @@ impl Lab {
         // and daemons: remove those of dead runs with this prefix before building anew.
         crate::sweep::sweep(prefix)?;
         let fabric = Netns::new(&format!("{prefix}-fab"))?;
-        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
-        fabric.ip(&["addr", "add", &format!("192.168.50.254/{UNDERLAY_PREFIX}"), "dev", "br0"])?;
-        fabric.ip(&["link", "set", "br0", "up"])?;
+        let mut fab = Netlink::in_netns(&fabric.path())?;
+        fab.add_bridge("br0")?;
+        let br0 = fab.link("br0")?.ifindex;
+        fab.replace_addr(br0, Ipv4Addr::new(192, 168, 50, 254), UNDERLAY_PREFIX)?;
+        fab.set_up(br0, None)?;
         let mut lab = Self { pods: Vec::new(), nodes: Vec::new(), fabric, queues };
         for i in 0..nodes {
             let ns = Netns::new(&format!("{prefix}-n{i}"))?;
             let fab_end = format!("n{i}");
-            veth_pair(&lab.fabric, &fab_end, &ns, "eth0", queues)?;
-            lab.fabric.ip(&["link", "set", &fab_end, "master", "br0", "up"])?;
             let ip = Ipv4Addr::new(192, 168, 50, i + 1);
-            ns.ip(&["addr", "add", &format!("{ip}/{UNDERLAY_PREFIX}"), "dev", "eth0"])?;
-            ns.ip(&["link", "set", "eth0", "up"])?;
+            let (uplink, _) = Veth {
+                local: VethEnd { name: &fab_end, netns: Some(&lab.fabric.path()), ..VethEnd::default() },
+                peer: VethEnd { name: "eth0", netns: Some(&ns.path()), addrs: &[(ip, UNDERLAY_PREFIX)], routes: &[] },
+                mtu: None,
+                queues: u32::from(queues),
+                reuse: false,
+            }
+            .create()?;
+            fab.set_master(uplink.ifindex, br0)?;
             lab.nodes.push(Node { ns, uplink: "eth0".into(), ip, subnet: Ipv4Addr::new(10, 244, i + 1, 0), pods: 0 });
         }
         Ok(lab)
@@ -133,24 +141,26 @@ impl Lab {
         let n = &mut self.nodes[node];
         let ns = Netns::new(&format!("{}-p{k}", n.ns.name()))?;
         let host_if = format!("vp{k}");
-        veth_pair(&n.ns, &host_if, &ns, "eth0", self.queues)?;
-        n.ns.ip(&["link", "set", &host_if, "up"])?;
+        // As the CNI plugin does: both ends at the pod MTU, the pod end addressed and
+        // routed through the gateway.
+        Veth {
+            local: VethEnd { name: &host_if, netns: Some(&n.ns.path()), ..VethEnd::default() },
+            peer: VethEnd {
+                name: "eth0",
+                netns: Some(&ns.path()),
+                addrs: &[(ip, prefix_len)],
+                routes: &[Route::default_via(gw)],
+            },
+            mtu: Some(u32::from(POD_MTU)),
+            queues: u32::from(self.queues),
+            reuse: false,
+        }
+        .create()?;
         n.pods += 1;
-        ns.ip(&["addr", "add", &format!("{ip}/{prefix_len}"), "dev", "eth0"])?;
-        ns.ip(&["link", "set", "eth0", "mtu", &POD_MTU.to_string(), "up"])?;
-        ns.ip(&["route", "add", "default", "via", &gw.to_string()])?;
         // The pod's offloaded checksums would reach the AF_XDP socket unfinished.
         ns.enter(|| xlane_netlink::ethtool::set_tx_checksum("eth0", false))??;
         let mac = ns.mac("eth0")?;
         self.pods.push(Pod { ns, node, host_if, ip, mac });
         Ok(k)
     }
-}
-
-/// A veth pair `a` (in `ns_a`) ↔ `b` (moved into `ns_b`), `queues` queues each way.
-fn veth_pair(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u16) -> io::Result<()> {
-    let q = queues.to_string();
-    let mut args = vec!["link", "add", a, "numtxqueues", &q, "numrxqueues", &q, "type", "veth"];
-    args.extend(["peer", "name", b, "numtxqueues", &q, "numrxqueues", &q, "netns", ns_b.name()]);
-    ns_a.ip(&args).map(drop)
 }

@@ -15,7 +15,7 @@
 //! tokio runtime and blocks on each call (control plane, not hot path).
 
 use super::{Datastore, Event, Revision, StoreError};
-use crate::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
+use crate::lease::{Claim, Lease, LeaseAttrs, choose_subnet, parse_subnet_key, subnet_key};
 use crate::netconf::NetConfig;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
@@ -221,21 +221,14 @@ impl EtcdStore {
         let value = serde_json::to_string(attrs).expect("plain data");
         for _attempt in 0..16 {
             let (all, _) = self.list()?;
-            let in_range = |s: &Ipv4Net| cfg.network.contains(s) && s.prefix_len() == cfg.subnet_len;
-            let mine = all
-                .iter()
-                .find(|(s, (a, _))| a.public_ip == attrs.public_ip && in_range(s))
-                .map(|(s, (_, r))| (*s, *r));
-            // Ours already (a restart): take it over with a new etcd lease, if unchanged.
-            let (subnet, compare) = if let Some((s, modrev)) = mine {
-                (s, Compare::mod_revision(self.key(s), CompareOp::Equal, modrev))
-            } else {
-                let free = |s: &Ipv4Net| !all.contains_key(s);
-                let s = preferred
-                    .filter(|p| in_range(p) && free(p) && cfg.subnets().any(|s| s == *p))
-                    .or_else(|| cfg.subnets().find(|s| free(s)))
-                    .ok_or(StoreError::Full(cfg.network))?;
-                (s, Compare::create_revision(self.key(s), CompareOp::Equal, 0))
+            let holders = all.iter().map(|(s, (a, _))| (*s, a.public_ip));
+            let (subnet, compare) = match choose_subnet(cfg, holders, attrs.public_ip, preferred)? {
+                // Ours already (a restart): take it over with a new etcd lease, if unchanged.
+                Claim::Held(s) => {
+                    let modrev = all.get(&s).map_or(0, |(_, r)| *r);
+                    (s, Compare::mod_revision(self.key(s), CompareOp::Equal, modrev))
+                }
+                Claim::Free(s) => (s, Compare::create_revision(self.key(s), CompareOp::Equal, 0)),
             };
             let key = self.key(subnet);
             let Self { rt, client, .. } = self;

@@ -9,7 +9,7 @@
 //! view; a lease past its expiry counts as removed even before anyone deletes its file.
 
 use super::{Datastore, Event, Revision, StoreError};
-use crate::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
+use crate::lease::{Lease, LeaseAttrs, choose_subnet, parse_subnet_key, subnet_key};
 use crate::netconf::NetConfig;
 use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
@@ -181,13 +181,9 @@ impl Datastore for FileStore {
             }
         }
         let live: BTreeMap<Ipv4Net, Stored> = all.into_iter().filter(|(_, s)| s.expires_ms > now).collect();
-        let in_range = |s: &Ipv4Net| cfg.network.contains(s) && s.prefix_len() == cfg.subnet_len;
-        let mine = live.iter().find(|(s, st)| st.attrs.public_ip == attrs.public_ip && in_range(s)).map(|(s, _)| *s);
-        let free = |s: &Ipv4Net| !live.contains_key(s);
-        let subnet = mine
-            .or_else(|| preferred.filter(|p| in_range(p) && free(p) && cfg.subnets().any(|s| s == *p)))
-            .or_else(|| cfg.subnets().find(|s| free(s)))
-            .ok_or(StoreError::Full(cfg.network))?;
+        let subnet =
+            choose_subnet(cfg, live.iter().map(|(s, st)| (*s, st.attrs.public_ip)), attrs.public_ip, preferred)?
+                .subnet();
         self.write(subnet, &Stored { attrs: attrs.clone(), expires_ms: now + ttl_ms(ttl) })?;
         Ok(Lease { subnet, attrs: attrs.clone() })
     }

@@ -48,7 +48,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         vni: u32,
         /// VXLAN UDP port.
-        #[arg(long, default_value_t = 8472)]
+        #[arg(long, default_value_t = xlane_wire::VXLAN_PORT_LINUX)]
         port: u16,
         /// VTEP MAC (default: the uplink's).
         #[arg(long)]
