@@ -6,6 +6,7 @@
 //! [`CounterSnapshot`] (as Firecracker's metrics do).
 
 use crate::drop::DropReason;
+use crate::port::bump;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 macro_rules! pipeline_counters {
@@ -80,11 +81,6 @@ pipeline_counters! {
     arp_replies => "ARP requests answered by the proxy";
 }
 
-fn bump(c: &AtomicU64, n: u64) {
-    if n != 0 {
-        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
-    }
-}
 
 impl CounterSnapshot {
     /// Total drops.
