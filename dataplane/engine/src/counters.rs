@@ -42,6 +42,14 @@ macro_rules! pipeline_counters {
                 }
             }
 
+            /// Frames the pipeline counted as forwarded that its caller could not place
+            /// (no port serves their egress): move `n` of them from `tx` to the drop
+            /// `reason`. Single writer, so the wrapping subtraction is exact.
+            pub fn reclassify_tx(&self, n: u64, reason: DropReason) {
+                bump(&self.tx, n.wrapping_neg());
+                bump(&self.drops[reason.index()], n);
+            }
+
             /// Read this core's counters.
             #[must_use]
             pub fn snapshot(&self) -> CounterSnapshot {
@@ -80,7 +88,6 @@ pipeline_counters! {
     local => "frames routed between local pods";
     arp_replies => "ARP requests answered by the proxy";
 }
-
 
 impl CounterSnapshot {
     /// Total drops.

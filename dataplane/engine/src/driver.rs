@@ -118,8 +118,11 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
     /// # Panics
     /// If `index` is not an entry.
     pub fn poll_port(&mut self, fib: &Fib, index: usize) -> usize {
-        let mut rx = [Packet::default(); BURST];
-        let (ingress, n) = self.receive(index, &mut rx);
+        self.poll_port_with(fib, index, &mut [Packet::default(); BURST])
+    }
+
+    fn poll_port_with(&mut self, fib: &Fib, index: usize, rx: &mut [Packet<M::Buf>; BURST]) -> usize {
+        let (ingress, n) = self.receive(index, rx);
         if n > 0 {
             self.forward(fib, ingress, &rx[..n]);
         }
@@ -144,8 +147,11 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
     /// received.
     pub fn poll(&mut self, fib: &Fib) -> usize {
         let mut work = 0;
+        // One receive array for the pass: initialising it per port costs more than an
+        // empty poll.
+        let mut rx = [Packet::default(); BURST];
         for i in 0..self.ports.len() {
-            work += self.poll_port(fib, i);
+            work += self.poll_port_with(fib, i, &mut rx);
         }
         self.service();
         work
@@ -164,29 +170,45 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
         let n = rx.len();
         assert!(n <= BURST, "bursts are at most {BURST} frames");
         let mut verdicts = [Verdict::Drop(DropReason::UnknownPort); BURST];
+        // Where each packet lies after the pipeline moved its start (encap, decap).
         let mut placed = [(0u32, 0u32); BURST];
-        let mut bufs: ArrayVec<M::Buf, BURST> = rx.iter().map(|p| p.buf).collect();
-        let Self { pipeline, mem, egress, .. } = self;
-        mem.with_buffers(&bufs, |slices| {
+        let mut bufs = [M::Buf::default(); BURST];
+        for (b, p) in bufs.iter_mut().zip(rx) {
+            *b = p.buf;
+        }
+        let Self { pipeline, mem, .. } = self;
+        mem.with_buffers(&bufs[..n], |slices| {
             let mut frames: ArrayVec<Frame<'_>, BURST> = ArrayVec::new();
             for (buf, p) in slices.iter_mut().zip(rx) {
                 frames
                     .push(Frame::new(buf, p.head as usize, p.len as usize).expect("packets lie inside their buffers"));
             }
-            let serves = |id: PortId| egress.get(usize::from(id.0)).is_some_and(Option::is_some);
-            pipeline.process_to(fib, ingress, &mut frames, &mut verdicts[..n], serves);
+            pipeline.process(fib, ingress, &mut frames, &mut verdicts[..n]);
             for (p, f) in placed.iter_mut().zip(&frames) {
-                *p = (u32::try_from(f.head()).expect("< buffer size"), u32::try_from(f.len()).expect("< buffer size"));
+                // A frame lies inside its buffer, and buffers are far smaller than 4 GiB.
+                #[expect(clippy::cast_possible_truncation, reason = "offsets within a buffer")]
+                {
+                    *p = (f.head() as u32, f.len() as u32);
+                }
             }
         });
-        for ((buf, v), (head, len)) in bufs.drain(..).zip(verdicts).zip(placed) {
+        let mut unplaced = 0;
+        for ((&buf, v), (head, len)) in bufs[..n].iter().zip(verdicts).zip(placed) {
             match v {
-                Verdict::Tx(dst) => {
-                    let k = self.egress[usize::from(dst.0)].expect("the pipeline checked the egress port");
-                    self.pending[usize::from(k)].push(Packet { buf, head, len });
-                }
+                // The lookup that finds the queue also finds a port this driver does not
+                // serve (still attaching, or just removed): no extra work per frame.
+                Verdict::Tx(dst) => match self.egress.get(usize::from(dst.0)).copied().flatten() {
+                    Some(k) => self.pending[usize::from(k)].push(Packet { buf, head, len }),
+                    None => {
+                        self.mem.release(buf);
+                        unplaced += 1;
+                    }
+                },
                 Verdict::Drop(_) => self.mem.release(buf),
             }
+        }
+        if unplaced > 0 {
+            self.pipeline.counters().reclassify_tx(unplaced, DropReason::NoEgressPort);
         }
         self.transmit_pending();
     }

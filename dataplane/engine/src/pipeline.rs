@@ -56,24 +56,6 @@ impl Pipeline {
     /// # Panics
     /// If `frames` is longer than [`BURST`] or `verdicts` shorter than `frames`.
     pub fn process(&mut self, fib: &Fib, ingress: PortId, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
-        self.process_to(fib, ingress, frames, verdicts, |_| true);
-    }
-
-    /// [`process`](Self::process) for a caller that serves only some ports: a frame
-    /// routed to a port for which `serves` is false becomes a counted
-    /// [`DropReason::NoEgressPort`] (a port still attaching, or just removed).
-    ///
-    /// # Panics
-    /// As [`process`](Self::process).
-    #[inline]
-    pub fn process_to(
-        &mut self,
-        fib: &Fib,
-        ingress: PortId,
-        frames: &mut [Frame<'_>],
-        verdicts: &mut [Verdict],
-        serves: impl Fn(PortId) -> bool,
-    ) {
         let n = frames.len();
         assert!(n <= BURST && verdicts.len() >= n, "burst of {n} frames, {} verdicts", verdicts.len());
         let mut tally = CounterSnapshot { rx: n as u64, bursts: 1, ..CounterSnapshot::default() };
@@ -160,12 +142,7 @@ impl Pipeline {
             };
         }
 
-        for v in &mut verdicts[..n] {
-            if let Verdict::Tx(port) = *v
-                && !serves(port)
-            {
-                *v = Verdict::Drop(DropReason::NoEgressPort);
-            }
+        for v in &verdicts[..n] {
             match v {
                 Verdict::Tx(_) => tally.tx += 1,
                 Verdict::Drop(r) => tally.drops[r.index()] += 1,

@@ -1,0 +1,78 @@
+//! A fixed amount of forwarding work, for instruction counts that do not depend on how
+//! busy the machine is (criterion's wall clock does): run it under
+//! `valgrind --tool=callgrind` with two burst counts and divide the difference by the
+//! extra frames, so set-up (tables with 10k routes) cancels out.
+//!
+//! `cargo run --release -p xlane-benches --example fixed_work -- driver|encap|decap BURSTS`
+//!
+//! `driver`: the in-memory two-node path (node A's driver encapsulates 64 pod frames,
+//! the wire moves them, node B's driver decapsulates and delivers them);
+//! `encap`/`decap`: the pipeline alone on one burst, restored between runs.
+
+use std::sync::Arc;
+use xlane_engine::mem::{FRAME_SIZE, HEADROOM, MemDataplane};
+use xlane_engine::testbed::{self, UPLINK};
+use xlane_engine::{BURST, CoreCounters, Frame, Pipeline, Verdict};
+use xlane_fib::{FibHandle, PortId};
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/../dataplane/engine/tests/fixtures/{name}.bin", env!("CARGO_MANIFEST_DIR")))
+        .expect("fixture")
+}
+
+fn driver(bursts: u64) {
+    let (ha, hb) = (FibHandle::new(), FibHandle::new());
+    testbed::tables(1, 10_000).publish(&ha);
+    testbed::tables_b().publish(&hb);
+    let (mut a, mut b) = (MemDataplane::new(&ha, 2), MemDataplane::new(&hb, 2));
+    a.preallocate(256);
+    b.preallocate(256);
+    let mut frame = fixture("encap_udp_in");
+    // To node B's pod (10.244.2.3), with the IPv4 header checksum redone.
+    frame[30..34].copy_from_slice(&testbed::b_pod().ip.octets());
+    frame[24..26].fill(0);
+    let c = !xlane_wire::checksum::sum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    let mut delivered = 0;
+    for _ in 0..bursts {
+        for _ in 0..BURST {
+            a.inject(testbed::pod(1).port, &frame).expect("port 1");
+        }
+        a.run_until_idle();
+        a.wire_to(UPLINK, &mut b, UPLINK).expect("uplinks");
+        b.run_until_idle();
+        delivered += b.drain_tx(testbed::b_pod().port, |_| {}).expect("pod port");
+    }
+    assert_eq!(delivered as u64, bursts * BURST as u64, "every frame delivered");
+}
+
+fn pipeline(bursts: u64, name: &str, ingress: PortId) {
+    let fib = testbed::tables(2, 10_000).snapshot();
+    let bytes = fixture(name);
+    let mut pipeline = Pipeline::new(Arc::new(CoreCounters::default()));
+    let mut bufs: Vec<Box<[u8; FRAME_SIZE]>> = (0..BURST).map(|_| Box::new([0; FRAME_SIZE])).collect();
+    let mut verdicts = [Verdict::Tx(PortId(0)); BURST];
+    for _ in 0..bursts {
+        let mut frames: Vec<Frame<'_>> = bufs
+            .iter_mut()
+            .map(|b| {
+                b[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(&bytes);
+                Frame::new(&mut b[..], HEADROOM, bytes.len()).expect("fits")
+            })
+            .collect();
+        pipeline.process(&fib, ingress, &mut frames, &mut verdicts);
+        assert!(verdicts.iter().all(|v| matches!(v, Verdict::Tx(_))), "{verdicts:?}");
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let what = args.next().unwrap_or_else(|| "driver".into());
+    let bursts: u64 = args.next().map_or(1000, |b| b.parse().expect("a burst count"));
+    match what.as_str() {
+        "driver" => driver(bursts),
+        "encap" => pipeline(bursts, "encap_udp_in", PortId(1)),
+        "decap" => pipeline(bursts, "decap_udp_in", UPLINK),
+        other => panic!("unknown workload {other}: driver, encap or decap"),
+    }
+}
