@@ -34,7 +34,7 @@ pub struct Vtep {
     /// VXLAN network identifier (flannel default 1).
     #[serde(default = "default_vni")]
     pub vni: u32,
-    /// VXLAN UDP port (flannel default 8472).
+    /// VXLAN UDP port (flannel default [`xlane_wire::VXLAN_PORT_LINUX`], 8472).
     #[serde(default = "default_port")]
     pub port: u16,
     /// The node's pod subnet. Its first address becomes the host port's address (the
@@ -48,7 +48,7 @@ fn default_vni() -> u32 {
 }
 
 fn default_port() -> u16 {
-    8472
+    xlane_wire::VXLAN_PORT_LINUX
 }
 
 /// One table change of a batch.

@@ -9,7 +9,7 @@ use xlane_engine::mem::MemDataplane;
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_engine::{CounterSnapshot, DropReason};
 use xlane_fib::FibHandle;
-use xlane_wire::{EthernetFrame, Ipv4Packet, UdpPacket, VxlanPacket, checksum};
+use xlane_wire::{EthernetFrame, Ipv4Packet, Mac, UdpPacket, VxlanPacket, checksum};
 
 /// Frames in the bounded rate test (and a time cap, whichever comes first).
 const RATE_FRAMES: u64 = 2_000_000;
@@ -95,8 +95,7 @@ fn main() {
     a.run_until_idle();
     let reply = a.take_tx(pa.port).expect("port").pop().expect("proxy ARP reply");
     let gw_mac: [u8; 6] = reply[22..28].try_into().expect("6 bytes");
-    let mac = gw_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    println!("\n1. ARP who-has 10.244.1.1 → is-at {mac} (the host-side veth MAC)");
+    println!("\n1. ARP who-has 10.244.1.1 → is-at {} (the host-side veth MAC)", Mac(gw_mac));
 
     // 2. Ping across nodes.
     let mut rtts = Vec::new();

@@ -13,8 +13,8 @@ use crate::frame::Frame;
 use std::sync::Arc;
 use xlane_fib::{Endpoint, Fib, NextHop, NodeConfig, PortId, PortRole, Remote};
 use xlane_wire::{
-    ARP_ETH_IPV4_LEN, ETHERNET_HEADER_LEN, EthernetAddress, IPV4_HEADER_LEN, IpProtocol, Ipv4Packet, UDP_HEADER_LEN,
-    UdpPacket, VXLAN_HEADER_LEN, VXLAN_OVERHEAD, VxlanPacket, checksum, ethertype,
+    ARP_ETH_IPV4_LEN, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, IpProtocol, Ipv4Packet, Mac, UDP_HEADER_LEN, UdpPacket,
+    VXLAN_HEADER_LEN, VXLAN_OVERHEAD, VxlanPacket, checksum, ethertype,
 };
 
 /// Largest burst the pipeline takes.
@@ -372,7 +372,7 @@ fn encap(f: &mut Frame<'_>, node: &NodeConfig, remote: &Remote) -> Result<(), Dr
 }
 
 #[inline]
-fn set_macs(d: &mut [u8], dst: EthernetAddress, src: EthernetAddress) {
+fn set_macs(d: &mut [u8], dst: Mac, src: Mac) {
     d[0..6].copy_from_slice(dst.as_bytes());
     d[6..12].copy_from_slice(src.as_bytes());
 }

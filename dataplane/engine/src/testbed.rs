@@ -6,22 +6,22 @@
 
 use core::net::Ipv4Addr;
 use xlane_fib::{Endpoint, FibBuilder, NodeConfig, PortId, Prefix, RemoteNode};
-use xlane_wire::EthernetAddress;
+use xlane_wire::Mac;
 
 /// Our uplink port.
 pub const UPLINK: PortId = PortId(0);
 /// Our VTEP address.
 pub const A_VTEP_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 /// Our uplink MAC.
-pub const A_UPLINK_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0xc0, 0xa8, 0x32, 0x01]);
+pub const A_UPLINK_MAC: Mac = Mac([0x02, 0, 0xc0, 0xa8, 0x32, 0x01]);
 /// Our VTEP MAC.
-pub const A_VTEP_MAC: EthernetAddress = EthernetAddress([0x0e, 0, 0, 0, 0x01, 0x01]);
+pub const A_VTEP_MAC: Mac = Mac([0x0e, 0, 0, 0, 0x01, 0x01]);
 /// The first remote node's VTEP address.
 pub const B_VTEP_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
 /// The first remote node's uplink MAC (our next hop to it).
-pub const B_NEXT_HOP_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0xc0, 0xa8, 0x32, 0x02]);
+pub const B_NEXT_HOP_MAC: Mac = Mac([0x02, 0, 0xc0, 0xa8, 0x32, 0x02]);
 /// The first remote node's VTEP MAC.
-pub const B_VTEP_MAC: EthernetAddress = EthernetAddress([0x0e, 0, 0, 0, 0x02, 0x01]);
+pub const B_VTEP_MAC: Mac = Mac([0x0e, 0, 0, 0, 0x02, 0x01]);
 
 /// Our node subnet.
 #[must_use]
@@ -42,8 +42,8 @@ pub fn pod(i: u8) -> Endpoint {
     Endpoint {
         ip: Ipv4Addr::new(10, 244, 1, i + 1),
         port: PortId(u16::from(i)),
-        mac: EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x01, i + 1]),
-        gateway_mac: EthernetAddress([0xee, 0xee, 0, 0, 0x01, i + 1]),
+        mac: Mac([0x0a, 0x58, 0x0a, 0xf4, 0x01, i + 1]),
+        gateway_mac: Mac([0xee, 0xee, 0, 0, 0x01, i + 1]),
     }
 }
 
@@ -60,7 +60,7 @@ pub fn remote(n: u32) -> (Prefix, RemoteNode) {
     // Subnets after 10.244.2.0/24, continuing through 10.245.0.0/16 and beyond.
     let subnet = 0x0af4_0200u32 + (n << 8);
     let m = n.to_be_bytes();
-    let mac = |kind: u8| EthernetAddress([kind, m[0], m[1], m[2], m[3], 1]);
+    let mac = |kind: u8| Mac([kind, m[0], m[1], m[2], m[3], 1]);
     (
         Prefix::new(subnet.into(), 24).expect("valid"),
         RemoteNode { underlay_ip, vtep_mac: mac(0x0e), next_hop_mac: mac(0x02) },
@@ -92,8 +92,8 @@ pub fn b_pod() -> Endpoint {
     Endpoint {
         ip: Ipv4Addr::new(10, 244, 2, 3),
         port: PortId(1),
-        mac: EthernetAddress([0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x03]),
-        gateway_mac: EthernetAddress([0xee, 0xee, 0, 0, 0x02, 0x03]),
+        mac: Mac([0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x03]),
+        gateway_mac: Mac([0xee, 0xee, 0, 0, 0x02, 0x03]),
     }
 }
 

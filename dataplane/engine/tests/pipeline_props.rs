@@ -7,7 +7,7 @@ use xlane_engine::DropReason;
 use xlane_engine::mem::MemDataplane;
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_fib::{FibHandle, PortId};
-use xlane_wire::{EthernetFrame, Ipv4Packet, UdpPacket, VxlanPacket};
+use xlane_wire::{EthernetFrame, Ipv4Packet, Mac, UdpPacket, VxlanPacket};
 
 const FIXTURES: &[&str] = &[
     "encap_udp_in",
@@ -81,8 +81,8 @@ fn assert_well_formed(port: PortId, f: &[u8]) {
         assert!(usize::from(inner_ip.total_len()) <= 1450);
     } else {
         let pod = testbed::pod(u8::try_from(port.0).unwrap());
-        assert_eq!(eth.dst_addr(), pod.mac);
-        assert_eq!(eth.src_addr(), pod.gateway_mac);
+        assert_eq!(Mac::from(eth.dst_addr()), pod.mac);
+        assert_eq!(Mac::from(eth.src_addr()), pod.gateway_mac);
         if eth.ethertype() == xlane_wire::EthernetProtocol::Ipv4 {
             assert!(Ipv4Packet::new_checked(eth.payload()).expect("ipv4").verify_checksum());
         }

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use core::net::Ipv4Addr;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use xlane_wire::EthernetAddress;
+use xlane_wire::Mac;
 use xlane_wire::encap::{EncapParams, EncapTemplate};
 use xlane_wire::vxlan::VNI_MAX;
 
@@ -30,11 +30,11 @@ pub struct NodeConfig {
     pub vtep_ip: Ipv4Addr,
     /// Our VTEP MAC: inner source on encap; inner destination we accept on decap
     /// (flannel's `VtepMAC`).
-    pub vtep_mac: EthernetAddress,
+    pub vtep_mac: Mac,
     /// The uplink port and its MAC (outer source).
     pub uplink_port: PortId,
     /// MAC of the uplink interface.
-    pub uplink_mac: EthernetAddress,
+    pub uplink_mac: Mac,
     /// Uplink MTU; pods get this minus the 50-byte VXLAN overhead.
     pub uplink_mtu: u16,
     /// VXLAN network identifier (flannel default 1).
@@ -53,7 +53,7 @@ impl NodeConfig {
     /// Defaults that match flannel's kernel VXLAN: VNI 1, port 8472, TTL 64, and RFC
     /// 7348's dynamic port range for source ports.
     #[must_use]
-    pub fn new(vtep_ip: Ipv4Addr, vtep_mac: EthernetAddress, uplink_port: PortId, uplink_mac: EthernetAddress) -> Self {
+    pub fn new(vtep_ip: Ipv4Addr, vtep_mac: Mac, uplink_port: PortId, uplink_mac: Mac) -> Self {
         Self {
             vtep_ip,
             vtep_mac,
@@ -81,10 +81,10 @@ pub struct RemoteNode {
     /// The node's underlay (VTEP) address.
     pub underlay_ip: Ipv4Addr,
     /// Its VTEP MAC (inner destination).
-    pub vtep_mac: EthernetAddress,
+    pub vtep_mac: Mac,
     /// The underlay next hop's MAC (outer destination): the node itself on a shared L2,
     /// or a router.
-    pub next_hop_mac: EthernetAddress,
+    pub next_hop_mac: Mac,
 }
 
 /// A compiled remote node: the table entry plus its outer-header template.
@@ -104,10 +104,10 @@ pub struct Endpoint {
     /// The port its traffic enters and leaves by.
     pub port: PortId,
     /// The pod interface's MAC (destination of frames to the pod).
-    pub mac: EthernetAddress,
+    pub mac: Mac,
     /// The host-side MAC: the source of frames to the pod and the answer to the pod's
     /// ARP requests (proxy ARP), so every pod frame reaches the engine.
-    pub gateway_mac: EthernetAddress,
+    pub gateway_mac: Mac,
 }
 
 /// What a port is for.
@@ -516,8 +516,8 @@ fn encap_params(node: &NodeConfig, remote: &RemoteNode) -> EncapParams {
 /// `not_configured`); templates are rebuilt by [`FibBuilder::set_node`].
 fn placeholder_params() -> EncapParams {
     EncapParams {
-        src_mac: EthernetAddress([0; 6]),
-        dst_mac: EthernetAddress([0; 6]),
+        src_mac: Mac([0; 6]),
+        dst_mac: Mac([0; 6]),
         src_ip: Ipv4Addr::UNSPECIFIED,
         dst_ip: Ipv4Addr::UNSPECIFIED,
         dst_port: 0,
@@ -582,8 +582,8 @@ impl FibReader {
 mod tests {
     use super::*;
 
-    const MAC_A: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0xa]);
-    const MAC_B: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0xb]);
+    const MAC_A: Mac = Mac([2, 0, 0, 0, 0, 0xa]);
+    const MAC_B: Mac = Mac([2, 0, 0, 0, 0, 0xb]);
 
     fn pfx(s: &str) -> Prefix {
         s.parse::<ipnet::Ipv4Net>().unwrap().into()

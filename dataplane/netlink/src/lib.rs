@@ -38,7 +38,7 @@ use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd as _;
-use xlane_api::Mac;
+use xlane_wire::Mac;
 
 /// Facts about an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]

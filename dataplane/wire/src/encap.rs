@@ -7,16 +7,16 @@
 
 use crate::checksum;
 use crate::vxlan::{FLAG_I, VXLAN_HEADER_LEN};
-use crate::{ETHERNET_HEADER_LEN, EthernetAddress, IPV4_HEADER_LEN, UDP_HEADER_LEN, VXLAN_OVERHEAD};
+use crate::{ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, Mac, UDP_HEADER_LEN, VXLAN_OVERHEAD};
 use core::net::Ipv4Addr;
 
 /// What a template is built from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncapParams {
     /// Our uplink MAC (outer source).
-    pub src_mac: EthernetAddress,
+    pub src_mac: Mac,
     /// The underlay next hop's MAC (outer destination): the remote node, or a router.
-    pub dst_mac: EthernetAddress,
+    pub dst_mac: Mac,
     /// Our VTEP address (outer source IP).
     pub src_ip: Ipv4Addr,
     /// The remote VTEP address.
@@ -104,8 +104,8 @@ mod tests {
 
     fn params() -> EncapParams {
         EncapParams {
-            src_mac: EthernetAddress([0x02, 0, 0, 0, 0, 1]),
-            dst_mac: EthernetAddress([0x02, 0, 0, 0, 0, 2]),
+            src_mac: Mac([0x02, 0, 0, 0, 0, 1]),
+            dst_mac: Mac([0x02, 0, 0, 0, 0, 2]),
             src_ip: Ipv4Addr::new(192, 168, 50, 1),
             dst_ip: Ipv4Addr::new(192, 168, 50, 2),
             dst_port: 8472,

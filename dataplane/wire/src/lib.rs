@@ -6,15 +6,21 @@
 //! neither. Every view follows smoltcp's pattern: `new_checked` for input,
 //! `new_unchecked` for emit into a reused frame, and no accessor panics once
 //! `check_len` has passed.
+//!
+//! [`Mac`] is the one MAC address type of the workspace (tables, templates, netlink and
+//! the control protocols); smoltcp's `EthernetAddress` appears only where its views
+//! hand one out, and converts with `From`.
 #![forbid(unsafe_code)]
 
 pub mod checksum;
 pub mod encap;
+pub mod mac;
 pub mod vxlan;
 
+pub use mac::{BadMac, Mac};
 pub use smoltcp::wire::{
-    ArpHardware, ArpOperation, ArpPacket, ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol,
-    IPV4_HEADER_LEN, IpProtocol, Ipv4Packet, UDP_HEADER_LEN, UdpPacket,
+    ArpHardware, ArpOperation, ArpPacket, ETHERNET_HEADER_LEN, EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN,
+    IpProtocol, Ipv4Packet, UDP_HEADER_LEN, UdpPacket,
 };
 pub use vxlan::{VXLAN_HEADER_LEN, VxlanPacket, VxlanRepr};
 

@@ -11,7 +11,7 @@
 //! and host port are opened at start-up and wait for the workers.
 
 use crate::host::{Host, OpenSpec};
-use crate::state::{Failure, State, Ticket, eth, failed, invalid};
+use crate::state::{Failure, State, Ticket, failed, invalid};
 use crossbeam_channel::Sender;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -471,7 +471,7 @@ impl<H: Host> State<H> {
     /// Route the pod's address to its open port `id` and publish; if the tables refuse
     /// the endpoint, the port is closed again. Returns the new generation.
     fn route_endpoint(&mut self, id: PortId, spec: &EndpointSpec, gateway_mac: Mac) -> Result<u64, Failure> {
-        let ep = Endpoint { ip: spec.ip, port: id, mac: eth(spec.mac), gateway_mac: eth(gateway_mac) };
+        let ep = Endpoint { ip: spec.ip, port: id, mac: spec.mac, gateway_mac };
         if let Err(e) = self.tables.upsert_endpoint(ep) {
             self.remove_port(id);
             return Err(invalid(e.to_string()));

@@ -23,7 +23,6 @@ use xlane_api::{Change, Counters, ErrorCode, Mac, NodeInfo, Op, Reply, RouteInfo
 use xlane_engine::{CounterSnapshot, DropReason};
 use xlane_fib::{Endpoint, FibBuilder, FibHandle, NodeConfig, PortId, Prefix, RemoteNode};
 use xlane_netlink::{Link, NeighEvent};
-use xlane_wire::EthernetAddress;
 use xlane_xdp::attach::Program;
 use xlane_xdp::programs::{PodFilter, UplinkFilter};
 
@@ -93,10 +92,6 @@ pub(crate) fn invalid(msg: impl Into<String>) -> Failure {
 
 pub(crate) fn failed(msg: impl Into<String>) -> Failure {
     (ErrorCode::Failed, msg.into())
-}
-
-pub(crate) fn eth(m: Mac) -> EthernetAddress {
-    EthernetAddress(m.0)
 }
 
 /// The control thread's state.
@@ -260,7 +255,7 @@ impl<H: Host> State<H> {
         if v.port == 0 {
             return Err(invalid("VXLAN port 0"));
         }
-        let mut node = NodeConfig::new(v.ip, eth(v.mac.unwrap_or(self.uplink.mac)), UPLINK, eth(self.uplink.mac));
+        let mut node = NodeConfig::new(v.ip, v.mac.unwrap_or(self.uplink.mac), UPLINK, self.uplink.mac);
         node.vni = v.vni;
         node.vxlan_port = v.port;
         node.uplink_mtu = u16::try_from(self.uplink.mtu).unwrap_or(u16::MAX);
@@ -309,7 +304,7 @@ impl<H: Host> State<H> {
         let id = self.free_port_id()?;
         let program = Program::Pod(PodFilter { cluster: cluster.network(), prefix_len: cluster.prefix_len() });
         self.open_port_and_wait(id, Role::Host, &engine_end, Some(gateway), program)?;
-        let ep = Endpoint { ip: gateway, port: id, mac: eth(host_link.mac), gateway_mac: eth(engine_link.mac) };
+        let ep = Endpoint { ip: gateway, port: id, mac: host_link.mac, gateway_mac: engine_link.mac };
         if let Err(e) = self.tables.upsert_host(ep) {
             self.remove_port(id);
             return Err(invalid(e.to_string()));
@@ -390,7 +385,7 @@ impl<H: Host> State<H> {
         match node.mac() {
             Some(mac) => self
                 .tables
-                .upsert_remote(RemoteNode { underlay_ip, vtep_mac: eth(node.vtep_mac), next_hop_mac: eth(mac) })
+                .upsert_remote(RemoteNode { underlay_ip, vtep_mac: node.vtep_mac, next_hop_mac: mac })
                 .map_err(|e| invalid(e.to_string())),
             None => {
                 self.tables.remove_remote(underlay_ip);

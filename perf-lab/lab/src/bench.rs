@@ -12,7 +12,7 @@
 //!   receiver pod, one request in flight; p50/p99/p99.9 from hdrhistogram.
 //! * TCP: iperf3, one stream and four.
 
-use crate::kernel::{self, Subnet};
+use crate::kernel;
 use crate::{forward, traffic};
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
@@ -189,26 +189,9 @@ fn setup(c: Contender) -> anyhow::Result<Testbed> {
         }
         Contender::KernelVxlan | Contender::HostGw => {
             let lab = Lab::new(prefix, 2)?;
-            let subnets = [Subnet(lab.nodes[0].subnet), Subnet(lab.nodes[1].subnet)];
-            let mut pods = Vec::new();
-            let mut macs = Vec::new();
-            for (i, n) in lab.nodes.iter().enumerate() {
-                if c == Contender::KernelVxlan {
-                    macs.push(kernel::flannel_vtep(n, subnets[i], 1, xlane_wire::VXLAN_PORT_LINUX)?);
-                }
-                let mtu = if c == Contender::KernelVxlan { 1450 } else { 1500 };
-                kernel::cni0(n, subnets[i], mtu)?;
-                pods.push(kernel::bridge_pod(n, subnets[i], 0, mtu)?);
-            }
-            for (i, n) in lab.nodes.iter().enumerate() {
-                let (j, other) = (1 - i, &lab.nodes[1 - i]);
-                if c == Contender::KernelVxlan {
-                    kernel::flannel_remote(n, subnets[j], other.ip, &macs[j])?;
-                } else {
-                    kernel::host_gw_remote(n, subnets[j], other.ip)?;
-                }
-            }
-            let (sender_ip, receiver_ip) = (subnets[0].pod(0), subnets[1].pod(0));
+            let baseline = if c == Contender::KernelVxlan { kernel::Baseline::Vxlan } else { kernel::Baseline::HostGw };
+            let pods = kernel::two_pods(&lab, baseline)?.into();
+            let (sender_ip, receiver_ip) = (lab.nodes[0].subnet.pod(0), lab.nodes[1].subnet.pod(0));
             Ok(Testbed { cni_pods: vec![], kernel_pods: pods, _cluster: None, _lab: Some(lab), receiver_ip, sender_ip })
         }
     }

@@ -4,10 +4,9 @@
 //! in flannel's format, and xlane's lease read back from it to program node 1 — what two
 //! flannel-schema agents do for each other. Pods on the two talk both ways (ping, TCP).
 
-use crate::kernel::{self, Subnet};
+use crate::kernel;
 use crate::traffic;
 use anyhow::Context as _;
-use std::net::Ipv4Addr;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 use xlane_agent::lease::LeaseAttrs;
@@ -15,9 +14,7 @@ use xlane_agent::store::Datastore as _;
 use xlane_agent::store::file::FileStore;
 use xlane_api::{Client, Op, Reply, Table};
 use xlane_netlab::cluster::{Cluster, ClusterOptions};
-
-/// The flannel node's subnet (node 1 of the lab).
-const FLANNEL_SUBNET: Subnet = Subnet(Ipv4Addr::new(10, 244, 2, 0));
+use xlane_netlab::topology::POD_MTU;
 
 /// What the scenario saw, per direction.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,38 +56,39 @@ pub fn run(vni: u32, port: u16, tcp_mb: usize, stop: &AtomicBool) -> anyhow::Res
     let cluster = Cluster::start(&format!("xiop{port}"), 2, &opts)?;
     let xpod = cluster.attach_pod(0, "xpod")?;
     let (xnode, fnode) = (&cluster.lab.nodes[0], &cluster.lab.nodes[1]);
+    let fsubnet = fnode.subnet;
 
     // Node 1, as flanneld and flannel's bridge CNI set it up.
-    let fmac = kernel::flannel_vtep(fnode, FLANNEL_SUBNET, vni, port)?;
+    let fmac = kernel::flannel_vtep(fnode, fsubnet, vni, port)?;
     // The kernel's VXLAN device fills in outer UDP checksums (flannel leaves udpcsum at
     // the kernel's default, on) and leaves them to the NIC; a veth uplink hands them on
     // unfinished. A real NIC computes them, so the lab's uplink must too.
     fnode.ns.enter(|| xlane_netlink::ethtool::set_tx_checksum(&fnode.uplink, false))??;
-    kernel::cni0(fnode, FLANNEL_SUBNET, 1450)?;
-    let fpod = kernel::bridge_pod(fnode, FLANNEL_SUBNET, 0, 1450)?;
+    kernel::cni0(fnode, fsubnet, POD_MTU)?;
+    let fpod = kernel::bridge_pod(fnode, fsubnet, 0, POD_MTU)?;
     // Its lease, in flannel's format, where xlane's agent watches.
     let store = FileStore::open(cluster.dir.join("store"))?;
-    let attrs = LeaseAttrs::vxlan(fnode.ip, vni, fmac.parse().map_err(|e| anyhow::anyhow!("flannel.1 MAC: {e:?}"))?);
-    store.put_lease(FLANNEL_SUBNET.cidr().parse()?, &attrs, Duration::from_secs(600))?;
+    let attrs = LeaseAttrs::vxlan(fnode.ip, vni, fmac);
+    store.put_lease(fsubnet.cidr().parse()?, &attrs, Duration::from_secs(600))?;
     // xlane's lease, read back as flanneld on node 1 would, programs node 1.
     let mut reader = FileStore::open(cluster.dir.join("store"))?;
     let (leases, _) = reader.leases()?;
     let xlease = leases.iter().find(|l| l.attrs.public_ip == xnode.ip).context("xlane's lease is not in the store")?;
     let xmac = xlease.attrs.vxlan_data().context("xlane's lease has no vxlan data")?.vtep_mac;
     anyhow::ensure!(
-        xlease.subnet.network() == xnode.subnet,
+        xlease.subnet.network() == xnode.subnet.0,
         "xlane node leased {} (expected {})",
         xlease.subnet,
-        xnode.subnet
+        xnode.subnet.0
     );
-    kernel::flannel_remote(fnode, Subnet(xnode.subnet), xnode.ip, &xmac.to_string())?;
+    kernel::flannel_remote(fnode, xnode.subnet, xnode.ip, xmac)?;
 
     // xlane picks the flannel lease up from its watch and resolves the next hop.
     let t0 = Instant::now();
     loop {
         let mut c = Client::connect(&cluster.nodes[0].xlaned_socket)?;
         if let Reply::Routes { routes } = c.call(Op::Dump { table: Table::Routes })?
-            && routes.iter().any(|r| r.prefix.to_string() == FLANNEL_SUBNET.cidr() && r.resolved)
+            && routes.iter().any(|r| r.prefix.to_string() == fsubnet.cidr() && r.resolved)
         {
             break;
         }
@@ -98,7 +96,7 @@ pub fn run(vni: u32, port: u16, tcp_mb: usize, stop: &AtomicBool) -> anyhow::Res
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let fpod_ip = FLANNEL_SUBNET.pod(0);
+    let fpod_ip = fsubnet.pod(0);
     let ping_to_flannel = traffic::ping(&xpod.ns, fpod_ip, 3)?;
     let ping_to_xlane = traffic::ping(&fpod, xpod.ip, 3)?;
     let bytes = tcp_mb * 1_000_000;

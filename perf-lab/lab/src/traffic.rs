@@ -8,8 +8,8 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use xlane_api::Mac;
 use xlane_netlab::Netns;
+use xlane_wire::Mac;
 
 pub use xlane_netlab::PingStats;
 

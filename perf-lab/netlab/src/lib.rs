@@ -16,7 +16,7 @@ pub mod runtime;
 pub mod sweep;
 pub mod topology;
 
-pub use topology::{Lab, Node, Pod};
+pub use topology::{Lab, Node, Pod, Subnet};
 
 use std::io;
 use std::process::{Command, Output};

@@ -17,6 +17,34 @@ pub const UNDERLAY_PREFIX: u8 = 24;
 /// Pod MTU: uplink 1500 − 50 bytes of VXLAN.
 pub const POD_MTU: u16 = 1450;
 
+/// A node's pod subnet as flannel hands them out, a /24 (held by its network address):
+/// the subnet's first host is the pods' gateway, the pods take the addresses after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet(pub Ipv4Addr);
+
+impl Subnet {
+    /// Its prefix length.
+    pub const PREFIX_LEN: u8 = 24;
+
+    /// "10.244.2.0/24".
+    #[must_use]
+    pub fn cidr(self) -> String {
+        format!("{}/{}", self.0, Self::PREFIX_LEN)
+    }
+
+    /// The pods' gateway: the subnet's first host.
+    #[must_use]
+    pub fn gateway(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.0) + 1)
+    }
+
+    /// Pod `k`'s address: the `k`-th after the gateway (from .2 on).
+    #[must_use]
+    pub fn pod(self, k: u8) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.gateway()) + 1 + u32::from(k))
+    }
+}
+
 /// A node: its namespace and uplink.
 #[derive(Debug)]
 pub struct Node {
@@ -26,8 +54,8 @@ pub struct Node {
     pub uplink: String,
     /// Underlay address.
     pub ip: Ipv4Addr,
-    /// Pod subnet (network address; /24).
-    pub subnet: Ipv4Addr,
+    /// Pod subnet.
+    pub subnet: Subnet,
     pods: u8,
 }
 
@@ -35,14 +63,13 @@ impl Node {
     /// The pod subnet as "a.b.c.d/24".
     #[must_use]
     pub fn subnet_cidr(&self) -> String {
-        format!("{}/24", self.subnet)
+        self.subnet.cidr()
     }
 
-    /// The pods' gateway (the subnet's first address).
+    /// The pods' gateway (the subnet's first host).
     #[must_use]
     pub fn gateway(&self) -> Ipv4Addr {
-        let o = self.subnet.octets();
-        Ipv4Addr::new(o[0], o[1], o[2], 1)
+        self.subnet.gateway()
     }
 }
 
@@ -113,7 +140,13 @@ impl Lab {
             }
             .create()?;
             fab.set_master(uplink.ifindex, br0)?;
-            lab.nodes.push(Node { ns, uplink: "eth0".into(), ip, subnet: Ipv4Addr::new(10, 244, i + 1, 0), pods: 0 });
+            lab.nodes.push(Node {
+                ns,
+                uplink: "eth0".into(),
+                ip,
+                subnet: Subnet(Ipv4Addr::new(10, 244, i + 1, 0)),
+                pods: 0,
+            });
         }
         Ok(lab)
     }
@@ -125,10 +158,8 @@ impl Lab {
     /// Namespace or interface setup failures.
     pub fn add_pod(&mut self, node: usize) -> io::Result<usize> {
         let n = &self.nodes[node];
-        let o = n.subnet.octets();
-        let ip = Ipv4Addr::new(o[0], o[1], o[2], n.pods + 2);
-        let gw = n.gateway();
-        self.add_pod_at(node, ip, 24, gw)
+        let (ip, gw) = (n.subnet.pod(n.pods), n.gateway());
+        self.add_pod_at(node, ip, Subnet::PREFIX_LEN, gw)
     }
 
     /// Attach a new pod to node `node` with a given address (e.g. one the agent
@@ -162,5 +193,18 @@ impl Lab {
         let mac = ns.mac("eth0")?;
         self.pods.push(Pod { ns, node, host_if, ip, mac });
         Ok(k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subnets_first_host_is_the_gateway_and_pods_follow() {
+        let s = Subnet(Ipv4Addr::new(10, 244, 2, 0));
+        assert_eq!(s.cidr(), "10.244.2.0/24");
+        assert_eq!(s.gateway(), Ipv4Addr::new(10, 244, 2, 1));
+        assert_eq!((s.pod(0), s.pod(3)), (Ipv4Addr::new(10, 244, 2, 2), Ipv4Addr::new(10, 244, 2, 5)));
     }
 }
