@@ -5,25 +5,17 @@
 //! by criterion rather than a wall clock).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use xlane_engine::fixtures;
 use xlane_engine::mem::MemDataplane;
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_fib::FibHandle;
 
 const BURST: u64 = 64;
 
+/// A minimum-size UDP frame (60 bytes, 64 with the FCS) from pod 1 on node A to node B's pod.
 fn udp_pod_a_to_pod_b() -> Vec<u8> {
     let (a, b) = (testbed::pod(1), testbed::b_pod());
-    let mut f = Vec::new();
-    f.extend_from_slice(a.gateway_mac.as_bytes());
-    f.extend_from_slice(a.mac.as_bytes());
-    f.extend_from_slice(&[0x08, 0, 0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0]);
-    f.extend_from_slice(&a.ip.octets());
-    f.extend_from_slice(&b.ip.octets());
-    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x50, 0, 26, 0, 0]);
-    f.extend_from_slice(&[0x5a; 18]);
-    let c = !xlane_wire::checksum::sum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f
+    fixtures::udp(a.mac.0, a.gateway_mac.0, fixtures::Ipv4::new(a.ip, b.ip), 12345, 80, &[0x5a; 18])
 }
 
 fn driver(c: &mut Criterion) {

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use xlane_engine::fixtures::{IPV4_DST, fixture, set_ipv4_addr};
 use xlane_engine::mem::{FRAME_SIZE, HEADROOM};
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_engine::{BURST, CoreCounters, Frame, Pipeline, Verdict};
@@ -18,21 +19,10 @@ const REMOTES: u32 = 10_000;
 
 type Buf = Box<[u8; FRAME_SIZE]>;
 
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/../dataplane/engine/tests/fixtures/{name}.bin", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
-
 fn load(bytes: &[u8]) -> (Buf, usize) {
     let mut b: Buf = Box::new([0; FRAME_SIZE]);
     b[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
     (b, bytes.len())
-}
-
-fn set_ip(f: &mut [u8], at: usize, field: usize, ip: [u8; 4]) {
-    f[at + field..at + field + 4].copy_from_slice(&ip);
-    f[at + 10..at + 12].fill(0);
-    let c = !xlane_wire::checksum::sum(&f[at..at + 20]);
-    f[at + 10..at + 12].copy_from_slice(&c.to_be_bytes());
 }
 
 /// 64 frames from pod 1 to pods spread over all remote subnets.
@@ -45,7 +35,7 @@ fn encap_burst() -> Vec<(Buf, usize)> {
             let (prefix, _) = testbed::remote(rng.gen_range(0..REMOTES));
             let mut dst = prefix.addr().octets();
             dst[3] = rng.gen_range(2..250);
-            set_ip(&mut f, 14, 16, dst);
+            set_ipv4_addr(&mut f, 14, IPV4_DST, dst);
             load(&f)
         })
         .collect()

@@ -4,15 +4,16 @@
 
 mod common;
 
-use common::{Proc, ping, routes, wait_for};
+use common::{attach_pod, ping, routes, wait_for};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
-use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
+use xlane_agent::api::{AgentOp, AgentReply};
 use xlane_agent::lease::LeaseAttrs;
 use xlane_agent::store::file::FileStore;
 use xlane_api::{Client, Op, Reply};
-use xlane_netlab::cluster::{Cluster, ClusterOptions, agent_args};
+use xlane_netlab::cluster::{Cluster, ClusterOptions, Datastore, agent_args};
+use xlane_netlab::process::Proc;
 use xlane_netlab::{privileged, workspace_binary};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -23,18 +24,8 @@ fn cluster(prefix: &str, nodes: u8) -> Cluster {
     Cluster::start(prefix, nodes, &opts).unwrap()
 }
 
-fn agent(c: &Cluster, i: usize) -> AgentClient {
-    AgentClient::connect(&c.nodes[i].agent_socket).unwrap()
-}
-
-/// Do what the CNI plugin does: allocate, create the pod, attach.
-fn add_pod(c: &mut Cluster, node: usize, cid: &str) -> usize {
-    let sock = c.nodes[node].agent_socket.clone();
-    common::attach_pod(&mut c.lab, &sock, node, cid)
-}
-
 fn leases(c: &Cluster, i: usize) -> Vec<String> {
-    match agent(c, i).call(AgentOp::Status).unwrap() {
+    match c.agent(i).unwrap().call(AgentOp::Status).unwrap() {
         AgentReply::Status { leases, .. } => leases.iter().map(|l| format!("{}={}", l.subnet, l.public_ip)).collect(),
         r => panic!("{r:?}"),
     }
@@ -52,8 +43,8 @@ fn three_agents_leases_routes_expiry_and_flannel_leases() {
     for n in &c.nodes {
         wait_for("two routes", Duration::from_secs(5), || routes(&n.xlaned_socket).len() == 2);
     }
-    let p0 = add_pod(&mut c, 0, "pod-a");
-    let p1 = add_pod(&mut c, 1, "pod-b");
+    let p0 = attach_pod(&mut c, 0, "pod-a");
+    let p1 = attach_pod(&mut c, 1, "pod-b");
     assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip), "pod to pod across nodes, set up by the agents");
 
     // A lease written by hand in flannel's exact JSON is a remote node like any other.
@@ -67,7 +58,7 @@ fn three_agents_leases_routes_expiry_and_flannel_leases() {
 
     // Node 2's agent dies without cleanup: its lease expires and its routes go away
     // everywhere within TTL + 2 s.
-    let gone = match agent(&c, 2).call(AgentOp::Status).unwrap() {
+    let gone = match c.agent(2).unwrap().call(AgentOp::Status).unwrap() {
         AgentReply::Status { lease: Some(l), .. } => l.subnet.to_string(),
         r => panic!("{r:?}"),
     };
@@ -86,8 +77,8 @@ fn restarts_of_agent_and_xlaned_lose_nothing() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut c = cluster("xa-restart", 2);
-    let p0 = add_pod(&mut c, 0, "pod-a");
-    let p1 = add_pod(&mut c, 1, "pod-b");
+    let p0 = attach_pod(&mut c, 0, "pod-a");
+    let p1 = attach_pod(&mut c, 1, "pod-b");
     wait_for("routes", Duration::from_secs(5), || routes(&c.nodes[0].xlaned_socket).len() == 1);
     assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip));
     let subnet_before = leases(&c, 0);
@@ -106,7 +97,9 @@ fn restarts_of_agent_and_xlaned_lose_nothing() {
     assert!(ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip));
     let g1 = generation(&c.nodes[0].xlaned_socket);
     assert!(g1 - g0 <= 1, "a restarted agent re-sent only the VTEP (generation {g0} → {g1})");
-    let AgentReply::Allocated { ip, .. } = agent(&c, 0)
+    let AgentReply::Allocated { ip, .. } = c
+        .agent(0)
+        .unwrap()
         .call(AgentOp::Add { container_id: "pod-a".into(), ifname: "eth0".into(), netns: None, ip: None })
         .unwrap()
     else {
@@ -125,10 +118,10 @@ fn restarts_of_agent_and_xlaned_lose_nothing() {
 
     // Delete is idempotent and frees the address.
     for _ in 0..2 {
-        let r = agent(&c, 0).call(AgentOp::Del { container_id: "pod-a".into(), ifname: "eth0".into() }).unwrap();
+        let r = c.agent(0).unwrap().call(AgentOp::Del { container_id: "pod-a".into(), ifname: "eth0".into() }).unwrap();
         assert!(matches!(r, AgentReply::Released { .. }), "{r:?}");
     }
-    match agent(&c, 0).call(AgentOp::Status).unwrap() {
+    match c.agent(0).unwrap().call(AgentOp::Status).unwrap() {
         AgentReply::Status { allocations, .. } => assert!(allocations.is_empty(), "{allocations:?}"),
         r => panic!("{r:?}"),
     }
@@ -148,7 +141,7 @@ fn bad_config_and_bad_requests_are_explained() {
         .unwrap()
         .put_network_config(r#"{"Network":"10.244.0.0/16","SubnetLen":8}"#)
         .unwrap();
-    let mut args = agent_args(&dir, 0, TTL);
+    let mut args = agent_args(&dir, 0, TTL, &Datastore::File);
     args[5] = c.nodes[0].xlaned_socket.to_string_lossy().into_owned();
     let mut bad = Proc::start(&c.lab.nodes[0].ns, &workspace_binary("xlane-agent"), &args, dir.join("agent.log"));
     let st = bad.exit_status(Duration::from_secs(10)).expect("the agent exits");
@@ -168,7 +161,9 @@ fn bad_config_and_bad_requests_are_explained() {
     for line in [&b"nonsense\n"[..], b"{\"version\":7,\"op\":\"status\"}\n", b"{\"version\":1,\"op\":\"add\"}\n"] {
         assert!(matches!(raw(line), AgentReply::Error { .. }), "{}", String::from_utf8_lossy(line));
     }
-    let r = agent(&c, 0)
+    let r = c
+        .agent(0)
+        .unwrap()
         .call(AgentOp::Attach {
             container_id: "nope".into(),
             ifname: "eth0".into(),
@@ -178,5 +173,5 @@ fn bad_config_and_bad_requests_are_explained() {
         })
         .unwrap();
     assert!(matches!(r, AgentReply::Error { .. }), "{r:?}");
-    assert!(matches!(agent(&c, 0).call(AgentOp::Status).unwrap(), AgentReply::Status { lease: Some(_), .. }));
+    assert!(matches!(c.agent(0).unwrap().call(AgentOp::Status).unwrap(), AgentReply::Status { lease: Some(_), .. }));
 }

@@ -229,95 +229,60 @@ fn agents_on_etcd_through_member_and_quorum_loss() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    use common::{Proc, ping, routes, wait_for};
-    use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
-    use xlane_netlab::cluster::start_xlaned;
-    const TTL: u64 = 4;
+    use common::{attach_pod, ping, routes, wait_for};
+    use xlane_netlab::cluster::{Cluster, ClusterOptions, Datastore};
+    const TTL: u32 = 4;
     let mut etcd = Etcd::start(3, 3);
     EtcdStore::connect(&etcd.endpoints(), DEFAULT_PREFIX)
         .unwrap()
         .put_network_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
         .unwrap();
-    let mut lab = xlane_netlab::Lab::new("xa-etcd", 3).unwrap();
-    let dir = std::env::temp_dir().join(format!("xlane-agent-etcd-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut xlaneds: Vec<Proc> =
-        lab.nodes.iter().enumerate().map(|(i, n)| start_xlaned(&n.ns, &dir, i, &[]).unwrap()).collect();
-    let agent_sock = |i: usize| dir.join(format!("agent{i}.sock"));
-    let xl_sock = |i: usize| dir.join(format!("xlaned{i}.sock"));
-    // Agents need only unix sockets and etcd on loopback: they run in this namespace.
-    let endpoints = etcd.endpoints().join(",");
-    let start_agent = |i: usize| {
-        let p = |s: String| dir.join(s).to_string_lossy().into_owned();
-        let args = vec![
-            "--datastore".into(),
-            "etcd".into(),
-            "--etcd-endpoints".into(),
-            endpoints.clone(),
-            "--state-dir".into(),
-            p(format!("state{i}")),
-            "--xlaned-socket".into(),
-            p(format!("xlaned{i}.sock")),
-            "--socket".into(),
-            p(format!("agent{i}.sock")),
-            "--lease-ttl".into(),
-            TTL.to_string(),
-        ];
-        let a =
-            Proc::start_here(&xlane_netlab::workspace_binary("xlane-agent"), &args, dir.join(format!("agent{i}.log")));
-        wait_for("agent in sync", Duration::from_secs(15), || {
-            AgentClient::connect(agent_sock(i))
-                .and_then(|mut c| c.call(AgentOp::Status))
-                .is_ok_and(|r| matches!(r, AgentReply::Status { lease: Some(_), dataplane_synced: true, .. }))
-        });
-        a
+    let opts = ClusterOptions {
+        datastore: Datastore::Etcd { endpoints: etcd.endpoints(), prefix: None },
+        lease_ttl: TTL,
+        ..ClusterOptions::default()
     };
-    let mut agents: Vec<Proc> = (0..3).map(start_agent).collect();
+    // Declared after `etcd`, so dropped before it: the agents stop while etcd still runs.
+    let mut c = Cluster::start("xa-etcd", 3, &opts).unwrap();
     for i in 0..3 {
-        wait_for("routes to the two other nodes", Duration::from_secs(10), || routes(&xl_sock(i)).len() == 2);
+        wait_for("routes to the two other nodes", Duration::from_secs(10), || {
+            routes(&c.nodes[i].xlaned_socket).len() == 2
+        });
     }
-    let pods: Vec<usize> = [(0usize, "a"), (1, "b")]
-        .into_iter()
-        .map(|(node, cid)| common::attach_pod(&mut lab, &agent_sock(node), node, cid))
-        .collect();
-    let (pa, pb) = (&lab.pods[pods[0]], &lab.pods[pods[1]]);
-    assert!(ping(&pa.ns, pb.ip));
+    let p0 = attach_pod(&mut c, 0, "a");
+    let p1 = attach_pod(&mut c, 1, "b");
+    let a_pings_b = |c: &Cluster| ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip);
+    assert!(a_pings_b(&c));
 
     // A member down: nothing changes.
     etcd.kill(0);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(routes(&xl_sock(0)).len(), 2);
-    assert!(ping(&pa.ns, pb.ip));
+    assert_eq!(routes(&c.nodes[0].xlaned_socket).len(), 2);
+    assert!(a_pings_b(&c));
 
     // Agent 2 dies without cleanup: its routes go within TTL + 2 s (two members still up).
-    let gone = routes(&xl_sock(0)).into_iter().find(|r| r.ends_with("via 192.168.50.3")).expect("a route to node 2");
-    agents[2].stop(nix::sys::signal::Signal::SIGKILL);
-    let took = wait_for("node 2's routes withdrawn", Duration::from_secs(TTL + 2), || {
-        (0..2).all(|i| !routes(&xl_sock(i)).contains(&gone))
+    let gone = routes(&c.nodes[0].xlaned_socket)
+        .into_iter()
+        .find(|r| r.ends_with("via 192.168.50.3"))
+        .expect("a route to node 2");
+    c.nodes[2].agent.stop(nix::sys::signal::Signal::SIGKILL);
+    let took = wait_for("node 2's routes withdrawn", Duration::from_secs(u64::from(TTL) + 2), || {
+        (0..2).all(|i| !routes(&c.nodes[i].xlaned_socket).contains(&gone))
     });
     eprintln!("lease expired and withdrawn after {took:?} (TTL {TTL} s) with one etcd member down");
 
     // Quorum lost: every node keeps its last known routes; traffic flows.
     etcd.kill(1);
-    std::thread::sleep(Duration::from_secs(TTL));
-    assert_eq!(routes(&xl_sock(0)).len(), 1, "routes kept without quorum");
-    assert!(ping(&pa.ns, pb.ip), "traffic flows without quorum");
+    std::thread::sleep(Duration::from_secs(u64::from(TTL)));
+    assert_eq!(routes(&c.nodes[0].xlaned_socket).len(), 1, "routes kept without quorum");
+    assert!(a_pings_b(&c), "traffic flows without quorum");
     // Quorum back: the agents carry on (agent 2 comes back and is routed again).
     etcd.restart(1);
-    agents[2] = start_agent(2);
+    c.restart_agent(2).unwrap();
     wait_for("node 2 routed again", Duration::from_secs(15), || {
-        routes(&xl_sock(0)).len() == 2 && routes(&xl_sock(1)).len() == 2
+        routes(&c.nodes[0].xlaned_socket).len() == 2 && routes(&c.nodes[1].xlaned_socket).len() == 2
     });
-    assert!(ping(&pa.ns, pb.ip));
-    for a in &mut agents {
-        a.stop(nix::sys::signal::Signal::SIGTERM);
-    }
-    for x in &mut xlaneds {
-        x.stop(nix::sys::signal::Signal::SIGTERM);
-    }
-    drop(lab);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(a_pings_b(&c));
 }
 
 /// POST a JSON body to etcd's gRPC gateway and return the response body.

@@ -4,44 +4,23 @@
 //!
 //! Run: `cargo run --release -p xlane-engine --example two_nodes`
 
+use core::net::Ipv4Addr;
 use std::time::{Duration, Instant};
+use xlane_engine::fixtures::{self, Echo, Ipv4};
 use xlane_engine::mem::MemDataplane;
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_engine::{CounterSnapshot, DropReason};
 use xlane_fib::FibHandle;
-use xlane_wire::{EthernetFrame, Ipv4Packet, Mac, UdpPacket, VxlanPacket, checksum};
+use xlane_wire::{EthernetFrame, Ipv4Packet, Mac, UdpPacket, VxlanPacket};
 
 /// Frames in the bounded rate test (and a time cap, whichever comes first).
 const RATE_FRAMES: u64 = 2_000_000;
 const RATE_TIME_CAP: Duration = Duration::from_secs(10);
 
-fn icmp_echo(src: &xlane_fib::Endpoint, dst: core::net::Ipv4Addr, dst_mac: [u8; 6], kind: u8, seq: u16) -> Vec<u8> {
-    let mut f = Vec::with_capacity(98);
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(src.mac.as_bytes());
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(&[0x45, 0, 0, 84, 0, 0, 0x40, 0, 64, 1, 0, 0]);
-    f.extend_from_slice(&src.ip.octets());
-    f.extend_from_slice(&dst.octets());
-    let c = !checksum::sum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&[kind, 0, 0, 0, 0x12, 0x34]);
-    f.extend_from_slice(&seq.to_be_bytes());
-    f.extend((0..56u8).map(|i| i.wrapping_mul(7)));
-    let c = !checksum::sum(&f[34..]);
-    f[36..38].copy_from_slice(&c.to_be_bytes());
-    f
-}
-
-fn arp_request(pod: &xlane_fib::Endpoint, target: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(pod.mac.as_bytes());
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(pod.mac.as_bytes());
-    f.extend_from_slice(&pod.ip.octets());
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&target);
-    f
+/// An echo request (or reply) from `src` to `dst` at `dst_mac`, with ping's 56 bytes.
+fn ping(src: &xlane_fib::Endpoint, dst: Ipv4Addr, dst_mac: [u8; 6], echo: Echo) -> Vec<u8> {
+    let payload: Vec<u8> = (0..56u8).map(|i| i.wrapping_mul(7)).collect();
+    fixtures::icmp_echo(src.mac.0, dst_mac, Ipv4::new(src.ip, dst), echo, &payload)
 }
 
 fn describe_outer(f: &[u8]) -> String {
@@ -91,7 +70,7 @@ fn main() {
     println!("  node B  VTEP {}  pod {} on {}", testbed::B_VTEP_IP, pb.ip, pb.port);
 
     // 1. The pod resolves its gateway: answered by the proxy with the host-side MAC.
-    a.inject(pa.port, &arp_request(&pa, [10, 244, 1, 1])).expect("inject");
+    a.inject(pa.port, &fixtures::arp_request(pa.mac.0, pa.ip, Ipv4Addr::new(10, 244, 1, 1))).expect("inject");
     a.run_until_idle();
     let reply = a.take_tx(pa.port).expect("port").pop().expect("proxy ARP reply");
     let gw_mac: [u8; 6] = reply[22..28].try_into().expect("6 bytes");
@@ -101,7 +80,7 @@ fn main() {
     let mut rtts = Vec::new();
     for seq in 1..=3u16 {
         let t0 = Instant::now();
-        a.inject(pa.port, &icmp_echo(&pa, pb.ip, gw_mac, 8, seq)).expect("inject");
+        a.inject(pa.port, &ping(&pa, pb.ip, gw_mac, Echo::Request { ident: 0x1234, seq })).expect("inject");
         a.run_until_idle();
         let wire = a.take_tx(UPLINK).expect("port");
         assert_eq!(wire.len(), 1, "A encapsulated the echo request");
@@ -112,7 +91,7 @@ fn main() {
         b.run_until_idle();
         let at_pod = b.take_tx(pb.port).expect("port").pop().expect("B delivered the request");
         // Pod B answers (the demo plays its IP stack).
-        let reply = icmp_echo(&pb, pa.ip, at_pod[6..12].try_into().expect("6 bytes"), 0, seq);
+        let reply = ping(&pb, pa.ip, at_pod[6..12].try_into().expect("6 bytes"), Echo::Reply { ident: 0x1234, seq });
         b.inject(pb.port, &reply).expect("inject");
         b.run_until_idle();
         b.wire_to(UPLINK, &mut a, UPLINK).expect("ports");
@@ -129,15 +108,9 @@ fn main() {
     }
 
     // 3. Bounded rate test: A encapsulates, the wire carries, B decapsulates.
-    let frame = {
-        let mut f = icmp_echo(&pa, pb.ip, gw_mac, 8, 0);
-        f.truncate(14 + 28);
-        f[16..18].copy_from_slice(&28u16.to_be_bytes());
-        f[24..26].fill(0);
-        let c = !checksum::sum(&f[14..34]);
-        f[24..26].copy_from_slice(&c.to_be_bytes());
-        f
-    };
+    // The smallest echo request (no data): 42 bytes.
+    let frame =
+        fixtures::icmp_echo(pa.mac.0, gw_mac, Ipv4::new(pa.ip, pb.ip), Echo::Request { ident: 0x1234, seq: 0 }, &[]);
     a.preallocate(512);
     b.preallocate(512);
     let (mut sent, mut delivered) = (0u64, 0u64);

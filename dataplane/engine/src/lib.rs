@@ -10,8 +10,9 @@
 //!   counters, offloads) over a [`FrameMemory`] its ports share.
 //! * [`driver`]: the one burst driver over any such ports: pipeline, placement,
 //!   transmission, every frame counted.
-//! * `mem` and `testbed` (feature `test-utils`): in-memory ports and a reproducible
-//!   node, so the whole engine runs without privileges (tests, benches, examples).
+//! * `mem`, `testbed` and `fixtures` (feature `test-utils`): in-memory ports, a
+//!   reproducible node and its frames (the byte fixtures, frame builders), so the whole
+//!   engine runs without privileges (tests, benches, examples).
 //!
 //! The engine has no I/O of its own: AF_XDP sockets, vhost-user guests and the
 //! in-memory ports implement [`Port`] and the [`Driver`] runs them.
@@ -20,6 +21,8 @@
 pub mod counters;
 pub mod driver;
 pub mod drop;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fixtures;
 pub mod flow;
 pub mod frame;
 #[cfg(any(test, feature = "test-utils"))]

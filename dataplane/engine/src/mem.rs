@@ -340,19 +340,11 @@ impl MemDataplane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{DropReason, testbed};
+    use crate::{DropReason, fixtures, testbed};
 
-    fn udp_to_b(pod: &xlane_fib::Endpoint) -> Vec<u8> {
-        let mut f = Vec::new();
-        f.extend_from_slice(pod.gateway_mac.as_bytes());
-        f.extend_from_slice(pod.mac.as_bytes());
-        f.extend_from_slice(&[0x08, 0, 0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0]);
-        f.extend_from_slice(&pod.ip.octets());
-        f.extend_from_slice(&testbed::b_pod().ip.octets());
-        f.extend_from_slice(&[0, 1, 0, 2, 0, 8, 0, 0]);
-        let c = !xlane_wire::checksum::sum(&f[14..34]);
-        f[24..26].copy_from_slice(&c.to_be_bytes());
-        f
+    /// A UDP frame from `pod` to `dst`.
+    fn udp(pod: &xlane_fib::Endpoint, dst: core::net::Ipv4Addr) -> Vec<u8> {
+        fixtures::udp(pod.mac.0, pod.gateway_mac.0, fixtures::Ipv4::new(pod.ip, dst), 1, 2, &[])
     }
 
     #[test]
@@ -363,7 +355,7 @@ mod tests {
         let (mut a, mut b) = (MemDataplane::new(&ha, 2), MemDataplane::new(&hb, 2));
         a.preallocate(128);
         b.preallocate(128);
-        let frame = udp_to_b(&testbed::pod(1));
+        let frame = udp(&testbed::pod(1), testbed::b_pod().ip);
         for _ in 0..50 {
             for _ in 0..64 {
                 a.inject(PortId(1), &frame).unwrap();
@@ -398,11 +390,7 @@ mod tests {
         let mut dp = MemDataplane::new(&h, 3);
         dp.preallocate(16);
         dp.remove_port(PortId(2));
-        let mut local = udp_to_b(&testbed::pod(1));
-        local[30..34].copy_from_slice(&testbed::pod(2).ip.octets());
-        local[24..26].fill(0);
-        let c = !xlane_wire::checksum::sum(&local[14..34]);
-        local[24..26].copy_from_slice(&c.to_be_bytes());
+        let local = udp(&testbed::pod(1), testbed::pod(2).ip);
         for _ in 0..5 {
             dp.inject(PortId(1), &local).unwrap();
         }
@@ -420,7 +408,7 @@ mod tests {
         let mut dp = MemDataplane::new(&h, 2);
         dp.preallocate(64);
         dp.set_tx_capacity(testbed::UPLINK, 10).unwrap();
-        let frame = udp_to_b(&testbed::pod(1));
+        let frame = udp(&testbed::pod(1), testbed::b_pod().ip);
         for _ in 0..30 {
             dp.inject(PortId(1), &frame).unwrap();
         }

@@ -2,17 +2,13 @@
 //! (Scapy; see fixtures/make_fixtures.py).
 
 use xlane_engine::DropReason;
+use xlane_engine::fixtures::{IPV4_DST, IPV4_SRC, fill_ipv4_checksum, fixture, set_ipv4_addr};
 use xlane_engine::mem::MemDataplane;
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_fib::{FibHandle, PortId};
 
 const POD1: PortId = PortId(1);
 const POD2: PortId = PortId(2);
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/{name}.bin", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
 
 fn node() -> MemDataplane {
     let h = FibHandle::new();
@@ -90,26 +86,26 @@ fn mutated_fixtures_drop_with_reason() {
         ("encap_udp_in", POD1, |f| f[14] = 0x65, DropReason::Ipv4Malformed),
         ("encap_udp_in", POD1, |f| f[24] ^= 1, DropReason::Ipv4Checksum),
         ("encap_udp_in", POD1, |f| set_ttl(f, 14, 1), DropReason::TtlExpired),
-        ("encap_udp_in", POD1, |f| set_ip(f, 14, 16, [10, 99, 0, 1]), DropReason::NoRoute),
-        ("encap_udp_in", POD1, |f| set_ip(f, 14, 12, [10, 244, 1, 77]), DropReason::SpoofedSource),
+        ("encap_udp_in", POD1, |f| set_ipv4_addr(f, 14, IPV4_DST, [10, 99, 0, 1]), DropReason::NoRoute),
+        ("encap_udp_in", POD1, |f| set_ipv4_addr(f, 14, IPV4_SRC, [10, 244, 1, 77]), DropReason::SpoofedSource),
         ("arp_request_in", POD1, |f| f[21] = 2, DropReason::ArpNotRequest),
         ("arp_request_in", POD1, |f| f[38..42].copy_from_slice(&[10, 244, 1, 2]), DropReason::ArpOwnAddress),
         ("arp_request_in", POD1, |f| f[28..32].copy_from_slice(&[10, 244, 1, 9]), DropReason::SpoofedSource),
         ("arp_request_in", POD1, |f| f[15] = 6, DropReason::ArpMalformed),
         ("arp_request_in", POD1, |f| f.truncate(30), DropReason::ArpMalformed),
         ("decap_udp_in", UPLINK, |f| f[37] = 0x13, DropReason::NotVxlan),
-        ("decap_udp_in", UPLINK, |f| set_ip(f, 14, 16, [192, 168, 50, 9]), DropReason::NotVxlan),
+        ("decap_udp_in", UPLINK, |f| set_ipv4_addr(f, 14, IPV4_DST, [192, 168, 50, 9]), DropReason::NotVxlan),
         ("decap_udp_in", UPLINK, |f| f[42] = 0, DropReason::VxlanNoVni),
         ("decap_udp_in", UPLINK, |f| f[48] = 2, DropReason::VxlanWrongVni),
         ("decap_udp_in", UPLINK, |f| f[55] = 9, DropReason::VxlanInnerMac),
         ("decap_udp_in", UPLINK, |f| set_ttl(f, 64, 1), DropReason::TtlExpired),
-        ("decap_udp_in", UPLINK, |f| set_ip(f, 64, 16, [10, 244, 2, 5]), DropReason::OverlayTransit),
+        ("decap_udp_in", UPLINK, |f| set_ipv4_addr(f, 64, IPV4_DST, [10, 244, 2, 5]), DropReason::OverlayTransit),
         (
             "decap_udp_in",
             UPLINK,
             |f| {
                 f[20] = 0x20;
-                fix_ip_checksum(f, 14);
+                fill_ipv4_checksum(f, 14);
             },
             DropReason::VxlanFragment,
         ),
@@ -129,21 +125,9 @@ fn mutated_fixtures_drop_with_reason() {
     }
 }
 
-fn fix_ip_checksum(f: &mut [u8], at: usize) {
-    let ihl = usize::from(f[at] & 0x0f) * 4;
-    f[at + 10..at + 12].fill(0);
-    let c = !xlane_wire::checksum::sum(&f[at..at + ihl]);
-    f[at + 10..at + 12].copy_from_slice(&c.to_be_bytes());
-}
-
 fn set_ttl(f: &mut [u8], at: usize, ttl: u8) {
     f[at + 8] = ttl;
-    fix_ip_checksum(f, at);
-}
-
-fn set_ip(f: &mut [u8], at: usize, field: usize, ip: [u8; 4]) {
-    f[at + field..at + field + 4].copy_from_slice(&ip);
-    fix_ip_checksum(f, at);
+    fill_ipv4_checksum(f, at);
 }
 
 /// The host port is routed like a pod, but the host may send (and ARP) from any of its
@@ -161,8 +145,8 @@ fn host_port_is_not_source_checked() {
         let mut f = fixture("local_in");
         f[0..6].copy_from_slice(&host.gateway_mac.0);
         f[6..12].copy_from_slice(&host.mac.0);
-        set_ip(&mut f, 14, 12, [192, 168, 50, 1]);
-        set_ip(&mut f, 14, 16, dst);
+        set_ipv4_addr(&mut f, 14, IPV4_SRC, [192, 168, 50, 1]);
+        set_ipv4_addr(&mut f, 14, IPV4_DST, dst);
         dp.inject(PortId(3), &f).unwrap();
         dp.run_until_idle();
         assert_eq!(dp.take_tx(egress).unwrap().len(), 1, "to {dst:?}");
@@ -178,7 +162,7 @@ fn host_port_is_not_source_checked() {
     assert_eq!(dp.take_tx(PortId(3)).unwrap().len(), 1);
     // A pod replying to the host's gateway address reaches the host port.
     let mut f = fixture("local_in");
-    set_ip(&mut f, 14, 16, [10, 244, 1, 1]);
+    set_ipv4_addr(&mut f, 14, IPV4_DST, [10, 244, 1, 1]);
     dp.inject(POD1, &f).unwrap();
     dp.run_until_idle();
     assert_eq!(dp.take_tx(PortId(3)).unwrap().len(), 1);
@@ -196,7 +180,7 @@ fn pod_mtu_is_enforced() {
         f[16..18].copy_from_slice(&u16::try_from(ip_len).unwrap().to_be_bytes());
         f[38..40].copy_from_slice(&u16::try_from(ip_len - 20).unwrap().to_be_bytes());
         f[40..42].fill(0);
-        set_ip(&mut f, 14, 16, [10, 244, 2, 3]);
+        set_ipv4_addr(&mut f, 14, IPV4_DST, [10, 244, 2, 3]);
         f
     };
     let mut dp = node();

@@ -4,6 +4,7 @@
 
 use proptest::prelude::*;
 use xlane_engine::DropReason;
+use xlane_engine::fixtures::{self, fixture};
 use xlane_engine::mem::MemDataplane;
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_fib::{FibHandle, PortId};
@@ -20,10 +21,6 @@ const FIXTURES: &[&str] = &[
     "arp_request_padded_in",
     "local_in",
 ];
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/fixtures/{name}.bin", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
 
 #[derive(Debug, Clone)]
 enum Mutation {
@@ -129,23 +126,8 @@ proptest! {
         let pod = testbed::pod(1);
         let peer = testbed::b_pod();
 
-        let ip_len = 20 + 8 + payload.len();
-        let mut f = Vec::with_capacity(14 + ip_len);
-        f.extend_from_slice(pod.gateway_mac.as_bytes());
-        f.extend_from_slice(pod.mac.as_bytes());
-        f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
-        f.extend_from_slice(&u16::try_from(ip_len).unwrap().to_be_bytes());
-        f.extend_from_slice(&ident.to_be_bytes());
-        f.extend_from_slice(&[if df { 0x40 } else { 0 }, 0, ttl, 17, 0, 0]);
-        f.extend_from_slice(&pod.ip.octets());
-        f.extend_from_slice(&peer.ip.octets());
-        f.extend_from_slice(&sport.to_be_bytes());
-        f.extend_from_slice(&dport.to_be_bytes());
-        f.extend_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-        f.extend_from_slice(&payload);
-        let c = !xlane_wire::checksum::sum(&f[14..34]);
-        f[24..26].copy_from_slice(&c.to_be_bytes());
+        let ip = fixtures::Ipv4 { ttl, ident, dont_fragment: df, ..fixtures::Ipv4::new(pod.ip, peer.ip) };
+        let f = fixtures::udp(pod.mac.0, pod.gateway_mac.0, ip, sport, dport, &payload);
 
         a.inject(pod.port, &f).unwrap();
         a.run_until_idle();

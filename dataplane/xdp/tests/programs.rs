@@ -6,25 +6,11 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
+use xlane_engine::fixtures::{IPV4_DST, fill_ipv4_checksum, fixture, set_ipv4_addr};
 use xlane_xdp::programs::{self, PodFilter, UplinkFilter, XDP_DROP, XDP_PASS};
 use xlane_xdp::sys;
 
 const ENGINE: u32 = XDP_DROP;
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/../engine/tests/fixtures/{name}.bin", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
-
-fn fix_ip_checksum(f: &mut [u8]) {
-    let ihl = usize::from(f[14] & 0x0f) * 4;
-    f[24..26].fill(0);
-    let mut sum: u32 = f[14..14 + ihl].chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let c = !u16::try_from(sum).unwrap();
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-}
 
 fn uplink_filter() -> UplinkFilter {
     UplinkFilter { vtep_ip: Ipv4Addr::new(192, 168, 50, 1), vxlan_port: 8472 }
@@ -61,7 +47,7 @@ fn uplink_pinhole_takes_only_vxlan_to_our_vtep() {
     with_options.extend_from_slice(&vxlan[34..]);
     let total = u16::from_be_bytes([with_options[16], with_options[17]]) + 4;
     with_options[16..18].copy_from_slice(&total.to_be_bytes());
-    fix_ip_checksum(&mut with_options);
+    fill_ipv4_checksum(&mut with_options, 14);
     let cases = vec![
         ("VXLAN to VTEP:8472", vxlan.clone(), ENGINE),
         ("VXLAN with IPv4 options", with_options, ENGINE),
@@ -89,14 +75,12 @@ fn pod_port_takes_arp_and_cluster_traffic() {
     let to_remote_pod = fixture("encap_udp_in");
     let to_internet = {
         let mut f = to_remote_pod.clone();
-        f[30..34].copy_from_slice(&[93, 184, 216, 34]);
-        fix_ip_checksum(&mut f);
+        set_ipv4_addr(&mut f, 14, IPV4_DST, [93, 184, 216, 34]);
         f
     };
     let to_next_cluster = {
         let mut f = to_remote_pod.clone();
-        f[30..34].copy_from_slice(&[10, 245, 0, 1]);
-        fix_ip_checksum(&mut f);
+        set_ipv4_addr(&mut f, 14, IPV4_DST, [10, 245, 0, 1]);
         f
     };
     let mut ipv6 = to_remote_pod.clone();

@@ -2,20 +2,20 @@
 //! socket on each end; frames sent from one end arrive through the pod-port program at
 //! the other, and a received frame is sent back out by moving its descriptor.
 
+use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 use xlane_engine::Packet;
+use xlane_engine::fixtures;
 use xlane_netlab::Netns;
 use xlane_xdp::attach::{ModePreference, Program, XdpAttachment};
 use xlane_xdp::programs::PodFilter;
 use xlane_xdp::xsk::{BindMode, Umem, UmemSettings, XskPort, wait_readable};
 
+/// A UDP frame from a pod (10.244.1.2) to `dst`, its one byte of data `seq`.
 fn frame(dst: [u8; 4], seq: u8) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 0xa0, 0x02, 0, 0, 0, 0, 0xa1, 0x08, 0x00];
-    f.extend_from_slice(&[0x45, 0, 0, 29, 0, 0, 0, 0, 64, 17, 0, 0, 10, 244, 1, 2]);
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x50, 0, 9, 0, 0, seq]);
-    f
+    let ip = fixtures::Ipv4::new(Ipv4Addr::new(10, 244, 1, 2), dst.into());
+    fixtures::udp([0x02, 0, 0, 0, 0, 0xa1], [0x02, 0, 0, 0, 0, 0xa0], ip, 12345, 80, &[seq])
 }
 
 fn receive_n(umem: &mut Umem, port: &mut XskPort, n: usize) -> Vec<(Packet<u64>, Vec<u8>)> {

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xlane_api::{Change, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, Vtep};
 use xlane_engine::DropReason;
+use xlane_engine::fixtures;
 use xlane_engine::mem::MemFrames;
 use xlane_fib::FibHandle;
-use xlane_wire::checksum;
 
 const VTEP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 
@@ -133,17 +133,8 @@ fn pod_mac(n: u8) -> Mac {
 
 /// A UDP frame from pod `n` (behind `gateway`) to `dst`, its payload `tag`.
 fn udp(n: u8, gateway: Mac, dst: Ipv4Addr, tag: u32) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&gateway.0);
-    f.extend_from_slice(&pod_mac(n).0);
-    f.extend_from_slice(&[0x08, 0, 0x45, 0, 0, 32, 0, 0, 0x40, 0, 64, 17, 0, 0]);
-    f.extend_from_slice(&pod_ip(n).octets());
-    f.extend_from_slice(&dst.octets());
-    f.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 12, 0, 0]);
-    f.extend_from_slice(&tag.to_be_bytes());
-    let c = !checksum::sum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f
+    let ip = fixtures::Ipv4::new(pod_ip(n), dst);
+    fixtures::udp(pod_mac(n).0, gateway.0, ip, 12345, 12345, &tag.to_be_bytes())
 }
 
 fn tag(frame: &[u8]) -> u32 {

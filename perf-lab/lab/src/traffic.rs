@@ -185,10 +185,8 @@ pub fn udp_template(dst_mac: Mac, src_mac: Mac, src: Ipv4Addr, dst: Ipv4Addr, ds
     ip[..12].copy_from_slice(&[0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0]);
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&dst.octets());
-    let sum: u32 = ip.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let folded = (folded & 0xffff) + (folded >> 16);
-    ip[10..12].copy_from_slice(&(!u16::try_from(folded).expect("folded twice")).to_be_bytes());
+    let c = !xlane_wire::checksum::sum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&[0x30, 0x39]);
     f.extend_from_slice(&dst_port.to_be_bytes());

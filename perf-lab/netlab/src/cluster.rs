@@ -1,5 +1,6 @@
 //! A running xlane cluster on a [`Lab`]: every node runs `xlaned` (in its namespace, on
-//! its uplink) and `xlane-agent` (file datastore shared by all nodes, as on one host).
+//! its uplink) and `xlane-agent` (in this namespace: it needs only unix sockets and the
+//! datastore, a file datastore shared by all nodes as on one host, or etcd on loopback).
 
 use crate::process::{Proc, wait_until};
 use crate::runtime::{Container, Runtime};
@@ -43,14 +44,41 @@ pub fn start_xlaned(ns: &Netns, dir: &Path, i: usize, extra: &[String]) -> io::R
     Ok(xlaned)
 }
 
-/// The arguments of node `i`'s agent: file datastore `<dir>/store`, state
-/// `<dir>/state<i>`, xlaned at `<dir>/xlaned<i>.sock`, API at `<dir>/agent<i>.sock`.
+/// Where the agents keep their leases.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Datastore {
+    /// A directory shared by every node, `<dir>/store`; the network configuration is
+    /// written there.
+    #[default]
+    File,
+    /// etcd (the caller runs it). The agents get the network configuration as
+    /// `--network-config`, used while etcd holds none.
+    Etcd {
+        /// Client URLs.
+        endpoints: Vec<String>,
+        /// Key prefix; `None` for the agent's default (flannel's).
+        prefix: Option<String>,
+    },
+}
+
+/// The arguments of node `i`'s agent: the datastore (file: `<dir>/store`; etcd: its
+/// endpoints, network configuration `<dir>/netconf.json`), state `<dir>/state<i>`,
+/// xlaned at `<dir>/xlaned<i>.sock`, API at `<dir>/agent<i>.sock`.
 #[must_use]
-pub fn agent_args(dir: &Path, i: usize, lease_ttl: u32) -> Vec<String> {
+pub fn agent_args(dir: &Path, i: usize, lease_ttl: u32, datastore: &Datastore) -> Vec<String> {
     let path = |s: &str| dir.join(s).to_string_lossy().into_owned();
-    vec![
-        "--store-dir".into(),
-        path("store"),
+    let mut args: Vec<String> = match datastore {
+        Datastore::File => vec!["--store-dir".into(), path("store")],
+        Datastore::Etcd { endpoints, prefix } => {
+            let mut a = vec!["--datastore".into(), "etcd".into(), "--etcd-endpoints".into(), endpoints.join(",")];
+            if let Some(p) = prefix {
+                a.extend(["--etcd-prefix".into(), p.clone()]);
+            }
+            a.extend(["--network-config".into(), path(NETCONF_FILE)]);
+            a
+        }
+    };
+    args.extend([
         "--state-dir".into(),
         path(&format!("state{i}")),
         "--xlaned-socket".into(),
@@ -59,8 +87,12 @@ pub fn agent_args(dir: &Path, i: usize, lease_ttl: u32) -> Vec<String> {
         path(&format!("agent{i}.sock")),
         "--lease-ttl".into(),
         lease_ttl.to_string(),
-    ]
+    ]);
+    args
 }
+
+/// The network configuration file agents on etcd are given, in the cluster's directory.
+const NETCONF_FILE: &str = "netconf.json";
 
 /// A lab with xlane running on every node. Dropping it stops the daemons (by PID), then
 /// removes the namespaces and the working directory.
@@ -77,7 +109,10 @@ pub struct Cluster {
 /// How to start a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// flannel network configuration (`<store>/config`).
+    /// Where the agents keep their leases.
+    pub datastore: Datastore,
+    /// flannel network configuration (`<store>/config`, or for etcd the agents'
+    /// `--network-config`).
     pub netconf: String,
     /// Extra `xlaned` arguments (e.g. `--busy-poll`).
     pub xlaned_args: Vec<String>,
@@ -90,7 +125,13 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { netconf: DEFAULT_NETCONF.into(), xlaned_args: Vec::new(), lease_ttl: 30, xlane_nodes: None }
+        Self {
+            datastore: Datastore::File,
+            netconf: DEFAULT_NETCONF.into(),
+            xlaned_args: Vec::new(),
+            lease_ttl: 30,
+            xlane_nodes: None,
+        }
     }
 }
 
@@ -105,8 +146,14 @@ impl Cluster {
         let lab = Lab::new(prefix, nodes)?;
         let dir = std::env::temp_dir().join(format!("xlane-{prefix}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("store"))?;
-        std::fs::write(dir.join("store/config"), &opts.netconf)?;
+        std::fs::create_dir_all(&dir)?;
+        match opts.datastore {
+            Datastore::File => {
+                std::fs::create_dir_all(dir.join("store"))?;
+                std::fs::write(dir.join("store/config"), &opts.netconf)?;
+            }
+            Datastore::Etcd { .. } => std::fs::write(dir.join(NETCONF_FILE), &opts.netconf)?,
+        }
         let mut cluster = Self { nodes: Vec::new(), lab, dir };
         for i in 0..usize::from(opts.xlane_nodes.unwrap_or(nodes).min(nodes)) {
             let node = cluster.start_node(i, opts)?;
@@ -120,7 +167,7 @@ impl Cluster {
 
     fn start_node(&self, i: usize, opts: &ClusterOptions) -> io::Result<ClusterNode> {
         let xlaned = start_xlaned(&self.lab.nodes[i].ns, &self.dir, i, &opts.xlaned_args)?;
-        let agent_args = agent_args(&self.dir, i, opts.lease_ttl);
+        let agent_args = agent_args(&self.dir, i, opts.lease_ttl, &opts.datastore);
         let agent = Proc::spawn_here(&workspace_binary("xlane-agent"), &agent_args, self.agent_log(i))?;
         Ok(ClusterNode {
             xlaned,

@@ -6,7 +6,8 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use xlane_api::{Client, Op, Reply, Table};
 use xlane_netlab::Netns;
-pub use xlane_netlab::process::{Proc, wait_for};
+use xlane_netlab::cluster::Cluster;
+pub use xlane_netlab::process::wait_for;
 
 pub fn routes(sock: &Path) -> Vec<String> {
     match Client::connect(sock).unwrap().call(Op::Dump { table: Table::Routes }).unwrap() {
@@ -19,19 +20,20 @@ pub fn ping(ns: &Netns, dst: Ipv4Addr) -> bool {
     ns.ping(&dst.to_string(), 2).is_ok()
 }
 
-/// Do what the CNI plugin does for a pod on `node`: allocate through the agent at
-/// `agent_sock`, create the pod with that address, attach it. Returns the pod's index.
-pub fn attach_pod(lab: &mut xlane_netlab::Lab, agent_sock: &Path, node: usize, cid: &str) -> usize {
-    use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
-    let mut c = AgentClient::connect(agent_sock).unwrap();
+/// Do what the CNI plugin does for a pod on `node`: allocate through its agent, create
+/// the pod in the lab with that address, attach it. Returns the pod's index in
+/// `cluster.lab.pods`.
+pub fn attach_pod(cluster: &mut Cluster, node: usize, cid: &str) -> usize {
+    use xlane_agent::api::{AgentOp, AgentReply};
+    let mut c = cluster.agent(node).unwrap();
     let AgentReply::Allocated { ip, gateway, mtu, .. } =
         c.call(AgentOp::Add { container_id: cid.into(), ifname: "eth0".into(), netns: None, ip: None }).unwrap()
     else {
         panic!("allocation failed")
     };
     assert_eq!(mtu, 1450);
-    let k = lab.add_pod_at(node, ip.addr(), ip.prefix_len(), gateway).unwrap();
-    let pod = &lab.pods[k];
+    let k = cluster.lab.add_pod_at(node, ip.addr(), ip.prefix_len(), gateway).unwrap();
+    let pod = &cluster.lab.pods[k];
     let r = c
         .call(AgentOp::Attach {
             container_id: cid.into(),
