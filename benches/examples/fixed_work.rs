@@ -10,15 +10,11 @@
 //! `encap`/`decap`: the pipeline alone on one burst, restored between runs.
 
 use std::sync::Arc;
+use xlane_engine::fixtures::{IPV4_DST, fixture, set_ipv4_addr};
 use xlane_engine::mem::{FRAME_SIZE, HEADROOM, MemDataplane};
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_engine::{BURST, CoreCounters, Frame, Pipeline, Verdict};
 use xlane_fib::{FibHandle, PortId};
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/../dataplane/engine/tests/fixtures/{name}.bin", env!("CARGO_MANIFEST_DIR")))
-        .expect("fixture")
-}
 
 fn driver(bursts: u64) {
     let (ha, hb) = (FibHandle::new(), FibHandle::new());
@@ -28,11 +24,7 @@ fn driver(bursts: u64) {
     a.preallocate(256);
     b.preallocate(256);
     let mut frame = fixture("encap_udp_in");
-    // To node B's pod (10.244.2.3), with the IPv4 header checksum redone.
-    frame[30..34].copy_from_slice(&testbed::b_pod().ip.octets());
-    frame[24..26].fill(0);
-    let c = !xlane_wire::checksum::sum(&frame[14..34]);
-    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    set_ipv4_addr(&mut frame, 14, IPV4_DST, testbed::b_pod().ip);
     let mut delivered = 0;
     for _ in 0..bursts {
         for _ in 0..BURST {
