@@ -46,7 +46,7 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "warning: not root: privileged tests will be skipped (CI runs them as root)" >&2
 fi
 
-log "format and lints (default features, and all features: etcd)"
+log "format and lints (default features, and all features: etcd, kube)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
@@ -56,6 +56,10 @@ cargo test --workspace --locked
 
 log "the agent's etcd datastore against real etcd (single member and a three-member cluster)"
 cargo test -p xlane-agent --features etcd --locked --test etcd
+
+log "the agent's kube datastore: its unit tests and the API contract tests (in-test API server)"
+cargo test -p xlane-agent --features kube --locked --lib store::kube
+cargo test -p xlane-agent --features kube --locked --test kube_contract
 
 log "benches, once each in test mode (they check their own inputs)"
 cargo test -p xlane-benches --benches --locked

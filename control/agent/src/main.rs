@@ -21,6 +21,9 @@ enum StoreKind {
     File,
     /// etcd v3 in flannel's schema (clusters).
     Etcd,
+    /// Kubernetes Node objects, as flannel's --kube-subnet-mgr: the lease is the Node's
+    /// podCIDR, peers publish flannel's Node annotations.
+    Kube,
 }
 
 /// xlane-agent: leases the node's pod subnet, mirrors every other node's lease into
@@ -55,6 +58,14 @@ struct Settings {
     /// etcd key prefix (flannel's default, so both share one network).
     #[arg(long, env = "XLANE_AGENT_ETCD_PREFIX", default_value = "/coreos.com/network")]
     etcd_prefix: String,
+    /// This node's name (with --datastore kube; from the downward API). Without it the
+    /// node is read from the agent's own Pod (POD_NAMESPACE, POD_NAME).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// kubeconfig file (with --datastore kube); default: the in-cluster service account,
+    /// else KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "XLANE_AGENT_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// File datastore directory (shared by the agents of one host).
     #[arg(long, env = "XLANE_AGENT_STORE_DIR", default_value = "/var/lib/xlane/store")]
     store_dir: PathBuf,
@@ -67,7 +78,9 @@ struct Settings {
     /// The socket the CNI plugin uses.
     #[arg(long, env = "XLANE_AGENT_SOCKET", default_value = "/run/xlane/agent.sock")]
     socket: PathBuf,
-    /// Network config file (flannel JSON), used when the datastore has none.
+    /// Network config file (flannel JSON), used when the datastore has none. With
+    /// --datastore kube it is flannel's mounted net-conf.json (default
+    /// /etc/kube-flannel/net-conf.json).
     #[arg(long, env = "XLANE_AGENT_NETWORK_CONFIG")]
     network_config: Option<PathBuf>,
     /// Underlay address to publish (default: the uplink's first IPv4 address).
@@ -158,6 +171,13 @@ fn run(Cli { cmd, settings: cli }: Cli) -> anyhow::Result<()> {
     }
     let mut store: Box<dyn xlane_agent::store::Datastore> = match cli.datastore {
         StoreKind::File => Box::new(FileStore::open(&cli.store_dir)?),
+        #[cfg(feature = "kube")]
+        StoreKind::Kube => Box::new(kube_store(&cli)?),
+        #[cfg(not(feature = "kube"))]
+        StoreKind::Kube => anyhow::bail!(
+            "this xlane-agent was built without kube support: cargo build -p xlane-agent --features kube (node {:?})",
+            cli.node_name
+        ),
         #[cfg(feature = "etcd")]
         StoreKind::Etcd => {
             Box::new(xlane_agent::store::etcd::EtcdStore::connect(&cli.etcd_endpoints, &cli.etcd_prefix)?)
@@ -206,4 +226,21 @@ fn run(Cli { cmd, settings: cli }: Cli) -> anyhow::Result<()> {
     agent::run(&settings, store.as_mut(), &shared, &stop)?;
     let _ = std::fs::remove_file(&settings.api_socket);
     Ok(())
+}
+
+/// The kube datastore from the flags: kubeconfig or in-cluster, the node by name or from
+/// the agent's own Pod, flannel's mounted net-conf.json.
+#[cfg(feature = "kube")]
+fn kube_store(cli: &Settings) -> anyhow::Result<xlane_agent::store::kube::KubeStore> {
+    use xlane_agent::store::kube::{KubeOptions, KubeStore, NodeRef, config};
+    let node = match (&cli.node_name, std::env::var("POD_NAMESPACE"), std::env::var("POD_NAME")) {
+        (Some(n), _, _) => NodeRef::Name(n.clone()),
+        (None, Ok(namespace), Ok(name)) => NodeRef::Pod { namespace, name },
+        _ => anyhow::bail!(
+            "--datastore kube needs the node name: --node-name / NODE_NAME, or POD_NAMESPACE and POD_NAME"
+        ),
+    };
+    let net_conf = cli.network_config.clone().unwrap_or_else(|| "/etc/kube-flannel/net-conf.json".into());
+    let opts = KubeOptions { net_conf, node, sync_timeout: Duration::from_secs(600) };
+    Ok(KubeStore::connect(config(cli.kubeconfig.as_deref())?, opts)?)
 }

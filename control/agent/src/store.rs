@@ -5,10 +5,15 @@
 //!   flock(2) and written atomically (write, fsync, rename).
 //! * [`etcd::EtcdStore`] (v3 API, flannel's key schema): the distributed engine for real
 //!   clusters. Behind the `etcd` feature, because its client needs protoc to build.
+//! * [`kube::KubeStore`] (flannel's `--kube-subnet-mgr`): the lease is the Node's podCIDR,
+//!   peers publish flannel's Node annotations. Behind the `kube` feature (kube-rs, hyper,
+//!   rustls: a large tree that only Kubernetes deployments need).
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod file;
+#[cfg(feature = "kube")]
+pub mod kube;
 
 use crate::lease::{Lease, LeaseAttrs};
 use crate::netconf::NetConfig;
@@ -45,6 +50,15 @@ pub enum StoreError {
     /// Our lease is gone or held by another node now.
     #[error("lease on {0} was lost")]
     Lost(Ipv4Net),
+    /// The datastore assigns a lease the agent cannot use (kube: a podCIDR outside the
+    /// network config, or none at all).
+    #[error("{what}: {reason}")]
+    Refused {
+        /// The lease or object refused.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// A stored value could not be read.
     #[error("stored value at {key} is unreadable: {reason}")]
     Corrupt {
