@@ -2,7 +2,7 @@
 # Every test of the project, on a fresh machine of the lab's kind, as root.
 # Installs the system packages the tests need (ping, etcd, protoc for the etcd client,
 # Debian's CNI reference plugins, iptables for portmap, busybox, podman + runc, DPDK's
-# testpmd as a vhost-user frontend), then
+# testpmd as a vhost-user frontend) and PyPI's kubernetes-validate, then
 # lints, builds and tests.
 # Privileged tests (namespaces, XDP, AF_XDP) run for real; with CI=true a missing
 # privilege or tool fails them instead of skipping.
@@ -41,6 +41,12 @@ if ((${#need[@]} + ${#bare[@]})); then
     if ((${#bare[@]})); then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${bare[@]}" >/dev/null
     fi
+fi
+# PyPI's kubernetes-validate (its Kubernetes schemas ship in the package, so it checks
+# deploy/kubernetes/xlane.yaml offline; control/agent/tests/manifest.rs runs it).
+if ! command -v kubernetes-validate >/dev/null; then
+    log "installing kubernetes-validate (pip)"
+    python3 -m pip install -q kubernetes-validate
 fi
 if [ "$(id -u)" -ne 0 ]; then
     echo "warning: not root: privileged tests will be skipped (CI runs them as root)" >&2

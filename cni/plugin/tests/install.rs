@@ -42,3 +42,38 @@ fn install_script_puts_plugin_and_conflist_in_place() {
     assert!(!root.join("bad").exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// The DaemonSet's init step: one binary into several bin directories (`/opt/cni/bin`
+/// and the runtime's own, e.g. Debian containerd's `/usr/lib/cni`), and a given conflist
+/// (the ConfigMap's) installed as is.
+#[test]
+fn install_script_takes_several_bin_dirs_and_a_given_conflist() {
+    let root = std::env::temp_dir().join(format!("xlane-install-conflist-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let given = r#"{"cniVersion":"1.0.0","name":"xlane","plugins":[{"type":"xlane","agentSocket":"/run/xlane/agent.sock"},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+    std::fs::write(root.join("given.conflist"), given).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../install.sh");
+    let dir = |d: &str| root.join(d).to_string_lossy().into_owned();
+    let out = Command::new(script)
+        .args(["--bin-dir", &dir("opt-cni-bin"), "--bin-dir", &dir("usr-lib-cni"), "--conf-dir", &dir("net.d")])
+        .args(["--conflist", &dir("given.conflist"), "--binary", env!("CARGO_BIN_EXE_xlane")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for d in ["opt-cni-bin", "usr-lib-cni"] {
+        let installed = std::fs::read(root.join(d).join("xlane")).unwrap();
+        assert_eq!(installed, std::fs::read(env!("CARGO_BIN_EXE_xlane")).unwrap(), "{d}");
+        assert!(!root.join(d).join("xlane.tmp").exists());
+    }
+    assert_eq!(std::fs::read_to_string(root.join("net.d/10-xlane.conflist")).unwrap(), given);
+    // A conflist that cannot be read is refused before anything is installed.
+    let bad = Command::new(script)
+        .args(["--bin-dir", &dir("bad-bin"), "--conf-dir", &dir("bad-net.d")])
+        .args(["--conflist", &dir("missing.conflist"), "--binary", env!("CARGO_BIN_EXE_xlane")])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(!root.join("bad-bin").exists() && !root.join("bad-net.d").exists());
+    std::fs::remove_dir_all(&root).unwrap();
+}
