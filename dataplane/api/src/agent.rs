@@ -9,7 +9,7 @@
 //! ```
 
 use crate::Mac;
-use crate::codec::{self, Envelope, ErrorCode, ErrorReply, Message};
+use crate::codec::{self, Envelope, ErrorCode};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -158,29 +158,7 @@ pub enum AgentReply {
     },
 }
 
-impl AgentReply {
-    /// An error reply.
-    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::Error { code, message: message.into() }
-    }
-}
-
-impl Message for AgentOp {
-    const VERSION: u32 = VERSION;
-    type Reply = AgentReply;
-}
-
-impl ErrorReply for AgentReply {
-    fn from_error(code: ErrorCode, message: String) -> Self {
-        Self::Error { code, message }
-    }
-    fn as_error(&self) -> Option<(ErrorCode, &str)> {
-        match self {
-            Self::Error { code, message } => Some((*code, message)),
-            _ => None,
-        }
-    }
-}
+codec::protocol!(pub AgentOp => AgentReply, version VERSION);
 
 /// Parse a request line into the reply to send on failure.
 ///

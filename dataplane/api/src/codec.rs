@@ -45,6 +45,40 @@ pub trait ErrorReply: Serialize + DeserializeOwned + Send + 'static {
     fn as_error(&self) -> Option<(ErrorCode, &str)>;
 }
 
+/// Declare a protocol: `protocol!(pub Op => Reply, version VERSION)` makes `Op` a
+/// [`Message`] of that version answered by `Reply`, makes `Reply` an [`ErrorReply`]
+/// through its `Error { code, message }` variant, and gives `Reply` an `error(code,
+/// message)` constructor of the visibility given (`pub`, or `pub(crate)` for a private
+/// protocol).
+macro_rules! protocol {
+    ($vis:vis $op:ident => $reply:ident, version $version:expr) => {
+        impl $crate::codec::Message for $op {
+            const VERSION: u32 = $version;
+            type Reply = $reply;
+        }
+
+        impl $crate::codec::ErrorReply for $reply {
+            fn from_error(code: $crate::codec::ErrorCode, message: String) -> Self {
+                Self::Error { code, message }
+            }
+            fn as_error(&self) -> Option<($crate::codec::ErrorCode, &str)> {
+                match self {
+                    Self::Error { code, message } => Some((*code, message)),
+                    _ => None,
+                }
+            }
+        }
+
+        impl $reply {
+            /// An error reply.
+            $vis fn error(code: $crate::codec::ErrorCode, message: impl Into<String>) -> Self {
+                Self::Error { code, message: message.into() }
+            }
+        }
+    };
+}
+pub(crate) use protocol;
+
 /// The request envelope: `{"version":N, ...op}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope<O> {
@@ -164,22 +198,7 @@ pub(crate) mod tests {
         Slow { id: u32 },
     }
 
-    impl Message for TestOp {
-        const VERSION: u32 = 3;
-        type Reply = TestReply;
-    }
-
-    impl ErrorReply for TestReply {
-        fn from_error(code: ErrorCode, message: String) -> Self {
-            Self::Error { code, message }
-        }
-        fn as_error(&self) -> Option<(ErrorCode, &str)> {
-            match self {
-                Self::Error { code, message } => Some((*code, message)),
-                _ => None,
-            }
-        }
-    }
+    protocol!(pub(crate) TestOp => TestReply, version 3);
 
     #[test]
     fn envelope_is_version_beside_the_op() {
@@ -208,5 +227,14 @@ pub(crate) mod tests {
         assert!(message.starts_with("not JSON"), "{message}");
         let TestReply::Error { message, .. } = ParseError::TooLong { limit: MAX_LINE }.reply() else { panic!() };
         assert!(message.contains(&MAX_LINE.to_string()), "the error names the limit: {message}");
+    }
+
+    #[test]
+    fn the_error_reply_is_one_variant_both_ways() {
+        let reply = TestReply::error(ErrorCode::Invalid, "no");
+        assert_eq!(reply, TestReply::from_error(ErrorCode::Invalid, "no".into()));
+        assert_eq!(reply.as_error(), Some((ErrorCode::Invalid, "no")));
+        assert_eq!(TestReply::Slow { id: 1 }.as_error(), None);
+        assert_eq!(encode(&reply).unwrap(), b"{\"result\":\"error\",\"code\":\"invalid\",\"message\":\"no\"}\n");
     }
 }

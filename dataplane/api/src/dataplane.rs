@@ -7,7 +7,7 @@
 //! ```
 
 use crate::Mac;
-use crate::codec::{self, Envelope, ErrorCode, ErrorReply, Message};
+use crate::codec::{self, Envelope, ErrorCode};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -328,29 +328,7 @@ pub enum Reply {
     Status(Box<Status>),
 }
 
-impl Reply {
-    /// An error reply.
-    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::Error { code, message: message.into() }
-    }
-}
-
-impl Message for Op {
-    const VERSION: u32 = VERSION;
-    type Reply = Reply;
-}
-
-impl ErrorReply for Reply {
-    fn from_error(code: ErrorCode, message: String) -> Self {
-        Self::Error { code, message }
-    }
-    fn as_error(&self) -> Option<(ErrorCode, &str)> {
-        match self {
-            Self::Error { code, message } => Some((*code, message)),
-            _ => None,
-        }
-    }
-}
+codec::protocol!(pub Op => Reply, version VERSION);
 
 /// Parse one request line, mapping every failure to the reply the daemon sends.
 ///

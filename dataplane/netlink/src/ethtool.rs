@@ -7,8 +7,8 @@
 //! thread's network namespace (wrap a call in [`crate::in_netns`] for a pod's).
 
 use netlink_packet_core::{
-    DecodeError, Emitable, NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload, NetlinkSerializable, Nla, NlasIterator, ParseableParametrized,
+    DecodeError, Emitable, NLA_F_NESTED, NLM_F_ACK, NetlinkDeserializable, NetlinkSerializable, Nla, NlasIterator,
+    ParseableParametrized,
 };
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
@@ -172,42 +172,11 @@ impl Genl {
     }
 
     /// Send one request and collect its replies until the ACK (or the error).
-    fn request<F: Debug>(&mut self, msg: GenlMessage<F>, flags: u16) -> io::Result<Vec<GenlMessage<F>>>
+    fn request<F>(&mut self, msg: GenlMessage<F>, flags: u16) -> io::Result<Vec<GenlMessage<F>>>
     where
-        GenlMessage<F>: NetlinkSerializable + NetlinkDeserializable + Debug,
-        <GenlMessage<F> as NetlinkDeserializable>::Error: std::fmt::Display,
+        GenlMessage<F>: NetlinkSerializable + NetlinkDeserializable,
     {
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        self.seq = self.seq.wrapping_add(1);
-        header.sequence_number = self.seq;
-        let mut m = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        m.finalize();
-        let mut buf = vec![0; m.buffer_len()];
-        m.serialize(&mut buf);
-        self.sock.send(&buf, 0)?;
-        let mut out = Vec::new();
-        loop {
-            let (data, _) = self.sock.recv_from_full()?;
-            let mut off = 0;
-            while off < data.len() {
-                let msg = NetlinkMessage::<GenlMessage<F>>::deserialize(&data[off..])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = msg.header.length as usize;
-                if msg.header.sequence_number == self.seq {
-                    match msg.payload {
-                        NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                        NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(out),
-                        NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                        _ => {}
-                    }
-                }
-                if len == 0 {
-                    break;
-                }
-                off += len.next_multiple_of(4);
-            }
-        }
+        crate::transport::transact(&self.sock, &mut self.seq, msg, NLM_F_ACK | flags)
     }
 }
 
