@@ -6,9 +6,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use xlane_engine::fixtures;
-use xlane_engine::mem::MemDataplane;
 use xlane_engine::testbed::{self, UPLINK};
-use xlane_fib::FibHandle;
 
 const BURST: u64 = 64;
 
@@ -19,12 +17,7 @@ fn udp_pod_a_to_pod_b() -> Vec<u8> {
 }
 
 fn driver(c: &mut Criterion) {
-    let (ha, hb) = (FibHandle::new(), FibHandle::new());
-    testbed::tables(1, 10_000).publish(&ha);
-    testbed::tables_b().publish(&hb);
-    let (mut a, mut b) = (MemDataplane::new(&ha, 2), MemDataplane::new(&hb, 2));
-    a.preallocate(256);
-    b.preallocate(256);
+    let (mut a, mut b) = testbed::two_nodes(10_000, 256);
     let frame = udp_pod_a_to_pod_b();
     let pod_b = testbed::b_pod().port;
     let mut g = c.benchmark_group("driver");

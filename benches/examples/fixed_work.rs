@@ -11,18 +11,13 @@
 
 use std::sync::Arc;
 use xlane_engine::fixtures::{IPV4_DST, fixture, set_ipv4_addr};
-use xlane_engine::mem::{FRAME_SIZE, HEADROOM, MemDataplane};
+use xlane_engine::mem::{FRAME_SIZE, HEADROOM};
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_engine::{BURST, CoreCounters, Frame, Pipeline, Verdict};
-use xlane_fib::{FibHandle, PortId};
+use xlane_fib::PortId;
 
 fn driver(bursts: u64) {
-    let (ha, hb) = (FibHandle::new(), FibHandle::new());
-    testbed::tables(1, 10_000).publish(&ha);
-    testbed::tables_b().publish(&hb);
-    let (mut a, mut b) = (MemDataplane::new(&ha, 2), MemDataplane::new(&hb, 2));
-    a.preallocate(256);
-    b.preallocate(256);
+    let (mut a, mut b) = testbed::two_nodes(10_000, 256);
     let mut frame = fixture("encap_udp_in");
     set_ipv4_addr(&mut frame, 14, IPV4_DST, testbed::b_pod().ip);
     let mut delivered = 0;

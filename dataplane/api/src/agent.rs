@@ -192,10 +192,7 @@ mod tests {
 
     #[test]
     fn bad_requests_get_error_replies() {
-        let code = |line: &[u8]| match parse(line) {
-            Err(AgentReply::Error { code, .. }) => code,
-            other => panic!("{other:?}"),
-        };
+        let code = |line: &[u8]| codec::tests::error_code(parse(line));
         assert_eq!(code(b"nonsense"), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"version":7,"op":"status"}"#), ErrorCode::UnsupportedVersion);
         assert_eq!(code(br#"{"version":1,"op":"add"}"#), ErrorCode::BadRequest);

@@ -200,6 +200,15 @@ pub(crate) mod tests {
 
     protocol!(pub(crate) TestOp => TestReply, version 3);
 
+    /// The code of the error reply a protocol's parse gave (for each protocol's tests);
+    /// panics on anything else.
+    pub(crate) fn error_code<O: std::fmt::Debug, R: ErrorReply + std::fmt::Debug>(parsed: Result<O, R>) -> ErrorCode {
+        match parsed {
+            Err(reply) => reply.as_error().unwrap_or_else(|| panic!("not an error: {reply:?}")).0,
+            Ok(op) => panic!("parsed: {op:?}"),
+        }
+    }
+
     #[test]
     fn envelope_is_version_beside_the_op() {
         let line = encode_request(TestOp::Echo { text: "hi".into() }).unwrap();

@@ -356,10 +356,7 @@ mod tests {
 
     #[test]
     fn bad_requests_get_precise_errors() {
-        let code = |line: &[u8]| match parse_request(line) {
-            Err(Reply::Error { code, .. }) => code,
-            other => panic!("{other:?}"),
-        };
+        let code = |line: &[u8]| codec::tests::error_code(parse_request(line));
         assert_eq!(code(b"garbage"), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"op":"status"}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"version":2,"op":"status"}"#), ErrorCode::UnsupportedVersion);

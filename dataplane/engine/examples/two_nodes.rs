@@ -7,10 +7,8 @@
 use core::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use xlane_engine::fixtures::{self, Echo, Ipv4};
-use xlane_engine::mem::MemDataplane;
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_engine::{CounterSnapshot, DropReason};
-use xlane_fib::FibHandle;
 use xlane_wire::{EthernetFrame, Ipv4Packet, Mac, UdpPacket, VxlanPacket};
 
 /// Frames in the bounded rate test (and a time cap, whichever comes first).
@@ -60,10 +58,8 @@ fn print_counters(node: &str, c: &CounterSnapshot) {
 }
 
 fn main() {
-    let (ha, hb) = (FibHandle::new(), FibHandle::new());
-    testbed::tables(1, 1).publish(&ha);
-    testbed::tables_b().publish(&hb);
-    let (mut a, mut b) = (MemDataplane::new(&ha, 2), MemDataplane::new(&hb, 2));
+    // Buffers for the rate test below, allocated before anything is timed.
+    let (mut a, mut b) = testbed::two_nodes(1, 512);
     let (pa, pb) = (testbed::pod(1), testbed::b_pod());
     println!("xlane two-node demo (in-memory ports; AF_XDP lab: see README)");
     println!("  node A  VTEP {}  pod {} on {}", testbed::A_VTEP_IP, pa.ip, pa.port);
@@ -111,8 +107,6 @@ fn main() {
     // The smallest echo request (no data): 42 bytes.
     let frame =
         fixtures::icmp_echo(pa.mac.0, gw_mac, Ipv4::new(pa.ip, pb.ip), Echo::Request { ident: 0x1234, seq: 0 }, &[]);
-    a.preallocate(512);
-    b.preallocate(512);
     let (mut sent, mut delivered) = (0u64, 0u64);
     let t0 = Instant::now();
     while sent < RATE_FRAMES && t0.elapsed() < RATE_TIME_CAP {

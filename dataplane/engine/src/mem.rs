@@ -349,12 +349,7 @@ mod tests {
 
     #[test]
     fn buffers_stay_with_their_owner_across_the_wire() {
-        let (ha, hb) = (FibHandle::new(), FibHandle::new());
-        testbed::tables(1, 1).publish(&ha);
-        testbed::tables_b().publish(&hb);
-        let (mut a, mut b) = (MemDataplane::new(&ha, 2), MemDataplane::new(&hb, 2));
-        a.preallocate(128);
-        b.preallocate(128);
+        let (mut a, mut b) = testbed::two_nodes(1, 128);
         let frame = udp(&testbed::pod(1), testbed::b_pod().ip);
         for _ in 0..50 {
             for _ in 0..64 {

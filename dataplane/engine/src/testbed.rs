@@ -4,8 +4,9 @@
 //! The constants are the scenario of `tests/fixtures/make_fixtures.py`; change both
 //! together.
 
+use crate::mem::MemDataplane;
 use core::net::Ipv4Addr;
-use xlane_fib::{Endpoint, FibBuilder, NodeConfig, PortId, Prefix, RemoteNode};
+use xlane_fib::{Endpoint, FibBuilder, FibHandle, NodeConfig, PortId, Prefix, RemoteNode};
 use xlane_wire::Mac;
 
 /// Our uplink port.
@@ -108,4 +109,23 @@ pub fn tables_b() -> FibBuilder {
         .expect("room for remotes");
     b.insert_route(node_subnet(), A_VTEP_IP);
     b
+}
+
+/// The two-node cluster in memory: node A ([`tables`] with one pod and `remotes` remote
+/// nodes, the first of them B) and node B ([`tables_b`]), each a [`MemDataplane`] with
+/// its uplink ([`UPLINK`]) and one pod port and `buffers` buffers preallocated. Join them
+/// with [`MemDataplane::wire_to`]; B's pod is reachable from A when `remotes` ≥ 1.
+///
+/// The handles the tables were published to are dropped: a dataplane's reader keeps
+/// them alive.
+#[must_use]
+pub fn two_nodes(remotes: u32, buffers: usize) -> (MemDataplane, MemDataplane) {
+    let node = |mut tables: FibBuilder| {
+        let h = FibHandle::new();
+        tables.publish(&h);
+        let mut dp = MemDataplane::new(&h, 2);
+        dp.preallocate(buffers);
+        dp
+    };
+    (node(tables(1, remotes)), node(tables_b()))
 }

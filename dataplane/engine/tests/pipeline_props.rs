@@ -119,10 +119,7 @@ proptest! {
         payload in prop::collection::vec(any::<u8>(), 0..1400),
         sport in any::<u16>(), dport in any::<u16>(), ttl in 3u8..=255, ident in any::<u16>(), df in any::<bool>(),
     ) {
-        let (ha, hb) = (FibHandle::new(), FibHandle::new());
-        testbed::tables(1, 1).publish(&ha);
-        testbed::tables_b().publish(&hb);
-        let (mut a, mut b) = (MemDataplane::new(&ha, 2), MemDataplane::new(&hb, 2));
+        let (mut a, mut b) = testbed::two_nodes(1, 0);
         let pod = testbed::pod(1);
         let peer = testbed::b_pod();
 
