@@ -19,3 +19,15 @@ fn xlaned_logs_plain_lines_to_a_pipe() {
     assert!(err.contains("ERROR") && err.contains("--uplink"), "{err}");
     assert!(!err.contains('\x1b'), "escape bytes in a piped log: {err:?}");
 }
+
+#[test]
+fn xlanectl_help_introduces_xlanectl() {
+    for flag in ["--help", "-h"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlanectl")).arg(flag).output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        let first = help.lines().next().unwrap_or_default();
+        assert!(first.contains("xlanectl") && first.contains("control socket"), "{flag}: {help}");
+        assert!(!first.contains("daemon"), "{flag}: {help}");
+    }
+}

@@ -8,9 +8,16 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use xlane_api::{Change, Client, EndpointSpec, Mac, Op, PortInfo, Reply, Table, Vtep};
 
-/// Inspect and drive xlaned: ports, routes, nodes, counters and drop reasons.
+/// xlanectl: the command-line client of xlaned's control socket.
+///
+/// It shows what the dataplane holds and counts: its status, the ports with their
+/// counters and the kernel's AF_XDP statistics, overlay routes, remote nodes, local
+/// endpoints, and the pipeline counters with every drop reason and the burst latency.
+/// It changes the tables: sets the VTEP, adds and removes nodes, routes and endpoints,
+/// applies a batch of changes from JSON in one step. `--json` prints xlaned's reply as it
+/// came. One command (`netdev-tx-checksum`) acts on an interface without xlaned.
 #[derive(Debug, Parser)]
-#[command(name = "xlanectl", version, about)]
+#[command(name = "xlanectl", version, verbatim_doc_comment)]
 struct Cli {
     /// xlaned's control socket.
     #[arg(long, env = "XLANE_SOCKET", default_value = "/run/xlane/xlaned.sock", global = true)]
