@@ -191,9 +191,25 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
 }
 
 fn print_ports(ports: &[PortInfo]) {
+    // After TX-FULL (xlane's own count), the kernel's AF_XDP statistics summed over the
+    // port's sockets.
     println!(
-        "{:>4}  {:<7} {:<16} {:<15} {:>2} {:<7} {:>12} {:>12} {:>9} {:>9}",
-        "PORT", "ROLE", "IFNAME", "IP", "Q", "XDP", "RX", "TX", "TX-FULL", "FILL-EMPTY"
+        "{:>4}  {:<7} {:<16} {:<15} {:>2} {:<7} {:>12} {:>12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "PORT",
+        "ROLE",
+        "IFNAME",
+        "IP",
+        "Q",
+        "XDP",
+        "RX",
+        "TX",
+        "TX-FULL",
+        "FILL-EMPTY",
+        "RX-FULL",
+        "RX-DROP",
+        "RX-INVAL",
+        "TX-INVAL",
+        "TX-EMPTY"
     );
     for p in ports {
         let ip = p.ip.map(|i| i.to_string()).unwrap_or_default();
@@ -205,8 +221,22 @@ fn print_ports(ports: &[PortInfo]) {
             p.xdp_mode.clone()
         };
         println!(
-            "{:>4}  {:<7} {:<16} {:<15} {:>2} {:<7} {:>12} {:>12} {:>9} {:>9}",
-            p.id, p.role, p.ifname, ip, p.queues, mode, p.rx, p.tx, p.tx_ring_full, p.rx_fill_ring_empty
+            "{:>4}  {:<7} {:<16} {:<15} {:>2} {:<7} {:>12} {:>12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            p.id,
+            p.role,
+            p.ifname,
+            ip,
+            p.queues,
+            mode,
+            p.rx,
+            p.tx,
+            p.tx_ring_full,
+            p.rx_fill_ring_empty,
+            p.rx_ring_full,
+            p.rx_dropped,
+            p.rx_invalid_descs,
+            p.tx_invalid_descs,
+            p.tx_ring_empty_descs
         );
     }
     for p in ports {
