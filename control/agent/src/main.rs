@@ -105,10 +105,7 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    xlane_config::init_logging();
     let code = match parse_cli().and_then(run) {
         Ok(()) => 0,
         Err(e) => {

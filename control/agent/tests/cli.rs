@@ -33,3 +33,17 @@ fn flag_beats_env_beats_file_beats_default() {
     assert!(e.contains("unknown field") && e.contains("sokcet"), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn logs_are_plain_lines_on_a_pipe() {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xlane-agent"));
+    c.args(["--socket", "/nonexistent/agent.sock", "status"])
+        .env_remove("XLANE_AGENT_CONFIG")
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info");
+    let out = c.output().unwrap();
+    assert!(!out.status.success(), "no agent listens on this socket");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ERROR") && err.contains("agent.sock"), "{err}");
+    assert!(!err.contains('\x1b'), "escape bytes in a piped log: {err:?}");
+}

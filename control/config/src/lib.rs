@@ -7,13 +7,29 @@
 //! flag names, a misspelt key is an error, and no second struct mirrors the flags. The
 //! `--config` field itself is `#[serde(skip)]`. [`layer`] fills every setting the user
 //! did not give from the file.
+//!
+//! [`init_logging`] is the binaries' one logging set-up.
 #![forbid(unsafe_code)]
 
 use clap::ArgMatches;
 use clap::parser::ValueSource;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+
+/// Log to stderr at `RUST_LOG`'s levels (default `info`), with ANSI colour only when
+/// stderr is a terminal and `NO_COLOR` is unset or empty: a log file or journal gets
+/// plain lines.
+pub fn init_logging() {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_target(true)
+        .init();
+}
 
 /// Settings that a config file can fill.
 pub trait Layered: Serialize + DeserializeOwned {

@@ -198,6 +198,18 @@ pub struct PortInfo {
     pub rx_fill_ring_empty: u64,
     /// Kernel: frames dropped because the RX ring was full.
     pub rx_ring_full: u64,
+    /// Kernel: frames dropped for reasons other than a full RX ring.
+    #[serde(default)]
+    pub rx_dropped: u64,
+    /// Kernel: invalid RX descriptors.
+    #[serde(default)]
+    pub rx_invalid_descs: u64,
+    /// Kernel: invalid TX descriptors (frames xlane handed over that the kernel refused).
+    #[serde(default)]
+    pub tx_invalid_descs: u64,
+    /// Kernel: times the kernel found the TX ring empty when it looked for work.
+    #[serde(default)]
+    pub tx_ring_empty_descs: u64,
     /// For a vhost-user port: its socket, frontend and guest-side counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost_user: Option<VhostUserInfo>,
@@ -363,6 +375,52 @@ mod tests {
         assert_eq!(code(br#"{"version":1,"op":"explode"}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"version":1,"op":"apply","changes":[{"kind":"add_route","prefix":"10.244.2.0/33","via":"1.2.3.4"}]}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"version":1,"op":"set_vtep","ip":"192.168.50.1","mac":"nope"}"#), ErrorCode::BadRequest);
+    }
+
+    fn port_info() -> PortInfo {
+        PortInfo {
+            id: 1,
+            role: "uplink".into(),
+            ifname: "eth0".into(),
+            ip: None,
+            queues: 2,
+            xdp_mode: "native".into(),
+            zero_copy: false,
+            rx: 10,
+            tx: 9,
+            tx_ring_full: 1,
+            rx_fill_ring_empty: 2,
+            rx_ring_full: 3,
+            rx_dropped: 4,
+            rx_invalid_descs: 5,
+            tx_invalid_descs: 6,
+            tx_ring_empty_descs: 7,
+            vhost_user: None,
+        }
+    }
+
+    #[test]
+    fn port_info_bytes_and_round_trip() {
+        let p = port_info();
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":1,"role":"uplink","ifname":"eth0","queues":2,"xdp_mode":"native","zero_copy":false,"rx":10,"tx":9,"tx_ring_full":1,"rx_fill_ring_empty":2,"rx_ring_full":3,"rx_dropped":4,"rx_invalid_descs":5,"tx_invalid_descs":6,"tx_ring_empty_descs":7}"#
+        );
+        assert_eq!(serde_json::from_str::<PortInfo>(&json).unwrap(), p);
+        let reply = Reply::Ports { ports: vec![p.clone()] };
+        let line = serde_json::to_string(&reply).unwrap();
+        assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), reply);
+    }
+
+    #[test]
+    fn port_info_from_an_older_daemon_parses() {
+        // Before the kernel's other four AF_XDP statistics were reported.
+        let old = r#"{"id":1,"role":"uplink","ifname":"eth0","queues":2,"xdp_mode":"native","zero_copy":false,"rx":10,"tx":9,"tx_ring_full":1,"rx_fill_ring_empty":2,"rx_ring_full":3}"#;
+        let p = serde_json::from_str::<PortInfo>(old).unwrap();
+        let zeroed =
+            PortInfo { rx_dropped: 0, rx_invalid_descs: 0, tx_invalid_descs: 0, tx_ring_empty_descs: 0, ..port_info() };
+        assert_eq!(p, zeroed);
     }
 
     #[test]

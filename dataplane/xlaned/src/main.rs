@@ -4,11 +4,7 @@
 use clap::Parser;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_target(true)
-        .init();
+    xlane_config::init_logging();
     let run = xlaned::config::Config::resolve(xlaned::config::Args::parse()).and_then(|cfg| xlaned::daemon::run(&cfg));
     if let Err(e) = run {
         tracing::error!("{e:#}");

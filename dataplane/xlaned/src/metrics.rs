@@ -53,7 +53,7 @@ pub fn render(workers: &[Arc<WorkerShared>], ports: &MetricPorts) -> String {
     }
     let ports = ports.load();
     type Get = fn(&MetricPort) -> u64;
-    let metrics: [(&str, &str, Get); 5] = [
+    let metrics: [(&str, &str, Get); 9] = [
         ("rx_frames", "Frames received on the port.", |p| p.sum(|c| c.0)),
         ("tx_frames", "Frames transmitted on the port.", |p| p.sum(|c| c.1)),
         ("tx_ring_full", "Frames dropped because the TX ring was full.", |p| p.sum(|c| c.2)),
@@ -61,6 +61,12 @@ pub fn render(workers: &[Arc<WorkerShared>], ports: &MetricPorts) -> String {
             p.kernel(|k| k.rx_fill_ring_empty_descs)
         }),
         ("rx_ring_full", "Kernel: frames dropped because the RX ring was full.", |p| p.kernel(|k| k.rx_ring_full)),
+        ("rx_dropped", "Kernel: frames dropped for reasons other than a full RX ring.", |p| p.kernel(|k| k.rx_dropped)),
+        ("rx_invalid_descs", "Kernel: invalid RX descriptors.", |p| p.kernel(|k| k.rx_invalid_descs)),
+        ("tx_invalid_descs", "Kernel: invalid TX descriptors.", |p| p.kernel(|k| k.tx_invalid_descs)),
+        ("tx_ring_empty_descs", "Kernel: times the TX ring was empty when the kernel looked.", |p| {
+            p.kernel(|k| k.tx_ring_empty_descs)
+        }),
     ];
     for (metric, help, get) in metrics {
         let _ = writeln!(out, "# HELP xlane_port_{metric}_total {help}\n# TYPE xlane_port_{metric}_total counter");

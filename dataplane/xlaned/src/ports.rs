@@ -133,6 +133,10 @@ impl<A> Port<A> {
             tx_ring_full: tx_dropped,
             rx_fill_ring_empty: kernel(|k| k.rx_fill_ring_empty_descs),
             rx_ring_full: kernel(|k| k.rx_ring_full),
+            rx_dropped: kernel(|k| k.rx_dropped),
+            rx_invalid_descs: kernel(|k| k.rx_invalid_descs),
+            tx_invalid_descs: kernel(|k| k.tx_invalid_descs),
+            tx_ring_empty_descs: kernel(|k| k.tx_ring_empty_descs),
             vhost_user,
         }
     }

@@ -8,9 +8,16 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use xlane_api::{Change, Client, EndpointSpec, Mac, Op, PortInfo, Reply, Table, Vtep};
 
-/// Inspect and drive xlaned: ports, routes, nodes, counters and drop reasons.
+/// xlanectl: the command-line client of xlaned's control socket.
+///
+/// It shows what the dataplane holds and counts: its status, the ports with their
+/// counters and the kernel's AF_XDP statistics, overlay routes, remote nodes, local
+/// endpoints, and the pipeline counters with every drop reason and the burst latency.
+/// It changes the tables: sets the VTEP, adds and removes nodes, routes and endpoints,
+/// applies a batch of changes from JSON in one step. `--json` prints xlaned's reply as it
+/// came. One command (`netdev-tx-checksum`) acts on an interface without xlaned.
 #[derive(Debug, Parser)]
-#[command(name = "xlanectl", version, about)]
+#[command(name = "xlanectl", version, verbatim_doc_comment)]
 struct Cli {
     /// xlaned's control socket.
     #[arg(long, env = "XLANE_SOCKET", default_value = "/run/xlane/xlaned.sock", global = true)]
@@ -184,9 +191,25 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
 }
 
 fn print_ports(ports: &[PortInfo]) {
+    // After TX-FULL (xlane's own count), the kernel's AF_XDP statistics summed over the
+    // port's sockets.
     println!(
-        "{:>4}  {:<7} {:<16} {:<15} {:>2} {:<7} {:>12} {:>12} {:>9} {:>9}",
-        "PORT", "ROLE", "IFNAME", "IP", "Q", "XDP", "RX", "TX", "TX-FULL", "FILL-EMPTY"
+        "{:>4}  {:<7} {:<16} {:<15} {:>2} {:<7} {:>12} {:>12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "PORT",
+        "ROLE",
+        "IFNAME",
+        "IP",
+        "Q",
+        "XDP",
+        "RX",
+        "TX",
+        "TX-FULL",
+        "FILL-EMPTY",
+        "RX-FULL",
+        "RX-DROP",
+        "RX-INVAL",
+        "TX-INVAL",
+        "TX-EMPTY"
     );
     for p in ports {
         let ip = p.ip.map(|i| i.to_string()).unwrap_or_default();
@@ -198,8 +221,22 @@ fn print_ports(ports: &[PortInfo]) {
             p.xdp_mode.clone()
         };
         println!(
-            "{:>4}  {:<7} {:<16} {:<15} {:>2} {:<7} {:>12} {:>12} {:>9} {:>9}",
-            p.id, p.role, p.ifname, ip, p.queues, mode, p.rx, p.tx, p.tx_ring_full, p.rx_fill_ring_empty
+            "{:>4}  {:<7} {:<16} {:<15} {:>2} {:<7} {:>12} {:>12} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            p.id,
+            p.role,
+            p.ifname,
+            ip,
+            p.queues,
+            mode,
+            p.rx,
+            p.tx,
+            p.tx_ring_full,
+            p.rx_fill_ring_empty,
+            p.rx_ring_full,
+            p.rx_dropped,
+            p.rx_invalid_descs,
+            p.tx_invalid_descs,
+            p.tx_ring_empty_descs
         );
     }
     for p in ports {
