@@ -47,6 +47,8 @@ fi
 if ! command -v kubernetes-validate >/dev/null; then
     log "installing kubernetes-validate (pip)"
     python3 -m pip install -q kubernetes-validate
+    # A pyenv-managed Python makes the new command visible only after a rehash.
+    if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
 if [ "$(id -u)" -ne 0 ]; then
     echo "warning: not root: privileged tests will be skipped (CI runs them as root)" >&2
