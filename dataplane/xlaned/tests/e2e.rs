@@ -293,22 +293,13 @@ fn pods_nodes_and_the_pinhole() {
     assert!(json["pipeline"]["encapsulated"].as_u64().unwrap() > 70_000, "{}", json["pipeline"]);
     // Every port carries the kernel's AF_XDP statistics, in `ports` and in `counters`.
     let ports: serde_json::Value = serde_json::from_str(&ctl(&["--json", "ports"])).unwrap();
-    for list in [&ports["ports"], &json["ports"]] {
-        let list = list.as_array().unwrap();
-        assert!(!list.is_empty());
-        for p in list {
-            for key in [
-                "rx_fill_ring_empty",
-                "rx_ring_full",
-                "rx_dropped",
-                "rx_invalid_descs",
-                "tx_invalid_descs",
-                "tx_ring_empty_descs",
-            ] {
-                assert!(p[key].is_u64(), "{key} missing: {p}");
-            }
+    let rx = ["rx_fill_ring_empty", "rx_ring_full", "rx_dropped", "rx_invalid_descs"];
+    for p in [&ports["ports"], &json["ports"]].into_iter().flat_map(|l| l.as_array().unwrap()) {
+        for key in rx.into_iter().chain(["tx_invalid_descs", "tx_ring_empty_descs"]) {
+            assert!(p[key].is_u64(), "{key} missing: {p}");
         }
     }
+    assert!([&ports["ports"], &json["ports"]].iter().all(|l| !l.as_array().unwrap().is_empty()));
     let table = ctl(&["ports"]);
     assert!(table.contains("RX-FULL") && table.contains("RX-DROP") && table.contains("TX-EMPTY"), "{table}");
     assert!(ctl(&["routes"]).contains("10.244.2.0/24"));
