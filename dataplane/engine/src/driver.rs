@@ -113,15 +113,8 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
         }
     }
 
-    /// Receive one burst from entry `index` and forward it; returns frames received.
-    ///
-    /// # Panics
-    /// If `index` is not an entry.
-    pub fn poll_port(&mut self, fib: &Fib, index: usize) -> usize {
-        self.poll_port_with(fib, index, &mut [Packet::default(); BURST])
-    }
-
-    fn poll_port_with(&mut self, fib: &Fib, index: usize, rx: &mut [Packet<M::Buf>; BURST]) -> usize {
+    /// Receive one burst from entry `index` into `rx` and forward it; frames received.
+    fn poll_port(&mut self, fib: &Fib, index: usize, rx: &mut [Packet<M::Buf>; BURST]) -> usize {
         let (ingress, n) = self.receive(index, rx);
         if n > 0 {
             self.forward(fib, ingress, &rx[..n]);
@@ -131,7 +124,7 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
 
     /// Receive one burst from entry `index` into `rx` (counted on the port); returns the
     /// port's id and how many frames. The caller owns them: [`forward`](Self::forward)
-    /// them (the two halves of [`poll_port`](Self::poll_port), for a caller that times
+    /// them (the two halves of what [`poll`](Self::poll) does per entry, for a caller that times
     /// the forwarding alone).
     ///
     /// # Panics
@@ -151,7 +144,7 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
         // empty poll.
         let mut rx = [Packet::default(); BURST];
         for i in 0..self.ports.len() {
-            work += self.poll_port_with(fib, i, &mut rx);
+            work += self.poll_port(fib, i, &mut rx);
         }
         self.service();
         work

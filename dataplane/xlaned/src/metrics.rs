@@ -83,10 +83,7 @@ pub fn render(workers: &[Arc<WorkerShared>], ports: &MetricPorts) -> String {
         out,
         "# HELP xlane_burst_latency_ns Burst forwarding latency (RX to TX flush).\n# TYPE xlane_burst_latency_ns summary"
     );
-    let mut lat = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2).expect("static bounds");
-    for w in workers {
-        let _ = lat.add(&**w.latency.load());
-    }
+    let (lat, _) = WorkerShared::merged(workers.iter().map(AsRef::as_ref));
     for q in [0.5, 0.99, 0.999] {
         let _ = writeln!(
             out,

@@ -13,7 +13,7 @@
 
 use crate::host::Host;
 use crate::ports::{Attaching, Port, Role, WorkerEvent};
-use crate::worker::{Command, WorkerHandle, new_burst, new_latency};
+use crate::worker::{Command, WorkerHandle, WorkerShared};
 use crossbeam_channel::{Receiver, Sender};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, HashMap};
@@ -467,11 +467,7 @@ impl<H: Host> State<H> {
 
     fn counters(&self) -> Counters {
         let c = self.pipeline_counters();
-        let (mut latency, mut burst) = (new_latency(), new_burst());
-        for w in &self.workers {
-            let _ = latency.add(&**w.shared.latency.load());
-            let _ = burst.add(&**w.shared.burst.load());
-        }
+        let (latency, burst) = WorkerShared::merged(self.workers.iter().map(|w| w.shared.as_ref()));
         let pct = |h: &hdrhistogram::Histogram<u64>| -> BTreeMap<String, u64> {
             if h.is_empty() {
                 return BTreeMap::new();

@@ -51,6 +51,17 @@ pub fn new_burst() -> Histogram<u64> {
 }
 
 impl WorkerShared {
+    /// Burst latency and burst size summed over `workers`, as last published.
+    #[must_use]
+    pub fn merged<'a>(workers: impl IntoIterator<Item = &'a Self>) -> (Histogram<u64>, Histogram<u64>) {
+        let (mut latency, mut burst) = (new_latency(), new_burst());
+        for w in workers {
+            let _ = latency.add(&**w.latency.load());
+            let _ = burst.add(&**w.burst.load());
+        }
+        (latency, burst)
+    }
+
     fn new() -> Self {
         Self {
             counters: Arc::new(CoreCounters::default()),
