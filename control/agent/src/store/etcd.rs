@@ -124,6 +124,9 @@ impl EtcdStore {
                 Err(StoreError::Io { what, source }) => {
                     tracing::debug!(attempt, %what, error = %source, "etcd call failed; reconnecting");
                     last = Some(StoreError::Io { what, source });
+                    // Back off a little: a member that just died or a leader election
+                    // settles within the cluster's election timeout.
+                    std::thread::sleep(Duration::from_millis(100 << attempt));
                     self.reconnect();
                 }
                 other => return other,
