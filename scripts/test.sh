@@ -2,8 +2,8 @@
 # Every test of the project, on a fresh machine of the lab's kind, as root.
 # Installs the system packages the tests need (ping, etcd, protoc for the etcd client,
 # Debian's CNI reference plugins, iptables for portmap, busybox, podman + runc, DPDK's
-# testpmd as a vhost-user frontend) and PyPI's kubernetes-validate, then
-# lints, builds and tests.
+# testpmd as a vhost-user frontend, tcpdump, traceroute, tracepath) and PyPI's
+# kubernetes-validate, then lints, builds and tests.
 # Privileged tests (namespaces, XDP, AF_XDP) run for real; with CI=true a missing
 # privilege or tool fails them instead of skipping.
 set -euo pipefail
@@ -24,6 +24,10 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 [ -x /usr/bin/dpdk-testpmd ] || need+=(dpdk dpdk-dev)
+# Seeing packets: capture read back by tcpdump, hops listed by traceroute/tracepath.
+command -v tcpdump >/dev/null || need+=(tcpdump)
+command -v traceroute >/dev/null || need+=(traceroute)
+command -v tracepath >/dev/null || need+=(iputils-tracepath)
 # QEMU 7.2 for the vhost-user handshake test (no guest is booted, so no GUI or firmware
 # extras: installed without recommends).
 bare=()
