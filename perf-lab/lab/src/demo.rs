@@ -1,10 +1,12 @@
 //! `demo`: the first thing a newcomer runs. A lab of N nodes in network namespaces (a
 //! fabric namespace with a bridge as the underlay; each node a namespace with its uplink,
 //! xlaned and xlane-agent), pods attached through the real CNI plugin, then ping, a TCP
-//! transfer and a short UDP packet-rate test between pods on different nodes, a summary,
-//! and a teardown that leaves nothing behind — also on Ctrl-C or failure. A rerun after a
+//! transfer and a short UDP packet-rate test between pods on different nodes, a summary
+//! that says where the datagrams that did not arrive were lost ([`crate::losses`]), and
+//! a teardown that leaves nothing behind — also on Ctrl-C or failure. A rerun after a
 //! crash first removes what the dead run left.
 
+use crate::losses::{Ledger, Path};
 use crate::traffic;
 use anyhow::Context as _;
 use std::sync::Arc;
@@ -66,7 +68,7 @@ pub fn run(opts: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
             pods.push(cluster.attach_pod(i, &format!("pod{i}"))?);
             interrupted()?;
         }
-        let result = measure(&pods, opts, stop, &interrupted, total)?;
+        let result = measure(&cluster, &pods, opts, stop, &interrupted, total)?;
         print_summary(&cluster, &pods, &result, t0.elapsed());
         if let Some(path) = &opts.json {
             std::fs::write(path, serde_json::to_vec_pretty(&result.to_json(&cluster, &pods))?)?;
@@ -98,6 +100,8 @@ pub struct Measured {
     pub tcp: traffic::TcpStats,
     /// UDP packet rate.
     pub udp: traffic::UdpStats,
+    /// Where the UDP test's datagrams went.
+    pub udp_losses: Ledger,
 }
 
 impl Measured {
@@ -107,12 +111,14 @@ impl Measured {
             "pods": pods.iter().map(|p| serde_json::json!({"node": p.node, "ip": p.ip})).collect::<Vec<_>>(),
             "ping": {"sent": self.ping.sent, "received": self.ping.received, "rtt_avg_ms": self.ping.rtt_avg_ms},
             "tcp": {"bytes": self.tcp.bytes, "seconds": self.tcp.seconds, "intact": self.tcp.intact, "gbit_s": self.tcp.gbit_s()},
-            "udp": {"frame_bytes": 64, "sent": self.udp.sent, "received": self.udp.received, "seconds": self.udp.seconds, "pps": self.udp.pps()},
+            "udp": {"frame_bytes": 64, "sent": self.udp.sent, "send_errors": self.udp.send_errors, "received": self.udp.received,
+                "seconds": self.udp.seconds, "pps": self.udp.pps(), "losses": self.udp_losses},
         })
     }
 }
 
 fn measure(
+    cluster: &Cluster,
     pods: &[CniPod],
     opts: &Options,
     stop: &AtomicBool,
@@ -128,11 +134,17 @@ fn measure(
     let tcp = traffic::tcp_transfer(&a.ns, &b.ns, b.ip, opts.tcp_mb * 1_000_000, stop)?;
     anyhow::ensure!(tcp.intact, "the TCP transfer arrived corrupted");
     interrupted()?;
+    // Every counter on the way, before and after, to say where the datagrams that did
+    // not arrive were lost.
+    let path = Path { lab: &cluster.lab, xlane: Some(cluster), sender: &a.ns, receiving_app: Some(&b.ns) };
+    let before = path.snapshot()?;
     step(5, total, &format!("UDP: 64-byte packets for {:.1} s (at most 5 M), 16 flows", opts.udp_seconds));
     let udp = traffic::udp_rate(&a.ns, &b.ns, b.ip, Duration::from_secs_f64(opts.udp_seconds), 5_000_000, 16, stop)?;
     anyhow::ensure!(udp.received > 0, "no UDP packet arrived");
     interrupted()?;
-    Ok(Measured { ping, tcp, udp })
+    let udp_losses = Ledger::from_snapshots(udp.offered(), udp.received, udp.send_errors, &before, &path.snapshot()?);
+    interrupted()?;
+    Ok(Measured { ping, tcp, udp, udp_losses })
 }
 
 fn print_summary(cluster: &Cluster, pods: &[CniPod], m: &Measured, elapsed: Duration) {
@@ -159,6 +171,7 @@ fn print_summary(cluster: &Cluster, pods: &[CniPod], m: &Measured, elapsed: Dura
         m.udp.seconds,
         m.udp.pps() / 1000.0
     );
+    println!("         {}", m.udp_losses.summary());
     for i in 0..cluster.nodes.len() {
         if let Ok(c) = cluster.counters(i) {
             let drops: u64 = c.drops.values().sum();

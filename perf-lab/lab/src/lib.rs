@@ -9,6 +9,7 @@ pub mod demo;
 pub mod forward;
 pub mod interop;
 pub mod kernel;
+pub mod losses;
 pub mod report;
 pub mod traffic;
 pub mod vhost_bench;

@@ -98,6 +98,8 @@ pub fn tcp_transfer(
 pub struct UdpStats {
     /// Packets sent.
     pub sent: u64,
+    /// Sends the sender's sockets refused (ENOBUFS and friends under overload).
+    pub send_errors: u64,
     /// Packets received.
     pub received: u64,
     /// Seconds the sender ran.
@@ -105,6 +107,12 @@ pub struct UdpStats {
 }
 
 impl UdpStats {
+    /// Packets the sender tried to send.
+    #[must_use]
+    pub fn offered(&self) -> u64 {
+        self.sent + self.send_errors
+    }
+
     /// Received packets per second.
     #[must_use]
     pub fn pps(&self) -> f64 {
@@ -154,12 +162,14 @@ pub fn udp_rate(
     let dst = SocketAddrV4::new(to_ip, 5300);
     let payload = [0x5au8; 18];
     let t0 = Instant::now();
-    let mut sent = 0u64;
-    'send: while sent < max_packets {
+    let (mut sent, mut send_errors) = (0u64, 0u64);
+    'send: while sent + send_errors < max_packets {
         for s in &sockets {
-            // ENOBUFS and friends under overload are drops, not errors.
+            // ENOBUFS and friends under overload are losses at the sender, not errors.
             if s.send_to(&payload, dst).is_ok() {
                 sent += 1;
+            } else {
+                send_errors += 1;
             }
         }
         if t0.elapsed() >= duration || stop.load(Ordering::Relaxed) {
@@ -169,7 +179,7 @@ pub fn udp_rate(
     let seconds = t0.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?;
-    Ok(UdpStats { sent, received: received.load(Ordering::Relaxed), seconds })
+    Ok(UdpStats { sent, send_errors, received: received.load(Ordering::Relaxed), seconds })
 }
 
 /// A 60-byte Ethernet/IPv4/UDP frame (64 on a wire with its FCS) from `src` to
@@ -198,7 +208,8 @@ pub fn udp_template(dst_mac: Mac, src_mac: Mac, src: Ipv4Addr, dst: Ipv4Addr, ds
 /// What [`udp_flood`] sent.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Flood {
-    /// Frames the kernel took for transmission.
+    /// Frames the kernel took for transmission (not those still in the TX ring when
+    /// the socket closed).
     pub sent: u64,
     /// Seconds spent sending.
     pub seconds: f64,
@@ -253,5 +264,6 @@ pub fn udp_flood(dev: &str, template: &[u8], frames: u64, max: Duration) -> anyh
         port.flush_tx(8);
         umem.reap_completions(&mut port);
     }
-    Ok(Flood { sent, seconds: t0.elapsed().as_secs_f64() })
+    // What the kernel never took was never sent.
+    Ok(Flood { sent: sent - u64::from(port.tx_pending()), seconds: t0.elapsed().as_secs_f64() })
 }
