@@ -7,12 +7,15 @@
 //! * 64-byte UDP packet rate over many flows: the lab's generator
 //!   ([`traffic::udp_flood`], AF_XDP copy-mode TX out of the sender pod's interface,
 //!   random source ports) sends a fixed count; the rate is what the receiver pod's
-//!   interface counted over the generator's sending time.
+//!   interface counted over the generator's sending time; where the frames that did not
+//!   arrive were lost ([`crate::losses`]: xlane's rings, its pipeline, the veths and the
+//!   fabric) from the counters along the path before and after the run.
 //! * UDP request/response latency: a client in the sender pod, an echo server in the
 //!   receiver pod, one request in flight; p50/p99/p99.9 from hdrhistogram.
 //! * TCP: iperf3, one stream and four.
 
 use crate::kernel;
+use crate::losses::{Ledger, Path};
 use crate::{forward, traffic};
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
@@ -106,6 +109,10 @@ pub struct Results {
     /// forwarders of [`IoResult`].
     #[serde(default)]
     pub encap_pps: Option<f64>,
+    /// Where the median packet-rate run's offered frames went (delivery counted at the
+    /// receiving pod's interface); absent in reports from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub losses: Option<Ledger>,
 }
 
 /// An I/O-ceiling forwarder.
@@ -149,8 +156,8 @@ struct Testbed {
     // Pods before what they live on.
     cni_pods: Vec<CniPod>,
     kernel_pods: Vec<Netns>,
-    _cluster: Option<Cluster>,
-    _lab: Option<Lab>,
+    cluster: Option<Cluster>,
+    lab: Option<Lab>,
     receiver_ip: Ipv4Addr,
     sender_ip: Ipv4Addr,
 }
@@ -162,6 +169,10 @@ impl Testbed {
 
     fn receiver(&self) -> &Netns {
         self.cni_pods.get(1).map_or_else(|| &self.kernel_pods[1], |p| &p.ns)
+    }
+
+    fn lab(&self) -> &Lab {
+        self.cluster.as_ref().map_or_else(|| self.lab.as_ref().expect("a kernel testbed has its lab"), |c| &c.lab)
     }
 }
 
@@ -181,8 +192,8 @@ fn setup(c: Contender) -> anyhow::Result<Testbed> {
             Ok(Testbed {
                 cni_pods: pods,
                 kernel_pods: vec![],
-                _cluster: Some(cluster),
-                _lab: None,
+                cluster: Some(cluster),
+                lab: None,
                 receiver_ip,
                 sender_ip,
             })
@@ -192,7 +203,7 @@ fn setup(c: Contender) -> anyhow::Result<Testbed> {
             let baseline = if c == Contender::KernelVxlan { kernel::Baseline::Vxlan } else { kernel::Baseline::HostGw };
             let pods = kernel::two_pods(&lab, baseline)?.into();
             let (sender_ip, receiver_ip) = (lab.nodes[0].subnet.pod(0), lab.nodes[1].subnet.pod(0));
-            Ok(Testbed { cni_pods: vec![], kernel_pods: pods, _cluster: None, _lab: Some(lab), receiver_ip, sender_ip })
+            Ok(Testbed { cni_pods: vec![], kernel_pods: pods, cluster: None, lab: Some(lab), receiver_ip, sender_ip })
         }
     }
 }
@@ -216,9 +227,11 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
             rates.push(udp_rate(&tb, w.udp_frames)?);
             anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
         }
-        rates.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (udp_pps, offered_pps, encap_pps) = rates[rates.len() / 2];
+        rates.sort_by(|a, b| a.received_pps.total_cmp(&b.received_pps));
+        let median = rates.swap_remove(rates.len() / 2);
+        let (udp_pps, offered_pps) = (median.received_pps, median.offered_pps);
         eprintln!("      {:.0} kpps received of {:.0} kpps offered", udp_pps / 1e3, offered_pps / 1e3);
+        eprintln!("      {}", median.ledger.summary());
         eprintln!("      UDP request/response, {} round trips", w.rr_requests);
         let latency = request_response(tb.sender(), tb.receiver(), tb.receiver_ip, w.rr_requests, stop)?;
         eprintln!("      p50 {:.1} µs, p99 {:.1} µs", latency.p50_us, latency.p99_us);
@@ -234,7 +247,8 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
             latency,
             tcp1_gbit,
             tcp4_gbit,
-            encap_pps,
+            encap_pps: median.encap_pps,
+            losses: Some(median.ledger),
         });
         drop(tb);
     }
@@ -242,13 +256,24 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
 }
 
 fn rx_packets(ns: &Netns, dev: &str) -> anyhow::Result<u64> {
-    // Through `ip -s -j`: sysfs shows the namespace it was mounted in, not the thread's.
-    let v: serde_json::Value = serde_json::from_str(&ns.ip(&["-s", "-j", "link", "show", "dev", dev])?)?;
-    v[0]["stats64"]["rx"]["packets"].as_u64().context("no rx packet count in ip -s -j")
+    let links = crate::losses::link_counters(ns)?;
+    Ok(links.get(dev).with_context(|| format!("no {dev} in {}", ns.name()))?.rx_packets)
 }
 
-/// One generator run: (received pps, offered pps, for xlane: encapsulated pps).
-fn udp_rate(tb: &Testbed, frames: u32) -> anyhow::Result<(f64, f64, Option<f64>)> {
+/// One generator run.
+#[derive(Debug)]
+struct RateRun {
+    /// Frames per second the receiving pod's interface counted.
+    received_pps: f64,
+    /// Frames per second the generator offered.
+    offered_pps: f64,
+    /// xlane: frames per second node 0 sent out of its uplink.
+    encap_pps: Option<f64>,
+    /// Where the offered frames went.
+    ledger: Ledger,
+}
+
+fn udp_rate(tb: &Testbed, frames: u32) -> anyhow::Result<RateRun> {
     let (snd, rcv) = (tb.sender(), tb.receiver());
     // The sender's gateway MAC, as the pod resolved it (the ping above made it).
     let route = snd.ip(&["-4", "route", "show", "default"])?;
@@ -263,9 +288,13 @@ fn udp_rate(tb: &Testbed, frames: u32) -> anyhow::Result<(f64, f64, Option<f64>)
     let frame = traffic::udp_template(gw_mac.parse()?, snd.mac("eth0")?.parse()?, tb.sender_ip, tb.receiver_ip, 5300);
     // A bound socket keeps the receiver from answering with port-unreachables.
     let _sink = rcv.enter(|| UdpSocket::bind(SocketAddrV4::new(tb.receiver_ip, 5300)))??;
+    // Delivery is counted at the receiving pod's interface (the sink never reads), so
+    // the receiver's socket is no place of loss here.
+    let path = Path { lab: tb.lab(), xlane: tb.cluster.as_ref(), sender: snd, receiving_app: None };
+    let counters_before = path.snapshot()?;
     let before = rx_packets(rcv, "eth0")?;
     // Node 0's uplink as the fabric sees it.
-    let uplink = tb._cluster.as_ref().map(|c| (&c.lab.fabric, "n0"));
+    let uplink = tb.cluster.as_ref().map(|c| (&c.lab.fabric, "n0"));
     let uplink_before = uplink.map(|(ns, dev)| rx_packets(ns, dev)).transpose()?;
     let flood = snd.enter(|| traffic::udp_flood("eth0", &frame, u64::from(frames), Duration::from_secs(20)))??;
     // Let the last frames drain through both nodes.
@@ -275,7 +304,13 @@ fn udp_rate(tb: &Testbed, frames: u32) -> anyhow::Result<(f64, f64, Option<f64>)
         (Some((ns, dev)), Some(b)) => Some((rx_packets(ns, dev)? - b) as f64 / flood.seconds),
         _ => None,
     };
-    Ok((got as f64 / flood.seconds, flood.sent as f64 / flood.seconds, encap))
+    let ledger = Ledger::from_snapshots(flood.sent, got, 0, &counters_before, &path.snapshot()?);
+    Ok(RateRun {
+        received_pps: got as f64 / flood.seconds,
+        offered_pps: flood.sent as f64 / flood.seconds,
+        encap_pps: encap,
+        ledger,
+    })
 }
 
 /// Sequential UDP echoes from `client` to `server_ip:5400` in `server`.

@@ -3,6 +3,7 @@
 //! ratio against the goals in DESIGN.md, and SVG charts.
 
 use crate::bench::{Contender, Forwarder, IoResult, Results, Workload};
+use crate::losses::{Ledger, Stage};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -194,6 +195,7 @@ impl Report {
                 r.tcp4_gbit
             );
         }
+        self.where_frames_went(&mut m);
         if !self.io.is_empty() {
             let _ = writeln!(
                 m,
@@ -255,6 +257,49 @@ impl Report {
             }
         }
         m
+    }
+
+    /// The table of where each contender's offered frames went, for the runs that
+    /// recorded it, and each run's ledger in words.
+    fn where_frames_went(&self, m: &mut String) {
+        let ledgers: Vec<(Contender, &Ledger)> =
+            self.results.iter().filter_map(|r| Some((r.contender, r.losses.as_ref()?))).collect();
+        if ledgers.is_empty() {
+            return;
+        }
+        // `bench` counts delivery at the receiving pod's interface, so its socket is no
+        // place of loss there: a column only if a run did count it.
+        let stages: Vec<Stage> = Stage::ALL
+            .into_iter()
+            .filter(|s| *s != Stage::Receiver || ledgers.iter().any(|(_, l)| l.at(*s) > 0))
+            .collect();
+        let _ = writeln!(
+            m,
+            "\nWhere the offered 64-byte frames went (the median run; delivered: counted at the receiving \
+             pod's interface). xlane rings: the kernel's AF_XDP statistics of xlane's sockets (RX ring full, \
+             RX dropped) and xlane's own TX-ring refusals; wire: the kernel's drops sending out of a veth \
+             (node uplinks, pod veths, the fabric bridge's ports).\n"
+        );
+        let titles: Vec<&str> = stages.iter().map(|s| s.title()).collect();
+        let _ = writeln!(m, "| contender | offered | delivered | lost | {} | unaccounted |", titles.join(" | "));
+        let _ = writeln!(m, "|---|---:|---:|---:|{}---:|", "---:|".repeat(stages.len()));
+        for (c, l) in &ledgers {
+            let at: Vec<String> = stages.iter().map(|s| l.at(*s).to_string()).collect();
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} |",
+                c.name(),
+                l.offered,
+                l.delivered,
+                l.lost(),
+                at.join(" | "),
+                l.unaccounted()
+            );
+        }
+        let _ = writeln!(m);
+        for (c, l) in &ledgers {
+            let _ = writeln!(m, "- {}: {}", c.name(), l.summary());
+        }
     }
 
     /// SVG bar charts (packet rate, latency, TCP) into `dir`; their paths.

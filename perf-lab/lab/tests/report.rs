@@ -1,8 +1,10 @@
 //! The report generator on a recorded run (`fixtures/report.json`, a full `bench` on this
 //! machine): every contender in the table, every goal with its ratio and verdict, and
-//! charts a browser can show.
+//! charts a browser can show; and where the offered frames went, once a run records it
+//! (the recorded run predates that: it stays as the check that old reports still load).
 
 use xlane_lab::bench::{Contender, Forwarder};
+use xlane_lab::losses::{Ledger, Loss, Stage};
 use xlane_lab::report::Report;
 
 fn recorded() -> Report {
@@ -56,4 +58,48 @@ fn markdown_has_every_result_and_goal() {
     let again: Report = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(again, r);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn where_the_offered_frames_went() {
+    let mut r = recorded();
+    assert!(r.results.iter().all(|x| x.losses.is_none()), "the recorded run predates ledgers");
+    assert!(!r.markdown(&[]).contains("Where the offered"), "no ledger, no table");
+    let loss = |stage, place: &str, frames| Loss { stage, place: place.into(), frames };
+    let mut ledger = |c, l| r.results.iter_mut().find(|x| x.contender == c).unwrap().losses = Some(l);
+    // What a run records: xlane's sockets lost most of what the generator offered.
+    ledger(
+        Contender::Xlane,
+        Ledger {
+            offered: 100_000,
+            delivered: 25_000,
+            losses: vec![
+                loss(Stage::XlaneRings, "xlane RX ring full on node 1 eth0 (uplink)", 70_000),
+                loss(Stage::XlanePipeline, "xlane pipeline on node 0: no_route", 3),
+                loss(Stage::Wire, "kernel dropped sending out of fabric n1", 4_000),
+            ],
+        },
+    );
+    ledger(
+        Contender::KernelVxlan,
+        Ledger {
+            offered: 100_000,
+            delivered: 60_000,
+            losses: vec![loss(Stage::Wire, "kernel dropped sending out of node 1 veth0", 40_000)],
+        },
+    );
+    let md = r.markdown(&[]);
+    let header =
+        "| contender | offered | delivered | lost | sender | xlane rings | xlane pipeline | wire | unaccounted |";
+    assert!(md.contains(header), "{md}");
+    assert!(md.contains("| xlane | 100000 | 25000 | 75000 | 0 | 70000 | 3 | 4000 | 997 |"), "{md}");
+    assert!(md.contains("| kernel VXLAN | 100000 | 60000 | 40000 | 0 | 0 | 0 | 40000 | 0 |"), "{md}");
+    assert!(md.contains(
+        "- xlane: lost 75000 of 100000: 70000 xlane RX ring full on node 1 eth0 (uplink), 4000 kernel dropped \
+         sending out of fabric n1, 3 xlane pipeline on node 0: no_route, unaccounted 997"
+    ));
+    // Contenders without a ledger have no row.
+    assert!(!md.contains("| kernel host-gw | 100000"));
+    let again: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    assert_eq!(again, r);
 }
