@@ -96,8 +96,8 @@ impl Ledger {
         self.losses.iter().map(|l| l.frames).sum()
     }
 
-    /// Lost frames no counter explains; negative when the places counted more drops
-    /// than frames went missing (other traffic dropped at the same places).
+    /// Lost frames no counter explains; negative when the places counted more than went
+    /// missing (other traffic dropped there, or counted where delivery is counted).
     #[must_use]
     pub fn unaccounted(&self) -> i64 {
         i64::try_from(self.lost()).unwrap_or(i64::MAX) - i64::try_from(self.accounted()).unwrap_or(i64::MAX)
@@ -122,7 +122,7 @@ impl Ledger {
         match self.unaccounted() {
             0 => {}
             n if n > 0 => parts.push(format!("unaccounted {n}")),
-            n => parts.push(format!("counted {} more drops than frames lost (other traffic)", -n)),
+            n => parts.push(format!("over-counted {} (other traffic at these places)", -n)),
         }
         format!("lost {} of {}: {}", self.lost(), self.offered, parts.join(", "))
     }
@@ -457,7 +457,7 @@ mod tests {
         // More drops than missing frames: other traffic was dropped at the same places.
         let l = Ledger::from_snapshots(1_000, 990, 20, &s, &after);
         assert_eq!(l.unaccounted(), -40);
-        assert!(l.summary().ends_with("counted 40 more drops than frames lost (other traffic)"), "{}", l.summary());
+        assert!(l.summary().ends_with(", over-counted 40 (other traffic at these places)"), "{}", l.summary());
         // Nothing lost, nothing counted.
         let l = Ledger::from_snapshots(1_000, 1_000, 0, &s, &s);
         assert_eq!(l.summary(), "nothing lost of 1000");

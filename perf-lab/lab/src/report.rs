@@ -278,7 +278,8 @@ impl Report {
             "\nWhere the offered 64-byte frames went (the median run; delivered: counted at the receiving \
              pod's interface). xlane rings: the kernel's AF_XDP statistics of xlane's sockets (RX ring full, \
              RX dropped) and xlane's own TX-ring refusals; wire: the kernel's drops sending out of a veth \
-             (node uplinks, pod veths, the fabric bridge's ports).\n"
+             (node uplinks, pod veths, the fabric bridge's ports); unaccounted: lost frames no counter explains \
+             (negative: the counters saw more than went missing, other traffic on the same links).\n"
         );
         let titles: Vec<&str> = stages.iter().map(|s| s.title()).collect();
         let _ = writeln!(m, "| contender | offered | delivered | lost | {} | unaccounted |", titles.join(" | "));
