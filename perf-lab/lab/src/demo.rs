@@ -6,7 +6,7 @@
 //! a teardown that leaves nothing behind — also on Ctrl-C or failure. A rerun after a
 //! crash first removes what the dead run left.
 
-use crate::losses::{Ledger, Path};
+use crate::losses::{self, Ledger, Path};
 use crate::traffic;
 use anyhow::Context as _;
 use std::sync::Arc;
@@ -175,13 +175,16 @@ fn print_summary(cluster: &Cluster, pods: &[CniPod], m: &Measured, elapsed: Dura
     for i in 0..cluster.nodes.len() {
         if let Ok(c) = cluster.counters(i) {
             let drops: u64 = c.drops.values().sum();
+            let ring_drops: u64 = c.ports.iter().map(losses::ring_drops).sum();
             println!(
-                "  node {i} dataplane: {} frames in, {} out, {} encapsulated, {} decapsulated, {} dropped",
+                "  node {i} dataplane: {} frames in, {} out, {} encapsulated, {} decapsulated, {} dropped in the \
+                 pipeline, {} at its sockets and rings",
                 c.pipeline.get("rx").copied().unwrap_or(0),
                 c.pipeline.get("tx").copied().unwrap_or(0),
                 c.pipeline.get("encapsulated").copied().unwrap_or(0),
                 c.pipeline.get("decapsulated").copied().unwrap_or(0),
-                drops
+                drops,
+                ring_drops
             );
         }
     }

@@ -189,6 +189,14 @@ impl Ledger {
     }
 }
 
+/// Frames lost at a port's sockets and rings: the kernel's RX ring full and RX dropped,
+/// xlane's TX-ring refusals and the TX descriptors the kernel refused — what a ledger
+/// counts as [`Stage::XlaneRings`].
+#[must_use]
+pub fn ring_drops(p: &PortInfo) -> u64 {
+    p.rx_ring_full + p.rx_dropped + p.tx_ring_full + p.tx_invalid_descs
+}
+
 /// An interface's counters that the accounting reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkCounters {
@@ -433,6 +441,8 @@ mod tests {
         );
         assert_eq!((l.lost(), l.accounted(), l.unaccounted()), (4_514, 4_514, 0));
         assert_eq!((l.at(Stage::XlaneRings), l.at(Stage::Wire), l.at(Stage::Receiver)), (3_948, 50, 502));
+        let rings = |s: &Snapshot| s.xlane.iter().flat_map(|c| &c.ports).map(ring_drops).sum::<u64>();
+        assert_eq!(rings(&after) - rings(&before), l.at(Stage::XlaneRings), "the demo's per-node totals agree");
         assert_eq!(
             l.summary(),
             "lost 4514 of 10000: 3900 xlane RX ring full on node 1 eth0 (uplink), 500 receiver socket buffer full, \
