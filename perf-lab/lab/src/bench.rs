@@ -151,8 +151,9 @@ pub struct IoResult {
     pub offered_pps: f64,
 }
 
-/// The two pods and what runs them.
-struct Testbed {
+/// A contender's two pods, one per lab node, and what runs them.
+#[derive(Debug)]
+pub struct Testbed {
     // Pods before what they live on.
     cni_pods: Vec<CniPod>,
     kernel_pods: Vec<Netns>,
@@ -174,9 +175,36 @@ impl Testbed {
     fn lab(&self) -> &Lab {
         self.cluster.as_ref().map_or_else(|| self.lab.as_ref().expect("a kernel testbed has its lab"), |c| &c.lab)
     }
+
+    /// Build `c`'s two nodes with a pod each and check that the pods reach each other
+    /// (the ping also resolves the sender's gateway, which the generator addresses).
+    ///
+    /// # Errors
+    /// Setup failures, pods that do not reach each other.
+    pub fn setup(c: Contender) -> anyhow::Result<Self> {
+        let tb = build(c)?;
+        let ping = traffic::ping(tb.sender(), tb.receiver_ip, 3)?;
+        anyhow::ensure!(ping.received == ping.sent, "{}: pods cannot reach each other ({ping:?})", c.name());
+        Ok(tb)
+    }
+
+    /// The 64-byte packet-rate run, `repeats` times with `frames` each: the median run
+    /// by received rate.
+    ///
+    /// # Errors
+    /// Generator or counter failures, `stop`.
+    pub fn packet_rate(&self, frames: u32, repeats: u32, stop: &AtomicBool) -> anyhow::Result<RateRun> {
+        let mut rates = Vec::new();
+        for _ in 0..repeats.max(1) {
+            rates.push(udp_rate(self, frames)?);
+            anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
+        }
+        rates.sort_by(|a, b| a.received_pps.total_cmp(&b.received_pps));
+        Ok(rates.swap_remove(rates.len() / 2))
+    }
 }
 
-fn setup(c: Contender) -> anyhow::Result<Testbed> {
+fn build(c: Contender) -> anyhow::Result<Testbed> {
     let prefix = match c {
         Contender::Xlane => "xbx",
         Contender::XlaneBusyPoll => "xbb",
@@ -217,18 +245,10 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
     let mut out = Vec::new();
     for (k, &c) in contenders.iter().enumerate() {
         eprintln!("[{}/{}] {}: setting up", k + 1, contenders.len(), c.name());
-        let tb = setup(c)?;
-        let ping = traffic::ping(tb.sender(), tb.receiver_ip, 3)?;
-        anyhow::ensure!(ping.received == ping.sent, "{}: pods cannot reach each other ({ping:?})", c.name());
+        let tb = Testbed::setup(c)?;
         anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
         eprintln!("      64-byte UDP rate, {} frames × {}", w.udp_frames, w.repeats);
-        let mut rates = Vec::new();
-        for _ in 0..w.repeats {
-            rates.push(udp_rate(&tb, w.udp_frames)?);
-            anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
-        }
-        rates.sort_by(|a, b| a.received_pps.total_cmp(&b.received_pps));
-        let median = rates.swap_remove(rates.len() / 2);
+        let median = tb.packet_rate(w.udp_frames, w.repeats, stop)?;
         let (udp_pps, offered_pps) = (median.received_pps, median.offered_pps);
         eprintln!("      {:.0} kpps received of {:.0} kpps offered", udp_pps / 1e3, offered_pps / 1e3);
         eprintln!("      {}", median.ledger.summary());
@@ -260,17 +280,18 @@ fn rx_packets(ns: &Netns, dev: &str) -> anyhow::Result<u64> {
     Ok(links.get(dev).with_context(|| format!("no {dev} in {}", ns.name()))?.rx_packets)
 }
 
-/// One generator run.
-#[derive(Debug)]
-struct RateRun {
+/// One packet-rate run: the lab's generator in the sender pod, counted at the receiving
+/// pod's interface.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateRun {
     /// Frames per second the receiving pod's interface counted.
-    received_pps: f64,
+    pub received_pps: f64,
     /// Frames per second the generator offered.
-    offered_pps: f64,
+    pub offered_pps: f64,
     /// xlane: frames per second node 0 sent out of its uplink.
-    encap_pps: Option<f64>,
+    pub encap_pps: Option<f64>,
     /// Where the offered frames went.
-    ledger: Ledger,
+    pub ledger: Ledger,
 }
 
 fn udp_rate(tb: &Testbed, frames: u32) -> anyhow::Result<RateRun> {

@@ -122,7 +122,7 @@ impl Ledger {
         match self.unaccounted() {
             0 => {}
             n if n > 0 => parts.push(format!("unaccounted {n}")),
-            n => parts.push(format!("over-counted {} (other traffic at these places)", -n)),
+            n => parts.push(format!("over-counted {} (other traffic counted with the test's)", -n)),
         }
         format!("lost {} of {}: {}", self.lost(), self.offered, parts.join(", "))
     }
@@ -467,7 +467,7 @@ mod tests {
         // More drops than missing frames: other traffic was dropped at the same places.
         let l = Ledger::from_snapshots(1_000, 990, 20, &s, &after);
         assert_eq!(l.unaccounted(), -40);
-        assert!(l.summary().ends_with(", over-counted 40 (other traffic at these places)"), "{}", l.summary());
+        assert!(l.summary().ends_with(", over-counted 40 (other traffic counted with the test's)"), "{}", l.summary());
         // Nothing lost, nothing counted.
         let l = Ledger::from_snapshots(1_000, 1_000, 0, &s, &s);
         assert_eq!(l.summary(), "nothing lost of 1000");
