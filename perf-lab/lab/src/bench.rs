@@ -296,7 +296,7 @@ pub struct RateRun {
 
 fn udp_rate(tb: &Testbed, frames: u32) -> anyhow::Result<RateRun> {
     let (snd, rcv) = (tb.sender(), tb.receiver());
-    // The sender's gateway MAC, as the pod resolved it (the ping above made it).
+    // The sender's gateway MAC, as the pod resolved it (the ping of `Testbed::setup`).
     let route = snd.ip(&["-4", "route", "show", "default"])?;
     let gw =
         route.split_whitespace().skip_while(|w| *w != "via").nth(1).context("the sender pod has no default route")?;

@@ -279,7 +279,7 @@ impl Report {
              pod's interface). xlane rings: the kernel's AF_XDP statistics of xlane's sockets (RX ring full, \
              RX dropped) and xlane's own TX-ring refusals; wire: the kernel's drops sending out of a veth \
              (node uplinks, pod veths, the fabric bridge's ports); unaccounted: lost frames no counter explains \
-             (negative: the counters saw more than went missing, other traffic on the same links).\n"
+             (negative: other traffic counted with the test's).\n"
         );
         let titles: Vec<&str> = stages.iter().map(|s| s.title()).collect();
         let _ = writeln!(m, "| contender | offered | delivered | lost | {} | unaccounted |", titles.join(" | "));
