@@ -30,6 +30,7 @@ const TOOLS: &[&str] = &[
     "/bin/busybox",
     "/usr/lib/cni/loopback",
     "/usr/lib/cni/portmap",
+    "/usr/sbin/iptables",
 ];
 
 /// One node's containerd and a CRI client of it. Dropping it removes every sandbox

@@ -54,7 +54,15 @@ fn capability_mask(container: &Value) -> u64 {
 
 #[test]
 fn the_image_runs_as_the_daemonset_runs_it_and_attaches_a_pod() {
-    let tools = ["/usr/bin/podman", "/usr/bin/buildah", "/usr/sbin/runc", "/bin/busybox", "/usr/lib/cni/portmap"];
+    // portmap is chained in the manifest's conflist; it runs iptables.
+    let tools = [
+        "/usr/bin/podman",
+        "/usr/bin/buildah",
+        "/usr/sbin/runc",
+        "/bin/busybox",
+        "/usr/lib/cni/portmap",
+        "/usr/sbin/iptables",
+    ];
     if !privileged_with("the_image_runs_as_the_daemonset_runs_it_and_attaches_a_pod", &tools) {
         return;
     }
