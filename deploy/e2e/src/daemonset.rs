@@ -107,6 +107,7 @@ impl NodePod<'_> {
         format!("{}-{}", self.manifest.daemonset["metadata"]["name"].as_str().unwrap_or("xlane"), self.node_name)
     }
 
+    /// podman's name for the pod's container `container`.
     #[must_use]
     pub fn container_name(&self, container: &str) -> String {
         format!("{}-{container}", self.pod_name())
@@ -131,7 +132,7 @@ impl NodePod<'_> {
         if spec["hostNetwork"] == true {
             args.push(format!("--network=ns:{}", self.netns.path()));
         }
-        args.extend(self.security_args(&c["securityContext"]));
+        args.extend(security_args(&c["securityContext"]));
         for e in c["env"].as_array().into_iter().flatten() {
             if let Some(value) = self.env_value(e)? {
                 args.push("--env".into());
@@ -147,32 +148,13 @@ impl NodePod<'_> {
             args.push(format!("--volume={}:{path}", host.display()));
         }
         args.push(c["image"].as_str().unwrap_or_default().to_owned());
+        // `command` replaces the image's entrypoint and `args` its CMD; the xlane image
+        // has no entrypoint, so both follow the image name.
         match command {
             Some(cmd) => args.extend(cmd.iter().cloned()),
             None => args.extend(strings(&c["command"]).into_iter().chain(strings(&c["args"]))),
         }
         Ok(args)
-    }
-
-    fn security_args(&self, sc: &Value) -> Vec<String> {
-        let mut args = Vec::new();
-        if sc["privileged"] == true {
-            args.push("--privileged".into());
-        }
-        for cap in strings(&sc["capabilities"]["drop"]) {
-            args.push(format!("--cap-drop={cap}"));
-        }
-        for cap in strings(&sc["capabilities"]["add"]) {
-            args.push(format!("--cap-add={cap}"));
-        }
-        if sc["allowPrivilegeEscalation"] == false {
-            args.push("--security-opt=no-new-privileges".into());
-        }
-        let seccomp = &sc["seccompProfile"]["type"];
-        if seccomp.is_null() || seccomp == "Unconfined" {
-            args.push("--security-opt=seccomp=unconfined".into());
-        }
-        args
     }
 
     fn env_value(&self, e: &Value) -> io::Result<Option<String>> {
@@ -280,6 +262,28 @@ fn http_ok(host: &str, port: u64, path: &str) -> io::Result<bool> {
     let mut head = [0u8; 12];
     s.read_exact(&mut head)?;
     Ok(matches!(&head[9..10], b"2" | b"3"))
+}
+
+/// podman options for a container's `securityContext`.
+fn security_args(sc: &Value) -> Vec<String> {
+    let mut args = Vec::new();
+    if sc["privileged"] == true {
+        args.push("--privileged".into());
+    }
+    for cap in strings(&sc["capabilities"]["drop"]) {
+        args.push(format!("--cap-drop={cap}"));
+    }
+    for cap in strings(&sc["capabilities"]["add"]) {
+        args.push(format!("--cap-add={cap}"));
+    }
+    if sc["allowPrivilegeEscalation"] == false {
+        args.push("--security-opt=no-new-privileges".into());
+    }
+    let seccomp = &sc["seccompProfile"]["type"];
+    if seccomp.is_null() || seccomp == "Unconfined" {
+        args.push("--security-opt=seccomp=unconfined".into());
+    }
+    args
 }
 
 fn strings(v: &Value) -> Vec<String> {

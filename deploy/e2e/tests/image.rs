@@ -36,7 +36,8 @@ fn wait_for_probes(pod: &NodePod<'_>, probes: &[(&str, &str)], within: Duration)
     }
 }
 
-/// The capability bits a container's `securityContext.capabilities.add` names.
+/// The capability bits a container's `securityContext.capabilities.add` names (its
+/// only capabilities: the manifest drops ALL).
 fn capability_mask(container: &Value) -> u64 {
     // linux/capability.h
     let bit = |name: &str| match name {
@@ -48,7 +49,7 @@ fn capability_mask(container: &Value) -> u64 {
         "BPF" => 39,
         other => panic!("capability {other}: add its number here"),
     };
-    let added = container["securityContext"]["capabilities"]["add"].as_array().unwrap();
+    let added = container["securityContext"]["capabilities"]["add"].as_array().cloned().unwrap_or_default();
     added.iter().map(|c| 1u64 << bit(c.as_str().unwrap())).sum()
 }
 
@@ -90,8 +91,17 @@ fn the_image_runs_as_the_daemonset_runs_it_and_attaches_a_pod() {
     pod.start("xlaned", None, &[]).unwrap();
     let store = cluster.dir.join("store");
     let store_arg = store.to_string_lossy().into_owned();
-    let agent_command: Vec<String> =
-        ["xlane-agent", "--datastore", "file", "--store-dir", &store_arg].map(str::to_owned).to_vec();
+    // The manifest's command with the file datastore in place of kube.
+    let mut agent_command: Vec<String> = manifest.container("xlane-agent").unwrap()["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let datastore = agent_command.iter().position(|a| a == "--datastore").unwrap() + 1;
+    assert_eq!(agent_command[datastore], "kube");
+    agent_command[datastore] = "file".into();
+    agent_command.extend(["--store-dir".into(), store_arg.clone()]);
     pod.start("xlane-agent", Some(&agent_command), &[(store.clone(), store_arg.clone())]).unwrap();
     let probes = [
         ("xlaned", "livenessProbe"),
@@ -101,13 +111,20 @@ fn the_image_runs_as_the_daemonset_runs_it_and_attaches_a_pod() {
     ];
     wait_for_probes(&pod, &probes, Duration::from_secs(30));
     assert!(node1.has_xdp("eth0").unwrap(), "xlaned attached its XDP program to the uplink");
-    // xlaned (PID 1 of its container: the manifest's shell execs it) holds exactly the
-    // manifest's capabilities, cannot gain more, and is not confined by seccomp.
-    let status = podman.ok(&["exec", &pod.container_name("xlaned"), "cat", "/proc/1/status"]).unwrap();
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_owned();
-    assert!(field("Name:").starts_with("xlaned"), "{status}");
-    assert_eq!(u64::from_str_radix(&field("CapEff:"), 16).unwrap(), capability_mask(xlaned), "{status}");
-    assert_eq!(field("NoNewPrivs:"), "1");
+    // Each daemon (PID 1 of its container: xlaned's shell execs it) holds exactly the
+    // manifest's capabilities, cannot gain more, and has no seccomp filter (kubelet's
+    // default for a container without a seccompProfile).
+    for (container, program) in [("xlaned", "xlaned"), ("xlane-agent", "xlane-agent")] {
+        let status = podman.ok(&["exec", &pod.container_name(container), "cat", "/proc/1/status"]).unwrap();
+        let field =
+            |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_owned();
+        // The kernel's comm is at most 15 bytes.
+        assert!(program.starts_with(&field("Name:")), "{status}");
+        let manifest_caps = capability_mask(manifest.container(container).unwrap());
+        assert_eq!(u64::from_str_radix(&field("CapEff:"), 16).unwrap(), manifest_caps, "{container}: {status}");
+        assert_eq!(field("NoNewPrivs:"), "1", "{container}");
+        assert_eq!(field("Seccomp:"), "0", "{container}");
+    }
 
     // What the init container installed: the image's plugin in both bin dirs, the
     // ConfigMap's conflist.
