@@ -69,6 +69,23 @@ impl Cri {
         })
     }
 
+    /// Wait until the CRI service answers `ListPodSandbox`: containerd serves its socket
+    /// before its CRI plugin has recovered its state, and refuses CRI calls meanwhile
+    /// ("server is not initialized yet").
+    ///
+    /// # Errors
+    /// Not within `within`: the last error.
+    pub fn wait_ready(&mut self, within: Duration) -> io::Result<()> {
+        let t0 = std::time::Instant::now();
+        loop {
+            match self.pod_ids() {
+                Ok(_) => return Ok(()),
+                Err(e) if t0.elapsed() > within => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     /// The runtime's name and version (`Version`), e.g. "containerd 1.6.20~ds1".
     ///
     /// # Errors

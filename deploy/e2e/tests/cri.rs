@@ -60,7 +60,8 @@ impl CriNode {
         for image in images {
             containerd.import(image).unwrap();
         }
-        let cri = Cri::connect(&containerd.socket, &dir.join("logs")).unwrap();
+        let mut cri = Cri::connect(&containerd.socket, &dir.join("logs")).unwrap();
+        cri.wait_ready(Duration::from_secs(20)).unwrap();
         Self { cri, containerd }
     }
 
@@ -69,6 +70,7 @@ impl CriNode {
         self.containerd.kill();
         self.containerd.start().unwrap();
         self.cri = Cri::connect(&self.containerd.socket, &self.containerd.dir.join("logs")).unwrap();
+        self.cri.wait_ready(Duration::from_secs(20)).unwrap();
     }
 
     fn exec(&mut self, container: &str, cmd: &[&str], timeout: Duration) -> String {
