@@ -20,7 +20,6 @@ use std::io::{self, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
-use xlane_netlab::Netns;
 
 /// The manifest, from the repository.
 pub const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../kubernetes/xlane.yaml");
@@ -86,8 +85,8 @@ pub struct NodePod<'a> {
     pub manifest: Manifest,
     /// The node's podman.
     pub podman: &'a Podman,
-    /// The node's network namespace: its host network.
-    pub netns: &'a Netns,
+    /// The node's network namespace file (`/run/netns/<node>`): its host network.
+    pub netns: PathBuf,
     /// `spec.nodeName`.
     pub node_name: String,
     /// The node's host filesystem for `hostPath` volumes; ConfigMap volumes beside it.
@@ -130,7 +129,7 @@ impl NodePod<'_> {
         let c = self.manifest.container(name)?;
         let mut args = vec!["--name".to_owned(), self.container_name(name), "--pull".into(), "never".into()];
         if spec["hostNetwork"] == true {
-            args.push(format!("--network=ns:{}", self.netns.path()));
+            args.push(format!("--network=ns:{}", self.netns.display()));
         }
         args.extend(security_args(&c["securityContext"]));
         for e in c["env"].as_array().into_iter().flatten() {
@@ -248,7 +247,7 @@ impl NodePod<'_> {
         let http = &p["httpGet"];
         if let (Some(port), Some(path)) = (http["port"].as_u64(), http["path"].as_str()) {
             let host = http["host"].as_str().unwrap_or("127.0.0.1").to_owned();
-            return self.netns.enter(|| http_ok(&host, port, path))?;
+            return xlane_netlink::in_netns(&self.netns, || http_ok(&host, port, path))?;
         }
         Err(io::Error::other(format!("{name} {probe}: not an exec or httpGet probe")))
     }
@@ -288,4 +287,80 @@ fn security_args(sc: &Value) -> Vec<String> {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The manifest as run on node `n1` (netns `/run/netns/n1`), files under `dir`.
+    fn translated(dir: &std::path::Path, edit: impl FnOnce(&mut Manifest), container: &str) -> Vec<String> {
+        let podman = Podman::new(&dir.join("podman")).unwrap();
+        let mut manifest = Manifest::read().unwrap();
+        edit(&mut manifest);
+        let pod = NodePod {
+            manifest,
+            podman: &podman,
+            netns: "/run/netns/n1".into(),
+            node_name: "n1".into(),
+            dir: dir.into(),
+        };
+        pod.run_args(container, None, &[]).unwrap()
+    }
+
+    fn scratch(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xlane-daemonset-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn xlaned_runs_on_the_node_network_with_the_manifests_capabilities_and_mounts() {
+        let dir = scratch("xlaned");
+        let args = translated(&dir, |m| drop(m.config.insert("uplink".into(), "eth9".into())), "xlaned");
+        let run_xlane = format!("--volume={}:/run/xlane", dir.join("host/run/xlane").display());
+        for expected in [
+            "--network=ns:/run/netns/n1",
+            "--cap-drop=ALL",
+            "--cap-add=NET_ADMIN",
+            "--cap-add=NET_RAW",
+            "--cap-add=BPF",
+            "--cap-add=PERFMON",
+            "--cap-add=IPC_LOCK",
+            "--security-opt=no-new-privileges",
+            "--security-opt=seccomp=unconfined",
+            "XLANE_UPLINK=eth9",
+            "XLANE_SOCKET=/run/xlane/xlaned.sock",
+            &run_xlane,
+        ] {
+            assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+        }
+        assert!(!args.iter().any(|a| a == "--privileged"), "{args:?}");
+        assert!(dir.join("host/run/xlane").is_dir(), "hostPath DirectoryOrCreate");
+        let image = args.iter().position(|a| a == "localhost/xlane:0.1.0").unwrap();
+        assert_eq!(args[image + 1..image + 3], ["/bin/sh", "-c"], "the manifest's command follows the image");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_agent_gets_its_pod_fields_and_the_config_map_as_files() {
+        let dir = scratch("agent");
+        let args = translated(&dir, |_| {}, "xlane-agent");
+        let config = format!("--volume={}:/etc/kube-flannel:ro", dir.join("configmap/xlane-cfg").display());
+        for expected in ["NODE_NAME=n1", "POD_NAME=xlane-n1", "POD_NAMESPACE=kube-xlane", "--cap-drop=ALL", &config] {
+            assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+        }
+        assert!(!args.iter().any(|a| a.starts_with("--cap-add")), "{args:?}");
+        let written = std::fs::read_to_string(dir.join("configmap/xlane-cfg/net-conf.json")).unwrap();
+        assert_eq!(Some(written.as_str()), Manifest::read().unwrap().config_value("net-conf.json"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_absent_optional_config_map_key_sets_no_variable() {
+        let dir = scratch("optional");
+        let args = translated(&dir, |m| drop(m.config.remove("uplink")), "xlaned");
+        assert!(!args.iter().any(|a| a.starts_with("XLANE_UPLINK=")), "{args:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -72,6 +72,9 @@ impl Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
+        if !self.dir.join("root").exists() {
+            return; // podman never ran: nothing to remove
+        }
         // Containers (conmon and runc stop their processes) before the images; the
         // directory itself is its owner's to remove.
         let _ = self.run(&["rm", "--force", "--all", "--time", "5"]);

@@ -83,7 +83,7 @@ fn the_image_runs_as_the_daemonset_runs_it_and_attaches_a_pod() {
     let pod = NodePod {
         manifest: manifest.clone(),
         podman: &podman,
-        netns: node1,
+        netns: node1.path().into(),
         node_name: "node1".into(),
         dir: cluster.dir.join("node1"),
     };
