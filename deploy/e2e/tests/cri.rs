@@ -2,7 +2,8 @@
 //! containerd 1.6, CRI plugin on), on two lab nodes that each run their own containerd
 //! (own root, state, sockets and CNI directories, the DaemonSet's conflist pointed at the
 //! node's agent) beside xlaned and xlane-agent. The pause and busybox images are built
-//! here and imported with `ctr`; nothing is pulled.
+//! here and imported with `ctr`; nothing is pulled. The xlane image's archive from
+//! `deploy/build-image.sh --save` imports under the tag the DaemonSet names.
 //!
 //! Pods on both nodes ping each other and move 6.9 MB over TCP, checked with sha256 on
 //! both ends; after a containerd crash and restart, and after an agent restart, the
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use xlane_deploy_e2e::containerd::Containerd;
 use xlane_deploy_e2e::cri::{Cri, Sandbox};
 use xlane_deploy_e2e::daemonset::Manifest;
+use xlane_deploy_e2e::image;
 use xlane_deploy_e2e::local_images::{self, BUSYBOX, PAUSE};
 use xlane_deploy_e2e::podman::Podman;
 use xlane_netlab::cluster::{Cluster, ClusterOptions};
@@ -154,6 +156,15 @@ fn pods_through_containerds_cri_on_two_nodes() {
         let tags = node.cri.image_tags().unwrap();
         assert!(tags.iter().any(|t| t == PAUSE) && tags.iter().any(|t| t == BUSYBOX), "{tags:?}");
     }
+    // The README's offline install of the xlane image: `build-image.sh --save`, then
+    // `ctr -n k8s.io images import` gives the runtime the tag the DaemonSet names
+    // (imagePullPolicy IfNotPresent: kubelet never pulls it).
+    let xlane_image = manifest.container("xlaned").unwrap()["image"].as_str().unwrap().to_owned();
+    let archive = cluster.dir.join("xlane.tar");
+    image::build(&podman, &xlane_image, Some(&archive)).unwrap();
+    nodes[0].containerd.import(&archive).unwrap();
+    let tags = nodes[0].cri.image_tags().unwrap();
+    assert!(tags.contains(&xlane_image), "{xlane_image} in {tags:?}");
 
     let server = run_pod(
         &mut nodes[1],
