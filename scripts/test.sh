@@ -2,8 +2,8 @@
 # Every test of the project, on a fresh machine of the lab's kind, as root.
 # Installs the system packages the tests need (ping, etcd, protoc for the etcd client,
 # Debian's CNI reference plugins, iptables for portmap, busybox, podman + runc, DPDK's
-# testpmd as a vhost-user frontend, tcpdump, traceroute, tracepath) and PyPI's
-# kubernetes-validate, then lints, builds and tests.
+# testpmd as a vhost-user frontend, tcpdump, traceroute, tracepath, containerd, buildah)
+# and PyPI's kubernetes-validate, then lints, builds and tests.
 # Privileged tests (namespaces, XDP, AF_XDP) run for real; with CI=true a missing
 # privilege or tool fails them instead of skipping.
 set -euo pipefail
@@ -28,6 +28,9 @@ command -v runc >/dev/null || need+=(runc)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v traceroute >/dev/null || need+=(traceroute)
 command -v tracepath >/dev/null || need+=(iputils-tracepath)
+# Pods through containerd's CRI (ctr imports the local images buildah builds).
+command -v containerd >/dev/null || need+=(containerd)
+command -v buildah >/dev/null || need+=(buildah)
 # QEMU 7.2 for the vhost-user handshake test (no guest is booted, so no GUI or firmware
 # extras: installed without recommends).
 bare=()
@@ -72,6 +75,9 @@ cargo test -p xlane-agent --features etcd --locked --test etcd
 log "the agent's kube datastore: its unit tests and the API contract tests (in-test API server)"
 cargo test -p xlane-agent --features kube --locked --lib store::kube
 cargo test -p xlane-agent --features kube --locked --test kube_contract
+
+log "pods through containerd's CRI on two lab nodes (local pause/busybox images, own containerd per node)"
+cargo test -p xlane-deploy-e2e --features cri --locked --test cri
 
 log "benches, once each in test mode (they check their own inputs)"
 cargo test -p xlane-benches --benches --locked
