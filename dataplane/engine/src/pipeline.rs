@@ -5,12 +5,22 @@
 //! answers ARP in place; stage 2 looks up all surviving destinations in one burst LPM
 //! call; stage 3 rewrites each frame in place (MACs, TTL, outer headers pushed into the
 //! headroom). Nothing allocates; the only per-packet state is a few stack arrays.
+//!
+//! A packet whose TTL runs out, or that is too large for the overlay with DF set, is
+//! turned into an ICMP error in place ([`crate::icmp`]). One from a pod or the host port
+//! goes straight back out of its ingress port (its sender is behind it; no lookup); one
+//! raised after decapsulation joins stage 2 towards its source, usually a pod on the
+//! node it came from, and stage 3 re-encapsulates it: the node originates it, so the
+//! no-transit rule does not apply.
 
 use crate::counters::{CoreCounters, CounterSnapshot};
 use crate::drop::DropReason;
 use crate::flow;
 use crate::frame::Frame;
+use crate::icmp::{Clock, IcmpError, Originator, Refusal};
+use core::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Instant;
 use xlane_fib::{Endpoint, Fib, NextHop, NodeConfig, PortId, PortRole, Remote};
 use xlane_wire::{
     ARP_ETH_IPV4_LEN, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, IpProtocol, Ipv4Packet, Mac, UDP_HEADER_LEN, UdpPacket,
@@ -31,17 +41,24 @@ pub enum Verdict {
 
 const ETH: usize = ETHERNET_HEADER_LEN;
 
-/// One worker's pipeline: its counters and scratch space.
+/// One worker's pipeline: its counters and its ICMP error state.
 #[derive(Debug)]
 pub struct Pipeline {
     counters: Arc<CoreCounters>,
+    icmp: Originator,
 }
 
 impl Pipeline {
     /// A pipeline adding to `counters` (one per core).
     #[must_use]
     pub fn new(counters: Arc<CoreCounters>) -> Self {
-        Self { counters }
+        Self::with_clock(counters, Clock::Monotonic(Instant::now()))
+    }
+
+    /// A pipeline whose ICMP rate limits read `clock` (a test's, to step time).
+    #[must_use]
+    pub fn with_clock(counters: Arc<CoreCounters>, clock: Clock) -> Self {
+        Self { counters, icmp: Originator::new(clock) }
     }
 
     /// This pipeline's counters.
@@ -76,6 +93,12 @@ impl Pipeline {
         // port), or everything was decapsulated from the overlay.
         let role = fib.port(ingress);
         let from_overlay = role == PortRole::Uplink;
+        // Source of ICMP errors; without it none are sent.
+        let gateway = fib.node().and_then(|n| n.gateway_ip);
+        // Read once per burst, and only when an error is about to be sent.
+        let mut now = None;
+        // Bit i: frame i is an ICMP error this node made, routing to its destination.
+        let mut originated = 0u64;
 
         // Stage 1: classify, validate, ARP proxy, decap.
         match (role, fib.node()) {
@@ -89,6 +112,10 @@ impl Pipeline {
                             Verdict::Tx(ingress)
                         }
                         Ok(FromPod::Ipv4(d)) => route(i, d),
+                        Err(DropReason::TtlExpired) => {
+                            let err = (IcmpError::TimeExceeded, DropReason::TtlExpired);
+                            self.answer_sender(&mut frames[i], ingress, role, err, gateway, &mut now, &mut tally)
+                        }
                         Err(r) => Verdict::Drop(r),
                     };
                 }
@@ -97,6 +124,20 @@ impl Pipeline {
                 for i in 0..n {
                     verdicts[i] = match decap(&mut frames[i], node) {
                         Ok(d) => route(i, d),
+                        Err(r @ (DropReason::TtlExpired | DropReason::MtuExceeded)) => {
+                            let error = if r == DropReason::TtlExpired {
+                                IcmpError::TimeExceeded
+                            } else {
+                                IcmpError::FragNeeded { mtu: node.pod_mtu() }
+                            };
+                            match self.originate(&mut frames[i], (error, r), gateway, &mut now, &mut tally) {
+                                Ok(to) => {
+                                    originated |= 1 << i;
+                                    route(i, u32::from(to))
+                                }
+                                Err(v) => v,
+                            }
+                        }
                         Err(r) => Verdict::Drop(r),
                     };
                 }
@@ -112,6 +153,10 @@ impl Pipeline {
         // Stage 3: rewrite.
         for (&i, hop) in pending[..m].iter().zip(&hops[..m]) {
             let i = usize::from(i);
+            if originated & (1 << i) != 0 {
+                verdicts[i] = route_error(&mut frames[i], fib, *hop);
+                continue;
+            }
             verdicts[i] = match hop.map(NextHop::decode) {
                 None => Verdict::Drop(DropReason::NoRoute),
                 Some(NextHop::Unresolved) => Verdict::Drop(DropReason::UnresolvedVtep),
@@ -134,6 +179,11 @@ impl Pipeline {
                             tally.encapsulated += 1;
                             Verdict::Tx(node.uplink_port)
                         }
+                        // Only pods and the host port reach here (not from_overlay).
+                        Err(DropReason::MtuExceeded) => {
+                            let err = (IcmpError::FragNeeded { mtu: node.pod_mtu() }, DropReason::MtuExceeded);
+                            self.answer_sender(&mut frames[i], ingress, role, err, gateway, &mut now, &mut tally)
+                        }
                         Err(reason) => Verdict::Drop(reason),
                     },
                     (None, _) => Verdict::Drop(DropReason::NotConfigured),
@@ -149,6 +199,97 @@ impl Pipeline {
             }
         }
         self.counters.add(&tally);
+    }
+
+    /// Make `error` from `source` (none without a gateway: no errors) out of a frame
+    /// dropped for `reason` and return where it goes (the offending packet's source),
+    /// counting it; or the frame's drop, with no error.
+    #[cold]
+    fn originate(
+        &mut self,
+        f: &mut Frame<'_>,
+        (error, reason): (IcmpError, DropReason),
+        source: Option<Ipv4Addr>,
+        now: &mut Option<u64>,
+        tally: &mut CounterSnapshot,
+    ) -> Result<Ipv4Addr, Verdict> {
+        let Some(source) = source else {
+            return Err(Verdict::Drop(reason));
+        };
+        match self.icmp.originate(f, error, source, now) {
+            Ok(to) => {
+                // The offending frame is still a drop for its reason; the error is a
+                // new frame, counted in `tx` or as a drop wherever it ends.
+                tally.drops[reason.index()] += 1;
+                tally.icmp_errors += 1;
+                Ok(to)
+            }
+            Err(refusal) => {
+                tally.icmp_rate_limited += u64::from(refusal == Refusal::RateLimited);
+                Err(Verdict::Drop(reason))
+            }
+        }
+    }
+
+    /// Answer a frame from a pod or the host port (`role`) with `error`: its sender is
+    /// behind the port it came in by (a pod sends only as itself; the host owns whatever
+    /// address it sends from), so the error goes straight back out of it.
+    ///
+    /// To the host the error comes from the offending packet's destination, not the
+    /// gateway: the host holds the gateway address itself and drops a packet from its
+    /// own address as a martian. The kernel matches an error to its socket and route by
+    /// the quoted header, so path MTU discovery and traceroute work all the same.
+    #[cold]
+    #[expect(clippy::too_many_arguments, reason = "the burst's state, passed down to a cold helper")]
+    fn answer_sender(
+        &mut self,
+        f: &mut Frame<'_>,
+        ingress: PortId,
+        role: PortRole,
+        error: (IcmpError, DropReason),
+        gateway: Option<Ipv4Addr>,
+        now: &mut Option<u64>,
+        tally: &mut CounterSnapshot,
+    ) -> Verdict {
+        let (source, ep) = match role {
+            PortRole::Pod(ep) => (gateway, ep),
+            PortRole::Host(ep) => (gateway.map(|_| ipv4_dst(f.data())), ep),
+            PortRole::Uplink | PortRole::Unknown => return Verdict::Drop(error.1),
+        };
+        match self.originate(f, error, source, now, tally) {
+            Ok(_) => {
+                set_macs(f.data_mut(), ep.mac, ep.gateway_mac);
+                Verdict::Tx(ingress)
+            }
+            Err(v) => v,
+        }
+    }
+}
+
+/// Stage 3 for an ICMP error this node made: to a local pod or the host port, or
+/// encapsulated towards the node its destination lives on (even when it was raised
+/// after decapsulation: the node originates it, it is not transit). Its TTL is not
+/// decremented: it starts here.
+#[cold]
+fn route_error(f: &mut Frame<'_>, fib: &Fib, hop: Option<u32>) -> Verdict {
+    match hop.map(NextHop::decode) {
+        None => Verdict::Drop(DropReason::NoRoute),
+        Some(NextHop::Unresolved) => Verdict::Drop(DropReason::UnresolvedVtep),
+        Some(NextHop::Endpoint(port)) => match fib.port(port) {
+            PortRole::Pod(ep) | PortRole::Host(ep) => {
+                set_macs(f.data_mut(), ep.mac, ep.gateway_mac);
+                Verdict::Tx(port)
+            }
+            _ => Verdict::Drop(DropReason::UnknownPort),
+        },
+        Some(NextHop::Remote(r)) => match (fib.node(), fib.remote(r)) {
+            (Some(node), Some(remote)) => match push_vxlan(f, node, remote) {
+                Ok(()) => Verdict::Tx(node.uplink_port),
+                Err(reason) => Verdict::Drop(reason),
+            },
+            (None, _) => Verdict::Drop(DropReason::NotConfigured),
+            (_, None) => Verdict::Drop(DropReason::UnresolvedVtep),
+        },
     }
 }
 
@@ -173,12 +314,16 @@ fn from_pod(f: &mut Frame<'_>, ep: &Endpoint, check_source: bool) -> Result<From
     }
     match be16(f.data(), 12) {
         ethertype::IPV4 => {
-            let dst = check_ipv4(f, ETH)?;
-            let src = &f.data()[ETH + 12..ETH + 16];
-            if check_source && src != ep.ip.octets() {
+            let checked = check_ipv4(f, ETH);
+            // A valid packet, or one whose TTL ran out (it gets an error back): only if
+            // the pod sent it as itself.
+            if check_source
+                && matches!(checked, Ok(_) | Err(DropReason::TtlExpired))
+                && f.data()[ETH + 12..ETH + 16] != ep.ip.octets()
+            {
                 return Err(DropReason::SpoofedSource);
             }
-            Ok(FromPod::Ipv4(dst))
+            checked.map(FromPod::Ipv4)
         }
         ethertype::ARP => arp_proxy(f.data_mut(), ep, check_source).map(|()| FromPod::Arp),
         _ => Err(DropReason::NotIpv4),
@@ -326,6 +471,11 @@ fn ip_total_len(frame: &[u8]) -> u16 {
     be16(frame, ETH + 2)
 }
 
+fn ipv4_dst(frame: &[u8]) -> Ipv4Addr {
+    let d: [u8; 4] = frame[ETH + 16..ETH + 20].try_into().expect("4 bytes");
+    d.into()
+}
+
 /// Decrement the TTL and patch the header checksum (RFC 1624).
 #[inline]
 fn decrement_ttl(frame: &mut [u8]) {
@@ -346,8 +496,8 @@ fn deliver(f: &mut Frame<'_>, ep: &Endpoint) {
     decrement_ttl(d);
 }
 
-/// Route towards a remote node: TTL, inner MACs (our VTEP MAC → theirs, as the kernel's
-/// VXLAN device does), then the outer headers in the headroom.
+/// Route towards a remote node: MTU (checked before anything changes, so an error can
+/// quote the packet as received), TTL, then [`push_vxlan`].
 #[inline]
 fn encap(f: &mut Frame<'_>, node: &NodeConfig, remote: &Remote) -> Result<(), DropReason> {
     if ip_total_len(f.data()) > node.pod_mtu() {
@@ -356,10 +506,20 @@ fn encap(f: &mut Frame<'_>, node: &NodeConfig, remote: &Remote) -> Result<(), Dr
     if f.head() < VXLAN_OVERHEAD {
         return Err(DropReason::NoHeadroom);
     }
+    decrement_ttl(f.data_mut());
+    push_vxlan(f, node, remote)
+}
+
+/// Inner MACs (our VTEP MAC → theirs, as the kernel's VXLAN device does), then the
+/// outer headers in the headroom.
+#[inline(always)]
+fn push_vxlan(f: &mut Frame<'_>, node: &NodeConfig, remote: &Remote) -> Result<(), DropReason> {
+    if f.head() < VXLAN_OVERHEAD {
+        return Err(DropReason::NoHeadroom);
+    }
     let inner_len = u16::try_from(f.len()).map_err(|_| DropReason::MtuExceeded)?;
     let port = {
         let d = f.data_mut();
-        decrement_ttl(d);
         set_macs(d, remote.node.vtep_mac, node.vtep_mac);
         let h = flow::ipv4_flow_hash(&d[ETH..]);
         flow::source_port(h, node.src_port_min, node.src_port_max)

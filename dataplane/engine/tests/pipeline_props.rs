@@ -1,6 +1,7 @@
 //! Property tests: arbitrary and mutated frames through the whole pipeline never panic,
-//! every frame is either forwarded or counted as a drop, and what leaves is well formed;
-//! valid pod traffic survives a round trip through two nodes.
+//! every frame is either forwarded or counted as a drop (an ICMP error made of a
+//! dropped frame is counted once more), and what leaves is well formed, ICMP errors
+//! included; valid pod traffic survives a round trip through two nodes.
 
 use proptest::prelude::*;
 use xlane_engine::DropReason;
@@ -8,7 +9,7 @@ use xlane_engine::fixtures::{self, fixture};
 use xlane_engine::mem::MemDataplane;
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_fib::{FibHandle, PortId};
-use xlane_wire::{EthernetFrame, Ipv4Packet, Mac, UdpPacket, VxlanPacket};
+use xlane_wire::{EthernetFrame, Icmpv4Packet, IpProtocol, Ipv4Packet, Mac, UdpPacket, VxlanPacket};
 
 const FIXTURES: &[&str] = &[
     "encap_udp_in",
@@ -20,6 +21,10 @@ const FIXTURES: &[&str] = &[
     "arp_request_in",
     "arp_request_padded_in",
     "local_in",
+    "te_udp_in",
+    "te_icmp_options_in",
+    "te_decap_in",
+    "frag_needed_in",
 ];
 
 #[derive(Debug, Clone)]
@@ -76,14 +81,36 @@ fn assert_well_formed(port: PortId, f: &[u8]) {
         let inner_ip = Ipv4Packet::new_checked(inner.payload()).expect("inner ipv4");
         assert!(inner_ip.verify_checksum(), "inner checksum");
         assert!(usize::from(inner_ip.total_len()) <= 1450);
+        assert_error_well_formed(inner.payload());
     } else {
         let pod = testbed::pod(u8::try_from(port.0).unwrap());
         assert_eq!(Mac::from(eth.dst_addr()), pod.mac);
         assert_eq!(Mac::from(eth.src_addr()), pod.gateway_mac);
         if eth.ethertype() == xlane_wire::EthernetProtocol::Ipv4 {
             assert!(Ipv4Packet::new_checked(eth.payload()).expect("ipv4").verify_checksum());
+            assert_error_well_formed(eth.payload());
         }
     }
+}
+
+/// If `ip` is an ICMP error from this node (source: its gateway), it is a time exceeded
+/// or fragmentation needed with both checksums right, quoting a header and 8 bytes.
+fn assert_error_well_formed(ip: &[u8]) {
+    let ip = Ipv4Packet::new_checked(ip).expect("ipv4");
+    if ip.src_addr() != testbed::A_GATEWAY || ip.next_header() != IpProtocol::Icmp {
+        return;
+    }
+    assert!(ip.verify_checksum());
+    assert_eq!((ip.hop_limit(), ip.dont_frag(), ip.header_len()), (64, false, 20));
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).expect("icmp");
+    assert!(icmp.verify_checksum(), "ICMP checksum");
+    let kind = (ip.payload()[0], ip.payload()[1]);
+    assert!(kind == (11, 0) || kind == (3, 4), "{kind:?}");
+    // The quoted header as received: its length and total length say how much follows.
+    let quoted = &ip.payload()[8..];
+    let header_len = usize::from(quoted[0] & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes([quoted[2], quoted[3]]));
+    assert_eq!(quoted.len(), header_len + (total_len - header_len).min(8), "a header and 8 bytes quoted");
 }
 
 proptest! {
