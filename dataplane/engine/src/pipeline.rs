@@ -235,10 +235,12 @@ impl Pipeline {
     /// behind the port it came in by (a pod sends only as itself; the host owns whatever
     /// address it sends from), so the error goes straight back out of it.
     ///
-    /// To the host the error comes from the offending packet's destination, not the
-    /// gateway: the host holds the gateway address itself and drops a packet from its
-    /// own address as a martian. The kernel matches an error to its socket and route by
-    /// the quoted header, so path MTU discovery and traceroute work all the same.
+    /// The host holds the gateway address itself and drops a packet from its own address
+    /// as a martian, so the engine has no address of its own to answer the host from.
+    /// Fragmentation needed, which path MTU discovery cannot do without, comes from the
+    /// offending packet's destination (the kernel matches it to the route and socket by
+    /// the quoted header, not by its source); time exceeded is not sent (the host's
+    /// traceroute shows no reply for this hop rather than a wrong address).
     #[cold]
     #[expect(clippy::too_many_arguments, reason = "the burst's state, passed down to a cold helper")]
     fn answer_sender(
@@ -253,7 +255,10 @@ impl Pipeline {
     ) -> Verdict {
         let (source, ep) = match role {
             PortRole::Pod(ep) => (gateway, ep),
-            PortRole::Host(ep) => (gateway.map(|_| ipv4_dst(f.data())), ep),
+            PortRole::Host(ep) => match error.0 {
+                IcmpError::FragNeeded { .. } => (gateway.map(|_| ipv4_dst(f.data())), ep),
+                IcmpError::TimeExceeded => return Verdict::Drop(error.1),
+            },
             PortRole::Uplink | PortRole::Unknown => return Verdict::Drop(error.1),
         };
         match self.originate(f, error, source, now, tally) {

@@ -104,6 +104,7 @@ fn frag_needed_after_decap() {
 fn never_answered() {
     type Mutation = fn(&mut Vec<u8>);
     let probe = || fixture("te_udp_in");
+    let decap = || fixture("te_decap_in");
     let icmp_type = |kind: u8| {
         let ip = fixtures::Ipv4 { ttl: 1, ..fixtures::Ipv4::new(testbed::pod(1).ip, testbed::b_pod().ip) };
         let p = testbed::pod(1);
@@ -131,19 +132,22 @@ fn never_answered() {
         ("link-layer broadcast", probe(), |f| f[0..6].fill(0xff), DropReason::TtlExpired),
         ("to 255.255.255.255", probe(), |f| set_ipv4_addr(f, 14, 16, [255; 4]), DropReason::TtlExpired),
         ("to a multicast group", probe(), |f| set_ipv4_addr(f, 14, 16, [239, 0, 0, 1]), DropReason::TtlExpired),
-        ("from 0.0.0.0, the host", probe(), |f| set_ipv4_addr(f, 14, IPV4_SRC, [0; 4]), DropReason::TtlExpired),
+        // Sources a pod may not send from (anti-spoofing drops them first) arrive over
+        // the overlay, whose inner sources are not checked.
+        ("from 0.0.0.0, decapsulated", decap(), |f| set_ipv4_addr(f, 64, IPV4_SRC, [0; 4]), DropReason::TtlExpired),
         (
-            "from loopback, the host",
-            probe(),
-            |f| set_ipv4_addr(f, 14, IPV4_SRC, [127, 0, 0, 1]),
+            "from loopback, decapsulated",
+            decap(),
+            |f| set_ipv4_addr(f, 64, IPV4_SRC, [127, 0, 0, 1]),
             DropReason::TtlExpired,
         ),
         (
-            "from multicast, the host",
-            probe(),
-            |f| set_ipv4_addr(f, 14, IPV4_SRC, [224, 0, 0, 9]),
+            "from multicast, decapsulated",
+            decap(),
+            |f| set_ipv4_addr(f, 64, IPV4_SRC, [224, 0, 0, 9]),
             DropReason::TtlExpired,
         ),
+        ("from broadcast, decapsulated", decap(), |f| set_ipv4_addr(f, 64, IPV4_SRC, [255; 4]), DropReason::TtlExpired),
         (
             "not DF: xlane does not fragment",
             fixture("frag_needed_in"),
@@ -163,11 +167,7 @@ fn never_answered() {
     for (what, frame, mutate, reason) in cases {
         let mut frame = frame.clone();
         mutate(&mut frame);
-        // Sources a pod may not use are tried from the host port (not source-checked).
-        let port = if what.ends_with("the host") { HOST } else { POD1 };
-        if port == HOST {
-            frame[0..6].copy_from_slice(&testbed::pod(3).gateway_mac.0);
-        }
+        let port = if what.ends_with("decapsulated") { UPLINK } else { POD1 };
         let mut dp = node_with(&mut tables());
         dp.inject(port, &frame).unwrap();
         dp.run_until_idle();
@@ -180,6 +180,22 @@ fn never_answered() {
     dp.inject(POD1, &icmp_type(8)).unwrap();
     dp.run_until_idle();
     assert_eq!(dp.take_tx(POD1).unwrap().len(), 1);
+}
+
+/// The host port gets fragmentation needed (above) but not time exceeded: the only
+/// address the engine could send it from is the host's own, which the host drops.
+#[test]
+fn no_time_exceeded_to_the_host() {
+    let mut probe = fixture("te_udp_in");
+    let host = testbed::pod(3);
+    probe[0..6].copy_from_slice(&host.gateway_mac.0);
+    probe[6..12].copy_from_slice(&host.mac.0);
+    set_ipv4_addr(&mut probe, 14, IPV4_SRC, testbed::A_GATEWAY);
+    let mut dp = node_with(&mut tables());
+    dp.inject(HOST, &probe).unwrap();
+    dp.run_until_idle();
+    let c = dp.counters();
+    assert_eq!((c.tx, c.icmp_errors, c.drop_count(DropReason::TtlExpired)), (0, 0, 1));
 }
 
 /// Without the gateway address (no subnet set yet) the engine has no source for errors:
