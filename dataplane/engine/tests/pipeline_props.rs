@@ -141,6 +141,47 @@ proptest! {
         prop_assert_eq!(c.drop_count(DropReason::NoEgressPort), 0);
     }
 
+    /// A probe whose TTL runs out at node A (TTL ≤ 1) or at node B (TTL 2) comes back
+    /// to the pod as exactly one time exceeded from that node's gateway, quoting the
+    /// probe as that node received it; from B it crosses the overlay back.
+    #[test]
+    fn expiring_probes_come_back_from_the_node_where_they_expire(
+        payload in prop::collection::vec(any::<u8>(), 0..300),
+        sport in any::<u16>(), dport in any::<u16>(), ttl in 0u8..=2, ident in any::<u16>(), df in any::<bool>(),
+    ) {
+        let (mut a, mut b) = testbed::two_nodes(1, 0);
+        let pod = testbed::pod(1);
+        let ip = fixtures::Ipv4 { ttl, ident, dont_fragment: df, ..fixtures::Ipv4::new(pod.ip, testbed::b_pod().ip) };
+        let probe = fixtures::udp(pod.mac.0, pod.gateway_mac.0, ip, sport, dport, &payload);
+        a.inject(pod.port, &probe).unwrap();
+        a.run_until_idle();
+        let expected_from = if ttl <= 1 { testbed::A_GATEWAY } else { testbed::B_GATEWAY };
+        if ttl == 2 {
+            prop_assert_eq!(a.wire_to(UPLINK, &mut b, UPLINK).unwrap(), 1);
+            b.run_until_idle();
+            prop_assert_eq!(b.wire_to(UPLINK, &mut a, UPLINK).unwrap(), 1, "B's error, encapsulated to A");
+            a.run_until_idle();
+        }
+        let got = a.take_tx(pod.port).unwrap();
+        prop_assert_eq!(got.len(), 1, "a: {:?} b: {:?}", a.counters(), b.counters());
+        let err = &got[0];
+        prop_assert_eq!((&err[0..6], &err[6..12]), (&pod.mac.0[..], &pod.gateway_mac.0[..]));
+        assert_error_well_formed(&err[14..]);
+        let ip = Ipv4Packet::new_checked(&err[14..]).unwrap();
+        prop_assert_eq!((ip.src_addr(), ip.dst_addr()), (expected_from, pod.ip));
+        prop_assert_eq!(&ip.payload()[..2], &[11, 0]);
+        // Quoted as received where it expired: A's hop took one off the TTL (and
+        // patched the checksum) before B saw it.
+        let quoted = &ip.payload()[8..];
+        let sent = &probe[14..14 + quoted.len()];
+        prop_assert_eq!((&quoted[..8], &quoted[12..]), (&sent[..8], &sent[12..]));
+        prop_assert_eq!(quoted[8], if ttl == 2 { 1 } else { ttl });
+        prop_assert!(Ipv4Packet::new_unchecked(quoted).verify_checksum());
+        for c in [a.counters(), b.counters()] {
+            prop_assert!(c.conserved(), "{:?}", c);
+        }
+    }
+
     #[test]
     fn pod_traffic_round_trips_two_nodes(
         payload in prop::collection::vec(any::<u8>(), 0..1400),
