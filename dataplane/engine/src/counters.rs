@@ -81,12 +81,14 @@ macro_rules! pipeline_counters {
 
 pipeline_counters! {
     rx => "frames handed to the pipeline";
-    tx => "frames the pipeline forwarded (sum of the four kinds below)";
+    tx => "frames the pipeline forwarded (the four kinds below and the ICMP errors)";
     bursts => "bursts processed";
     encapsulated => "frames encapsulated towards a remote node";
     decapsulated => "frames decapsulated and delivered to a local pod";
     local => "frames routed between local pods";
     arp_replies => "ARP requests answered by the proxy";
+    icmp_errors => "ICMP errors originated (time exceeded, fragmentation needed), each for a frame counted as a drop";
+    icmp_rate_limited => "ICMP time-exceeded errors not sent: over the source's or the core's rate";
 }
 
 impl CounterSnapshot {
@@ -102,10 +104,11 @@ impl CounterSnapshot {
         self.drops[r.index()]
     }
 
-    /// Conservation: every frame in was forwarded or counted as a drop.
+    /// Conservation: every frame in, and every ICMP error the pipeline made out of a
+    /// dropped one, was forwarded or counted as a drop.
     #[must_use]
     pub fn conserved(&self) -> bool {
-        self.rx == self.tx + self.dropped()
+        self.rx + self.icmp_errors == self.tx + self.dropped()
     }
 
     /// Sum a set of per-core counters.

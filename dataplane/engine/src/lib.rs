@@ -5,6 +5,8 @@
 //! * [`drop`]: the table of drop reasons (enum, names, counter indices).
 //! * [`counters`]: per-core counters, summed when read.
 //! * [`frame`]: a packet view with headroom.
+//! * [`icmp`]: the ICMP errors the pipeline originates (time exceeded, fragmentation
+//!   needed), built in place, and their rate limits.
 //! * [`flow`]: the inner-flow hash for the outer UDP source port.
 //! * [`port`]: what an I/O layer implements: a [`Port`] (receive, transmit, release,
 //!   counters, offloads) over a [`FrameMemory`] its ports share.
@@ -25,6 +27,7 @@ pub mod drop;
 pub mod fixtures;
 pub mod flow;
 pub mod frame;
+pub mod icmp;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mem;
 pub mod pipeline;

@@ -5,12 +5,22 @@
 //! answers ARP in place; stage 2 looks up all surviving destinations in one burst LPM
 //! call; stage 3 rewrites each frame in place (MACs, TTL, outer headers pushed into the
 //! headroom). Nothing allocates; the only per-packet state is a few stack arrays.
+//!
+//! A packet whose TTL runs out, or that is too large for the overlay with DF set, is
+//! turned into an ICMP error in place ([`crate::icmp`]). One from a pod or the host port
+//! goes straight back out of its ingress port (its sender is behind it; no lookup); one
+//! raised after decapsulation joins stage 2 towards its source, usually a pod on the
+//! node it came from, and stage 3 re-encapsulates it: the node originates it, so the
+//! no-transit rule does not apply.
 
 use crate::counters::{CoreCounters, CounterSnapshot};
 use crate::drop::DropReason;
 use crate::flow;
 use crate::frame::Frame;
+use crate::icmp::{Clock, IcmpError, Originator, Refusal};
+use core::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Instant;
 use xlane_fib::{Endpoint, Fib, NextHop, NodeConfig, PortId, PortRole, Remote};
 use xlane_wire::{
     ARP_ETH_IPV4_LEN, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, IpProtocol, Ipv4Packet, Mac, UDP_HEADER_LEN, UdpPacket,
@@ -31,17 +41,24 @@ pub enum Verdict {
 
 const ETH: usize = ETHERNET_HEADER_LEN;
 
-/// One worker's pipeline: its counters and scratch space.
+/// One worker's pipeline: its counters and its ICMP error state.
 #[derive(Debug)]
 pub struct Pipeline {
     counters: Arc<CoreCounters>,
+    icmp: Originator,
 }
 
 impl Pipeline {
     /// A pipeline adding to `counters` (one per core).
     #[must_use]
     pub fn new(counters: Arc<CoreCounters>) -> Self {
-        Self { counters }
+        Self::with_clock(counters, Clock::Monotonic(Instant::now()))
+    }
+
+    /// A pipeline whose ICMP rate limits read `clock` (a test's, to step time).
+    #[must_use]
+    pub fn with_clock(counters: Arc<CoreCounters>, clock: Clock) -> Self {
+        Self { counters, icmp: Originator::new(clock) }
     }
 
     /// This pipeline's counters.
@@ -76,6 +93,13 @@ impl Pipeline {
         // port), or everything was decapsulated from the overlay.
         let role = fib.port(ingress);
         let from_overlay = role == PortRole::Uplink;
+        // Source of ICMP errors; without it none are sent.
+        let gateway = fib.node().and_then(|n| n.gateway_ip);
+        // Read once per burst, and only when an error is about to be sent.
+        let mut now = None;
+        // Bit i: frame i is an ICMP error this node made, routing to its destination
+        // (only a burst from the overlay has any: the others are answered in stage 1).
+        let mut originated = 0u64;
 
         // Stage 1: classify, validate, ARP proxy, decap.
         match (role, fib.node()) {
@@ -89,6 +113,10 @@ impl Pipeline {
                             Verdict::Tx(ingress)
                         }
                         Ok(FromPod::Ipv4(d)) => route(i, d),
+                        Err(DropReason::TtlExpired) => {
+                            let err = (IcmpError::TimeExceeded, DropReason::TtlExpired);
+                            self.answer_sender(&mut frames[i], ingress, role, err, gateway, &mut now, &mut tally)
+                        }
                         Err(r) => Verdict::Drop(r),
                     };
                 }
@@ -97,6 +125,20 @@ impl Pipeline {
                 for i in 0..n {
                     verdicts[i] = match decap(&mut frames[i], node) {
                         Ok(d) => route(i, d),
+                        Err(r @ (DropReason::TtlExpired | DropReason::MtuExceeded)) => {
+                            let error = if r == DropReason::TtlExpired {
+                                IcmpError::TimeExceeded
+                            } else {
+                                IcmpError::FragNeeded { mtu: node.pod_mtu() }
+                            };
+                            match self.originate(&mut frames[i], (error, r), gateway, &mut now, &mut tally) {
+                                Ok(to) => {
+                                    originated |= 1 << i;
+                                    route(i, u32::from(to))
+                                }
+                                Err(v) => v,
+                            }
+                        }
                         Err(r) => Verdict::Drop(r),
                     };
                 }
@@ -112,27 +154,42 @@ impl Pipeline {
         // Stage 3: rewrite.
         for (&i, hop) in pending[..m].iter().zip(&hops[..m]) {
             let i = usize::from(i);
+            // Tested only where it matters, and after the burst-wide `originated != 0`:
+            // this loop is the hot path (callgrind).
+            let made_here = || originated & (1 << i) != 0;
             verdicts[i] = match hop.map(NextHop::decode) {
                 None => Verdict::Drop(DropReason::NoRoute),
                 Some(NextHop::Unresolved) => Verdict::Drop(DropReason::UnresolvedVtep),
                 Some(NextHop::Endpoint(port)) => match fib.port(port) {
                     PortRole::Pod(ep) | PortRole::Host(ep) => {
-                        deliver(&mut frames[i], &ep);
-                        if from_overlay {
-                            tally.decapsulated += 1;
+                        if originated != 0 && made_here() {
+                            // It starts here: no TTL to decrement, no traffic to count.
+                            set_macs(frames[i].data_mut(), ep.mac, ep.gateway_mac);
                         } else {
-                            tally.local += 1;
+                            deliver(&mut frames[i], &ep);
+                            if from_overlay {
+                                tally.decapsulated += 1;
+                            } else {
+                                tally.local += 1;
+                            }
                         }
                         Verdict::Tx(port)
                     }
                     _ => Verdict::Drop(DropReason::UnknownPort),
                 },
+                // The node originates its errors: they are not transit.
+                Some(NextHop::Remote(r)) if from_overlay && made_here() => encap_error(&mut frames[i], fib, r),
                 Some(NextHop::Remote(_)) if from_overlay => Verdict::Drop(DropReason::OverlayTransit),
                 Some(NextHop::Remote(r)) => match (fib.node(), fib.remote(r)) {
                     (Some(node), Some(remote)) => match encap(&mut frames[i], node, remote) {
                         Ok(()) => {
                             tally.encapsulated += 1;
                             Verdict::Tx(node.uplink_port)
+                        }
+                        // Only pods and the host port reach here (not from_overlay).
+                        Err(DropReason::MtuExceeded) => {
+                            let err = (IcmpError::FragNeeded { mtu: node.pod_mtu() }, DropReason::MtuExceeded);
+                            self.answer_sender(&mut frames[i], ingress, role, err, gateway, &mut now, &mut tally)
                         }
                         Err(reason) => Verdict::Drop(reason),
                     },
@@ -149,6 +206,92 @@ impl Pipeline {
             }
         }
         self.counters.add(&tally);
+    }
+
+    /// Make `error` from `source` (none without a gateway: no errors) out of a frame
+    /// dropped for `reason` and return where it goes (the offending packet's source),
+    /// counting it; or the frame's drop, with no error.
+    #[cold]
+    fn originate(
+        &mut self,
+        f: &mut Frame<'_>,
+        (error, reason): (IcmpError, DropReason),
+        source: Option<Ipv4Addr>,
+        now: &mut Option<u64>,
+        tally: &mut CounterSnapshot,
+    ) -> Result<Ipv4Addr, Verdict> {
+        let Some(source) = source else {
+            return Err(Verdict::Drop(reason));
+        };
+        match self.icmp.originate(f, error, source, now) {
+            Ok(to) => {
+                // The offending frame is still a drop for its reason; the error is a
+                // new frame, counted in `tx` or as a drop wherever it ends.
+                tally.drops[reason.index()] += 1;
+                tally.icmp_errors += 1;
+                Ok(to)
+            }
+            Err(refusal) => {
+                tally.icmp_rate_limited += u64::from(refusal == Refusal::RateLimited);
+                Err(Verdict::Drop(reason))
+            }
+        }
+    }
+
+    /// Answer a frame from a pod or the host port (`role`) with `error`: its sender is
+    /// behind the port it came in by (a pod sends only as itself; the host owns whatever
+    /// address it sends from), so the error goes straight back out of it.
+    ///
+    /// The host holds the gateway address itself and drops a packet from its own address
+    /// as a martian, so the engine has no address of its own to answer the host from.
+    /// Fragmentation needed, which path MTU discovery cannot do without, comes from the
+    /// offending packet's destination (the kernel matches it to the route and socket by
+    /// the quoted header, not by its source); time exceeded is not sent (the host's
+    /// traceroute shows no reply for this hop rather than a wrong address).
+    #[cold]
+    #[expect(clippy::too_many_arguments, reason = "the burst's state, passed down to a cold helper")]
+    fn answer_sender(
+        &mut self,
+        f: &mut Frame<'_>,
+        ingress: PortId,
+        role: PortRole,
+        error: (IcmpError, DropReason),
+        gateway: Option<Ipv4Addr>,
+        now: &mut Option<u64>,
+        tally: &mut CounterSnapshot,
+    ) -> Verdict {
+        let (source, ep) = match role {
+            PortRole::Pod(ep) => (gateway, ep),
+            PortRole::Host(ep) => match error.0 {
+                IcmpError::FragNeeded { .. } => (gateway.map(|_| ipv4_dst(f.data())), ep),
+                IcmpError::TimeExceeded => return Verdict::Drop(error.1),
+            },
+            PortRole::Uplink | PortRole::Unknown => return Verdict::Drop(error.1),
+        };
+        match self.originate(f, error, source, now, tally) {
+            Ok(_) => {
+                set_macs(f.data_mut(), ep.mac, ep.gateway_mac);
+                Verdict::Tx(ingress)
+            }
+            Err(v) => v,
+        }
+    }
+}
+
+/// Encapsulate an ICMP error this node made towards the node its destination lives
+/// on, its TTL as it was made (it starts here).
+#[cold]
+fn encap_error(f: &mut Frame<'_>, fib: &Fib, remote: u32) -> Verdict {
+    // The node is configured: the error was made after decapsulation.
+    let (Some(node), Some(remote)) = (fib.node(), fib.remote(remote)) else {
+        return Verdict::Drop(DropReason::UnresolvedVtep);
+    };
+    if f.head() < VXLAN_OVERHEAD {
+        return Verdict::Drop(DropReason::NoHeadroom);
+    }
+    match push_vxlan(f, node, remote) {
+        Ok(()) => Verdict::Tx(node.uplink_port),
+        Err(reason) => Verdict::Drop(reason),
     }
 }
 
@@ -173,12 +316,17 @@ fn from_pod(f: &mut Frame<'_>, ep: &Endpoint, check_source: bool) -> Result<From
     }
     match be16(f.data(), 12) {
         ethertype::IPV4 => {
-            let dst = check_ipv4(f, ETH)?;
-            let src = &f.data()[ETH + 12..ETH + 16];
-            if check_source && src != ep.ip.octets() {
-                return Err(DropReason::SpoofedSource);
+            // A packet whose TTL ran out gets an error back: only if the pod sent it as
+            // itself, as any packet routed on.
+            match check_ipv4(f, ETH) {
+                Ok(_) | Err(DropReason::TtlExpired)
+                    if check_source && f.data()[ETH + 12..ETH + 16] != ep.ip.octets() =>
+                {
+                    Err(DropReason::SpoofedSource)
+                }
+                Ok(dst) => Ok(FromPod::Ipv4(dst)),
+                Err(r) => Err(r),
             }
-            Ok(FromPod::Ipv4(dst))
         }
         ethertype::ARP => arp_proxy(f.data_mut(), ep, check_source).map(|()| FromPod::Arp),
         _ => Err(DropReason::NotIpv4),
@@ -326,6 +474,11 @@ fn ip_total_len(frame: &[u8]) -> u16 {
     be16(frame, ETH + 2)
 }
 
+fn ipv4_dst(frame: &[u8]) -> Ipv4Addr {
+    let d: [u8; 4] = frame[ETH + 16..ETH + 20].try_into().expect("4 bytes");
+    d.into()
+}
+
 /// Decrement the TTL and patch the header checksum (RFC 1624).
 #[inline]
 fn decrement_ttl(frame: &mut [u8]) {
@@ -346,8 +499,8 @@ fn deliver(f: &mut Frame<'_>, ep: &Endpoint) {
     decrement_ttl(d);
 }
 
-/// Route towards a remote node: TTL, inner MACs (our VTEP MAC → theirs, as the kernel's
-/// VXLAN device does), then the outer headers in the headroom.
+/// Route towards a remote node: MTU (checked before anything changes, so an error can
+/// quote the packet as received), TTL, then [`push_vxlan`].
 #[inline]
 fn encap(f: &mut Frame<'_>, node: &NodeConfig, remote: &Remote) -> Result<(), DropReason> {
     if ip_total_len(f.data()) > node.pod_mtu() {
@@ -356,10 +509,17 @@ fn encap(f: &mut Frame<'_>, node: &NodeConfig, remote: &Remote) -> Result<(), Dr
     if f.head() < VXLAN_OVERHEAD {
         return Err(DropReason::NoHeadroom);
     }
+    decrement_ttl(f.data_mut());
+    push_vxlan(f, node, remote)
+}
+
+/// Inner MACs (our VTEP MAC → theirs, as the kernel's VXLAN device does), then the
+/// outer headers in the headroom, which the caller has checked.
+#[inline(always)]
+fn push_vxlan(f: &mut Frame<'_>, node: &NodeConfig, remote: &Remote) -> Result<(), DropReason> {
     let inner_len = u16::try_from(f.len()).map_err(|_| DropReason::MtuExceeded)?;
     let port = {
         let d = f.data_mut();
-        decrement_ttl(d);
         set_macs(d, remote.node.vtep_mac, node.vtep_mac);
         let h = flow::ipv4_flow_hash(&d[ETH..]);
         flow::source_port(h, node.src_port_min, node.src_port_max)

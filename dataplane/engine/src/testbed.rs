@@ -24,16 +24,22 @@ pub const B_NEXT_HOP_MAC: Mac = Mac([0x02, 0, 0xc0, 0xa8, 0x32, 0x02]);
 /// The first remote node's VTEP MAC.
 pub const B_VTEP_MAC: Mac = Mac([0x0e, 0, 0, 0, 0x02, 0x01]);
 
+/// Our pods' gateway (the subnet's first address): the source of our ICMP errors.
+pub const A_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+/// The first remote node's pods' gateway.
+pub const B_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 1);
+
 /// Our node subnet.
 #[must_use]
 pub fn node_subnet() -> Prefix {
     Prefix::new(Ipv4Addr::new(10, 244, 1, 0), 24).expect("valid")
 }
 
-/// This node's VTEP settings (flannel defaults: VNI 1, port 8472).
+/// This node's VTEP settings (flannel defaults: VNI 1, port 8472), with the pods'
+/// gateway as xlaned sets it.
 #[must_use]
 pub fn node_config() -> NodeConfig {
-    NodeConfig::new(A_VTEP_IP, A_VTEP_MAC, UPLINK, A_UPLINK_MAC)
+    NodeConfig { gateway_ip: Some(A_GATEWAY), ..NodeConfig::new(A_VTEP_IP, A_VTEP_MAC, UPLINK, A_UPLINK_MAC) }
 }
 
 /// Pod `i` (1-based): 10.244.1.(i+1) on port `i`, MAC 0a:58:0a:f4:01:(i+1), gateway
@@ -103,7 +109,8 @@ pub fn b_pod() -> Endpoint {
 #[must_use]
 pub fn tables_b() -> FibBuilder {
     let mut b = FibBuilder::new();
-    b.set_node(NodeConfig::new(B_VTEP_IP, B_VTEP_MAC, UPLINK, B_NEXT_HOP_MAC)).expect("valid node config");
+    let node = NodeConfig::new(B_VTEP_IP, B_VTEP_MAC, UPLINK, B_NEXT_HOP_MAC);
+    b.set_node(NodeConfig { gateway_ip: Some(B_GATEWAY), ..node }).expect("valid node config");
     b.upsert_endpoint(b_pod()).expect("one pod");
     b.upsert_remote(RemoteNode { underlay_ip: A_VTEP_IP, vtep_mac: A_VTEP_MAC, next_hop_mac: A_UPLINK_MAC })
         .expect("room for remotes");

@@ -1,5 +1,6 @@
 //! The hot path makes no heap allocation per packet: after warm-up, polling bursts of
-//! every kind of frame (encap, decap, ARP, local, drops) allocates nothing.
+//! every kind of frame (encap, decap, ARP, local, ICMP errors sent and rate limited,
+//! drops) allocates nothing.
 //!
 //! A plain `main` (harness = false) so no test-harness thread allocates while we count.
 
@@ -18,18 +19,26 @@ fn main() {
     testbed::tables(2, 10_000).publish(&h);
     let mut dp = MemDataplane::new(&h, 3);
     dp.preallocate(1024);
-    let pod_frames: Vec<Vec<u8>> = ["encap_udp_in", "encap_tcp_in", "arp_request_in", "local_in", "encap_padded_in"]
-        .iter()
-        .map(|n| fixture(n))
-        .collect();
+    let pod_frames: Vec<Vec<u8>> = [
+        "encap_udp_in",
+        "encap_tcp_in",
+        "arp_request_in",
+        "local_in",
+        "encap_padded_in",
+        "te_udp_in",
+        "frag_needed_in",
+    ]
+    .iter()
+    .map(|n| fixture(n))
+    .collect();
     let mut bad = fixture("encap_udp_in");
     bad[24] ^= 0xff;
-    let uplink_frames = [fixture("decap_udp_in"), fixture("decap_udp_csum_in")];
+    let uplink_frames = [fixture("decap_udp_in"), fixture("decap_udp_csum_in"), fixture("te_decap_in")];
 
     let round = |dp: &mut MemDataplane| {
         for i in 0..64 {
             dp.inject(PortId(1), &pod_frames[i % pod_frames.len()]).unwrap();
-            dp.inject(UPLINK, &uplink_frames[i % 2]).unwrap();
+            dp.inject(UPLINK, &uplink_frames[i % uplink_frames.len()]).unwrap();
         }
         dp.inject(PortId(1), &bad).unwrap();
     };
@@ -55,6 +64,7 @@ fn main() {
     let c = dp.counters();
     assert!(polled >= 20 * 129, "polled {polled}");
     assert!(c.encapsulated > 0 && c.decapsulated > 0 && c.arp_replies > 0 && c.local > 0 && c.dropped() > 0, "{c:?}");
+    assert!(c.icmp_errors > 0 && c.icmp_rate_limited > 0, "{c:?}");
     assert_eq!(allocations, 0, "heap allocations while forwarding {polled} frames");
     println!("no_alloc: {polled} frames forwarded or dropped with 0 heap allocations");
 }

@@ -47,6 +47,11 @@ pub struct NodeConfig {
     pub src_port_max: u16,
     /// Outer IPv4 TTL.
     pub outer_ttl: u8,
+    /// The pods' gateway: the node subnet's first address, which the host port holds.
+    /// The source of the ICMP errors the engine originates (time exceeded, fragmentation
+    /// needed), so traceroute names this node by it; `None` (no subnet yet): no errors,
+    /// the offending packet is only dropped.
+    pub gateway_ip: Option<Ipv4Addr>,
 }
 
 impl NodeConfig {
@@ -65,6 +70,7 @@ impl NodeConfig {
             src_port_min: 49152,
             src_port_max: 65535,
             outer_ttl: 64,
+            gateway_ip: None,
         }
     }
 
@@ -237,6 +243,10 @@ pub enum FibError {
     /// The uplink MTU leaves no room for a minimal IPv4 packet after encapsulation.
     #[error("uplink MTU {0} is below the minimum of 118 (68 for IPv4 + 50 for VXLAN)")]
     MtuTooSmall(u16),
+    /// A gateway address that cannot be the source of an ICMP error (RFC 1812
+    /// 4.2.2.11: not zero, loopback, broadcast or multicast).
+    #[error("{0} cannot be the pods' gateway address")]
+    BadGateway(Ipv4Addr),
     /// Empty or inverted source-port range.
     #[error("source port range {0}-{1} is empty")]
     BadPortRange(u16, u16),
@@ -297,6 +307,11 @@ impl FibBuilder {
         }
         if node.src_port_min > node.src_port_max || node.src_port_min == 0 {
             return Err(FibError::BadPortRange(node.src_port_min, node.src_port_max));
+        }
+        if let Some(gw) = node.gateway_ip
+            && (gw.is_unspecified() || gw.is_loopback() || gw.is_broadcast() || gw.is_multicast())
+        {
+            return Err(FibError::BadGateway(gw));
         }
         if let PortRole::Pod(_) = self.role(node.uplink_port) {
             return Err(FibError::PortInUse { port: node.uplink_port, role: "a pod port" });
@@ -648,6 +663,10 @@ mod tests {
             b.set_node(NodeConfig { src_port_min: 9, src_port_max: 8, ..node() }),
             Err(FibError::BadPortRange(9, 8))
         );
+        for gw in [Ipv4Addr::UNSPECIFIED, Ipv4Addr::LOCALHOST, Ipv4Addr::BROADCAST, Ipv4Addr::new(224, 0, 0, 1)] {
+            assert_eq!(b.set_node(NodeConfig { gateway_ip: Some(gw), ..node() }), Err(FibError::BadGateway(gw)));
+        }
+        b.set_node(NodeConfig { gateway_ip: Some(Ipv4Addr::new(10, 244, 1, 1)), ..node() }).unwrap();
         assert_eq!(node().pod_mtu(), 1450);
     }
 

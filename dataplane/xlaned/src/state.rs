@@ -259,6 +259,9 @@ impl<H: Host> State<H> {
         node.vni = v.vni;
         node.vxlan_port = v.port;
         node.uplink_mtu = u16::try_from(self.uplink.mtu).unwrap_or(u16::MAX);
+        // The address the host port gets (`setup_host_port`): the source of the engine's
+        // ICMP errors, as a kernel router's would be its address on the pods' side.
+        node.gateway_ip = v.subnet.and_then(|s| s.hosts().next());
         // Validate before touching the interface.
         FibBuilder::new().set_node(node).map_err(|e| invalid(e.to_string()))?;
 
@@ -291,6 +294,7 @@ impl<H: Host> State<H> {
         };
         let engine_end = crate::hostport::engine_end(&host);
         let gateway = subnet.hosts().next().ok_or_else(|| invalid(format!("subnet {subnet} has no host address")))?;
+        debug_assert_eq!(self.tables.node().and_then(|n| n.gateway_ip), Some(gateway), "set_vtep's gateway");
         let (cluster, mtu, queues) = (self.cfg.cluster_cidr, self.pod_mtu(), self.workers.len());
         self.host
             .ensure_host_port(&host, &engine_end, gateway, cluster, mtu, queues)

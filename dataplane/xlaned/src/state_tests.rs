@@ -173,6 +173,36 @@ fn local_pods_talk_through_the_workers() {
     assert_eq!((p2.rx, p2.xdp_mode.as_str()), (100, "fake"));
 }
 
+/// With the node subnet set (SetVtep), the engine knows the pods' gateway and answers a
+/// packet whose TTL runs out with an ICMP time exceeded from it; before, only a drop.
+#[test]
+fn an_expired_ttl_is_answered_from_the_gateway_once_the_subnet_is_set() {
+    let mut rig = Rig::new(1);
+    let (a, _b) = (rig.attach(2), rig.attach(3));
+    let gw = rig.host.mac("veth2");
+    let mut probe = udp(2, gw, pod_ip(3), 7);
+    probe[22] = 1;
+    fixtures::fill_ipv4_checksum(&mut probe, 14);
+    a.send(&probe);
+    assert!(collect(&a, 1, Duration::from_millis(300)).is_empty(), "no subnet, no gateway: a drop");
+    let subnet = Some("10.244.1.0/24".parse().unwrap());
+    assert!(matches!(
+        rig.call(Op::SetVtep(Vtep { ip: VTEP, mac: None, vni: 1, port: 8472, subnet })),
+        Reply::Applied { .. }
+    ));
+    a.send(&probe);
+    let got = collect(&a, 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "{:?}", rig.state.pipeline_counters());
+    let err = &got[0];
+    assert_eq!((&err[..6], &err[6..12]), (&pod_mac(2).0[..], &gw.0[..]), "to the pod, from its gateway MAC");
+    assert_eq!(&err[26..34], &[10, 244, 1, 1, 10, 244, 1, 2], "from the gateway address to the pod");
+    assert_eq!((err[23], err[34], err[35]), (1, 11, 0), "ICMP time exceeded");
+    assert_eq!(&err[42..], &probe[14..42], "quoting the probe's header and 8 bytes");
+    let c = rig.state.pipeline_counters();
+    assert_eq!((c.icmp_errors, c.drop_count(DropReason::TtlExpired)), (1, 2));
+    assert!(c.conserved(), "{c:?}");
+}
+
 #[test]
 fn a_request_is_answered_while_another_port_attaches() {
     let mut rig = Rig::new(2);
