@@ -8,6 +8,7 @@
 
 use crate::Mac;
 use crate::codec::{self, Envelope, ErrorCode};
+pub use crate::observe::*;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -144,6 +145,12 @@ pub enum Op {
     Counters,
     /// Daemon status.
     Status,
+    /// Start a packet trace (replacing one in progress and its records).
+    TraceStart(TraceSpec),
+    /// Stop tracing (the records stay until the next start).
+    TraceStop,
+    /// The trace's records so far.
+    TraceShow,
 }
 
 /// A route as dumped.
@@ -338,6 +345,25 @@ pub enum Reply {
     Counters(Box<Counters>),
     /// Status.
     Status(Box<Status>),
+    /// A trace started.
+    TraceStarted {
+        /// Frames it takes in all.
+        count: u64,
+    },
+    /// A trace stopped.
+    TraceStopped {
+        /// Frames it took.
+        traced: u64,
+    },
+    /// A trace's records.
+    Trace {
+        /// Whether it is still taking frames.
+        active: bool,
+        /// Frames it takes in all.
+        count: u64,
+        /// The records, in order.
+        records: Vec<TraceEntry>,
+    },
 }
 
 codec::protocol!(pub Op => Reply, version VERSION);
@@ -375,6 +401,16 @@ mod tests {
         assert_eq!(code(br#"{"version":1,"op":"explode"}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"version":1,"op":"apply","changes":[{"kind":"add_route","prefix":"10.244.2.0/33","via":"1.2.3.4"}]}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"version":1,"op":"set_vtep","ip":"192.168.50.1","mac":"nope"}"#), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn observation_requests_as_documented() {
+        let r = parse_request(br#"{"version":1,"op":"trace_start","count":5,"match":"icmp"}"#).unwrap();
+        assert_eq!(r.op, Op::TraceStart(TraceSpec { count: 5, port: None, frames: Some("icmp".into()) }));
+        let r = parse_request(br#"{"version":1,"op":"trace_start"}"#).unwrap();
+        assert_eq!(r.op, Op::TraceStart(TraceSpec { count: 50, port: None, frames: None }));
+        let code = |line: &[u8]| codec::tests::error_code(parse_request(line));
+        assert_eq!(code(br#"{"version":1,"op":"trace_start","count":-1}"#), ErrorCode::BadRequest);
     }
 
     fn port_info() -> PortInfo {
@@ -442,6 +478,9 @@ mod tests {
             }),
             Op::Dump { table: Table::Routes },
             Op::Counters,
+            Op::TraceStart(TraceSpec { count: 5, port: Some(2), frames: Some("icmp".into()) }),
+            Op::TraceStop,
+            Op::TraceShow,
         ];
         for op in ops {
             let line = serde_json::to_vec(&Request::new(op.clone())).unwrap();

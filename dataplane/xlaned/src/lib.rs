@@ -18,6 +18,7 @@ mod fake;
 pub mod host;
 pub mod hostport;
 pub mod metrics;
+mod observe;
 mod ports;
 pub mod server;
 pub mod state;

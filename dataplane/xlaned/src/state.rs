@@ -118,6 +118,8 @@ pub struct State<H: Host> {
     next_ticket: u64,
     /// Replies due that [`handle_now`](Self::handle_now) came across.
     stashed: Vec<(Ticket, Reply)>,
+    /// Packet trace and capture.
+    pub(crate) observe: crate::observe::Observation,
 }
 
 impl<H: Host> core::fmt::Debug for State<H> {
@@ -160,6 +162,7 @@ impl<H: Host> State<H> {
             notify,
             next_ticket: 0,
             stashed: Vec::new(),
+            observe: crate::observe::Observation::default(),
         })
     }
 
@@ -184,6 +187,9 @@ impl<H: Host> State<H> {
             Op::Dump { table } => Ok(self.dump(table)),
             Op::Counters => Ok(Reply::Counters(Box::new(self.counters()))),
             Op::Status => Ok(Reply::Status(Box::new(self.status()))),
+            Op::TraceStart(spec) => self.trace_start(&spec),
+            Op::TraceStop => self.trace_stop(),
+            Op::TraceShow => self.trace_show(),
         };
         Handled::Now(r.unwrap_or_else(|(code, message)| Reply::Error { code, message }))
     }
@@ -228,6 +234,7 @@ impl<H: Host> State<H> {
             self.worker_event(ev, &mut due);
         }
         self.expire_attaches(&mut due);
+        self.retire_finished_trace();
         due
     }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xlane_api::{Change, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, Vtep};
+use xlane_api::{Change, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, TraceHop, TraceSpec, Vtep};
 use xlane_engine::DropReason;
 use xlane_engine::fixtures;
 use xlane_engine::mem::MemFrames;
@@ -304,4 +304,43 @@ fn an_exited_worker_gets_an_error_reply_not_a_hang() {
     let Reply::Error { message, .. } = r else { panic!("{r:?}") };
     assert!(message.contains("worker 1 has exited"), "{message}");
     assert!(matches!(rig.call(Op::Status), Reply::Status(_)), "still answering");
+}
+
+#[test]
+fn a_trace_records_frames_through_the_workers_and_bad_requests_are_refused() {
+    let mut rig = Rig::new(2);
+    let (a, b) = (rig.attach(2), rig.attach(3));
+    let invalid = |r: Reply| matches!(r, Reply::Error { code: ErrorCode::Invalid, .. });
+    assert!(invalid(rig.call(Op::TraceShow)), "nothing to show before a start");
+    let spec = |count, port, frames: &str| TraceSpec { count, port, frames: Some(frames.to_owned()) };
+    for bad in [spec(5, None, "10.244.1.0/33"), spec(5, None, "gre"), spec(5, Some(9), "udp"), spec(0, None, "udp")] {
+        assert!(invalid(rig.call(Op::TraceStart(bad.clone()))), "{bad:?}");
+    }
+    let r = rig.call(Op::TraceStart(spec(3, Some(1), "udp")));
+    assert_eq!(r, Reply::TraceStarted { count: 3 });
+    let gw = rig.host.mac("veth2");
+    for i in 0..5 {
+        a.send(&udp(2, gw, pod_ip(3), i));
+    }
+    assert_eq!(collect(&b, 5, Duration::from_secs(5)).len(), 5);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let records = loop {
+        let Reply::Trace { records, .. } = rig.call(Op::TraceShow) else { panic!() };
+        if records.len() == 3 || Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
+    for r in &records {
+        assert_eq!((r.ingress, r.role.as_str(), r.endpoint_ip), (1, "pod", Some(pod_ip(2))));
+        assert_eq!((r.route_dst, r.route), (Some(pod_ip(3)), Some(TraceHop::Local { port: 2 })));
+        assert_eq!((r.egress, r.drop.as_deref(), r.stage.as_str()), (Some(2), None, "rewrite"));
+        assert_eq!(r.output.as_ref().unwrap().eth_dst, Some(pod_mac(3)));
+    }
+    // A full trace leaves the workers at the next wake; its records stay.
+    let _ = rig.state.on_wake();
+    let Reply::Trace { active, records, .. } = rig.call(Op::TraceShow) else { panic!() };
+    assert!(!active && records.len() == 3);
+    assert_eq!(rig.call(Op::TraceStop), Reply::TraceStopped { traced: 3 });
 }

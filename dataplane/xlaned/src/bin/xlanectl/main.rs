@@ -1,12 +1,14 @@
 //! xlanectl: inspect and drive xlaned through its control socket.
 #![forbid(unsafe_code)]
 
+mod trace;
+
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use xlane_api::{Change, Client, EndpointSpec, Mac, Op, PortInfo, Reply, Table, Vtep};
+use xlane_api::{Change, Client, EndpointSpec, Mac, Op, PortInfo, Reply, Table, TraceSpec, Vtep};
 
 /// xlanectl: the command-line client of xlaned's control socket.
 ///
@@ -114,6 +116,9 @@ enum Cmd {
         /// Pod address.
         ip: Ipv4Addr,
     },
+    /// Packet trace: record what the pipeline decides for frames, stage by stage.
+    #[command(subcommand)]
+    Trace(TraceCmd),
     /// Turn transmit checksum offload of an interface in this namespace on or off (what
     /// `ethtool -K <dev> tx off` does). Interfaces whose traffic reaches xlane — pod
     /// interfaces, the host port — need it off: offloaded checksums reach an AF_XDP
@@ -125,6 +130,27 @@ enum Cmd {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TraceCmd {
+    /// Start tracing (replacing a trace in progress and its records).
+    Start {
+        /// Frames to trace in all.
+        #[arg(long, default_value_t = 50)]
+        count: u32,
+        /// Only frames received on this port (see `xlanectl ports`).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only frames matching: a CIDR or address (source or destination), icmp, tcp,
+        /// udp, arp, or a TCP/UDP port number. Overlay frames match by their inner packet.
+        #[arg(long = "match", value_name = "CIDR|PROTO|PORT")]
+        frames: Option<String>,
+    },
+    /// Stop tracing; the records stay for `show`.
+    Stop,
+    /// The traced frames, one block each.
+    Show,
 }
 
 fn main() {
@@ -178,6 +204,11 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             Op::AddEndpoint(EndpointSpec { ifname: ifname.clone(), ip: *ip, mac: *mac, vhost_user: vhost_user.clone() })
         }
         Cmd::DelEndpoint { ip } => Op::DelEndpoint { ip: *ip },
+        Cmd::Trace(TraceCmd::Start { count, port, frames }) => {
+            Op::TraceStart(TraceSpec { count: *count, port: *port, frames: frames.clone() })
+        }
+        Cmd::Trace(TraceCmd::Stop) => Op::TraceStop,
+        Cmd::Trace(TraceCmd::Show) => Op::TraceShow,
     };
     let mut client = Client::connect(&cli.socket).map_err(|e| anyhow::anyhow!("{}: {e}", cli.socket.display()))?;
     let reply = client.call(op)?;
@@ -312,6 +343,9 @@ fn print_reply(reply: &Reply, all_drops: bool) {
             println!("ports:");
             print_ports(&c.ports);
         }
+        Reply::TraceStarted { count } => println!("tracing the next {count} matching frame(s)"),
+        Reply::TraceStopped { traced } => println!("trace stopped; {traced} frame(s) traced"),
+        Reply::Trace { active, count, records } => trace::print(*active, *count, records),
         Reply::Status(s) => {
             println!("xlaned {} (protocol {}), tables at generation {}", s.version, s.protocol, s.generation);
             match &s.vtep {
