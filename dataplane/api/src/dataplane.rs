@@ -151,6 +151,8 @@ pub enum Op {
     TraceStop,
     /// The trace's records so far.
     TraceShow,
+    /// Start a capture: the reply names the socket to read its pcapng from.
+    CaptureStart(CaptureSpec),
 }
 
 /// A route as dumped.
@@ -257,6 +259,9 @@ pub struct Counters {
     /// Frames each worker took from its queues (how RSS spreads the load).
     #[serde(default)]
     pub worker_rx: Vec<u64>,
+    /// The capture in progress, or the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureStats>,
 }
 
 /// Daemon status.
@@ -364,6 +369,11 @@ pub enum Reply {
         /// The records, in order.
         records: Vec<TraceEntry>,
     },
+    /// A capture is ready: connect to `socket` to read it as pcapng (one reader).
+    CaptureReady {
+        /// The capture's socket.
+        socket: std::path::PathBuf,
+    },
 }
 
 codec::protocol!(pub Op => Reply, version VERSION);
@@ -409,8 +419,12 @@ mod tests {
         assert_eq!(r.op, Op::TraceStart(TraceSpec { count: 5, port: None, frames: Some("icmp".into()) }));
         let r = parse_request(br#"{"version":1,"op":"trace_start"}"#).unwrap();
         assert_eq!(r.op, Op::TraceStart(TraceSpec { count: 50, port: None, frames: None }));
+        let r = parse_request(br#"{"version":1,"op":"capture_start","port":2,"rx":true}"#).unwrap();
+        let Op::CaptureStart(c) = r.op else { panic!("{r:?}") };
+        assert_eq!((c.port, c.rx, c.tx, c.drops, c.count, c.snaplen), (2, true, false, false, 0, 65_535));
         let code = |line: &[u8]| codec::tests::error_code(parse_request(line));
         assert_eq!(code(br#"{"version":1,"op":"trace_start","count":-1}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"version":1,"op":"capture_start","rx":true}"#), ErrorCode::BadRequest);
     }
 
     fn port_info() -> PortInfo {
@@ -481,6 +495,7 @@ mod tests {
             Op::TraceStart(TraceSpec { count: 5, port: Some(2), frames: Some("icmp".into()) }),
             Op::TraceStop,
             Op::TraceShow,
+            Op::CaptureStart(CaptureSpec { port: 2, rx: true, tx: false, drops: true, count: 1000, snaplen: 128 }),
         ];
         for op in ops {
             let line = serde_json::to_vec(&Request::new(op.clone())).unwrap();

@@ -5,6 +5,8 @@
 //! ← {"result":"trace_started","count":5}
 //! → {"version":1,"op":"trace_show"}
 //! ← {"result":"trace","active":true,"count":5,"records":[{"seq":0,…}]}
+//! → {"version":1,"op":"capture_start","port":2,"rx":true,"count":1000,"snaplen":65535}
+//! ← {"result":"capture_ready","socket":"/run/xlane/capture-812-1.sock"}
 //! ```
 //!
 //! These operations were added to protocol version 1 without a version change: they are
@@ -33,6 +35,50 @@ pub struct TraceSpec {
 
 fn default_trace_count() -> u32 {
     50
+}
+
+/// Start a capture; the reply names a socket that streams it as pcapng.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSpec {
+    /// The port to capture on.
+    pub port: u16,
+    /// Frames received on the port, as received.
+    #[serde(default)]
+    pub rx: bool,
+    /// Frames transmitted on the port, as transmitted.
+    #[serde(default)]
+    pub tx: bool,
+    /// Frames received on the port and dropped, as received, with the drop reason.
+    #[serde(default)]
+    pub drops: bool,
+    /// Frames to capture before the capture ends (0: until the reader goes).
+    #[serde(default)]
+    pub count: u64,
+    /// Bytes kept of each frame.
+    #[serde(default = "default_snaplen")]
+    pub snaplen: u32,
+}
+
+fn default_snaplen() -> u32 {
+    65_535
+}
+
+/// A capture's counts (the one in progress, or the last).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStats {
+    /// The port captured.
+    pub port: u16,
+    /// Whether it is still running.
+    pub active: bool,
+    /// Frames the workers copied for it.
+    pub captured: u64,
+    /// Frames it wanted but lost (no free buffer: the reader was slow).
+    pub lost: u64,
+    /// Of those, per worker.
+    pub worker_lost: Vec<u64>,
+    /// Frames written to the reader.
+    pub written: u64,
 }
 
 /// An Ethernet/IPv4 frame's deciding header fields, as a trace records them. For an

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use xlane_engine::fixtures::fixture;
 use xlane_engine::mem::MemDataplane;
 use xlane_engine::observe::Observer;
+use xlane_engine::observe::capture::{CaptureFilter, CaptureRing, MIN_BUFFERS};
 use xlane_engine::observe::trace::{TraceBuffer, TraceFilter};
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_fib::{FibHandle, PortId};
@@ -71,4 +72,20 @@ fn main() {
     dp.set_observer(Some(Box::new(observer)));
     measure(&mut dp, "while tracing");
     assert!(trace.full());
+
+    // Capturing every frame of two ports both ways, with a reader that keeps up and
+    // one that does not (losses).
+    let mut observer = Observer::new(0);
+    let both = CaptureFilter { port: PortId(1), rx: true, tx: true, drops: true };
+    let ring = Arc::new(CaptureRing::new(both, 256, MIN_BUFFERS, 1));
+    observer.set_capture(Arc::clone(&ring));
+    dp.set_observer(Some(Box::new(observer)));
+    measure(&mut dp, "while capturing (reader stalled)");
+    let mut frames = Vec::with_capacity(MIN_BUFFERS);
+    frames.extend(std::iter::from_fn(|| ring.pop()));
+    let (captured, lost) = ring.counts()[0];
+    assert!(captured == MIN_BUFFERS as u64 && lost > 0, "{captured} captured, {lost} lost");
+    for f in frames.drain(..) {
+        ring.recycle(f);
+    }
 }

@@ -11,6 +11,7 @@
 //! * [`daemon`]: all of it wired together; [`config`]: flags, environment, file.
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod config;
 pub mod daemon;
 #[cfg(test)]

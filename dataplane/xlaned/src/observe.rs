@@ -41,7 +41,11 @@ impl TraceSession {
 
 /// Change what worker `driver` observes with `edit`; an observer left observing nothing
 /// is removed, so the worker is back on its unobserved path.
-fn edit_observer<M: FrameMemory, P: Port<M>>(driver: &mut Driver<M, P>, worker: u16, edit: impl FnOnce(&mut Observer)) {
+pub(crate) fn edit_observer<M: FrameMemory, P: Port<M>>(
+    driver: &mut Driver<M, P>,
+    worker: u16,
+    edit: impl FnOnce(&mut Observer),
+) {
     let mut o = driver.set_observer(None).unwrap_or_else(|| Box::new(Observer::new(worker)));
     edit(&mut o);
     if o.is_active() {

@@ -1,6 +1,7 @@
 //! xlanectl: inspect and drive xlaned through its control socket.
 #![forbid(unsafe_code)]
 
+mod capture;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -8,7 +9,7 @@ use ipnet::Ipv4Net;
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use xlane_api::{Change, Client, EndpointSpec, Mac, Op, PortInfo, Reply, Table, TraceSpec, Vtep};
+use xlane_api::{CaptureSpec, Change, Client, EndpointSpec, Mac, Op, PortInfo, Reply, Table, TraceSpec, Vtep};
 
 /// xlanectl: the command-line client of xlaned's control socket.
 ///
@@ -119,6 +120,33 @@ enum Cmd {
     /// Packet trace: record what the pipeline decides for frames, stage by stage.
     #[command(subcommand)]
     Trace(TraceCmd),
+    /// Capture a port's frames as pcapng (tcpdump and Wireshark read it). Frames are
+    /// copied as received (--rx, the default), as transmitted (--tx), or only those
+    /// received and dropped (--drops, each with its drop reason as the packet comment).
+    /// A reader too slow for the traffic loses frames (counted), never slows forwarding.
+    Capture {
+        /// The port (see `xlanectl ports`).
+        #[arg(long)]
+        port: u16,
+        /// Frames received on the port.
+        #[arg(long)]
+        rx: bool,
+        /// Frames transmitted on the port.
+        #[arg(long)]
+        tx: bool,
+        /// Frames received on the port and dropped, with the reason.
+        #[arg(long)]
+        drops: bool,
+        /// Stop after this many frames (default: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Bytes kept of each frame.
+        #[arg(long, default_value_t = 65_535)]
+        snaplen: u32,
+        /// Where to write: a file, or "-" for stdout (`| tcpdump -n -r -`).
+        #[arg(short = 'w', value_name = "FILE|-")]
+        write: PathBuf,
+    },
     /// Turn transmit checksum offload of an interface in this namespace on or off (what
     /// `ethtool -K <dev> tx off` does). Interfaces whose traffic reaches xlane — pod
     /// interfaces, the host port — need it off: offloaded checksums reach an AF_XDP
@@ -171,6 +199,12 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             xlane_netlink::ethtool::set_tx_checksum(ifname, state == "on")
                 .map_err(|e| anyhow::anyhow!("{ifname}: {e}"))?;
             return Ok(true);
+        }
+        Cmd::Capture { port, rx, tx, drops, count, snaplen, write } => {
+            let spec = CaptureSpec { port: *port, rx: *rx, tx: *tx, drops: *drops, count: *count, snaplen: *snaplen };
+            let mut client =
+                Client::connect(&cli.socket).map_err(|e| anyhow::anyhow!("{}: {e}", cli.socket.display()))?;
+            return capture::run(&mut client, spec, write);
         }
         Cmd::Status => Op::Status,
         Cmd::Ports => Op::Dump { table: Table::Ports },
@@ -340,12 +374,20 @@ fn print_reply(reply: &Reply, all_drops: bool) {
                     c.burst_size["p50"], c.burst_size["p99"], c.burst_size["max"]
                 );
             }
+            if let Some(s) = &c.capture {
+                let state = if s.active { "running" } else { "ended" };
+                println!(
+                    "capture on port {} ({state}): {} captured, {} written, {} lost",
+                    s.port, s.captured, s.written, s.lost
+                );
+            }
             println!("ports:");
             print_ports(&c.ports);
         }
         Reply::TraceStarted { count } => println!("tracing the next {count} matching frame(s)"),
         Reply::TraceStopped { traced } => println!("trace stopped; {traced} frame(s) traced"),
         Reply::Trace { active, count, records } => trace::print(*active, *count, records),
+        Reply::CaptureReady { socket } => println!("capture ready: read it from {}", socket.display()),
         Reply::Status(s) => {
             println!("xlaned {} (protocol {}), tables at generation {}", s.version, s.protocol, s.generation);
             match &s.vtep {
