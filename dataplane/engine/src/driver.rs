@@ -199,8 +199,10 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
         }
     }
 
+    /// The forwarding loop, with `hook`'s calls where it is active (`H::ACTIVE` is a
+    /// constant: without an observer, this is the loop as it was before observers).
     #[inline(always)]
-    fn forward_with(&mut self, fib: &Fib, ingress: PortId, rx: &[Packet<M::Buf>], hook: &mut impl BurstHook) {
+    fn forward_with<H: BurstHook>(&mut self, fib: &Fib, ingress: PortId, rx: &[Packet<M::Buf>], hook: &mut H) {
         let n = rx.len();
         assert!(n <= BURST, "bursts are at most {BURST} frames");
         let mut verdicts = [Verdict::Drop(DropReason::UnknownPort); BURST];
@@ -217,13 +219,19 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
                 frames
                     .push(Frame::new(buf, p.head as usize, p.len as usize).expect("packets lie inside their buffers"));
             }
-            hook.begin(fib, ingress);
-            for (i, f) in frames.iter().enumerate() {
-                hook.received(i, f);
+            if H::ACTIVE {
+                hook.begin(fib, ingress);
+                for (i, f) in frames.iter().enumerate() {
+                    hook.received(i, f);
+                }
             }
             pipeline.process(fib, ingress, &mut frames, &mut verdicts[..n]);
-            for (i, ((p, f), v)) in placed.iter_mut().zip(&frames).zip(&verdicts).enumerate() {
-                hook.processed(i, f, *v);
+            if H::ACTIVE {
+                for (i, (f, v)) in frames.iter().zip(&verdicts).enumerate() {
+                    hook.processed(i, f, *v);
+                }
+            }
+            for (p, f) in placed.iter_mut().zip(&frames) {
                 // A frame lies inside its buffer, and buffers are far smaller than 4 GiB.
                 #[expect(clippy::cast_possible_truncation, reason = "offsets within a buffer")]
                 {
@@ -232,7 +240,7 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
             }
         });
         let mut unplaced = 0;
-        for (i, ((&buf, v), (head, len))) in bufs[..n].iter().zip(verdicts).zip(placed).enumerate() {
+        for ((&buf, v), (head, len)) in bufs[..n].iter().zip(verdicts).zip(placed) {
             match v {
                 // The lookup that finds the queue also finds a port this driver does not
                 // serve (still attaching, or just removed): no extra work per frame.
@@ -240,7 +248,6 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
                     Some(k) => self.pending[usize::from(k)].push(Packet { buf, head, len }),
                     None => {
                         self.mem.release(buf);
-                        hook.unplaced(i);
                         unplaced += 1;
                     }
                 },
@@ -250,7 +257,18 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
         if unplaced > 0 {
             self.pipeline.counters().reclassify_tx(unplaced, DropReason::NoEgressPort);
         }
-        hook.end(fib);
+        if H::ACTIVE {
+            // The same lookup again, for the observer only: which frames had no port.
+            for (i, v) in verdicts[..n].iter().enumerate() {
+                if let Verdict::Tx(dst) = v
+                    && unplaced > 0
+                    && self.egress.get(usize::from(dst.0)).copied().flatten().is_none()
+                {
+                    hook.unplaced(i);
+                }
+            }
+            hook.end(fib);
+        }
         self.transmit_pending();
     }
 

@@ -72,6 +72,7 @@ fn a_trace_shows_each_stage_of_a_ping_across_nodes() {
         assert_eq!(*egress, Some(0), "out on the uplink");
     }
     let text = String::from_utf8(xlanectl(d, &["trace", "show"]).stdout).unwrap();
+    eprintln!("{}", text.split("\n\n").take(2).collect::<Vec<_>>().join("\n\n"));
     for want in [
         format!("in on port {pod_port} (pod {})", p0.ip),
         format!("route    {} -> remote VTEP {node1}", p2.ip),

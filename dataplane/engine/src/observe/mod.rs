@@ -27,6 +27,8 @@ use xlane_fib::{Fib, PortId};
 /// Frames are passed as [`Frame`]s, not slices: slicing one is a bounds check the
 /// compiler must keep, so the unobserved loop would not vanish.
 pub(crate) trait BurstHook {
+    /// False only for [`Unobserved`]: the driver skips the calls (and their loops).
+    const ACTIVE: bool;
     fn begin(&mut self, fib: &Fib, ingress: PortId);
     fn received(&mut self, i: usize, frame: &Frame<'_>);
     fn processed(&mut self, i: usize, frame: &Frame<'_>, verdict: Verdict);
@@ -38,6 +40,7 @@ pub(crate) trait BurstHook {
 pub(crate) struct Unobserved;
 
 impl BurstHook for Unobserved {
+    const ACTIVE: bool = false;
     #[inline(always)]
     fn begin(&mut self, _: &Fib, _: PortId) {}
     #[inline(always)]
@@ -103,6 +106,7 @@ fn unix_ns() -> u64 {
 }
 
 impl BurstHook for Observer {
+    const ACTIVE: bool = true;
     fn begin(&mut self, fib: &Fib, ingress: PortId) {
         self.tracing = self.trace.as_mut().is_some_and(|t| t.begin(fib, ingress));
         self.capturing = self.capture.as_mut().is_some_and(|c| c.begin(ingress));
