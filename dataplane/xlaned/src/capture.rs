@@ -11,6 +11,7 @@
 //! workers' taps are then removed at the control thread's next wake.
 
 use crate::host::Host;
+use crate::observe::edit_observer;
 use crate::state::{Failure, Notify, State, failed, invalid};
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
@@ -27,9 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use xlane_api::{CaptureSpec, CaptureStats, Reply};
-use xlane_engine::observe::Observer;
 use xlane_engine::observe::capture::{CaptureFilter, CaptureRing, CapturedFrame, Direction};
-use xlane_engine::{Driver, FrameMemory, Port};
 use xlane_fib::PortId;
 
 /// How long a capture waits for its reader to connect.
@@ -70,10 +69,6 @@ impl Session {
             written: self.written.load(Ordering::Relaxed),
         }
     }
-}
-
-fn edit_observer<M: FrameMemory, P: Port<M>>(driver: &mut Driver<M, P>, worker: u16, edit: impl FnOnce(&mut Observer)) {
-    crate::observe::edit_observer(driver, worker, edit);
 }
 
 impl<H: Host> State<H> {

@@ -118,8 +118,8 @@ fn addr(b: &[u8], at: usize) -> Option<Ipv4Addr> {
 }
 
 /// The IPv4 header at the start of `ip`, its header length and payload (clipped to
-/// what the frame holds).
-fn ipv4(ip: &[u8]) -> Option<(Ipv4Fields, &[u8])> {
+/// what the frame holds). Without `checksums`, `checksum_ok` is left false.
+fn ipv4(ip: &[u8], checksums: bool) -> Option<(Ipv4Fields, &[u8])> {
     let ihl = usize::from(*ip.first()? & 0x0f) * 4;
     let header = ip.get(..ihl.max(20))?;
     let fields = Ipv4Fields {
@@ -128,7 +128,7 @@ fn ipv4(ip: &[u8]) -> Option<(Ipv4Fields, &[u8])> {
         proto: ip[9],
         ttl: ip[8],
         total_len: be16(ip, 2)?,
-        checksum_ok: ihl >= 20 && xlane_wire::checksum::sum(header) == 0xffff,
+        checksum_ok: checksums && ihl >= 20 && xlane_wire::checksum::sum(header) == 0xffff,
     };
     let later_fragment = be16(ip, 6)? & 0x1fff != 0;
     let end = usize::from(fields.total_len).clamp(header.len(), ip.len());
@@ -151,11 +151,22 @@ fn transport(proto: u8, l4: &[u8]) -> Transport {
 /// an overlay frame.
 #[must_use]
 pub fn parse(frame: &[u8], vxlan_port: Option<u16>) -> Headers {
-    let mut h = parse_plain(frame);
+    parse_with(frame, vxlan_port, true)
+}
+
+/// [`parse`] without verifying IPv4 header checksums (`checksum_ok` is false): enough to
+/// match a filter, and cheaper, for the frames a trace does not take.
+#[must_use]
+pub fn parse_unverified(frame: &[u8], vxlan_port: Option<u16>) -> Headers {
+    parse_with(frame, vxlan_port, false)
+}
+
+fn parse_with(frame: &[u8], vxlan_port: Option<u16>, checksums: bool) -> Headers {
+    let (mut h, l4) = parse_plain(frame, checksums);
     if let (Some(ip), Transport::Ports { src, dst }, Some(port)) = (h.ipv4, h.transport, vxlan_port)
         && ip.proto == PROTO_UDP
         && dst == port
-        && let Some(vx) = ipv4(&frame[ETH..]).map(|(_, p)| p).and_then(|udp| udp.get(8..))
+        && let Some(vx) = l4.get(8..)
         && vx.len() >= VXLAN_HEADER_LEN
     {
         let vni = (vx[0] & 0x08 != 0).then(|| u32::from_be_bytes([0, vx[4], vx[5], vx[6]]));
@@ -167,24 +178,27 @@ pub fn parse(frame: &[u8], vxlan_port: Option<u16>) -> Headers {
             dst_port: dst,
             vni,
         };
-        h = Headers { len: h.len, outer: Some(tunnel), ..parse_plain(&vx[VXLAN_HEADER_LEN..]) };
+        h = Headers { len: h.len, outer: Some(tunnel), ..parse_plain(&vx[VXLAN_HEADER_LEN..], checksums).0 };
     }
     h
 }
 
-fn parse_plain(frame: &[u8]) -> Headers {
+/// The frame's own headers (no tunnel), and its IPv4 payload (empty if none).
+fn parse_plain(frame: &[u8], checksums: bool) -> (Headers, &[u8]) {
     #[expect(clippy::cast_possible_truncation, reason = "frames are far smaller than 4 GiB")]
     let mut h = Headers { len: frame.len() as u32, ..Headers::default() };
+    let mut l4: &[u8] = &[];
     let (Some(dst), Some(src), Some(et)) = (mac(frame, 0), mac(frame, 6), be16(frame, 12)) else {
-        return h;
+        return (h, l4);
     };
     (h.eth_dst, h.eth_src, h.ethertype) = (Some(dst), Some(src), et);
     let body = &frame[ETH..];
     match et {
         ethertype::IPV4 => {
-            if let Some((ip, payload)) = ipv4(body) {
+            if let Some((ip, payload)) = ipv4(body, checksums) {
                 h.ipv4 = Some(ip);
                 h.transport = transport(ip.proto, payload);
+                l4 = payload;
             }
         }
         ethertype::ARP => {
@@ -199,7 +213,7 @@ fn parse_plain(frame: &[u8]) -> Headers {
         }
         _ => {}
     }
-    h
+    (h, l4)
 }
 
 #[cfg(test)]
@@ -220,10 +234,20 @@ mod tests {
         let t = h.outer.unwrap();
         assert_eq!((t.ip.dst, t.dst_port, t.vni), ("192.168.50.2".parse().unwrap(), 8472, Some(1)));
         assert_eq!(h.ipv4.unwrap().dst, "10.244.2.3".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            parse_unverified(&fixture("encap_udp_out"), Some(8472)),
+            Headers { outer: Some(Tunnel { ip: unverified(t.ip), ..t }), ipv4: h.ipv4.map(unverified), ..h },
+            "the same fields, checksums not verified"
+        );
         // Not the node's VXLAN port: described as the plain UDP packet it is.
         assert!(parse(&fixture("encap_udp_out"), Some(4789)).outer.is_none());
         let a = parse(&fixture("arp_request_in"), None).arp.unwrap();
         assert_eq!(a.op, 1);
+    }
+
+    /// The fields as [`parse_unverified`] leaves them.
+    fn unverified(ip: Ipv4Fields) -> Ipv4Fields {
+        Ipv4Fields { checksum_ok: false, ..ip }
     }
 
     #[test]

@@ -306,10 +306,13 @@ impl Tracer {
     }
 
     pub(crate) fn received(&mut self, worker: u16, i: usize, frame: &[u8]) {
-        let input = headers::parse(frame, self.vxlan_port);
-        if !self.filter.frames.is_none_or(|m| m.matches(&input)) {
+        // Match on the cheaper parse; verify checksums only for the frames recorded.
+        if let Some(m) = self.filter.frames
+            && !m.matches(&headers::parse_unverified(frame, self.vxlan_port))
+        {
             return;
         }
+        let input = headers::parse(frame, self.vxlan_port);
         let Some(seq) = self.buffer.claim() else { return };
         #[expect(clippy::cast_possible_truncation, reason = "at most BURST = 64 pending")]
         {
