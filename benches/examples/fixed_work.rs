@@ -3,21 +3,56 @@
 //! `valgrind --tool=callgrind` with two burst counts and divide the difference by the
 //! extra frames, so set-up (tables with 10k routes) cancels out.
 //!
-//! `cargo run --release -p xlane-benches --example fixed_work -- driver|encap|decap BURSTS`
+//! `cargo run --release -p xlane-benches --example fixed_work -- WORKLOAD BURSTS`
 //!
 //! `driver`: the in-memory two-node path (node A's driver encapsulates 64 pod frames,
 //! the wire moves them, node B's driver decapsulates and delivers them);
+//! `driver-trace-miss`: the same with both nodes tracing, every frame checked against a
+//! filter it misses; `driver-capture`: with node A capturing its pod's frames (a reader
+//! emptying the ring every burst);
 //! `encap`/`decap`: the pipeline alone on one burst, restored between runs.
 
 use std::sync::Arc;
 use xlane_engine::fixtures::{IPV4_DST, fixture, set_ipv4_addr};
 use xlane_engine::mem::{FRAME_SIZE, HEADROOM};
+use xlane_engine::observe::Observer;
+use xlane_engine::observe::capture::{CaptureFilter, CaptureRing};
+use xlane_engine::observe::trace::{FrameMatch, TraceBuffer, TraceFilter};
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_engine::{BURST, CoreCounters, Frame, Pipeline, Verdict};
 use xlane_fib::PortId;
 
-fn driver(bursts: u64) {
+/// What the two-node path observes.
+#[derive(Clone, Copy)]
+enum Observe {
+    Nothing,
+    TraceMiss,
+    Capture,
+}
+
+fn driver(bursts: u64, observe: Observe) {
     let (mut a, mut b) = testbed::two_nodes(10_000, 256);
+    // A capture's reader, emptying the ring after each burst.
+    let mut ring = None;
+    match observe {
+        Observe::Nothing => {}
+        Observe::TraceMiss => {
+            let miss = TraceFilter { port: None, frames: Some(FrameMatch::L4Port(9)) };
+            for dp in [&mut a, &mut b] {
+                let mut o = Observer::new(0);
+                o.set_trace(Arc::new(TraceBuffer::new(1)), miss);
+                dp.set_observer(Some(Box::new(o)));
+            }
+        }
+        Observe::Capture => {
+            let rx = CaptureFilter { port: testbed::pod(1).port, rx: true, tx: false, drops: false };
+            let r = Arc::new(CaptureRing::new(rx, 128, 256, 1));
+            let mut o = Observer::new(0);
+            o.set_capture(Arc::clone(&r));
+            a.set_observer(Some(Box::new(o)));
+            ring = Some(r);
+        }
+    }
     let mut frame = fixture("encap_udp_in");
     set_ipv4_addr(&mut frame, 14, IPV4_DST, testbed::b_pod().ip);
     let mut delivered = 0;
@@ -29,6 +64,11 @@ fn driver(bursts: u64) {
         a.wire_to(UPLINK, &mut b, UPLINK).expect("uplinks");
         b.run_until_idle();
         delivered += b.drain_tx(testbed::b_pod().port, |_| {}).expect("pod port");
+        if let Some(r) = &ring {
+            while let Some(f) = r.pop() {
+                r.recycle(f);
+            }
+        }
     }
     assert_eq!(delivered as u64, bursts * BURST as u64, "every frame delivered");
 }
@@ -57,9 +97,11 @@ fn main() {
     let what = args.next().unwrap_or_else(|| "driver".into());
     let bursts: u64 = args.next().map_or(1000, |b| b.parse().expect("a burst count"));
     match what.as_str() {
-        "driver" => driver(bursts),
+        "driver" => driver(bursts, Observe::Nothing),
+        "driver-trace-miss" => driver(bursts, Observe::TraceMiss),
+        "driver-capture" => driver(bursts, Observe::Capture),
         "encap" => pipeline(bursts, "encap_udp_in", PortId(1)),
         "decap" => pipeline(bursts, "decap_udp_in", UPLINK),
-        other => panic!("unknown workload {other}: driver, encap or decap"),
+        other => panic!("unknown workload {other}: driver, driver-trace-miss, driver-capture, encap or decap"),
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::Mac;
 use crate::codec::{self, Envelope, ErrorCode};
+pub use crate::observe::*;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -144,6 +145,14 @@ pub enum Op {
     Counters,
     /// Daemon status.
     Status,
+    /// Start a packet trace (replacing one in progress and its records).
+    TraceStart(TraceSpec),
+    /// Stop tracing (the records stay until the next start).
+    TraceStop,
+    /// The trace's records so far.
+    TraceShow,
+    /// Start a capture: the reply names the socket to read its pcapng from.
+    CaptureStart(CaptureSpec),
 }
 
 /// A route as dumped.
@@ -250,6 +259,9 @@ pub struct Counters {
     /// Frames each worker took from its queues (how RSS spreads the load).
     #[serde(default)]
     pub worker_rx: Vec<u64>,
+    /// The capture in progress, or the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureStats>,
 }
 
 /// Daemon status.
@@ -338,6 +350,30 @@ pub enum Reply {
     Counters(Box<Counters>),
     /// Status.
     Status(Box<Status>),
+    /// A trace started.
+    TraceStarted {
+        /// Frames it takes in all.
+        count: u64,
+    },
+    /// A trace stopped.
+    TraceStopped {
+        /// Frames it took.
+        traced: u64,
+    },
+    /// A trace's records.
+    Trace {
+        /// Whether it is still taking frames.
+        active: bool,
+        /// Frames it takes in all.
+        count: u64,
+        /// The records, in order.
+        records: Vec<TraceEntry>,
+    },
+    /// A capture is ready: connect to `socket` to read it as pcapng (one reader).
+    CaptureReady {
+        /// The capture's socket.
+        socket: std::path::PathBuf,
+    },
 }
 
 codec::protocol!(pub Op => Reply, version VERSION);
@@ -375,6 +411,20 @@ mod tests {
         assert_eq!(code(br#"{"version":1,"op":"explode"}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"version":1,"op":"apply","changes":[{"kind":"add_route","prefix":"10.244.2.0/33","via":"1.2.3.4"}]}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"version":1,"op":"set_vtep","ip":"192.168.50.1","mac":"nope"}"#), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn observation_requests_as_documented() {
+        let r = parse_request(br#"{"version":1,"op":"trace_start","count":5,"match":"icmp"}"#).unwrap();
+        assert_eq!(r.op, Op::TraceStart(TraceSpec { count: 5, port: None, frames: Some("icmp".into()) }));
+        let r = parse_request(br#"{"version":1,"op":"trace_start"}"#).unwrap();
+        assert_eq!(r.op, Op::TraceStart(TraceSpec { count: 50, port: None, frames: None }));
+        let r = parse_request(br#"{"version":1,"op":"capture_start","port":2,"rx":true}"#).unwrap();
+        let Op::CaptureStart(c) = r.op else { panic!("{r:?}") };
+        assert_eq!((c.port, c.rx, c.tx, c.drops, c.count, c.snaplen), (2, true, false, false, 0, 65_535));
+        let code = |line: &[u8]| codec::tests::error_code(parse_request(line));
+        assert_eq!(code(br#"{"version":1,"op":"trace_start","count":-1}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"version":1,"op":"capture_start","rx":true}"#), ErrorCode::BadRequest);
     }
 
     fn port_info() -> PortInfo {
@@ -442,6 +492,10 @@ mod tests {
             }),
             Op::Dump { table: Table::Routes },
             Op::Counters,
+            Op::TraceStart(TraceSpec { count: 5, port: Some(2), frames: Some("icmp".into()) }),
+            Op::TraceStop,
+            Op::TraceShow,
+            Op::CaptureStart(CaptureSpec { port: 2, rx: true, tx: false, drops: true, count: 1000, snaplen: 128 }),
         ];
         for op in ops {
             let line = serde_json::to_vec(&Request::new(op.clone())).unwrap();

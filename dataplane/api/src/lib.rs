@@ -17,6 +17,7 @@ pub mod agent;
 pub mod client;
 pub mod codec;
 pub mod dataplane;
+pub mod observe;
 pub mod server;
 
 pub use client::ClientError;

@@ -11,6 +11,7 @@
 use crate::counters::CoreCounters;
 use crate::drop::DropReason;
 use crate::frame::Frame;
+use crate::observe::{BurstHook, Observer, Unobserved};
 use crate::pipeline::{BURST, Pipeline, Verdict};
 use crate::port::{FrameMemory, Packet, Port, bump};
 use arrayvec::ArrayVec;
@@ -30,13 +31,22 @@ pub struct Driver<M: FrameMemory, P: Port<M>> {
     egress: Vec<Option<u16>>,
     /// Per entry of `ports`: frames to transmit once the current burst is placed.
     pending: Vec<ArrayVec<Packet<M::Buf>, BURST>>,
+    /// Trace and capture, when on (see [`crate::observe`]).
+    observer: Option<Box<Observer>>,
 }
 
 impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
     /// A driver with no ports, adding to `counters` (one per worker).
     #[must_use]
     pub fn new(mem: M, counters: Arc<CoreCounters>) -> Self {
-        Self { pipeline: Pipeline::new(counters), mem, ports: Vec::new(), egress: Vec::new(), pending: Vec::new() }
+        Self {
+            pipeline: Pipeline::new(counters),
+            mem,
+            ports: Vec::new(),
+            egress: Vec::new(),
+            pending: Vec::new(),
+            observer: None,
+        }
     }
 
     /// The frame memory.
@@ -65,6 +75,16 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
     #[must_use]
     pub fn counters(&self) -> &Arc<CoreCounters> {
         self.pipeline.counters()
+    }
+
+    /// Install (or, with `None`, remove) what this worker observes; returns the previous.
+    pub fn set_observer(&mut self, observer: Option<Box<Observer>>) -> Option<Box<Observer>> {
+        std::mem::replace(&mut self.observer, observer)
+    }
+
+    /// What this worker observes, if anything.
+    pub fn observer_mut(&mut self) -> Option<&mut Observer> {
+        self.observer.as_deref_mut()
     }
 
     /// Serve `port` (after the ports already served).
@@ -160,6 +180,29 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
     /// Run buffers the caller holds (received on `ingress`) through the pipeline, place
     /// each by its verdict and transmit.
     pub fn forward(&mut self, fib: &Fib, ingress: PortId, rx: &[Packet<M::Buf>]) {
+        // Observation off costs this one test per burst; the rest is the plain loop.
+        if self.observer.is_some() {
+            self.forward_observed(fib, ingress, rx);
+        } else {
+            self.forward_with(fib, ingress, rx, &mut Unobserved);
+        }
+    }
+
+    /// [`forward`](Self::forward) with the observer's calls. Out of line and cold, so the
+    /// unobserved loop keeps the shape (and instruction count) it has without observers.
+    #[cold]
+    #[inline(never)]
+    fn forward_observed(&mut self, fib: &Fib, ingress: PortId, rx: &[Packet<M::Buf>]) {
+        if let Some(mut observer) = self.observer.take() {
+            self.forward_with(fib, ingress, rx, &mut *observer);
+            self.observer = Some(observer);
+        }
+    }
+
+    /// The forwarding loop, with `hook`'s calls where it is active (`H::ACTIVE` is a
+    /// constant: without an observer, this is the loop as it was before observers).
+    #[inline(always)]
+    fn forward_with<H: BurstHook>(&mut self, fib: &Fib, ingress: PortId, rx: &[Packet<M::Buf>], hook: &mut H) {
         let n = rx.len();
         assert!(n <= BURST, "bursts are at most {BURST} frames");
         let mut verdicts = [Verdict::Drop(DropReason::UnknownPort); BURST];
@@ -176,7 +219,18 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
                 frames
                     .push(Frame::new(buf, p.head as usize, p.len as usize).expect("packets lie inside their buffers"));
             }
+            if H::ACTIVE {
+                hook.begin(fib, ingress);
+                for (i, f) in frames.iter().enumerate() {
+                    hook.received(i, f);
+                }
+            }
             pipeline.process(fib, ingress, &mut frames, &mut verdicts[..n]);
+            if H::ACTIVE {
+                for (i, (f, v)) in frames.iter().zip(&verdicts).enumerate() {
+                    hook.processed(i, f, *v);
+                }
+            }
             for (p, f) in placed.iter_mut().zip(&frames) {
                 // A frame lies inside its buffer, and buffers are far smaller than 4 GiB.
                 #[expect(clippy::cast_possible_truncation, reason = "offsets within a buffer")]
@@ -202,6 +256,18 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
         }
         if unplaced > 0 {
             self.pipeline.counters().reclassify_tx(unplaced, DropReason::NoEgressPort);
+        }
+        if H::ACTIVE {
+            // The same lookup again, for the observer only: which frames had no port.
+            for (i, v) in verdicts[..n].iter().enumerate() {
+                if let Verdict::Tx(dst) = v
+                    && unplaced > 0
+                    && self.egress.get(usize::from(dst.0)).copied().flatten().is_none()
+                {
+                    hook.unplaced(i);
+                }
+            }
+            hook.end(fib);
         }
         self.transmit_pending();
     }

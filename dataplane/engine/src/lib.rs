@@ -12,6 +12,7 @@
 //!   counters, offloads) over a [`FrameMemory`] its ports share.
 //! * [`driver`]: the one burst driver over any such ports: pipeline, placement,
 //!   transmission, every frame counted.
+//! * [`observe`]: packet trace and capture around the pipeline, off unless installed.
 //! * `mem`, `testbed` and `fixtures` (feature `test-utils`): in-memory ports, a
 //!   reproducible node and its frames (the byte fixtures, frame builders), so the whole
 //!   engine runs without privileges (tests, benches, examples).
@@ -30,6 +31,7 @@ pub mod frame;
 pub mod icmp;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mem;
+pub mod observe;
 pub mod pipeline;
 pub mod port;
 #[cfg(any(test, feature = "test-utils"))]

@@ -10,6 +10,7 @@
 use crate::CoreCounters;
 use crate::counters::CounterSnapshot;
 use crate::driver::Driver;
+use crate::observe::Observer;
 use crate::pipeline::BURST;
 use crate::port::{FrameMemory, Packet, Port, PortCounters};
 use arrayvec::ArrayVec;
@@ -204,6 +205,11 @@ impl MemDataplane {
             p.tx.reserve(frames);
         }
         self.driver.mem_mut().preallocate(frames);
+    }
+
+    /// Install (or remove) what the driver observes; returns the previous.
+    pub fn set_observer(&mut self, observer: Option<Box<Observer>>) -> Option<Box<Observer>> {
+        self.driver.set_observer(observer)
     }
 
     fn port(&mut self, id: PortId) -> Result<&mut MemPort, NoSuchPort> {

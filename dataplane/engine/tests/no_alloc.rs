@@ -6,8 +6,12 @@
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
+use std::sync::Arc;
 use xlane_engine::fixtures::fixture;
 use xlane_engine::mem::MemDataplane;
+use xlane_engine::observe::Observer;
+use xlane_engine::observe::capture::{CaptureFilter, CaptureRing, MIN_BUFFERS};
+use xlane_engine::observe::trace::{TraceBuffer, TraceFilter};
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_fib::{FibHandle, PortId};
 
@@ -52,19 +56,46 @@ fn main() {
     dp.run_until_idle();
     drain(&mut dp);
 
-    let mut polled = 0;
-    let mut allocations = 0;
-    for _ in 0..20 {
-        round(&mut dp);
-        let region = Region::new(GLOBAL);
-        polled += dp.run_until_idle();
-        allocations += region.change().allocations + region.change().reallocations;
-        drain(&mut dp);
-    }
+    let measure = |dp: &mut MemDataplane, what: &str| {
+        let mut polled = 0;
+        let mut allocations = 0;
+        for _ in 0..20 {
+            round(dp);
+            let region = Region::new(GLOBAL);
+            polled += dp.run_until_idle();
+            allocations += region.change().allocations + region.change().reallocations;
+            drain(dp);
+        }
+        assert!(polled >= 20 * 129, "polled {polled}");
+        assert_eq!(allocations, 0, "heap allocations while forwarding {polled} frames {what}");
+        println!("no_alloc: {polled} frames forwarded or dropped {what} with 0 heap allocations");
+    };
+    measure(&mut dp, "unobserved");
     let c = dp.counters();
-    assert!(polled >= 20 * 129, "polled {polled}");
     assert!(c.encapsulated > 0 && c.decapsulated > 0 && c.arp_replies > 0 && c.local > 0 && c.dropped() > 0, "{c:?}");
     assert!(c.icmp_errors > 0 && c.icmp_rate_limited > 0, "{c:?}");
-    assert_eq!(allocations, 0, "heap allocations while forwarding {polled} frames");
-    println!("no_alloc: {polled} frames forwarded or dropped with 0 heap allocations");
+
+    // Tracing every frame (more than the trace takes, so it also fills up).
+    let trace = Arc::new(TraceBuffer::new(2000));
+    let mut observer = Observer::new(0);
+    observer.set_trace(Arc::clone(&trace), TraceFilter::default());
+    dp.set_observer(Some(Box::new(observer)));
+    measure(&mut dp, "while tracing");
+    assert!(trace.full());
+
+    // Capturing every frame of two ports both ways, with a reader that keeps up and
+    // one that does not (losses).
+    let mut observer = Observer::new(0);
+    let both = CaptureFilter { port: PortId(1), rx: true, tx: true, drops: true };
+    let ring = Arc::new(CaptureRing::new(both, 256, MIN_BUFFERS, 1));
+    observer.set_capture(Arc::clone(&ring));
+    dp.set_observer(Some(Box::new(observer)));
+    measure(&mut dp, "while capturing (reader stalled)");
+    let mut frames = Vec::with_capacity(MIN_BUFFERS);
+    frames.extend(std::iter::from_fn(|| ring.pop()));
+    let (captured, lost) = ring.counts()[0];
+    assert!(captured == MIN_BUFFERS as u64 && lost > 0, "{captured} captured, {lost} lost");
+    for f in frames.drain(..) {
+        ring.recycle(f);
+    }
 }

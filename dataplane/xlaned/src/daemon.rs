@@ -59,6 +59,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         // the uplink's full ring.
         pod_fill: 256,
         busy_poll: cfg.busy_poll,
+        runtime_dir: cfg.socket.parent().map_or_else(|| "/run/xlane".into(), std::path::Path::to_path_buf),
     };
     let host = host::System::new(xdp, bind)?;
     let mut st = state::State::new(control, host, fib, workers, metric_ports, Arc::new(|| {}))?;

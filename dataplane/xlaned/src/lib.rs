@@ -11,6 +11,7 @@
 //! * [`daemon`]: all of it wired together; [`config`]: flags, environment, file.
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod config;
 pub mod daemon;
 #[cfg(test)]
@@ -18,6 +19,7 @@ mod fake;
 pub mod host;
 pub mod hostport;
 pub mod metrics;
+mod observe;
 mod ports;
 pub mod server;
 pub mod state;

@@ -46,6 +46,8 @@ pub struct ControlConfig {
     pub pod_fill: u32,
     /// Whether workers busy-poll (for status).
     pub busy_poll: bool,
+    /// Where capture sockets are made (beside the control socket).
+    pub runtime_dir: std::path::PathBuf,
 }
 
 /// The workers of a node on host `H`.
@@ -118,6 +120,9 @@ pub struct State<H: Host> {
     next_ticket: u64,
     /// Replies due that [`handle_now`](Self::handle_now) came across.
     stashed: Vec<(Ticket, Reply)>,
+    /// Packet trace and capture.
+    pub(crate) observe: crate::observe::Observation,
+    pub(crate) captures: crate::capture::Captures,
 }
 
 impl<H: Host> core::fmt::Debug for State<H> {
@@ -160,6 +165,8 @@ impl<H: Host> State<H> {
             notify,
             next_ticket: 0,
             stashed: Vec::new(),
+            observe: crate::observe::Observation::default(),
+            captures: crate::capture::Captures::default(),
         })
     }
 
@@ -184,6 +191,10 @@ impl<H: Host> State<H> {
             Op::Dump { table } => Ok(self.dump(table)),
             Op::Counters => Ok(Reply::Counters(Box::new(self.counters()))),
             Op::Status => Ok(Reply::Status(Box::new(self.status()))),
+            Op::TraceStart(spec) => self.trace_start(&spec),
+            Op::TraceStop => self.trace_stop(),
+            Op::TraceShow => self.trace_show(),
+            Op::CaptureStart(spec) => self.capture_start(&spec),
         };
         Handled::Now(r.unwrap_or_else(|(code, message)| Reply::Error { code, message }))
     }
@@ -228,6 +239,8 @@ impl<H: Host> State<H> {
             self.worker_event(ev, &mut due);
         }
         self.expire_attaches(&mut due);
+        self.retire_finished_trace();
+        self.retire_finished_capture();
         due
     }
 
@@ -489,6 +502,7 @@ impl<H: Host> State<H> {
             latency_ns: pct(&latency),
             burst_size: pct(&burst),
             worker_rx: self.workers.iter().map(|w| w.shared.counters.snapshot().rx).collect(),
+            capture: self.capture_stats(),
         }
     }
 
@@ -518,6 +532,7 @@ impl<H: Host> State<H> {
     /// Stop the workers (they close every port) and drop every attachment (detaching
     /// the XDP programs). Requests still waiting get an error.
     pub fn shutdown(&mut self) -> Vec<(Ticket, Reply)> {
+        self.stop_capture();
         for w in &self.workers {
             w.send(Command::Stop);
         }

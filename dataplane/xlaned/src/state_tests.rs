@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xlane_api::{Change, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, Vtep};
+use xlane_api::{CaptureSpec, Change, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, TraceHop, TraceSpec, Vtep};
 use xlane_engine::DropReason;
 use xlane_engine::fixtures;
 use xlane_engine::mem::MemFrames;
@@ -51,6 +51,7 @@ impl Rig {
             uplink_fill: 64,
             pod_fill: 64,
             busy_poll: false,
+            runtime_dir: std::env::temp_dir(),
         };
         let metrics = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
         let notify = Arc::new(move || {
@@ -334,4 +335,132 @@ fn an_exited_worker_gets_an_error_reply_not_a_hang() {
     let Reply::Error { message, .. } = r else { panic!("{r:?}") };
     assert!(message.contains("worker 1 has exited"), "{message}");
     assert!(matches!(rig.call(Op::Status), Reply::Status(_)), "still answering");
+}
+
+#[test]
+fn a_trace_records_frames_through_the_workers_and_bad_requests_are_refused() {
+    let mut rig = Rig::new(2);
+    let (a, b) = (rig.attach(2), rig.attach(3));
+    let invalid = |r: Reply| matches!(r, Reply::Error { code: ErrorCode::Invalid, .. });
+    assert!(invalid(rig.call(Op::TraceShow)), "nothing to show before a start");
+    let spec = |count, port, frames: &str| TraceSpec { count, port, frames: Some(frames.to_owned()) };
+    for bad in [spec(5, None, "10.244.1.0/33"), spec(5, None, "gre"), spec(5, Some(9), "udp"), spec(0, None, "udp")] {
+        assert!(invalid(rig.call(Op::TraceStart(bad.clone()))), "{bad:?}");
+    }
+    let r = rig.call(Op::TraceStart(spec(3, Some(1), "udp")));
+    assert_eq!(r, Reply::TraceStarted { count: 3 });
+    let gw = rig.host.mac("veth2");
+    for i in 0..5 {
+        a.send(&udp(2, gw, pod_ip(3), i));
+    }
+    assert_eq!(collect(&b, 5, Duration::from_secs(5)).len(), 5);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let records = loop {
+        let Reply::Trace { records, .. } = rig.call(Op::TraceShow) else { panic!() };
+        if records.len() == 3 || Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
+    for r in &records {
+        assert_eq!((r.ingress, r.role.as_str(), r.endpoint_ip), (1, "pod", Some(pod_ip(2))));
+        assert_eq!((r.route_dst, r.route), (Some(pod_ip(3)), Some(TraceHop::Local { port: 2 })));
+        assert_eq!((r.egress, r.drop.as_deref(), r.stage.as_str()), (Some(2), None, "rewrite"));
+        assert_eq!(r.output.as_ref().unwrap().eth_dst, Some(pod_mac(3)));
+    }
+    // A full trace leaves the workers at the next wake; its records stay.
+    let _ = rig.state.on_wake();
+    let Reply::Trace { active, records, .. } = rig.call(Op::TraceShow) else { panic!() };
+    assert!(!active && records.len() == 3);
+    assert_eq!(rig.call(Op::TraceStop), Reply::TraceStopped { traced: 3 });
+}
+
+/// Every EPB of a pcapng stream: (data, comment).
+fn packets(stream: &[u8]) -> Vec<(Vec<u8>, Option<String>)> {
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    let mut r = PcapNgReader::new(stream).expect("a section header");
+    let mut out = Vec::new();
+    while let Some(b) = r.next_block() {
+        if let Block::EnhancedPacket(p) = b.expect("well formed") {
+            let comment = p.options.iter().find_map(|o| match o {
+                EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                _ => None,
+            });
+            out.push((p.data.to_vec(), comment));
+        }
+    }
+    out
+}
+
+fn capture_socket(r: &Reply) -> std::path::PathBuf {
+    match r {
+        Reply::CaptureReady { socket } => socket.clone(),
+        r => panic!("{r:?}"),
+    }
+}
+
+#[test]
+fn a_capture_streams_pcapng_with_drop_reasons_and_refuses_bad_requests() {
+    let mut rig = Rig::new(2);
+    let (a, b) = (rig.attach(2), rig.attach(3));
+    let spec = |port, snaplen| CaptureSpec { port, rx: true, tx: false, drops: true, count: 6, snaplen };
+    let invalid = |r: Reply| matches!(r, Reply::Error { code: ErrorCode::Invalid, .. });
+    assert!(invalid(rig.call(Op::CaptureStart(spec(9, 100)))), "no port 9");
+    assert!(invalid(rig.call(Op::CaptureStart(spec(1, 0)))), "snaplen 0");
+    let socket = capture_socket(&rig.call(Op::CaptureStart(spec(1, 100))));
+    assert!(invalid(rig.call(Op::CaptureStart(spec(2, 100)))), "one capture at a time");
+    let mut reader = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let gw = rig.host.mac("veth2");
+    let mut spoofed = udp(2, gw, pod_ip(3), 99);
+    fixtures::set_ipv4_addr(&mut spoofed, 14, fixtures::IPV4_SRC, pod_ip(7));
+    // Wait for both workers to have the capture before sending.
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..5 {
+        a.send(&udp(2, gw, pod_ip(3), i));
+    }
+    a.send(&spoofed);
+    assert_eq!(collect(&b, 5, Duration::from_secs(5)).len(), 5);
+    let mut stream = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut stream).unwrap();
+    let got = packets(&stream);
+    assert_eq!(got.iter().filter(|p| p.1.is_none()).map(|p| tag(&p.0)).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    assert_eq!(got.iter().filter_map(|p| p.1.as_deref()).collect::<Vec<_>>(), ["drop: spoofed_source"]);
+    assert!(!socket.exists(), "the socket goes with the capture");
+    let _ = rig.woken.recv_timeout(Duration::from_secs(1));
+    let _ = rig.state.on_wake();
+    let Reply::Counters(c) = rig.call(Op::Counters) else { panic!() };
+    let s = c.capture.unwrap();
+    assert_eq!((s.active, s.written, s.lost), (false, 6, 0));
+    // The next capture may start.
+    let _ = capture_socket(&rig.call(Op::CaptureStart(spec(1, 100))));
+}
+
+#[test]
+fn a_stalled_capture_reader_loses_frames_not_forwarding() {
+    let mut rig = Rig::new(1);
+    let (a, b) = (rig.attach(2), rig.attach(3));
+    let spec = CaptureSpec { port: 1, rx: true, tx: true, drops: false, count: 0, snaplen: 2048 };
+    let socket = capture_socket(&rig.call(Op::CaptureStart(spec)));
+    // Connected, never reading: the writer blocks once the socket's buffer is full.
+    let reader = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let gw = rig.host.mac("veth2");
+    let n = 20_000;
+    for i in 0..n {
+        a.send(&udp(2, gw, pod_ip(3), i));
+    }
+    assert_eq!(collect(&b, n as usize, Duration::from_secs(20)).len(), n as usize, "every frame forwarded");
+    let Reply::Counters(c) = rig.call(Op::Counters) else { panic!() };
+    let s = c.capture.unwrap();
+    assert!(s.active && s.lost > 0 && s.captured + s.lost == u64::from(n), "{s:?}");
+    // The reader going ends the capture.
+    drop(reader);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while socket.exists() || rig.state.capture_stats().is_some_and(|s| s.active) {
+        assert!(Instant::now() < deadline, "the capture did not end");
+        std::thread::sleep(Duration::from_millis(20));
+        let _ = rig.state.on_wake();
+    }
 }

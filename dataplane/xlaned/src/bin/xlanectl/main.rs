@@ -1,12 +1,15 @@
 //! xlanectl: inspect and drive xlaned through its control socket.
 #![forbid(unsafe_code)]
 
+mod capture;
+mod trace;
+
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use xlane_api::{Change, Client, EndpointSpec, Mac, Op, PortInfo, Reply, Table, Vtep};
+use xlane_api::{CaptureSpec, Change, Client, EndpointSpec, Mac, Op, PortInfo, Reply, Table, TraceSpec, Vtep};
 
 /// xlanectl: the command-line client of xlaned's control socket.
 ///
@@ -114,6 +117,36 @@ enum Cmd {
         /// Pod address.
         ip: Ipv4Addr,
     },
+    /// Packet trace: record what the pipeline decides for frames, stage by stage.
+    #[command(subcommand)]
+    Trace(TraceCmd),
+    /// Capture a port's frames as pcapng (tcpdump and Wireshark read it). Frames are
+    /// copied as received (--rx, the default), as transmitted (--tx), or only those
+    /// received and dropped (--drops, each with its drop reason as the packet comment).
+    /// A reader too slow for the traffic loses frames (counted), never slows forwarding.
+    Capture {
+        /// The port (see `xlanectl ports`).
+        #[arg(long)]
+        port: u16,
+        /// Frames received on the port.
+        #[arg(long)]
+        rx: bool,
+        /// Frames transmitted on the port.
+        #[arg(long)]
+        tx: bool,
+        /// Frames received on the port and dropped, with the reason.
+        #[arg(long)]
+        drops: bool,
+        /// Stop after this many frames (default: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Bytes kept of each frame.
+        #[arg(long, default_value_t = 65_535)]
+        snaplen: u32,
+        /// Where to write: a file, or "-" for stdout (`| tcpdump -n -r -`).
+        #[arg(short = 'w', value_name = "FILE|-")]
+        write: PathBuf,
+    },
     /// Turn transmit checksum offload of an interface in this namespace on or off (what
     /// `ethtool -K <dev> tx off` does). Interfaces whose traffic reaches xlane — pod
     /// interfaces, the host port — need it off: offloaded checksums reach an AF_XDP
@@ -125,6 +158,27 @@ enum Cmd {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TraceCmd {
+    /// Start tracing (replacing a trace in progress and its records).
+    Start {
+        /// Frames to trace in all.
+        #[arg(long, default_value_t = 50)]
+        count: u32,
+        /// Only frames received on this port (see `xlanectl ports`).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only frames matching: a CIDR or address (source or destination), icmp, tcp,
+        /// udp, arp, or a TCP/UDP port number. Overlay frames match by their inner packet.
+        #[arg(long = "match", value_name = "CIDR|PROTO|PORT")]
+        frames: Option<String>,
+    },
+    /// Stop tracing; the records stay for `show`.
+    Stop,
+    /// The traced frames, one block each.
+    Show,
 }
 
 fn main() {
@@ -145,6 +199,12 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             xlane_netlink::ethtool::set_tx_checksum(ifname, state == "on")
                 .map_err(|e| anyhow::anyhow!("{ifname}: {e}"))?;
             return Ok(true);
+        }
+        Cmd::Capture { port, rx, tx, drops, count, snaplen, write } => {
+            let spec = CaptureSpec { port: *port, rx: *rx, tx: *tx, drops: *drops, count: *count, snaplen: *snaplen };
+            let mut client =
+                Client::connect(&cli.socket).map_err(|e| anyhow::anyhow!("{}: {e}", cli.socket.display()))?;
+            return capture::run(&mut client, spec, write);
         }
         Cmd::Status => Op::Status,
         Cmd::Ports => Op::Dump { table: Table::Ports },
@@ -178,6 +238,11 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             Op::AddEndpoint(EndpointSpec { ifname: ifname.clone(), ip: *ip, mac: *mac, vhost_user: vhost_user.clone() })
         }
         Cmd::DelEndpoint { ip } => Op::DelEndpoint { ip: *ip },
+        Cmd::Trace(TraceCmd::Start { count, port, frames }) => {
+            Op::TraceStart(TraceSpec { count: *count, port: *port, frames: frames.clone() })
+        }
+        Cmd::Trace(TraceCmd::Stop) => Op::TraceStop,
+        Cmd::Trace(TraceCmd::Show) => Op::TraceShow,
     };
     let mut client = Client::connect(&cli.socket).map_err(|e| anyhow::anyhow!("{}: {e}", cli.socket.display()))?;
     let reply = client.call(op)?;
@@ -309,9 +374,20 @@ fn print_reply(reply: &Reply, all_drops: bool) {
                     c.burst_size["p50"], c.burst_size["p99"], c.burst_size["max"]
                 );
             }
+            if let Some(s) = &c.capture {
+                let state = if s.active { "running" } else { "ended" };
+                println!(
+                    "capture on port {} ({state}): {} captured, {} written, {} lost",
+                    s.port, s.captured, s.written, s.lost
+                );
+            }
             println!("ports:");
             print_ports(&c.ports);
         }
+        Reply::TraceStarted { count } => println!("tracing the next {count} matching frame(s)"),
+        Reply::TraceStopped { traced } => println!("trace stopped; {traced} frame(s) traced"),
+        Reply::Trace { active, count, records } => trace::print(*active, *count, records),
+        Reply::CaptureReady { socket } => println!("capture ready: read it from {}", socket.display()),
         Reply::Status(s) => {
             println!("xlaned {} (protocol {}), tables at generation {}", s.version, s.protocol, s.generation);
             match &s.vtep {
