@@ -4,8 +4,8 @@
 //! workers run on it, so every request path is exercised without privileges.
 
 use crate::host::{Host, OpenJob, OpenSpec};
+use crate::hostport::HostPortSpec;
 use crossbeam_channel::{Receiver, Sender};
-use ipnet::Ipv4Net;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -277,18 +277,10 @@ impl Host for FakeHost {
         FakePort::Vhost(port)
     }
 
-    fn ensure_host_port(
-        &mut self,
-        host: &str,
-        engine: &str,
-        _gateway: Ipv4Addr,
-        _cluster: Ipv4Net,
-        _mtu: u16,
-        queues: usize,
-    ) -> io::Result<()> {
-        let q = u32::try_from(queues).unwrap();
-        self.add_link(host, 90, q);
-        self.add_link(engine, 91, q);
+    fn ensure_host_port(&mut self, spec: &HostPortSpec<'_>) -> io::Result<()> {
+        let q = u32::try_from(spec.queues).unwrap();
+        self.add_link(spec.host, 90, q);
+        self.add_link(spec.engine, 91, q);
         Ok(())
     }
 

@@ -6,8 +6,8 @@
 //! tests run the same [`State`](crate::state::State) on a fake with in-memory ports, so
 //! every request path is tested without privileges.
 
+use crate::hostport::HostPortSpec;
 use crate::worker::NodePort;
-use ipnet::Ipv4Net;
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -80,20 +80,11 @@ pub trait Host {
     /// A vhost-user guest as a worker port.
     fn vhost(port: VhostPort) -> Self::Port;
 
-    /// Create (or reuse) the host port veth pair: `host` keeps `gateway`/32 and a route
-    /// for `cluster`; `engine` is served by the engine. `queues` each way.
+    /// Create (or reuse) the host port veth pair as `spec` says.
     ///
     /// # Errors
     /// The failing step.
-    fn ensure_host_port(
-        &mut self,
-        host: &str,
-        engine: &str,
-        gateway: Ipv4Addr,
-        cluster: Ipv4Net,
-        mtu: u16,
-        queues: usize,
-    ) -> io::Result<()>;
+    fn ensure_host_port(&mut self, spec: &HostPortSpec<'_>) -> io::Result<()>;
 
     /// The next hop towards `dst` (its gateway, or `dst` on-link) and the interface.
     ///
@@ -169,16 +160,8 @@ impl Host for System {
         NodePort::Vhost(port)
     }
 
-    fn ensure_host_port(
-        &mut self,
-        host: &str,
-        engine: &str,
-        gateway: Ipv4Addr,
-        cluster: Ipv4Net,
-        mtu: u16,
-        queues: usize,
-    ) -> io::Result<()> {
-        crate::hostport::ensure(host, engine, gateway, cluster, mtu, queues)
+    fn ensure_host_port(&mut self, spec: &HostPortSpec<'_>) -> io::Result<()> {
+        crate::hostport::ensure(spec)
     }
 
     fn next_hop(&mut self, dst: Ipv4Addr) -> io::Result<(Ipv4Addr, u32)> {

@@ -18,20 +18,30 @@ pub fn engine_end(host: &str) -> String {
     s
 }
 
-/// Create the pair if missing (an existing pair is reused), address `host` with `gateway`/32, route `cluster` into it,
-/// set the pod MTU and software checksums.
+/// The host port as the node wants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPortSpec<'a> {
+    /// The end that stays in the host (`xlane0`).
+    pub host: &'a str,
+    /// The end the engine serves ([`engine_end`] of `host`).
+    pub engine: &'a str,
+    /// The node subnet's gateway address, given to `host` as a /32.
+    pub gateway: Ipv4Addr,
+    /// The cluster CIDR, routed into `host` from `gateway`.
+    pub cluster: Ipv4Net,
+    /// The pods' MTU.
+    pub mtu: u16,
+    /// Queues each way: one per worker.
+    pub queues: usize,
+}
+
+/// Create the pair if missing (an existing pair is reused), address the host end with
+/// the gateway/32, route the cluster into it, set the pod MTU and software checksums.
 ///
 /// # Errors
 /// The failing netlink request or ioctl.
-/// The pair gets `queues` queues each way, one per worker.
-pub fn ensure(
-    host: &str,
-    engine: &str,
-    gateway: Ipv4Addr,
-    cluster: Ipv4Net,
-    mtu: u16,
-    queues: usize,
-) -> io::Result<()> {
+pub fn ensure(spec: &HostPortSpec<'_>) -> io::Result<()> {
+    let HostPortSpec { host, engine, gateway, cluster, mtu, queues } = *spec;
     let route = Route { dst: cluster.network(), prefix_len: cluster.prefix_len(), via: None, src: Some(gateway) };
     Veth {
         local: VethEnd { name: host, addrs: &[(gateway, 32)], routes: &[route], ..VethEnd::default() },

@@ -12,6 +12,7 @@
 //! comes out of [`State::on_wake`] once every worker has answered (see `ports.rs`).
 
 use crate::host::Host;
+use crate::hostport::HostPortSpec;
 use crate::ports::{Attaching, Port, Role, WorkerEvent};
 use crate::worker::{Command, WorkerHandle, WorkerShared};
 use crossbeam_channel::{Receiver, Sender};
@@ -308,10 +309,16 @@ impl<H: Host> State<H> {
         let engine_end = crate::hostport::engine_end(&host);
         let gateway = subnet.hosts().next().ok_or_else(|| invalid(format!("subnet {subnet} has no host address")))?;
         debug_assert_eq!(self.tables.node().and_then(|n| n.gateway_ip), Some(gateway), "set_vtep's gateway");
-        let (cluster, mtu, queues) = (self.cfg.cluster_cidr, self.pod_mtu(), self.workers.len());
-        self.host
-            .ensure_host_port(&host, &engine_end, gateway, cluster, mtu, queues)
-            .map_err(|e| failed(format!("host port {host}: {e}")))?;
+        let cluster = self.cfg.cluster_cidr;
+        let spec = HostPortSpec {
+            host: &host,
+            engine: &engine_end,
+            gateway,
+            cluster,
+            mtu: self.pod_mtu(),
+            queues: self.workers.len(),
+        };
+        self.host.ensure_host_port(&spec).map_err(|e| failed(format!("host port {host}: {e}")))?;
         if let Some(old) = self.ports.iter().find(|(_, p)| p.role == Role::Host).map(|(id, _)| *id) {
             self.remove_port(old);
             self.endpoints.retain(|_, id| *id != old);
