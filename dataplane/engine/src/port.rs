@@ -10,7 +10,7 @@
 use crate::pipeline::BURST;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use xlane_fib::PortId;
+pub use xlane_fib::PortId;
 
 /// A packet in a frame buffer: which buffer, and where the packet lies in it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -139,4 +139,71 @@ pub trait Port<M: FrameMemory> {
 
     /// Refresh statistics the medium keeps itself (about once a second).
     fn refresh_stats(&self) {}
+}
+
+/// Implement [`Port`] for an enum whose every variant holds one port kind over the same
+/// memory, by static dispatch: one `match` per call, no virtual call, and every method
+/// (defaults included) forwarded, so a capability a kind adds (its offloads, its sleep
+/// protocol) cannot be lost in a hand-written delegation.
+///
+/// ```ignore
+/// xlane_engine::port_enum!(NodePort<Umem> { Xdp, Vhost });
+/// ```
+#[macro_export]
+macro_rules! port_enum {
+    ($name:ident < $mem:ty > { $($variant:ident),+ $(,)? }) => {
+        impl $crate::Port<$mem> for $name {
+            fn id(&self) -> $crate::port::PortId {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::id(p),)+ }
+            }
+
+            fn counters(&self) -> &$crate::PortCounters {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::counters(p),)+ }
+            }
+
+            fn offloads(&self) -> $crate::Offloads {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::offloads(p),)+ }
+            }
+
+            fn receive(
+                &mut self,
+                mem: &mut $mem,
+                out: &mut [$crate::Packet<<$mem as $crate::FrameMemory>::Buf>; $crate::BURST],
+            ) -> usize {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::receive(p, mem, out),)+ }
+            }
+
+            fn transmit(
+                &mut self,
+                mem: &mut $mem,
+                pkts: &[$crate::Packet<<$mem as $crate::FrameMemory>::Buf>],
+            ) -> usize {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::transmit(p, mem, pkts),)+ }
+            }
+
+            fn service(&mut self, mem: &mut $mem) {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::service(p, mem),)+ }
+            }
+
+            fn close(self, mem: &mut $mem) {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::close(p, mem),)+ }
+            }
+
+            fn wait_fd(&self) -> Option<::std::os::fd::RawFd> {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::wait_fd(p),)+ }
+            }
+
+            fn prepare_sleep(&mut self) -> bool {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::prepare_sleep(p),)+ }
+            }
+
+            fn after_sleep(&mut self) {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::after_sleep(p),)+ }
+            }
+
+            fn refresh_stats(&self) {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::refresh_stats(p),)+ }
+            }
+        }
+    };
 }

@@ -150,63 +150,7 @@ pub(crate) enum FakePort {
     Vhost(VhostPort),
 }
 
-impl Port<MemFrames> for FakePort {
-    fn id(&self) -> PortId {
-        match self {
-            Self::Wire(p) => p.id(),
-            Self::Vhost(p) => Port::<MemFrames>::id(p),
-        }
-    }
-
-    fn counters(&self) -> &PortCounters {
-        match self {
-            Self::Wire(p) => p.counters(),
-            Self::Vhost(p) => Port::<MemFrames>::counters(p),
-        }
-    }
-
-    fn receive(&mut self, mem: &mut MemFrames, out: &mut [Packet<u32>; BURST]) -> usize {
-        match self {
-            Self::Wire(p) => p.receive(mem, out),
-            Self::Vhost(p) => p.receive(mem, out),
-        }
-    }
-
-    fn transmit(&mut self, mem: &mut MemFrames, pkts: &[Packet<u32>]) -> usize {
-        match self {
-            Self::Wire(p) => p.transmit(mem, pkts),
-            Self::Vhost(p) => p.transmit(mem, pkts),
-        }
-    }
-
-    fn close(self, mem: &mut MemFrames) {
-        match self {
-            Self::Wire(p) => p.close(mem),
-            Self::Vhost(p) => p.close(mem),
-        }
-    }
-
-    fn wait_fd(&self) -> Option<RawFd> {
-        match self {
-            Self::Wire(p) => p.wait_fd(),
-            Self::Vhost(p) => Port::<MemFrames>::wait_fd(p),
-        }
-    }
-
-    fn prepare_sleep(&mut self) -> bool {
-        match self {
-            Self::Wire(_) => false,
-            Self::Vhost(p) => Port::<MemFrames>::prepare_sleep(p),
-        }
-    }
-
-    fn after_sleep(&mut self) {
-        match self {
-            Self::Wire(p) => p.after_sleep(),
-            Self::Vhost(p) => Port::<MemFrames>::after_sleep(p),
-        }
-    }
-}
+xlane_engine::port_enum!(FakePort<MemFrames> { Wire, Vhost });
 
 /// A fake XDP program (the node records where it was attached).
 #[derive(Debug)]

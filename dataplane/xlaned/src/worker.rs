@@ -16,8 +16,8 @@ use nix::sys::eventfd::EventFd;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xlane_engine::{BURST, CoreCounters, Driver, FrameMemory, Packet, Port, PortCounters};
-use xlane_fib::{FibHandle, FibReader, PortId};
+use xlane_engine::{BURST, CoreCounters, Driver, FrameMemory, Packet, Port};
+use xlane_fib::{FibHandle, FibReader};
 use xlane_vhost::port::VhostPort;
 use xlane_xdp::port::XdpPort;
 use xlane_xdp::xsk::{Umem, wait_readable};
@@ -84,57 +84,8 @@ pub enum NodePort {
     Vhost(VhostPort),
 }
 
-/// Both kinds, by static dispatch: one match per burst, no virtual call.
-macro_rules! each {
-    ($self:expr, $p:ident => $e:expr) => {
-        match $self {
-            NodePort::Xdp($p) => $e,
-            NodePort::Vhost($p) => $e,
-        }
-    };
-}
-
-impl Port<Umem> for NodePort {
-    fn id(&self) -> PortId {
-        each!(self, p => Port::<Umem>::id(p))
-    }
-
-    fn counters(&self) -> &PortCounters {
-        each!(self, p => Port::<Umem>::counters(p))
-    }
-
-    fn receive(&mut self, mem: &mut Umem, out: &mut [Packet<u64>; BURST]) -> usize {
-        each!(self, p => p.receive(mem, out))
-    }
-
-    fn transmit(&mut self, mem: &mut Umem, pkts: &[Packet<u64>]) -> usize {
-        each!(self, p => p.transmit(mem, pkts))
-    }
-
-    fn service(&mut self, mem: &mut Umem) {
-        each!(self, p => p.service(mem));
-    }
-
-    fn close(self, mem: &mut Umem) {
-        each!(self, p => p.close(mem));
-    }
-
-    fn wait_fd(&self) -> Option<RawFd> {
-        each!(self, p => Port::<Umem>::wait_fd(p))
-    }
-
-    fn prepare_sleep(&mut self) -> bool {
-        each!(self, p => Port::<Umem>::prepare_sleep(p))
-    }
-
-    fn after_sleep(&mut self) {
-        each!(self, p => Port::<Umem>::after_sleep(p));
-    }
-
-    fn refresh_stats(&self) {
-        each!(self, p => Port::<Umem>::refresh_stats(p));
-    }
-}
+// Both kinds by static dispatch: one match per call, no virtual call.
+xlane_engine::port_enum!(NodePort<Umem> { Xdp, Vhost });
 
 /// Work the control thread runs on a worker, with its driver (open or close ports).
 pub type Job<M, P> = Box<dyn FnOnce(&mut Driver<M, P>) + Send>;
