@@ -3,21 +3,23 @@
 //! `podman rm` gives everything back. The settings this machine needs are in PLATFORM.md.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use xlane_netlab::cluster::{Cluster, ClusterOptions};
+use xlane_netlab::podman::{Cni, Podman};
 use xlane_netlab::privileged_with;
 
-/// One node's podman: its own storage, configuration and containers, run inside the
-/// node's network namespace.
-struct Podman {
-    node_netns: String,
-    dir: PathBuf,
+/// One node's podman (netlab's: its own storage, configuration and containers), run
+/// inside the node's network namespace with the xlane conflist, and a busybox root
+/// filesystem for its containers.
+struct NodePodman {
+    podman: Podman,
+    rootfs: PathBuf,
 }
 
-impl Podman {
+impl NodePodman {
     fn new(cluster: &Cluster, i: usize) -> Self {
         let dir = cluster.dir.join(format!("podman{i}"));
-        std::fs::create_dir_all(dir.join("net.d")).unwrap();
+        let net_d = dir.join("net.d");
+        std::fs::create_dir_all(&net_d).unwrap();
         let ours = Path::new(env!("CARGO_BIN_EXE_xlane")).parent().unwrap();
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
@@ -27,35 +29,11 @@ impl Podman {
                 {"type": "tuning", "sysctl": {"net.ipv4.ping_group_range": "0 2147483647"}}
             ]
         });
-        std::fs::write(dir.join("net.d/10-xlane.conflist"), conflist.to_string()).unwrap();
-        std::fs::write(
-            dir.join("containers.conf"),
-            format!(
-                r#"[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
-[network]
-network_backend = "cni"
-cni_plugin_dirs = ["{}", "/usr/lib/cni"]
-network_config_dir = "{}"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"#,
-                ours.display(),
-                dir.join("net.d").display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\nrunroot = \"{}\"\ngraphroot = \"{}\"\n",
-                dir.join("runroot").display(),
-                dir.join("root").display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(net_d.join("10-xlane.conflist"), conflist.to_string()).unwrap();
+        let cni = Cni { plugin_dirs: &[ours, Path::new("/usr/lib/cni")], config_dir: &net_d };
+        let podman = Podman::with_network(&dir, Some(cni))
+            .unwrap()
+            .in_netns(format!("/run/netns/{}", cluster.lab.nodes[i].ns.name()));
         // A busybox root filesystem: no images, no registry.
         let rootfs = dir.join("rootfs");
         for d in ["bin", "etc", "tmp", "proc", "sys", "dev"] {
@@ -65,44 +43,15 @@ events_logger = "file"
         for tool in ["sh", "ping", "seq", "md5sum", "mkdir", "httpd", "wget"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
         }
-        Self { node_netns: format!("/run/netns/{}", cluster.lab.nodes[i].ns.name()), dir }
-    }
-
-    /// `podman args…` in the node's namespace. Through `nsenter --net` rather than
-    /// `ip netns exec`, which remounts /sys and hides the cgroups from runc.
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.node_netns))
-            .arg("podman")
-            .args(["--root", &self.dir.join("root").to_string_lossy()])
-            .args(["--runroot", &self.dir.join("runroot").to_string_lossy()])
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--runtime", "runc"])
-            .args(args)
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
-            .output()
-            .unwrap()
+        Self { podman, rootfs }
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        self.podman.ok(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn rootfs(&self) -> String {
-        self.dir.join("rootfs").to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.run(&["rm", "-f", "-a", "-t", "0"]);
+        self.rootfs.to_string_lossy().into_owned()
     }
 }
 
@@ -112,7 +61,7 @@ fn podman_containers_on_two_nodes() {
         return;
     }
     let s = Cluster::start("xc-pm", 2, &ClusterOptions::default()).unwrap();
-    let (p0, p1) = (Podman::new(&s, 0), Podman::new(&s, 1));
+    let (p0, p1) = (NodePodman::new(&s, 0), NodePodman::new(&s, 1));
     // An HTTP server with a 6.9 MB file (busybox nc ends a transfer early when its stdin
     // closes; wget reads exactly the content length).
     let server = "mkdir -p /www && seq 1 1000000 > /www/data && httpd -f -p 80 -h /www";

@@ -14,12 +14,12 @@
 //! - `command` → the container's command (the image has no entrypoint);
 //! - probes: `exec` through `podman exec`, `httpGet` from inside the node's namespace.
 
-use crate::podman::Podman;
 use serde_json::{Map, Value};
 use std::io::{self, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
+use xlane_netlab::podman::Podman;
 
 /// The manifest, from the repository.
 pub const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../kubernetes/xlane.yaml");

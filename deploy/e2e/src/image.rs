@@ -1,10 +1,10 @@
 //! The xlane image, built offline by `deploy/build-image.sh` from the workspace's own
 //! binaries (the ones `cargo test` built beside this test), into a test's podman.
 
-use crate::podman::Podman;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use xlane_netlab::podman::Podman;
 
 /// The repository's root.
 #[must_use]

@@ -1,7 +1,7 @@
 //! End-to-end tests of `deploy/`: the image built offline and run by podman the way the
 //! DaemonSet runs it (`tests/image.rs`), and pods created through containerd's CRI the way
 //! kubelet creates them (`tests/cri.rs`, feature `cri`). This library holds what those
-//! tests drive: a private podman, the image build, the manifest read as a pod spec, the
+//! tests drive: the image build, the manifest read as a pod spec, the
 //! locally built pod images, a node's containerd and (feature `cri`) a CRI client.
 #![forbid(unsafe_code)]
 
@@ -11,4 +11,3 @@ pub mod cri;
 pub mod daemonset;
 pub mod image;
 pub mod local_images;
-pub mod podman;

@@ -3,10 +3,10 @@
 //! busybox-static). Each is built `FROM scratch` with buildah into a test's podman and
 //! saved as a docker archive, the format `ctr images import` reads with its tag.
 
-use crate::podman::Podman;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use xlane_netlab::podman::Podman;
 
 /// The pause image's tag (containerd's `sandbox_image`).
 pub const PAUSE: &str = "localhost/xlane-test/pause:1.0";

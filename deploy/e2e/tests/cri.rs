@@ -17,8 +17,8 @@ use xlane_deploy_e2e::cri::{Cri, Sandbox};
 use xlane_deploy_e2e::daemonset::Manifest;
 use xlane_deploy_e2e::image;
 use xlane_deploy_e2e::local_images::{self, BUSYBOX, PAUSE};
-use xlane_deploy_e2e::podman::Podman;
 use xlane_netlab::cluster::{Cluster, ClusterOptions};
+use xlane_netlab::podman::Podman;
 use xlane_netlab::{privileged_with, workspace_binary};
 
 const TOOLS: &[&str] = &[

@@ -16,8 +16,8 @@ use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
 use xlane_api::{Client, Op, Reply, Table};
 use xlane_deploy_e2e::daemonset::{Manifest, NodePod};
 use xlane_deploy_e2e::image;
-use xlane_deploy_e2e::podman::Podman;
 use xlane_netlab::cluster::{Cluster, ClusterOptions};
+use xlane_netlab::podman::Podman;
 use xlane_netlab::runtime::{Container, Runtime};
 use xlane_netlab::{Netns, privileged_with};
 

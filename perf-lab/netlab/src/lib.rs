@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod dpdk;
+pub mod podman;
 pub mod process;
 pub mod runtime;
 pub mod sweep;

@@ -1,7 +1,10 @@
 //! A podman (and buildah) of the test's own: storage, configuration and containers under
 //! one directory, with the settings this machine needs (PLATFORM.md, "CNI clients"):
-//! runc, cgroupfs, the vfs storage driver and explicit ulimits.
+//! runc, cgroupfs, the vfs storage driver and explicit ulimits; optionally CNI networking
+//! from given plugin and configuration directories, and run inside a lab node's network
+//! namespace.
 
+use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -10,6 +13,17 @@ use std::process::{Command, Output};
 #[derive(Debug)]
 pub struct Podman {
     dir: PathBuf,
+    /// Network namespace (a `/run/netns` path) podman runs in, if not the caller's.
+    netns: Option<PathBuf>,
+}
+
+/// CNI networking for containers: where the plugins and the network configurations are.
+#[derive(Debug, Clone, Copy)]
+pub struct Cni<'a> {
+    /// Directories searched for plugin binaries, in order.
+    pub plugin_dirs: &'a [&'a Path],
+    /// The directory of `.conflist` files.
+    pub config_dir: &'a Path,
 }
 
 impl Podman {
@@ -18,12 +32,30 @@ impl Podman {
     /// # Errors
     /// The files cannot be written.
     pub fn new(dir: &Path) -> io::Result<Self> {
+        Self::with_network(dir, None)
+    }
+
+    /// As [`new`](Self::new), with containers networked through `cni` (podman's CNI
+    /// backend) when given.
+    ///
+    /// # Errors
+    /// The files cannot be written.
+    pub fn with_network(dir: &Path, cni: Option<Cni<'_>>) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        std::fs::write(
-            dir.join("containers.conf"),
+        let mut conf = String::from(
             "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n\
              [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-        )?;
+        );
+        if let Some(cni) = cni {
+            let dirs: Vec<String> = cni.plugin_dirs.iter().map(|d| format!("{:?}", d.display().to_string())).collect();
+            let _ = write!(
+                conf,
+                "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [{}]\nnetwork_config_dir = {:?}\n",
+                dirs.join(", "),
+                cni.config_dir.display().to_string()
+            );
+        }
+        std::fs::write(dir.join("containers.conf"), conf)?;
         std::fs::write(
             dir.join("storage.conf"),
             format!(
@@ -32,7 +64,16 @@ impl Podman {
                 dir.join("root").display()
             ),
         )?;
-        Ok(Self { dir: dir.to_path_buf() })
+        Ok(Self { dir: dir.to_path_buf(), netns: None })
+    }
+
+    /// Run podman in the network namespace at `path` (a lab node's `/run/netns/…`): its
+    /// containers' host side lives there. Through `nsenter --net` rather than `ip netns
+    /// exec`, which remounts /sys and hides the cgroups from runc.
+    #[must_use]
+    pub fn in_netns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.netns = Some(path.into());
+        self
     }
 
     /// The environment that points podman and buildah (also when run by a script such
@@ -50,7 +91,15 @@ impl Podman {
     /// # Errors
     /// podman cannot be started.
     pub fn run(&self, args: &[&str]) -> io::Result<Output> {
-        Command::new("podman").args(args).envs(self.env()).output()
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("podman");
+                c
+            }
+            None => Command::new("podman"),
+        };
+        cmd.args(args).envs(self.env()).output()
     }
 
     /// `podman args…`; its trimmed stdout.
