@@ -44,6 +44,7 @@ pub enum Coalesced {
     Merged(Merged),
 }
 
+/// A placeholder to fill an output array with before [`coalesce`] writes it.
 impl Default for Coalesced {
     fn default() -> Self {
         Self::Single(0)
@@ -167,6 +168,52 @@ struct Open {
     next_id: u16,
 }
 
+impl Open {
+    /// A super-packet starting with `frames[i]` (`f`), at output place `unit`.
+    #[expect(clippy::cast_possible_truncation, reason = "i < BURST; offsets and payload < 65536")]
+    fn new(unit: usize, i: usize, f: &[u8], c: &Candidate) -> Self {
+        let l4 = c.layout.l4;
+        Self {
+            unit,
+            merged: Merged {
+                members: 1 << i,
+                first: i as u8,
+                segments: 1,
+                l4: l4 as u16,
+                hdr_len: c.layout.hdr_len as u16,
+                payload: c.payload as u32,
+                mss: c.payload as u16,
+                tail_flags: 0,
+            },
+            next_seq: be32(f, l4 + tcp::SEQ).wrapping_add(c.payload as u32),
+            next_id: be16(f, L3 + ip::ID).wrapping_add(1),
+        }
+    }
+
+    /// Add `frames[i]`, which [`joins`] this one; true if it ends the super-packet (a
+    /// short segment, PSH or FIN).
+    #[expect(clippy::cast_possible_truncation, reason = "payload < 65536 (checked in `joins`)")]
+    fn add(&mut self, i: usize, c: &Candidate) -> bool {
+        let m = &mut self.merged;
+        m.members |= 1 << i;
+        m.segments += 1;
+        m.payload += c.payload as u32;
+        m.tail_flags = c.flags & ENDS;
+        self.next_seq = self.next_seq.wrapping_add(c.payload as u32);
+        self.next_id = self.next_id.wrapping_add(1);
+        c.payload < usize::from(m.mss) || c.flags & ENDS != 0
+    }
+
+    /// The unit it makes: one segment is passed as it is.
+    fn finish(self, out: &mut [Coalesced; BURST]) {
+        out[self.unit] = if self.merged.segments > 1 {
+            Coalesced::Merged(self.merged)
+        } else {
+            Coalesced::Single(usize::from(self.merged.first))
+        };
+    }
+}
+
 /// Same flow: Ethernet header, addresses and ports (IHL is 5 for both, so the ports
 /// are at one offset).
 fn same_flow(head: &[u8], f: &[u8]) -> bool {
@@ -202,13 +249,6 @@ pub fn coalesce<F: AsRef<[u8]>>(frames: &[F], verify_checksums: bool, out: &mut 
     assert!(frames.len() <= BURST, "burst of {} frames", frames.len());
     let mut open: ArrayVec<Open, MAX_FLOWS> = ArrayVec::new();
     let mut units = 0;
-    let close = |o: Open, out: &mut [Coalesced; BURST]| {
-        out[o.unit] = if o.merged.segments > 1 {
-            Coalesced::Merged(o.merged)
-        } else {
-            Coalesced::Single(usize::from(o.merged.first))
-        };
-    };
     for (i, f) in frames.iter().enumerate() {
         let f = f.as_ref();
         let Some(c) = candidate(f, verify_checksums) else {
@@ -216,25 +256,16 @@ pub fn coalesce<F: AsRef<[u8]>>(frames: &[F], verify_checksums: bool, out: &mut 
             units += 1;
             continue;
         };
-        let flow = open.iter().position(|o| same_flow(frames[usize::from(o.merged.first)].as_ref(), f));
-        if let Some(k) = flow {
-            let o = &mut open[k];
-            if joins(o, frames[usize::from(o.merged.first)].as_ref(), f, &c) {
-                o.merged.members |= 1 << i;
-                o.merged.segments += 1;
-                #[expect(clippy::cast_possible_truncation, reason = "payload < 65536 (checked in `joins`)")]
-                {
-                    o.merged.payload += c.payload as u32;
-                    o.next_seq = o.next_seq.wrapping_add(c.payload as u32);
-                }
-                o.next_id = o.next_id.wrapping_add(1);
-                o.merged.tail_flags = c.flags & ENDS;
-                if c.payload < usize::from(o.merged.mss) || c.flags & ENDS != 0 {
-                    close(open.remove(k), out);
+        let head = |o: &Open| frames[usize::from(o.merged.first)].as_ref();
+        if let Some(k) = open.iter().position(|o| same_flow(head(o), f)) {
+            if joins(&open[k], head(&open[k]), f, &c) {
+                if open[k].add(i, &c) {
+                    open.remove(k).finish(out);
                 }
                 continue;
             }
-            close(open.remove(k), out);
+            // Flushed: the segment may start the flow's next super-packet.
+            open.remove(k).finish(out);
         }
         out[units] = Coalesced::Single(i);
         units += 1;
@@ -242,28 +273,12 @@ pub fn coalesce<F: AsRef<[u8]>>(frames: &[F], verify_checksums: bool, out: &mut 
             continue;
         }
         if open.is_full() {
-            close(open.remove(0), out);
+            open.remove(0).finish(out);
         }
-        let l4 = c.layout.l4;
-        #[expect(clippy::cast_possible_truncation, reason = "i < BURST; offsets and payload < 65536")]
-        open.push(Open {
-            unit: units - 1,
-            merged: Merged {
-                members: 1 << i,
-                first: i as u8,
-                segments: 1,
-                l4: l4 as u16,
-                hdr_len: c.layout.hdr_len as u16,
-                payload: c.payload as u32,
-                mss: c.payload as u16,
-                tail_flags: 0,
-            },
-            next_seq: be32(f, l4 + tcp::SEQ).wrapping_add(c.payload as u32),
-            next_id: be16(f, L3 + ip::ID).wrapping_add(1),
-        });
+        open.push(Open::new(units - 1, i, f, &c));
     }
     for o in open.drain(..) {
-        close(o, out);
+        o.finish(out);
     }
     units
 }

@@ -149,8 +149,10 @@ impl OffloadMeta {
 }
 
 /// Complete the partial checksum `meta` names, if any (where a packet leaves the host:
-/// to a port without `partial_checksum`, or onto the wire). The metadata no longer
-/// applies afterwards: the caller clears `csum`.
+/// to a port without `partial_checksum`, or onto the wire). `frame` is the packet and
+/// nothing after it (the sum runs to its end, as virtio-net defines it; a frame from an
+/// offloading port carries no Ethernet padding). The metadata no longer applies
+/// afterwards: the caller clears `csum`.
 ///
 /// # Errors
 /// [`OffloadError::CsumOutOfFrame`] (the frame is left unchanged).
