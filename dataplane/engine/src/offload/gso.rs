@@ -12,7 +12,8 @@
 //! The input's TCP checksum field is ignored, so a partial checksum (`NEEDS_CSUM`, the
 //! field holding the pseudo-header sum) and a complete one give the same segments. Like
 //! the kernel, a super-packet whose full checksum was wrong is not detected: its
-//! segments are correct.
+//! segments are correct. Likewise each IPv4 header checksum is computed afresh; the
+//! pipeline has checked the super-packet's own on the way in.
 
 use super::headers::{L3, Layout, be16, be32, fill_ip_checksum, ip, pseudo_base, tcp};
 use super::{GsoKind, OffloadError, OffloadMeta};
