@@ -10,7 +10,9 @@
 //! `driver-trace-miss`: the same with both nodes tracing, every frame checked against a
 //! filter it misses; `driver-capture`: with node A capturing its pod's frames (a reader
 //! emptying the ring every burst);
-//! `encap`/`decap`: the pipeline alone on one burst, restored between runs.
+//! `encap`/`decap`: the pipeline alone on one burst, restored between runs;
+//! `gso-1398`/`gso-8948`: one 64 KB TCP super-packet segmented per "burst";
+//! `gro`: 44 segments (MSS 1448) coalesced and written as one super-packet per "burst".
 
 use std::sync::Arc;
 use xlane_engine::fixtures::{IPV4_DST, fixture, set_ipv4_addr};
@@ -18,6 +20,8 @@ use xlane_engine::mem::{FRAME_SIZE, HEADROOM};
 use xlane_engine::observe::Observer;
 use xlane_engine::observe::capture::{CaptureFilter, CaptureRing};
 use xlane_engine::observe::trace::{FrameMatch, TraceBuffer, TraceFilter};
+use xlane_engine::offload::build::TcpSuper;
+use xlane_engine::offload::{Coalesced, coalesce, gso};
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_engine::{BURST, CoreCounters, Frame, Pipeline, Verdict};
 use xlane_fib::PortId;
@@ -92,6 +96,41 @@ fn pipeline(bursts: u64, name: &str, ingress: PortId) {
     }
 }
 
+/// The payload of a 64 KB super-packet with timestamps (65535 − 20 − 32).
+const SUPER_PAYLOAD: usize = 65_483;
+
+fn segment(times: u64, mss: u16) {
+    let (frame, meta) = TcpSuper::new(vec![0x5a; SUPER_PAYLOAD], mss).build();
+    let plan = gso::plan(&frame, &meta).expect("valid super-packet");
+    let mut bufs = vec![vec![0u8; 50 + plan.max_segment_len()]; plan.segments()];
+    let mut made = 0;
+    for _ in 0..times {
+        let plan = gso::plan(std::hint::black_box(&frame), &meta).expect("valid");
+        let mut out: arrayvec::ArrayVec<&mut [u8], BURST> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+        made += plan.write(&frame, 50, &mut out).expect("fits").segments;
+    }
+    println!("{made} segments");
+}
+
+fn merge(times: u64) {
+    let (frame, meta) = TcpSuper::new(vec![0x5a; 44 * 1448], 1448).build();
+    let plan = gso::plan(&frame, &meta).expect("valid super-packet");
+    let mut bufs = vec![vec![0u8; plan.max_segment_len()]; plan.segments()];
+    let mut out: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+    plan.write(&frame, 0, &mut out).expect("fits");
+    let segs: Vec<&[u8]> = bufs.iter().enumerate().map(|(i, b)| &b[..plan.segment_len(i)]).collect();
+    let mut merged = vec![0u8; 65_536];
+    let mut units = [Coalesced::default(); BURST];
+    let mut segments = 0;
+    for _ in 0..times {
+        coalesce(std::hint::black_box(&segs), true, &mut units);
+        let Coalesced::Merged(m) = units[0] else { panic!("not merged") };
+        m.write(&segs, &mut merged).expect("fits");
+        segments += m.segments();
+    }
+    println!("{segments} segments merged");
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_else(|| "driver".into());
@@ -102,6 +141,11 @@ fn main() {
         "driver-capture" => driver(bursts, Observe::Capture),
         "encap" => pipeline(bursts, "encap_udp_in", PortId(1)),
         "decap" => pipeline(bursts, "decap_udp_in", UPLINK),
-        other => panic!("unknown workload {other}: driver, driver-trace-miss, driver-capture, encap or decap"),
+        "gso-1398" => segment(bursts, 1398),
+        "gso-8948" => segment(bursts, 8948),
+        "gro" => merge(bursts),
+        other => panic!(
+            "unknown workload {other}: driver, driver-trace-miss, driver-capture, encap, decap, gso-1398, gso-8948 or gro"
+        ),
     }
 }

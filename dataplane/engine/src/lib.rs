@@ -12,6 +12,8 @@
 //!   counters, offloads) over a [`FrameMemory`] its ports share.
 //! * [`driver`]: the one burst driver over any such ports: pipeline, placement,
 //!   transmission, every frame counted.
+//! * [`offload`]: super-packets: virtio-net offload metadata, checksum completion,
+//!   TCPv4 segmentation (GSO) and coalescing (GRO) into caller-provided buffers.
 //! * [`observe`]: packet trace and capture around the pipeline, off unless installed.
 //! * `mem`, `testbed` and `fixtures` (feature `test-utils`): in-memory ports, a
 //!   reproducible node and its frames (the byte fixtures, frame builders), so the whole
@@ -32,6 +34,7 @@ pub mod icmp;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mem;
 pub mod observe;
+pub mod offload;
 pub mod pipeline;
 pub mod port;
 #[cfg(any(test, feature = "test-utils"))]
@@ -41,5 +44,6 @@ pub use counters::{CoreCounters, CounterSnapshot};
 pub use driver::Driver;
 pub use drop::DropReason;
 pub use frame::Frame;
+pub use offload::{OffloadError, OffloadMeta};
 pub use pipeline::{BURST, Pipeline, Verdict};
 pub use port::{FrameMemory, Offloads, Packet, Port, PortCounters, bump};

@@ -6,6 +6,33 @@
 
 pub use smoltcp::wire::checksum::{combine, data as sum};
 
+/// The folded, uncomplemented IPv4 pseudo-header sum (RFC 793: source, destination,
+/// protocol, transport length) — what a partial checksum field holds before completion.
+#[inline]
+#[must_use]
+pub fn pseudo_ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u16 {
+    combine(&[sum(&src), sum(&dst), u16::from(proto), len])
+}
+
+/// Complete a partial checksum in place (virtio-net `NEEDS_CSUM`, the kernel's
+/// `skb_checksum_help`): the field at `start + offset` already holds the pseudo-header
+/// sum, so the one's-complement sum of `data[start..]` (field included) complemented is
+/// the checksum. A result of 0 is stored as 0xffff (equal in one's complement, and what
+/// UDP needs). `false`, and no change, if the field lies outside `data`.
+#[inline]
+pub fn complete_partial(data: &mut [u8], start: usize, offset: usize) -> bool {
+    let Some(at) = start.checked_add(offset) else { return false };
+    if at.checked_add(2).is_none_or(|end| end > data.len()) {
+        return false;
+    }
+    let c = match !sum(&data[start..]) {
+        0 => 0xffff,
+        c => c,
+    };
+    data[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
 /// Update a stored (one's-complement) checksum after a 16-bit word changed from `old`
 /// to `new` (RFC 1624, eqn. 3: `HC' = ~(~HC + ~m + m')`).
 #[inline]
@@ -62,6 +89,22 @@ mod tests {
             let new = u16::from_be_bytes([h[8], h[9]]);
             assert_eq!(update_word(c, old, new), full(&h), "ttl {ttl}");
         }
+    }
+
+    #[test]
+    fn partial_completion_matches_full_checksum() {
+        // A UDP datagram 10.0.0.1:1000 -> 10.0.0.2:2000, 5 bytes of payload (odd length).
+        let (src, dst) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        let mut udp = [0x03, 0xe8, 0x07, 0xd0, 0x00, 0x0d, 0, 0, b'h', b'e', b'l', b'l', b'o'];
+        let full = !combine(&[pseudo_ipv4(src, dst, 17, 13), sum(&udp)]);
+        udp[6..8].copy_from_slice(&pseudo_ipv4(src, dst, 17, 13).to_be_bytes());
+        let mut framed = [[0xaa; 4].as_slice(), &udp].concat();
+        assert!(complete_partial(&mut framed, 4, 6));
+        assert_eq!(u16::from_be_bytes([framed[10], framed[11]]), full);
+        // The completed datagram sums to zero with its pseudo-header.
+        assert_eq!(!combine(&[pseudo_ipv4(src, dst, 17, 13), sum(&framed[4..])]), 0);
+        assert!(!complete_partial(&mut framed, 4, 12), "field past the end");
+        assert!(!complete_partial(&mut framed, usize::MAX, 1), "overflowing offsets");
     }
 
     #[test]

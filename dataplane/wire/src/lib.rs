@@ -20,8 +20,8 @@ pub mod vxlan;
 pub use mac::{BadMac, Mac};
 pub use smoltcp::wire::{
     ArpHardware, ArpOperation, ArpPacket, ETHERNET_HEADER_LEN, EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN,
-    Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4TimeExceeded, IpProtocol, Ipv4Packet, UDP_HEADER_LEN,
-    UdpPacket,
+    Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4TimeExceeded, IpProtocol, Ipv4Packet, TcpPacket,
+    UDP_HEADER_LEN, UdpPacket,
 };
 pub use vxlan::{VXLAN_HEADER_LEN, VxlanPacket, VxlanRepr};
 
