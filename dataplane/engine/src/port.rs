@@ -146,7 +146,7 @@ pub trait Port<M: FrameMemory> {
 /// (defaults included) forwarded, so a capability a kind adds (its offloads, its sleep
 /// protocol) cannot be lost in a hand-written delegation.
 ///
-/// ```ignore
+/// ```text
 /// xlane_engine::port_enum!(NodePort<Umem> { Xdp, Vhost });
 /// ```
 #[macro_export]
