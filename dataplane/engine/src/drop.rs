@@ -2,18 +2,22 @@
 //! descriptions, and (through [`DropReason::COUNT`]) the size of the per-core counter
 //! array, as VPP's `vxlan_error.def` does.
 
-macro_rules! drop_reasons {
-    ($($variant:ident => $name:literal, $desc:literal;)*) => {
-        /// A counted drop. `Copy` and `u8`-sized so a verdict array stays small.
+/// A table of reasons (a counted drop, a refused offload): one list generates the
+/// `Copy`, `u8`-sized enum, every reason in counter order ([`DropReason::ALL`]), their
+/// count, snake_case names (metrics, the CLI), one-line descriptions, counter indices
+/// and the lookup by name.
+macro_rules! reason_table {
+    ($(#[$meta:meta])* $vis:vis enum $enum:ident { $($variant:ident => $name:literal, $desc:literal;)* }) => {
+        $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u8)]
-        pub enum DropReason {
+        $vis enum $enum {
             $(#[doc = $desc] $variant,)*
         }
 
-        impl DropReason {
+        impl $enum {
             /// Every reason, in counter order.
-            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            pub const ALL: &'static [$enum] = &[$($enum::$variant,)*];
             /// Number of reasons (the length of a counter array).
             pub const COUNT: usize = Self::ALL.len();
 
@@ -43,31 +47,35 @@ macro_rules! drop_reasons {
         }
     };
 }
+pub(crate) use reason_table;
 
-drop_reasons! {
-    Truncated => "truncated", "frame shorter than the headers it announces";
-    NotIpv4 => "not_ipv4", "EtherType is neither IPv4 nor ARP (IPv6 is not supported yet)";
-    Ipv4Malformed => "ipv4_malformed", "IPv4 version, header length or total length invalid";
-    Ipv4Checksum => "ipv4_checksum", "IPv4 header checksum mismatch";
-    TtlExpired => "ttl_expired", "IPv4 TTL would reach zero at this hop";
-    NoRoute => "no_route", "no route for the destination address";
-    UnresolvedVtep => "unresolved_vtep", "route names a remote node that is not in the table";
-    UnknownPort => "unknown_port", "frame arrived on, or was routed to, a port with no role";
-    NotConfigured => "not_configured", "the node's VTEP is not configured yet";
-    SpoofedSource => "spoofed_source", "source IPv4 address, or ARP sender address or MAC, is not the pod's own";
-    ArpMalformed => "arp_malformed", "ARP that is not Ethernet/IPv4 or is truncated";
-    ArpNotRequest => "arp_not_request", "ARP reply or other operation from a pod (the engine never asks)";
-    ArpOwnAddress => "arp_own_address", "ARP for the pod's own address (duplicate-address probe), not answered";
-    NotVxlan => "not_vxlan", "uplink frame that is not UDP to the local VTEP address and port";
-    VxlanFragment => "vxlan_fragment", "fragmented outer IPv4 packet (VXLAN is never reassembled)";
-    UdpChecksum => "udp_checksum", "outer UDP checksum present and wrong";
-    VxlanNoVni => "vxlan_no_vni", "VXLAN I flag clear (RFC 7348: VNI not valid)";
-    VxlanWrongVni => "vxlan_wrong_vni", "VXLAN network identifier is not ours";
-    VxlanInnerMac => "vxlan_inner_mac", "inner destination MAC is not the local VTEP MAC";
-    OverlayTransit => "overlay_transit", "decapsulated packet not for a local pod (no re-encapsulation)";
-    MtuExceeded => "mtu_exceeded", "IPv4 packet larger than the pod MTU (uplink MTU - 50)";
-    NoHeadroom => "no_headroom", "frame buffer has no room in front for the outer headers";
-    NoEgressPort => "no_egress_port", "routed to a port this worker does not serve (still attaching, or just removed)";
+reason_table! {
+    /// A counted drop. `Copy` and `u8`-sized so a verdict array stays small.
+    pub enum DropReason {
+        Truncated => "truncated", "frame shorter than the headers it announces";
+        NotIpv4 => "not_ipv4", "EtherType is neither IPv4 nor ARP (IPv6 is not supported yet)";
+        Ipv4Malformed => "ipv4_malformed", "IPv4 version, header length or total length invalid";
+        Ipv4Checksum => "ipv4_checksum", "IPv4 header checksum mismatch";
+        TtlExpired => "ttl_expired", "IPv4 TTL would reach zero at this hop";
+        NoRoute => "no_route", "no route for the destination address";
+        UnresolvedVtep => "unresolved_vtep", "route names a remote node that is not in the table";
+        UnknownPort => "unknown_port", "frame arrived on, or was routed to, a port with no role";
+        NotConfigured => "not_configured", "the node's VTEP is not configured yet";
+        SpoofedSource => "spoofed_source", "source IPv4 address, or ARP sender address or MAC, is not the pod's own";
+        ArpMalformed => "arp_malformed", "ARP that is not Ethernet/IPv4 or is truncated";
+        ArpNotRequest => "arp_not_request", "ARP reply or other operation from a pod (the engine never asks)";
+        ArpOwnAddress => "arp_own_address", "ARP for the pod's own address (duplicate-address probe), not answered";
+        NotVxlan => "not_vxlan", "uplink frame that is not UDP to the local VTEP address and port";
+        VxlanFragment => "vxlan_fragment", "fragmented outer IPv4 packet (VXLAN is never reassembled)";
+        UdpChecksum => "udp_checksum", "outer UDP checksum present and wrong";
+        VxlanNoVni => "vxlan_no_vni", "VXLAN I flag clear (RFC 7348: VNI not valid)";
+        VxlanWrongVni => "vxlan_wrong_vni", "VXLAN network identifier is not ours";
+        VxlanInnerMac => "vxlan_inner_mac", "inner destination MAC is not the local VTEP MAC";
+        OverlayTransit => "overlay_transit", "decapsulated packet not for a local pod (no re-encapsulation)";
+        MtuExceeded => "mtu_exceeded", "IPv4 packet larger than the pod MTU (uplink MTU - 50)";
+        NoHeadroom => "no_headroom", "frame buffer has no room in front for the outer headers";
+        NoEgressPort => "no_egress_port", "routed to a port this worker does not serve (still attaching, or just removed)";
+    }
 }
 
 #[cfg(test)]

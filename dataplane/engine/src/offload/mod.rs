@@ -30,52 +30,27 @@ pub use gro::{Coalesced, MAX_FLOWS, Merged, coalesce};
 pub use gso::{GsoPlan, Segmented};
 pub use meta::{Gso, GsoKind, OffloadMeta, PartialCsum, VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_MRG_LEN, complete_checksum};
 
-macro_rules! offload_errors {
-    ($($variant:ident => $name:literal, $desc:literal;)*) => {
-        /// Why a header or super-packet was refused: `Copy`, one byte, with a stable name,
-        /// so a caller can count it as a drop.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[repr(u8)]
-        pub enum OffloadError {
-            $(#[doc = $desc] $variant,)*
-        }
-
-        impl OffloadError {
-            /// Every reason, in counter order.
-            pub const ALL: &'static [OffloadError] = &[$(OffloadError::$variant,)*];
-
-            /// Short snake_case name, for metrics.
-            #[must_use]
-            pub const fn name(self) -> &'static str {
-                match self { $(Self::$variant => $name,)* }
-            }
-
-            /// One-line explanation.
-            #[must_use]
-            pub const fn description(self) -> &'static str {
-                match self { $(Self::$variant => $desc,)* }
-            }
-        }
-    };
-}
-
-offload_errors! {
-    HeaderShort => "vnet_hdr_short", "virtio-net header shorter than 10 bytes";
-    HeaderFlags => "vnet_hdr_flags", "virtio-net header flags outside NEEDS_CSUM, DATA_VALID, RSC_INFO";
-    HeaderGsoType => "vnet_hdr_gso_type", "virtio-net GSO type unknown, or the ECN bit without a GSO type";
-    GsoSizeZero => "gso_size_zero", "GSO type set with segment size 0";
-    GsoUnsupported => "gso_unsupported", "GSO type the engine does not segment (only TCPv4)";
-    NotGso => "not_gso", "segmentation asked of a frame without GSO metadata";
-    CsumOutOfFrame => "csum_out_of_frame", "checksum start + offset + 2 beyond the frame";
-    CsumNotTcp => "csum_not_tcp", "partial checksum of a TCP super-packet not at the TCP checksum field";
-    NotIpv4 => "gso_not_ipv4", "super-packet is not Ethernet II / IPv4";
-    Ipv4Malformed => "gso_ipv4_malformed", "IPv4 version, header length or total length invalid";
-    Ipv4Fragment => "gso_ipv4_fragment", "super-packet is an IPv4 fragment";
-    NotTcp => "gso_not_tcp", "TCPv4 GSO type on a packet that is not TCP";
-    TcpMalformed => "gso_tcp_malformed", "TCP data offset below 5 or beyond the packet";
-    GsoEmpty => "gso_empty", "TCP super-packet without payload";
-    BufferTooSmall => "gso_buffer_small", "an output buffer cannot hold its segment (or super-packet)";
-    TooFewBuffers => "gso_too_few_buffers", "fewer output buffers than segments";
+crate::drop::reason_table! {
+    /// Why a header or super-packet was refused: `Copy`, one byte, with a stable name,
+    /// so a caller can count it as a drop.
+    pub enum OffloadError {
+        HeaderShort => "vnet_hdr_short", "virtio-net header shorter than 10 bytes";
+        HeaderFlags => "vnet_hdr_flags", "virtio-net header flags outside NEEDS_CSUM, DATA_VALID, RSC_INFO";
+        HeaderGsoType => "vnet_hdr_gso_type", "virtio-net GSO type unknown, or the ECN bit without a GSO type";
+        GsoSizeZero => "gso_size_zero", "GSO type set with segment size 0";
+        GsoUnsupported => "gso_unsupported", "GSO type the engine does not segment (only TCPv4)";
+        NotGso => "not_gso", "segmentation asked of a frame without GSO metadata";
+        CsumOutOfFrame => "csum_out_of_frame", "checksum start + offset + 2 beyond the frame";
+        CsumNotTcp => "csum_not_tcp", "partial checksum of a TCP super-packet not at the TCP checksum field";
+        NotIpv4 => "gso_not_ipv4", "super-packet is not Ethernet II / IPv4";
+        Ipv4Malformed => "gso_ipv4_malformed", "IPv4 version, header length or total length invalid";
+        Ipv4Fragment => "gso_ipv4_fragment", "super-packet is an IPv4 fragment";
+        NotTcp => "gso_not_tcp", "TCPv4 GSO type on a packet that is not TCP";
+        TcpMalformed => "gso_tcp_malformed", "TCP data offset below 5 or beyond the packet";
+        GsoEmpty => "gso_empty", "TCP super-packet without payload";
+        BufferTooSmall => "gso_buffer_small", "an output buffer cannot hold its segment (or super-packet)";
+        TooFewBuffers => "gso_too_few_buffers", "fewer output buffers than segments";
+    }
 }
 
 impl core::fmt::Display for OffloadError {
