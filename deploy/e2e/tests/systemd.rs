@@ -2,7 +2,8 @@
 //! and `security` held to the exposure they score today), and their command lines run on
 //! a lab node the way the units run them — the configuration files they read, the
 //! directories systemd makes for them, their capability bounding and ambient sets and no
-//! new privileges — until xlaned forwards for a pod attached through the CNI plugin, and
+//! new privileges (xlaned's five capabilities, the DaemonSet's, each shown needed) — until
+//! xlaned forwards for a pod attached through the CNI plugin, and
 //! again after xlaned alone restarts (the agent, which the units leave running, replays).
 //!
 //! Needs the workspace's binaries (`cargo build --bins -p xlaned -p xlane-agent -p
@@ -20,6 +21,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 use xlane_agent::api::{AgentClient, AgentOp, AgentReply};
 use xlane_api::Client;
+use xlane_deploy_e2e::daemonset::Manifest;
 use xlane_deploy_e2e::systemd::{PathMap, Unit, units_dir};
 use xlane_netlab::cluster::{Cluster, ClusterOptions};
 use xlane_netlab::process::{Proc, wait_for, wait_until};
@@ -119,6 +121,26 @@ fn the_units_keep_their_hardening() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn the_units_grant_the_daemonsets_capabilities() {
+    let manifest = Manifest::read().unwrap();
+    for (unit, container) in [("xlaned.service", "xlaned"), ("xlane-agent.service", "xlane-agent")] {
+        let unit = Unit::read(unit).unwrap();
+        let security = &manifest.container(container).unwrap()["securityContext"]["capabilities"];
+        assert_eq!(security["drop"], serde_json::json!(["ALL"]), "{container}");
+        let mut granted: Vec<String> = security["add"]
+            .as_array()
+            .map(|a| a.iter().map(|c| c.as_str().unwrap().to_lowercase()).collect())
+            .unwrap_or_default();
+        granted.sort();
+        for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
+            let mut caps = unit.capabilities(key);
+            caps.sort();
+            assert_eq!(caps, granted, "{} {key} vs the DaemonSet's {container}", unit.name);
+        }
+    }
+}
+
 /// linux/capability.h's number of a capability (setpriv's lower-case name).
 fn capability_bit(name: &str) -> u32 {
     match name {
@@ -151,6 +173,24 @@ fn confinement(unit: &Unit) -> Vec<String> {
     args
 }
 
+/// `unit` with capability `cap` (setpriv's name) taken from its bounding and ambient sets.
+fn without_capability(unit: &Unit, cap: &str) -> Unit {
+    let full = format!("CAP_{}", cap.to_uppercase());
+    let text = std::fs::read_to_string(units_dir().join(&unit.name)).unwrap();
+    let edited: String = text
+        .lines()
+        .map(|l| match l.split_once('=') {
+            Some((key @ ("CapabilityBoundingSet" | "AmbientCapabilities"), caps)) => {
+                format!("{key}={}\n", caps.split_whitespace().filter(|c| *c != full).collect::<Vec<_>>().join(" "))
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    let edited = Unit::parse(&unit.name, &edited);
+    assert!(!edited.capabilities("CapabilityBoundingSet").iter().any(|c| c == cap), "{cap} taken out");
+    edited
+}
+
 /// What systemd does for `unit` before its `ExecStart`, on the test's paths: make its
 /// runtime and state directories.
 fn prepare_directories(unit: &Unit, paths: &PathMap) {
@@ -165,8 +205,9 @@ fn prepare_directories(unit: &Unit, paths: &PathMap) {
     }
 }
 
-/// Start `unit`'s `ExecStart` (paths mapped) under its confinement, in `ns` or here.
-fn start(unit: &Unit, paths: &PathMap, ns: Option<&Netns>, log: PathBuf) -> Proc {
+/// Start `unit`'s `ExecStart` (paths mapped, `extra` arguments appended) under its
+/// confinement, in `ns` or here.
+fn start(unit: &Unit, paths: &PathMap, ns: Option<&Netns>, extra: &[String], log: PathBuf) -> Proc {
     assert!(
         unit.values("Environment").is_empty() && unit.values("EnvironmentFile").is_empty(),
         "{}: pass its environment",
@@ -175,6 +216,7 @@ fn start(unit: &Unit, paths: &PathMap, ns: Option<&Netns>, log: PathBuf) -> Proc
     assert_eq!(unit.value("Type"), "exec", "{}: exec is what starting the process models", unit.name);
     let mut args = confinement(unit);
     args.extend(unit.exec_start().iter().map(|a| paths.apply(a)));
+    args.extend(extra.iter().cloned());
     match ns {
         Some(ns) => Proc::start(ns, Path::new(SETPRIV), &args, log),
         None => Proc::start_here(Path::new(SETPRIV), &args, log),
@@ -226,13 +268,28 @@ fn the_units_command_lines_run_a_node_that_forwards() {
     let agent_socket = paths.path("/run/xlane/agent.sock");
 
     let start_xlaned = || {
-        let mut xlaned = start(&xlaned_unit, &paths, Some(node1), root.join("xlaned.log"));
+        let mut xlaned = start(&xlaned_unit, &paths, Some(node1), &[], root.join("xlaned.log"));
         wait_until("xlaned's socket", Duration::from_secs(10), &mut xlaned, || Client::connect(&xlaned_socket).is_ok())
             .unwrap();
         xlaned
     };
+    // Each capability of the unit is needed: without any one, xlaned exits once it opens
+    // its ports (given its VTEP here, as the agent gives it).
+    let lab_node = &cluster.lab.nodes[1];
+    let vtep = ["--vtep-ip".into(), lab_node.ip.to_string(), "--node-subnet".into(), lab_node.subnet_cidr()];
+    for missing in xlaned_unit.capabilities("CapabilityBoundingSet") {
+        let without = without_capability(&xlaned_unit, &missing);
+        let mut xlaned = start(&without, &paths, Some(node1), &vtep, root.join(format!("xlaned-no-{missing}.log")));
+        let exit = xlaned.exit_status(Duration::from_secs(10));
+        assert!(exit.is_some_and(|s| !s.success()), "xlaned without {missing}: {exit:?}; its log:\n{}", xlaned.log());
+        // Refused by the kernel (EPERM, EACCES, or ENOBUFS: the UMEM over the memlock
+        // limit), not failing for another reason.
+        let log = xlaned.log();
+        let refused = ["(os error 1)", "(os error 13)", "(os error 105)"].iter().any(|e| log.contains(e));
+        assert!(refused, "xlaned without {missing} failed for another reason:\n{log}");
+    }
     let mut xlaned = start_xlaned();
-    let mut agent = start(&agent_unit, &paths, None, root.join("agent.log"));
+    let mut agent = start(&agent_unit, &paths, None, &[], root.join("agent.log"));
     wait_until("the agent's lease and dataplane sync", Duration::from_secs(20), &mut agent, || {
         agent_ready(&agent_socket)
     })
