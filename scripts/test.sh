@@ -2,8 +2,8 @@
 # Every test of the project, on a fresh machine of the lab's kind, as root.
 # Installs the system packages the tests need (ping, etcd, protoc for the etcd client,
 # Debian's CNI reference plugins, iptables for portmap, busybox, podman + runc, DPDK's
-# testpmd as a vhost-user frontend, tcpdump, traceroute, tracepath, containerd, buildah)
-# and PyPI's kubernetes-validate, then lints, builds and tests.
+# testpmd as a vhost-user frontend, tcpdump, traceroute, tracepath, containerd, buildah,
+# systemd-analyze) and PyPI's kubernetes-validate, then lints, builds and tests.
 # Privileged tests (namespaces, XDP, AF_XDP) run for real; with CI=true a missing
 # privilege or tool fails them instead of skipping.
 set -euo pipefail
@@ -31,6 +31,8 @@ command -v tracepath >/dev/null || need+=(iputils-tracepath)
 # Pods through containerd's CRI (ctr imports the local images buildah builds).
 command -v containerd >/dev/null || need+=(containerd)
 command -v buildah >/dev/null || need+=(buildah)
+# systemd-analyze checks deploy/systemd's units (not in minimal Debian images).
+command -v systemd-analyze >/dev/null || need+=(systemd)
 # QEMU 7.2 for the vhost-user handshake test (no guest is booted, so no GUI or firmware
 # extras: installed without recommends).
 bare=()
