@@ -168,6 +168,9 @@ impl Writer {
     fn run(self, listener: &UnixListener, path: &Path) {
         match self.accept(listener) {
             Ok(Some(stream)) => {
+                // One reader per capture: nobody else may connect, and the path is gone
+                // before the reader sees the end of the stream.
+                let _ = std::fs::remove_file(path);
                 if let Err(e) = self.stream(stream) {
                     tracing::debug!(error = %e, "capture reader gone");
                 }

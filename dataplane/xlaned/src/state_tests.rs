@@ -25,6 +25,9 @@ struct Rig {
     joins: Vec<std::thread::JoinHandle<()>>,
     /// Replies that fell due while waiting for another.
     due: HashMap<Ticket, Reply>,
+    /// This rig's runtime directory (capture sockets): one per rig, as tests run in
+    /// parallel in one process and would otherwise share socket paths.
+    runtime_dir: std::path::PathBuf,
 }
 
 impl Rig {
@@ -43,6 +46,10 @@ impl Rig {
             joins.push(j);
         }
         let (wake_tx, woken) = crossbeam_channel::unbounded();
+        static RIGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let rig_no = RIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let runtime_dir = std::env::temp_dir().join(format!("xlaned-rig-{}-{rig_no}", std::process::id()));
+        std::fs::create_dir_all(&runtime_dir).unwrap();
         let cfg = ControlConfig {
             uplink: "up0".into(),
             uplink_queues: Vec::new(),
@@ -51,14 +58,14 @@ impl Rig {
             uplink_fill: 64,
             pod_fill: 64,
             busy_poll: false,
-            runtime_dir: std::env::temp_dir(),
+            runtime_dir: runtime_dir.clone(),
         };
         let metrics = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
         let notify = Arc::new(move || {
             let _ = wake_tx.send(());
         });
         let state = State::new(cfg, host.clone(), fib, handles, metrics, notify).unwrap();
-        let mut rig = Self { state, host, woken, joins, due: HashMap::new() };
+        let mut rig = Self { state, host, woken, joins, due: HashMap::new(), runtime_dir };
         let vtep = Vtep { ip: VTEP, mac: None, vni: 1, port: 8472, subnet: None };
         assert!(matches!(rig.state.handle_now(Op::SetVtep(vtep)), Reply::Applied { .. }));
         rig
@@ -121,6 +128,7 @@ impl Drop for Rig {
         for j in self.joins.drain(..) {
             let _ = j.join();
         }
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
 
@@ -428,10 +436,17 @@ fn a_capture_streams_pcapng_with_drop_reasons_and_refuses_bad_requests() {
     assert_eq!(got.iter().filter(|p| p.1.is_none()).map(|p| tag(&p.0)).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
     assert_eq!(got.iter().filter_map(|p| p.1.as_deref()).collect::<Vec<_>>(), ["drop: spoofed_source"]);
     assert!(!socket.exists(), "the socket goes with the capture");
-    let _ = rig.woken.recv_timeout(Duration::from_secs(1));
-    let _ = rig.state.on_wake();
-    let Reply::Counters(c) = rig.call(Op::Counters) else { panic!() };
-    let s = c.capture.unwrap();
+    // The writer ends the capture just after closing the stream: wait for its wake-up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let s = loop {
+        let _ = rig.woken.recv_timeout(Duration::from_millis(100));
+        let _ = rig.state.on_wake();
+        let Reply::Counters(c) = rig.call(Op::Counters) else { panic!() };
+        let s = c.capture.unwrap();
+        if !s.active || Instant::now() > deadline {
+            break s;
+        }
+    };
     assert_eq!((s.active, s.written, s.lost), (false, 6, 0));
     // The next capture may start.
     let _ = capture_socket(&rig.call(Op::CaptureStart(spec(1, 100))));
