@@ -259,12 +259,13 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
         }
         if H::ACTIVE {
             // The same lookup again, for the observer only: which frames had no port.
-            for (i, v) in verdicts[..n].iter().enumerate() {
-                if let Verdict::Tx(dst) = v
-                    && unplaced > 0
-                    && self.egress.get(usize::from(dst.0)).copied().flatten().is_none()
-                {
-                    hook.unplaced(i);
+            if unplaced > 0 {
+                for (i, v) in verdicts[..n].iter().enumerate() {
+                    if let Verdict::Tx(dst) = v
+                        && self.egress.get(usize::from(dst.0)).copied().flatten().is_none()
+                    {
+                        hook.unplaced(i);
+                    }
                 }
             }
             hook.end(fib);
