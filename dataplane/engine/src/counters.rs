@@ -6,6 +6,7 @@
 //! [`CounterSnapshot`] (as Firecracker's metrics do).
 
 use crate::drop::DropReason;
+use crate::offload::OffloadError;
 use crate::port::bump;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -17,6 +18,7 @@ macro_rules! pipeline_counters {
         pub struct CoreCounters {
             $(#[doc = $desc] $field: AtomicU64,)*
             drops: [AtomicU64; DropReason::COUNT],
+            offload: [AtomicU64; OffloadError::COUNT],
         }
 
         /// A plain-number copy of counters, summed over cores.
@@ -25,11 +27,14 @@ macro_rules! pipeline_counters {
             $(#[doc = $desc] pub $field: u64,)*
             /// Drops, indexed by [`DropReason::index`].
             pub drops: [u64; DropReason::COUNT],
+            /// Why super-packets were refused (each also a
+            /// [`DropReason::SuperPacket`] drop), indexed by [`OffloadError::index`].
+            pub offload: [u64; OffloadError::COUNT],
         }
 
         impl Default for CounterSnapshot {
             fn default() -> Self {
-                Self { $($field: 0,)* drops: [0; DropReason::COUNT] }
+                Self { $($field: 0,)* drops: [0; DropReason::COUNT], offload: [0; OffloadError::COUNT] }
             }
         }
 
@@ -38,6 +43,9 @@ macro_rules! pipeline_counters {
             pub fn add(&self, t: &CounterSnapshot) {
                 $(bump(&self.$field, t.$field);)*
                 for (c, &n) in self.drops.iter().zip(&t.drops) {
+                    bump(c, n);
+                }
+                for (c, &n) in self.offload.iter().zip(&t.offload) {
                     bump(c, n);
                 }
             }
@@ -57,6 +65,9 @@ macro_rules! pipeline_counters {
                 for (d, c) in s.drops.iter_mut().zip(&self.drops) {
                     *d = c.load(Relaxed);
                 }
+                for (d, c) in s.offload.iter_mut().zip(&self.offload) {
+                    *d = c.load(Relaxed);
+                }
                 s
             }
         }
@@ -66,6 +77,9 @@ macro_rules! pipeline_counters {
             pub fn merge(&mut self, o: &Self) {
                 $(self.$field += o.$field;)*
                 for (d, s) in self.drops.iter_mut().zip(&o.drops) {
+                    *d += s;
+                }
+                for (d, s) in self.offload.iter_mut().zip(&o.offload) {
                     *d += s;
                 }
             }
@@ -89,6 +103,22 @@ pipeline_counters! {
     arp_replies => "ARP requests answered by the proxy";
     icmp_errors => "ICMP errors originated (time exceeded, fragmentation needed), each for a frame counted as a drop";
     icmp_rate_limited => "ICMP time-exceeded errors not sent: over the source's or the core's rate";
+    gso_packets => "TCP super-packets (GSO) received from ports that keep offloads, each routed once and counted once in rx";
+    gso_segments => "segments the engine cut super-packets into, towards ports without offloads";
+}
+
+impl CoreCounters {
+    /// A super-packet the pipeline forwarded was cut into `n` segments.
+    pub fn add_gso_segments(&self, n: u64) {
+        bump(&self.gso_segments, n);
+    }
+
+    /// A super-packet the pipeline forwarded could not be delivered: move it from `tx`
+    /// to [`DropReason::SuperPacket`], and count why.
+    pub fn refuse_super(&self, why: OffloadError) {
+        self.reclassify_tx(1, DropReason::SuperPacket);
+        bump(&self.offload[why.index()], 1);
+    }
 }
 
 impl CounterSnapshot {

@@ -12,11 +12,39 @@ use crate::counters::CoreCounters;
 use crate::drop::DropReason;
 use crate::frame::Frame;
 use crate::observe::{BurstHook, Observer, Unobserved};
+use crate::offload::{self, JUMBO_HEADROOM, Jumbo, OffloadError, OffloadMeta};
 use crate::pipeline::{BURST, Pipeline, Verdict};
-use crate::port::{FrameMemory, Packet, Port, bump};
+use crate::port::{FrameMemory, Packet, Port, PortCounters, bump};
 use arrayvec::ArrayVec;
 use std::sync::Arc;
 use xlane_fib::{Fib, PortId};
+use xlane_wire::VXLAN_OVERHEAD;
+
+/// Where a segment's inner packet starts in its buffer: the outer headers go in front,
+/// as in a received frame's headroom.
+const SEGMENT_HEAD: usize = 256;
+/// Most segments one super-packet is cut into: 64 KiB at an MSS of 512. A smaller
+/// segment size from a pod is refused rather than multiplied into thousands of frames.
+pub const MAX_SEGMENTS: usize = 128;
+
+/// What [`Driver::receive`] took from a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// The port's id.
+    pub ingress: PortId,
+    /// Ordinary frames, in the caller's array.
+    pub frames: usize,
+    /// Super-packets, held by the driver until the next [`Driver::forward`].
+    pub supers: usize,
+}
+
+impl Received {
+    /// Nothing was received.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.frames == 0 && self.supers == 0
+    }
+}
 
 /// A worker's ports, their memory and the pipeline between them.
 /// Dropping a driver closes its ports (giving their buffers back) before its memory
@@ -33,6 +61,11 @@ pub struct Driver<M: FrameMemory, P: Port<M>> {
     pending: Vec<ArrayVec<Packet<M::Buf>, BURST>>,
     /// Trace and capture, when on (see [`crate::observe`]).
     observer: Option<Box<Observer>>,
+    /// Per entry of `ports`: it keeps offloads (receives super-packets, is sent them).
+    offloading: Vec<bool>,
+    /// Super-packets of the burst just received, once a port that keeps offloads is
+    /// served (4 MiB of address space, touched as super-packets use it).
+    jumbo: Option<Box<Jumbo>>,
 }
 
 impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
@@ -46,6 +79,8 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
             egress: Vec::new(),
             pending: Vec::new(),
             observer: None,
+            offloading: Vec::new(),
+            jumbo: None,
         }
     }
 
@@ -89,6 +124,9 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
 
     /// Serve `port` (after the ports already served).
     pub fn add_port(&mut self, port: P) {
+        if port.offloads().tcp_segmentation && self.jumbo.is_none() {
+            self.jumbo = Some(Box::new(Jumbo::new()));
+        }
         self.ports.push(port);
         self.pending.push(ArrayVec::new());
         self.reindex();
@@ -115,12 +153,15 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
     pub fn close_all(&mut self) {
         self.pending.clear();
         self.egress.clear();
+        self.offloading.clear();
         for p in self.ports.drain(..) {
             p.close(&mut self.mem);
         }
     }
 
     fn reindex(&mut self) {
+        self.offloading.clear();
+        self.offloading.extend(self.ports.iter().map(|p| p.offloads().tcp_segmentation));
         self.egress.clear();
         for (i, p) in self.ports.iter().enumerate() {
             let k = usize::from(p.id().0);
@@ -135,25 +176,32 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
 
     /// Receive one burst from entry `index` into `rx` and forward it; frames received.
     fn poll_port(&mut self, fib: &Fib, index: usize, rx: &mut [Packet<M::Buf>; BURST]) -> usize {
-        let (ingress, n) = self.receive(index, rx);
-        if n > 0 {
-            self.forward(fib, ingress, &rx[..n]);
+        let r = self.receive(index, rx);
+        if !r.is_empty() {
+            self.forward(fib, r.ingress, &rx[..r.frames]);
         }
-        n
+        r.frames + r.supers
     }
 
-    /// Receive one burst from entry `index` into `rx` (counted on the port); returns the
-    /// port's id and how many frames. The caller owns them: [`forward`](Self::forward)
-    /// them (the two halves of what [`poll`](Self::poll) does per entry, for a caller that times
-    /// the forwarding alone).
+    /// Receive one burst from entry `index` into `rx` (counted on the port): ordinary
+    /// frames in `rx[..frames]`, which the caller now owns, and super-packets the driver
+    /// keeps. [`forward`](Self::forward) them next, before another receive (the two
+    /// halves of what [`poll`](Self::poll) does per entry, for a caller that times the
+    /// forwarding alone).
     ///
     /// # Panics
     /// If `index` is not an entry.
-    pub fn receive(&mut self, index: usize, rx: &mut [Packet<M::Buf>; BURST]) -> (PortId, usize) {
+    pub fn receive(&mut self, index: usize, rx: &mut [Packet<M::Buf>; BURST]) -> Received {
         let port = &mut self.ports[index];
-        let n = port.receive(&mut self.mem, rx).min(BURST);
-        bump(&port.counters().rx, n as u64);
-        (port.id(), n)
+        let (n, supers) = match self.jumbo.as_deref_mut() {
+            Some(jumbo) if self.offloading[index] => {
+                jumbo.clear();
+                (port.receive_offloaded(&mut self.mem, rx, jumbo).min(BURST), jumbo.len())
+            }
+            _ => (port.receive(&mut self.mem, rx).min(BURST), 0),
+        };
+        bump(&port.counters().rx, (n + supers) as u64);
+        Received { ingress: port.id(), frames: n, supers }
     }
 
     /// One burst from every entry, then each entry's [`Port::service`]; returns frames
@@ -178,8 +226,19 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
     }
 
     /// Run buffers the caller holds (received on `ingress`) through the pipeline, place
-    /// each by its verdict and transmit.
+    /// each by its verdict and transmit; then the super-packets the last
+    /// [`receive`](Self::receive) kept, each after the frames that arrived before it.
     pub fn forward(&mut self, fib: &Fib, ingress: PortId, rx: &[Packet<M::Buf>]) {
+        // Super-packets in the burst: the same, in arrival order (one test per burst).
+        if self.jumbo.as_ref().is_some_and(|j| !j.is_empty()) {
+            self.forward_with_supers(fib, ingress, rx);
+            return;
+        }
+        self.forward_frames(fib, ingress, rx);
+    }
+
+    /// [`forward`](Self::forward) of ordinary frames only.
+    fn forward_frames(&mut self, fib: &Fib, ingress: PortId, rx: &[Packet<M::Buf>]) {
         // Observation off costs this one test per burst; the rest is the plain loop.
         if self.observer.is_some() {
             self.forward_observed(fib, ingress, rx);
@@ -264,7 +323,7 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
                     if let Verdict::Tx(dst) = v
                         && self.egress.get(usize::from(dst.0)).copied().flatten().is_none()
                     {
-                        hook.unplaced(i);
+                        hook.unplaced(i, DropReason::NoEgressPort);
                     }
                 }
             }
@@ -275,15 +334,215 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
 
     fn transmit_pending(&mut self) {
         for (port, q) in self.ports.iter_mut().zip(&mut self.pending) {
-            if q.is_empty() {
-                continue;
-            }
-            let sent = port.transmit(&mut self.mem, q).min(q.len());
-            bump(&port.counters().tx, sent as u64);
-            bump(&port.counters().tx_dropped, (q.len() - sent) as u64);
-            q.clear();
+            flush(&mut self.mem, port, q);
         }
     }
+
+    /// Forward a burst with super-packets: runs of ordinary frames and each super-packet
+    /// in the order they arrived, every run transmitted before the next starts, so no
+    /// flow is reordered on its way out.
+    #[cold]
+    fn forward_with_supers(&mut self, fib: &Fib, ingress: PortId, rx: &[Packet<M::Buf>]) {
+        let supers = self.jumbo.as_ref().map_or(0, |j| j.len());
+        let mut done = 0;
+        for j in 0..supers {
+            let before = self.jumbo.as_ref().map_or(0, |jb| usize::from(jb.frames()[j].before)).min(rx.len());
+            if before > done {
+                self.forward_frames(fib, ingress, &rx[done..before]);
+                done = before;
+            }
+            self.forward_super(fib, ingress, j);
+        }
+        if done < rx.len() {
+            self.forward_frames(fib, ingress, &rx[done..]);
+        }
+        if let Some(j) = self.jumbo.as_deref_mut() {
+            j.clear();
+        }
+    }
+
+    /// Route recorded super-packet `j` once, then send it whole to a port that keeps
+    /// offloads, or cut it into segments (each encapsulated if it was) for one that
+    /// does not. Counted: the pipeline's verdict, then a refusal moved to the
+    /// `super_packet` drop with its offload error.
+    fn forward_super(&mut self, fib: &Fib, ingress: PortId, j: usize) {
+        let Self { pipeline, mem, ports, egress, pending, offloading, jumbo, observer, .. } = self;
+        let Some(jumbo) = jumbo.as_deref_mut() else { return };
+        let (slot, rec) = jumbo.frame_mut(j);
+        let Some(frame) = Frame::new(slot, JUMBO_HEADROOM, rec.len as usize) else {
+            unreachable!("a slot holds any frame Jumbo::push accepts")
+        };
+        // Observed as a burst of one: trace and capture see super-packets too.
+        let mut hook = observer.as_deref_mut();
+        if let Some(h) = hook.as_deref_mut() {
+            h.begin(fib, ingress);
+            h.received(0, &frame);
+        }
+        let mut frames = [frame];
+        let mut metas = [rec.meta];
+        let mut verdict = [Verdict::Drop(DropReason::UnknownPort)];
+        pipeline.process_offloaded(fib, ingress, &mut frames, &mut metas, &mut verdict);
+        let ([frame], [meta], [verdict]) = (frames, metas, verdict);
+        if let Some(h) = hook.as_deref_mut() {
+            h.processed(0, &frame, verdict);
+        }
+        let refused = match verdict {
+            Verdict::Drop(_) => None,
+            Verdict::Tx(dst) => match egress.get(usize::from(dst.0)).copied().flatten().map(usize::from) {
+                None => {
+                    pipeline.counters().reclassify_tx(1, DropReason::NoEgressPort);
+                    Some(DropReason::NoEgressPort)
+                }
+                Some(k) => {
+                    let encapsulated = frame.head() < JUMBO_HEADROOM;
+                    let port = &mut ports[k];
+                    if offloading[k] && !encapsulated {
+                        let sent = port.transmit_offloaded(mem, frame.data(), &meta);
+                        let counters = port.counters();
+                        bump(if sent { &counters.tx } else { &counters.tx_dropped }, 1);
+                        None
+                    } else {
+                        let cut = segment(mem, port, &mut pending[k], frame.data(), encapsulated, &meta);
+                        flush(mem, port, &mut pending[k]);
+                        match cut {
+                            Ok(n) => {
+                                pipeline.counters().add_gso_segments(n as u64);
+                                None
+                            }
+                            Err(e) => {
+                                pipeline.counters().refuse_super(e);
+                                Some(DropReason::SuperPacket)
+                            }
+                        }
+                    }
+                }
+            },
+        };
+        if let Some(h) = hook {
+            if let Some(reason) = refused {
+                h.unplaced(0, reason);
+            }
+            h.end(fib);
+        }
+    }
+}
+
+/// Transmit `queue` on `port`, counting what it took and what it dropped.
+fn flush<M: FrameMemory, P: Port<M>>(mem: &mut M, port: &mut P, queue: &mut ArrayVec<Packet<M::Buf>, BURST>) {
+    if queue.is_empty() {
+        return;
+    }
+    let sent = port.transmit(mem, queue).min(queue.len());
+    let c: &PortCounters = port.counters();
+    bump(&c.tx, sent as u64);
+    bump(&c.tx_dropped, (queue.len() - sent) as u64);
+    queue.clear();
+}
+
+/// Cut a routed super-packet (`frame`: outer headers first if `encapsulated`) into
+/// buffers of `mem` queued for `port`, transmitting whenever the queue is full; or copy
+/// a frame without GSO that fits a buffer, completing its checksum. Returns the frames
+/// queued. A plan the frame fails queues nothing; running out of buffers midway has
+/// queued the first segments (the sender retransmits the rest, as after a loss).
+fn segment<M: FrameMemory, P: Port<M>>(
+    mem: &mut M,
+    port: &mut P,
+    queue: &mut ArrayVec<Packet<M::Buf>, BURST>,
+    frame: &[u8],
+    encapsulated: bool,
+    meta: &OffloadMeta,
+) -> Result<usize, OffloadError> {
+    let (outer, inner) = if encapsulated { frame.split_at(VXLAN_OVERHEAD) } else { frame.split_at(0) };
+    let outer: Option<&[u8; VXLAN_OVERHEAD]> = outer.try_into().ok();
+    let head = SEGMENT_HEAD - if encapsulated { VXLAN_OVERHEAD } else { 0 };
+    if meta.gso.is_none() {
+        return copy_whole(mem, queue, frame, outer.map_or(0, |o| o.len()), meta, head).map(|()| 1);
+    }
+    let plan = offload::gso::plan(inner, meta)?;
+    if plan.segments() > MAX_SEGMENTS {
+        return Err(OffloadError::TooManySegments);
+    }
+    if mem.buffer_size() < SEGMENT_HEAD + plan.max_segment_len() {
+        return Err(OffloadError::BufferTooSmall);
+    }
+    let mut first = 0;
+    while first < plan.segments() {
+        if queue.is_full() {
+            flush(mem, port, queue);
+        }
+        let want = (plan.segments() - first).min(queue.remaining_capacity());
+        let mut bufs: ArrayVec<M::Buf, BURST> = ArrayVec::new();
+        while bufs.len() < want {
+            match mem.alloc() {
+                Some(b) => bufs.push(b),
+                None => break,
+            }
+        }
+        if bufs.is_empty() {
+            return Err(OffloadError::TooFewBuffers);
+        }
+        let written = mem.with_buffers(&bufs, |slices| {
+            let done = plan.write_range(inner, first, SEGMENT_HEAD, slices)?;
+            if let Some(outer) = outer {
+                for (k, s) in slices[..done.segments].iter_mut().enumerate() {
+                    let len = plan.segment_len(first + k);
+                    offload::push_outer(outer, &mut s[head..SEGMENT_HEAD + len]);
+                }
+            }
+            Ok(done.segments)
+        });
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                for b in bufs {
+                    mem.release(b);
+                }
+                return Err(e);
+            }
+        };
+        for (k, &buf) in bufs.iter().enumerate() {
+            let len = plan.segment_len(first + k) + SEGMENT_HEAD - head;
+            #[expect(clippy::cast_possible_truncation, reason = "within a buffer")]
+            queue.push(Packet { buf, head: head as u32, len: len as u32 });
+        }
+        first += written;
+        if written < want {
+            return Err(OffloadError::TooFewBuffers);
+        }
+    }
+    Ok(plan.segments())
+}
+
+/// A frame without GSO from a port that keeps offloads (an ICMP error made of a
+/// super-packet; one larger than a buffer is refused): into one buffer at `head`, the
+/// partial checksum of its packet (at `inner`, after any outer headers) completed.
+fn copy_whole<M: FrameMemory>(
+    mem: &mut M,
+    queue: &mut ArrayVec<Packet<M::Buf>, BURST>,
+    frame: &[u8],
+    inner: usize,
+    meta: &OffloadMeta,
+    head: usize,
+) -> Result<(), OffloadError> {
+    if head + frame.len() > mem.buffer_size() {
+        return Err(OffloadError::BufferTooSmall);
+    }
+    if queue.is_full() {
+        return Err(OffloadError::TooFewBuffers);
+    }
+    let buf = mem.alloc().ok_or(OffloadError::TooFewBuffers)?;
+    let done = mem.with_buffers(&[buf], |b| {
+        let out = &mut b[0][head..head + frame.len()];
+        out.copy_from_slice(frame);
+        offload::complete_checksum(&mut out[inner..], meta)
+    });
+    if let Err(e) = done {
+        mem.release(buf);
+        return Err(e);
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "within a buffer")]
+    queue.push(Packet { buf, head: head as u32, len: frame.len() as u32 });
+    Ok(())
 }
 
 impl<M: FrameMemory, P: Port<M>> Drop for Driver<M, P> {

@@ -75,6 +75,7 @@ reason_table! {
         MtuExceeded => "mtu_exceeded", "IPv4 packet larger than the pod MTU (uplink MTU - 50)";
         NoHeadroom => "no_headroom", "frame buffer has no room in front for the outer headers";
         NoEgressPort => "no_egress_port", "routed to a port this worker does not serve (still attaching, or just removed)";
+        SuperPacket => "super_packet", "super-packet that could not be segmented or delivered whole (the offload counters say why)";
     }
 }
 

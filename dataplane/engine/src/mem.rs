@@ -11,8 +11,9 @@ use crate::CoreCounters;
 use crate::counters::CounterSnapshot;
 use crate::driver::Driver;
 use crate::observe::Observer;
+use crate::offload::{self, Coalesced, Jumbo, OffloadMeta};
 use crate::pipeline::BURST;
-use crate::port::{FrameMemory, Packet, Port, PortCounters};
+use crate::port::{FrameMemory, Offloads, Packet, Port, PortCounters};
 use arrayvec::ArrayVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -110,6 +111,15 @@ pub struct MemPort {
     /// Most frames `tx` holds; beyond it a transmit drops (as a full TX ring).
     pub tx_capacity: usize,
     counters: Arc<PortCounters>,
+    /// What the port keeps of the kernel's offloads (set before the driver serves it).
+    offloads: Offloads,
+    /// Super-packets to receive, each after the ordinary frame count (received and
+    /// queued) it was injected behind.
+    rx_super: VecDeque<(u64, Vec<u8>, OffloadMeta)>,
+    /// Ordinary frames received so far.
+    rx_taken: u64,
+    /// Super-packets sent whole, and merged by its coalescing transmit.
+    pub tx_super: VecDeque<(Vec<u8>, OffloadMeta)>,
 }
 
 impl MemPort {
@@ -122,7 +132,67 @@ impl MemPort {
     /// An empty port counting into `counters` (shared with a reader).
     #[must_use]
     pub fn with_counters(id: PortId, counters: Arc<PortCounters>) -> Self {
-        Self { id, rx: VecDeque::new(), tx: VecDeque::new(), tx_capacity: usize::MAX, counters }
+        Self {
+            id,
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+            tx_capacity: usize::MAX,
+            counters,
+            offloads: Offloads::default(),
+            rx_super: VecDeque::new(),
+            rx_taken: 0,
+            tx_super: VecDeque::new(),
+        }
+    }
+
+    /// An empty port that keeps offloads, as a veth read through a virtio-net header:
+    /// it receives super-packets, is sent them whole, and coalesces (GRO) what it sends.
+    #[must_use]
+    pub fn offloading(id: PortId) -> Self {
+        Self { offloads: Offloads { partial_checksum: true, tcp_segmentation: true }, ..Self::new(id) }
+    }
+
+    /// Queue a super-packet (or any frame with metadata) to receive after the frames
+    /// queued so far. Test doubles allocate; the driver's path does not.
+    pub fn push_super(&mut self, bytes: &[u8], meta: OffloadMeta) {
+        self.rx_super.push_back((self.rx_taken + self.rx.len() as u64, bytes.to_vec(), meta));
+    }
+
+    /// Coalesce `pkts` as a port with a virtio-net header would before writing them:
+    /// merged flows go to `tx_super`, the rest to `tx`; returns how many were taken.
+    fn transmit_coalesced(&mut self, mem: &mut MemFrames, pkts: &[Packet<u32>]) -> usize {
+        let bufs: ArrayVec<u32, BURST> = pkts.iter().map(|p| p.buf).collect();
+        let mut single = [false; BURST];
+        let tx_super = &mut self.tx_super;
+        mem.with_buffers(&bufs, |slices| {
+            let frames: ArrayVec<&[u8], BURST> =
+                slices.iter().zip(pkts).map(|(s, p)| &s[p.head as usize..(p.head + p.len) as usize]).collect();
+            let mut units = [Coalesced::default(); BURST];
+            let n = offload::coalesce(&frames, true, &mut units);
+            for u in &units[..n] {
+                match u {
+                    Coalesced::Single(i) => single[*i] = true,
+                    Coalesced::Merged(m) => {
+                        let mut bytes = vec![0; m.len()];
+                        let meta = m.write(&frames, &mut bytes).expect("a merge of this burst");
+                        tx_super.push_back((bytes, meta));
+                    }
+                }
+            }
+        });
+        let mut taken = 0;
+        for (p, &keep) in pkts.iter().zip(&single) {
+            if !keep {
+                mem.release(p.buf);
+                taken += 1;
+            } else if self.tx.len() < self.tx_capacity {
+                self.tx.push_back(*p);
+                taken += 1;
+            } else {
+                mem.release(p.buf);
+            }
+        }
+        taken
     }
 }
 
@@ -143,7 +213,48 @@ impl Port<MemFrames> for MemPort {
         n
     }
 
+    fn offloads(&self) -> Offloads {
+        self.offloads
+    }
+
+    fn receive_offloaded(&mut self, _mem: &mut MemFrames, out: &mut [Packet<u32>; BURST], jumbo: &mut Jumbo) -> usize {
+        let mut n = 0;
+        loop {
+            if self.rx_super.front().is_some_and(|s| s.0 <= self.rx_taken) {
+                if jumbo.len() == BURST {
+                    break;
+                }
+                let (_, bytes, meta) = self.rx_super.pop_front().expect("checked");
+                let slot = jumbo.len();
+                jumbo.data_mut(slot)[..bytes.len()].copy_from_slice(&bytes);
+                jumbo.push(slot, n, bytes.len(), meta);
+                continue;
+            }
+            match self.rx.pop_front() {
+                Some(p) if n < BURST => {
+                    out[n] = p;
+                    n += 1;
+                    self.rx_taken += 1;
+                }
+                Some(p) => {
+                    self.rx.push_front(p);
+                    break;
+                }
+                None => break,
+            }
+        }
+        n
+    }
+
+    fn transmit_offloaded(&mut self, _mem: &mut MemFrames, frame: &[u8], meta: &OffloadMeta) -> bool {
+        self.tx_super.push_back((frame.to_vec(), *meta));
+        true
+    }
+
     fn transmit(&mut self, mem: &mut MemFrames, pkts: &[Packet<u32>]) -> usize {
+        if self.offloads.tcp_segmentation {
+            return self.transmit_coalesced(mem, pkts);
+        }
         let room = self.tx_capacity.saturating_sub(self.tx.len()).min(pkts.len());
         self.tx.extend(&pkts[..room]);
         for p in &pkts[room..] {
@@ -196,6 +307,34 @@ impl MemDataplane {
             driver.add_port(MemPort::new(PortId(id)));
         }
         Self { driver, fib: fib.reader() }
+    }
+
+    /// A dataplane with ports `0..ports`, those in `offloading` keeping offloads
+    /// ([`MemPort::offloading`]).
+    #[must_use]
+    pub fn with_offloading(fib: &FibHandle, ports: u16, offloading: &[PortId]) -> Self {
+        let mut driver = Driver::new(MemFrames::default(), Arc::new(CoreCounters::default()));
+        for id in (0..ports).map(PortId) {
+            driver.add_port(if offloading.contains(&id) { MemPort::offloading(id) } else { MemPort::new(id) });
+        }
+        Self { driver, fib: fib.reader() }
+    }
+
+    /// Queue a super-packet on `port` (one made with [`MemDataplane::with_offloading`]).
+    ///
+    /// # Errors
+    /// [`NoSuchPort`] for an unknown port.
+    pub fn inject_super(&mut self, port: PortId, bytes: &[u8], meta: OffloadMeta) -> Result<(), NoSuchPort> {
+        self.port(port)?.push_super(bytes, meta);
+        Ok(())
+    }
+
+    /// Every super-packet `port` was sent whole or merged, with its metadata.
+    ///
+    /// # Errors
+    /// [`NoSuchPort`] for an unknown port.
+    pub fn take_tx_super(&mut self, port: PortId) -> Result<Vec<(Vec<u8>, OffloadMeta)>, NoSuchPort> {
+        Ok(self.port(port)?.tx_super.drain(..).collect())
     }
 
     /// Reserve `frames` buffers up front so later traffic allocates nothing.

@@ -18,6 +18,7 @@ use crate::drop::DropReason;
 use crate::flow;
 use crate::frame::Frame;
 use crate::icmp::{Clock, IcmpError, Originator, Refusal};
+use crate::offload::OffloadMeta;
 use core::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,9 +74,45 @@ impl Pipeline {
     /// # Panics
     /// If `frames` is longer than [`BURST`] or `verdicts` shorter than `frames`.
     pub fn process(&mut self, fib: &Fib, ingress: PortId, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
+        self.process_with::<false>(fib, ingress, frames, &mut [], verdicts);
+    }
+
+    /// [`process`](Self::process) for frames from a port that keeps offloads, with their
+    /// metadata: a TCP super-packet passes the MTU check by the size of the segments it
+    /// will be cut into, not its own, and is counted once (and in `gso_packets`). A frame
+    /// turned into an ICMP error here loses its metadata (`metas[i]` reset).
+    ///
+    /// # Panics
+    /// As [`process`](Self::process), or if `metas` is shorter than `frames`.
+    pub fn process_offloaded(
+        &mut self,
+        fib: &Fib,
+        ingress: PortId,
+        frames: &mut [Frame<'_>],
+        metas: &mut [OffloadMeta],
+        verdicts: &mut [Verdict],
+    ) {
+        assert!(metas.len() >= frames.len(), "one metadata per frame");
+        self.process_with::<true>(fib, ingress, frames, metas, verdicts);
+    }
+
+    /// The pipeline; `OFFLOADED` is a constant, so [`process`](Self::process) is the loop
+    /// without any of the metadata's tests.
+    #[inline(always)]
+    fn process_with<const OFFLOADED: bool>(
+        &mut self,
+        fib: &Fib,
+        ingress: PortId,
+        frames: &mut [Frame<'_>],
+        metas: &mut [OffloadMeta],
+        verdicts: &mut [Verdict],
+    ) {
         let n = frames.len();
         assert!(n <= BURST && verdicts.len() >= n, "burst of {n} frames, {} verdicts", verdicts.len());
         let mut tally = CounterSnapshot { rx: n as u64, bursts: 1, ..CounterSnapshot::default() };
+        if OFFLOADED {
+            tally.gso_packets = metas[..n].iter().filter(|m| m.gso.is_some()).count() as u64;
+        }
         // Frames still routing after stage 1 (index and destination), compacted so stage 2
         // looks up only those.
         let mut pending = [0u8; BURST];
@@ -115,6 +152,9 @@ impl Pipeline {
                         Ok(FromPod::Ipv4(d)) => route(i, d),
                         Err(DropReason::TtlExpired) => {
                             let err = (IcmpError::TimeExceeded, DropReason::TtlExpired);
+                            if OFFLOADED {
+                                metas[i] = OffloadMeta::default();
+                            }
                             self.answer_sender(&mut frames[i], ingress, role, err, gateway, &mut now, &mut tally)
                         }
                         Err(r) => Verdict::Drop(r),
@@ -181,7 +221,9 @@ impl Pipeline {
                 Some(NextHop::Remote(r)) if from_overlay && made_here() => encap_error(&mut frames[i], fib, r),
                 Some(NextHop::Remote(_)) if from_overlay => Verdict::Drop(DropReason::OverlayTransit),
                 Some(NextHop::Remote(r)) => match (fib.node(), fib.remote(r)) {
-                    (Some(node), Some(remote)) => match encap(&mut frames[i], node, remote) {
+                    (Some(node), Some(remote)) => match encap(&mut frames[i], node, remote, |d| {
+                        if OFFLOADED { segment_ip_len(d, &metas[i]) } else { ip_total_len(d) }
+                    }) {
                         Ok(()) => {
                             tally.encapsulated += 1;
                             Verdict::Tx(node.uplink_port)
@@ -189,6 +231,9 @@ impl Pipeline {
                         // Only pods and the host port reach here (not from_overlay).
                         Err(DropReason::MtuExceeded) => {
                             let err = (IcmpError::FragNeeded { mtu: node.pod_mtu() }, DropReason::MtuExceeded);
+                            if OFFLOADED {
+                                metas[i] = OffloadMeta::default();
+                            }
                             self.answer_sender(&mut frames[i], ingress, role, err, gateway, &mut now, &mut tally)
                         }
                         Err(reason) => Verdict::Drop(reason),
@@ -474,6 +519,23 @@ fn ip_total_len(frame: &[u8]) -> u16 {
     be16(frame, ETH + 2)
 }
 
+/// The IPv4 length of the packets a frame leaves as: a TCP super-packet's segments
+/// (IPv4 and TCP headers and at most one segment of payload), or the frame's own.
+/// What does not parse as a TCP super-packet is measured whole (segmenting refuses it).
+fn segment_ip_len(frame: &[u8], meta: &OffloadMeta) -> u16 {
+    let total = ip_total_len(frame);
+    let Some(gso) = meta.gso else { return total };
+    let ihl = usize::from(frame[ETH] & 0x0f) * 4;
+    match frame.get(ETH + ihl + 12) {
+        Some(&off) if frame[ETH + 9] == 6 => {
+            let headers = ihl + usize::from(off >> 4) * 4;
+            let seg = u16::try_from(headers).unwrap_or(u16::MAX).saturating_add(gso.size);
+            seg.min(total)
+        }
+        _ => total,
+    }
+}
+
 fn ipv4_dst(frame: &[u8]) -> Ipv4Addr {
     let d: [u8; 4] = frame[ETH + 16..ETH + 20].try_into().expect("4 bytes");
     d.into()
@@ -499,11 +561,17 @@ fn deliver(f: &mut Frame<'_>, ep: &Endpoint) {
     decrement_ttl(d);
 }
 
-/// Route towards a remote node: MTU (checked before anything changes, so an error can
-/// quote the packet as received), TTL, then [`push_vxlan`].
+/// Route towards a remote node: MTU (`ip_len` of the frame: the IPv4 length of the
+/// packets that will leave, its own or a super-packet's segments'; checked before anything changes,
+/// so an error can quote the packet as received), TTL, then [`push_vxlan`].
 #[inline]
-fn encap(f: &mut Frame<'_>, node: &NodeConfig, remote: &Remote) -> Result<(), DropReason> {
-    if ip_total_len(f.data()) > node.pod_mtu() {
+fn encap(
+    f: &mut Frame<'_>,
+    node: &NodeConfig,
+    remote: &Remote,
+    ip_len: impl FnOnce(&[u8]) -> u16,
+) -> Result<(), DropReason> {
+    if ip_len(f.data()) > node.pod_mtu() {
         return Err(DropReason::MtuExceeded);
     }
     if f.head() < VXLAN_OVERHEAD {
@@ -517,7 +585,9 @@ fn encap(f: &mut Frame<'_>, node: &NodeConfig, remote: &Remote) -> Result<(), Dr
 /// outer headers in the headroom, which the caller has checked.
 #[inline(always)]
 fn push_vxlan(f: &mut Frame<'_>, node: &NodeConfig, remote: &Remote) -> Result<(), DropReason> {
-    let inner_len = u16::try_from(f.len()).map_err(|_| DropReason::MtuExceeded)?;
+    // A super-packet may be longer than 16 bits can say: its outer lengths are rewritten
+    // per segment ([`crate::offload::push_outer`]).
+    let inner_len = u16::try_from(f.len()).unwrap_or(u16::MAX);
     let port = {
         let d = f.data_mut();
         set_macs(d, remote.node.vtep_mac, node.vtep_mac);

@@ -7,6 +7,7 @@
 //! forwarding between two ports of that memory moves a buffer handle, never bytes.
 //! Everything is generic and monomorphised: the driver's hot path has no virtual call.
 
+use crate::offload::{Jumbo, OffloadMeta};
 use crate::pipeline::BURST;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -55,7 +56,9 @@ pub struct Offloads {
     /// (virtio-net `NEEDS_CSUM`: checksum start and offset in metadata).
     pub partial_checksum: bool,
     /// Frames may be TCP super-packets larger than the MTU, with a segment size in
-    /// metadata (virtio-net GSO).
+    /// metadata (virtio-net GSO). Such a port receives through
+    /// [`Port::receive_offloaded`] and is sent super-packets whole through
+    /// [`Port::transmit_offloaded`]; it must also promise `partial_checksum`.
     pub tcp_segmentation: bool,
 }
 
@@ -108,6 +111,24 @@ pub trait Port<M: FrameMemory> {
     /// Receive up to [`BURST`] frames into `out`; returns how many. Each received
     /// buffer now belongs to the caller.
     fn receive(&mut self, mem: &mut M, out: &mut [Packet<M::Buf>; BURST]) -> usize;
+
+    /// [`receive`](Self::receive) for a port whose [`offloads`](Self::offloads) include TCP
+    /// segmentation; the driver calls this instead, with `jumbo` empty. Frames that fit
+    /// a buffer of `mem` go to `out` as usual, complete (a partial checksum completed);
+    /// super-packets, and frames larger than a buffer, go to `jumbo` with their
+    /// metadata, each recorded after the frames of `out` that arrived before it. Returns
+    /// how many frames went to `out`.
+    fn receive_offloaded(&mut self, mem: &mut M, out: &mut [Packet<M::Buf>; BURST], _jumbo: &mut Jumbo) -> usize {
+        self.receive(mem, out)
+    }
+
+    /// Send one super-packet (or a frame larger than a buffer) whole, with its metadata:
+    /// called only on ports whose offloads include TCP segmentation. `frame` is the
+    /// driver's; the port copies what it keeps. Returns whether it was sent (the driver
+    /// counts a refusal in `tx_dropped`).
+    fn transmit_offloaded(&mut self, _mem: &mut M, _frame: &[u8], _meta: &OffloadMeta) -> bool {
+        false
+    }
 
     /// Transmit `pkts` in order. The port takes every buffer: those it queues it gives
     /// back when the medium is done with them, the rest it releases at once. Returns
@@ -179,6 +200,24 @@ macro_rules! port_enum {
                 pkts: &[$crate::Packet<<$mem as $crate::FrameMemory>::Buf>],
             ) -> usize {
                 match self { $(Self::$variant(p) => $crate::Port::<$mem>::transmit(p, mem, pkts),)+ }
+            }
+
+            fn receive_offloaded(
+                &mut self,
+                mem: &mut $mem,
+                out: &mut [$crate::Packet<<$mem as $crate::FrameMemory>::Buf>; $crate::BURST],
+                jumbo: &mut $crate::offload::Jumbo,
+            ) -> usize {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::receive_offloaded(p, mem, out, jumbo),)+ }
+            }
+
+            fn transmit_offloaded(
+                &mut self,
+                mem: &mut $mem,
+                frame: &[u8],
+                meta: &$crate::OffloadMeta,
+            ) -> bool {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::transmit_offloaded(p, mem, frame, meta),)+ }
             }
 
             fn service(&mut self, mem: &mut $mem) {

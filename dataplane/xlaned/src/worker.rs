@@ -261,13 +261,14 @@ impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
         let mut work = 0;
         let mut rx = [Packet::default(); BURST];
         for i in 0..self.driver.ports().len() {
-            let (ingress, n) = self.driver.receive(i, &mut rx);
-            if n == 0 {
+            let r = self.driver.receive(i, &mut rx);
+            if r.is_empty() {
                 continue;
             }
+            let n = r.frames + r.supers;
             work += n;
             let t0 = Instant::now();
-            self.driver.forward(fib, ingress, &rx[..n]);
+            self.driver.forward(fib, r.ingress, &rx[..r.frames]);
             let _ = self.latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
             let _ = self.burst.record(n as u64);
         }

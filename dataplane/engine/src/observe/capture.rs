@@ -243,12 +243,12 @@ impl Tap {
     }
 
     /// Frame `i` found no port to leave by: it was not transmitted, it was dropped.
-    pub(crate) fn unplaced(&mut self, i: usize) {
+    pub(crate) fn unplaced(&mut self, i: usize, reason: DropReason) {
         if let Some(h) = self.held_mut(i, Direction::Rx) {
-            h.drop = Some(DropReason::NoEgressPort);
+            h.drop = Some(reason);
         }
         if let Some(h) = self.held_mut(i, Direction::Tx) {
-            h.drop = Some(DropReason::NoEgressPort);
+            h.drop = Some(reason);
         }
     }
 

@@ -13,6 +13,7 @@ pub mod capture;
 pub mod headers;
 pub mod trace;
 
+use crate::drop::DropReason;
 use crate::frame::Frame;
 use crate::pipeline::Verdict;
 use capture::{CaptureRing, Tap};
@@ -32,7 +33,7 @@ pub(crate) trait BurstHook {
     fn begin(&mut self, fib: &Fib, ingress: PortId);
     fn received(&mut self, i: usize, frame: &Frame<'_>);
     fn processed(&mut self, i: usize, frame: &Frame<'_>, verdict: Verdict);
-    fn unplaced(&mut self, i: usize);
+    fn unplaced(&mut self, i: usize, reason: DropReason);
     fn end(&mut self, fib: &Fib);
 }
 
@@ -48,7 +49,7 @@ impl BurstHook for Unobserved {
     #[inline(always)]
     fn processed(&mut self, _: usize, _: &Frame<'_>, _: Verdict) {}
     #[inline(always)]
-    fn unplaced(&mut self, _: usize) {}
+    fn unplaced(&mut self, _: usize, _: DropReason) {}
     #[inline(always)]
     fn end(&mut self, _: &Fib) {}
 }
@@ -140,16 +141,16 @@ impl BurstHook for Observer {
         }
     }
 
-    fn unplaced(&mut self, i: usize) {
+    fn unplaced(&mut self, i: usize, reason: DropReason) {
         if self.tracing
             && let Some(t) = &mut self.trace
         {
-            t.unplaced(i);
+            t.unplaced(i, reason);
         }
         if self.capturing
             && let Some(c) = &mut self.capture
         {
-            c.unplaced(i);
+            c.unplaced(i, reason);
         }
     }
 

@@ -6,8 +6,9 @@ use super::Observer;
 use super::trace::{FrameMatch, Ingress, RouteHop, Stage, TraceBuffer, TraceFilter, TraceRecord};
 use crate::fixtures::{IPV4_DST, IPV4_SRC, fill_ipv4_checksum, fixture, set_ipv4_addr};
 use crate::mem::{HEADROOM, MemFrames, MemPort};
+use crate::offload::build::TcpSuper;
 use crate::testbed::{self, UPLINK};
-use crate::{CoreCounters, Driver, DropReason, FrameMemory, Packet, Verdict};
+use crate::{CoreCounters, Driver, DropReason, FrameMemory, OffloadMeta, Packet, Verdict};
 use core::net::Ipv4Addr;
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -27,7 +28,9 @@ impl Traced {
     fn new(mut tables: FibBuilder, ports: u16, count: usize, filter: TraceFilter) -> Self {
         let mut driver = Driver::new(MemFrames::default(), Arc::new(CoreCounters::default()));
         for id in 0..ports {
-            driver.add_port(MemPort::new(PortId(id)));
+            // Pod 1 keeps offloads, as a pod read through a virtio-net header: it also
+            // receives ordinary frames as any port does.
+            driver.add_port(if id == 1 { MemPort::offloading(PortId(id)) } else { MemPort::new(PortId(id)) });
         }
         let buffer = Arc::new(TraceBuffer::new(count));
         let mut observer = Observer::new(7);
@@ -47,9 +50,13 @@ impl Traced {
 
     /// Forward everything waiting; the verdict of each frame as the counters and the
     /// ports saw it (one frame in flight at a time; an ICMP error sent back is a `Tx`).
-    fn verdict_of(&mut self, port: PortId, frame: &[u8], head: usize) -> Verdict {
+    /// With `meta`, the frame is a super-packet (on an offloading port).
+    fn verdict_of(&mut self, port: PortId, frame: &[u8], head: usize, meta: Option<OffloadMeta>) -> Verdict {
         let before = self.driver.counters().snapshot();
-        self.inject(port, frame, head);
+        match meta {
+            Some(m) => self.driver.ports_mut()[usize::from(port.0)].push_super(frame, m),
+            None => self.inject(port, frame, head),
+        }
         self.driver.poll(&self.fib);
         let after = self.driver.counters().snapshot();
         // A frame answered with an ICMP error counts its drop reason too, and is sent.
@@ -59,7 +66,13 @@ impl Traced {
         {
             return Verdict::Drop(*r);
         }
-        let out = self.driver.ports_mut().iter_mut().find(|p| !p.tx.is_empty()).expect("forwarded somewhere");
+        let out = self
+            .driver
+            .ports_mut()
+            .iter_mut()
+            .find(|p| !p.tx.is_empty() || !p.tx_super.is_empty())
+            .expect("forwarded somewhere");
+        out.tx_super.clear();
         let (id, sent) = (crate::Port::id(out), out.tx.drain(..).collect::<Vec<_>>());
         for p in sent {
             self.driver.mem_mut().release(p.buf);
@@ -109,8 +122,21 @@ fn with_df(mut f: Vec<u8>, df: bool) -> Vec<u8> {
 }
 
 /// Tables, ingress port, frame and headroom that make the pipeline (or the driver) drop
-/// for `reason`. Exhaustive: a new reason needs a case here.
-fn case(reason: DropReason) -> (FibBuilder, PortId, Vec<u8>, usize) {
+/// for `reason`, and the frame's metadata if it is a super-packet. Exhaustive: a new
+/// reason needs a case here.
+fn case(reason: DropReason) -> (FibBuilder, PortId, Vec<u8>, usize, Option<OffloadMeta>) {
+    let (tables, port, frame, head) = match reason {
+        // A segment size the engine refuses to cut 64 KiB into.
+        DropReason::SuperPacket => {
+            let (frame, meta) = TcpSuper::new(vec![7; 60_000], 100).build();
+            return (testbed::tables(2, 3), POD1, frame, 0, Some(meta));
+        }
+        r => plain_case(r),
+    };
+    (tables, port, frame, head, None)
+}
+
+fn plain_case(reason: DropReason) -> (FibBuilder, PortId, Vec<u8>, usize) {
     use DropReason as R;
     let node = || testbed::tables(2, 3);
     let pod = |f: Vec<u8>| (node(), POD1, f, HEADROOM);
@@ -163,15 +189,16 @@ fn case(reason: DropReason) -> (FibBuilder, PortId, Vec<u8>, usize) {
             t.upsert_endpoint(testbed::pod(5)).unwrap();
             (t, POD1, with("local_in", |f| set_ipv4_addr(f, 14, IPV4_DST, [10, 244, 1, 6])), HEADROOM)
         }
+        R::SuperPacket => unreachable!("a super-packet case"),
     }
 }
 
 #[test]
 fn a_record_for_every_drop_reason() {
     for &reason in DropReason::ALL {
-        let (tables, port, frame, head) = case(reason);
+        let (tables, port, frame, head, meta) = case(reason);
         let mut t = Traced::new(tables, 4, 8, TraceFilter::default());
-        assert_eq!(t.verdict_of(port, &frame, head), Verdict::Drop(reason), "the case for {reason:?}");
+        assert_eq!(t.verdict_of(port, &frame, head, meta), Verdict::Drop(reason), "the case for {reason:?}");
         let records = t.records();
         assert_eq!(records.len(), 1, "{reason:?}");
         let r = &records[0];
@@ -186,7 +213,7 @@ fn a_record_for_every_drop_reason() {
 #[test]
 fn an_encapsulated_frame_shows_its_route_and_rewrite() {
     let mut t = Traced::new(testbed::tables(2, 3), 4, 8, TraceFilter::default());
-    assert_eq!(t.verdict_of(POD1, &fixture("encap_udp_in"), HEADROOM), Verdict::Tx(UPLINK));
+    assert_eq!(t.verdict_of(POD1, &fixture("encap_udp_in"), HEADROOM, None), Verdict::Tx(UPLINK));
     let r = t.records()[0];
     assert_eq!(r.role, Ingress::Pod(testbed::pod(1).ip));
     let dst = Ipv4Addr::new(10, 244, 2, 3);
@@ -207,7 +234,7 @@ fn an_expired_or_oversize_packet_is_traced_out_as_the_icmp_error_sent_back() {
     ];
     for (frame, sent) in cases {
         let mut t = Traced::new(testbed::tables(2, 3), 4, 8, TraceFilter::default());
-        assert_eq!(t.verdict_of(POD1, &frame, HEADROOM), Verdict::Tx(POD1));
+        assert_eq!(t.verdict_of(POD1, &frame, HEADROOM, None), Verdict::Tx(POD1));
         let r = t.records()[0];
         let out = r.output.expect("transmitted");
         let ip = out.ipv4.expect("IPv4");
@@ -267,7 +294,7 @@ proptest! {
         if let Some(c) = cut { frame.truncate(c % (n + 1)); }
         let port = if port == 0 { usual } else { PortId(port) };
         let mut t = Traced::new(testbed::tables(2, 3), 4, 4, TraceFilter::default());
-        let verdict = t.verdict_of(port, &frame, HEADROOM);
+        let verdict = t.verdict_of(port, &frame, HEADROOM, None);
         let records = t.records();
         prop_assert_eq!(records.len(), 1);
         prop_assert_eq!(records[0].verdict, verdict);

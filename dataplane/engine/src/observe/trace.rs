@@ -153,7 +153,7 @@ pub fn drop_stage(reason: DropReason, ingress: Ingress) -> Stage {
         R::NotConfigured | R::MtuExceeded if uplink => Stage::Classify,
         R::NoRoute | R::UnresolvedVtep | R::OverlayTransit | R::UnknownPort => Stage::Route,
         R::NotConfigured | R::MtuExceeded | R::NoHeadroom => Stage::Rewrite,
-        R::NoEgressPort => Stage::Egress,
+        R::NoEgressPort | R::SuperPacket => Stage::Egress,
     }
 }
 
@@ -338,9 +338,9 @@ impl Tracer {
         }
     }
 
-    pub(crate) fn unplaced(&mut self, i: usize) {
+    pub(crate) fn unplaced(&mut self, i: usize, reason: DropReason) {
         if let Some(r) = self.pending.get_mut(usize::from(self.slot[i])) {
-            r.verdict = Verdict::Drop(DropReason::NoEgressPort);
+            r.verdict = Verdict::Drop(reason);
             r.output = None;
         }
     }

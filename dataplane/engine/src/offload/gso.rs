@@ -95,11 +95,30 @@ impl GsoPlan {
     /// Fewer buffers than segments, or a buffer shorter than `headroom` + its segment;
     /// checked before anything is written.
     pub fn write(&self, frame: &[u8], headroom: usize, out: &mut [&mut [u8]]) -> Result<Segmented, OffloadError> {
-        let Layout { l4, hdr_len, end } = self.layout;
         if out.len() < self.segments {
             return Err(OffloadError::TooFewBuffers);
         }
-        if out[..self.segments].iter().enumerate().any(|(i, b)| b.len() < headroom + self.segment_len(i)) {
+        self.write_range(frame, 0, headroom, &mut out[..self.segments])
+    }
+
+    /// Write segments `first..first + out.len()` (fewer if the plan ends sooner) into
+    /// `out`, as [`write`](Self::write) does for all of them: for a caller that sends a
+    /// long super-packet in bursts of buffers.
+    ///
+    /// # Errors
+    /// A buffer shorter than `headroom` + its segment; checked before anything is
+    /// written.
+    pub fn write_range(
+        &self,
+        frame: &[u8],
+        first: usize,
+        headroom: usize,
+        out: &mut [&mut [u8]],
+    ) -> Result<Segmented, OffloadError> {
+        let Layout { l4, hdr_len, end } = self.layout;
+        let count = out.len().min(self.segments.saturating_sub(first));
+        let out = &mut out[..count];
+        if out.iter().enumerate().any(|(k, b)| b.len() < headroom + self.segment_len(first + k)) {
             return Err(OffloadError::BufferTooSmall);
         }
         let hdr = &frame[..hdr_len];
@@ -109,7 +128,8 @@ impl GsoPlan {
         let pseudo = pseudo_base(hdr);
         let last = self.segments - 1;
         let mut bytes = 0;
-        for (i, (buf, chunk)) in out.iter_mut().zip(frame[hdr_len..end].chunks(self.mss)).enumerate() {
+        let chunks = frame[hdr_len..end].chunks(self.mss).enumerate().skip(first);
+        for (buf, (i, chunk)) in out.iter_mut().zip(chunks) {
             let seg = &mut buf[headroom..headroom + hdr_len + chunk.len()];
             seg[..hdr_len].copy_from_slice(hdr);
             seg[hdr_len..].copy_from_slice(chunk);
@@ -138,6 +158,6 @@ impl GsoPlan {
             th[tcp::CHECKSUM..tcp::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
             bytes += seg.len();
         }
-        Ok(Segmented { segments: self.segments, bytes })
+        Ok(Segmented { segments: count, bytes })
     }
 }

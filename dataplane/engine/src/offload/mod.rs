@@ -24,11 +24,15 @@ pub mod build;
 pub mod gro;
 pub mod gso;
 mod headers;
+pub mod jumbo;
 mod meta;
+mod tunnel;
 
 pub use gro::{Coalesced, MAX_FLOWS, Merged, coalesce};
 pub use gso::{GsoPlan, Segmented};
+pub use jumbo::{JUMBO_HEADROOM, JUMBO_MAX, Jumbo, JumboFrame};
 pub use meta::{Gso, GsoKind, OffloadMeta, PartialCsum, VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_MRG_LEN, complete_checksum};
+pub use tunnel::push_outer;
 
 crate::drop::reason_table! {
     /// Why a header or super-packet was refused: `Copy`, one byte, with a stable name,
@@ -50,6 +54,7 @@ crate::drop::reason_table! {
         GsoEmpty => "gso_empty", "TCP super-packet without payload";
         BufferTooSmall => "gso_buffer_small", "an output buffer cannot hold its segment (or super-packet)";
         TooFewBuffers => "gso_too_few_buffers", "fewer output buffers than segments";
+        TooManySegments => "gso_too_many_segments", "super-packet would make more segments than the engine cuts one into (segment size too small)";
     }
 }
 
