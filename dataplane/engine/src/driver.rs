@@ -17,7 +17,7 @@ use crate::pipeline::{BURST, Pipeline, Verdict};
 use crate::port::{FrameMemory, Packet, Port, PortCounters, bump};
 use arrayvec::ArrayVec;
 use std::sync::Arc;
-use xlane_fib::{Fib, PortId};
+use xlane_fib::{Fib, PortId, PortRole};
 use xlane_wire::VXLAN_OVERHEAD;
 
 /// Where a segment's inner packet starts in its buffer: the outer headers go in front,
@@ -394,7 +394,8 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
                     Some(DropReason::NoEgressPort)
                 }
                 Some(k) => {
-                    let encapsulated = frame.head() < JUMBO_HEADROOM;
+                    // The pipeline encapsulates whatever it sends to the uplink.
+                    let encapsulated = fib.port(dst) == PortRole::Uplink;
                     let port = &mut ports[k];
                     if offloading[k] && !encapsulated {
                         let sent = port.transmit_offloaded(mem, frame.data(), &meta);

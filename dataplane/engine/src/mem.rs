@@ -302,11 +302,7 @@ impl MemDataplane {
     /// A dataplane with `ports` ports (ids `0..ports`) reading tables from `fib`.
     #[must_use]
     pub fn new(fib: &FibHandle, ports: u16) -> Self {
-        let mut driver = Driver::new(MemFrames::default(), Arc::new(CoreCounters::default()));
-        for id in 0..ports {
-            driver.add_port(MemPort::new(PortId(id)));
-        }
-        Self { driver, fib: fib.reader() }
+        Self::with_offloading(fib, ports, &[])
     }
 
     /// A dataplane with ports `0..ports`, those in `offloading` keeping offloads

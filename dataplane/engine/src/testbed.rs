@@ -127,10 +127,17 @@ pub fn tables_b() -> FibBuilder {
 /// them alive.
 #[must_use]
 pub fn two_nodes(remotes: u32, buffers: usize) -> (MemDataplane, MemDataplane) {
+    two_nodes_with(remotes, buffers, &[])
+}
+
+/// [`two_nodes`] whose ports in `offloading` keep offloads on both nodes
+/// ([`crate::mem::MemPort::offloading`]: super-packets in, whole or merged out).
+#[must_use]
+pub fn two_nodes_with(remotes: u32, buffers: usize, offloading: &[PortId]) -> (MemDataplane, MemDataplane) {
     let node = |mut tables: FibBuilder| {
         let h = FibHandle::new();
         tables.publish(&h);
-        let mut dp = MemDataplane::new(&h, 2);
+        let mut dp = MemDataplane::with_offloading(&h, 2, offloading);
         dp.preallocate(buffers);
         dp
     };

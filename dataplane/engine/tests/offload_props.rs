@@ -34,6 +34,8 @@ fn super_packets() -> impl Strategy<Value = TcpSuper> {
                     ttl,
                     tos,
                     ip_options,
+                    src: [10, 244, 1, 2],
+                    dst: [10, 244, 2, 3],
                     seq,
                     ack,
                     flags: 0x10 | flags,

@@ -16,6 +16,10 @@ pub struct TcpSuper {
     pub tos: u8,
     /// IPv4 options (a multiple of 4 bytes, at most 40).
     pub ip_options: Vec<u8>,
+    /// Source address.
+    pub src: [u8; 4],
+    /// Destination address.
+    pub dst: [u8; 4],
     /// Sequence number of the first payload byte.
     pub seq: u32,
     /// Acknowledgement number.
@@ -45,6 +49,8 @@ impl TcpSuper {
             ttl: 64,
             tos: 0,
             ip_options: Vec::new(),
+            src: [10, 244, 1, 2],
+            dst: [10, 244, 2, 3],
             seq: 1_000_000,
             ack: 2_000_000,
             flags: 0x18,
@@ -75,7 +81,9 @@ impl TcpSuper {
         f.extend_from_slice(&[0x40 | ihl_words, self.tos]);
         f.extend_from_slice(&total.to_be_bytes());
         f.extend_from_slice(&self.ident.to_be_bytes());
-        f.extend_from_slice(&[0x40, 0, self.ttl, 6, 0, 0, 10, 244, 1, 2, 10, 244, 2, 3]);
+        f.extend_from_slice(&[0x40, 0, self.ttl, 6, 0, 0]);
+        f.extend_from_slice(&self.src);
+        f.extend_from_slice(&self.dst);
         f.extend_from_slice(&self.ip_options);
         let c = !checksum::sum(&f[14..14 + ihl]);
         f[24..26].copy_from_slice(&c.to_be_bytes());
@@ -91,7 +99,7 @@ impl TcpSuper {
         f.extend_from_slice(&self.tcp_options);
         f.extend_from_slice(&self.payload);
         let tcp_len = u16::try_from(f.len() - l4).expect("checked above");
-        let pseudo = checksum::pseudo_ipv4([10, 244, 1, 2], [10, 244, 2, 3], 6, tcp_len);
+        let pseudo = checksum::pseudo_ipv4(self.src, self.dst, 6, tcp_len);
         let c = if self.partial { pseudo } else { !checksum::combine(&[pseudo, checksum::sum(&f[l4..])]) };
         f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
         #[expect(clippy::cast_possible_truncation, reason = "l4 ≤ 74, headers ≤ 134")]
