@@ -250,6 +250,10 @@ pub struct Counters {
     pub pipeline: BTreeMap<String, u64>,
     /// Drops by reason name (every reason, zero or not).
     pub drops: BTreeMap<String, u64>,
+    /// Why super-packets were refused (each also a `super_packet` drop), by name
+    /// (every reason, zero or not).
+    #[serde(default)]
+    pub offload_errors: BTreeMap<String, u64>,
     /// Per-port counters.
     pub ports: Vec<PortInfo>,
     /// Burst forwarding latency percentiles in nanoseconds (p50, p99, p99.9, max).

@@ -5,7 +5,7 @@ use arc_swap::ArcSwap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use xlane_engine::{CounterSnapshot, DropReason, PortCounters};
+use xlane_engine::{CounterSnapshot, DropReason, OffloadError, PortCounters};
 use xlane_xdp::port::KernelStats;
 
 /// A port as the metrics endpoint labels it.
@@ -50,6 +50,13 @@ pub fn render(workers: &[Arc<WorkerShared>], ports: &MetricPorts) -> String {
     let _ = writeln!(out, "# HELP xlane_drops_total Frames dropped, by reason.\n# TYPE xlane_drops_total counter");
     for r in DropReason::ALL {
         let _ = writeln!(out, "xlane_drops_total{{reason=\"{}\"}} {}", r.name(), c.drop_count(*r));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP xlane_offload_errors_total Super-packets refused, by reason (each also a super_packet drop).\n# TYPE xlane_offload_errors_total counter"
+    );
+    for e in OffloadError::ALL {
+        let _ = writeln!(out, "xlane_offload_errors_total{{reason=\"{}\"}} {}", e.name(), c.offload[e.index()]);
     }
     let ports = ports.load();
     type Get = fn(&MetricPort) -> u64;

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use xlane_api::{Change, Counters, ErrorCode, Mac, NodeInfo, Op, Reply, RouteInfo, Status, Table, Vtep};
-use xlane_engine::{CounterSnapshot, DropReason};
+use xlane_engine::{CounterSnapshot, DropReason, OffloadError};
 use xlane_fib::{Endpoint, FibBuilder, FibHandle, NodeConfig, PortId, Prefix, RemoteNode};
 use xlane_netlink::{Link, NeighEvent};
 use xlane_xdp::attach::Program;
@@ -505,6 +505,7 @@ impl<H: Host> State<H> {
         Counters {
             pipeline: c.named().into_iter().map(|(k, _, v)| (k.to_owned(), v)).collect(),
             drops: DropReason::ALL.iter().map(|r| (r.name().to_owned(), c.drop_count(*r))).collect(),
+            offload_errors: OffloadError::ALL.iter().map(|e| (e.name().to_owned(), c.offload[e.index()])).collect(),
             ports: self.ports.iter().map(|(id, p)| p.info::<H>(*id)).collect(),
             latency_ns: pct(&latency),
             burst_size: pct(&burst),

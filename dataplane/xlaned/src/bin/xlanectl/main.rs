@@ -364,6 +364,14 @@ fn print_reply(reply: &Reply, all_drops: bool) {
                     println!("  {k:<16} {v:>12}  {desc}");
                 }
             }
+            if c.offload_errors.values().any(|v| *v > 0) || all_drops {
+                println!("super-packets refused:");
+                for (k, v) in c.offload_errors.iter().filter(|(_, v)| **v > 0 || all_drops) {
+                    let desc =
+                        xlane_engine::OffloadError::from_name(k).map_or("", xlane_engine::OffloadError::description);
+                    println!("  {k:<22} {v:>8}  {desc}");
+                }
+            }
             if !c.latency_ns.is_empty() {
                 let l = &c.latency_ns;
                 println!("burst latency ns: p50 {} p99 {} p99.9 {} max {}", l["p50"], l["p99"], l["p99.9"], l["max"]);
