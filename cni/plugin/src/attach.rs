@@ -14,7 +14,7 @@ use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
 use std::net::Ipv4Addr;
 use xlane_api::agent::{AgentClient, AgentOp, AgentReply};
-use xlane_api::{ErrorCode, Mac};
+use xlane_api::{ErrorCode, Mac, VethIo};
 use xlane_netlink::{Netlink, Route, Veth, VethEnd};
 
 /// Where the agent listens by default.
@@ -112,8 +112,9 @@ fn allocate(
 /// How a pod is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// A veth pair into the pod's namespace (containers).
-    Veth,
+    /// A veth pair into the pod's namespace (containers), its host end read and
+    /// written as the [`VethIo`] says.
+    Veth(VethIo),
     /// A vhost-user socket its VMM connects to (VM-based pods, e.g. Kata).
     VhostUser,
 }
@@ -123,18 +124,28 @@ pub const ATTACH_ARG: &str = "XLANE_ATTACH";
 /// Where vhost-user sockets are created unless the conflist says `vhostUserDir`.
 pub const DEFAULT_VHOST_USER_DIR: &str = "/run/xlane/vhost-user";
 
-/// The attachment asked for: CNI_ARGS `XLANE_ATTACH`, else the conflist's `attach`, else veth.
+/// How `veth` reads the host end when the configuration does not say.
+pub const DEFAULT_VETH_IO: VethIo = VethIo::AfXdp;
+
+/// The attachment asked for: CNI_ARGS `XLANE_ATTACH`, else the conflist's `attach`, else
+/// veth: `veth` (its default I/O), `veth-xdp` (AF_XDP: small packets fastest),
+/// `veth-offload` (AF_PACKET with a virtio-net header: the pod keeps TSO/GSO, bulk TCP
+/// fastest) or `vhost-user`.
 ///
 /// # Errors
-/// [`Code::InvalidConfig`] for a value that is neither `veth` nor `vhost-user`.
+/// [`Code::InvalidConfig`] for any other value.
 pub fn mode(env: &Env, conf: &NetConf) -> Result<Mode, CniError> {
     match env.args.get(ATTACH_ARG).map(String::as_str).or(conf.attach.as_deref()) {
-        None | Some("veth") => Ok(Mode::Veth),
+        None | Some("veth") => Ok(Mode::Veth(DEFAULT_VETH_IO)),
+        Some("veth-xdp") => Ok(Mode::Veth(VethIo::AfXdp)),
+        Some("veth-offload") => Ok(Mode::Veth(VethIo::AfPacket)),
         Some("vhost-user") => Ok(Mode::VhostUser),
         Some(other) => Err(CniError::new(
             Code::InvalidConfig,
             "unknown attachment",
-            format!("{other:?}: attach (or CNI_ARGS {ATTACH_ARG}) is \"veth\" or \"vhost-user\""),
+            format!(
+                "{other:?}: attach (or CNI_ARGS {ATTACH_ARG}) is \"veth\", \"veth-xdp\", \"veth-offload\" or \"vhost-user\""
+            ),
         )),
     }
 }
@@ -164,7 +175,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Attachment, CniError> {
     let mut c = agent(conf)?;
     let addressing = allocate(&mut c, env, conf, delegate.as_ref())?;
     let attached = match mode {
-        Mode::Veth => attach_veth(&mut c, env, &netns, &addressing),
+        Mode::Veth(io) => attach_veth(&mut c, env, &netns, &addressing, io),
         Mode::VhostUser => attach_vhost_user(&mut c, env, conf, &netns, &addressing),
     };
     if attached.is_err() {
@@ -187,6 +198,7 @@ fn attach_endpoint(
     host_if: &str,
     mac: Mac,
     vhost_user: Option<&std::path::Path>,
+    veth_io: VethIo,
 ) -> Result<(), CniError> {
     let op = AgentOp::Attach {
         container_id: env.container_id.clone(),
@@ -194,6 +206,7 @@ fn attach_endpoint(
         host_if: host_if.to_owned(),
         mac,
         vhost_user: vhost_user.map(std::path::Path::to_path_buf),
+        veth_io,
     };
     match call(c, op)? {
         AgentReply::Attached { .. } => Ok(()),
@@ -202,7 +215,13 @@ fn attach_endpoint(
 }
 
 /// The veth pair, configured, then attached; on failure the pair is deleted.
-fn attach_veth(c: &mut AgentClient, env: &Env, netns: &str, a: &Addressing) -> Result<Attachment, CniError> {
+fn attach_veth(
+    c: &mut AgentClient,
+    env: &Env,
+    netns: &str,
+    a: &Addressing,
+    io: VethIo,
+) -> Result<Attachment, CniError> {
     let Addressing { ip: addr, gateway, mtu, ref routes } = *a;
     let host_if = crate::protocol::host_ifname(&env.container_id, &env.ifname);
     // The pair is set up over netlink sockets on both sides (one opened inside the pod's
@@ -237,7 +256,7 @@ fn attach_veth(c: &mut AgentClient, env: &Env, netns: &str, a: &Addressing) -> R
         xlane_netlink::in_netns(netns, || xlane_netlink::ethtool::set_tx_checksum(&env.ifname, false))
             .map_err(|e| io_error("cannot enter the network namespace", e))?
             .map_err(|e| io_error("tx checksum off", e))?;
-        attach_endpoint(c, env, &host_if, p.mac, None)?;
+        attach_endpoint(c, env, &host_if, p.mac, None, io)?;
         Ok((host.mac, p.mac))
     })();
     match setup {
@@ -276,7 +295,7 @@ fn attach_vhost_user(
     let o = a.ip.addr().octets();
     let mac = Mac([0x0a, 0x58, o[0], o[1], o[2], o[3]]);
     let port = crate::protocol::host_ifname(&env.container_id, &env.ifname);
-    attach_endpoint(c, env, &port, mac, Some(&socket))?;
+    attach_endpoint(c, env, &port, mac, Some(&socket), VethIo::default())?;
     Ok(Attachment {
         host_if: None,
         pod_if: (env.ifname.clone(), mac.to_string(), netns.to_owned()),
@@ -381,5 +400,43 @@ pub fn gc(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     match delegate {
         Some(d) => d.forward_if_supported("GC", &conf.raw),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(args: &str) -> Env {
+        let vars = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+            ("CNI_ARGS", args),
+        ];
+        Env::from_vars(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())).unwrap()
+    }
+
+    fn conf(attach: Option<&str>) -> NetConf {
+        let mut j = serde_json::json!({"cniVersion": "1.1.0", "name": "xlane", "type": "xlane"});
+        if let Some(a) = attach {
+            j["attach"] = a.into();
+        }
+        NetConf::parse(j.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn attachment_names_choose_the_veth_io_and_cni_args_win() {
+        assert_eq!(mode(&env(""), &conf(None)).unwrap(), Mode::Veth(DEFAULT_VETH_IO));
+        assert_eq!(mode(&env(""), &conf(Some("veth"))).unwrap(), Mode::Veth(DEFAULT_VETH_IO));
+        assert_eq!(mode(&env(""), &conf(Some("veth-xdp"))).unwrap(), Mode::Veth(VethIo::AfXdp));
+        assert_eq!(mode(&env(""), &conf(Some("veth-offload"))).unwrap(), Mode::Veth(VethIo::AfPacket));
+        assert_eq!(mode(&env(""), &conf(Some("vhost-user"))).unwrap(), Mode::VhostUser);
+        let per_pod = env("IgnoreUnknown=1;XLANE_ATTACH=veth-offload");
+        assert_eq!(mode(&per_pod, &conf(Some("veth-xdp"))).unwrap(), Mode::Veth(VethIo::AfPacket));
+        let e = mode(&env(""), &conf(Some("macvtap"))).unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
     }
 }

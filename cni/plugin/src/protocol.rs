@@ -170,8 +170,8 @@ pub struct NetConf {
     /// The agent's socket (default /run/xlane/agent.sock).
     #[serde(default)]
     pub agent_socket: Option<String>,
-    /// How pods attach: "veth" (default) or "vhost-user" (VM-based pods; CNI_ARGS
-    /// `XLANE_ATTACH` chooses per pod).
+    /// How pods attach: "veth" (default), "veth-xdp", "veth-offload" or "vhost-user"
+    /// (VM-based pods); CNI_ARGS `XLANE_ATTACH` chooses per pod.
     #[serde(default)]
     pub attach: Option<String>,
     /// Where vhost-user sockets are created (default /run/xlane/vhost-user).

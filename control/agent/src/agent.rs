@@ -283,6 +283,7 @@ fn program(
                                 ip,
                                 mac: a.mac?,
                                 vhost_user: a.vhost_user.clone(),
+                                veth_io: a.veth_io,
                             })
                         })
                         .collect()
@@ -426,15 +427,15 @@ fn handle(op: AgentOp, xlaned: &std::path::Path, shared: &Arc<Mutex<Shared>>) ->
                 Err(e) => AgentReply::error(ErrorCode::Invalid, e.to_string()),
             }
         }
-        AgentOp::Attach { container_id, ifname, host_if, mac, vhost_user } => {
+        AgentOp::Attach { container_id, ifname, host_if, mac, vhost_user, veth_io } => {
             let Some(ipam) = sh.ipam.as_mut() else { return not_ready() };
-            let ip = match ipam.attach(&container_id, &ifname, &host_if, mac, vhost_user.as_deref()) {
+            let ip = match ipam.attach(&container_id, &ifname, &host_if, mac, vhost_user.as_deref(), veth_io) {
                 Ok(ip) => ip,
                 Err(e) => return AgentReply::error(ErrorCode::NotFound, e.to_string()),
             };
             drop(sh);
             match Client::connect(xlaned).map_err(|e| e.to_string()).and_then(|mut c| {
-                c.call(Op::AddEndpoint(EndpointSpec { ifname: host_if, ip, mac, vhost_user }))
+                c.call(Op::AddEndpoint(EndpointSpec { ifname: host_if, ip, mac, vhost_user, veth_io }))
                     .map_err(|e| e.to_string())
             }) {
                 Ok(Reply::EndpointReady { gateway_mac, .. }) => AgentReply::Attached { gateway_mac },

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use xlane_api::Mac;
+use xlane_api::{Mac, VethIo};
 
 /// One pod interface's address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +32,9 @@ pub struct Allocation {
     /// The vhost-user socket, for a VM-based pod attached through one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost_user: Option<std::path::PathBuf>,
+    /// How the host end of its veth is read and written.
+    #[serde(default, skip_serializing_if = "VethIo::is_default")]
+    pub veth_io: VethIo,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -193,6 +196,7 @@ impl Ipam {
             mac: None,
             netns: None,
             vhost_user: None,
+            veth_io: VethIo::default(),
         };
         self.state.allocations.insert(ip, a);
         if let Err(e) = self.save() {
@@ -230,6 +234,7 @@ impl Ipam {
         host_if: &str,
         mac: Mac,
         vhost_user: Option<&std::path::Path>,
+        veth_io: VethIo,
     ) -> Result<Ipv4Addr, IpamError> {
         let ip = self
             .find(container_id, ifname)
@@ -239,6 +244,7 @@ impl Ipam {
         a.host_if = Some(host_if.to_owned());
         a.mac = Some(mac);
         a.vhost_user = vhost_user.map(std::path::Path::to_path_buf);
+        a.veth_io = veth_io;
         self.save()?;
         Ok(ip)
     }

@@ -170,6 +170,7 @@ fn bad_config_and_bad_requests_are_explained() {
             host_if: "x".into(),
             mac: "02:00:00:00:00:01".parse().unwrap(),
             vhost_user: None,
+            veth_io: Default::default(),
         })
         .unwrap();
     assert!(matches!(r, AgentReply::Error { .. }), "{r:?}");

@@ -8,8 +8,8 @@
 //! ← {"result":"attached","gateway_mac":"…"}
 //! ```
 
-use crate::Mac;
 use crate::codec::{self, Envelope, ErrorCode};
+use crate::{Mac, VethIo};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -55,6 +55,9 @@ pub enum AgentOp {
         /// `host_if`, which then only names the port.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         vhost_user: Option<std::path::PathBuf>,
+        /// How the host end of the veth is read and written.
+        #[serde(default, skip_serializing_if = "VethIo::is_default")]
+        veth_io: VethIo,
     },
     /// Whether the interface has its address and is attached.
     Check {

@@ -102,6 +102,32 @@ pub struct EndpointSpec {
     /// its VMM connects) instead of attaching the interface `ifname`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost_user: Option<std::path::PathBuf>,
+    /// How the host end of the pod's veth is read and written.
+    #[serde(default, skip_serializing_if = "VethIo::is_default")]
+    pub veth_io: VethIo,
+}
+
+/// How the dataplane reads and writes the host end of a pod's veth.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VethIo {
+    /// AF_XDP sockets behind an XDP program: the fastest for small packets; the XDP
+    /// program turns the pod's segmentation offloads off, so TCP travels in MTU-sized
+    /// frames.
+    #[default]
+    AfXdp,
+    /// An AF_PACKET socket with a virtio-net header: the pod keeps its offloads, TCP
+    /// travels as 64 KiB super-packets (segmented in software where it leaves the
+    /// node).
+    AfPacket,
+}
+
+impl VethIo {
+    /// The default (for `skip_serializing_if`).
+    #[must_use]
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Which table to dump.
@@ -493,6 +519,7 @@ mod tests {
                 ip: Ipv4Addr::new(10, 244, 1, 2),
                 mac: Mac([2, 0, 0, 0, 0, 1]),
                 vhost_user: None,
+                veth_io: Default::default(),
             }),
             Op::Dump { table: Table::Routes },
             Op::Counters,

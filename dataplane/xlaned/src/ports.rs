@@ -339,6 +339,12 @@ impl<H: Host> State<H> {
         if self.ports.values().any(|p| p.ifname == spec.ifname) {
             return Err(invalid(format!("{} already serves another endpoint", spec.ifname)));
         }
+        if spec.veth_io != xlane_api::VethIo::AfXdp {
+            return Err(invalid(format!(
+                "{}: veth I/O {:?} is not available in this xlaned",
+                spec.ifname, spec.veth_io
+            )));
+        }
         let id = self.free_port_id()?;
         let events = self.events.0.clone();
         let (opening, gateway_mac) = match &spec.vhost_user {

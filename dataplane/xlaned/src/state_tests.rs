@@ -73,7 +73,7 @@ impl Rig {
 
     fn pod(&self, n: u8) -> EndpointSpec {
         let ifname = format!("veth{n}");
-        EndpointSpec { ip: pod_ip(n), ifname, mac: pod_mac(n), vhost_user: None }
+        EndpointSpec { ip: pod_ip(n), ifname, mac: pod_mac(n), vhost_user: None, veth_io: Default::default() }
     }
 
     /// Add interface `veth<n>` (one queue per worker).

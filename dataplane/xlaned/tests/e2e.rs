@@ -337,6 +337,7 @@ fn bad_control_requests_get_errors_and_forwarding_continues() {
         ip: "10.244.1.50".parse().unwrap(),
         mac: mac("02:00:00:00:00:50"),
         vhost_user: None,
+        veth_io: Default::default(),
     };
     assert_eq!(code(c.call(Op::AddEndpoint(ep)).unwrap()), ErrorCode::Invalid);
     let ep = EndpointSpec {
@@ -344,6 +345,7 @@ fn bad_control_requests_get_errors_and_forwarding_continues() {
         ip: "10.99.0.1".parse().unwrap(),
         mac: mac("02:00:00:00:00:50"),
         vhost_user: None,
+        veth_io: Default::default(),
     };
     assert_eq!(code(c.call(Op::AddEndpoint(ep)).unwrap()), ErrorCode::Invalid);
     // An oversized line closes that connection only.
@@ -474,7 +476,13 @@ fn a_full_umem_refuses_a_port_and_frames_come_back() {
     d.ok(Op::SetVtep(Vtep { ip: n.ip, mac: None, vni: 1, port: 8472, subnet: Some(n.subnet_cidr().parse().unwrap()) }));
     let spec = |k: usize| {
         let p = &lab.pods[k];
-        EndpointSpec { ifname: p.host_if.clone(), ip: p.ip, mac: mac(&p.mac), vhost_user: None }
+        EndpointSpec {
+            ifname: p.host_if.clone(),
+            ip: p.ip,
+            mac: mac(&p.mac),
+            vhost_user: None,
+            veth_io: Default::default(),
+        }
     };
     let mut attached = Vec::new();
     let refused = loop {
@@ -540,7 +548,13 @@ fn vhost_user_pods_talk_to_each_other_and_to_a_veth_pod_on_another_node() {
         .collect();
     let mut gateway = None;
     for (i, (ip, mac, sock)) in vms.iter().enumerate() {
-        let spec = EndpointSpec { ifname: format!("vm{i}"), ip: *ip, mac: *mac, vhost_user: Some(sock.clone()) };
+        let spec = EndpointSpec {
+            ifname: format!("vm{i}"),
+            ip: *ip,
+            mac: *mac,
+            vhost_user: Some(sock.clone()),
+            veth_io: Default::default(),
+        };
         let r = xl.ok(Op::AddEndpoint(spec));
         let Reply::EndpointReady { gateway_mac, mtu: 1450, .. } = r else { panic!("{r:?}") };
         gateway = Some(gateway_mac);

@@ -64,8 +64,13 @@ impl TwoNodes {
             self.ok(i, Op::Apply { changes });
         }
         for p in &self.lab.pods {
-            let spec =
-                EndpointSpec { ifname: p.host_if.clone(), ip: p.ip, mac: p.mac.parse().unwrap(), vhost_user: None };
+            let spec = EndpointSpec {
+                ifname: p.host_if.clone(),
+                ip: p.ip,
+                mac: p.mac.parse().unwrap(),
+                vhost_user: None,
+                veth_io: Default::default(),
+            };
             let r = self.ok(p.node, Op::AddEndpoint(spec));
             assert!(matches!(r, Reply::EndpointReady { mtu: POD_MTU, .. }), "{r:?}");
         }

@@ -219,7 +219,13 @@ impl XlaneTarget {
         let cluster = Cluster::start("xvi", 1, &ClusterOptions::default())?;
         let sock = dir.join("xlane-vm.sock");
         let xlaned = cluster.nodes[0].xlaned_socket.clone();
-        let spec = EndpointSpec { ifname: "vm0".into(), ip: VM_IP, mac: VM_MAC, vhost_user: Some(sock.clone()) };
+        let spec = EndpointSpec {
+            ifname: "vm0".into(),
+            ip: VM_IP,
+            mac: VM_MAC,
+            vhost_user: Some(sock.clone()),
+            veth_io: Default::default(),
+        };
         let gateway = match Client::connect(&xlaned)?.call(Op::AddEndpoint(spec))? {
             Reply::EndpointReady { gateway_mac, .. } => gateway_mac,
             other => anyhow::bail!("xlaned refused the vhost-user port: {other:?}"),

@@ -41,6 +41,7 @@ pub fn attach_pod(cluster: &mut Cluster, node: usize, cid: &str) -> usize {
             host_if: pod.host_if.clone(),
             mac: pod.mac.parse().unwrap(),
             vhost_user: None,
+            veth_io: Default::default(),
         })
         .unwrap();
     assert!(matches!(r, AgentReply::Attached { .. }), "{r:?}");

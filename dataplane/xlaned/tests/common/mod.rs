@@ -139,6 +139,7 @@ pub(crate) fn cluster_with(prefix: &str, queues: u16, flags: &[&str]) -> Cluster
             ip: p.ip,
             mac: mac(&p.mac),
             vhost_user: None,
+            veth_io: Default::default(),
         }));
         assert!(matches!(r, Reply::EndpointReady { mtu: 1450, .. }), "{r:?}");
     }

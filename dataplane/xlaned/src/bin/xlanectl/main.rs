@@ -234,9 +234,13 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             }
             Op::Apply { changes: serde_json::from_str(&text)? }
         }
-        Cmd::AddEndpoint { ifname, ip, mac, vhost_user } => {
-            Op::AddEndpoint(EndpointSpec { ifname: ifname.clone(), ip: *ip, mac: *mac, vhost_user: vhost_user.clone() })
-        }
+        Cmd::AddEndpoint { ifname, ip, mac, vhost_user } => Op::AddEndpoint(EndpointSpec {
+            ifname: ifname.clone(),
+            ip: *ip,
+            mac: *mac,
+            vhost_user: vhost_user.clone(),
+            veth_io: Default::default(),
+        }),
         Cmd::DelEndpoint { ip } => Op::DelEndpoint { ip: *ip },
         Cmd::Trace(TraceCmd::Start { count, port, frames }) => {
             Op::TraceStart(TraceSpec { count: *count, port: *port, frames: frames.clone() })
