@@ -1,19 +1,21 @@
 //! The agent's loops: keep the lease, mirror every other lease into xlaned, serve the
 //! CNI plugin.
 //!
-//! The main loop acquires the node's lease, sets xlaned's VTEP (with the node subnet, so
-//! the host port gets the gateway address), reconciles the remote nodes and routes, and
-//! then applies each watch event as one batch. It renews the lease on time and checks
-//! xlaned every iteration: when xlaned restarts, it replays the full state (VTEP, nodes,
-//! routes, endpoints). When the agent itself restarts, xlaned keeps forwarding with what
-//! it has and the agent only sends the difference.
+//! The main loop acquires the node's lease, renews it on time and hands each batch of
+//! watch events to the link ([`crate::link`]), which sets xlaned's VTEP (with the node
+//! subnet, so the host port gets the gateway address), reconciles the remote nodes and
+//! routes, and applies each batch as a diff. The link learns of an xlaned restart the
+//! moment its connection closes and replays the full state (VTEP, nodes, routes,
+//! endpoints). When the agent itself restarts, xlaned keeps forwarding with what it has
+//! and the agent only sends the difference.
 
 use crate::api::{AgentOp, AgentReply, AllocationInfo, LeaseInfo};
 use crate::ipam::Ipam;
 use crate::lease::{Lease, LeaseAttrs};
+use crate::link::{self, LinkMsg};
 use crate::netconf::NetConfig;
 use crate::store::{Datastore, Event, StoreError};
-use crate::sync;
+
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -22,12 +24,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use xlane_api::server::{Handler, Responder, Server};
-use xlane_api::{Change, Client, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, Vtep};
+use xlane_api::{Client, EndpointSpec, ErrorCode, Mac, Op, Reply, Vtep};
 
 /// flannel's default network, used when neither the store nor a flag provides one.
 pub const DEFAULT_NETWORK: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
-/// Changes per request to xlaned.
-const BATCH: usize = 1000;
 
 /// Agent settings.
 #[derive(Debug, Clone)]
@@ -51,11 +51,11 @@ pub struct Settings {
 /// State shared with the API thread.
 #[derive(Debug, Default)]
 pub struct Shared {
-    ipam: Option<Ipam>,
+    pub(crate) ipam: Option<Ipam>,
     mtu: u16,
     lease: Option<Lease>,
     leases: Vec<Lease>,
-    synced: bool,
+    pub(crate) synced: bool,
 }
 
 /// Errors that stop the agent.
@@ -78,33 +78,6 @@ pub enum AgentError {
     Other(String),
 }
 
-fn xlaned_call(c: &mut Client, op: Op) -> Result<Reply, AgentError> {
-    match c.call(op) {
-        Ok(Reply::Error { code, message }) => Err(AgentError::Dataplane(format!("{code:?}: {message}"))),
-        Ok(r) => Ok(r),
-        Err(e) => Err(AgentError::Dataplane(e.to_string())),
-    }
-}
-
-fn connect(path: &std::path::Path, stop: &AtomicBool) -> Option<Client> {
-    let mut tries = 0u32;
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return None;
-        }
-        match Client::connect(path) {
-            Ok(c) => return Some(c),
-            Err(e) => {
-                if tries.is_multiple_of(20) {
-                    tracing::warn!(socket = %path.display(), error = %e, "waiting for xlaned");
-                }
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        }
-    }
-}
-
 /// The main loop. Returns when `stop` is set.
 ///
 /// # Errors
@@ -121,8 +94,8 @@ pub fn run(
     };
     let net = NetConfig::parse(&text)?;
     tracing::info!(network = %net.network, subnet_len = net.subnet_len, vni = net.vni, port = net.port, "network config");
-    let Some(mut xl) = connect(&settings.xlaned_socket, stop) else { return Ok(()) };
-    let Reply::Status(status) = xlaned_call(&mut xl, Op::Status)? else {
+    let Some(mut xl) = link::connect(&settings.xlaned_socket, stop, Duration::from_millis(250)) else { return Ok(()) };
+    let Reply::Status(status) = link::xlaned_call(&mut xl, Op::Status)? else {
         return Err(AgentError::Dataplane("unexpected status reply".into()));
     };
     let public_ip = settings
@@ -148,24 +121,58 @@ pub fn run(
 
     let vtep = Vtep { ip: public_ip, mac: settings.vtep_mac, vni: net.vni, port: net.port, subnet: Some(lease.subnet) };
     let (listed, mut rev) = store.leases()?;
-    let mut leases: BTreeMap<Ipv4Net, Lease> = listed.into_iter().map(|l| (l.subnet, l)).collect();
-    // What xlaned holds, as last programmed: watch events are diffed against it in
-    // memory, so an event costs only its own changes (no re-list, no table dumps).
+    let leases: BTreeMap<Ipv4Net, Lease> = listed.into_iter().map(|l| (l.subnet, l)).collect();
     shared.lock().expect("not poisoned").leases = leases.values().cloned().collect();
-    let mut programmed = BTreeMap::new();
-    let mut in_sync = program(&mut xl, vtep, &leases, &lease, net.vni, shared, true, &mut programmed).is_ok();
+    // What the API shows; the link keeps its own copy to diff against.
+    let mut shown = leases.clone();
+    let (to_link, msgs) = crossbeam_channel::unbounded();
+    let start = link::LinkStart {
+        socket: &settings.xlaned_socket,
+        vtep,
+        vni: net.vni,
+        leases,
+        own: lease.clone(),
+        shared,
+        stop,
+    };
+    std::thread::scope(|scope| {
+        let xlaned_link = std::thread::Builder::new()
+            .name("xlane-agent-link".into())
+            .spawn_scoped(scope, move || link::run(start, xl, &msgs))
+            .map_err(|e| AgentError::Other(format!("cannot start the xlaned link: {e}")))?;
+        let r = lease_loop(settings, store, shared, stop, &net, &attrs, &mut lease, &mut rev, &mut shown, &to_link);
+        // The link sees the channel close (or `stop`) and returns.
+        drop(to_link);
+        let _ = xlaned_link.join();
+        r
+    })?;
+    tracing::info!(subnet = %lease.subnet, "agent stopping; lease kept for the next start");
+    Ok(())
+}
+
+/// Keep the lease and hand every batch of lease changes to the link, until `stop`.
+#[allow(clippy::too_many_arguments, reason = "the main loop's state, passed explicitly")]
+fn lease_loop(
+    settings: &Settings,
+    store: &mut dyn Datastore,
+    shared: &Arc<Mutex<Shared>>,
+    stop: &AtomicBool,
+    net: &NetConfig,
+    attrs: &LeaseAttrs,
+    lease: &mut Lease,
+    rev: &mut u64,
+    shown: &mut BTreeMap<Ipv4Net, Lease>,
+    link: &crossbeam_channel::Sender<LinkMsg>,
+) -> Result<(), AgentError> {
     let mut last_renew = Instant::now();
     let renew_every = settings.ttl / 3;
-    let mut last_generation = 0;
-    let mut last_heartbeat = Instant::now();
-
     while !stop.load(Ordering::Relaxed) {
         if last_renew.elapsed() >= renew_every {
-            match store.renew(&lease, settings.ttl) {
+            match store.renew(lease, settings.ttl) {
                 Ok(()) => last_renew = Instant::now(),
                 Err(StoreError::Lost(s)) => {
                     tracing::error!(subnet = %s, "lease lost (expired while unreachable?); acquiring again");
-                    lease = store.acquire(&net, &attrs, Some(s), settings.ttl)?;
+                    *lease = store.acquire(net, attrs, Some(s), settings.ttl)?;
                     last_renew = Instant::now();
                     if lease.subnet != s {
                         tracing::error!(old = %s, new = %lease.subnet, "node subnet changed: pods need new addresses");
@@ -173,25 +180,25 @@ pub fn run(
                         sh.ipam = Some(Ipam::open(settings.state_dir.join("ipam.json"), lease.subnet)?);
                         sh.lease = Some(lease.clone());
                     }
-                    in_sync = false;
+                    let _ = link.send(LinkMsg::Own(lease.clone()));
                 }
                 Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
             }
         }
-        match store.watch(rev, Duration::from_millis(300)) {
+        match store.watch(*rev, Duration::from_millis(300)) {
             Ok((mut events, r)) => {
-                rev = r;
+                *rev = r;
                 // etcd delivers one response per change: take everything already
                 // waiting (for at most 50 ms) and apply it as one batch.
                 let drain_until = Instant::now() + Duration::from_millis(50);
                 while !events.is_empty() && Instant::now() < drain_until {
-                    match store.watch(rev, Duration::ZERO) {
+                    match store.watch(*rev, Duration::ZERO) {
                         Ok((more, r)) if !more.is_empty() => {
-                            rev = r;
+                            *rev = r;
                             events.extend(more);
                         }
                         Ok((_, r)) => {
-                            rev = r;
+                            *rev = r;
                             break;
                         }
                         Err(_) => break,
@@ -199,155 +206,22 @@ pub fn run(
                 }
                 if !events.is_empty() {
                     tracing::debug!(events = events.len(), "lease changes");
-                    for ev in events {
+                    for ev in &events {
                         match ev {
                             Event::Upsert(l) => {
-                                leases.insert(l.subnet, l);
+                                shown.insert(l.subnet, l.clone());
                             }
                             Event::Removed(s) => {
-                                leases.remove(&s);
+                                shown.remove(s);
                             }
                         }
                     }
-                    if in_sync {
-                        in_sync = converge(&mut xl, &leases, &lease, net.vni, &mut programmed, Baseline::Programmed)
-                            .map_err(|e| tracing::warn!(error = %e, "applying lease changes"))
-                            .is_ok();
-                    }
-                    shared.lock().expect("not poisoned").leases = leases.values().cloned().collect();
+                    shared.lock().expect("not poisoned").leases = shown.values().cloned().collect();
+                    let _ = link.send(LinkMsg::Events(events));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
         }
-        // Heartbeat (once a second): a restarted xlaned (new connection, or a generation
-        // that went back) gets the full state again.
-        if in_sync && last_heartbeat.elapsed() < Duration::from_secs(1) {
-            shared.lock().expect("not poisoned").synced = true;
-            continue;
-        }
-        last_heartbeat = Instant::now();
-        let alive = match xl.call(Op::Status) {
-            Ok(Reply::Status(s)) if s.generation >= last_generation => {
-                last_generation = s.generation;
-                true
-            }
-            Ok(Reply::Status(s)) => {
-                tracing::warn!(generation = s.generation, "xlaned restarted");
-                false
-            }
-            _ => false,
-        };
-        if !alive || !in_sync {
-            if !alive {
-                tracing::warn!("xlaned connection lost; reconnecting");
-                let Some(c) = connect(&settings.xlaned_socket, stop) else { break };
-                xl = c;
-            }
-            let vtep = Vtep { subnet: Some(lease.subnet), ..vtep };
-            in_sync = program(&mut xl, vtep, &leases, &lease, net.vni, shared, !alive, &mut programmed).is_ok();
-            last_generation = 0;
-        }
-        shared.lock().expect("not poisoned").synced = in_sync;
-    }
-    tracing::info!(subnet = %lease.subnet, "agent stopping; lease kept for the next start");
-    Ok(())
-}
-
-/// Set the VTEP, reconcile nodes and routes, and (after an xlaned restart) re-attach
-/// every known endpoint.
-#[allow(clippy::too_many_arguments, reason = "the loop's state, passed explicitly")]
-fn program(
-    xl: &mut Client,
-    vtep: Vtep,
-    leases: &BTreeMap<Ipv4Net, Lease>,
-    own: &Lease,
-    vni: u32,
-    shared: &Arc<Mutex<Shared>>,
-    endpoints: bool,
-    programmed: &mut BTreeMap<Ipv4Addr, sync::Remote>,
-) -> Result<(), AgentError> {
-    let r = (|| {
-        xlaned_call(xl, Op::SetVtep(vtep))?;
-        converge(xl, leases, own, vni, programmed, Baseline::Dataplane)?;
-        if endpoints {
-            let list: Vec<EndpointSpec> = shared
-                .lock()
-                .expect("not poisoned")
-                .ipam
-                .as_ref()
-                .map(|i| {
-                    i.allocations()
-                        .filter_map(|(ip, a)| {
-                            Some(EndpointSpec {
-                                ifname: a.host_if.clone()?,
-                                ip,
-                                mac: a.mac?,
-                                vhost_user: a.vhost_user.clone(),
-                                veth_io: a.veth_io,
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            for spec in list {
-                let (ip, host_if) = (spec.ip, spec.ifname.clone());
-                if let Err(e) = xlaned_call(xl, Op::AddEndpoint(spec)) {
-                    tracing::warn!(%ip, %host_if, error = %e, "could not re-attach endpoint");
-                }
-            }
-        }
-        Ok(())
-    })();
-    if let Err(e) = &r {
-        tracing::warn!(error = %e, "programming xlaned failed; will retry");
-    } else {
-        tracing::info!(leases = leases.len(), "xlaned in sync");
-    }
-    r
-}
-
-/// Where the diff for bringing xlaned to the leases' state starts from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Baseline {
-    /// Ask xlaned for its tables (startup, xlaned restart).
-    Dataplane,
-    /// What we programmed last (watch events): no dumps, only the changes.
-    Programmed,
-}
-
-/// Bring xlaned's remote nodes and routes to what the leases say.
-fn converge(
-    xl: &mut Client,
-    leases: &BTreeMap<Ipv4Net, Lease>,
-    own: &Lease,
-    vni: u32,
-    programmed: &mut BTreeMap<Ipv4Addr, sync::Remote>,
-    from: Baseline,
-) -> Result<(), AgentError> {
-    let want = sync::desired(leases.values(), Some(own.subnet), own.attrs.public_ip, vni);
-    let changes = match from {
-        Baseline::Programmed => sync::diff_desired(programmed, &want),
-        Baseline::Dataplane => {
-            let Reply::Nodes { nodes } = xlaned_call(xl, Op::Dump { table: Table::Nodes })? else {
-                return Err(AgentError::Dataplane("unexpected nodes reply".into()));
-            };
-            let Reply::Routes { routes } = xlaned_call(xl, Op::Dump { table: Table::Routes })? else {
-                return Err(AgentError::Dataplane("unexpected routes reply".into()));
-            };
-            sync::diff(&nodes, &routes, &want)
-        }
-    };
-    send(xl, &changes)?;
-    *programmed = want;
-    Ok(())
-}
-
-fn send(xl: &mut Client, changes: &[Change]) -> Result<(), AgentError> {
-    for batch in changes.chunks(BATCH) {
-        xlaned_call(xl, Op::Apply { changes: batch.to_vec() })?;
-    }
-    if !changes.is_empty() {
-        tracing::info!(changes = changes.len(), "dataplane updated");
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod api;
 pub mod ipam;
 pub mod lease;
+mod link;
 pub mod netconf;
 pub mod store;
 pub mod sync;

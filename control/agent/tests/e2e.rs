@@ -115,6 +115,9 @@ fn restarts_of_agent_and_xlaned_lose_nothing() {
     });
     eprintln!("traffic back {took:?} after xlaned restarted");
     assert_eq!(routes(&c.nodes[0].xlaned_socket).len(), 1);
+    // Noticed by the closed connection (the link's watcher), not on a request or poll.
+    let log = c.nodes[0].agent.log();
+    assert!(log.contains("xlaned connection lost") && log.contains("xlaned replayed after a restart"), "{log}");
 
     // Delete is idempotent and frees the address.
     for _ in 0..2 {
