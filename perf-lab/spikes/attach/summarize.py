@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarise a spike run: median [min–max] per attach kind, as a Markdown table.
 
-usage: summarize.py results/<date>/results.jsonl
+usage: summarize.py results/<date>/results.jsonl [more.jsonl ...]
 """
 import json
 import statistics
@@ -32,7 +32,7 @@ def cell(vals, digits):
 
 
 def main():
-    rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+    rows = [json.loads(l) for f in sys.argv[1:] for l in open(f) if l.strip()]
     ok = [r for r in rows if "error" not in r]
     kinds = [k for k in ORDER if any(r["kind"] == k for r in ok)]
     print("| attach | n | " + " | ".join(c[0] for c in COLS) + " |")
