@@ -104,6 +104,8 @@ pub struct Cluster {
     pub lab: Lab,
     /// Sockets, logs, datastore and state.
     pub dir: PathBuf,
+    /// The CNI config's `attach`, if set ([`ClusterOptions::attach`]).
+    pub attach: Option<String>,
 }
 
 /// How to start a cluster.
@@ -121,6 +123,9 @@ pub struct ClusterOptions {
     /// How many of the lab's nodes (the first ones) run xlane; the rest are bare
     /// namespaces for another dataplane (the interop scenario, the kernel baselines).
     pub xlane_nodes: Option<u8>,
+    /// The CNI config's `attach` (`veth`, `veth-xdp`, `veth-offload`, `vhost-user`);
+    /// `None` leaves the plugin's default.
+    pub attach: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -131,6 +136,7 @@ impl Default for ClusterOptions {
             xlaned_args: Vec::new(),
             lease_ttl: 30,
             xlane_nodes: None,
+            attach: None,
         }
     }
 }
@@ -154,7 +160,7 @@ impl Cluster {
             }
             Datastore::Etcd { .. } => std::fs::write(dir.join(NETCONF_FILE), &opts.netconf)?,
         }
-        let mut cluster = Self { nodes: Vec::new(), lab, dir };
+        let mut cluster = Self { nodes: Vec::new(), lab, dir, attach: opts.attach.clone() };
         for i in 0..usize::from(opts.xlane_nodes.unwrap_or(nodes).min(nodes)) {
             let node = cluster.start_node(i, opts)?;
             cluster.nodes.push(node);
@@ -309,8 +315,11 @@ impl Cluster {
     /// The conflist a node's runtime uses: `xlane` talking to that node's agent.
     #[must_use]
     pub fn conflist(&self, i: usize) -> serde_json::Value {
-        serde_json::json!({"cniVersion": "1.0.0", "name": "xlane",
-            "plugins": [{"type": "xlane", "agentSocket": self.nodes[i].agent_socket}]})
+        let mut plugin = serde_json::json!({"type": "xlane", "agentSocket": self.nodes[i].agent_socket});
+        if let Some(a) = &self.attach {
+            plugin["attach"] = a.as_str().into();
+        }
+        serde_json::json!({"cniVersion": "1.0.0", "name": "xlane", "plugins": [plugin]})
     }
 
     /// Create a pod namespace on node `i` and ADD it through the CNI plugin.
