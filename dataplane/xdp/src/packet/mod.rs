@@ -377,7 +377,8 @@ impl<M: FrameMemory> Port<M> for PacketPort<M::Buf> {
     }
 
     /// Without a jumbo store: super-packets and frames larger than a buffer are dropped
-    /// (counted `rx_oversize`). The driver calls [`receive_offloaded`] instead.
+    /// (counted `rx_oversize`). The driver calls
+    /// [`receive_offloaded`](Port::receive_offloaded) instead.
     fn receive(&mut self, mem: &mut M, out: &mut [Packet<M::Buf>; BURST]) -> usize {
         self.receive_burst(mem, out, None)
     }
