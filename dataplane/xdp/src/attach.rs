@@ -155,3 +155,70 @@ impl XdpAttachment {
         self.link.as_fd()
     }
 }
+
+/// Failure to keep the host's stack off an interface.
+#[derive(Debug, thiserror::Error)]
+pub enum HostBlockError {
+    /// The verifier rejected the program.
+    #[error(transparent)]
+    Load(#[from] sys::LoadError),
+    /// The tcx link could not be created.
+    #[error(
+        "attaching the drop-all program at tcx ingress of ifindex {ifindex} (needs Linux 6.6+ and CAP_BPF + CAP_NET_ADMIN): {source}"
+    )]
+    Link {
+        /// Interface.
+        ifindex: u32,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A drop-all tc program at tcx ingress of a pod's host-side veth end, for a pod read
+/// through AF_PACKET ([`crate::packet::PacketPort`]): the socket still sees every frame
+/// (packet taps run before tc ingress), the host's stack none. Dropping it (or the
+/// process dying) detaches the program, and the host sees the pod's frames again.
+///
+/// What else the host end needs (checked in `tests/packet_port.rs`): no IPv4 address and
+/// IPv6 disabled on it (`net.ipv6.conf.<dev>.disable_ipv6 = 1`), so the host sends
+/// nothing into the pod by itself (no router or neighbour solicitations); the pod's ARP
+/// is answered by the engine's proxy.
+#[derive(Debug)]
+pub struct HostStackBlock {
+    // Drop order: the link first (detaches), then the program.
+    link: OwnedFd,
+    prog: OwnedFd,
+    ifindex: u32,
+}
+
+impl HostStackBlock {
+    /// Load [`programs::tc_drop_all`] and attach it at tcx ingress of `ifindex`.
+    ///
+    /// # Errors
+    /// [`HostBlockError`] for the step that failed; nothing stays attached.
+    pub fn attach(ifindex: u32) -> Result<Self, HostBlockError> {
+        let prog = sys::load_tcx_ingress("xlane_hostblock", &programs::tc_drop_all())?;
+        let link =
+            sys::link_tcx_ingress(prog.as_fd(), ifindex).map_err(|source| HostBlockError::Link { ifindex, source })?;
+        Ok(Self { link, prog, ifindex })
+    }
+
+    /// The interface.
+    #[must_use]
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The program descriptor (for test runs).
+    #[must_use]
+    pub fn program(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+
+    /// The link descriptor.
+    #[must_use]
+    pub fn link(&self) -> BorrowedFd<'_> {
+        self.link.as_fd()
+    }
+}

@@ -6,7 +6,9 @@
 //! * [`attach`]: an XSKMAP, a loaded program and its link on one interface, native XDP
 //!   with fallback to generic;
 //! * [`xsk`]: UMEM and AF_XDP sockets (through `xdpilone`), with safe frame access;
-//! * [`port`]: an AF_XDP socket as the engine's `Port`, its UMEM as the `FrameMemory`.
+//! * [`port`]: an AF_XDP socket as the engine's `Port`, its UMEM as the `FrameMemory`;
+//! * [`packet`]: an AF_PACKET socket with a virtio-net header on a pod's veth as the
+//!   engine's `Port`, keeping the pod's offloads (super-packets).
 
 // The workspace forbids unsafe code; this crate is where it lives instead of everywhere.
 #![allow(
@@ -17,6 +19,7 @@
 
 pub mod asm;
 pub mod attach;
+pub mod packet;
 pub mod port;
 pub mod programs;
 pub mod sys;

@@ -12,6 +12,10 @@
 //! A redirect to a queue without a socket falls back to `miss` (XDP_PASS in
 //! production, so a restarting xlaned does not black-hole the host; XDP_DROP in tests,
 //! to tell "redirect" from "pass" under BPF_PROG_TEST_RUN without a socket).
+//!
+//! A pod read through AF_PACKET ([`crate::packet`]) has no XDP program (one would take
+//! the pod's offloads away); its host-side veth end gets [`tc_drop_all`] at tcx ingress
+//! instead, so the host's stack does not see the frames the engine forwards.
 
 use crate::asm::{Asm, Cond, R0, R1, R2, R3, R4, R5, Size, ne16, ne32};
 use std::net::Ipv4Addr;
@@ -22,6 +26,10 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 /// `XDP_REDIRECT`.
 pub const XDP_REDIRECT: u32 = 4;
+/// `TC_ACT_OK`: a tc classifier passes the packet on.
+pub const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_SHOT`: a tc classifier drops the packet.
+pub const TC_ACT_SHOT: u32 = 2;
 
 const HELPER_REDIRECT_MAP: i32 = 51;
 const ETH_HLEN: i32 = 14;
@@ -119,5 +127,16 @@ pub fn pod(f: &PodFilter, xskmap_fd: i32, miss: u32) -> Vec<u64> {
     a.bind(redirect);
     redirect_tail(&mut a, xskmap_fd, miss);
     a.bind(pass).mov_imm(R0, XDP_PASS.cast_signed()).exit();
+    a.finish()
+}
+
+/// The host-side veth end's tcx ingress program for a pod read through AF_PACKET:
+/// `return TC_ACT_SHOT`. Packet taps (the port's socket) run before tc ingress and
+/// still see every frame; the host's stack sees none, so it neither routes nor answers
+/// what the engine forwards.
+#[must_use]
+pub fn tc_drop_all() -> Vec<u64> {
+    let mut a = Asm::new();
+    a.mov_imm(R0, TC_ACT_SHOT.cast_signed()).exit();
     a.finish()
 }

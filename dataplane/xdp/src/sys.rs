@@ -20,6 +20,10 @@ pub const MAP_TYPE_XSKMAP: u32 = 17;
 pub const PROG_TYPE_XDP: u32 = 6;
 /// `BPF_XDP` attach type.
 pub const ATTACH_TYPE_XDP: u32 = 37;
+/// `BPF_PROG_TYPE_SCHED_CLS` (tc classifier; what tcx runs).
+pub const PROG_TYPE_SCHED_CLS: u32 = 3;
+/// `BPF_TCX_INGRESS` attach type (Linux 6.6+).
+pub const ATTACH_TYPE_TCX_INGRESS: u32 = 46;
 
 #[repr(C)]
 #[derive(Default)]
@@ -187,10 +191,22 @@ pub struct LoadError {
 /// # Errors
 /// [`LoadError`] with the verifier log.
 pub fn load_xdp(name: &str, insns: &[u64]) -> Result<OwnedFd, LoadError> {
+    load(PROG_TYPE_XDP, ATTACH_TYPE_XDP, name, insns)
+}
+
+/// Load a tc classifier for tcx ingress (raw 8-byte instructions).
+///
+/// # Errors
+/// [`LoadError`] with the verifier log.
+pub fn load_tcx_ingress(name: &str, insns: &[u64]) -> Result<OwnedFd, LoadError> {
+    load(PROG_TYPE_SCHED_CLS, ATTACH_TYPE_TCX_INGRESS, name, insns)
+}
+
+fn load(prog_type: u32, expected_attach_type: u32, name: &str, insns: &[u64]) -> Result<OwnedFd, LoadError> {
     const LICENSE: &CStr = c"GPL";
     let mut log = vec![0u8; 64 * 1024];
     let mut attr = ProgLoadAttr {
-        prog_type: PROG_TYPE_XDP,
+        prog_type,
         insn_cnt: u32::try_from(insns.len()).expect("programs are small"),
         insns: insns.as_ptr() as u64,
         license: LICENSE.as_ptr() as u64,
@@ -198,7 +214,7 @@ pub fn load_xdp(name: &str, insns: &[u64]) -> Result<OwnedFd, LoadError> {
         log_size: u32::try_from(log.len()).expect("64 KiB"),
         log_buf: log.as_mut_ptr() as u64,
         prog_name: name16(name),
-        expected_attach_type: ATTACH_TYPE_XDP,
+        expected_attach_type,
         ..Default::default()
     };
     // SAFETY: insns, license and log_buf point at live buffers of the stated sizes that
@@ -224,11 +240,34 @@ pub fn link_xdp(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Result<Ow
     unsafe { bpf(BPF_LINK_CREATE, &mut attr) }.map(new_fd)
 }
 
+/// Attach a tc classifier to the interface's ingress through tcx (Linux 6.6+), after the
+/// programs already there. It detaches when the returned link fd is closed — also when
+/// the process dies.
+///
+/// # Errors
+/// The kernel's error (EINVAL before 6.6: no tcx attach type).
+pub fn link_tcx_ingress(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
+    let mut attr =
+        LinkCreateAttr { prog_fd: raw(prog), target_ifindex: ifindex, attach_type: ATTACH_TYPE_TCX_INGRESS, flags: 0 };
+    // SAFETY: a LINK_CREATE attr holding no pointers (the tcx member, zero-filled by the
+    // kernel, means "append, any revision").
+    unsafe { bpf(BPF_LINK_CREATE, &mut attr) }.map(new_fd)
+}
+
 /// Run an XDP program once on `frame` (BPF_PROG_TEST_RUN) and return its verdict.
 ///
 /// # Errors
 /// The kernel's error.
 pub fn test_run_xdp(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
+    test_run(prog, frame)
+}
+
+/// Run a program once on `frame` (BPF_PROG_TEST_RUN: XDP, or a tc classifier on an skb
+/// built from it) and return its return value.
+///
+/// # Errors
+/// The kernel's error.
+pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
     let mut out = vec![0u8; frame.len() + 512];
     let mut attr = TestRunAttr {
         prog_fd: raw(prog),

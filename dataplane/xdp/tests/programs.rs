@@ -122,3 +122,44 @@ fn attachment_detaches_on_drop() {
         assert!(!ns.has_xdp("up0").unwrap(), "detached after drop ({mode:?})");
     }
 }
+
+#[test]
+fn host_block_program_drops_every_frame() {
+    if !xlane_netlab::privileged("host_block_program_drops_every_frame") {
+        return;
+    }
+    use xlane_xdp::programs::TC_ACT_SHOT;
+    let prog = sys::load_tcx_ingress("xlane_test", &programs::tc_drop_all()).unwrap_or_else(|e| panic!("{e}"));
+    let (big, _) = xlane_engine::offload::build::TcpSuper::new(vec![7; 1400], 1448).build();
+    for (what, frame) in [
+        ("ARP request", fixture("arp_request_in")),
+        ("IPv4 to a pod on another node", fixture("encap_udp_in")),
+        ("VXLAN", fixture("decap_udp_in")),
+        ("a TCP segment (test runs take at most a page)", big),
+    ] {
+        let got = sys::test_run(prog.as_fd(), &frame).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(got, TC_ACT_SHOT, "{what}");
+    }
+}
+
+#[test]
+fn host_block_stacks_and_names_its_failure() {
+    if !xlane_netlab::privileged("host_block_stacks_and_names_its_failure") {
+        return;
+    }
+    use xlane_xdp::attach::{HostBlockError, HostStackBlock};
+    let ns = xlane_netlab::Netns::new("xlt-tcx").unwrap();
+    let peer = xlane_netlab::Netns::new("xlt-tcxp").unwrap();
+    xlane_netlab::veth(&ns, "h0", &peer, "p0").unwrap();
+    let ifindex = ns.ifindex("h0").unwrap();
+    let block = ns.enter(|| HostStackBlock::attach(ifindex)).unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(block.ifindex(), ifindex);
+    // tcx keeps a list: a second program (another worker's, a restart's) stacks.
+    let second = ns.enter(|| HostStackBlock::attach(ifindex)).unwrap().unwrap();
+    drop((second, block));
+    // No such interface: the error says what was tried. (Detaching on drop is checked by
+    // traffic in tests/packet_port.rs.)
+    let err = ns.enter(|| HostStackBlock::attach(9999)).unwrap().unwrap_err();
+    assert!(matches!(err, HostBlockError::Link { ifindex: 9999, .. }), "{err}");
+    assert!(err.to_string().contains("tcx ingress"), "{err}");
+}

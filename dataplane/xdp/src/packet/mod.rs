@@ -1,0 +1,445 @@
+//! A pod's veth read and written through an AF_PACKET socket with a virtio-net header,
+//! as the engine's [`Port`]: the pod keeps its offloads (TSO, checksum offload), so its
+//! bulk TCP arrives as 64 KiB super-packets instead of MTU-sized frames (issue #14).
+//!
+//! * Receive: one `recvmmsg` of up to [`BURST`] messages, each read into three parts —
+//!   the 10-byte header, a buffer of the worker's memory (after [`RX_HEADROOM`], as an
+//!   AF_XDP frame), and the matching slot of the driver's jumbo store beyond what the
+//!   buffer holds. A frame that fits the buffer and has no GSO stays there (zero extra
+//!   copy; a partial checksum completed); a super-packet has its first part moved in front
+//!   of the spill and is recorded in the jumbo store.
+//! * Transmit: a burst is coalesced first (GRO: in-order segments of one flow become one
+//!   super-packet with a GSO header); singles go out from the memory's buffers with an
+//!   all-zero header, merged ones from a per-port scratch; one `sendmmsg` per batch.
+//! * The host's stack must not also take the pod's frames (a packet tap does not steal
+//!   them): attach [`HostStackBlock`](crate::attach::HostStackBlock) to the same veth end.
+//!
+//! The port keeps up to [`BURST`] buffers of the memory between calls, ready to receive
+//! into (its "fill ring"); [`Port::close`] gives them back.
+
+mod sock;
+
+pub use sock::FanoutMode;
+
+use arrayvec::ArrayVec;
+use sock::{Batch, RX_IOVS};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use xlane_engine::offload::{self, Coalesced, JUMBO_MAX, Jumbo, OffloadMeta, VIRTIO_NET_HDR_LEN};
+use xlane_engine::{BURST, FrameMemory, Offloads, Packet, Port, PortCounters, bump};
+use xlane_fib::PortId;
+
+/// Where a received frame starts in its buffer (the room AF_XDP leaves,
+/// `XDP_PACKET_HEADROOM`), so the pipeline can push outer headers in place.
+pub const RX_HEADROOM: usize = 256;
+
+const _: () = assert!(RX_IOVS == 3);
+
+/// What the port counts beyond [`PortCounters`]. Single writer (the port's worker),
+/// read by anyone.
+#[derive(Debug, Default)]
+pub struct PacketStats {
+    rx_malformed: AtomicU64,
+    rx_truncated: AtomicU64,
+    rx_oversize: AtomicU64,
+    rx_kernel_dropped: AtomicU64,
+    tx_errors: AtomicU64,
+    gro_merged: AtomicU64,
+    gro_segments: AtomicU64,
+}
+
+/// A snapshot of [`PacketStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketStatsSnapshot {
+    /// Received frames whose virtio-net header (or partial checksum) was refused.
+    pub rx_malformed: u64,
+    /// Received frames larger than the buffer and jumbo slot together (`MSG_TRUNC`).
+    pub rx_truncated: u64,
+    /// Super-packets (or frames larger than a buffer) received through
+    /// [`Port::receive`], which has no jumbo store to put them in.
+    pub rx_oversize: u64,
+    /// Frames the kernel dropped before the socket (receive buffer full;
+    /// `PACKET_STATISTICS`, as of the last [`Port::refresh_stats`]).
+    pub rx_kernel_dropped: u64,
+    /// Sends the kernel refused for a reason other than a full socket (a header it
+    /// rejects, EINVAL): each one frame or super-packet dropped.
+    pub tx_errors: u64,
+    /// Super-packets made by coalescing on transmit.
+    pub gro_merged: u64,
+    /// Segments that went into them.
+    pub gro_segments: u64,
+}
+
+impl PacketStats {
+    /// The current values.
+    #[must_use]
+    pub fn get(&self) -> PacketStatsSnapshot {
+        PacketStatsSnapshot {
+            rx_malformed: self.rx_malformed.load(Relaxed),
+            rx_truncated: self.rx_truncated.load(Relaxed),
+            rx_oversize: self.rx_oversize.load(Relaxed),
+            rx_kernel_dropped: self.rx_kernel_dropped.load(Relaxed),
+            tx_errors: self.tx_errors.load(Relaxed),
+            gro_merged: self.gro_merged.load(Relaxed),
+            gro_segments: self.gro_segments.load(Relaxed),
+        }
+    }
+}
+
+/// Failure to open a [`PacketPort`].
+#[derive(Debug, thiserror::Error)]
+#[error("AF_PACKET port on ifindex {ifindex}: {step}: {source}")]
+pub struct OpenError {
+    /// Interface.
+    pub ifindex: u32,
+    /// The step that failed (a syscall or socket option).
+    pub step: &'static str,
+    /// The kernel's error.
+    #[source]
+    pub source: io::Error,
+}
+
+/// One worker's AF_PACKET socket on a pod's host-side veth end, serving pipeline port
+/// `id`, over a memory whose buffers are `B`.
+pub struct PacketPort<B> {
+    id: PortId,
+    fd: OwnedFd,
+    fanout: FanoutMode,
+    batch: Box<Batch>,
+    /// Buffers kept to receive into, one per message of a burst.
+    rx_bufs: ArrayVec<B, BURST>,
+    /// A merged super-packet being sent: header, then frame.
+    scratch: Box<[u8]>,
+    counters: Arc<PortCounters>,
+    stats: Arc<PacketStats>,
+}
+
+impl<B> core::fmt::Debug for PacketPort<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PacketPort")
+            .field("id", &self.id)
+            .field("fd", &self.fd)
+            .field("fanout", &self.fanout)
+            .field("rx_bufs", &self.rx_bufs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of one received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// A complete frame (after its partial checksum is completed) in the buffer.
+    Plain(usize, OffloadMeta),
+    /// A super-packet, or a frame larger than the buffer: to the jumbo store.
+    Super(usize, OffloadMeta),
+    /// Dropped, counted in the named counter.
+    Malformed,
+    Truncated,
+    Oversize,
+}
+
+/// Classify a received message: `total` bytes (header included), `flags` its
+/// `msg_flags`, `cap` the bytes the buffer holds, `jumbo` whether a jumbo slot was there.
+fn classify(hdr: &[u8], total: usize, flags: libc::c_int, cap: usize, jumbo: bool) -> Arrival {
+    if flags & libc::MSG_TRUNC != 0 {
+        return if jumbo { Arrival::Truncated } else { Arrival::Oversize };
+    }
+    let Some(len) = total.checked_sub(VIRTIO_NET_HDR_LEN) else { return Arrival::Malformed };
+    let Ok(meta) = OffloadMeta::from_virtio(hdr) else { return Arrival::Malformed };
+    if meta.check(len).is_err() {
+        return Arrival::Malformed;
+    }
+    match (len <= cap && meta.gso.is_none(), jumbo) {
+        (true, _) => Arrival::Plain(len, meta),
+        (false, true) => Arrival::Super(len, meta),
+        (false, false) => Arrival::Oversize,
+    }
+}
+
+impl<B: Copy> PacketPort<B> {
+    /// Open this worker's socket on the host-side veth end `ifindex` (in the current
+    /// network namespace) in hash fanout group `fanout_group`: every worker serving the
+    /// interface opens one with the same group id, and the kernel spreads flows across
+    /// them. A group id names one interface's group within a network namespace (the
+    /// kernel refuses a second interface joining it), e.g. the ifindex's low 16 bits.
+    ///
+    /// # Errors
+    /// [`OpenError`] with the failing step; nothing stays open.
+    pub fn open(
+        id: PortId,
+        ifindex: u32,
+        fanout_group: u16,
+        counters: Arc<PortCounters>,
+        stats: Arc<PacketStats>,
+    ) -> Result<Self, OpenError> {
+        let (fd, fanout) =
+            sock::open(ifindex, fanout_group).map_err(|(step, source)| OpenError { ifindex, step, source })?;
+        Ok(Self {
+            id,
+            fd,
+            fanout,
+            batch: Batch::new(),
+            rx_bufs: ArrayVec::new(),
+            scratch: vec![0u8; VIRTIO_NET_HDR_LEN + JUMBO_MAX].into_boxed_slice(),
+            counters,
+            stats,
+        })
+    }
+
+    /// How the socket joined its fanout group.
+    #[must_use]
+    pub fn fanout(&self) -> FanoutMode {
+        self.fanout
+    }
+
+    /// The port's own counters.
+    #[must_use]
+    pub fn stats(&self) -> &Arc<PacketStats> {
+        &self.stats
+    }
+
+    /// The socket.
+    #[must_use]
+    pub fn socket(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl<B: Copy> PacketPort<B> {
+    /// One `recvmmsg` burst: plain frames to `out`, the rest to `jumbo` if given.
+    fn receive_burst<M: FrameMemory<Buf = B>>(
+        &mut self,
+        mem: &mut M,
+        out: &mut [Packet<B>; BURST],
+        mut jumbo: Option<&mut Jumbo>,
+    ) -> usize {
+        while !self.rx_bufs.is_full() {
+            match mem.alloc() {
+                Some(b) => self.rx_bufs.push(b),
+                None => break,
+            }
+        }
+        let Some(cap) = mem.buffer_size().checked_sub(RX_HEADROOM).filter(|&c| c > 0 && c <= JUMBO_MAX) else {
+            return 0;
+        };
+        let Self { fd, batch, rx_bufs, stats, .. } = self;
+        let (fd, bufs): (RawFd, &[B]) = (fd.as_raw_fd(), rx_bufs);
+        let mut taken = 0u64;
+        let n = mem.with_buffers(bufs, |slices| {
+            batch.clear();
+            match jumbo.as_deref_mut() {
+                Some(j) => {
+                    for (s, area) in slices.iter_mut().zip(j.data_areas()) {
+                        batch.push_rx(&mut s[RX_HEADROOM..], Some(&mut area[cap..]));
+                    }
+                }
+                None => {
+                    for s in slices.iter_mut() {
+                        batch.push_rx(&mut s[RX_HEADROOM..], None);
+                    }
+                }
+            }
+            // SAFETY: every message points at a buffer lent for this closure or at a slot
+            // of `jumbo`, borrowed mutably by this function; neither is touched until the
+            // call returns.
+            let Ok(got) = (unsafe { batch.recv(fd) }) else { return 0 };
+            let mut n = 0;
+            for (i, s) in slices.iter_mut().enumerate().take(got) {
+                let (total, flags) = batch.received(i);
+                let in_buf = total.saturating_sub(VIRTIO_NET_HDR_LEN).min(cap);
+                match classify(&batch.hdrs[i], total, flags, cap, jumbo.is_some()) {
+                    Arrival::Plain(len, meta) => {
+                        if offload::complete_checksum(&mut s[RX_HEADROOM..RX_HEADROOM + len], &meta).is_err() {
+                            bump(&stats.rx_malformed, 1);
+                            continue;
+                        }
+                        #[expect(clippy::cast_possible_truncation, reason = "within a buffer")]
+                        let p = Packet { buf: bufs[i], head: RX_HEADROOM as u32, len: len as u32 };
+                        out[n] = p;
+                        taken |= 1 << i;
+                        n += 1;
+                    }
+                    Arrival::Super(whole, meta) => {
+                        let j = jumbo.as_deref_mut().expect("classified with a jumbo store");
+                        j.data_mut(i)[..in_buf].copy_from_slice(&s[RX_HEADROOM..RX_HEADROOM + in_buf]);
+                        j.push(i, n, whole, meta);
+                    }
+                    Arrival::Malformed => bump(&stats.rx_malformed, 1),
+                    Arrival::Truncated => bump(&stats.rx_truncated, 1),
+                    Arrival::Oversize => bump(&stats.rx_oversize, 1),
+                }
+            }
+            n
+        });
+        // The buffers of plain frames now belong to the caller; keep the rest.
+        if taken != 0 {
+            let mut keep = 0;
+            for i in 0..self.rx_bufs.len() {
+                if taken & (1 << i) == 0 {
+                    self.rx_bufs[keep] = self.rx_bufs[i];
+                    keep += 1;
+                }
+            }
+            self.rx_bufs.truncate(keep);
+        }
+        n
+    }
+
+    /// Send the messages set up in the batch, `weights[i]` frames each; returns the
+    /// frames sent. A full socket or device (EAGAIN, ENOBUFS) ends the batch; another
+    /// error drops its message (counted) and the rest are still tried.
+    fn send_batch(&mut self, weights: &[u16]) -> usize {
+        let fd = self.fd.as_raw_fd();
+        let (mut at, mut sent) = (0, 0);
+        while at < self.batch.len() {
+            // SAFETY: the callers set up every message with frames that stay borrowed
+            // (lent buffers, the scratch, the caller's frame) until this returns.
+            match unsafe { self.batch.send(fd, at) } {
+                Ok(k) => {
+                    sent += weights[at..at + k].iter().map(|&w| usize::from(w)).sum::<usize>();
+                    at += k;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS)) => break,
+                Err(_) => {
+                    bump(&self.stats.tx_errors, 1);
+                    at += 1;
+                }
+            }
+        }
+        self.batch.clear();
+        sent
+    }
+
+    /// Transmit up to [`BURST`] frames: coalesce, then send singles from their buffers
+    /// and each merged super-packet from the scratch (flushing the batch before the
+    /// scratch is reused). Releases every buffer; returns the frames sent.
+    fn transmit_burst<M: FrameMemory<Buf = B>>(&mut self, mem: &mut M, pkts: &[Packet<B>]) -> usize {
+        let bufs: ArrayVec<B, BURST> = pkts.iter().map(|p| p.buf).collect();
+        let sent = mem.with_buffers(&bufs, |slices| {
+            let frames: ArrayVec<&[u8], BURST> =
+                slices.iter().zip(pkts).map(|(s, p)| &s[p.head as usize..(p.head + p.len) as usize]).collect();
+            let mut units = [Coalesced::default(); BURST];
+            let n = offload::coalesce(&frames, true, &mut units);
+            let mut weights = [0u16; BURST];
+            let (mut sent, mut scratch_used) = (0, false);
+            self.batch.clear();
+            for u in &units[..n] {
+                match u {
+                    Coalesced::Single(i) => {
+                        weights[self.batch.len()] = 1;
+                        self.batch.push_plain(frames[*i]);
+                    }
+                    Coalesced::Merged(m) => {
+                        if scratch_used {
+                            sent += self.send_batch(&weights);
+                        }
+                        let (hdr, body) = self.scratch.split_at_mut(VIRTIO_NET_HDR_LEN);
+                        let Ok(meta) = m.write(&frames, body) else {
+                            bump(&self.stats.tx_errors, 1);
+                            continue;
+                        };
+                        meta.to_virtio(hdr);
+                        bump(&self.stats.gro_merged, 1);
+                        bump(&self.stats.gro_segments, m.segments() as u64);
+                        #[expect(clippy::cast_possible_truncation, reason = "at most BURST segments")]
+                        let w = m.segments() as u16;
+                        weights[self.batch.len()] = w;
+                        let whole = &self.scratch[..VIRTIO_NET_HDR_LEN + m.len()];
+                        // The scratch is not written again until this batch is sent.
+                        let whole: &[u8] = whole;
+                        self.batch.push_whole(whole);
+                        scratch_used = true;
+                    }
+                }
+            }
+            sent + self.send_batch(&weights)
+        });
+        for b in bufs {
+            mem.release(b);
+        }
+        sent
+    }
+}
+
+impl<M: FrameMemory> Port<M> for PacketPort<M::Buf> {
+    fn id(&self) -> PortId {
+        self.id
+    }
+
+    fn counters(&self) -> &PortCounters {
+        &self.counters
+    }
+
+    fn offloads(&self) -> Offloads {
+        Offloads { partial_checksum: true, tcp_segmentation: true }
+    }
+
+    /// Without a jumbo store: super-packets and frames larger than a buffer are dropped
+    /// (counted `rx_oversize`). The driver calls
+    /// [`receive_offloaded`](Port::receive_offloaded) instead.
+    fn receive(&mut self, mem: &mut M, out: &mut [Packet<M::Buf>; BURST]) -> usize {
+        self.receive_burst(mem, out, None)
+    }
+
+    fn receive_offloaded(&mut self, mem: &mut M, out: &mut [Packet<M::Buf>; BURST], jumbo: &mut Jumbo) -> usize {
+        self.receive_burst(mem, out, Some(jumbo))
+    }
+
+    fn transmit_offloaded(&mut self, _mem: &mut M, frame: &[u8], meta: &OffloadMeta) -> bool {
+        self.batch.clear();
+        meta.to_virtio(&mut self.batch.hdrs[0]);
+        self.batch.push_with_hdr(0, frame);
+        self.send_batch(&[1]) == 1
+    }
+
+    fn transmit(&mut self, mem: &mut M, pkts: &[Packet<M::Buf>]) -> usize {
+        pkts.chunks(BURST).map(|c| self.transmit_burst(mem, c)).sum()
+    }
+
+    fn close(mut self, mem: &mut M) {
+        for b in self.rx_bufs.drain(..) {
+            mem.release(b);
+        }
+    }
+
+    fn wait_fd(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+
+    fn refresh_stats(&self) {
+        if let Ok(d) = sock::take_drops(self.fd.as_raw_fd()) {
+            bump(&self.stats.rx_kernel_dropped, d);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TSO: [u8; 10] = [0x01, 0x01, 66, 0, 0xa8, 0x05, 34, 0, 16, 0];
+
+    #[test]
+    fn messages_are_classified() {
+        let plain = [0u8; 10];
+        assert_eq!(classify(&plain, 10 + 60, 0, 1792, true), Arrival::Plain(60, OffloadMeta::default()));
+        assert_eq!(classify(&plain, 10 + 1792, 0, 1792, true), Arrival::Plain(1792, OffloadMeta::default()));
+        assert!(matches!(classify(&plain, 10 + 1793, 0, 1792, true), Arrival::Super(1793, _)));
+        assert_eq!(classify(&plain, 10 + 1793, 0, 1792, false), Arrival::Oversize);
+        let tso = OffloadMeta::from_virtio(&TSO).unwrap();
+        assert_eq!(classify(&TSO, 10 + 600, 0, 1792, true), Arrival::Super(600, tso), "GSO always to the store");
+        assert_eq!(classify(&TSO, 10 + 65_000, 0, 1792, true), Arrival::Super(65_000, tso));
+        assert_eq!(classify(&TSO, 10 + 65_000, 0, 1792, false), Arrival::Oversize);
+        assert_eq!(classify(&TSO, 10 + 65_000, libc::MSG_TRUNC, 1792, true), Arrival::Truncated);
+        assert_eq!(classify(&TSO, 10 + 40, 0, 1792, true), Arrival::Malformed, "checksum beyond the frame");
+        assert_eq!(classify(&TSO, 9, 0, 1792, true), Arrival::Malformed, "shorter than the header");
+        let mut bad = TSO;
+        bad[0] = 0x08;
+        assert_eq!(classify(&bad, 10 + 600, 0, 1792, true), Arrival::Malformed, "unknown flag");
+        bad = TSO;
+        bad[4..6].fill(0);
+        assert_eq!(classify(&bad, 10 + 600, 0, 1792, true), Arrival::Malformed, "GSO size 0");
+    }
+}

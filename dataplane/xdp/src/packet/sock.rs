@@ -1,0 +1,238 @@
+//! The AF_PACKET socket under a [`PacketPort`](super::PacketPort), and the batch I/O on
+//! it: `recvmmsg`/`sendmmsg` over message and iovec arrays allocated once per port.
+//!
+//! libc directly rather than nix's `recvmmsg`/`sendmmsg`: nix ties every iovec to one
+//! lifetime shared with its `MultiHeaders` and the results iterator, while ours point at
+//! three owners at once (the port's header array, buffers lent by
+//! `FrameMemory::with_buffers`, the driver's jumbo store) for exactly one call; and a
+//! packet socket needs no address or control message per message, which nix's
+//! interface carries per call.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use xlane_engine::BURST;
+use xlane_engine::offload::VIRTIO_NET_HDR_LEN;
+
+/// Receive and send buffer size asked for (SO_RCVBUFFORCE, else SO_RCVBUF capped by
+/// `net.core.rmem_max`): a 64 KiB super-packet costs ~70 KiB of socket memory, so the
+/// default 208 KiB holds three and drops the fourth.
+pub(super) const SOCKET_BUFFER: libc::c_int = 8 << 20;
+
+/// How the socket joins its fanout group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanoutMode {
+    /// `PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_IGNORE_OUTGOING`: the group ignores
+    /// frames the host sends out of the interface (Linux 6.x).
+    HashIgnoringOutgoing,
+    /// `PACKET_FANOUT_HASH` alone (the flag was refused): frames the host itself sends
+    /// out of the veth reach the group too. The port's own sends do not either way
+    /// (`PACKET_QDISC_BYPASS` skips the taps).
+    Hash,
+}
+
+fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("4");
+    // SAFETY: `value` is a live int for the call and `len` is its size.
+    let r = unsafe { libc::setsockopt(fd, level, name, std::ptr::from_ref(&value).cast(), len) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Open an AF_PACKET `SOCK_RAW` socket on `ifindex` (non-blocking, close-on-exec) with
+/// a 10-byte virtio-net header on every frame, qdisc bypass, outgoing frames ignored,
+/// large socket buffers, in hash fanout group `group`.
+///
+/// # Errors
+/// The failing step's name and the kernel's error.
+pub(super) fn open(ifindex: u32, group: u16) -> Result<(OwnedFd, FanoutMode), (&'static str, io::Error)> {
+    // Protocol 0: the socket receives nothing until bound to the interface below, so no
+    // frame of another interface slips in between.
+    // SAFETY: plain socket(2); the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(("socket(AF_PACKET, SOCK_RAW)", io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel just returned this descriptor; nobody else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let s = fd.as_raw_fd();
+    let opt = |what, level, name, v| setsockopt_int(s, level, name, v).map_err(|e| (what, e));
+    opt("PACKET_VNET_HDR", libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1)?;
+    opt("PACKET_QDISC_BYPASS", libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)?;
+    opt("PACKET_IGNORE_OUTGOING", libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
+    for (force, plain, what) in
+        [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF"), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF")]
+    {
+        if setsockopt_int(s, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+            opt(what, libc::SOL_SOCKET, plain, SOCKET_BUFFER)?;
+        }
+    }
+    let all = u16::try_from(libc::ETH_P_ALL).expect("0x0003").to_be();
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = u16::try_from(libc::AF_PACKET).expect("17");
+    addr.sll_protocol = all;
+    addr.sll_ifindex = i32::try_from(ifindex).map_err(|_| ("ifindex", io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).expect("20");
+    // SAFETY: `addr` is a live sockaddr_ll for the call and `len` its size.
+    if unsafe { libc::bind(s, std::ptr::from_ref(&addr).cast(), len) } < 0 {
+        return Err(("bind(ETH_P_ALL, ifindex)", io::Error::last_os_error()));
+    }
+    let fanout = |flags: libc::c_uint| {
+        let arg = libc::c_int::try_from(u32::from(group) | (flags << 16)).map_err(|_| io::ErrorKind::InvalidInput)?;
+        setsockopt_int(s, libc::SOL_PACKET, libc::PACKET_FANOUT, arg)
+    };
+    let mode = match fanout(libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING) {
+        Ok(()) => FanoutMode::HashIgnoringOutgoing,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            fanout(libc::PACKET_FANOUT_HASH).map_err(|e| ("PACKET_FANOUT", e))?;
+            FanoutMode::Hash
+        }
+        Err(e) => return Err(("PACKET_FANOUT", e)),
+    };
+    Ok((fd, mode))
+}
+
+/// Drops the kernel counted on the socket since the last call (`PACKET_STATISTICS`,
+/// which resets on read): frames it could not queue (receive buffer full).
+pub(super) fn take_drops(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: tpacket_stats is plain old data; all-zero is a valid value.
+    let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(size_of::<libc::tpacket_stats>()).expect("8");
+    // SAFETY: `st` is a live tpacket_stats and `len` holds its size for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            std::ptr::from_mut(&mut st).cast(),
+            &raw mut len,
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(u64::from(st.tp_drops)) }
+}
+
+/// Iovecs per received message: virtio-net header, buffer, jumbo spill.
+pub(super) const RX_IOVS: usize = 3;
+
+/// The port's message arrays: one `mmsghdr` per message of a burst, its iovecs, and the
+/// virtio-net header of each. Allocated once (boxed), rewired per call: every pointer
+/// is written right before the syscall that uses it.
+pub(super) struct Batch {
+    msgs: [libc::mmsghdr; BURST],
+    iovs: [libc::iovec; RX_IOVS * BURST],
+    /// Received headers; for sends, the header of the message with metadata.
+    pub(super) hdrs: [[u8; VIRTIO_NET_HDR_LEN]; BURST],
+    /// The header of a frame without metadata (all zero: complete, no GSO).
+    zero: [u8; VIRTIO_NET_HDR_LEN],
+    /// Messages set up for the next call.
+    len: usize,
+}
+
+// SAFETY: the raw pointers in `msgs` and `iovs` are only meaningful during one call of a
+// method of the port that owns the batch: each is rewritten before the syscall that
+// reads it and never dereferenced by Rust code, so moving the batch to another thread
+// between calls moves plain bytes.
+unsafe impl Send for Batch {}
+
+const EMPTY_IOV: libc::iovec = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+
+impl Batch {
+    pub(super) fn new() -> Box<Self> {
+        // SAFETY: mmsghdr is plain old data (pointers, lengths, flags); all-zero is a
+        // valid value (null pointers, no iovecs).
+        let msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        Box::new(Self {
+            msgs: [msg; BURST],
+            iovs: [EMPTY_IOV; RX_IOVS * BURST],
+            hdrs: [[0; VIRTIO_NET_HDR_LEN]; BURST],
+            zero: [0; VIRTIO_NET_HDR_LEN],
+            len: 0,
+        })
+    }
+
+    /// Messages set up.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Forget the messages set up.
+    pub(super) fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn push(&mut self, parts: &[libc::iovec]) {
+        let i = self.len;
+        assert!(i < BURST && parts.len() <= RX_IOVS, "a burst of messages of at most three parts");
+        let iovs = &mut self.iovs[RX_IOVS * i..RX_IOVS * i + parts.len()];
+        iovs.copy_from_slice(parts);
+        let hdr = &mut self.msgs[i].msg_hdr;
+        hdr.msg_iov = iovs.as_mut_ptr();
+        hdr.msg_iovlen = parts.len();
+        hdr.msg_flags = 0;
+        self.msgs[i].msg_len = 0;
+        self.len += 1;
+    }
+
+    /// Set up a receive into: header `i`, then `buf`, then `spill` (if any).
+    pub(super) fn push_rx(&mut self, buf: &mut [u8], spill: Option<&mut [u8]>) {
+        let i = self.len;
+        let hdr = libc::iovec { iov_base: self.hdrs[i].as_mut_ptr().cast(), iov_len: VIRTIO_NET_HDR_LEN };
+        let buf = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        match spill {
+            Some(s) => self.push(&[hdr, buf, libc::iovec { iov_base: s.as_mut_ptr().cast(), iov_len: s.len() }]),
+            None => self.push(&[hdr, buf]),
+        }
+    }
+
+    /// Set up a send of `frame` with an all-zero header.
+    pub(super) fn push_plain(&mut self, frame: &[u8]) {
+        let hdr = libc::iovec { iov_base: self.zero.as_mut_ptr().cast(), iov_len: VIRTIO_NET_HDR_LEN };
+        // The kernel only reads a send's iovecs: the cast to *mut does not license writes.
+        self.push(&[hdr, libc::iovec { iov_base: frame.as_ptr().cast_mut().cast(), iov_len: frame.len() }]);
+    }
+
+    /// Set up a send of `frame` with header `hdrs[slot]`.
+    pub(super) fn push_with_hdr(&mut self, slot: usize, frame: &[u8]) {
+        let hdr = libc::iovec { iov_base: self.hdrs[slot].as_mut_ptr().cast(), iov_len: VIRTIO_NET_HDR_LEN };
+        self.push(&[hdr, libc::iovec { iov_base: frame.as_ptr().cast_mut().cast(), iov_len: frame.len() }]);
+    }
+
+    /// Set up a send of `msg`, header included.
+    pub(super) fn push_whole(&mut self, msg: &[u8]) {
+        self.push(&[libc::iovec { iov_base: msg.as_ptr().cast_mut().cast(), iov_len: msg.len() }]);
+    }
+
+    /// Received message `i`: bytes (header included) and `msg_flags`.
+    pub(super) fn received(&self, i: usize) -> (usize, libc::c_int) {
+        (self.msgs[i].msg_len as usize, self.msgs[i].msg_hdr.msg_flags)
+    }
+
+    /// One `recvmmsg` into the messages set up; returns how many arrived (0 if none
+    /// waits, or on an error).
+    ///
+    /// # Safety
+    /// Every buffer a message was set up with ([`push_rx`](Self::push_rx)) must still be
+    /// valid for writes of its length and not otherwise borrowed.
+    pub(super) unsafe fn recv(&mut self, fd: RawFd) -> Result<usize, io::Error> {
+        let vlen = libc::c_uint::try_from(self.len).expect("at most BURST");
+        // SAFETY: the first `len` messages point at this batch's iovecs, which point at
+        // its headers and at buffers the caller guarantees are writable; the kernel writes
+        // only within the iovec lengths, and msg_len/msg_flags of each message.
+        let r = unsafe { libc::recvmmsg(fd, self.msgs.as_mut_ptr(), vlen, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        self.len = 0;
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(usize::try_from(r).expect("non-negative")) }
+    }
+
+    /// `sendmmsg` of messages `from..len`; returns how many the kernel took, or its error
+    /// for message `from` (EAGAIN/ENOBUFS: the socket or device is full).
+    ///
+    /// # Safety
+    /// Every frame a message was set up with must still be valid for reads of its length.
+    pub(super) unsafe fn send(&mut self, fd: RawFd, from: usize) -> io::Result<usize> {
+        let vlen = libc::c_uint::try_from(self.len - from).expect("at most BURST");
+        // SAFETY: messages from..len point at this batch's iovecs, which point at its
+        // headers and at frames the caller guarantees readable; the kernel reads within
+        // the iovec lengths and writes each message's msg_len.
+        let r = unsafe { libc::sendmmsg(fd, self.msgs[from..].as_mut_ptr(), vlen, libc::MSG_DONTWAIT) };
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(usize::try_from(r).expect("non-negative")) }
+    }
+}
