@@ -252,10 +252,14 @@ fn attach_veth(
     .create()
     .map_err(|e| io_error("setting up the veth pair failed", e))?;
     let setup = (|| -> Result<(Mac, Mac), CniError> {
-        // Offloaded checksums would reach the AF_XDP socket unfinished.
-        xlane_netlink::in_netns(netns, || xlane_netlink::ethtool::set_tx_checksum(&env.ifname, false))
-            .map_err(|e| io_error("cannot enter the network namespace", e))?
-            .map_err(|e| io_error("tx checksum off", e))?;
+        // Offloaded checksums would reach an AF_XDP socket unfinished. Through
+        // AF_PACKET they come with a virtio-net header saying what to finish, and the
+        // checksum offload must stay on: TSO depends on it.
+        if io == VethIo::AfXdp {
+            xlane_netlink::in_netns(netns, || xlane_netlink::ethtool::set_tx_checksum(&env.ifname, false))
+                .map_err(|e| io_error("cannot enter the network namespace", e))?
+                .map_err(|e| io_error("tx checksum off", e))?;
+        }
         attach_endpoint(c, env, &host_if, p.mac, None, io)?;
         Ok((host.mac, p.mac))
     })();

@@ -248,6 +248,26 @@ pub struct PortInfo {
     /// For a vhost-user port: its socket, frontend and guest-side counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost_user: Option<VhostUserInfo>,
+    /// For a pod read through AF_PACKET (`veth_io: af_packet`): its socket's counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet: Option<PacketInfo>,
+}
+
+/// The AF_PACKET side of a port (a pod whose veth keeps its offloads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketInfo {
+    /// Received frames whose virtio-net header (or partial checksum) was refused.
+    pub rx_malformed: u64,
+    /// Received frames larger than a buffer and a super-packet slot together.
+    pub rx_truncated: u64,
+    /// Frames the kernel dropped before the socket (its receive buffer full).
+    pub rx_kernel_dropped: u64,
+    /// Sends the kernel refused (each a frame or super-packet dropped).
+    pub tx_errors: u64,
+    /// Super-packets made by coalescing (GRO) before writing to the pod.
+    pub gro_merged: u64,
+    /// Segments that went into them.
+    pub gro_segments: u64,
 }
 
 /// The vhost-user side of a port (a VM-based pod).
@@ -476,6 +496,7 @@ mod tests {
             tx_invalid_descs: 6,
             tx_ring_empty_descs: 7,
             vhost_user: None,
+            packet: None,
         }
     }
 

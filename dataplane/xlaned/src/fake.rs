@@ -3,7 +3,7 @@
 //! engine's in-memory buffers. The real [`State`](crate::state::State) and real
 //! workers run on it, so every request path is exercised without privileges.
 
-use crate::host::{Host, OpenJob, OpenSpec};
+use crate::host::{Hold, Host, OpenJob, OpenSpec, PacketSpec};
 use crate::hostport::HostPortSpec;
 use crossbeam_channel::{Receiver, Sender};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -51,6 +51,8 @@ pub(crate) struct Node {
     pub(crate) wires: HashMap<(String, u32), Wire>,
     /// Programs attached, by interface.
     pub(crate) attached: Vec<String>,
+    /// Interfaces whose host stack is blocked (AF_PACKET pods), while held.
+    pub(crate) blocked: HashSet<String>,
     /// Ports closed, by interface.
     pub(crate) closed: Vec<String>,
 }
@@ -152,6 +154,19 @@ pub(crate) enum FakePort {
 
 xlane_engine::port_enum!(FakePort<MemFrames> { Wire, Vhost });
 
+/// A fake host-stack block: unblocks its interface when dropped.
+#[derive(Debug)]
+struct Blocked {
+    node: FakeHost,
+    ifname: String,
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        self.node.0.lock().unwrap().blocked.remove(&self.ifname);
+    }
+}
+
 /// A fake XDP program (the node records where it was attached).
 #[derive(Debug)]
 pub(crate) struct FakeAttachment;
@@ -219,6 +234,39 @@ impl Host for FakeHost {
 
     fn vhost(port: VhostPort) -> FakePort {
         FakePort::Vhost(port)
+    }
+
+    fn block_host_stack(&mut self, link: &Link) -> Result<Hold, String> {
+        let mut node = self.0.lock().unwrap();
+        let ifname = node.links.iter().find(|(_, (l, _))| l.ifindex == link.ifindex).map(|(n, _)| n.clone());
+        let ifname = ifname.ok_or("no such interface")?;
+        node.blocked.insert(ifname.clone());
+        Ok(Box::new(Blocked { node: self.clone(), ifname }))
+    }
+
+    /// A wire per worker (queue number = worker index), as the fanout group's sockets.
+    fn packet_opener(&self, spec: PacketSpec) -> OpenJob<MemFrames, FakePort> {
+        let node = self.clone();
+        Box::new(move |d| {
+            let (inject, rx) = crossbeam_channel::unbounded();
+            let (tx, sent) = crossbeam_channel::unbounded();
+            let ready = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).map_err(|e| e.to_string())?);
+            let queue = u32::try_from(spec.worker).unwrap();
+            let wire = Wire { inject, ready: Arc::clone(&ready), sent };
+            node.0.lock().unwrap().wires.insert((spec.ifname.clone(), queue), wire);
+            let _ = spec.stats;
+            d.add_port(FakePort::Wire(WirePort {
+                id: spec.id,
+                ifname: spec.ifname,
+                queue,
+                rx,
+                ready,
+                tx,
+                counters: spec.counters,
+                node,
+            }));
+            Ok(false)
+        })
     }
 
     fn ensure_host_port(&mut self, spec: &HostPortSpec<'_>) -> io::Result<()> {

@@ -16,7 +16,8 @@ use xlane_engine::{Driver, FrameMemory, Port, PortCounters};
 use xlane_fib::PortId;
 use xlane_netlink::{Link, Netlink};
 use xlane_vhost::port::VhostPort;
-use xlane_xdp::attach::{ModePreference, Program, XdpAttachment, XdpMode};
+use xlane_xdp::attach::{HostStackBlock, ModePreference, Program, XdpAttachment, XdpMode};
+use xlane_xdp::packet::{PacketPort, PacketStats};
 use xlane_xdp::port::{KernelStats, XdpPort};
 use xlane_xdp::xsk::{BindMode, Umem};
 
@@ -38,6 +39,27 @@ pub struct OpenSpec<A> {
     /// The kernel's socket statistics on this worker.
     pub kernel: Arc<KernelStats>,
 }
+
+/// What one worker opens of a pod veth read through AF_PACKET: its socket in the
+/// interface's fanout group, as port `id`.
+#[derive(Debug)]
+pub struct PacketSpec {
+    /// Pipeline port id.
+    pub id: PortId,
+    /// Interface (the host end of the pod's veth).
+    pub ifname: String,
+    /// Its index.
+    pub ifindex: u32,
+    /// The worker opening it.
+    pub worker: usize,
+    /// The port's counters on this worker.
+    pub counters: Arc<PortCounters>,
+    /// The socket's own counters on this worker.
+    pub stats: Arc<PacketStats>,
+}
+
+/// Something held for as long as a port lives, released by dropping it (a BPF link).
+pub type Hold = Box<dyn core::fmt::Debug + Send + Sync>;
 
 /// Work a worker runs to open ports: whether they are zero-copy, or why they could not
 /// be opened.
@@ -79,6 +101,17 @@ pub trait Host {
 
     /// A vhost-user guest as a worker port.
     fn vhost(port: VhostPort) -> Self::Port;
+
+    /// Keep the node's stack off the frames of a pod veth read through AF_PACKET (a
+    /// packet socket only taps them): held until dropped.
+    ///
+    /// # Errors
+    /// Why it could not be installed.
+    fn block_host_stack(&mut self, link: &Link) -> Result<Hold, String>;
+
+    /// A job for a worker that opens its AF_PACKET socket on `spec`'s interface as a
+    /// port of its driver, or says why not (then nothing stays open).
+    fn packet_opener(&self, spec: PacketSpec) -> OpenJob<Self::Mem, Self::Port>;
 
     /// Create (or reuse) the host port veth pair as `spec` says.
     ///
@@ -158,6 +191,22 @@ impl Host for System {
 
     fn vhost(port: VhostPort) -> NodePort {
         NodePort::Vhost(port)
+    }
+
+    fn block_host_stack(&mut self, link: &Link) -> Result<Hold, String> {
+        HostStackBlock::attach(link.ifindex).map(|b| Box::new(b) as Hold).map_err(|e| e.to_string())
+    }
+
+    fn packet_opener(&self, spec: PacketSpec) -> OpenJob<Umem, NodePort> {
+        Box::new(move |d| {
+            // One fanout group per interface: its index's low 16 bits.
+            #[expect(clippy::cast_possible_truncation, reason = "a group id is 16 bits; the index names the interface")]
+            let group = spec.ifindex as u16;
+            let port = PacketPort::open(spec.id, spec.ifindex, group, spec.counters, spec.stats)
+                .map_err(|e| format!("{}: {e}", spec.ifname))?;
+            d.add_port(NodePort::Packet(port));
+            Ok(false)
+        })
     }
 
     fn ensure_host_port(&mut self, spec: &HostPortSpec<'_>) -> io::Result<()> {

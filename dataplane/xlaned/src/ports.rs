@@ -10,19 +10,20 @@
 //! first, then the workers close it; its id is not reused until they have. The uplink
 //! and host port are opened at start-up and wait for the workers.
 
-use crate::host::{Host, OpenSpec};
+use crate::host::{Hold, Host, OpenSpec, PacketSpec};
 use crate::state::{Failure, State, Ticket, failed, invalid};
 use crossbeam_channel::Sender;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use xlane_api::{EndpointSpec, Mac, PortInfo, Reply, VhostUserInfo};
+use xlane_api::{EndpointSpec, Mac, PacketInfo, PortInfo, Reply, VethIo, VhostUserInfo};
 use xlane_engine::PortCounters;
 use xlane_fib::{Endpoint, PortId};
 use xlane_vhost::backend::{PortIo, VhostUserPort};
 use xlane_vhost::port::VhostPort;
 use xlane_xdp::attach::Program;
+use xlane_xdp::packet::PacketStats;
 use xlane_xdp::port::KernelStats;
 use xlane_xdp::programs::PodFilter;
 
@@ -66,6 +67,14 @@ pub(crate) enum PortKind<A> {
     /// A vhost-user-net backend on a unix socket (a VM-based pod). Dropping it cuts the
     /// frontend off and removes the socket.
     VhostUser(VhostUserPort),
+    /// An AF_PACKET socket per worker on a pod veth's host end, which keeps the pod's
+    /// offloads; `block` keeps the node's stack off its frames until dropped.
+    Packet {
+        // Held for its drop, which detaches the program.
+        _block: Hold,
+        /// The sockets' own counters, one per worker.
+        stats: Vec<Arc<PacketStats>>,
+    },
 }
 
 #[derive(Debug)]
@@ -82,7 +91,7 @@ impl<A> Port<A> {
     pub(crate) fn kernel(&self) -> &[Arc<KernelStats>] {
         match &self.kind {
             PortKind::Xdp { kernel, .. } => kernel,
-            PortKind::VhostUser(_) => &[],
+            PortKind::VhostUser(_) | PortKind::Packet { .. } => &[],
         }
     }
 
@@ -90,7 +99,8 @@ impl<A> Port<A> {
         self.ifname == spec.ifname
             && self.role == Role::Pod
             && match (&self.kind, &spec.vhost_user) {
-                (PortKind::Xdp { .. }, None) => true,
+                (PortKind::Xdp { .. }, None) => spec.veth_io == VethIo::AfXdp,
+                (PortKind::Packet { .. }, None) => spec.veth_io == VethIo::AfPacket,
                 (PortKind::VhostUser(v), Some(socket)) => v.path() == socket,
                 _ => false,
             }
@@ -104,8 +114,22 @@ impl<A> Port<A> {
             (rx, tx, tx_dropped) = (rx + r, tx + t, tx_dropped + d);
         }
         let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| self.kernel().iter().map(|k| f(&k.get())).sum();
+        let mut packet = None;
         let (queues, xdp_mode, zero_copy, vhost_user) = match &self.kind {
             PortKind::Xdp { attach, queues, zero_copy, .. } => (*queues, H::xdp_mode(attach), *zero_copy, None),
+            PortKind::Packet { stats, .. } => {
+                let mut sum = PacketInfo::default();
+                for s in stats.iter().map(|s| s.get()) {
+                    sum.rx_malformed += s.rx_malformed;
+                    sum.rx_truncated += s.rx_truncated + s.rx_oversize;
+                    sum.rx_kernel_dropped += s.rx_kernel_dropped;
+                    sum.tx_errors += s.tx_errors;
+                    sum.gro_merged += s.gro_merged;
+                    sum.gro_segments += s.gro_segments;
+                }
+                packet = Some(sum);
+                (u32::try_from(stats.len()).unwrap_or(u32::MAX), "none", false, None)
+            }
             PortKind::VhostUser(v) => {
                 let c = &v.io().counters;
                 let info = VhostUserInfo {
@@ -138,6 +162,7 @@ impl<A> Port<A> {
             tx_invalid_descs: kernel(|k| k.tx_invalid_descs),
             tx_ring_empty_descs: kernel(|k| k.tx_ring_empty_descs),
             vhost_user,
+            packet,
         }
     }
 }
@@ -321,7 +346,7 @@ impl<H: Host> State<H> {
             let p = &self.ports[&id];
             if p.serves(spec) {
                 let gateway_mac = match &p.kind {
-                    PortKind::Xdp { .. } => {
+                    PortKind::Xdp { .. } | PortKind::Packet { .. } => {
                         self.host.link(&spec.ifname).map_err(|e| invalid(format!("{}: {e}", spec.ifname)))?.mac
                     }
                     PortKind::VhostUser(_) => VHOST_GATEWAY_MAC,
@@ -339,15 +364,13 @@ impl<H: Host> State<H> {
         if self.ports.values().any(|p| p.ifname == spec.ifname) {
             return Err(invalid(format!("{} already serves another endpoint", spec.ifname)));
         }
-        if spec.veth_io != xlane_api::VethIo::AfXdp {
-            return Err(invalid(format!(
-                "{}: veth I/O {:?} is not available in this xlaned",
-                spec.ifname, spec.veth_io
-            )));
-        }
         let id = self.free_port_id()?;
         let events = self.events.0.clone();
         let (opening, gateway_mac) = match &spec.vhost_user {
+            None if spec.veth_io == VethIo::AfPacket => {
+                let link = self.host.link(&spec.ifname).map_err(|e| invalid(format!("{}: {e}", spec.ifname)))?;
+                (self.start_packet(id, &spec.ifname, &link, &events)?, link.mac)
+            }
             None => {
                 let link = self.host.link(&spec.ifname).map_err(|e| invalid(format!("{}: {e}", spec.ifname)))?;
                 let cluster = self.cfg.cluster_cidr;
@@ -375,6 +398,42 @@ impl<H: Host> State<H> {
         };
         self.attaching.insert(id, attaching);
         Ok(None)
+    }
+
+    /// Serve a pod whose veth keeps its offloads: block the node's stack on the host end,
+    /// then every worker opens a socket in the interface's fanout group (the kernel
+    /// spreads the pod's flows over them; each worker transmits on its own).
+    fn start_packet(
+        &mut self,
+        id: PortId,
+        ifname: &str,
+        link: &xlane_netlink::Link,
+        events: &Sender<WorkerEvent>,
+    ) -> Result<Opening<H::Attachment>, Failure> {
+        let block = self.host.block_host_stack(link).map_err(|e| failed(format!("{ifname}: {e}")))?;
+        let (mut counters, mut stats) = (Vec::new(), Vec::new());
+        for i in 0..self.workers.len() {
+            let spec = PacketSpec {
+                id,
+                ifname: ifname.to_owned(),
+                ifindex: link.ifindex,
+                worker: i,
+                counters: Arc::new(PortCounters::default()),
+                stats: Arc::new(PacketStats::default()),
+            };
+            counters.push(Arc::clone(&spec.counters));
+            stats.push(Arc::clone(&spec.stats));
+            let job = self.host.packet_opener(spec);
+            self.on_worker(
+                i,
+                events,
+                true,
+                move |d| WorkerEvent::Opened { id, result: job(d) },
+                move || WorkerEvent::Opened { id, result: Err(format!("worker {i} has exited")) },
+            );
+        }
+        let queues = counters.len();
+        Ok(Opening { kind: PortKind::Packet { _block: block, stats }, counters, queues })
     }
 
     /// Serve a VM-based pod on a vhost-user socket: the backend listens at once (the VMM

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xlane_api::{CaptureSpec, Change, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, TraceHop, TraceSpec, Vtep};
+use xlane_api::{
+    CaptureSpec, Change, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, TraceHop, TraceSpec, VethIo, Vtep,
+};
 use xlane_engine::DropReason;
 use xlane_engine::fixtures;
 use xlane_engine::mem::MemFrames;
@@ -478,4 +480,38 @@ fn a_stalled_capture_reader_loses_frames_not_forwarding() {
         std::thread::sleep(Duration::from_millis(20));
         let _ = rig.state.on_wake();
     }
+}
+
+/// A pod whose veth keeps its offloads: the node's stack is blocked on its host end
+/// while it is attached, each worker opens a socket of the fanout group, traffic flows
+/// to and from an AF_XDP pod, the same pod under the other I/O is refused, and removing
+/// it lifts the block.
+#[test]
+fn an_af_packet_pod_blocks_the_host_stack_while_attached_and_talks_to_an_af_xdp_pod() {
+    let mut rig = Rig::new(2);
+    rig.add_veth(2);
+    let spec = EndpointSpec { veth_io: VethIo::AfPacket, ..rig.pod(2) };
+    let r = rig.call(Op::AddEndpoint(spec.clone()));
+    assert!(matches!(r, Reply::EndpointReady { .. }), "{r:?}");
+    assert!(rig.host.0.lock().unwrap().blocked.contains("veth2"));
+    assert!(rig.host.is_open("veth2", 0) && rig.host.is_open("veth2", 1), "a socket per worker");
+    assert!(matches!(rig.call(Op::AddEndpoint(spec.clone())), Reply::EndpointReady { .. }), "idempotent");
+    let r = rig.call(Op::AddEndpoint(rig.pod(2)));
+    assert!(matches!(r, Reply::Error { code: ErrorCode::Invalid, .. }), "the same pod as AF_XDP: {r:?}");
+
+    let b = rig.attach(3);
+    let gw = rig.host.mac("veth2");
+    let a = rig.host.wire("veth2", 0);
+    for i in 0..20 {
+        a.send(&udp(2, gw, pod_ip(3), i));
+    }
+    assert_eq!(collect(&b, 20, Duration::from_secs(5)).len(), 20);
+    let Reply::Ports { ports } = rig.call(Op::Dump { table: Table::Ports }) else { panic!() };
+    let p2 = ports.iter().find(|p| p.ifname == "veth2").unwrap();
+    assert_eq!((p2.queues, p2.packet.map(|k| k.gro_merged)), (2, Some(0)));
+
+    rig.call(Op::DelEndpoint { ip: pod_ip(2) });
+    rig.settle();
+    assert!(!rig.host.0.lock().unwrap().blocked.contains("veth2"), "block lifted");
+    assert!(!rig.host.is_open("veth2", 0) && !rig.host.is_open("veth2", 1));
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use xlane_engine::{BURST, CoreCounters, Driver, FrameMemory, Packet, Port};
 use xlane_fib::{FibHandle, FibReader};
 use xlane_vhost::port::VhostPort;
+use xlane_xdp::packet::PacketPort;
 use xlane_xdp::port::XdpPort;
 use xlane_xdp::xsk::{Umem, wait_readable};
 
@@ -71,21 +72,20 @@ impl WorkerShared {
     }
 }
 
-/// A port of the daemon: an AF_XDP socket or a vhost-user guest, in a UMEM.
+/// A port of the daemon: an AF_XDP socket, a vhost-user guest or an AF_PACKET socket,
+/// in a UMEM.
 #[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "ports sit in one Vec per worker and most are sockets: boxing them would add a pointer chase per burst"
-)]
 pub enum NodePort {
     /// One queue of an interface.
     Xdp(XdpPort),
     /// A VM-based pod.
     Vhost(VhostPort),
+    /// A pod whose veth keeps its offloads: an AF_PACKET socket on the host end.
+    Packet(PacketPort<u64>),
 }
 
-// Both kinds by static dispatch: one match per call, no virtual call.
-xlane_engine::port_enum!(NodePort<Umem> { Xdp, Vhost });
+// Every kind by static dispatch: one match per call, no virtual call.
+xlane_engine::port_enum!(NodePort<Umem> { Xdp, Vhost, Packet });
 
 /// Work the control thread runs on a worker, with its driver (open or close ports).
 pub type Job<M, P> = Box<dyn FnOnce(&mut Driver<M, P>) + Send>;

@@ -19,19 +19,8 @@ fn udp(ns: &Netns, addr: SocketAddrV4) -> UdpSocket {
     ns.enter(|| UdpSocket::bind(addr)).unwrap().unwrap()
 }
 
-fn fnv1a(h: &mut u64, bytes: &[u8]) {
-    for &b in bytes {
-        *h ^= u64::from(b);
-        *h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-}
-
 fn drops(c: &Counters) -> BTreeMap<String, u64> {
     c.drops.iter().filter(|(_, v)| **v > 0).map(|(k, v)| (k.clone(), *v)).collect()
-}
-
-fn conserved(c: &Counters) -> bool {
-    c.pipeline["rx"] == c.pipeline["tx"] + c.drops.values().sum::<u64>()
 }
 
 #[test]
@@ -59,34 +48,8 @@ fn pods_nodes_and_the_pinhole() {
     ping(&lab.fabric, lab.nodes[0].ip).unwrap();
 
     // 100 MB over TCP, byte-exact.
-    let listener = p2.ns.enter(|| TcpListener::bind(SocketAddrV4::new(p2.ip, 5001))).unwrap().unwrap();
-    let server = std::thread::spawn(move || -> io::Result<(u64, u64)> {
-        let (mut s, _) = listener.accept()?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let (mut n, mut h) = (0u64, 0xcbf2_9ce4_8422_2325u64);
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let k = io::Read::read(&mut s, &mut buf)?;
-            if k == 0 {
-                return Ok((n, h));
-            }
-            fnv1a(&mut h, &buf[..k]);
-            n += k as u64;
-        }
-    });
-    let mut stream = p0.ns.enter(|| TcpStream::connect(SocketAddrV4::new(p2.ip, 5001))).unwrap().unwrap();
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[1]).collect();
-    let mut sent_hash = 0xcbf2_9ce4_8422_2325u64;
-    let t0 = Instant::now();
-    for _ in 0..100 {
-        io::Write::write_all(&mut stream, &chunk).unwrap();
-        fnv1a(&mut sent_hash, &chunk);
-    }
-    drop(stream);
-    let (received, recv_hash) = server.join().unwrap().unwrap();
-    assert_eq!(received, 100 << 20);
-    assert_eq!(recv_hash, sent_hash, "100 MB arrived intact");
-    eprintln!("100 MB TCP pod→pod across nodes in {:.2} s", t0.elapsed().as_secs_f64());
+    let secs = tcp_transfer(&p0.ns, &p2.ns, p2.ip, 5001, 100);
+    eprintln!("100 MB TCP pod→pod across nodes in {secs:.2} s");
 
     // Anti-spoofing: a pod sending as another address is dropped and counted.
     p0.ns.ip(&["addr", "add", "10.244.1.77/32", "dev", "eth0"]).unwrap();
@@ -382,7 +345,7 @@ fn two_workers_share_the_queues() {
         let mut sums = Vec::new();
         for _ in 0..FLOWS {
             let (mut s, _) = listener.accept().unwrap();
-            let mut h = 0xcbf2_9ce4_8422_2325u64;
+            let mut h = FNV_START;
             let mut buf = vec![0u8; 1 << 16];
             let mut n = 0u64;
             loop {
@@ -398,7 +361,7 @@ fn two_workers_share_the_queues() {
         sums
     });
     let chunk: Vec<u8> = (0..1u32 << 20).map(|i| i.wrapping_mul(40_503).to_be_bytes()[2]).collect();
-    let mut expect = 0xcbf2_9ce4_8422_2325u64;
+    let mut expect = FNV_START;
     for _ in 0..8 {
         fnv1a(&mut expect, &chunk);
     }

@@ -381,6 +381,7 @@ mod tests {
             tx_invalid_descs: 0,
             tx_ring_empty_descs: 0,
             vhost_user: None,
+            packet: None,
         }
     }
 

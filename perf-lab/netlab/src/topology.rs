@@ -157,9 +157,24 @@ impl Lab {
     /// # Errors
     /// Namespace or interface setup failures.
     pub fn add_pod(&mut self, node: usize) -> io::Result<usize> {
+        self.add_pod_with(node, false)
+    }
+
+    /// [`add_pod`](Self::add_pod); with `offloads`, the pod's veth keeps its checksum
+    /// and segmentation offloads (for a dataplane that reads it with a virtio-net
+    /// header), otherwise its checksum offload is off (AF_XDP would see unfinished
+    /// checksums).
+    ///
+    /// # Errors
+    /// Namespace or interface setup failures.
+    pub fn add_pod_with(&mut self, node: usize, offloads: bool) -> io::Result<usize> {
         let n = &self.nodes[node];
         let (ip, gw) = (n.subnet.pod(n.pods), n.gateway());
-        self.add_pod_at(node, ip, Subnet::PREFIX_LEN, gw)
+        let k = self.add_pod_at(node, ip, Subnet::PREFIX_LEN, gw)?;
+        if offloads {
+            self.pods[k].ns.enter(|| xlane_netlink::ethtool::set_tx_checksum("eth0", true))??;
+        }
+        Ok(k)
     }
 
     /// Attach a new pod to node `node` with a given address (e.g. one the agent

@@ -2,11 +2,12 @@
 //! two-node cluster with pods that most of them start from.
 #![allow(dead_code, reason = "each test binary uses its own part of the helpers")]
 
-use std::net::Ipv4Addr;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use xlane_api::{Change, Client, Counters, EndpointSpec, Mac, Op, Reply, Table, Vtep};
+use xlane_api::{Change, Client, Counters, EndpointSpec, Mac, Op, Reply, Table, VethIo, Vtep};
 use xlane_netlab::process::Proc;
 use xlane_netlab::{Lab, Netns, privileged};
 
@@ -105,9 +106,14 @@ pub(crate) struct Cluster {
 }
 
 pub(crate) fn cluster_with(prefix: &str, queues: u16, flags: &[&str]) -> Cluster {
+    cluster_io(prefix, queues, flags, VethIo::AfXdp)
+}
+
+/// [`cluster_with`], the pods' veths read and written as `veth_io` says.
+pub(crate) fn cluster_io(prefix: &str, queues: u16, flags: &[&str], veth_io: VethIo) -> Cluster {
     let mut lab = Lab::with_queues(prefix, 2, queues).unwrap();
     for node in [0, 0, 1] {
-        lab.add_pod(node).unwrap();
+        lab.add_pod_with(node, veth_io == VethIo::AfPacket).unwrap();
     }
     let daemons: Vec<Xlaned> =
         lab.nodes.iter().enumerate().map(|(i, n)| Xlaned::start_with(&n.ns, &format!("{prefix}-{i}"), flags)).collect();
@@ -139,7 +145,7 @@ pub(crate) fn cluster_with(prefix: &str, queues: u16, flags: &[&str]) -> Cluster
             ip: p.ip,
             mac: mac(&p.mac),
             vhost_user: None,
-            veth_io: Default::default(),
+            veth_io,
         }));
         assert!(matches!(r, Reply::EndpointReady { mtu: 1450, .. }), "{r:?}");
     }
@@ -171,6 +177,63 @@ pub(crate) fn setup(
     }
     let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     Some((serial, cluster_with(prefix, queues, flags)))
+}
+
+/// FNV-1a over `bytes`, continuing `h`.
+pub(crate) fn fnv1a(h: &mut u64, bytes: &[u8]) {
+    for &b in bytes {
+        *h ^= u64::from(b);
+        *h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+}
+
+/// The FNV-1a offset basis.
+pub(crate) const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// A MiB of deterministic, non-repeating-looking bytes.
+pub(crate) fn test_chunk() -> Vec<u8> {
+    (0..1u32 << 20).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[1]).collect()
+}
+
+/// Send `mib` MiB over one TCP connection from `from` to `to_ip:port` (a listener in
+/// `to`), and check that every byte arrived, in order (length and hash). Returns the
+/// seconds it took.
+pub(crate) fn tcp_transfer(from: &Netns, to: &Netns, to_ip: Ipv4Addr, port: u16, mib: u64) -> f64 {
+    let listener = to.enter(|| TcpListener::bind(SocketAddrV4::new(to_ip, port))).unwrap().unwrap();
+    let server = std::thread::spawn(move || -> io::Result<(u64, u64)> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let (mut n, mut h) = (0u64, FNV_START);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let k = io::Read::read(&mut s, &mut buf)?;
+            if k == 0 {
+                return Ok((n, h));
+            }
+            fnv1a(&mut h, &buf[..k]);
+            n += k as u64;
+        }
+    });
+    let mut stream = from.enter(|| TcpStream::connect(SocketAddrV4::new(to_ip, port))).unwrap().unwrap();
+    let chunk = test_chunk();
+    let mut sent_hash = FNV_START;
+    let t0 = Instant::now();
+    for _ in 0..mib {
+        io::Write::write_all(&mut stream, &chunk).unwrap();
+        fnv1a(&mut sent_hash, &chunk);
+    }
+    drop(stream);
+    let (received, recv_hash) = server.join().unwrap().unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(received, mib << 20, "bytes received");
+    assert_eq!(recv_hash, sent_hash, "{mib} MiB arrived intact");
+    secs
+}
+
+/// Every frame in was forwarded or counted as a drop (ICMP errors made count as
+/// frames in).
+pub(crate) fn conserved(c: &Counters) -> bool {
+    c.pipeline["rx"] + c.pipeline["icmp_errors"] == c.pipeline["tx"] + c.drops.values().sum::<u64>()
 }
 
 /// Three pings from `ns` to `dst`.

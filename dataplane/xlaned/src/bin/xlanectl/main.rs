@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use xlane_api::{CaptureSpec, Change, Client, EndpointSpec, Mac, Op, PortInfo, Reply, Table, TraceSpec, Vtep};
+use xlane_api::{CaptureSpec, Change, Client, EndpointSpec, Mac, Op, PortInfo, Reply, Table, TraceSpec, VethIo, Vtep};
 
 /// xlanectl: the command-line client of xlaned's control socket.
 ///
@@ -111,6 +111,10 @@ enum Cmd {
         /// Serve the pod as a vhost-user-net backend on this socket (its VMM connects).
         #[arg(long, value_name = "SOCKET")]
         vhost_user: Option<PathBuf>,
+        /// Read the veth's host end through AF_PACKET with a virtio-net header: the pod
+        /// keeps its offloads (TSO/GSO), TCP travels as super-packets.
+        #[arg(long, conflicts_with = "vhost_user")]
+        offload: bool,
     },
     /// Detach a pod.
     DelEndpoint {
@@ -234,12 +238,12 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             }
             Op::Apply { changes: serde_json::from_str(&text)? }
         }
-        Cmd::AddEndpoint { ifname, ip, mac, vhost_user } => Op::AddEndpoint(EndpointSpec {
+        Cmd::AddEndpoint { ifname, ip, mac, vhost_user, offload } => Op::AddEndpoint(EndpointSpec {
             ifname: ifname.clone(),
             ip: *ip,
             mac: *mac,
             vhost_user: vhost_user.clone(),
-            veth_io: Default::default(),
+            veth_io: if *offload { VethIo::AfPacket } else { VethIo::AfXdp },
         }),
         Cmd::DelEndpoint { ip } => Op::DelEndpoint { ip: *ip },
         Cmd::Trace(TraceCmd::Start { count, port, frames }) => {
@@ -284,6 +288,8 @@ fn print_ports(ports: &[PortInfo]) {
         let ip = p.ip.map(|i| i.to_string()).unwrap_or_default();
         let mode = if p.vhost_user.is_some() {
             "vhost".to_owned()
+        } else if p.packet.is_some() {
+            "packet".to_owned()
         } else if p.zero_copy {
             format!("{}/zc", p.xdp_mode)
         } else {
@@ -320,6 +326,12 @@ fn print_ports(ports: &[PortInfo]) {
                 v.to_guest,
                 v.malformed,
                 v.dropped
+            );
+        }
+        if let Some(k) = &p.packet {
+            println!(
+                "port {} AF_PACKET: merged {} super-packets of {} segments; malformed {}, truncated {}, kernel dropped {}, send errors {}",
+                p.id, k.gro_merged, k.gro_segments, k.rx_malformed, k.rx_truncated, k.rx_kernel_dropped, k.tx_errors
             );
         }
     }
