@@ -34,6 +34,9 @@ pub enum Contender {
     Xlane,
     /// xlane with busy-polling workers.
     XlaneBusyPoll,
+    /// xlane with pods attached `veth-offload` (AF_PACKET with a virtio-net header:
+    /// the pods keep TSO/GSO, TCP travels as super-packets).
+    XlaneOffload,
     /// flannel-style kernel VXLAN (vxlan device, cni0 bridge).
     KernelVxlan,
     /// Kernel routing without encapsulation (flannel's host-gw).
@@ -42,7 +45,13 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in report order.
-    pub const ALL: [Self; 4] = [Self::Xlane, Self::XlaneBusyPoll, Self::KernelVxlan, Self::HostGw];
+    pub const ALL: [Self; 5] = [Self::Xlane, Self::XlaneBusyPoll, Self::XlaneOffload, Self::KernelVxlan, Self::HostGw];
+
+    /// Whether this is xlane (in any mode).
+    #[must_use]
+    pub fn is_xlane(self) -> bool {
+        matches!(self, Self::Xlane | Self::XlaneBusyPoll | Self::XlaneOffload)
+    }
 
     /// Report name.
     #[must_use]
@@ -50,6 +59,7 @@ impl Contender {
         match self {
             Self::Xlane => "xlane",
             Self::XlaneBusyPoll => "xlane busy-poll",
+            Self::XlaneOffload => "xlane veth-offload",
             Self::KernelVxlan => "kernel VXLAN",
             Self::HostGw => "kernel host-gw",
         }
@@ -104,6 +114,10 @@ pub struct Results {
     pub tcp1_gbit: f64,
     /// iperf3, four streams, Gbit/s.
     pub tcp4_gbit: f64,
+    /// iperf3, one stream between two pods of the sending node, Gbit/s (absent in
+    /// reports from before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp1_local_gbit: Option<f64>,
     /// xlane only: frames per second node 0 sent out of its uplink (encapsulated) during
     /// the packet-rate run — one RX and one TX per frame, comparable with the MAC-swap
     /// forwarders of [`IoResult`].
@@ -161,6 +175,8 @@ pub struct Testbed {
     lab: Option<Lab>,
     receiver_ip: Ipv4Addr,
     sender_ip: Ipv4Addr,
+    /// A second pod on the sender's node, and its address.
+    local_ip: Ipv4Addr,
 }
 
 impl Testbed {
@@ -170,6 +186,10 @@ impl Testbed {
 
     fn receiver(&self) -> &Netns {
         self.cni_pods.get(1).map_or_else(|| &self.kernel_pods[1], |p| &p.ns)
+    }
+
+    fn local(&self) -> &Netns {
+        self.cni_pods.get(2).map_or_else(|| &self.kernel_pods[2], |p| &p.ns)
     }
 
     fn lab(&self) -> &Lab {
@@ -208,15 +228,19 @@ fn build(c: Contender) -> anyhow::Result<Testbed> {
     let prefix = match c {
         Contender::Xlane => "xbx",
         Contender::XlaneBusyPoll => "xbb",
+        Contender::XlaneOffload => "xbo",
         Contender::KernelVxlan => "xbv",
         Contender::HostGw => "xbh",
     };
     match c {
-        Contender::Xlane | Contender::XlaneBusyPoll => {
+        Contender::Xlane | Contender::XlaneBusyPoll | Contender::XlaneOffload => {
             let xlaned_args = if c == Contender::XlaneBusyPoll { vec!["--busy-poll".into()] } else { vec![] };
-            let cluster = Cluster::start(prefix, 2, &ClusterOptions { xlaned_args, ..ClusterOptions::default() })?;
-            let pods = vec![cluster.attach_pod(0, "snd")?, cluster.attach_pod(1, "rcv")?];
-            let (sender_ip, receiver_ip) = (pods[0].ip, pods[1].ip);
+            let attach = (c == Contender::XlaneOffload).then(|| "veth-offload".to_owned());
+            let cluster =
+                Cluster::start(prefix, 2, &ClusterOptions { xlaned_args, attach, ..ClusterOptions::default() })?;
+            let pods =
+                vec![cluster.attach_pod(0, "snd")?, cluster.attach_pod(1, "rcv")?, cluster.attach_pod(0, "loc")?];
+            let (sender_ip, receiver_ip, local_ip) = (pods[0].ip, pods[1].ip, pods[2].ip);
             Ok(Testbed {
                 cni_pods: pods,
                 kernel_pods: vec![],
@@ -224,14 +248,26 @@ fn build(c: Contender) -> anyhow::Result<Testbed> {
                 lab: None,
                 receiver_ip,
                 sender_ip,
+                local_ip,
             })
         }
         Contender::KernelVxlan | Contender::HostGw => {
             let lab = Lab::new(prefix, 2)?;
             let baseline = if c == Contender::KernelVxlan { kernel::Baseline::Vxlan } else { kernel::Baseline::HostGw };
-            let pods = kernel::two_pods(&lab, baseline)?.into();
+            let mut pods: Vec<Netns> = kernel::two_pods(&lab, baseline)?.into();
+            // The one-node baseline: a second pod on node 0's bridge (veth + bridge).
+            pods.push(kernel::bridge_pod(&lab.nodes[0], lab.nodes[0].subnet, 1, kernel::pod_mtu(baseline))?);
             let (sender_ip, receiver_ip) = (lab.nodes[0].subnet.pod(0), lab.nodes[1].subnet.pod(0));
-            Ok(Testbed { cni_pods: vec![], kernel_pods: pods, cluster: None, lab: Some(lab), receiver_ip, sender_ip })
+            let local_ip = lab.nodes[0].subnet.pod(1);
+            Ok(Testbed {
+                cni_pods: vec![],
+                kernel_pods: pods,
+                cluster: None,
+                lab: Some(lab),
+                receiver_ip,
+                sender_ip,
+                local_ip,
+            })
         }
     }
 }
@@ -259,6 +295,8 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
         let tcp1_gbit = iperf3(tb.sender(), tb.receiver(), tb.receiver_ip, 1, w.tcp_seconds)?;
         let tcp4_gbit = iperf3(tb.sender(), tb.receiver(), tb.receiver_ip, 4, w.tcp_seconds)?;
         eprintln!("      {tcp1_gbit:.2} / {tcp4_gbit:.2} Gbit/s");
+        let tcp1_local = iperf3(tb.sender(), tb.local(), tb.local_ip, 1, w.tcp_seconds)?;
+        eprintln!("      iperf3 between two pods of node 0: {tcp1_local:.2} Gbit/s");
         out.push(Results {
             contender: c,
             udp_pps,
@@ -267,6 +305,7 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
             latency,
             tcp1_gbit,
             tcp4_gbit,
+            tcp1_local_gbit: Some(tcp1_local),
             encap_pps: median.encap_pps,
             losses: Some(median.ledger),
         });

@@ -136,6 +136,15 @@ pub enum Baseline {
     HostGw,
 }
 
+/// The pods' MTU under `baseline` (VXLAN takes 50 bytes of the fabric's 1500).
+#[must_use]
+pub fn pod_mtu(baseline: Baseline) -> u16 {
+    match baseline {
+        Baseline::Vxlan => POD_MTU,
+        Baseline::HostGw => 1500,
+    }
+}
+
 /// The lab's first two nodes joined by `baseline`, with one pod on each node's `cni0`
 /// (pod 0 of its subnet), as the bench runs them. Returns the pods' namespaces.
 ///
@@ -143,10 +152,7 @@ pub enum Baseline {
 /// Namespace, netlink, `ip` or `bridge` failures.
 pub fn two_pods(lab: &Lab, baseline: Baseline) -> io::Result<[Netns; 2]> {
     let nodes = [&lab.nodes[0], &lab.nodes[1]];
-    let mtu = match baseline {
-        Baseline::Vxlan => POD_MTU,
-        Baseline::HostGw => 1500,
-    };
+    let mtu = pod_mtu(baseline);
     let mut macs = Vec::new();
     for n in nodes {
         if baseline == Baseline::Vxlan {

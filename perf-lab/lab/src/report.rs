@@ -88,6 +88,10 @@ impl Report {
             .iter()
             .filter(|r| matches!(r.contender, Contender::Xlane | Contender::XlaneBusyPoll))
             .max_by(|a, b| a.udp_pps.total_cmp(&b.udp_pps));
+        // TCP: the better xlane attachment (veth-offload is for bulk TCP).
+        let xlane = || self.results.iter().filter(|r| r.contender.is_xlane());
+        let best_tcp1 = xlane().map(|r| r.tcp1_gbit).reduce(f64::max);
+        let best_tcp1_local = xlane().filter_map(|r| r.tcp1_local_gbit).reduce(f64::max);
         let best_encap = self.results.iter().filter_map(|r| r.encap_pps).reduce(f64::max);
         let kv = self.get(Contender::KernelVxlan);
         let hg = self.get(Contender::HostGw);
@@ -128,11 +132,14 @@ impl Report {
                 ratio(x.map(|r| r.latency.p50_us), hg.map(|r| r.latency.p50_us)),
                 |v| v <= 1.0,
             ),
+            goal("TCP, one stream, vs kernel VXLAN", "≥ 0.5×", ratio(best_tcp1, kv.map(|r| r.tcp1_gbit)), |v| {
+                v >= 0.5
+            }),
             goal(
-                "TCP, one stream, vs kernel VXLAN",
-                "≥ 0.5×",
-                ratio(x.map(|r| r.tcp1_gbit), kv.map(|r| r.tcp1_gbit)),
-                |v| v >= 0.5,
+                "TCP, one stream, two pods of one node, vs kernel veth + bridge",
+                "≥ 1×",
+                ratio(best_tcp1_local, kv.and_then(|r| r.tcp1_local_gbit)),
+                |v| v >= 1.0,
             ),
             goal("CNI ADD p50 (ms)", "≤ 30 ms", cni_add_p50_ms, |v| v <= 30.0),
             goal(
@@ -177,13 +184,14 @@ impl Report {
         let _ = writeln!(m, "## Results\n");
         let _ = writeln!(
             m,
-            "| contender | 64 B kpps | offered kpps | delivered | RR p50 µs | RR p99 µs | RR p99.9 µs | TCP ×1 Gbit/s | TCP ×4 Gbit/s |"
+            "| contender | 64 B kpps | offered kpps | delivered | RR p50 µs | RR p99 µs | RR p99.9 µs | TCP ×1 Gbit/s | TCP ×4 Gbit/s | TCP ×1 one node Gbit/s |"
         );
-        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.results {
+            let local = r.tcp1_local_gbit.map_or_else(|| "—".to_owned(), |g| format!("{g:.2}"));
             let _ = writeln!(
                 m,
-                "| {} | {:.0} | {:.0} | {:.1}% | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                "| {} | {:.0} | {:.0} | {:.1}% | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {local} |",
                 r.contender.name(),
                 r.udp_pps / 1e3,
                 r.offered_pps / 1e3,
