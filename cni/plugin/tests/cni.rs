@@ -34,6 +34,24 @@ fn failed_with(o: &Outcome) -> u64 {
     o.code().unwrap()
 }
 
+/// Send `bytes` bytes over TCP from `from` to a listener on `dst` in `to` and check
+/// they arrived intact.
+fn tcp_intact(from: &Netns, to: &Netns, dst: std::net::Ipv4Addr, bytes: u32) {
+    let listener = to.enter(|| std::net::TcpListener::bind((dst, 5001))).unwrap().unwrap();
+    let receiver = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut c, _) = listener.accept().unwrap();
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap();
+        all
+    });
+    let data: Vec<u8> = (0..bytes).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[0]).collect();
+    let mut out = from.enter(|| std::net::TcpStream::connect((dst, 5001))).unwrap().unwrap();
+    std::io::Write::write_all(&mut out, &data).unwrap();
+    drop(out);
+    assert!(receiver.join().unwrap() == data, "{bytes} bytes arrived intact");
+}
+
 /// Nothing of any pod left on node `i`: no address, no veth, no dataplane port.
 fn assert_clean(s: &Cluster, i: usize) {
     assert_eq!(s.allocations(i).unwrap(), vec![], "no address left");
@@ -61,20 +79,7 @@ fn add_check_del_across_versions_and_nodes() {
     pods[0].ping(&ip_of(&b), 2).expect("pod to pod across nodes");
     pods[0].ping(&ip_of(&c), 2).expect("pod to pod on one node");
     // 20 MB over TCP across nodes, byte-exact.
-    let dst: std::net::Ipv4Addr = ip_of(&b).parse().unwrap();
-    let listener = pods[1].enter(|| std::net::TcpListener::bind((dst, 5001))).unwrap().unwrap();
-    let receiver = std::thread::spawn(move || {
-        use std::io::Read;
-        let (mut c, _) = listener.accept().unwrap();
-        let mut all = Vec::new();
-        c.read_to_end(&mut all).unwrap();
-        all
-    });
-    let data: Vec<u8> = (0..20_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
-    let mut out = pods[0].enter(|| std::net::TcpStream::connect((dst, 5001))).unwrap().unwrap();
-    std::io::Write::write_all(&mut out, &data).unwrap();
-    drop(out);
-    assert!(receiver.join().unwrap() == data, "20 MB arrived intact");
+    tcp_intact(&pods[0], &pods[1], ip_of(&b).parse().unwrap(), 20_000_000);
     let alloc = s.allocations(0).unwrap();
     let rec = alloc.iter().find(|a| a.container_id == "cid-a").expect("cid-a allocated");
     assert_eq!(rec.netns, ca.netns, "the agent records the pod's namespace");
@@ -440,20 +445,7 @@ fn veth_offload_pods_keep_their_offloads() {
     pods[0].ping(&ips[1], 2).expect("across nodes");
     pods[0].ping(&ips[2], 2).expect("on one node");
     // 8 MB across nodes, byte-exact (the xlaned tests move a GiB; this is the CNI path).
-    let dst: std::net::Ipv4Addr = ips[1].parse().unwrap();
-    let listener = pods[1].enter(|| std::net::TcpListener::bind((dst, 5001))).unwrap().unwrap();
-    let receiver = std::thread::spawn(move || {
-        use std::io::Read;
-        let (mut c, _) = listener.accept().unwrap();
-        let mut all = Vec::new();
-        c.read_to_end(&mut all).unwrap();
-        all
-    });
-    let data: Vec<u8> = (0..8_000_000u32).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[0]).collect();
-    let mut out = pods[0].enter(|| std::net::TcpStream::connect((dst, 5001))).unwrap().unwrap();
-    std::io::Write::write_all(&mut out, &data).unwrap();
-    drop(out);
-    assert!(receiver.join().unwrap() == data, "8 MB arrived intact");
+    tcp_intact(&pods[0], &pods[1], ips[1].parse().unwrap(), 8_000_000);
     // Only a pod with checksum and segmentation offload on sends super-packets.
     let counters = s.counters(0).unwrap();
     assert!(counters.pipeline["gso_packets"] > 0, "the pod sent super-packets: {:?}", counters.pipeline);

@@ -61,6 +61,30 @@ fn open(ns: &Netns, ifindex: u32, group: u16) -> (Port32, Arc<PacketStats>) {
     (port, stats)
 }
 
+/// The usual rig: the lab with the host stack blocked on `h0`, the port under test on
+/// `h0` and a pod-side port on `p0` (the pod's raw socket), each with its own memory.
+struct Pair {
+    lab: Lab,
+    _block: HostStackBlock,
+    port: Port32,
+    stats: Arc<PacketStats>,
+    pod: Port32,
+    mem: MemFrames,
+    pod_mem: MemFrames,
+}
+
+/// [`Pair`] for `test`, or `None` without privileges (outside CI).
+fn pair(test: &str) -> Option<Pair> {
+    if !xlane_netlab::privileged(test) {
+        return None;
+    }
+    let lab = lab();
+    let _block = lab.host.enter(|| HostStackBlock::attach(lab.h0)).unwrap().unwrap();
+    let (port, stats) = open(&lab.host, lab.h0, 1);
+    let (pod, _) = open(&lab.pod, lab.p0, 1);
+    Some(Pair { lab, _block, port, stats, pod, mem: MemFrames::default(), pod_mem: MemFrames::default() })
+}
+
 /// `Ip: InReceives` of the namespace the calling thread is in.
 fn ip_in_receives() -> u64 {
     let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
@@ -222,14 +246,11 @@ fn pod_super_packets_arrive_whole_and_the_host_stack_sees_nothing() {
 
 #[test]
 fn a_super_packet_sent_whole_reaches_the_pods_tcp_stack() {
-    if !xlane_netlab::privileged("a_super_packet_sent_whole_reaches_the_pods_tcp_stack") {
+    let Some(Pair { lab: _lab, _block, mut port, stats, pod: mut capture, mut mem, mut pod_mem }) =
+        pair("a_super_packet_sent_whole_reaches_the_pods_tcp_stack")
+    else {
         return;
-    }
-    let lab = lab();
-    let _block = lab.host.enter(|| HostStackBlock::attach(lab.h0)).unwrap().unwrap();
-    let (mut port, stats) = open(&lab.host, lab.h0, 1);
-    let (mut capture, _) = open(&lab.pod, lab.p0, 1);
-    let (mut mem, mut pod_mem) = (MemFrames::default(), MemFrames::default());
+    };
 
     // PSH without ACK to a closed port: the pod's reset acknowledges seq + every byte.
     let (f, meta) = super_packet(0x08);
@@ -266,14 +287,11 @@ fn in_buffers(mem: &mut MemFrames, frames: &[Vec<u8>]) -> Vec<Packet<u32>> {
 
 #[test]
 fn a_burst_of_segments_is_coalesced_and_singles_pass_unchanged() {
-    if !xlane_netlab::privileged("a_burst_of_segments_is_coalesced_and_singles_pass_unchanged") {
+    let Some(Pair { lab: _lab, _block, mut port, stats, pod: mut capture, mut mem, mut pod_mem }) =
+        pair("a_burst_of_segments_is_coalesced_and_singles_pass_unchanged")
+    else {
         return;
-    }
-    let lab = lab();
-    let _block = lab.host.enter(|| HostStackBlock::attach(lab.h0)).unwrap().unwrap();
-    let (mut port, stats) = open(&lab.host, lab.h0, 1);
-    let (mut capture, _) = open(&lab.pod, lab.p0, 1);
-    let (mut mem, mut pod_mem) = (MemFrames::default(), MemFrames::default());
+    };
     mem.preallocate(256);
     let baseline = mem.free();
 
@@ -329,14 +347,11 @@ fn a_burst_of_segments_is_coalesced_and_singles_pass_unchanged() {
 
 #[test]
 fn refused_frames_are_counted_and_buffers_come_back() {
-    if !xlane_netlab::privileged("refused_frames_are_counted_and_buffers_come_back") {
+    let Some(Pair { lab: _lab, _block, mut port, stats, mut pod, mut mem, mut pod_mem }) =
+        pair("refused_frames_are_counted_and_buffers_come_back")
+    else {
         return;
-    }
-    let lab = lab();
-    let _block = lab.host.enter(|| HostStackBlock::attach(lab.h0)).unwrap().unwrap();
-    let (mut port, stats) = open(&lab.host, lab.h0, 1);
-    let (mut pod, _) = open(&lab.pod, lab.p0, 1);
-    let (mut mem, mut pod_mem) = (MemFrames::default(), MemFrames::default());
+    };
     mem.preallocate(256);
     let baseline = mem.free();
 

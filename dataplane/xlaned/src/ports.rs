@@ -10,7 +10,7 @@
 //! first, then the workers close it; its id is not reused until they have. The uplink
 //! and host port are opened at start-up and wait for the workers.
 
-use crate::host::{Hold, Host, OpenSpec, PacketSpec};
+use crate::host::{Hold, Host, OpenJob, OpenSpec, PacketSpec};
 use crate::state::{Failure, State, Ticket, failed, invalid};
 use crossbeam_channel::Sender;
 use std::net::Ipv4Addr;
@@ -259,19 +259,30 @@ impl<H: Host> State<H> {
             };
             counters.push(Arc::clone(&spec.counters));
             kernel.push(Arc::clone(&spec.kernel));
-            let job = self.host.opener(spec);
-            self.on_worker(
-                i,
-                events,
-                notify,
-                move |d| WorkerEvent::Opened { id, result: job(d) },
-                move || WorkerEvent::Opened { id, result: Err(format!("worker {i} has exited")) },
-            );
+            self.open_on_worker(i, id, events, notify, self.host.opener(spec));
         }
         let queues = queues.len();
         let kind =
             PortKind::Xdp { attach, queues: u32::try_from(queues).unwrap_or(u32::MAX), zero_copy: false, kernel };
         Ok(Opening { kind, counters, queues })
+    }
+
+    /// Run an open `job` for port `id` on worker `i`, answering `Opened` on `events`.
+    fn open_on_worker(
+        &self,
+        i: usize,
+        id: PortId,
+        events: &Sender<WorkerEvent>,
+        notify: bool,
+        job: OpenJob<H::Mem, H::Port>,
+    ) {
+        self.on_worker(
+            i,
+            events,
+            notify,
+            move |d| WorkerEvent::Opened { id, result: job(d) },
+            move || WorkerEvent::Opened { id, result: Err(format!("worker {i} has exited")) },
+        );
     }
 
     /// Run `job` on worker `i`; its event goes to `events` (and wakes the control loop
@@ -423,14 +434,7 @@ impl<H: Host> State<H> {
             };
             counters.push(Arc::clone(&spec.counters));
             stats.push(Arc::clone(&spec.stats));
-            let job = self.host.packet_opener(spec);
-            self.on_worker(
-                i,
-                events,
-                true,
-                move |d| WorkerEvent::Opened { id, result: job(d) },
-                move || WorkerEvent::Opened { id, result: Err(format!("worker {i} has exited")) },
-            );
+            self.open_on_worker(i, id, events, true, self.host.packet_opener(spec));
         }
         let queues = counters.len();
         Ok(Opening { kind: PortKind::Packet { _block: block, stats }, counters, queues })
