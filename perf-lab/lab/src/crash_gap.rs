@@ -11,10 +11,12 @@
 //!
 //! Measured per round: probes lost; the blackout (the last reply before the signal to
 //! the first reply after it); and where the time went, in ms after the signal: the old
-//! process reaped, the new one started, its control socket bound, the agent noticing,
-//! the VTEP set (the uplink's XDP program and AF_XDP socket), the pod's endpoint
-//! attached again, the agent's replay finished, the first probe answered. The daemons'
-//! steps come from the timestamps of their logs (same clock).
+//! process reaped, the new one started, its first log line (workers and UMEMs up), its
+//! control socket bound, the agent noticing, the VTEP set (the uplink's and host port's
+//! XDP programs and AF_XDP sockets), the last endpoint attached again, the agent's replay
+//! finished, the first probe answered. The daemons' steps come from the timestamps of
+//! their logs (same clock). `--pods N` puts N pods on node 0 (the probe uses the first):
+//! what a crash costs grows with the ports xlaned must close and the agent re-attach.
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -88,6 +90,9 @@ pub struct Timeline {
     pub old_gone: Option<f64>,
     /// The new xlaned started (after the restart delay).
     pub new_started: Option<f64>,
+    /// Its first log line: today "metrics on /metrics", logged once its workers run and
+    /// have registered their UMEMs.
+    pub first_log: Option<f64>,
     /// Its control socket bound (its "xlaned running" line).
     pub socket_bound: Option<f64>,
     /// The agent saw its connection close ("xlaned connection lost").
@@ -108,10 +113,11 @@ pub struct Timeline {
 
 impl Timeline {
     /// The columns of the summary, with their titles.
-    fn columns(&self) -> [(&'static str, Option<f64>); 9] {
+    fn columns(&self) -> [(&'static str, Option<f64>); 10] {
         [
             ("gone", self.old_gone),
             ("started", self.new_started),
+            ("1st log", self.first_log),
             ("socket", self.socket_bound),
             ("noticed", self.agent_noticed),
             ("VTEP", self.vtep_set),
@@ -339,6 +345,7 @@ fn one_round(cluster: &mut Cluster, pods: &[CniPod], mode: Stop, round: u32, opt
         timeline: Timeline {
             old_gone: Some(old_gone),
             new_started: Some(new_started),
+            first_log: after(&xlaned_log, "", sig_wall).next().map(|(t, _)| t),
             socket_bound: after(&xlaned_log, "xlaned running", sig_wall).next().map(|(t, _)| t),
             agent_noticed: after(&agent_log, "xlaned connection lost", sig_wall).next().map(|(t, _)| t),
             vtep_set: after(&xlaned_log, "VTEP set", sig_wall).next().map(|(t, _)| t),
@@ -553,7 +560,7 @@ fn print_summary(r: &Report, opts: &Options) {
         opts.restart_delay.as_millis()
     );
     println!(
-        "probe: UDP echo from node 0's pod to node 1's every {} ms ({} pods on node 0); load average before {} / \
+        "probe: UDP echo from node 0's pod to node 1's every {} ms, pods on node 0: {}; load average before {} / \
          after {}",
         opts.interval.as_secs_f64() * 1e3,
         opts.pods.max(1),
