@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cni_latency;
 pub mod control_plane;
+pub mod crash_gap;
 pub mod demo;
 pub mod forward;
 pub mod interop;

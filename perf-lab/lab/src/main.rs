@@ -4,6 +4,8 @@
 //!
 //! `cni-latency`: CNI ADD/DEL latency through xlane beside bridge + host-local.
 //!
+//! `crash-gap`: see [`crash_gap`].
+//!
 //! `control-plane`: the time from a lease appearing in the datastore to its route being
 //! in xlaned's FIB, for N simulated remote nodes, and the agent's memory at N nodes. One
 //! lab node (namespace, uplink on a fabric bridge, default route via the fabric) runs
@@ -11,7 +13,7 @@
 //! would) at a steady rate and polls xlaned's routes to see when each lands.
 #![forbid(unsafe_code)]
 
-use xlane_lab::{Store, bench, cni_latency, control_plane, demo, interop, report, vhost_bench};
+use xlane_lab::{Store, bench, cni_latency, control_plane, crash_gap, demo, interop, report, vhost_bench};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -124,6 +126,32 @@ enum Cmd {
     /// vhost-user egress: xlane-vhost's guest-bound path and DPDK's net_vhost (txonly)
     /// into testpmd's virtio-user (rxonly), same frontend, same run.
     VhostEgress(VhostArgs),
+    /// The forwarding gap when xlaned crashes (SIGKILL) or stops (SIGTERM) and is started
+    /// again at once while the agent runs: probes lost, blackout, where the time goes.
+    CrashGap {
+        /// Rounds per stop mode.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Pods on node 0, all replayed by the agent (the probe runs from the first).
+        #[arg(long, default_value_t = 1)]
+        pods: u8,
+        /// Stop modes (default: kill, then term).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        stop: Vec<crash_gap::Stop>,
+        /// Milliseconds between probes.
+        #[arg(long, default_value_t = 2.0)]
+        interval_ms: f64,
+        /// Seconds of clean probes before the signal.
+        #[arg(long, default_value_t = 2.0)]
+        warmup_s: f64,
+        /// Milliseconds between the old xlaned reaped and the new one started (a
+        /// supervisor's delay: systemd's RestartSec; 0 = at once).
+        #[arg(long, default_value_t = 0)]
+        restart_delay_ms: u64,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// CNI ADD/DEL latency (p50/p99) through xlane beside Debian's bridge + host-local.
     CniLatency {
         /// Pods per contender.
@@ -202,6 +230,18 @@ fn main() {
         Cmd::ControlPlane { nodes, rate, store, json } => control_plane::run(nodes, rate, store, json.as_deref()),
         Cmd::VhostIngest(a) => vhost(vhost_bench::Direction::Ingest, a, &stop),
         Cmd::VhostEgress(a) => vhost(vhost_bench::Direction::Egress, a, &stop),
+        Cmd::CrashGap { rounds, pods, stop: modes, interval_ms, warmup_s, restart_delay_ms, json } => {
+            let opts = crash_gap::Options {
+                rounds,
+                pods,
+                modes: if modes.is_empty() { vec![crash_gap::Stop::Kill, crash_gap::Stop::Term] } else { modes },
+                interval: std::time::Duration::from_secs_f64(interval_ms.max(0.1) / 1e3),
+                warmup: std::time::Duration::from_secs_f64(warmup_s.max(0.1)),
+                restart_delay: std::time::Duration::from_millis(restart_delay_ms),
+                json,
+            };
+            crash_gap::run(&opts, &stop).map(drop)
+        }
         Cmd::CniLatency { pods, json } => cni_latency::run(pods).and_then(|v| match json {
             Some(p) => std::fs::write(p, serde_json::to_vec_pretty(&v)?).map_err(Into::into),
             None => Ok(()),
