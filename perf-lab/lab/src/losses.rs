@@ -161,6 +161,22 @@ impl Ledger {
                     format!("xlane TX descriptors refused by the kernel {at}"),
                     d(|p| p.tx_invalid_descs),
                 );
+                // A pod read through AF_PACKET: the socket's own counters.
+                lose(
+                    Stage::XlaneRings,
+                    format!("xlane AF_PACKET receive buffer full {at}"),
+                    d(|p| p.packet.map_or(0, |k| k.rx_kernel_dropped)),
+                );
+                lose(
+                    Stage::XlaneRings,
+                    format!("xlane AF_PACKET sends refused {at}"),
+                    d(|p| p.packet.map_or(0, |k| k.tx_errors)),
+                );
+                lose(
+                    Stage::XlaneRings,
+                    format!("xlane AF_PACKET frames malformed or truncated {at}"),
+                    d(|p| p.packet.map_or(0, |k| k.rx_malformed + k.rx_truncated)),
+                );
             }
             for (reason, n) in &node.drops {
                 let was = earlier.and_then(|c| c.drops.get(reason)).copied().unwrap_or(0);
@@ -194,7 +210,8 @@ impl Ledger {
 /// counts as [`Stage::XlaneRings`].
 #[must_use]
 pub fn ring_drops(p: &PortInfo) -> u64 {
-    p.rx_ring_full + p.rx_dropped + p.tx_ring_full + p.tx_invalid_descs
+    let packet = p.packet.map_or(0, |k| k.rx_kernel_dropped + k.tx_errors + k.rx_malformed + k.rx_truncated);
+    p.rx_ring_full + p.rx_dropped + p.tx_ring_full + p.tx_invalid_descs + packet
 }
 
 /// An interface's counters that the accounting reads.
@@ -408,6 +425,28 @@ mod tests {
         };
         s.xlane[1].ports[0].rx_ring_full = 100;
         s
+    }
+
+    #[test]
+    fn an_af_packet_pods_socket_counts_its_own_losses() {
+        let mut before = at_rest();
+        before.xlane[1].ports[1].packet = Some(xlane_api::PacketInfo { rx_kernel_dropped: 3, ..Default::default() });
+        let mut after = before.clone();
+        after.xlane[1].ports[1].packet =
+            Some(xlane_api::PacketInfo { rx_kernel_dropped: 903, tx_errors: 2, rx_malformed: 1, ..Default::default() });
+        let l = Ledger::from_snapshots(1_000, 97, 0, &before, &after);
+        let got: Vec<(&str, u64)> = l.losses.iter().map(|x| (x.place.as_str(), x.frames)).collect();
+        assert_eq!(
+            got,
+            [
+                ("xlane AF_PACKET receive buffer full on node 1 xl1b (pod)", 900),
+                ("xlane AF_PACKET sends refused on node 1 xl1b (pod)", 2),
+                ("xlane AF_PACKET frames malformed or truncated on node 1 xl1b (pod)", 1),
+            ]
+        );
+        assert_eq!(l.unaccounted(), 0);
+        let rings = |s: &Snapshot| s.xlane.iter().flat_map(|c| &c.ports).map(ring_drops).sum::<u64>();
+        assert_eq!(rings(&after) - rings(&before), 903);
     }
 
     #[test]
