@@ -58,6 +58,19 @@ impl Default for UmemSettings {
     }
 }
 
+/// Where the kernel puts a received frame in its UMEM frame (copy mode and the
+/// drivers alike leave `XDP_PACKET_HEADROOM`): the room xlane pushes outer headers into.
+pub const XDP_PACKET_HEADROOM: u32 = 256;
+
+impl UmemSettings {
+    /// The largest Ethernet frame one UMEM frame receives (xlane does not take
+    /// multi-buffer frames, `XDP_USE_SG`, yet): a larger one is dropped by the kernel.
+    #[must_use]
+    pub fn max_frame(&self) -> u32 {
+        self.frame_size - XDP_PACKET_HEADROOM
+    }
+}
+
 /// A failure to set up AF_XDP.
 #[derive(Debug, thiserror::Error)]
 pub enum XskError {

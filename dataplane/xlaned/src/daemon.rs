@@ -60,6 +60,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         pod_fill: 256,
         busy_poll: cfg.busy_poll,
         runtime_dir: cfg.socket.parent().map_or_else(|| "/run/xlane".into(), std::path::Path::to_path_buf),
+        max_frame: umem.max_frame(),
     };
     let host = host::System::new(xdp, bind)?;
     let mut st = state::State::new(control, host, fib, workers, metric_ports, Arc::new(|| {}))?;

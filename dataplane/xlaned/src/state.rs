@@ -49,6 +49,9 @@ pub struct ControlConfig {
     pub busy_poll: bool,
     /// Where capture sockets are made (beside the control socket).
     pub runtime_dir: std::path::PathBuf,
+    /// The largest Ethernet frame a port's memory takes (a UMEM frame less the
+    /// kernel's headroom): the uplink's MTU must fit it.
+    pub max_frame: u32,
 }
 
 /// The workers of a node on host `H`.
@@ -147,6 +150,21 @@ impl<H: Host> State<H> {
         notify: Notify,
     ) -> anyhow::Result<Self> {
         let uplink = host.link(&cfg.uplink).map_err(|e| anyhow::anyhow!("uplink {}: {e}", cfg.uplink))?;
+        // A frame larger than a buffer would be dropped by the kernel, silently for the
+        // user: refuse to start instead, with the remedy.
+        let frame = uplink.mtu + 14;
+        if frame > cfg.max_frame {
+            let max_mtu = cfg.max_frame - 14;
+            anyhow::bail!(
+                "uplink {} has MTU {}: its frames ({frame} bytes) do not fit xlane's AF_XDP buffers ({} bytes \
+                 after the kernel's headroom; jumbo frames need multi-buffer AF_XDP, which xlane does not do yet). \
+                 Set the uplink's MTU to at most {max_mtu} (`ip link set {} mtu {max_mtu}`); pods get that less 50.",
+                cfg.uplink,
+                uplink.mtu,
+                cfg.max_frame,
+                cfg.uplink
+            );
+        }
         Ok(Self {
             cfg,
             fib,

@@ -52,16 +52,7 @@ impl Rig {
         let rig_no = RIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let runtime_dir = std::env::temp_dir().join(format!("xlaned-rig-{}-{rig_no}", std::process::id()));
         std::fs::create_dir_all(&runtime_dir).unwrap();
-        let cfg = ControlConfig {
-            uplink: "up0".into(),
-            uplink_queues: Vec::new(),
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-            host_port: None,
-            uplink_fill: 64,
-            pod_fill: 64,
-            busy_poll: false,
-            runtime_dir: runtime_dir.clone(),
-        };
+        let cfg = control_config(&runtime_dir);
         let metrics = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
         let notify = Arc::new(move || {
             let _ = wake_tx.send(());
@@ -131,6 +122,21 @@ impl Drop for Rig {
             let _ = j.join();
         }
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
+    }
+}
+
+/// The control settings of a rig on uplink `up0` (the in-memory buffers' geometry).
+fn control_config(runtime_dir: &std::path::Path) -> ControlConfig {
+    ControlConfig {
+        uplink: "up0".into(),
+        uplink_queues: Vec::new(),
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        host_port: None,
+        uplink_fill: 64,
+        pod_fill: 64,
+        busy_poll: false,
+        runtime_dir: runtime_dir.to_owned(),
+        max_frame: u32::try_from(xlane_engine::mem::FRAME_SIZE - xlane_engine::mem::HEADROOM).unwrap(),
     }
 }
 
@@ -514,4 +520,27 @@ fn an_af_packet_pod_blocks_the_host_stack_while_attached_and_talks_to_an_af_xdp_
     rig.settle();
     assert!(!rig.host.0.lock().unwrap().blocked.contains("veth2"), "block lifted");
     assert!(!rig.host.is_open("veth2", 0) && !rig.host.is_open("veth2", 1));
+}
+
+/// An uplink whose frames do not fit a buffer (MTU 9000 here) would have every large
+/// frame dropped by the kernel: xlaned refuses to start and says what to do.
+#[test]
+fn an_uplink_mtu_beyond_a_buffer_is_refused_at_start_with_the_remedy() {
+    let host = FakeHost::default();
+    host.add_link("up0", 1, 1);
+    host.0.lock().unwrap().links.get_mut("up0").unwrap().0.mtu = 9000;
+    let cfg = control_config(&std::env::temp_dir());
+    let metrics = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
+    let Err(e) = State::new(cfg, host.clone(), FibHandle::new(), Vec::new(), metrics, Arc::new(|| {})) else {
+        panic!("started with an uplink MTU of 9000")
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("MTU 9000") && msg.contains("at most 1778") && msg.contains("ip link set up0 mtu 1778"),
+        "{msg}"
+    );
+    host.0.lock().unwrap().links.get_mut("up0").unwrap().0.mtu = 1778;
+    let cfg = control_config(&std::env::temp_dir());
+    let metrics = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
+    assert!(State::new(cfg, host, FibHandle::new(), Vec::new(), metrics, Arc::new(|| {})).is_ok());
 }

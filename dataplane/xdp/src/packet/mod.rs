@@ -33,7 +33,7 @@ use xlane_fib::PortId;
 
 /// Where a received frame starts in its buffer (the room AF_XDP leaves,
 /// `XDP_PACKET_HEADROOM`), so the pipeline can push outer headers in place.
-pub const RX_HEADROOM: usize = 256;
+pub const RX_HEADROOM: usize = crate::xsk::XDP_PACKET_HEADROOM as usize;
 
 const _: () = assert!(RX_IOVS == 3);
 
