@@ -381,20 +381,7 @@ fn request_response(
     requests: u32,
     stop: &AtomicBool,
 ) -> anyhow::Result<Latency> {
-    let srv = server.enter(|| UdpSocket::bind(SocketAddrV4::new(server_ip, 5400)))??;
-    srv.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let done = std::sync::Arc::new(AtomicBool::new(false));
-    let echo = {
-        let done = std::sync::Arc::clone(&done);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while !done.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = srv.recv_from(&mut buf) {
-                    let _ = srv.send_to(&buf[..n], from);
-                }
-            }
-        })
-    };
+    let echo = traffic::UdpEcho::start(server, server_ip, 5400, Duration::from_millis(200))?;
     let cli = client.enter(|| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))??;
     cli.connect(SocketAddrV4::new(server_ip, 5400))?;
     cli.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -415,8 +402,7 @@ fn request_response(
             h.record(u64::try_from(t.elapsed().as_nanos() / 1000)?.max(1))?;
         }
     }
-    done.store(true, Ordering::Relaxed);
-    echo.join().map_err(|_| anyhow::anyhow!("echo server panicked"))?;
+    drop(echo);
     anyhow::ensure!(h.len() > u64::from(requests) / 2, "only {} of {requests} round trips completed", h.len());
     let q = |p| h.value_at_quantile(p) as f64;
     Ok(Latency { p50_us: q(0.5), p99_us: q(0.99), p999_us: q(0.999) })

@@ -18,6 +18,7 @@
 //! their logs (same clock). `--pods N` puts N pods on node 0 (the probe uses the first):
 //! what a crash costs grows with the ports xlaned must close and the agent re-attach.
 
+use crate::traffic::UdpEcho;
 use anyhow::Context as _;
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -381,7 +382,7 @@ struct Probe {
     answered_top: Arc<AtomicU64>,
     sender: JoinHandle<Vec<Instant>>,
     receiver: JoinHandle<Replies>,
-    echo: JoinHandle<()>,
+    echo: UdpEcho,
 }
 
 /// Replies by sequence number, as they came (duplicates too).
@@ -393,19 +394,7 @@ const MAGIC: u64 = 0x7861_6e65_6761_7021;
 impl Probe {
     fn start(from: &Netns, to: &Netns, to_ip: Ipv4Addr, interval: Duration, bound: Duration) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let echo_sock = to.enter(|| UdpSocket::bind(SocketAddrV4::new(to_ip, ECHO_PORT)))??;
-        echo_sock.set_read_timeout(Some(Duration::from_millis(50)))?;
-        let echo = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, peer)) = echo_sock.recv_from(&mut buf) {
-                        let _ = echo_sock.send_to(&buf[..n], peer);
-                    }
-                }
-            })
-        };
+        let echo = UdpEcho::start(to, to_ip, ECHO_PORT, Duration::from_millis(50))?;
         let sock = from.enter(|| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))??;
         sock.connect(SocketAddrV4::new(to_ip, ECHO_PORT))?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -471,7 +460,7 @@ impl Probe {
         self.stop.store(true, Ordering::Relaxed);
         let sends = self.sender.join().map_err(|_| anyhow::anyhow!("probe sender panicked"))?;
         let replies = self.receiver.join().map_err(|_| anyhow::anyhow!("probe receiver panicked"))?;
-        self.echo.join().map_err(|_| anyhow::anyhow!("probe echo panicked"))?;
+        drop(self.echo);
         Ok((sends, replies))
     }
 }

@@ -267,3 +267,44 @@ pub fn udp_flood(dev: &str, template: &[u8], frames: u64, max: Duration) -> anyh
     // What the kernel never took was never sent.
     Ok(Flood { sent: sent - u64::from(port.tx_pending()), seconds: t0.elapsed().as_secs_f64() })
 }
+
+/// A UDP echo server on `ip:port` in a namespace, answering every datagram to its
+/// sender until dropped (stopped within `poll` of the drop).
+#[derive(Debug)]
+pub struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    /// Bind in `ns` and start answering.
+    ///
+    /// # Errors
+    /// Entering the namespace or binding the socket.
+    pub fn start(ns: &Netns, ip: Ipv4Addr, port: u16, poll: Duration) -> anyhow::Result<Self> {
+        let sock = ns.enter(|| UdpSocket::bind(SocketAddrV4::new(ip, port)))??;
+        sock.set_read_timeout(Some(poll))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new().name("udp-echo".into()).spawn(move || {
+                let mut buf = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                        let _ = sock.send_to(&buf[..n], peer);
+                    }
+                }
+            })?
+        };
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
