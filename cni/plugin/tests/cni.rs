@@ -312,15 +312,26 @@ fn parallel_calls_for_different_containers() {
     assert_clean(&s, 0);
 }
 
-/// 200 ADD/DEL cycles over 12 pods in a random interleaving, the agent restarted in the
-/// middle: every ADD works, and at the end nothing leaked.
+/// 200 ADD/DEL cycles over 12 pods in a random interleaving, half of them attached
+/// `veth-offload` (AF_PACKET) and half `veth-xdp`, the agent restarted in the middle
+/// (replaying both kinds): every ADD works, and at the end nothing leaked.
 #[test]
 fn two_hundred_cycles_with_an_agent_restart() {
     if !privileged("two_hundred_cycles_with_an_agent_restart") {
         return;
     }
     let mut s = Cluster::start("xc-cyc", 1, &ClusterOptions::default()).unwrap();
-    let conf = conf("1.0.0", &s.nodes[0].agent_socket);
+    let xdp = {
+        let mut c = conf("1.0.0", &s.nodes[0].agent_socket);
+        c["attach"] = "veth-xdp".into();
+        c
+    };
+    let offload = {
+        let mut c = xdp.clone();
+        c["attach"] = "veth-offload".into();
+        c
+    };
+    let conf = |k: usize| if k.is_multiple_of(2) { &offload } else { &xdp };
     let pods: Vec<Netns> = (0..12).map(|i| Netns::new(&format!("xc-cy{i}")).unwrap()).collect();
     let containers: Vec<Container> =
         pods.iter().enumerate().map(|(i, p)| Container::in_netns(&format!("cyc{i}"), p)).collect();
@@ -338,11 +349,11 @@ fn two_hundred_cycles_with_an_agent_restart() {
             restarted = true;
         }
         if let Some(ip) = attached.remove(&k) {
-            let o = cni(&s, 0, "DEL", &containers[k], &conf);
+            let o = cni(&s, 0, "DEL", &containers[k], conf(k));
             assert!(o.success, "DEL {k}: {}", o.output);
             assert!(!s.allocations(0).unwrap().iter().any(|a| a.ip.to_string() == ip));
         } else if adds < 200 {
-            let r = cni(&s, 0, "ADD", &containers[k], &conf).result().unwrap_or_else(|e| panic!("ADD {k}: {e}"));
+            let r = cni(&s, 0, "ADD", &containers[k], conf(k)).result().unwrap_or_else(|e| panic!("ADD {k}: {e}"));
             let ip = ip_of(&r);
             assert!(!attached.values().any(|v| *v == ip), "{ip} handed out twice");
             attached.insert(k, ip);

@@ -1,6 +1,7 @@
 //! podman (Debian's, CNI network backend) attaching containers through xlane on two lab
-//! nodes: containers on different nodes ping each other and move data over TCP, and
-//! `podman rm` gives everything back. The settings this machine needs are in PLATFORM.md.
+//! nodes — node 0's through the default attachment, node 1's `veth-offload` (its pods
+//! keep their offloads): containers on different nodes ping each other and move data
+//! over TCP, and `podman rm` gives everything back. The settings this machine needs are in PLATFORM.md.
 
 use std::path::{Path, PathBuf};
 use xlane_netlab::cluster::{Cluster, ClusterOptions};
@@ -16,18 +17,19 @@ struct NodePodman {
 }
 
 impl NodePodman {
-    fn new(cluster: &Cluster, i: usize) -> Self {
+    fn new(cluster: &Cluster, i: usize, attach: Option<&str>) -> Self {
         let dir = cluster.dir.join(format!("podman{i}"));
         let net_d = dir.join("net.d");
         std::fs::create_dir_all(&net_d).unwrap();
         let ours = Path::new(env!("CARGO_BIN_EXE_xlane")).parent().unwrap();
+        let mut xlane = serde_json::json!({"type": "xlane", "agentSocket": cluster.nodes[i].agent_socket});
+        if let Some(a) = attach {
+            xlane["attach"] = a.into();
+        }
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "xlane",
-            "plugins": [
-                {"type": "xlane", "agentSocket": cluster.nodes[i].agent_socket},
-                {"type": "tuning", "sysctl": {"net.ipv4.ping_group_range": "0 2147483647"}}
-            ]
+            "plugins": [xlane, {"type": "tuning", "sysctl": {"net.ipv4.ping_group_range": "0 2147483647"}}]
         });
         std::fs::write(net_d.join("10-xlane.conflist"), conflist.to_string()).unwrap();
         let cni = Cni { plugin_dirs: &[ours, Path::new("/usr/lib/cni")], config_dir: &net_d };
@@ -61,7 +63,7 @@ fn podman_containers_on_two_nodes() {
         return;
     }
     let s = Cluster::start("xc-pm", 2, &ClusterOptions::default()).unwrap();
-    let (p0, p1) = (NodePodman::new(&s, 0), NodePodman::new(&s, 1));
+    let (p0, p1) = (NodePodman::new(&s, 0, None), NodePodman::new(&s, 1, Some("veth-offload")));
     // An HTTP server with a 6.9 MB file (busybox nc ends a transfer early when its stdin
     // closes; wget reads exactly the content length).
     let server = "mkdir -p /www && seq 1 1000000 > /www/data && httpd -f -p 80 -h /www";
@@ -72,6 +74,8 @@ fn podman_containers_on_two_nodes() {
     let alloc = s.allocations(1).unwrap();
     assert_eq!(alloc.len(), 1, "{alloc:?}");
     assert_eq!(alloc[0].ip.to_string(), ip);
+    let ports = s.endpoints(1).unwrap();
+    assert!(ports.len() == 1 && ports[0].packet.is_some(), "node 1's pod read through AF_PACKET: {ports:?}");
     // From a container on node 0: ping, then the download, checked end to end.
     let r0 = p0.rootfs();
     let client = format!("ping -c 3 -W 2 {ip} && wget -q -O - http://{ip}/data | md5sum && seq 1 1000000 | md5sum");

@@ -262,6 +262,9 @@ pub struct PacketInfo {
     pub rx_truncated: u64,
     /// Frames the kernel dropped before the socket (its receive buffer full).
     pub rx_kernel_dropped: u64,
+    /// Frames discarded for want of a free buffer in the worker's memory.
+    #[serde(default)]
+    pub rx_no_buffer: u64,
     /// Sends the kernel refused (each a frame or super-packet dropped).
     pub tx_errors: u64,
     /// Super-packets made by coalescing (GRO) before writing to the pod.

@@ -421,3 +421,51 @@ fn fanout_spreads_flows_over_a_workers_sockets() {
     }
     Port::<MemFrames>::close(pod, &mut pod_mem);
 }
+
+/// A worker's memory run dry: no buffer to give.
+struct Dry(MemFrames);
+
+impl FrameMemory for Dry {
+    type Buf = u32;
+
+    fn buffer_size(&self) -> usize {
+        self.0.buffer_size()
+    }
+
+    fn alloc(&mut self) -> Option<u32> {
+        None
+    }
+
+    fn release(&mut self, buf: u32) {
+        self.0.release(buf);
+    }
+
+    fn with_buffers<R>(&mut self, bufs: &[u32], f: impl FnOnce(&mut [&mut [u8]]) -> R) -> R {
+        self.0.with_buffers(bufs, f)
+    }
+}
+
+#[test]
+fn with_no_free_buffer_frames_are_discarded_and_counted_not_left_waiting() {
+    let Some(Pair { lab: _lab, _block, mut port, stats, mut pod, mem: _, mut pod_mem }) =
+        pair("with_no_free_buffer_frames_are_discarded_and_counted_not_left_waiting")
+    else {
+        return;
+    };
+    let mut dry = Dry(MemFrames::default());
+    for i in 0..5 {
+        assert!(pod.transmit_offloaded(&mut pod_mem, &udp_to_gateway(i, 5003), &OffloadMeta::default()));
+    }
+    let mut out = [Packet::default(); BURST];
+    let t0 = std::time::Instant::now();
+    while stats.get().rx_no_buffer < 5 {
+        assert_eq!(Port::<Dry>::receive(&mut port, &mut dry, &mut out), 0);
+        assert!(t0.elapsed() < Duration::from_secs(5), "discarded {} of 5", stats.get().rx_no_buffer);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Drained: nothing more to discard, nothing waits in the socket.
+    assert_eq!(Port::<Dry>::receive(&mut port, &mut dry, &mut out), 0);
+    assert_eq!(stats.get().rx_no_buffer, 5);
+    Port::<Dry>::close(port, &mut dry);
+    Port::<MemFrames>::close(pod, &mut pod_mem);
+}

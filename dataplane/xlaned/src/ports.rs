@@ -123,6 +123,7 @@ impl<A> Port<A> {
                     sum.rx_malformed += s.rx_malformed;
                     sum.rx_truncated += s.rx_truncated + s.rx_oversize;
                     sum.rx_kernel_dropped += s.rx_kernel_dropped;
+                    sum.rx_no_buffer += s.rx_no_buffer;
                     sum.tx_errors += s.tx_errors;
                     sum.gro_merged += s.gro_merged;
                     sum.gro_segments += s.gro_segments;

@@ -169,6 +169,11 @@ impl Ledger {
                 );
                 lose(
                     Stage::XlaneRings,
+                    format!("xlane AF_PACKET no free buffer {at}"),
+                    d(|p| p.packet.map_or(0, |k| k.rx_no_buffer)),
+                );
+                lose(
+                    Stage::XlaneRings,
                     format!("xlane AF_PACKET sends refused {at}"),
                     d(|p| p.packet.map_or(0, |k| k.tx_errors)),
                 );
@@ -210,7 +215,8 @@ impl Ledger {
 /// counts as [`Stage::XlaneRings`].
 #[must_use]
 pub fn ring_drops(p: &PortInfo) -> u64 {
-    let packet = p.packet.map_or(0, |k| k.rx_kernel_dropped + k.tx_errors + k.rx_malformed + k.rx_truncated);
+    let packet =
+        p.packet.map_or(0, |k| k.rx_kernel_dropped + k.rx_no_buffer + k.tx_errors + k.rx_malformed + k.rx_truncated);
     p.rx_ring_full + p.rx_dropped + p.tx_ring_full + p.tx_invalid_descs + packet
 }
 

@@ -44,6 +44,7 @@ pub struct PacketStats {
     rx_malformed: AtomicU64,
     rx_truncated: AtomicU64,
     rx_oversize: AtomicU64,
+    rx_no_buffer: AtomicU64,
     rx_kernel_dropped: AtomicU64,
     tx_errors: AtomicU64,
     gro_merged: AtomicU64,
@@ -60,6 +61,10 @@ pub struct PacketStatsSnapshot {
     /// Super-packets (or frames larger than a buffer) received through
     /// [`Port::receive`], which has no jumbo store to put them in.
     pub rx_oversize: u64,
+    /// Frames discarded because the memory had no free buffer to receive them into
+    /// (the socket is drained anyway, as a NIC with an empty ring drops: a worker
+    /// waiting on a readable socket must not spin).
+    pub rx_no_buffer: u64,
     /// Frames the kernel dropped before the socket (receive buffer full;
     /// `PACKET_STATISTICS`, as of the last [`Port::refresh_stats`]).
     pub rx_kernel_dropped: u64,
@@ -80,6 +85,7 @@ impl PacketStats {
             rx_malformed: self.rx_malformed.load(Relaxed),
             rx_truncated: self.rx_truncated.load(Relaxed),
             rx_oversize: self.rx_oversize.load(Relaxed),
+            rx_no_buffer: self.rx_no_buffer.load(Relaxed),
             rx_kernel_dropped: self.rx_kernel_dropped.load(Relaxed),
             tx_errors: self.tx_errors.load(Relaxed),
             gro_merged: self.gro_merged.load(Relaxed),
@@ -208,6 +214,34 @@ impl<B: Copy> PacketPort<B> {
 }
 
 impl<B: Copy> PacketPort<B> {
+    /// No buffer to receive into: take up to a burst of frames off the socket and count
+    /// them dropped, so the socket does not stay readable (a sleeping worker would wake
+    /// for it over and over) and the kernel's buffer does not fill with stale frames.
+    #[cold]
+    fn discard_burst(&mut self) {
+        // Room for the virtio-net header, which the kernel insists on writing (a
+        // smaller buffer is EINVAL); the frame's bytes are truncated away.
+        let mut hdr = [0u8; VIRTIO_NET_HDR_LEN];
+        let mut n = 0;
+        while n < BURST {
+            // SAFETY: `hdr` is a live local of exactly the length passed, the whole buffer
+            // the kernel may write; MSG_TRUNC only makes it report and discard the rest.
+            let got = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    hdr.as_mut_ptr().cast(),
+                    hdr.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                )
+            };
+            if got < 0 {
+                break;
+            }
+            n += 1;
+        }
+        bump(&self.stats.rx_no_buffer, n as u64);
+    }
+
     /// One `recvmmsg` burst: plain frames to `out`, the rest to `jumbo` if given.
     fn receive_burst<M: FrameMemory<Buf = B>>(
         &mut self,
@@ -224,6 +258,10 @@ impl<B: Copy> PacketPort<B> {
         let Some(cap) = mem.buffer_size().checked_sub(RX_HEADROOM).filter(|&c| c > 0 && c <= JUMBO_MAX) else {
             return 0;
         };
+        if self.rx_bufs.is_empty() {
+            self.discard_burst();
+            return 0;
+        }
         let Self { fd, batch, rx_bufs, stats, .. } = self;
         let (fd, bufs): (RawFd, &[B]) = (fd.as_raw_fd(), rx_bufs);
         let mut taken = 0u64;

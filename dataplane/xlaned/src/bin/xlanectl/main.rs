@@ -330,8 +330,15 @@ fn print_ports(ports: &[PortInfo]) {
         }
         if let Some(k) = &p.packet {
             println!(
-                "port {} AF_PACKET: merged {} super-packets of {} segments; malformed {}, truncated {}, kernel dropped {}, send errors {}",
-                p.id, k.gro_merged, k.gro_segments, k.rx_malformed, k.rx_truncated, k.rx_kernel_dropped, k.tx_errors
+                "port {} AF_PACKET: merged {} super-packets of {} segments; malformed {}, truncated {}, kernel dropped {}, no buffer {}, send errors {}",
+                p.id,
+                k.gro_merged,
+                k.gro_segments,
+                k.rx_malformed,
+                k.rx_truncated,
+                k.rx_kernel_dropped,
+                k.rx_no_buffer,
+                k.tx_errors
             );
         }
     }
