@@ -193,12 +193,27 @@ pub struct HostStackBlock {
 }
 
 impl HostStackBlock {
-    /// Load [`programs::tc_drop_all`] and attach it at tcx ingress of `ifindex`.
+    /// Load [`programs::tc_drop_all`] and attach it at tcx ingress of `ifindex`: the
+    /// host's stack sees nothing of the interface.
     ///
     /// # Errors
     /// [`HostBlockError`] for the step that failed; nothing stays attached.
     pub fn attach(ifindex: u32) -> Result<Self, HostBlockError> {
-        let prog = sys::load_tcx_ingress("xlane_hostblock", &programs::tc_drop_all())?;
+        Self::attach_program(ifindex, &programs::tc_drop_all())
+    }
+
+    /// Load the pod pinhole [`programs::tc_pod`] and attach it at tcx ingress of
+    /// `ifindex`: the host's stack sees what the engine does not take (traffic out of
+    /// the cluster, to the node, IPv6), as behind the XDP pod program.
+    ///
+    /// # Errors
+    /// [`HostBlockError`] for the step that failed; nothing stays attached.
+    pub fn pinhole(ifindex: u32, filter: &programs::PodFilter) -> Result<Self, HostBlockError> {
+        Self::attach_program(ifindex, &programs::tc_pod(filter))
+    }
+
+    fn attach_program(ifindex: u32, insns: &[u64]) -> Result<Self, HostBlockError> {
+        let prog = sys::load_tcx_ingress("xlane_hostblock", insns)?;
         let link =
             sys::link_tcx_ingress(prog.as_fd(), ifindex).map_err(|source| HostBlockError::Link { ifindex, source })?;
         Ok(Self { link, prog, ifindex })

@@ -14,8 +14,11 @@
 //! to tell "redirect" from "pass" under BPF_PROG_TEST_RUN without a socket).
 //!
 //! A pod read through AF_PACKET ([`crate::packet`]) has no XDP program (one would take
-//! the pod's offloads away); its host-side veth end gets [`tc_drop_all`] at tcx ingress
-//! instead, so the host's stack does not see the frames the engine forwards.
+//! the pod's offloads away). Its host-side veth end gets the same pinhole at tcx ingress
+//! ([`tc_pod`]: what the engine forwards is dropped there, after the port's packet
+//! socket has seen it; the rest goes on to the host's stack), and the socket a classic
+//! BPF filter of the same rule ([`socket_pod_filter`]), so the engine never sees what
+//! the host handles.
 
 use crate::asm::{Asm, Cond, R0, R1, R2, R3, R4, R5, Size, ne16, ne32};
 use std::net::Ipv4Addr;
@@ -35,6 +38,9 @@ const HELPER_REDIRECT_MAP: i32 = 51;
 const ETH_HLEN: i32 = 14;
 const IPV4_MIN: i32 = 20;
 const UDP_HLEN: i32 = 8;
+// struct __sk_buff field offsets (direct packet access in tc programs).
+const SKB_DATA: i16 = 76;
+const SKB_DATA_END: i16 = 80;
 // struct xdp_md field offsets.
 const MD_DATA: i16 = 0;
 const MD_DATA_END: i16 = 4;
@@ -102,11 +108,18 @@ pub fn uplink(f: &UplinkFilter, xskmap_fd: i32, miss: u32) -> Vec<u64> {
     a.finish()
 }
 
+impl PodFilter {
+    /// The cluster CIDR as (mask, network), host order.
+    fn mask_net(&self) -> (u32, u32) {
+        let mask = if self.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix_len.min(32))) };
+        (mask, u32::from(self.cluster) & mask)
+    }
+}
+
 /// The pod (and host) port program.
 #[must_use]
 pub fn pod(f: &PodFilter, xskmap_fd: i32, miss: u32) -> Vec<u64> {
-    let mask = if f.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(f.prefix_len.min(32))) };
-    let net = u32::from(f.cluster) & mask;
+    let (mask, net) = f.mask_net();
     let mut a = Asm::new();
     let pass = a.label();
     let redirect = a.label();
@@ -130,6 +143,75 @@ pub fn pod(f: &PodFilter, xskmap_fd: i32, miss: u32) -> Vec<u64> {
     a.finish()
 }
 
+/// The pod pinhole at tcx ingress of the host-side veth end of a pod read through
+/// AF_PACKET: ARP and IPv4 to the cluster CIDR are the engine's (`TC_ACT_SHOT`: the
+/// port's socket, a packet tap, has already seen them); anything else goes on to the
+/// host's routing and NAT (`TC_ACT_OK`), as `XDP_PASS` does in [`pod`]. A frame whose
+/// headers are not in the linear data is the engine's too: the socket sees every byte
+/// and the engine decides, rather than the host routing a copy.
+#[must_use]
+pub fn tc_pod(f: &PodFilter) -> Vec<u64> {
+    let (mask, net) = f.mask_net();
+    let mut a = Asm::new();
+    let pass = a.label();
+    let drop = a.label();
+    a.load(Size::W, R2, R1, SKB_DATA)
+        .load(Size::W, R3, R1, SKB_DATA_END)
+        .mov(R4, R2)
+        .add_imm(R4, ETH_HLEN)
+        .jmp_reg(Cond::Gt, R4, R3, drop)
+        .load(Size::H, R5, R2, 12)
+        .jmp32_imm(Cond::Eq, R5, ne16(0x0806), drop)
+        .jmp32_imm(Cond::Ne, R5, ne16(0x0800), pass)
+        .mov(R4, R2)
+        .add_imm(R4, ETH_HLEN + IPV4_MIN)
+        .jmp_reg(Cond::Gt, R4, R3, drop)
+        .load(Size::W, R5, R2, 30)
+        .and32_imm(R5, ne32(mask))
+        .jmp32_imm(Cond::Ne, R5, ne32(net), pass);
+    a.bind(drop).mov_imm(R0, TC_ACT_SHOT.cast_signed()).exit();
+    a.bind(pass).mov_imm(R0, TC_ACT_OK.cast_signed()).exit();
+    a.finish()
+}
+
+/// A classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassicInsn {
+    /// Opcode.
+    pub code: u16,
+    /// Jump offset if true.
+    pub jt: u8,
+    /// Jump offset if false.
+    pub jf: u8,
+    /// Constant.
+    pub k: u32,
+}
+
+/// The pod pinhole as a classic BPF socket filter for the port's packet socket (frames
+/// from the Ethernet header): accept ARP and IPv4 to the cluster CIDR whole, refuse the
+/// rest (the host's stack handles it, see [`tc_pod`]). A read past the frame's end
+/// refuses it, as classic BPF does.
+#[must_use]
+pub fn socket_pod_filter(f: &PodFilter) -> Vec<ClassicInsn> {
+    const LDH_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
+    const LDW_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let (mask, net) = f.mask_net();
+    let i = |code, jt, jf, k| ClassicInsn { code, jt, jf, k };
+    vec![
+        i(LDH_ABS, 0, 0, 12),
+        i(JEQ_K, 4, 0, 0x0806), // ARP → accept
+        i(JEQ_K, 0, 4, 0x0800), // not IPv4 → refuse
+        i(LDW_ABS, 0, 0, 30),
+        i(AND_K, 0, 0, mask),
+        i(JEQ_K, 0, 1, net), // outside the cluster → refuse
+        i(RET_K, 0, 0, u32::MAX),
+        i(RET_K, 0, 0, 0),
+    ]
+}
+
 /// The host-side veth end's tcx ingress program for a pod read through AF_PACKET:
 /// `return TC_ACT_SHOT`. Packet taps (the port's socket) run before tc ingress and
 /// still see every frame; the host's stack sees none, so it neither routes nor answers
@@ -139,4 +221,49 @@ pub fn tc_drop_all() -> Vec<u64> {
     let mut a = Asm::new();
     a.mov_imm(R0, TC_ACT_SHOT.cast_signed()).exit();
     a.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run a classic filter the way the kernel does for the opcodes it uses; a load past
+    /// the frame refuses it.
+    fn run(prog: &[ClassicInsn], frame: &[u8]) -> u32 {
+        let (mut a, mut pc) = (0u32, 0usize);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            match i.code {
+                0x28 | 0x20 => {
+                    let (at, n) = (i.k as usize, if i.code == 0x28 { 2 } else { 4 });
+                    let Some(b) = frame.get(at..at + n) else { return 0 };
+                    a = b.iter().fold(0, |v, &x| (v << 8) | u32::from(x));
+                }
+                0x54 => a &= i.k,
+                0x15 => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                0x06 => return i.k,
+                c => panic!("opcode {c:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_socket_filter_takes_what_the_pod_pinhole_gives_the_engine() {
+        let f = PodFilter { cluster: Ipv4Addr::new(10, 244, 0, 0), prefix_len: 16 };
+        let prog = socket_pod_filter(&f);
+        let frame = |ethertype: u16, dst: [u8; 4]| {
+            let mut v = vec![0u8; 60];
+            v[12..14].copy_from_slice(&ethertype.to_be_bytes());
+            v[30..34].copy_from_slice(&dst);
+            v
+        };
+        assert_eq!(run(&prog, &frame(0x0806, [0; 4])), u32::MAX, "ARP");
+        assert_eq!(run(&prog, &frame(0x0800, [10, 244, 2, 3])), u32::MAX, "a pod");
+        assert_eq!(run(&prog, &frame(0x0800, [10, 244, 255, 255])), u32::MAX, "the CIDR's last address");
+        assert_eq!(run(&prog, &frame(0x0800, [10, 245, 0, 1])), 0, "just outside");
+        assert_eq!(run(&prog, &frame(0x0800, [93, 184, 216, 34])), 0, "the internet");
+        assert_eq!(run(&prog, &frame(0x86dd, [10, 244, 2, 3])), 0, "IPv6");
+        assert_eq!(run(&prog, &frame(0x0800, [10, 244, 2, 3])[..30]), 0, "truncated");
+    }
 }

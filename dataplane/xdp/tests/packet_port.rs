@@ -54,7 +54,7 @@ fn lab() -> Lab {
 fn open(ns: &Netns, ifindex: u32, group: u16) -> (Port32, Arc<PacketStats>) {
     let stats = Arc::new(PacketStats::default());
     let port = ns
-        .enter(|| PacketPort::open(PortId(1), ifindex, group, Arc::new(PortCounters::default()), stats.clone()))
+        .enter(|| PacketPort::open(PortId(1), ifindex, group, None, Arc::new(PortCounters::default()), stats.clone()))
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(port.fanout(), FanoutMode::HashIgnoringOutgoing);

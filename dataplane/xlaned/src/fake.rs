@@ -20,6 +20,7 @@ use xlane_fib::PortId;
 use xlane_netlink::Link;
 use xlane_vhost::port::VhostPort;
 use xlane_xdp::attach::Program;
+use xlane_xdp::programs::PodFilter;
 
 /// The two ends of a fake interface's queue as a test sees them.
 #[derive(Debug, Clone)]
@@ -236,7 +237,7 @@ impl Host for FakeHost {
         FakePort::Vhost(port)
     }
 
-    fn block_host_stack(&mut self, link: &Link) -> Result<Hold, String> {
+    fn block_host_stack(&mut self, link: &Link, _filter: PodFilter) -> Result<Hold, String> {
         let mut node = self.0.lock().unwrap();
         let ifname = node.links.iter().find(|(_, (l, _))| l.ifindex == link.ifindex).map(|(n, _)| n.clone());
         let ifname = ifname.ok_or("no such interface")?;

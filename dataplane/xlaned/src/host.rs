@@ -19,6 +19,7 @@ use xlane_vhost::port::VhostPort;
 use xlane_xdp::attach::{HostStackBlock, ModePreference, Program, XdpAttachment, XdpMode};
 use xlane_xdp::packet::{PacketPort, PacketStats};
 use xlane_xdp::port::{KernelStats, XdpPort};
+use xlane_xdp::programs::PodFilter;
 use xlane_xdp::xsk::{BindMode, Umem};
 
 /// What one worker opens of an interface: its share of the queues, as port `id`.
@@ -56,6 +57,8 @@ pub struct PacketSpec {
     pub counters: Arc<PortCounters>,
     /// The socket's own counters on this worker.
     pub stats: Arc<PacketStats>,
+    /// What the engine takes of the pod's traffic (the rest is the host's).
+    pub filter: PodFilter,
 }
 
 /// Something held for as long as a port lives, released by dropping it (a BPF link).
@@ -102,12 +105,13 @@ pub trait Host {
     /// A vhost-user guest as a worker port.
     fn vhost(port: VhostPort) -> Self::Port;
 
-    /// Keep the node's stack off the frames of a pod veth read through AF_PACKET (a
-    /// packet socket only taps them): held until dropped.
+    /// Keep the node's stack off the frames of a pod veth read through AF_PACKET that
+    /// the engine forwards (a packet socket only taps them), and give it the rest
+    /// (`filter`: the pod pinhole): held until dropped.
     ///
     /// # Errors
     /// Why it could not be installed.
-    fn block_host_stack(&mut self, link: &Link) -> Result<Hold, String>;
+    fn block_host_stack(&mut self, link: &Link, filter: PodFilter) -> Result<Hold, String>;
 
     /// A job for a worker that opens its AF_PACKET socket on `spec`'s interface as a
     /// port of its driver, or says why not (then nothing stays open).
@@ -193,8 +197,8 @@ impl Host for System {
         NodePort::Vhost(port)
     }
 
-    fn block_host_stack(&mut self, link: &Link) -> Result<Hold, String> {
-        HostStackBlock::attach(link.ifindex).map(|b| Box::new(b) as Hold).map_err(|e| e.to_string())
+    fn block_host_stack(&mut self, link: &Link, filter: PodFilter) -> Result<Hold, String> {
+        HostStackBlock::pinhole(link.ifindex, &filter).map(|b| Box::new(b) as Hold).map_err(|e| e.to_string())
     }
 
     fn packet_opener(&self, spec: PacketSpec) -> OpenJob<Umem, NodePort> {
@@ -202,7 +206,7 @@ impl Host for System {
             // One fanout group per interface: its index's low 16 bits.
             #[expect(clippy::cast_possible_truncation, reason = "a group id is 16 bits; the index names the interface")]
             let group = spec.ifindex as u16;
-            let port = PacketPort::open(spec.id, spec.ifindex, group, spec.counters, spec.stats)
+            let port = PacketPort::open(spec.id, spec.ifindex, group, Some(&spec.filter), spec.counters, spec.stats)
                 .map_err(|e| format!("{}: {e}", spec.ifname))?;
             d.add_port(NodePort::Packet(port));
             Ok(false)

@@ -268,6 +268,12 @@ impl<H: Host> State<H> {
         Ok(Opening { kind, counters, queues })
     }
 
+    /// What the engine takes of a pod's traffic: ARP and IPv4 to the cluster CIDR.
+    pub(crate) fn pod_filter(&self) -> PodFilter {
+        let cluster = self.cfg.cluster_cidr;
+        PodFilter { cluster: cluster.network(), prefix_len: cluster.prefix_len() }
+    }
+
     /// Run an open `job` for port `id` on worker `i`, answering `Opened` on `events`.
     fn open_on_worker(
         &self,
@@ -385,8 +391,7 @@ impl<H: Host> State<H> {
             }
             None => {
                 let link = self.host.link(&spec.ifname).map_err(|e| invalid(format!("{}: {e}", spec.ifname)))?;
-                let cluster = self.cfg.cluster_cidr;
-                let program = Program::Pod(PodFilter { cluster: cluster.network(), prefix_len: cluster.prefix_len() });
+                let program = Program::Pod(self.pod_filter());
                 (self.start_open(id, Role::Pod, &spec.ifname, program, &events, true)?, link.mac)
             }
             Some(socket) => (self.start_vhost(id, spec, socket, &events)?, VHOST_GATEWAY_MAC),
@@ -422,7 +427,8 @@ impl<H: Host> State<H> {
         link: &xlane_netlink::Link,
         events: &Sender<WorkerEvent>,
     ) -> Result<Opening<H::Attachment>, Failure> {
-        let block = self.host.block_host_stack(link).map_err(|e| failed(format!("{ifname}: {e}")))?;
+        let filter = self.pod_filter();
+        let block = self.host.block_host_stack(link, filter).map_err(|e| failed(format!("{ifname}: {e}")))?;
         let (mut counters, mut stats) = (Vec::new(), Vec::new());
         for i in 0..self.workers.len() {
             let spec = PacketSpec {
@@ -432,6 +438,7 @@ impl<H: Host> State<H> {
                 worker: i,
                 counters: Arc::new(PortCounters::default()),
                 stats: Arc::new(PacketStats::default()),
+                filter,
             };
             counters.push(Arc::clone(&spec.counters));
             stats.push(Arc::clone(&spec.stats));

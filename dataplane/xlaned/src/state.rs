@@ -25,7 +25,7 @@ use xlane_engine::{CounterSnapshot, DropReason, OffloadError};
 use xlane_fib::{Endpoint, FibBuilder, FibHandle, NodeConfig, PortId, Prefix, RemoteNode};
 use xlane_netlink::{Link, NeighEvent};
 use xlane_xdp::attach::Program;
-use xlane_xdp::programs::{PodFilter, UplinkFilter};
+use xlane_xdp::programs::UplinkFilter;
 
 /// The uplink is always port 0.
 pub const UPLINK: PortId = PortId(0);
@@ -344,7 +344,7 @@ impl<H: Host> State<H> {
         let host_link = self.host.link(&host).map_err(|e| failed(format!("{host}: {e}")))?;
         let engine_link = self.host.link(&engine_end).map_err(|e| failed(format!("{engine_end}: {e}")))?;
         let id = self.free_port_id()?;
-        let program = Program::Pod(PodFilter { cluster: cluster.network(), prefix_len: cluster.prefix_len() });
+        let program = Program::Pod(self.pod_filter());
         self.open_port_and_wait(id, Role::Host, &engine_end, Some(gateway), program)?;
         let ep = Endpoint { ip: gateway, port: id, mac: host_link.mac, gateway_mac: engine_link.mac };
         if let Err(e) = self.tables.upsert_host(ep) {

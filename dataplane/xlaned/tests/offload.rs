@@ -37,6 +37,11 @@ fn offloading_pods_move_tcp_as_super_packets_intact_both_ways() {
     ping(&p2.ns, p0.ip).unwrap();
     ping(&p0.ns, p1.ip).unwrap();
     ping(&lab.nodes[0].ns, p0.ip).unwrap();
+    // Out of the cluster: the host's (the tcx pinhole passes it, the socket filter keeps
+    // it from the engine): the pod reaches the node's own address.
+    ping(&p0.ns, lab.nodes[0].ip).unwrap();
+    let no_route = daemons[0].counters().drops["no_route"];
+    assert_eq!(no_route, 0, "the engine never saw the host's traffic");
 
     let gbit = |mib: u64, secs: f64| (mib << 20) as f64 * 8.0 / secs / 1e9;
     let across = tcp_transfer(&p0.ns, &p2.ns, p2.ip, 5101, 1024);

@@ -21,6 +21,7 @@ mod sock;
 
 pub use sock::FanoutMode;
 
+use crate::programs::PodFilter;
 use arrayvec::ArrayVec;
 use sock::{Batch, RX_IOVS};
 use std::io;
@@ -170,6 +171,9 @@ impl<B: Copy> PacketPort<B> {
     /// interface opens one with the same group id, and the kernel spreads flows across
     /// them. A group id names one interface's group within a network namespace (the
     /// kernel refuses a second interface joining it), e.g. the ifindex's low 16 bits.
+    /// With `filter`, the socket takes only what the pod pinhole gives the engine (ARP,
+    /// IPv4 to the cluster CIDR; [`socket_pod_filter`](crate::programs::socket_pod_filter)),
+    /// the rest being the host's ([`HostStackBlock::pinhole`](crate::attach::HostStackBlock::pinhole)).
     ///
     /// # Errors
     /// [`OpenError`] with the failing step; nothing stays open.
@@ -177,11 +181,13 @@ impl<B: Copy> PacketPort<B> {
         id: PortId,
         ifindex: u32,
         fanout_group: u16,
+        filter: Option<&PodFilter>,
         counters: Arc<PortCounters>,
         stats: Arc<PacketStats>,
     ) -> Result<Self, OpenError> {
-        let (fd, fanout) =
-            sock::open(ifindex, fanout_group).map_err(|(step, source)| OpenError { ifindex, step, source })?;
+        let program = filter.map(crate::programs::socket_pod_filter);
+        let (fd, fanout) = sock::open(ifindex, fanout_group, program.as_deref())
+            .map_err(|(step, source)| OpenError { ifindex, step, source })?;
         Ok(Self {
             id,
             fd,

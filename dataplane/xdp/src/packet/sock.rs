@@ -8,6 +8,7 @@
 //! packet socket needs no address or control message per message, which nix's
 //! interface carries per call.
 
+use crate::programs::ClassicInsn;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use xlane_engine::BURST;
@@ -43,7 +44,11 @@ fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc:
 ///
 /// # Errors
 /// The failing step's name and the kernel's error.
-pub(super) fn open(ifindex: u32, group: u16) -> Result<(OwnedFd, FanoutMode), (&'static str, io::Error)> {
+pub(super) fn open(
+    ifindex: u32,
+    group: u16,
+    filter: Option<&[ClassicInsn]>,
+) -> Result<(OwnedFd, FanoutMode), (&'static str, io::Error)> {
     // Protocol 0: the socket receives nothing until bound to the interface below, so no
     // frame of another interface slips in between.
     // SAFETY: plain socket(2); the result is checked.
@@ -63,6 +68,23 @@ pub(super) fn open(ifindex: u32, group: u16) -> Result<(OwnedFd, FanoutMode), (&
     {
         if setsockopt_int(s, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
             opt(what, libc::SOL_SOCKET, plain, SOCKET_BUFFER)?;
+        }
+    }
+    // Before the bind: no frame the filter refuses is ever queued.
+    if let Some(f) = filter {
+        let mut code: Vec<libc::sock_filter> =
+            f.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
+        let len = u16::try_from(code.len())
+            .map_err(|_| ("SO_ATTACH_FILTER", io::Error::from(io::ErrorKind::InvalidInput)))?;
+        let prog = libc::sock_fprog { len, filter: code.as_mut_ptr() };
+        let size = libc::socklen_t::try_from(size_of::<libc::sock_fprog>()).expect("16");
+        // SAFETY: `prog` points at `code`, both live for the call; the kernel copies the
+        // program and keeps no pointer into either.
+        let r = unsafe {
+            libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, std::ptr::from_ref(&prog).cast(), size)
+        };
+        if r < 0 {
+            return Err(("SO_ATTACH_FILTER", io::Error::last_os_error()));
         }
     }
     let all = u16::try_from(libc::ETH_P_ALL).expect("0x0003").to_be();
