@@ -124,8 +124,13 @@ pub const ATTACH_ARG: &str = "XLANE_ATTACH";
 /// Where vhost-user sockets are created unless the conflist says `vhostUserDir`.
 pub const DEFAULT_VHOST_USER_DIR: &str = "/run/xlane/vhost-user";
 
-/// How `veth` reads the host end when the configuration does not say.
-pub const DEFAULT_VETH_IO: VethIo = VethIo::AfXdp;
+/// How `veth` reads the host end when the configuration does not say: AF_PACKET with a
+/// virtio-net header, so pods keep their offloads. In the same perf-lab run
+/// (perf-lab/RESULTS.md, 2026-11-29) it moved TCP 4.4× faster between pods of a node
+/// and 1.7× across nodes than AF_XDP, with a lower RR p99, at 0.95× AF_XDP's 64-byte
+/// rate: what a user tries first (iperf3) decides. `veth-xdp` remains for small-packet
+/// workloads.
+pub const DEFAULT_VETH_IO: VethIo = VethIo::AfPacket;
 
 /// The attachment asked for: CNI_ARGS `XLANE_ATTACH`, else the conflist's `attach`, else
 /// veth: `veth` (its default I/O), `veth-xdp` (AF_XDP: small packets fastest),

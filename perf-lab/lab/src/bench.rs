@@ -30,9 +30,9 @@ use xlane_netlab::{Lab, Netns};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Contender {
-    /// xlane, workers sleeping when idle (the default).
+    /// xlane with `veth-xdp` pods (AF_XDP), workers sleeping when idle.
     Xlane,
-    /// xlane with busy-polling workers.
+    /// xlane with `veth-xdp` pods and busy-polling workers.
     XlaneBusyPoll,
     /// xlane with pods attached `veth-offload` (AF_PACKET with a virtio-net header:
     /// the pods keep TSO/GSO, TCP travels as super-packets).
@@ -235,7 +235,8 @@ fn build(c: Contender) -> anyhow::Result<Testbed> {
     match c {
         Contender::Xlane | Contender::XlaneBusyPoll | Contender::XlaneOffload => {
             let xlaned_args = if c == Contender::XlaneBusyPoll { vec!["--busy-poll".into()] } else { vec![] };
-            let attach = (c == Contender::XlaneOffload).then(|| "veth-offload".to_owned());
+            // Named explicitly: the CNI default may change, the contenders must not.
+            let attach = Some(if c == Contender::XlaneOffload { "veth-offload" } else { "veth-xdp" }.to_owned());
             let cluster =
                 Cluster::start(prefix, 2, &ClusterOptions { xlaned_args, attach, ..ClusterOptions::default() })?;
             let pods =
