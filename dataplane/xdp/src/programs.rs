@@ -20,7 +20,7 @@
 //! BPF filter of the same rule ([`socket_pod_filter`]), so the engine never sees what
 //! the host handles.
 
-use crate::asm::{Asm, Cond, R0, R1, R2, R3, R4, R5, Size, ne16, ne32};
+use crate::asm::{Asm, Cond, Label, R0, R1, R2, R3, R4, R5, Size, ne16, ne32};
 use std::net::Ipv4Addr;
 
 /// `XDP_DROP`.
@@ -116,28 +116,34 @@ impl PodFilter {
     }
 }
 
+/// The pod pinhole's rule on the frame at r2 (data) .. r3 (data end): ARP and IPv4 to
+/// the cluster CIDR fall through (the engine's), anything else jumps to `host`, and a
+/// frame whose headers are not all in the data jumps to `short`.
+fn pod_rule(a: &mut Asm, f: &PodFilter, host: Label, short: Label) {
+    let (mask, net) = f.mask_net();
+    let engine = a.label();
+    a.mov(R4, R2)
+        .add_imm(R4, ETH_HLEN)
+        .jmp_reg(Cond::Gt, R4, R3, short)
+        .load(Size::H, R5, R2, 12)
+        .jmp32_imm(Cond::Eq, R5, ne16(0x0806), engine)
+        .jmp32_imm(Cond::Ne, R5, ne16(0x0800), host)
+        .mov(R4, R2)
+        .add_imm(R4, ETH_HLEN + IPV4_MIN)
+        .jmp_reg(Cond::Gt, R4, R3, short)
+        .load(Size::W, R5, R2, 30)
+        .and32_imm(R5, ne32(mask))
+        .jmp32_imm(Cond::Ne, R5, ne32(net), host);
+    a.bind(engine);
+}
+
 /// The pod (and host) port program.
 #[must_use]
 pub fn pod(f: &PodFilter, xskmap_fd: i32, miss: u32) -> Vec<u64> {
-    let (mask, net) = f.mask_net();
     let mut a = Asm::new();
     let pass = a.label();
-    let redirect = a.label();
-    a.load(Size::W, R2, R1, MD_DATA)
-        .load(Size::W, R3, R1, MD_DATA_END)
-        .mov(R4, R2)
-        .add_imm(R4, ETH_HLEN)
-        .jmp_reg(Cond::Gt, R4, R3, pass)
-        .load(Size::H, R5, R2, 12)
-        .jmp32_imm(Cond::Eq, R5, ne16(0x0806), redirect)
-        .jmp32_imm(Cond::Ne, R5, ne16(0x0800), pass)
-        .mov(R4, R2)
-        .add_imm(R4, ETH_HLEN + IPV4_MIN)
-        .jmp_reg(Cond::Gt, R4, R3, pass)
-        .load(Size::W, R5, R2, 30)
-        .and32_imm(R5, ne32(mask))
-        .jmp32_imm(Cond::Ne, R5, ne32(net), pass);
-    a.bind(redirect);
+    a.load(Size::W, R2, R1, MD_DATA).load(Size::W, R3, R1, MD_DATA_END);
+    pod_rule(&mut a, f, pass, pass);
     redirect_tail(&mut a, xskmap_fd, miss);
     a.bind(pass).mov_imm(R0, XDP_PASS.cast_signed()).exit();
     a.finish()
@@ -151,24 +157,11 @@ pub fn pod(f: &PodFilter, xskmap_fd: i32, miss: u32) -> Vec<u64> {
 /// and the engine decides, rather than the host routing a copy.
 #[must_use]
 pub fn tc_pod(f: &PodFilter) -> Vec<u64> {
-    let (mask, net) = f.mask_net();
     let mut a = Asm::new();
     let pass = a.label();
     let drop = a.label();
-    a.load(Size::W, R2, R1, SKB_DATA)
-        .load(Size::W, R3, R1, SKB_DATA_END)
-        .mov(R4, R2)
-        .add_imm(R4, ETH_HLEN)
-        .jmp_reg(Cond::Gt, R4, R3, drop)
-        .load(Size::H, R5, R2, 12)
-        .jmp32_imm(Cond::Eq, R5, ne16(0x0806), drop)
-        .jmp32_imm(Cond::Ne, R5, ne16(0x0800), pass)
-        .mov(R4, R2)
-        .add_imm(R4, ETH_HLEN + IPV4_MIN)
-        .jmp_reg(Cond::Gt, R4, R3, drop)
-        .load(Size::W, R5, R2, 30)
-        .and32_imm(R5, ne32(mask))
-        .jmp32_imm(Cond::Ne, R5, ne32(net), pass);
+    a.load(Size::W, R2, R1, SKB_DATA).load(Size::W, R3, R1, SKB_DATA_END);
+    pod_rule(&mut a, f, pass, drop);
     a.bind(drop).mov_imm(R0, TC_ACT_SHOT.cast_signed()).exit();
     a.bind(pass).mov_imm(R0, TC_ACT_OK.cast_signed()).exit();
     a.finish()
