@@ -14,7 +14,7 @@ use crate::ipam::Ipam;
 use crate::lease::{Lease, LeaseAttrs};
 use crate::link::{self, LinkMsg};
 use crate::netconf::NetConfig;
-use crate::store::{Datastore, Event, StoreError};
+use crate::store::{Datastore, StoreError};
 
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
@@ -206,16 +206,7 @@ fn lease_loop(
                 }
                 if !events.is_empty() {
                     tracing::debug!(events = events.len(), "lease changes");
-                    for ev in &events {
-                        match ev {
-                            Event::Upsert(l) => {
-                                shown.insert(l.subnet, l.clone());
-                            }
-                            Event::Removed(s) => {
-                                shown.remove(s);
-                            }
-                        }
-                    }
+                    crate::store::apply(shown, events.iter().cloned());
                     shared.lock().expect("not poisoned").leases = shown.values().cloned().collect();
                     let _ = link.send(LinkMsg::Events(events));
                 }

@@ -110,16 +110,7 @@ pub(crate) fn run(start: LinkStart<'_>, mut xl: Client, msgs: &Receiver<LinkMsg>
         select! {
             recv(msgs) -> m => match m {
                 Ok(LinkMsg::Events(events)) => {
-                    for ev in events {
-                        match ev {
-                            Event::Upsert(l) => {
-                                leases.insert(l.subnet, l);
-                            }
-                            Event::Removed(s) => {
-                                leases.remove(&s);
-                            }
-                        }
-                    }
+                    crate::store::apply(&mut leases, events);
                     if in_sync {
                         in_sync = converge(&mut xl, &leases, &own, vni, &mut programmed, Baseline::Programmed)
                             .map_err(|e| tracing::warn!(error = %e, "applying lease changes"))

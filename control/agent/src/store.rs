@@ -32,6 +32,20 @@ pub enum Event {
     Removed(Ipv4Net),
 }
 
+/// Apply `events`, in order, to a map of leases by subnet.
+pub fn apply(leases: &mut std::collections::BTreeMap<Ipv4Net, Lease>, events: impl IntoIterator<Item = Event>) {
+    for ev in events {
+        match ev {
+            Event::Upsert(l) => {
+                leases.insert(l.subnet, l);
+            }
+            Event::Removed(s) => {
+                leases.remove(&s);
+            }
+        }
+    }
+}
+
 /// Datastore failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
