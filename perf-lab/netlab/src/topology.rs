@@ -170,11 +170,7 @@ impl Lab {
     pub fn add_pod_with(&mut self, node: usize, offloads: bool) -> io::Result<usize> {
         let n = &self.nodes[node];
         let (ip, gw) = (n.subnet.pod(n.pods), n.gateway());
-        let k = self.add_pod_at(node, ip, Subnet::PREFIX_LEN, gw)?;
-        if offloads {
-            self.pods[k].ns.enter(|| xlane_netlink::ethtool::set_tx_checksum("eth0", true))??;
-        }
-        Ok(k)
+        self.create_pod(node, ip, Subnet::PREFIX_LEN, gw, offloads)
     }
 
     /// Attach a new pod to node `node` with a given address (e.g. one the agent
@@ -183,6 +179,19 @@ impl Lab {
     /// # Errors
     /// Namespace or interface setup failures.
     pub fn add_pod_at(&mut self, node: usize, ip: Ipv4Addr, prefix_len: u8, gw: Ipv4Addr) -> io::Result<usize> {
+        self.create_pod(node, ip, prefix_len, gw, false)
+    }
+
+    /// A pod on `node` at `ip`, keeping its checksum (and so segmentation) offloads if
+    /// `offloads`.
+    fn create_pod(
+        &mut self,
+        node: usize,
+        ip: Ipv4Addr,
+        prefix_len: u8,
+        gw: Ipv4Addr,
+        offloads: bool,
+    ) -> io::Result<usize> {
         let k = self.pods.len();
         let n = &mut self.nodes[node];
         let ns = Netns::new(&format!("{}-p{k}", n.ns.name()))?;
@@ -203,8 +212,11 @@ impl Lab {
         }
         .create()?;
         n.pods += 1;
-        // The pod's offloaded checksums would reach the AF_XDP socket unfinished.
-        ns.enter(|| xlane_netlink::ethtool::set_tx_checksum("eth0", false))??;
+        // The pod's offloaded checksums would reach an AF_XDP socket unfinished; a
+        // dataplane reading the veth with a virtio-net header finishes them itself.
+        if !offloads {
+            ns.enter(|| xlane_netlink::ethtool::set_tx_checksum("eth0", false))??;
+        }
         let mac = ns.mac("eth0")?;
         self.pods.push(Pod { ns, node, host_if, ip, mac });
         Ok(k)
