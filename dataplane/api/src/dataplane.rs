@@ -251,6 +251,21 @@ pub struct PortInfo {
     /// For a pod read through AF_PACKET (`veth_io: af_packet`): its socket's counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packet: Option<PacketInfo>,
+    /// For an uplink that sends super-packets through UDP GSO sockets: their counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_gso: Option<UdpGsoInfo>,
+}
+
+/// An uplink's UDP GSO sockets: encapsulated super-packets sent through the host's
+/// stack as one buffer each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpGsoInfo {
+    /// Super-packets handed to the kernel.
+    pub super_packets: u64,
+    /// Datagrams (segments) they made.
+    pub datagrams: u64,
+    /// Super-packets refused (laid out wrong, or a full send buffer, no route).
+    pub failed: u64,
 }
 
 /// The AF_PACKET side of a port (a pod whose veth keeps its offloads).
@@ -500,6 +515,7 @@ mod tests {
             tx_ring_empty_descs: 7,
             vhost_user: None,
             packet: None,
+            udp_gso: None,
         }
     }
 

@@ -14,7 +14,7 @@ use crate::frame::Frame;
 use crate::observe::{BurstHook, Observer, Unobserved};
 use crate::offload::{self, JUMBO_HEADROOM, Jumbo, OffloadError, OffloadMeta};
 use crate::pipeline::{BURST, Pipeline, Verdict};
-use crate::port::{FrameMemory, Packet, Port, PortCounters, bump};
+use crate::port::{FrameMemory, Offloads, Packet, Port, PortCounters, bump};
 use arrayvec::ArrayVec;
 use std::sync::Arc;
 use xlane_fib::{Fib, PortId, PortRole};
@@ -61,8 +61,9 @@ pub struct Driver<M: FrameMemory, P: Port<M>> {
     pending: Vec<ArrayVec<Packet<M::Buf>, BURST>>,
     /// Trace and capture, when on (see [`crate::observe`]).
     observer: Option<Box<Observer>>,
-    /// Per entry of `ports`: it keeps offloads (receives super-packets, is sent them).
-    offloading: Vec<bool>,
+    /// Per entry of `ports`: what it carries beyond plain frames (super-packets in and
+    /// out, encapsulated ones out).
+    offloading: Vec<Offloads>,
     /// Super-packets of the burst just received, once a port that keeps offloads is
     /// served (4 MiB of address space, touched as super-packets use it).
     jumbo: Option<Box<Jumbo>>,
@@ -161,7 +162,7 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
 
     fn reindex(&mut self) {
         self.offloading.clear();
-        self.offloading.extend(self.ports.iter().map(|p| p.offloads().tcp_segmentation));
+        self.offloading.extend(self.ports.iter().map(Port::offloads));
         self.egress.clear();
         for (i, p) in self.ports.iter().enumerate() {
             let k = usize::from(p.id().0);
@@ -194,7 +195,7 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
     pub fn receive(&mut self, index: usize, rx: &mut [Packet<M::Buf>; BURST]) -> Received {
         let port = &mut self.ports[index];
         let (n, supers) = match self.jumbo.as_deref_mut() {
-            Some(jumbo) if self.offloading[index] => {
+            Some(jumbo) if self.offloading[index].tcp_segmentation => {
                 jumbo.clear();
                 (port.receive_offloaded(&mut self.mem, rx, jumbo).min(BURST), jumbo.len())
             }
@@ -362,8 +363,8 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
     }
 
     /// Route recorded super-packet `j` once, then send it whole to a port that keeps
-    /// offloads, or cut it into segments (each encapsulated if it was) for one that
-    /// does not. Counted: the pipeline's verdict, then a refusal moved to the
+    /// offloads (encapsulated, to an uplink that has the kernel cut it), or cut it into
+    /// segments (each encapsulated if it was) for one that does not. Counted: the pipeline's verdict, then a refusal moved to the
     /// `super_packet` drop with its offload error.
     fn forward_super(&mut self, fib: &Fib, ingress: PortId, j: usize) {
         let Self { pipeline, mem, ports, egress, pending, offloading, jumbo, observer, .. } = self;
@@ -397,7 +398,9 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
                     // The pipeline encapsulates whatever it sends to the uplink.
                     let encapsulated = fib.port(dst) == PortRole::Uplink;
                     let port = &mut ports[k];
-                    if offloading[k] && !encapsulated {
+                    let whole =
+                        if encapsulated { offloading[k].tunnel_segmentation } else { offloading[k].tcp_segmentation };
+                    if whole {
                         let sent = port.transmit_offloaded(mem, frame.data(), &meta);
                         let counters = port.counters();
                         bump(if sent { &counters.tx } else { &counters.tx_dropped }, 1);

@@ -67,7 +67,6 @@ reason_table! {
         ArpOwnAddress => "arp_own_address", "ARP for the pod's own address (duplicate-address probe), not answered";
         NotVxlan => "not_vxlan", "uplink frame that is not UDP to the local VTEP address and port";
         VxlanFragment => "vxlan_fragment", "fragmented outer IPv4 packet (VXLAN is never reassembled)";
-        UdpChecksum => "udp_checksum", "outer UDP checksum present and wrong";
         VxlanNoVni => "vxlan_no_vni", "VXLAN I flag clear (RFC 7348: VNI not valid)";
         VxlanWrongVni => "vxlan_wrong_vni", "VXLAN network identifier is not ours";
         VxlanInnerMac => "vxlan_inner_mac", "inner destination MAC is not the local VTEP MAC";

@@ -41,7 +41,7 @@ pub mod port;
 pub mod testbed;
 
 pub use counters::{CoreCounters, CounterSnapshot};
-pub use driver::{Driver, Received};
+pub use driver::{Driver, MAX_SEGMENTS, Received};
 pub use drop::DropReason;
 pub use frame::Frame;
 pub use offload::{OffloadError, OffloadMeta};

@@ -149,7 +149,18 @@ impl MemPort {
     /// it receives super-packets, is sent them whole, and coalesces (GRO) what it sends.
     #[must_use]
     pub fn offloading(id: PortId) -> Self {
-        Self { offloads: Offloads { partial_checksum: true, tcp_segmentation: true }, ..Self::new(id) }
+        Self {
+            offloads: Offloads { partial_checksum: true, tcp_segmentation: true, ..Offloads::default() },
+            ..Self::new(id)
+        }
+    }
+
+    /// An empty uplink that has encapsulated super-packets cut past the host's stack (as
+    /// the AF_XDP uplink with its UDP segmentation sockets): they land whole, outer
+    /// headers first, in `tx_super`.
+    #[must_use]
+    pub fn tunnel_offloading(id: PortId) -> Self {
+        Self { offloads: Offloads { tunnel_segmentation: true, ..Offloads::default() }, ..Self::new(id) }
     }
 
     /// Queue a super-packet (or any frame with metadata) to receive after the frames
@@ -316,6 +327,13 @@ impl MemDataplane {
         Self { driver, fib: fib.reader() }
     }
 
+    /// Serve `port` in place of the port with its id (another kind of port: one with
+    /// [`MemPort::tunnel_offloading`] as the uplink).
+    pub fn serve(&mut self, port: MemPort) {
+        self.driver.remove_port(port.id());
+        self.driver.add_port(port);
+    }
+
     /// Queue a super-packet on `port` (one made with [`MemDataplane::with_offloading`]).
     ///
     /// # Errors
@@ -348,7 +366,7 @@ impl MemDataplane {
     }
 
     fn port(&mut self, id: PortId) -> Result<&mut MemPort, NoSuchPort> {
-        self.driver.ports_mut().get_mut(usize::from(id.0)).ok_or(NoSuchPort(id))
+        self.driver.ports_mut().iter_mut().find(|p| p.id() == id).ok_or(NoSuchPort(id))
     }
 
     /// Queue a copy of `bytes` for reception on `port`.

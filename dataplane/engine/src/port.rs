@@ -60,6 +60,12 @@ pub struct Offloads {
     /// [`Port::receive_offloaded`] and is sent super-packets whole through
     /// [`Port::transmit_offloaded`]; it must also promise `partial_checksum`.
     pub tcp_segmentation: bool,
+    /// Super-packets routed to a remote node may be sent whole, encapsulated: through
+    /// [`Port::transmit_offloaded`], the outer headers the pipeline wrote (lengths
+    /// meaningless) then the inner super-packet, its metadata describing the inner one.
+    /// The port has them cut past the host's stack (the kernel's UDP segmentation, a
+    /// NIC's). Such a port is an uplink; it need not receive super-packets.
+    pub tunnel_segmentation: bool,
 }
 
 /// One port's counters on one worker. Single writer (that worker): relaxed load + store.
@@ -123,8 +129,9 @@ pub trait Port<M: FrameMemory> {
     }
 
     /// Send one super-packet (or a frame larger than a buffer) whole, with its metadata:
-    /// called only on ports whose offloads include TCP segmentation. `frame` is the
-    /// driver's; the port copies what it keeps. Returns whether it was sent (the driver
+    /// called only on ports whose offloads include TCP segmentation, or, for an
+    /// encapsulated one, tunnel segmentation. `frame` is the driver's; the port copies
+    /// what it keeps. Returns whether it was sent (the driver
     /// counts a refusal in `tx_dropped`).
     fn transmit_offloaded(&mut self, _mem: &mut M, _frame: &[u8], _meta: &OffloadMeta) -> bool {
         false

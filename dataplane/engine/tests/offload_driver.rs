@@ -2,15 +2,16 @@
 //! test double of a veth read through a virtio-net header) and ports that do not:
 //! routed once, cut into segments towards the uplink with outer headers per segment,
 //! merged back (GRO) in front of the receiving pod, delivered whole between local
-//! offloading pods, in arrival order with ordinary frames, refusals counted.
+//! offloading pods and, encapsulated, to an uplink that has the kernel cut them, in arrival order with ordinary frames, refusals counted.
 
 use proptest::prelude::*;
 use xlane_engine::DropReason;
 use xlane_engine::OffloadMeta;
 use xlane_engine::fixtures::fixture;
 use xlane_engine::mem::MemDataplane;
+use xlane_engine::mem::MemPort;
 use xlane_engine::offload::build::TcpSuper;
-use xlane_engine::offload::{GsoKind, OffloadError};
+use xlane_engine::offload::{GsoKind, OffloadError, push_outer, write_datagrams};
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_fib::{FibHandle, PortId};
 use xlane_wire::{Ipv4Packet, TcpPacket, UdpPacket, VXLAN_OVERHEAD};
@@ -75,6 +76,51 @@ fn a_super_packet_crosses_nodes_as_segments_and_reaches_the_pod_merged() {
     let tcp = Ipv4Packet::new_checked(&bytes[14..]).unwrap();
     assert_eq!(TcpPacket::new_checked(tcp.payload()).unwrap().payload(), &data[..]);
     assert!(b.take_tx(POD).unwrap().is_empty());
+    assert!(b.counters().conserved());
+}
+
+/// To an uplink that has the host's stack cut encapsulated super-packets (UDP GSO), a
+/// super-packet leaves whole behind its outer headers; the datagrams the kernel makes of
+/// it reach the other node's pod merged, the byte stream intact.
+#[test]
+fn to_an_uplink_with_udp_segmentation_a_super_packet_leaves_whole() {
+    let (mut a, mut b) = testbed::two_nodes_with(1, BUFFERS, &[POD]);
+    a.serve(MemPort::tunnel_offloading(UPLINK));
+    let data = payload(60_000, 7);
+    let (frame, meta) = TcpSuper::new(data.clone(), 1398).build();
+    a.inject_super(POD, &frame, meta).unwrap();
+    a.run_until_idle();
+
+    assert!(a.take_tx(UPLINK).unwrap().is_empty(), "nothing cut by the engine");
+    let whole = a.take_tx_super(UPLINK).unwrap();
+    assert_eq!(whole.len(), 1);
+    let (encapsulated, m) = &whole[0];
+    assert_eq!(m, &meta, "the inner super-packet's metadata");
+    // Routed as any packet (inner MACs rewritten, TTL down by one); TCP untouched.
+    assert!(encapsulated[VXLAN_OVERHEAD + 34..] == frame[34..], "the inner TCP segment, unchanged");
+    assert_eq!(encapsulated[VXLAN_OVERHEAD + 22], frame[22] - 1, "TTL");
+    let c = a.counters();
+    assert_eq!((c.rx, c.tx, c.encapsulated, c.gso_packets), (1, 1, 1, 1));
+    assert!(c.conserved());
+
+    // What the kernel's UDP segmentation sends: each datagram behind outer headers.
+    let mut out = vec![0u8; 80_000];
+    let d = write_datagrams(encapsulated, m, &mut out).unwrap();
+    assert_eq!((d.dst, d.src, d.dst_port), (testbed::B_VTEP_IP, testbed::A_VTEP_IP, 8472));
+    assert_eq!(d.segments, 60_000usize.div_ceil(1398));
+    let outer: &[u8; VXLAN_OVERHEAD] = encapsulated[..VXLAN_OVERHEAD].try_into().unwrap();
+    for dg in out[..d.len].chunks(d.stride) {
+        let mut wire = outer[..VXLAN_OVERHEAD - 8].to_vec();
+        wire.extend_from_slice(dg);
+        push_outer(outer, &mut wire);
+        inner_of(&wire);
+        b.inject(UPLINK, &wire).unwrap();
+    }
+    b.run_until_idle();
+    let merged = b.take_tx_super(POD).unwrap();
+    assert_eq!(merged.len(), 1);
+    let tcp = Ipv4Packet::new_checked(&merged[0].0[14..]).unwrap();
+    assert_eq!(TcpPacket::new_checked(tcp.payload()).unwrap().payload(), &data[..]);
     assert!(b.counters().conserved());
 }
 

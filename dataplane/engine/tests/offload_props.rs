@@ -2,13 +2,19 @@
 //! options, flags, partial or complete checksum) gives every segment valid headers and
 //! checksums, and gives back the same byte stream; without IP options, URG or CWR, and
 //! within one burst, it gives back the super-packet itself (checksum in partial form).
+//! Laid out as UDP GSO datagrams behind their VXLAN headers, the segments are the same
+//! bytes.
 #![expect(clippy::cast_possible_truncation, reason = "sequence numbers, identifications and test bytes wrap by design")]
 
 use proptest::prelude::*;
 use xlane_engine::BURST;
+use xlane_engine::MAX_SEGMENTS;
 use xlane_engine::offload::build::TcpSuper;
-use xlane_engine::offload::{Coalesced, GsoKind, OffloadMeta, coalesce, complete_checksum, gso};
-use xlane_wire::{IpProtocol, Ipv4Packet, TcpPacket, checksum};
+use xlane_engine::offload::{
+    Coalesced, GsoKind, OffloadError, OffloadMeta, coalesce, complete_checksum, gso, write_datagrams,
+};
+use xlane_wire::encap::{EncapParams, EncapTemplate};
+use xlane_wire::{IpProtocol, Ipv4Packet, Mac, TcpPacket, VXLAN_OVERHEAD, checksum};
 
 const HEADROOM: usize = 50;
 const FIN: u8 = 0x01;
@@ -107,6 +113,38 @@ proptest! {
             stream.extend_from_slice(payload);
         }
         prop_assert_eq!(&stream, &sp.payload);
+
+        // The same segments as UDP GSO datagrams, each behind its VXLAN header.
+        let t = EncapTemplate::new(&EncapParams {
+            src_mac: Mac([2, 0, 0, 0, 0, 1]),
+            dst_mac: Mac([2, 0, 0, 0, 0, 2]),
+            src_ip: core::net::Ipv4Addr::new(192, 168, 50, 1),
+            dst_ip: core::net::Ipv4Addr::new(192, 168, 50, 2),
+            dst_port: 8472,
+            vni: 42,
+            ttl: 64,
+        });
+        let mut encapsulated = vec![0u8; VXLAN_OVERHEAD];
+        t.write((&mut encapsulated[..]).try_into().unwrap(), 60_000, 41_234);
+        encapsulated.extend_from_slice(&frame);
+        let mut out = vec![0u8; 200_000];
+        match write_datagrams(&encapsulated, &meta, &mut out) {
+            Ok(d) => {
+                prop_assert!(segs.len() <= MAX_SEGMENTS);
+                prop_assert_eq!(d.segments, segs.len());
+                prop_assert_eq!((d.src_port, d.dst_port, d.dst.octets(), d.src.octets()), (41_234, 8472, [192, 168, 50, 2], [192, 168, 50, 1]));
+                let datagrams: Vec<&[u8]> = out[..d.len].chunks(d.stride).collect();
+                prop_assert_eq!(datagrams.len(), segs.len());
+                for (dg, seg) in datagrams.iter().zip(&segs) {
+                    prop_assert_eq!(&dg[..8], &encapsulated[42..50]);
+                    prop_assert_eq!(&dg[8..], &seg[..]);
+                }
+            }
+            Err(e) => {
+                prop_assert!(segs.len() > MAX_SEGMENTS);
+                prop_assert_eq!(e, OffloadError::TooManySegments);
+            }
+        }
 
         // Coalesce burst by burst; the units' payloads in order are the stream again.
         let mut units = [Coalesced::default(); BURST];

@@ -8,7 +8,9 @@
 //! * [`xsk`]: UMEM and AF_XDP sockets (through `xdpilone`), with safe frame access;
 //! * [`port`]: an AF_XDP socket as the engine's `Port`, its UMEM as the `FrameMemory`;
 //! * [`packet`]: an AF_PACKET socket with a virtio-net header on a pod's veth as the
-//!   engine's `Port`, keeping the pod's offloads (super-packets).
+//!   engine's `Port`, keeping the pod's offloads (super-packets);
+//! * [`udp_gso`]: UDP sockets with `UDP_SEGMENT` beside the uplink's AF_XDP sockets, which
+//!   send encapsulated super-packets through the host's stack as one buffer.
 
 // The workspace forbids unsafe code; this crate is where it lives instead of everywhere.
 #![allow(
@@ -23,4 +25,5 @@ pub mod packet;
 pub mod port;
 pub mod programs;
 pub mod sys;
+pub mod udp_gso;
 pub mod xsk;

@@ -1,14 +1,18 @@
 //! An AF_XDP socket on one queue of an interface, as the engine's [`Port`]: receive
 //! restocks the fill ring at once, transmit drains a full TX ring before giving up,
-//! service keeps the fill ring at its target, close takes every frame back.
+//! service keeps the fill ring at its target, close takes every frame back. An uplink's
+//! port may also send encapsulated super-packets through UDP GSO sockets
+//! ([`XdpPort::set_udp_gso`]).
 
 use crate::attach::XdpAttachment;
+use crate::udp_gso::UdpGsoSender;
 use crate::xsk::{BindMode, SocketStats, Umem, XskError, XskPort};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use xlane_engine::{BURST, Packet, Port, PortCounters};
+use xlane_engine::offload::OffloadMeta;
+use xlane_engine::{BURST, Offloads, Packet, Port, PortCounters};
 use xlane_fib::PortId;
 
 /// Wakeups per TX flush: copy mode sends 32 descriptors per wakeup, so 8 cover a burst
@@ -83,6 +87,8 @@ pub struct XdpPort {
     fill_target: u32,
     counters: Arc<PortCounters>,
     kernel: Arc<KernelStats>,
+    /// On an uplink: sends encapsulated super-packets through the host's stack.
+    udp_gso: Option<Box<UdpGsoSender>>,
 }
 
 impl XdpPort {
@@ -109,7 +115,13 @@ impl XdpPort {
             umem.close_port(xsk);
             return Err(OpenError::Steer { ifname: ifname.to_owned(), queue, source });
         }
-        Ok(Self { id, xsk, attach, fill_target, counters, kernel })
+        Ok(Self { id, xsk, attach, fill_target, counters, kernel, udp_gso: None })
+    }
+
+    /// Have encapsulated super-packets routed here sent by `sender` (the port then
+    /// promises [`Offloads::tunnel_segmentation`]): an uplink's.
+    pub fn set_udp_gso(&mut self, sender: UdpGsoSender) {
+        self.udp_gso = Some(Box::new(sender));
     }
 
     /// The socket.
@@ -139,6 +151,14 @@ impl Port<Umem> for XdpPort {
 
     fn counters(&self) -> &PortCounters {
         &self.counters
+    }
+
+    fn offloads(&self) -> Offloads {
+        Offloads { tunnel_segmentation: self.udp_gso.is_some(), ..Offloads::default() }
+    }
+
+    fn transmit_offloaded(&mut self, _umem: &mut Umem, frame: &[u8], meta: &OffloadMeta) -> bool {
+        self.udp_gso.as_mut().is_some_and(|s| s.send(frame, meta).is_ok())
     }
 
     fn receive(&mut self, umem: &mut Umem, out: &mut [Packet<u64>; BURST]) -> usize {

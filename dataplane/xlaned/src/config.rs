@@ -94,6 +94,10 @@ pub struct Args {
     /// This node's pod subnet for --vtep-ip (enables the host port).
     #[arg(long, env = "XLANE_NODE_SUBNET")]
     pub node_subnet: Option<Ipv4Net>,
+    /// Send pods' TCP super-packets to other nodes through UDP GSO sockets on the
+    /// uplink, one buffer each, rather than cut into AF_XDP frames [default: true].
+    #[arg(long, env = "XLANE_UPLINK_UDP_GSO", num_args = 0..=1, default_missing_value = "true")]
+    pub uplink_udp_gso: Option<bool>,
 }
 
 impl xlane_config::Layered for Args {
@@ -131,6 +135,8 @@ pub struct Config {
     pub umem_frames: u32,
     /// VTEP to set at start.
     pub vtep: Option<xlane_api::Vtep>,
+    /// Super-packets to other nodes through UDP GSO sockets.
+    pub uplink_udp_gso: bool,
 }
 
 impl Config {
@@ -187,6 +193,7 @@ impl Config {
             host_port,
             umem_frames: args.umem_frames.unwrap_or(32_768),
             vtep,
+            uplink_udp_gso: args.uplink_udp_gso.unwrap_or(true),
         })
     }
 }

@@ -61,6 +61,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         busy_poll: cfg.busy_poll,
         runtime_dir: cfg.socket.parent().map_or_else(|| "/run/xlane".into(), std::path::Path::to_path_buf),
         max_frame: umem.max_frame(),
+        uplink_udp_gso: cfg.uplink_udp_gso,
     };
     let host = host::System::new(xdp, bind)?;
     let mut st = state::State::new(control, host, fib, workers, metric_ports, Arc::new(|| {}))?;

@@ -20,6 +20,7 @@ use xlane_xdp::attach::{HostStackBlock, ModePreference, Program, XdpAttachment, 
 use xlane_xdp::packet::{PacketPort, PacketStats};
 use xlane_xdp::port::{KernelStats, XdpPort};
 use xlane_xdp::programs::PodFilter;
+use xlane_xdp::udp_gso::{UdpGsoSender, UdpGsoStats};
 use xlane_xdp::xsk::{BindMode, Umem};
 
 /// What one worker opens of an interface: its share of the queues, as port `id`.
@@ -39,6 +40,9 @@ pub struct OpenSpec<A> {
     pub counters: Arc<PortCounters>,
     /// The kernel's socket statistics on this worker.
     pub kernel: Arc<KernelStats>,
+    /// On the uplink: counters of the UDP GSO sockets to open beside the first queue's
+    /// socket, which transmits for the port.
+    pub udp_gso: Option<Arc<UdpGsoStats>>,
 }
 
 /// What one worker opens of a pod veth read through AF_PACKET: its socket in the
@@ -277,6 +281,15 @@ fn open_sockets(spec: OpenSpec<XdpAttachment>, bind: BindMode, d: &mut Driver<Um
         }
     }
     let zero_copy = opened.first().is_some_and(|p| p.socket().zero_copy());
+    if let (Some(stats), Some(first)) = (spec.udp_gso, opened.first_mut()) {
+        // Without them the engine cuts super-packets into frames itself: slower, not wrong.
+        match UdpGsoSender::open(&spec.ifname, stats) {
+            Ok(sender) => first.set_udp_gso(sender),
+            Err((what, e)) => {
+                tracing::warn!(uplink = %spec.ifname, "UDP GSO sockets: {what}: {e}; the engine segments instead")
+            }
+        }
+    }
     for p in opened {
         d.add_port(NodePort::Xdp(p));
     }

@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use xlane_api::{EndpointSpec, Mac, PacketInfo, PortInfo, Reply, VethIo, VhostUserInfo};
+use xlane_api::{EndpointSpec, Mac, PacketInfo, PortInfo, Reply, UdpGsoInfo, VethIo, VhostUserInfo};
 use xlane_engine::PortCounters;
 use xlane_fib::{Endpoint, PortId};
 use xlane_vhost::backend::{PortIo, VhostUserPort};
@@ -26,6 +26,7 @@ use xlane_xdp::attach::Program;
 use xlane_xdp::packet::PacketStats;
 use xlane_xdp::port::KernelStats;
 use xlane_xdp::programs::PodFilter;
+use xlane_xdp::udp_gso::UdpGsoStats;
 
 /// The gateway MAC VM-based pods see (answering their ARP, source of frames to them):
 /// there is no host-side interface to take one from. Locally administered, unicast,
@@ -63,6 +64,8 @@ pub(crate) enum PortKind<A> {
         zero_copy: bool,
         /// The kernel's socket statistics, one per worker.
         kernel: Vec<Arc<KernelStats>>,
+        /// The uplink's UDP GSO senders' counters, one per worker (none elsewhere).
+        udp_gso: Vec<Arc<UdpGsoStats>>,
     },
     /// A vhost-user-net backend on a unix socket (a VM-based pod). Dropping it cuts the
     /// frontend off and removes the socket.
@@ -114,9 +117,20 @@ impl<A> Port<A> {
             (rx, tx, tx_dropped) = (rx + r, tx + t, tx_dropped + d);
         }
         let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| self.kernel().iter().map(|k| f(&k.get())).sum();
-        let mut packet = None;
+        let (mut packet, mut udp_gso_info) = (None, None);
         let (queues, xdp_mode, zero_copy, vhost_user) = match &self.kind {
-            PortKind::Xdp { attach, queues, zero_copy, .. } => (*queues, H::xdp_mode(attach), *zero_copy, None),
+            PortKind::Xdp { attach, queues, zero_copy, udp_gso, .. } => {
+                if !udp_gso.is_empty() {
+                    let mut sum = UdpGsoInfo::default();
+                    for s in udp_gso {
+                        sum.super_packets += s.super_packets.load(Relaxed);
+                        sum.datagrams += s.datagrams.load(Relaxed);
+                        sum.failed += s.failed.load(Relaxed);
+                    }
+                    udp_gso_info = Some(sum);
+                }
+                (*queues, H::xdp_mode(attach), *zero_copy, None)
+            }
             PortKind::Packet { stats, .. } => {
                 let mut sum = PacketInfo::default();
                 for s in stats.iter().map(|s| s.get()) {
@@ -164,6 +178,7 @@ impl<A> Port<A> {
             tx_ring_empty_descs: kernel(|k| k.tx_ring_empty_descs),
             vhost_user,
             packet,
+            udp_gso: udp_gso_info,
         }
     }
 }
@@ -247,7 +262,7 @@ impl<H: Host> State<H> {
         let max_queue = queues.iter().max().copied().unwrap_or(0) + 1;
         let attach = Arc::new(self.host.attach(&link, &name, max_queue, program).map_err(failed)?);
         let fill_target = if role == Role::Uplink { self.cfg.uplink_fill } else { self.cfg.pod_fill };
-        let (mut counters, mut kernel) = (Vec::new(), Vec::new());
+        let (mut counters, mut kernel, mut udp_gso) = (Vec::new(), Vec::new(), Vec::new());
         for (i, qs) in per_worker.into_iter().enumerate() {
             let spec = OpenSpec {
                 id,
@@ -257,14 +272,16 @@ impl<H: Host> State<H> {
                 fill_target,
                 counters: Arc::new(PortCounters::default()),
                 kernel: Arc::new(KernelStats::default()),
+                udp_gso: (role == Role::Uplink && self.cfg.uplink_udp_gso).then(Arc::default),
             };
             counters.push(Arc::clone(&spec.counters));
             kernel.push(Arc::clone(&spec.kernel));
+            udp_gso.extend(spec.udp_gso.clone());
             self.open_on_worker(i, id, events, notify, self.host.opener(spec));
         }
         let queues = queues.len();
-        let kind =
-            PortKind::Xdp { attach, queues: u32::try_from(queues).unwrap_or(u32::MAX), zero_copy: false, kernel };
+        let n = u32::try_from(queues).unwrap_or(u32::MAX);
+        let kind = PortKind::Xdp { attach, queues: n, zero_copy: false, kernel, udp_gso };
         Ok(Opening { kind, counters, queues })
     }
 

@@ -52,6 +52,9 @@ pub struct ControlConfig {
     /// The largest Ethernet frame a port's memory takes (a UMEM frame less the
     /// kernel's headroom): the uplink's MTU must fit it.
     pub max_frame: u32,
+    /// Send TCP super-packets bound for other nodes through UDP GSO sockets on the
+    /// uplink (else the engine cuts them into AF_XDP frames).
+    pub uplink_udp_gso: bool,
 }
 
 /// The workers of a node on host `H`.

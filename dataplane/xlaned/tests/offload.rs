@@ -1,8 +1,10 @@
 //! Pods whose veths keep their offloads (`veth_io: af_packet`), end to end as root in
 //! namespaces: the pod's TCP stack hands xlane 64 KiB super-packets, which travel
-//! whole between pods of one node and are cut into segments (encapsulated each) where
-//! they leave it; the receiving node merges the segments back before the pod. Every
-//! transfer is checked byte for byte, both ways, across nodes and on one node.
+//! whole between pods of one node and leave it through the uplink's UDP GSO sockets
+//! (one buffer, cut into datagrams by the host's stack), or, with those off, cut into
+//! segments by the engine (encapsulated each); the receiving node merges the segments
+//! back before the pod. Every transfer is checked byte for byte, both ways, across
+//! nodes and on one node.
 
 mod common;
 
@@ -13,6 +15,11 @@ use xlane_api::{Op, PortInfo, Reply, Table, VethIo};
 fn pod_ports(d: &Xlaned) -> Vec<PortInfo> {
     let Reply::Ports { ports } = d.ok(Op::Dump { table: Table::Ports }) else { panic!() };
     ports.into_iter().filter(|p| p.role == "pod").collect()
+}
+
+fn uplink(d: &Xlaned) -> PortInfo {
+    let Reply::Ports { ports } = d.ok(Op::Dump { table: Table::Ports }) else { panic!() };
+    ports.into_iter().find(|p| p.role == "uplink").expect("an uplink")
 }
 
 fn nonzero(m: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
@@ -58,9 +65,15 @@ fn offloading_pods_move_tcp_as_super_packets_intact_both_ways() {
         assert!(conserved(c), "node {i}: {:?} drops {:?}", c.pipeline, nonzero(&c.drops));
         assert_eq!(c.drops["super_packet"], 0, "node {i}: {:?}", nonzero(&c.offload_errors));
     }
-    // Node 0's pods sent super-packets: cut towards node 1, whole between its pods.
+    // Node 0's pods sent super-packets: whole between its pods, and to node 1 through
+    // the uplink's UDP GSO sockets, never cut by the engine; node 1 likewise back.
     assert!(a.pipeline["gso_packets"] > 0, "{:?}", a.pipeline);
-    assert!(a.pipeline["gso_segments"] > a.pipeline["gso_packets"], "{:?}", a.pipeline);
+    for (i, d) in daemons.iter().enumerate() {
+        let gso = uplink(d).udp_gso.unwrap_or_else(|| panic!("node {i}: no UDP GSO on the uplink\n{}", d.log()));
+        assert!(gso.super_packets > 0 && gso.datagrams > 2 * gso.super_packets, "node {i}: {gso:?}");
+        assert_eq!(gso.failed, 0, "node {i}");
+    }
+    assert_eq!(a.pipeline["gso_segments"], 0, "{:?}", a.pipeline);
     // Node 1 merged the segments it decapsulated before writing them to its pod, and
     // node 0 did the same for the way back.
     for (i, d) in daemons.iter().enumerate() {
@@ -82,4 +95,25 @@ fn offloading_pods_move_tcp_as_super_packets_intact_both_ways() {
     let r = daemons[0].ok(Op::AddEndpoint(spec));
     assert!(matches!(r, Reply::EndpointReady { .. }), "{r:?}");
     ping(&p0.ns, p1.ip).unwrap();
+}
+
+/// With the uplink's UDP GSO sockets off, the engine cuts each super-packet into
+/// encapsulated AF_XDP frames itself; the byte stream arrives as intact.
+#[test]
+fn without_udp_gso_the_engine_cuts_super_packets_for_the_uplink() {
+    if !xlane_netlab::privileged("without_udp_gso_the_engine_cuts_super_packets_for_the_uplink") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Cluster { daemons, lab } = cluster_io("xe-cut", 1, &["--uplink-udp-gso", "false"], VethIo::AfPacket);
+    let (p0, p2) = (&lab.pods[0], &lab.pods[2]);
+    tcp_transfer(&p0.ns, &p2.ns, p2.ip, 5111, 256);
+    tcp_transfer(&p2.ns, &p0.ns, p0.ip, 5112, 64);
+    for (i, d) in daemons.iter().enumerate() {
+        assert_eq!(uplink(d).udp_gso, None, "node {i}");
+        let c = d.counters();
+        assert!(conserved(&c), "node {i}: {:?} drops {:?}", c.pipeline, nonzero(&c.drops));
+        assert_eq!(c.drops["super_packet"], 0, "node {i}: {:?}", nonzero(&c.offload_errors));
+        assert!(c.pipeline["gso_segments"] > c.pipeline["gso_packets"], "node {i}: {:?}", c.pipeline);
+    }
 }

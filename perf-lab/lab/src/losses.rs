@@ -405,6 +405,7 @@ mod tests {
             tx_ring_empty_descs: 0,
             vhost_user: None,
             packet: None,
+            udp_gso: None,
         }
     }
 

@@ -175,7 +175,6 @@ fn plain_case(reason: DropReason) -> (FibBuilder, PortId, Vec<u8>, usize) {
             f[20] = 0x20;
             fill_ipv4_checksum(f, 14);
         })),
-        R::UdpChecksum => uplink(with("decap_udp_csum_in", |f| f[96] ^= 0xff)),
         R::VxlanNoVni => uplink(with("decap_udp_in", |f| f[42] = 0)),
         R::VxlanWrongVni => uplink(with("decap_udp_in", |f| f[48] = 2)),
         R::VxlanInnerMac => uplink(with("decap_udp_in", |f| f[55] = 9)),

@@ -145,7 +145,6 @@ pub fn drop_stage(reason: DropReason, ingress: Ingress) -> Stage {
         | R::ArpOwnAddress
         | R::NotVxlan
         | R::VxlanFragment
-        | R::UdpChecksum
         | R::VxlanNoVni
         | R::VxlanWrongVni
         | R::VxlanInnerMac => Stage::Classify,

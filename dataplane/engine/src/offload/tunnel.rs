@@ -5,12 +5,22 @@
 //! it, their lengths meaningless for a packet that will never travel whole. Each
 //! segment gets a copy of them with its own lengths and IPv4 header checksum, which is
 //! what the template would have written for a frame of that size.
+//!
+//! Or the kernel writes them: [`write_datagrams`] lays the segments out behind their
+//! VXLAN headers for a UDP socket with `UDP_SEGMENT`, so a super-packet crosses the
+//! host's stack to the uplink as one buffer (the port that does this promises
+//! [`Offloads::tunnel_segmentation`](crate::Offloads)).
 
 use super::headers::{be16, ip};
-use xlane_wire::{ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN, VXLAN_OVERHEAD, checksum};
+use super::{OffloadError, OffloadMeta};
+use crate::driver::MAX_SEGMENTS;
+use arrayvec::ArrayVec;
+use core::net::Ipv4Addr;
+use xlane_wire::{ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN, VXLAN_HEADER_LEN, VXLAN_OVERHEAD, checksum};
 
 const IP: usize = ETHERNET_HEADER_LEN;
 const UDP: usize = IP + IPV4_HEADER_LEN;
+const VXLAN: usize = UDP + UDP_HEADER_LEN;
 
 /// Copy the outer headers `outer` in front of the inner segment at
 /// `seg[VXLAN_OVERHEAD..]` and set the outer IPv4 total length, header checksum and UDP
@@ -33,6 +43,70 @@ pub fn push_outer(outer: &[u8; VXLAN_OVERHEAD], seg: &mut [u8]) {
     h[IP + ip::CHECKSUM..IP + ip::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
     debug_assert_eq!(be16(h, UDP + 4), udp_len);
     debug_assert_eq!(usize::from(udp_len), UDP_HEADER_LEN + 8 + inner);
+}
+
+/// Where the kernel sends the datagrams [`write_datagrams`] wrote, read from the outer
+/// headers the pipeline put in front of the super-packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagrams {
+    /// Segments written, one datagram each.
+    pub segments: usize,
+    /// Bytes of every datagram but the last (which may be shorter): the UDP GSO size.
+    pub stride: usize,
+    /// Bytes written in all.
+    pub len: usize,
+    /// Outer source address (the node's VTEP).
+    pub src: Ipv4Addr,
+    /// The flow's outer UDP source port (its hash, for the underlay's ECMP).
+    pub src_port: u16,
+    /// The remote VTEP.
+    pub dst: Ipv4Addr,
+    /// The VXLAN port.
+    pub dst_port: u16,
+    /// Outer TTL.
+    pub ttl: u8,
+}
+
+/// Cut an encapsulated super-packet (`frame`: the outer headers the pipeline wrote, then
+/// the inner super-packet that `meta` describes) into MSS-sized inner segments, each
+/// behind a copy of its VXLAN header, back to back in `out`: the payload of one
+/// `sendmsg` with `UDP_SEGMENT` = [`Datagrams::stride`], after which the kernel adds
+/// outer IPv4/UDP headers per datagram (and the NIC, or the kernel's GSO, cuts them).
+/// At most [`MAX_SEGMENTS`] segments, as the driver cuts.
+///
+/// # Errors
+/// What [`gso::plan`](super::gso::plan) refuses; more than [`MAX_SEGMENTS`]
+/// segments ([`OffloadError::TooManySegments`]); `out` too small ([`OffloadError::BufferTooSmall`]).
+pub fn write_datagrams(frame: &[u8], meta: &OffloadMeta, out: &mut [u8]) -> Result<Datagrams, OffloadError> {
+    if frame.len() <= VXLAN_OVERHEAD {
+        return Err(OffloadError::NotIpv4);
+    }
+    let (outer, inner) = frame.split_at(VXLAN_OVERHEAD);
+    let plan = super::gso::plan(inner, meta)?;
+    let segments = plan.segments();
+    if segments > MAX_SEGMENTS {
+        return Err(OffloadError::TooManySegments);
+    }
+    let stride = VXLAN_HEADER_LEN + plan.max_segment_len();
+    let len = stride * (segments - 1) + VXLAN_HEADER_LEN + plan.segment_len(segments - 1);
+    let out = out.get_mut(..len).ok_or(OffloadError::BufferTooSmall)?;
+    let mut slices: ArrayVec<&mut [u8], MAX_SEGMENTS> = out.chunks_mut(stride).collect();
+    plan.write_range(inner, 0, VXLAN_HEADER_LEN, &mut slices)?;
+    let vxlan = &outer[VXLAN..VXLAN_OVERHEAD];
+    for s in &mut slices {
+        s[..VXLAN_HEADER_LEN].copy_from_slice(vxlan);
+    }
+    let addr = |at: usize| Ipv4Addr::new(outer[at], outer[at + 1], outer[at + 2], outer[at + 3]);
+    Ok(Datagrams {
+        segments,
+        stride,
+        len,
+        src: addr(IP + 12),
+        src_port: be16(outer, UDP),
+        dst: addr(IP + 16),
+        dst_port: be16(outer, UDP + 2),
+        ttl: outer[IP + ip::TTL],
+    })
 }
 
 #[cfg(test)]

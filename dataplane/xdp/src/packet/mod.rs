@@ -417,7 +417,7 @@ impl<M: FrameMemory> Port<M> for PacketPort<M::Buf> {
     }
 
     fn offloads(&self) -> Offloads {
-        Offloads { partial_checksum: true, tcp_segmentation: true }
+        Offloads { partial_checksum: true, tcp_segmentation: true, tunnel_segmentation: false }
     }
 
     /// Without a jumbo store: super-packets and frames larger than a buffer are dropped

@@ -341,6 +341,12 @@ fn print_ports(ports: &[PortInfo]) {
                 k.tx_errors
             );
         }
+        if let Some(g) = &p.udp_gso {
+            println!(
+                "port {} UDP GSO: {} super-packets sent as {} datagrams; refused {}",
+                p.id, g.super_packets, g.datagrams, g.failed
+            );
+        }
     }
 }
 

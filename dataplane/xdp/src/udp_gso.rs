@@ -1,0 +1,270 @@
+//! Encapsulated super-packets out through the host's stack: UDP sockets with
+//! `UDP_SEGMENT` (UDP GSO, Linux 4.18+) beside the uplink's AF_XDP sockets.
+//!
+//! AF_XDP carries frames of one chunk, so a super-packet bound for another node would be
+//! cut by the engine into ~45 frames, each crossing copy-mode TX alone: an skb, the
+//! uplink's driver and the underlay once per frame. Instead the engine lays the
+//! segments out behind their VXLAN headers ([`write_datagrams`]) and one `sendmmsg`
+//! hands them to the kernel as one buffer: one route lookup, one skb through the stack
+//! and the underlay, cut into datagrams by the NIC (UDP segmentation offload) or by the
+//! kernel's GSO where the device cannot. The inner TCP is still cut by the engine: the
+//! kernel takes tunnel GSO only from a tap (routed through the host's FORWARD chain),
+//! never from a packet socket (refused on 6.18).
+//!
+//! The kernel writes the outer IPv4/UDP headers from what the template says: the source
+//! address and TTL per message (`IP_PKTINFO`, `IP_TTL`), the destination address and
+//! port, DF (`IP_PMTUDISC_PROBE`: the device's MTU, as AF_XDP frames have). The UDP
+//! source port is the socket's: a flow keeps one of [`SOCKETS`] ephemeral ports, picked
+//! by its hash, so the underlay's ECMP sees up to that many flows per peer node. The
+//! UDP checksum is the kernel's (UDP GSO requires one; RFC 7348 lets a sender set it).
+//! The sockets are bound to the uplink (`SO_BINDTODEVICE`): the datagrams leave where
+//! the AF_XDP frames do, and after them, since the driver flushes a burst's earlier
+//! frames before it sends a super-packet.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use xlane_engine::offload::{Datagrams, OffloadError, OffloadMeta, write_datagrams};
+use xlane_engine::port::bump;
+
+/// Sockets (outer UDP source ports) per sender.
+pub const SOCKETS: usize = 8;
+/// Bytes of a UDP datagram's payload over IPv4 (65535 − 20 − 8).
+const MAX_UDP_PAYLOAD: usize = 65_507;
+/// Segments one message may carry: the kernel's `UDP_MAX_SEGMENTS` is 128 since 5.x,
+/// 64 before; 64 is within both.
+const MAX_SEGMENTS_PER_MESSAGE: usize = 64;
+/// Messages one super-packet needs at most: its segments' bytes exceed one datagram's
+/// payload limit by the headers each segment repeats.
+const MESSAGES: usize = 4;
+/// Room for every datagram of a super-packet: 64 KiB of payload plus, per segment of
+/// the engine's most, a VXLAN header and the inner headers (at most 14 + 60 + 60).
+const SCRATCH: usize = 65_536 + xlane_engine::MAX_SEGMENTS * (8 + 134);
+/// A socket's send buffer: a few super-packets in flight on a NIC queue.
+const SEND_BUFFER: libc::c_int = 4 << 20;
+
+/// What a sender did, on one worker. Single writer: relaxed load + store.
+#[derive(Debug, Default)]
+pub struct UdpGsoStats {
+    /// Super-packets handed to the kernel.
+    pub super_packets: AtomicU64,
+    /// Datagrams they made.
+    pub datagrams: AtomicU64,
+    /// Super-packets the engine refused to lay out (counted by reason in the pipeline's
+    /// drops as well) or the kernel refused to take (a full send buffer, no route).
+    pub failed: AtomicU64,
+}
+
+/// Why a super-packet was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// It could not be laid out as datagrams.
+    #[error("{0}")]
+    Offload(#[from] OffloadError),
+    /// The kernel refused it.
+    #[error("sendmmsg: {0}")]
+    Kernel(#[from] io::Error),
+}
+
+/// Control messages of one `sendmsg`: the segment size, the source address, the TTL.
+/// Aligned as `cmsghdr` wants; filled by [`Control::write`].
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Control([u8; CONTROL_LEN]);
+
+const fn cmsg_align(n: usize) -> usize {
+    (n + size_of::<usize>() - 1) & !(size_of::<usize>() - 1)
+}
+const CMSG_HDR: usize = cmsg_align(size_of::<libc::cmsghdr>());
+const fn cmsg_space(n: usize) -> usize {
+    CMSG_HDR + cmsg_align(n)
+}
+const CONTROL_LEN: usize =
+    cmsg_space(size_of::<u16>()) + cmsg_space(size_of::<libc::in_pktinfo>()) + cmsg_space(size_of::<libc::c_int>());
+
+impl Control {
+    /// Write the three messages for datagrams of `stride` bytes from `src` with `ttl`.
+    fn write(&mut self, stride: u16, src: std::net::Ipv4Addr, ttl: u8) {
+        let mut at = 0;
+        let mut put = |level: libc::c_int, kind: libc::c_int, data: &[u8]| {
+            // SAFETY: cmsghdr is plain old data; all-zero is a valid value.
+            let mut h: libc::cmsghdr = unsafe { std::mem::zeroed() };
+            h.cmsg_len = CMSG_HDR + data.len();
+            h.cmsg_level = level;
+            h.cmsg_type = kind;
+            // SAFETY: `at + size_of::<cmsghdr>()` ≤ CONTROL_LEN (the layout above), and an
+            // unaligned write has no alignment requirement.
+            unsafe { std::ptr::write_unaligned(self.0.as_mut_ptr().add(at).cast::<libc::cmsghdr>(), h) };
+            self.0[at + CMSG_HDR..at + CMSG_HDR + data.len()].copy_from_slice(data);
+            at += cmsg_space(data.len());
+        };
+        put(libc::SOL_UDP, libc::UDP_SEGMENT, &stride.to_ne_bytes());
+        let info = libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: libc::in_addr { s_addr: u32::from(src).to_be() },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        // SAFETY: in_pktinfo is plain old data without padding (three 4-byte fields);
+        // viewing it as its bytes reads initialised memory only.
+        let info = unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(&info).cast::<u8>(), size_of::<libc::in_pktinfo>())
+        };
+        put(libc::IPPROTO_IP, libc::IP_PKTINFO, info);
+        put(libc::IPPROTO_IP, libc::IP_TTL, &libc::c_int::from(ttl).to_ne_bytes());
+    }
+}
+
+/// UDP sockets on the uplink that send encapsulated super-packets as UDP GSO datagrams.
+pub struct UdpGsoSender {
+    socks: Vec<OwnedFd>,
+    /// The datagrams of the super-packet being sent (allocated once).
+    scratch: Box<[u8]>,
+    msgs: [libc::mmsghdr; MESSAGES],
+    iovs: [libc::iovec; MESSAGES],
+    dst: libc::sockaddr_in,
+    control: [Control; MESSAGES],
+    stats: Arc<UdpGsoStats>,
+}
+
+// SAFETY: the raw pointers in `msgs` and `iovs` are rewritten before every `sendmmsg`
+// that reads them (into `scratch`, `dst`, `control`, all owned by the sender) and are
+// never dereferenced by Rust code; moving the sender between threads moves plain bytes.
+unsafe impl Send for UdpGsoSender {}
+
+impl core::fmt::Debug for UdpGsoSender {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("UdpGsoSender").field("sockets", &self.socks.len()).finish_non_exhaustive()
+    }
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(size_of::<T>()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: `value` is a live `T` for the call and `len` is its size.
+    let r = unsafe { libc::setsockopt(fd, level, name, std::ptr::from_ref(value).cast(), len) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// One non-blocking UDP socket bound to `ifname` and an ephemeral port.
+fn open_socket(ifname: &str) -> Result<OwnedFd, (&'static str, io::Error)> {
+    // SAFETY: plain socket(2); the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(("socket(AF_INET, SOCK_DGRAM)", io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel just returned this descriptor; nobody else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let s = fd.as_raw_fd();
+    let name = ifname.as_bytes();
+    let len =
+        libc::socklen_t::try_from(name.len()).map_err(|_| ("SO_BINDTODEVICE", io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: `name` is live for the call and `len` is its length (the kernel copies it).
+    if unsafe { libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, name.as_ptr().cast(), len) } < 0 {
+        return Err(("SO_BINDTODEVICE", io::Error::last_os_error()));
+    }
+    setsockopt(s, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &libc::IP_PMTUDISC_PROBE)
+        .map_err(|e| ("IP_MTU_DISCOVER", e))?;
+    if setsockopt(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &SEND_BUFFER).is_err() {
+        setsockopt(s, libc::SOL_SOCKET, libc::SO_SNDBUF, &SEND_BUFFER).map_err(|e| ("SO_SNDBUF", e))?;
+    }
+    // Nothing is ever sent to these ports; the smallest buffer drops whatever is.
+    setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVBUF, &1 as &libc::c_int).map_err(|e| ("SO_RCVBUF", e))?;
+    // SAFETY: sockaddr_in is plain old data; all-zero is INADDR_ANY port 0.
+    let mut any: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    any.sin_family = libc::sa_family_t::try_from(libc::AF_INET).expect("2");
+    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("16");
+    // SAFETY: `any` is a live sockaddr_in and `len` its size.
+    if unsafe { libc::bind(s, std::ptr::from_ref(&any).cast(), len) } < 0 {
+        return Err(("bind(0.0.0.0:0)", io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
+impl UdpGsoSender {
+    /// [`SOCKETS`] UDP sockets bound to `ifname` (the uplink), counting into `stats`.
+    ///
+    /// # Errors
+    /// The failing step's name and the kernel's error (no `CAP_NET_RAW` for
+    /// `SO_BINDTODEVICE`, no such interface).
+    pub fn open(ifname: &str, stats: Arc<UdpGsoStats>) -> Result<Self, (&'static str, io::Error)> {
+        let socks = (0..SOCKETS).map(|_| open_socket(ifname)).collect::<Result<Vec<_>, _>>()?;
+        // SAFETY: mmsghdr and sockaddr_in are plain old data; all-zero is valid (null
+        // pointers, no iovecs; INADDR_ANY).
+        let (msg, dst) = unsafe { (std::mem::zeroed::<libc::mmsghdr>(), std::mem::zeroed::<libc::sockaddr_in>()) };
+        Ok(Self {
+            socks,
+            scratch: vec![0; SCRATCH].into_boxed_slice(),
+            msgs: [msg; MESSAGES],
+            iovs: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MESSAGES],
+            dst,
+            control: [Control([0; CONTROL_LEN]); MESSAGES],
+            stats,
+        })
+    }
+
+    /// The sender's counters.
+    #[must_use]
+    pub fn stats(&self) -> &Arc<UdpGsoStats> {
+        &self.stats
+    }
+
+    /// Send `frame` (outer headers, then the inner super-packet `meta` describes) as
+    /// datagrams of one segment each; returns how many. Never blocks: a full send buffer
+    /// refuses the super-packet (TCP retransmits, as after a loss on the wire).
+    ///
+    /// # Errors
+    /// [`SendError`]; counted in `failed`.
+    pub fn send(&mut self, frame: &[u8], meta: &OffloadMeta) -> Result<usize, SendError> {
+        let r = self.try_send(frame, meta);
+        match &r {
+            Ok(n) => {
+                bump(&self.stats.super_packets, 1);
+                bump(&self.stats.datagrams, *n as u64);
+            }
+            Err(_) => bump(&self.stats.failed, 1),
+        }
+        r
+    }
+
+    fn try_send(&mut self, frame: &[u8], meta: &OffloadMeta) -> Result<usize, SendError> {
+        let d: Datagrams = write_datagrams(frame, meta, &mut self.scratch)?;
+        let stride = u16::try_from(d.stride).map_err(|_| OffloadError::BufferTooSmall)?;
+        self.dst.sin_family = libc::sa_family_t::try_from(libc::AF_INET).expect("2");
+        self.dst.sin_port = d.dst_port.to_be();
+        self.dst.sin_addr = libc::in_addr { s_addr: u32::from(d.dst).to_be() };
+        let per_message = (MAX_UDP_PAYLOAD / d.stride).clamp(1, MAX_SEGMENTS_PER_MESSAGE);
+        let messages = d.segments.div_ceil(per_message);
+        if messages > MESSAGES {
+            return Err(OffloadError::TooManySegments.into());
+        }
+        let bytes_per_message = per_message * d.stride;
+        let base = self.scratch.as_mut_ptr();
+        for m in 0..messages {
+            let start = m * bytes_per_message;
+            let len = bytes_per_message.min(d.len - start);
+            self.control[m].write(stride, d.src, d.ttl);
+            // SAFETY: `start < d.len ≤ scratch.len()`: the pointer stays inside `scratch`.
+            self.iovs[m] = libc::iovec { iov_base: unsafe { base.add(start) }.cast(), iov_len: len };
+            let h = &mut self.msgs[m].msg_hdr;
+            h.msg_name = std::ptr::from_mut(&mut self.dst).cast();
+            h.msg_namelen = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("16");
+            h.msg_iov = std::ptr::from_mut(&mut self.iovs[m]);
+            h.msg_iovlen = 1;
+            h.msg_control = self.control[m].0.as_mut_ptr().cast();
+            h.msg_controllen = CONTROL_LEN;
+            h.msg_flags = 0;
+            self.msgs[m].msg_len = 0;
+        }
+        let sock = self.socks[usize::from(d.src_port) % self.socks.len()].as_raw_fd();
+        let count = libc::c_uint::try_from(messages).expect("at most MESSAGES");
+        // SAFETY: `msgs[..messages]` point at live iovecs into `scratch`, at `dst` and at
+        // `control`, all owned by `self` and untouched for the call; the kernel copies
+        // the data before returning.
+        let sent = unsafe { libc::sendmmsg(sock, self.msgs.as_mut_ptr(), count, libc::MSG_DONTWAIT) };
+        match usize::try_from(sent) {
+            Err(_) => Err(io::Error::last_os_error().into()),
+            Ok(n) if n < messages => Err(io::Error::new(io::ErrorKind::WouldBlock, "send buffer full mid-way").into()),
+            Ok(_) => Ok(d.segments),
+        }
+    }
+}
