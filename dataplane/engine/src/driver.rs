@@ -125,7 +125,7 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
 
     /// Serve `port` (after the ports already served).
     pub fn add_port(&mut self, port: P) {
-        if port.offloads().tcp_segmentation && self.jumbo.is_none() {
+        if port.offloads().receives_large() && self.jumbo.is_none() {
             self.jumbo = Some(Box::new(Jumbo::new()));
         }
         self.ports.push(port);
@@ -195,7 +195,7 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
     pub fn receive(&mut self, index: usize, rx: &mut [Packet<M::Buf>; BURST]) -> Received {
         let port = &mut self.ports[index];
         let (n, supers) = match self.jumbo.as_deref_mut() {
-            Some(jumbo) if self.offloading[index].tcp_segmentation => {
+            Some(jumbo) if self.offloading[index].receives_large() => {
                 jumbo.clear();
                 (port.receive_offloaded(&mut self.mem, rx, jumbo).min(BURST), jumbo.len())
             }

@@ -155,12 +155,15 @@ impl MemPort {
         }
     }
 
-    /// An empty uplink that has encapsulated super-packets cut past the host's stack (as
-    /// the AF_XDP uplink with its UDP segmentation sockets): they land whole, outer
-    /// headers first, in `tx_super`.
+    /// An empty uplink that has encapsulated super-packets cut past the host's stack and
+    /// takes jumbo frames (as the AF_XDP uplink with its UDP segmentation sockets and
+    /// multi-buffer receive): encapsulated super-packets land whole, outer headers first,
+    /// in `tx_super`; frames queued with [`push_super`](Self::push_super) arrive as
+    /// frames larger than a buffer.
     #[must_use]
     pub fn tunnel_offloading(id: PortId) -> Self {
-        Self { offloads: Offloads { tunnel_segmentation: true, ..Offloads::default() }, ..Self::new(id) }
+        let offloads = Offloads { tunnel_segmentation: true, large_frames: true, ..Offloads::default() };
+        Self { offloads, ..Self::new(id) }
     }
 
     /// Queue a super-packet (or any frame with metadata) to receive after the frames

@@ -66,6 +66,19 @@ pub struct Offloads {
     /// The port has them cut past the host's stack (the kernel's UDP segmentation, a
     /// NIC's). Such a port is an uplink; it need not receive super-packets.
     pub tunnel_segmentation: bool,
+    /// Frames larger than a buffer may arrive (multi-buffer AF_XDP on a jumbo uplink):
+    /// the port receives through [`Port::receive_offloaded`], such frames going to the
+    /// jumbo store without metadata.
+    pub large_frames: bool,
+}
+
+impl Offloads {
+    /// Whether the port receives through [`Port::receive_offloaded`] (into a jumbo
+    /// store).
+    #[must_use]
+    pub fn receives_large(&self) -> bool {
+        self.tcp_segmentation || self.large_frames
+    }
 }
 
 /// One port's counters on one worker. Single writer (that worker): relaxed load + store.

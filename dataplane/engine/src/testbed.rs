@@ -143,3 +143,24 @@ pub fn two_nodes_with(remotes: u32, buffers: usize, offloading: &[PortId]) -> (M
     };
     (node(tables(1, remotes)), node(tables_b()))
 }
+
+/// [`two_nodes_with`] on a jumbo underlay: both nodes' uplink MTU is `mtu` and their
+/// uplinks take frames larger than a buffer and send super-packets whole
+/// ([`crate::mem::MemPort::tunnel_offloading`]).
+///
+/// # Panics
+/// If `mtu` is not a valid uplink MTU.
+#[must_use]
+pub fn two_nodes_jumbo(buffers: usize, offloading: &[PortId], mtu: u16) -> (MemDataplane, MemDataplane) {
+    let node = |mut tables: FibBuilder| {
+        let config = NodeConfig { uplink_mtu: mtu, ..*tables.node().expect("a node") };
+        tables.set_node(config).expect("a valid MTU");
+        let h = FibHandle::new();
+        tables.publish(&h);
+        let mut dp = MemDataplane::with_offloading(&h, 2, offloading);
+        dp.serve(crate::mem::MemPort::tunnel_offloading(UPLINK));
+        dp.preallocate(buffers);
+        dp
+    };
+    (node(tables(1, 1)), node(tables_b()))
+}

@@ -124,6 +124,50 @@ fn to_an_uplink_with_udp_segmentation_a_super_packet_leaves_whole() {
     assert!(b.counters().conserved());
 }
 
+/// A jumbo underlay: a frame larger than a buffer (received in several, as multi-buffer
+/// AF_XDP does) is decapsulated and delivered whole to a pod that keeps offloads; one
+/// from that pod leaves whole, encapsulated, to the uplink's UDP sockets.
+#[test]
+fn jumbo_frames_cross_whole() {
+    let (mut a, mut b) = testbed::two_nodes_jumbo(BUFFERS, &[POD], 9000);
+    let (mut inner, _) = TcpSuper::new(payload(8000, 3), 8000).build();
+    // Complete and no GSO: what a pod at MTU 8950 sends in one frame.
+    let meta = OffloadMeta::default();
+    let l4 = 34;
+    inner[l4 + 16..l4 + 18].fill(0);
+    let ip = Ipv4Packet::new_checked(&inner[14..]).unwrap();
+    let sum = {
+        let mut tcp = TcpPacket::new_unchecked(inner[l4..].to_vec());
+        tcp.fill_checksum(&ip.src_addr().into(), &ip.dst_addr().into());
+        tcp.checksum()
+    };
+    inner[l4 + 16..l4 + 18].copy_from_slice(&sum.to_be_bytes());
+    a.inject_super(POD, &inner, meta).unwrap();
+    a.run_until_idle();
+    let out = a.take_tx_super(UPLINK).unwrap();
+    assert_eq!(out.len(), 1, "leaves whole");
+    let (encapsulated, m) = &out[0];
+    assert_eq!(m.gso, None);
+    // As the kernel sends it: one datagram behind the outer headers.
+    let mut dg = vec![0u8; 9000];
+    let d = write_datagrams(encapsulated, m, &mut dg).unwrap();
+    assert_eq!(d.segments, 1);
+    let outer: &[u8; VXLAN_OVERHEAD] = encapsulated[..VXLAN_OVERHEAD].try_into().unwrap();
+    let mut wire = outer[..VXLAN_OVERHEAD - 8].to_vec();
+    wire.extend_from_slice(&dg[..d.len]);
+    push_outer(outer, &mut wire);
+    assert!(wire.len() > xlane_engine::mem::FRAME_SIZE, "larger than a buffer: {}", wire.len());
+    b.inject_super(UPLINK, &wire, OffloadMeta::default()).unwrap();
+    b.run_until_idle();
+    let delivered = b.take_tx_super(POD).unwrap();
+    assert_eq!(delivered.len(), 1, "delivered whole");
+    assert_eq!(checked_tcp_payload(&delivered[0].0), payload(8000, 3));
+    for (i, dp) in [&a, &b].into_iter().enumerate() {
+        let c = dp.counters();
+        assert!(c.conserved() && c.dropped() == 0, "node {i}: {:?}", c.drops);
+    }
+}
+
 #[test]
 fn between_local_pods_that_keep_offloads_a_super_packet_travels_whole() {
     let h = FibHandle::new();

@@ -89,11 +89,13 @@ impl XdpAttachment {
         prefer: ModePreference,
     ) -> Result<Self, AttachError> {
         let xskmap = sys::create_xskmap(name, queues.max(1)).map_err(|source| AttachError::Map { ifindex, source })?;
-        let insns = match program {
-            Program::Uplink(f) => programs::uplink(&f, xskmap.as_raw_fd(), XDP_PASS),
-            Program::Pod(f) => programs::pod(&f, xskmap.as_raw_fd(), XDP_PASS),
+        // The uplink's program takes multi-buffer packets (jumbo frames; it reads only
+        // the headers); a pod's stays single-buffer, which also keeps its veth's MTU
+        // within one AF_XDP frame.
+        let prog = match program {
+            Program::Uplink(f) => sys::load_xdp_frags(name, &programs::uplink(&f, xskmap.as_raw_fd(), XDP_PASS))?,
+            Program::Pod(f) => sys::load_xdp(name, &programs::pod(&f, xskmap.as_raw_fd(), XDP_PASS))?,
         };
-        let prog = sys::load_xdp(name, &insns)?;
         let (modes, tried): (&[XdpMode], _) = match prefer {
             ModePreference::Auto => (&[XdpMode::Native, XdpMode::Generic], "native, then generic"),
             ModePreference::Only(XdpMode::Native) => (&[XdpMode::Native], "native"),

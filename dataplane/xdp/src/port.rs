@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use xlane_engine::offload::OffloadMeta;
+use xlane_engine::offload::{Jumbo, OffloadMeta};
 use xlane_engine::{BURST, Offloads, Packet, Port, PortCounters};
 use xlane_fib::PortId;
 
@@ -154,7 +154,24 @@ impl Port<Umem> for XdpPort {
     }
 
     fn offloads(&self) -> Offloads {
-        Offloads { tunnel_segmentation: self.udp_gso.is_some(), ..Offloads::default() }
+        Offloads {
+            tunnel_segmentation: self.udp_gso.is_some(),
+            // Copy-mode sockets are bound with XDP_USE_SG.
+            large_frames: !self.xsk.zero_copy(),
+            ..Offloads::default()
+        }
+    }
+
+    fn receive_offloaded(&mut self, umem: &mut Umem, out: &mut [Packet<u64>; BURST], jumbo: &mut Jumbo) -> usize {
+        umem.reap_completions(&mut self.xsk);
+        let n = umem.receive_large(&mut self.xsk, out, jumbo);
+        if n > 0 || !jumbo.is_empty() {
+            let level = Umem::fill_level(&self.xsk);
+            if level < self.fill_target {
+                umem.refill(&mut self.xsk, self.fill_target - level, BURST);
+            }
+        }
+        n
     }
 
     fn transmit_offloaded(&mut self, _umem: &mut Umem, frame: &[u8], meta: &OffloadMeta) -> bool {

@@ -191,7 +191,17 @@ pub struct LoadError {
 /// # Errors
 /// [`LoadError`] with the verifier log.
 pub fn load_xdp(name: &str, insns: &[u64]) -> Result<OwnedFd, LoadError> {
-    load(PROG_TYPE_XDP, ATTACH_TYPE_XDP, name, insns)
+    load(PROG_TYPE_XDP, ATTACH_TYPE_XDP, 0, name, insns)
+}
+
+/// [`load_xdp`] for a program that handles multi-buffer packets (`BPF_F_XDP_HAS_FRAGS`,
+/// Linux 5.18+): it reads only the first buffer's headers, so a jumbo frame split over
+/// pages passes it like any other, and a veth takes an MTU beyond one page.
+///
+/// # Errors
+/// [`LoadError`] with the verifier log.
+pub fn load_xdp_frags(name: &str, insns: &[u64]) -> Result<OwnedFd, LoadError> {
+    load(PROG_TYPE_XDP, ATTACH_TYPE_XDP, BPF_F_XDP_HAS_FRAGS, name, insns)
 }
 
 /// Load a tc classifier for tcx ingress (raw 8-byte instructions).
@@ -199,10 +209,19 @@ pub fn load_xdp(name: &str, insns: &[u64]) -> Result<OwnedFd, LoadError> {
 /// # Errors
 /// [`LoadError`] with the verifier log.
 pub fn load_tcx_ingress(name: &str, insns: &[u64]) -> Result<OwnedFd, LoadError> {
-    load(PROG_TYPE_SCHED_CLS, ATTACH_TYPE_TCX_INGRESS, name, insns)
+    load(PROG_TYPE_SCHED_CLS, ATTACH_TYPE_TCX_INGRESS, 0, name, insns)
 }
 
-fn load(prog_type: u32, expected_attach_type: u32, name: &str, insns: &[u64]) -> Result<OwnedFd, LoadError> {
+/// `prog_flags` bit: the XDP program handles multi-buffer packets.
+const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
+
+fn load(
+    prog_type: u32,
+    expected_attach_type: u32,
+    prog_flags: u32,
+    name: &str,
+    insns: &[u64],
+) -> Result<OwnedFd, LoadError> {
     const LICENSE: &CStr = c"GPL";
     let mut log = vec![0u8; 64 * 1024];
     let mut attr = ProgLoadAttr {
@@ -215,6 +234,7 @@ fn load(prog_type: u32, expected_attach_type: u32, name: &str, insns: &[u64]) ->
         log_buf: log.as_mut_ptr() as u64,
         prog_name: name16(name),
         expected_attach_type,
+        prog_flags,
         ..Default::default()
     };
     // SAFETY: insns, license and log_buf point at live buffers of the stated sizes that

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use xlane_engine::offload::build::TcpSuper;
-use xlane_engine::offload::{OffloadError, OffloadMeta, write_datagrams};
+use xlane_engine::offload::{Gso, GsoKind, OffloadError, OffloadMeta, write_datagrams};
 use xlane_netlab::Netns;
 use xlane_wire::encap::{EncapParams, EncapTemplate};
 use xlane_wire::{Mac, VXLAN_OVERHEAD};
@@ -86,8 +86,9 @@ fn a_super_packet_leaves_as_one_datagram_per_segment() {
 
     // A super-packet the engine cannot lay out is refused, counted, nothing sent.
     let frame = encapsulated(&inner, 40_001);
-    let bad = OffloadMeta { gso: None, ..meta };
-    assert!(matches!(sender.send(&frame, &bad), Err(SendError::Offload(OffloadError::NotGso))));
+    let gso = meta.gso.map(|g| Gso { kind: GsoKind::TcpV6, ..g });
+    let bad = OffloadMeta { gso, ..meta };
+    assert!(matches!(sender.send(&frame, &bad), Err(SendError::Offload(OffloadError::GsoUnsupported))));
     // Datagrams larger than the uplink's MTU (lowered under the sender) are refused by
     // the kernel, counted.
     a.ip(&["link", "set", "u0", "mtu", "1400"]).unwrap();

@@ -135,3 +135,95 @@ fn closed_ports_give_their_frames_back() {
     })
     .unwrap();
 }
+
+/// A VXLAN frame to 192.168.77.1:8472 with `inner_len` bytes of inner frame.
+fn vxlan_frame(inner_len: usize, seed: u8) -> Vec<u8> {
+    let t = xlane_wire::encap::EncapTemplate::new(&xlane_wire::encap::EncapParams {
+        src_mac: xlane_wire::Mac([2, 0, 0, 0, 0, 2]),
+        dst_mac: xlane_wire::Mac([2, 0, 0, 0, 0, 1]),
+        src_ip: Ipv4Addr::new(192, 168, 77, 2),
+        dst_ip: Ipv4Addr::new(192, 168, 77, 1),
+        dst_port: 8472,
+        vni: 1,
+        ttl: 64,
+    });
+    let mut f = vec![0u8; xlane_wire::VXLAN_OVERHEAD];
+    t.write((&mut f[..]).try_into().unwrap(), u16::try_from(inner_len).unwrap(), 40_000);
+    f.extend((0..inner_len).map(|i| i.to_le_bytes()[0].wrapping_mul(7).wrapping_add(seed)));
+    f
+}
+
+/// A jumbo underlay (MTU 9000): the uplink's multi-buffer program and a copy-mode
+/// socket (bound with XDP_USE_SG) take a 9014-byte frame in several descriptors; it is
+/// assembled whole into the jumbo store, after the frames that came before it, and its
+/// frames go back to the UMEM.
+#[test]
+fn jumbo_frames_arrive_whole_from_several_buffers() {
+    use std::sync::Arc;
+    use xlane_engine::mem::MemFrames;
+    use xlane_engine::offload::{JUMBO_HEADROOM, Jumbo, OffloadMeta};
+    use xlane_engine::{Port, PortCounters};
+    use xlane_xdp::packet::{PacketPort, PacketStats};
+    use xlane_xdp::programs::UplinkFilter;
+
+    if !xlane_netlab::privileged("jumbo_frames_arrive_whole_from_several_buffers") {
+        return;
+    }
+    let ns = Netns::new("xlt-xskj").unwrap();
+    ns.ip(&["link", "add", "j0", "mtu", "9000", "type", "veth", "peer", "name", "j1", "mtu", "9000"]).unwrap();
+    ns.ip(&["link", "set", "j0", "up"]).unwrap();
+    ns.ip(&["link", "set", "j1", "up"]).unwrap();
+    let (j0, j1) = (ns.ifindex("j0").unwrap(), ns.ifindex("j1").unwrap());
+    ns.enter(|| {
+        let filter = UplinkFilter { vtep_ip: Ipv4Addr::new(192, 168, 77, 1), vxlan_port: 8472 };
+        let att = XdpAttachment::attach(j0, "xlane_uplink", 1, Program::Uplink(filter), ModePreference::Auto).unwrap();
+        let settings = UmemSettings { frames: 1024, fill_ring: 256, rx_tx_ring: 256, ..UmemSettings::default() };
+        let mut umem = Umem::new(settings).unwrap();
+        let mut rx = umem.open_port("j0", 0, BindMode::Auto).unwrap();
+        att.insert_socket(0, rx.fd().as_fd()).unwrap();
+        umem.refill(&mut rx, 128, 0);
+        // The far end writes frames whole through a packet socket.
+        let mut mem = MemFrames::default();
+        let stats = Arc::new(PacketStats::default());
+        let mut tx =
+            PacketPort::<u32>::open(xlane_fib::PortId(1), j1, 7, None, Arc::new(PortCounters::default()), stats)
+                .unwrap();
+        let sent = [vxlan_frame(100, 1), vxlan_frame(8964, 2), vxlan_frame(200, 3), vxlan_frame(8964, 4)];
+        for f in &sent {
+            assert!(tx.transmit_offloaded(&mut mem, f, &OffloadMeta::default()));
+        }
+
+        let (mut small, mut large) = (Vec::new(), Vec::new());
+        let mut jumbo = Jumbo::new();
+        let mut out = [Packet::default(); 64];
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while small.len() + large.len() < sent.len() && Instant::now() < deadline {
+            jumbo.clear();
+            let n = umem.receive_large(&mut rx, &mut out, &mut jumbo);
+            for i in 0..jumbo.len() {
+                let (slot, rec) = jumbo.frame_mut(i);
+                let bytes = slot[JUMBO_HEADROOM..JUMBO_HEADROOM + rec.len as usize].to_vec();
+                large.push((small.len() + usize::from(rec.before), bytes, rec.meta));
+            }
+            for p in &out[..n] {
+                small.push(umem.with_packet(p, |b| b.to_vec()));
+                umem.release(p.buf);
+            }
+            umem.refill(&mut rx, 64, 0);
+            if n == 0 && jumbo.is_empty() {
+                wait_readable(&[rx.poll_fd()], 50).unwrap();
+            }
+        }
+        assert_eq!(small, vec![sent[0].clone(), sent[2].clone()], "single-buffer frames as ever");
+        assert_eq!(large.len(), 2, "both jumbo frames");
+        for ((before, bytes, meta), (want_before, want)) in large.iter().zip([(1, &sent[1]), (2, &sent[3])]) {
+            assert_eq!(*before, want_before, "in arrival order among the others");
+            assert!(bytes == want, "a 9014-byte frame, whole");
+            assert_eq!(*meta, OffloadMeta::default(), "no offload metadata");
+        }
+        assert_eq!((umem.large_dropped(), umem.bad_descriptors()), (0, 0));
+        let held = umem.free_frames() + Umem::fill_level(&rx) as usize;
+        assert_eq!(held, 1024, "every frame of the chains back (free or in the fill ring)");
+    })
+    .unwrap();
+}

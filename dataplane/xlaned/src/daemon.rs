@@ -61,6 +61,13 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         busy_poll: cfg.busy_poll,
         runtime_dir: cfg.socket.parent().map_or_else(|| "/run/xlane".into(), std::path::Path::to_path_buf),
         max_frame: umem.max_frame(),
+        // Copy-mode sockets take a jumbo frame in several buffers; the UDP GSO sockets
+        // send one; a zero-copy bind takes neither.
+        max_uplink_frame: if cfg.uplink_udp_gso && cfg.bind_mode != config::BindArg::ZeroCopy {
+            state::MAX_JUMBO_MTU + 14
+        } else {
+            umem.max_frame()
+        },
         uplink_udp_gso: cfg.uplink_udp_gso,
     };
     let host = host::System::new(xdp, bind)?;

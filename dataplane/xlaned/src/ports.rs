@@ -407,6 +407,17 @@ impl<H: Host> State<H> {
                 (self.start_packet(id, &spec.ifname, &link, &events)?, link.mac)
             }
             None => {
+                // An AF_XDP pod's frames must each fit one buffer (its program is
+                // single-buffer, and transmit is one descriptor per frame).
+                let frame = u32::from(self.pod_mtu()) + 14;
+                if frame > self.cfg.max_frame {
+                    return Err(invalid(format!(
+                        "pods get MTU {} on this uplink, larger than an AF_XDP (veth-xdp) pod takes ({}): \
+                         attach it as veth-offload (AF_PACKET; the CNI default) or vhost-user",
+                        self.pod_mtu(),
+                        self.cfg.max_frame - 14
+                    )));
+                }
                 let link = self.host.link(&spec.ifname).map_err(|e| invalid(format!("{}: {e}", spec.ifname)))?;
                 let program = Program::Pod(self.pod_filter());
                 (self.start_open(id, Role::Pod, &spec.ifname, program, &events, true)?, link.mac)

@@ -30,6 +30,10 @@ use xlane_xdp::programs::UplinkFilter;
 /// The uplink is always port 0.
 pub const UPLINK: PortId = PortId(0);
 
+/// The largest uplink MTU xlane takes (jumbo frames, received multi-buffer): the
+/// largest common NIC and switch jumbo MTU.
+pub const MAX_JUMBO_MTU: u32 = 9216;
+
 /// Settings the control thread needs.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
@@ -49,9 +53,13 @@ pub struct ControlConfig {
     pub busy_poll: bool,
     /// Where capture sockets are made (beside the control socket).
     pub runtime_dir: std::path::PathBuf,
-    /// The largest Ethernet frame a port's memory takes (a UMEM frame less the
-    /// kernel's headroom): the uplink's MTU must fit it.
+    /// The largest Ethernet frame a port's memory takes in one buffer (a UMEM frame
+    /// less the kernel's headroom): what an AF_XDP pod's MTU must fit.
     pub max_frame: u32,
+    /// The largest Ethernet frame the uplink takes: `max_frame`, or, received in
+    /// several buffers (copy-mode multi-buffer AF_XDP) and sent through the UDP GSO
+    /// sockets, a jumbo frame ([`MAX_JUMBO_MTU`]).
+    pub max_uplink_frame: u32,
     /// Send TCP super-packets bound for other nodes through UDP GSO sockets on the
     /// uplink (else the engine cuts them into AF_XDP frames).
     pub uplink_udp_gso: bool,
@@ -156,15 +164,22 @@ impl<H: Host> State<H> {
         // A frame larger than a buffer would be dropped by the kernel, silently for the
         // user: refuse to start instead, with the remedy.
         let frame = uplink.mtu + 14;
-        if frame > cfg.max_frame {
-            let max_mtu = cfg.max_frame - 14;
+        if frame > cfg.max_uplink_frame {
+            let max_mtu = cfg.max_uplink_frame - 14;
+            let why = if cfg.max_uplink_frame > cfg.max_frame {
+                format!("xlane takes jumbo frames up to MTU {MAX_JUMBO_MTU}")
+            } else {
+                format!(
+                    "they do not fit one AF_XDP buffer ({} bytes after the kernel's headroom); jumbo frames need \
+                     copy-mode sockets (not --bind zero-copy) and --uplink-udp-gso, up to MTU {MAX_JUMBO_MTU}",
+                    cfg.max_frame
+                )
+            };
             anyhow::bail!(
-                "uplink {} has MTU {}: its frames ({frame} bytes) do not fit xlane's AF_XDP buffers ({} bytes \
-                 after the kernel's headroom; jumbo frames need multi-buffer AF_XDP, which xlane does not do yet). \
-                 Set the uplink's MTU to at most {max_mtu} (`ip link set {} mtu {max_mtu}`); pods get that less 50.",
+                "uplink {} has MTU {}: its frames ({frame} bytes) are too large: {why}. \
+                 Or set the uplink's MTU to at most {max_mtu} (`ip link set {} mtu {max_mtu}`); pods get that less 50.",
                 cfg.uplink,
                 uplink.mtu,
-                cfg.max_frame,
                 cfg.uplink
             );
         }

@@ -36,8 +36,17 @@ impl Rig {
     /// A node with `workers` workers, its uplink `up0` (one queue per worker) and the
     /// VTEP set.
     fn new(workers: usize) -> Self {
+        Self::with_uplink_mtu(workers, None)
+    }
+
+    /// [`Rig::new`] with the uplink at `mtu` (and, if given, xlaned taking jumbo frames
+    /// on it, as copy-mode sockets with UDP GSO do).
+    fn with_uplink_mtu(workers: usize, mtu: Option<u32>) -> Self {
         let host = FakeHost::default();
         host.add_link("up0", 1, u32::try_from(workers).unwrap());
+        if let Some(mtu) = mtu {
+            host.0.lock().unwrap().links.get_mut("up0").unwrap().0.mtu = mtu;
+        }
         let fib = FibHandle::new();
         let mut handles = Vec::new();
         let mut joins = Vec::new();
@@ -52,7 +61,10 @@ impl Rig {
         let rig_no = RIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let runtime_dir = std::env::temp_dir().join(format!("xlaned-rig-{}-{rig_no}", std::process::id()));
         std::fs::create_dir_all(&runtime_dir).unwrap();
-        let cfg = control_config(&runtime_dir);
+        let mut cfg = control_config(&runtime_dir);
+        if mtu.is_some() {
+            cfg.max_uplink_frame = crate::state::MAX_JUMBO_MTU + 14;
+        }
         let metrics = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
         let notify = Arc::new(move || {
             let _ = wake_tx.send(());
@@ -138,6 +150,7 @@ fn control_config(runtime_dir: &std::path::Path) -> ControlConfig {
         busy_poll: false,
         runtime_dir: runtime_dir.to_owned(),
         max_frame: u32::try_from(xlane_engine::mem::FRAME_SIZE - xlane_engine::mem::HEADROOM).unwrap(),
+        max_uplink_frame: u32::try_from(xlane_engine::mem::FRAME_SIZE - xlane_engine::mem::HEADROOM).unwrap(),
     }
 }
 
@@ -523,8 +536,11 @@ fn an_af_packet_pod_blocks_the_host_stack_while_attached_and_talks_to_an_af_xdp_
     assert!(!rig.host.is_open("veth2", 0) && !rig.host.is_open("veth2", 1));
 }
 
-/// An uplink whose frames do not fit a buffer (MTU 9000 here) would have every large
-/// frame dropped by the kernel: xlaned refuses to start and says what to do.
+/// An uplink whose frames do not fit a buffer (MTU 9000 here), where xlaned cannot take
+/// them in several (a zero-copy bind, no UDP GSO sockets), would have every large frame
+/// dropped by the kernel: xlaned refuses to start and says what to do. Where it can, it
+/// takes jumbo frames up to MTU 9216, pods get 50 less, and a pod whose frames must fit
+/// one AF_XDP buffer (veth-xdp) is refused with the kinds that take them.
 #[test]
 fn an_uplink_mtu_beyond_a_buffer_is_refused_at_start_with_the_remedy() {
     let host = FakeHost::default();
@@ -537,11 +553,33 @@ fn an_uplink_mtu_beyond_a_buffer_is_refused_at_start_with_the_remedy() {
     };
     let msg = e.to_string();
     assert!(
-        msg.contains("MTU 9000") && msg.contains("at most 1778") && msg.contains("ip link set up0 mtu 1778"),
+        msg.contains("MTU 9000")
+            && msg.contains("at most 1778")
+            && msg.contains("ip link set up0 mtu 1778")
+            && msg.contains("--uplink-udp-gso"),
         "{msg}"
     );
     host.0.lock().unwrap().links.get_mut("up0").unwrap().0.mtu = 1778;
     let cfg = control_config(&std::env::temp_dir());
     let metrics = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
-    assert!(State::new(cfg, host, FibHandle::new(), Vec::new(), metrics, Arc::new(|| {})).is_ok());
+    assert!(State::new(cfg, host.clone(), FibHandle::new(), Vec::new(), metrics, Arc::new(|| {})).is_ok());
+    // Taking jumbo frames: beyond 9216 still refused.
+    host.0.lock().unwrap().links.get_mut("up0").unwrap().0.mtu = 9500;
+    let mut cfg = control_config(&std::env::temp_dir());
+    cfg.max_uplink_frame = crate::state::MAX_JUMBO_MTU + 14;
+    let metrics = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
+    let Err(e) = State::new(cfg, host, FibHandle::new(), Vec::new(), metrics, Arc::new(|| {})) else {
+        panic!("started with an uplink MTU of 9500")
+    };
+    assert!(e.to_string().contains("up to MTU 9216"), "{e}");
+
+    let mut rig = Rig::with_uplink_mtu(1, Some(9000));
+    rig.add_veth(1);
+    let Reply::Error { message, .. } = rig.call(Op::AddEndpoint(rig.pod(1))) else {
+        panic!("a veth-xdp pod at MTU 8950")
+    };
+    assert!(message.contains("MTU 8950") && message.contains("veth-offload"), "{message}");
+    let spec = EndpointSpec { veth_io: VethIo::AfPacket, ..rig.pod(1) };
+    let r = rig.call(Op::AddEndpoint(spec));
+    assert!(matches!(r, Reply::EndpointReady { mtu: 8950, .. }), "{r:?}");
 }

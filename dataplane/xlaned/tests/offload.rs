@@ -117,3 +117,46 @@ fn without_udp_gso_the_engine_cuts_super_packets_for_the_uplink() {
         assert!(c.pipeline["gso_segments"] > c.pipeline["gso_packets"], "node {i}: {:?}", c.pipeline);
     }
 }
+
+/// Ping of `size` bytes of payload, DF set (never fragmented), three times.
+fn ping_size(ns: &xlane_netlab::Netns, dst: std::net::Ipv4Addr, size: u32) {
+    let out = ns
+        .command("ping")
+        .args(["-c", "3", "-i", "0.2", "-W", "2", "-M", "do", "-s", &size.to_string(), &dst.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ping -s {size} {dst}: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// A jumbo underlay (MTU 9000): pods get 8950; frames larger than an AF_XDP buffer
+/// arrive at the uplink in several (multi-buffer) and leave through the UDP GSO
+/// sockets whole; TCP super-packets are cut into 8900-byte segments.
+#[test]
+fn a_jumbo_underlay_carries_pods_at_mtu_8950() {
+    if !xlane_netlab::privileged("a_jumbo_underlay_carries_pods_at_mtu_8950") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Cluster { daemons, lab } = cluster_mtu("xe-jumbo", 1, &[], VethIo::AfPacket, 9000);
+    let (p0, p1, p2) = (&lab.pods[0], &lab.pods[1], &lab.pods[2]);
+    // Packets of 8950 bytes, the pod MTU (frames of 8964, 9014 on the wire), every way.
+    ping_size(&p0.ns, p2.ip, 8922);
+    ping_size(&p2.ns, p0.ip, 8922);
+    ping_size(&p0.ns, p1.ip, 8922);
+    // One byte more does not fit the pod's MTU: the pod's own stack refuses it.
+    let out = p0.ns.command("ping").args(["-c", "1", "-M", "do", "-s", "8923", &p2.ip.to_string()]).output().unwrap();
+    assert!(!out.status.success(), "a packet beyond the pod MTU left the pod");
+
+    tcp_transfer(&p0.ns, &p2.ns, p2.ip, 5121, 512);
+    tcp_transfer(&p2.ns, &p0.ns, p0.ip, 5122, 128);
+    tcp_transfer(&p0.ns, &p1.ns, p1.ip, 5123, 128);
+    for (i, d) in daemons.iter().enumerate() {
+        let c = d.counters();
+        assert!(conserved(&c), "node {i}: {:?} drops {:?}", c.pipeline, nonzero(&c.drops));
+        for reason in ["super_packet", "mtu_exceeded", "truncated"] {
+            assert_eq!(c.drops[reason], 0, "node {i}: {:?} {:?}", nonzero(&c.drops), nonzero(&c.offload_errors));
+        }
+        let gso = uplink(d).udp_gso.expect("UDP GSO on the uplink");
+        assert!(gso.super_packets > 0 && gso.failed == 0, "node {i}: {gso:?}");
+    }
+}

@@ -16,6 +16,8 @@ use xlane_netlink::{Netlink, Route, Veth, VethEnd};
 pub const UNDERLAY_PREFIX: u8 = 24;
 /// Pod MTU: uplink 1500 − 50 bytes of VXLAN.
 pub const POD_MTU: u16 = 1450;
+/// The underlay's MTU unless a lab is built with another.
+pub const UPLINK_MTU: u16 = 1500;
 
 /// A node's pod subnet as flannel hands them out, a /24 (held by its network address):
 /// the subnet's first host is the pods' gateway, the pods take the addresses after it.
@@ -99,6 +101,8 @@ pub struct Lab {
     pub fabric: Netns,
     /// Queues per veth.
     queues: u16,
+    /// MTU of the underlay (node uplinks); pods get 50 less.
+    uplink_mtu: u16,
 }
 
 impl Lab {
@@ -117,6 +121,15 @@ impl Lab {
     /// # Errors
     /// Namespace or interface setup failures.
     pub fn with_queues(prefix: &str, nodes: u8, queues: u16) -> io::Result<Self> {
+        Self::with_mtu(prefix, nodes, queues, UPLINK_MTU)
+    }
+
+    /// As [`Lab::with_queues`], the underlay at `uplink_mtu` (9000: jumbo frames) and
+    /// pods at 50 less.
+    ///
+    /// # Errors
+    /// Namespace or interface setup failures.
+    pub fn with_mtu(prefix: &str, nodes: u8, queues: u16, uplink_mtu: u16) -> io::Result<Self> {
         // A run killed before its drops ran (SIGKILL, a CI timeout) left its namespaces
         // and daemons: remove those of dead runs with this prefix before building anew.
         crate::sweep::sweep(prefix)?;
@@ -126,7 +139,7 @@ impl Lab {
         let br0 = fab.link("br0")?.ifindex;
         fab.replace_addr(br0, Ipv4Addr::new(192, 168, 50, 254), UNDERLAY_PREFIX)?;
         fab.set_up(br0, None)?;
-        let mut lab = Self { pods: Vec::new(), nodes: Vec::new(), fabric, queues };
+        let mut lab = Self { pods: Vec::new(), nodes: Vec::new(), fabric, queues, uplink_mtu };
         for i in 0..nodes {
             let ns = Netns::new(&format!("{prefix}-n{i}"))?;
             let fab_end = format!("n{i}");
@@ -134,7 +147,7 @@ impl Lab {
             let (uplink, _) = Veth {
                 local: VethEnd { name: &fab_end, netns: Some(&lab.fabric.path()), ..VethEnd::default() },
                 peer: VethEnd { name: "eth0", netns: Some(&ns.path()), addrs: &[(ip, UNDERLAY_PREFIX)], routes: &[] },
-                mtu: None,
+                mtu: (uplink_mtu != UPLINK_MTU).then_some(u32::from(uplink_mtu)),
                 queues: u32::from(queues),
                 reuse: false,
             }
@@ -206,7 +219,7 @@ impl Lab {
                 addrs: &[(ip, prefix_len)],
                 routes: &[Route::default_via(gw)],
             },
-            mtu: Some(u32::from(POD_MTU)),
+            mtu: Some(u32::from(self.uplink_mtu - (UPLINK_MTU - POD_MTU))),
             queues: u32::from(self.queues),
             reuse: false,
         }

@@ -72,16 +72,39 @@ pub struct Datagrams {
 /// behind a copy of its VXLAN header, back to back in `out`: the payload of one
 /// `sendmsg` with `UDP_SEGMENT` = [`Datagrams::stride`], after which the kernel adds
 /// outer IPv4/UDP headers per datagram (and the NIC, or the kernel's GSO, cuts them).
-/// At most [`MAX_SEGMENTS`] segments, as the driver cuts.
+/// At most [`MAX_SEGMENTS`] segments, as the driver cuts. A frame without GSO metadata
+/// (one larger than a buffer, from a jumbo pod) is one datagram, its partial checksum
+/// completed.
 ///
 /// # Errors
-/// What [`gso::plan`](super::gso::plan) refuses; more than [`MAX_SEGMENTS`]
-/// segments ([`OffloadError::TooManySegments`]); `out` too small ([`OffloadError::BufferTooSmall`]).
+/// What [`gso::plan`](super::gso::plan) (or, without GSO, completing the checksum)
+/// refuses; more than [`MAX_SEGMENTS`] segments ([`OffloadError::TooManySegments`]);
+/// `out` too small ([`OffloadError::BufferTooSmall`]).
 pub fn write_datagrams(frame: &[u8], meta: &OffloadMeta, out: &mut [u8]) -> Result<Datagrams, OffloadError> {
     if frame.len() <= VXLAN_OVERHEAD {
         return Err(OffloadError::NotIpv4);
     }
     let (outer, inner) = frame.split_at(VXLAN_OVERHEAD);
+    let vxlan = &outer[VXLAN..VXLAN_OVERHEAD];
+    let addr = |at: usize| Ipv4Addr::new(outer[at], outer[at + 1], outer[at + 2], outer[at + 3]);
+    let sent = |segments, stride, len| Datagrams {
+        segments,
+        stride,
+        len,
+        src: addr(IP + 12),
+        src_port: be16(outer, UDP),
+        dst: addr(IP + 16),
+        dst_port: be16(outer, UDP + 2),
+        ttl: outer[IP + ip::TTL],
+    };
+    if meta.gso.is_none() {
+        let len = VXLAN_HEADER_LEN + inner.len();
+        let out = out.get_mut(..len).ok_or(OffloadError::BufferTooSmall)?;
+        out[..VXLAN_HEADER_LEN].copy_from_slice(vxlan);
+        out[VXLAN_HEADER_LEN..].copy_from_slice(inner);
+        super::complete_checksum(&mut out[VXLAN_HEADER_LEN..], meta)?;
+        return Ok(sent(1, len, len));
+    }
     let plan = super::gso::plan(inner, meta)?;
     let segments = plan.segments();
     if segments > MAX_SEGMENTS {
@@ -92,21 +115,10 @@ pub fn write_datagrams(frame: &[u8], meta: &OffloadMeta, out: &mut [u8]) -> Resu
     let out = out.get_mut(..len).ok_or(OffloadError::BufferTooSmall)?;
     let mut slices: ArrayVec<&mut [u8], MAX_SEGMENTS> = out.chunks_mut(stride).collect();
     plan.write_range(inner, 0, VXLAN_HEADER_LEN, &mut slices)?;
-    let vxlan = &outer[VXLAN..VXLAN_OVERHEAD];
     for s in &mut slices {
         s[..VXLAN_HEADER_LEN].copy_from_slice(vxlan);
     }
-    let addr = |at: usize| Ipv4Addr::new(outer[at], outer[at + 1], outer[at + 2], outer[at + 3]);
-    Ok(Datagrams {
-        segments,
-        stride,
-        len,
-        src: addr(IP + 12),
-        src_port: be16(outer, UDP),
-        dst: addr(IP + 16),
-        dst_port: be16(outer, UDP + 2),
-        ttl: outer[IP + ip::TTL],
-    })
+    Ok(sent(segments, stride, len))
 }
 
 #[cfg(test)]
@@ -138,5 +150,37 @@ mod tests {
             assert_eq!(seg[..VXLAN_OVERHEAD], want, "inner {inner}");
             assert!(seg[VXLAN_OVERHEAD..].iter().all(|&b| b == 0xaa));
         }
+    }
+
+    /// A frame without GSO metadata (a jumbo pod's frame larger than a buffer) is one
+    /// datagram: its VXLAN header, then the inner frame with its partial checksum
+    /// completed.
+    #[test]
+    fn a_frame_without_gso_is_one_datagram_with_its_checksum_completed() {
+        use crate::offload::build::TcpSuper;
+        use xlane_wire::{Ipv4Packet, TcpPacket};
+        let (inner, meta) = TcpSuper::new(vec![0x3c; 8000], 8000).build();
+        let meta = OffloadMeta { gso: None, ..meta };
+        assert!(meta.csum.is_some(), "left partial by the pod");
+        let t = EncapTemplate::new(&EncapParams {
+            src_mac: Mac([2, 0, 0, 0, 0, 1]),
+            dst_mac: Mac([2, 0, 0, 0, 0, 2]),
+            src_ip: core::net::Ipv4Addr::new(192, 168, 50, 1),
+            dst_ip: core::net::Ipv4Addr::new(192, 168, 50, 2),
+            dst_port: 8472,
+            vni: 1,
+            ttl: 9,
+        });
+        let mut frame = vec![0u8; VXLAN_OVERHEAD];
+        t.write((&mut frame[..]).try_into().unwrap(), 0, 41_000);
+        frame.extend_from_slice(&inner);
+        let mut out = vec![0u8; 10_000];
+        let d = write_datagrams(&frame, &meta, &mut out).unwrap();
+        assert_eq!((d.segments, d.stride, d.len, d.src_port, d.ttl), (1, 8 + inner.len(), 8 + inner.len(), 41_000, 9));
+        assert_eq!(out[..8], frame[42..50]);
+        let ip = Ipv4Packet::new_checked(&out[8 + 14..d.len]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+        assert_eq!(write_datagrams(&frame, &meta, &mut out[..100]), Err(OffloadError::BufferTooSmall));
     }
 }

@@ -436,7 +436,7 @@ impl<M: FrameMemory> Port<M> for PacketPort<M::Buf> {
     }
 
     fn offloads(&self) -> Offloads {
-        Offloads { partial_checksum: true, tcp_segmentation: true, tunnel_segmentation: false }
+        Offloads { partial_checksum: true, tcp_segmentation: true, ..Offloads::default() }
     }
 
     /// Without a jumbo store: super-packets and frames larger than a buffer are dropped

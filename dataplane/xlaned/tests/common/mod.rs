@@ -111,7 +111,13 @@ pub(crate) fn cluster_with(prefix: &str, queues: u16, flags: &[&str]) -> Cluster
 
 /// [`cluster_with`], the pods' veths read and written as `veth_io` says.
 pub(crate) fn cluster_io(prefix: &str, queues: u16, flags: &[&str], veth_io: VethIo) -> Cluster {
-    let mut lab = Lab::with_queues(prefix, 2, queues).unwrap();
+    cluster_mtu(prefix, queues, flags, veth_io, xlane_netlab::topology::UPLINK_MTU)
+}
+
+/// [`cluster_io`] on an underlay of MTU `mtu` (pods 50 less).
+pub(crate) fn cluster_mtu(prefix: &str, queues: u16, flags: &[&str], veth_io: VethIo, mtu: u16) -> Cluster {
+    let mut lab = Lab::with_mtu(prefix, 2, queues, mtu).unwrap();
+    let mtu_of_pods = mtu - 50;
     for node in [0, 0, 1] {
         lab.add_pod_with(node, veth_io == VethIo::AfPacket).unwrap();
     }
@@ -147,7 +153,7 @@ pub(crate) fn cluster_io(prefix: &str, queues: u16, flags: &[&str], veth_io: Vet
             vhost_user: None,
             veth_io,
         }));
-        assert!(matches!(r, Reply::EndpointReady { mtu: 1450, .. }), "{r:?}");
+        assert!(matches!(r, Reply::EndpointReady { mtu, .. } if mtu == mtu_of_pods), "{r:?}");
     }
     // Wait for the kernel to resolve each remote VTEP's MAC (managed neighbour entries).
     for d in &daemons {
