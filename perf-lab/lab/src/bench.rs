@@ -12,7 +12,9 @@
 //!   fabric) from the counters along the path before and after the run.
 //! * UDP request/response latency: a client in the sender pod, an echo server in the
 //!   receiver pod, one request in flight; p50/p99/p99.9 from hdrhistogram.
-//! * TCP: iperf3, one stream and four.
+//! * TCP: iperf3, one stream and four, across nodes, and one stream between two pods of
+//!   one node; then the same on a jumbo underlay (MTU 9000, [`JUMBO_MTU`]) for every
+//!   contender that runs there.
 
 use crate::kernel;
 use crate::losses::{Ledger, Path};
@@ -53,6 +55,13 @@ impl Contender {
         matches!(self, Self::Xlane | Self::XlaneBusyPoll | Self::XlaneOffload)
     }
 
+    /// Whether it runs on a jumbo underlay: xlane's `veth-xdp` pods take only frames of
+    /// one AF_XDP buffer (xlaned refuses them at pod MTU 8950).
+    #[must_use]
+    pub fn takes_jumbo(self) -> bool {
+        !matches!(self, Self::Xlane | Self::XlaneBusyPoll)
+    }
+
     /// Report name.
     #[must_use]
     pub fn name(self) -> &'static str {
@@ -77,13 +86,30 @@ pub struct Workload {
     pub tcp_seconds: u32,
     /// Repetitions of the packet-rate run (the median is reported).
     pub repeats: u32,
+    /// Also measure TCP on a jumbo underlay (absent in reports from before it was).
+    #[serde(default)]
+    pub jumbo: bool,
 }
 
 impl Workload {
     /// The full run.
-    pub const FULL: Self = Self { udp_frames: 2_000_000, rr_requests: 20_000, tcp_seconds: 5, repeats: 3 };
+    pub const FULL: Self = Self { udp_frames: 2_000_000, rr_requests: 20_000, tcp_seconds: 5, repeats: 3, jumbo: true };
     /// A short run (tests).
-    pub const QUICK: Self = Self { udp_frames: 100_000, rr_requests: 500, tcp_seconds: 1, repeats: 1 };
+    pub const QUICK: Self = Self { udp_frames: 100_000, rr_requests: 500, tcp_seconds: 1, repeats: 1, jumbo: true };
+}
+
+/// The jumbo underlay's MTU (pods get 50 less under VXLAN).
+pub const JUMBO_MTU: u16 = 9000;
+
+/// TCP on a jumbo underlay ([`JUMBO_MTU`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct JumboTcp {
+    /// iperf3, one stream across nodes, Gbit/s.
+    pub tcp1_gbit: f64,
+    /// iperf3, four streams across nodes, Gbit/s.
+    pub tcp4_gbit: f64,
+    /// iperf3, one stream between two pods of the sending node, Gbit/s.
+    pub tcp1_local_gbit: f64,
 }
 
 /// Latency percentiles in microseconds.
@@ -127,6 +153,10 @@ pub struct Results {
     /// receiving pod's interface); absent in reports from before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub losses: Option<Ledger>,
+    /// TCP on a jumbo underlay, for a contender that runs there (absent in reports from
+    /// before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jumbo: Option<JumboTcp>,
 }
 
 /// An I/O-ceiling forwarder.
@@ -202,10 +232,43 @@ impl Testbed {
     /// # Errors
     /// Setup failures, pods that do not reach each other.
     pub fn setup(c: Contender) -> anyhow::Result<Self> {
-        let tb = build(c)?;
+        Self::setup_mtu(c, xlane_netlab::topology::UPLINK_MTU)
+    }
+
+    /// [`Testbed::setup`] on an underlay of MTU `mtu`.
+    ///
+    /// # Errors
+    /// As [`Testbed::setup`].
+    pub fn setup_mtu(c: Contender, mtu: u16) -> anyhow::Result<Self> {
+        let tb = build(c, mtu)?;
         let ping = traffic::ping(tb.sender(), tb.receiver_ip, 3)?;
         anyhow::ensure!(ping.received == ping.sent, "{}: pods cannot reach each other ({ping:?})", c.name());
+        if mtu != xlane_netlab::topology::UPLINK_MTU {
+            // Packets of the pods' full MTU cross unfragmented (DF): the run measures
+            // the jumbo path, not a fallback.
+            let pod_mtu = tb.sender().mtu("eth0")?;
+            let payload = (pod_mtu - 28).to_string();
+            let out = tb
+                .sender()
+                .command("ping")
+                .args(["-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", &payload, &tb.receiver_ip.to_string()])
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{}: {pod_mtu}-byte packets do not cross the MTU {mtu} underlay: {}",
+                c.name(),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
         Ok(tb)
+    }
+
+    /// The sending pod's interface MTU.
+    ///
+    /// # Errors
+    /// The interface cannot be read.
+    pub fn sender_mtu(&self) -> anyhow::Result<u32> {
+        Ok(self.sender().mtu("eth0")?)
     }
 
     /// The 64-byte packet-rate run, `repeats` times with `frames` each: the median run
@@ -224,7 +287,7 @@ impl Testbed {
     }
 }
 
-fn build(c: Contender) -> anyhow::Result<Testbed> {
+fn build(c: Contender, mtu: u16) -> anyhow::Result<Testbed> {
     let prefix = match c {
         Contender::Xlane => "xbx",
         Contender::XlaneBusyPoll => "xbb",
@@ -237,8 +300,8 @@ fn build(c: Contender) -> anyhow::Result<Testbed> {
             let xlaned_args = if c == Contender::XlaneBusyPoll { vec!["--busy-poll".into()] } else { vec![] };
             // Named explicitly: the CNI default may change, the contenders must not.
             let attach = Some(if c == Contender::XlaneOffload { "veth-offload" } else { "veth-xdp" }.to_owned());
-            let cluster =
-                Cluster::start(prefix, 2, &ClusterOptions { xlaned_args, attach, ..ClusterOptions::default() })?;
+            let opts = ClusterOptions { xlaned_args, attach, mtu: Some(mtu), ..ClusterOptions::default() };
+            let cluster = Cluster::start(prefix, 2, &opts)?;
             let pods =
                 vec![cluster.attach_pod(0, "snd")?, cluster.attach_pod(1, "rcv")?, cluster.attach_pod(0, "loc")?];
             let (sender_ip, receiver_ip, local_ip) = (pods[0].ip, pods[1].ip, pods[2].ip);
@@ -253,11 +316,11 @@ fn build(c: Contender) -> anyhow::Result<Testbed> {
             })
         }
         Contender::KernelVxlan | Contender::HostGw => {
-            let lab = Lab::new(prefix, 2)?;
+            let lab = Lab::with_mtu(prefix, 2, 1, mtu)?;
             let baseline = if c == Contender::KernelVxlan { kernel::Baseline::Vxlan } else { kernel::Baseline::HostGw };
             let mut pods: Vec<Netns> = kernel::two_pods(&lab, baseline)?.into();
             // The one-node baseline: a second pod on node 0's bridge (veth + bridge).
-            pods.push(kernel::bridge_pod(&lab.nodes[0], lab.nodes[0].subnet, 1, kernel::pod_mtu(baseline))?);
+            pods.push(kernel::bridge_pod(&lab.nodes[0], lab.nodes[0].subnet, 1, kernel::pod_mtu(baseline, mtu))?);
             let (sender_ip, receiver_ip) = (lab.nodes[0].subnet.pod(0), lab.nodes[1].subnet.pod(0));
             let local_ip = lab.nodes[0].subnet.pod(1);
             Ok(Testbed {
@@ -298,6 +361,21 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
         eprintln!("      {tcp1_gbit:.2} / {tcp4_gbit:.2} Gbit/s");
         let tcp1_local = iperf3(tb.sender(), tb.local(), tb.local_ip, 1, w.tcp_seconds)?;
         eprintln!("      iperf3 between two pods of node 0: {tcp1_local:.2} Gbit/s");
+        drop(tb);
+        let jumbo = if w.jumbo && c.takes_jumbo() {
+            anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
+            eprintln!("      jumbo underlay (MTU {JUMBO_MTU}): iperf3, 1 and 4 streams, one node");
+            let tb = Testbed::setup_mtu(c, JUMBO_MTU)?;
+            let j = JumboTcp {
+                tcp1_gbit: iperf3(tb.sender(), tb.receiver(), tb.receiver_ip, 1, w.tcp_seconds)?,
+                tcp4_gbit: iperf3(tb.sender(), tb.receiver(), tb.receiver_ip, 4, w.tcp_seconds)?,
+                tcp1_local_gbit: iperf3(tb.sender(), tb.local(), tb.local_ip, 1, w.tcp_seconds)?,
+            };
+            eprintln!("      {:.2} / {:.2} Gbit/s, one node {:.2}", j.tcp1_gbit, j.tcp4_gbit, j.tcp1_local_gbit);
+            Some(j)
+        } else {
+            None
+        };
         out.push(Results {
             contender: c,
             udp_pps,
@@ -309,8 +387,8 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
             tcp1_local_gbit: Some(tcp1_local),
             encap_pps: median.encap_pps,
             losses: Some(median.ledger),
+            jumbo,
         });
-        drop(tb);
     }
     Ok(out)
 }

@@ -59,7 +59,7 @@ pub fn run(vni: u32, port: u16, tcp_mb: usize, stop: &AtomicBool) -> anyhow::Res
     let fsubnet = fnode.subnet;
 
     // Node 1, as flanneld and flannel's bridge CNI set it up.
-    let fmac = kernel::flannel_vtep(fnode, fsubnet, vni, port)?;
+    let fmac = kernel::flannel_vtep(fnode, fsubnet, vni, port, POD_MTU)?;
     // The kernel's VXLAN device fills in outer UDP checksums (flannel leaves udpcsum at
     // the kernel's default, on) and leaves them to the NIC; a veth uplink hands them on
     // unfinished. A real NIC computes them, so the lab's uplink must too.

@@ -13,7 +13,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use xlane_netlab::topology::POD_MTU;
+use xlane_netlab::topology::{POD_MTU, UPLINK_MTU};
 use xlane_netlab::{Lab, Netns, Node, Subnet};
 use xlane_netlink::{Netlink, Route, Veth, VethEnd};
 use xlane_wire::Mac;
@@ -71,7 +71,7 @@ pub fn bridge_pod(node: &Node, subnet: Subnet, k: u8, mtu: u16) -> io::Result<Ne
 ///
 /// # Errors
 /// `ip` or netlink failures.
-pub fn flannel_vtep(node: &Node, subnet: Subnet, vni: u32, port: u16) -> io::Result<Mac> {
+pub fn flannel_vtep(node: &Node, subnet: Subnet, vni: u32, port: u16, mtu: u16) -> io::Result<Mac> {
     node.ns.ip(&[
         "link",
         "add",
@@ -91,7 +91,7 @@ pub fn flannel_vtep(node: &Node, subnet: Subnet, vni: u32, port: u16) -> io::Res
     let mut nl = Netlink::in_netns(&node.ns.path())?;
     let vtep = nl.link("flannel.1")?;
     // The uplink's MTU less the 50 bytes of VXLAN over IPv4.
-    nl.set_up(vtep.ifindex, Some(u32::from(POD_MTU)))?;
+    nl.set_up(vtep.ifindex, Some(u32::from(mtu)))?;
     nl.replace_addr(vtep.ifindex, subnet.0, 32)?;
     Ok(vtep.mac)
 }
@@ -136,12 +136,13 @@ pub enum Baseline {
     HostGw,
 }
 
-/// The pods' MTU under `baseline` (VXLAN takes 50 bytes of the fabric's 1500).
+/// The pods' MTU under `baseline` on an underlay of `uplink_mtu` (VXLAN takes 50
+/// bytes of it).
 #[must_use]
-pub fn pod_mtu(baseline: Baseline) -> u16 {
+pub fn pod_mtu(baseline: Baseline, uplink_mtu: u16) -> u16 {
     match baseline {
-        Baseline::Vxlan => POD_MTU,
-        Baseline::HostGw => 1500,
+        Baseline::Vxlan => uplink_mtu - (UPLINK_MTU - POD_MTU),
+        Baseline::HostGw => uplink_mtu,
     }
 }
 
@@ -152,11 +153,11 @@ pub fn pod_mtu(baseline: Baseline) -> u16 {
 /// Namespace, netlink, `ip` or `bridge` failures.
 pub fn two_pods(lab: &Lab, baseline: Baseline) -> io::Result<[Netns; 2]> {
     let nodes = [&lab.nodes[0], &lab.nodes[1]];
-    let mtu = pod_mtu(baseline);
+    let mtu = pod_mtu(baseline, lab.uplink_mtu());
     let mut macs = Vec::new();
     for n in nodes {
         if baseline == Baseline::Vxlan {
-            macs.push(flannel_vtep(n, n.subnet, 1, xlane_wire::VXLAN_PORT_LINUX)?);
+            macs.push(flannel_vtep(n, n.subnet, 1, xlane_wire::VXLAN_PORT_LINUX, mtu)?);
         }
         cni0(n, n.subnet, mtu)?;
     }

@@ -77,6 +77,9 @@ enum Cmd {
         /// Skip the I/O-ceiling forwarders.
         #[arg(long)]
         no_io: bool,
+        /// Skip TCP on a jumbo underlay (MTU 9000).
+        #[arg(long)]
+        no_jumbo: bool,
         /// Also measure CNI ADD/DEL latency with this many pods (0: skip).
         #[arg(long, default_value_t = 100)]
         cni_pods: usize,
@@ -180,7 +183,7 @@ fn main() {
             };
             demo::run(&opts, &stop)
         }
-        Cmd::Bench { only, io, no_io, quick, cni_pods, out } => {
+        Cmd::Bench { only, io, no_io, no_jumbo, quick, cni_pods, out } => {
             let contenders = if only.is_empty() { bench::Contender::ALL.to_vec() } else { only };
             let forwarders = match (no_io, io.is_empty()) {
                 (true, _) => vec![],
@@ -188,6 +191,7 @@ fn main() {
                 (false, false) => io,
             };
             let w = if quick { bench::Workload::QUICK } else { bench::Workload::FULL };
+            let w = bench::Workload { jumbo: !no_jumbo, ..w };
             bench::report(&contenders, &forwarders, w, cni_pods, &stop).and_then(|r| {
                 let md = report::write(&r, &out)?;
                 print!("{}", std::fs::read_to_string(&md)?);

@@ -1,7 +1,7 @@
 //! The bench's packet-rate run on xlane, briefly (numbers too short to mean anything):
 //! it says where the generator's offered frames went, xlane's ring drops included, and
 //! the places add up to the loss; nothing is left behind. (The report's table of these
-//! ledgers is checked in `report.rs`.)
+//! ledgers is checked in `report.rs`.) The jumbo testbeds carry full-size packets.
 
 use std::sync::atomic::AtomicBool;
 use xlane_lab::bench::{Contender, Testbed};
@@ -26,4 +26,17 @@ fn xlane_packet_rate_says_where_offered_frames_went() {
     assert!(l.unaccounted().abs() <= 10, "lost frames no counter explains: {}", l.summary());
     assert_eq!(l.at(Stage::Receiver), 0, "delivery is counted before the receiver's socket");
     assert_eq!(xlane_netlab::namespaces_of("xbx", std::process::id()).unwrap(), Vec::<String>::new(), "torn down");
+}
+
+/// The testbeds of the bench's jumbo run: pods at the underlay's MTU less 50 (VXLAN),
+/// whose full-size packets cross unfragmented (`setup_mtu` checks it with DF pings).
+#[test]
+fn jumbo_testbeds_carry_full_size_packets() {
+    if !privileged("jumbo_testbeds_carry_full_size_packets") {
+        return;
+    }
+    for c in [Contender::XlaneOffload, Contender::KernelVxlan] {
+        let tb = Testbed::setup_mtu(c, xlane_lab::bench::JUMBO_MTU).unwrap_or_else(|e| panic!("{}: {e:#}", c.name()));
+        assert_eq!(tb.sender_mtu().unwrap(), 8950, "{}", c.name());
+    }
 }

@@ -126,6 +126,8 @@ pub struct ClusterOptions {
     /// The CNI config's `attach` (`veth`, `veth-xdp`, `veth-offload`, `vhost-user`);
     /// `None` leaves the plugin's default.
     pub attach: Option<String>,
+    /// The underlay's MTU (`None`: 1500); pods get 50 less from xlaned.
+    pub mtu: Option<u16>,
 }
 
 impl Default for ClusterOptions {
@@ -137,6 +139,7 @@ impl Default for ClusterOptions {
             lease_ttl: 30,
             xlane_nodes: None,
             attach: None,
+            mtu: None,
         }
     }
 }
@@ -149,7 +152,8 @@ impl Cluster {
     /// # Errors
     /// Lab setup failures, a daemon that does not come up (its log is in the message).
     pub fn start(prefix: &str, nodes: u8, opts: &ClusterOptions) -> io::Result<Self> {
-        let lab = Lab::new(prefix, nodes)?;
+        let mtu = opts.mtu.unwrap_or(crate::topology::UPLINK_MTU);
+        let lab = Lab::with_mtu(prefix, nodes, 1, mtu)?;
         let dir = std::env::temp_dir().join(format!("xlane-{prefix}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;

@@ -246,6 +246,14 @@ impl Netns {
         Ok(Netlink::in_netns(&self.path())?.link(dev)?.mac.to_string())
     }
 
+    /// MTU of `dev` in this namespace.
+    ///
+    /// # Errors
+    /// No such interface, or netlink failures.
+    pub fn mtu(&self, dev: &str) -> io::Result<u32> {
+        Ok(Netlink::in_netns(&self.path())?.link(dev)?.mtu)
+    }
+
     /// Send `count` pings to `dst` from inside this namespace (200 ms apart, 2 s
     /// deadline each, iputils `ping`).
     ///

@@ -164,6 +164,12 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The underlay's MTU (the nodes' uplinks).
+    #[must_use]
+    pub fn uplink_mtu(&self) -> u16 {
+        self.uplink_mtu
+    }
+
     /// Attach a new pod to node `node` with the next address of the node's subnet;
     /// returns its index in [`Lab::pods`].
     ///
