@@ -9,12 +9,11 @@
 use proptest::prelude::*;
 use xlane_engine::BURST;
 use xlane_engine::MAX_SEGMENTS;
-use xlane_engine::offload::build::TcpSuper;
+use xlane_engine::offload::build::{self, TcpSuper};
 use xlane_engine::offload::{
     Coalesced, GsoKind, OffloadError, OffloadMeta, coalesce, complete_checksum, gso, write_datagrams,
 };
-use xlane_wire::encap::{EncapParams, EncapTemplate};
-use xlane_wire::{IpProtocol, Ipv4Packet, Mac, TcpPacket, VXLAN_OVERHEAD, checksum};
+use xlane_wire::{IpProtocol, Ipv4Packet, TcpPacket, checksum};
 
 const HEADROOM: usize = 50;
 const FIN: u8 = 0x01;
@@ -115,18 +114,7 @@ proptest! {
         prop_assert_eq!(&stream, &sp.payload);
 
         // The same segments as UDP GSO datagrams, each behind its VXLAN header.
-        let t = EncapTemplate::new(&EncapParams {
-            src_mac: Mac([2, 0, 0, 0, 0, 1]),
-            dst_mac: Mac([2, 0, 0, 0, 0, 2]),
-            src_ip: core::net::Ipv4Addr::new(192, 168, 50, 1),
-            dst_ip: core::net::Ipv4Addr::new(192, 168, 50, 2),
-            dst_port: 8472,
-            vni: 42,
-            ttl: 64,
-        });
-        let mut encapsulated = vec![0u8; VXLAN_OVERHEAD];
-        t.write((&mut encapsulated[..]).try_into().unwrap(), 60_000, 41_234);
-        encapsulated.extend_from_slice(&frame);
+        let encapsulated = build::encapsulated(&frame, 41_234, 64);
         let mut out = vec![0u8; 200_000];
         match write_datagrams(&encapsulated, &meta, &mut out) {
             Ok(d) => {

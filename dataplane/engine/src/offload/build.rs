@@ -1,9 +1,37 @@
 //! A TCPv4 super-packet builder for tests, benches and the no-allocation check (feature
 //! `test-utils`): the frame a Linux sender hands a device with TSO, its headers written
-//! by hand and its checksum either complete or partial.
+//! by hand and its checksum either complete or partial; and the outer headers the
+//! pipeline puts in front of one bound for another node.
 
 use super::{Gso, GsoKind, OffloadMeta, PartialCsum};
-use xlane_wire::checksum;
+use xlane_wire::encap::{EncapParams, EncapTemplate};
+use xlane_wire::{Mac, VXLAN_OVERHEAD, checksum};
+
+/// The outer headers towards 192.168.50.2:8472 (from 192.168.50.1, VNI 1, TTL `ttl`).
+#[must_use]
+pub fn template(ttl: u8) -> EncapTemplate {
+    EncapTemplate::new(&EncapParams {
+        src_mac: Mac([2, 0, 0, 0, 0, 1]),
+        dst_mac: Mac([2, 0, 0, 0, 0, 2]),
+        src_ip: core::net::Ipv4Addr::new(192, 168, 50, 1),
+        dst_ip: core::net::Ipv4Addr::new(192, 168, 50, 2),
+        dst_port: 8472,
+        vni: 1,
+        ttl,
+    })
+}
+
+/// `inner` behind [`template`]'s headers with UDP source port `src_port`, their lengths
+/// meaningless, as the pipeline leaves them on an encapsulated super-packet.
+#[must_use]
+pub fn encapsulated(inner: &[u8], src_port: u16, ttl: u8) -> Vec<u8> {
+    let t = template(ttl);
+    let mut f = vec![0u8; VXLAN_OVERHEAD + inner.len()];
+    let (outer, rest) = f.split_at_mut(VXLAN_OVERHEAD);
+    t.write(outer.try_into().expect("50 bytes"), 60_000, src_port);
+    rest.copy_from_slice(inner);
+    f
+}
 
 /// The fields of a super-packet a test varies.
 #[derive(Debug, Clone, PartialEq, Eq)]

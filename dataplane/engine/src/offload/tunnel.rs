@@ -124,21 +124,11 @@ pub fn write_datagrams(frame: &[u8], meta: &OffloadMeta, out: &mut [u8]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xlane_wire::Mac;
-    use xlane_wire::encap::{EncapParams, EncapTemplate};
 
     /// A segment's outer headers equal what the template writes for a frame of its size.
     #[test]
     fn segment_headers_match_the_template() {
-        let t = EncapTemplate::new(&EncapParams {
-            src_mac: Mac([2, 0, 0, 0, 0, 1]),
-            dst_mac: Mac([2, 0, 0, 0, 0, 2]),
-            src_ip: core::net::Ipv4Addr::new(192, 168, 50, 1),
-            dst_ip: core::net::Ipv4Addr::new(192, 168, 50, 2),
-            dst_port: 8472,
-            vni: 1,
-            ttl: 64,
-        });
+        let t = crate::offload::build::template(64);
         let mut outer = [0u8; VXLAN_OVERHEAD];
         // As the pipeline leaves it on a super-packet: a length that means nothing.
         t.write(&mut outer, 60_000, 41_234);
@@ -162,18 +152,7 @@ mod tests {
         let (inner, meta) = TcpSuper::new(vec![0x3c; 8000], 8000).build();
         let meta = OffloadMeta { gso: None, ..meta };
         assert!(meta.csum.is_some(), "left partial by the pod");
-        let t = EncapTemplate::new(&EncapParams {
-            src_mac: Mac([2, 0, 0, 0, 0, 1]),
-            dst_mac: Mac([2, 0, 0, 0, 0, 2]),
-            src_ip: core::net::Ipv4Addr::new(192, 168, 50, 1),
-            dst_ip: core::net::Ipv4Addr::new(192, 168, 50, 2),
-            dst_port: 8472,
-            vni: 1,
-            ttl: 9,
-        });
-        let mut frame = vec![0u8; VXLAN_OVERHEAD];
-        t.write((&mut frame[..]).try_into().unwrap(), 0, 41_000);
-        frame.extend_from_slice(&inner);
+        let frame = crate::offload::build::encapsulated(&inner, 41_000, 9);
         let mut out = vec![0u8; 10_000];
         let d = write_datagrams(&frame, &meta, &mut out).unwrap();
         assert_eq!((d.segments, d.stride, d.len, d.src_port, d.ttl), (1, 8 + inner.len(), 8 + inner.len(), 41_000, 9));
