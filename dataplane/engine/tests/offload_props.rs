@@ -11,7 +11,7 @@ use xlane_engine::BURST;
 use xlane_engine::MAX_SEGMENTS;
 use xlane_engine::offload::build::{self, TcpSuper};
 use xlane_engine::offload::{
-    Coalesced, GsoKind, OffloadError, OffloadMeta, coalesce, complete_checksum, gso, write_datagrams,
+    Coalesced, GsoKind, OffloadError, OffloadMeta, coalesce, complete_checksum, datagram_parts, gso, write_datagrams,
 };
 use xlane_wire::{IpProtocol, Ipv4Packet, TcpPacket, checksum};
 
@@ -127,6 +127,14 @@ proptest! {
                     prop_assert_eq!(&dg[..8], &encapsulated[42..50]);
                     prop_assert_eq!(&dg[8..], &seg[..]);
                 }
+                // Gathered from headers and the super-packet's own payload: the same bytes.
+                let mut headers = vec![0u8; MAX_SEGMENTS * 200];
+                let mut parts = arrayvec::ArrayVec::new();
+                let g = datagram_parts(&encapsulated, &meta, &mut headers, &mut parts).unwrap();
+                prop_assert_eq!(g, d);
+                let gathered: Vec<u8> =
+                    parts.iter().flat_map(|p| [&headers[p.header.clone()], &encapsulated[p.payload.clone()]].concat()).collect();
+                prop_assert!(gathered == out[..d.len], "gathered datagrams differ");
             }
             Err(e) => {
                 prop_assert!(segs.len() > MAX_SEGMENTS);

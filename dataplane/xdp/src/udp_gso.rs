@@ -3,9 +3,10 @@
 //!
 //! AF_XDP carries frames of one chunk, so a super-packet bound for another node would be
 //! cut by the engine into ~45 frames, each crossing copy-mode TX alone: an skb, the
-//! uplink's driver and the underlay once per frame. Instead the engine lays the
-//! segments out behind their VXLAN headers ([`write_datagrams`]) and one `sendmmsg`
-//! hands them to the kernel as one buffer: one route lookup, one skb through the stack
+//! uplink's driver and the underlay once per frame. Instead the engine writes each
+//! segment's VXLAN and inner headers ([`datagram_parts`]) and one `sendmmsg` gathers
+//! them with the payloads where they lie in the super-packet (no copy before the
+//! kernel's own) and hands the kernel one buffer: one route lookup, one skb through the stack
 //! and the underlay, cut into datagrams by the NIC (UDP segmentation offload) or by the
 //! kernel's GSO where the device cannot. The inner TCP is still cut by the engine: the
 //! kernel takes tunnel GSO only from a tap (routed through the host's FORWARD chain),
@@ -21,11 +22,13 @@
 //! the AF_XDP frames do, and after them, since the driver flushes a burst's earlier
 //! frames before it sends a super-packet.
 
+use arrayvec::ArrayVec;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use xlane_engine::offload::{Datagrams, OffloadError, OffloadMeta, write_datagrams};
+use xlane_engine::MAX_SEGMENTS;
+use xlane_engine::offload::{DatagramPart, Datagrams, OffloadError, OffloadMeta, datagram_parts, write_datagrams};
 use xlane_engine::port::bump;
 
 /// Sockets (outer UDP source ports) per sender.
@@ -40,7 +43,7 @@ const MAX_SEGMENTS_PER_MESSAGE: usize = 64;
 const MESSAGES: usize = 4;
 /// Room for every datagram of a super-packet: 64 KiB of payload plus, per segment of
 /// the engine's most, a VXLAN header and the inner headers (at most 14 + 60 + 60).
-const SCRATCH: usize = 65_536 + xlane_engine::MAX_SEGMENTS * (8 + 134);
+const SCRATCH: usize = 65_536 + MAX_SEGMENTS * (8 + 134);
 /// A socket's send buffer: a few super-packets in flight on a NIC queue.
 const SEND_BUFFER: libc::c_int = 4 << 20;
 
@@ -118,10 +121,14 @@ impl Control {
 /// UDP sockets on the uplink that send encapsulated super-packets as UDP GSO datagrams.
 pub struct UdpGsoSender {
     socks: Vec<OwnedFd>,
-    /// The datagrams of the super-packet being sent (allocated once).
+    /// The datagrams' headers of the super-packet being sent, or a whole datagram
+    /// without GSO (allocated once).
     scratch: Box<[u8]>,
     msgs: [libc::mmsghdr; MESSAGES],
-    iovs: [libc::iovec; MESSAGES],
+    /// Two per datagram (headers, payload) when gathering.
+    iovs: [libc::iovec; 2 * MAX_SEGMENTS],
+    /// Where each datagram's pieces lie (see `datagram_parts`).
+    parts: ArrayVec<DatagramPart, MAX_SEGMENTS>,
     dst: libc::sockaddr_in,
     control: [Control; MESSAGES],
     stats: Arc<UdpGsoStats>,
@@ -195,7 +202,8 @@ impl UdpGsoSender {
             socks,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             msgs: [msg; MESSAGES],
-            iovs: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MESSAGES],
+            iovs: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2 * MAX_SEGMENTS],
+            parts: ArrayVec::new(),
             dst,
             control: [Control([0; CONTROL_LEN]); MESSAGES],
             stats,
@@ -227,7 +235,16 @@ impl UdpGsoSender {
     }
 
     fn try_send(&mut self, frame: &[u8], meta: &OffloadMeta) -> Result<usize, SendError> {
-        let d: Datagrams = write_datagrams(frame, meta, &mut self.scratch)?;
+        // A super-packet is gathered: each datagram from its headers (written to
+        // `scratch`) and its payload where it lies in `frame`, so the kernel's copy into
+        // the socket is the only one. A frame without GSO is one datagram whose
+        // checksum must be completed: copied whole into `scratch`.
+        let gather = meta.gso.is_some();
+        let d: Datagrams = if gather {
+            datagram_parts(frame, meta, &mut self.scratch, &mut self.parts)?
+        } else {
+            write_datagrams(frame, meta, &mut self.scratch)?
+        };
         let stride = u16::try_from(d.stride).map_err(|_| OffloadError::BufferTooSmall)?;
         self.dst.sin_family = libc::sa_family_t::try_from(libc::AF_INET).expect("2");
         self.dst.sin_port = d.dst_port.to_be();
@@ -237,19 +254,32 @@ impl UdpGsoSender {
         if messages > MESSAGES {
             return Err(OffloadError::TooManySegments.into());
         }
-        let bytes_per_message = per_message * d.stride;
-        let base = self.scratch.as_mut_ptr();
+        let scratch = self.scratch.as_mut_ptr();
+        // The kernel only reads what a send's iovecs point at.
+        let payload = frame.as_ptr().cast_mut();
+        let mut iov = 0;
         for m in 0..messages {
-            let start = m * bytes_per_message;
-            let len = bytes_per_message.min(d.len - start);
+            let first_iov = iov;
+            if gather {
+                for part in self.parts.iter().skip(m * per_message).take(per_message) {
+                    // SAFETY: the parts lie inside `scratch` (headers) and `frame`
+                    // (payloads): `datagram_parts` made them from those slices.
+                    let (h, p) = unsafe { (scratch.add(part.header.start), payload.add(part.payload.start)) };
+                    self.iovs[iov] = libc::iovec { iov_base: h.cast(), iov_len: part.header.len() };
+                    self.iovs[iov + 1] = libc::iovec { iov_base: p.cast(), iov_len: part.payload.len() };
+                    iov += 2;
+                }
+            } else {
+                // One datagram (no GSO): all of it at the start of `scratch`.
+                self.iovs[iov] = libc::iovec { iov_base: scratch.cast(), iov_len: d.len };
+                iov += 1;
+            }
             self.control[m].write(stride, d.src, d.ttl);
-            // SAFETY: `start < d.len ≤ scratch.len()`: the pointer stays inside `scratch`.
-            self.iovs[m] = libc::iovec { iov_base: unsafe { base.add(start) }.cast(), iov_len: len };
             let h = &mut self.msgs[m].msg_hdr;
             h.msg_name = std::ptr::from_mut(&mut self.dst).cast();
             h.msg_namelen = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("16");
-            h.msg_iov = std::ptr::from_mut(&mut self.iovs[m]);
-            h.msg_iovlen = 1;
+            h.msg_iov = std::ptr::from_mut(&mut self.iovs[first_iov]);
+            h.msg_iovlen = iov - first_iov;
             h.msg_control = self.control[m].0.as_mut_ptr().cast();
             h.msg_controllen = CONTROL_LEN;
             h.msg_flags = 0;
@@ -257,9 +287,9 @@ impl UdpGsoSender {
         }
         let sock = self.socks[usize::from(d.src_port) % self.socks.len()].as_raw_fd();
         let count = libc::c_uint::try_from(messages).expect("at most MESSAGES");
-        // SAFETY: `msgs[..messages]` point at live iovecs into `scratch`, at `dst` and at
-        // `control`, all owned by `self` and untouched for the call; the kernel copies
-        // the data before returning.
+        // SAFETY: `msgs[..messages]` point at live iovecs (into `scratch`, owned by `self`,
+        // and into `frame`, borrowed for this call), at `dst` and at `control`, none
+        // touched during the call; the kernel copies the data before returning.
         let sent = unsafe { libc::sendmmsg(sock, self.msgs.as_mut_ptr(), count, libc::MSG_DONTWAIT) };
         match usize::try_from(sent) {
             Err(_) => Err(io::Error::last_os_error().into()),

@@ -90,6 +90,12 @@ impl Merged {
         (0..64).filter(|i| self.members & (1 << i) != 0)
     }
 
+    /// Bytes of headers of the super-packet (its first segment's).
+    #[must_use]
+    pub fn header_len(&self) -> usize {
+        usize::from(self.hdr_len)
+    }
+
     /// Write the super-packet into `out[..len()]` and return its metadata: GSO TCPv4 with
     /// the first segment's payload size, `NEEDS_CSUM` at the TCP checksum, whose field
     /// holds the pseudo-header sum (what a virtio-net device hands the kernel).
@@ -98,20 +104,32 @@ impl Merged {
     /// `out` shorter than [`len`](Self::len); `frames` not the slice that was coalesced
     /// (a member missing).
     pub fn write<F: AsRef<[u8]>>(&self, frames: &[F], out: &mut [u8]) -> Result<OffloadMeta, OffloadError> {
-        let (l4, hdr_len, len) = (usize::from(self.l4), usize::from(self.hdr_len), self.len());
-        if out.len() < len {
+        let hdr_len = self.header_len();
+        if out.len() < self.len() {
             return Err(OffloadError::BufferTooSmall);
         }
-        let head = frames.get(usize::from(self.first)).ok_or(OffloadError::TooFewBuffers)?.as_ref();
-        out[..hdr_len].copy_from_slice(head.get(..hdr_len).ok_or(OffloadError::TooFewBuffers)?);
-        let mut at = hdr_len;
-        for i in self.members() {
-            let seg = frames.get(i).ok_or(OffloadError::TooFewBuffers)?.as_ref();
-            let payload = seg.get(hdr_len..).ok_or(OffloadError::TooFewBuffers)?;
-            out.get_mut(at..at + payload.len()).ok_or(OffloadError::BufferTooSmall)?.copy_from_slice(payload);
+        let (hdr, body) = out.split_at_mut(hdr_len);
+        let meta = self.write_header(frames, hdr)?;
+        let mut at = 0;
+        for payload in self.payloads(frames) {
+            let payload = payload?;
+            body.get_mut(at..at + payload.len()).ok_or(OffloadError::BufferTooSmall)?.copy_from_slice(payload);
             at += payload.len();
         }
-        let out = &mut out[..len];
+        Ok(meta)
+    }
+
+    /// [`write`](Self::write) of the headers alone, into `out` ([`header_len`](Self::header_len)
+    /// bytes), for a sender that gathers the payloads from the segments themselves
+    /// ([`payloads`](Self::payloads)).
+    ///
+    /// # Errors
+    /// `out` shorter than the headers; `frames` not the slice that was coalesced.
+    pub fn write_header<F: AsRef<[u8]>>(&self, frames: &[F], out: &mut [u8]) -> Result<OffloadMeta, OffloadError> {
+        let (l4, hdr_len, len) = (usize::from(self.l4), self.header_len(), self.len());
+        let head = frames.get(usize::from(self.first)).ok_or(OffloadError::TooFewBuffers)?.as_ref();
+        let out = out.get_mut(..hdr_len).ok_or(OffloadError::BufferTooSmall)?;
+        out.copy_from_slice(head.get(..hdr_len).ok_or(OffloadError::TooFewBuffers)?);
         let (ip_len, tcp_len) = (u16::try_from(len - L3), u16::try_from(len - l4));
         let (Ok(ip_len), Ok(tcp_len)) = (ip_len, tcp_len) else { return Err(OffloadError::Ipv4Malformed) };
         out[L3 + ip::TOTAL_LEN..L3 + ip::TOTAL_LEN + 2].copy_from_slice(&ip_len.to_be_bytes());
@@ -124,6 +142,20 @@ impl Merged {
             gso: Some(Gso { kind: GsoKind::TcpV4, size: self.mss, ecn: false }),
             hdr_len: self.hdr_len,
             data_valid: false,
+        })
+    }
+
+    /// The members' payloads in order: after [`write_header`](Self::write_header)'s
+    /// headers, the super-packet's bytes. An error where `frames` is not the slice that
+    /// was coalesced.
+    pub fn payloads<'a, F: AsRef<[u8]>>(
+        &'a self,
+        frames: &'a [F],
+    ) -> impl Iterator<Item = Result<&'a [u8], OffloadError>> + 'a {
+        let hdr_len = self.header_len();
+        self.members().map(move |i| {
+            let seg = frames.get(i).ok_or(OffloadError::TooFewBuffers)?.as_ref();
+            seg.get(hdr_len..).ok_or(OffloadError::TooFewBuffers)
         })
     }
 }

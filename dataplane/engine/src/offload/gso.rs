@@ -80,6 +80,64 @@ impl GsoPlan {
         self.layout.hdr_len + self.mss.min(payload.saturating_sub(i * self.mss))
     }
 
+    /// Bytes of headers every segment carries (Ethernet, IPv4 and TCP with options).
+    #[must_use]
+    pub fn header_len(&self) -> usize {
+        self.layout.hdr_len
+    }
+
+    /// Where segment `i`'s payload lies in the super-packet.
+    #[must_use]
+    pub fn payload_range(&self, i: usize) -> core::ops::Range<usize> {
+        let start = self.layout.hdr_len + i * self.mss;
+        start..(start + self.mss).min(self.layout.end)
+    }
+
+    /// Write segment `i`'s headers (of [`write`](Self::write)'s segment, its checksums
+    /// over its payload included) into `out`, [`header_len`](Self::header_len) bytes,
+    /// without copying the payload: for a sender that gathers each segment from its
+    /// headers and [`payload_range`](Self::payload_range) of `frame`.
+    ///
+    /// # Panics
+    /// If `i` is not a segment of the plan or `out` is not `header_len()` bytes.
+    pub fn write_header(&self, frame: &[u8], i: usize, out: &mut [u8]) {
+        assert!(i < self.segments && out.len() == self.layout.hdr_len, "segment {i}, {} header bytes", out.len());
+        out.copy_from_slice(&frame[..self.layout.hdr_len]);
+        self.fill_header(frame, i, out, &frame[self.payload_range(i)]);
+    }
+
+    /// Set segment `i`'s fields in `hdr` (a copy of the super-packet's headers) for
+    /// `payload`: length, identification, sequence number, flags, checksums.
+    fn fill_header(&self, frame: &[u8], i: usize, hdr: &mut [u8], payload: &[u8]) {
+        let Layout { l4, hdr_len, .. } = self.layout;
+        let last = self.segments - 1;
+        let flags0 = frame[l4 + tcp::FLAGS];
+        // i < segments ≤ 65535 and i × mss < payload ≤ 65535: the casts keep every bit
+        // the fields need (both wrap by design).
+        #[expect(clippy::cast_possible_truncation, reason = "IPv4 identification wraps at 16 bits")]
+        let id = be16(frame, L3 + ip::ID).wrapping_add(i as u16);
+        #[expect(clippy::cast_possible_truncation, reason = "i × mss < 65536")]
+        let seq = be32(frame, l4 + tcp::SEQ).wrapping_add((i * self.mss) as u32);
+        let flags = match i {
+            _ if i == last && i == 0 => flags0,
+            0 => flags0 & !(tcp::FIN | tcp::PSH),
+            _ if i == last => flags0 & !tcp::CWR,
+            _ => flags0 & !(tcp::FIN | tcp::PSH | tcp::CWR),
+        };
+        #[expect(clippy::cast_possible_truncation, reason = "a segment is at most 65535 bytes (checked by the plan)")]
+        let (ip_len, tcp_len) = ((hdr_len + payload.len() - L3) as u16, (hdr_len + payload.len() - l4) as u16);
+        hdr[L3 + ip::TOTAL_LEN..L3 + ip::TOTAL_LEN + 2].copy_from_slice(&ip_len.to_be_bytes());
+        hdr[L3 + ip::ID..L3 + ip::ID + 2].copy_from_slice(&id.to_be_bytes());
+        fill_ip_checksum(hdr, l4);
+        let th = &mut hdr[l4..];
+        th[tcp::SEQ..tcp::SEQ + 4].copy_from_slice(&seq.to_be_bytes());
+        th[tcp::FLAGS] = flags;
+        th[tcp::CHECKSUM..tcp::CHECKSUM + 2].fill(0);
+        // The TCP header is a multiple of 4 bytes: its sum and the payload's add up.
+        let c = !checksum::combine(&[pseudo_base(frame), tcp_len, checksum::sum(th), checksum::sum(payload)]);
+        th[tcp::CHECKSUM..tcp::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
     /// The largest segment, headroom excluded: what each output buffer must hold after
     /// its headroom.
     #[must_use]
@@ -115,47 +173,20 @@ impl GsoPlan {
         headroom: usize,
         out: &mut [&mut [u8]],
     ) -> Result<Segmented, OffloadError> {
-        let Layout { l4, hdr_len, end } = self.layout;
+        let Layout { hdr_len, end, .. } = self.layout;
         let count = out.len().min(self.segments.saturating_sub(first));
         let out = &mut out[..count];
         if out.iter().enumerate().any(|(k, b)| b.len() < headroom + self.segment_len(first + k)) {
             return Err(OffloadError::BufferTooSmall);
         }
-        let hdr = &frame[..hdr_len];
-        let id0 = be16(hdr, L3 + ip::ID);
-        let seq0 = be32(hdr, l4 + tcp::SEQ);
-        let flags0 = hdr[l4 + tcp::FLAGS];
-        let pseudo = pseudo_base(hdr);
-        let last = self.segments - 1;
         let mut bytes = 0;
         let chunks = frame[hdr_len..end].chunks(self.mss).enumerate().skip(first);
         for (buf, (i, chunk)) in out.iter_mut().zip(chunks) {
             let seg = &mut buf[headroom..headroom + hdr_len + chunk.len()];
-            seg[..hdr_len].copy_from_slice(hdr);
-            seg[hdr_len..].copy_from_slice(chunk);
-            // i < segments ≤ 65535 and i × mss < payload ≤ 65535: the casts keep every bit
-            // the fields need (both wrap by design).
-            #[expect(clippy::cast_possible_truncation, reason = "IPv4 identification wraps at 16 bits")]
-            let id = id0.wrapping_add(i as u16);
-            #[expect(clippy::cast_possible_truncation, reason = "i × mss < 65536")]
-            let seq = seq0.wrapping_add((i * self.mss) as u32);
-            let flags = match i {
-                _ if i == last && i == 0 => flags0,
-                0 => flags0 & !(tcp::FIN | tcp::PSH),
-                _ if i == last => flags0 & !tcp::CWR,
-                _ => flags0 & !(tcp::FIN | tcp::PSH | tcp::CWR),
-            };
-            let ip_len = u16::try_from(seg.len() - L3).map_err(|_| OffloadError::Ipv4Malformed)?;
-            let tcp_len = u16::try_from(seg.len() - l4).map_err(|_| OffloadError::Ipv4Malformed)?;
-            seg[L3 + ip::TOTAL_LEN..L3 + ip::TOTAL_LEN + 2].copy_from_slice(&ip_len.to_be_bytes());
-            seg[L3 + ip::ID..L3 + ip::ID + 2].copy_from_slice(&id.to_be_bytes());
-            fill_ip_checksum(seg, l4);
-            let th = &mut seg[l4..];
-            th[tcp::SEQ..tcp::SEQ + 4].copy_from_slice(&seq.to_be_bytes());
-            th[tcp::FLAGS] = flags;
-            th[tcp::CHECKSUM..tcp::CHECKSUM + 2].fill(0);
-            let c = !checksum::combine(&[pseudo, tcp_len, checksum::sum(th)]);
-            th[tcp::CHECKSUM..tcp::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+            let (hdr, payload) = seg.split_at_mut(hdr_len);
+            hdr.copy_from_slice(&frame[..hdr_len]);
+            payload.copy_from_slice(chunk);
+            self.fill_header(frame, i, hdr, chunk);
             bytes += seg.len();
         }
         Ok(Segmented { segments: count, bytes })

@@ -32,7 +32,7 @@ pub use gro::{Coalesced, MAX_FLOWS, Merged, coalesce};
 pub use gso::{GsoPlan, Segmented};
 pub use jumbo::{JUMBO_HEADROOM, JUMBO_MAX, Jumbo, JumboFrame};
 pub use meta::{Gso, GsoKind, OffloadMeta, PartialCsum, VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_MRG_LEN, complete_checksum};
-pub use tunnel::{Datagrams, push_outer, write_datagrams};
+pub use tunnel::{DatagramPart, Datagrams, datagram_parts, push_outer, write_datagrams};
 
 crate::drop::reason_table! {
     /// Why a header or super-packet was refused: `Copy`, one byte, with a stable name,

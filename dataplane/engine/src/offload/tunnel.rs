@@ -12,7 +12,7 @@
 //! [`Offloads::tunnel_segmentation`](crate::Offloads)).
 
 use super::headers::{be16, ip};
-use super::{OffloadError, OffloadMeta};
+use super::{GsoPlan, OffloadError, OffloadMeta};
 use crate::driver::MAX_SEGMENTS;
 use arrayvec::ArrayVec;
 use core::net::Ipv4Addr;
@@ -81,13 +81,90 @@ pub struct Datagrams {
 /// refuses; more than [`MAX_SEGMENTS`] segments ([`OffloadError::TooManySegments`]);
 /// `out` too small ([`OffloadError::BufferTooSmall`]).
 pub fn write_datagrams(frame: &[u8], meta: &OffloadMeta, out: &mut [u8]) -> Result<Datagrams, OffloadError> {
+    let (outer, inner) = split(frame)?;
+    let vxlan = &outer[VXLAN..VXLAN_OVERHEAD];
+    if meta.gso.is_none() {
+        let len = VXLAN_HEADER_LEN + inner.len();
+        let out = out.get_mut(..len).ok_or(OffloadError::BufferTooSmall)?;
+        out[..VXLAN_HEADER_LEN].copy_from_slice(vxlan);
+        out[VXLAN_HEADER_LEN..].copy_from_slice(inner);
+        super::complete_checksum(&mut out[VXLAN_HEADER_LEN..], meta)?;
+        return Ok(datagrams(outer, 1, len, len));
+    }
+    let (plan, stride, len) = plan(inner, meta)?;
+    let out = out.get_mut(..len).ok_or(OffloadError::BufferTooSmall)?;
+    let mut slices: ArrayVec<&mut [u8], MAX_SEGMENTS> = out.chunks_mut(stride).collect();
+    plan.write_range(inner, 0, VXLAN_HEADER_LEN, &mut slices)?;
+    for s in &mut slices {
+        s[..VXLAN_HEADER_LEN].copy_from_slice(vxlan);
+    }
+    Ok(datagrams(outer, plan.segments(), stride, len))
+}
+
+/// Where one datagram of [`datagram_parts`] comes from: its headers, then its payload.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DatagramPart {
+    /// Its VXLAN and inner headers, in the caller's header buffer.
+    pub header: core::ops::Range<usize>,
+    /// Its share of the super-packet's payload, in the encapsulated frame.
+    pub payload: core::ops::Range<usize>,
+}
+
+/// [`write_datagrams`] of a super-packet (with GSO metadata) without copying its payload,
+/// for a sender that gathers each datagram from two pieces: segment i's VXLAN and inner
+/// headers go to `headers`, back to back, and `parts[i]` says where they are and where
+/// its payload lies in `frame`. The datagrams are the same bytes.
+///
+/// # Errors
+/// As [`write_datagrams`]; [`OffloadError::NotGso`] for a frame without GSO metadata.
+pub fn datagram_parts(
+    frame: &[u8],
+    meta: &OffloadMeta,
+    headers: &mut [u8],
+    parts: &mut ArrayVec<DatagramPart, MAX_SEGMENTS>,
+) -> Result<Datagrams, OffloadError> {
+    let (outer, inner) = split(frame)?;
+    let (plan, stride, len) = plan(inner, meta)?;
+    let hdr = VXLAN_HEADER_LEN + plan.header_len();
+    let headers = headers.get_mut(..hdr * plan.segments()).ok_or(OffloadError::BufferTooSmall)?;
+    parts.clear();
+    for (i, h) in headers.chunks_exact_mut(hdr).enumerate() {
+        h[..VXLAN_HEADER_LEN].copy_from_slice(&outer[VXLAN..VXLAN_OVERHEAD]);
+        plan.write_header(inner, i, &mut h[VXLAN_HEADER_LEN..]);
+        let payload = plan.payload_range(i);
+        parts.push(DatagramPart {
+            header: i * hdr..(i + 1) * hdr,
+            payload: VXLAN_OVERHEAD + payload.start..VXLAN_OVERHEAD + payload.end,
+        });
+    }
+    Ok(datagrams(outer, plan.segments(), stride, len))
+}
+
+/// The outer headers and the inner frame of an encapsulated frame.
+fn split(frame: &[u8]) -> Result<(&[u8], &[u8]), OffloadError> {
     if frame.len() <= VXLAN_OVERHEAD {
         return Err(OffloadError::NotIpv4);
     }
-    let (outer, inner) = frame.split_at(VXLAN_OVERHEAD);
-    let vxlan = &outer[VXLAN..VXLAN_OVERHEAD];
+    Ok(frame.split_at(VXLAN_OVERHEAD))
+}
+
+/// Plan a super-packet's datagrams: the plan, every datagram's size but the last's,
+/// and their bytes in all.
+fn plan(inner: &[u8], meta: &OffloadMeta) -> Result<(GsoPlan, usize, usize), OffloadError> {
+    let plan = super::gso::plan(inner, meta)?;
+    let segments = plan.segments();
+    if segments > MAX_SEGMENTS {
+        return Err(OffloadError::TooManySegments);
+    }
+    let stride = VXLAN_HEADER_LEN + plan.max_segment_len();
+    let len = stride * (segments - 1) + VXLAN_HEADER_LEN + plan.segment_len(segments - 1);
+    Ok((plan, stride, len))
+}
+
+/// What [`Datagrams`] says of datagrams sent under `outer`.
+fn datagrams(outer: &[u8], segments: usize, stride: usize, len: usize) -> Datagrams {
     let addr = |at: usize| Ipv4Addr::new(outer[at], outer[at + 1], outer[at + 2], outer[at + 3]);
-    let sent = |segments, stride, len| Datagrams {
+    Datagrams {
         segments,
         stride,
         len,
@@ -96,29 +173,7 @@ pub fn write_datagrams(frame: &[u8], meta: &OffloadMeta, out: &mut [u8]) -> Resu
         dst: addr(IP + 16),
         dst_port: be16(outer, UDP + 2),
         ttl: outer[IP + ip::TTL],
-    };
-    if meta.gso.is_none() {
-        let len = VXLAN_HEADER_LEN + inner.len();
-        let out = out.get_mut(..len).ok_or(OffloadError::BufferTooSmall)?;
-        out[..VXLAN_HEADER_LEN].copy_from_slice(vxlan);
-        out[VXLAN_HEADER_LEN..].copy_from_slice(inner);
-        super::complete_checksum(&mut out[VXLAN_HEADER_LEN..], meta)?;
-        return Ok(sent(1, len, len));
     }
-    let plan = super::gso::plan(inner, meta)?;
-    let segments = plan.segments();
-    if segments > MAX_SEGMENTS {
-        return Err(OffloadError::TooManySegments);
-    }
-    let stride = VXLAN_HEADER_LEN + plan.max_segment_len();
-    let len = stride * (segments - 1) + VXLAN_HEADER_LEN + plan.segment_len(segments - 1);
-    let out = out.get_mut(..len).ok_or(OffloadError::BufferTooSmall)?;
-    let mut slices: ArrayVec<&mut [u8], MAX_SEGMENTS> = out.chunks_mut(stride).collect();
-    plan.write_range(inner, 0, VXLAN_HEADER_LEN, &mut slices)?;
-    for s in &mut slices {
-        s[..VXLAN_HEADER_LEN].copy_from_slice(vxlan);
-    }
-    Ok(sent(segments, stride, len))
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@
 //!   of the spill and is recorded in the jumbo store.
 //! * Transmit: a burst is coalesced first (GRO: in-order segments of one flow become one
 //!   super-packet with a GSO header); singles go out from the memory's buffers with an
-//!   all-zero header, merged ones from a per-port scratch; one `sendmmsg` per batch.
+//!   all-zero header, merged ones gathered from their headers (written per unit) and
+//!   their segments' payloads where they lie in the buffers; one `sendmmsg` per batch.
 //! * The host's stack must not also take the pod's frames (a packet tap does not steal
 //!   them): attach [`HostStackBlock`](crate::attach::HostStackBlock) to the same veth end.
 //!
@@ -108,6 +109,10 @@ pub struct OpenError {
     pub source: io::Error,
 }
 
+/// A merged super-packet's head: virtio-net header, then Ethernet, IPv4 and TCP headers
+/// with options at their largest.
+const HEAD: usize = VIRTIO_NET_HDR_LEN + 14 + 60 + 60;
+
 /// Messages a receive sets up at least (see `PacketPort::rx_armed`).
 const MIN_ARMED: usize = 8;
 
@@ -124,8 +129,8 @@ pub struct PacketPort<B> {
     /// while they stay mostly empty. Setting up all 64 on every poll of an idle pod
     /// cost more than the rest of the worker (perf: 13% of all samples in a TCP run).
     rx_armed: usize,
-    /// A merged super-packet being sent: header, then frame.
-    scratch: Box<[u8]>,
+    /// Per merged super-packet of a burst: its virtio-net header, then its headers.
+    heads: Box<[[u8; HEAD]; BURST]>,
     counters: Arc<PortCounters>,
     stats: Arc<PacketStats>,
 }
@@ -202,7 +207,7 @@ impl<B: Copy> PacketPort<B> {
             batch: Batch::new(),
             rx_bufs: ArrayVec::new(),
             rx_armed: MIN_ARMED,
-            scratch: vec![0u8; VIRTIO_NET_HDR_LEN + JUMBO_MAX].into_boxed_slice(),
+            heads: Box::new([[0; HEAD]; BURST]),
             counters,
             stats,
         })
@@ -358,7 +363,7 @@ impl<B: Copy> PacketPort<B> {
         let (mut at, mut sent) = (0, 0);
         while at < self.batch.len() {
             // SAFETY: the callers set up every message with frames that stay borrowed
-            // (lent buffers, the scratch, the caller's frame) until this returns.
+            // (lent buffers, the heads, the caller's frame) until this returns.
             match unsafe { self.batch.send(fd, at) } {
                 Ok(k) => {
                     sent += weights[at..at + k].iter().map(|&w| usize::from(w)).sum::<usize>();
@@ -376,8 +381,8 @@ impl<B: Copy> PacketPort<B> {
     }
 
     /// Transmit up to [`BURST`] frames: coalesce, then send singles from their buffers
-    /// and each merged super-packet from the scratch (flushing the batch before the
-    /// scratch is reused). Releases every buffer; returns the frames sent.
+    /// and each merged super-packet gathered from its headers (in `heads`) and its
+    /// segments' payloads. Releases every buffer; returns the frames sent.
     fn transmit_burst<M: FrameMemory<Buf = B>>(&mut self, mem: &mut M, pkts: &[Packet<B>]) -> usize {
         let bufs: ArrayVec<B, BURST> = pkts.iter().map(|p| p.buf).collect();
         let sent = mem.with_buffers(&bufs, |slices| {
@@ -386,38 +391,35 @@ impl<B: Copy> PacketPort<B> {
             let mut units = [Coalesced::default(); BURST];
             let n = offload::coalesce(&frames, true, &mut units);
             let mut weights = [0u16; BURST];
-            let (mut sent, mut scratch_used) = (0, false);
             self.batch.clear();
-            for u in &units[..n] {
+            for (k, u) in units[..n].iter().enumerate() {
                 match u {
                     Coalesced::Single(i) => {
                         weights[self.batch.len()] = 1;
                         self.batch.push_plain(frames[*i]);
                     }
                     Coalesced::Merged(m) => {
-                        if scratch_used {
-                            sent += self.send_batch(&weights);
-                        }
-                        let (hdr, body) = self.scratch.split_at_mut(VIRTIO_NET_HDR_LEN);
-                        let Ok(meta) = m.write(&frames, body) else {
+                        let head = &mut self.heads[k];
+                        let (vnet, hdrs) = head.split_at_mut(VIRTIO_NET_HDR_LEN);
+                        let Ok(meta) = m.write_header(&frames, hdrs) else {
                             bump(&self.stats.tx_errors, 1);
                             continue;
                         };
-                        meta.to_virtio(hdr);
+                        meta.to_virtio(vnet);
                         bump(&self.stats.gro_merged, 1);
                         bump(&self.stats.gro_segments, m.segments() as u64);
                         #[expect(clippy::cast_possible_truncation, reason = "at most BURST segments")]
                         let w = m.segments() as u16;
                         weights[self.batch.len()] = w;
-                        let whole = &self.scratch[..VIRTIO_NET_HDR_LEN + m.len()];
-                        // The scratch is not written again until this batch is sent.
-                        let whole: &[u8] = whole;
-                        self.batch.push_whole(whole);
-                        scratch_used = true;
+                        // Each unit has its own head, untouched until the batch is sent;
+                        // the payloads are the lent buffers'. `write_header` checked that
+                        // `frames` holds every member.
+                        let head: &[u8] = &self.heads[k][..VIRTIO_NET_HDR_LEN + m.header_len()];
+                        self.batch.push_gathered(head, m.payloads(&frames).map_while(Result::ok));
                     }
                 }
             }
-            sent + self.send_batch(&weights)
+            self.send_batch(&weights)
         });
         for b in bufs {
             mem.release(b);

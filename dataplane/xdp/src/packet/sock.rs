@@ -134,13 +134,18 @@ pub(super) fn take_drops(fd: RawFd) -> io::Result<u64> {
 
 /// Iovecs per received message: virtio-net header, buffer, jumbo spill.
 pub(super) const RX_IOVS: usize = 3;
+/// Iovecs of a batch, taken in order by its messages: a burst of receives, or of sends
+/// (a frame takes two; a merged super-packet one for its headers and one per segment).
+const IOVS: usize = RX_IOVS * BURST;
 
 /// The port's message arrays: one `mmsghdr` per message of a burst, its iovecs, and the
 /// virtio-net header of each. Allocated once (boxed), rewired per call: every pointer
 /// is written right before the syscall that uses it.
 pub(super) struct Batch {
     msgs: [libc::mmsghdr; BURST],
-    iovs: [libc::iovec; RX_IOVS * BURST],
+    iovs: [libc::iovec; IOVS],
+    /// Iovecs taken by the messages set up.
+    iovs_used: usize,
     /// Received headers; for sends, the header of the message with metadata.
     pub(super) hdrs: [[u8; VIRTIO_NET_HDR_LEN]; BURST],
     /// The header of a frame without metadata (all zero: complete, no GSO).
@@ -164,7 +169,8 @@ impl Batch {
         let msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
         Box::new(Self {
             msgs: [msg; BURST],
-            iovs: [EMPTY_IOV; RX_IOVS * BURST],
+            iovs: [EMPTY_IOV; IOVS],
+            iovs_used: 0,
             hdrs: [[0; VIRTIO_NET_HDR_LEN]; BURST],
             zero: [0; VIRTIO_NET_HDR_LEN],
             len: 0,
@@ -179,16 +185,26 @@ impl Batch {
     /// Forget the messages set up.
     pub(super) fn clear(&mut self) {
         self.len = 0;
+        self.iovs_used = 0;
     }
 
     fn push(&mut self, parts: &[libc::iovec]) {
+        self.push_iter(parts.iter().copied());
+    }
+
+    fn push_iter(&mut self, parts: impl IntoIterator<Item = libc::iovec>) {
         let i = self.len;
-        assert!(i < BURST && parts.len() <= RX_IOVS, "a burst of messages of at most three parts");
-        let iovs = &mut self.iovs[RX_IOVS * i..RX_IOVS * i + parts.len()];
-        iovs.copy_from_slice(parts);
+        assert!(i < BURST, "a burst of messages");
+        let first = self.iovs_used;
+        for p in parts {
+            assert!(self.iovs_used < IOVS, "iovecs of a burst");
+            self.iovs[self.iovs_used] = p;
+            self.iovs_used += 1;
+        }
+        let iovs = &mut self.iovs[first..self.iovs_used];
         let hdr = &mut self.msgs[i].msg_hdr;
         hdr.msg_iov = iovs.as_mut_ptr();
-        hdr.msg_iovlen = parts.len();
+        hdr.msg_iovlen = iovs.len();
         hdr.msg_flags = 0;
         self.msgs[i].msg_len = 0;
         self.len += 1;
@@ -218,9 +234,12 @@ impl Batch {
         self.push(&[hdr, libc::iovec { iov_base: frame.as_ptr().cast_mut().cast(), iov_len: frame.len() }]);
     }
 
-    /// Set up a send of `msg`, header included.
-    pub(super) fn push_whole(&mut self, msg: &[u8]) {
-        self.push(&[libc::iovec { iov_base: msg.as_ptr().cast_mut().cast(), iov_len: msg.len() }]);
+    /// Set up a send gathered from `head` (header and the frame's headers) and then
+    /// `pieces`, in order.
+    pub(super) fn push_gathered<'a>(&mut self, head: &[u8], pieces: impl Iterator<Item = &'a [u8]>) {
+        // The kernel only reads a send's iovecs: the casts to *mut do not license writes.
+        let iov = |b: &[u8]| libc::iovec { iov_base: b.as_ptr().cast_mut().cast(), iov_len: b.len() };
+        self.push_iter(std::iter::once(iov(head)).chain(pieces.map(iov)));
     }
 
     /// Received message `i`: bytes (header included) and `msg_flags`.
@@ -240,7 +259,7 @@ impl Batch {
         // its headers and at buffers the caller guarantees are writable; the kernel writes
         // only within the iovec lengths, and msg_len/msg_flags of each message.
         let r = unsafe { libc::recvmmsg(fd, self.msgs.as_mut_ptr(), vlen, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
-        self.len = 0;
+        self.clear();
         if r < 0 { Err(io::Error::last_os_error()) } else { Ok(usize::try_from(r).expect("non-negative")) }
     }
 
