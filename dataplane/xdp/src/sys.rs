@@ -5,7 +5,7 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -301,4 +301,32 @@ pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
     // SAFETY: data_in/data_out point at live buffers of the stated sizes for the call.
     unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     Ok(attr.retval)
+}
+
+/// `setsockopt(2)` with an `int` value.
+///
+/// # Errors
+/// The kernel's error.
+pub(crate) fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("4");
+    // SAFETY: `value` is a live int for the call and `len` is its size.
+    let r = unsafe { libc::setsockopt(fd, level, name, std::ptr::from_ref(&value).cast(), len) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Ask for a socket buffer of `bytes`: `force` (`SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`,
+/// beyond `net.core.*mem_max`, needs `CAP_NET_ADMIN`), else `plain` capped by the sysctl.
+///
+/// # Errors
+/// The kernel's error for `plain`.
+pub(crate) fn set_socket_buffer(
+    fd: RawFd,
+    force: libc::c_int,
+    plain: libc::c_int,
+    bytes: libc::c_int,
+) -> io::Result<()> {
+    if setsockopt_int(fd, libc::SOL_SOCKET, force, bytes).is_ok() {
+        return Ok(());
+    }
+    setsockopt_int(fd, libc::SOL_SOCKET, plain, bytes)
 }

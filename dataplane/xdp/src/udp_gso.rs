@@ -22,9 +22,10 @@
 //! the AF_XDP frames do, and after them, since the driver flushes a burst's earlier
 //! frames before it sends a super-packet.
 
+use crate::sys::{set_socket_buffer, setsockopt_int};
 use arrayvec::ArrayVec;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use xlane_engine::MAX_SEGMENTS;
@@ -145,13 +146,6 @@ impl core::fmt::Debug for UdpGsoSender {
     }
 }
 
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    let len = libc::socklen_t::try_from(size_of::<T>()).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: `value` is a live `T` for the call and `len` is its size.
-    let r = unsafe { libc::setsockopt(fd, level, name, std::ptr::from_ref(value).cast(), len) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
 /// One non-blocking UDP socket bound to `ifname` and an ephemeral port.
 fn open_socket(ifname: &str) -> Result<OwnedFd, (&'static str, io::Error)> {
     // SAFETY: plain socket(2); the result is checked.
@@ -169,13 +163,11 @@ fn open_socket(ifname: &str) -> Result<OwnedFd, (&'static str, io::Error)> {
     if unsafe { libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, name.as_ptr().cast(), len) } < 0 {
         return Err(("SO_BINDTODEVICE", io::Error::last_os_error()));
     }
-    setsockopt(s, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &libc::IP_PMTUDISC_PROBE)
+    setsockopt_int(s, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE)
         .map_err(|e| ("IP_MTU_DISCOVER", e))?;
-    if setsockopt(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &SEND_BUFFER).is_err() {
-        setsockopt(s, libc::SOL_SOCKET, libc::SO_SNDBUF, &SEND_BUFFER).map_err(|e| ("SO_SNDBUF", e))?;
-    }
+    set_socket_buffer(s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SEND_BUFFER).map_err(|e| ("SO_SNDBUF", e))?;
     // Nothing is ever sent to these ports; the smallest buffer drops whatever is.
-    setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVBUF, &1 as &libc::c_int).map_err(|e| ("SO_RCVBUF", e))?;
+    setsockopt_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF, 1).map_err(|e| ("SO_RCVBUF", e))?;
     // SAFETY: sockaddr_in is plain old data; all-zero is INADDR_ANY port 0.
     let mut any: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     any.sin_family = libc::sa_family_t::try_from(libc::AF_INET).expect("2");

@@ -9,6 +9,7 @@
 //! interface carries per call.
 
 use crate::programs::ClassicInsn;
+use crate::sys::{set_socket_buffer, setsockopt_int};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use xlane_engine::BURST;
@@ -29,13 +30,6 @@ pub enum FanoutMode {
     /// out of the veth reach the group too. The port's own sends do not either way
     /// (`PACKET_QDISC_BYPASS` skips the taps).
     Hash,
-}
-
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("4");
-    // SAFETY: `value` is a live int for the call and `len` is its size.
-    let r = unsafe { libc::setsockopt(fd, level, name, std::ptr::from_ref(&value).cast(), len) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Open an AF_PACKET `SOCK_RAW` socket on `ifindex` (non-blocking, close-on-exec) with
@@ -66,9 +60,7 @@ pub(super) fn open(
     for (force, plain, what) in
         [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF"), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF")]
     {
-        if setsockopt_int(s, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
-            opt(what, libc::SOL_SOCKET, plain, SOCKET_BUFFER)?;
-        }
+        set_socket_buffer(s, force, plain, SOCKET_BUFFER).map_err(|e| (what, e))?;
     }
     // Before the bind: no frame the filter refuses is ever queued.
     if let Some(f) = filter {
