@@ -615,31 +615,39 @@ impl Umem {
         let mut r = port.rx.receive(max);
         let mut n = 0;
         while let Some(XdpDesc { addr, len, .. }) = r.read() {
-            let fits = addr
-                .checked_add(u64::from(len))
-                .is_some_and(|end| end <= self.base(addr) + u64::from(self.settings.frame_size));
-            match self.index(addr) {
-                Some(i) if self.owner[i] == Owner::Fill && fits => {
-                    self.owner[i] = Owner::App;
-                    port.in_fill = port.in_fill.saturating_sub(1);
-                    let base = self.base(addr);
-                    #[expect(clippy::cast_possible_truncation, reason = "an offset within a frame")]
-                    let head = (addr - base) as u32;
-                    out[n] = Packet { buf: base, head, len };
-                    n += 1;
-                }
-                Some(i) if self.owner[i] == Owner::Fill => {
-                    // A descriptor overrunning its frame: take the frame back, drop it.
-                    self.owner[i] = Owner::Free;
-                    port.in_fill = port.in_fill.saturating_sub(1);
-                    self.free.push(self.base(addr));
-                    self.bad_descs += 1;
-                }
-                _ => self.bad_descs += 1,
+            if let Some(p) = self.take_received(&mut port.in_fill, addr, len) {
+                out[n] = p;
+                n += 1;
             }
         }
         r.release();
         n
+    }
+
+    /// The frame of a received descriptor, taken from a port's fill ring (`in_fill`, its
+    /// count) for the application, as a packet. A descriptor overrunning its frame gives the frame back
+    /// to the free list; one for a frame the ring did not hold is ignored; both are
+    /// counted bad (`None`).
+    fn take_received(&mut self, in_fill: &mut u32, addr: u64, len: u32) -> Option<Packet<u64>> {
+        let base = self.base(addr);
+        let fits =
+            addr.checked_add(u64::from(len)).is_some_and(|end| end <= base + u64::from(self.settings.frame_size));
+        match self.index(addr) {
+            Some(i) if self.owner[i] == Owner::Fill => {
+                *in_fill = in_fill.saturating_sub(1);
+                if fits {
+                    self.owner[i] = Owner::App;
+                    #[expect(clippy::cast_possible_truncation, reason = "an offset within a frame")]
+                    let head = (addr - base) as u32;
+                    return Some(Packet { buf: base, head, len });
+                }
+                self.owner[i] = Owner::Free;
+                self.free.push(base);
+            }
+            _ => {}
+        }
+        self.bad_descs += 1;
+        None
     }
 
     /// Lend the application-owned frames `bufs` (base addresses, as in [`Packet::buf`])

@@ -1,7 +1,7 @@
 //! Multi-buffer receive: a packet larger than a UMEM frame, which the kernel splits over
 //! several RX descriptors on a socket bound with `XDP_USE_SG` (jumbo uplinks).
 
-use super::{Owner, Umem, XskPort};
+use super::{Umem, XskPort};
 use xdpilone::xdp::XdpDesc;
 use xlane_engine::offload::{JUMBO_MAX, Jumbo, OffloadMeta};
 use xlane_engine::{BURST, Packet};
@@ -29,29 +29,14 @@ impl Umem {
             let mut read = 0;
             while let Some(XdpDesc { addr, len, options }) = r.read() {
                 read += 1;
-                let fits = addr
-                    .checked_add(u64::from(len))
-                    .is_some_and(|end| end <= self.base(addr) + u64::from(self.settings.frame_size));
-                let i = match self.index(addr) {
-                    Some(i) if self.owner[i] == Owner::Fill => i,
-                    _ => {
-                        self.bad_descs += 1;
-                        continue;
-                    }
-                };
-                port.in_fill = port.in_fill.saturating_sub(1);
-                let base = self.base(addr);
                 let contd = options & XDP_PKT_CONTD != 0;
-                if !fits {
-                    self.owner[i] = Owner::Free;
-                    self.free.push(base);
-                    self.bad_descs += 1;
+                let Some(p) = self.take_received(&mut port.in_fill, addr, len) else {
+                    // A piece lost: the packet it belongs to is not kept.
                     chain = chain.map(|(l, _)| (l, false));
-                } else if chain.is_none() && !contd {
-                    self.owner[i] = Owner::App;
-                    #[expect(clippy::cast_possible_truncation, reason = "an offset within a frame")]
-                    let head = (addr - base) as u32;
-                    out[n] = Packet { buf: base, head, len };
+                    continue;
+                };
+                if chain.is_none() && !contd {
+                    out[n] = p;
                     n += 1;
                 } else {
                     let (at, keep) = chain.unwrap_or((0, large.len() < BURST));
@@ -61,15 +46,14 @@ impl Umem {
                         let slot = large.len();
                         // Descriptor addresses are offsets into the area.
                         let from = usize::try_from(addr).expect("inside the area");
-                        // SAFETY: the descriptor lies inside frame i (checked: `fits`), which
-                        // the kernel just handed back (owner was Fill), so nothing else
-                        // reads or writes it until it is freed below.
+                        // SAFETY: the descriptor lies inside its frame (`take_received`
+                        // checked), which the kernel just handed back to the application,
+                        // so nothing else reads or writes it until it is released below.
                         let bytes =
                             unsafe { std::slice::from_raw_parts(self.area.ptr.as_ptr().add(from), len as usize) };
                         large.data_mut(slot)[at..end].copy_from_slice(bytes);
                     }
-                    self.owner[i] = Owner::Free;
-                    self.free.push(base);
+                    self.release(p.buf);
                     chain = if contd {
                         Some((end, keep))
                     } else {
