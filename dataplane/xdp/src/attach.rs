@@ -73,6 +73,8 @@ pub struct XdpAttachment {
     xskmap: OwnedFd,
     ifindex: u32,
     mode: XdpMode,
+    /// The program takes multi-buffer packets (the uplink's).
+    multi_buffer: bool,
 }
 
 impl XdpAttachment {
@@ -92,6 +94,7 @@ impl XdpAttachment {
         // The uplink's program takes multi-buffer packets (jumbo frames; it reads only
         // the headers); a pod's stays single-buffer, which also keeps its veth's MTU
         // within one AF_XDP frame.
+        let multi_buffer = matches!(program, Program::Uplink(_));
         let prog = match program {
             Program::Uplink(f) => sys::load_xdp_frags(name, &programs::uplink(&f, xskmap.as_raw_fd(), XDP_PASS))?,
             Program::Pod(f) => sys::load_xdp(name, &programs::pod(&f, xskmap.as_raw_fd(), XDP_PASS))?,
@@ -109,7 +112,7 @@ impl XdpAttachment {
             };
             match sys::link_xdp(prog.as_fd(), ifindex, flags) {
                 Ok(link) => {
-                    return Ok(Self { link, prog, xskmap, ifindex, mode });
+                    return Ok(Self { link, prog, xskmap, ifindex, mode, multi_buffer });
                 }
                 Err(e) => last = Some(e),
             }
@@ -131,6 +134,13 @@ impl XdpAttachment {
     /// The kernel's error.
     pub fn remove_socket(&self, queue: u32) -> io::Result<()> {
         sys::map_delete(self.xskmap.as_fd(), queue)
+    }
+
+    /// Whether the program passes multi-buffer packets to its sockets (the uplink's:
+    /// jumbo frames); a pod's never does.
+    #[must_use]
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
     }
 
     /// The mode that attached.

@@ -124,6 +124,15 @@ impl XdpPort {
         self.udp_gso = Some(Box::new(sender));
     }
 
+    /// After a receive took frames: give the kernel new ones at once (a fill ring left
+    /// short while other ports are processed is where frames get dropped under load).
+    fn restock(&mut self, umem: &mut Umem) {
+        let level = Umem::fill_level(&self.xsk);
+        if level < self.fill_target {
+            umem.refill(&mut self.xsk, self.fill_target - level, BURST);
+        }
+    }
+
     /// The socket.
     #[must_use]
     pub fn socket(&self) -> &XskPort {
@@ -156,8 +165,10 @@ impl Port<Umem> for XdpPort {
     fn offloads(&self) -> Offloads {
         Offloads {
             tunnel_segmentation: self.udp_gso.is_some(),
-            // Copy-mode sockets are bound with XDP_USE_SG.
-            large_frames: !self.xsk.zero_copy(),
+            // Copy-mode sockets are bound with XDP_USE_SG; only a multi-buffer program
+            // (the uplink's) hands them packets of several buffers, so a pod's port
+            // keeps the plain receive.
+            large_frames: !self.xsk.zero_copy() && self.attach.multi_buffer(),
             ..Offloads::default()
         }
     }
@@ -166,10 +177,7 @@ impl Port<Umem> for XdpPort {
         umem.reap_completions(&mut self.xsk);
         let n = umem.receive_large(&mut self.xsk, out, jumbo);
         if n > 0 || !jumbo.is_empty() {
-            let level = Umem::fill_level(&self.xsk);
-            if level < self.fill_target {
-                umem.refill(&mut self.xsk, self.fill_target - level, BURST);
-            }
+            self.restock(umem);
         }
         n
     }
@@ -182,12 +190,7 @@ impl Port<Umem> for XdpPort {
         umem.reap_completions(&mut self.xsk);
         let n = umem.receive(&mut self.xsk, out);
         if n > 0 {
-            // Give the kernel new frames at once: a fill ring left short while other
-            // ports are processed is where frames get dropped under load.
-            let level = Umem::fill_level(&self.xsk);
-            if level < self.fill_target {
-                umem.refill(&mut self.xsk, self.fill_target - level, BURST);
-            }
+            self.restock(umem);
         }
         n
     }
