@@ -131,7 +131,8 @@ pub struct UdpGsoSender {
     /// Where each datagram's pieces lie (see `datagram_parts`).
     parts: ArrayVec<DatagramPart, MAX_SEGMENTS>,
     dst: libc::sockaddr_in,
-    control: [Control; MESSAGES],
+    /// The messages of one super-packet share their destination and control messages.
+    control: Control,
     stats: Arc<UdpGsoStats>,
 }
 
@@ -189,7 +190,8 @@ impl UdpGsoSender {
         let socks = (0..SOCKETS).map(|_| open_socket(ifname)).collect::<Result<Vec<_>, _>>()?;
         // SAFETY: mmsghdr and sockaddr_in are plain old data; all-zero is valid (null
         // pointers, no iovecs; INADDR_ANY).
-        let (msg, dst) = unsafe { (std::mem::zeroed::<libc::mmsghdr>(), std::mem::zeroed::<libc::sockaddr_in>()) };
+        let (msg, mut dst) = unsafe { (std::mem::zeroed::<libc::mmsghdr>(), std::mem::zeroed::<libc::sockaddr_in>()) };
+        dst.sin_family = libc::sa_family_t::try_from(libc::AF_INET).expect("2");
         Ok(Self {
             socks,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
@@ -197,7 +199,7 @@ impl UdpGsoSender {
             iovs: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2 * MAX_SEGMENTS],
             parts: ArrayVec::new(),
             dst,
-            control: [Control([0; CONTROL_LEN]); MESSAGES],
+            control: Control([0; CONTROL_LEN]),
             stats,
         })
     }
@@ -238,7 +240,6 @@ impl UdpGsoSender {
             write_datagrams(frame, meta, &mut self.scratch)?
         };
         let stride = u16::try_from(d.stride).map_err(|_| OffloadError::BufferTooSmall)?;
-        self.dst.sin_family = libc::sa_family_t::try_from(libc::AF_INET).expect("2");
         self.dst.sin_port = d.dst_port.to_be();
         self.dst.sin_addr = libc::in_addr { s_addr: u32::from(d.dst).to_be() };
         let per_message = (MAX_UDP_PAYLOAD / d.stride).clamp(1, MAX_SEGMENTS_PER_MESSAGE);
@@ -246,6 +247,7 @@ impl UdpGsoSender {
         if messages > MESSAGES {
             return Err(OffloadError::TooManySegments.into());
         }
+        self.control.write(stride, d.src, d.ttl);
         let scratch = self.scratch.as_mut_ptr();
         // The kernel only reads what a send's iovecs point at.
         let payload = frame.as_ptr().cast_mut();
@@ -266,13 +268,12 @@ impl UdpGsoSender {
                 self.iovs[iov] = libc::iovec { iov_base: scratch.cast(), iov_len: d.len };
                 iov += 1;
             }
-            self.control[m].write(stride, d.src, d.ttl);
             let h = &mut self.msgs[m].msg_hdr;
             h.msg_name = std::ptr::from_mut(&mut self.dst).cast();
             h.msg_namelen = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("16");
             h.msg_iov = std::ptr::from_mut(&mut self.iovs[first_iov]);
             h.msg_iovlen = iov - first_iov;
-            h.msg_control = self.control[m].0.as_mut_ptr().cast();
+            h.msg_control = self.control.0.as_mut_ptr().cast();
             h.msg_controllen = CONTROL_LEN;
             h.msg_flags = 0;
             self.msgs[m].msg_len = 0;
