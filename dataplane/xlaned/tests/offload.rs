@@ -120,12 +120,7 @@ fn without_udp_gso_the_engine_cuts_super_packets_for_the_uplink() {
 
 /// Ping of `size` bytes of payload, DF set (never fragmented), three times.
 fn ping_size(ns: &xlane_netlab::Netns, dst: std::net::Ipv4Addr, size: u32) {
-    let out = ns
-        .command("ping")
-        .args(["-c", "3", "-i", "0.2", "-W", "2", "-M", "do", "-s", &size.to_string(), &dst.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ping -s {size} {dst}: {}", String::from_utf8_lossy(&out.stdout));
+    ns.ping_unfragmented(&dst.to_string(), size, 3).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A jumbo underlay (MTU 9000): pods get 8950; frames larger than an AF_XDP buffer
@@ -144,8 +139,7 @@ fn a_jumbo_underlay_carries_pods_at_mtu_8950() {
     ping_size(&p2.ns, p0.ip, 8922);
     ping_size(&p0.ns, p1.ip, 8922);
     // One byte more does not fit the pod's MTU: the pod's own stack refuses it.
-    let out = p0.ns.command("ping").args(["-c", "1", "-M", "do", "-s", "8923", &p2.ip.to_string()]).output().unwrap();
-    assert!(!out.status.success(), "a packet beyond the pod MTU left the pod");
+    assert!(p0.ns.ping_unfragmented(&p2.ip.to_string(), 8923, 1).is_err(), "a packet beyond the pod MTU left the pod");
 
     tcp_transfer(&p0.ns, &p2.ns, p2.ip, 5121, 512);
     tcp_transfer(&p2.ns, &p0.ns, p0.ip, 5122, 128);

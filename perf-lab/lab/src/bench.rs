@@ -247,18 +247,9 @@ impl Testbed {
             // Packets of the pods' full MTU cross unfragmented (DF): the run measures
             // the jumbo path, not a fallback.
             let pod_mtu = tb.sender().mtu("eth0")?;
-            let payload = (pod_mtu - 28).to_string();
-            let out = tb
-                .sender()
-                .command("ping")
-                .args(["-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", &payload, &tb.receiver_ip.to_string()])
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "{}: {pod_mtu}-byte packets do not cross the MTU {mtu} underlay: {}",
-                c.name(),
-                String::from_utf8_lossy(&out.stdout)
-            );
+            if let Err(e) = tb.sender().ping_unfragmented(&tb.receiver_ip.to_string(), pod_mtu - 28, 2) {
+                anyhow::bail!("{}: {pod_mtu}-byte packets do not cross the MTU {mtu} underlay: {e}", c.name());
+            }
         }
         Ok(tb)
     }

@@ -293,6 +293,28 @@ impl Netns {
         self.command("ping").args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", dst]).output()
     }
 
+    /// Send `count` pings of `payload` bytes to `dst` with DF set (never fragmented:
+    /// each must cross whole), as [`ping`](Self::ping) does otherwise.
+    ///
+    /// # Errors
+    /// No ping was answered: ping's output.
+    pub fn ping_unfragmented(&self, dst: &str, payload: u32, count: u32) -> Result<(), String> {
+        let out = self
+            .command("ping")
+            .args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", "-M", "do", "-s", &payload.to_string(), dst])
+            .output()
+            .map_err(|e| format!("running ping (iputils-ping): {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ping -M do -s {payload} {dst}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
     /// Whether an XDP program is attached to `dev`.
     ///
     /// # Errors
