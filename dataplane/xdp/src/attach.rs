@@ -136,6 +136,16 @@ impl XdpAttachment {
         sys::map_delete(self.xskmap.as_fd(), queue)
     }
 
+    /// Take the program off the interface now, while sockets (on workers that have yet to
+    /// close them) still hold this attachment: the interface is free for a new one at
+    /// once, and its traffic goes to the kernel again.
+    ///
+    /// # Errors
+    /// The kernel's error.
+    pub fn detach(&self) -> io::Result<()> {
+        sys::link_detach(self.link.as_fd())
+    }
+
     /// Whether the program passes multi-buffer packets to its sockets (the uplink's:
     /// jumbo frames); a pod's never does.
     #[must_use]

@@ -13,6 +13,7 @@ const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `BPF_MAP_TYPE_XSKMAP`.
 pub const MAP_TYPE_XSKMAP: u32 = 17;
@@ -258,6 +259,23 @@ pub fn link_xdp(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Result<Ow
     let mut attr = LinkCreateAttr { prog_fd: raw(prog), target_ifindex: ifindex, attach_type: ATTACH_TYPE_XDP, flags };
     // SAFETY: a LINK_CREATE attr holding no pointers.
     unsafe { bpf(BPF_LINK_CREATE, &mut attr) }.map(new_fd)
+}
+
+/// Detach a link's program from its target now (`BPF_LINK_DETACH`, Linux 5.9+); the
+/// link stays open, defunct, until its fd is closed.
+///
+/// # Errors
+/// The kernel's error.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkDetachAttr { link_fd: raw(link) };
+    // SAFETY: a LINK_DETACH attr holding no pointers.
+    unsafe { bpf(BPF_LINK_DETACH, &mut attr) }.map(drop)
+}
+
+/// `union bpf_attr` for `BPF_LINK_DETACH`.
+#[repr(C)]
+struct LinkDetachAttr {
+    link_fd: u32,
 }
 
 /// Attach a tc classifier to the interface's ingress through tcx (Linux 6.6+), after the
