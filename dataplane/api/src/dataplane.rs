@@ -254,6 +254,19 @@ pub struct PortInfo {
     /// For an uplink that sends super-packets through UDP GSO sockets: their counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp_gso: Option<UdpGsoInfo>,
+    /// For an AF_XDP port: the UMEM its sockets live in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umem: Option<UmemInfo>,
+}
+
+/// The UMEM of an AF_XDP port's sockets, per worker: the one the veths share (frames
+/// move between its ports by descriptor) or one of its own (a zero-copy NIC's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UmemInfo {
+    /// A UMEM of its own.
+    pub own: bool,
+    /// Frames sent to the port that were first copied into its UMEM from another.
+    pub copied_in: u64,
 }
 
 /// An uplink's UDP GSO sockets: encapsulated super-packets sent through the host's
@@ -516,6 +529,7 @@ mod tests {
             vhost_user: None,
             packet: None,
             udp_gso: None,
+            umem: None,
         }
     }
 

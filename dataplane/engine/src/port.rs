@@ -91,6 +91,9 @@ pub struct PortCounters {
     /// Frames the pipeline sent here that the port could not take: its TX ring (or the
     /// guest's queue) full, or no buffer to copy them into.
     pub tx_dropped: AtomicU64,
+    /// Frames sent here that the port first copied into its own memory (a zero-copy
+    /// NIC's UMEM and the veths' are distinct: what crosses between them is copied once).
+    pub tx_copied: AtomicU64,
 }
 
 impl PortCounters {

@@ -1,18 +1,19 @@
 //! An AF_XDP socket on one queue of an interface, as the engine's [`Port`]: receive
 //! restocks the fill ring at once, transmit drains a full TX ring before giving up,
-//! service keeps the fill ring at its target, close takes every frame back. An uplink's
-//! port may also send encapsulated super-packets through UDP GSO sockets
-//! ([`XdpPort::set_udp_gso`]).
+//! service keeps the fill ring at its target, close takes every frame back. The socket
+//! lives in one UMEM of its worker's [`Umems`]; frames of another UMEM sent to it are
+//! copied into its own first. An uplink's port may also send encapsulated super-packets
+//! through UDP GSO sockets ([`XdpPort::set_udp_gso`]).
 
 use crate::attach::XdpAttachment;
 use crate::udp_gso::UdpGsoSender;
-use crate::xsk::{BindMode, SocketStats, Umem, XskError, XskPort};
+use crate::xsk::{BindMode, SocketStats, Umem, UmemId, Umems, XskError, XskPort};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use xlane_engine::offload::{Jumbo, OffloadMeta};
-use xlane_engine::{BURST, Offloads, Packet, Port, PortCounters};
+use xlane_engine::{BURST, Offloads, Packet, Port, PortCounters, bump};
 use xlane_fib::PortId;
 
 /// Wakeups per TX flush: copy mode sends 32 descriptors per wakeup, so 8 cover a burst
@@ -83,6 +84,8 @@ pub enum OpenError {
 pub struct XdpPort {
     id: PortId,
     xsk: XskPort,
+    /// The UMEM of its worker's set the socket is bound in.
+    umem: UmemId,
     attach: Arc<XdpAttachment>,
     fill_target: u32,
     counters: Arc<PortCounters>,
@@ -92,14 +95,16 @@ pub struct XdpPort {
 }
 
 impl XdpPort {
-    /// Open a socket on `ifname` queue `queue` in `umem`, stock its fill ring with
-    /// `fill_target` frames and steer the queue's traffic to it through `attach`.
+    /// Open a socket on `ifname` queue `queue` in UMEM `umem` of `umems`, stock its fill
+    /// ring with `fill_target` frames and steer the queue's traffic to it through
+    /// `attach`.
     ///
     /// # Errors
     /// [`OpenError`]; nothing stays open.
     #[expect(clippy::too_many_arguments, reason = "one place opens ports; a builder would only rename them")]
     pub fn open(
-        umem: &mut Umem,
+        umems: &mut Umems,
+        umem_id: UmemId,
         id: PortId,
         ifname: &str,
         queue: u32,
@@ -109,19 +114,37 @@ impl XdpPort {
         counters: Arc<PortCounters>,
         kernel: Arc<KernelStats>,
     ) -> Result<Self, OpenError> {
+        let umem = umems.get_mut(umem_id);
         let mut xsk = umem.open_port(ifname, queue, bind)?;
         umem.refill(&mut xsk, fill_target, 0);
         if let Err(source) = attach.insert_socket(queue, xsk.fd()) {
             umem.close_port(xsk);
             return Err(OpenError::Steer { ifname: ifname.to_owned(), queue, source });
         }
-        Ok(Self { id, xsk, attach, fill_target, counters, kernel, udp_gso: None })
+        Ok(Self { id, xsk, umem: umem_id, attach, fill_target, counters, kernel, udp_gso: None })
     }
 
     /// Have encapsulated super-packets routed here sent by `sender` (the port then
     /// promises [`Offloads::tunnel_segmentation`]): an uplink's.
     pub fn set_udp_gso(&mut self, sender: UdpGsoSender) {
         self.udp_gso = Some(Box::new(sender));
+    }
+
+    /// Transmit packets of this port's UMEM (addresses in it): as many as the TX ring
+    /// takes after one drain, the rest released. Returns how many were queued.
+    fn transmit_own(&mut self, umem: &mut Umem, pkts: &[Packet<u64>]) -> usize {
+        let mut sent = umem.transmit(&mut self.xsk, pkts);
+        if sent < pkts.len() {
+            // Ring full: let the kernel drain it, take back completed frames, retry.
+            self.xsk.flush_tx(TX_FLUSH_WAKEUPS);
+            umem.reap_completions(&mut self.xsk);
+            sent += umem.transmit(&mut self.xsk, &pkts[sent..]);
+        }
+        for p in &pkts[sent..] {
+            umem.release(p.buf);
+        }
+        self.xsk.flush_tx(TX_FLUSH_WAKEUPS);
+        sent
     }
 
     /// After a receive took frames: give the kernel new ones at once (a fill ring left
@@ -139,6 +162,21 @@ impl XdpPort {
         &self.xsk
     }
 
+    /// The UMEM of its worker's set the socket is bound in.
+    #[must_use]
+    pub fn umem(&self) -> UmemId {
+        self.umem
+    }
+
+    /// Frames received from its UMEM are named by their address in the set.
+    fn tag_received(&self, out: &mut [Packet<u64>]) {
+        if !self.umem.is_shared() {
+            for p in out {
+                p.buf = self.umem.tag(p.buf);
+            }
+        }
+    }
+
     /// Frames kept off the fill rings so TX completions can lag: a burst per socket,
     /// capped so a node with a hundred pods does not park thousands of frames.
     fn reserve(umem: &Umem) -> usize {
@@ -151,9 +189,15 @@ impl XdpPort {
     pub fn frames_to_open(umem: &Umem, fill_target: u32, queues: usize) -> usize {
         fill_target as usize * queues + reserve_for(umem.open_ports() + queues)
     }
+
+    /// The frames a UMEM keeps off the fill rings of `sockets` sockets.
+    #[must_use]
+    pub fn kept_free(sockets: usize) -> u32 {
+        u32::try_from(reserve_for(sockets)).unwrap_or(u32::MAX)
+    }
 }
 
-impl Port<Umem> for XdpPort {
+impl Port<Umems> for XdpPort {
     fn id(&self) -> PortId {
         self.id
     }
@@ -173,44 +217,62 @@ impl Port<Umem> for XdpPort {
         }
     }
 
-    fn receive_offloaded(&mut self, umem: &mut Umem, out: &mut [Packet<u64>; BURST], jumbo: &mut Jumbo) -> usize {
+    fn receive_offloaded(&mut self, umems: &mut Umems, out: &mut [Packet<u64>; BURST], jumbo: &mut Jumbo) -> usize {
+        let umem = umems.get_mut(self.umem);
         umem.reap_completions(&mut self.xsk);
         let n = umem.receive_large(&mut self.xsk, out, jumbo);
         if n > 0 || !jumbo.is_empty() {
             self.restock(umem);
         }
+        self.tag_received(&mut out[..n]);
         n
     }
 
-    fn transmit_offloaded(&mut self, _umem: &mut Umem, frame: &[u8], meta: &OffloadMeta) -> bool {
+    fn transmit_offloaded(&mut self, _umems: &mut Umems, frame: &[u8], meta: &OffloadMeta) -> bool {
         self.udp_gso.as_mut().is_some_and(|s| s.send(frame, meta).is_ok())
     }
 
-    fn receive(&mut self, umem: &mut Umem, out: &mut [Packet<u64>; BURST]) -> usize {
+    fn receive(&mut self, umems: &mut Umems, out: &mut [Packet<u64>; BURST]) -> usize {
+        let umem = umems.get_mut(self.umem);
         umem.reap_completions(&mut self.xsk);
         let n = umem.receive(&mut self.xsk, out);
         if n > 0 {
             self.restock(umem);
         }
+        self.tag_received(&mut out[..n]);
         n
     }
 
-    fn transmit(&mut self, umem: &mut Umem, pkts: &[Packet<u64>]) -> usize {
-        let mut sent = umem.transmit(&mut self.xsk, pkts);
-        if sent < pkts.len() {
-            // Ring full: let the kernel drain it, take back completed frames, retry.
-            self.xsk.flush_tx(TX_FLUSH_WAKEUPS);
-            umem.reap_completions(&mut self.xsk);
-            sent += umem.transmit(&mut self.xsk, &pkts[sent..]);
+    fn transmit(&mut self, umems: &mut Umems, pkts: &[Packet<u64>]) -> usize {
+        let id = self.umem;
+        // Frames of the shared UMEM to a socket in it (every port but a zero-copy
+        // uplink's): by descriptor, as they are.
+        if id.is_shared() && pkts.iter().all(|p| UmemId::of(p.buf).is_shared()) {
+            return self.transmit_own(umems.get_mut(id), pkts);
         }
-        for p in &pkts[sent..] {
-            umem.release(p.buf);
+        // Otherwise frames of another UMEM are copied into this one first, in order; a
+        // frame this UMEM has no room for is dropped (counted by the driver).
+        assert!(pkts.len() <= BURST, "bursts are at most {BURST} frames");
+        let mut own = [Packet::default(); BURST];
+        let (mut n, mut copied) = (0, 0);
+        for p in pkts {
+            let q = if UmemId::of(p.buf) == id {
+                Some(*p)
+            } else {
+                copied += 1;
+                umems.copy_into(*p, id)
+            };
+            if let Some(q) = q {
+                own[n] = Packet { buf: UmemId::address(q.buf), ..q };
+                n += 1;
+            }
         }
-        self.xsk.flush_tx(TX_FLUSH_WAKEUPS);
-        sent
+        bump(&self.counters.tx_copied, copied);
+        self.transmit_own(umems.get_mut(id), &own[..n])
     }
 
-    fn service(&mut self, umem: &mut Umem) {
+    fn service(&mut self, umems: &mut Umems) {
+        let umem = umems.get_mut(self.umem);
         let level = Umem::fill_level(&self.xsk);
         if level < self.fill_target {
             let reserve = Self::reserve(umem);
@@ -218,10 +280,11 @@ impl Port<Umem> for XdpPort {
         }
     }
 
-    fn close(self, umem: &mut Umem) {
+    fn close(self, umems: &mut Umems) {
         // Stop steering first so the kernel passes the queue's traffic on, then close.
         let _ = self.attach.remove_socket(self.xsk.queue());
-        umem.close_port(self.xsk);
+        umems.get_mut(self.umem).close_port(self.xsk);
+        umems.remove_if_unused(self.umem);
     }
 
     fn wait_fd(&self) -> Option<RawFd> {

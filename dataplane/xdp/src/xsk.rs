@@ -25,6 +25,9 @@ use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, UmemCo
 use xlane_engine::{FrameMemory, Packet};
 
 mod large;
+mod umems;
+
+pub use umems::{UmemId, Umems};
 
 /// How to bind a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -504,6 +507,18 @@ impl Umem {
         self.settings.frame_size
     }
 
+    /// The geometry and ring sizes it was made with.
+    #[must_use]
+    pub fn settings(&self) -> UmemSettings {
+        self.settings
+    }
+
+    /// Whether its sockets are bound zero-copy (decided by the first one).
+    #[must_use]
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
     /// Close `port` and take back the frames its fill and TX rings held; returns how
     /// many. Without this every removed port would leak a fill ring's worth of frames.
     /// Closing the socket unbinds it and waits out in-flight receives (`synchronize_net`
@@ -658,10 +673,25 @@ impl Umem {
     /// descriptors that did not come from [`receive`](Self::receive) or an allocation.
     pub fn buffers_mut<R>(&mut self, bufs: &[u64], f: impl FnOnce(&mut [&mut [u8]]) -> R) -> R {
         assert!(bufs.len() <= 64, "bursts are at most 64 frames");
+        let mut lent: [&mut [u8]; 64] = std::array::from_fn(|_| &mut [][..]);
+        self.lend(bufs, 0, &mut lent);
+        f(&mut lent[..bufs.len()])
+    }
+
+    /// Into `out[k]`, the whole frame of `bufs[k]` for every `k` whose UMEM tag (the
+    /// address's top byte, see [`Umems`]) is `tag`; returns how many were lent.
+    ///
+    /// # Panics
+    /// As [`buffers_mut`](Self::buffers_mut).
+    fn lend<'a>(&'a mut self, bufs: &[u64], tag: u8, out: &mut [&'a mut [u8]]) -> usize {
         self.epoch = self.epoch.wrapping_add(1);
         let size = self.settings.frame_size as usize;
-        let mut lent: [&mut [u8]; 64] = std::array::from_fn(|_| &mut [][..]);
-        for (slot, &addr) in lent.iter_mut().zip(bufs) {
+        let mut n = 0;
+        for (slot, &buf) in out.iter_mut().zip(bufs) {
+            let (t, addr) = umems::split(buf);
+            if t != tag {
+                continue;
+            }
             let i = self.index(addr).expect("address inside the UMEM");
             assert!(self.owner[i] == Owner::App, "frame {i} is not the application's");
             assert!(self.lent[i] != self.epoch, "frame {i} lent twice in one call");
@@ -669,11 +699,12 @@ impl Umem {
             // SAFETY: frame i lies inside the mapped area (index() checked i < frames);
             // the checks above make every frame lent here distinct and owned by the
             // application (not by a kernel ring), so no other reference to these bytes
-            // exists while the slices live; they borrow `self` mutably, so no second call
-            // can lend them again before they are dropped.
+            // exists while the slices live; they borrow `self` mutably for `'a`, so no
+            // second call can lend them again before they are dropped.
             *slot = unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(i * size), size) };
+            n += 1;
         }
-        f(&mut lent[..bufs.len()])
+        n
     }
 
     /// Queue application-owned packets for transmission on `port`. Returns how many were

@@ -32,6 +32,18 @@ pub enum BindArg {
     ZeroCopy,
 }
 
+/// Which UMEM the uplink's sockets live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UplinkUmemArg {
+    /// Its own when the NIC binds zero-copy (the veths' cannot), else the shared one.
+    Auto,
+    /// The shared one, in copy mode: frames move to and from pods by descriptor.
+    Shared,
+    /// Its own, whatever the mode (frames to and from pods copied once).
+    Own,
+}
+
 /// xlaned: the xlane dataplane daemon.
 ///
 /// Serves the uplink (VXLAN to the local VTEP, through an XDP pinhole: everything else
@@ -73,9 +85,15 @@ pub struct Args {
     /// XDP attach mode [default: auto].
     #[arg(long, env = "XLANE_XDP_MODE", value_enum)]
     pub xdp_mode: Option<XdpModeArg>,
-    /// AF_XDP bind mode [default: auto].
+    /// AF_XDP bind mode of the uplink [default: auto]; veths and the host port always
+    /// bind copy mode.
     #[arg(long, env = "XLANE_BIND_MODE", value_enum)]
     pub bind_mode: Option<BindArg>,
+    /// The UMEM of the uplink's sockets [default: auto]: a zero-copy NIC cannot share
+    /// one with the veths' copy-mode sockets, so it gets its own (frames between it and
+    /// pods are copied once); "own" forces that layout in copy mode too.
+    #[arg(long, env = "XLANE_UPLINK_UMEM", value_enum)]
+    pub uplink_umem: Option<UplinkUmemArg>,
     /// Host port interface name, or "none" [default: xlane0].
     #[arg(long, env = "XLANE_HOST_PORT")]
     pub host_port: Option<String>,
@@ -129,6 +147,8 @@ pub struct Config {
     pub xdp_mode: XdpModeArg,
     /// Bind mode.
     pub bind_mode: BindArg,
+    /// The uplink's UMEM.
+    pub uplink_umem: UplinkUmemArg,
     /// Host port name.
     pub host_port: Option<String>,
     /// UMEM frames per worker.
@@ -171,6 +191,13 @@ impl Config {
         if let Some(h) = &host_port {
             anyhow::ensure!(!h.is_empty() && h.len() <= 13, "host port name {h:?} must be 1 to 13 characters");
         }
+        let bind_mode = args.bind_mode.unwrap_or(BindArg::Auto);
+        let uplink_umem = args.uplink_umem.unwrap_or(UplinkUmemArg::Auto);
+        anyhow::ensure!(
+            !(bind_mode == BindArg::ZeroCopy && uplink_umem == UplinkUmemArg::Shared),
+            "--bind-mode zero-copy needs the uplink in a UMEM of its own (--uplink-umem auto or own): \
+             the shared UMEM serves the veths, which bind copy mode only"
+        );
         let vtep_ip = args.vtep_ip;
         let vtep = vtep_ip.map(|ip| xlane_api::Vtep {
             ip,
@@ -189,7 +216,8 @@ impl Config {
             cores,
             busy_poll: args.busy_poll.unwrap_or(false),
             xdp_mode: args.xdp_mode.unwrap_or(XdpModeArg::Auto),
-            bind_mode: args.bind_mode.unwrap_or(BindArg::Auto),
+            bind_mode,
+            uplink_umem,
             host_port,
             umem_frames: args.umem_frames.unwrap_or(32_768),
             vtep,

@@ -8,7 +8,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::sync::Arc;
 use xlane_fib::FibHandle;
 use xlane_xdp::attach::{ModePreference, XdpMode};
-use xlane_xdp::xsk::{BindMode, Umem, UmemSettings};
+use xlane_xdp::xsk::{BindMode, Umem, UmemSettings, Umems};
 
 /// Run the daemon with `cfg` until SIGINT or SIGTERM.
 ///
@@ -34,7 +34,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     let mut joins = Vec::new();
     for i in 0..cfg.workers {
         let wc = worker::WorkerConfig { busy_poll: cfg.busy_poll, core: cfg.cores.get(i).copied() };
-        let (h, j) = worker::spawn(i, wc, &fib, move || Umem::new(umem).map_err(|e| e.to_string()))?;
+        let (h, j) = worker::spawn(i, wc, &fib, move || Umem::new(umem).map(Umems::new).map_err(|e| e.to_string()))?;
         workers.push(h);
         joins.push(j);
     }
@@ -47,6 +47,11 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         config::XdpModeArg::Auto => ModePreference::Auto,
         config::XdpModeArg::Native => ModePreference::Only(XdpMode::Native),
         config::XdpModeArg::Generic => ModePreference::Only(XdpMode::Generic),
+    };
+    let uplink_umem = match cfg.uplink_umem {
+        config::UplinkUmemArg::Auto => host::Placement::OwnIfZeroCopy,
+        config::UplinkUmemArg::Shared => host::Placement::Shared,
+        config::UplinkUmemArg::Own => host::Placement::Own,
     };
     let control = state::ControlConfig {
         uplink: cfg.uplink.clone(),
@@ -69,6 +74,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
             umem.max_frame()
         },
         uplink_udp_gso: cfg.uplink_udp_gso,
+        uplink_umem,
     };
     let host = host::System::new(xdp, bind)?;
     let mut st = state::State::new(control, host, fib, workers, metric_ports, Arc::new(|| {}))?;

@@ -3,7 +3,7 @@
 //! engine's in-memory buffers. The real [`State`](crate::state::State) and real
 //! workers run on it, so every request path is exercised without privileges.
 
-use crate::host::{Hold, Host, OpenJob, OpenSpec, PacketSpec};
+use crate::host::{Bound, Hold, Host, OpenJob, OpenSpec, PacketSpec, Placement};
 use crate::hostport::HostPortSpec;
 use crossbeam_channel::{Receiver, Sender};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -195,6 +195,8 @@ impl Host for FakeHost {
         Ok(FakeAttachment)
     }
 
+    fn detach(_: &FakeAttachment) {}
+
     fn xdp_mode(_: &FakeAttachment) -> &'static str {
         "fake"
     }
@@ -229,7 +231,7 @@ impl Host for FakeHost {
                     node: node.clone(),
                 }));
             }
-            Ok(false)
+            Ok(Bound { zero_copy: false, own_umem: spec.placement == Placement::Own })
         })
     }
 
@@ -266,7 +268,7 @@ impl Host for FakeHost {
                 counters: spec.counters,
                 node,
             }));
-            Ok(false)
+            Ok(Bound::default())
         })
     }
 

@@ -21,7 +21,7 @@ use xlane_xdp::packet::{PacketPort, PacketStats};
 use xlane_xdp::port::{KernelStats, XdpPort};
 use xlane_xdp::programs::PodFilter;
 use xlane_xdp::udp_gso::{UdpGsoSender, UdpGsoStats};
-use xlane_xdp::xsk::{BindMode, Umem};
+use xlane_xdp::xsk::{BindMode, UmemId, Umems};
 
 /// What one worker opens of an interface: its share of the queues, as port `id`.
 #[derive(Debug)]
@@ -43,6 +43,30 @@ pub struct OpenSpec<A> {
     /// On the uplink: counters of the UDP GSO sockets to open beside the first queue's
     /// socket, which transmits for the port.
     pub udp_gso: Option<Arc<UdpGsoStats>>,
+    /// Which of the worker's UMEMs the sockets go in.
+    pub placement: Placement,
+}
+
+/// Which of a worker's UMEMs an interface's sockets go in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The shared one, in copy mode (veths, the host port; the uplink if told so).
+    Shared,
+    /// A new one of their own, bound as `--bind-mode` says (frames to and from the
+    /// shared one copied once).
+    Own,
+    /// Their own if they bind zero-copy (which a UMEM shared with veths cannot), else the
+    /// shared one (`--bind-mode copy` goes straight there).
+    OwnIfZeroCopy,
+}
+
+/// How a worker bound an interface's sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// Zero-copy.
+    pub zero_copy: bool,
+    /// In a UMEM of their own.
+    pub own_umem: bool,
 }
 
 /// What one worker opens of a pod veth read through AF_PACKET: its socket in the
@@ -68,9 +92,9 @@ pub struct PacketSpec {
 /// Something held for as long as a port lives, released by dropping it (a BPF link).
 pub type Hold = Box<dyn core::fmt::Debug + Send + Sync>;
 
-/// Work a worker runs to open ports: whether they are zero-copy, or why they could not
-/// be opened.
-pub type OpenJob<M, P> = Box<dyn FnOnce(&mut Driver<M, P>) -> Result<bool, String> + Send>;
+/// Work a worker runs to open ports: how they were bound, or why they could not be
+/// opened.
+pub type OpenJob<M, P> = Box<dyn FnOnce(&mut Driver<M, P>) -> Result<Bound, String> + Send>;
 
 /// The node as the control thread sees it.
 pub trait Host {
@@ -101,6 +125,10 @@ pub trait Host {
 
     /// The XDP mode an attachment got ("native", "generic").
     fn xdp_mode(attachment: &Self::Attachment) -> &'static str;
+
+    /// Take an attachment's program off its interface now, though workers still hold it
+    /// until they close their sockets: the interface can take a new one at once.
+    fn detach(attachment: &Self::Attachment);
 
     /// A job for a worker that opens `spec`'s queues as ports of its driver and says
     /// whether they are zero-copy, or why not (then nothing stays open).
@@ -169,7 +197,7 @@ impl System {
 }
 
 impl Host for System {
-    type Mem = Umem;
+    type Mem = Umems;
     type Port = NodePort;
     type Attachment = XdpAttachment;
 
@@ -185,6 +213,12 @@ impl Host for System {
         XdpAttachment::attach(link.ifindex, name, queues, program, self.xdp).map_err(|e| e.to_string())
     }
 
+    fn detach(attachment: &XdpAttachment) {
+        if let Err(e) = attachment.detach() {
+            tracing::warn!(ifindex = attachment.ifindex(), error = %e, "detaching XDP");
+        }
+    }
+
     fn xdp_mode(attachment: &XdpAttachment) -> &'static str {
         match attachment.mode() {
             XdpMode::Native => "native",
@@ -192,7 +226,7 @@ impl Host for System {
         }
     }
 
-    fn opener(&self, spec: OpenSpec<XdpAttachment>) -> OpenJob<Umem, NodePort> {
+    fn opener(&self, spec: OpenSpec<XdpAttachment>) -> OpenJob<Umems, NodePort> {
         let bind = self.bind;
         Box::new(move |d| open_sockets(spec, bind, d))
     }
@@ -205,7 +239,7 @@ impl Host for System {
         HostStackBlock::pinhole(link.ifindex, &filter).map(|b| Box::new(b) as Hold).map_err(|e| e.to_string())
     }
 
-    fn packet_opener(&self, spec: PacketSpec) -> OpenJob<Umem, NodePort> {
+    fn packet_opener(&self, spec: PacketSpec) -> OpenJob<Umems, NodePort> {
         Box::new(move |d| {
             // One fanout group per interface: its index's low 16 bits.
             #[expect(clippy::cast_possible_truncation, reason = "a group id is 16 bits; the index names the interface")]
@@ -213,7 +247,7 @@ impl Host for System {
             let port = PacketPort::open(spec.id, spec.ifindex, group, Some(&spec.filter), spec.counters, spec.stats)
                 .map_err(|e| format!("{}: {e}", spec.ifname))?;
             d.add_port(NodePort::Packet(port));
-            Ok(false)
+            Ok(Bound::default())
         })
     }
 
@@ -245,22 +279,75 @@ impl Host for System {
     }
 }
 
-/// On a worker: one AF_XDP socket per queue of `spec`, in the worker's UMEM.
-fn open_sockets(spec: OpenSpec<XdpAttachment>, bind: BindMode, d: &mut Driver<Umem, NodePort>) -> Result<bool, String> {
+/// On a worker: one AF_XDP socket per queue of `spec`, in the UMEM its placement says.
+fn open_sockets(
+    spec: OpenSpec<XdpAttachment>,
+    bind: BindMode,
+    d: &mut Driver<Umems, NodePort>,
+) -> Result<Bound, String> {
+    let own = match (spec.placement, bind) {
+        (Placement::Shared, _) | (Placement::OwnIfZeroCopy, BindMode::Copy) => None,
+        (Placement::Own, _) => Some(bind),
+        // Only zero-copy earns a UMEM of its own; a refusal leaves the queue to the
+        // shared one, in copy mode.
+        (Placement::OwnIfZeroCopy, BindMode::Auto | BindMode::ZeroCopy) => Some(BindMode::ZeroCopy),
+    };
+    if let Some(mode) = own {
+        match open_in_own_umem(&spec, mode, d) {
+            Ok(ports) => return Ok(add_xdp_ports(spec, ports, true, d)),
+            Err(e) if spec.placement == Placement::OwnIfZeroCopy && bind == BindMode::Auto => {
+                tracing::info!(ifname = %spec.ifname, "no zero-copy ({e}): sockets in the shared UMEM, copy mode");
+            }
+            Err(e) => return Err(e),
+        }
+    }
     // A port the UMEM cannot stock would attach and silently receive nothing: refuse
     // it with the remedy instead.
-    let needed = XdpPort::frames_to_open(d.mem(), spec.fill_target, spec.queues.len());
-    let free = d.mem().free_frames();
+    let needed = XdpPort::frames_to_open(d.mem().shared(), spec.fill_target, spec.queues.len());
+    let free = d.mem().shared().free_frames();
     if free < needed {
         return Err(format!(
             "UMEM exhausted: {free} free frames, port {} needs {needed}; start xlaned with a larger --umem-frames",
             spec.ifname
         ));
     }
+    let ports = open_queues(&spec, UmemId::SHARED, BindMode::Copy, d)?;
+    Ok(add_xdp_ports(spec, ports, false, d))
+}
+
+/// `spec`'s queues in a new UMEM of the worker, sized for their rings, bound as `bind`
+/// says; nothing stays open (the UMEM neither) on failure.
+fn open_in_own_umem(
+    spec: &OpenSpec<XdpAttachment>,
+    bind: BindMode,
+    d: &mut Driver<Umems, NodePort>,
+) -> Result<Vec<XdpPort>, String> {
+    let shared = d.mem().shared().settings();
+    // Each queue's fill ring full and its TX ring full of frames copied in from pods,
+    // plus the reserve kept for completions.
+    let per_queue = spec.fill_target + shared.rx_tx_ring;
+    let queues = u32::try_from(spec.queues.len()).unwrap_or(u32::MAX);
+    let frames = per_queue.saturating_mul(queues).saturating_add(XdpPort::kept_free(spec.queues.len()));
+    let id = d.mem_mut().add(frames).map_err(|e| format!("{}: own UMEM: {e}", spec.ifname))?;
+    let opened = open_queues(spec, id, bind, d);
+    if opened.is_err() {
+        d.mem_mut().remove_if_unused(id);
+    }
+    opened
+}
+
+/// One socket per queue of `spec` in UMEM `id`, or none and the first failure.
+fn open_queues(
+    spec: &OpenSpec<XdpAttachment>,
+    id: UmemId,
+    bind: BindMode,
+    d: &mut Driver<Umems, NodePort>,
+) -> Result<Vec<XdpPort>, String> {
     let mut opened = Vec::new();
     for &q in &spec.queues {
         let port = XdpPort::open(
             d.mem_mut(),
+            id,
             spec.id,
             &spec.ifname,
             q,
@@ -280,6 +367,16 @@ fn open_sockets(spec: OpenSpec<XdpAttachment>, bind: BindMode, d: &mut Driver<Um
             }
         }
     }
+    Ok(opened)
+}
+
+/// Serve `opened` (the uplink's first queue with UDP GSO sockets beside it, if asked).
+fn add_xdp_ports(
+    spec: OpenSpec<XdpAttachment>,
+    mut opened: Vec<XdpPort>,
+    own_umem: bool,
+    d: &mut Driver<Umems, NodePort>,
+) -> Bound {
     let zero_copy = opened.first().is_some_and(|p| p.socket().zero_copy());
     if let (Some(stats), Some(first)) = (spec.udp_gso, opened.first_mut()) {
         // Without them the engine cuts super-packets into frames itself: slower, not wrong.
@@ -293,5 +390,5 @@ fn open_sockets(spec: OpenSpec<XdpAttachment>, bind: BindMode, d: &mut Driver<Um
     for p in opened {
         d.add_port(NodePort::Xdp(p));
     }
-    Ok(zero_copy)
+    Bound { zero_copy, own_umem }
 }

@@ -10,14 +10,14 @@
 //! first, then the workers close it; its id is not reused until they have. The uplink
 //! and host port are opened at start-up and wait for the workers.
 
-use crate::host::{Hold, Host, OpenJob, OpenSpec, PacketSpec};
+use crate::host::{Bound, Hold, Host, OpenJob, OpenSpec, PacketSpec, Placement};
 use crate::state::{Failure, State, Ticket, failed, invalid};
 use crossbeam_channel::Sender;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use xlane_api::{EndpointSpec, Mac, PacketInfo, PortInfo, Reply, UdpGsoInfo, VethIo, VhostUserInfo};
+use xlane_api::{EndpointSpec, Mac, PacketInfo, PortInfo, Reply, UdpGsoInfo, UmemInfo, VethIo, VhostUserInfo};
 use xlane_engine::PortCounters;
 use xlane_fib::{Endpoint, PortId};
 use xlane_vhost::backend::{PortIo, VhostUserPort};
@@ -62,6 +62,8 @@ pub(crate) enum PortKind<A> {
         attach: Arc<A>,
         queues: u32,
         zero_copy: bool,
+        /// In a UMEM of their own (not the one the veths share).
+        own_umem: bool,
         /// The kernel's socket statistics, one per worker.
         kernel: Vec<Arc<KernelStats>>,
         /// The uplink's UDP GSO senders' counters, one per worker (none elsewhere).
@@ -117,9 +119,11 @@ impl<A> Port<A> {
             (rx, tx, tx_dropped) = (rx + r, tx + t, tx_dropped + d);
         }
         let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| self.kernel().iter().map(|k| f(&k.get())).sum();
-        let (mut packet, mut udp_gso_info) = (None, None);
+        let (mut packet, mut udp_gso_info, mut umem) = (None, None, None);
         let (queues, xdp_mode, zero_copy, vhost_user) = match &self.kind {
-            PortKind::Xdp { attach, queues, zero_copy, udp_gso, .. } => {
+            PortKind::Xdp { attach, queues, zero_copy, own_umem, udp_gso, .. } => {
+                let copied_in = self.counters.iter().map(|c| c.tx_copied.load(Relaxed)).sum();
+                umem = Some(UmemInfo { own: *own_umem, copied_in });
                 if !udp_gso.is_empty() {
                     let mut sum = UdpGsoInfo::default();
                     for s in udp_gso {
@@ -179,6 +183,7 @@ impl<A> Port<A> {
             vhost_user,
             packet,
             udp_gso: udp_gso_info,
+            umem,
         }
     }
 }
@@ -187,7 +192,7 @@ impl<A> Port<A> {
 #[derive(Debug)]
 pub(crate) enum WorkerEvent {
     /// A port's queues are open on the worker (zero-copy or not), or why not.
-    Opened { id: PortId, result: Result<bool, String> },
+    Opened { id: PortId, result: Result<Bound, String> },
     /// A port is closed on the worker.
     Closed { id: PortId },
 }
@@ -273,6 +278,7 @@ impl<H: Host> State<H> {
                 counters: Arc::new(PortCounters::default()),
                 kernel: Arc::new(KernelStats::default()),
                 udp_gso: (role == Role::Uplink && self.cfg.uplink_udp_gso).then(Arc::default),
+                placement: if role == Role::Uplink { self.cfg.uplink_umem } else { Placement::Shared },
             };
             counters.push(Arc::clone(&spec.counters));
             kernel.push(Arc::clone(&spec.kernel));
@@ -281,7 +287,7 @@ impl<H: Host> State<H> {
         }
         let queues = queues.len();
         let n = u32::try_from(queues).unwrap_or(u32::MAX);
-        let kind = PortKind::Xdp { attach, queues: n, zero_copy: false, kernel, udp_gso };
+        let kind = PortKind::Xdp { attach, queues: n, zero_copy: false, own_umem: false, kernel, udp_gso };
         Ok(Opening { kind, counters, queues })
     }
 
@@ -350,7 +356,7 @@ impl<H: Host> State<H> {
         let mut error = None;
         for _ in 0..self.workers.len() {
             match rx.recv_deadline(deadline) {
-                Ok(WorkerEvent::Opened { result: Ok(zc), .. }) => set_zero_copy(&mut opening.kind, zc),
+                Ok(WorkerEvent::Opened { result: Ok(b), .. }) => set_bound(&mut opening.kind, b),
                 Ok(WorkerEvent::Opened { result: Err(e), .. }) => error = Some(e),
                 Ok(WorkerEvent::Closed { .. }) => {}
                 Err(_) => error = Some("worker did not answer".to_owned()),
@@ -505,7 +511,7 @@ impl<H: Host> State<H> {
             let port = VhostPort::new(id, Arc::clone(&io), i == rx_worker, c);
             let add = move |d: &mut xlane_engine::Driver<H::Mem, H::Port>| {
                 d.add_port(H::vhost(port));
-                WorkerEvent::Opened { id, result: Ok(false) }
+                WorkerEvent::Opened { id, result: Ok(Bound::default()) }
             };
             self.on_worker(i, events, true, add, move || WorkerEvent::Opened {
                 id,
@@ -524,7 +530,7 @@ impl<H: Host> State<H> {
                 };
                 a.pending = a.pending.saturating_sub(1);
                 match result {
-                    Ok(zc) => set_zero_copy(&mut a.port.kind, zc),
+                    Ok(b) => set_bound(&mut a.port.kind, b),
                     Err(e) => a.error = Some(e),
                 }
                 if a.pending == 0 {
@@ -558,6 +564,7 @@ impl<H: Host> State<H> {
         let Attaching { spec, gateway_mac, port, error, waiters, .. } = a;
         let reply = match error {
             Some(e) => {
+                detach::<H>(&port.kind);
                 self.close_on_workers(id);
                 tracing::info!(ip = %spec.ip, ifname = %spec.ifname, error = %e, "endpoint attach failed");
                 Reply::error(xlane_api::ErrorCode::Failed, format!("opening the port of {}: {e}", spec.ifname))
@@ -607,6 +614,9 @@ impl<H: Host> State<H> {
 
     /// Forget a port and have the workers close it.
     pub(crate) fn remove_port(&mut self, id: PortId) {
+        if let Some(p) = self.ports.get(&id) {
+            detach::<H>(&p.kind);
+        }
         self.close_on_workers(id);
         self.ports.remove(&id);
         self.export_ports();
@@ -640,8 +650,17 @@ impl<H: Host> State<H> {
     }
 }
 
-fn set_zero_copy<A>(kind: &mut PortKind<A>, zc: bool) {
-    if let PortKind::Xdp { zero_copy, .. } = kind {
-        *zero_copy |= zc;
+/// Free a port's interface for a new attachment now (the workers close the sockets
+/// later), so a pod removed and added again at once attaches.
+fn detach<H: Host>(kind: &PortKind<H::Attachment>) {
+    if let PortKind::Xdp { attach, .. } = kind {
+        H::detach(attach);
+    }
+}
+
+fn set_bound<A>(kind: &mut PortKind<A>, bound: Bound) {
+    if let PortKind::Xdp { zero_copy, own_umem, .. } = kind {
+        *zero_copy |= bound.zero_copy;
+        *own_umem |= bound.own_umem;
     }
 }

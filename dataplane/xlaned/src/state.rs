@@ -63,6 +63,8 @@ pub struct ControlConfig {
     /// Send TCP super-packets bound for other nodes through UDP GSO sockets on the
     /// uplink (else the engine cuts them into AF_XDP frames).
     pub uplink_udp_gso: bool,
+    /// Which UMEM the uplink's sockets go in on each worker.
+    pub uplink_umem: crate::host::Placement,
 }
 
 /// The workers of a node on host `H`.

@@ -147,6 +147,7 @@ fn control_config(runtime_dir: &std::path::Path) -> ControlConfig {
         uplink_fill: 64,
         pod_fill: 64,
         uplink_udp_gso: true,
+        uplink_umem: crate::host::Placement::OwnIfZeroCopy,
         busy_poll: false,
         runtime_dir: runtime_dir.to_owned(),
         max_frame: u32::try_from(xlane_engine::mem::FRAME_SIZE - xlane_engine::mem::HEADROOM).unwrap(),

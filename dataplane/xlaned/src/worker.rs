@@ -2,7 +2,7 @@
 //! serves, and runs the engine's burst [`Driver`] over them until told to stop.
 //!
 //! The worker is generic over its memory and port type, so the same loop runs AF_XDP
-//! sockets and vhost-user guests in the daemon ([`NodePort`] over a [`Umem`]) and
+//! sockets and vhost-user guests in the daemon ([`NodePort`] over [`Umems`]) and
 //! in-memory ports in tests. Ports are added and removed by closures the control thread
 //! sends ([`Command::Run`]): only the worker may touch its memory and sockets. An
 //! eventfd wakes a sleeping worker. When idle for a run of empty polls a worker sleeps
@@ -21,7 +21,7 @@ use xlane_fib::{FibHandle, FibReader};
 use xlane_vhost::port::VhostPort;
 use xlane_xdp::packet::PacketPort;
 use xlane_xdp::port::XdpPort;
-use xlane_xdp::xsk::{Umem, wait_readable};
+use xlane_xdp::xsk::{Umems, wait_readable};
 
 /// Empty polls before a non-busy worker sleeps.
 const IDLE_SPINS: u32 = 2_000;
@@ -73,7 +73,7 @@ impl WorkerShared {
 }
 
 /// A port of the daemon: an AF_XDP socket, a vhost-user guest or an AF_PACKET socket,
-/// in a UMEM.
+/// over the worker's UMEMs.
 #[derive(Debug)]
 pub enum NodePort {
     /// One queue of an interface.
@@ -85,7 +85,7 @@ pub enum NodePort {
 }
 
 // Every kind by static dispatch: one match per call, no virtual call.
-xlane_engine::port_enum!(NodePort<Umem> { Xdp, Vhost, Packet });
+xlane_engine::port_enum!(NodePort<Umems> { Xdp, Vhost, Packet });
 
 /// Work the control thread runs on a worker, with its driver (open or close ports).
 pub type Job<M, P> = Box<dyn FnOnce(&mut Driver<M, P>) + Send>;

@@ -25,7 +25,20 @@ fn drops(c: &Counters) -> BTreeMap<String, u64> {
 
 #[test]
 fn pods_nodes_and_the_pinhole() {
-    let Some((_serial, Cluster { mut daemons, lab })) = setup("pods_nodes_and_the_pinhole", "xe-basic", 1, &[]) else {
+    pods_nodes_and_the_pinhole_in(Layout::Shared, "pods_nodes_and_the_pinhole", "xe-basic");
+}
+
+#[test]
+fn pods_nodes_and_the_pinhole_with_the_uplink_in_its_own_umem() {
+    pods_nodes_and_the_pinhole_in(
+        Layout::OwnUplink,
+        "pods_nodes_and_the_pinhole_with_the_uplink_in_its_own_umem",
+        "xe-bown",
+    );
+}
+
+fn pods_nodes_and_the_pinhole_in(layout: Layout, test: &str, prefix: &str) {
+    let Some((_serial, Cluster { mut daemons, lab })) = setup(test, prefix, 1, layout.flags()) else {
         return;
     };
     let (p0, p1, p2) = (&lab.pods[0], &lab.pods[1], &lab.pods[2]);
@@ -69,6 +82,7 @@ fn pods_nodes_and_the_pinhole() {
         let c = d.counters();
         assert!(conserved(&c), "node {i}: {:?} drops {:?}", c.pipeline, drops(&c));
     }
+    layout.check(&daemons);
 
     // xlanectl shows live counters, as a table and as JSON.
     let ctl = |args: &[&str]| {
@@ -138,7 +152,20 @@ fn pods_nodes_and_the_pinhole() {
 
 #[test]
 fn udp_flood_is_accounted_for() {
-    let Some((_serial, Cluster { daemons, lab })) = setup("udp_flood_is_accounted_for", "xe-flood", 1, &[]) else {
+    udp_flood_is_accounted_for_in(Layout::Shared, "udp_flood_is_accounted_for", "xe-flood");
+}
+
+#[test]
+fn udp_flood_is_accounted_for_with_the_uplink_in_its_own_umem() {
+    udp_flood_is_accounted_for_in(
+        Layout::OwnUplink,
+        "udp_flood_is_accounted_for_with_the_uplink_in_its_own_umem",
+        "xe-fown",
+    );
+}
+
+fn udp_flood_is_accounted_for_in(layout: Layout, test: &str, prefix: &str) {
+    let Some((_serial, Cluster { daemons, lab })) = setup(test, prefix, 1, layout.flags()) else {
         return;
     };
     let (p0, p2) = (&lab.pods[0], &lab.pods[2]);
@@ -180,46 +207,29 @@ fn udp_flood_is_accounted_for() {
     let pod_port = c0.ports.iter().find(|p| p.ifname == p0.host_if).unwrap();
     assert!(pod_port.rx >= received, "the pod port saw the flood: {pod_port:?}");
     assert!(c0.pipeline["encapsulated"] >= received && c1.pipeline["decapsulated"] >= received);
+    layout.check(&daemons);
 }
 
 #[test]
 fn route_churn_does_not_disturb_forwarding() {
-    let Some((_serial, Cluster { daemons, lab })) =
-        setup("route_churn_does_not_disturb_forwarding", "xe-churn", 1, &[])
-    else {
+    route_churn_does_not_disturb_forwarding_in(Layout::Shared, "route_churn_does_not_disturb_forwarding", "xe-churn");
+}
+
+#[test]
+fn route_churn_does_not_disturb_forwarding_with_the_uplink_in_its_own_umem() {
+    route_churn_does_not_disturb_forwarding_in(
+        Layout::OwnUplink,
+        "route_churn_does_not_disturb_forwarding_with_the_uplink_in_its_own_umem",
+        "xe-cown",
+    );
+}
+
+fn route_churn_does_not_disturb_forwarding_in(layout: Layout, test: &str, prefix: &str) {
+    let Some((_serial, Cluster { daemons, lab })) = setup(test, prefix, 1, layout.flags()) else {
         return;
     };
     let (p0, p2) = (&lab.pods[0], &lab.pods[2]);
-    let rx = udp(&p2.ns, SocketAddrV4::new(p2.ip, 7002));
-    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let tx = udp(&p0.ns, SocketAddrV4::new(p0.ip, 0));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // A paced stream (~5k packets/s, numbered) to an unaffected destination.
-    let sender = {
-        let done = std::sync::Arc::clone(&done);
-        let dst = SocketAddrV4::new(p2.ip, 7002);
-        std::thread::spawn(move || {
-            let mut seq = 0u32;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) && seq < 200_000 {
-                for _ in 0..25 {
-                    tx.send_to(&seq.to_be_bytes(), dst).unwrap();
-                    seq += 1;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            seq
-        })
-    };
-    let receiver = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 64];
-        while let Ok((n, _)) = rx.recv_from(&mut buf) {
-            if n == 4 {
-                got.push(u32::from_be_bytes(buf[..4].try_into().unwrap()));
-            }
-        }
-        got
-    });
+    let stream = PacedStream::start(p0, p2, 7002);
     std::thread::sleep(Duration::from_millis(300));
     // 100k route changes: 50k host routes in 10.128.0.0/9 added, then withdrawn, in
     // batches of 1000, while the stream flows.
@@ -238,22 +248,58 @@ fn route_churn_does_not_disturb_forwarding() {
         assert!(matches!(r, Reply::Applied { changes: 1000, .. }), "{r:?}");
     }
     let churn = t0.elapsed();
-    std::thread::sleep(Duration::from_millis(300));
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = sender.join().unwrap();
-    let mut got = receiver.join().unwrap();
-    got.sort_unstable();
-    got.dedup();
-    eprintln!("100k route changes in {:.0} ms; stream: sent {sent}, received {}", churn.as_secs_f64() * 1e3, got.len());
+    let (sent, received) = stream.stop(&daemons[0]);
+    eprintln!("100k route changes in {:.0} ms; stream: sent {sent}, received {received}", churn.as_secs_f64() * 1e3);
     let Reply::Routes { routes } = daemons[0].ok(Op::Dump { table: Table::Routes }) else { panic!() };
     assert_eq!(routes.len(), 1, "only the node route is left: {:?}", &routes[..routes.len().min(3)]);
-    let missing: Vec<u32> = (0..sent).filter(|s| got.binary_search(s).is_err()).take(10).collect();
-    assert!(
-        missing.is_empty(),
-        "lost {} of {sent} in-flight packets, e.g. {missing:?}; drops {:?}",
-        sent as usize - got.len(),
-        drops(&daemons[0].counters())
+    layout.check(&daemons);
+}
+
+#[test]
+fn pods_come_and_go_under_load() {
+    pods_come_and_go_under_load_in(Layout::Shared, "pods_come_and_go_under_load", "xe-pods");
+}
+
+#[test]
+fn pods_come_and_go_under_load_with_the_uplink_in_its_own_umem() {
+    pods_come_and_go_under_load_in(
+        Layout::OwnUplink,
+        "pods_come_and_go_under_load_with_the_uplink_in_its_own_umem",
+        "xe-pown",
     );
+}
+
+/// A pod removed and added again and again while streams cross the node both ways:
+/// the streams lose nothing, the pod answers after every return, every frame is
+/// accounted for (its frames, in every UMEM, come back each time).
+fn pods_come_and_go_under_load_in(layout: Layout, test: &str, prefix: &str) {
+    let Some((_serial, Cluster { daemons, lab })) = setup(test, prefix, 1, layout.flags()) else {
+        return;
+    };
+    let (p0, p1, p2) = (&lab.pods[0], &lab.pods[1], &lab.pods[2]);
+    let out = PacedStream::start(p0, p2, 7003);
+    let back = PacedStream::start(p2, p0, 7004);
+    let spec = EndpointSpec {
+        ifname: p1.host_if.clone(),
+        ip: p1.ip,
+        mac: mac(&p1.mac),
+        vhost_user: None,
+        veth_io: Default::default(),
+    };
+    const CYCLES: usize = 10;
+    for _ in 0..CYCLES {
+        daemons[0].ok(Op::DelEndpoint { ip: p1.ip });
+        daemons[0].ok(Op::AddEndpoint(spec.clone()));
+        p2.ns.ping(&p1.ip.to_string(), 1).unwrap();
+    }
+    let (sent, received) = out.stop(&daemons[0]);
+    let (sent_back, received_back) = back.stop(&daemons[1]);
+    eprintln!("{CYCLES} pod cycles; streams: {received}/{sent} out, {received_back}/{sent_back} back");
+    for (i, d) in daemons.iter().enumerate() {
+        let c = d.counters();
+        assert!(conserved(&c), "node {i}: {:?} drops {:?}", c.pipeline, drops(&c));
+    }
+    layout.check(&daemons);
 }
 
 #[test]

@@ -3,13 +3,15 @@
 #![allow(dead_code, reason = "each test binary uses its own part of the helpers")]
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use xlane_api::{Change, Client, Counters, EndpointSpec, Mac, Op, Reply, Table, VethIo, Vtep};
 use xlane_netlab::process::Proc;
-use xlane_netlab::{Lab, Netns, privileged};
+use xlane_netlab::{Lab, Netns, Pod, privileged};
 
 /// One lab at a time: they share two cores.
 pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
@@ -240,6 +242,117 @@ pub(crate) fn tcp_transfer(from: &Netns, to: &Netns, to_ip: Ipv4Addr, port: u16,
 /// frames in).
 pub(crate) fn conserved(c: &Counters) -> bool {
     c.pipeline["rx"] + c.pipeline["icmp_errors"] == c.pipeline["tx"] + c.drops.values().sum::<u64>()
+}
+
+/// Where the uplink's sockets live (#16): the UMEM the veths share (the default on a
+/// NIC without zero-copy, as veth), or one of their own, which a zero-copy NIC needs
+/// and `--uplink-umem own` forces in copy mode, so the lab runs that code path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    Shared,
+    OwnUplink,
+}
+
+impl Layout {
+    pub(crate) fn flags(self) -> &'static [&'static str] {
+        match self {
+            Self::Shared => &[],
+            Self::OwnUplink => &["--uplink-umem", "own"],
+        }
+    }
+
+    /// After traffic across the nodes: each uplink is where the layout puts it, and
+    /// frames were copied between UMEMs exactly when there are two, both ways (into the
+    /// uplinks' from pods, into the shared ones for pods).
+    pub(crate) fn check(self, daemons: &[Xlaned]) {
+        let (mut to_uplinks, mut to_pods) = (0, 0);
+        for d in daemons {
+            let Reply::Ports { ports } = d.ok(Op::Dump { table: Table::Ports }) else { panic!() };
+            let umem = |role: &str| -> Vec<xlane_api::UmemInfo> {
+                ports
+                    .iter()
+                    .filter(|p| p.role == role && p.packet.is_none() && p.vhost_user.is_none())
+                    .map(|p| p.umem.expect("AF_XDP ports report their UMEM"))
+                    .collect()
+            };
+            let (uplink, pods) = (umem("uplink"), umem("pod"));
+            assert_eq!(uplink.len(), 1, "{ports:?}");
+            assert_eq!(uplink[0].own, self == Self::OwnUplink, "{ports:?}");
+            assert!(pods.iter().all(|u| !u.own), "pods share the veths' UMEM: {ports:?}");
+            to_uplinks += uplink[0].copied_in;
+            to_pods += pods.iter().map(|u| u.copied_in).sum::<u64>();
+        }
+        match self {
+            Self::Shared => assert_eq!((to_uplinks, to_pods), (0, 0), "one UMEM, nothing copied"),
+            Self::OwnUplink => {
+                assert!(to_uplinks > 0 && to_pods > 0, "copied both ways: {to_uplinks} to uplinks, {to_pods} to pods");
+            }
+        }
+    }
+}
+
+/// A paced stream of numbered datagrams (~5k/s) from one pod to another, to show that
+/// something done meanwhile (route churn, pods coming and going) loses none of it.
+pub(crate) struct PacedStream {
+    done: Arc<AtomicBool>,
+    sender: std::thread::JoinHandle<u32>,
+    receiver: std::thread::JoinHandle<Vec<u32>>,
+}
+
+impl PacedStream {
+    /// Start it from `from` to `to`'s `port`, and let it settle.
+    pub(crate) fn start(from: &Pod, to: &Pod, port: u16) -> Self {
+        let dst = SocketAddrV4::new(to.ip, port);
+        let rx = to.ns.enter(|| UdpSocket::bind(dst)).unwrap().unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let tx = from.ns.enter(|| UdpSocket::bind(SocketAddrV4::new(from.ip, 0))).unwrap().unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut seq = 0u32;
+                while !done.load(Relaxed) && seq < 200_000 {
+                    for _ in 0..25 {
+                        tx.send_to(&seq.to_be_bytes(), dst).unwrap();
+                        seq += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                seq
+            })
+        };
+        let receiver = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            while let Ok((n, _)) = rx.recv_from(&mut buf) {
+                if n == 4 {
+                    got.push(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+                }
+            }
+            got
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        Self { done, sender, receiver }
+    }
+
+    /// Stop it and assert that every datagram arrived (`d`'s drops in the message if
+    /// not); returns (sent, received).
+    pub(crate) fn stop(self, d: &Xlaned) -> (u32, usize) {
+        std::thread::sleep(Duration::from_millis(300));
+        self.done.store(true, Relaxed);
+        let sent = self.sender.join().unwrap();
+        let mut got = self.receiver.join().unwrap();
+        got.sort_unstable();
+        got.dedup();
+        let missing: Vec<u32> = (0..sent).filter(|s| got.binary_search(s).is_err()).take(10).collect();
+        assert!(
+            missing.is_empty(),
+            "lost {} of {sent} in-flight packets, e.g. {missing:?}; drops {:?}",
+            sent as usize - got.len(),
+            d.counters().drops.iter().filter(|(_, v)| **v > 0).collect::<Vec<_>>()
+        );
+        (sent, got.len())
+    }
 }
 
 /// Three pings from `ns` to `dst`.

@@ -347,6 +347,15 @@ fn print_ports(ports: &[PortInfo]) {
                 p.id, g.super_packets, g.datagrams, g.failed
             );
         }
+        if let Some(u) = p.umem.filter(|u| u.own || u.copied_in > 0) {
+            println!(
+                "port {} UMEM: {} ({}); {} frames copied in from another UMEM",
+                p.id,
+                if u.own { "its own" } else { "shared" },
+                if p.zero_copy { "zero-copy" } else { "copy mode" },
+                u.copied_in
+            );
+        }
     }
 }
 
