@@ -18,15 +18,17 @@
 use std::ffi::CString;
 use std::io;
 use std::num::NonZeroU32;
-use std::os::fd::{BorrowedFd, RawFd};
 use std::ptr::NonNull;
 use xdpilone::xdp::XdpDesc;
-use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, UmemConfig, User};
+use xdpilone::{IfInfo, Socket, SocketConfig, UmemConfig};
 use xlane_engine::{FrameMemory, Packet};
 
 mod large;
+mod socket;
 mod umems;
 
+use socket::raise_tx_budget;
+pub use socket::{DEFAULT_TX_BUDGET, SocketStats, XskPort, wait_readable};
 pub use umems::{UmemId, Umems};
 
 /// How to bind a socket.
@@ -58,11 +60,15 @@ pub struct UmemSettings {
     pub fill_ring: u32,
     /// Entries in each socket's RX and TX rings (a power of two).
     pub rx_tx_ring: u32,
+    /// Have copy-mode sockets send their whole TX ring per wakeup
+    /// (`XDP_MAX_TX_SKB_BUDGET`, where the kernel has it): one `sendto` per burst
+    /// instead of one per 32 frames.
+    pub raise_tx_budget: bool,
 }
 
 impl Default for UmemSettings {
     fn default() -> Self {
-        Self { frame_size: 2048, frames: 16_384, fill_ring: 2048, rx_tx_ring: 2048 }
+        Self { frame_size: 2048, frames: 16_384, fill_ring: 2048, rx_tx_ring: 2048, raise_tx_budget: true }
     }
 }
 
@@ -156,148 +162,6 @@ enum Owner {
     Fill,
     App,
     Tx,
-}
-
-/// Per-port AF_XDP statistics from the kernel (`XDP_STATISTICS`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SocketStats {
-    /// Frames dropped for reasons other than a full ring.
-    pub rx_dropped: u64,
-    /// Invalid RX descriptors.
-    pub rx_invalid_descs: u64,
-    /// Invalid TX descriptors.
-    pub tx_invalid_descs: u64,
-    /// Frames dropped because the RX ring was full.
-    pub rx_ring_full: u64,
-    /// Times the fill ring was empty when a frame arrived.
-    pub rx_fill_ring_empty_descs: u64,
-    /// Times the TX ring was empty when the kernel looked.
-    pub tx_ring_empty_descs: u64,
-}
-
-/// One AF_XDP socket bound to an (interface, queue), with its rings.
-pub struct XskPort {
-    // Field order is drop order: rings before the device queue and socket they map.
-    rx: RingRx,
-    tx: RingTx,
-    device: DeviceQueue,
-    user: User,
-    ifname: String,
-    ifindex: u32,
-    queue: u32,
-    zero_copy: bool,
-    /// Frames this port holds in its fill ring and TX ring.
-    in_fill: u32,
-    in_tx: u32,
-    /// Tags the frames this port's rings hold, to take them back when it closes.
-    token: u32,
-    /// Bound through the UMEM's own descriptor, which outlives the port.
-    umem_socket: bool,
-}
-
-impl core::fmt::Debug for XskPort {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("XskPort")
-            .field("ifname", &self.ifname)
-            .field("queue", &self.queue)
-            .field("zero_copy", &self.zero_copy)
-            .finish_non_exhaustive()
-    }
-}
-
-impl XskPort {
-    /// The socket descriptor (for the XSKMAP and for poll(2)).
-    #[must_use]
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the socket lives as long as `self.user`, which `self` owns.
-        unsafe { BorrowedFd::borrow_raw(self.raw_fd()) }
-    }
-
-    fn raw_fd(&self) -> RawFd {
-        self.rx.as_raw_fd()
-    }
-
-    /// Interface name.
-    #[must_use]
-    pub fn ifname(&self) -> &str {
-        &self.ifname
-    }
-
-    /// Interface index.
-    #[must_use]
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
-    }
-
-    /// Queue id.
-    #[must_use]
-    pub fn queue(&self) -> u32 {
-        self.queue
-    }
-
-    /// Whether the socket is bound in zero-copy mode.
-    #[must_use]
-    pub fn zero_copy(&self) -> bool {
-        self.zero_copy
-    }
-
-    /// Frames waiting in the RX ring.
-    #[must_use]
-    pub fn rx_pending(&self) -> u32 {
-        self.rx.available()
-    }
-
-    /// The kernel's statistics for this socket.
-    ///
-    /// # Errors
-    /// The getsockopt error.
-    pub fn stats(&self) -> io::Result<SocketStats> {
-        let s = self.user.statistics_v2().map_err(errno)?;
-        Ok(SocketStats {
-            rx_dropped: s.rx_dropped,
-            rx_invalid_descs: s.rx_invalid_descs,
-            tx_invalid_descs: s.tx_invalid_descs,
-            rx_ring_full: s.rx_ring_full,
-            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
-            tx_ring_empty_descs: s.tx_ring_empty_descs,
-        })
-    }
-
-    /// Whether the kernel wants a wakeup to process the fill ring (need_wakeup mode).
-    #[must_use]
-    pub fn fill_needs_wakeup(&self) -> bool {
-        self.device.needs_wakeup()
-    }
-
-    /// Kick the kernel to send what is in the TX ring, if it asked for it.
-    pub fn kick_tx(&self) {
-        if self.tx.needs_wakeup() {
-            self.tx.wake();
-        }
-    }
-
-    /// Descriptors in the TX ring the kernel has not taken yet.
-    #[must_use]
-    pub fn tx_pending(&self) -> u32 {
-        self.tx.pending()
-    }
-
-    /// Make the kernel send what is queued. In copy mode one wakeup sends at most 32
-    /// descriptors (the kernel's TX batch), so a single kick per burst lets the ring back
-    /// up; wake it until the ring is drained, it stops making progress (completion ring
-    /// full), or `max_wakeups` is reached.
-    pub fn flush_tx(&self, max_wakeups: u32) {
-        for _ in 0..max_wakeups {
-            let before = self.tx.pending();
-            if before == 0 || !self.tx.needs_wakeup() {
-                return;
-            }
-            self.tx.wake();
-            if self.tx.pending() >= before {
-                return;
-            }
-        }
-    }
 }
 
 /// A worker's frame memory and the bookkeeping of who owns each frame.
@@ -483,6 +347,11 @@ impl Umem {
             self.own_fd_used = true;
             self.zero_copy = zc;
         }
+        let tx_budget = if self.zero_copy || !self.settings.raise_tx_budget {
+            DEFAULT_TX_BUDGET
+        } else {
+            raise_tx_budget(user.as_raw_fd(), self.settings.rx_tx_ring)
+        };
         self.next_token = self.next_token.wrapping_add(1);
         self.open_ports += 1;
         Ok(XskPort {
@@ -498,6 +367,8 @@ impl Umem {
             in_tx: 0,
             token: self.next_token,
             umem_socket: zero_copy.is_some(),
+            tx_budget,
+            tx_wakeups: std::cell::Cell::new(0),
         })
     }
 
@@ -764,30 +635,6 @@ impl Umem {
     /// The bytes of an application-owned packet, for reading (tests, generators).
     pub fn with_packet<R>(&mut self, p: &Packet<u64>, f: impl FnOnce(&mut [u8]) -> R) -> R {
         self.buffers_mut(&[p.buf], |b| f(&mut b[0][p.head as usize..(p.head + p.len) as usize]))
-    }
-}
-
-/// Wait until one of `fds` is readable or `timeout_ms` passes (poll(2)).
-///
-/// # Errors
-/// The poll error (EINTR is reported as `Ok(false)`).
-pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<bool> {
-    let mut pfds: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-    // SAFETY: pfds is a live, correctly sized array of pollfd for the duration of the call.
-    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
-    }
-    Ok(r > 0)
-}
-
-impl XskPort {
-    /// The raw descriptor, for [`wait_readable`].
-    #[must_use]
-    pub fn poll_fd(&self) -> RawFd {
-        self.raw_fd()
     }
 }
 

@@ -227,3 +227,50 @@ fn jumbo_frames_arrive_whole_from_several_buffers() {
     })
     .unwrap();
 }
+
+/// Copy-mode TX sends `tx_budget` descriptors per wakeup: the whole ring where the
+/// kernel has `XDP_MAX_TX_SKB_BUDGET` (6.17+), so a burst of 256 goes out in one
+/// `sendto`; without it (the fallback, forced here) 32 per wakeup, eight of them. Every
+/// frame completes either way.
+#[test]
+fn a_raised_tx_budget_sends_a_burst_in_one_wakeup_and_the_fallback_in_several() {
+    if !xlane_netlab::privileged("a_raised_tx_budget_sends_a_burst_in_one_wakeup_and_the_fallback_in_several") {
+        return;
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release.trim().split(['.', '-']).map(|x| x.parse::<u32>().unwrap_or(0));
+    let has_option = (v.next().unwrap(), v.next().unwrap()) >= (6, 17);
+    let ns = Netns::new("xlt-budget").unwrap();
+    ns.ip(&["link", "add", "t0", "type", "veth", "peer", "name", "t1"]).unwrap();
+    ns.ip(&["link", "set", "t0", "up"]).unwrap();
+    ns.ip(&["link", "set", "t1", "up"]).unwrap();
+    ns.enter(|| {
+        for raise in [true, false] {
+            let settings = UmemSettings {
+                frames: 1024,
+                fill_ring: 256,
+                rx_tx_ring: 512,
+                raise_tx_budget: raise,
+                ..UmemSettings::default()
+            };
+            let mut umem = Umem::new(settings).unwrap();
+            let mut port = umem.open_port("t1", 0, BindMode::Copy).unwrap();
+            let expected = if raise && has_option { 512 } else { xlane_xdp::xsk::DEFAULT_TX_BUDGET };
+            assert_eq!(port.tx_budget(), expected, "raise {raise} on {release}");
+            let burst: Vec<Packet<u64>> =
+                (0..=255u8).map(|i| umem.alloc_with(256, &frame([10, 244, 2, 3], i)).unwrap()).collect();
+            assert_eq!(umem.transmit(&mut port, &burst), 256);
+            port.flush_tx(16);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let mut completed = 0;
+            while completed < 256 && Instant::now() < deadline {
+                completed += umem.reap_completions(&mut port);
+            }
+            assert_eq!(completed, 256, "raise {raise}: every frame sent");
+            let wakeups = port.tx_wakeups();
+            assert_eq!(wakeups, u64::from(256_u32.div_ceil(expected)), "raise {raise}: wakeups for 256 frames");
+            umem.close_port(port);
+        }
+    })
+    .unwrap();
+}

@@ -68,7 +68,7 @@ fn pass(
 }
 
 pub fn run(a: &str, b: &str, stop: &Stop) -> anyhow::Result<()> {
-    let settings = UmemSettings { frame_size: 2048, frames: 16_384, fill_ring: FILL, rx_tx_ring: 2048 };
+    let settings = UmemSettings { frame_size: 2048, frames: 16_384, fill_ring: FILL, rx_tx_ring: 2048, ..UmemSettings::default() };
     let mut umem = Umem::new(settings)?;
     let (mut pa, ka) = open(&mut umem, 1, a)?;
     let (mut pb, kb) = open(&mut umem, 2, b)?;
