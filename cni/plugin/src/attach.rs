@@ -68,6 +68,8 @@ struct Addressing {
     gateway: Ipv4Addr,
     mtu: u16,
     routes: Vec<Ipv4Net>,
+    /// Queues each way on a veth (xlaned's workers).
+    queues: u16,
 }
 
 /// Allocate: from the agent, or from the delegated IPAM plugin and recorded by the agent
@@ -90,12 +92,15 @@ fn allocate(
         },
     );
     match (reply, delegated) {
-        (Ok(AgentReply::Allocated { ip, gateway, mtu, routes }), None) => Ok(Addressing { ip, gateway, mtu, routes }),
-        (Ok(AgentReply::Allocated { gateway, mtu, routes, .. }), Some(d)) => Ok(Addressing {
+        (Ok(AgentReply::Allocated { ip, gateway, mtu, routes, queues }), None) => {
+            Ok(Addressing { ip, gateway, mtu, routes, queues })
+        }
+        (Ok(AgentReply::Allocated { gateway, mtu, routes, queues, .. }), Some(d)) => Ok(Addressing {
             ip: d.ip,
             gateway: d.gateway.unwrap_or(gateway),
             mtu,
             routes: if d.routes.is_empty() { routes } else { d.routes },
+            queues,
         }),
         (other, delegated) => {
             if let (Some(d), Some(_)) = (delegate, delegated) {
@@ -227,7 +232,7 @@ fn attach_veth(
     a: &Addressing,
     io: VethIo,
 ) -> Result<Attachment, CniError> {
-    let Addressing { ip: addr, gateway, mtu, ref routes } = *a;
+    let Addressing { ip: addr, gateway, mtu, ref routes, queues } = *a;
     let host_if = crate::protocol::host_ifname(&env.container_id, &env.ifname);
     // The pair is set up over netlink sockets on both sides (one opened inside the pod's
     // namespace), so nothing below enters the namespace but the checksum ioctl.
@@ -251,7 +256,8 @@ fn attach_veth(
         local: VethEnd { name: &host_if, ..VethEnd::default() },
         peer: VethEnd { name: &env.ifname, netns: Some(netns), addrs: &addrs, routes: &pod_routes },
         mtu: Some(u32::from(mtu)),
-        queues: 1,
+        // One per worker: each serves a queue of the pod, RSS spreads its flows.
+        queues: u32::from(queues.clamp(1, 64)),
         reuse: false,
     }
     .create()

@@ -471,3 +471,43 @@ fn veth_offload_pods_keep_their_offloads() {
     assert_clean(&s, 0);
     assert_clean(&s, 1);
 }
+
+/// With two xlaned workers, a `veth-xdp` pod's veth gets two queues (the agent passes
+/// xlaned's worker count), one per worker; the lab's uplinks keep one queue, which the
+/// second worker reaches through a socket that only transmits. Pods talk across nodes
+/// and on one node, byte-exact, and DEL leaves nothing.
+#[test]
+fn veth_xdp_pods_get_a_queue_per_worker() {
+    if !privileged("veth_xdp_pods_get_a_queue_per_worker") {
+        return;
+    }
+    let opts = ClusterOptions {
+        xlaned_args: vec!["--workers".into(), "2".into(), "--cores".into(), "0,1".into()],
+        ..ClusterOptions::default()
+    };
+    let s = Cluster::start("xc-mq", 2, &opts).unwrap();
+    let sockets: Vec<PathBuf> = s.nodes.iter().map(|n| n.agent_socket.clone()).collect();
+    let xdp = |i: usize| {
+        let mut c = conf("1.1.0", &sockets[i]);
+        c["attach"] = "veth-xdp".into();
+        c
+    };
+    let pods: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("xc-mq{i}")).unwrap()).collect();
+    let cs: Vec<Container> = (0..3).map(|i| Container::in_netns(&format!("cid-mq{i}"), &pods[i])).collect();
+    let node = [0, 1, 0];
+    let ips: Vec<String> =
+        (0..3).map(|i| ip_of(&cni(&s, node[i], "ADD", &cs[i], &xdp(node[i])).result().unwrap())).collect();
+    let ports = s.endpoints(0).unwrap();
+    assert!(ports.len() == 2 && ports.iter().all(|p| p.queues == 2 && p.packet.is_none()), "{ports:?}");
+    pods[0].ping(&ips[1], 2).expect("across nodes");
+    pods[1].ping(&ips[2], 2).expect("across nodes, back");
+    pods[0].ping(&ips[2], 2).expect("on one node");
+    tcp_intact(&pods[1], &pods[0], ips[0].parse().unwrap(), 8_000_000);
+    let c = s.counters(0).unwrap();
+    assert!(c.workers.len() == 2 && c.workers.iter().all(xlane_api::WorkerCounters::conserved), "{:?}", c.workers);
+    for i in 0..3 {
+        assert!(cni(&s, node[i], "DEL", &cs[i], &xdp(node[i])).success);
+    }
+    assert_clean(&s, 0);
+    assert_clean(&s, 1);
+}

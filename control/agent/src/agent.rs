@@ -53,6 +53,8 @@ pub struct Settings {
 pub struct Shared {
     pub(crate) ipam: Option<Ipam>,
     mtu: u16,
+    /// xlaned's workers: the queues a pod veth gets.
+    workers: u16,
     lease: Option<Lease>,
     leases: Vec<Lease>,
     pub(crate) synced: bool,
@@ -116,6 +118,7 @@ pub fn run(
         let mut s = shared.lock().expect("not poisoned");
         s.ipam = Some(Ipam::open(settings.state_dir.join("ipam.json"), lease.subnet)?);
         s.mtu = status.pod_mtu;
+        s.workers = u16::try_from(status.workers).unwrap_or(u16::MAX);
         s.lease = Some(lease.clone());
     }
 
@@ -268,7 +271,7 @@ fn not_ready() -> AgentReply {
 
 fn handle(op: AgentOp, xlaned: &std::path::Path, shared: &Arc<Mutex<Shared>>) -> AgentReply {
     let mut sh = shared.lock().expect("not poisoned");
-    let mtu = sh.mtu;
+    let (mtu, queues) = (sh.mtu, sh.workers.max(1));
     match op {
         AgentOp::Add { container_id, ifname, netns, ip } => {
             let Some(ipam) = sh.ipam.as_mut() else { return not_ready() };
@@ -288,6 +291,7 @@ fn handle(op: AgentOp, xlaned: &std::path::Path, shared: &Arc<Mutex<Shared>>) ->
                     gateway: ipam.gateway(),
                     mtu,
                     routes: vec!["0.0.0.0/0".parse().expect("valid")],
+                    queues,
                 },
                 Err(e) => AgentReply::error(ErrorCode::Invalid, e.to_string()),
             }

@@ -109,6 +109,10 @@ pub struct LeaseInfo {
     pub backend: String,
 }
 
+fn one_queue() -> u16 {
+    1
+}
+
 /// Replies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -130,6 +134,10 @@ pub enum AgentReply {
         mtu: u16,
         /// Routes to install via the gateway.
         routes: Vec<Ipv4Net>,
+        /// Queues to give a veth, each way: xlaned's workers, so that each serves a
+        /// queue of it and RSS spreads the pod's flows over them (1 from older agents).
+        #[serde(default = "one_queue")]
+        queues: u16,
     },
     /// Attached and forwarding.
     Attached {
@@ -186,10 +194,11 @@ mod tests {
             gateway: Ipv4Addr::new(10, 244, 1, 1),
             mtu: 1450,
             routes: vec!["0.0.0.0/0".parse().unwrap()],
+            queues: 2,
         };
         assert_eq!(
             codec::encode(&reply).unwrap(),
-            b"{\"result\":\"allocated\",\"ip\":\"10.244.1.2/24\",\"gateway\":\"10.244.1.1\",\"mtu\":1450,\"routes\":[\"0.0.0.0/0\"]}\n"
+            b"{\"result\":\"allocated\",\"ip\":\"10.244.1.2/24\",\"gateway\":\"10.244.1.1\",\"mtu\":1450,\"routes\":[\"0.0.0.0/0\"],\"queues\":2}\n"
         );
     }
 

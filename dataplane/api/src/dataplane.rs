@@ -340,9 +340,34 @@ pub struct Counters {
     /// Frames each worker took from its queues (how RSS spreads the load).
     #[serde(default)]
     pub worker_rx: Vec<u64>,
+    /// Each worker's own account: a worker forwards what it receives to the end, so
+    /// `rx + icmp_errors = tx + dropped` holds on each.
+    #[serde(default)]
+    pub workers: Vec<WorkerCounters>,
     /// The capture in progress, or the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<CaptureStats>,
+}
+
+/// One worker's pipeline totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerCounters {
+    /// Frames received.
+    pub rx: u64,
+    /// ICMP errors the worker made (frames in, as received ones are).
+    pub icmp_errors: u64,
+    /// Frames transmitted.
+    pub tx: u64,
+    /// Frames dropped, every reason.
+    pub dropped: u64,
+}
+
+impl WorkerCounters {
+    /// Every frame in was sent or counted as a drop.
+    #[must_use]
+    pub fn conserved(&self) -> bool {
+        self.rx + self.icmp_errors == self.tx + self.dropped
+    }
 }
 
 /// Daemon status.

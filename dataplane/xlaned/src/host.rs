@@ -285,6 +285,14 @@ fn open_sockets(
     bind: BindMode,
     d: &mut Driver<Umems, NodePort>,
 ) -> Result<Bound, String> {
+    if spec.queues.is_empty() {
+        // More workers than queues: this one only transmits to the interface.
+        let stats = Arc::new(PacketStats::default());
+        let port = PacketPort::open_transmit_only(spec.id, spec.attach.ifindex(), spec.counters, stats)
+            .map_err(|e| format!("{}: {e}", spec.ifname))?;
+        d.add_port(NodePort::Packet(port));
+        return Ok(Bound::default());
+    }
     let own = match (spec.placement, bind) {
         (Placement::Shared, _) | (Placement::OwnIfZeroCopy, BindMode::Copy) => None,
         (Placement::Own, _) => Some(bind),

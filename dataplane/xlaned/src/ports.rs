@@ -227,21 +227,16 @@ impl<H: Host> State<H> {
             .ok_or_else(|| failed("out of port ids"))
     }
 
-    /// Queues of a port this many workers can serve: every worker needs a queue of every
-    /// port (it transmits on its own), so a port needs at least as many queues as workers.
-    fn spread(&self, ifname: &str, queues: &[u32]) -> Result<Vec<Vec<u32>>, Failure> {
+    /// A port's queues dealt out to the workers, round robin. A worker left without one
+    /// (a port with fewer queues than workers) still transmits to the port, through a
+    /// socket that only sends: every worker can route frames there.
+    fn spread(&self, queues: &[u32]) -> Vec<Vec<u32>> {
         let n = self.workers.len();
-        if queues.len() < n {
-            return Err(invalid(format!(
-                "{ifname} has {} queue(s) but xlaned runs {n} workers; give it at least {n} (e.g. veth numrxqueues/numtxqueues)",
-                queues.len()
-            )));
-        }
         let mut per = vec![Vec::new(); n];
         for (i, &q) in queues.iter().enumerate() {
             per[i % n].push(q);
         }
-        Ok(per)
+        per
     }
 
     /// Attach `program` to `ifname` and send every worker the job that opens its share
@@ -262,13 +257,14 @@ impl<H: Host> State<H> {
             let n = self.host.rx_queues(ifname).map_err(|e| invalid(format!("{ifname}: {e}")))?;
             (0..n).collect()
         };
-        let per_worker = self.spread(ifname, &queues)?;
+        let per_worker = self.spread(&queues);
         let name = format!("xlane_{}", role.name());
         let max_queue = queues.iter().max().copied().unwrap_or(0) + 1;
         let attach = Arc::new(self.host.attach(&link, &name, max_queue, program).map_err(failed)?);
         let fill_target = if role == Role::Uplink { self.cfg.uplink_fill } else { self.cfg.pod_fill };
         let (mut counters, mut kernel, mut udp_gso) = (Vec::new(), Vec::new(), Vec::new());
         for (i, qs) in per_worker.into_iter().enumerate() {
+            let transmits_only = qs.is_empty();
             let spec = OpenSpec {
                 id,
                 ifname: ifname.to_owned(),
@@ -277,7 +273,7 @@ impl<H: Host> State<H> {
                 fill_target,
                 counters: Arc::new(PortCounters::default()),
                 kernel: Arc::new(KernelStats::default()),
-                udp_gso: (role == Role::Uplink && self.cfg.uplink_udp_gso).then(Arc::default),
+                udp_gso: (role == Role::Uplink && self.cfg.uplink_udp_gso && !transmits_only).then(Arc::default),
                 placement: if role == Role::Uplink { self.cfg.uplink_umem } else { Placement::Shared },
             };
             counters.push(Arc::clone(&spec.counters));

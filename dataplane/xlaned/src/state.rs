@@ -548,6 +548,19 @@ impl<H: Host> State<H> {
             latency_ns: pct(&latency),
             burst_size: pct(&burst),
             worker_rx: self.workers.iter().map(|w| w.shared.counters.snapshot().rx).collect(),
+            workers: self
+                .workers
+                .iter()
+                .map(|w| {
+                    let s = w.shared.counters.snapshot();
+                    xlane_api::WorkerCounters {
+                        rx: s.rx,
+                        icmp_errors: s.icmp_errors,
+                        tx: s.tx,
+                        dropped: s.drops.iter().sum(),
+                    }
+                })
+                .collect(),
             capture: self.capture_stats(),
         }
     }

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -367,73 +367,6 @@ fn bad_control_requests_get_errors_and_forwarding_continues() {
     // The daemon is up and still forwarding.
     assert!(matches!(c.call(Op::Status).unwrap(), Reply::Status(_)));
     ping(&lab.pods[0].ns, lab.pods[2].ip).unwrap();
-}
-
-/// Two workers, pinned, each serving its own queue of every two-queue port; flows spread
-/// over both (RSS on veth follows the sender's queue), and nothing is lost or misrouted.
-#[test]
-fn two_workers_share_the_queues() {
-    let Some((_serial, Cluster { daemons, lab })) =
-        setup("two_workers_share_the_queues", "xe-rss", 2, &["--workers", "2", "--cores", "0,1"])
-    else {
-        return;
-    };
-    let (p0, p1, p2) = (&lab.pods[0], &lab.pods[1], &lab.pods[2]);
-    ping(&p0.ns, p2.ip).unwrap();
-    ping(&p2.ns, p1.ip).unwrap();
-    ping(&lab.nodes[1].ns, p0.ip).unwrap();
-    let Reply::Ports { ports } = daemons[0].ok(Op::Dump { table: Table::Ports }) else { panic!() };
-    assert!(ports.iter().all(|p| p.queues == 2), "{ports:?}");
-    // Many TCP flows at once; each must arrive intact.
-    let listener = p2.ns.enter(|| TcpListener::bind(SocketAddrV4::new(p2.ip, 5002))).unwrap().unwrap();
-    const FLOWS: usize = 8;
-    let server = std::thread::spawn(move || {
-        let mut sums = Vec::new();
-        for _ in 0..FLOWS {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut h = FNV_START;
-            let mut buf = vec![0u8; 1 << 16];
-            let mut n = 0u64;
-            loop {
-                let k = io::Read::read(&mut s, &mut buf).unwrap();
-                if k == 0 {
-                    break;
-                }
-                fnv1a(&mut h, &buf[..k]);
-                n += k as u64;
-            }
-            sums.push((n, h));
-        }
-        sums
-    });
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| i.wrapping_mul(40_503).to_be_bytes()[2]).collect();
-    let mut expect = FNV_START;
-    for _ in 0..8 {
-        fnv1a(&mut expect, &chunk);
-    }
-    let clients: Vec<_> = (0..FLOWS)
-        .map(|_| {
-            let mut s = p0.ns.enter(|| TcpStream::connect(SocketAddrV4::new(p2.ip, 5002))).unwrap().unwrap();
-            let chunk = chunk.clone();
-            std::thread::spawn(move || {
-                for _ in 0..8 {
-                    io::Write::write_all(&mut s, &chunk).unwrap();
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().unwrap();
-    }
-    let sums = server.join().unwrap();
-    assert!(sums.iter().all(|&(n, h)| n == 8 << 20 && h == expect), "{sums:?}");
-    let per_worker = daemons[1].counters().worker_rx;
-    eprintln!("frames per worker on the receiving node: {per_worker:?}");
-    assert!(per_worker.len() == 2 && per_worker.iter().all(|&n| n > 0), "both workers forward: {per_worker:?}");
-    for (i, d) in daemons.iter().enumerate() {
-        let c = d.counters();
-        assert!(conserved(&c), "node {i}: {:?} drops {:?}", c.pipeline, drops(&c));
-    }
 }
 
 /// Adaptive idle: an idle xlaned sleeps in poll(2) and costs next to no CPU; with

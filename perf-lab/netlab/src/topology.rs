@@ -99,7 +99,7 @@ pub struct Lab {
     pub nodes: Vec<Node>,
     /// The underlay.
     pub fabric: Netns,
-    /// Queues per veth.
+    /// Queues per pod veth (the uplinks' are set at creation).
     queues: u16,
     /// MTU of the underlay (node uplinks); pods get 50 less.
     uplink_mtu: u16,
@@ -162,6 +162,12 @@ impl Lab {
             });
         }
         Ok(lab)
+    }
+
+    /// Give pods added from now on `queues` queues each way (the uplinks keep theirs):
+    /// a pod with fewer queues than the dataplane has workers.
+    pub fn set_pod_queues(&mut self, queues: u16) {
+        self.queues = queues;
     }
 
     /// The underlay's MTU (the nodes' uplinks).

@@ -213,6 +213,40 @@ impl<B: Copy> PacketPort<B> {
         })
     }
 
+    /// A socket on `ifindex` that only transmits, for a worker that serves none of the
+    /// interface's queues (an AF_XDP port with fewer queues than workers): frames the
+    /// worker routes there are sent whole and complete (the port promises no offload,
+    /// so the engine segments super-packets and completes checksums first), as
+    /// copy-mode AF_XDP would (it copies each frame into an skb too).
+    ///
+    /// # Errors
+    /// [`OpenError`] with the failing step; nothing stays open.
+    pub fn open_transmit_only(
+        id: PortId,
+        ifindex: u32,
+        counters: Arc<PortCounters>,
+        stats: Arc<PacketStats>,
+    ) -> Result<Self, OpenError> {
+        let fd = sock::open_transmit_only(ifindex).map_err(|(step, source)| OpenError { ifindex, step, source })?;
+        Ok(Self {
+            id,
+            fd,
+            fanout: FanoutMode::TransmitOnly,
+            batch: Batch::new(),
+            rx_bufs: ArrayVec::new(),
+            rx_armed: MIN_ARMED,
+            heads: Box::new([[0; HEAD]; BURST]),
+            counters,
+            stats,
+        })
+    }
+
+    /// Whether the socket only transmits ([`open_transmit_only`](Self::open_transmit_only)).
+    #[must_use]
+    pub fn transmit_only(&self) -> bool {
+        self.fanout == FanoutMode::TransmitOnly
+    }
+
     /// How the socket joined its fanout group.
     #[must_use]
     pub fn fanout(&self) -> FanoutMode {
@@ -438,6 +472,10 @@ impl<M: FrameMemory> Port<M> for PacketPort<M::Buf> {
     }
 
     fn offloads(&self) -> Offloads {
+        if self.transmit_only() {
+            // Beside AF_XDP ports of the same interface: what they take, complete frames.
+            return Offloads::default();
+        }
         Offloads { partial_checksum: true, tcp_segmentation: true, ..Offloads::default() }
     }
 
@@ -445,6 +483,9 @@ impl<M: FrameMemory> Port<M> for PacketPort<M::Buf> {
     /// (counted `rx_oversize`). The driver calls
     /// [`receive_offloaded`](Port::receive_offloaded) instead.
     fn receive(&mut self, mem: &mut M, out: &mut [Packet<M::Buf>; BURST]) -> usize {
+        if self.transmit_only() {
+            return 0;
+        }
         self.receive_burst(mem, out, None)
     }
 
@@ -470,7 +511,7 @@ impl<M: FrameMemory> Port<M> for PacketPort<M::Buf> {
     }
 
     fn wait_fd(&self) -> Option<RawFd> {
-        Some(self.fd.as_raw_fd())
+        (!self.transmit_only()).then(|| self.fd.as_raw_fd())
     }
 
     fn refresh_stats(&self) {

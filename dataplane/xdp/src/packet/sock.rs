@@ -30,6 +30,9 @@ pub enum FanoutMode {
     /// out of the veth reach the group too. The port's own sends do not either way
     /// (`PACKET_QDISC_BYPASS` skips the taps).
     Hash,
+    /// In no group, receiving nothing (bound with protocol 0): a socket that only
+    /// transmits.
+    TransmitOnly,
 }
 
 /// Open an AF_PACKET `SOCK_RAW` socket on `ifindex` (non-blocking, close-on-exec) with
@@ -42,6 +45,20 @@ pub(super) fn open(
     ifindex: u32,
     group: u16,
     filter: Option<&[ClassicInsn]>,
+) -> Result<(OwnedFd, FanoutMode), (&'static str, io::Error)> {
+    open_as(ifindex, Some((group, filter)))
+}
+
+/// [`open`] for a socket that only transmits: bound with protocol 0, so it receives
+/// nothing and joins no group.
+pub(super) fn open_transmit_only(ifindex: u32) -> Result<OwnedFd, (&'static str, io::Error)> {
+    open_as(ifindex, None).map(|(fd, _)| fd)
+}
+
+/// `receive`: its fanout group and filter, or `None` to transmit only.
+fn open_as(
+    ifindex: u32,
+    receive: Option<(u16, Option<&[ClassicInsn]>)>,
 ) -> Result<(OwnedFd, FanoutMode), (&'static str, io::Error)> {
     // Protocol 0: the socket receives nothing until bound to the interface below, so no
     // frame of another interface slips in between.
@@ -57,13 +74,13 @@ pub(super) fn open(
     opt("PACKET_VNET_HDR", libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1)?;
     opt("PACKET_QDISC_BYPASS", libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)?;
     opt("PACKET_IGNORE_OUTGOING", libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
-    for (force, plain, what) in
-        [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF"), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF")]
-    {
+    let buffers =
+        [(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF"), (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF")];
+    for &(force, plain, what) in &buffers[..if receive.is_some() { 2 } else { 1 }] {
         set_socket_buffer(s, force, plain, SOCKET_BUFFER).map_err(|e| (what, e))?;
     }
     // Before the bind: no frame the filter refuses is ever queued.
-    if let Some(f) = filter {
+    if let Some((_, Some(f))) = receive {
         let mut code: Vec<libc::sock_filter> =
             f.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
         let len = u16::try_from(code.len())
@@ -80,16 +97,13 @@ pub(super) fn open(
         }
     }
     let all = u16::try_from(libc::ETH_P_ALL).expect("0x0003").to_be();
-    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = u16::try_from(libc::AF_PACKET).expect("17");
-    addr.sll_protocol = all;
-    addr.sll_ifindex = i32::try_from(ifindex).map_err(|_| ("ifindex", io::Error::from(io::ErrorKind::InvalidInput)))?;
-    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).expect("20");
-    // SAFETY: `addr` is a live sockaddr_ll for the call and `len` its size.
-    if unsafe { libc::bind(s, std::ptr::from_ref(&addr).cast(), len) } < 0 {
-        return Err(("bind(ETH_P_ALL, ifindex)", io::Error::last_os_error()));
-    }
+    let Some((group, _)) = receive else {
+        // Protocol 0 binds the interface for sending and registers no receive hook;
+        // sent frames take their protocol from their Ethernet header.
+        bind(s, ifindex, 0)?;
+        return Ok((fd, FanoutMode::TransmitOnly));
+    };
+    bind(s, ifindex, all)?;
     let fanout = |flags: libc::c_uint| {
         let arg = libc::c_int::try_from(u32::from(group) | (flags << 16)).map_err(|_| io::ErrorKind::InvalidInput)?;
         setsockopt_int(s, libc::SOL_PACKET, libc::PACKET_FANOUT, arg)
@@ -103,6 +117,21 @@ pub(super) fn open(
         Err(e) => return Err(("PACKET_FANOUT", e)),
     };
     Ok((fd, mode))
+}
+
+/// Bind packet socket `s` to `ifindex` for `protocol` (network byte order).
+fn bind(s: RawFd, ifindex: u32, protocol: u16) -> Result<(), (&'static str, io::Error)> {
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = u16::try_from(libc::AF_PACKET).expect("17");
+    addr.sll_protocol = protocol;
+    addr.sll_ifindex = i32::try_from(ifindex).map_err(|_| ("ifindex", io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).expect("20");
+    // SAFETY: `addr` is a live sockaddr_ll for the call and `len` its size.
+    if unsafe { libc::bind(s, std::ptr::from_ref(&addr).cast(), len) } < 0 {
+        return Err(("bind(AF_PACKET, ifindex)", io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Drops the kernel counted on the socket since the last call (`PACKET_STATISTICS`,

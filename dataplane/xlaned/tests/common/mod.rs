@@ -118,13 +118,27 @@ pub(crate) fn cluster_io(prefix: &str, queues: u16, flags: &[&str], veth_io: Vet
 
 /// [`cluster_io`] on an underlay of MTU `mtu` (pods 50 less).
 pub(crate) fn cluster_mtu(prefix: &str, queues: u16, flags: &[&str], veth_io: VethIo, mtu: u16) -> Cluster {
-    let mut lab = Lab::with_mtu(prefix, 2, queues, mtu).unwrap();
-    let mtu_of_pods = mtu - 50;
+    cluster_on(Lab::with_mtu(prefix, 2, queues, mtu).unwrap(), prefix, flags, veth_io)
+}
+
+/// The cluster on `lab` (two nodes, no pods yet): pods 0 and 1 on node 0, pod 2 on node
+/// 1, a daemon per node started with `flags` and configured.
+pub(crate) fn cluster_on(lab: Lab, prefix: &str, flags: &[&str], veth_io: VethIo) -> Cluster {
+    cluster_nodes(lab, prefix, &[flags, flags], veth_io)
+}
+
+/// [`cluster_on`], node `i`'s daemon started with `flags[i]`.
+pub(crate) fn cluster_nodes(mut lab: Lab, prefix: &str, flags: &[&[&str]; 2], veth_io: VethIo) -> Cluster {
+    let mtu_of_pods = lab.uplink_mtu() - 50;
     for node in [0, 0, 1] {
         lab.add_pod_with(node, veth_io == VethIo::AfPacket).unwrap();
     }
-    let daemons: Vec<Xlaned> =
-        lab.nodes.iter().enumerate().map(|(i, n)| Xlaned::start_with(&n.ns, &format!("{prefix}-{i}"), flags)).collect();
+    let daemons: Vec<Xlaned> = lab
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Xlaned::start_with(&n.ns, &format!("{prefix}-{i}"), flags[i]))
+        .collect();
     for (i, n) in lab.nodes.iter().enumerate() {
         let d = &daemons[i];
         d.ok(Op::SetVtep(Vtep {
@@ -236,6 +250,52 @@ pub(crate) fn tcp_transfer(from: &Netns, to: &Netns, to_ip: Ipv4Addr, port: u16,
     assert_eq!(received, mib << 20, "bytes received");
     assert_eq!(recv_hash, sent_hash, "{mib} MiB arrived intact");
     secs
+}
+
+/// `flows` TCP connections at once from `from` to `to`'s `port`, `mib` MiB each; every
+/// one must arrive intact (length and hash).
+pub(crate) fn tcp_flows(from: &Pod, to: &Pod, port: u16, flows: usize, mib: u64) {
+    let listener = to.ns.enter(|| TcpListener::bind(SocketAddrV4::new(to.ip, port))).unwrap().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut sums = Vec::new();
+        for _ in 0..flows {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let (mut n, mut h) = (0u64, FNV_START);
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let k = io::Read::read(&mut s, &mut buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                fnv1a(&mut h, &buf[..k]);
+                n += k as u64;
+            }
+            sums.push((n, h));
+        }
+        sums
+    });
+    let chunk = test_chunk();
+    let mut expect = FNV_START;
+    for _ in 0..mib {
+        fnv1a(&mut expect, &chunk);
+    }
+    let clients: Vec<_> = (0..flows)
+        .map(|_| {
+            let mut s = from.ns.enter(|| TcpStream::connect(SocketAddrV4::new(to.ip, port))).unwrap().unwrap();
+            let chunk = chunk.clone();
+            std::thread::spawn(move || {
+                for _ in 0..mib {
+                    io::Write::write_all(&mut s, &chunk).unwrap();
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let sums = server.join().unwrap();
+    assert!(sums.iter().all(|&(n, h)| n == mib << 20 && h == expect), "{flows} flows of {mib} MiB: {sums:?}");
 }
 
 /// Every frame in was forwarded or counted as a drop (ICMP errors made count as
