@@ -167,11 +167,15 @@ pub enum Forwarder {
     XlaneMacswap,
     /// DPDK testpmd, `net_af_xdp`, `--forward-mode=macswap`.
     Testpmd,
+    /// xlane's path across two nodes (pod veth → node 0 → fabric → node 1 → pod veth)
+    /// on the same socket code, one UMEM per node, no pipeline: MACs rewritten, frames
+    /// moved by descriptor ([`forward::xlane_relay`]).
+    XlaneTwoNode,
 }
 
 impl Forwarder {
-    /// Both, in report order.
-    pub const ALL: [Self; 2] = [Self::XlaneMacswap, Self::Testpmd];
+    /// Every one, in report order.
+    pub const ALL: [Self; 3] = [Self::XlaneMacswap, Self::Testpmd, Self::XlaneTwoNode];
 
     /// Report name.
     #[must_use]
@@ -179,12 +183,14 @@ impl Forwarder {
         match self {
             Self::XlaneMacswap => "xlane MAC-swap",
             Self::Testpmd => "DPDK testpmd macswap",
+            Self::XlaneTwoNode => "xlane two-node relay (no pipeline)",
         }
     }
 }
 
 /// An I/O-ceiling result: the generator's pod sends to its node's host veth, where the
-/// forwarder swaps MACs and sends each frame back; counted at the pod.
+/// forwarder swaps MACs and sends each frame back, counted at the pod; or, for the
+/// two-node relay, across both nodes, counted at the other node's pod.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct IoResult {
     /// Which.
@@ -568,6 +574,9 @@ pub fn report(
 /// # Errors
 /// Setup failures, `stop`.
 pub fn io_ceiling(f: Forwarder, w: Workload, stop: &AtomicBool) -> anyhow::Result<IoResult> {
+    if f == Forwarder::XlaneTwoNode {
+        return two_node_ceiling(w, stop);
+    }
     let mut lab = Lab::new(if f == Forwarder::Testpmd { "xbt" } else { "xbm" }, 1)?;
     let k = lab.add_pod(0)?;
     let (node, pod) = (&lab.nodes[0], &lab.pods[k]);
@@ -579,8 +588,7 @@ pub fn io_ceiling(f: Forwarder, w: Workload, stop: &AtomicBool) -> anyhow::Resul
         5300,
     );
     let fwd_stop = AtomicBool::new(false);
-    let mut runs = Vec::new();
-    std::thread::scope(|sc| -> anyhow::Result<()> {
+    std::thread::scope(|sc| -> anyhow::Result<IoResult> {
         let _testpmd;
         let xlane = if f == Forwarder::XlaneMacswap {
             Some(sc.spawn(|| forward::xlane_macswap(&node.ns, &pod.host_if, &fwd_stop)))
@@ -589,27 +597,82 @@ pub fn io_ceiling(f: Forwarder, w: Workload, stop: &AtomicBool) -> anyhow::Resul
             None
         };
         std::thread::sleep(Duration::from_millis(500));
-        let result = (|| -> anyhow::Result<()> {
-            for _ in 0..w.repeats {
-                anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
-                let before = rx_packets(&pod.ns, "eth0")?;
-                let flood = pod
-                    .ns
-                    .enter(|| traffic::udp_flood("eth0", &frame, u64::from(w.udp_frames), Duration::from_secs(20)))??;
-                std::thread::sleep(Duration::from_millis(200));
-                let back = rx_packets(&pod.ns, "eth0")? - before;
-                runs.push((back as f64 / flood.seconds, flood.sent as f64 / flood.seconds));
-            }
-            Ok(())
-        })();
+        let result = flood_runs(w, stop, &pod.ns, &frame, &pod.ns);
         fwd_stop.store(true, Ordering::Relaxed);
         if let Some(h) = xlane {
             h.join().map_err(|_| anyhow::anyhow!("the forwarder panicked"))??;
         }
-        result
-    })?;
+        let (forwarded_pps, offered_pps) = result?;
+        anyhow::ensure!(forwarded_pps > 0.0, "{}: nothing came back", f.name());
+        Ok(IoResult { forwarder: f, forwarded_pps, offered_pps })
+    })
+}
+
+/// The two-node ceiling: a pod per node, a relay on each node on xlaned's path; the
+/// generator in node 0's pod floods node 1's pod, counted at its interface.
+fn two_node_ceiling(w: Workload, stop: &AtomicBool) -> anyhow::Result<IoResult> {
+    let mut lab = Lab::new("xbr", 2)?;
+    let (a, b) = (lab.add_pod(0)?, lab.add_pod(1)?);
+    let (n0, n1, pa, pb) = (&lab.nodes[0], &lab.nodes[1], &lab.pods[a], &lab.pods[b]);
+    let mac = |ns: &Netns, dev: &str| -> anyhow::Result<xlane_wire::Mac> { Ok(ns.mac(dev)?.parse()?) };
+    let legs = [
+        (
+            &n0.ns,
+            forward::Relay {
+                from: pa.host_if.clone(),
+                to: "eth0".into(),
+                dst: mac(&n1.ns, "eth0")?,
+                src: mac(&n0.ns, "eth0")?,
+            },
+        ),
+        (
+            &n1.ns,
+            forward::Relay {
+                from: "eth0".into(),
+                to: pb.host_if.clone(),
+                dst: pb.mac.parse()?,
+                src: mac(&n1.ns, &pb.host_if)?,
+            },
+        ),
+    ];
+    let frame = traffic::udp_template(mac(&n0.ns, &pa.host_if)?, pa.mac.parse()?, pa.ip, pb.ip, 5300);
+    // A bound socket keeps the receiver from answering with port-unreachables.
+    let _sink = pb.ns.enter(|| UdpSocket::bind(SocketAddrV4::new(pb.ip, 5300)))??;
+    let relay_stop = AtomicBool::new(false);
+    std::thread::scope(|sc| -> anyhow::Result<IoResult> {
+        let relays: Vec<_> =
+            legs.iter().map(|(ns, leg)| sc.spawn(|| forward::xlane_relay(ns, leg, &relay_stop))).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let result = flood_runs(w, stop, &pa.ns, &frame, &pb.ns);
+        relay_stop.store(true, Ordering::Relaxed);
+        for r in relays {
+            r.join().map_err(|_| anyhow::anyhow!("a relay panicked"))??;
+        }
+        let (forwarded_pps, offered_pps) = result?;
+        anyhow::ensure!(forwarded_pps > 0.0, "the two-node relay: nothing arrived");
+        Ok(IoResult { forwarder: Forwarder::XlaneTwoNode, forwarded_pps, offered_pps })
+    })
+}
+
+/// `w.repeats` floods of `w.udp_frames` copies of `frame` from `sender`'s eth0, counted
+/// at `receiver`'s eth0: the median run's (received, offered) frames per second.
+fn flood_runs(
+    w: Workload,
+    stop: &AtomicBool,
+    sender: &Netns,
+    frame: &[u8],
+    receiver: &Netns,
+) -> anyhow::Result<(f64, f64)> {
+    let mut runs = Vec::new();
+    for _ in 0..w.repeats.max(1) {
+        anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted");
+        let before = rx_packets(receiver, "eth0")?;
+        let flood =
+            sender.enter(|| traffic::udp_flood("eth0", frame, u64::from(w.udp_frames), Duration::from_secs(20)))??;
+        std::thread::sleep(Duration::from_millis(200));
+        let got = rx_packets(receiver, "eth0")? - before;
+        runs.push((got as f64 / flood.seconds, flood.sent as f64 / flood.seconds));
+    }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (forwarded_pps, offered_pps) = runs[runs.len() / 2];
-    anyhow::ensure!(forwarded_pps > 0.0, "{}: nothing came back", f.name());
-    Ok(IoResult { forwarder: f, forwarded_pps, offered_pps })
+    Ok(runs[runs.len() / 2])
 }

@@ -2,6 +2,10 @@
 //! swapped, frames out of the same socket — no lookup, no encapsulation. xlane's own
 //! (on the same socket code as xlaned: `xlane_xdp`'s UMEM, sockets and pod program) and
 //! DPDK testpmd's (`net_af_xdp`, `--forward-mode=macswap`), the reference AF_XDP peer.
+//! And the two-node ceiling: a relay per node on xlaned's exact path (pod veth → uplink
+//! on node 0, uplink → pod veth on node 1), both sockets in one UMEM as a worker's,
+//! frames moved by descriptor with their MACs rewritten — everything xlane does but the
+//! pipeline.
 
 use anyhow::Context as _;
 use std::os::fd::AsFd as _;
@@ -10,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use xlane_engine::Packet;
 use xlane_netlab::Netns;
 use xlane_netlab::dpdk::Testpmd;
+use xlane_wire::Mac;
 use xlane_xdp::attach::{ModePreference, Program, XdpAttachment};
 use xlane_xdp::programs::PodFilter;
 use xlane_xdp::xsk::{BindMode, Umem, UmemSettings, wait_readable};
@@ -60,6 +65,74 @@ pub fn xlane_macswap(ns: &Netns, dev: &str, stop: &AtomicBool) -> anyhow::Result
             umem.refill(&mut port, 2048, 64);
         }
         Ok(forwarded)
+    })?
+}
+
+/// One leg of the two-node path: frames steered (ARP and IPv4 to 10.244.0.0/16, the pod
+/// program) from `from` go out of `to` with destination `dst` and source `src`.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    /// Interface received from.
+    pub from: String,
+    /// Interface sent on.
+    pub to: String,
+    /// Destination MAC written.
+    pub dst: Mac,
+    /// Source MAC written.
+    pub src: Mac,
+}
+
+/// Relay `leg` in `ns` until `stop` (xlaned's socket code, its worker's loop shape:
+/// receive a burst, rewrite, transmit, restock; sleep in poll(2) when idle); returns
+/// the frames sent on.
+///
+/// # Errors
+/// Attach or socket failures.
+pub fn xlane_relay(ns: &Netns, leg: &Relay, stop: &AtomicBool) -> anyhow::Result<u64> {
+    let ifindex = ns.ifindex(&leg.from)?;
+    ns.enter(|| -> anyhow::Result<u64> {
+        let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
+        let att = XdpAttachment::attach(ifindex, "xlane_relay", 1, Program::Pod(filter), ModePreference::Auto)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut umem = Umem::new(UmemSettings { frames: 8192, ..UmemSettings::default() })?;
+        let mut rx = umem.open_port(&leg.from, 0, BindMode::Copy)?;
+        let mut tx = umem.open_port(&leg.to, 0, BindMode::Copy)?;
+        att.insert_socket(0, rx.fd().as_fd())?;
+        umem.refill(&mut rx, 2048, 0);
+        let mut burst = [Packet::default(); 64];
+        let mut bufs = [0u64; 64];
+        let mut relayed = 0u64;
+        let mut header = [0u8; 12];
+        header[..6].copy_from_slice(&leg.dst.0);
+        header[6..].copy_from_slice(&leg.src.0);
+        while !stop.load(Ordering::Relaxed) {
+            umem.reap_completions(&mut tx);
+            let n = umem.receive(&mut rx, &mut burst);
+            if n == 0 {
+                tx.flush_tx(8);
+                umem.refill(&mut rx, 2048, 64);
+                wait_readable(&[rx.poll_fd()], 10)?;
+                continue;
+            }
+            for (b, p) in bufs.iter_mut().zip(&burst[..n]) {
+                *b = p.buf;
+            }
+            umem.buffers_mut(&bufs[..n], |frames| {
+                for (buf, p) in frames.iter_mut().zip(&burst) {
+                    buf[p.head as usize..][..12].copy_from_slice(&header);
+                }
+            });
+            let sent = umem.transmit(&mut tx, &burst[..n]);
+            for p in &burst[sent..n] {
+                umem.release(p.buf);
+            }
+            tx.flush_tx(8);
+            relayed += sent as u64;
+            umem.refill(&mut rx, 2048, 64);
+        }
+        umem.close_port(tx);
+        umem.close_port(rx);
+        Ok(relayed)
     })?
 }
 

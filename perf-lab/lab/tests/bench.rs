@@ -40,3 +40,18 @@ fn jumbo_testbeds_carry_full_size_packets() {
         assert_eq!(tb.sender_mtu().unwrap(), 8950, "{}", c.name());
     }
 }
+
+/// The two-node ceiling, briefly: the generator's frames cross both nodes' relays (pod
+/// veth → uplink → fabric → uplink → pod veth) and arrive at node 1's pod; nothing is
+/// left behind.
+#[test]
+fn the_two_node_relay_carries_frames_across_both_nodes() {
+    if !privileged("the_two_node_relay_carries_frames_across_both_nodes") {
+        return;
+    }
+    let w = xlane_lab::bench::Workload { udp_frames: 50_000, repeats: 1, ..xlane_lab::bench::Workload::QUICK };
+    let r =
+        xlane_lab::bench::io_ceiling(xlane_lab::bench::Forwarder::XlaneTwoNode, w, &AtomicBool::new(false)).unwrap();
+    assert!(r.forwarded_pps > 0.0 && r.forwarded_pps <= r.offered_pps * 1.001, "{r:?}");
+    assert_eq!(xlane_netlab::namespaces_of("xbr", std::process::id()).unwrap(), Vec::<String>::new(), "torn down");
+}
