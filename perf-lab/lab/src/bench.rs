@@ -36,6 +36,10 @@ pub enum Contender {
     Xlane,
     /// xlane with `veth-xdp` pods and busy-polling workers.
     XlaneBusyPoll,
+    /// xlane with `veth-xdp` pods and the uplink in a UMEM of its own
+    /// (`--uplink-umem own`: the layout a zero-copy NIC gets, frames copied once
+    /// between the uplink's UMEM and the pods').
+    XlaneOwnUmem,
     /// xlane with pods attached `veth-offload` (AF_PACKET with a virtio-net header:
     /// the pods keep TSO/GSO, TCP travels as super-packets).
     XlaneOffload,
@@ -47,19 +51,20 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in report order.
-    pub const ALL: [Self; 5] = [Self::Xlane, Self::XlaneBusyPoll, Self::XlaneOffload, Self::KernelVxlan, Self::HostGw];
+    pub const ALL: [Self; 6] =
+        [Self::Xlane, Self::XlaneBusyPoll, Self::XlaneOwnUmem, Self::XlaneOffload, Self::KernelVxlan, Self::HostGw];
 
     /// Whether this is xlane (in any mode).
     #[must_use]
     pub fn is_xlane(self) -> bool {
-        matches!(self, Self::Xlane | Self::XlaneBusyPoll | Self::XlaneOffload)
+        matches!(self, Self::Xlane | Self::XlaneBusyPoll | Self::XlaneOwnUmem | Self::XlaneOffload)
     }
 
     /// Whether it runs on a jumbo underlay: xlane's `veth-xdp` pods take only frames of
     /// one AF_XDP buffer (xlaned refuses them at pod MTU 8950).
     #[must_use]
     pub fn takes_jumbo(self) -> bool {
-        !matches!(self, Self::Xlane | Self::XlaneBusyPoll)
+        !matches!(self, Self::Xlane | Self::XlaneBusyPoll | Self::XlaneOwnUmem)
     }
 
     /// Report name.
@@ -68,6 +73,7 @@ impl Contender {
         match self {
             Self::Xlane => "xlane",
             Self::XlaneBusyPoll => "xlane busy-poll",
+            Self::XlaneOwnUmem => "xlane own-UMEM uplink",
             Self::XlaneOffload => "xlane veth-offload",
             Self::KernelVxlan => "kernel VXLAN",
             Self::HostGw => "kernel host-gw",
@@ -288,13 +294,18 @@ fn build(c: Contender, mtu: u16) -> anyhow::Result<Testbed> {
     let prefix = match c {
         Contender::Xlane => "xbx",
         Contender::XlaneBusyPoll => "xbb",
+        Contender::XlaneOwnUmem => "xbu",
         Contender::XlaneOffload => "xbo",
         Contender::KernelVxlan => "xbv",
         Contender::HostGw => "xbh",
     };
     match c {
-        Contender::Xlane | Contender::XlaneBusyPoll | Contender::XlaneOffload => {
-            let xlaned_args = if c == Contender::XlaneBusyPoll { vec!["--busy-poll".into()] } else { vec![] };
+        Contender::Xlane | Contender::XlaneBusyPoll | Contender::XlaneOwnUmem | Contender::XlaneOffload => {
+            let xlaned_args: Vec<String> = match c {
+                Contender::XlaneBusyPoll => vec!["--busy-poll".into()],
+                Contender::XlaneOwnUmem => vec!["--uplink-umem".into(), "own".into()],
+                _ => vec![],
+            };
             // Named explicitly: the CNI default may change, the contenders must not.
             let attach = Some(if c == Contender::XlaneOffload { "veth-offload" } else { "veth-xdp" }.to_owned());
             let opts = ClusterOptions { xlaned_args, attach, mtu: Some(mtu), ..ClusterOptions::default() };

@@ -150,6 +150,12 @@ impl Report {
             ),
             goal("CNI ADD p50 (ms)", "≤ 30 ms", cni_add_p50_ms, |v| v <= 30.0),
             goal(
+                "64-byte packets/s with the uplink in its own UMEM vs the shared one (idle-sleeping workers both)",
+                "≥ 0.95×",
+                ratio(self.get(Contender::XlaneOwnUmem).map(|r| r.udp_pps), x.map(|r| r.udp_pps)),
+                |v| v >= 0.95,
+            ),
+            goal(
                 "64-byte packets/s across nodes vs the two-node ceiling (the same path and sockets, no pipeline)",
                 "≥ 0.9×",
                 ratio(best_x.map(|r| r.udp_pps), self.io_pps(Forwarder::XlaneTwoNode)),
