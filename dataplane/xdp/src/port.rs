@@ -87,7 +87,11 @@ pub struct XdpPort {
     /// The UMEM of its worker's set the socket is bound in.
     umem: UmemId,
     attach: Arc<XdpAttachment>,
+    /// Frames to keep in the fill ring: the first target, doubled (up to the ring's
+    /// size) each time a receive finds the ring run dry, within the UMEM's allowance.
     fill_target: u32,
+    /// The first target (the growth above it goes back to the UMEM at close).
+    fill_base: u32,
     counters: Arc<PortCounters>,
     kernel: Arc<KernelStats>,
     /// On an uplink: sends encapsulated super-packets through the host's stack.
@@ -121,7 +125,17 @@ impl XdpPort {
             umem.close_port(xsk);
             return Err(OpenError::Steer { ifname: ifname.to_owned(), queue, source });
         }
-        Ok(Self { id, xsk, umem: umem_id, attach, fill_target, counters, kernel, udp_gso: None })
+        Ok(Self {
+            id,
+            xsk,
+            umem: umem_id,
+            attach,
+            fill_target,
+            fill_base: fill_target,
+            counters,
+            kernel,
+            udp_gso: None,
+        })
     }
 
     /// Have encapsulated super-packets routed here sent by `sender` (the port then
@@ -150,10 +164,32 @@ impl XdpPort {
     /// After a receive took frames: give the kernel new ones at once (a fill ring left
     /// short while other ports are processed is where frames get dropped under load).
     fn restock(&mut self, umem: &mut Umem) {
+        if self.xsk.fill_pending() == 0 {
+            self.grow(umem);
+        }
         let level = Umem::fill_level(&self.xsk);
         if level < self.fill_target {
             umem.refill(&mut self.xsk, self.fill_target - level, BURST);
         }
+    }
+
+    /// The ring ran dry (the kernel took every frame before the worker came back, and
+    /// drops what arrives meanwhile): double the target, up to the ring's size, if the
+    /// UMEM's growth allowance has the frames. Pod ports start at 256 so that a UMEM
+    /// holds a node's pods; the few that see bursts grow.
+    #[cold]
+    fn grow(&mut self, umem: &mut Umem) {
+        let max = umem.settings().fill_ring;
+        let by = self.fill_target.min(max.saturating_sub(self.fill_target));
+        if by > 0 && umem.grow_fill(by as usize) {
+            self.fill_target += by;
+        }
+    }
+
+    /// Frames the fill ring is kept at now (grown from the first target under bursts).
+    #[must_use]
+    pub fn fill_target(&self) -> u32 {
+        self.fill_target
     }
 
     /// The socket.
@@ -283,7 +319,9 @@ impl Port<Umems> for XdpPort {
     fn close(self, umems: &mut Umems) {
         // Stop steering first so the kernel passes the queue's traffic on, then close.
         let _ = self.attach.remove_socket(self.xsk.queue());
-        umems.get_mut(self.umem).close_port(self.xsk);
+        let umem = umems.get_mut(self.umem);
+        umem.shrink_fill((self.fill_target - self.fill_base) as usize);
+        umem.close_port(self.xsk);
         umems.remove_if_unused(self.umem);
     }
 

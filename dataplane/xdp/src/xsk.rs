@@ -190,6 +190,10 @@ pub struct Umem {
     zero_copy: bool,
     /// Sockets open on this UMEM.
     open_ports: usize,
+    /// Frames fill rings may hold beyond their ports' first targets, together (a
+    /// quarter of the UMEM), and how many of them they do.
+    growth_allowance: usize,
+    grown: usize,
 }
 
 impl core::fmt::Debug for Umem {
@@ -246,6 +250,8 @@ impl Umem {
             own_fd_used: false,
             zero_copy: false,
             open_ports: 0,
+            growth_allowance: frames / 4,
+            grown: 0,
         })
     }
 
@@ -411,6 +417,23 @@ impl Umem {
             }
         }
         n
+    }
+
+    /// Let a port's fill ring hold `by` frames more than its first target, if the
+    /// UMEM's growth allowance (a quarter of its frames, for all ports together) has
+    /// room: a port that runs its ring dry under bursts takes more frames, while the
+    /// other three quarters stay for ports' first targets (how many pods fit).
+    pub fn grow_fill(&mut self, by: usize) -> bool {
+        let ok = self.grown + by <= self.growth_allowance;
+        if ok {
+            self.grown += by;
+        }
+        ok
+    }
+
+    /// Give back growth a closing port had (see [`grow_fill`](Self::grow_fill)).
+    pub fn shrink_fill(&mut self, by: usize) {
+        self.grown = self.grown.saturating_sub(by);
     }
 
     /// Sockets open on this UMEM.

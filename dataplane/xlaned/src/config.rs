@@ -97,7 +97,8 @@ pub struct Args {
     /// Host port interface name, or "none" [default: xlane0].
     #[arg(long, env = "XLANE_HOST_PORT")]
     pub host_port: Option<String>,
-    /// UMEM frames per worker [default: 32768, 64 MiB]; each pod port keeps 256 in its fill ring.
+    /// UMEM frames per worker [default: 40960, 80 MiB]; each pod port keeps 256 in its
+    /// fill ring, more (up to 2048) under bursts, within a quarter of the UMEM.
     #[arg(long, env = "XLANE_UMEM_FRAMES")]
     pub umem_frames: Option<u32>,
     /// VTEP address to configure at start (else the agent sets it).
@@ -219,7 +220,7 @@ impl Config {
             bind_mode,
             uplink_umem,
             host_port,
-            umem_frames: args.umem_frames.unwrap_or(32_768),
+            umem_frames: args.umem_frames.unwrap_or(40_960),
             vtep,
             uplink_udp_gso: args.uplink_udp_gso.unwrap_or(true),
         })

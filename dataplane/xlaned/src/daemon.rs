@@ -59,9 +59,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         cluster_cidr: cfg.cluster_cidr,
         host_port: cfg.host_port.clone(),
         uplink_fill: umem.fill_ring,
-        // A pod port rarely sees more than a few bursts in flight; 256 frames each lets a
-        // default UMEM (32768 frames) serve ~110 pods, the Kubernetes default, beside
-        // the uplink's full ring.
+        // A pod port starts with 256 frames and grows under bursts within a quarter of
+        // the UMEM: a default UMEM (40960 frames) still serves ~110 pods, the
+        // Kubernetes default, beside the uplink's full ring, when that quarter is used.
         pod_fill: 256,
         busy_poll: cfg.busy_poll,
         runtime_dir: cfg.socket.parent().map_or_else(|| "/run/xlane".into(), std::path::Path::to_path_buf),

@@ -71,7 +71,7 @@ enum Cmd {
         /// A short run (seconds per contender).
         #[arg(long)]
         quick: bool,
-        /// I/O-ceiling forwarders (default: both; `--no-io` skips them).
+        /// I/O-ceiling forwarders (default: all; `--no-io` skips them).
         #[arg(long, value_enum, value_delimiter = ',')]
         io: Vec<bench::Forwarder>,
         /// Skip the I/O-ceiling forwarders.

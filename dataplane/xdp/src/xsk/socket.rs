@@ -123,6 +123,13 @@ impl XskPort {
         })
     }
 
+    /// Frames in the fill ring the kernel has not taken yet: 0 means it ran dry (frames
+    /// arriving now are dropped until it is restocked).
+    #[must_use]
+    pub fn fill_pending(&self) -> u32 {
+        self.device.pending()
+    }
+
     /// Whether the kernel wants a wakeup to process the fill ring (need_wakeup mode).
     #[must_use]
     pub fn fill_needs_wakeup(&self) -> bool {
