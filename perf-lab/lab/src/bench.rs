@@ -547,14 +547,14 @@ pub fn report(
     let results = run(contenders, w, stop)?;
     let mut io = Vec::new();
     for (k, f) in forwarders.iter().enumerate() {
-        eprintln!(
-            "[io {}/{}] {}: generator pod → its node's host veth → MAC swap → back",
-            k + 1,
-            forwarders.len(),
-            f.name()
-        );
+        let path = if *f == Forwarder::XlaneTwoNode {
+            "node 0's pod → uplink → fabric → node 1's uplink → its pod"
+        } else {
+            "generator pod → its node's host veth → MAC swap → back"
+        };
+        eprintln!("[io {}/{}] {}: {path}", k + 1, forwarders.len(), f.name());
         let r = io_ceiling(*f, w, stop)?;
-        eprintln!("      {:.0} kpps back of {:.0} kpps offered", r.forwarded_pps / 1e3, r.offered_pps / 1e3);
+        eprintln!("      {:.0} kpps forwarded of {:.0} kpps offered", r.forwarded_pps / 1e3, r.offered_pps / 1e3);
         io.push(r);
     }
     let cni = if cni_pods > 0 {

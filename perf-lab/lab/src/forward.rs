@@ -25,47 +25,10 @@ use xlane_xdp::xsk::{BindMode, Umem, UmemSettings, wait_readable};
 /// # Errors
 /// Attach or socket failures.
 pub fn xlane_macswap(ns: &Netns, dev: &str, stop: &AtomicBool) -> anyhow::Result<u64> {
-    let ifindex = ns.ifindex(dev)?;
-    ns.enter(|| -> anyhow::Result<u64> {
-        let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
-        let att = XdpAttachment::attach(ifindex, "xlane_macswap", 1, Program::Pod(filter), ModePreference::Auto)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut umem = Umem::new(UmemSettings { frames: 8192, ..UmemSettings::default() })?;
-        let mut port = umem.open_port(dev, 0, BindMode::Auto)?;
-        att.insert_socket(0, port.fd().as_fd())?;
-        umem.refill(&mut port, 2048, 0);
-        let mut burst = [Packet::default(); 64];
-        let mut bufs = [0u64; 64];
-        let mut forwarded = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            umem.reap_completions(&mut port);
-            let n = umem.receive(&mut port, &mut burst);
-            if n == 0 {
-                port.flush_tx(8);
-                umem.refill(&mut port, 2048, 64);
-                wait_readable(&[port.poll_fd()], 10)?;
-                continue;
-            }
-            for (b, p) in bufs.iter_mut().zip(&burst[..n]) {
-                *b = p.buf;
-            }
-            umem.buffers_mut(&bufs[..n], |frames| {
-                for (buf, p) in frames.iter_mut().zip(&burst) {
-                    let eth = &mut buf[p.head as usize..][..12];
-                    let (dst, src) = eth.split_at_mut(6);
-                    dst.swap_with_slice(src);
-                }
-            });
-            let sent = umem.transmit(&mut port, &burst[..n]);
-            for p in &burst[sent..n] {
-                umem.release(p.buf);
-            }
-            port.flush_tx(8);
-            forwarded += sent as u64;
-            umem.refill(&mut port, 2048, 64);
-        }
-        Ok(forwarded)
-    })?
+    forward(ns, dev, dev, "xlane_macswap", stop, |eth| {
+        let (dst, src) = eth.split_at_mut(6);
+        dst.swap_with_slice(src);
+    })
 }
 
 /// One leg of the two-node path: frames steered (ARP and IPv4 to 10.244.0.0/16, the pod
@@ -82,34 +45,48 @@ pub struct Relay {
     pub src: Mac,
 }
 
-/// Relay `leg` in `ns` until `stop` (xlaned's socket code, its worker's loop shape:
-/// receive a burst, rewrite, transmit, restock; sleep in poll(2) when idle); returns
-/// the frames sent on.
+/// Relay `leg` in `ns` until `stop`; returns the frames sent on.
 ///
 /// # Errors
 /// Attach or socket failures.
 pub fn xlane_relay(ns: &Netns, leg: &Relay, stop: &AtomicBool) -> anyhow::Result<u64> {
-    let ifindex = ns.ifindex(&leg.from)?;
+    let mut header = [0u8; 12];
+    header[..6].copy_from_slice(&leg.dst.0);
+    header[6..].copy_from_slice(&leg.src.0);
+    forward(ns, &leg.from, &leg.to, "xlane_relay", stop, |eth| eth.copy_from_slice(&header))
+}
+
+/// Frames steered by the pod program from `from` (queue 0), their Ethernet addresses
+/// (`rewrite` gets the first 12 bytes) rewritten, out of `to` (the same socket if it is
+/// `from`), until `stop`: xlaned's socket code and its worker's loop shape (receive a
+/// burst, rewrite, transmit, restock; sleep in poll(2) when idle), no pipeline. Returns
+/// the frames sent.
+fn forward(
+    ns: &Netns,
+    from: &str,
+    to: &str,
+    name: &str,
+    stop: &AtomicBool,
+    rewrite: impl Fn(&mut [u8]),
+) -> anyhow::Result<u64> {
+    let ifindex = ns.ifindex(from)?;
     ns.enter(|| -> anyhow::Result<u64> {
         let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
-        let att = XdpAttachment::attach(ifindex, "xlane_relay", 1, Program::Pod(filter), ModePreference::Auto)
+        let att = XdpAttachment::attach(ifindex, name, 1, Program::Pod(filter), ModePreference::Auto)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut umem = Umem::new(UmemSettings { frames: 8192, ..UmemSettings::default() })?;
-        let mut rx = umem.open_port(&leg.from, 0, BindMode::Copy)?;
-        let mut tx = umem.open_port(&leg.to, 0, BindMode::Copy)?;
+        let mut rx = umem.open_port(from, 0, BindMode::Auto)?;
+        let mut tx = if to == from { None } else { Some(umem.open_port(to, 0, BindMode::Auto)?) };
         att.insert_socket(0, rx.fd().as_fd())?;
         umem.refill(&mut rx, 2048, 0);
         let mut burst = [Packet::default(); 64];
         let mut bufs = [0u64; 64];
-        let mut relayed = 0u64;
-        let mut header = [0u8; 12];
-        header[..6].copy_from_slice(&leg.dst.0);
-        header[6..].copy_from_slice(&leg.src.0);
+        let mut forwarded = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            umem.reap_completions(&mut tx);
+            umem.reap_completions(tx.as_mut().unwrap_or(&mut rx));
             let n = umem.receive(&mut rx, &mut burst);
             if n == 0 {
-                tx.flush_tx(8);
+                tx.as_ref().unwrap_or(&rx).flush_tx(8);
                 umem.refill(&mut rx, 2048, 64);
                 wait_readable(&[rx.poll_fd()], 10)?;
                 continue;
@@ -119,20 +96,23 @@ pub fn xlane_relay(ns: &Netns, leg: &Relay, stop: &AtomicBool) -> anyhow::Result
             }
             umem.buffers_mut(&bufs[..n], |frames| {
                 for (buf, p) in frames.iter_mut().zip(&burst) {
-                    buf[p.head as usize..][..12].copy_from_slice(&header);
+                    rewrite(&mut buf[p.head as usize..][..12]);
                 }
             });
-            let sent = umem.transmit(&mut tx, &burst[..n]);
+            let out = tx.as_mut().unwrap_or(&mut rx);
+            let sent = umem.transmit(out, &burst[..n]);
             for p in &burst[sent..n] {
                 umem.release(p.buf);
             }
-            tx.flush_tx(8);
-            relayed += sent as u64;
+            out.flush_tx(8);
+            forwarded += sent as u64;
             umem.refill(&mut rx, 2048, 64);
         }
-        umem.close_port(tx);
+        if let Some(tx) = tx {
+            umem.close_port(tx);
+        }
         umem.close_port(rx);
-        Ok(relayed)
+        Ok(forwarded)
     })?
 }
 

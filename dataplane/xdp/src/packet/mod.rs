@@ -200,7 +200,11 @@ impl<B: Copy> PacketPort<B> {
         let program = filter.map(crate::programs::socket_pod_filter);
         let (fd, fanout) = sock::open(ifindex, fanout_group, program.as_deref())
             .map_err(|(step, source)| OpenError { ifindex, step, source })?;
-        Ok(Self {
+        Ok(Self::on(id, fd, fanout, counters, stats))
+    }
+
+    fn on(id: PortId, fd: OwnedFd, fanout: FanoutMode, counters: Arc<PortCounters>, stats: Arc<PacketStats>) -> Self {
+        Self {
             id,
             fd,
             fanout,
@@ -210,7 +214,7 @@ impl<B: Copy> PacketPort<B> {
             heads: Box::new([[0; HEAD]; BURST]),
             counters,
             stats,
-        })
+        }
     }
 
     /// A socket on `ifindex` that only transmits, for a worker that serves none of the
@@ -228,17 +232,7 @@ impl<B: Copy> PacketPort<B> {
         stats: Arc<PacketStats>,
     ) -> Result<Self, OpenError> {
         let fd = sock::open_transmit_only(ifindex).map_err(|(step, source)| OpenError { ifindex, step, source })?;
-        Ok(Self {
-            id,
-            fd,
-            fanout: FanoutMode::TransmitOnly,
-            batch: Batch::new(),
-            rx_bufs: ArrayVec::new(),
-            rx_armed: MIN_ARMED,
-            heads: Box::new([[0; HEAD]; BURST]),
-            counters,
-            stats,
-        })
+        Ok(Self::on(id, fd, FanoutMode::TransmitOnly, counters, stats))
     }
 
     /// Whether the socket only transmits ([`open_transmit_only`](Self::open_transmit_only)).
