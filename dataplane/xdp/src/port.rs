@@ -295,8 +295,9 @@ impl Port<Umems> for XdpPort {
             let q = if UmemId::of(p.buf) == id {
                 Some(*p)
             } else {
-                copied += 1;
-                umems.copy_into(*p, id)
+                let q = umems.copy_into(*p, id);
+                copied += u64::from(q.is_some());
+                q
             };
             if let Some(q) = q {
                 own[n] = Packet { buf: UmemId::address(q.buf), ..q };
@@ -309,6 +310,7 @@ impl Port<Umems> for XdpPort {
 
     fn service(&mut self, umems: &mut Umems) {
         let umem = umems.get_mut(self.umem);
+        umem.reclaim_closed();
         let level = Umem::fill_level(&self.xsk);
         if level < self.fill_target {
             let reserve = Self::reserve(umem);
@@ -321,7 +323,8 @@ impl Port<Umems> for XdpPort {
         let _ = self.attach.remove_socket(self.xsk.queue());
         let umem = umems.get_mut(self.umem);
         umem.shrink_fill((self.fill_target - self.fill_base) as usize);
-        umem.close_port(self.xsk);
+        // Off the worker: the close waits out in-flight receives (see `closer`).
+        umem.close_port_in_background(self.xsk);
         umems.remove_if_unused(self.umem);
     }
 

@@ -23,6 +23,7 @@ use xdpilone::xdp::XdpDesc;
 use xdpilone::{IfInfo, Socket, SocketConfig, UmemConfig};
 use xlane_engine::{FrameMemory, Packet};
 
+mod closer;
 mod large;
 mod socket;
 mod umems;
@@ -194,6 +195,8 @@ pub struct Umem {
     /// quarter of the UMEM), and how many of them they do.
     growth_allowance: usize,
     grown: usize,
+    /// Sockets the closer thread is closing (their frames come back once it has).
+    closing: Vec<closer::Closing>,
 }
 
 impl core::fmt::Debug for Umem {
@@ -252,6 +255,7 @@ impl Umem {
             open_ports: 0,
             growth_allowance: frames / 4,
             grown: 0,
+            closing: Vec::new(),
         })
     }
 
@@ -408,15 +412,7 @@ impl Umem {
         if umem_socket {
             return 0;
         }
-        let mut n = 0;
-        for i in 0..self.owner.len() {
-            if matches!(self.owner[i], Owner::Fill | Owner::Tx) && self.holder[i] == token {
-                self.owner[i] = Owner::Free;
-                self.free.push((i as u64) << self.shift);
-                n += 1;
-            }
-        }
-        n
+        self.take_back(token)
     }
 
     /// Let a port's fill ring hold `by` frames more than its first target, if the

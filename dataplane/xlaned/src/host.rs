@@ -312,6 +312,12 @@ fn open_sockets(
     // A port the UMEM cannot stock would attach and silently receive nothing: refuse
     // it with the remedy instead.
     let needed = XdpPort::frames_to_open(d.mem().shared(), spec.fill_target, spec.queues.len());
+    let shared = d.mem_mut().get_mut(UmemId::SHARED);
+    if shared.free_frames() < needed && shared.closing() > 0 {
+        // Ports just removed still hold frames while their sockets close: wait for
+        // them (only when short of frames; otherwise they come back unnoticed).
+        shared.wait_closed(std::time::Duration::from_secs(1));
+    }
     let free = d.mem().shared().free_frames();
     if free < needed {
         return Err(format!(

@@ -230,7 +230,17 @@ impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
         loop {
             while let Ok(cmd) = self.cmds.try_recv() {
                 match cmd {
-                    Command::Run(job) => job(&mut self.driver),
+                    Command::Run(job) => {
+                        let t0 = Instant::now();
+                        job(&mut self.driver);
+                        // Forwarding stops while a job runs (opening sockets takes the
+                        // kernel's rtnl lock): say so when that is long enough to cost
+                        // frames.
+                        let took = t0.elapsed();
+                        if took > Duration::from_millis(5) {
+                            tracing::info!(worker = self.index, ms = took.as_millis(), "a port job held the worker");
+                        }
+                    }
                     Command::Stop => {
                         self.publish();
                         self.driver.close_all();
