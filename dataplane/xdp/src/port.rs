@@ -198,12 +198,6 @@ impl XdpPort {
         &self.xsk
     }
 
-    /// The UMEM of its worker's set the socket is bound in.
-    #[must_use]
-    pub fn umem(&self) -> UmemId {
-        self.umem
-    }
-
     /// Frames received from its UMEM are named by their address in the set.
     fn tag_received(&self, out: &mut [Packet<u64>]) {
         if !self.umem.is_shared() {
@@ -223,13 +217,14 @@ impl XdpPort {
     /// `fill_target` frames in their fill ring, with the reserve still kept.
     #[must_use]
     pub fn frames_to_open(umem: &Umem, fill_target: u32, queues: usize) -> usize {
-        fill_target as usize * queues + reserve_for(umem.open_ports() + queues)
+        Self::frames_for(umem.open_ports(), fill_target, queues)
     }
 
-    /// The frames a UMEM keeps off the fill rings of `sockets` sockets.
+    /// [`frames_to_open`](Self::frames_to_open) in a UMEM with `open` sockets already
+    /// (0: one about to be made for these).
     #[must_use]
-    pub fn kept_free(sockets: usize) -> u32 {
-        u32::try_from(reserve_for(sockets)).unwrap_or(u32::MAX)
+    pub fn frames_for(open: usize, fill_target: u32, queues: usize) -> usize {
+        fill_target as usize * queues + reserve_for(open + queues)
     }
 }
 

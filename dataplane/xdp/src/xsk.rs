@@ -394,12 +394,6 @@ impl Umem {
         self.settings
     }
 
-    /// Whether its sockets are bound zero-copy (decided by the first one).
-    #[must_use]
-    pub fn zero_copy(&self) -> bool {
-        self.zero_copy
-    }
-
     /// Close `port` and take back the frames its fill and TX rings held; returns how
     /// many. Without this every removed port would leak a fill ring's worth of frames.
     /// Closing the socket unbinds it and waits out in-flight receives (`synchronize_net`
@@ -564,7 +558,8 @@ impl Umem {
     pub fn buffers_mut<R>(&mut self, bufs: &[u64], f: impl FnOnce(&mut [&mut [u8]]) -> R) -> R {
         assert!(bufs.len() <= 64, "bursts are at most 64 frames");
         let mut lent: [&mut [u8]; 64] = std::array::from_fn(|_| &mut [][..]);
-        self.lend(bufs, 0, &mut lent);
+        let n = self.lend(bufs, 0, &mut lent);
+        assert_eq!(n, bufs.len(), "every frame lent is an address of this UMEM");
         f(&mut lent[..bufs.len()])
     }
 

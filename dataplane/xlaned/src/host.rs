@@ -336,12 +336,11 @@ fn open_in_own_umem(
     bind: BindMode,
     d: &mut Driver<Umems, NodePort>,
 ) -> Result<Vec<XdpPort>, String> {
-    let shared = d.mem().shared().settings();
     // Each queue's fill ring full and its TX ring full of frames copied in from pods,
     // plus the reserve kept for completions.
-    let per_queue = spec.fill_target + shared.rx_tx_ring;
-    let queues = u32::try_from(spec.queues.len()).unwrap_or(u32::MAX);
-    let frames = per_queue.saturating_mul(queues).saturating_add(XdpPort::kept_free(spec.queues.len()));
+    let per_queue = spec.fill_target + d.mem().shared().settings().rx_tx_ring;
+    let frames = u32::try_from(XdpPort::frames_for(0, per_queue, spec.queues.len()))
+        .map_err(|_| format!("{}: own UMEM: too many frames", spec.ifname))?;
     let id = d.mem_mut().add(frames).map_err(|e| format!("{}: own UMEM: {e}", spec.ifname))?;
     let opened = open_queues(spec, id, bind, d);
     if opened.is_err() {

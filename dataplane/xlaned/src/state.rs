@@ -540,6 +540,20 @@ impl<H: Host> State<H> {
                 .chain([("max".to_owned(), h.max())])
                 .collect()
         };
+        // One snapshot per worker serves both its RX count and its own account.
+        let workers: Vec<xlane_api::WorkerCounters> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let s = w.shared.counters.snapshot();
+                xlane_api::WorkerCounters {
+                    rx: s.rx,
+                    icmp_errors: s.icmp_errors,
+                    tx: s.tx,
+                    dropped: s.drops.iter().sum(),
+                }
+            })
+            .collect();
         Counters {
             pipeline: c.named().into_iter().map(|(k, _, v)| (k.to_owned(), v)).collect(),
             drops: DropReason::ALL.iter().map(|r| (r.name().to_owned(), c.drop_count(*r))).collect(),
@@ -547,20 +561,8 @@ impl<H: Host> State<H> {
             ports: self.ports.iter().map(|(id, p)| p.info::<H>(*id)).collect(),
             latency_ns: pct(&latency),
             burst_size: pct(&burst),
-            worker_rx: self.workers.iter().map(|w| w.shared.counters.snapshot().rx).collect(),
-            workers: self
-                .workers
-                .iter()
-                .map(|w| {
-                    let s = w.shared.counters.snapshot();
-                    xlane_api::WorkerCounters {
-                        rx: s.rx,
-                        icmp_errors: s.icmp_errors,
-                        tx: s.tx,
-                        dropped: s.drops.iter().sum(),
-                    }
-                })
-                .collect(),
+            worker_rx: workers.iter().map(|w| w.rx).collect(),
+            workers,
             capture: self.capture_stats(),
         }
     }

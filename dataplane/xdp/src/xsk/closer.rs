@@ -52,19 +52,18 @@ impl Umem {
             self.close_port(port);
             return;
         }
+        let Some(tx) = closer() else {
+            self.close_port(port);
+            return;
+        };
         let done = Arc::new(AtomicBool::new(false));
         let token = port.token;
-        match closer() {
-            Some(tx) => match tx.send((port, Arc::clone(&done))) {
-                Ok(()) => {
-                    self.open_ports -= 1;
-                    self.closing.push(Closing { token, done });
-                }
-                Err(std::sync::mpsc::SendError((port, _))) => {
-                    self.close_port(port);
-                }
-            },
-            None => {
+        match tx.send((port, Arc::clone(&done))) {
+            Ok(()) => {
+                self.open_ports -= 1;
+                self.closing.push(Closing { token, done });
+            }
+            Err(std::sync::mpsc::SendError((port, _))) => {
                 self.close_port(port);
             }
         }

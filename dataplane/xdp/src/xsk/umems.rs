@@ -51,12 +51,6 @@ impl UmemId {
     pub fn is_shared(self) -> bool {
         self == Self::SHARED
     }
-
-    /// The index (for display).
-    #[must_use]
-    pub fn index(self) -> u8 {
-        self.0
-    }
 }
 
 /// A frame address of the set: its UMEM's index and its address in that UMEM.
