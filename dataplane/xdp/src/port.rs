@@ -7,7 +7,7 @@
 
 use crate::attach::XdpAttachment;
 use crate::udp_gso::UdpGsoSender;
-use crate::xsk::{BindMode, SocketStats, Umem, UmemId, Umems, XskError, XskPort};
+use crate::xsk::{BindMode, PreparedSocket, SocketStats, Umem, UmemId, Umems, XskError, XskPort};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -98,32 +98,57 @@ pub struct XdpPort {
     udp_gso: Option<Box<UdpGsoSender>>,
 }
 
+/// What a queue's socket serves, beside the socket itself.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    /// Pipeline port id.
+    pub id: PortId,
+    /// The interface's XDP program (its XSKMAP steers the queue to the socket).
+    pub attach: Arc<XdpAttachment>,
+    /// Frames to keep in the fill ring.
+    pub fill_target: u32,
+    /// The port's counters on this worker.
+    pub counters: Arc<PortCounters>,
+    /// The kernel's socket statistics on this worker.
+    pub kernel: Arc<KernelStats>,
+}
+
 impl XdpPort {
     /// Open a socket on `ifname` queue `queue` in UMEM `umem` of `umems`, stock its fill
-    /// ring with `fill_target` frames and steer the queue's traffic to it through
-    /// `attach`.
+    /// ring and steer the queue's traffic to it as `spec` says.
     ///
     /// # Errors
     /// [`OpenError`]; nothing stays open.
-    #[expect(clippy::too_many_arguments, reason = "one place opens ports; a builder would only rename them")]
     pub fn open(
         umems: &mut Umems,
-        umem_id: UmemId,
-        id: PortId,
+        umem: UmemId,
         ifname: &str,
         queue: u32,
         bind: BindMode,
-        attach: Arc<XdpAttachment>,
-        fill_target: u32,
-        counters: Arc<PortCounters>,
-        kernel: Arc<KernelStats>,
+        spec: QueueSpec,
     ) -> Result<Self, OpenError> {
+        let xsk = umems.get_mut(umem).open_port(ifname, queue, bind)?;
+        Self::serve(umems, umem, xsk, spec)
+    }
+
+    /// The same for a socket prepared in UMEM `umem` and bound since, off the worker
+    /// (see [`PreparedSocket`]).
+    ///
+    /// # Errors
+    /// [`OpenError`]; nothing stays open.
+    pub fn adopt(umems: &mut Umems, umem: UmemId, socket: PreparedSocket, spec: QueueSpec) -> Result<Self, OpenError> {
+        let xsk = umems.get_mut(umem).adopt_port(socket)?;
+        Self::serve(umems, umem, xsk, spec)
+    }
+
+    fn serve(umems: &mut Umems, umem_id: UmemId, mut xsk: XskPort, spec: QueueSpec) -> Result<Self, OpenError> {
+        let QueueSpec { id, attach, fill_target, counters, kernel } = spec;
         let umem = umems.get_mut(umem_id);
-        let mut xsk = umem.open_port(ifname, queue, bind)?;
         umem.refill(&mut xsk, fill_target, 0);
-        if let Err(source) = attach.insert_socket(queue, xsk.fd()) {
+        if let Err(source) = attach.insert_socket(xsk.queue(), xsk.fd()) {
+            let (ifname, queue) = (xsk.ifname().to_owned(), xsk.queue());
             umem.close_port(xsk);
-            return Err(OpenError::Steer { ifname: ifname.to_owned(), queue, source });
+            return Err(OpenError::Steer { ifname, queue, source });
         }
         Ok(Self {
             id,

@@ -15,19 +15,20 @@
 //! the UMEM, and the packet's offset and length in it. [`Umem`] is the engine's
 //! [`FrameMemory`] for AF_XDP ports.
 
-use std::ffi::CString;
 use std::io;
-use std::num::NonZeroU32;
+use std::os::fd::RawFd;
 use std::ptr::NonNull;
+use xdpilone::UmemConfig;
 use xdpilone::xdp::XdpDesc;
-use xdpilone::{IfInfo, Socket, SocketConfig, UmemConfig};
 use xlane_engine::{FrameMemory, Packet};
 
 mod closer;
 mod large;
+mod prepare;
 mod socket;
 mod umems;
 
+pub use prepare::PreparedSocket;
 use socket::raise_tx_budget;
 pub use socket::{DEFAULT_TX_BUDGET, SocketStats, XskPort, wait_readable};
 pub use umems::{UmemId, Umems};
@@ -185,8 +186,11 @@ pub struct Umem {
     /// Multi-buffer packets dropped: no slot left in the burst's jumbo store, longer
     /// than a slot, or a chain the ring broke off.
     large_dropped: u64,
-    /// Whether the UMEM's own socket is bound to a port already.
-    own_fd_used: bool,
+    /// The UMEM's own socket, once bound to a port (later sockets share the UMEM
+    /// through it).
+    own_fd: Option<RawFd>,
+    /// This registration's number (see [`PreparedSocket`]).
+    registration: u64,
     /// The mode the first port bound in (every port inherits it).
     zero_copy: bool,
     /// Sockets open on this UMEM.
@@ -250,7 +254,8 @@ impl Umem {
             epoch: 0,
             bad_descs: 0,
             large_dropped: 0,
-            own_fd_used: false,
+            own_fd: None,
+            registration: prepare::next_registration(),
             zero_copy: false,
             open_ports: 0,
             growth_allowance: frames / 4,
@@ -271,7 +276,7 @@ impl Umem {
     /// # Errors
     /// [`XskError::Socket`] naming the failed step.
     pub fn open_port(&mut self, ifname: &str, queue: u32, mode: BindMode) -> Result<XskPort, XskError> {
-        if self.own_fd_used {
+        if self.own_fd.is_some() {
             return self.open_port_as(ifname, queue, None);
         }
         match mode {
@@ -310,76 +315,8 @@ impl Umem {
             source: errno(e),
         })?;
         self.umem = umem;
+        self.registration = prepare::next_registration();
         Ok(())
-    }
-
-    /// `zero_copy`: `Some(mode)` for the UMEM's first socket, `None` for a socket that
-    /// shares it (and inherits its mode).
-    fn open_port_as(&mut self, ifname: &str, queue: u32, zero_copy: Option<bool>) -> Result<XskPort, XskError> {
-        let fail = |step, source| XskError::Socket { step, ifname: ifname.to_owned(), queue, source };
-        let name =
-            CString::new(ifname).map_err(|_| fail("interface name", io::Error::from(io::ErrorKind::InvalidInput)))?;
-        let mut info = IfInfo::invalid();
-        info.from_name(&name).map_err(|e| fail("interface lookup", errno(e)))?;
-        info.set_queue(queue);
-        let ifindex = info.ifindex();
-        // The first socket is the UMEM's own descriptor; later ones get their own and bind
-        // with XDP_SHARED_UMEM (xdpilone adds it when the descriptors differ). Each
-        // (interface, queue) has its own fill and completion rings.
-        let sock = if zero_copy.is_some() { Socket::with_shared(&info, &self.umem) } else { Socket::new(&info) }
-            .map_err(|e| fail("socket", errno(e)))?;
-        let device = self.umem.fq_cq(&sock).map_err(|e| fail("fill/completion rings", errno(e)))?;
-        let ring = NonZeroU32::new(self.settings.rx_tx_ring).expect("checked non-zero");
-        let bind_flags = match zero_copy {
-            Some(true) => XDP_USE_NEED_WAKEUP | XDP_ZEROCOPY,
-            // Multi-buffer in copy mode only: a zero-copy driver may not take it.
-            Some(false) => XDP_USE_NEED_WAKEUP | XDP_COPY | XDP_USE_SG,
-            None => 0,
-        };
-        let config = SocketConfig { rx_size: Some(ring), tx_size: Some(ring), bind_flags };
-        let user = self.umem.rx_tx(&sock, &config).map_err(|e| fail("rx/tx rings", errno(e)))?;
-        let rx = user.map_rx().map_err(|e| fail("map rx ring", errno(e)))?;
-        let tx = user.map_tx().map_err(|e| fail("map tx ring", errno(e)))?;
-        // A queue whose previous socket just closed stays busy until the kernel's deferred
-        // pool release runs (xp_release_deferred): a quick re-bind (a restarted daemon, a
-        // re-added port) gets EBUSY for a few milliseconds.
-        let t0 = std::time::Instant::now();
-        loop {
-            match self.umem.bind(&user) {
-                Ok(()) => break,
-                Err(e) if e.get_raw().abs() == libc::EBUSY && t0.elapsed() < std::time::Duration::from_secs(1) => {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                Err(e) => return Err(fail("bind", errno(e))),
-            }
-        }
-        if let Some(zc) = zero_copy {
-            self.own_fd_used = true;
-            self.zero_copy = zc;
-        }
-        let tx_budget = if self.zero_copy || !self.settings.raise_tx_budget {
-            DEFAULT_TX_BUDGET
-        } else {
-            raise_tx_budget(user.as_raw_fd(), self.settings.rx_tx_ring)
-        };
-        self.next_token = self.next_token.wrapping_add(1);
-        self.open_ports += 1;
-        Ok(XskPort {
-            rx,
-            tx,
-            device,
-            user,
-            ifname: ifname.to_owned(),
-            ifindex,
-            queue,
-            zero_copy: self.zero_copy,
-            in_fill: 0,
-            in_tx: 0,
-            token: self.next_token,
-            umem_socket: zero_copy.is_some(),
-            tx_budget,
-            tx_wakeups: std::cell::Cell::new(0),
-        })
     }
 
     /// Frame size in bytes.
@@ -424,6 +361,13 @@ impl Umem {
     /// Give back growth a closing port had (see [`grow_fill`](Self::grow_fill)).
     pub fn shrink_fill(&mut self, by: usize) {
         self.grown = self.grown.saturating_sub(by);
+    }
+
+    /// Whether its first socket is bound (it decided the UMEM's mode): later ones may be
+    /// prepared and bound off the worker ([`prepare_port`](Self::prepare_port)).
+    #[must_use]
+    pub fn bound(&self) -> bool {
+        self.own_fd.is_some()
     }
 
     /// Sockets open on this UMEM.

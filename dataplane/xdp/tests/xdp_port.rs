@@ -9,7 +9,7 @@ use xlane_engine::{BURST, Packet, Port, PortCounters, fixtures};
 use xlane_fib::PortId;
 use xlane_netlab::Netns;
 use xlane_xdp::attach::{ModePreference, Program, XdpAttachment};
-use xlane_xdp::port::{KernelStats, XdpPort};
+use xlane_xdp::port::{KernelStats, QueueSpec, XdpPort};
 use xlane_xdp::programs::PodFilter;
 use xlane_xdp::xsk::{BindMode, Umem, UmemId, UmemSettings, Umems};
 
@@ -75,19 +75,14 @@ fn a_fill_ring_that_runs_dry_grows_within_the_umems_allowance() {
             let settings = UmemSettings { frames, fill_ring: 1024, rx_tx_ring: 1024, ..UmemSettings::default() };
             let mut umems = Umems::new(Umem::new(settings).unwrap());
             let counters = Arc::new(PortCounters::default());
-            let mut port = XdpPort::open(
-                &mut umems,
-                UmemId::SHARED,
-                PortId(1),
-                "g0",
-                0,
-                BindMode::Copy,
-                Arc::clone(&att),
-                64,
+            let spec = QueueSpec {
+                id: PortId(1),
+                attach: Arc::clone(&att),
+                fill_target: 64,
                 counters,
-                Arc::new(KernelStats::default()),
-            )
-            .unwrap();
+                kernel: Arc::new(KernelStats::default()),
+            };
+            let mut port = XdpPort::open(&mut umems, UmemId::SHARED, "g0", 0, BindMode::Copy, spec).unwrap();
             let targets = bursts(&mut umems, &mut port, 6);
             eprintln!("{frames}-frame UMEM: fill targets {targets:?}");
             assert_eq!(*targets.last().unwrap(), last, "{frames} frames: {targets:?}");

@@ -136,6 +136,74 @@ fn closed_ports_give_their_frames_back() {
     .unwrap();
 }
 
+/// A socket joining a UMEM is prepared on the UMEM's thread, bound on another (bind(2)
+/// is slow; the worker must not wait for it) and adopted back: it then receives like
+/// any other. Sockets the UMEM cannot adopt are refused, not misused.
+#[test]
+fn a_socket_bound_on_another_thread_joins_the_umem() {
+    if !xlane_netlab::privileged("a_socket_bound_on_another_thread_joins_the_umem") {
+        return;
+    }
+    let ns = Netns::new("xlt-xskb").unwrap();
+    ns.ip(&["link", "add", "c0", "type", "veth", "peer", "name", "c1"]).unwrap();
+    ns.ip(&["link", "set", "c0", "up"]).unwrap();
+    ns.ip(&["link", "set", "c1", "up"]).unwrap();
+    let c0 = ns.ifindex("c0").unwrap();
+    ns.enter(|| {
+        let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
+        let att = XdpAttachment::attach(c0, "xlane_pod", 1, Program::Pod(filter), ModePreference::Auto).unwrap();
+        let settings = UmemSettings { frames: 1024, fill_ring: 256, rx_tx_ring: 256, ..UmemSettings::default() };
+        let mut umem = Umem::new(settings).unwrap();
+        assert!(!umem.bound());
+        let refused = umem.prepare_port("c0", 0).unwrap_err().to_string();
+        assert!(refused.contains("first socket"), "{refused}");
+        let mut tx_port = umem.open_port("c1", 0, BindMode::Copy).unwrap();
+        assert!(umem.bound());
+
+        // Not bound yet: not adopted (and closed).
+        let unbound = umem.prepare_port("c0", 0).unwrap();
+        assert!(umem.adopt_port(unbound).unwrap_err().to_string().contains("not bound"));
+        // Made for another UMEM: not adopted either.
+        let mut other = Umem::new(settings).unwrap();
+        let mut foreign = umem.prepare_port("c0", 0).unwrap();
+        foreign.bind().unwrap();
+        assert!(other.adopt_port(foreign).unwrap_err().to_string().contains("another UMEM"));
+
+        let free = umem.free_frames();
+        let prepared = umem.prepare_port("c0", 0).unwrap();
+        assert_eq!((umem.open_ports(), umem.free_frames()), (1, free), "prepared: not open, no frame given");
+        let bound = std::thread::spawn(move || {
+            let mut s = prepared;
+            s.bind().map(|()| s)
+        });
+        let mut rx_port = umem.adopt_port(bound.join().unwrap().unwrap()).unwrap();
+        assert_eq!(umem.open_ports(), 2);
+        assert!(!rx_port.zero_copy(), "inherits the UMEM's copy mode");
+        att.insert_socket(0, rx_port.fd().as_fd()).unwrap();
+        assert_eq!(umem.refill(&mut rx_port, 128, 0), 128);
+
+        let sent: Vec<_> = (0..8u8).map(|seq| frame([10, 244, 2, 3], seq)).collect();
+        let out: Vec<_> = sent.iter().map(|f| umem.alloc_with(256, f).unwrap()).collect();
+        assert_eq!(umem.transmit(&mut tx_port, &out), 8);
+        tx_port.kick_tx();
+        let got = receive_n(&mut umem, &mut rx_port, sent.len());
+        let bytes: Vec<_> = got.iter().map(|(_, b)| b.clone()).collect();
+        assert_eq!(bytes, sent, "the adopted socket receives every frame, in order");
+        for (fr, _) in got {
+            umem.release(fr.buf);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut completed = 0;
+        while completed < 8 && Instant::now() < deadline {
+            completed += umem.reap_completions(&mut tx_port);
+        }
+        assert!(umem.close_port(rx_port) > 0);
+        assert_eq!(umem.free_frames(), free, "every frame back: the fill ring's, the sent and the received");
+        assert_eq!(umem.bad_descriptors(), 0);
+    })
+    .unwrap();
+}
+
 /// A VXLAN frame to 192.168.77.1:8472 with `inner_len` bytes of inner frame.
 fn vxlan_frame(inner_len: usize, seed: u8) -> Vec<u8> {
     let t = xlane_wire::encap::EncapTemplate::new(&xlane_wire::encap::EncapParams {

@@ -3,7 +3,7 @@
 //! engine's in-memory buffers. The real [`State`](crate::state::State) and real
 //! workers run on it, so every request path is exercised without privileges.
 
-use crate::host::{Bound, Hold, Host, OpenJob, OpenSpec, PacketSpec, Placement};
+use crate::host::{Bound, Hold, Host, OpenJob, OpenSpec, OpenStep, PacketSpec, Placement};
 use crate::hostport::HostPortSpec;
 use crossbeam_channel::{Receiver, Sender};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use xlane_api::Mac;
 use xlane_engine::mem::{HEADROOM, MemFrames};
-use xlane_engine::{BURST, FrameMemory, Packet, Port, PortCounters};
+use xlane_engine::{BURST, Driver, FrameMemory, Packet, Port, PortCounters};
 use xlane_fib::PortId;
 use xlane_netlink::Link;
 use xlane_vhost::port::VhostPort;
@@ -46,7 +46,8 @@ pub(crate) struct Node {
     pub(crate) links: HashMap<String, (Link, u32)>,
     /// Opening these interfaces fails on one worker (the last to open).
     pub(crate) fail_open: HashSet<String>,
-    /// Opening these interfaces takes this long on each worker.
+    /// Opening these interfaces takes this long on each worker (off the worker, as
+    /// binding sockets does).
     pub(crate) slow_open: HashMap<String, Duration>,
     /// Open queues: (interface, queue) → its wire.
     pub(crate) wires: HashMap<(String, u32), Wire>,
@@ -204,34 +205,15 @@ impl Host for FakeHost {
     fn opener(&self, spec: OpenSpec<FakeAttachment>) -> OpenJob<MemFrames, FakePort> {
         let node = self.clone();
         Box::new(move |d| {
-            let (fail, delay) = {
-                let n = node.0.lock().unwrap();
-                (n.fail_open.contains(&spec.ifname), n.slow_open.get(&spec.ifname).copied())
-            };
-            if let Some(t) = delay {
-                std::thread::sleep(t);
+            let delay = node.0.lock().unwrap().slow_open.get(&spec.ifname).copied();
+            match delay {
+                // As the kernel's bind(2) is what takes long, the wait runs off the worker.
+                Some(t) => OpenStep::Off(Box::new(move || {
+                    std::thread::sleep(t);
+                    Box::new(move |d| OpenStep::Done(open_wires(&node, &spec, d)))
+                })),
+                None => OpenStep::Done(open_wires(&node, &spec, d)),
             }
-            if fail && spec.queues.contains(&(node.0.lock().unwrap().links[&spec.ifname].1 - 1)) {
-                return Err(format!("{}: injected failure", spec.ifname));
-            }
-            for &q in &spec.queues {
-                let (inject, rx) = crossbeam_channel::unbounded();
-                let (tx, sent) = crossbeam_channel::unbounded();
-                let ready = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).map_err(|e| e.to_string())?);
-                let wire = Wire { inject, ready: Arc::clone(&ready), sent };
-                node.0.lock().unwrap().wires.insert((spec.ifname.clone(), q), wire);
-                d.add_port(FakePort::Wire(WirePort {
-                    id: spec.id,
-                    ifname: spec.ifname.clone(),
-                    queue: q,
-                    rx,
-                    ready,
-                    tx,
-                    counters: Arc::clone(&spec.counters),
-                    node: node.clone(),
-                }));
-            }
-            Ok(Bound { zero_copy: false, own_umem: spec.placement == Placement::Own })
         })
     }
 
@@ -253,7 +235,7 @@ impl Host for FakeHost {
         Box::new(move |d| {
             let (inject, rx) = crossbeam_channel::unbounded();
             let (tx, sent) = crossbeam_channel::unbounded();
-            let ready = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).map_err(|e| e.to_string())?);
+            let ready = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).expect("an eventfd"));
             let queue = u32::try_from(spec.worker).unwrap();
             let wire = Wire { inject, ready: Arc::clone(&ready), sent };
             node.0.lock().unwrap().wires.insert((spec.ifname.clone(), queue), wire);
@@ -268,7 +250,7 @@ impl Host for FakeHost {
                 counters: spec.counters,
                 node,
             }));
-            Ok(Bound::default())
+            OpenStep::Done(Ok(Bound::default()))
         })
     }
 
@@ -295,4 +277,34 @@ impl Host for FakeHost {
     fn addresses(&mut self, _ifname: &str) -> Vec<Ipv4Addr> {
         Vec::new()
     }
+}
+
+/// A wire per queue of `spec` as ports of the worker's driver, or the injected failure.
+fn open_wires(
+    node: &FakeHost,
+    spec: &OpenSpec<FakeAttachment>,
+    d: &mut Driver<MemFrames, FakePort>,
+) -> Result<Bound, String> {
+    let fail = node.0.lock().unwrap().fail_open.contains(&spec.ifname);
+    if fail && spec.queues.contains(&(node.0.lock().unwrap().links[&spec.ifname].1 - 1)) {
+        return Err(format!("{}: injected failure", spec.ifname));
+    }
+    for &q in &spec.queues {
+        let (inject, rx) = crossbeam_channel::unbounded();
+        let (tx, sent) = crossbeam_channel::unbounded();
+        let ready = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).map_err(|e| e.to_string())?);
+        let wire = Wire { inject, ready: Arc::clone(&ready), sent };
+        node.0.lock().unwrap().wires.insert((spec.ifname.clone(), q), wire);
+        d.add_port(FakePort::Wire(WirePort {
+            id: spec.id,
+            ifname: spec.ifname.clone(),
+            queue: q,
+            rx,
+            ready,
+            tx,
+            counters: Arc::clone(&spec.counters),
+            node: node.clone(),
+        }));
+    }
+    Ok(Bound { zero_copy: false, own_umem: spec.placement == Placement::Own })
 }

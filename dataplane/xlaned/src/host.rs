@@ -18,10 +18,10 @@ use xlane_netlink::{Link, Netlink};
 use xlane_vhost::port::VhostPort;
 use xlane_xdp::attach::{HostStackBlock, ModePreference, Program, XdpAttachment, XdpMode};
 use xlane_xdp::packet::{PacketPort, PacketStats};
-use xlane_xdp::port::{KernelStats, XdpPort};
+use xlane_xdp::port::{KernelStats, OpenError, QueueSpec, XdpPort};
 use xlane_xdp::programs::PodFilter;
 use xlane_xdp::udp_gso::{UdpGsoSender, UdpGsoStats};
-use xlane_xdp::xsk::{BindMode, UmemId, Umems};
+use xlane_xdp::xsk::{BindMode, PreparedSocket, UmemId, Umems};
 
 /// What one worker opens of an interface: its share of the queues, as port `id`.
 #[derive(Debug)]
@@ -92,9 +92,28 @@ pub struct PacketSpec {
 /// Something held for as long as a port lives, released by dropping it (a BPF link).
 pub type Hold = Box<dyn core::fmt::Debug + Send + Sync>;
 
-/// Work a worker runs to open ports: how they were bound, or why they could not be
-/// opened.
-pub type OpenJob<M, P> = Box<dyn FnOnce(&mut Driver<M, P>) -> Result<Bound, String> + Send>;
+/// Work a worker runs to open ports.
+pub type OpenJob<M, P> = Box<dyn FnOnce(&mut Driver<M, P>) -> OpenStep<M, P> + Send>;
+
+/// What an [`OpenJob`] comes to.
+pub enum OpenStep<M: FrameMemory, P: Port<M>> {
+    /// How the ports were bound, or why they could not be opened (then nothing stays
+    /// open).
+    Done(Result<Bound, String>),
+    /// Work to run off the worker (binding sockets: tens of milliseconds in the kernel,
+    /// during which the worker would forward nothing); it returns the job that finishes
+    /// the opening on the same worker. Dropped instead of run, it closes what it holds.
+    Off(Box<dyn FnOnce() -> OpenJob<M, P> + Send>),
+}
+
+impl<M: FrameMemory, P: Port<M>> core::fmt::Debug for OpenStep<M, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Done(r) => f.debug_tuple("Done").field(r).finish(),
+            Self::Off(_) => f.write_str("Off"),
+        }
+    }
+}
 
 /// The node as the control thread sees it.
 pub trait Host {
@@ -131,7 +150,8 @@ pub trait Host {
     fn detach(attachment: &Self::Attachment);
 
     /// A job for a worker that opens `spec`'s queues as ports of its driver and says
-    /// whether they are zero-copy, or why not (then nothing stays open).
+    /// whether they are zero-copy, or why not (then nothing stays open); it may bind the
+    /// sockets off the worker ([`OpenStep::Off`]).
     fn opener(&self, spec: OpenSpec<Self::Attachment>) -> OpenJob<Self::Mem, Self::Port>;
 
     /// A vhost-user guest as a worker port.
@@ -244,10 +264,13 @@ impl Host for System {
             // One fanout group per interface: its index's low 16 bits.
             #[expect(clippy::cast_possible_truncation, reason = "a group id is 16 bits; the index names the interface")]
             let group = spec.ifindex as u16;
-            let port = PacketPort::open(spec.id, spec.ifindex, group, Some(&spec.filter), spec.counters, spec.stats)
-                .map_err(|e| format!("{}: {e}", spec.ifname))?;
-            d.add_port(NodePort::Packet(port));
-            Ok(Bound::default())
+            let opened = PacketPort::open(spec.id, spec.ifindex, group, Some(&spec.filter), spec.counters, spec.stats)
+                .map(|port| {
+                    d.add_port(NodePort::Packet(port));
+                    Bound::default()
+                })
+                .map_err(|e| format!("{}: {e}", spec.ifname));
+            OpenStep::Done(opened)
         })
     }
 
@@ -280,18 +303,24 @@ impl Host for System {
 }
 
 /// On a worker: one AF_XDP socket per queue of `spec`, in the UMEM its placement says.
+/// Sockets joining the shared UMEM bind off the worker (the pods attached while others
+/// forward); the first socket of a UMEM binds on it (it decides the UMEM's mode), as do
+/// an own UMEM's (the uplink's, at start-up).
 fn open_sockets(
     spec: OpenSpec<XdpAttachment>,
     bind: BindMode,
     d: &mut Driver<Umems, NodePort>,
-) -> Result<Bound, String> {
+) -> OpenStep<Umems, NodePort> {
     if spec.queues.is_empty() {
         // More workers than queues: this one only transmits to the interface.
         let stats = Arc::new(PacketStats::default());
-        let port = PacketPort::open_transmit_only(spec.id, spec.attach.ifindex(), spec.counters, stats)
-            .map_err(|e| format!("{}: {e}", spec.ifname))?;
-        d.add_port(NodePort::Packet(port));
-        return Ok(Bound::default());
+        let opened = PacketPort::open_transmit_only(spec.id, spec.attach.ifindex(), spec.counters, stats)
+            .map(|port| {
+                d.add_port(NodePort::Packet(port));
+                Bound::default()
+            })
+            .map_err(|e| format!("{}: {e}", spec.ifname));
+        return OpenStep::Done(opened);
     }
     let own = match (spec.placement, bind) {
         (Placement::Shared, _) | (Placement::OwnIfZeroCopy, BindMode::Copy) => None,
@@ -302,15 +331,45 @@ fn open_sockets(
     };
     if let Some(mode) = own {
         match open_in_own_umem(&spec, mode, d) {
-            Ok(ports) => return Ok(add_xdp_ports(spec, ports, true, d)),
+            Ok(ports) => return OpenStep::Done(Ok(add_xdp_ports(spec, ports, true, d))),
             Err(e) if spec.placement == Placement::OwnIfZeroCopy && bind == BindMode::Auto => {
                 tracing::info!(ifname = %spec.ifname, "no zero-copy ({e}): sockets in the shared UMEM, copy mode");
             }
-            Err(e) => return Err(e),
+            Err(e) => return OpenStep::Done(Err(e)),
         }
     }
-    // A port the UMEM cannot stock would attach and silently receive nothing: refuse
-    // it with the remedy instead.
+    if let Err(e) = shared_has_room(&spec, d) {
+        return OpenStep::Done(Err(e));
+    }
+    if !d.mem().shared().bound() {
+        let opened = open_queues(&spec, UmemId::SHARED, BindMode::Copy, d);
+        return OpenStep::Done(opened.map(|ports| add_xdp_ports(spec, ports, false, d)));
+    }
+    let mut sockets = Vec::with_capacity(spec.queues.len());
+    for &q in &spec.queues {
+        match d.mem_mut().get_mut(UmemId::SHARED).prepare_port(&spec.ifname, q) {
+            Ok(s) => sockets.push(s),
+            // The ones prepared close as they drop.
+            Err(e) => return OpenStep::Done(Err(e.to_string())),
+        }
+    }
+    OpenStep::Off(Box::new(move || {
+        let bound = sockets.iter_mut().try_for_each(PreparedSocket::bind);
+        Box::new(move |d| {
+            OpenStep::Done(
+                bound
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| shared_has_room(&spec, d))
+                    .and_then(|()| adopt_queues(&spec, sockets, d))
+                    .map(|ports| add_xdp_ports(spec, ports, false, d)),
+            )
+        })
+    }))
+}
+
+/// Whether the shared UMEM can stock `spec`'s queues: a port it cannot would attach and
+/// silently receive nothing, so it is refused with the remedy instead.
+fn shared_has_room(spec: &OpenSpec<XdpAttachment>, d: &mut Driver<Umems, NodePort>) -> Result<(), String> {
     let needed = XdpPort::frames_to_open(d.mem().shared(), spec.fill_target, spec.queues.len());
     let shared = d.mem_mut().get_mut(UmemId::SHARED);
     if shared.free_frames() < needed && shared.closing() > 0 {
@@ -325,8 +384,7 @@ fn open_sockets(
             spec.ifname
         ));
     }
-    let ports = open_queues(&spec, UmemId::SHARED, BindMode::Copy, d)?;
-    Ok(add_xdp_ports(spec, ports, false, d))
+    Ok(())
 }
 
 /// `spec`'s queues in a new UMEM of the worker, sized for their rings, bound as `bind`
@@ -356,21 +414,40 @@ fn open_queues(
     bind: BindMode,
     d: &mut Driver<Umems, NodePort>,
 ) -> Result<Vec<XdpPort>, String> {
+    all_or_none(spec.queues.iter(), d, |&q, m| XdpPort::open(m, id, &spec.ifname, q, bind, queue_spec(spec)))
+}
+
+/// The shared UMEM's ports on `sockets`, prepared and bound off the worker; or none and
+/// the first failure.
+fn adopt_queues(
+    spec: &OpenSpec<XdpAttachment>,
+    sockets: Vec<PreparedSocket>,
+    d: &mut Driver<Umems, NodePort>,
+) -> Result<Vec<XdpPort>, String> {
+    all_or_none(sockets, d, |s, m| XdpPort::adopt(m, UmemId::SHARED, s, queue_spec(spec)))
+}
+
+/// What each queue's port of `spec` serves.
+fn queue_spec(spec: &OpenSpec<XdpAttachment>) -> QueueSpec {
+    QueueSpec {
+        id: spec.id,
+        attach: Arc::clone(&spec.attach),
+        fill_target: spec.fill_target,
+        counters: Arc::clone(&spec.counters),
+        kernel: Arc::clone(&spec.kernel),
+    }
+}
+
+/// A port opened from each of `items`: all of them, or none (those opened closed again,
+/// the items left dropped) and the first failure.
+fn all_or_none<T>(
+    items: impl IntoIterator<Item = T>,
+    d: &mut Driver<Umems, NodePort>,
+    mut open: impl FnMut(T, &mut Umems) -> Result<XdpPort, OpenError>,
+) -> Result<Vec<XdpPort>, String> {
     let mut opened = Vec::new();
-    for &q in &spec.queues {
-        let port = XdpPort::open(
-            d.mem_mut(),
-            id,
-            spec.id,
-            &spec.ifname,
-            q,
-            bind,
-            Arc::clone(&spec.attach),
-            spec.fill_target,
-            Arc::clone(&spec.counters),
-            Arc::clone(&spec.kernel),
-        );
-        match port {
+    for item in items {
+        match open(item, d.mem_mut()) {
             Ok(p) => opened.push(p),
             Err(e) => {
                 for p in opened {

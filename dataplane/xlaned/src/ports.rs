@@ -10,15 +10,17 @@
 //! first, then the workers close it; its id is not reused until they have. The uplink
 //! and host port are opened at start-up and wait for the workers.
 
-use crate::host::{Bound, Hold, Host, OpenJob, OpenSpec, PacketSpec, Placement};
+use crate::host::{Bound, Hold, Host, OpenJob, OpenSpec, OpenStep, PacketSpec, Placement};
 use crate::state::{Failure, State, Ticket, failed, invalid};
+use crate::worker::WorkerHandle;
 use crossbeam_channel::Sender;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 use xlane_api::{EndpointSpec, Mac, PacketInfo, PortInfo, Reply, UdpGsoInfo, UmemInfo, VethIo, VhostUserInfo};
-use xlane_engine::PortCounters;
+use xlane_engine::{FrameMemory, PortCounters};
 use xlane_fib::{Endpoint, PortId};
 use xlane_vhost::backend::{PortIo, VhostUserPort};
 use xlane_vhost::port::VhostPort;
@@ -208,6 +210,8 @@ pub(crate) struct Attaching<A> {
     pending: usize,
     error: Option<String>,
     deadline: Instant,
+    /// Set when the attach is given up: opening steps not run yet are dropped.
+    abandon: Arc<AtomicBool>,
     /// Requests answered when the attach ends.
     pub(crate) waiters: Vec<Ticket>,
 }
@@ -217,6 +221,8 @@ struct Opening<A> {
     kind: PortKind<A>,
     counters: Vec<Arc<PortCounters>>,
     queues: usize,
+    /// Given up on: see [`run_open`].
+    abandon: Arc<AtomicBool>,
 }
 
 impl<H: Host> State<H> {
@@ -263,6 +269,7 @@ impl<H: Host> State<H> {
         let attach = Arc::new(self.host.attach(&link, &name, max_queue, program).map_err(failed)?);
         let fill_target = if role == Role::Uplink { self.cfg.uplink_fill } else { self.cfg.pod_fill };
         let (mut counters, mut kernel, mut udp_gso) = (Vec::new(), Vec::new(), Vec::new());
+        let abandon = Arc::new(AtomicBool::new(false));
         for (i, qs) in per_worker.into_iter().enumerate() {
             let transmits_only = qs.is_empty();
             let spec = OpenSpec {
@@ -279,12 +286,12 @@ impl<H: Host> State<H> {
             counters.push(Arc::clone(&spec.counters));
             kernel.push(Arc::clone(&spec.kernel));
             udp_gso.extend(spec.udp_gso.clone());
-            self.open_on_worker(i, id, events, notify, self.host.opener(spec));
+            self.open_on_worker(i, id, events, notify, self.host.opener(spec), &abandon);
         }
         let queues = queues.len();
         let n = u32::try_from(queues).unwrap_or(u32::MAX);
         let kind = PortKind::Xdp { attach, queues: n, zero_copy: false, own_umem: false, kernel, udp_gso };
-        Ok(Opening { kind, counters, queues })
+        Ok(Opening { kind, counters, queues, abandon })
     }
 
     /// What the engine takes of a pod's traffic: ARP and IPv4 to the cluster CIDR.
@@ -293,7 +300,8 @@ impl<H: Host> State<H> {
         PodFilter { cluster: cluster.network(), prefix_len: cluster.prefix_len() }
     }
 
-    /// Run an open `job` for port `id` on worker `i`, answering `Opened` on `events`.
+    /// Run an open `job` for port `id` on worker `i`, answering `Opened` on `events`
+    /// (unless the opening is abandoned first).
     fn open_on_worker(
         &self,
         i: usize,
@@ -301,14 +309,10 @@ impl<H: Host> State<H> {
         events: &Sender<WorkerEvent>,
         notify: bool,
         job: OpenJob<H::Mem, H::Port>,
+        abandon: &Arc<AtomicBool>,
     ) {
-        self.on_worker(
-            i,
-            events,
-            notify,
-            move |d| WorkerEvent::Opened { id, result: job(d) },
-            move || WorkerEvent::Opened { id, result: Err(format!("worker {i} has exited")) },
-        );
+        let answer = Answer { id, events: events.clone(), wake: notify.then(|| Arc::clone(&self.notify)) };
+        run_open(self.workers[i].clone(), i, answer, job, Arc::clone(abandon));
     }
 
     /// Run `job` on worker `i`; its event goes to `events` (and wakes the control loop
@@ -360,6 +364,7 @@ impl<H: Host> State<H> {
         }
         let port = Port { role, ifname: ifname.to_owned(), ip, kind: opening.kind, counters: opening.counters };
         if let Some(e) = error {
+            opening.abandon.store(true, Release);
             self.close_on_workers(id);
             return Err(failed(format!("opening AF_XDP sockets on {ifname}: {e}")));
         }
@@ -441,6 +446,7 @@ impl<H: Host> State<H> {
             pending: self.workers.len(),
             error: None,
             deadline: Instant::now() + PORT_TIMEOUT,
+            abandon: opening.abandon,
             waiters: Vec::new(),
         };
         self.attaching.insert(id, attaching);
@@ -460,6 +466,7 @@ impl<H: Host> State<H> {
         let filter = self.pod_filter();
         let block = self.host.block_host_stack(link, filter).map_err(|e| failed(format!("{ifname}: {e}")))?;
         let (mut counters, mut stats) = (Vec::new(), Vec::new());
+        let abandon = Arc::new(AtomicBool::new(false));
         for i in 0..self.workers.len() {
             let spec = PacketSpec {
                 id,
@@ -472,10 +479,10 @@ impl<H: Host> State<H> {
             };
             counters.push(Arc::clone(&spec.counters));
             stats.push(Arc::clone(&spec.stats));
-            self.open_on_worker(i, id, events, true, self.host.packet_opener(spec));
+            self.open_on_worker(i, id, events, true, self.host.packet_opener(spec), &abandon);
         }
         let queues = counters.len();
-        Ok(Opening { kind: PortKind::Packet { _block: block, stats }, counters, queues })
+        Ok(Opening { kind: PortKind::Packet { _block: block, stats }, counters, queues, abandon })
     }
 
     /// Serve a VM-based pod on a vhost-user socket: the backend listens at once (the VMM
@@ -514,7 +521,8 @@ impl<H: Host> State<H> {
                 result: Err(format!("worker {i} has exited")),
             });
         }
-        Ok(Opening { kind: PortKind::VhostUser(server), counters, queues: 1 })
+        let abandon = Arc::new(AtomicBool::new(false));
+        Ok(Opening { kind: PortKind::VhostUser(server), counters, queues: 1, abandon })
     }
 
     /// Take in one worker answer; replies now due go to `due`.
@@ -556,10 +564,23 @@ impl<H: Host> State<H> {
         }
     }
 
+    /// Let every attach in progress run out of time now.
+    #[cfg(test)]
+    pub(crate) fn expire_attaches_for_test(&mut self) -> Vec<(Ticket, Reply)> {
+        let now = Instant::now();
+        for a in self.attaching.values_mut() {
+            a.deadline = now;
+        }
+        let mut due = Vec::new();
+        self.expire_attaches(&mut due);
+        due
+    }
+
     fn finish_attach(&mut self, id: PortId, a: Attaching<H::Attachment>, due: &mut Vec<(Ticket, Reply)>) {
-        let Attaching { spec, gateway_mac, port, error, waiters, .. } = a;
+        let Attaching { spec, gateway_mac, port, error, waiters, abandon, .. } = a;
         let reply = match error {
             Some(e) => {
+                abandon.store(true, Release);
                 detach::<H>(&port.kind);
                 self.close_on_workers(id);
                 tracing::info!(ip = %spec.ip, ifname = %spec.ifname, error = %e, "endpoint attach failed");
@@ -643,6 +664,59 @@ impl<H: Host> State<H> {
             })
             .collect();
         self.metrics.store(Arc::new(ports));
+    }
+}
+
+/// Where a worker's `Opened` answer goes.
+struct Answer {
+    id: PortId,
+    events: Sender<WorkerEvent>,
+    wake: Option<crate::state::Notify>,
+}
+
+impl Answer {
+    fn send(self, result: Result<Bound, String>) {
+        let _ = self.events.send(WorkerEvent::Opened { id: self.id, result });
+        if let Some(wake) = self.wake {
+            wake();
+        }
+    }
+}
+
+/// Run an open job on worker `i`, and what it hands off (binding sockets) on a thread of
+/// its own, then the job that follows back on the worker, and so on until it is done.
+/// Once `abandon` is set (the control thread gave up the opening and closes the port on
+/// the workers) the next step is dropped unrun, which closes what it holds, and nothing
+/// is answered: a late answer could be taken for a new port that reuses the id.
+fn run_open<M: FrameMemory + 'static, P: xlane_engine::Port<M> + 'static>(
+    worker: WorkerHandle<M, P>,
+    i: usize,
+    answer: Answer,
+    job: OpenJob<M, P>,
+    abandon: Arc<AtomicBool>,
+) {
+    let (events, id) = (answer.events.clone(), answer.id);
+    let again = worker.clone();
+    let sent = worker.run(move |d| {
+        if abandon.load(Acquire) {
+            return;
+        }
+        match job(d) {
+            OpenStep::Done(result) => answer.send(result),
+            OpenStep::Off(work) => {
+                let (off_events, off_wake) = (answer.events.clone(), answer.wake.clone());
+                let spawned = std::thread::Builder::new().name(format!("xlane-open{i}")).spawn(move || {
+                    let next = work();
+                    run_open(again, i, answer, next, abandon);
+                });
+                if let Err(e) = spawned {
+                    Answer { id, events: off_events, wake: off_wake }.send(Err(format!("open thread: {e}")));
+                }
+            }
+        }
+    });
+    if !sent {
+        let _ = events.send(WorkerEvent::Opened { id, result: Err(format!("worker {i} has exited")) });
     }
 }
 

@@ -355,6 +355,50 @@ fn a_worker_that_cannot_open_its_queues_fails_the_attach_and_nothing_stays_open(
     assert!(matches!(rig.call(Op::AddEndpoint(rig.pod(2))), Reply::EndpointReady { port: 1, .. }), "port id reused");
 }
 
+/// Binding a pod's sockets (tens of milliseconds in the kernel) runs off the workers:
+/// pods already attached keep talking while another one binds.
+#[test]
+fn pods_keep_talking_while_another_pod_binds() {
+    let mut rig = Rig::new(1);
+    let (a, b) = (rig.attach(2), rig.attach(3));
+    let gw = rig.host.mac("veth2");
+    rig.add_veth(4);
+    rig.host.0.lock().unwrap().slow_open.insert("veth4".into(), Duration::from_secs(2));
+    let Handled::Later(attach) = rig.state.handle(Op::AddEndpoint(rig.pod(4))) else { panic!("an attach waits") };
+    // The worker takes the job (and hands the bind off) before the frames come.
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..100 {
+        a.send(&udp(2, gw, pod_ip(3), i));
+    }
+    let got = collect(&b, 100, Duration::from_secs(5));
+    assert_eq!(got.len(), 100, "forwarded");
+    assert!(!rig.host.is_open("veth4", 0), "before the binding pod's socket opened");
+    assert!(matches!(rig.wait(attach), Reply::EndpointReady { .. }));
+    assert!(rig.host.is_open("veth4", 0));
+}
+
+/// An attach given up (out of time) while its sockets still bind off the workers: the
+/// steps left are dropped, nothing stays open, and the port id is free again.
+#[test]
+fn an_attach_given_up_while_its_sockets_bind_leaves_nothing_open() {
+    let mut rig = Rig::new(2);
+    rig.add_veth(2);
+    rig.host.0.lock().unwrap().slow_open.insert("veth2".into(), Duration::from_millis(600));
+    let Handled::Later(attach) = rig.state.handle(Op::AddEndpoint(rig.pod(2))) else { panic!("an attach waits") };
+    std::thread::sleep(Duration::from_millis(100));
+    let due = rig.state.expire_attaches_for_test();
+    let [(t, Reply::Error { code: ErrorCode::Failed, message })] = &due[..] else { panic!("{due:?}") };
+    assert_eq!(*t, attach);
+    assert!(message.contains("did not answer in time"), "{message}");
+    // The binds finish; what would have opened the queues is dropped.
+    std::thread::sleep(Duration::from_millis(800));
+    rig.settle();
+    assert!(!rig.host.is_open("veth2", 0) && !rig.host.is_open("veth2", 1), "no queue opened late");
+    rig.host.0.lock().unwrap().slow_open.clear();
+    assert!(matches!(rig.call(Op::AddEndpoint(rig.pod(2))), Reply::EndpointReady { port: 1, .. }), "port id reused");
+    assert!(rig.host.is_open("veth2", 0) && rig.host.is_open("veth2", 1));
+}
+
 #[test]
 fn an_exited_worker_gets_an_error_reply_not_a_hang() {
     let mut rig = Rig::new(2);

@@ -233,9 +233,9 @@ impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
                     Command::Run(job) => {
                         let t0 = Instant::now();
                         job(&mut self.driver);
-                        // Forwarding stops while a job runs (binding an AF_XDP socket took
-                        // the kernel 20-45 ms in the lab): say so when that is long
-                        // enough to cost frames.
+                        // Forwarding stops while a job runs: say so when that is long
+                        // enough to cost frames (slow kernel work such as binding or
+                        // closing a socket belongs off the worker).
                         let took = t0.elapsed();
                         if took > Duration::from_millis(5) {
                             tracing::info!(worker = self.index, ms = took.as_millis(), "a port job held the worker");

@@ -398,11 +398,6 @@ impl PacedStream {
     /// Stop it and assert that every datagram arrived (`d`'s drops in the message if
     /// not); returns (sent, received).
     pub(crate) fn stop(self, d: &Xlaned) -> (u32, usize) {
-        self.stop_losing(d, 0)
-    }
-
-    /// [`stop`](Self::stop), allowing `max_lost` datagrams lost.
-    pub(crate) fn stop_losing(self, d: &Xlaned, max_lost: usize) -> (u32, usize) {
         std::thread::sleep(Duration::from_millis(300));
         self.done.store(true, Relaxed);
         let sent = self.sender.join().unwrap();
@@ -412,8 +407,8 @@ impl PacedStream {
         let missing: Vec<u32> = (0..sent).filter(|s| got.binary_search(s).is_err()).take(10).collect();
         let lost = sent as usize - got.len();
         assert!(
-            lost <= max_lost,
-            "lost {lost} of {sent} in-flight packets (at most {max_lost}), e.g. {missing:?}; drops {:?}; {}",
+            lost == 0,
+            "lost {lost} of {sent} in-flight packets, e.g. {missing:?}; drops {:?}; {}",
             d.counters().drops.iter().filter(|(_, v)| **v > 0).collect::<Vec<_>>(),
             d.log().lines().filter(|l| l.contains("held the worker")).collect::<Vec<_>>().join("\n")
         );
