@@ -60,6 +60,14 @@ pub struct Shared {
     pub(crate) synced: bool,
 }
 
+impl Shared {
+    /// Take what pods get from xlaned's status: their MTU and a veth queue per worker.
+    pub(crate) fn dataplane(&mut self, status: &xlane_api::Status) {
+        self.mtu = status.pod_mtu;
+        self.workers = u16::try_from(status.workers).unwrap_or(u16::MAX);
+    }
+}
+
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -117,8 +125,7 @@ pub fn run(
     {
         let mut s = shared.lock().expect("not poisoned");
         s.ipam = Some(Ipam::open(settings.state_dir.join("ipam.json"), lease.subnet)?);
-        s.mtu = status.pod_mtu;
-        s.workers = u16::try_from(status.workers).unwrap_or(u16::MAX);
+        s.dataplane(&status);
         s.lease = Some(lease.clone());
     }
 

@@ -142,7 +142,8 @@ pub(crate) fn run(start: LinkStart<'_>, mut xl: Client, msgs: &Receiver<LinkMsg>
 }
 
 /// Set the VTEP, reconcile nodes and routes, and (after an xlaned restart) re-attach
-/// every known endpoint.
+/// every known endpoint, taking the restarted xlaned's pod MTU and workers for the pods
+/// to come (it may have restarted with other settings).
 #[allow(clippy::too_many_arguments, reason = "the link's state, passed explicitly")]
 fn program(
     xl: &mut Client,
@@ -158,6 +159,10 @@ fn program(
         xlaned_call(xl, Op::SetVtep(vtep))?;
         converge(xl, leases, own, vni, programmed, Baseline::Dataplane)?;
         if endpoints {
+            let Reply::Status(status) = xlaned_call(xl, Op::Status)? else {
+                return Err(AgentError::Dataplane("unexpected status reply".into()));
+            };
+            shared.lock().expect("not poisoned").dataplane(&status);
             let list = shared.lock().expect("not poisoned").ipam.as_ref().map(endpoints_of).unwrap_or_default();
             for spec in list {
                 let (ip, host_if) = (spec.ip, spec.ifname.clone());

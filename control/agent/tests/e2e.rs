@@ -107,9 +107,20 @@ fn restarts_of_agent_and_xlaned_lose_nothing() {
     };
     assert_eq!(ip.addr(), c.lab.pods[p0].ip, "the pod keeps its address across the restart");
 
-    // xlaned restarts: the agent replays VTEP, nodes, routes and endpoints.
+    // xlaned restarts (with two workers now): the agent replays VTEP, nodes, routes and
+    // endpoints, and gives pods from then on a veth queue per worker.
+    let queues = |c: &Cluster, cid: &str| match c
+        .agent(0)
+        .unwrap()
+        .call(AgentOp::Add { container_id: cid.into(), ifname: "eth0".into(), netns: None, ip: None })
+        .unwrap()
+    {
+        AgentReply::Allocated { queues, .. } => queues,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(queues(&c, "pod-a"), 1);
     c.nodes[0].xlaned.stop(nix::sys::signal::Signal::SIGKILL);
-    c.restart_xlaned(0).unwrap();
+    c.restart_xlaned_with(0, &["--workers", "2", "--cores", "0,1"]).unwrap();
     let took = wait_for("pod reachable after xlaned restart", Duration::from_secs(15), || {
         ping(&c.lab.pods[p0].ns, c.lab.pods[p1].ip)
     });
@@ -118,6 +129,9 @@ fn restarts_of_agent_and_xlaned_lose_nothing() {
     // Noticed by the closed connection (the link's watcher), not on a request or poll.
     let log = c.nodes[0].agent.log();
     assert!(log.contains("xlaned connection lost") && log.contains("xlaned replayed after a restart"), "{log}");
+    assert_eq!(queues(&c, "pod-new"), 2, "the restarted xlaned's workers");
+    let r = c.agent(0).unwrap().call(AgentOp::Del { container_id: "pod-new".into(), ifname: "eth0".into() }).unwrap();
+    assert!(matches!(r, AgentReply::Released { .. }), "{r:?}");
 
     // Delete is idempotent and frees the address.
     for _ in 0..2 {

@@ -226,6 +226,16 @@ impl Cluster {
     /// # Errors
     /// As [`start_xlaned`].
     pub fn restart_xlaned(&mut self, i: usize) -> io::Result<()> {
+        self.restart_xlaned_with(i, &[])
+    }
+
+    /// [`restart_xlaned`](Self::restart_xlaned) with `more` arguments after the ones it
+    /// had (kept for later restarts): a node upgraded to other settings.
+    ///
+    /// # Errors
+    /// As [`start_xlaned`].
+    pub fn restart_xlaned_with(&mut self, i: usize, more: &[&str]) -> io::Result<()> {
+        self.nodes[i].xlaned_args.extend(more.iter().map(|&a| a.to_owned()));
         self.nodes[i].xlaned.stop(nix::sys::signal::Signal::SIGTERM);
         let args = self.nodes[i].xlaned_args.clone();
         self.nodes[i].xlaned = start_xlaned(&self.lab.nodes[i].ns, &self.dir, i, &args)?;
