@@ -5,7 +5,7 @@
 //! * [`asm`] and [`programs`]: the XDP pinhole programs, emitted from Rust;
 //! * [`attach`]: an XSKMAP, a loaded program and its link on one interface, native XDP
 //!   with fallback to generic;
-//! * [`xsk`]: UMEM and AF_XDP sockets (through `xdpilone`), with safe frame access;
+//! * [`xsk`]: UMEM and AF_XDP sockets (their rings mapped here), with safe frame access;
 //! * [`port`]: an AF_XDP socket as the engine's `Port`, its UMEM as the `FrameMemory`;
 //! * [`packet`]: an AF_PACKET socket with a virtio-net header on a pod's veth as the
 //!   engine's `Port`, keeping the pod's offloads (super-packets);

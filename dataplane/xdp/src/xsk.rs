@@ -1,4 +1,4 @@
-//! UMEM and AF_XDP sockets for one worker, through `xdpilone`.
+//! UMEM and AF_XDP sockets for one worker.
 //!
 //! A worker owns one [`Umem`]: an mmap'd area of equal-sized frames registered with the
 //! kernel, shared by the sockets of every port the worker serves (a port here is one
@@ -16,19 +16,21 @@
 //! [`FrameMemory`] for AF_XDP ports.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use xdpilone::UmemConfig;
-use xdpilone::xdp::XdpDesc;
+use std::sync::Arc;
 use xlane_engine::{FrameMemory, Packet};
 
 mod closer;
+mod kernel;
 mod large;
 mod prepare;
+mod ring;
 mod socket;
 mod umems;
 
 pub use prepare::PreparedSocket;
+pub use ring::Desc;
 use socket::raise_tx_budget;
 pub use socket::{DEFAULT_TX_BUDGET, SocketStats, XskPort, wait_readable};
 pub use umems::{UmemId, Umems};
@@ -118,9 +120,14 @@ pub enum XskError {
     },
 }
 
-fn errno(e: xdpilone::Errno) -> io::Error {
-    // xdpilone reports errno values, sometimes negated.
-    io::Error::from_raw_os_error(e.get_raw().abs())
+/// A new socket with `area` registered as its UMEM.
+fn register(area: &Area, settings: &UmemSettings) -> Result<Arc<OwnedFd>, XskError> {
+    let fail = |source| XskError::Socket { step: "UMEM registration", ifname: String::new(), queue: 0, source };
+    let fd = kernel::socket().map_err(fail)?;
+    // The kernel pins the area's pages for as long as the registration lives; `Umem`
+    // drops the socket before unmapping the area (field order).
+    kernel::register_umem(fd.as_fd(), area.ptr, area.len, settings.frame_size, 0, 0).map_err(fail)?;
+    Ok(Arc::new(fd))
 }
 
 /// Anonymous memory for frames, unmapped on drop.
@@ -168,8 +175,8 @@ enum Owner {
 
 /// A worker's frame memory and the bookkeeping of who owns each frame.
 pub struct Umem {
-    // Field order is drop order: the registration before the area it points into.
-    umem: xdpilone::Umem,
+    // Field order is drop order: the registration socket before the area it points into.
+    fd: Arc<OwnedFd>,
     area: Area,
     settings: UmemSettings,
     shift: u32,
@@ -223,26 +230,10 @@ impl Umem {
         }
         let bytes = settings.frame_size as usize * settings.frames as usize;
         let area = Area::new(bytes).map_err(|source| XskError::Mmap { bytes, source })?;
-        let config = UmemConfig {
-            fill_size: settings.fill_ring,
-            complete_size: settings.fill_ring,
-            frame_size: settings.frame_size,
-            headroom: 0,
-            flags: 0,
-        };
-        // (Self::config() builds the same once `self` exists.)
-        let slice = NonNull::slice_from_raw_parts(area.ptr, area.len);
-        // SAFETY: `slice` is a page-aligned mapping of `bytes` bytes that lives in `area`,
-        // which this struct owns and drops after `umem` (field order).
-        let umem = unsafe { xdpilone::Umem::new(config, slice) }.map_err(|e| XskError::Socket {
-            step: "UMEM registration",
-            ifname: String::new(),
-            queue: 0,
-            source: errno(e),
-        })?;
+        let fd = register(&area, &settings)?;
         let frames = settings.frames as usize;
         Ok(Self {
-            umem,
+            fd,
             area,
             settings,
             shift: settings.frame_size.trailing_zeros(),
@@ -294,27 +285,10 @@ impl Umem {
         }
     }
 
-    fn config(&self) -> UmemConfig {
-        UmemConfig {
-            fill_size: self.settings.fill_ring,
-            complete_size: self.settings.fill_ring,
-            frame_size: self.settings.frame_size,
-            headroom: 0,
-            flags: 0,
-        }
-    }
-
+    /// A new registration of the same area (after a failed first bind, which left rings
+    /// configured on the old one). No port uses the old registration: none is bound.
     fn reregister(&mut self) -> Result<(), XskError> {
-        let slice = NonNull::slice_from_raw_parts(self.area.ptr, self.area.len);
-        // SAFETY: as in `new`: the area is page aligned, owned by `self`, and outlives the
-        // registration (field order). No port uses the old registration (none is bound).
-        let umem = unsafe { xdpilone::Umem::new(self.config(), slice) }.map_err(|e| XskError::Socket {
-            step: "UMEM registration",
-            ifname: String::new(),
-            queue: 0,
-            source: errno(e),
-        })?;
-        self.umem = umem;
+        self.fd = register(&self.area, &self.settings)?;
         self.registration = prepare::next_registration();
         Ok(())
     }
@@ -411,12 +385,12 @@ impl Umem {
         if want == 0 {
             return 0;
         }
-        let mut w = port.device.fill(want);
-        let n = w.capacity().min(want);
-        let start = self.free.len() - n as usize;
-        let given = w.insert(self.free[start..].iter().copied());
-        w.commit();
+        let given = port.fill.free(want);
         let from = self.free.len() - given as usize;
+        for (k, &addr) in (0..given).zip(&self.free[from..]) {
+            port.fill.write(k, addr);
+        }
+        port.fill.submit(given);
         for k in from..self.free.len() {
             let i = self.index(self.free[k]).expect("free-list addresses lie inside the UMEM");
             self.owner[i] = Owner::Fill;
@@ -435,9 +409,10 @@ impl Umem {
 
     /// Return frames whose transmission completed on `port` to the free list.
     pub fn reap_completions(&mut self, port: &mut XskPort) -> u32 {
-        let mut r = port.device.complete(port.in_tx.max(1));
+        let ready = port.completion.ready(port.in_tx.max(1));
         let mut n = 0;
-        while let Some(addr) = r.read() {
+        for k in 0..ready {
+            let addr = port.completion.read(k);
             match self.index(addr) {
                 Some(i) if self.owner[i] == Owner::Tx => {
                     self.owner[i] = Owner::Free;
@@ -447,7 +422,7 @@ impl Umem {
                 _ => self.bad_descs += 1,
             }
         }
-        r.release();
+        port.completion.release(ready);
         port.in_tx = port.in_tx.saturating_sub(n);
         n
     }
@@ -455,15 +430,16 @@ impl Umem {
     /// Take up to `out.len()` received frames from `port`; returns how many were stored.
     pub fn receive(&mut self, port: &mut XskPort, out: &mut [Packet<u64>]) -> usize {
         let max = u32::try_from(out.len()).unwrap_or(u32::MAX);
-        let mut r = port.rx.receive(max);
+        let ready = port.rx.ready(max);
         let mut n = 0;
-        while let Some(XdpDesc { addr, len, .. }) = r.read() {
+        for k in 0..ready {
+            let Desc { addr, len, .. } = port.rx.read(k);
             if let Some(p) = self.take_received(&mut port.in_fill, addr, len) {
                 out[n] = p;
                 n += 1;
             }
         }
-        r.release();
+        port.rx.release(ready);
         n
     }
 
@@ -539,25 +515,22 @@ impl Umem {
     /// Queue application-owned packets for transmission on `port`. Returns how many were
     /// queued, in order; the caller must [`release`](Self::release) the rest.
     pub fn transmit(&mut self, port: &mut XskPort, pkts: &[Packet<u64>]) -> usize {
-        let mut queued = 0;
-        let mut w = port.tx.transmit(u32::try_from(pkts.len()).unwrap_or(u32::MAX));
-        for p in pkts {
+        let mut queued: u32 = 0;
+        let room = port.tx.free(u32::try_from(pkts.len()).unwrap_or(u32::MAX));
+        for p in &pkts[..room as usize] {
             let Some(i) = self.index(p.buf) else { break };
             if self.owner[i] != Owner::App || p.head.checked_add(p.len).is_none_or(|end| end > self.settings.frame_size)
             {
                 break;
             }
-            let desc = XdpDesc { addr: self.base(p.buf) + u64::from(p.head), len: p.len, options: 0 };
-            if !w.insert_once(desc) {
-                break;
-            }
+            port.tx.write(queued, Desc { addr: self.base(p.buf) + u64::from(p.head), len: p.len, options: 0 });
             self.owner[i] = Owner::Tx;
             self.holder[i] = port.token;
             queued += 1;
         }
-        w.commit();
-        port.in_tx += u32::try_from(queued).expect("at most a burst");
-        queued
+        port.tx.submit(queued);
+        port.in_tx += queued;
+        queued as usize
     }
 
     /// Return an application-owned frame (any address inside it) to the free list.

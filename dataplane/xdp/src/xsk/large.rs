@@ -1,8 +1,8 @@
 //! Multi-buffer receive: a packet larger than a UMEM frame, which the kernel splits over
 //! several RX descriptors on a socket bound with `XDP_USE_SG` (jumbo uplinks).
 
+use super::ring::Desc;
 use super::{Umem, XskPort};
-use xdpilone::xdp::XdpDesc;
 use xlane_engine::offload::{JUMBO_MAX, Jumbo, OffloadMeta};
 use xlane_engine::{BURST, Packet};
 
@@ -25,10 +25,9 @@ impl Umem {
             if room == 0 && chain.is_none() {
                 break;
             }
-            let mut r = port.rx.receive(room.max(1));
-            let mut read = 0;
-            while let Some(XdpDesc { addr, len, options }) = r.read() {
-                read += 1;
+            let read = port.rx.ready(room.max(1));
+            for k in 0..read {
+                let Desc { addr, len, options } = port.rx.read(k);
                 let contd = options & XDP_PKT_CONTD != 0;
                 let Some(p) = self.take_received(&mut port.in_fill, addr, len) else {
                     // A piece lost: the packet it belongs to is not kept.
@@ -66,7 +65,7 @@ impl Umem {
                     };
                 }
             }
-            r.release();
+            port.rx.release(read);
             // The kernel publishes whole packets: a chain open here ends in the ring.
             if chain.is_none() || read == 0 {
                 break;

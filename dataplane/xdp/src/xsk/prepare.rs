@@ -13,18 +13,14 @@
 //! decides its mode, and the zero-copy fallback re-registers the UMEM: both need the
 //! worker ([`Umem::open_port`] does the three steps in one).
 
-use super::{Umem, XDP_COPY, XDP_USE_NEED_WAKEUP, XDP_USE_SG, XDP_ZEROCOPY, XskError, XskPort, errno};
+use super::kernel::{self, Rings, SockAddrXdp, XDP_SHARED_UMEM};
+use super::{Umem, XDP_COPY, XDP_USE_NEED_WAKEUP, XDP_USE_SG, XDP_ZEROCOPY, XskError, XskPort};
 use std::ffi::CString;
 use std::io;
-use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use xdpilone::xdp::SockAddrXdp;
-use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, User};
-
-/// `sxdp_flags`: bind to the UMEM of `sxdp_shared_umem_fd`.
-const XDP_SHARED_UMEM: u16 = 1 << 0;
 
 /// How long a bind retries a queue still busy with its previous socket.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
@@ -40,11 +36,9 @@ pub(super) fn next_registration() -> u64 {
 /// A socket with its rings, made for one UMEM, to be bound (anywhere) and adopted by
 /// that UMEM. Dropping it closes the socket; it holds no frame.
 pub struct PreparedSocket {
-    // Field order is drop order: rings before the device queue and socket they map.
-    rx: RingRx,
-    tx: RingTx,
-    device: DeviceQueue,
-    user: User,
+    // Field order is drop order: rings before the socket they are mapped from.
+    rings: Rings,
+    fd: Arc<OwnedFd>,
     ifname: String,
     ifindex: u32,
     queue: u32,
@@ -55,14 +49,6 @@ pub struct PreparedSocket {
     registration: u64,
     bound: bool,
 }
-
-// SAFETY: the only parts that are not `Send` are xdpilone's ring pointers, which point
-// into mappings owned by the socket descriptors this value holds (their `Arc`s are
-// cloned only into these same fields), so moving the whole to another thread moves
-// every user of those mappings with it. The device registration set the `DeviceQueue`
-// updates on drop is xdpilone's lock-protected `Send + Sync` set. Nothing touches the
-// rings before `Umem::adopt_port` brings them back to the UMEM's thread.
-unsafe impl Send for PreparedSocket {}
 
 impl core::fmt::Debug for PreparedSocket {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -111,7 +97,7 @@ impl PreparedSocket {
         }
         let t0 = Instant::now();
         loop {
-            match bind(self.user.as_raw_fd(), &addr) {
+            match kernel::bind(self.fd.as_raw_fd(), &addr) {
                 Ok(()) => break,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) && t0.elapsed() < BUSY_RETRY => {
                     std::thread::sleep(Duration::from_millis(5));
@@ -129,14 +115,6 @@ impl PreparedSocket {
         self.bound = true;
         Ok(())
     }
-}
-
-fn bind(fd: RawFd, addr: &SockAddrXdp) -> io::Result<()> {
-    let len = libc::socklen_t::try_from(size_of::<SockAddrXdp>()).expect("a sockaddr's size fits");
-    // SAFETY: `addr` is a valid `sockaddr_xdp` (xdpilone's `repr(C)` mirror of it) that
-    // outlives the call, and `len` is its size; `fd` is a socket the caller owns.
-    let r = unsafe { libc::bind(fd, core::ptr::from_ref(addr).cast::<libc::sockaddr>(), len) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 impl Umem {
@@ -211,27 +189,26 @@ impl Umem {
         let fail = |step, source| XskError::Socket { step, ifname: ifname.to_owned(), queue, source };
         let name =
             CString::new(ifname).map_err(|_| fail("interface name", io::Error::from(io::ErrorKind::InvalidInput)))?;
-        let mut info = IfInfo::invalid();
-        info.from_name(&name).map_err(|e| fail("interface lookup", errno(e)))?;
-        info.set_queue(queue);
+        // SAFETY: `name` is a NUL-terminated string that outlives the call.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(fail("interface lookup", io::Error::last_os_error()));
+        }
         // The first socket is the UMEM's own descriptor; later ones get their own. Each
         // (interface, queue) has its own fill and completion rings.
-        let sock = if umem_fd.is_none() { Socket::with_shared(&info, &self.umem) } else { Socket::new(&info) }
-            .map_err(|e| fail("socket", errno(e)))?;
-        let device = self.umem.fq_cq(&sock).map_err(|e| fail("fill/completion rings", errno(e)))?;
-        let ring = NonZeroU32::new(self.settings.rx_tx_ring).expect("checked non-zero");
-        // The bind itself is ours (`PreparedSocket::bind`), so xdpilone's flags stay 0.
-        let config = SocketConfig { rx_size: Some(ring), tx_size: Some(ring), bind_flags: 0 };
-        let user = self.umem.rx_tx(&sock, &config).map_err(|e| fail("rx/tx rings", errno(e)))?;
-        let rx = user.map_rx().map_err(|e| fail("map rx ring", errno(e)))?;
-        let tx = user.map_tx().map_err(|e| fail("map tx ring", errno(e)))?;
+        let fd = match umem_fd {
+            None => Arc::clone(&self.fd),
+            Some(_) => Arc::new(kernel::socket().map_err(|e| fail("socket", e))?),
+        };
+        let (fill, rx_tx) = (self.settings.fill_ring, self.settings.rx_tx_ring);
+        kernel::set_fill_completion(fd.as_fd(), fill).map_err(|e| fail("fill/completion rings", e))?;
+        kernel::set_rx_tx(fd.as_fd(), rx_tx).map_err(|e| fail("rx/tx rings", e))?;
+        let rings = kernel::map_rings(fd.as_fd(), fill, rx_tx).map_err(|e| fail("map rings", e))?;
         Ok(PreparedSocket {
-            rx,
-            tx,
-            device,
-            user,
+            rings,
+            fd,
             ifname: ifname.to_owned(),
-            ifindex: info.ifindex(),
+            ifindex,
             queue,
             umem_fd,
             flags,
@@ -242,23 +219,24 @@ impl Umem {
 
     /// A bound socket as a port of this UMEM.
     fn adopt(&mut self, socket: PreparedSocket, zero_copy: Option<bool>) -> XskPort {
-        let PreparedSocket { rx, tx, device, user, ifname, ifindex, queue, .. } = socket;
+        let PreparedSocket { rings: Rings { rx, tx, fill, completion }, fd, ifname, ifindex, queue, .. } = socket;
         if let Some(zc) = zero_copy {
-            self.own_fd = Some(user.as_raw_fd());
+            self.own_fd = Some(fd.as_raw_fd());
             self.zero_copy = zc;
         }
         let tx_budget = if self.zero_copy || !self.settings.raise_tx_budget {
             super::DEFAULT_TX_BUDGET
         } else {
-            super::raise_tx_budget(user.as_raw_fd(), self.settings.rx_tx_ring)
+            super::raise_tx_budget(fd.as_raw_fd(), self.settings.rx_tx_ring)
         };
         self.next_token = self.next_token.wrapping_add(1);
         self.open_ports += 1;
         XskPort {
             rx,
             tx,
-            device,
-            user,
+            fill,
+            completion,
+            fd,
             ifname,
             ifindex,
             queue,

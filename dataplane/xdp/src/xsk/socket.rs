@@ -1,12 +1,12 @@
 //! One AF_XDP socket on an (interface, queue): its rings, the kernel's statistics, TX
 //! wakeups and the per-wakeup budget; the frames it moves are the [`Umem`](super::Umem)'s.
 
-use super::errno;
+use super::kernel::{self, SOL_XDP};
+use super::ring::{Consumer, Desc, Producer};
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
-use xdpilone::{DeviceQueue, RingRx, RingTx, User};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
-const SOL_XDP: libc::c_int = 283;
 /// Socket option (Linux 6.17+): descriptors a copy-mode socket's TX sends per wakeup,
 /// from [`DEFAULT_TX_BUDGET`] up to its TX ring's size.
 const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
@@ -33,11 +33,13 @@ pub struct SocketStats {
 
 /// One AF_XDP socket bound to an (interface, queue), with its rings.
 pub struct XskPort {
-    // Field order is drop order: rings before the device queue and socket they map.
-    pub(super) rx: RingRx,
-    pub(super) tx: RingTx,
-    pub(super) device: DeviceQueue,
-    pub(super) user: User,
+    // Field order is drop order: rings before the socket they are mapped from.
+    pub(super) rx: Consumer<Desc>,
+    pub(super) tx: Producer<Desc>,
+    pub(super) fill: Producer<u64>,
+    pub(super) completion: Consumer<u64>,
+    /// The socket (the UMEM's own, shared with it, for its first port).
+    pub(super) fd: Arc<OwnedFd>,
     pub(super) ifname: String,
     pub(super) ifindex: u32,
     pub(super) queue: u32,
@@ -69,12 +71,7 @@ impl XskPort {
     /// The socket descriptor (for the XSKMAP and for poll(2)).
     #[must_use]
     pub fn fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the socket lives as long as `self.user`, which `self` owns.
-        unsafe { BorrowedFd::borrow_raw(self.raw_fd()) }
-    }
-
-    fn raw_fd(&self) -> RawFd {
-        self.rx.as_raw_fd()
+        self.fd.as_fd()
     }
 
     /// Interface name.
@@ -112,7 +109,7 @@ impl XskPort {
     /// # Errors
     /// The getsockopt error.
     pub fn stats(&self) -> io::Result<SocketStats> {
-        let s = self.user.statistics_v2().map_err(errno)?;
+        let s = kernel::statistics(self.fd())?;
         Ok(SocketStats {
             rx_dropped: s.rx_dropped,
             rx_invalid_descs: s.rx_invalid_descs,
@@ -127,13 +124,13 @@ impl XskPort {
     /// arriving now are dropped until it is restocked).
     #[must_use]
     pub fn fill_pending(&self) -> u32 {
-        self.device.pending()
+        self.fill.pending()
     }
 
     /// Whether the kernel wants a wakeup to process the fill ring (need_wakeup mode).
     #[must_use]
     pub fn fill_needs_wakeup(&self) -> bool {
-        self.device.needs_wakeup()
+        self.fill.needs_wakeup()
     }
 
     /// Kick the kernel to send what is in the TX ring, if it asked for it.
@@ -144,7 +141,7 @@ impl XskPort {
     }
 
     fn wake_tx(&self) {
-        self.tx.wake();
+        kernel::wake_tx(self.fd());
         self.tx_wakeups.set(self.tx_wakeups.get() + 1);
     }
 
@@ -217,6 +214,6 @@ impl XskPort {
     /// The raw descriptor, for [`wait_readable`].
     #[must_use]
     pub fn poll_fd(&self) -> RawFd {
-        self.raw_fd()
+        self.fd.as_raw_fd()
     }
 }
