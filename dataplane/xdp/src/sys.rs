@@ -326,9 +326,17 @@ pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
 /// # Errors
 /// The kernel's error.
 pub(crate) fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("4");
-    // SAFETY: `value` is a live int for the call and `len` is its size.
-    let r = unsafe { libc::setsockopt(fd, level, name, std::ptr::from_ref(&value).cast(), len) };
+    setsockopt(fd, level, name, &value)
+}
+
+/// `setsockopt(2)` with a plain-data value (an int, a `#[repr(C)]` struct of the UAPI).
+///
+/// # Errors
+/// The kernel's error.
+pub(crate) fn setsockopt<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(size_of::<T>()).expect("option sizes fit");
+    // SAFETY: `value` points to a live `T` of `len` bytes for the duration of the call.
+    let r = unsafe { libc::setsockopt(fd, level, name, std::ptr::from_ref(value).cast(), len) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 

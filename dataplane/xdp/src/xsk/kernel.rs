@@ -84,11 +84,8 @@ pub(super) fn socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn setsockopt<T>(fd: BorrowedFd<'_>, name: libc::c_int, value: &T) -> io::Result<()> {
-    let len = libc::socklen_t::try_from(size_of::<T>()).expect("option sizes fit");
-    // SAFETY: `value` points to a live `T` of `len` bytes for the duration of the call.
-    let r = unsafe { libc::setsockopt(fd.as_raw_fd(), SOL_XDP, name, core::ptr::from_ref(value).cast(), len) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+fn setsockopt<T: Copy>(fd: BorrowedFd<'_>, name: libc::c_int, value: &T) -> io::Result<()> {
+    crate::sys::setsockopt(fd.as_raw_fd(), SOL_XDP, name, value)
 }
 
 fn getsockopt<T: Default>(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<T> {
