@@ -668,6 +668,7 @@ impl<H: Host> State<H> {
 }
 
 /// Where a worker's `Opened` answer goes.
+#[derive(Clone)]
 struct Answer {
     id: PortId,
     events: Sender<WorkerEvent>,
@@ -695,7 +696,7 @@ fn run_open<M: FrameMemory + 'static, P: xlane_engine::Port<M> + 'static>(
     job: OpenJob<M, P>,
     abandon: Arc<AtomicBool>,
 ) {
-    let (events, id) = (answer.events.clone(), answer.id);
+    let fallback = answer.clone();
     let again = worker.clone();
     let sent = worker.run(move |d| {
         if abandon.load(Acquire) {
@@ -704,19 +705,19 @@ fn run_open<M: FrameMemory + 'static, P: xlane_engine::Port<M> + 'static>(
         match job(d) {
             OpenStep::Done(result) => answer.send(result),
             OpenStep::Off(work) => {
-                let (off_events, off_wake) = (answer.events.clone(), answer.wake.clone());
+                let fallback = answer.clone();
                 let spawned = std::thread::Builder::new().name(format!("xlane-open{i}")).spawn(move || {
                     let next = work();
                     run_open(again, i, answer, next, abandon);
                 });
                 if let Err(e) = spawned {
-                    Answer { id, events: off_events, wake: off_wake }.send(Err(format!("open thread: {e}")));
+                    fallback.send(Err(format!("open thread: {e}")));
                 }
             }
         }
     });
     if !sent {
-        let _ = events.send(WorkerEvent::Opened { id, result: Err(format!("worker {i} has exited")) });
+        fallback.send(Err(format!("worker {i} has exited")));
     }
 }
 
