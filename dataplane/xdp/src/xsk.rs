@@ -16,7 +16,7 @@
 //! [`FrameMemory`] for AF_XDP ports.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use xlane_engine::{FrameMemory, Packet};
@@ -193,11 +193,9 @@ pub struct Umem {
     /// Multi-buffer packets dropped: no slot left in the burst's jumbo store, longer
     /// than a slot, or a chain the ring broke off.
     large_dropped: u64,
-    /// The UMEM's own socket, once bound to a port (later sockets share the UMEM
+    /// Whether the UMEM's own socket is bound to a port (later sockets share the UMEM
     /// through it).
-    own_fd: Option<RawFd>,
-    /// This registration's number (see [`PreparedSocket`]).
-    registration: u64,
+    bound: bool,
     /// The mode the first port bound in (every port inherits it).
     zero_copy: bool,
     /// Sockets open on this UMEM.
@@ -245,8 +243,7 @@ impl Umem {
             epoch: 0,
             bad_descs: 0,
             large_dropped: 0,
-            own_fd: None,
-            registration: prepare::next_registration(),
+            bound: false,
             zero_copy: false,
             open_ports: 0,
             growth_allowance: frames / 4,
@@ -267,7 +264,7 @@ impl Umem {
     /// # Errors
     /// [`XskError::Socket`] naming the failed step.
     pub fn open_port(&mut self, ifname: &str, queue: u32, mode: BindMode) -> Result<XskPort, XskError> {
-        if self.own_fd.is_some() {
+        if self.bound {
             return self.open_port_as(ifname, queue, None);
         }
         match mode {
@@ -289,7 +286,6 @@ impl Umem {
     /// configured on the old one). No port uses the old registration: none is bound.
     fn reregister(&mut self) -> Result<(), XskError> {
         self.fd = register(&self.area, &self.settings)?;
-        self.registration = prepare::next_registration();
         Ok(())
     }
 
@@ -341,7 +337,7 @@ impl Umem {
     /// prepared and bound off the worker ([`prepare_port`](Self::prepare_port)).
     #[must_use]
     pub fn bound(&self) -> bool {
-        self.own_fd.is_some()
+        self.bound
     }
 
     /// Sockets open on this UMEM.
@@ -385,17 +381,15 @@ impl Umem {
         if want == 0 {
             return 0;
         }
-        let given = port.fill.free(want);
+        let given = port.rings.fill.free(want);
         let from = self.free.len() - given as usize;
         for (k, &addr) in (0..given).zip(&self.free[from..]) {
-            port.fill.write(k, addr);
-        }
-        port.fill.submit(given);
-        for k in from..self.free.len() {
-            let i = self.index(self.free[k]).expect("free-list addresses lie inside the UMEM");
+            port.rings.fill.write(k, addr);
+            let i = self.index(addr).expect("free-list addresses lie inside the UMEM");
             self.owner[i] = Owner::Fill;
             self.holder[i] = port.token;
         }
+        port.rings.fill.submit(given);
         self.free.truncate(from);
         port.in_fill += given;
         given
@@ -409,10 +403,10 @@ impl Umem {
 
     /// Return frames whose transmission completed on `port` to the free list.
     pub fn reap_completions(&mut self, port: &mut XskPort) -> u32 {
-        let ready = port.completion.ready(port.in_tx.max(1));
+        let ready = port.rings.completion.ready(port.in_tx.max(1));
         let mut n = 0;
         for k in 0..ready {
-            let addr = port.completion.read(k);
+            let addr = port.rings.completion.read(k);
             match self.index(addr) {
                 Some(i) if self.owner[i] == Owner::Tx => {
                     self.owner[i] = Owner::Free;
@@ -422,7 +416,7 @@ impl Umem {
                 _ => self.bad_descs += 1,
             }
         }
-        port.completion.release(ready);
+        port.rings.completion.release(ready);
         port.in_tx = port.in_tx.saturating_sub(n);
         n
     }
@@ -430,16 +424,16 @@ impl Umem {
     /// Take up to `out.len()` received frames from `port`; returns how many were stored.
     pub fn receive(&mut self, port: &mut XskPort, out: &mut [Packet<u64>]) -> usize {
         let max = u32::try_from(out.len()).unwrap_or(u32::MAX);
-        let ready = port.rx.ready(max);
+        let ready = port.rings.rx.ready(max);
         let mut n = 0;
         for k in 0..ready {
-            let Desc { addr, len, .. } = port.rx.read(k);
+            let Desc { addr, len, .. } = port.rings.rx.read(k);
             if let Some(p) = self.take_received(&mut port.in_fill, addr, len) {
                 out[n] = p;
                 n += 1;
             }
         }
-        port.rx.release(ready);
+        port.rings.rx.release(ready);
         n
     }
 
@@ -516,19 +510,19 @@ impl Umem {
     /// queued, in order; the caller must [`release`](Self::release) the rest.
     pub fn transmit(&mut self, port: &mut XskPort, pkts: &[Packet<u64>]) -> usize {
         let mut queued: u32 = 0;
-        let room = port.tx.free(u32::try_from(pkts.len()).unwrap_or(u32::MAX));
+        let room = port.rings.tx.free(u32::try_from(pkts.len()).unwrap_or(u32::MAX));
         for p in &pkts[..room as usize] {
             let Some(i) = self.index(p.buf) else { break };
             if self.owner[i] != Owner::App || p.head.checked_add(p.len).is_none_or(|end| end > self.settings.frame_size)
             {
                 break;
             }
-            port.tx.write(queued, Desc { addr: self.base(p.buf) + u64::from(p.head), len: p.len, options: 0 });
+            port.rings.tx.write(queued, Desc { addr: self.base(p.buf) + u64::from(p.head), len: p.len, options: 0 });
             self.owner[i] = Owner::Tx;
             self.holder[i] = port.token;
             queued += 1;
         }
-        port.tx.submit(queued);
+        port.rings.tx.submit(queued);
         port.in_tx += queued;
         queued as usize
     }

@@ -60,9 +60,7 @@ fn a_fill_ring_that_runs_dry_grows_within_the_umems_allowance() {
         return;
     }
     let ns = Netns::new("xlt-grow").unwrap();
-    ns.ip(&["link", "add", "g0", "type", "veth", "peer", "name", "g1"]).unwrap();
-    ns.ip(&["link", "set", "g0", "up"]).unwrap();
-    ns.ip(&["link", "set", "g1", "up"]).unwrap();
+    xlane_netlab::veth(&ns, "g0", &ns, "g1").unwrap();
     let g0 = ns.ifindex("g0").unwrap();
     ns.enter(|| {
         // (UMEM frames, the targets it allows): 4096 frames allow 1024 of growth, enough

@@ -42,9 +42,7 @@ fn shared_umem_across_a_veth_pair() {
         return;
     }
     let ns = Netns::new("xlt-xsk").unwrap();
-    ns.ip(&["link", "add", "a0", "type", "veth", "peer", "name", "a1"]).unwrap();
-    ns.ip(&["link", "set", "a0", "up"]).unwrap();
-    ns.ip(&["link", "set", "a1", "up"]).unwrap();
+    xlane_netlab::veth(&ns, "a0", &ns, "a1").unwrap();
     let a0 = ns.ifindex("a0").unwrap();
     ns.enter(|| {
         let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
@@ -112,9 +110,7 @@ fn closed_ports_give_their_frames_back() {
         return;
     }
     let ns = Netns::new("xlt-xskc").unwrap();
-    ns.ip(&["link", "add", "b0", "type", "veth", "peer", "name", "b1"]).unwrap();
-    ns.ip(&["link", "set", "b0", "up"]).unwrap();
-    ns.ip(&["link", "set", "b1", "up"]).unwrap();
+    xlane_netlab::veth(&ns, "b0", &ns, "b1").unwrap();
     ns.enter(|| {
         let settings = UmemSettings { frames: 1024, fill_ring: 256, rx_tx_ring: 256, ..UmemSettings::default() };
         let mut umem = Umem::new(settings).unwrap();
@@ -145,9 +141,7 @@ fn a_socket_bound_on_another_thread_joins_the_umem() {
         return;
     }
     let ns = Netns::new("xlt-xskb").unwrap();
-    ns.ip(&["link", "add", "c0", "type", "veth", "peer", "name", "c1"]).unwrap();
-    ns.ip(&["link", "set", "c0", "up"]).unwrap();
-    ns.ip(&["link", "set", "c1", "up"]).unwrap();
+    xlane_netlab::veth(&ns, "c0", &ns, "c1").unwrap();
     let c0 = ns.ifindex("c0").unwrap();
     ns.enter(|| {
         let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
@@ -309,9 +303,7 @@ fn a_raised_tx_budget_sends_a_burst_in_one_wakeup_and_the_fallback_in_several() 
     let mut v = release.trim().split(['.', '-']).map(|x| x.parse::<u32>().unwrap_or(0));
     let has_option = (v.next().unwrap(), v.next().unwrap()) >= (6, 17);
     let ns = Netns::new("xlt-budget").unwrap();
-    ns.ip(&["link", "add", "t0", "type", "veth", "peer", "name", "t1"]).unwrap();
-    ns.ip(&["link", "set", "t0", "up"]).unwrap();
-    ns.ip(&["link", "set", "t1", "up"]).unwrap();
+    xlane_netlab::veth(&ns, "t0", &ns, "t1").unwrap();
     ns.enter(|| {
         for raise in [true, false] {
             let settings = UmemSettings {

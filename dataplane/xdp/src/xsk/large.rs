@@ -25,9 +25,9 @@ impl Umem {
             if room == 0 && chain.is_none() {
                 break;
             }
-            let read = port.rx.ready(room.max(1));
+            let read = port.rings.rx.ready(room.max(1));
             for k in 0..read {
-                let Desc { addr, len, options } = port.rx.read(k);
+                let Desc { addr, len, options } = port.rings.rx.read(k);
                 let contd = options & XDP_PKT_CONTD != 0;
                 let Some(p) = self.take_received(&mut port.in_fill, addr, len) else {
                     // A piece lost: the packet it belongs to is not kept.
@@ -65,7 +65,7 @@ impl Umem {
                     };
                 }
             }
-            port.rx.release(read);
+            port.rings.rx.release(read);
             // The kernel publishes whole packets: a chain open here ends in the ring.
             if chain.is_none() || read == 0 {
                 break;

@@ -5,8 +5,8 @@
 //!
 //! 1. [`Umem::prepare_port`] on the worker: the socket, its fill/completion and RX/TX
 //!    rings, mapped; no frame given yet.
-//! 2. [`PreparedSocket::bind`] on any thread: it needs only the socket, a duplicate of
-//!    the UMEM's own socket and the address.
+//! 2. [`PreparedSocket::bind`] on any thread: it needs only the socket, the UMEM's own
+//!    socket and the address.
 //! 3. [`Umem::adopt_port`] on the worker: the socket becomes an [`XskPort`] of the UMEM.
 //!
 //! Only sockets that share a UMEM already bound are opened so. The UMEM's first socket
@@ -17,21 +17,12 @@ use super::kernel::{self, Rings, SockAddrXdp, XDP_SHARED_UMEM};
 use super::{Umem, XDP_COPY, XDP_USE_NEED_WAKEUP, XDP_USE_SG, XDP_ZEROCOPY, XskError, XskPort};
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a bind retries a queue still busy with its previous socket.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
-
-/// Numbers UMEM registrations, so a socket is adopted only by the UMEM it was made for.
-static REGISTRATIONS: AtomicU64 = AtomicU64::new(1);
-
-/// A new registration's number.
-pub(super) fn next_registration() -> u64 {
-    REGISTRATIONS.fetch_add(1, Ordering::Relaxed)
-}
 
 /// A socket with its rings, made for one UMEM, to be bound (anywhere) and adopted by
 /// that UMEM. Dropping it closes the socket; it holds no frame.
@@ -42,11 +33,11 @@ pub struct PreparedSocket {
     ifname: String,
     ifindex: u32,
     queue: u32,
-    /// The UMEM's own socket, duplicated so the bind can run after the worker moved on
-    /// (`None`: this is that socket).
-    umem_fd: Option<OwnedFd>,
+    /// The registration socket of the UMEM it was made for (held, so the bind can run
+    /// after the worker moved on; `fd` itself for the UMEM's first socket). A UMEM
+    /// adopts only sockets made for its current registration.
+    umem: Arc<OwnedFd>,
     flags: u16,
-    registration: u64,
     bound: bool,
 }
 
@@ -91,9 +82,9 @@ impl PreparedSocket {
             queue_id: self.queue,
             shared_umem_fd: 0,
         };
-        if let Some(umem) = &self.umem_fd {
+        if !Arc::ptr_eq(&self.fd, &self.umem) {
             addr.flags |= XDP_SHARED_UMEM;
-            addr.shared_umem_fd = u32::try_from(umem.as_raw_fd()).expect("descriptors are non-negative");
+            addr.shared_umem_fd = u32::try_from(self.umem.as_raw_fd()).expect("descriptors are non-negative");
         }
         let t0 = Instant::now();
         loop {
@@ -125,19 +116,10 @@ impl Umem {
     /// [`XskError::Settings`] if the UMEM has no bound socket yet (its first one opens
     /// with [`open_port`](Self::open_port)); [`XskError::Socket`] naming the failed step.
     pub fn prepare_port(&mut self, ifname: &str, queue: u32) -> Result<PreparedSocket, XskError> {
-        let Some(own) = self.own_fd else {
+        if !self.bound {
             return Err(XskError::Settings("a UMEM's first socket binds on its worker (open_port)"));
-        };
-        // SAFETY: `own` is the UMEM's own socket, open as long as `self.umem` lives, and
-        // `self` is borrowed for the whole call.
-        let own = unsafe { BorrowedFd::borrow_raw(own) };
-        let dup = own.try_clone_to_owned().map_err(|source| XskError::Socket {
-            step: "duplicate the UMEM socket",
-            ifname: ifname.to_owned(),
-            queue,
-            source,
-        })?;
-        self.prepare(ifname, queue, Some(dup), 0)
+        }
+        self.prepare(ifname, queue, true, 0)
     }
 
     /// Step 3: make a socket prepared for this UMEM and bound since one of its ports.
@@ -146,7 +128,7 @@ impl Umem {
     /// [`XskError::Settings`] if it was made for another UMEM (or a registration of
     /// this one that was replaced) or is not bound: it is closed.
     pub fn adopt_port(&mut self, socket: PreparedSocket) -> Result<XskPort, XskError> {
-        if socket.registration != self.registration {
+        if !Arc::ptr_eq(&socket.umem, &self.fd) {
             return Err(XskError::Settings("the socket was prepared for another UMEM"));
         }
         if !socket.bound {
@@ -171,7 +153,7 @@ impl Umem {
                     // Multi-buffer in copy mode only: a zero-copy driver may not take it.
                     XDP_USE_NEED_WAKEUP | XDP_COPY | XDP_USE_SG
                 };
-                self.prepare(ifname, queue, None, flags)?
+                self.prepare(ifname, queue, false, flags)?
             }
             None => self.prepare_port(ifname, queue)?,
         };
@@ -179,13 +161,8 @@ impl Umem {
         Ok(self.adopt(socket, zero_copy))
     }
 
-    fn prepare(
-        &mut self,
-        ifname: &str,
-        queue: u32,
-        umem_fd: Option<OwnedFd>,
-        flags: u16,
-    ) -> Result<PreparedSocket, XskError> {
+    /// A socket with its rings: a new one `shared` with the UMEM, else the UMEM's own.
+    fn prepare(&mut self, ifname: &str, queue: u32, shared: bool, flags: u16) -> Result<PreparedSocket, XskError> {
         let fail = |step, source| XskError::Socket { step, ifname: ifname.to_owned(), queue, source };
         let name =
             CString::new(ifname).map_err(|_| fail("interface name", io::Error::from(io::ErrorKind::InvalidInput)))?;
@@ -196,10 +173,7 @@ impl Umem {
         }
         // The first socket is the UMEM's own descriptor; later ones get their own. Each
         // (interface, queue) has its own fill and completion rings.
-        let fd = match umem_fd {
-            None => Arc::clone(&self.fd),
-            Some(_) => Arc::new(kernel::socket().map_err(|e| fail("socket", e))?),
-        };
+        let fd = if shared { Arc::new(kernel::socket().map_err(|e| fail("socket", e))?) } else { Arc::clone(&self.fd) };
         let (fill, rx_tx) = (self.settings.fill_ring, self.settings.rx_tx_ring);
         kernel::set_fill_completion(fd.as_fd(), fill).map_err(|e| fail("fill/completion rings", e))?;
         kernel::set_rx_tx(fd.as_fd(), rx_tx).map_err(|e| fail("rx/tx rings", e))?;
@@ -210,18 +184,17 @@ impl Umem {
             ifname: ifname.to_owned(),
             ifindex,
             queue,
-            umem_fd,
+            umem: Arc::clone(&self.fd),
             flags,
-            registration: self.registration,
             bound: false,
         })
     }
 
     /// A bound socket as a port of this UMEM.
     fn adopt(&mut self, socket: PreparedSocket, zero_copy: Option<bool>) -> XskPort {
-        let PreparedSocket { rings: Rings { rx, tx, fill, completion }, fd, ifname, ifindex, queue, .. } = socket;
+        let PreparedSocket { rings, fd, ifname, ifindex, queue, .. } = socket;
         if let Some(zc) = zero_copy {
-            self.own_fd = Some(fd.as_raw_fd());
+            self.bound = true;
             self.zero_copy = zc;
         }
         let tx_budget = if self.zero_copy || !self.settings.raise_tx_budget {
@@ -232,10 +205,7 @@ impl Umem {
         self.next_token = self.next_token.wrapping_add(1);
         self.open_ports += 1;
         XskPort {
-            rx,
-            tx,
-            fill,
-            completion,
+            rings,
             fd,
             ifname,
             ifindex,

@@ -1,8 +1,7 @@
 //! One AF_XDP socket on an (interface, queue): its rings, the kernel's statistics, TX
 //! wakeups and the per-wakeup budget; the frames it moves are the [`Umem`](super::Umem)'s.
 
-use super::kernel::{self, SOL_XDP};
-use super::ring::{Consumer, Desc, Producer};
+use super::kernel::{self, Rings, SOL_XDP};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -34,10 +33,7 @@ pub struct SocketStats {
 /// One AF_XDP socket bound to an (interface, queue), with its rings.
 pub struct XskPort {
     // Field order is drop order: rings before the socket they are mapped from.
-    pub(super) rx: Consumer<Desc>,
-    pub(super) tx: Producer<Desc>,
-    pub(super) fill: Producer<u64>,
-    pub(super) completion: Consumer<u64>,
+    pub(super) rings: Rings,
     /// The socket (the UMEM's own, shared with it, for its first port).
     pub(super) fd: Arc<OwnedFd>,
     pub(super) ifname: String,
@@ -101,7 +97,7 @@ impl XskPort {
     /// Frames waiting in the RX ring.
     #[must_use]
     pub fn rx_pending(&self) -> u32 {
-        self.rx.available()
+        self.rings.rx.available()
     }
 
     /// The kernel's statistics for this socket.
@@ -124,18 +120,18 @@ impl XskPort {
     /// arriving now are dropped until it is restocked).
     #[must_use]
     pub fn fill_pending(&self) -> u32 {
-        self.fill.pending()
+        self.rings.fill.pending()
     }
 
     /// Whether the kernel wants a wakeup to process the fill ring (need_wakeup mode).
     #[must_use]
     pub fn fill_needs_wakeup(&self) -> bool {
-        self.fill.needs_wakeup()
+        self.rings.fill.needs_wakeup()
     }
 
     /// Kick the kernel to send what is in the TX ring, if it asked for it.
     pub fn kick_tx(&self) {
-        if self.tx.needs_wakeup() {
+        if self.rings.tx.needs_wakeup() {
             self.wake_tx();
         }
     }
@@ -162,7 +158,7 @@ impl XskPort {
     /// Descriptors in the TX ring the kernel has not taken yet.
     #[must_use]
     pub fn tx_pending(&self) -> u32 {
-        self.tx.pending()
+        self.rings.tx.pending()
     }
 
     /// Make the kernel send what is queued. In copy mode one wakeup sends at most
@@ -171,12 +167,12 @@ impl XskPort {
     /// making progress (completion ring full), or `max_wakeups` is reached.
     pub fn flush_tx(&self, max_wakeups: u32) {
         for _ in 0..max_wakeups {
-            let before = self.tx.pending();
-            if before == 0 || !self.tx.needs_wakeup() {
+            let before = self.rings.tx.pending();
+            if before == 0 || !self.rings.tx.needs_wakeup() {
                 return;
             }
             self.wake_tx();
-            if self.tx.pending() >= before {
+            if self.rings.tx.pending() >= before {
                 return;
             }
         }
