@@ -178,6 +178,59 @@ impl XdpAttachment {
     }
 }
 
+/// What an attachment is, beside its descriptors, as plain data (for a handover).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttachmentState {
+    /// Interface.
+    pub ifindex: u32,
+    /// Attached in native mode (else generic).
+    pub native: bool,
+    /// The program takes multi-buffer packets.
+    pub multi_buffer: bool,
+}
+
+/// An attachment on its way to another process: duplicates of its link, program and
+/// XSKMAP. The program stays attached, and the map keeps naming the sockets, for as long
+/// as a process holds the link.
+#[derive(Debug)]
+pub struct AttachmentHandover {
+    /// The BPF link.
+    pub link: OwnedFd,
+    /// The program.
+    pub prog: OwnedFd,
+    /// Its XSKMAP.
+    pub xskmap: OwnedFd,
+    /// What it is.
+    pub state: AttachmentState,
+}
+
+impl XdpAttachment {
+    /// Hand the attachment over (see [`AttachmentHandover`]).
+    ///
+    /// # Errors
+    /// A descriptor could not be duplicated.
+    pub fn hand_over(&self) -> io::Result<AttachmentHandover> {
+        Ok(AttachmentHandover {
+            link: self.link.try_clone()?,
+            prog: self.prog.try_clone()?,
+            xskmap: self.xskmap.try_clone()?,
+            state: AttachmentState {
+                ifindex: self.ifindex,
+                native: self.mode == XdpMode::Native,
+                multi_buffer: self.multi_buffer,
+            },
+        })
+    }
+
+    /// An attachment another process handed over.
+    #[must_use]
+    pub fn take_over(h: AttachmentHandover) -> Self {
+        let AttachmentHandover { link, prog, xskmap, state } = h;
+        let mode = if state.native { XdpMode::Native } else { XdpMode::Generic };
+        Self { link, prog, xskmap, ifindex: state.ifindex, mode, multi_buffer: state.multi_buffer }
+    }
+}
+
 /// Failure to keep the host's stack off an interface.
 #[derive(Debug, thiserror::Error)]
 pub enum HostBlockError {
@@ -257,5 +310,22 @@ impl HostStackBlock {
     #[must_use]
     pub fn link(&self) -> BorrowedFd<'_> {
         self.link.as_fd()
+    }
+}
+
+impl HostStackBlock {
+    /// Hand the block over to another process: duplicates of its link and program (it
+    /// stays attached for as long as a process holds the link).
+    ///
+    /// # Errors
+    /// A descriptor could not be duplicated.
+    pub fn hand_over(&self) -> io::Result<(OwnedFd, OwnedFd)> {
+        Ok((self.link.try_clone()?, self.prog.try_clone()?))
+    }
+
+    /// A block another process handed over ([`hand_over`](Self::hand_over)) on `ifindex`.
+    #[must_use]
+    pub fn take_over(link: OwnedFd, prog: OwnedFd, ifindex: u32) -> Self {
+        Self { link, prog, ifindex }
     }
 }

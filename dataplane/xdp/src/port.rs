@@ -7,6 +7,7 @@
 
 use crate::attach::XdpAttachment;
 use crate::udp_gso::UdpGsoSender;
+use crate::xsk::handover::SocketHandover;
 use crate::xsk::{BindMode, PreparedSocket, SocketStats, Umem, UmemId, Umems, XskError, XskPort};
 use std::io;
 use std::os::fd::RawFd;
@@ -98,6 +99,19 @@ pub struct XdpPort {
     udp_gso: Option<Box<UdpGsoSender>>,
 }
 
+/// An [`XdpPort`] on its way to another process.
+#[derive(Debug)]
+pub struct PortHandover {
+    /// The index of its UMEM in the worker's set.
+    pub umem: u8,
+    /// The socket.
+    pub socket: SocketHandover,
+    /// Its fill target, grown under bursts.
+    pub fill_target: u32,
+    /// Its first fill target.
+    pub fill_base: u32,
+}
+
 /// What a queue's socket serves, beside the socket itself.
 #[derive(Debug, Clone)]
 pub struct QueueSpec {
@@ -144,7 +158,9 @@ impl XdpPort {
     fn serve(umems: &mut Umems, umem_id: UmemId, mut xsk: XskPort, spec: QueueSpec) -> Result<Self, OpenError> {
         let QueueSpec { id, attach, fill_target, counters, kernel } = spec;
         let umem = umems.get_mut(umem_id);
-        umem.refill(&mut xsk, fill_target, 0);
+        // A socket taken over from another process comes with its ring stocked.
+        let missing = fill_target.saturating_sub(Umem::fill_level(&xsk));
+        umem.refill(&mut xsk, missing, 0);
         if let Err(source) = attach.insert_socket(xsk.queue(), xsk.fd()) {
             let (ifname, queue) = (xsk.ifname().to_owned(), xsk.queue());
             umem.close_port(xsk);
@@ -161,6 +177,38 @@ impl XdpPort {
             kernel,
             udp_gso: None,
         })
+    }
+
+    /// Hand the port over to another process (see [`crate::xsk::handover`]): its
+    /// socket, the UMEM it is in and its fill target. The UDP GSO sockets stay (the new
+    /// process opens its own: they hold nothing in flight).
+    ///
+    /// # Errors
+    /// The socket's descriptor could not be duplicated.
+    pub fn hand_over(self) -> Result<PortHandover, XskError> {
+        Ok(PortHandover {
+            umem: self.umem.index(),
+            socket: self.xsk.hand_over()?,
+            fill_target: self.fill_target,
+            fill_base: self.fill_base,
+        })
+    }
+
+    /// A port another process handed over, in the UMEM set it handed over too, serving
+    /// as `spec` says on the rings as they stand. The queue's XSKMAP entry is written
+    /// again (it already names the socket; an inherited map keeps it).
+    ///
+    /// # Errors
+    /// [`OpenError`]: the UMEM or the rings do not fit, or the XSKMAP refused.
+    pub fn take_over(umems: &mut Umems, h: PortHandover, spec: QueueSpec) -> Result<Self, OpenError> {
+        let umem = UmemId::from_index(h.umem);
+        if !umems.contains(umem) {
+            return Err(OpenError::Socket(XskError::Settings("a port handed over in a UMEM that was not")));
+        }
+        let xsk = umems.get_mut(umem).take_over_port(h.socket)?;
+        let mut port = Self::serve(umems, umem, xsk, QueueSpec { fill_target: h.fill_base, ..spec })?;
+        port.fill_target = h.fill_target.max(h.fill_base);
+        Ok(port)
     }
 
     /// Have encapsulated super-packets routed here sent by `sender` (the port then

@@ -16,12 +16,13 @@
 //! [`FrameMemory`] for AF_XDP ports.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use xlane_engine::{FrameMemory, Packet};
 
 mod closer;
+pub mod handover;
 mod kernel;
 mod large;
 mod prepare;
@@ -54,7 +55,7 @@ const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
 const XDP_USE_SG: u16 = 1 << 4;
 
 /// UMEM geometry and ring sizes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UmemSettings {
     /// Bytes per frame: 2048 or 4096.
     pub frame_size: u32,
@@ -81,6 +82,17 @@ impl Default for UmemSettings {
 pub const XDP_PACKET_HEADROOM: u32 = 256;
 
 impl UmemSettings {
+    /// The frame area's size in bytes, if the settings are valid.
+    fn check(&self) -> Result<usize, XskError> {
+        if !matches!(self.frame_size, 2048 | 4096) {
+            return Err(XskError::Settings("frame size must be 2048 or 4096"));
+        }
+        if self.frames == 0 || !self.fill_ring.is_power_of_two() || !self.rx_tx_ring.is_power_of_two() {
+            return Err(XskError::Settings("frames must be > 0 and ring sizes powers of two"));
+        }
+        Ok(self.frame_size as usize * self.frames as usize)
+    }
+
     /// The largest Ethernet frame one UMEM frame receives; larger ones arrive in several
     /// (multi-buffer, copy mode: [`Umem::receive_large`]) or, on a zero-copy socket,
     /// are dropped by the kernel.
@@ -130,36 +142,53 @@ fn register(area: &Area, settings: &UmemSettings) -> Result<Arc<OwnedFd>, XskErr
     Ok(Arc::new(fd))
 }
 
-/// Anonymous memory for frames, unmapped on drop.
+/// Memory for frames: a memfd mapped shared, unmapped on drop. A memfd rather than an
+/// anonymous mapping so that another process can map the same frames (a hitless
+/// restart hands the descriptor over, see [`handover`]).
 struct Area {
     ptr: NonNull<u8>,
     len: usize,
+    memfd: OwnedFd,
 }
 
 impl Area {
     fn new(len: usize) -> io::Result<Self> {
-        // SAFETY: an anonymous private mapping with no address hint; the kernel picks the
-        // address and we check the result before use.
+        let memfd = crate::sys::memfd(c"xlane-umem", len)?;
+        Self::map(memfd, len)
+    }
+
+    /// Map `len` bytes of `memfd` (made by [`new`](Self::new), here or in another process).
+    fn map(memfd: OwnedFd, len: usize) -> io::Result<Self> {
+        let size = crate::sys::file_size(memfd.as_fd())?;
+        if size != len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("frame memory is {size} bytes, not {len}"),
+            ));
+        }
+        // SAFETY: a shared mapping of a file we hold, with no address hint; the kernel
+        // picks the address and we check the result before use. The file is `len` bytes
+        // long (checked above), so every mapped page is backed.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                memfd.as_raw_fd(),
                 0,
             )
         };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { ptr: NonNull::new(p.cast()).expect("mmap never returns null on success"), len })
+        Ok(Self { ptr: NonNull::new(p.cast()).expect("mmap never returns null on success"), len, memfd })
     }
 }
 
 impl Drop for Area {
     fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly the mapping created in `new`, unmapped only here.
+        // SAFETY: ptr/len are exactly the mapping created in `map`, unmapped only here.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
@@ -220,17 +249,16 @@ impl Umem {
     /// # Errors
     /// [`XskError`] for bad settings or a kernel refusal.
     pub fn new(settings: UmemSettings) -> Result<Self, XskError> {
-        if !matches!(settings.frame_size, 2048 | 4096) {
-            return Err(XskError::Settings("frame size must be 2048 or 4096"));
-        }
-        if settings.frames == 0 || !settings.fill_ring.is_power_of_two() || !settings.rx_tx_ring.is_power_of_two() {
-            return Err(XskError::Settings("frames must be > 0 and ring sizes powers of two"));
-        }
-        let bytes = settings.frame_size as usize * settings.frames as usize;
+        let bytes = settings.check()?;
         let area = Area::new(bytes).map_err(|source| XskError::Mmap { bytes, source })?;
         let fd = register(&area, &settings)?;
+        Ok(Self::from_parts(settings, area, fd))
+    }
+
+    /// A UMEM on `area`, registered as `fd`, every frame free.
+    fn from_parts(settings: UmemSettings, area: Area, fd: Arc<OwnedFd>) -> Self {
         let frames = settings.frames as usize;
-        Ok(Self {
+        Self {
             fd,
             area,
             settings,
@@ -249,7 +277,7 @@ impl Umem {
             growth_allowance: frames / 4,
             grown: 0,
             closing: Vec::new(),
-        })
+        }
     }
 
     /// Open a socket on `ifname` queue `queue` sharing this UMEM.

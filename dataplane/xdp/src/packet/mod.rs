@@ -235,6 +235,32 @@ impl<B: Copy> PacketPort<B> {
         Ok(Self::on(id, fd, FanoutMode::TransmitOnly, counters, stats))
     }
 
+    /// Hand the socket over to another process (a hitless restart): a duplicate of it
+    /// (its fanout group, filter and queued frames go with it) and how it joined its
+    /// group. The buffers it kept to receive into go back to `mem`.
+    ///
+    /// # Errors
+    /// The descriptor could not be duplicated.
+    pub fn hand_over<M: FrameMemory<Buf = B>>(mut self, mem: &mut M) -> io::Result<(OwnedFd, FanoutMode)> {
+        for b in self.rx_bufs.drain(..) {
+            mem.release(b);
+        }
+        Ok((self.fd.try_clone()?, self.fanout))
+    }
+
+    /// A socket another process handed over ([`hand_over`](Self::hand_over)), as port
+    /// `id`.
+    #[must_use]
+    pub fn take_over(
+        id: PortId,
+        fd: OwnedFd,
+        fanout: FanoutMode,
+        counters: Arc<PortCounters>,
+        stats: Arc<PacketStats>,
+    ) -> Self {
+        Self::on(id, fd, fanout, counters, stats)
+    }
+
     /// Whether the socket only transmits ([`open_transmit_only`](Self::open_transmit_only)).
     #[must_use]
     pub fn transmit_only(&self) -> bool {

@@ -21,7 +21,7 @@ use xlane_engine::offload::VIRTIO_NET_HDR_LEN;
 pub(super) const SOCKET_BUFFER: libc::c_int = 8 << 20;
 
 /// How the socket joins its fanout group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FanoutMode {
     /// `PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_IGNORE_OUTGOING`: the group ignores
     /// frames the host sends out of the interface (Linux 6.x).

@@ -98,6 +98,12 @@ impl Umems {
         self.slots[usize::from(id.0)].as_mut().expect("a UMEM lives while its ports are open")
     }
 
+    /// Whether UMEM `id` is in the set.
+    #[must_use]
+    pub fn contains(&self, id: UmemId) -> bool {
+        self.slots.get(usize::from(id.0)).is_some_and(Option::is_some)
+    }
+
     /// Map and register a UMEM of `frames` frames, sized as the shared one otherwise, for
     /// sockets of their own; returns its id.
     ///
@@ -202,5 +208,43 @@ impl FrameMemory for Umems {
         }
         assert_eq!(n, bufs.len(), "every frame lent belongs to a UMEM of the set");
         f(&mut lent[..bufs.len()])
+    }
+}
+
+impl UmemId {
+    /// Its index in the set (0: the shared UMEM), to name it across a handover.
+    #[must_use]
+    pub fn index(self) -> u8 {
+        self.0
+    }
+
+    /// The id of index `i`.
+    #[must_use]
+    pub fn from_index(i: u8) -> Self {
+        Self(i)
+    }
+}
+
+impl Umems {
+    /// Hand every UMEM of the set over (see [`Umem::hand_over`]): by index, `None` for
+    /// an empty slot.
+    ///
+    /// # Errors
+    /// The first UMEM's failure.
+    pub fn hand_over(&mut self) -> Result<Vec<Option<super::handover::UmemHandover>>, XskError> {
+        self.slots.iter_mut().map(|u| u.as_mut().map(Umem::hand_over).transpose()).collect()
+    }
+
+    /// The set another process handed over, each UMEM at its index (frames keep their
+    /// addresses).
+    ///
+    /// # Errors
+    /// No shared UMEM (index 0), more than 256, or a UMEM's [`Umem::take_over`] error.
+    pub fn take_over(umems: Vec<Option<super::handover::UmemHandover>>) -> Result<Self, XskError> {
+        if umems.len() > 256 || !umems.first().is_some_and(Option::is_some) {
+            return Err(XskError::Settings("a UMEM set needs its shared UMEM and at most 256"));
+        }
+        let slots = umems.into_iter().map(|u| u.map(Umem::take_over).transpose()).collect::<Result<_, _>>()?;
+        Ok(Self { slots })
     }
 }
