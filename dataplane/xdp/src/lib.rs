@@ -3,6 +3,7 @@
 //!
 //! * [`sys`]: the bpf(2) commands (maps, program load, links, test runs);
 //! * [`asm`] and [`programs`]: the XDP pinhole programs, emitted from Rust;
+//! * [`fdpass`]: descriptors to another process (`SCM_RIGHTS`), for a hitless restart;
 //! * [`attach`]: an XSKMAP, a loaded program and its link on one interface, native XDP
 //!   with fallback to generic;
 //! * [`xsk`]: UMEM and AF_XDP sockets (their rings mapped here), with safe frame access;
@@ -21,6 +22,7 @@
 
 pub mod asm;
 pub mod attach;
+pub mod fdpass;
 pub mod packet;
 pub mod port;
 pub mod programs;

@@ -185,7 +185,7 @@ impl XdpPort {
     ///
     /// # Errors
     /// The socket's descriptor could not be duplicated.
-    pub fn hand_over(self) -> Result<PortHandover, XskError> {
+    pub fn hand_over(&self) -> Result<PortHandover, XskError> {
         Ok(PortHandover {
             umem: self.umem.index(),
             socket: self.xsk.hand_over()?,

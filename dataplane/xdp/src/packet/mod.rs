@@ -121,6 +121,7 @@ const MIN_ARMED: usize = 8;
 pub struct PacketPort<B> {
     id: PortId,
     fd: OwnedFd,
+    ifindex: u32,
     fanout: FanoutMode,
     batch: Box<Batch>,
     /// Buffers kept to receive into, one per message of a burst.
@@ -200,13 +201,21 @@ impl<B: Copy> PacketPort<B> {
         let program = filter.map(crate::programs::socket_pod_filter);
         let (fd, fanout) = sock::open(ifindex, fanout_group, program.as_deref())
             .map_err(|(step, source)| OpenError { ifindex, step, source })?;
-        Ok(Self::on(id, fd, fanout, counters, stats))
+        Ok(Self::on(id, fd, ifindex, fanout, counters, stats))
     }
 
-    fn on(id: PortId, fd: OwnedFd, fanout: FanoutMode, counters: Arc<PortCounters>, stats: Arc<PacketStats>) -> Self {
+    fn on(
+        id: PortId,
+        fd: OwnedFd,
+        ifindex: u32,
+        fanout: FanoutMode,
+        counters: Arc<PortCounters>,
+        stats: Arc<PacketStats>,
+    ) -> Self {
         Self {
             id,
             fd,
+            ifindex,
             fanout,
             batch: Batch::new(),
             rx_bufs: ArrayVec::new(),
@@ -232,33 +241,38 @@ impl<B: Copy> PacketPort<B> {
         stats: Arc<PacketStats>,
     ) -> Result<Self, OpenError> {
         let fd = sock::open_transmit_only(ifindex).map_err(|(step, source)| OpenError { ifindex, step, source })?;
-        Ok(Self::on(id, fd, FanoutMode::TransmitOnly, counters, stats))
+        Ok(Self::on(id, fd, ifindex, FanoutMode::TransmitOnly, counters, stats))
     }
 
     /// Hand the socket over to another process (a hitless restart): a duplicate of it
     /// (its fanout group, filter and queued frames go with it) and how it joined its
-    /// group. The buffers it kept to receive into go back to `mem`.
+    /// group. The buffers it keeps to receive into are the application's: free frames
+    /// in the other process's view of the memory.
     ///
     /// # Errors
     /// The descriptor could not be duplicated.
-    pub fn hand_over<M: FrameMemory<Buf = B>>(mut self, mem: &mut M) -> io::Result<(OwnedFd, FanoutMode)> {
-        for b in self.rx_bufs.drain(..) {
-            mem.release(b);
-        }
+    pub fn hand_over(&self) -> io::Result<(OwnedFd, FanoutMode)> {
         Ok((self.fd.try_clone()?, self.fanout))
     }
 
-    /// A socket another process handed over ([`hand_over`](Self::hand_over)), as port
-    /// `id`.
+    /// A socket on `ifindex` another process handed over ([`hand_over`](Self::hand_over)),
+    /// as port `id`.
     #[must_use]
     pub fn take_over(
         id: PortId,
         fd: OwnedFd,
+        ifindex: u32,
         fanout: FanoutMode,
         counters: Arc<PortCounters>,
         stats: Arc<PacketStats>,
     ) -> Self {
-        Self::on(id, fd, fanout, counters, stats)
+        Self::on(id, fd, ifindex, fanout, counters, stats)
+    }
+
+    /// The interface.
+    #[must_use]
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
     }
 
     /// Whether the socket only transmits ([`open_transmit_only`](Self::open_transmit_only)).

@@ -211,12 +211,12 @@ impl Umem {
 
 impl XskPort {
     /// Hand this socket over: a duplicate of its descriptor (none for the UMEM's own,
-    /// which travels with the UMEM) and what it is. The port is consumed without
-    /// closing the socket anywhere but in this process.
+    /// which travels with the UMEM) and what it is. This process must not touch the
+    /// socket's rings any more (unless the other never takes them).
     ///
     /// # Errors
     /// The descriptor could not be duplicated.
-    pub fn hand_over(self) -> Result<SocketHandover, XskError> {
+    pub fn hand_over(&self) -> Result<SocketHandover, XskError> {
         let fd = if self.umem_socket {
             None
         } else {
