@@ -89,6 +89,8 @@ pub(crate) struct Port<A> {
     pub(crate) role: Role,
     pub(crate) ifname: String,
     pub(crate) ip: Option<Ipv4Addr>,
+    /// The request that attached it (a pod's endpoint), to rebuild it elsewhere.
+    pub(crate) spec: Option<EndpointSpec>,
     pub(crate) kind: PortKind<A>,
     /// One per worker.
     pub(crate) counters: Vec<Arc<PortCounters>>,
@@ -362,7 +364,8 @@ impl<H: Host> State<H> {
                 Err(_) => error = Some("worker did not answer".to_owned()),
             }
         }
-        let port = Port { role, ifname: ifname.to_owned(), ip, kind: opening.kind, counters: opening.counters };
+        let port =
+            Port { role, ifname: ifname.to_owned(), ip, spec: None, kind: opening.kind, counters: opening.counters };
         if let Some(e) = error {
             opening.abandon.store(true, Release);
             self.close_on_workers(id);
@@ -435,6 +438,7 @@ impl<H: Host> State<H> {
             role: Role::Pod,
             ifname: spec.ifname.clone(),
             ip: Some(spec.ip),
+            spec: Some(spec.clone()),
             kind: opening.kind,
             counters: opening.counters,
         };

@@ -521,6 +521,26 @@ impl<H: Host> State<H> {
         }
     }
 
+    /// The requests that rebuild this state in another xlaned (a hitless restart): the
+    /// VTEP, the nodes (with the next-hop MACs they were given), the routes and the
+    /// endpoints, in that order.
+    #[must_use]
+    pub fn rebuild_ops(&self) -> Vec<Op> {
+        let mut ops: Vec<Op> = self.vtep.map(Op::SetVtep).into_iter().collect();
+        let nodes = self.nodes.iter().map(|(ip, n)| Change::AddNode {
+            underlay_ip: *ip,
+            vtep_mac: n.vtep_mac,
+            next_hop_mac: n.requested,
+        });
+        let routes = self.tables.routes().map(|(p, via)| Change::AddRoute { prefix: p.into(), via });
+        let changes: Vec<Change> = nodes.chain(routes).collect();
+        if !changes.is_empty() {
+            ops.push(Op::Apply { changes });
+        }
+        ops.extend(self.ports.values().filter_map(|p| p.spec.clone()).map(Op::AddEndpoint));
+        ops
+    }
+
     /// Pipeline counters summed over workers.
     #[must_use]
     pub fn pipeline_counters(&self) -> CounterSnapshot {

@@ -628,3 +628,44 @@ fn an_uplink_mtu_beyond_a_buffer_is_refused_at_start_with_the_remedy() {
     let r = rig.call(Op::AddEndpoint(spec));
     assert!(matches!(r, Reply::EndpointReady { mtu: 8950, .. }), "{r:?}");
 }
+
+/// What a hitless restart replays in the new xlaned: the requests rebuilt from a state
+/// make an equal one (VTEP, nodes with their given next-hop MACs, routes, endpoints of
+/// both veth kinds), and replaying them onto that state again changes nothing.
+#[test]
+fn the_requests_rebuilt_from_a_state_make_the_same_state() {
+    let mut old = Rig::new(2);
+    old.attach(2);
+    old.add_veth(3);
+    let offload = EndpointSpec { veth_io: VethIo::AfPacket, ..old.pod(3) };
+    assert!(matches!(old.call(Op::AddEndpoint(offload)), Reply::EndpointReady { .. }));
+    let node = Ipv4Addr::new(192, 168, 50, 2);
+    let changes = vec![
+        Change::AddNode {
+            underlay_ip: node,
+            vtep_mac: Mac([2, 0, 0, 0, 0, 2]),
+            next_hop_mac: Some(Mac([2, 0, 0, 0, 0, 9])),
+        },
+        Change::AddRoute { prefix: "10.244.2.0/24".parse().unwrap(), via: node },
+        Change::AddRoute { prefix: "10.244.3.0/24".parse().unwrap(), via: Ipv4Addr::new(192, 168, 50, 3) },
+    ];
+    assert!(matches!(old.call(Op::Apply { changes }), Reply::Applied { .. }));
+
+    let mut new = Rig::new(2);
+    new.add_veth(2);
+    new.add_veth(3);
+    let ops = old.state.rebuild_ops();
+    for op in ops.iter().cloned().chain(ops.iter().cloned()) {
+        let r = new.call(op);
+        assert!(!matches!(r, Reply::Error { .. }), "{r:?}");
+    }
+    for table in [Table::Routes, Table::Nodes] {
+        assert_eq!(old.call(Op::Dump { table }), new.call(Op::Dump { table }), "{table:?}");
+    }
+    let endpoints = |rig: &mut Rig| {
+        let Reply::Endpoints { endpoints } = rig.call(Op::Dump { table: Table::Endpoints }) else { panic!() };
+        endpoints.into_iter().map(|p| (p.ifname, p.ip, p.queues, p.packet.is_some())).collect::<Vec<_>>()
+    };
+    assert_eq!(endpoints(&mut old), endpoints(&mut new));
+    assert_eq!(endpoints(&mut new).len(), 2, "both pods");
+}
