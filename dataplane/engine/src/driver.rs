@@ -107,6 +107,11 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
         &mut self.ports
     }
 
+    /// The ports and the frame memory at once (to work on ports in their memory).
+    pub fn ports_and_mem(&mut self) -> (&mut [P], &mut M) {
+        (&mut self.ports, &mut self.mem)
+    }
+
     /// The pipeline's counters.
     #[must_use]
     pub fn counters(&self) -> &Arc<CoreCounters> {

@@ -194,6 +194,16 @@ impl XdpPort {
         })
     }
 
+    /// Before a handover: stock the fill ring beyond its target, with up to `budget`
+    /// frames more (never past the ring, keeping the UMEM's reserve), so that the queue
+    /// keeps receiving while no process serves it. Returns how many were given.
+    pub fn stock_for_handover(&mut self, umems: &mut Umems, budget: u32) -> u32 {
+        let umem = umems.get_mut(self.umem);
+        let room = umem.settings().fill_ring.saturating_sub(Umem::fill_level(&self.xsk));
+        let reserve = Self::reserve(umem);
+        umem.refill(&mut self.xsk, room.min(budget), reserve)
+    }
+
     /// A port another process handed over, in the UMEM set it handed over too, serving
     /// as `spec` says on the rings as they stand. The queue's XSKMAP entry is written
     /// again (it already names the socket; an inherited map keeps it).

@@ -117,6 +117,17 @@ pub struct Args {
     /// uplink, one buffer each, rather than cut into AF_XDP frames [default: true].
     #[arg(long, env = "XLANE_UPLINK_UDP_GSO", num_args = 0..=1, default_missing_value = "true")]
     pub uplink_udp_gso: Option<bool>,
+    /// Take over from the xlaned running with the same runtime directory without
+    /// losing a frame (a hitless upgrade): its sockets, UMEMs, XDP programs and state
+    /// pass to this process, and it exits. Where it cannot hand over (another protocol
+    /// version, vhost-user ports), it exits and this one starts cold, saying why.
+    #[arg(long)]
+    #[serde(skip)]
+    pub takeover: bool,
+    /// The handover protocol version to speak (tests of the fallback).
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub handover_version: Option<u32>,
 }
 
 impl xlane_config::Layered for Args {
@@ -158,6 +169,10 @@ pub struct Config {
     pub vtep: Option<xlane_api::Vtep>,
     /// Super-packets to other nodes through UDP GSO sockets.
     pub uplink_udp_gso: bool,
+    /// Take over from a running xlaned.
+    pub takeover: bool,
+    /// The handover protocol version spoken.
+    pub handover_version: u32,
 }
 
 impl Config {
@@ -166,6 +181,8 @@ impl Config {
     /// # Errors
     /// Unreadable or invalid file, missing uplink, invalid values.
     pub fn resolve(args: Args) -> anyhow::Result<Self> {
+        // Per invocation, never from a file (layering drops them).
+        let (takeover, handover_version) = (args.takeover, args.handover_version);
         let args = xlane_config::layer(args, None)?;
         let uplink =
             args.uplink.ok_or_else(|| anyhow::anyhow!("no uplink: pass --uplink <interface> (or XLANE_UPLINK)"))?;
@@ -223,6 +240,8 @@ impl Config {
             umem_frames: args.umem_frames.unwrap_or(40_960),
             vtep,
             uplink_udp_gso: args.uplink_udp_gso.unwrap_or(true),
+            takeover,
+            handover_version: handover_version.unwrap_or(crate::handover::VERSION),
         })
     }
 }

@@ -2,7 +2,7 @@
 //! neighbour monitor, metrics and the control socket, wired together.
 
 use crate::config::{self, Config};
-use crate::{host, metrics, server, state, worker};
+use crate::{handover, host, metrics, server, state, worker};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::sync::Arc;
@@ -23,6 +23,19 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     mask.thread_block()?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
+    let runtime_dir = cfg.socket.parent().map_or_else(|| "/run/xlane".into(), std::path::Path::to_path_buf);
+    // Taking over: the old xlaned's objects and state, once it has exited (or, where it
+    // could not hand over, once it has shut down: then a cold start).
+    let inherited = if cfg.takeover {
+        handover::take_over(&runtime_dir, cfg.workers, cfg.handover_version)
+            .map_err(|e| anyhow::anyhow!("taking over from the running xlaned: {e}"))?
+    } else {
+        None
+    };
+    let (ops, mut handed_umems, pool) = match inherited {
+        Some(i) => (i.ops, i.umems.into_iter().map(Some).collect(), i.pool),
+        None => (Vec::new(), Vec::new(), handover::Pool::default()),
+    };
     let fib = FibHandle::new();
     let umem = UmemSettings { frames: cfg.umem_frames, ..UmemSettings::default() };
     let bind = match cfg.bind_mode {
@@ -33,16 +46,19 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     let mut joins = Vec::new();
     for i in 0..cfg.workers {
-        let wc = worker::WorkerConfig { busy_poll: cfg.busy_poll, core: cfg.cores.get(i).copied() };
-        let (h, j) = worker::spawn(i, wc, &fib, move || Umem::new(umem).map(Umems::new).map_err(|e| e.to_string()))?;
+        let handed: Option<Vec<_>> = handed_umems.get_mut(i).and_then(Option::take);
+        // A worker on handed-over rings waits for the tables to know its ports.
+        let held = handed.is_some();
+        let wc = worker::WorkerConfig { busy_poll: cfg.busy_poll, core: cfg.cores.get(i).copied(), held };
+        let (h, j) = worker::spawn(i, wc, &fib, move || match handed {
+            Some(set) => Umems::take_over(set).map_err(|e| format!("the UMEMs handed over: {e}")),
+            None => Umem::new(umem).map(Umems::new).map_err(|e| e.to_string()),
+        })?;
         workers.push(h);
         joins.push(j);
     }
     let metric_ports: Arc<metrics::MetricPorts> = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
-    if let Some(addr) = cfg.metrics {
-        metrics::spawn(addr, workers.iter().map(|w| Arc::clone(&w.shared)).collect(), Arc::clone(&metric_ports))?;
-        tracing::info!(%addr, "metrics on /metrics");
-    }
+    let worker_shared: Vec<_> = workers.iter().map(|w| Arc::clone(&w.shared)).collect();
     let xdp = match cfg.xdp_mode {
         config::XdpModeArg::Auto => ModePreference::Auto,
         config::XdpModeArg::Native => ModePreference::Only(XdpMode::Native),
@@ -64,7 +80,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         // Kubernetes default, beside the uplink's full ring, when that quarter is used.
         pod_fill: 256,
         busy_poll: cfg.busy_poll,
-        runtime_dir: cfg.socket.parent().map_or_else(|| "/run/xlane".into(), std::path::Path::to_path_buf),
+        runtime_dir: runtime_dir.clone(),
         max_frame: umem.max_frame(),
         // Copy-mode sockets take a jumbo frame in several buffers; the UDP GSO sockets
         // send one; a zero-copy bind takes neither.
@@ -76,9 +92,32 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         uplink_udp_gso: cfg.uplink_udp_gso,
         uplink_umem,
     };
-    let host = host::System::new(xdp, bind)?;
-    let mut st = state::State::new(control, host, fib, workers, metric_ports, Arc::new(|| {}))?;
+    let host = host::System::new(xdp, bind)?.with_pool(pool);
+    let mut st = state::State::new(control, host, fib, workers, Arc::clone(&metric_ports), Arc::new(|| {}))?;
+    if !ops.is_empty() {
+        // Each request takes the inherited objects on its path; frames arriving
+        // meanwhile wait in the rings.
+        let t0 = std::time::Instant::now();
+        let n = ops.len();
+        for op in ops {
+            if let xlane_api::Reply::Error { message, .. } = st.handle_now(op) {
+                tracing::warn!(%message, "a request of the state taken over failed");
+            }
+        }
+        handover::close_leftovers(&mut st);
+        for w in &st.workers {
+            w.release();
+        }
+        tracing::info!(requests = n, ms = t0.elapsed().as_millis(), "took over: state rebuilt, forwarding");
+    }
 
+    if let Some(addr) = cfg.metrics {
+        // After a handover the old xlaned may hold the port a little longer than the
+        // connection that said it has gone (its threads exit one by one).
+        let patience = if cfg.takeover { std::time::Duration::from_secs(5) } else { std::time::Duration::ZERO };
+        metrics::spawn(addr, worker_shared, metric_ports, patience)?;
+        tracing::info!(%addr, "metrics on /metrics");
+    }
     // Subscribed now, so no neighbour change is missed while the VTEP is set up.
     let mut monitor = xlane_netlink::NeighMonitor::new()?;
     if let Some(v) = cfg.vtep {
@@ -88,6 +127,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         }
     }
     let control = server::ControlSocket::bind(&cfg.socket)?;
+    let handover_socket = handover::Listener::bind(&runtime_dir)?;
     let workers_done = control.notifier();
     st.set_notify(Arc::new(move || {
         let _ = workers_done.notify();
@@ -121,11 +161,32 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         }
     })?;
     tracing::info!(uplink = %cfg.uplink, workers = cfg.workers, busy_poll = cfg.busy_poll, "xlaned running");
-    control.serve(&mut st, &neigh_rx, &signals)?;
+    match control.serve(&mut st, &neigh_rx, &signals, &handover_socket)? {
+        server::Ended::HandedOver(parked) => {
+            // Destructors would detach the programs and close the sockets the new
+            // xlaned now serves: exit as is (the workers stay parked until then).
+            tracing::info!("xlaned handed over; exiting");
+            drop(handover_socket);
+            let _keep = parked;
+            std::process::exit(0);
+        }
+        server::Ended::Exit(stream) => {
+            shutdown(&mut st, joins);
+            // The new xlaned waits for this connection to close: at exit, with
+            // everything else this process holds.
+            let _keep = stream;
+            std::process::exit(0);
+        }
+        server::Ended::Signal => shutdown(&mut st, joins),
+    }
+    Ok(())
+}
+
+/// Stop the workers (closing every port) and detach the programs.
+fn shutdown(st: &mut state::State<host::System>, joins: Vec<std::thread::JoinHandle<()>>) {
     let _ = st.shutdown();
     for j in joins {
         let _ = j.join();
     }
     tracing::info!("xlaned stopped; XDP programs detached");
-    Ok(())
 }

@@ -6,6 +6,7 @@
 //! tests run the same [`State`](crate::state::State) on a fake with in-memory ports, so
 //! every request path is tested without privileges.
 
+use crate::handover::Pool;
 use crate::hostport::HostPortSpec;
 use crate::worker::NodePort;
 use std::io;
@@ -18,7 +19,7 @@ use xlane_netlink::{Link, Netlink};
 use xlane_vhost::port::VhostPort;
 use xlane_xdp::attach::{HostStackBlock, ModePreference, Program, XdpAttachment, XdpMode};
 use xlane_xdp::packet::{PacketPort, PacketStats};
-use xlane_xdp::port::{KernelStats, OpenError, QueueSpec, XdpPort};
+use xlane_xdp::port::{KernelStats, OpenError, PortHandover, QueueSpec, XdpPort};
 use xlane_xdp::programs::PodFilter;
 use xlane_xdp::udp_gso::{UdpGsoSender, UdpGsoStats};
 use xlane_xdp::xsk::{BindMode, PreparedSocket, UmemId, Umems};
@@ -28,6 +29,8 @@ use xlane_xdp::xsk::{BindMode, PreparedSocket, UmemId, Umems};
 pub struct OpenSpec<A> {
     /// Pipeline port id.
     pub id: PortId,
+    /// The worker opening it.
+    pub worker: usize,
     /// Interface.
     pub ifname: String,
     /// The queues this worker serves.
@@ -90,7 +93,12 @@ pub struct PacketSpec {
 }
 
 /// Something held for as long as a port lives, released by dropping it (a BPF link).
-pub type Hold = Box<dyn core::fmt::Debug + Send + Sync>;
+pub type Hold = Box<dyn Held>;
+
+/// What a [`Hold`] may be: anything (a handover looks at what it is).
+pub trait Held: std::any::Any + core::fmt::Debug + Send + Sync {}
+
+impl<T: std::any::Any + core::fmt::Debug + Send + Sync> Held for T {}
 
 /// Work a worker runs to open ports.
 pub type OpenJob<M, P> = Box<dyn FnOnce(&mut Driver<M, P>) -> OpenStep<M, P> + Send>;
@@ -203,6 +211,8 @@ pub struct System {
     nl: Netlink,
     xdp: ModePreference,
     bind: BindMode,
+    /// What a hitless restart inherited and the replayed requests have yet to take.
+    pool: std::sync::Mutex<Pool>,
 }
 
 impl System {
@@ -212,7 +222,19 @@ impl System {
     /// # Errors
     /// The netlink socket could not be opened.
     pub fn new(xdp: ModePreference, bind: BindMode) -> io::Result<Self> {
-        Ok(Self { nl: Netlink::new()?, xdp, bind })
+        Ok(Self { nl: Netlink::new()?, xdp, bind, pool: std::sync::Mutex::default() })
+    }
+
+    /// Take the objects of `pool` (inherited from the xlaned this one took over from)
+    /// instead of making new ones, as requests come to them.
+    #[must_use]
+    pub fn with_pool(self, pool: Pool) -> Self {
+        Self { pool: std::sync::Mutex::new(pool), ..self }
+    }
+
+    /// The inherited objects not taken yet.
+    pub(crate) fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -230,6 +252,9 @@ impl Host for System {
     }
 
     fn attach(&mut self, link: &Link, name: &str, queues: u32, program: Program) -> Result<XdpAttachment, String> {
+        if let Some(h) = self.pool().attachment(link.ifindex) {
+            return Ok(XdpAttachment::take_over(h));
+        }
         XdpAttachment::attach(link.ifindex, name, queues, program, self.xdp).map_err(|e| e.to_string())
     }
 
@@ -247,6 +272,9 @@ impl Host for System {
     }
 
     fn opener(&self, spec: OpenSpec<XdpAttachment>) -> OpenJob<Umems, NodePort> {
+        if let Some(handed) = self.pool().sockets(spec.worker, spec.attach.ifindex(), &spec.queues) {
+            return Box::new(move |d| take_over_sockets(spec, handed, d));
+        }
         let bind = self.bind;
         Box::new(move |d| open_sockets(spec, bind, d))
     }
@@ -256,10 +284,20 @@ impl Host for System {
     }
 
     fn block_host_stack(&mut self, link: &Link, filter: PodFilter) -> Result<Hold, String> {
+        if let Some((l, prog)) = self.pool().block(link.ifindex) {
+            return Ok(Box::new(HostStackBlock::take_over(l, prog, link.ifindex)));
+        }
         HostStackBlock::pinhole(link.ifindex, &filter).map(|b| Box::new(b) as Hold).map_err(|e| e.to_string())
     }
 
     fn packet_opener(&self, spec: PacketSpec) -> OpenJob<Umems, NodePort> {
+        if let Some((fd, fanout)) = self.pool().packet(spec.worker, spec.ifindex) {
+            return Box::new(move |d| {
+                let port = PacketPort::take_over(spec.id, fd, spec.ifindex, fanout, spec.counters, spec.stats);
+                d.add_port(NodePort::Packet(port));
+                OpenStep::Done(Ok(Bound::default()))
+            });
+        }
         Box::new(move |d| {
             // One fanout group per interface: its index's low 16 bits.
             #[expect(clippy::cast_possible_truncation, reason = "a group id is 16 bits; the index names the interface")]
@@ -365,6 +403,18 @@ fn open_sockets(
             )
         })
     }))
+}
+
+/// On a worker: `spec`'s queues on the sockets inherited for them (a hitless restart),
+/// on their rings as they stand.
+fn take_over_sockets(
+    spec: OpenSpec<XdpAttachment>,
+    handed: Vec<PortHandover>,
+    d: &mut Driver<Umems, NodePort>,
+) -> OpenStep<Umems, NodePort> {
+    let own = handed.first().is_some_and(|h| h.umem != UmemId::SHARED.index());
+    let opened = all_or_none(handed, d, |h, m| XdpPort::take_over(m, h, queue_spec(&spec)));
+    OpenStep::Done(opened.map(|ports| add_xdp_ports(spec, ports, own, d)))
 }
 
 /// Whether the shared UMEM can stock `spec`'s queues: a port it cannot would attach and

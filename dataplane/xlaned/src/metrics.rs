@@ -102,12 +102,25 @@ pub fn render(workers: &[Arc<WorkerShared>], ports: &MetricPorts) -> String {
     out
 }
 
-/// Serve metrics on `addr` from a background thread.
+/// Serve metrics on `addr` from a background thread; a port in use is retried for up to
+/// `patience`.
 ///
 /// # Errors
 /// Bind failure.
-pub fn spawn(addr: SocketAddr, workers: Vec<Arc<WorkerShared>>, ports: Arc<MetricPorts>) -> anyhow::Result<()> {
-    let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("metrics on {addr}: {e}"))?;
+pub fn spawn(
+    addr: SocketAddr,
+    workers: Vec<Arc<WorkerShared>>,
+    ports: Arc<MetricPorts>,
+    patience: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + patience;
+    let server = loop {
+        match tiny_http::Server::http(addr) {
+            Ok(s) => break s,
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(e) => anyhow::bail!("metrics on {addr}: {e}"),
+        }
+    };
     std::thread::Builder::new().name("xlane-metrics".into()).spawn(move || {
         for req in server.incoming_requests() {
             let resp = if req.url() == "/metrics" {

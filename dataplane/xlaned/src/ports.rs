@@ -276,6 +276,7 @@ impl<H: Host> State<H> {
             let transmits_only = qs.is_empty();
             let spec = OpenSpec {
                 id,
+                worker: i,
                 ifname: ifname.to_owned(),
                 queues: qs,
                 attach: Arc::clone(&attach),

@@ -7,6 +7,7 @@
 //! workers' answers wake the loop ([`Handler::on_wake`]), which completes it. That
 //! connection's next request waits until then; other connections are served meanwhile.
 
+use crate::handover::{self, Listener, Parked, Served};
 use crate::host::System;
 use crate::state::{Handled, State, Ticket};
 use crossbeam_channel::Receiver;
@@ -44,7 +45,8 @@ impl ControlSocket {
         self.server.notifier()
     }
 
-    /// Serve until SIGINT/SIGTERM; the socket is removed on return.
+    /// Serve until SIGINT/SIGTERM or a handover to a new xlaned (on `handover`); the
+    /// socket is removed on return.
     ///
     /// # Errors
     /// Poll failure.
@@ -53,17 +55,45 @@ impl ControlSocket {
         state: &mut State<System>,
         neigh: &Receiver<NeighEvent>,
         signals: &SignalFd,
-    ) -> anyhow::Result<()> {
-        self.server.register_fd(signals.as_fd())?;
-        self.server.run(&mut Daemon { state, neigh, signals, waiting: HashMap::new() })?;
-        Ok(())
+        handover: &Listener,
+    ) -> anyhow::Result<Ended> {
+        let signal_key = self.server.register_fd(signals.as_fd())?;
+        let handover_key = self.server.register_fd(handover.fd())?;
+        let mut d = Daemon {
+            state,
+            neigh,
+            signals,
+            signal_key,
+            handover,
+            handover_key,
+            ended: Ended::Signal,
+            waiting: HashMap::new(),
+        };
+        self.server.run(&mut d)?;
+        Ok(d.ended)
     }
+}
+
+/// Why the control loop ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// SIGINT or SIGTERM: shut down.
+    Signal,
+    /// Handed over to a new xlaned: exit at once, without destructors.
+    HandedOver(Parked),
+    /// A new xlaned that cannot take over asked this one to exit (it starts cold): shut
+    /// down, keeping the connection open until exit.
+    Exit(std::os::unix::net::UnixStream),
 }
 
 struct Daemon<'a> {
     state: &'a mut State<System>,
     neigh: &'a Receiver<NeighEvent>,
     signals: &'a SignalFd,
+    signal_key: usize,
+    handover: &'a Listener,
+    handover_key: usize,
+    ended: Ended,
     /// Requests the state answers later.
     waiting: HashMap<Ticket, Responder<Reply>>,
 }
@@ -93,11 +123,32 @@ impl Handler for Daemon<'_> {
         }
     }
 
-    /// The signalfd (the only descriptor registered).
-    fn on_fd(&mut self, _key: usize, ctl: &mut Control) {
-        if let Ok(Some(sig)) = self.signals.read_signal() {
-            tracing::info!(signal = sig.ssi_signo, "shutting down");
-            ctl.stop();
+    /// The signalfd, or a new xlaned on the handover socket.
+    fn on_fd(&mut self, key: usize, ctl: &mut Control) {
+        if key == self.signal_key {
+            if let Ok(Some(sig)) = self.signals.read_signal() {
+                tracing::info!(signal = sig.ssi_signo, "shutting down");
+                ctl.stop();
+            }
+            return;
+        }
+        if key != self.handover_key {
+            return;
+        }
+        while let Some(stream) = self.handover.accept() {
+            match handover::serve(stream, self.state) {
+                Served::Kept => {}
+                Served::HandedOver(parked) => {
+                    self.ended = Ended::HandedOver(parked);
+                    ctl.stop();
+                    return;
+                }
+                Served::Exit(stream) => {
+                    self.ended = Ended::Exit(stream);
+                    ctl.stop();
+                    return;
+                }
+            }
         }
     }
 }

@@ -51,7 +51,7 @@ impl Rig {
         let mut handles = Vec::new();
         let mut joins = Vec::new();
         for i in 0..workers {
-            let cfg = WorkerConfig { busy_poll: false, core: None };
+            let cfg = WorkerConfig { busy_poll: false, core: None, held: false };
             let (h, j) = worker::spawn(i, cfg, &fib, || Ok(MemFrames::default())).unwrap();
             handles.push(h);
             joins.push(j);

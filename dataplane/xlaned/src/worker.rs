@@ -37,6 +37,10 @@ pub struct WorkerShared {
     pub latency: ArcSwap<Histogram<u64>>,
     /// Frames per RX burst.
     pub burst: ArcSwap<Histogram<u64>>,
+    /// Held: the worker runs jobs but polls no port (a new xlaned taking over holds its
+    /// workers until its tables know every port: a frame waiting in a ring would
+    /// otherwise be read before its port is routed, and dropped).
+    held: std::sync::atomic::AtomicBool,
 }
 
 /// An empty burst-latency histogram (nanoseconds).
@@ -68,6 +72,7 @@ impl WorkerShared {
             counters: Arc::new(CoreCounters::default()),
             latency: ArcSwap::from_pointee(new_latency()),
             burst: ArcSwap::from_pointee(new_burst()),
+            held: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -137,6 +142,12 @@ impl<M: FrameMemory, P: Port<M>> WorkerHandle<M, P> {
         sent
     }
 
+    /// Let a worker started held ([`WorkerConfig::held`]) poll its ports.
+    pub fn release(&self) {
+        self.shared.held.store(false, std::sync::atomic::Ordering::Release);
+        let _ = self.wake.write(1);
+    }
+
     /// Run `job` on the worker's driver; false if the worker has exited.
     pub fn run(&self, job: impl FnOnce(&mut Driver<M, P>) + Send + 'static) -> bool {
         self.send(Command::Run(Box::new(job)))
@@ -150,6 +161,8 @@ pub struct WorkerConfig {
     pub busy_poll: bool,
     /// Core to pin to.
     pub core: Option<usize>,
+    /// Start held: run jobs, poll no port until [`WorkerHandle::release`].
+    pub held: bool,
 }
 
 /// Start a worker thread whose memory `make_mem` creates on that thread (a UMEM holds
@@ -171,6 +184,7 @@ where
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let wake = Arc::new(EventFd::from_value_and_flags(0, nix::sys::eventfd::EfdFlags::EFD_NONBLOCK)?);
     let shared = Arc::new(WorkerShared::new());
+    shared.held.store(cfg.held, std::sync::atomic::Ordering::Release);
     let handle = WorkerHandle { tx, wake: Arc::clone(&wake), shared: Arc::clone(&shared) };
     let reader = fib.reader();
     let join = std::thread::Builder::new().name(format!("xlane-worker{index}")).spawn(move || {
@@ -247,6 +261,12 @@ impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
                         return;
                     }
                 }
+            }
+            if self.shared.held.load(std::sync::atomic::Ordering::Acquire) {
+                // Jobs only: wait for the next command (or the release) on the eventfd.
+                let _ = wait_readable(&[self.wake.as_raw_fd()], SLEEP_MS);
+                let _ = self.wake.read();
+                continue;
             }
             if self.poll_once() > 0 {
                 idle = 0;

@@ -21,6 +21,10 @@ pub(crate) struct Xlaned {
     pub(crate) proc: Proc,
     pub(crate) socket: PathBuf,
     pub(crate) dir: PathBuf,
+    /// Its command line (a successor takes over with the same one).
+    pub(crate) args: Vec<String>,
+    /// Processes so far (the log of the n-th is `xlaned-<n>.log`).
+    pub(crate) generation: u32,
 }
 
 impl Xlaned {
@@ -36,13 +40,58 @@ impl Xlaned {
             .map(|a| (*a).to_owned())
             .collect();
         let proc = Proc::start(ns, Path::new(env!("CARGO_BIN_EXE_xlaned")), &args, dir.join("xlaned.log"));
-        let d = Self { proc, socket, dir };
+        let d = Self { proc, socket, dir, args, generation: 0 };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Client::connect(&d.socket).is_err() {
             assert!(Instant::now() < deadline, "xlaned did not open its socket:\n{}", d.log());
             std::thread::sleep(Duration::from_millis(20));
         }
         d
+    }
+
+    /// Start a successor with the same command line and `--takeover` (and `extra`) in
+    /// `ns`; returns once this one has exited and the successor answers, with the
+    /// predecessor's log.
+    pub(crate) fn take_over(&mut self, ns: &Netns, extra: &[&str]) -> String {
+        self.generation += 1;
+        let log = self.dir.join(format!("xlaned-{}.log", self.generation));
+        let args: Vec<String> = self
+            .args
+            .iter()
+            .cloned()
+            .chain(["--takeover".to_owned()])
+            .chain(extra.iter().map(|a| (*a).to_owned()))
+            .collect();
+        let next = Proc::start(ns, Path::new(env!("CARGO_BIN_EXE_xlaned")), &args, log);
+        let mut old = std::mem::replace(&mut self.proc, next);
+        let status = old.exit_status(Duration::from_secs(15));
+        let old_log = old.log();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the old xlaned did not exit: {status:?}\n{old_log}\n{}",
+            self.log()
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let answers = |s: &Path| Client::connect(s).ok().and_then(|mut c| c.call(Op::Status).ok()).is_some();
+        while !answers(&self.socket) {
+            assert!(self.proc.running(), "the new xlaned exited:\n{}\nthe old one's log:\n{old_log}", self.log());
+            assert!(Instant::now() < deadline, "the new xlaned did not open its socket:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        old_log
+    }
+
+    /// Descriptors the daemon holds, and its resident memory in KiB.
+    pub(crate) fn fds_and_rss(&self) -> (usize, u64) {
+        let pid = self.proc.pid().expect("running");
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        (fds, rss)
     }
 
     pub(crate) fn client(&self) -> Client {
@@ -354,6 +403,8 @@ impl Layout {
 /// A paced stream of numbered datagrams (~5k/s) from one pod to another, to show that
 /// something done meanwhile (route churn, pods coming and going) loses none of it.
 pub(crate) struct PacedStream {
+    /// The receiving pod's `/proc/net/snmp` (its UDP counters explain a loss there).
+    snmp: Option<std::fs::File>,
     done: Arc<AtomicBool>,
     sender: std::thread::JoinHandle<u32>,
     receiver: std::thread::JoinHandle<Vec<u32>>,
@@ -365,6 +416,9 @@ impl PacedStream {
         let dst = SocketAddrV4::new(to.ip, port);
         let rx = to.ns.enter(|| UdpSocket::bind(dst)).unwrap().unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        // Room for a second of the stream: the receiving thread shares two cores with
+        // the lab, and a loss here would not be the dataplane's.
+        nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20)).unwrap();
         let tx = from.ns.enter(|| UdpSocket::bind(SocketAddrV4::new(from.ip, 0))).unwrap().unwrap();
         let done = Arc::new(AtomicBool::new(false));
         let sender = {
@@ -392,7 +446,8 @@ impl PacedStream {
             got
         });
         std::thread::sleep(Duration::from_millis(300));
-        Self { done, sender, receiver }
+        let snmp = to.ns.enter(|| std::fs::File::open("/proc/thread-self/net/snmp")).ok().and_then(Result::ok);
+        Self { snmp, done, sender, receiver }
     }
 
     /// Stop it and assert that every datagram arrived (`d`'s drops in the message if
@@ -404,16 +459,36 @@ impl PacedStream {
         let mut got = self.receiver.join().unwrap();
         got.sort_unstable();
         got.dedup();
-        let missing: Vec<u32> = (0..sent).filter(|s| got.binary_search(s).is_err()).take(10).collect();
+        // Runs of missing sequence numbers: a blackout or scattered drops.
+        let mut missing: Vec<std::ops::Range<u32>> = Vec::new();
+        for s in (0..sent).filter(|s| got.binary_search(s).is_err()) {
+            match missing.last_mut() {
+                Some(r) if r.end == s => r.end += 1,
+                _ => missing.push(s..s + 1),
+            }
+        }
+        let runs = missing.len();
+        missing.truncate(10);
         let lost = sent as usize - got.len();
         assert!(
             lost == 0,
-            "lost {lost} of {sent} in-flight packets, e.g. {missing:?}; drops {:?}; {}",
+            "lost {lost} of {sent} in-flight packets in {runs} runs, e.g. {missing:?}; drops {:?}; receiver's UDP {}; {}",
             d.counters().drops.iter().filter(|(_, v)| **v > 0).collect::<Vec<_>>(),
+            udp_counters(self.snmp),
             d.log().lines().filter(|l| l.contains("held the worker")).collect::<Vec<_>>().join("\n")
         );
         (sent, got.len())
     }
+}
+
+/// The UDP counters in a namespace's `/proc/net/snmp`, opened there (read afresh).
+fn udp_counters(snmp: Option<std::fs::File>) -> String {
+    let mut text = String::new();
+    if let Some(mut f) = snmp {
+        let _ = io::Seek::seek(&mut f, io::SeekFrom::Start(0));
+        let _ = io::Read::read_to_string(&mut f, &mut text);
+    }
+    text.lines().filter(|l| l.starts_with("Udp:")).collect::<Vec<_>>().join(" / ")
 }
 
 /// Three pings from `ns` to `dst`.

@@ -1,0 +1,581 @@
+//! Hitless restart: a new xlaned (`--takeover`) takes over from the running one the
+//! things that carry traffic, so an upgrade costs no frame.
+//!
+//! The running xlaned listens on `handover.sock` in its runtime directory (mode 0600,
+//! root's). The new one connects and says which protocol version it speaks; on a
+//! mismatch (or anything else the old one cannot hand over, said in the refusal) the
+//! new one asks it to exit as on SIGTERM and starts cold: a normal restart, logged with
+//! the reason, the agent replaying its state. Otherwise the old one parks every worker
+//! between two bursts (a job that blocks on the worker: nothing touches a ring any
+//! more) and sends:
+//!
+//! * the requests that rebuild its control state ([`State::rebuild_ops`]);
+//! * per interface its XDP program's link, program and XSKMAP, per AF_PACKET pod its
+//!   tcx block's link and program;
+//! * per worker its UMEMs (memory memfd, registration socket, who holds which frame),
+//!   its AF_XDP sockets and its AF_PACKET sockets;
+//!
+//! as JSON beside the descriptors (`SCM_RIGHTS`, [`xlane_xdp::fdpass`]). The new one
+//! answers `Taken` as soon as it holds everything, before touching a ring; the old one
+//! then exits without running a destructor (which would detach programs and close
+//! sockets the new one serves). If the new one goes away before `Taken`, the old one
+//! resumes its workers and carries on. The new one rebuilds its state by replaying the
+//! requests through the usual paths, each of which takes the inherited object instead
+//! of making a new one ([`Pool`]); frames queued in the rings meanwhile wait there.
+//!
+//! Not handed over yet: vhost-user ports (their guests' memory tables and ring state
+//! live in the backend); a node with one refuses, so the restart is a normal one.
+
+use crate::host::System;
+use crate::state::State;
+use crate::worker::NodePort;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use xlane_api::Op;
+use xlane_engine::Driver;
+use xlane_xdp::attach::{AttachmentHandover, AttachmentState};
+use xlane_xdp::packet::FanoutMode;
+use xlane_xdp::port::PortHandover;
+use xlane_xdp::xsk::Umems;
+use xlane_xdp::xsk::handover::{SocketHandover, SocketState, UmemHandover, UmemState};
+
+/// The protocol's version: both sides must speak the same.
+pub const VERSION: u32 = 1;
+/// The socket's name in the runtime directory.
+pub const SOCKET: &str = "handover.sock";
+/// How long either side waits for the other.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest message taken (a UMEM's bookkeeping is ~40 bytes per held frame).
+const MAX_MESSAGE: usize = 256 << 20;
+
+/// What the two processes say to each other.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Message {
+    /// New → old: the version it speaks.
+    Hello { version: u32 },
+    /// Old → new: no handover, and why.
+    Refuse { reason: String },
+    /// Old → new: everything, the descriptors following.
+    Offer(Box<Offer>),
+    /// New → old: everything received; exit now.
+    Taken,
+    /// New → old: exit as on SIGTERM (after a refusal, or an offer the new one cannot take).
+    Exit { reason: String },
+}
+
+/// What the old process hands over, beside its descriptors (in the order of the fields:
+/// 3 per attachment, 2 per block, then per worker 2 per UMEM, 1 per socket with one, 1
+/// per packet socket).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Offer {
+    ops: Vec<Op>,
+    attachments: Vec<AttachmentState>,
+    blocks: Vec<u32>,
+    workers: Vec<WorkerOffer>,
+    fds: usize,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WorkerOffer {
+    umems: Vec<Option<UmemState>>,
+    sockets: Vec<SocketOffer>,
+    packets: Vec<PacketOffer>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SocketOffer {
+    umem: u8,
+    state: SocketState,
+    has_fd: bool,
+    fill_target: u32,
+    fill_base: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PacketOffer {
+    ifindex: u32,
+    fanout: FanoutMode,
+}
+
+/// What the new process inherited and has not taken yet: the [`System`] takes each
+/// object as the replayed requests come to it; what is left is closed.
+#[derive(Debug, Default)]
+pub struct Pool {
+    attachments: HashMap<u32, AttachmentHandover>,
+    blocks: HashMap<u32, (OwnedFd, OwnedFd)>,
+    /// Per worker, by (ifindex, queue).
+    sockets: Vec<HashMap<(u32, u32), PortHandover>>,
+    /// Per worker, by ifindex.
+    packets: Vec<HashMap<u32, (OwnedFd, FanoutMode)>>,
+}
+
+impl Pool {
+    /// The XDP attachment inherited for `ifindex`.
+    pub(crate) fn attachment(&mut self, ifindex: u32) -> Option<AttachmentHandover> {
+        self.attachments.remove(&ifindex)
+    }
+
+    /// The tcx block inherited for `ifindex`.
+    pub(crate) fn block(&mut self, ifindex: u32) -> Option<(OwnedFd, OwnedFd)> {
+        self.blocks.remove(&ifindex)
+    }
+
+    /// Worker `worker`'s sockets inherited for `queues` of `ifindex`: all of them, or
+    /// none (then any left stay in the pool, to be closed).
+    pub(crate) fn sockets(&mut self, worker: usize, ifindex: u32, queues: &[u32]) -> Option<Vec<PortHandover>> {
+        let mine = self.sockets.get_mut(worker)?;
+        if queues.is_empty() || !queues.iter().all(|q| mine.contains_key(&(ifindex, *q))) {
+            return None;
+        }
+        Some(queues.iter().filter_map(|q| mine.remove(&(ifindex, *q))).collect())
+    }
+
+    /// Worker `worker`'s AF_PACKET socket inherited for `ifindex`.
+    pub(crate) fn packet(&mut self, worker: usize, ifindex: u32) -> Option<(OwnedFd, FanoutMode)> {
+        self.packets.get_mut(worker)?.remove(&ifindex)
+    }
+
+    /// What no request took, per worker (its sockets hold frames of the worker's UMEMs,
+    /// to take back), and how many objects that is in all.
+    pub(crate) fn leftovers(&mut self) -> (Vec<Vec<PortHandover>>, usize) {
+        let sockets: Vec<Vec<PortHandover>> =
+            self.sockets.iter_mut().map(|m| m.drain().map(|(_, h)| h).collect()).collect();
+        let n = sockets.iter().map(Vec::len).sum::<usize>()
+            + self.packets.iter().map(HashMap::len).sum::<usize>()
+            + self.attachments.len()
+            + self.blocks.len();
+        self.packets.clear();
+        self.attachments.clear();
+        self.blocks.clear();
+        (sockets, n)
+    }
+}
+
+/// What a new xlaned takes over.
+#[derive(Debug)]
+pub struct Inherited {
+    /// The requests that rebuild the old one's state.
+    pub ops: Vec<Op>,
+    /// Per worker, its UMEM set (for [`Umems::take_over`]).
+    pub umems: Vec<Vec<Option<UmemHandover>>>,
+    /// The rest, taken as the requests are replayed.
+    pub pool: Pool,
+}
+
+fn write_message(stream: &mut UnixStream, m: &Message) -> io::Result<()> {
+    let body = serde_json::to_vec(m).map_err(io::Error::other)?;
+    let len = u32::try_from(body.len()).map_err(|_| io::Error::other("message too large"))?;
+    stream.write_all(&len.to_le_bytes())?;
+    stream.write_all(&body)
+}
+
+fn read_message(stream: &mut UnixStream) -> io::Result<Message> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_MESSAGE {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a {len}-byte message")));
+    }
+    let mut body = vec![0; len];
+    stream.read_exact(&mut body)?;
+    serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Wait for the peer to close (the old process exiting), at most `limit`.
+fn wait_closed(stream: &mut UnixStream, limit: Duration) -> io::Result<()> {
+    stream.set_read_timeout(Some(limit))?;
+    let mut byte = [0u8];
+    match stream.read(&mut byte)? {
+        0 => Ok(()),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "the old xlaned said more after Taken")),
+    }
+}
+
+// ---- the running (old) xlaned ----
+
+/// The running xlaned's handover socket.
+#[derive(Debug)]
+pub struct Listener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Listener {
+    /// Listen on [`SOCKET`] in `dir` (mode 0600; a stale socket replaced).
+    ///
+    /// # Errors
+    /// The directory or the bind failed.
+    pub fn bind(dir: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(SOCKET);
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        Ok(Self { listener, path })
+    }
+
+    /// For the control loop's poll.
+    #[must_use]
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
+    /// A waiting connection, if any.
+    pub fn accept(&self) -> Option<UnixStream> {
+        match self.listener.accept() {
+            Ok((s, _)) => Some(s),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "handover socket");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// How a handover request ended on the old side.
+#[derive(Debug)]
+pub enum Served {
+    /// The new xlaned holds everything: exit now, without destructors, keeping the
+    /// connection and the parked workers as they are until then.
+    HandedOver(Parked),
+    /// The new xlaned asked for a normal exit (it starts cold); the connection is kept
+    /// open until this process is gone, which tells it so.
+    Exit(UnixStream),
+    /// Nothing handed over; this xlaned carries on.
+    Kept,
+}
+
+/// What resumes parked workers when dropped: one sender per worker, each parked job
+/// waiting on its receiver.
+type Resume = Vec<crossbeam_channel::Sender<()>>;
+
+/// Workers parked between bursts: they resume when this is dropped.
+#[derive(Debug)]
+pub struct Parked {
+    _resume: Resume,
+    _stream: UnixStream,
+}
+
+/// Serve one connection on the old side.
+pub fn serve(mut stream: UnixStream, state: &mut State<System>) -> Served {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    let _ = stream.set_write_timeout(Some(TIMEOUT));
+    let version = match read_message(&mut stream) {
+        Ok(Message::Hello { version }) => version,
+        Ok(other) => {
+            tracing::warn!(?other, "handover: expected a hello");
+            return Served::Kept;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "handover: no hello");
+            return Served::Kept;
+        }
+    };
+    let refusal = if version == VERSION {
+        refusal(state)
+    } else {
+        Some(format!("the new xlaned speaks handover protocol {version}, this one {VERSION}"))
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(%reason, "handover refused");
+        if write_message(&mut stream, &Message::Refuse { reason }).is_err() {
+            return Served::Kept;
+        }
+        return answer_after_refusal(stream);
+    }
+    let t0 = std::time::Instant::now();
+    let (parked, offer, fds) = match park_and_collect(state) {
+        Ok(x) => x,
+        Err(reason) => {
+            tracing::warn!(%reason, "handover refused");
+            if write_message(&mut stream, &Message::Refuse { reason }).is_err() {
+                return Served::Kept;
+            }
+            return answer_after_refusal(stream);
+        }
+    };
+    let sent = write_message(&mut stream, &Message::Offer(Box::new(offer))).and_then(|()| {
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        xlane_xdp::fdpass::send(stream.as_fd(), &borrowed)
+    });
+    drop(fds);
+    let answer = sent.and_then(|()| read_message(&mut stream));
+    match answer {
+        Ok(Message::Taken) => {
+            tracing::info!(parked_ms = t0.elapsed().as_millis(), "handed over to the new xlaned; exiting");
+            Served::HandedOver(Parked { _resume: parked, _stream: stream })
+        }
+        Ok(Message::Exit { reason }) => {
+            tracing::warn!(%reason, "the new xlaned cannot take over; exiting for a normal restart");
+            drop(parked);
+            Served::Exit(stream)
+        }
+        other => {
+            tracing::warn!(answer = ?other.map(|_| ()), "handover not taken; carrying on");
+            drop(parked);
+            Served::Kept
+        }
+    }
+}
+
+fn answer_after_refusal(mut stream: UnixStream) -> Served {
+    match read_message(&mut stream) {
+        Ok(Message::Exit { reason }) => {
+            tracing::warn!(%reason, "the new xlaned restarts cold; exiting");
+            Served::Exit(stream)
+        }
+        _ => Served::Kept,
+    }
+}
+
+/// Why this state cannot be handed over, if it cannot.
+fn refusal(state: &State<System>) -> Option<String> {
+    if state.ports.values().any(|p| matches!(p.kind, crate::ports::PortKind::VhostUser(_))) {
+        return Some("vhost-user ports are not handed over (their guests' ring state lives in xlaned)".into());
+    }
+    if !state.attaching.is_empty() || !state.closing.is_empty() {
+        return Some("ports are being attached or removed; retry".into());
+    }
+    None
+}
+
+/// Park every worker and collect what it hands over, with the control state's part.
+fn park_and_collect(state: &mut State<System>) -> Result<(Resume, Offer, Vec<OwnedFd>), String> {
+    let mut offer = Offer { ops: state.rebuild_ops(), ..Offer::default() };
+    let mut fds = Vec::new();
+    for p in state.ports.values() {
+        match &p.kind {
+            crate::ports::PortKind::Xdp { attach, .. } => {
+                let h = attach.hand_over().map_err(|e| format!("{}: {e}", p.ifname))?;
+                offer.attachments.push(h.state);
+                fds.extend([h.link, h.prog, h.xskmap]);
+            }
+            crate::ports::PortKind::Packet { _block, .. } => {
+                let any: &dyn std::any::Any = _block.as_ref();
+                let block = any
+                    .downcast_ref::<xlane_xdp::attach::HostStackBlock>()
+                    .ok_or_else(|| format!("{}: an unknown host-stack block", p.ifname))?;
+                let (link, prog) = block.hand_over().map_err(|e| format!("{}: {e}", p.ifname))?;
+                offer.blocks.push(block.ifindex());
+                fds.extend([link, prog]);
+            }
+            crate::ports::PortKind::VhostUser(_) => return Err("vhost-user ports are not handed over".into()),
+        }
+    }
+    let mut resume = Vec::new();
+    let mut answers = Vec::new();
+    for w in &state.workers {
+        let (answer_tx, answer_rx) = crossbeam_channel::bounded(1);
+        let (resume_tx, resume_rx) = crossbeam_channel::bounded::<()>(0);
+        let sent = w.run(move |d| {
+            let _ = answer_tx.send(offer_worker(d));
+            // Parked: forward nothing until the handover ends (resumed when the
+            // sender drops; never, if this process exits first).
+            let _ = resume_rx.recv();
+        });
+        if !sent {
+            return Err("a worker has exited".into());
+        }
+        resume.push(resume_tx);
+        answers.push(answer_rx);
+    }
+    for rx in answers {
+        let (w, wfds) = rx.recv_timeout(TIMEOUT).map_err(|_| "a worker did not park".to_owned())??;
+        offer.workers.push(w);
+        fds.extend(wfds);
+    }
+    offer.fds = fds.len();
+    Ok((resume, offer, fds))
+}
+
+/// On a worker, between bursts: its UMEMs and sockets.
+fn offer_worker(d: &mut Driver<Umems, NodePort>) -> Result<(WorkerOffer, Vec<OwnedFd>), String> {
+    stock_for_the_gap(d);
+    let mut w = WorkerOffer::default();
+    let (mut socket_fds, mut packet_fds) = (Vec::new(), Vec::new());
+    for p in d.ports() {
+        match p {
+            NodePort::Xdp(x) => {
+                let PortHandover { umem, socket, fill_target, fill_base } = x.hand_over().map_err(|e| e.to_string())?;
+                let SocketHandover { fd, state } = socket;
+                w.sockets.push(SocketOffer { umem, state, has_fd: fd.is_some(), fill_target, fill_base });
+                socket_fds.extend(fd);
+            }
+            // A transmit-only socket holds nothing: the new worker opens its own.
+            NodePort::Packet(p) if p.transmit_only() => {}
+            NodePort::Packet(p) => {
+                let (fd, fanout) = p.hand_over().map_err(|e| e.to_string())?;
+                w.packets.push(PacketOffer { ifindex: p.ifindex(), fanout });
+                packet_fds.push(fd);
+            }
+            NodePort::Vhost(_) => return Err("vhost-user ports are not handed over".into()),
+        }
+    }
+    let mut fds = Vec::new();
+    for u in d.mem_mut().hand_over().map_err(|e| e.to_string())? {
+        w.umems.push(u.map(|UmemHandover { memory, registration, state }| {
+            fds.extend([memory, registration]);
+            state
+        }));
+    }
+    fds.extend(socket_fds);
+    fds.extend(packet_fds);
+    Ok((w, fds))
+}
+
+/// Give the AF_XDP sockets' fill rings what the shared UMEM can spare, evenly: no
+/// process reads the rings until the new one has rebuilt its tables, and a ring that
+/// runs dry meanwhile drops what arrives. The new process finds them stocked.
+fn stock_for_the_gap(d: &mut Driver<Umems, NodePort>) {
+    let (ports, mem) = d.ports_and_mem();
+    let sockets = ports.iter().filter(|p| matches!(p, NodePort::Xdp(_))).count();
+    if sockets == 0 {
+        return;
+    }
+    // Half the free frames: the other half stays for what the new process sends.
+    let spare = mem.shared().free_frames() / 2 / sockets;
+    let budget = u32::try_from(spare).unwrap_or(u32::MAX);
+    for p in ports {
+        if let NodePort::Xdp(x) = p {
+            x.stock_for_handover(mem, budget);
+        }
+    }
+}
+
+/// In the new xlaned, once the requests are replayed: close what none of them took.
+/// Sockets go through their worker's UMEM so the frames their rings held come back.
+pub fn close_leftovers(state: &mut State<System>) {
+    let (sockets, n) = state.host.pool().leftovers();
+    if n == 0 {
+        return;
+    }
+    tracing::warn!(objects = n, "inherited objects no request took: closed");
+    for (w, handed) in state.workers.iter().zip(sockets) {
+        if handed.is_empty() {
+            continue;
+        }
+        w.run(move |d| {
+            for h in handed {
+                let id = xlane_xdp::xsk::UmemId::from_index(h.umem);
+                if !d.mem().contains(id) {
+                    continue;
+                }
+                let umem = d.mem_mut().get_mut(id);
+                match umem.take_over_port(h.socket) {
+                    Ok(port) => umem.close_port_in_background(port),
+                    Err(e) => tracing::warn!(error = %e, "an inherited socket no request took"),
+                }
+            }
+        });
+    }
+}
+
+// ---- the new xlaned ----
+
+/// Take over from the xlaned listening in `dir`, speaking protocol `version` (tests
+/// speak another to check the fallback), for a node of `workers` workers.
+/// `Ok(None)`: a normal restart (the old one refused, or none runs), after the old one
+/// has exited; the reason is logged.
+///
+/// # Errors
+/// The exchange broke after the old one parked its workers and the state could not be
+/// received whole: then nothing is inherited and the old one resumes (if it still can).
+pub fn take_over(dir: &Path, workers: usize, version: u32) -> io::Result<Option<Inherited>> {
+    let path = dir.join(SOCKET);
+    let mut stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(socket = %path.display(), error = %e, "no xlaned to take over; starting cold");
+            return Ok(None);
+        }
+    };
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    write_message(&mut stream, &Message::Hello { version })?;
+    let offer = match read_message(&mut stream)? {
+        Message::Offer(o) => o,
+        Message::Refuse { reason } => {
+            tracing::warn!(%reason, "the running xlaned refused the handover: normal restart");
+            exit_old(stream, &reason)?;
+            return Ok(None);
+        }
+        other => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected an offer, got {other:?}"))),
+    };
+    if offer.workers.len() != workers {
+        let reason = format!("the running xlaned has {} workers, this one {workers}", offer.workers.len());
+        tracing::warn!(%reason, "cannot take over: normal restart");
+        exit_old(stream, &reason)?;
+        return Ok(None);
+    }
+    let fds = xlane_xdp::fdpass::recv(stream.as_fd(), offer.fds)?;
+    write_message(&mut stream, &Message::Taken)?;
+    let inherited = inherit(*offer, fds)?;
+    // The old one exits now; its control and metrics sockets are free once it has.
+    wait_closed(&mut stream, TIMEOUT)?;
+    tracing::info!("taken over; the old xlaned has exited");
+    Ok(Some(inherited))
+}
+
+/// Ask the old xlaned to exit as on SIGTERM and wait until it has.
+fn exit_old(mut stream: UnixStream, reason: &str) -> io::Result<()> {
+    write_message(&mut stream, &Message::Exit { reason: reason.to_owned() })?;
+    wait_closed(&mut stream, TIMEOUT)
+}
+
+/// The offer's objects on their descriptors.
+fn inherit(offer: Offer, fds: Vec<OwnedFd>) -> io::Result<Inherited> {
+    let short = || io::Error::new(io::ErrorKind::InvalidData, "fewer descriptors than the offer names");
+    let mut fds = fds.into_iter();
+    let mut next = || fds.next().ok_or_else(short);
+    let mut pool = Pool::default();
+    for state in offer.attachments {
+        let (link, prog, xskmap) = (next()?, next()?, next()?);
+        pool.attachments.insert(state.ifindex, AttachmentHandover { link, prog, xskmap, state });
+    }
+    for ifindex in offer.blocks {
+        let (link, prog) = (next()?, next()?);
+        pool.blocks.insert(ifindex, (link, prog));
+    }
+    let mut umems = Vec::new();
+    for w in offer.workers {
+        let mut set = Vec::new();
+        for u in w.umems {
+            set.push(match u {
+                Some(state) => Some(UmemHandover { memory: next()?, registration: next()?, state }),
+                None => None,
+            });
+        }
+        umems.push(set);
+        let mut sockets = HashMap::new();
+        for s in w.sockets {
+            let fd = if s.has_fd { Some(next()?) } else { None };
+            let key = (s.state.ifindex, s.state.queue);
+            let socket = SocketHandover { fd, state: s.state };
+            sockets
+                .insert(key, PortHandover { umem: s.umem, socket, fill_target: s.fill_target, fill_base: s.fill_base });
+        }
+        pool.sockets.push(sockets);
+        let mut packets = HashMap::new();
+        for p in w.packets {
+            packets.insert(p.ifindex, (next()?, p.fanout));
+        }
+        pool.packets.push(packets);
+    }
+    Ok(Inherited { ops: offer.ops, umems, pool })
+}

@@ -1,0 +1,166 @@
+//! Hitless restart (#18): a node's xlaned handed over to a successor again and again
+//! while pods talk across nodes — a ping every 2 ms, a TCP stream and a numbered UDP
+//! stream — loses nothing, keeps the same XDP program on the uplink, and leaks neither
+//! descriptors nor memory; a successor speaking another protocol version gets a normal
+//! restart instead, said in the log (needs root).
+
+mod common;
+
+use common::{FNV_START, PacedStream, SERIAL, cluster_io, fnv1a};
+use std::io::{Read, Write};
+use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use xlane_api::{Op, Reply, VethIo};
+use xlane_netlab::{Netns, PingStats, privileged};
+
+/// The id of the XDP program on `ifname` in `ns`.
+fn xdp_prog_id(ns: &Netns, ifname: &str) -> Option<u64> {
+    let out = ns.command("ip").args(["-j", "-d", "link", "show", "dev", ifname]).output().ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v[0]["xdp"]["prog"]["id"].as_u64()
+}
+
+/// A TCP stream paced at ~100 Mbit/s until told to stop; the bytes and their hash each
+/// way.
+struct TcpStreamCheck {
+    done: Arc<AtomicBool>,
+    writer: std::thread::JoinHandle<(u64, u64)>,
+    reader: std::thread::JoinHandle<std::io::Result<(u64, u64)>>,
+}
+
+impl TcpStreamCheck {
+    fn start(from: &xlane_netlab::Pod, to: &xlane_netlab::Pod, port: u16) -> Self {
+        let addr = SocketAddrV4::new(to.ip, port);
+        let listener = to.ns.enter(|| TcpListener::bind(addr)).unwrap().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept()?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let (mut n, mut h) = (0u64, FNV_START);
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let k = s.read(&mut buf)?;
+                if k == 0 {
+                    return Ok((n, h));
+                }
+                fnv1a(&mut h, &buf[..k]);
+                n += k as u64;
+            }
+        });
+        let mut s = from.ns.enter(|| TcpStream::connect(addr)).unwrap().unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&done);
+        let writer = std::thread::spawn(move || {
+            let chunk: Vec<u8> = (0..1u32 << 16).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[1]).collect();
+            let (mut n, mut h) = (0u64, FNV_START);
+            let t0 = Instant::now();
+            while !stop.load(Relaxed) && t0.elapsed() < Duration::from_secs(300) {
+                s.write_all(&chunk).expect("the TCP stream broke");
+                fnv1a(&mut h, &chunk);
+                n += chunk.len() as u64;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (n, h)
+        });
+        Self { done, writer, reader }
+    }
+
+    fn stop(self) -> u64 {
+        self.done.store(true, Relaxed);
+        let sent = self.writer.join().unwrap();
+        let received = self.reader.join().unwrap().expect("the TCP stream broke");
+        assert_eq!(received, sent, "every byte of the TCP stream arrived, in order");
+        sent.0
+    }
+}
+
+fn handovers_under_load(test: &str, prefix: &str, veth_io: VethIo, rounds: usize) {
+    if !privileged(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut c = cluster_io(prefix, 1, &[], veth_io);
+    let (a, b, far) = (&c.lab.pods[0], &c.lab.pods[1], &c.lab.pods[2]);
+    let node0 = &c.lab.nodes[0].ns;
+    let prog = xdp_prog_id(node0, "eth0").expect("an XDP program on the uplink");
+
+    // Pings 2 ms apart for longer than the handovers take (checked below); ping waits
+    // for the last replies.
+    let pings = u32::try_from(rounds).unwrap() * 100 + 1000;
+    let mut ping =
+        a.ns.command("ping")
+            .args(["-c", &pings.to_string(), "-i", "0.002", "-W", "2", &far.ip.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("iputils ping");
+    let udp = PacedStream::start(b, far, 9100);
+    let tcp = TcpStreamCheck::start(a, far, 9200);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let d = &mut c.daemons[0];
+    let mut footprint = Vec::new();
+    let t0 = Instant::now();
+    for round in 0..rounds {
+        let old_log = d.take_over(node0, &[]);
+        assert!(old_log.contains("handed over to the new xlaned"), "round {round}:\n{old_log}");
+        footprint.push(d.fds_and_rss());
+    }
+    let took = t0.elapsed();
+    assert!(ping.try_wait().unwrap().is_none(), "the pings ended before the handovers ({took:?})");
+    let bytes = tcp.stop();
+    let (sent, _) = udp.stop(d);
+    let out = ping.wait_with_output().unwrap();
+    let stats = PingStats::parse(&String::from_utf8_lossy(&out.stdout)).expect("ping statistics");
+    assert_eq!(stats.received, stats.sent, "no ping lost over {rounds} handovers ({took:?})\n{}", d.log());
+    assert!(bytes > 0 && sent > 0);
+    assert_eq!(xdp_prog_id(node0, "eth0"), Some(prog), "the uplink kept its XDP program");
+    // The successors' footprints are flat (the first two settle the allocator).
+    let (fds, rss): (Vec<usize>, Vec<u64>) = footprint.iter().skip(2).copied().unzip();
+    let (fd_min, fd_max) = (fds.iter().min().unwrap(), fds.iter().max().unwrap());
+    assert!(fd_max - fd_min <= 2, "descriptors grew over the handovers: {fds:?}");
+    let (rss_min, rss_max) = (rss.iter().min().unwrap(), rss.iter().max().unwrap());
+    assert!(rss_max - rss_min < 16 << 10, "memory grew over the handovers (KiB): {rss:?}");
+    // The node still serves requests and forwards: a new pod-to-pod ping.
+    let Reply::Endpoints { endpoints } = d.ok(Op::Dump { table: xlane_api::Table::Endpoints }) else { panic!() };
+    assert_eq!(endpoints.iter().filter(|p| p.role == "pod").count(), 2, "{endpoints:?}");
+    common::ping(&a.ns, far.ip).unwrap();
+    eprintln!(
+        "{rounds} handovers in {took:?}: {} pings, {sent} datagrams, {bytes} TCP bytes, none lost; fds {fds:?}",
+        stats.sent
+    );
+}
+
+#[test]
+fn af_xdp_pods_lose_nothing_over_a_hundred_handovers() {
+    handovers_under_load("af_xdp_pods_lose_nothing_over_a_hundred_handovers", "xlho", VethIo::AfXdp, 100);
+}
+
+#[test]
+fn af_packet_pods_lose_nothing_over_handovers() {
+    handovers_under_load("af_packet_pods_lose_nothing_over_handovers", "xlhp", VethIo::AfPacket, 30);
+}
+
+/// A successor speaking another protocol version cannot take over: the running xlaned
+/// refuses, saying why, and exits as on SIGTERM (its programs detached); the successor
+/// starts cold, saying so, and forwards once its state is given again (the agent's
+/// replay, here the test's requests).
+#[test]
+fn another_protocol_version_gets_a_normal_restart_said_in_the_log() {
+    let test = "another_protocol_version_gets_a_normal_restart_said_in_the_log";
+    if !privileged(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut c = cluster_io("xlhv", 1, &[], VethIo::AfXdp);
+    let node0 = &c.lab.nodes[0].ns;
+    let d = &mut c.daemons[0];
+    let old_log = d.take_over(node0, &["--handover-version", "999"]);
+    assert!(old_log.contains("handover refused") && old_log.contains("protocol 999"), "{old_log}");
+    assert!(old_log.contains("XDP programs detached"), "a normal shutdown: {old_log}");
+    assert!(d.log().contains("normal restart"), "{}", d.log());
+    assert_eq!(xdp_prog_id(node0, "eth0"), None, "cold: no program until the VTEP is set");
+    let Reply::Endpoints { endpoints } = d.ok(Op::Dump { table: xlane_api::Table::Endpoints }) else { panic!() };
+    assert!(endpoints.is_empty(), "cold: {endpoints:?}");
+}
