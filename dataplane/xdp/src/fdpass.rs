@@ -20,6 +20,17 @@ fn cmsg_space(n: usize) -> usize {
     unsafe { libc::CMSG_SPACE(bytes) as usize }
 }
 
+/// A message of the one byte `iov` points at, with `control` for its descriptors.
+fn header(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = std::ptr::from_mut(iov);
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    msg
+}
+
 /// Send `fds` over the connected unix stream socket `sock`.
 ///
 /// # Errors
@@ -30,12 +41,7 @@ pub fn send(sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let mut control = vec![0u8; cmsg_space(raw.len())];
         let mut byte = [MARK];
         let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = control.len();
+        let msg = header(&mut iov, &mut control);
         let data_len = u32::try_from(raw.len() * size_of::<RawFd>()).expect("a chunk is small");
         // SAFETY: `msg` points at `control`, sized by CMSG_SPACE for this many
         // descriptors, so the first header exists and its data holds `raw`; the copy
@@ -67,12 +73,7 @@ pub fn recv(sock: BorrowedFd<'_>, n: usize) -> io::Result<Vec<OwnedFd>> {
     while out.len() < n {
         let mut byte = [0u8];
         let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = control.len();
+        let mut msg = header(&mut iov, &mut control);
         // SAFETY: every pointer in `msg` is live for the call; the kernel writes at most
         // the buffers' lengths.
         let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };

@@ -20,6 +20,8 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGINT);
     mask.add(Signal::SIGTERM);
+    // SIGHUP: an upgrade (see `handover::spawn_successor`).
+    mask.add(Signal::SIGHUP);
     mask.thread_block()?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
@@ -27,7 +29,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     // Taking over: the old xlaned's objects and state, once it has exited (or, where it
     // could not hand over, once it has shut down: then a cold start).
     let inherited = if cfg.takeover {
-        handover::take_over(&runtime_dir, cfg.workers, cfg.handover_version)
+        handover::take_over(&handover::socket_path(&cfg.socket), cfg.workers, cfg.handover_version)
             .map_err(|e| anyhow::anyhow!("taking over from the running xlaned: {e}"))?
     } else {
         None
@@ -127,7 +129,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         }
     }
     let control = server::ControlSocket::bind(&cfg.socket)?;
-    let handover_socket = handover::Listener::bind(&runtime_dir)?;
+    let handover_socket = handover::Listener::bind(&handover::socket_path(&cfg.socket))?;
     let workers_done = control.notifier();
     st.set_notify(Arc::new(move || {
         let _ = workers_done.notify();
@@ -161,6 +163,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         }
     })?;
     tracing::info!(uplink = %cfg.uplink, workers = cfg.workers, busy_poll = cfg.busy_poll, "xlaned running");
+    handover::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     match control.serve(&mut st, &neigh_rx, &signals, &handover_socket)? {
         server::Ended::HandedOver(parked) => {
             // Destructors would detach the programs and close the sockets the new

@@ -1,8 +1,8 @@
 //! Hitless restart: a new xlaned (`--takeover`) takes over from the running one the
 //! things that carry traffic, so an upgrade costs no frame.
 //!
-//! The running xlaned listens on `handover.sock` in its runtime directory (mode 0600,
-//! root's). The new one connects and says which protocol version it speaks; on a
+//! The running xlaned listens on a socket beside its control socket
+//! (`xlaned.handover.sock`, mode 0600, root's). The new one connects and says which protocol version it speaks; on a
 //! mismatch (or anything else the old one cannot hand over, said in the refusal) the
 //! new one asks it to exit as on SIGTERM and starts cold: a normal restart, logged with
 //! the reason, the agent replaying its state. Otherwise the old one parks every worker
@@ -46,8 +46,13 @@ use xlane_xdp::xsk::handover::{SocketHandover, SocketState, UmemHandover, UmemSt
 
 /// The protocol's version: both sides must speak the same.
 pub const VERSION: u32 = 1;
-/// The socket's name in the runtime directory.
-pub const SOCKET: &str = "handover.sock";
+/// The handover socket of the xlaned whose control socket is `control`: beside it,
+/// named after it (`xlaned.sock` → `xlaned.handover.sock`), so two xlaneds sharing a
+/// directory (a lab's nodes) never meet the wrong one.
+#[must_use]
+pub fn socket_path(control: &Path) -> PathBuf {
+    control.with_extension("handover.sock")
+}
 /// How long either side waits for the other.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest message taken (a UMEM's bookkeeping is ~40 bytes per held frame).
@@ -57,8 +62,13 @@ const MAX_MESSAGE: usize = 256 << 20;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Message {
-    /// New → old: the version it speaks.
-    Hello { version: u32 },
+    /// New → old: the version it speaks, and its network namespace (the inode of
+    /// `/proc/self/ns/net`: only an xlaned of the same node may take over).
+    Hello {
+        version: u32,
+        #[serde(default)]
+        netns: u64,
+    },
     /// Old → new: no handover, and why.
     Refuse { reason: String },
     /// Old → new: everything, the descriptors following.
@@ -207,14 +217,16 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Listen on [`SOCKET`] in `dir` (mode 0600; a stale socket replaced).
+    /// Listen on `path` ([`socket_path`]; mode 0600, a stale socket replaced).
     ///
     /// # Errors
     /// The directory or the bind failed.
-    pub fn bind(dir: &Path) -> io::Result<Self> {
+    pub fn bind(path: &Path) -> io::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join(SOCKET);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let path = path.to_path_buf();
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
@@ -276,8 +288,8 @@ pub fn serve(mut stream: UnixStream, state: &mut State<System>) -> Served {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(TIMEOUT));
     let _ = stream.set_write_timeout(Some(TIMEOUT));
-    let version = match read_message(&mut stream) {
-        Ok(Message::Hello { version }) => version,
+    let (version, netns) = match read_message(&mut stream) {
+        Ok(Message::Hello { version, netns }) => (version, netns),
         Ok(other) => {
             tracing::warn!(?other, "handover: expected a hello");
             return Served::Kept;
@@ -287,10 +299,12 @@ pub fn serve(mut stream: UnixStream, state: &mut State<System>) -> Served {
             return Served::Kept;
         }
     };
-    let refusal = if version == VERSION {
-        refusal(state)
-    } else {
+    let refusal = if version != VERSION {
         Some(format!("the new xlaned speaks handover protocol {version}, this one {VERSION}"))
+    } else if netns != own_netns() {
+        Some("the new xlaned runs in another network namespace".to_owned())
+    } else {
+        refusal(state)
     };
     if let Some(reason) = refusal {
         tracing::warn!(%reason, "handover refused");
@@ -318,6 +332,12 @@ pub fn serve(mut stream: UnixStream, state: &mut State<System>) -> Served {
     let answer = sent.and_then(|()| read_message(&mut stream));
     match answer {
         Ok(Message::Taken) => {
+            // The service manager follows the new process from now on (only the main
+            // process may say so under the unit's default NotifyAccess=main).
+            match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+                Ok(peer) => notify(&format!("MAINPID={}", peer.pid())),
+                Err(e) => tracing::warn!(error = %e, "the new xlaned's PID"),
+            }
             tracing::info!(parked_ms = t0.elapsed().as_millis(), "handed over to the new xlaned; exiting");
             Served::HandedOver(Parked { _resume: parked, _stream: stream })
         }
@@ -342,6 +362,12 @@ fn answer_after_refusal(mut stream: UnixStream) -> Served {
         }
         _ => Served::Kept,
     }
+}
+
+/// This process's network namespace (0 if unknown).
+fn own_netns() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
 }
 
 /// Why this state cannot be handed over, if it cannot.
@@ -488,17 +514,17 @@ pub fn close_leftovers(state: &mut State<System>) {
 
 // ---- the new xlaned ----
 
-/// Take over from the xlaned listening in `dir`, speaking protocol `version` (tests
-/// speak another to check the fallback), for a node of `workers` workers.
+/// Take over from the xlaned listening on `path` ([`socket_path`]), speaking protocol
+/// `version` (tests speak another to check the fallback), for a node of `workers`
+/// workers.
 /// `Ok(None)`: a normal restart (the old one refused, or none runs), after the old one
 /// has exited; the reason is logged.
 ///
 /// # Errors
 /// The exchange broke after the old one parked its workers and the state could not be
 /// received whole: then nothing is inherited and the old one resumes (if it still can).
-pub fn take_over(dir: &Path, workers: usize, version: u32) -> io::Result<Option<Inherited>> {
-    let path = dir.join(SOCKET);
-    let mut stream = match UnixStream::connect(&path) {
+pub fn take_over(path: &Path, workers: usize, version: u32) -> io::Result<Option<Inherited>> {
+    let mut stream = match UnixStream::connect(path) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(socket = %path.display(), error = %e, "no xlaned to take over; starting cold");
@@ -507,7 +533,7 @@ pub fn take_over(dir: &Path, workers: usize, version: u32) -> io::Result<Option<
     };
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
-    write_message(&mut stream, &Message::Hello { version })?;
+    write_message(&mut stream, &Message::Hello { version, netns: own_netns() })?;
     let offer = match read_message(&mut stream)? {
         Message::Offer(o) => o,
         Message::Refuse { reason } => {
@@ -578,4 +604,48 @@ fn inherit(offer: Offer, fds: Vec<OwnedFd>) -> io::Result<Inherited> {
         pool.packets.push(packets);
     }
     Ok(Inherited { ops: offer.ops, umems, pool })
+}
+
+/// Start a successor to take over from this xlaned (on SIGHUP: `systemctl reload`):
+/// the binary at the path this one was started as (the upgraded one, after an
+/// install over it), with this one's arguments and `--takeover`; its output goes where
+/// this one's does. Returns its PID.
+///
+/// # Errors
+/// It could not be started.
+pub fn spawn_successor() -> io::Result<u32> {
+    let mut args = std::env::args();
+    let program = args.next().ok_or_else(|| io::Error::other("no argv[0]"))?;
+    let rest: Vec<String> = args.filter(|a| a != "--takeover").collect();
+    let mut child = std::process::Command::new(&program).args(&rest).arg("--takeover").spawn()?;
+    let pid = child.id();
+    // Reaped here if it exits while this xlaned still runs: it could not take over.
+    std::thread::Builder::new().name("xlane-successor".into()).spawn(move || {
+        if let Ok(status) = child.wait() {
+            tracing::error!(pid, %status, "the new xlaned exited; this one carries on");
+        }
+    })?;
+    Ok(pid)
+}
+
+/// Tell the service manager (systemd's `NOTIFY_SOCKET`, if set) `state`, e.g.
+/// `READY=1`; a no-op without one. An xlaned handing over says `MAINPID=` of its
+/// successor before it exits, so the unit follows the successor instead of restarting.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let path = path.to_string_lossy().into_owned();
+    let sent = (|| -> io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        if let Some(name) = path.strip_prefix('@') {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(socket = %path, error = %e, "notifying the service manager");
+    }
 }

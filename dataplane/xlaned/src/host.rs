@@ -293,7 +293,7 @@ impl Host for System {
     fn packet_opener(&self, spec: PacketSpec) -> OpenJob<Umems, NodePort> {
         if let Some((fd, fanout)) = self.pool().packet(spec.worker, spec.ifindex) {
             return Box::new(move |d| {
-                let port = PacketPort::take_over(spec.id, fd, spec.ifindex, fanout, spec.counters, spec.stats);
+                let port = PacketPort::on(spec.id, fd, spec.ifindex, fanout, spec.counters, spec.stats);
                 d.add_port(NodePort::Packet(port));
                 OpenStep::Done(Ok(Bound::default()))
             });

@@ -127,6 +127,14 @@ impl Handler for Daemon<'_> {
     fn on_fd(&mut self, key: usize, ctl: &mut Control) {
         if key == self.signal_key {
             if let Ok(Some(sig)) = self.signals.read_signal() {
+                if sig.ssi_signo == nix::sys::signal::Signal::SIGHUP as u32 {
+                    // An upgrade (`systemctl reload`): the binary now installed takes over.
+                    match handover::spawn_successor() {
+                        Ok(pid) => tracing::info!(pid, "SIGHUP: a new xlaned takes over"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: starting a new xlaned"),
+                    }
+                    return;
+                }
                 tracing::info!(signal = sig.ssi_signo, "shutting down");
                 ctl.stop();
             }

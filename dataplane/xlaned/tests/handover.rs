@@ -164,3 +164,72 @@ fn another_protocol_version_gets_a_normal_restart_said_in_the_log() {
     let Reply::Endpoints { endpoints } = d.ok(Op::Dump { table: xlane_api::Table::Endpoints }) else { panic!() };
     assert!(endpoints.is_empty(), "cold: {endpoints:?}");
 }
+
+/// The upgrade path through systemd (`systemctl reload xlaned` sends SIGHUP): the
+/// running xlaned starts the installed binary with its own arguments and
+/// `--takeover`, and before it exits tells the service manager the successor's PID
+/// (`MAINPID=`); the successor says `READY=1` once it forwards, so the unit follows it.
+/// Played here with a notify socket of the test's own.
+#[test]
+fn sighup_hands_over_to_a_successor_the_service_manager_follows() {
+    let test = "sighup_hands_over_to_a_successor_the_service_manager_follows";
+    if !privileged(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut c = cluster_io("xlhs", 1, &[], VethIo::AfXdp);
+    let (a, far) = (&c.lab.pods[0], &c.lab.pods[2]);
+    let node0 = &c.lab.nodes[0].ns;
+    let d = &mut c.daemons[0];
+    let notify_path = d.dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let next = |what: &str| -> String {
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).unwrap_or_else(|e| panic!("no {what} from the service notification: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+
+    // A first successor under the "service manager" (the test's xlaned has none).
+    let args: Vec<String> = d.args.iter().cloned().chain(["--takeover".to_owned()]).collect();
+    let log = std::fs::File::create(d.dir.join("gen1.log")).unwrap();
+    let gen1 = node0
+        .command(env!("CARGO_BIN_EXE_xlaned"))
+        .args(&args)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let gen1_pid = gen1.id();
+    assert_eq!(d.proc.exit_status(Duration::from_secs(10)).map(|s| s.success()), Some(true));
+    assert_eq!(next("READY"), format!("READY=1\nMAINPID={gen1_pid}"));
+
+    let ping =
+        a.ns.command("ping")
+            .args(["-c", "1500", "-i", "0.002", "-W", "2", &far.ip.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let gen1_nix = nix::unistd::Pid::from_raw(i32::try_from(gen1_pid).unwrap());
+    nix::sys::signal::kill(gen1_nix, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let said = next("the successor's MAINPID, from the old xlaned");
+    let gen2_pid: i32 = said.strip_prefix("MAINPID=").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{said}"));
+    assert_ne!(u32::try_from(gen2_pid).unwrap(), gen1_pid);
+    assert_eq!(next("READY"), format!("READY=1\nMAINPID={gen2_pid}"));
+    let mut gen1 = gen1;
+    assert!(gen1.wait().unwrap().success(), "the old xlaned exited cleanly");
+    let out = ping.wait_with_output().unwrap();
+    let stats = PingStats::parse(&String::from_utf8_lossy(&out.stdout)).expect("ping statistics");
+    // Stop the successor (not this test's child: by the PID it announced) before the lab goes.
+    let gen2 = nix::unistd::Pid::from_raw(gen2_pid);
+    nix::sys::signal::kill(gen2, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{gen2_pid}/exe")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gen1_log = std::fs::read_to_string(d.dir.join("gen1.log")).unwrap_or_default();
+    assert!(gen1_log.contains("SIGHUP: a new xlaned takes over"), "{gen1_log}");
+    assert!(gen1_log.contains("handed over to the new xlaned"), "{gen1_log}");
+    assert_eq!(stats.received, stats.sent, "no ping lost over the SIGHUP handover\n{gen1_log}");
+}

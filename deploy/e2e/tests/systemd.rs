@@ -213,7 +213,9 @@ fn start(unit: &Unit, paths: &PathMap, ns: Option<&Netns>, extra: &[String], log
         "{}: pass its environment",
         unit.name
     );
-    assert_eq!(unit.value("Type"), "exec", "{}: exec is what starting the process models", unit.name);
+    // Starting the process models `exec`, and `notify` too: without NOTIFY_SOCKET
+    // xlaned notifies nobody, and readiness is waited for on its socket.
+    assert!(matches!(unit.value("Type"), "exec" | "notify"), "{}: {}", unit.name, unit.value("Type"));
     let mut args = confinement(unit);
     args.extend(unit.exec_start().iter().map(|a| paths.apply(a)));
     args.extend(extra.iter().cloned());

@@ -17,6 +17,8 @@
 //! finished, the first probe answered. The daemons' steps come from the timestamps of
 //! their logs (same clock). `--pods N` puts N pods on node 0 (the probe uses the first):
 //! what a crash costs grows with the ports xlaned must close and the agent re-attach.
+//! `--stop handover` measures the hitless upgrade instead (`xlaned --takeover`): the
+//! probes are only delayed, by the pause in forwarding the "gap" shows.
 
 use crate::traffic::UdpEcho;
 use anyhow::Context as _;
@@ -47,20 +49,18 @@ pub enum Stop {
     Kill,
     /// SIGTERM: a plain stop (xlaned closes its sockets and detaches its programs).
     Term,
+    /// A hitless upgrade: a new xlaned started with `--takeover` beside the running one
+    /// takes its sockets and state over, and the old one exits (#18 item 1). The "gap"
+    /// is then how long forwarding paused (probes wait in the rings, none is lost).
+    Handover,
 }
 
 impl Stop {
-    fn signal(self) -> nix::sys::signal::Signal {
-        match self {
-            Self::Kill => nix::sys::signal::Signal::SIGKILL,
-            Self::Term => nix::sys::signal::Signal::SIGTERM,
-        }
-    }
-
     fn name(self) -> &'static str {
         match self {
             Self::Kill => "SIGKILL",
             Self::Term => "SIGTERM",
+            Self::Handover => "handover",
         }
     }
 }
@@ -149,6 +149,9 @@ pub struct Round {
     pub answered_after: u64,
     /// Last reply before the signal to the first reply after it, ms.
     pub gap_ms: Option<f64>,
+    /// The longest round trip of a probe sent after the signal, ms: in a handover,
+    /// where no probe is lost, the pause in forwarding (probes wait in the rings).
+    pub max_rtt_ms: Option<f64>,
     /// The agent's own replay time (`elapsed_ms` of its log line: from noticing the
     /// closed connection to the replay's end, reconnecting included).
     pub agent_replay_ms: Option<f64>,
@@ -298,12 +301,26 @@ fn one_round(cluster: &mut Cluster, pods: &[CniPod], mode: Stop, round: u32, opt
     let (sig_at, sig_wall) = (Instant::now(), SystemTime::now());
     let sent_before = probe.sent.load(Ordering::Relaxed);
     let ms = |t: Instant| t.saturating_duration_since(sig_at).as_secs_f64() * 1e3;
-    cluster.nodes[0].xlaned.stop(mode.signal());
-    let old_gone = ms(Instant::now());
-    std::thread::sleep(opts.restart_delay);
-    let new_started = ms(Instant::now());
-    // The same command line as the cluster's own start (default options: no extras).
-    let restarted = start_xlaned(&cluster.lab.nodes[0].ns, &cluster.dir, 0, &[]);
+    let (restarted, old_gone, new_started) = match mode {
+        Stop::Kill | Stop::Term => {
+            let signal =
+                if mode == Stop::Kill { nix::sys::signal::Signal::SIGKILL } else { nix::sys::signal::Signal::SIGTERM };
+            cluster.nodes[0].xlaned.stop(signal);
+            let old_gone = ms(Instant::now());
+            std::thread::sleep(opts.restart_delay);
+            let new_started = ms(Instant::now());
+            // The same command line as the cluster's own start (default options: no extras).
+            (start_xlaned(&cluster.lab.nodes[0].ns, &cluster.dir, 0, &[]), old_gone, new_started)
+        }
+        Stop::Handover => {
+            // The same command line with --takeover, beside the running one.
+            let next = start_xlaned(&cluster.lab.nodes[0].ns, &cluster.dir, 0, &["--takeover".to_owned()]);
+            let new_started = ms(Instant::now());
+            let exited = cluster.nodes[0].xlaned.exit_status(RECOVERY_TIMEOUT);
+            anyhow::ensure!(exited.is_some_and(|s| s.success()), "the old xlaned did not hand over: {exited:?}");
+            (next, ms(Instant::now()), new_started)
+        }
+    };
     let waited = match restarted {
         Ok(p) => {
             cluster.nodes[0].xlaned = p;
@@ -341,6 +358,7 @@ fn one_round(cluster: &mut Cluster, pods: &[CniPod], mode: Stop, round: u32, opt
         lost_outside_gap: stats.lost_outside_gap,
         answered_after: stats.answered_after,
         gap_ms: stats.gap_ms,
+        max_rtt_ms: stats.max_rtt_ms,
         agent_replay_ms: replay.and_then(|(_, l)| field(l, "elapsed_ms")),
         replay_attempts,
         timeline: Timeline {
@@ -477,6 +495,7 @@ struct ProbeStats {
     lost_outside_gap: u64,
     answered_after: u64,
     gap_ms: Option<f64>,
+    max_rtt_ms: Option<f64>,
     first_answered_sent: Option<f64>,
     first_reply: Option<f64>,
 }
@@ -510,6 +529,10 @@ impl ProbeStats {
             lost_outside_gap: lost - lost_in_gap,
             answered_after: (0..sends.len()).filter(|&s| sends[s] > sig && reply[s].is_some()).count() as u64,
             gap_ms: last_before.zip(first_after).map(|(b, (_, _, a))| (a - b).as_secs_f64() * 1e3),
+            max_rtt_ms: (0..sends.len())
+                .filter(|&s| sends[s] > sig)
+                .filter_map(|s| reply[s].map(|r| (r - sends[s]).as_secs_f64() * 1e3))
+                .max_by(f64::total_cmp),
             first_answered_sent: first_after.map(|(_, s, _)| ms(s)),
             first_reply: first_after.map(|(_, _, r)| ms(r)),
         }
@@ -528,6 +551,7 @@ fn summarize(rounds: &[Round], modes: &[Stop]) -> serde_json::Value {
                 serde_json::json!({
                     "rounds": rounds.iter().filter(|r| r.stop == m).count(),
                     "gap_ms": of(&|r| r.gap_ms),
+                    "max_rtt_ms": of(&|r| r.max_rtt_ms),
                     "lost": of(&|r| Some(r.lost as f64)),
                     "socket_bound_ms": of(&|r| r.timeline.socket_bound),
                     "replayed_ms": of(&|r| r.timeline.replayed),
@@ -556,9 +580,12 @@ fn print_summary(r: &Report, opts: &Options) {
         r.load_before,
         r.load_after
     );
-    println!("times in ms after the signal (gap: last reply before it → first reply after)");
+    println!(
+        "times in ms after the signal (gap: last reply before it → first reply after; max rtt: the slowest probe \
+         after it, a handover's pause)"
+    );
     let cols = Timeline::default().columns().map(|(t, _)| t);
-    print!("  {:<8} {:>6} {:>5} {:>8}", "stop", "round", "lost", "gap");
+    print!("  {:<8} {:>6} {:>5} {:>8} {:>8}", "stop", "round", "lost", "gap", "max rtt");
     for c in cols {
         print!(" {c:>8}");
     }
@@ -566,7 +593,7 @@ fn print_summary(r: &Report, opts: &Options) {
     for &m in &opts.modes {
         let mine: Vec<&Round> = r.rounds.iter().filter(|x| x.stop == m).collect();
         for x in &mine {
-            print!("  {:<8} {:>6} {:>5} {:>8}", m.name(), x.round, x.lost, cell(x.gap_ms));
+            print!("  {:<8} {:>6} {:>5} {:>8} {:>8}", m.name(), x.round, x.lost, cell(x.gap_ms), cell(x.max_rtt_ms));
             for (_, v) in x.timeline.columns() {
                 print!(" {:>8}", cell(v));
             }
@@ -577,7 +604,14 @@ fn print_summary(r: &Report, opts: &Options) {
                 Spread::of(mine.iter().filter_map(|x| f(x))).map(|s| if pick { s.median } else { s.max })
             };
             let lost = stat(&|x| Some(x.lost as f64)).map_or_else(|| "-".into(), |v| format!("{v:.0}"));
-            print!("  {:<8} {:>6} {:>5} {:>8}", m.name(), label, lost, cell(stat(&|x| x.gap_ms)));
+            print!(
+                "  {:<8} {:>6} {:>5} {:>8} {:>8}",
+                m.name(),
+                label,
+                lost,
+                cell(stat(&|x| x.gap_ms)),
+                cell(stat(&|x| x.max_rtt_ms))
+            );
             for i in 0..cols.len() {
                 print!(" {:>8}", cell(stat(&|x| x.timeline.columns()[i].1)));
             }

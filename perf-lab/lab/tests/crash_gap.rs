@@ -1,6 +1,7 @@
 //! `crash-gap` as a user runs it, one round of each stop mode: xlaned on node 0 crashes
 //! (and stops) and comes back, the agent replays its state, the pods talk again, and the
-//! run leaves nothing behind. No time bound is asserted: the perf-lab reports the gap.
+//! run leaves nothing behind; a handover (`--takeover`) loses no probe. No time bound is
+//! asserted: the perf-lab reports the gap.
 
 use std::process::Command;
 use xlane_netlab::privileged;
@@ -12,14 +13,15 @@ fn traffic_comes_back_after_a_crash_and_nothing_is_left() {
     }
     let json = std::env::temp_dir().join(format!("xlane-crash-gap-{}.json", std::process::id()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xlane-lab"));
-    cmd.args(["crash-gap", "--rounds", "1", "--warmup-s", "1", "--json", &json.to_string_lossy()]);
+    cmd.args(["crash-gap", "--rounds", "1", "--warmup-s", "1", "--stop", "kill,term,handover"]);
+    cmd.args(["--json", &json.to_string_lossy()]);
     let (pid, out) = xlane_netlab::run_and_pid(&mut cmd).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rounds = r["rounds"].as_array().unwrap();
     let stops: Vec<&str> = rounds.iter().map(|x| x["stop"].as_str().unwrap()).collect();
-    assert_eq!(stops, ["kill", "term"], "{r}");
+    assert_eq!(stops, ["kill", "term", "handover"], "{r}");
     for x in rounds {
         // Probes went through before the signal and again after it, from a new xlaned.
         assert!(x["answered"].as_u64().unwrap() > x["answered_after"].as_u64().unwrap(), "{x}");
@@ -30,14 +32,18 @@ fn traffic_comes_back_after_a_crash_and_nothing_is_left() {
         // The agent replayed its state into it (its log line was found, in sync).
         assert!(x["timeline"]["replayed"].as_f64().is_some(), "no replay in the agent's log: {x}");
         assert!(x["agent_replay_ms"].as_f64().is_some(), "{x}");
+        if x["stop"] == "handover" {
+            assert_eq!(x["lost"].as_u64(), Some(0), "a handover loses no probe: {x}");
+            assert!(x["max_rtt_ms"].as_f64().is_some(), "{x}");
+        }
     }
     // The summary table names both modes.
-    assert!(stdout.contains("SIGKILL") && stdout.contains("SIGTERM"), "{stdout}");
+    assert!(stdout.contains("SIGKILL") && stdout.contains("SIGTERM") && stdout.contains("handover"), "{stdout}");
     // Nothing left: its namespaces, its run directory, every daemon it started.
     assert_eq!(xlane_netlab::namespaces_of("xgap", pid).unwrap(), Vec::<String>::new());
     assert!(!std::env::temp_dir().join(format!("xlane-xgap-{pid}")).exists(), "the run directory is gone");
     let daemons = r["daemon_pids"].as_array().unwrap();
-    assert_eq!(daemons.len(), 6, "xlaned and agent on two nodes, and two restarted xlaned: {r}");
+    assert_eq!(daemons.len(), 7, "xlaned and agent on two nodes, and three restarted xlaned: {r}");
     for d in daemons {
         let d = d.as_u64().unwrap();
         assert!(!std::path::Path::new(&format!("/proc/{d}")).exists(), "daemon {d} still running");

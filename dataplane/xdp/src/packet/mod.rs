@@ -204,7 +204,10 @@ impl<B: Copy> PacketPort<B> {
         Ok(Self::on(id, fd, ifindex, fanout, counters, stats))
     }
 
-    fn on(
+    /// Port `id` on an open socket on `ifindex`: one opened here, or one another process
+    /// handed over ([`hand_over`](Self::hand_over)).
+    #[must_use]
+    pub fn on(
         id: PortId,
         fd: OwnedFd,
         ifindex: u32,
@@ -253,20 +256,6 @@ impl<B: Copy> PacketPort<B> {
     /// The descriptor could not be duplicated.
     pub fn hand_over(&self) -> io::Result<(OwnedFd, FanoutMode)> {
         Ok((self.fd.try_clone()?, self.fanout))
-    }
-
-    /// A socket on `ifindex` another process handed over ([`hand_over`](Self::hand_over)),
-    /// as port `id`.
-    #[must_use]
-    pub fn take_over(
-        id: PortId,
-        fd: OwnedFd,
-        ifindex: u32,
-        fanout: FanoutMode,
-        counters: Arc<PortCounters>,
-        stats: Arc<PacketStats>,
-    ) -> Self {
-        Self::on(id, fd, ifindex, fanout, counters, stats)
     }
 
     /// The interface.
