@@ -38,8 +38,9 @@ fn etcd_available(test: &str) -> bool {
 
 impl Etcd {
     fn start(n: usize, tag: u16) -> Self {
-        // Ports from the PID and a per-test tag, away from 2379/2380.
-        let base = 20_000 + u16::try_from(std::process::id() % 400).unwrap() * 100 + tag * 10;
+        // Ports from the PID and a per-test tag, away from 2379/2380 and below the
+        // ephemeral range (32768–60999: a client's port there made etcd's bind fail).
+        let base = 20_000 + u16::try_from(std::process::id() % 120).unwrap() * 100 + tag * 10;
         let dir = std::env::temp_dir().join(format!("xlane-etcd-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut e = Self { members: Vec::new(), dir, base, n };
