@@ -25,7 +25,6 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     mask.thread_block()?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
-    let runtime_dir = cfg.socket.parent().map_or_else(|| "/run/xlane".into(), std::path::Path::to_path_buf);
     // Taking over: the old xlaned's objects and state, once it has exited (or, where it
     // could not hand over, once it has shut down: then a cold start).
     let inherited = if cfg.takeover {
@@ -82,7 +81,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         // Kubernetes default, beside the uplink's full ring, when that quarter is used.
         pod_fill: 256,
         busy_poll: cfg.busy_poll,
-        runtime_dir: runtime_dir.clone(),
+        runtime_dir: cfg.socket.parent().map_or_else(|| "/run/xlane".into(), std::path::Path::to_path_buf),
         max_frame: umem.max_frame(),
         // Copy-mode sockets take a jumbo frame in several buffers; the UDP GSO sockets
         // send one; a zero-copy bind takes neither.

@@ -101,8 +101,8 @@ struct WorkerOffer {
 #[derive(Debug, Serialize, Deserialize)]
 struct SocketOffer {
     umem: u8,
+    /// Its descriptor follows unless it is the UMEM's own (`state.umem_socket`).
     state: SocketState,
-    has_fd: bool,
     fill_target: u32,
     fill_base: u32,
 }
@@ -307,22 +307,12 @@ pub fn serve(mut stream: UnixStream, state: &mut State<System>) -> Served {
         refusal(state)
     };
     if let Some(reason) = refusal {
-        tracing::warn!(%reason, "handover refused");
-        if write_message(&mut stream, &Message::Refuse { reason }).is_err() {
-            return Served::Kept;
-        }
-        return answer_after_refusal(stream);
+        return refuse(stream, reason);
     }
     let t0 = std::time::Instant::now();
     let (parked, offer, fds) = match park_and_collect(state) {
         Ok(x) => x,
-        Err(reason) => {
-            tracing::warn!(%reason, "handover refused");
-            if write_message(&mut stream, &Message::Refuse { reason }).is_err() {
-                return Served::Kept;
-            }
-            return answer_after_refusal(stream);
-        }
+        Err(reason) => return refuse(stream, reason),
     };
     let sent = write_message(&mut stream, &Message::Offer(Box::new(offer))).and_then(|()| {
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
@@ -354,7 +344,12 @@ pub fn serve(mut stream: UnixStream, state: &mut State<System>) -> Served {
     }
 }
 
-fn answer_after_refusal(mut stream: UnixStream) -> Served {
+/// Say why there is no handover; the new xlaned then asks for a normal exit.
+fn refuse(mut stream: UnixStream, reason: String) -> Served {
+    tracing::warn!(%reason, "handover refused");
+    if write_message(&mut stream, &Message::Refuse { reason }).is_err() {
+        return Served::Kept;
+    }
     match read_message(&mut stream) {
         Ok(Message::Exit { reason }) => {
             tracing::warn!(%reason, "the new xlaned restarts cold; exiting");
@@ -370,11 +365,9 @@ fn own_netns() -> u64 {
     std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
 }
 
-/// Why this state cannot be handed over, if it cannot.
+/// Why this state cannot be handed over, if it cannot (vhost-user ports: see
+/// [`park_and_collect`]).
 fn refusal(state: &State<System>) -> Option<String> {
-    if state.ports.values().any(|p| matches!(p.kind, crate::ports::PortKind::VhostUser(_))) {
-        return Some("vhost-user ports are not handed over (their guests' ring state lives in xlaned)".into());
-    }
     if !state.attaching.is_empty() || !state.closing.is_empty() {
         return Some("ports are being attached or removed; retry".into());
     }
@@ -401,7 +394,10 @@ fn park_and_collect(state: &mut State<System>) -> Result<(Resume, Offer, Vec<Own
                 offer.blocks.push(block.ifindex());
                 fds.extend([link, prog]);
             }
-            crate::ports::PortKind::VhostUser(_) => return Err("vhost-user ports are not handed over".into()),
+            // Before any worker parks.
+            crate::ports::PortKind::VhostUser(_) => {
+                return Err("vhost-user ports are not handed over (their guests' ring state lives in xlaned)".into());
+            }
         }
     }
     let mut resume = Vec::new();
@@ -440,7 +436,7 @@ fn offer_worker(d: &mut Driver<Umems, NodePort>) -> Result<(WorkerOffer, Vec<Own
             NodePort::Xdp(x) => {
                 let PortHandover { umem, socket, fill_target, fill_base } = x.hand_over().map_err(|e| e.to_string())?;
                 let SocketHandover { fd, state } = socket;
-                w.sockets.push(SocketOffer { umem, state, has_fd: fd.is_some(), fill_target, fill_base });
+                w.sockets.push(SocketOffer { umem, state, fill_target, fill_base });
                 socket_fds.extend(fd);
             }
             // A transmit-only socket holds nothing: the new worker opens its own.
@@ -590,7 +586,7 @@ fn inherit(offer: Offer, fds: Vec<OwnedFd>) -> io::Result<Inherited> {
         umems.push(set);
         let mut sockets = HashMap::new();
         for s in w.sockets {
-            let fd = if s.has_fd { Some(next()?) } else { None };
+            let fd = if s.state.umem_socket { None } else { Some(next()?) };
             let key = (s.state.ifindex, s.state.queue);
             let socket = SocketHandover { fd, state: s.state };
             sockets

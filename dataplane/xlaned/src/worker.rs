@@ -37,10 +37,6 @@ pub struct WorkerShared {
     pub latency: ArcSwap<Histogram<u64>>,
     /// Frames per RX burst.
     pub burst: ArcSwap<Histogram<u64>>,
-    /// Held: the worker runs jobs but polls no port (a new xlaned taking over holds its
-    /// workers until its tables know every port: a frame waiting in a ring would
-    /// otherwise be read before its port is routed, and dropped).
-    held: std::sync::atomic::AtomicBool,
 }
 
 /// An empty burst-latency histogram (nanoseconds).
@@ -72,7 +68,6 @@ impl WorkerShared {
             counters: Arc::new(CoreCounters::default()),
             latency: ArcSwap::from_pointee(new_latency()),
             burst: ArcSwap::from_pointee(new_burst()),
-            held: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -99,6 +94,8 @@ pub type Job<M, P> = Box<dyn FnOnce(&mut Driver<M, P>) + Send>;
 pub enum Command<M: FrameMemory, P: Port<M>> {
     /// Run a job on the worker's driver (it replies through whatever it captured).
     Run(Job<M, P>),
+    /// Start polling the ports (a worker started [held](WorkerConfig::held)).
+    Release,
     /// Exit the loop (the driver closes every port).
     Stop,
 }
@@ -107,6 +104,7 @@ impl<M: FrameMemory, P: Port<M>> core::fmt::Debug for Command<M, P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
             Self::Run(_) => "Run",
+            Self::Release => "Release",
             Self::Stop => "Stop",
         })
     }
@@ -144,8 +142,7 @@ impl<M: FrameMemory, P: Port<M>> WorkerHandle<M, P> {
 
     /// Let a worker started held ([`WorkerConfig::held`]) poll its ports.
     pub fn release(&self) {
-        self.shared.held.store(false, std::sync::atomic::Ordering::Release);
-        let _ = self.wake.write(1);
+        self.send(Command::Release);
     }
 
     /// Run `job` on the worker's driver; false if the worker has exited.
@@ -161,7 +158,10 @@ pub struct WorkerConfig {
     pub busy_poll: bool,
     /// Core to pin to.
     pub core: Option<usize>,
-    /// Start held: run jobs, poll no port until [`WorkerHandle::release`].
+    /// Start held: run jobs, poll no port until [`WorkerHandle::release`] (a new
+    /// xlaned taking over holds its workers until its tables know every port: a frame
+    /// waiting in a ring would otherwise be read before its port is routed, and
+    /// dropped).
     pub held: bool,
 }
 
@@ -184,7 +184,6 @@ where
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let wake = Arc::new(EventFd::from_value_and_flags(0, nix::sys::eventfd::EfdFlags::EFD_NONBLOCK)?);
     let shared = Arc::new(WorkerShared::new());
-    shared.held.store(cfg.held, std::sync::atomic::Ordering::Release);
     let handle = WorkerHandle { tx, wake: Arc::clone(&wake), shared: Arc::clone(&shared) };
     let reader = fib.reader();
     let join = std::thread::Builder::new().name(format!("xlane-worker{index}")).spawn(move || {
@@ -240,6 +239,7 @@ struct Worker<M: FrameMemory, P: Port<M>> {
 impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
     fn run(&mut self) {
         let mut idle = 0u32;
+        let mut held = self.cfg.held;
         let mut last_publish = Instant::now();
         loop {
             while let Ok(cmd) = self.cmds.try_recv() {
@@ -255,6 +255,7 @@ impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
                             tracing::info!(worker = self.index, ms = took.as_millis(), "a port job held the worker");
                         }
                     }
+                    Command::Release => held = false,
                     Command::Stop => {
                         self.publish();
                         self.driver.close_all();
@@ -262,7 +263,7 @@ impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
                     }
                 }
             }
-            if self.shared.held.load(std::sync::atomic::Ordering::Acquire) {
+            if held {
                 // Jobs only: wait for the next command (or the release) on the eventfd.
                 let _ = wait_readable(&[self.wake.as_raw_fd()], SLEEP_MS);
                 let _ = self.wake.read();

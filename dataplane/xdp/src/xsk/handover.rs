@@ -152,12 +152,9 @@ impl Umem {
             umem.owner[i] = if f.tx { Owner::Tx } else { Owner::Fill };
             umem.holder[i] = f.token;
         }
-        let shift = umem.shift;
-        umem.free = (0..umem.owner.len())
-            .rev()
-            .filter(|&i| umem.owner[i] == Owner::Free)
-            .map(|i| (i as u64) << shift)
-            .collect();
+        let mut free = std::mem::take(&mut umem.free);
+        free.retain(|&addr| umem.index(addr).is_some_and(|i| umem.owner[i] == Owner::Free));
+        umem.free = free;
         umem.next_token = state.next_token;
         umem.bound = state.bound;
         umem.zero_copy = state.zero_copy;
