@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{FNV_START, PacedStream, SERIAL, cluster_io, fnv1a};
+use common::{FNV_START, PacedStream, fnv1a, setup, setup_io};
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::process::Stdio;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use xlane_api::{Op, Reply, VethIo};
-use xlane_netlab::{Netns, PingStats, privileged};
+use xlane_netlab::{Netns, PingStats};
 
 /// The id of the XDP program on `ifname` in `ns`.
 fn xdp_prog_id(ns: &Netns, ifname: &str) -> Option<u64> {
@@ -77,11 +77,7 @@ impl TcpStreamCheck {
 }
 
 fn handovers_under_load(test: &str, prefix: &str, veth_io: VethIo, rounds: usize) {
-    if !privileged(test) {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut c = cluster_io(prefix, 1, &[], veth_io);
+    let Some((_serial, mut c)) = setup_io(test, prefix, 1, &[], veth_io) else { return };
     let (a, b, far) = (&c.lab.pods[0], &c.lab.pods[1], &c.lab.pods[2]);
     let node0 = &c.lab.nodes[0].ns;
     let prog = xdp_prog_id(node0, "eth0").expect("an XDP program on the uplink");
@@ -149,11 +145,7 @@ fn af_packet_pods_lose_nothing_over_handovers() {
 #[test]
 fn another_protocol_version_gets_a_normal_restart_said_in_the_log() {
     let test = "another_protocol_version_gets_a_normal_restart_said_in_the_log";
-    if !privileged(test) {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut c = cluster_io("xlhv", 1, &[], VethIo::AfXdp);
+    let Some((_serial, mut c)) = setup(test, "xlhv", 1, &[]) else { return };
     let node0 = &c.lab.nodes[0].ns;
     let d = &mut c.daemons[0];
     let old_log = d.take_over(node0, &["--handover-version", "999"]);
@@ -173,11 +165,7 @@ fn another_protocol_version_gets_a_normal_restart_said_in_the_log() {
 #[test]
 fn sighup_hands_over_to_a_successor_the_service_manager_follows() {
     let test = "sighup_hands_over_to_a_successor_the_service_manager_follows";
-    if !privileged(test) {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut c = cluster_io("xlhs", 1, &[], VethIo::AfXdp);
+    let Some((_serial, mut c)) = setup(test, "xlhs", 1, &[]) else { return };
     let (a, far) = (&c.lab.pods[0], &c.lab.pods[2]);
     let node0 = &c.lab.nodes[0].ns;
     let d = &mut c.daemons[0];

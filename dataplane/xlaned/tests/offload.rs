@@ -28,11 +28,11 @@ fn nonzero(m: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
 
 #[test]
 fn offloading_pods_move_tcp_as_super_packets_intact_both_ways() {
-    if !xlane_netlab::privileged("offloading_pods_move_tcp_as_super_packets_intact_both_ways") {
+    let Some((_serial, Cluster { daemons, lab })) =
+        setup_io("offloading_pods_move_tcp_as_super_packets_intact_both_ways", "xe-gso", 1, &[], VethIo::AfPacket)
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Cluster { daemons, lab } = cluster_io("xe-gso", 1, &[], VethIo::AfPacket);
+    };
     let (p0, p1, p2) = (&lab.pods[0], &lab.pods[1], &lab.pods[2]);
     for d in &daemons {
         assert!(pod_ports(d).iter().all(|p| p.packet.is_some()), "{:?}", pod_ports(d));
@@ -101,11 +101,15 @@ fn offloading_pods_move_tcp_as_super_packets_intact_both_ways() {
 /// encapsulated AF_XDP frames itself; the byte stream arrives as intact.
 #[test]
 fn without_udp_gso_the_engine_cuts_super_packets_for_the_uplink() {
-    if !xlane_netlab::privileged("without_udp_gso_the_engine_cuts_super_packets_for_the_uplink") {
+    let Some((_serial, Cluster { daemons, lab })) = setup_io(
+        "without_udp_gso_the_engine_cuts_super_packets_for_the_uplink",
+        "xe-cut",
+        1,
+        &["--uplink-udp-gso", "false"],
+        VethIo::AfPacket,
+    ) else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Cluster { daemons, lab } = cluster_io("xe-cut", 1, &["--uplink-udp-gso", "false"], VethIo::AfPacket);
+    };
     let (p0, p2) = (&lab.pods[0], &lab.pods[2]);
     tcp_transfer(&p0.ns, &p2.ns, p2.ip, 5111, 256);
     tcp_transfer(&p2.ns, &p0.ns, p0.ip, 5112, 64);

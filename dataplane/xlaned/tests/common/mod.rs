@@ -243,11 +243,22 @@ pub(crate) fn setup(
     queues: u16,
     flags: &[&str],
 ) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
+    setup_io(test, prefix, queues, flags, VethIo::AfXdp)
+}
+
+/// [`setup`], the pods' veths read and written as `veth_io` says.
+pub(crate) fn setup_io(
+    test: &str,
+    prefix: &str,
+    queues: u16,
+    flags: &[&str],
+    veth_io: VethIo,
+) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
     if !privileged(test) {
         return None;
     }
     let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    Some((serial, cluster_with(prefix, queues, flags)))
+    Some((serial, cluster_io(prefix, queues, flags, veth_io)))
 }
 
 /// FNV-1a over `bytes`, continuing `h`.
