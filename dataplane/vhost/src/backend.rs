@@ -11,20 +11,16 @@
 //! memory is not the dataplane's UMEM, so one copy each way is inherent to vhost-user.
 
 use crate::net::{self, FrameSink, MAX_FRAME, RxError};
-use crate::relay;
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use std::io;
 use std::num::Wrapping;
-use std::os::fd::{AsFd as _, AsRawFd as _};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::os::fd::AsRawFd as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{ShutdownHandle, VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -41,9 +37,9 @@ const RX_QUEUE: u16 = 0;
 /// Transmit queue (from the guest).
 const TX_QUEUE: u16 = 1;
 /// The event id of [`PortIo::wake`]: ids up to the queue count are the library's.
-const WAKE_EVENT: u16 = 3;
+pub(crate) const WAKE_EVENT: u16 = 3;
 /// The event id of the retry timer, armed while a frame waits for guest buffers.
-const RETRY_EVENT: u16 = 4;
+pub(crate) const RETRY_EVENT: u16 = 4;
 /// How often to look for guest buffers while a frame waits: a kick the guest sent
 /// before its ring was enabled is lost, and a driver that posted all its buffers at
 /// start may not kick again until one is used.
@@ -88,6 +84,46 @@ pub struct PortCounters {
     pub connected: AtomicBool,
 }
 
+/// A port's counters as values: what a handover carries to the next process.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CounterValues {
+    /// [`PortCounters::from_guest`].
+    pub from_guest: u64,
+    /// [`PortCounters::to_guest`].
+    pub to_guest: u64,
+    /// [`PortCounters::malformed`].
+    pub malformed: u64,
+    /// [`PortCounters::dropped`].
+    pub dropped: u64,
+    /// [`PortCounters::connections`].
+    pub connections: u64,
+}
+
+impl PortCounters {
+    /// The counts now.
+    #[must_use]
+    pub fn values(&self) -> CounterValues {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterValues {
+            from_guest: get(&self.from_guest),
+            to_guest: get(&self.to_guest),
+            malformed: get(&self.malformed),
+            dropped: get(&self.dropped),
+            connections: get(&self.connections),
+        }
+    }
+
+    /// Add `v` (counted by the process this port was taken over from).
+    pub fn add(&self, v: &CounterValues) {
+        let add = |c: &AtomicU64, n| c.fetch_add(n, Ordering::Relaxed);
+        add(&self.from_guest, v.from_guest);
+        add(&self.to_guest, v.to_guest);
+        add(&self.malformed, v.malformed);
+        add(&self.dropped, v.dropped);
+        add(&self.connections, v.connections);
+    }
+}
+
 /// The guest's transmit ring and memory, shared with the dataplane once the guest has
 /// kicked it: the dataplane thread reads frames straight out of the ring (one copy, into
 /// its own buffers), with no thread or queue in between — as DPDK's vhost does.
@@ -111,11 +147,11 @@ pub struct PortIo {
     guest_rx: ArcSwapOption<GuestRx>,
     /// Frames queued for the backend thread and not yet written or dropped: while any
     /// wait, later frames queue behind them (a flow's frames stay in order).
-    backlog: AtomicUsize,
+    pub(crate) backlog: AtomicUsize,
     to_guest: ArrayQueue<Frame>,
     pool: ArrayQueue<Frame>,
     /// Written by the dataplane when frames for the guest are queued.
-    wake: EventFd,
+    pub(crate) wake: EventFd,
     /// Written by the backend when the guest kicked its transmit ring.
     ready: EventFd,
     /// Counters.
@@ -344,7 +380,9 @@ pub struct NetBackend {
     mergeable: bool,
     /// A frame that found no guest buffer, delivered first on the next RX kick.
     pending: Option<Frame>,
-    retry: TimerFd,
+    pub(crate) retry: TimerFd,
+    /// The rings, once an event has shown them (a handover reads where they stand).
+    vrings: Vec<VringRwLock>,
 }
 
 impl std::fmt::Debug for NetBackend {
@@ -378,7 +416,36 @@ impl NetBackend {
             // request waits forever).
             retry: TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)
                 .map_err(io::Error::from)?,
+            vrings: Vec::new(),
         })
+    }
+
+    /// Keep the rings at first sight (this connection's first event): a handover reads
+    /// where they stand. (Their used index needs nothing: the library takes it from
+    /// guest memory at `SET_VRING_ADDR`, where the last writer left it.)
+    fn adopt_rings(&mut self, vrings: &[VringRwLock]) {
+        if self.vrings.is_empty() {
+            self.vrings = vrings.to_vec();
+        }
+    }
+
+    /// Where each ring the backend has seen stands: (queue, next available index),
+    /// for its `SET_VRING_BASE` in a handover.
+    pub(crate) fn bases(&self) -> Vec<(u32, u16)> {
+        (0u32..).zip(&self.vrings).map(|(q, v)| (q, v.get_ref().get_queue().next_avail())).collect()
+    }
+
+    /// Drop the frames still waiting for the backend thread (a handover: this thread
+    /// delivers nothing more), counted; how many.
+    pub(crate) fn drop_waiting(&mut self) -> u64 {
+        let mut n = 0;
+        while let Some(f) = self.pending.take().or_else(|| self.io.to_guest.pop()) {
+            self.io.count_drop();
+            self.io.backlog.fetch_sub(1, Ordering::AcqRel);
+            let _ = self.io.pool.push(f);
+            n += 1;
+        }
+        n
     }
 
     /// The guest kicked its transmit ring: share the ring with the dataplane (once per
@@ -555,6 +622,7 @@ impl VhostUserBackendMut for NetBackend {
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }
+        self.adopt_rings(vrings);
         match device_event {
             TX_QUEUE => {
                 self.on_tx_kick(&vrings[usize::from(TX_QUEUE)]);
@@ -574,211 +642,4 @@ impl VhostUserBackendMut for NetBackend {
             other => Err(io::Error::other(format!("unknown event {other}"))),
         }
     }
-}
-
-/// A served vhost-user port: its socket, and the thread that accepts one frontend after
-/// another on it (a restarted VM or testpmd reconnects). Dropping it cuts the frontend
-/// off, stops the thread and removes the socket.
-pub struct VhostUserPort {
-    path: PathBuf,
-    io: Arc<PortIo>,
-    stop: Arc<AtomicBool>,
-    /// The current connection's shutdown handle, to cut a frontend off on removal.
-    conn: Arc<Mutex<Option<ShutdownHandle>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for VhostUserPort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VhostUserPort").field("path", &self.path).finish_non_exhaustive()
-    }
-}
-
-impl VhostUserPort {
-    /// Create the socket at `path` (replacing a stale one) and serve it for `io`, with
-    /// `mac` and `mtu` as the device's (see [`NetBackend::new`]).
-    ///
-    /// # Errors
-    /// The socket cannot be created (missing directory, path too long, permissions, a
-    /// file that is not a socket in the way).
-    pub fn spawn(path: PathBuf, io: Arc<PortIo>, mac: [u8; 6], mtu: u16) -> io::Result<Self> {
-        let context = |e: io::Error| io::Error::new(e.kind(), format!("vhost-user socket {}: {e}", path.display()));
-        if let Ok(meta) = std::fs::symlink_metadata(&path) {
-            if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
-                return Err(context(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket")));
-            }
-            std::fs::remove_file(&path).map_err(context)?;
-        }
-        let public = UnixListener::bind(&path).map_err(context)?;
-        let private = PrivateListener::new()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let conn = Arc::new(Mutex::new(None));
-        let thread = {
-            let (path, io, stop, conn) = (path.clone(), Arc::clone(&io), Arc::clone(&stop), Arc::clone(&conn));
-            let name = format!("vhost-{}", path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default());
-            std::thread::Builder::new().name(name.chars().take(15).collect()).spawn(move || {
-                let listeners = Listeners { public, private };
-                serve(listeners, &path, &io, (mac, mtu), &stop, &conn);
-            })?
-        };
-        Ok(Self { path, io, stop, conn, thread: Some(thread) })
-    }
-
-    /// The socket's path.
-    #[must_use]
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-
-    /// The queues and counters shared with the dataplane.
-    #[must_use]
-    pub fn io(&self) -> &Arc<PortIo> {
-        &self.io
-    }
-}
-
-impl Drop for VhostUserPort {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Cut the current frontend off; a connection accepted after this sees `stop`
-        // under the same lock and cuts itself off.
-        if let Some(h) = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
-            h.shutdown();
-        }
-        // Unblock a thread waiting in accept(2) with one last connection.
-        let _ = std::os::unix::net::UnixStream::connect(&self.path);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Where the library accepts its end of each relayed connection: a socket in a
-/// directory only this process's user may enter, so nothing else can reach the backend
-/// around the relay. Removed on drop.
-struct PrivateListener {
-    listener: Listener,
-    path: PathBuf,
-    dir: PathBuf,
-}
-
-impl PrivateListener {
-    fn new() -> io::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt as _;
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "xlane-vhost-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        let path = dir.join("backend.sock");
-        let listener = Listener::new(&path, true).map_err(io::Error::other)?;
-        Ok(Self { listener, path, dir })
-    }
-}
-
-impl Drop for PrivateListener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-/// The socket frontends connect to, and the library's side of the relay.
-struct Listeners {
-    public: UnixListener,
-    private: PrivateListener,
-}
-
-/// Accept frontends one after another until `stop`, each relayed to a fresh daemon.
-fn serve(
-    mut listeners: Listeners,
-    path: &std::path::Path,
-    io: &Arc<PortIo>,
-    device: ([u8; 6], u16),
-    stop: &AtomicBool,
-    conn: &Mutex<Option<ShutdownHandle>>,
-) {
-    let lock = || conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
-        let frontend = match listeners.public.accept() {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(socket = %path.display(), error = %e, "vhost-user accept failed");
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                continue;
-            }
-        };
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let mut daemon = match daemon(path, io, device) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(socket = %path.display(), error = %e, "vhost-user port cannot serve");
-                return;
-            }
-        };
-        // Our end first (it waits in the backlog), then the library accepts it.
-        let library_end = match UnixStream::connect(&listeners.private.path) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(socket = %path.display(), error = %e, "vhost-user relay cannot connect");
-                return;
-            }
-        };
-        if let Err(e) = daemon.start(&mut listeners.private.listener) {
-            tracing::error!(socket = %path.display(), error = %e, "vhost-user daemon cannot start");
-            return;
-        }
-        {
-            let mut slot = lock();
-            *slot = daemon.shutdown_handle();
-            if stop.load(Ordering::SeqCst)
-                && let Some(h) = slot.as_ref()
-            {
-                h.shutdown();
-            }
-        }
-        io.counters.connections.fetch_add(1, Ordering::Relaxed);
-        io.counters.connected.store(true, Ordering::Relaxed);
-        // Until the frontend disconnects, misbehaves, or the port is removed.
-        let relayed = relay::run(&frontend, &library_end);
-        let handled = daemon.wait();
-        match (relayed, handled) {
-            (Ok(()), Ok(())) => tracing::info!(socket = %path.display(), "vhost-user frontend disconnected"),
-            (Err(e), _) => tracing::warn!(socket = %path.display(), error = %e, "vhost-user frontend cut off"),
-            (_, Err(e)) => tracing::warn!(socket = %path.display(), error = %e, "vhost-user frontend cut off"),
-        }
-        io.counters.connected.store(false, Ordering::Relaxed);
-        *lock() = None;
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-    }
-}
-
-/// A daemon for the next frontend, with the dataplane's wake-up and the retry timer
-/// registered beside the vring events.
-fn daemon(
-    path: &std::path::Path,
-    io: &Arc<PortIo>,
-    (mac, mtu): ([u8; 6], u16),
-) -> io::Result<VhostUserDaemon<Arc<std::sync::RwLock<NetBackend>>>> {
-    let backend = NetBackend::new(Arc::clone(io), mac, mtu)?;
-    let retry_fd = backend.retry.as_fd().as_raw_fd();
-    let daemon = VhostUserDaemon::new(
-        format!("xlane-vhost-{}", path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()),
-        Arc::new(std::sync::RwLock::new(backend)),
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-    )
-    .map_err(|e| io::Error::other(e.to_string()))?;
-    for h in daemon.get_epoll_handlers() {
-        h.register_listener(io.wake.as_raw_fd(), EventSet::IN, u64::from(WAKE_EVENT))?;
-        h.register_listener(retry_fd, EventSet::IN, u64::from(RETRY_EVENT))?;
-    }
-    Ok(daemon)
 }

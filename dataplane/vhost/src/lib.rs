@@ -8,8 +8,11 @@
 //!   receive buffers.
 //!
 //! * [`backend`]: the vhost-user-net device (rust-vmm `vhost-user-backend`) around them,
-//!   and the queues it shares with the dataplane; frontends reach it through a relay
-//!   that puts QEMU 7.2's early `SET_VRING_ENABLE` in the spec's order;
+//!   and the queues it shares with the dataplane;
+//! * [`server`]: a port's socket and the thread serving one frontend after another,
+//!   through a relay that puts QEMU 7.2's early `SET_VRING_ENABLE` in the spec's order
+//!   and records what defines the connection ([`session`]), so that a port can be
+//!   handed to another process with its guest connected (xlaned's hitless restart);
 //! * [`port`]: a guest as the engine's `Port`, so the burst driver that runs AF_XDP
 //!   sockets runs guests too.
 //!
@@ -23,3 +26,5 @@ pub mod net;
 pub mod port;
 mod relay;
 mod ring;
+pub mod server;
+pub mod session;

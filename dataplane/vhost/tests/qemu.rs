@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use xlane_vhost::backend::{PortIo, VhostUserPort};
+use xlane_vhost::backend::PortIo;
+use xlane_vhost::server::VhostUserPort;
 
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 

@@ -62,6 +62,46 @@ pub fn send(sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     Ok(())
 }
 
+/// One `recvmsg(2)` into `buf`, with room for `max_fds` descriptors: the bytes read
+/// (0 at the end of the stream) and the descriptors that came with them, owned.
+///
+/// # Errors
+/// The kernel's error, or descriptors cut short (`MSG_CTRUNC`: more than `max_fds`
+/// came, or this process is out of descriptors); those that did arrive are closed.
+pub fn recv_with(sock: BorrowedFd<'_>, buf: &mut [u8], max_fds: usize) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut control = vec![0u8; cmsg_space(max_fds.max(1))];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut msg = header(&mut iov, &mut control);
+    // SAFETY: every pointer in `msg` is live for the call; the kernel writes at most the
+    // buffers' lengths.
+    let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Take ownership of whatever arrived before judging the message, so nothing leaks.
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `msg_controllen` bytes of `control`; the CMSG macros walk
+    // only within them, and every SCM_RIGHTS payload is an array of new descriptors
+    // installed in this process, owned by nobody yet.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for k in 0..bytes / size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(k).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("descriptors cut short (more than expected, or out of descriptors)"));
+    }
+    Ok((usize::try_from(r).expect("not negative"), fds))
+}
+
 /// Receive `n` descriptors sent by [`send`] on `sock` (blocking as the socket does).
 ///
 /// # Errors
@@ -69,42 +109,15 @@ pub fn send(sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
 /// cut short (`MSG_CTRUNC`: this process is out of descriptors).
 pub fn recv(sock: BorrowedFd<'_>, n: usize) -> io::Result<Vec<OwnedFd>> {
     let mut out = Vec::with_capacity(n);
-    let mut control = vec![0u8; cmsg_space(CHUNK)];
     while out.len() < n {
         let mut byte = [0u8];
-        let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-        let mut msg = header(&mut iov, &mut control);
-        // SAFETY: every pointer in `msg` is live for the call; the kernel writes at most
-        // the buffers' lengths.
-        let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Take ownership of whatever arrived before judging the message, so nothing leaks.
-        // SAFETY: the kernel filled `msg_controllen` bytes of `control`; the CMSG macros
-        // walk only within them, and every SCM_RIGHTS payload is an array of new
-        // descriptors installed in this process, owned by nobody yet.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    let bytes = (*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize;
-                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                    for k in 0..bytes / size_of::<RawFd>() {
-                        out.push(OwnedFd::from_raw_fd(data.add(k).read_unaligned()));
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
-            }
-        }
+        let (r, fds) = recv_with(sock, &mut byte, CHUNK)?;
+        out.extend(fds);
         if r == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed before every descriptor came"));
         }
         if byte[0] != MARK {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not a descriptor chunk"));
-        }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            return Err(io::Error::other("descriptors cut short (out of descriptors?)"));
         }
     }
     if out.len() != n {

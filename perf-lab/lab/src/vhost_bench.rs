@@ -20,7 +20,8 @@ use std::time::Duration;
 use xlane_api::{Client, EndpointSpec, Mac, Op, Reply, Table};
 use xlane_netlab::cluster::{Cluster, ClusterOptions};
 use xlane_netlab::dpdk::Testpmd;
-use xlane_vhost::backend::{PortIo, VhostUserPort};
+use xlane_vhost::backend::PortIo;
+use xlane_vhost::server::VhostUserPort;
 
 /// The frontend: main lcore on core 0, forwarding lcore on core 1.
 const FRONTEND_CORES: &str = "0@0,1@1";
@@ -307,7 +308,7 @@ fn dpdk_segment(direction: Direction, seconds: u32, dir: &Path, stop: &AtomicBoo
 /// xlane-vhost's guest-bound path on its own: a port whose dataplane side is a thread
 /// sending bursts of 32 frames, as a worker does.
 struct EgressTarget {
-    port: Option<xlane_vhost::backend::VhostUserPort>,
+    port: Option<xlane_vhost::server::VhostUserPort>,
     io: Arc<PortIo>,
     sock: std::path::PathBuf,
     done: Arc<AtomicBool>,
