@@ -280,6 +280,10 @@ impl PortIo {
         let mem = tx.mem.memory();
         let tally = {
             let mut state = tx.vring.get_mut();
+            // Stopped by the frontend (GET_VRING_BASE) since this thread last looked.
+            if !state.get_queue().ready() {
+                return net::Tally::default();
+            }
             net::drain_tx(state.get_queue_mut(), &*mem, sink, budget)
         };
         let c = &self.counters;

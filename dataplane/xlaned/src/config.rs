@@ -119,8 +119,9 @@ pub struct Args {
     pub uplink_udp_gso: Option<bool>,
     /// Take over from the xlaned running with the same runtime directory without
     /// losing a frame (a hitless upgrade): its sockets, UMEMs, XDP programs and state
-    /// pass to this process, and it exits. Where it cannot hand over (another protocol
-    /// version, vhost-user ports), it exits and this one starts cold, saying why.
+    /// (vhost-user guests stay connected) pass to this process, and it exits. Where it
+    /// cannot hand over (another protocol version or worker count), it exits and this
+    /// one starts cold, saying why.
     #[arg(long)]
     #[serde(skip)]
     pub takeover: bool,

@@ -14,6 +14,11 @@
 //!   tcx block's link and program;
 //! * per worker its UMEMs (memory memfd, registration socket, who holds which frame),
 //!   its AF_XDP sockets and its AF_PACKET sockets;
+//! * per vhost-user port, stopped after the workers (they read and write the guests'
+//!   rings), its listening socket and, with a guest connected, the frontend's
+//!   connection and what defines it — memory table, ring addresses, where each ring
+//!   stands, kick and call descriptors ([`xlane_vhost::server`]): the guest stays
+//!   connected and never notices;
 //!
 //! as JSON beside the descriptors (`SCM_RIGHTS`, [`xlane_xdp::fdpass`]). The new one
 //! answers `Taken` as soon as it holds everything, before touching a ring; the old one
@@ -22,9 +27,6 @@
 //! resumes its workers and carries on. The new one rebuilds its state by replaying the
 //! requests through the usual paths, each of which takes the inherited object instead
 //! of making a new one ([`Pool`]); frames queued in the rings meanwhile wait there.
-//!
-//! Not handed over yet: vhost-user ports (their guests' memory tables and ring state
-//! live in the backend); a node with one refuses, so the restart is a normal one.
 
 use crate::host::System;
 use crate::state::State;
@@ -38,14 +40,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use xlane_api::Op;
 use xlane_engine::Driver;
+use xlane_vhost::server::{PausedPort, VhostHandover, VhostHandoverState};
 use xlane_xdp::attach::{AttachmentHandover, AttachmentState};
 use xlane_xdp::packet::FanoutMode;
 use xlane_xdp::port::PortHandover;
 use xlane_xdp::xsk::Umems;
 use xlane_xdp::xsk::handover::{SocketHandover, SocketState, UmemHandover, UmemState};
 
-/// The protocol's version: both sides must speak the same.
-pub const VERSION: u32 = 1;
+/// The protocol's version: both sides must speak the same (2: vhost-user ports).
+pub const VERSION: u32 = 2;
 /// The handover socket of the xlaned whose control socket is `control`: beside it,
 /// named after it (`xlaned.sock` → `xlaned.handover.sock`), so two xlaneds sharing a
 /// directory (a lab's nodes) never meet the wrong one.
@@ -81,14 +84,22 @@ enum Message {
 
 /// What the old process hands over, beside its descriptors (in the order of the fields:
 /// 3 per attachment, 2 per block, then per worker 2 per UMEM, 1 per socket with one, 1
-/// per packet socket).
+/// per packet socket, then per vhost-user port its listener and, with a guest
+/// connected, the connection's).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Offer {
     ops: Vec<Op>,
     attachments: Vec<AttachmentState>,
     blocks: Vec<u32>,
     workers: Vec<WorkerOffer>,
+    vhost: Vec<VhostOffer>,
     fds: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct VhostOffer {
+    socket: PathBuf,
+    state: VhostHandoverState,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -123,6 +134,8 @@ pub struct Pool {
     sockets: Vec<HashMap<(u32, u32), PortHandover>>,
     /// Per worker, by ifindex.
     packets: Vec<HashMap<u32, (OwnedFd, FanoutMode)>>,
+    /// By socket path.
+    vhost: HashMap<PathBuf, VhostHandover>,
 }
 
 impl Pool {
@@ -151,6 +164,11 @@ impl Pool {
         self.packets.get_mut(worker)?.remove(&ifindex)
     }
 
+    /// The vhost-user port inherited for the socket at `path`.
+    pub(crate) fn vhost(&mut self, path: &Path) -> Option<VhostHandover> {
+        self.vhost.remove(path)
+    }
+
     /// What no request took, per worker (its sockets hold frames of the worker's UMEMs,
     /// to take back), and how many objects that is in all.
     pub(crate) fn leftovers(&mut self) -> (Vec<Vec<PortHandover>>, usize) {
@@ -159,7 +177,9 @@ impl Pool {
         let n = sockets.iter().map(Vec::len).sum::<usize>()
             + self.packets.iter().map(HashMap::len).sum::<usize>()
             + self.attachments.len()
-            + self.blocks.len();
+            + self.blocks.len()
+            + self.vhost.len();
+        self.vhost.clear();
         self.packets.clear();
         self.attachments.clear();
         self.blocks.clear();
@@ -276,10 +296,18 @@ pub enum Served {
 /// waiting on its receiver.
 type Resume = Vec<crossbeam_channel::Sender<()>>;
 
-/// Workers parked between bursts: they resume when this is dropped.
+/// Workers parked between bursts and vhost-user ports stopped: they carry on when
+/// this is dropped (the ports first: the workers must not touch a guest's ring before).
+#[derive(Debug)]
+struct Stopped {
+    _vhost: Vec<PausedPort>,
+    _workers: Resume,
+}
+
+/// What stays stopped until this process exits, after a handover.
 #[derive(Debug)]
 pub struct Parked {
-    _resume: Resume,
+    _stopped: Stopped,
     _stream: UnixStream,
 }
 
@@ -310,7 +338,7 @@ pub fn serve(mut stream: UnixStream, state: &mut State<System>) -> Served {
         return refuse(stream, reason);
     }
     let t0 = std::time::Instant::now();
-    let (parked, offer, fds) = match park_and_collect(state) {
+    let (stopped, offer, fds) = match park_and_collect(state) {
         Ok(x) => x,
         Err(reason) => return refuse(stream, reason),
     };
@@ -329,16 +357,16 @@ pub fn serve(mut stream: UnixStream, state: &mut State<System>) -> Served {
                 Err(e) => tracing::warn!(error = %e, "the new xlaned's PID"),
             }
             tracing::info!(parked_ms = t0.elapsed().as_millis(), "handed over to the new xlaned; exiting");
-            Served::HandedOver(Parked { _resume: parked, _stream: stream })
+            Served::HandedOver(Parked { _stopped: stopped, _stream: stream })
         }
         Ok(Message::Exit { reason }) => {
             tracing::warn!(%reason, "the new xlaned cannot take over; exiting for a normal restart");
-            drop(parked);
+            drop(stopped);
             Served::Exit(stream)
         }
         other => {
             tracing::warn!(answer = ?other.map(|_| ()), "handover not taken; carrying on");
-            drop(parked);
+            drop(stopped);
             Served::Kept
         }
     }
@@ -365,8 +393,7 @@ fn own_netns() -> u64 {
     std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
 }
 
-/// Why this state cannot be handed over, if it cannot (vhost-user ports: see
-/// [`park_and_collect`]).
+/// Why this state cannot be handed over, if it cannot.
 fn refusal(state: &State<System>) -> Option<String> {
     if !state.attaching.is_empty() || !state.closing.is_empty() {
         return Some("ports are being attached or removed; retry".into());
@@ -374,8 +401,9 @@ fn refusal(state: &State<System>) -> Option<String> {
     None
 }
 
-/// Park every worker and collect what it hands over, with the control state's part.
-fn park_and_collect(state: &mut State<System>) -> Result<(Resume, Offer, Vec<OwnedFd>), String> {
+/// Park every worker, then stop every vhost-user port, and collect what they hand over,
+/// with the control state's part.
+fn park_and_collect(state: &mut State<System>) -> Result<(Stopped, Offer, Vec<OwnedFd>), String> {
     let mut offer = Offer { ops: state.rebuild_ops(), ..Offer::default() };
     let mut fds = Vec::new();
     for p in state.ports.values() {
@@ -394,10 +422,8 @@ fn park_and_collect(state: &mut State<System>) -> Result<(Resume, Offer, Vec<Own
                 offer.blocks.push(block.ifindex());
                 fds.extend([link, prog]);
             }
-            // Before any worker parks.
-            crate::ports::PortKind::VhostUser(_) => {
-                return Err("vhost-user ports are not handed over (their guests' ring state lives in xlaned)".into());
-            }
+            // Once the workers are parked.
+            crate::ports::PortKind::VhostUser(_) => {}
         }
     }
     let mut resume = Vec::new();
@@ -422,8 +448,19 @@ fn park_and_collect(state: &mut State<System>) -> Result<(Resume, Offer, Vec<Own
         offer.workers.push(w);
         fds.extend(wfds);
     }
+    // The workers no longer touch the guests' rings: stop the ports' own threads.
+    let mut paused = Vec::new();
+    for p in state.ports.values() {
+        if let crate::ports::PortKind::VhostUser(v) = &p.kind {
+            let (h, pause) = v.hand_over().map_err(|e| format!("{}: {e}", v.path().display()))?;
+            let (vstate, vfds) = h.into_parts();
+            offer.vhost.push(VhostOffer { socket: v.path().to_owned(), state: vstate });
+            fds.extend(vfds);
+            paused.push(pause);
+        }
+    }
     offer.fds = fds.len();
-    Ok((resume, offer, fds))
+    Ok((Stopped { _vhost: paused, _workers: resume }, offer, fds))
 }
 
 /// On a worker, between bursts: its UMEMs and sockets.
@@ -446,7 +483,9 @@ fn offer_worker(d: &mut Driver<Umems, NodePort>) -> Result<(WorkerOffer, Vec<Own
                 w.packets.push(PacketOffer { ifindex: p.ifindex(), fanout });
                 packet_fds.push(fd);
             }
-            NodePort::Vhost(_) => return Err("vhost-user ports are not handed over".into()),
+            // The guest's port is rebuilt by its endpoint's request; the port's socket
+            // and connection go separately (`park_and_collect`).
+            NodePort::Vhost(_) => {}
         }
     }
     let mut fds = Vec::new();
@@ -598,6 +637,10 @@ fn inherit(offer: Offer, fds: Vec<OwnedFd>) -> io::Result<Inherited> {
             packets.insert(p.ifindex, (next()?, p.fanout));
         }
         pool.packets.push(packets);
+    }
+    for v in offer.vhost {
+        let h = VhostHandover::from_parts(v.state, &mut next)?;
+        pool.vhost.insert(v.socket, h);
     }
     Ok(Inherited { ops: offer.ops, umems, pool })
 }

@@ -11,12 +11,15 @@ use crate::hostport::HostPortSpec;
 use crate::worker::NodePort;
 use std::io;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use xlane_api::Mac;
 use xlane_engine::{Driver, FrameMemory, Port, PortCounters};
 use xlane_fib::PortId;
 use xlane_netlink::{Link, Netlink};
+use xlane_vhost::backend::PortIo;
 use xlane_vhost::port::VhostPort;
+use xlane_vhost::server::VhostUserPort;
 use xlane_xdp::attach::{HostStackBlock, ModePreference, Program, XdpAttachment, XdpMode};
 use xlane_xdp::packet::{PacketPort, PacketStats};
 use xlane_xdp::port::{KernelStats, OpenError, PortHandover, QueueSpec, XdpPort};
@@ -165,6 +168,14 @@ pub trait Host {
     /// A vhost-user guest as a worker port.
     fn vhost(port: VhostPort) -> Self::Port;
 
+    /// Serve a vhost-user socket at `path` for `io` (the device's `mac` and `mtu`).
+    ///
+    /// # Errors
+    /// The socket cannot be created.
+    fn serve_vhost(&mut self, path: PathBuf, io: Arc<PortIo>, mac: [u8; 6], mtu: u16) -> io::Result<VhostUserPort> {
+        VhostUserPort::spawn(path, io, mac, mtu)
+    }
+
     /// Keep the node's stack off the frames of a pod veth read through AF_PACKET that
     /// the engine forwards (a packet socket only taps them), and give it the rest
     /// (`filter`: the pod pinhole): held until dropped.
@@ -281,6 +292,13 @@ impl Host for System {
 
     fn vhost(port: VhostPort) -> NodePort {
         NodePort::Vhost(port)
+    }
+
+    fn serve_vhost(&mut self, path: PathBuf, io: Arc<PortIo>, mac: [u8; 6], mtu: u16) -> io::Result<VhostUserPort> {
+        if let Some(h) = self.pool().vhost(&path) {
+            return VhostUserPort::take_over(path, io, mac, mtu, h);
+        }
+        VhostUserPort::spawn(path, io, mac, mtu)
     }
 
     fn block_host_stack(&mut self, link: &Link, filter: PodFilter) -> Result<Hold, String> {

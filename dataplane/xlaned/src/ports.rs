@@ -509,7 +509,8 @@ impl<H: Host> State<H> {
             return Err(invalid(format!("vhost-user socket {} serves another endpoint", socket.display())));
         }
         let io = PortIo::new(VHOST_QUEUE).map_err(|e| failed(format!("vhost-user queues: {e}")))?;
-        let server = VhostUserPort::spawn(socket.to_owned(), Arc::clone(&io), spec.mac.0, self.pod_mtu())
+        let mtu = self.pod_mtu();
+        let server = (self.host.serve_vhost(socket.to_owned(), Arc::clone(&io), spec.mac.0, mtu))
             .map_err(|e| invalid(e.to_string()))?;
         // Spread the guests' receive work over the workers by port id.
         let rx_worker = usize::from(id.0) % self.workers.len().max(1);

@@ -452,24 +452,6 @@ fn a_full_umem_refuses_a_port_and_frames_come_back() {
 }
 
 /// The vhost-user port of `ip` as xlaned reports it.
-fn vhost_port(d: &Xlaned, ip: Ipv4Addr) -> Option<xlane_api::PortInfo> {
-    let Reply::Ports { ports } = d.ok(Op::Dump { table: Table::Ports }) else { panic!() };
-    ports.into_iter().find(|p| p.ip == Some(ip) && p.vhost_user.is_some())
-}
-
-/// Wait until the port has had `n` frontend connections and one is connected.
-fn wait_connected(d: &Xlaned, ip: Ipv4Addr, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v = vhost_port(d, ip).and_then(|p| p.vhost_user).expect("port listed");
-        if v.connected && v.connections == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "frontend {n} never connected: {v:?}\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// How many of `count` pings to `dst` were answered.
 fn ping_received(ns: &Netns, dst: Ipv4Addr, count: u32) -> u32 {
     ns.ping_stats(&dst.to_string(), count).unwrap().received

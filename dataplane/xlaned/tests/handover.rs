@@ -221,3 +221,76 @@ fn sighup_hands_over_to_a_successor_the_service_manager_follows() {
     assert!(gen1_log.contains("handed over to the new xlaned"), "{gen1_log}");
     assert_eq!(stats.received, stats.sent, "no ping lost over the SIGHUP handover\n{gen1_log}");
 }
+
+/// A handover while a vhost-user guest is connected keeps it forwarding (#18): testpmd's
+/// virtio-user port as the VM, answering ARP and pings, is pinged every 2 ms from a pod
+/// on the other node across 20 handovers of its node's xlaned: no ping lost, the guest
+/// never reconnects (its socket and connection pass from one xlaned to the next), and
+/// its port's counters carry on.
+#[test]
+fn a_connected_vhost_user_guest_keeps_forwarding_across_handovers() {
+    use xlane_netlab::dpdk::{TESTPMD, Testpmd};
+    let test = "a_connected_vhost_user_guest_keeps_forwarding_across_handovers";
+    if !xlane_netlab::privileged_with(test, &[TESTPMD]) {
+        return;
+    }
+    let Some((_serial, mut c)) = setup(test, "xlhu", 1, &[]) else { return };
+    let far = &c.lab.pods[2];
+    let node0 = &c.lab.nodes[0].ns;
+    let o = c.lab.nodes[0].gateway().octets();
+    let vm = std::net::Ipv4Addr::new(o[0], o[1], o[2], 250);
+    let d = &mut c.daemons[0];
+    let sock = d.dir.join("vm.sock");
+    let spec = xlane_api::EndpointSpec {
+        ifname: "vm0".into(),
+        ip: vm,
+        mac: xlane_api::Mac([2, 0, 0x0a, 0xf4, 0, 250]),
+        vhost_user: Some(sock.clone()),
+        veth_io: VethIo::default(),
+    };
+    let Reply::EndpointReady { gateway_mac, .. } = d.ok(Op::AddEndpoint(spec)) else { panic!("endpoint") };
+    let vdev = format!("net_virtio_user0,path={},queues=1,mac=02:00:0a:f4:00:fa", sock.display());
+    let app = [
+        "--forward-mode=icmpecho",
+        "--stats-period=0",
+        "--total-num-mbufs=8192",
+        &format!("--eth-peer=0,{gateway_mac}"),
+    ];
+    let mut guest = Testpmd::spawn(None, "0-1", &[&vdev], &app).unwrap();
+    guest.wait_forwarding(Duration::from_secs(60)).unwrap();
+    common::wait_connected(d, vm, 1);
+    assert_eq!(far.ns.ping_stats(&vm.to_string(), 5).unwrap().received, 5, "the guest answers before any handover");
+
+    let rounds = 20u32;
+    let mut ping = far
+        .ns
+        .command("ping")
+        .args(["-c", &(rounds * 100 + 1000).to_string(), "-i", "0.002", "-W", "2", &vm.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("iputils ping");
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    for round in 0..rounds {
+        let old_log = d.take_over(node0, &[]);
+        assert!(old_log.contains("handed over to the new xlaned"), "round {round}:\n{old_log}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !d.log().contains("vhost-user frontend taken over") {
+            assert!(Instant::now() < deadline, "round {round}: the guest's connection not taken over\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let took = t0.elapsed();
+    assert!(ping.try_wait().unwrap().is_none(), "the pings ended before the handovers ({took:?})");
+    let out = ping.wait_with_output().unwrap();
+    let stats = PingStats::parse(&String::from_utf8_lossy(&out.stdout)).expect("ping statistics");
+    assert_eq!(stats.received, stats.sent, "no ping to the guest lost over {rounds} handovers ({took:?})\n{}", d.log());
+    let v = common::vhost_port(d, vm).and_then(|p| p.vhost_user).expect("the port is listed");
+    assert!(v.connected && v.connections == 1, "the guest never reconnected: {v:?}");
+    let echoed = u64::from(stats.sent) + 5;
+    assert!(v.from_guest >= echoed && v.to_guest >= echoed, "the counters carried on: {v:?}");
+    assert_eq!((v.malformed, v.dropped), (0, 0), "{v:?}");
+    let counts = guest.finish();
+    assert!(counts.rx >= echoed && counts.tx >= echoed, "the guest answered every ping: {counts:?}");
+    eprintln!("{rounds} handovers with a vhost-user guest in {took:?}: {} pings, none lost; {v:?}", stats.sent);
+}

@@ -506,3 +506,22 @@ fn udp_counters(snmp: Option<std::fs::File>) -> String {
 pub(crate) fn ping(ns: &Netns, dst: Ipv4Addr) -> Result<(), String> {
     ns.ping(&dst.to_string(), 3)
 }
+
+/// The vhost-user port of the endpoint at `ip`, as `xlanectl ports` lists it.
+pub(crate) fn vhost_port(d: &Xlaned, ip: Ipv4Addr) -> Option<xlane_api::PortInfo> {
+    let Reply::Ports { ports } = d.ok(Op::Dump { table: Table::Ports }) else { panic!() };
+    ports.into_iter().find(|p| p.ip == Some(ip) && p.vhost_user.is_some())
+}
+
+/// Wait until the port has had `n` frontend connections and one is connected.
+pub(crate) fn wait_connected(d: &Xlaned, ip: Ipv4Addr, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = vhost_port(d, ip).and_then(|p| p.vhost_user).expect("port listed");
+        if v.connected && v.connections == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "frontend {n} never connected: {v:?}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
