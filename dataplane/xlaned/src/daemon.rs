@@ -2,6 +2,7 @@
 //! neighbour monitor, metrics and the control socket, wired together.
 
 use crate::config::{self, Config};
+use crate::node_lock::NodeLock;
 use crate::{handover, host, metrics, server, state, worker};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -27,11 +28,18 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
 
     // Taking over: the old xlaned's objects and state, once it has exited (or, where it
     // could not hand over, once it has shut down: then a cold start).
-    let inherited = if cfg.takeover {
-        handover::take_over(&handover::socket_path(&cfg.socket), cfg.workers, cfg.handover_version)
+    let (inherited, lock) = if cfg.takeover {
+        handover::take_over(&cfg.socket, cfg.workers, cfg.handover_version)
             .map_err(|e| anyhow::anyhow!("taking over from the running xlaned: {e}"))?
     } else {
-        None
+        let lock = NodeLock::try_acquire(&cfg.socket)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "another xlaned serves {} (it holds {}); to replace it without an outage, start this one with --takeover",
+                cfg.socket.display(),
+                NodeLock::path(&cfg.socket).display()
+            )
+        })?;
+        (None, lock)
     };
     let (ops, mut handed_umems, pool) = match inherited {
         Some(i) => (i.ops, i.umems.into_iter().map(Some).collect(), i.pool),
@@ -128,7 +136,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         }
     }
     let control = server::ControlSocket::bind(&cfg.socket)?;
-    let handover_socket = handover::Listener::bind(&handover::socket_path(&cfg.socket))?;
+    let handover_socket = handover::Listener::bind(&handover::socket_path(&cfg.socket), lock)?;
     let workers_done = control.notifier();
     st.set_notify(Arc::new(move || {
         let _ = workers_done.notify();

@@ -29,6 +29,7 @@
 //! of making a new one ([`Pool`]); frames queued in the rings meanwhile wait there.
 
 use crate::host::System;
+use crate::node_lock::NodeLock;
 use crate::state::State;
 use crate::worker::NodePort;
 use serde::{Deserialize, Serialize};
@@ -85,7 +86,7 @@ enum Message {
 /// What the old process hands over, beside its descriptors (in the order of the fields:
 /// 3 per attachment, 2 per block, then per worker 2 per UMEM, 1 per socket with one, 1
 /// per packet socket, then per vhost-user port its listener and, with a guest
-/// connected, the connection's).
+/// connected, the connection's; last the node's lock).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Offer {
     ops: Vec<Op>,
@@ -229,19 +230,21 @@ fn wait_closed(stream: &mut UnixStream, limit: Duration) -> io::Result<()> {
 
 // ---- the running (old) xlaned ----
 
-/// The running xlaned's handover socket.
+/// The running xlaned's handover socket, with the node's lock it passes on.
 #[derive(Debug)]
 pub struct Listener {
     listener: UnixListener,
     path: PathBuf,
+    lock: NodeLock,
 }
 
 impl Listener {
-    /// Listen on `path` ([`socket_path`]; mode 0600, a stale socket replaced).
+    /// Listen on `path` ([`socket_path`]; mode 0600, a stale socket replaced), for
+    /// the xlaned holding `lock`.
     ///
     /// # Errors
     /// The directory or the bind failed.
-    pub fn bind(path: &Path) -> io::Result<Self> {
+    pub fn bind(path: &Path, lock: NodeLock) -> io::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -251,7 +254,7 @@ impl Listener {
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
-        Ok(Self { listener, path })
+        Ok(Self { listener, path, lock })
     }
 
     /// For the control loop's poll.
@@ -311,8 +314,8 @@ pub struct Parked {
     _stream: UnixStream,
 }
 
-/// Serve one connection on the old side.
-pub fn serve(mut stream: UnixStream, state: &mut State<System>) -> Served {
+/// Serve one connection on the old side, where the handover socket is `listener`.
+pub fn serve(mut stream: UnixStream, state: &mut State<System>, listener: &Listener) -> Served {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(TIMEOUT));
     let _ = stream.set_write_timeout(Some(TIMEOUT));
@@ -338,10 +341,18 @@ pub fn serve(mut stream: UnixStream, state: &mut State<System>) -> Served {
         return refuse(stream, reason);
     }
     let t0 = std::time::Instant::now();
-    let (stopped, offer, fds) = match park_and_collect(state) {
+    let (stopped, mut offer, mut fds) = match park_and_collect(state) {
         Ok(x) => x,
         Err(reason) => return refuse(stream, reason),
     };
+    match listener.lock.share() {
+        Ok(fd) => fds.push(fd),
+        Err(e) => {
+            drop(stopped);
+            return refuse(stream, format!("sharing the node's lock: {e}"));
+        }
+    }
+    offer.fds = fds.len();
     let sent = write_message(&mut stream, &Message::Offer(Box::new(offer))).and_then(|()| {
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         xlane_xdp::fdpass::send(stream.as_fd(), &borrowed)
@@ -549,40 +560,68 @@ pub fn close_leftovers(state: &mut State<System>) {
 
 // ---- the new xlaned ----
 
-/// Take over from the xlaned listening on `path` ([`socket_path`]), speaking protocol
-/// `version` (tests speak another to check the fallback), for a node of `workers`
-/// workers.
-/// `Ok(None)`: a normal restart (the old one refused, or none runs), after the old one
+/// Take over from the xlaned serving the control socket `control` (through its
+/// [`socket_path`]), speaking protocol `version` (tests speak another to check the
+/// fallback), for a node of `workers` workers; with the node's lock, whichever way.
+/// `None`: a normal restart (the old one refused, or none runs), after the old one
 /// has exited; the reason is logged.
 ///
 /// # Errors
 /// The exchange broke after the old one parked its workers and the state could not be
 /// received whole: then nothing is inherited and the old one resumes (if it still can).
-pub fn take_over(path: &Path, workers: usize, version: u32) -> io::Result<Option<Inherited>> {
-    let mut stream = match UnixStream::connect(path) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(socket = %path.display(), error = %e, "no xlaned to take over; starting cold");
-            return Ok(None);
+/// Or another xlaned holds the node's lock but offers no handover (it is not taking
+/// over, else it would within the wait).
+pub fn take_over(control: &Path, workers: usize, version: u32) -> io::Result<(Option<Inherited>, NodeLock)> {
+    let path = socket_path(control);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let (mut stream, offer) = loop {
+        // No handover socket yet while another xlaned holds the lock: it is taking
+        // over itself (between its predecessor's exit and its bind). Wait for it.
+        let mut stream = match UnixStream::connect(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(lock) = NodeLock::try_acquire(control)? {
+                    tracing::warn!(socket = %path.display(), error = %e, "no xlaned to take over; starting cold");
+                    return Ok((None, lock));
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(io::Error::other(format!(
+                        "another xlaned holds {} but offers no handover on {}",
+                        NodeLock::path(control).display(),
+                        path.display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.set_write_timeout(Some(TIMEOUT))?;
+        let answer = write_message(&mut stream, &Message::Hello { version, netns: own_netns() })
+            .and_then(|()| read_message(&mut stream));
+        match answer {
+            Ok(Message::Offer(o)) => break (stream, o),
+            Ok(Message::Refuse { reason }) => {
+                tracing::warn!(%reason, "the running xlaned refused the handover: normal restart");
+                exit_old(stream, &reason)?;
+                return Ok((None, lock_after_exit(control)?));
+            }
+            Ok(other) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected an offer, got {other:?}")));
+            }
+            // It handed over to another successor meanwhile and exited: take over from
+            // that one.
+            Err(e) if std::time::Instant::now() < deadline && gone(&e) => {
+                tracing::info!(error = %e, "the running xlaned went away before answering; trying its successor");
+            }
+            Err(e) => return Err(e),
         }
-    };
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    write_message(&mut stream, &Message::Hello { version, netns: own_netns() })?;
-    let offer = match read_message(&mut stream)? {
-        Message::Offer(o) => o,
-        Message::Refuse { reason } => {
-            tracing::warn!(%reason, "the running xlaned refused the handover: normal restart");
-            exit_old(stream, &reason)?;
-            return Ok(None);
-        }
-        other => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected an offer, got {other:?}"))),
     };
     if offer.workers.len() != workers {
         let reason = format!("the running xlaned has {} workers, this one {workers}", offer.workers.len());
         tracing::warn!(%reason, "cannot take over: normal restart");
         exit_old(stream, &reason)?;
-        return Ok(None);
+        return Ok((None, lock_after_exit(control)?));
     }
     let fds = xlane_xdp::fdpass::recv(stream.as_fd(), offer.fds)?;
     write_message(&mut stream, &Message::Taken)?;
@@ -590,7 +629,19 @@ pub fn take_over(path: &Path, workers: usize, version: u32) -> io::Result<Option
     // The old one exits now; its control and metrics sockets are free once it has.
     wait_closed(&mut stream, TIMEOUT)?;
     tracing::info!("taken over; the old xlaned has exited");
-    Ok(Some(inherited))
+    Ok((Some(inherited.0), inherited.1))
+}
+
+/// Whether `e` says the peer went away (closed or reset) rather than misbehaved.
+fn gone(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
+}
+
+/// The node's lock, once the old xlaned (gone: its connection closed) has let go.
+fn lock_after_exit(control: &Path) -> io::Result<NodeLock> {
+    NodeLock::acquire_within(control, Duration::from_secs(2))?.ok_or_else(|| {
+        io::Error::other(format!("{} still held after the old xlaned exited", NodeLock::path(control).display()))
+    })
 }
 
 /// Ask the old xlaned to exit as on SIGTERM and wait until it has.
@@ -600,7 +651,7 @@ fn exit_old(mut stream: UnixStream, reason: &str) -> io::Result<()> {
 }
 
 /// The offer's objects on their descriptors.
-fn inherit(offer: Offer, fds: Vec<OwnedFd>) -> io::Result<Inherited> {
+fn inherit(offer: Offer, fds: Vec<OwnedFd>) -> io::Result<(Inherited, NodeLock)> {
     let short = || io::Error::new(io::ErrorKind::InvalidData, "fewer descriptors than the offer names");
     let mut fds = fds.into_iter();
     let mut next = || fds.next().ok_or_else(short);
@@ -642,29 +693,49 @@ fn inherit(offer: Offer, fds: Vec<OwnedFd>) -> io::Result<Inherited> {
         let h = VhostHandover::from_parts(v.state, &mut next)?;
         pool.vhost.insert(v.socket, h);
     }
-    Ok(Inherited { ops: offer.ops, umems, pool })
+    let lock = NodeLock::inherit(next()?);
+    Ok((Inherited { ops: offer.ops, umems, pool }, lock))
+}
+
+/// A new xlaned started to take over from this one.
+#[derive(Debug)]
+pub struct Successor {
+    /// Its PID.
+    pub pid: u32,
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Successor {
+    /// Whether it still runs (it exits only if it could not take over).
+    #[must_use]
+    pub fn running(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Start a successor to take over from this xlaned (on SIGHUP: `systemctl reload`):
 /// the binary at the path this one was started as (the upgraded one, after an
 /// install over it), with this one's arguments and `--takeover`; its output goes where
-/// this one's does. Returns its PID.
+/// this one's does.
 ///
 /// # Errors
 /// It could not be started.
-pub fn spawn_successor() -> io::Result<u32> {
+pub fn spawn_successor() -> io::Result<Successor> {
     let mut args = std::env::args();
     let program = args.next().ok_or_else(|| io::Error::other("no argv[0]"))?;
     let rest: Vec<String> = args.filter(|a| a != "--takeover").collect();
     let mut child = std::process::Command::new(&program).args(&rest).arg("--takeover").spawn()?;
     let pid = child.id();
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = std::sync::Arc::clone(&running);
     // Reaped here if it exits while this xlaned still runs: it could not take over.
     std::thread::Builder::new().name("xlane-successor".into()).spawn(move || {
         if let Ok(status) = child.wait() {
             tracing::error!(pid, %status, "the new xlaned exited; this one carries on");
         }
+        flag.store(false, std::sync::atomic::Ordering::Release);
     })?;
-    Ok(pid)
+    Ok(Successor { pid, running })
 }
 
 /// Tell the service manager (systemd's `NOTIFY_SOCKET`, if set) `state`, e.g.

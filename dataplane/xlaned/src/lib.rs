@@ -20,6 +20,7 @@ pub mod handover;
 pub mod host;
 pub mod hostport;
 pub mod metrics;
+pub mod node_lock;
 mod observe;
 mod ports;
 pub mod server;

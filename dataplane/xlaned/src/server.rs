@@ -68,6 +68,7 @@ impl ControlSocket {
             handover_key,
             ended: Ended::Signal,
             waiting: HashMap::new(),
+            successor: None,
         };
         self.server.run(&mut d)?;
         Ok(d.ended)
@@ -96,6 +97,8 @@ struct Daemon<'a> {
     ended: Ended,
     /// Requests the state answers later.
     waiting: HashMap<Ticket, Responder<Reply>>,
+    /// The xlaned started on SIGHUP to take over, while it may still run.
+    successor: Option<handover::Successor>,
 }
 
 impl Handler for Daemon<'_> {
@@ -129,8 +132,17 @@ impl Handler for Daemon<'_> {
             if let Ok(Some(sig)) = self.signals.read_signal() {
                 if sig.ssi_signo == nix::sys::signal::Signal::SIGHUP as u32 {
                     // An upgrade (`systemctl reload`): the binary now installed takes over.
+                    // One at a time: a second reload while a successor takes over is
+                    // already being served.
+                    if let Some(s) = self.successor.as_ref().filter(|s| s.running()) {
+                        tracing::warn!(pid = s.pid, "SIGHUP: a new xlaned is already taking over; ignored");
+                        return;
+                    }
                     match handover::spawn_successor() {
-                        Ok(pid) => tracing::info!(pid, "SIGHUP: a new xlaned takes over"),
+                        Ok(s) => {
+                            tracing::info!(pid = s.pid, "SIGHUP: a new xlaned takes over");
+                            self.successor = Some(s);
+                        }
                         Err(e) => tracing::error!(error = %e, "SIGHUP: starting a new xlaned"),
                     }
                     return;
@@ -144,7 +156,7 @@ impl Handler for Daemon<'_> {
             return;
         }
         while let Some(stream) = self.handover.accept() {
-            match handover::serve(stream, self.state) {
+            match handover::serve(stream, self.state, self.handover) {
                 Served::Kept => {}
                 Served::HandedOver(parked) => {
                     self.ended = Ended::HandedOver(parked);

@@ -294,3 +294,67 @@ fn a_connected_vhost_user_guest_keeps_forwarding_across_handovers() {
     assert!(counts.rx >= echoed && counts.tx >= echoed, "the guest answered every ping: {counts:?}");
     eprintln!("{rounds} handovers with a vhost-user guest in {took:?}: {} pings, none lost; {v:?}", stats.sent);
 }
+
+/// Two successors started at once (two reloads in a row): one takes over from the
+/// running xlaned, then the other from it — neither starts cold beside a running one —
+/// and no ping is lost. An xlaned started without `--takeover` beside a running one is
+/// refused (the node's lock), saying how to replace it, and the running one carries on.
+#[test]
+fn successors_started_together_take_over_in_turn_and_a_cold_start_beside_is_refused() {
+    let test = "successors_started_together_take_over_in_turn_and_a_cold_start_beside_is_refused";
+    let Some((_serial, mut c)) = setup(test, "xlh2", 1, &[]) else { return };
+    let (a, far) = (&c.lab.pods[0], &c.lab.pods[2]);
+    let node0 = &c.lab.nodes[0].ns;
+    let d = &mut c.daemons[0];
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_xlaned"));
+
+    let cold = xlane_netlab::process::Proc::start(node0, bin, &d.args, d.dir.join("cold.log"));
+    let mut cold = cold;
+    let status = cold.exit_status(Duration::from_secs(10)).expect("the cold start gave up");
+    assert!(!status.success(), "refused: {}", cold.log());
+    assert!(cold.log().contains("another xlaned serves") && cold.log().contains("--takeover"), "{}", cold.log());
+    assert!(d.client().call(Op::Status).is_ok(), "the running xlaned carries on");
+
+    let ping =
+        a.ns.command("ping")
+            .args(["-c", "1000", "-i", "0.002", "-W", "2", &far.ip.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let args: Vec<String> = d.args.iter().cloned().chain(["--takeover".to_owned()]).collect();
+    let mut b = xlane_netlab::process::Proc::start(node0, bin, &args, d.dir.join("b.log"));
+    let mut c2 = xlane_netlab::process::Proc::start(node0, bin, &args, d.dir.join("c.log"));
+    let first = d.proc.exit_status(Duration::from_secs(15));
+    assert!(first.is_some_and(|s| s.success()), "the running xlaned handed over:\n{}", d.proc.log());
+    // One of the two hands over to the other and exits; the other serves on.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let survivor = loop {
+        match (b.running(), c2.running()) {
+            (false, true) => break c2,
+            (true, false) => break b,
+            (true, true) => assert!(Instant::now() < deadline, "both still run:\n{}\n{}", b.log(), c2.log()),
+            (false, false) => panic!("both exited:\n{}\n{}", b.log(), c2.log()),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let logs = format!("{}\n{}", b_or_c_log(&d.dir, "b"), b_or_c_log(&d.dir, "c"));
+    assert!(!logs.contains("starting cold") && !logs.contains("normal restart"), "no cold start:\n{logs}");
+    assert_eq!(logs.matches("handed over to the new xlaned").count(), 1, "{logs}");
+    d.proc = survivor;
+    let out = ping.wait_with_output().unwrap();
+    let stats = PingStats::parse(&String::from_utf8_lossy(&out.stdout)).expect("ping statistics");
+    assert_eq!(stats.received, stats.sent, "no ping lost over both handovers\n{logs}");
+    assert!(d.client().call(Op::Status).is_ok(), "the survivor serves the control socket");
+    common::ping(&a.ns, far.ip).unwrap();
+    let said = |l: &&str| ["took over", "went away", "handed over to", "no xlaned"].iter().any(|k| l.contains(k));
+    eprintln!(
+        "{} pings, none lost; the successors said:\n{}",
+        stats.sent,
+        logs.lines().filter(said).collect::<Vec<_>>().join("\n")
+    );
+}
+
+fn b_or_c_log(dir: &std::path::Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
