@@ -251,6 +251,14 @@ fn removing_a_port_cuts_its_frontend_off_and_removes_the_socket() {
     drop(c);
 }
 
+/// A 64-byte frame (local experimental EtherType) carrying `n`.
+fn numbered(n: u32) -> [u8; 64] {
+    let mut f = [0u8; 64];
+    f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    f[14..18].copy_from_slice(&n.to_be_bytes());
+    f
+}
+
 /// A handover with the guest connected and forwarding (testpmd echoing every frame
 /// back, `macswap`): the port is stopped between two messages, its socket, connection
 /// and state go to a new port (here in the same process, the old one left stopped as
@@ -276,10 +284,7 @@ fn a_handover_carries_a_connected_guest_on() {
         let t0 = Instant::now();
         while back < to - from && t0.elapsed() < Duration::from_secs(20) {
             while next < to && next - from < back + 128 {
-                let mut f = [0u8; 64];
-                f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
-                f[14..18].copy_from_slice(&next.to_be_bytes());
-                assert!(io.send_to_guest(&f), "frame {next} taken");
+                assert!(io.send_to_guest(&numbered(next)), "frame {next} taken");
                 next += 1;
             }
             let got = io.recv_from_guest(256, |f| {
@@ -294,10 +299,7 @@ fn a_handover_carries_a_connected_guest_on() {
     assert_eq!(echo(&io_old, 0, N / 2, &mut seen), N / 2, "the guest echoes through the old port");
     // In flight at the handover: frames the guest has yet to echo.
     for n in N / 2..N / 2 + 64 {
-        let mut f = [0u8; 64];
-        f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
-        f[14..18].copy_from_slice(&n.to_be_bytes());
-        assert!(io_old.send_to_guest(&f));
+        assert!(io_old.send_to_guest(&numbered(n)));
     }
     let (handover, paused) = old.port.as_ref().unwrap().hand_over().unwrap();
     assert!(handover.connection.is_some(), "a connection to carry on");

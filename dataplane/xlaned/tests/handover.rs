@@ -271,6 +271,7 @@ fn a_connected_vhost_user_guest_keeps_forwarding_across_handovers() {
         .expect("iputils ping");
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
+    let mut fds = Vec::new();
     for round in 0..rounds {
         let old_log = d.take_over(node0, &[]);
         assert!(old_log.contains("handed over to the new xlaned"), "round {round}:\n{old_log}");
@@ -279,9 +280,13 @@ fn a_connected_vhost_user_guest_keeps_forwarding_across_handovers() {
             assert!(Instant::now() < deadline, "round {round}: the guest's connection not taken over\n{}", d.log());
             std::thread::sleep(Duration::from_millis(5));
         }
+        fds.push(d.fds_and_rss().0);
     }
     let took = t0.elapsed();
     assert!(ping.try_wait().unwrap().is_none(), "the pings ended before the handovers ({took:?})");
+    // The guest's connection's descriptors (memory, kicks, calls) pass on, none piles up.
+    let (fd_min, fd_max) = (fds.iter().skip(1).min().unwrap(), fds.iter().skip(1).max().unwrap());
+    assert!(fd_max - fd_min <= 2, "descriptors grew over the handovers: {fds:?}");
     let out = ping.wait_with_output().unwrap();
     let stats = PingStats::parse(&String::from_utf8_lossy(&out.stdout)).expect("ping statistics");
     assert_eq!(stats.received, stats.sent, "no ping to the guest lost over {rounds} handovers ({took:?})\n{}", d.log());
@@ -292,7 +297,7 @@ fn a_connected_vhost_user_guest_keeps_forwarding_across_handovers() {
     assert_eq!((v.malformed, v.dropped), (0, 0), "{v:?}");
     let counts = guest.finish();
     assert!(counts.rx >= echoed && counts.tx >= echoed, "the guest answered every ping: {counts:?}");
-    eprintln!("{rounds} handovers with a vhost-user guest in {took:?}: {} pings, none lost; {v:?}", stats.sent);
+    eprintln!("{rounds} handovers with a vhost-user guest in {took:?}: {} pings, none lost; {v:?}; fds {fds:?}", stats.sent);
 }
 
 /// Two successors started at once (two reloads in a row): one takes over from the
