@@ -6,16 +6,20 @@
 //! Like every other socket here, the one these functions open works in the calling
 //! thread's network namespace (wrap a call in [`crate::in_netns`] for a pod's).
 
-use netlink_packet_core::{
-    DecodeError, Emitable, NLA_F_NESTED, NLM_F_ACK, NetlinkDeserializable, NetlinkSerializable, Nla, NlasIterator,
-    ParseableParametrized,
-};
-use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
-use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
-use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
-use std::fmt::Debug;
+use crate::genl::{Attr, Family, Genl, Message};
+use netlink_packet_core::{NLA_F_NESTED, NlasIterator};
 use std::io;
+
+/// ethtool's generic netlink family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EthtoolFamily;
+
+impl Family for EthtoolFamily {
+    const NAME: &'static str = "ethtool";
+}
+
+/// An ethtool message.
+type Ethtool = Message<EthtoolFamily>;
 
 const ETHTOOL_MSG_FEATURES_SET: u8 = 12;
 const ETHTOOL_MSG_CHANNELS_GET: u8 = 17;
@@ -37,80 +41,6 @@ const ETHTOOL_A_CHANNELS_COMBINED_COUNT: u16 = 9;
 /// What `ethtool -K dev tx on|off` switches: every transmit checksum feature.
 const TX_CHECKSUM_FEATURES: [&str; 5] =
     ["tx-checksum-ipv4", "tx-checksum-ip-generic", "tx-checksum-ipv6", "tx-checksum-fcoe-crc", "tx-checksum-sctp"];
-
-/// An attribute as sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Attr {
-    U32(u16, u32),
-    Str(u16, String),
-    Flag(u16),
-    Nested(u16, Vec<Attr>),
-}
-
-impl Nla for Attr {
-    fn value_len(&self) -> usize {
-        match self {
-            Self::U32(..) => 4,
-            Self::Str(_, s) => s.len() + 1,
-            Self::Flag(_) => 0,
-            Self::Nested(_, attrs) => attrs.as_slice().buffer_len(),
-        }
-    }
-
-    fn kind(&self) -> u16 {
-        match self {
-            Self::U32(k, _) | Self::Str(k, _) | Self::Flag(k) => *k,
-            Self::Nested(k, _) => *k | NLA_F_NESTED,
-        }
-    }
-
-    fn emit_value(&self, buffer: &mut [u8]) {
-        match self {
-            Self::U32(_, v) => buffer[..4].copy_from_slice(&v.to_ne_bytes()),
-            Self::Str(_, s) => {
-                buffer[..s.len()].copy_from_slice(s.as_bytes());
-                buffer[s.len()] = 0;
-            }
-            Self::Flag(_) => {}
-            Self::Nested(_, attrs) => attrs.as_slice().emit(buffer),
-        }
-    }
-}
-
-/// An ethtool message: attributes to send, or the raw attributes received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Ethtool {
-    cmd: u8,
-    attrs: Vec<Attr>,
-    received: Vec<u8>,
-}
-
-impl GenlFamily for Ethtool {
-    fn family_name() -> &'static str {
-        "ethtool"
-    }
-    fn command(&self) -> u8 {
-        self.cmd
-    }
-    fn version(&self) -> u8 {
-        1
-    }
-}
-
-impl Emitable for Ethtool {
-    fn buffer_len(&self) -> usize {
-        self.attrs.as_slice().buffer_len()
-    }
-    fn emit(&self, buffer: &mut [u8]) {
-        self.attrs.as_slice().emit(buffer);
-    }
-}
-
-impl ParseableParametrized<[u8], GenlHeader> for Ethtool {
-    fn parse_with_param(buf: &[u8], header: GenlHeader) -> Result<Self, DecodeError> {
-        Ok(Self { cmd: header.cmd, attrs: Vec::new(), received: buf.to_vec() })
-    }
-}
 
 /// A request header naming the device, `flags` as given.
 fn header(ifname: &str, flags: u32) -> Attr {
@@ -135,49 +65,7 @@ fn tx_checksum_request(ifname: &str, on: bool) -> Ethtool {
         .collect();
     // A bit list without NOMASK: the listed bits are the mask, those with VALUE are set.
     let wanted = Attr::Nested(ETHTOOL_A_FEATURES_WANTED, vec![Attr::Nested(ETHTOOL_A_BITSET_BITS, bits)]);
-    Ethtool {
-        cmd: ETHTOOL_MSG_FEATURES_SET,
-        attrs: vec![header(ifname, ETHTOOL_FLAG_OMIT_REPLY), wanted],
-        received: Vec::new(),
-    }
-}
-
-/// A generic netlink socket with ethtool's family resolved.
-struct Genl {
-    sock: Socket,
-    seq: u32,
-    family: u16,
-}
-
-impl Genl {
-    fn ethtool() -> io::Result<Self> {
-        let mut sock = Socket::new(NETLINK_GENERIC)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        let mut genl = Self { sock, seq: 0, family: 0 };
-        let get = GenlCtrl { cmd: GenlCtrlCmd::GetFamily, nlas: vec![GenlCtrlAttrs::FamilyName("ethtool".into())] };
-        let replies = genl.request(GenlMessage::from_payload(get), 0)?;
-        genl.family = replies
-            .iter()
-            .flat_map(|m| &m.payload.nlas)
-            .find_map(|a| if let GenlCtrlAttrs::FamilyId(id) = a { Some(*id) } else { None })
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "no ethtool netlink family"))?;
-        Ok(genl)
-    }
-
-    fn ethtool_request(&mut self, msg: Ethtool, flags: u16) -> io::Result<Vec<Ethtool>> {
-        let mut m = GenlMessage::from_payload(msg);
-        m.set_resolved_family_id(self.family);
-        Ok(self.request(m, flags)?.into_iter().map(|m| m.payload).collect())
-    }
-
-    /// Send one request and collect its replies until the ACK (or the error).
-    fn request<F>(&mut self, msg: GenlMessage<F>, flags: u16) -> io::Result<Vec<GenlMessage<F>>>
-    where
-        GenlMessage<F>: NetlinkSerializable + NetlinkDeserializable,
-    {
-        crate::transport::transact(&self.sock, &mut self.seq, msg, NLM_F_ACK | flags)
-    }
+    Ethtool::new(ETHTOOL_MSG_FEATURES_SET, vec![header(ifname, ETHTOOL_FLAG_OMIT_REPLY), wanted])
 }
 
 /// Turn transmit checksum offload on or off (`ethtool -K dev tx on|off`).
@@ -190,7 +78,7 @@ impl Genl {
 /// # Errors
 /// Unknown interface (`ENODEV`), no ethtool netlink family, or the kernel's error.
 pub fn set_tx_checksum(ifname: &str, on: bool) -> io::Result<()> {
-    Genl::ethtool()?.ethtool_request(tx_checksum_request(ifname, on), 0).map(drop)
+    Genl::<EthtoolFamily>::open()?.request(tx_checksum_request(ifname, on), 0).map(drop)
 }
 
 /// Receive queues in use on an interface (ethtool channels: combined + rx). Devices
@@ -202,8 +90,8 @@ pub fn set_tx_checksum(ifname: &str, on: bool) -> io::Result<()> {
 /// # Errors
 /// Unknown interface, or the kernel's error.
 pub fn rx_queues(ifname: &str) -> io::Result<u32> {
-    let get = Ethtool { cmd: ETHTOOL_MSG_CHANNELS_GET, attrs: vec![header(ifname, 0)], received: Vec::new() };
-    let replies = match Genl::ethtool()?.ethtool_request(get, 0) {
+    let get = Ethtool::new(ETHTOOL_MSG_CHANNELS_GET, vec![header(ifname, 0)]);
+    let replies = match Genl::<EthtoolFamily>::open()?.request(get, 0) {
         Ok(r) => r,
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(1),
         Err(e) => return Err(e),
@@ -225,6 +113,7 @@ pub fn rx_queues(ifname: &str) -> io::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::Emitable;
 
     #[test]
     fn tx_checksum_off_request_bytes() {

@@ -16,6 +16,8 @@
 #![forbid(unsafe_code)]
 
 pub mod ethtool;
+mod genl;
+pub mod netdev;
 mod transport;
 mod veth;
 

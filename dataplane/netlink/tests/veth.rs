@@ -72,3 +72,33 @@ fn a_pair_across_namespaces_addressed_routed_and_reusable() {
     assert!(bad.create().is_err(), "a gateway not on any link");
     assert_eq!(Netlink::in_netns(&node_path).unwrap().link("vp1").unwrap_err().kind(), std::io::ErrorKind::NotFound);
 }
+
+/// The netdev family's view of a veth, asked in its namespace: XDP with redirect and
+/// multi-buffer receive, no zero-copy, no AF_XDP TX checksum offload (so xlane computes
+/// checksums itself); an unknown interface is an error, not a device without features.
+#[test]
+fn a_veth_offers_xdp_but_neither_zero_copy_nor_tx_checksum_metadata() {
+    if !root("a_veth_offers_xdp_but_neither_zero_copy_nor_tx_checksum_metadata") {
+        return;
+    }
+    let (node, pod) = (Ns::new("feat"), Ns::new("featp"));
+    let (node_path, pod_path) = (node.path(), pod.path());
+    let pair = Veth {
+        local: VethEnd { name: "vf0", netns: Some(&node_path), ..VethEnd::default() },
+        peer: VethEnd { name: "eth0", netns: Some(&pod_path), ..VethEnd::default() },
+        mtu: None,
+        queues: 1,
+        reuse: false,
+    };
+    let (host, _) = pair.create().unwrap();
+    let f = xlane_netlink::in_netns(&node_path, || xlane_netlink::netdev::xdp_features(host.ifindex)).unwrap().unwrap();
+    use xlane_netlink::netdev::XdpFeatures;
+    assert_eq!(
+        f.xdp & (XdpFeatures::BASIC | XdpFeatures::REDIRECT),
+        XdpFeatures::BASIC | XdpFeatures::REDIRECT,
+        "{f:?}"
+    );
+    assert!(!f.zero_copy() && !f.tx_checksum(), "{f:?}");
+    let missing = xlane_netlink::in_netns(&node_path, || xlane_netlink::netdev::xdp_features(99_999)).unwrap();
+    assert!(missing.is_err(), "{missing:?}");
+}

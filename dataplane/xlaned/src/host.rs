@@ -16,6 +16,7 @@ use std::sync::Arc;
 use xlane_api::Mac;
 use xlane_engine::{Driver, FrameMemory, Port, PortCounters};
 use xlane_fib::PortId;
+use xlane_netlink::netdev::XdpFeatures;
 use xlane_netlink::{Link, Netlink};
 use xlane_vhost::backend::PortIo;
 use xlane_vhost::port::VhostPort;
@@ -153,6 +154,12 @@ pub trait Host {
     /// Why the program could not be loaded or attached.
     fn attach(&mut self, link: &Link, name: &str, queues: u32, program: Program) -> Result<Self::Attachment, String>;
 
+    /// What the driver of `link` offers XDP and AF_XDP (zero-copy, TX checksum
+    /// metadata), if it can be asked.
+    fn xdp_features(&mut self, _link: &Link) -> Option<XdpFeatures> {
+        None
+    }
+
     /// The XDP mode an attachment got ("native", "generic").
     fn xdp_mode(attachment: &Self::Attachment) -> &'static str;
 
@@ -267,6 +274,12 @@ impl Host for System {
             return Ok(XdpAttachment::take_over(h));
         }
         XdpAttachment::attach(link.ifindex, name, queues, program, self.xdp).map_err(|e| e.to_string())
+    }
+
+    fn xdp_features(&mut self, link: &Link) -> Option<XdpFeatures> {
+        xlane_netlink::netdev::xdp_features(link.ifindex)
+            .inspect_err(|e| tracing::info!(ifindex = link.ifindex, error = %e, "asking the driver's XDP features"))
+            .ok()
     }
 
     fn detach(attachment: &XdpAttachment) {

@@ -270,6 +270,19 @@ impl<H: Host> State<H> {
         let name = format!("xlane_{}", role.name());
         let max_queue = queues.iter().max().copied().unwrap_or(0) + 1;
         let attach = Arc::new(self.host.attach(&link, &name, max_queue, program).map_err(failed)?);
+        if role == Role::Uplink
+            && let Some(f) = self.host.xdp_features(&link)
+        {
+            // Zero-copy binds where the driver offers it (--bind auto); TX checksum
+            // metadata is not used yet: xlane completes checksums itself.
+            tracing::info!(
+                ifname,
+                zero_copy = f.zero_copy(),
+                zc_max_segs = f.zc_max_segs,
+                tx_checksum_offload = f.tx_checksum(),
+                "uplink driver's AF_XDP features"
+            );
+        }
         let fill_target = if role == Role::Uplink { self.cfg.uplink_fill } else { self.cfg.pod_fill };
         let (mut counters, mut kernel, mut udp_gso) = (Vec::new(), Vec::new(), Vec::new());
         let abandon = Arc::new(AtomicBool::new(false));

@@ -151,6 +151,13 @@ fn another_protocol_version_gets_a_normal_restart_said_in_the_log() {
     let old_log = d.take_over(node0, &["--handover-version", "999"]);
     assert!(old_log.contains("handover refused") && old_log.contains("protocol 999"), "{old_log}");
     assert!(old_log.contains("XDP programs detached"), "a normal shutdown: {old_log}");
+    // A veth uplink: its driver offers AF_XDP neither zero-copy nor TX checksum metadata.
+    assert!(
+        old_log.contains("uplink driver's AF_XDP features")
+            && old_log.contains("zero_copy=false")
+            && old_log.contains("tx_checksum_offload=false"),
+        "{old_log}"
+    );
     assert!(d.log().contains("normal restart"), "{}", d.log());
     assert_eq!(xdp_prog_id(node0, "eth0"), None, "cold: no program until the VTEP is set");
     let Reply::Endpoints { endpoints } = d.ok(Op::Dump { table: xlane_api::Table::Endpoints }) else { panic!() };
@@ -297,7 +304,10 @@ fn a_connected_vhost_user_guest_keeps_forwarding_across_handovers() {
     assert_eq!((v.malformed, v.dropped), (0, 0), "{v:?}");
     let counts = guest.finish();
     assert!(counts.rx >= echoed && counts.tx >= echoed, "the guest answered every ping: {counts:?}");
-    eprintln!("{rounds} handovers with a vhost-user guest in {took:?}: {} pings, none lost; {v:?}; fds {fds:?}", stats.sent);
+    eprintln!(
+        "{rounds} handovers with a vhost-user guest in {took:?}: {} pings, none lost; {v:?}; fds {fds:?}",
+        stats.sent
+    );
 }
 
 /// Two successors started at once (two reloads in a row): one takes over from the
