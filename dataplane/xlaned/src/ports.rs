@@ -718,6 +718,7 @@ fn run_open<M: FrameMemory + 'static, P: xlane_engine::Port<M> + 'static>(
 ) {
     let fallback = answer.clone();
     let again = worker.clone();
+    let given_up = Arc::clone(&abandon);
     let sent = worker.run(move |d| {
         if abandon.load(Acquire) {
             return;
@@ -736,7 +737,8 @@ fn run_open<M: FrameMemory + 'static, P: xlane_engine::Port<M> + 'static>(
             }
         }
     });
-    if !sent {
+    // An attach given up on meanwhile wants no answer.
+    if !sent && !given_up.load(Acquire) {
         fallback.send(Err(format!("worker {i} has exited")));
     }
 }
