@@ -24,16 +24,17 @@ use std::io::{self, IoSlice, Read as _, Write as _};
 use std::net::Shutdown;
 use std::os::fd::{AsFd as _, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use vhost::vhost_user::message::FrontendReq;
 
 /// `VHOST_USER_GET_FEATURES`: asked of the library as a barrier (it answers requests in
 /// order, so its answer means every earlier request is handled), and first in a replay.
-pub(crate) const GET_FEATURES: u32 = 1;
+pub(crate) const GET_FEATURES: u32 = FrontendReq::GET_FEATURES as u32;
 /// `VHOST_USER_SET_FEATURES`.
-pub(crate) const SET_FEATURES: u32 = 2;
+pub(crate) const SET_FEATURES: u32 = FrontendReq::SET_FEATURES as u32;
 /// `VHOST_USER_GET_PROTOCOL_FEATURES`.
-pub(crate) const GET_PROTOCOL_FEATURES: u32 = 15;
+pub(crate) const GET_PROTOCOL_FEATURES: u32 = FrontendReq::GET_PROTOCOL_FEATURES as u32;
 /// `VHOST_USER_SET_VRING_ENABLE`.
-pub(crate) const SET_VRING_ENABLE: u32 = 18;
+pub(crate) const SET_VRING_ENABLE: u32 = FrontendReq::SET_VRING_ENABLE as u32;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`, a virtio feature bit.
 const PROTOCOL_FEATURES: u64 = 1 << 30;
 /// Header: request, flags, payload size (each u32, little endian).

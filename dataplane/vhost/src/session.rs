@@ -10,26 +10,34 @@
 //! stands at the handover (its next available index); the used index is in guest memory
 //! (the library reads it at `SET_VRING_ADDR`).
 
-use crate::relay::{FLAG_NEED_REPLY, HDR_LEN, Message, SET_VRING_ENABLE};
+use crate::relay::{
+    FLAG_NEED_REPLY, GET_FEATURES, GET_PROTOCOL_FEATURES, HDR_LEN, Message, SET_FEATURES, SET_VRING_ENABLE,
+};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+use vhost::vhost_user::message::FrontendReq;
 
-const SET_FEATURES: u32 = 2;
-const SET_OWNER: u32 = 3;
-const RESET_OWNER: u32 = 4;
-const SET_MEM_TABLE: u32 = 5;
-const SET_VRING_NUM: u32 = 8;
-const SET_VRING_ADDR: u32 = 9;
-const SET_VRING_BASE: u32 = 10;
-const GET_VRING_BASE: u32 = 11;
-const SET_VRING_KICK: u32 = 12;
-const SET_VRING_CALL: u32 = 13;
-const SET_VRING_ERR: u32 = 14;
-pub(crate) const SET_PROTOCOL_FEATURES: u32 = 16;
+const SET_OWNER: u32 = FrontendReq::SET_OWNER as u32;
+const RESET_OWNER: u32 = FrontendReq::RESET_OWNER as u32;
+const SET_MEM_TABLE: u32 = FrontendReq::SET_MEM_TABLE as u32;
+const SET_VRING_NUM: u32 = FrontendReq::SET_VRING_NUM as u32;
+const SET_VRING_ADDR: u32 = FrontendReq::SET_VRING_ADDR as u32;
+const SET_VRING_BASE: u32 = FrontendReq::SET_VRING_BASE as u32;
+const GET_VRING_BASE: u32 = FrontendReq::GET_VRING_BASE as u32;
+const SET_VRING_KICK: u32 = FrontendReq::SET_VRING_KICK as u32;
+const SET_VRING_CALL: u32 = FrontendReq::SET_VRING_CALL as u32;
+const SET_VRING_ERR: u32 = FrontendReq::SET_VRING_ERR as u32;
+pub(crate) const SET_PROTOCOL_FEATURES: u32 = FrontendReq::SET_PROTOCOL_FEATURES as u32;
 /// Requests that only ask (features, protocol features, queue count, config space,
 /// memory slots): nothing to replay.
-const QUERIES: [u32; 5] = [1, 15, 17, 24, 36];
+const QUERIES: [u32; 5] = [
+    GET_FEATURES,
+    GET_PROTOCOL_FEATURES,
+    FrontendReq::GET_QUEUE_NUM as u32,
+    FrontendReq::GET_CONFIG as u32,
+    FrontendReq::GET_MAX_MEM_SLOTS as u32,
+];
 
 /// A message as it travels in a handover: its descriptors follow, `fds` of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,7 +242,7 @@ mod tests {
     #[test]
     fn the_latest_state_replays_in_set_up_order() {
         let mut s = Session::default();
-        s.record(msg(1, &[], 0)); // GET_FEATURES
+        s.record(msg(GET_FEATURES, &[], 0));
         s.record(msg(SET_OWNER, &[], 0));
         s.record(msg(SET_FEATURES, &(1u64 << 30).to_le_bytes(), 0));
         s.record(msg(SET_MEM_TABLE, &[0; 40], 2));
@@ -291,7 +299,7 @@ mod tests {
         assert_eq!(state.session[0].hdr[4..8], 1u32.to_le_bytes(), "no reply asked for");
         s.record(msg(RESET_OWNER, &[], 0));
         assert!(s.hand_over(0, &[], &[]).unwrap().0.session.is_empty());
-        s.record(msg(6, &[0; 16], 1)); // SET_LOG_BASE
+        s.record(msg(FrontendReq::SET_LOG_BASE as u32, &[0; 16], 1));
         assert!(s.hand_over(0, &[], &[]).unwrap_err().to_string().contains("request 6"));
     }
 }
