@@ -340,18 +340,16 @@ pub fn serve(mut stream: UnixStream, state: &mut State<System>, listener: &Liste
     if let Some(reason) = refusal {
         return refuse(stream, reason);
     }
+    let lock = match listener.lock.share() {
+        Ok(fd) => fd,
+        Err(e) => return refuse(stream, format!("sharing the node's lock: {e}")),
+    };
     let t0 = std::time::Instant::now();
     let (stopped, mut offer, mut fds) = match park_and_collect(state) {
         Ok(x) => x,
         Err(reason) => return refuse(stream, reason),
     };
-    match listener.lock.share() {
-        Ok(fd) => fds.push(fd),
-        Err(e) => {
-            drop(stopped);
-            return refuse(stream, format!("sharing the node's lock: {e}"));
-        }
-    }
+    fds.push(lock);
     offer.fds = fds.len();
     let sent = write_message(&mut stream, &Message::Offer(Box::new(offer))).and_then(|()| {
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
@@ -470,7 +468,6 @@ fn park_and_collect(state: &mut State<System>) -> Result<(Stopped, Offer, Vec<Ow
             paused.push(pause);
         }
     }
-    offer.fds = fds.len();
     Ok((Stopped { _vhost: paused, _workers: resume }, offer, fds))
 }
 
@@ -625,11 +622,11 @@ pub fn take_over(control: &Path, workers: usize, version: u32) -> io::Result<(Op
     }
     let fds = xlane_xdp::fdpass::recv(stream.as_fd(), offer.fds)?;
     write_message(&mut stream, &Message::Taken)?;
-    let inherited = inherit(*offer, fds)?;
+    let (inherited, lock) = inherit(*offer, fds)?;
     // The old one exits now; its control and metrics sockets are free once it has.
     wait_closed(&mut stream, TIMEOUT)?;
     tracing::info!("taken over; the old xlaned has exited");
-    Ok((Some(inherited.0), inherited.1))
+    Ok((Some(inherited), lock))
 }
 
 /// Whether `e` says the peer went away (closed or reset) rather than misbehaved.
@@ -702,14 +699,15 @@ fn inherit(offer: Offer, fds: Vec<OwnedFd>) -> io::Result<(Inherited, NodeLock)>
 pub struct Successor {
     /// Its PID.
     pub pid: u32,
-    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The thread that reaps it, done once it has exited.
+    reaper: std::thread::JoinHandle<()>,
 }
 
 impl Successor {
     /// Whether it still runs (it exits only if it could not take over).
     #[must_use]
     pub fn running(&self) -> bool {
-        self.running.load(std::sync::atomic::Ordering::Acquire)
+        !self.reaper.is_finished()
     }
 }
 
@@ -726,16 +724,13 @@ pub fn spawn_successor() -> io::Result<Successor> {
     let rest: Vec<String> = args.filter(|a| a != "--takeover").collect();
     let mut child = std::process::Command::new(&program).args(&rest).arg("--takeover").spawn()?;
     let pid = child.id();
-    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let flag = std::sync::Arc::clone(&running);
     // Reaped here if it exits while this xlaned still runs: it could not take over.
-    std::thread::Builder::new().name("xlane-successor".into()).spawn(move || {
+    let reaper = std::thread::Builder::new().name("xlane-successor".into()).spawn(move || {
         if let Ok(status) = child.wait() {
             tracing::error!(pid, %status, "the new xlaned exited; this one carries on");
         }
-        flag.store(false, std::sync::atomic::Ordering::Release);
     })?;
-    Ok(Successor { pid, running })
+    Ok(Successor { pid, reaper })
 }
 
 /// Tell the service manager (systemd's `NOTIFY_SOCKET`, if set) `state`, e.g.

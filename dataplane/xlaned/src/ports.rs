@@ -523,7 +523,9 @@ impl<H: Host> State<H> {
         }
         let io = PortIo::new(VHOST_QUEUE).map_err(|e| failed(format!("vhost-user queues: {e}")))?;
         let mtu = self.pod_mtu();
-        let server = (self.host.serve_vhost(socket.to_owned(), Arc::clone(&io), spec.mac.0, mtu))
+        let server = self
+            .host
+            .serve_vhost(socket.to_owned(), Arc::clone(&io), spec.mac.0, mtu)
             .map_err(|e| invalid(e.to_string()))?;
         // Spread the guests' receive work over the workers by port id.
         let rx_worker = usize::from(id.0) % self.workers.len().max(1);
