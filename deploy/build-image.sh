@@ -8,7 +8,7 @@
 #
 # Without --bin-dir the binaries are built (release, xlane-agent with --features kube).
 # --save writes an OCI archive for `ctr -n k8s.io images import` or `podman load`.
-# Needs: buildah or podman, busybox (busybox-static), bash, ldd.
+# Needs: buildah or podman, busybox (busybox-static), bash, ldd, strip (binutils).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +28,7 @@ if [ -z "$bin_dir" ]; then
     cargo build --release --locked -p xlaned -p xlane-cni -p xlane-agent --features xlane-agent/kube
     bin_dir=target/release
 fi
-for b in xlaned xlanectl xlane-agent xlane; do
+for b in xlaned xlane-supervise xlanectl xlane-agent xlane; do
     [ -x "$bin_dir/$b" ] || { echo "build-image.sh: $bin_dir/$b missing" >&2; exit 1; }
 done
 busybox=$(command -v busybox || true)
@@ -40,9 +40,13 @@ fi
 ctx=$(mktemp -d /tmp/xlane-image.XXXXXX)
 trap 'rm -rf "$ctx"' EXIT
 root=$ctx/rootfs
-install -D -m 0755 -t "$root/usr/local/bin" "$bin_dir/xlaned" "$bin_dir/xlanectl" "$bin_dir/xlane-agent"
+install -D -m 0755 -t "$root/usr/local/bin" "$bin_dir/xlaned" "$bin_dir/xlane-supervise" "$bin_dir/xlanectl" "$bin_dir/xlane-agent"
 install -D -m 0755 "$bin_dir/xlane" "$root/usr/local/lib/xlane/xlane"
 install -D -m 0755 cni/install.sh "$root/usr/local/share/xlane/install.sh"
+# Debug sections stay out of the image (symbols stay: backtraces keep their names). A
+# test build's binaries carry full debug info, hundreds of MB that every copy of the
+# image (build storage, archive, the runtime's store) would repeat.
+strip --strip-debug "$root"/usr/local/bin/* "$root/usr/local/lib/xlane/xlane"
 install -D -m 0755 "$busybox" "$root/bin/busybox"
 install -D -m 0755 "$(command -v bash)" "$root/bin/bash"
 # coreutils' install (busybox-static has no install applet), for install.sh.

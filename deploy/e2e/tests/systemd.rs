@@ -34,7 +34,8 @@ const SETPRIV: &str = "/usr/bin/setpriv";
 
 /// The highest `systemd-analyze security` exposure (tenths, its `--threshold` unit) each
 /// unit may score: what it scores today, so that losing a hardening setting fails.
-const EXPOSURE_LIMITS: [(&str, u32); 2] = [("xlaned.service", 42), ("xlane-agent.service", 35)];
+/// (xlaned's 4.4 includes AF_PACKET, which veth-offload pods, the CNI default, need.)
+const EXPOSURE_LIMITS: [(&str, u32); 2] = [("xlaned.service", 44), ("xlane-agent.service", 35)];
 
 /// Whether `tool` is installed; as [`privileged_with`], a skip outside CI and a failure in
 /// CI (these checks need no root).
@@ -226,6 +227,34 @@ fn start(unit: &Unit, paths: &PathMap, ns: Option<&Netns>, extra: &[String], log
 }
 
 /// A field of `/proc/<pid>/status`.
+const AF_PACKET: &str = "AF_PACKET";
+
+/// The address families of the sockets `pid` holds, as `ss` lists them in `ns`.
+fn socket_families(ns: &Netns, pid: u32) -> std::collections::BTreeSet<&'static str> {
+    let out = ns.command("ss").args(["-a", "-n", "-p", "-A", "inet,unix,packet,netlink,xdp"]).output().unwrap();
+    assert!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
+    let mine = format!("pid={pid},");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&mine))
+        .map(|l| {
+            let (netid, local) = {
+                let mut w = l.split_whitespace();
+                (w.next().unwrap_or_default(), w.nth(3).unwrap_or_default())
+            };
+            match netid {
+                "u_str" | "u_dgr" | "u_seq" => "AF_UNIX",
+                "p_raw" | "p_dgr" => AF_PACKET,
+                "nl" => "AF_NETLINK",
+                "xdp" => "AF_XDP",
+                "udp" | "tcp" | "raw" if local.starts_with(['[', '*']) => "AF_INET6",
+                "udp" | "tcp" | "raw" => "AF_INET",
+                other => panic!("xlaned holds a socket ss calls {other:?}: {l}"),
+            }
+        })
+        .collect()
+}
+
 fn status_field(pid: u32, name: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -326,6 +355,15 @@ fn the_units_command_lines_run_a_node_that_forwards() {
     let other = cluster.attach_pod(0, "p0").unwrap();
     pod_ns.ping(&other.ip.to_string(), 3).unwrap();
     other.ns.ping(&ip, 3).unwrap();
+    // Every socket family xlaned holds now (uplink, host port, a pod of the CNI's default
+    // attachment) is one the unit lets it open: systemd would refuse the others.
+    let allowed: Vec<&str> = xlaned_unit.value("RestrictAddressFamilies").split_whitespace().collect();
+    // (ss lists no AF_XDP socket without the kernel's xsk_diag, which this one lacks.)
+    let held = socket_families(node1, xlaned.pid().unwrap());
+    assert!(held.contains(&AF_PACKET), "the pod's AF_PACKET socket: {held:?}");
+    for family in &held {
+        assert!(allowed.contains(family), "xlaned holds an {family} socket; the unit allows {allowed:?}");
+    }
 
     // `systemctl restart xlaned` (the upgrade path today) leaves the agent running (Wants=,
     // not Requires=): it replays the pod into the new xlaned, which forwards again.

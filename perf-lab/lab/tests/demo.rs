@@ -29,10 +29,13 @@ fn start_in_udp_phase() -> Child {
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let t0 = Instant::now();
     let mut line = String::new();
+    let mut said = String::new();
     while !line.starts_with("[5/6]") {
         line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "the demo ended before its UDP phase");
-        assert!(t0.elapsed() < Duration::from_secs(60));
+        let n = err.read_line(&mut line).unwrap();
+        said.push_str(&line);
+        assert!(n > 0, "the demo ended before its UDP phase; it said:\n{said}");
+        assert!(t0.elapsed() < Duration::from_secs(60), "no UDP phase within 60 s; the demo said:\n{said}");
     }
     // Keep draining stderr so the demo never blocks on it.
     std::thread::spawn(move || for _ in err.lines() {});
