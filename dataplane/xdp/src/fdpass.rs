@@ -126,6 +126,58 @@ pub fn recv(sock: BorrowedFd<'_>, n: usize) -> io::Result<Vec<OwnedFd>> {
     Ok(out)
 }
 
+/// The descriptors the service manager passed this process (`LISTEN_FDS`, with their
+/// `LISTEN_FDNAMES`; systemd's file-descriptor store hands back what a previous run
+/// stored this way), owned. Empty when none were passed, or they were for another
+/// process (`LISTEN_PID`), or this was called before: they are taken once.
+///
+/// # Errors
+/// Malformed variables.
+pub fn listen_fds() -> io::Result<Vec<(String, OwnedFd)>> {
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TAKEN.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return Ok(Vec::new());
+    }
+    Ok(sd_notify::listen_fds_with_names()?
+        // SAFETY: the service manager installed these numbers in this process for it
+        // (LISTEN_PID is ours: checked by `listen_fds_with_names`), nothing in it owns
+        // them, and the guard above makes this the only place that takes them.
+        .map(|(fd, name)| (name, unsafe { OwnedFd::from_raw_fd(fd) }))
+        .collect())
+}
+
+/// Have `cmd`'s child start with `fds` as descriptors 3, 4, … in order (as the service
+/// manager passes `LISTEN_FDS`), open across its `exec`; this process keeps its own.
+pub fn hand_down(cmd: &mut std::process::Command, fds: &[BorrowedFd<'_>]) {
+    use std::os::unix::process::CommandExt;
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let first_free = 3 + RawFd::try_from(raw.len()).unwrap_or(RawFd::MAX - 3);
+    // Allocated here: the child may not allocate (pushes stay within the capacity).
+    let mut high: Vec<RawFd> = Vec::with_capacity(raw.len());
+    // SAFETY: the closure runs in the child between fork and exec and calls only fcntl
+    // and dup2 (async-signal-safe) on numbers captured before the fork; it allocates
+    // nothing (`high` has its capacity). Moving every descriptor above the target range first means no dup2
+    // overwrites one not yet moved; those copies are close-on-exec, the targets not.
+    unsafe {
+        cmd.pre_exec(move || {
+            high.clear();
+            for &fd in &raw {
+                let h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, first_free);
+                if h < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                high.push(h);
+            }
+            for (target, &h) in (3..).zip(&high) {
+                if libc::dup2(h, target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

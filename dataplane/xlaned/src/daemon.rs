@@ -3,7 +3,7 @@
 
 use crate::config::{self, Config};
 use crate::node_lock::NodeLock;
-use crate::{handover, host, metrics, server, state, worker};
+use crate::{fdstore, handover, host, metrics, server, state, worker};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::sync::Arc;
@@ -39,12 +39,22 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                 NodeLock::path(&cfg.socket).display()
             )
         })?;
-        (None, lock)
+        // After a crash, the service manager hands back what the dead xlaned kept in
+        // its store: the same path as a handover's, on fresh UMEMs.
+        let kept = fdstore::recover().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the service manager's store: starting cold");
+            None
+        });
+        (kept, lock)
     };
-    let (ops, mut handed_umems, pool) = match inherited {
-        Some(i) => (i.ops, i.umems.into_iter().map(Some).collect(), i.pool),
-        None => (Vec::new(), Vec::new(), handover::Pool::default()),
+    let (ops, mut handed_umems, pool, stored) = match inherited {
+        Some(i) => (i.ops, i.umems.into_iter().map(Some).collect(), i.pool, i.stored),
+        None => (Vec::new(), Vec::new(), handover::Pool::default(), Vec::new()),
     };
+    let mut store = fdstore::available().then(|| fdstore::FdStore::new(stored));
+    if store.is_some() {
+        tracing::info!("keeping the node's objects in the service manager's store (crash recovery)");
+    }
     let fib = FibHandle::new();
     let umem = UmemSettings { frames: cfg.umem_frames, ..UmemSettings::default() };
     let bind = match cfg.bind_mode {
@@ -171,7 +181,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     })?;
     tracing::info!(uplink = %cfg.uplink, workers = cfg.workers, busy_poll = cfg.busy_poll, "xlaned running");
     handover::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
-    match control.serve(&mut st, &neigh_rx, &signals, &handover_socket)? {
+    match control.serve(&mut st, &neigh_rx, &signals, &handover_socket, store.as_mut())? {
         server::Ended::HandedOver(parked) => {
             // Destructors would detach the programs and close the sockets the new
             // xlaned now serves: exit as is (the workers stay parked until then).
@@ -181,13 +191,22 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
             std::process::exit(0);
         }
         server::Ended::Exit(stream) => {
+            // The new xlaned starts cold: nothing of this one may stay in the store.
+            if let Some(store) = store.as_mut() {
+                store.clear();
+            }
             shutdown(&mut st, joins);
             // The new xlaned waits for this connection to close: at exit, with
             // everything else this process holds.
             let _keep = stream;
             std::process::exit(0);
         }
-        server::Ended::Signal => shutdown(&mut st, joins),
+        server::Ended::Signal => {
+            if let Some(store) = store.as_mut() {
+                store.clear();
+            }
+            shutdown(&mut st, joins);
+        }
     }
     Ok(())
 }

@@ -95,6 +95,10 @@ struct Offer {
     workers: Vec<WorkerOffer>,
     vhost: Vec<VhostOffer>,
     fds: usize,
+    /// The names the old one keeps in the service manager's store (the objects are the
+    /// same: the new one keeps them in step from there).
+    #[serde(default)]
+    store: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -129,12 +133,12 @@ struct PacketOffer {
 /// object as the replayed requests come to it; what is left is closed.
 #[derive(Debug, Default)]
 pub struct Pool {
-    attachments: HashMap<u32, AttachmentHandover>,
-    blocks: HashMap<u32, (OwnedFd, OwnedFd)>,
+    pub(crate) attachments: HashMap<u32, AttachmentHandover>,
+    pub(crate) blocks: HashMap<u32, (OwnedFd, OwnedFd)>,
     /// Per worker, by (ifindex, queue).
     sockets: Vec<HashMap<(u32, u32), PortHandover>>,
     /// Per worker, by ifindex.
-    packets: Vec<HashMap<u32, (OwnedFd, FanoutMode)>>,
+    pub(crate) packets: Vec<HashMap<u32, (OwnedFd, FanoutMode)>>,
     /// By socket path.
     vhost: HashMap<PathBuf, VhostHandover>,
 }
@@ -197,6 +201,8 @@ pub struct Inherited {
     pub umems: Vec<Vec<Option<UmemHandover>>>,
     /// The rest, taken as the requests are replayed.
     pub pool: Pool,
+    /// The names kept in the service manager's store ([`crate::fdstore`]).
+    pub stored: Vec<String>,
 }
 
 fn write_message(stream: &mut UnixStream, m: &Message) -> io::Result<()> {
@@ -315,7 +321,7 @@ pub struct Parked {
 }
 
 /// Serve one connection on the old side, where the handover socket is `listener`.
-pub fn serve(mut stream: UnixStream, state: &mut State<System>, listener: &Listener) -> Served {
+pub fn serve(mut stream: UnixStream, state: &mut State<System>, listener: &Listener, stored: Vec<String>) -> Served {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(TIMEOUT));
     let _ = stream.set_write_timeout(Some(TIMEOUT));
@@ -351,6 +357,7 @@ pub fn serve(mut stream: UnixStream, state: &mut State<System>, listener: &Liste
     };
     fds.push(lock);
     offer.fds = fds.len();
+    offer.store = stored;
     let sent = write_message(&mut stream, &Message::Offer(Box::new(offer))).and_then(|()| {
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         xlane_xdp::fdpass::send(stream.as_fd(), &borrowed)
@@ -413,27 +420,16 @@ fn refusal(state: &State<System>) -> Option<String> {
 /// Park every worker, then stop every vhost-user port, and collect what they hand over,
 /// with the control state's part.
 fn park_and_collect(state: &mut State<System>) -> Result<(Stopped, Offer, Vec<OwnedFd>), String> {
+    let (attachments, blocks) = port_objects(state)?;
     let mut offer = Offer { ops: state.rebuild_ops(), ..Offer::default() };
     let mut fds = Vec::new();
-    for p in state.ports.values() {
-        match &p.kind {
-            crate::ports::PortKind::Xdp { attach, .. } => {
-                let h = attach.hand_over().map_err(|e| format!("{}: {e}", p.ifname))?;
-                offer.attachments.push(h.state);
-                fds.extend([h.link, h.prog, h.xskmap]);
-            }
-            crate::ports::PortKind::Packet { _block, .. } => {
-                let any: &dyn std::any::Any = _block.as_ref();
-                let block = any
-                    .downcast_ref::<xlane_xdp::attach::HostStackBlock>()
-                    .ok_or_else(|| format!("{}: an unknown host-stack block", p.ifname))?;
-                let (link, prog) = block.hand_over().map_err(|e| format!("{}: {e}", p.ifname))?;
-                offer.blocks.push(block.ifindex());
-                fds.extend([link, prog]);
-            }
-            // Once the workers are parked.
-            crate::ports::PortKind::VhostUser(_) => {}
-        }
+    for h in attachments {
+        offer.attachments.push(h.state);
+        fds.extend([h.link, h.prog, h.xskmap]);
+    }
+    for (ifindex, link, prog) in blocks {
+        offer.blocks.push(ifindex);
+        fds.extend([link, prog]);
     }
     let mut resume = Vec::new();
     let mut answers = Vec::new();
@@ -471,30 +467,52 @@ fn park_and_collect(state: &mut State<System>) -> Result<(Stopped, Offer, Vec<Ow
     Ok((Stopped { _vhost: paused, _workers: resume }, offer, fds))
 }
 
+/// Duplicates of the ports' XDP attachments and host-stack blocks (by interface index):
+/// what keeps the programs attached while another process holds them.
+pub(crate) type Blocks = Vec<(u32, OwnedFd, OwnedFd)>;
+
+/// The XDP attachments and tcx blocks of `state`'s ports, duplicated (vhost-user ports
+/// have neither).
+pub(crate) fn port_objects(state: &State<System>) -> Result<(Vec<AttachmentHandover>, Blocks), String> {
+    let (mut attachments, mut blocks) = (Vec::new(), Vec::new());
+    for p in state.ports.values() {
+        match &p.kind {
+            crate::ports::PortKind::Xdp { attach, .. } => {
+                attachments.push(attach.hand_over().map_err(|e| format!("{}: {e}", p.ifname))?);
+            }
+            crate::ports::PortKind::Packet { _block, .. } => {
+                let any: &dyn std::any::Any = _block.as_ref();
+                let block = any
+                    .downcast_ref::<xlane_xdp::attach::HostStackBlock>()
+                    .ok_or_else(|| format!("{}: an unknown host-stack block", p.ifname))?;
+                let (link, prog) = block.hand_over().map_err(|e| format!("{}: {e}", p.ifname))?;
+                blocks.push((block.ifindex(), link, prog));
+            }
+            crate::ports::PortKind::VhostUser(_) => {}
+        }
+    }
+    Ok((attachments, blocks))
+}
+
 /// On a worker, between bursts: its UMEMs and sockets.
 fn offer_worker(d: &mut Driver<Umems, NodePort>) -> Result<(WorkerOffer, Vec<OwnedFd>), String> {
     stock_for_the_gap(d);
     let mut w = WorkerOffer::default();
-    let (mut socket_fds, mut packet_fds) = (Vec::new(), Vec::new());
+    let mut socket_fds = Vec::new();
+    // The guest's port is rebuilt by its endpoint's request; the port's socket and
+    // connection go separately (`park_and_collect`).
     for p in d.ports() {
-        match p {
-            NodePort::Xdp(x) => {
-                let PortHandover { umem, socket, fill_target, fill_base } = x.hand_over().map_err(|e| e.to_string())?;
-                let SocketHandover { fd, state } = socket;
-                w.sockets.push(SocketOffer { umem, state, fill_target, fill_base });
-                socket_fds.extend(fd);
-            }
-            // A transmit-only socket holds nothing: the new worker opens its own.
-            NodePort::Packet(p) if p.transmit_only() => {}
-            NodePort::Packet(p) => {
-                let (fd, fanout) = p.hand_over().map_err(|e| e.to_string())?;
-                w.packets.push(PacketOffer { ifindex: p.ifindex(), fanout });
-                packet_fds.push(fd);
-            }
-            // The guest's port is rebuilt by its endpoint's request; the port's socket
-            // and connection go separately (`park_and_collect`).
-            NodePort::Vhost(_) => {}
+        if let NodePort::Xdp(x) = p {
+            let PortHandover { umem, socket, fill_target, fill_base } = x.hand_over().map_err(|e| e.to_string())?;
+            let SocketHandover { fd, state } = socket;
+            w.sockets.push(SocketOffer { umem, state, fill_target, fill_base });
+            socket_fds.extend(fd);
         }
+    }
+    let mut packet_fds = Vec::new();
+    for (ifindex, fanout, fd) in packet_sockets(d)? {
+        w.packets.push(PacketOffer { ifindex, fanout });
+        packet_fds.push(fd);
     }
     let mut fds = Vec::new();
     for u in d.mem_mut().hand_over().map_err(|e| e.to_string())? {
@@ -506,6 +524,21 @@ fn offer_worker(d: &mut Driver<Umems, NodePort>) -> Result<(WorkerOffer, Vec<Own
     fds.extend(socket_fds);
     fds.extend(packet_fds);
     Ok((w, fds))
+}
+
+/// On a worker: duplicates of its AF_PACKET sockets, by interface index. A
+/// transmit-only socket holds nothing: a new worker opens its own.
+pub(crate) fn packet_sockets(d: &Driver<Umems, NodePort>) -> Result<Vec<(u32, FanoutMode, OwnedFd)>, String> {
+    let mut out = Vec::new();
+    for p in d.ports() {
+        if let NodePort::Packet(p) = p
+            && !p.transmit_only()
+        {
+            let (fd, fanout) = p.hand_over().map_err(|e| e.to_string())?;
+            out.push((p.ifindex(), fanout, fd));
+        }
+    }
+    Ok(out)
 }
 
 /// Give the AF_XDP sockets' fill rings what the shared UMEM can spare, evenly: no
@@ -691,7 +724,7 @@ fn inherit(offer: Offer, fds: Vec<OwnedFd>) -> io::Result<(Inherited, NodeLock)>
         pool.vhost.insert(v.socket, h);
     }
     let lock = NodeLock::inherit(next()?);
-    Ok((Inherited { ops: offer.ops, umems, pool }, lock))
+    Ok((Inherited { ops: offer.ops, umems, pool, stored: offer.store }, lock))
 }
 
 /// A new xlaned started to take over from this one.

@@ -16,6 +16,7 @@ pub mod config;
 pub mod daemon;
 #[cfg(test)]
 mod fake;
+pub mod fdstore;
 pub mod handover;
 pub mod host;
 pub mod hostport;

@@ -7,6 +7,7 @@
 //! workers' answers wake the loop ([`Handler::on_wake`]), which completes it. That
 //! connection's next request waits until then; other connections are served meanwhile.
 
+use crate::fdstore::FdStore;
 use crate::handover::{self, Listener, Parked, Served};
 use crate::host::System;
 use crate::state::{Handled, State, Ticket};
@@ -56,6 +57,7 @@ impl ControlSocket {
         neigh: &Receiver<NeighEvent>,
         signals: &SignalFd,
         handover: &Listener,
+        store: Option<&mut FdStore>,
     ) -> anyhow::Result<Ended> {
         let signal_key = self.server.register_fd(signals.as_fd())?;
         let handover_key = self.server.register_fd(handover.fd())?;
@@ -69,6 +71,7 @@ impl ControlSocket {
             ended: Ended::Signal,
             waiting: HashMap::new(),
             successor: None,
+            store,
         };
         self.server.run(&mut d)?;
         Ok(d.ended)
@@ -99,18 +102,34 @@ struct Daemon<'a> {
     waiting: HashMap<Ticket, Responder<Reply>>,
     /// The xlaned started on SIGHUP to take over, while it may still run.
     successor: Option<handover::Successor>,
+    /// The service manager's store, kept in step with the ports and state.
+    store: Option<&'a mut FdStore>,
+}
+
+impl Daemon<'_> {
+    fn sync_store(&mut self, changed: bool) {
+        if let Some(store) = self.store.as_deref_mut() {
+            if changed {
+                store.touch();
+            }
+            store.sync(self.state);
+        }
+    }
 }
 
 impl Handler for Daemon<'_> {
     type Op = Op;
 
     fn handle(&mut self, op: Op, responder: Responder<Reply>) {
+        let changes = matches!(op, Op::SetVtep(_) | Op::Apply { .. } | Op::AddEndpoint(_) | Op::DelEndpoint { .. });
+        self.sync_store(false);
         match self.state.handle(op) {
             Handled::Now(reply) => responder.reply(reply),
             Handled::Later(ticket) => {
                 self.waiting.insert(ticket, responder);
             }
         }
+        self.sync_store(changes);
     }
 
     /// Neighbour events, workers done with a job, or the once-a-second tick (which lets
@@ -119,11 +138,14 @@ impl Handler for Daemon<'_> {
         while let Ok(ev) = self.neigh.try_recv() {
             self.state.on_neighbour(&ev);
         }
+        let mut answered = false;
         for (ticket, reply) in self.state.on_wake() {
+            answered = true;
             if let Some(r) = self.waiting.remove(&ticket) {
                 r.reply(reply);
             }
         }
+        self.sync_store(answered);
     }
 
     /// The signalfd, or a new xlaned on the handover socket.
@@ -156,7 +178,8 @@ impl Handler for Daemon<'_> {
             return;
         }
         while let Some(stream) = self.handover.accept() {
-            match handover::serve(stream, self.state, self.handover) {
+            let stored = self.store.as_deref().map(FdStore::names).unwrap_or_default();
+            match handover::serve(stream, self.state, self.handover, stored) {
                 Served::Kept => {}
                 Served::HandedOver(parked) => {
                     self.ended = Ended::HandedOver(parked);

@@ -22,7 +22,7 @@ pub fn repo_root() -> PathBuf {
 /// The workspace's binaries are not built (`cargo build --workspace --bins`).
 pub fn build(podman: &Podman, tag: &str, save: Option<&Path>) -> io::Result<()> {
     let bin_dir = xlane_netlab::workspace_binary("xlaned").parent().expect("target/<profile>").to_path_buf();
-    for bin in ["xlane-agent", "xlanectl", "xlane"] {
+    for bin in ["xlane-supervise", "xlane-agent", "xlanectl", "xlane"] {
         let _ = xlane_netlab::workspace_binary(bin);
     }
     let mut cmd = Command::new(repo_root().join("deploy/build-image.sh"));

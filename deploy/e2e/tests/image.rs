@@ -111,11 +111,19 @@ fn the_image_runs_as_the_daemonset_runs_it_and_attaches_a_pod() {
     ];
     wait_for_probes(&pod, &probes, Duration::from_secs(30));
     assert!(node1.has_xdp("eth0").unwrap(), "xlaned attached its XDP program to the uplink");
-    // Each daemon (PID 1 of its container: xlaned's shell execs it) holds exactly the
-    // manifest's capabilities, cannot gain more, and has no seccomp filter (kubelet's
-    // default for a container without a seccompProfile).
-    for (container, program) in [("xlaned", "xlaned"), ("xlane-agent", "xlane-agent")] {
-        let status = podman.ok(&["exec", &pod.container_name(container), "cat", "/proc/1/status"]).unwrap();
+    // Each daemon holds exactly the manifest's capabilities, cannot gain more, and has no
+    // seccomp filter (kubelet's default for a container without a seccompProfile): the
+    // agent as PID 1 of its container, xlaned as the child of its container's PID 1,
+    // xlane-supervise (xlaned's shell execs it), which holds the same.
+    let supervised = podman.ok(&["exec", &pod.container_name("xlaned"), "cat", "/proc/1/task/1/children"]).unwrap();
+    let xlaned_pid = supervised.split_whitespace().next().expect("xlane-supervise runs xlaned").to_owned();
+    for (container, program, pid) in [
+        ("xlaned", "xlane-supervise", "1"),
+        ("xlaned", "xlaned", xlaned_pid.as_str()),
+        ("xlane-agent", "xlane-agent", "1"),
+    ] {
+        let status =
+            podman.ok(&["exec", &pod.container_name(container), "cat", &format!("/proc/{pid}/status")]).unwrap();
         let field =
             |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_owned();
         // The kernel's comm is at most 15 bytes.

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 use xlane_netlab::Netns;
-use xlane_netlab::cluster::{Cluster, ClusterOptions, CniPod, start_xlaned};
+use xlane_netlab::cluster::{Cluster, ClusterOptions, CniPod, start_xlaned, start_xlaned_as, supervised_pid};
 
 /// Namespace and run-directory prefix.
 pub const PREFIX: &str = "xgap";
@@ -49,6 +49,11 @@ pub enum Stop {
     Kill,
     /// SIGTERM: a plain stop (xlaned closes its sockets and detaches its programs).
     Term,
+    /// SIGKILL to an xlaned run by `xlane-supervise`, which restarts it at once and
+    /// hands it what the dead one kept in its file-descriptor store (programs still
+    /// attached, pod sockets still open): what its systemd unit and the DaemonSet do.
+    #[serde(rename = "kill-supervised")]
+    KillSupervised,
     /// A hitless upgrade: a new xlaned started with `--takeover` beside the running one
     /// takes its sockets and state over, and the old one exits (#18 item 1). The "gap"
     /// is then how long forwarding paused (probes wait in the rings, none is lost).
@@ -60,6 +65,7 @@ impl Stop {
         match self {
             Self::Kill => "SIGKILL",
             Self::Term => "SIGTERM",
+            Self::KillSupervised => "SIGKILL, fd store",
             Self::Handover => "handover",
         }
     }
@@ -234,7 +240,11 @@ pub fn run(opts: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Report> {
                 anyhow::ensure!(!stop.load(Ordering::Relaxed), "interrupted; tearing down");
                 eprintln!("{} round {r}/{}", mode.name(), opts.rounds);
                 let round = one_round(&mut cluster, &pods, mode, r, opts)?;
+                // The new xlaned, and the supervisor a supervised round started.
                 pids.extend(round.xlaned_pids.1);
+                pids.extend(cluster.nodes[0].xlaned.pid());
+                pids.sort_unstable();
+                pids.dedup();
                 rounds.push(round);
             }
         }
@@ -291,13 +301,34 @@ fn netns_exec_ms(ns: &Netns) -> Option<f64> {
     v.get(v.len() / 2).copied()
 }
 
+/// Whether node 0's xlaned runs under `xlane-supervise`.
+fn supervised(cluster: &Cluster) -> bool {
+    cluster.nodes[0].xlaned.pid().is_some_and(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "xlane-supervise")
+    })
+}
+
+/// Node 0's xlaned, supervised or not as `mode` needs (the same command line otherwise).
+fn xlaned_for(cluster: &mut Cluster, mode: Stop) -> anyhow::Result<()> {
+    let want = mode == Stop::KillSupervised;
+    if supervised(cluster) != want {
+        cluster.nodes[0].xlaned.stop(nix::sys::signal::Signal::SIGTERM);
+        cluster.nodes[0].xlaned = start_xlaned_as(&cluster.lab.nodes[0].ns, &cluster.dir, 0, &[], want)?;
+    }
+    Ok(())
+}
+
 fn one_round(cluster: &mut Cluster, pods: &[CniPod], mode: Stop, round: u32, opts: &Options) -> anyhow::Result<Round> {
+    xlaned_for(cluster, mode)?;
     cluster.wait_ready(0)?;
     let (a, b) = (&pods[0], pods.last().context("no pods")?);
     let bound = opts.warmup + RECOVERY_TIMEOUT + opts.restart_delay + TAIL + Duration::from_secs(2);
     let probe = Probe::start(&a.ns, &b.ns, b.ip, opts.interval, bound)?;
     std::thread::sleep(opts.warmup);
-    let old_pid = cluster.nodes[0].xlaned.pid();
+    let xlaned_pid = |c: &Cluster| {
+        if mode == Stop::KillSupervised { supervised_pid(&c.nodes[0].xlaned) } else { c.nodes[0].xlaned.pid() }
+    };
+    let old_pid = xlaned_pid(cluster);
     let (sig_at, sig_wall) = (Instant::now(), SystemTime::now());
     let sent_before = probe.sent.load(Ordering::Relaxed);
     let ms = |t: Instant| t.saturating_duration_since(sig_at).as_secs_f64() * 1e3;
@@ -310,7 +341,28 @@ fn one_round(cluster: &mut Cluster, pods: &[CniPod], mode: Stop, round: u32, opt
             std::thread::sleep(opts.restart_delay);
             let new_started = ms(Instant::now());
             // The same command line as the cluster's own start (default options: no extras).
-            (start_xlaned(&cluster.lab.nodes[0].ns, &cluster.dir, 0, &[]), old_gone, new_started)
+            (start_xlaned(&cluster.lab.nodes[0].ns, &cluster.dir, 0, &[]).map(Some), old_gone, new_started)
+        }
+        Stop::KillSupervised => {
+            // The supervisor reaps it and starts the next one (no delay: as the lab
+            // starts the others); both seen in its children.
+            let old = old_pid.context("no xlaned under the supervisor")?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(old)?), nix::sys::signal::Signal::SIGKILL)?;
+            let sup = &cluster.nodes[0].xlaned;
+            let t0 = Instant::now();
+            let mut gone = None;
+            let started = loop {
+                let now = supervised_pid(sup);
+                if gone.is_none() && now != Some(old) {
+                    gone = Some(ms(Instant::now()));
+                }
+                if now.is_some_and(|p| p != old) {
+                    break ms(Instant::now());
+                }
+                anyhow::ensure!(t0.elapsed() < RECOVERY_TIMEOUT, "the supervisor did not start xlaned again");
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            (Ok(None), gone.unwrap_or(started), started)
         }
         Stop::Handover => {
             // The same command line with --takeover, beside the running one.
@@ -318,12 +370,14 @@ fn one_round(cluster: &mut Cluster, pods: &[CniPod], mode: Stop, round: u32, opt
             let new_started = ms(Instant::now());
             let exited = cluster.nodes[0].xlaned.exit_status(RECOVERY_TIMEOUT);
             anyhow::ensure!(exited.is_some_and(|s| s.success()), "the old xlaned did not hand over: {exited:?}");
-            (next, ms(Instant::now()), new_started)
+            (next.map(Some), ms(Instant::now()), new_started)
         }
     };
     let waited = match restarted {
         Ok(p) => {
-            cluster.nodes[0].xlaned = p;
+            if let Some(p) = p {
+                cluster.nodes[0].xlaned = p;
+            }
             let t0 = Instant::now();
             while probe.answered_from(sent_before) == 0 && t0.elapsed() < RECOVERY_TIMEOUT {
                 std::thread::sleep(Duration::from_millis(5));
@@ -335,7 +389,7 @@ fn one_round(cluster: &mut Cluster, pods: &[CniPod], mode: Stop, round: u32, opt
     std::thread::sleep(TAIL);
     let (sends, replies) = probe.finish()?;
     waited?;
-    let new_pid = cluster.nodes[0].xlaned.pid();
+    let new_pid = xlaned_pid(cluster);
     // The agent logs its replay right after the last request; give it a moment. Only a
     // replay in sync brought traffic back: the agent may first reconnect into the dying
     // xlaned's listening backlog, fail, and try again.
@@ -545,7 +599,8 @@ fn summarize(rounds: &[Round], modes: &[Stop]) -> serde_json::Value {
         .map(|&m| {
             let of =
                 |f: &dyn Fn(&Round) -> Option<f64>| Spread::of(rounds.iter().filter(|r| r.stop == m).filter_map(f));
-            let key = format!("{m:?}").to_lowercase();
+            // The mode's JSON name, as in each round's `stop`.
+            let key = serde_json::to_value(m).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
             (
                 key,
                 serde_json::json!({

@@ -13,7 +13,7 @@ fn traffic_comes_back_after_a_crash_and_nothing_is_left() {
     }
     let json = std::env::temp_dir().join(format!("xlane-crash-gap-{}.json", std::process::id()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xlane-lab"));
-    cmd.args(["crash-gap", "--rounds", "1", "--warmup-s", "1", "--stop", "kill,term,handover"]);
+    cmd.args(["crash-gap", "--rounds", "1", "--warmup-s", "1", "--stop", "kill,term,handover,kill-supervised"]);
     cmd.args(["--json", &json.to_string_lossy()]);
     let (pid, out) = xlane_netlab::run_and_pid(&mut cmd).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -21,7 +21,7 @@ fn traffic_comes_back_after_a_crash_and_nothing_is_left() {
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rounds = r["rounds"].as_array().unwrap();
     let stops: Vec<&str> = rounds.iter().map(|x| x["stop"].as_str().unwrap()).collect();
-    assert_eq!(stops, ["kill", "term", "handover"], "{r}");
+    assert_eq!(stops, ["kill", "term", "handover", "kill-supervised"], "{r}");
     for x in rounds {
         // Probes went through before the signal and again after it, from a new xlaned.
         assert!(x["answered"].as_u64().unwrap() > x["answered_after"].as_u64().unwrap(), "{x}");
@@ -39,11 +39,16 @@ fn traffic_comes_back_after_a_crash_and_nothing_is_left() {
     }
     // The summary table names both modes.
     assert!(stdout.contains("SIGKILL") && stdout.contains("SIGTERM") && stdout.contains("handover"), "{stdout}");
+    assert!(stdout.contains("SIGKILL, fd store"), "{stdout}");
     // Nothing left: its namespaces, its run directory, every daemon it started.
     assert_eq!(xlane_netlab::namespaces_of("xgap", pid).unwrap(), Vec::<String>::new());
     assert!(!std::env::temp_dir().join(format!("xlane-xgap-{pid}")).exists(), "the run directory is gone");
     let daemons = r["daemon_pids"].as_array().unwrap();
-    assert_eq!(daemons.len(), 7, "xlaned and agent on two nodes, and three restarted xlaned: {r}");
+    assert_eq!(
+        daemons.len(),
+        9,
+        "xlaned and agent on two nodes, three restarted xlaned, a supervisor and the xlaned it restarted: {r}"
+    );
     for d in daemons {
         let d = d.as_u64().unwrap();
         assert!(!std::path::Path::new(&format!("/proc/{d}")).exists(), "daemon {d} still running");

@@ -36,12 +36,39 @@ pub struct ClusterNode {
 /// # Errors
 /// It cannot start, exits, or does not answer within 10 s (its log is in the message).
 pub fn start_xlaned(ns: &Netns, dir: &Path, i: usize, extra: &[String]) -> io::Result<Proc> {
+    start_xlaned_as(ns, dir, i, extra, false)
+}
+
+/// [`start_xlaned`], or with `supervised` under `xlane-supervise` (restarted when it
+/// dies, with a file-descriptor store, as its systemd unit runs it); the [`Proc`] is
+/// then the supervisor's, and [`supervised_pid`] finds xlaned's.
+///
+/// # Errors
+/// As [`start_xlaned`].
+pub fn start_xlaned_as(ns: &Netns, dir: &Path, i: usize, extra: &[String], supervised: bool) -> io::Result<Proc> {
     let socket = dir.join(format!("xlaned{i}.sock"));
     let mut args = vec!["--uplink".into(), "eth0".into(), "--socket".into(), socket.to_string_lossy().into_owned()];
     args.extend(extra.iter().cloned());
-    let mut xlaned = Proc::spawn(ns, &workspace_binary("xlaned"), &args, dir.join(format!("xlaned{i}.log")))?;
+    let log = dir.join(format!("xlaned{i}.log"));
+    let mut xlaned = if supervised {
+        // Restarted at once, as the lab's crash measurements model the supervisor.
+        let mut sup: Vec<String> = vec!["--restart-delay-ms".into(), "0".into(), "--".into()];
+        sup.push(workspace_binary("xlaned").to_string_lossy().into_owned());
+        sup.extend(args);
+        Proc::spawn(ns, &workspace_binary("xlane-supervise"), &sup, log)?
+    } else {
+        Proc::spawn(ns, &workspace_binary("xlaned"), &args, log)?
+    };
     wait_until("xlaned's socket", Duration::from_secs(10), &mut xlaned, || Client::connect(&socket).is_ok())?;
     Ok(xlaned)
+}
+
+/// The PID of the xlaned a supervisor `proc` runs now (its one child), if any.
+#[must_use]
+pub fn supervised_pid(proc: &Proc) -> Option<u32> {
+    let pid = proc.pid()?;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
 }
 
 /// Where the agents keep their leases.
@@ -128,6 +155,8 @@ pub struct ClusterOptions {
     pub attach: Option<String>,
     /// The underlay's MTU (`None`: 1500); pods get 50 less from xlaned.
     pub mtu: Option<u16>,
+    /// Run each xlaned under `xlane-supervise` (see [`start_xlaned_as`]).
+    pub supervised: bool,
 }
 
 impl Default for ClusterOptions {
@@ -140,6 +169,7 @@ impl Default for ClusterOptions {
             xlane_nodes: None,
             attach: None,
             mtu: None,
+            supervised: false,
         }
     }
 }
@@ -176,7 +206,7 @@ impl Cluster {
     }
 
     fn start_node(&self, i: usize, opts: &ClusterOptions) -> io::Result<ClusterNode> {
-        let xlaned = start_xlaned(&self.lab.nodes[i].ns, &self.dir, i, &opts.xlaned_args)?;
+        let xlaned = start_xlaned_as(&self.lab.nodes[i].ns, &self.dir, i, &opts.xlaned_args, opts.supervised)?;
         let agent_args = agent_args(&self.dir, i, opts.lease_ttl, &opts.datastore);
         let agent = Proc::spawn_here(&workspace_binary("xlane-agent"), &agent_args, self.agent_log(i))?;
         Ok(ClusterNode {
