@@ -156,8 +156,9 @@ pub fn hand_down(cmd: &mut std::process::Command, fds: &[BorrowedFd<'_>]) {
     let mut high: Vec<RawFd> = Vec::with_capacity(raw.len());
     // SAFETY: the closure runs in the child between fork and exec and calls only fcntl
     // and dup2 (async-signal-safe) on numbers captured before the fork; it allocates
-    // nothing (`high` has its capacity). Moving every descriptor above the target range first means no dup2
-    // overwrites one not yet moved; those copies are close-on-exec, the targets not.
+    // nothing (`high` has its capacity). Moving every descriptor above the target range
+    // first means no dup2 overwrites one not yet moved; those copies are close-on-exec,
+    // the targets not.
     unsafe {
         cmd.pre_exec(move || {
             high.clear();

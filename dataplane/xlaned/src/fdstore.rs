@@ -129,11 +129,9 @@ fn take(passed: Vec<(String, OwnedFd)>) -> io::Result<Option<Inherited>> {
             pool.attachments.insert(state.ifindex, AttachmentHandover { link, prog, xskmap, state });
         }
     }
-    let blocks: Vec<(u32, String)> = by_name
-        .keys()
-        .filter_map(|n| Some((n.strip_prefix("tcx-")?.strip_suffix("-link")?.parse().ok()?, n.clone())))
-        .collect();
-    for (ifindex, _) in blocks {
+    let blocks: Vec<u32> =
+        by_name.keys().filter_map(|n| n.strip_prefix("tcx-")?.strip_suffix("-link")?.parse().ok()).collect();
+    for ifindex in blocks {
         let [link, prog] = block_names(ifindex).map(|n| by_name.remove(&n));
         if let (Some(link), Some(prog)) = (link, prog) {
             pool.blocks.insert(ifindex, (link, prog));
@@ -227,18 +225,17 @@ impl FdStore {
             }
         }
         let text = serde_json::to_vec(&kept).map_err(io::Error::other)?;
-        let state_name = format!("{STATE}{}", self.generation);
-        if text != self.last || !self.stored.contains(&state_name) {
+        let mut current = format!("{STATE}{}", self.generation);
+        if text != self.last || !self.stored.contains(&current) {
             self.generation += 1;
-            let name = format!("{STATE}{}", self.generation);
+            current = format!("{STATE}{}", self.generation);
             let memfd = nix::sys::memfd::memfd_create(c"xlane-state", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
             let mut file = std::fs::File::from(memfd);
             file.write_all(&text)?;
-            store(&name, &file)?;
-            self.stored.insert(name);
+            store(&current, &file)?;
+            self.stored.insert(current.clone());
             self.last = text;
         }
-        let current = format!("{STATE}{}", self.generation);
         let gone: Vec<String> =
             self.stored.iter().filter(|n| !objects.contains_key(*n) && **n != current).cloned().collect();
         for name in gone {
@@ -259,11 +256,9 @@ impl FdStore {
 }
 
 fn store(name: &str, fd: &impl AsFd) -> io::Result<()> {
-    use sd_notify::NotifyState;
-    sd_notify::notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(name)], &[fd.as_fd()])
+    handover::notify_with(&format!("FDSTORE=1\nFDNAME={name}\n"), &[fd.as_fd()])
 }
 
 fn remove(name: &str) -> io::Result<()> {
-    use sd_notify::NotifyState;
-    sd_notify::notify(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)])
+    handover::notify_with(&format!("FDSTOREREMOVE=1\nFDNAME={name}\n"), &[])
 }

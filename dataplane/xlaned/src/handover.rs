@@ -770,20 +770,29 @@ pub fn spawn_successor() -> io::Result<Successor> {
 /// `READY=1`; a no-op without one. An xlaned handing over says `MAINPID=` of its
 /// successor before it exits, so the unit follows the successor instead of restarting.
 pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let path = path.to_string_lossy().into_owned();
-    let sent = (|| -> io::Result<()> {
-        let sock = std::os::unix::net::UnixDatagram::unbound()?;
-        if let Some(name) = path.strip_prefix('@') {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-            sock.send_to_addr(state.as_bytes(), &addr)?;
-        } else {
-            sock.send_to(state.as_bytes(), &path)?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = sent {
-        tracing::warn!(socket = %path, error = %e, "notifying the service manager");
+    if let Err(e) = notify_with(state, &[]) {
+        tracing::warn!(error = %e, "notifying the service manager");
     }
+}
+
+/// Send `state` with `fds` (`SCM_RIGHTS`, e.g. `FDSTORE=1`) to the service manager's
+/// `NOTIFY_SOCKET`: a socket path, or with a leading `@` an abstract name. Nothing to do
+/// without one.
+///
+/// # Errors
+/// The address is not a unix socket's, or the kernel refused the datagram.
+pub fn notify_with(state: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+    use std::os::fd::{AsRawFd, RawFd};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(()) };
+    let addr = match path.as_encoded_bytes().strip_prefix(b"@") {
+        Some(name) => UnixAddr::new_abstract(name)?,
+        None => UnixAddr::new(path.as_os_str())?,
+    };
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs = if raw.is_empty() { &rights[..0] } else { &rights[..] };
+    sendmsg(sock.as_raw_fd(), &[io::IoSlice::new(state.as_bytes())], cmsgs, MsgFlags::empty(), Some(&addr))?;
+    Ok(())
 }

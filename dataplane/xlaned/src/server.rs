@@ -122,7 +122,6 @@ impl Handler for Daemon<'_> {
 
     fn handle(&mut self, op: Op, responder: Responder<Reply>) {
         let changes = matches!(op, Op::SetVtep(_) | Op::Apply { .. } | Op::AddEndpoint(_) | Op::DelEndpoint { .. });
-        self.sync_store(false);
         match self.state.handle(op) {
             Handled::Now(reply) => responder.reply(reply),
             Handled::Later(ticket) => {

@@ -10,8 +10,8 @@
 //! ```
 //!
 //! The protocol is systemd's, so xlaned cannot tell them apart: `NOTIFY_SOCKET` (a
-//! socket in a private directory under `$TMPDIR`) and `FDSTORE=<max>` in its environment; `FDSTORE=1` + `FDNAME=`
-//! stores (a name stored again replaces), `FDSTOREREMOVE=1` + `FDNAME=` removes,
+//! socket in a private directory under `$TMPDIR`) and `FDSTORE=<max>` in its
+//! environment; `FDSTORE=1` + `FDNAME=` stores (a name stored again replaces), `FDSTOREREMOVE=1` + `FDNAME=` removes,
 //! `MAINPID=` follows a successor after a handover (this process is a child subreaper,
 //! so the successor becomes its child); `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID` with
 //! the descriptors from 3 on at each start. SIGTERM and SIGINT go to xlaned, which
