@@ -261,12 +261,19 @@ pub struct PortInfo {
 
 /// The UMEM of an AF_XDP port's sockets, per worker: the one the veths share (frames
 /// move between its ports by descriptor) or one of its own (a zero-copy NIC's).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UmemInfo {
     /// A UMEM of its own.
     pub own: bool,
     /// Frames sent to the port that were first copied into its UMEM from another.
     pub copied_in: u64,
+    /// Checksum requests on transmit its UMEM carries: "device" (the NIC completes
+    /// them) or "software" (the kernel does); absent: none, the engine completes all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_checksum: Option<String>,
+    /// Frames sent with their checksum left partial for the NIC or kernel to complete.
+    #[serde(default)]
+    pub partial_csum: u64,
 }
 
 /// An uplink's UDP GSO sockets: encapsulated super-packets sent through the host's

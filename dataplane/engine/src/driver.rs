@@ -12,7 +12,7 @@ use crate::counters::CoreCounters;
 use crate::drop::DropReason;
 use crate::frame::Frame;
 use crate::observe::{BurstHook, Observer, Unobserved};
-use crate::offload::{self, JUMBO_HEADROOM, Jumbo, OffloadError, OffloadMeta};
+use crate::offload::{self, JUMBO_HEADROOM, Jumbo, OffloadError, OffloadMeta, PartialCsum};
 use crate::pipeline::{BURST, Pipeline, Verdict};
 use crate::port::{FrameMemory, Offloads, Packet, Port, PortCounters, bump};
 use arrayvec::ArrayVec;
@@ -411,8 +411,8 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
                         bump(if sent { &counters.tx } else { &counters.tx_dropped }, 1);
                         None
                     } else {
-                        let cut = segment(mem, port, &mut pending[k], frame.data(), encapsulated, &meta);
-                        flush(mem, port, &mut pending[k]);
+                        let leave = offloading[k].tx_checksum;
+                        let cut = segment(mem, port, &mut pending[k], frame.data(), encapsulated, &meta, leave);
                         match cut {
                             Ok(n) => {
                                 pipeline.counters().add_gso_segments(n as u64);
@@ -438,21 +438,40 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
 
 /// Transmit `queue` on `port`, counting what it took and what it dropped.
 fn flush<M: FrameMemory, P: Port<M>>(mem: &mut M, port: &mut P, queue: &mut ArrayVec<Packet<M::Buf>, BURST>) {
+    flush_with(mem, port, queue, None);
+}
+
+/// [`flush`], the frames' checksums at `csum` left partial for the port if given.
+fn flush_with<M: FrameMemory, P: Port<M>>(
+    mem: &mut M,
+    port: &mut P,
+    queue: &mut ArrayVec<Packet<M::Buf>, BURST>,
+    csum: Option<PartialCsum>,
+) {
     if queue.is_empty() {
         return;
     }
-    let sent = port.transmit(mem, queue).min(queue.len());
+    let sent = match csum {
+        None => port.transmit(mem, queue),
+        Some(c) => port.transmit_partial(mem, queue, c),
+    }
+    .min(queue.len());
     let c: &PortCounters = port.counters();
     bump(&c.tx, sent as u64);
     bump(&c.tx_dropped, (queue.len() - sent) as u64);
+    if csum.is_some() {
+        bump(&c.tx_partial_csum, sent as u64);
+    }
     queue.clear();
 }
 
 /// Cut a routed super-packet (`frame`: outer headers first if `encapsulated`) into
-/// buffers of `mem` queued for `port`, transmitting whenever the queue is full; or copy
-/// a frame without GSO that fits a buffer, completing its checksum. Returns the frames
-/// queued. A plan the frame fails queues nothing; running out of buffers midway has
-/// queued the first segments (the sender retransmits the rest, as after a loss).
+/// buffers of `mem` sent to `port` (after the frames already in `queue`); or copy a
+/// frame without GSO that fits a buffer, completing its checksum. With `leave_checksums`
+/// (the port completes them: [`Offloads::tx_checksum`]) the segments' TCP checksums are
+/// left partial. Returns the frames sent. A plan the frame fails sends nothing; running
+/// out of buffers midway has sent the first segments (the sender retransmits the rest,
+/// as after a loss).
 fn segment<M: FrameMemory, P: Port<M>>(
     mem: &mut M,
     port: &mut P,
@@ -460,14 +479,43 @@ fn segment<M: FrameMemory, P: Port<M>>(
     frame: &[u8],
     encapsulated: bool,
     meta: &OffloadMeta,
+    leave_checksums: bool,
+) -> Result<usize, OffloadError> {
+    let head = SEGMENT_HEAD - if encapsulated { VXLAN_OVERHEAD } else { 0 };
+    if meta.gso.is_none() {
+        let inner = if encapsulated { VXLAN_OVERHEAD } else { 0 };
+        let copied = copy_whole(mem, queue, frame, inner, meta, head).map(|()| 1);
+        flush(mem, port, queue);
+        return copied;
+    }
+    let mut plan = offload::gso::plan(&frame[if encapsulated { VXLAN_OVERHEAD } else { 0 }..], meta)?;
+    let csum = leave_checksums.then(|| {
+        // The queue's frames are complete: they go first, as they are.
+        flush(mem, port, queue);
+        plan = plan.leaving_checksums();
+        let c = plan.partial_checksum();
+        #[expect(clippy::cast_possible_truncation, reason = "outer headers are 50 bytes")]
+        PartialCsum { start: c.start + (SEGMENT_HEAD - head) as u16, offset: c.offset }
+    });
+    let cut = cut_segments(mem, port, queue, frame, encapsulated, &plan, csum);
+    flush_with(mem, port, queue, csum);
+    cut
+}
+
+/// [`segment`]'s cutting: `plan`'s segments into buffers queued on `queue`, sent
+/// whenever it is full.
+fn cut_segments<M: FrameMemory, P: Port<M>>(
+    mem: &mut M,
+    port: &mut P,
+    queue: &mut ArrayVec<Packet<M::Buf>, BURST>,
+    frame: &[u8],
+    encapsulated: bool,
+    plan: &offload::GsoPlan,
+    csum: Option<PartialCsum>,
 ) -> Result<usize, OffloadError> {
     let (outer, inner) = if encapsulated { frame.split_at(VXLAN_OVERHEAD) } else { frame.split_at(0) };
     let outer: Option<&[u8; VXLAN_OVERHEAD]> = outer.try_into().ok();
-    let head = SEGMENT_HEAD - if encapsulated { VXLAN_OVERHEAD } else { 0 };
-    if meta.gso.is_none() {
-        return copy_whole(mem, queue, frame, outer.map_or(0, |o| o.len()), meta, head).map(|()| 1);
-    }
-    let plan = offload::gso::plan(inner, meta)?;
+    let head = SEGMENT_HEAD - outer.map_or(0, |o| o.len());
     if plan.segments() > MAX_SEGMENTS {
         return Err(OffloadError::TooManySegments);
     }
@@ -477,7 +525,7 @@ fn segment<M: FrameMemory, P: Port<M>>(
     let mut first = 0;
     while first < plan.segments() {
         if queue.is_full() {
-            flush(mem, port, queue);
+            flush_with(mem, port, queue, csum);
         }
         let want = (plan.segments() - first).min(queue.remaining_capacity());
         let mut bufs: ArrayVec<M::Buf, BURST> = ArrayVec::new();

@@ -11,7 +11,7 @@ use crate::CoreCounters;
 use crate::counters::CounterSnapshot;
 use crate::driver::Driver;
 use crate::observe::Observer;
-use crate::offload::{self, Coalesced, Jumbo, OffloadMeta};
+use crate::offload::{self, Coalesced, Jumbo, OffloadMeta, PartialCsum};
 use crate::pipeline::BURST;
 use crate::port::{FrameMemory, Offloads, Packet, Port, PortCounters};
 use arrayvec::ArrayVec;
@@ -120,6 +120,9 @@ pub struct MemPort {
     rx_taken: u64,
     /// Super-packets sent whole, and merged by its coalescing transmit.
     pub tx_super: VecDeque<(Vec<u8>, OffloadMeta)>,
+    /// For each frame of `tx` sent with its checksum left partial (a port with
+    /// `tx_checksum`), where that checksum lies.
+    pub tx_partial: VecDeque<PartialCsum>,
 }
 
 impl MemPort {
@@ -142,7 +145,22 @@ impl MemPort {
             rx_super: VecDeque::new(),
             rx_taken: 0,
             tx_super: VecDeque::new(),
+            tx_partial: VecDeque::new(),
         }
+    }
+
+    /// The port's counters, shared: read them after the driver took the port.
+    #[must_use]
+    pub fn counters_handle(&self) -> Arc<PortCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// An empty port that completes partial checksums itself, as an AF_XDP socket whose
+    /// UMEM carries TX checksum requests: frames sent partial land in `tx` as they are,
+    /// their checksum's place in `tx_partial`.
+    #[must_use]
+    pub fn checksum_offloading(id: PortId) -> Self {
+        Self { offloads: Offloads { tx_checksum: true, ..Offloads::default() }, ..Self::new(id) }
     }
 
     /// An empty port that keeps offloads, as a veth read through a virtio-net header:
@@ -265,6 +283,16 @@ impl Port<MemFrames> for MemPort {
         true
     }
 
+    fn transmit_partial(&mut self, mem: &mut MemFrames, pkts: &[Packet<u32>], csum: PartialCsum) -> usize {
+        if !self.offloads.tx_checksum {
+            crate::port::complete_partial(mem, pkts, csum);
+            return self.transmit(mem, pkts);
+        }
+        let sent = self.transmit(mem, pkts);
+        self.tx_partial.extend(std::iter::repeat_n(csum, sent));
+        sent
+    }
+
     fn transmit(&mut self, mem: &mut MemFrames, pkts: &[Packet<u32>]) -> usize {
         if self.offloads.tcp_segmentation {
             return self.transmit_coalesced(mem, pkts);
@@ -352,6 +380,15 @@ impl MemDataplane {
     /// [`NoSuchPort`] for an unknown port.
     pub fn take_tx_super(&mut self, port: PortId) -> Result<Vec<(Vec<u8>, OffloadMeta)>, NoSuchPort> {
         Ok(self.port(port)?.tx_super.drain(..).collect())
+    }
+
+    /// Where the checksum of each frame `port` was sent partial lies (in `take_tx`'s
+    /// order; only a port made with [`MemPort::checksum_offloading`] keeps them partial).
+    ///
+    /// # Errors
+    /// [`NoSuchPort`] for an unknown port.
+    pub fn take_tx_partial(&mut self, port: PortId) -> Result<Vec<PartialCsum>, NoSuchPort> {
+        Ok(self.port(port)?.tx_partial.drain(..).collect())
     }
 
     /// Reserve `frames` buffers up front so later traffic allocates nothing.

@@ -7,7 +7,7 @@
 //! forwarding between two ports of that memory moves a buffer handle, never bytes.
 //! Everything is generic and monomorphised: the driver's hot path has no virtual call.
 
-use crate::offload::{Jumbo, OffloadMeta};
+use crate::offload::{Jumbo, OffloadMeta, PartialCsum, complete_checksum};
 use crate::pipeline::BURST;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -70,6 +70,10 @@ pub struct Offloads {
     /// the port receives through [`Port::receive_offloaded`], such frames going to the
     /// jumbo store without metadata.
     pub large_frames: bool,
+    /// Frames sent through [`Port::transmit_partial`] keep their partial checksums:
+    /// the medium completes them where they leave (a NIC's checksum offload, the
+    /// kernel's), so the engine cuts super-packets without summing their payloads.
+    pub tx_checksum: bool,
 }
 
 impl Offloads {
@@ -94,6 +98,9 @@ pub struct PortCounters {
     /// Frames sent here that the port first copied into its own memory (a zero-copy
     /// NIC's UMEM and the veths' are distinct: what crosses between them is copied once).
     pub tx_copied: AtomicU64,
+    /// Frames sent with a partial checksum for the medium to complete
+    /// ([`Port::transmit_partial`] on a port with `tx_checksum`).
+    pub tx_partial_csum: AtomicU64,
 }
 
 impl PortCounters {
@@ -158,6 +165,15 @@ pub trait Port<M: FrameMemory> {
     /// how many it queued (sent); the driver counts the rest as dropped.
     fn transmit(&mut self, mem: &mut M, pkts: &[Packet<M::Buf>]) -> usize;
 
+    /// [`transmit`](Self::transmit) for frames whose checksum at `csum` (from each
+    /// frame's first byte) is partial: the driver sends such frames only to a port
+    /// whose [`offloads`](Self::offloads) include `tx_checksum`. This default completes
+    /// them first, so a port that promises nothing still sends only complete frames.
+    fn transmit_partial(&mut self, mem: &mut M, pkts: &[Packet<M::Buf>], csum: PartialCsum) -> usize {
+        complete_partial(mem, pkts, csum);
+        self.transmit(mem, pkts)
+    }
+
     /// Between polling passes: take back completed buffers, restock receive rings.
     fn service(&mut self, _mem: &mut M) {}
 
@@ -183,6 +199,18 @@ pub trait Port<M: FrameMemory> {
 
     /// Refresh statistics the medium keeps itself (about once a second).
     fn refresh_stats(&self) {}
+}
+
+/// Complete the partial checksum at `csum` of each of `pkts` (held by the caller) in
+/// place. A frame too short for it is left alone (the receiver drops it as corrupt;
+/// the driver never makes one).
+pub fn complete_partial<M: FrameMemory>(mem: &mut M, pkts: &[Packet<M::Buf>], csum: PartialCsum) {
+    let meta = OffloadMeta { csum: Some(csum), ..OffloadMeta::default() };
+    for p in pkts {
+        mem.with_buffers(&[p.buf], |b| {
+            let _ = complete_checksum(&mut b[0][p.head as usize..(p.head + p.len) as usize], &meta);
+        });
+    }
 }
 
 /// Implement [`Port`] for an enum whose every variant holds one port kind over the same
@@ -223,6 +251,15 @@ macro_rules! port_enum {
                 pkts: &[$crate::Packet<<$mem as $crate::FrameMemory>::Buf>],
             ) -> usize {
                 match self { $(Self::$variant(p) => $crate::Port::<$mem>::transmit(p, mem, pkts),)+ }
+            }
+
+            fn transmit_partial(
+                &mut self,
+                mem: &mut $mem,
+                pkts: &[$crate::Packet<<$mem as $crate::FrameMemory>::Buf>],
+                csum: $crate::offload::PartialCsum,
+            ) -> usize {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::transmit_partial(p, mem, pkts, csum),)+ }
             }
 
             fn receive_offloaded(

@@ -5,13 +5,14 @@
 //! offloading pods and, encapsulated, to an uplink that has the kernel cut them, in arrival order with ordinary frames, refusals counted.
 
 use proptest::prelude::*;
+use std::sync::atomic::Ordering::Relaxed;
 use xlane_engine::DropReason;
 use xlane_engine::OffloadMeta;
 use xlane_engine::fixtures::fixture;
 use xlane_engine::mem::MemDataplane;
 use xlane_engine::mem::MemPort;
 use xlane_engine::offload::build::TcpSuper;
-use xlane_engine::offload::{GsoKind, OffloadError, push_outer, write_datagrams};
+use xlane_engine::offload::{GsoKind, OffloadError, complete_checksum, push_outer, write_datagrams};
 use xlane_engine::testbed::{self, UPLINK};
 use xlane_fib::{FibHandle, PortId};
 use xlane_wire::{Ipv4Packet, TcpPacket, UdpPacket, VXLAN_OVERHEAD};
@@ -211,6 +212,39 @@ fn towards_a_pod_without_offloads_a_super_packet_is_cut_and_completed() {
     assert_eq!(got, data);
     assert_eq!(dp.counters().gso_segments, 10);
     assert_eq!(dp.buffers_owned(), 128);
+}
+
+/// To a port that completes checksums itself (an AF_XDP uplink whose UMEM carries TX
+/// checksum requests), segments leave with their TCP checksums partial, each frame
+/// naming where: completing them there gives the segments the engine would have made.
+#[test]
+fn to_a_port_that_completes_checksums_segments_leave_partial() {
+    let data = payload(50_000, 9);
+    let (frame, meta) = TcpSuper::new(data.clone(), 1398).build();
+    let run = |port: MemPort| {
+        let (mut a, _) = testbed::two_nodes_with(1, BUFFERS, &[POD]);
+        let counters = port.counters_handle();
+        a.serve(port);
+        a.inject_super(POD, &frame, meta).unwrap();
+        a.run_until_idle();
+        assert!(a.counters().conserved());
+        (a.take_tx(UPLINK).unwrap(), a.take_tx_partial(UPLINK).unwrap(), counters)
+    };
+    let (complete, none, plain) = run(MemPort::new(UPLINK));
+    let (mut partial, csums, offloading) = run(MemPort::checksum_offloading(UPLINK));
+    assert!(none.is_empty());
+    assert_eq!(plain.tx_partial_csum.load(Relaxed), 0);
+    assert_eq!(partial.len(), 50_000usize.div_ceil(1398));
+    assert_eq!(csums.len(), partial.len(), "every segment left partial");
+    assert_eq!(offloading.tx_partial_csum.load(Relaxed), partial.len() as u64);
+    for ((seg, c), whole) in partial.iter_mut().zip(&csums).zip(&complete) {
+        // Outer headers (50 bytes), inner Ethernet and IPv4 (34): the inner TCP header.
+        assert_eq!((c.start, c.offset), (50 + 34, 16));
+        assert_ne!(seg, whole, "the payload was not summed");
+        let meta = OffloadMeta { csum: Some(*c), ..OffloadMeta::default() };
+        complete_checksum(seg, &meta).unwrap();
+        assert_eq!(seg, whole, "completed where it leaves, the same segment");
+    }
 }
 
 #[test]

@@ -192,6 +192,27 @@ proptest! {
             prop_assert_eq!(segment(bytes, meta, &mut bufs2), segs);
         }
     }
+
+    /// Left partial for the port (AF_XDP TX checksum requests), each segment is the
+    /// complete one once its checksum is completed where the plan says.
+    #[test]
+    fn segments_left_partial_complete_to_the_same_bytes(sp in super_packets()) {
+        let (frame, meta) = sp.build();
+        let n = sp.payload.len().div_ceil(usize::from(sp.mss));
+        let mut bufs = vec![vec![0u8; HEADROOM + 9000 + 200]; n];
+        let complete = segment(&frame, &meta, &mut bufs);
+        let plan = gso::plan(&frame, &meta).unwrap().leaving_checksums();
+        let c = plan.partial_checksum();
+        prop_assert_eq!((usize::from(c.start), c.offset), (14 + 20 + sp.ip_options.len(), 16));
+        let mut out: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        plan.write(&frame, HEADROOM, &mut out).unwrap();
+        let partial = OffloadMeta { csum: Some(c), ..OffloadMeta::default() };
+        for (i, want) in complete.iter().enumerate() {
+            let seg = &mut bufs[i][HEADROOM..HEADROOM + plan.segment_len(i)];
+            complete_checksum(seg, &partial).unwrap();
+            prop_assert_eq!(&seg[..], &want[..], "segment {}", i);
+        }
+    }
 }
 
 /// A valid super-packet with up to eight bytes overwritten anywhere, and its length cut.

@@ -8,12 +8,12 @@
 use crate::attach::XdpAttachment;
 use crate::udp_gso::UdpGsoSender;
 use crate::xsk::handover::SocketHandover;
-use crate::xsk::{BindMode, PreparedSocket, SocketStats, Umem, UmemId, Umems, XskError, XskPort};
+use crate::xsk::{BindMode, PreparedSocket, SocketStats, TxChecksum, Umem, UmemId, Umems, XskError, XskPort};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use xlane_engine::offload::{Jumbo, OffloadMeta};
+use xlane_engine::offload::{Jumbo, OffloadMeta, PartialCsum};
 use xlane_engine::{BURST, Offloads, Packet, Port, PortCounters, bump};
 use xlane_fib::PortId;
 
@@ -97,6 +97,8 @@ pub struct XdpPort {
     kernel: Arc<KernelStats>,
     /// On an uplink: sends encapsulated super-packets through the host's stack.
     udp_gso: Option<Box<UdpGsoSender>>,
+    /// The checksum requests its UMEM carries (frames may be sent partial).
+    tx_checksum: TxChecksum,
 }
 
 /// An [`XdpPort`] on its way to another process.
@@ -158,6 +160,7 @@ impl XdpPort {
     fn serve(umems: &mut Umems, umem_id: UmemId, mut xsk: XskPort, spec: QueueSpec) -> Result<Self, OpenError> {
         let QueueSpec { id, attach, fill_target, counters, kernel } = spec;
         let umem = umems.get_mut(umem_id);
+        let tx_checksum = umem.tx_checksum();
         // A socket taken over from another process comes with its ring stocked.
         let missing = fill_target.saturating_sub(Umem::fill_level(&xsk));
         umem.refill(&mut xsk, missing, 0);
@@ -176,6 +179,7 @@ impl XdpPort {
             counters,
             kernel,
             udp_gso: None,
+            tx_checksum,
         })
     }
 
@@ -229,19 +233,54 @@ impl XdpPort {
 
     /// Transmit packets of this port's UMEM (addresses in it): as many as the TX ring
     /// takes after one drain, the rest released. Returns how many were queued.
-    fn transmit_own(&mut self, umem: &mut Umem, pkts: &[Packet<u64>]) -> usize {
-        let mut sent = umem.transmit(&mut self.xsk, pkts);
+    fn transmit_own(&mut self, umem: &mut Umem, pkts: &[Packet<u64>], csum: Option<PartialCsum>) -> usize {
+        let put = |umem: &mut Umem, xsk: &mut XskPort, pkts: &[Packet<u64>]| match csum {
+            None => umem.transmit(xsk, pkts),
+            Some(c) => umem.transmit_partial(xsk, pkts, c),
+        };
+        let mut sent = put(umem, &mut self.xsk, pkts);
         if sent < pkts.len() {
             // Ring full: let the kernel drain it, take back completed frames, retry.
             self.xsk.flush_tx(TX_FLUSH_WAKEUPS);
             umem.reap_completions(&mut self.xsk);
-            sent += umem.transmit(&mut self.xsk, &pkts[sent..]);
+            sent += put(umem, &mut self.xsk, &pkts[sent..]);
         }
         for p in &pkts[sent..] {
             umem.release(p.buf);
         }
         self.xsk.flush_tx(TX_FLUSH_WAKEUPS);
         sent
+    }
+
+    /// Transmit `pkts` (their checksums at `csum` partial, if given): frames of another
+    /// UMEM copied into this port's first.
+    fn transmit_with(&mut self, umems: &mut Umems, pkts: &[Packet<u64>], csum: Option<PartialCsum>) -> usize {
+        let id = self.umem;
+        // Frames of the shared UMEM to a socket in it (every port but a zero-copy
+        // uplink's): by descriptor, as they are.
+        if id.is_shared() && pkts.iter().all(|p| UmemId::of(p.buf).is_shared()) {
+            return self.transmit_own(umems.get_mut(id), pkts, csum);
+        }
+        // Otherwise frames of another UMEM are copied into this one first, in order; a
+        // frame this UMEM has no room for is dropped (counted by the driver).
+        assert!(pkts.len() <= BURST, "bursts are at most {BURST} frames");
+        let mut own = [Packet::default(); BURST];
+        let (mut n, mut copied) = (0, 0);
+        for p in pkts {
+            let q = if UmemId::of(p.buf) == id {
+                Some(*p)
+            } else {
+                let q = umems.copy_into(*p, id);
+                copied += u64::from(q.is_some());
+                q
+            };
+            if let Some(q) = q {
+                own[n] = Packet { buf: UmemId::address(q.buf), ..q };
+                n += 1;
+            }
+        }
+        bump(&self.counters.tx_copied, copied);
+        self.transmit_own(umems.get_mut(id), &own[..n], csum)
     }
 
     /// After a receive took frames: give the kernel new ones at once (a fill ring left
@@ -267,6 +306,12 @@ impl XdpPort {
         if by > 0 && umem.grow_fill(by as usize) {
             self.fill_target += by;
         }
+    }
+
+    /// The checksum requests its UMEM carries: frames may be sent to it partial.
+    #[must_use]
+    pub fn tx_checksum(&self) -> TxChecksum {
+        self.tx_checksum
     }
 
     /// Frames the fill ring is kept at now (grown from the first target under bursts).
@@ -327,6 +372,7 @@ impl Port<Umems> for XdpPort {
             // (the uplink's) hands them packets of several buffers, so a pod's port
             // keeps the plain receive.
             large_frames: !self.xsk.zero_copy() && self.attach.multi_buffer(),
+            tx_checksum: self.tx_checksum != TxChecksum::Off,
             ..Offloads::default()
         }
     }
@@ -358,32 +404,11 @@ impl Port<Umems> for XdpPort {
     }
 
     fn transmit(&mut self, umems: &mut Umems, pkts: &[Packet<u64>]) -> usize {
-        let id = self.umem;
-        // Frames of the shared UMEM to a socket in it (every port but a zero-copy
-        // uplink's): by descriptor, as they are.
-        if id.is_shared() && pkts.iter().all(|p| UmemId::of(p.buf).is_shared()) {
-            return self.transmit_own(umems.get_mut(id), pkts);
-        }
-        // Otherwise frames of another UMEM are copied into this one first, in order; a
-        // frame this UMEM has no room for is dropped (counted by the driver).
-        assert!(pkts.len() <= BURST, "bursts are at most {BURST} frames");
-        let mut own = [Packet::default(); BURST];
-        let (mut n, mut copied) = (0, 0);
-        for p in pkts {
-            let q = if UmemId::of(p.buf) == id {
-                Some(*p)
-            } else {
-                let q = umems.copy_into(*p, id);
-                copied += u64::from(q.is_some());
-                q
-            };
-            if let Some(q) = q {
-                own[n] = Packet { buf: UmemId::address(q.buf), ..q };
-                n += 1;
-            }
-        }
-        bump(&self.counters.tx_copied, copied);
-        self.transmit_own(umems.get_mut(id), &own[..n])
+        self.transmit_with(umems, pkts, None)
+    }
+
+    fn transmit_partial(&mut self, umems: &mut Umems, pkts: &[Packet<u64>], csum: PartialCsum) -> usize {
+        self.transmit_with(umems, pkts, Some(csum))
     }
 
     fn service(&mut self, umems: &mut Umems) {

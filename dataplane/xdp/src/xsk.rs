@@ -19,6 +19,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
+use xlane_engine::offload::{OffloadMeta, PartialCsum, complete_checksum};
 use xlane_engine::{FrameMemory, Packet};
 
 mod closer;
@@ -69,11 +70,54 @@ pub struct UmemSettings {
     /// (`XDP_MAX_TX_SKB_BUDGET`, where the kernel has it): one `sendto` per burst
     /// instead of one per 32 frames.
     pub raise_tx_budget: bool,
+    /// Checksum requests on transmit: asked for here, and after [`Umem::new`] what the
+    /// kernel granted (a kernel without them registers the UMEM without).
+    #[serde(default)]
+    pub tx_checksum: TxChecksum,
 }
 
 impl Default for UmemSettings {
     fn default() -> Self {
-        Self { frame_size: 2048, frames: 16_384, fill_ring: 2048, rx_tx_ring: 2048, raise_tx_budget: true }
+        Self {
+            frame_size: 2048,
+            frames: 16_384,
+            fill_ring: 2048,
+            rx_tx_ring: 2048,
+            raise_tx_budget: true,
+            tx_checksum: TxChecksum::Off,
+        }
+    }
+}
+
+/// Checksum requests on AF_XDP transmit (`XDP_TXMD_FLAGS_CHECKSUM`, Linux 6.8+): a
+/// frame's checksum left partial by the engine, completed where the frame leaves.
+/// Frames are sent with 16 bytes of metadata before them (`tx_metadata_len`), which
+/// the 256-byte headroom every xlane frame has leaves room for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TxChecksum {
+    /// No requests: every frame is sent complete.
+    #[default]
+    Off,
+    /// Requests for the device: a driver that offers them (netdev `xsk-features`
+    /// tx-checksum) completes the checksum in zero-copy mode; in copy mode the kernel
+    /// hands the device a partial-checksum packet (its checksum offload, or the stack's
+    /// software fallback, completes it).
+    Device,
+    /// Requests the kernel completes in software as it copies the frame
+    /// (`XDP_UMEM_TX_SW_CSUM`, copy mode): for veth labs, whose peer would otherwise
+    /// receive the checksum unfinished (an AF_XDP socket there would see it wrong).
+    Software,
+}
+
+impl TxChecksum {
+    /// `(flags, tx_metadata_len)` of a UMEM registration that grants it.
+    fn registration(self) -> (u32, u32) {
+        match self {
+            Self::Off => (0, 0),
+            Self::Device => (kernel::XDP_UMEM_TX_METADATA_LEN, kernel::TX_METADATA_LEN),
+            Self::Software => (kernel::XDP_UMEM_TX_METADATA_LEN | kernel::XDP_UMEM_TX_SW_CSUM, kernel::TX_METADATA_LEN),
+        }
     }
 }
 
@@ -132,14 +176,27 @@ pub enum XskError {
     },
 }
 
-/// A new socket with `area` registered as its UMEM.
-fn register(area: &Area, settings: &UmemSettings) -> Result<Arc<OwnedFd>, XskError> {
+/// A new socket with `area` registered as its UMEM, with the checksum requests
+/// `settings` asks for if the kernel grants them (else without: what it granted is
+/// returned).
+fn register(area: &Area, settings: &UmemSettings) -> Result<(Arc<OwnedFd>, TxChecksum), XskError> {
     let fail = |source| XskError::Socket { step: "UMEM registration", ifname: String::new(), queue: 0, source };
-    let fd = kernel::socket().map_err(fail)?;
-    // The kernel pins the area's pages for as long as the registration lives; `Umem`
-    // drops the socket before unmapping the area (field order).
-    kernel::register_umem(fd.as_fd(), area.ptr, area.len, settings.frame_size, 0, 0).map_err(fail)?;
-    Ok(Arc::new(fd))
+    let mut granted = settings.tx_checksum;
+    loop {
+        let fd = kernel::socket().map_err(fail)?;
+        let (flags, metadata) = granted.registration();
+        // The kernel pins the area's pages for as long as the registration lives; `Umem`
+        // drops the socket before unmapping the area (field order).
+        match kernel::register_umem(fd.as_fd(), area.ptr, area.len, settings.frame_size, flags, metadata) {
+            Ok(()) => return Ok((Arc::new(fd), granted)),
+            // A kernel before 6.8 (no metadata) or 6.11 (no software completion)
+            // refuses the flags: the engine completes checksums itself.
+            Err(e) if granted != TxChecksum::Off && e.raw_os_error() == Some(libc::EINVAL) => {
+                granted = TxChecksum::Off;
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
 }
 
 /// Memory for frames: a memfd mapped shared, unmapped on drop. A memfd rather than an
@@ -251,8 +308,8 @@ impl Umem {
     pub fn new(settings: UmemSettings) -> Result<Self, XskError> {
         let bytes = settings.check()?;
         let area = Area::new(bytes).map_err(|source| XskError::Mmap { bytes, source })?;
-        let fd = register(&area, &settings)?;
-        Ok(Self::from_parts(settings, area, fd))
+        let (fd, tx_checksum) = register(&area, &settings)?;
+        Ok(Self::from_parts(UmemSettings { tx_checksum, ..settings }, area, fd))
     }
 
     /// A UMEM on `area`, registered as `fd`, every frame free.
@@ -313,8 +370,14 @@ impl Umem {
     /// A new registration of the same area (after a failed first bind, which left rings
     /// configured on the old one). No port uses the old registration: none is bound.
     fn reregister(&mut self) -> Result<(), XskError> {
-        self.fd = register(&self.area, &self.settings)?;
+        (self.fd, self.settings.tx_checksum) = register(&self.area, &self.settings)?;
         Ok(())
+    }
+
+    /// The checksum requests its frames may carry on transmit (what the kernel granted).
+    #[must_use]
+    pub fn tx_checksum(&self) -> TxChecksum {
+        self.settings.tx_checksum
     }
 
     /// Frame size in bytes.
@@ -537,15 +600,45 @@ impl Umem {
     /// Queue application-owned packets for transmission on `port`. Returns how many were
     /// queued, in order; the caller must [`release`](Self::release) the rest.
     pub fn transmit(&mut self, port: &mut XskPort, pkts: &[Packet<u64>]) -> usize {
+        self.transmit_with(port, pkts, None)
+    }
+
+    /// [`transmit`](Self::transmit) packets whose checksum at `csum` is partial: with a
+    /// checksum request each if the UMEM has them ([`tx_checksum`](Self::tx_checksum)),
+    /// completed here first otherwise.
+    pub fn transmit_partial(&mut self, port: &mut XskPort, pkts: &[Packet<u64>], csum: PartialCsum) -> usize {
+        if self.settings.tx_checksum == TxChecksum::Off {
+            let meta = OffloadMeta { csum: Some(csum), ..OffloadMeta::default() };
+            for p in pkts {
+                // A frame too short for it goes out as it is; the receiver drops it.
+                let _ = self.with_packet(p, |b| complete_checksum(b, &meta));
+            }
+            return self.transmit_with(port, pkts, None);
+        }
+        self.transmit_with(port, pkts, Some(csum))
+    }
+
+    fn transmit_with(&mut self, port: &mut XskPort, pkts: &[Packet<u64>], csum: Option<PartialCsum>) -> usize {
         let mut queued: u32 = 0;
         let room = port.rings.tx.free(u32::try_from(pkts.len()).unwrap_or(u32::MAX));
+        // With metadata registered the kernel wants its room before every packet.
+        let meta_room = if self.settings.tx_checksum == TxChecksum::Off { 0 } else { kernel::TX_METADATA_LEN };
         for p in &pkts[..room as usize] {
             let Some(i) = self.index(p.buf) else { break };
-            if self.owner[i] != Owner::App || p.head.checked_add(p.len).is_none_or(|end| end > self.settings.frame_size)
+            if self.owner[i] != Owner::App
+                || p.head < meta_room
+                || p.head.checked_add(p.len).is_none_or(|end| end > self.settings.frame_size)
             {
                 break;
             }
-            port.rings.tx.write(queued, Desc { addr: self.base(p.buf) + u64::from(p.head), len: p.len, options: 0 });
+            let options = match csum {
+                Some(c) => {
+                    self.write_tx_metadata(i, p.head, c);
+                    kernel::XDP_TX_METADATA
+                }
+                None => 0,
+            };
+            port.rings.tx.write(queued, Desc { addr: self.base(p.buf) + u64::from(p.head), len: p.len, options });
             self.owner[i] = Owner::Tx;
             self.holder[i] = port.token;
             queued += 1;
@@ -553,6 +646,22 @@ impl Umem {
         port.rings.tx.submit(queued);
         port.in_tx += queued;
         queued as usize
+    }
+
+    /// Write frame `i`'s checksum request (`struct xsk_tx_metadata`: flags, then
+    /// `csum_start` and `csum_offset` from the packet's first byte) in the 16 bytes before
+    /// its packet at `head` (≥ 16, checked by the caller).
+    fn write_tx_metadata(&mut self, i: usize, head: u32, csum: PartialCsum) {
+        let mut meta = [0u8; kernel::TX_METADATA_LEN as usize];
+        meta[..8].copy_from_slice(&kernel::XDP_TXMD_FLAGS_CHECKSUM.to_ne_bytes());
+        meta[8..10].copy_from_slice(&csum.start.to_ne_bytes());
+        meta[10..12].copy_from_slice(&csum.offset.to_ne_bytes());
+        let at = i * self.settings.frame_size as usize + head as usize - meta.len();
+        // SAFETY: frame i lies inside the mapped area (the caller found it by `index`)
+        // and is the application's (checked by the caller): no kernel ring holds it and
+        // no slice of it is lent (lending borrows `self`), so nothing else touches these
+        // bytes; `head` ≥ 16 keeps the write inside frame i.
+        unsafe { std::ptr::copy_nonoverlapping(meta.as_ptr(), self.area.ptr.as_ptr().add(at), meta.len()) };
     }
 
     /// Return an application-owned frame (any address inside it) to the free list.

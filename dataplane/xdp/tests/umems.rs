@@ -8,7 +8,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashSet;
 use xlane_engine::{FrameMemory, Packet};
-use xlane_xdp::xsk::{Umem, UmemId, UmemSettings, Umems};
+use xlane_xdp::xsk::{TxChecksum, Umem, UmemId, UmemSettings, Umems};
 
 const SHARED_FRAMES: u32 = 256;
 const OWN_FRAMES: u32 = 128;
@@ -49,7 +49,7 @@ fn frames_accounted(umems: &Umems, own: UmemId, held: &[Held]) {
 fn run(seed: u64, steps: u32) -> u64 {
     let settings = UmemSettings { frames: SHARED_FRAMES, fill_ring: 64, rx_tx_ring: 64, ..UmemSettings::default() };
     let mut umems = Umems::new(Umem::new(settings).unwrap());
-    let own = umems.add(OWN_FRAMES).unwrap();
+    let own = umems.add(OWN_FRAMES, TxChecksum::Off).unwrap();
     assert!(!own.is_shared() && umems.len() == 2);
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut held: Vec<Held> = Vec::new();

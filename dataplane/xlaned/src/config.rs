@@ -44,6 +44,20 @@ pub enum UplinkUmemArg {
     Own,
 }
 
+/// AF_XDP transmit checksum requests (`XDP_TXMD_FLAGS_CHECKSUM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XskTxChecksumArg {
+    /// Where the uplink's driver offers them to its zero-copy sockets (netdev
+    /// xsk-features tx-checksum): that UMEM's frames leave their checksums to the NIC.
+    Auto,
+    /// Nowhere: the engine completes every checksum itself.
+    Off,
+    /// On every UMEM, completed by the kernel in software as it copies each frame
+    /// (copy mode; for veth labs and tests of the path).
+    Software,
+}
+
 /// xlaned: the xlane dataplane daemon.
 ///
 /// Serves the uplink (VXLAN to the local VTEP, through an XDP pinhole: everything else
@@ -117,6 +131,12 @@ pub struct Args {
     /// uplink, one buffer each, rather than cut into AF_XDP frames [default: true].
     #[arg(long, env = "XLANE_UPLINK_UDP_GSO", num_args = 0..=1, default_missing_value = "true")]
     pub uplink_udp_gso: Option<bool>,
+    /// AF_XDP transmit checksum requests: "auto" where the uplink's driver completes
+    /// them (its zero-copy UMEM), "software" on every UMEM with the kernel completing
+    /// them (veth labs), "off" [default: auto]. Frames the engine segments for such a
+    /// port leave their TCP checksums partial.
+    #[arg(long, env = "XLANE_XSK_TX_CHECKSUM", value_enum)]
+    pub xsk_tx_checksum: Option<XskTxChecksumArg>,
     /// Take over from the xlaned running with the same runtime directory without
     /// losing a frame (a hitless upgrade): its sockets, UMEMs, XDP programs and state
     /// (vhost-user guests stay connected) pass to this process, and it exits. Where it
@@ -170,6 +190,8 @@ pub struct Config {
     pub vtep: Option<xlane_api::Vtep>,
     /// Super-packets to other nodes through UDP GSO sockets.
     pub uplink_udp_gso: bool,
+    /// AF_XDP transmit checksum requests.
+    pub xsk_tx_checksum: XskTxChecksumArg,
     /// Take over from a running xlaned.
     pub takeover: bool,
     /// The handover protocol version spoken.
@@ -241,6 +263,7 @@ impl Config {
             umem_frames: args.umem_frames.unwrap_or(40_960),
             vtep,
             uplink_udp_gso: args.uplink_udp_gso.unwrap_or(true),
+            xsk_tx_checksum: args.xsk_tx_checksum.unwrap_or(XskTxChecksumArg::Auto),
             takeover,
             handover_version: handover_version.unwrap_or(crate::handover::VERSION),
         })

@@ -306,5 +306,5 @@ fn open_wires(
             node: node.clone(),
         }));
     }
-    Ok(Bound { zero_copy: false, own_umem: spec.placement == Placement::Own })
+    Ok(Bound { zero_copy: false, own_umem: spec.placement == Placement::Own, ..Bound::default() })
 }

@@ -26,7 +26,7 @@ use xlane_xdp::packet::{PacketPort, PacketStats};
 use xlane_xdp::port::{KernelStats, OpenError, PortHandover, QueueSpec, XdpPort};
 use xlane_xdp::programs::PodFilter;
 use xlane_xdp::udp_gso::{UdpGsoSender, UdpGsoStats};
-use xlane_xdp::xsk::{BindMode, PreparedSocket, UmemId, Umems};
+use xlane_xdp::xsk::{BindMode, PreparedSocket, TxChecksum, UmemId, Umems};
 
 /// What one worker opens of an interface: its share of the queues, as port `id`.
 #[derive(Debug)]
@@ -52,6 +52,8 @@ pub struct OpenSpec<A> {
     pub udp_gso: Option<Arc<UdpGsoStats>>,
     /// Which of the worker's UMEMs the sockets go in.
     pub placement: Placement,
+    /// The checksum requests a UMEM of their own asks for.
+    pub own_tx_checksum: TxChecksum,
 }
 
 /// Which of a worker's UMEMs an interface's sockets go in.
@@ -74,6 +76,8 @@ pub struct Bound {
     pub zero_copy: bool,
     /// In a UMEM of their own.
     pub own_umem: bool,
+    /// The checksum requests their UMEM carries.
+    pub tx_checksum: TxChecksum,
 }
 
 /// What one worker opens of a pod veth read through AF_PACKET: its socket in the
@@ -480,7 +484,7 @@ fn open_in_own_umem(
     let per_queue = spec.fill_target + d.mem().shared().settings().rx_tx_ring;
     let frames = u32::try_from(XdpPort::frames_for(0, per_queue, spec.queues.len()))
         .map_err(|_| format!("{}: own UMEM: too many frames", spec.ifname))?;
-    let id = d.mem_mut().add(frames).map_err(|e| format!("{}: own UMEM: {e}", spec.ifname))?;
+    let id = d.mem_mut().add(frames, spec.own_tx_checksum).map_err(|e| format!("{}: own UMEM: {e}", spec.ifname))?;
     let opened = open_queues(spec, id, bind, d);
     if opened.is_err() {
         d.mem_mut().remove_if_unused(id);
@@ -549,6 +553,10 @@ fn add_xdp_ports(
     d: &mut Driver<Umems, NodePort>,
 ) -> Bound {
     let zero_copy = opened.first().is_some_and(|p| p.socket().zero_copy());
+    let tx_checksum = opened.first().map_or(TxChecksum::Off, XdpPort::tx_checksum);
+    if own_umem && tx_checksum != spec.own_tx_checksum {
+        tracing::warn!(ifname = %spec.ifname, asked = ?spec.own_tx_checksum, "the kernel refused AF_XDP checksum requests; the engine completes checksums");
+    }
     if let (Some(stats), Some(first)) = (spec.udp_gso, opened.first_mut()) {
         // Without them the engine cuts super-packets into frames itself: slower, not wrong.
         match UdpGsoSender::open(&spec.ifname, stats) {
@@ -561,5 +569,5 @@ fn add_xdp_ports(
     for p in opened {
         d.add_port(NodePort::Xdp(p));
     }
-    Bound { zero_copy, own_umem }
+    Bound { zero_copy, own_umem, tx_checksum }
 }

@@ -10,6 +10,7 @@
 //! first, then the workers close it; its id is not reused until they have. The uplink
 //! and host port are opened at start-up and wait for the workers.
 
+use crate::config::XskTxChecksumArg;
 use crate::host::{Bound, Hold, Host, OpenJob, OpenSpec, OpenStep, PacketSpec, Placement};
 use crate::state::{Failure, State, Ticket, failed, invalid};
 use crate::worker::WorkerHandle;
@@ -30,6 +31,7 @@ use xlane_xdp::packet::PacketStats;
 use xlane_xdp::port::KernelStats;
 use xlane_xdp::programs::PodFilter;
 use xlane_xdp::udp_gso::UdpGsoStats;
+use xlane_xdp::xsk::TxChecksum;
 
 /// The gateway MAC VM-based pods see (answering their ARP, source of frames to them):
 /// there is no host-side interface to take one from. Locally administered, unicast,
@@ -67,6 +69,8 @@ pub(crate) enum PortKind<A> {
         zero_copy: bool,
         /// In a UMEM of their own (not the one the veths share).
         own_umem: bool,
+        /// The checksum requests its UMEM carries (on the workers that bound it).
+        tx_checksum: TxChecksum,
         /// The kernel's socket statistics, one per worker.
         kernel: Vec<Arc<KernelStats>>,
         /// The uplink's UDP GSO senders' counters, one per worker (none elsewhere).
@@ -126,9 +130,15 @@ impl<A> Port<A> {
         let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| self.kernel().iter().map(|k| f(&k.get())).sum();
         let (mut packet, mut udp_gso_info, mut umem) = (None, None, None);
         let (queues, xdp_mode, zero_copy, vhost_user) = match &self.kind {
-            PortKind::Xdp { attach, queues, zero_copy, own_umem, udp_gso, .. } => {
+            PortKind::Xdp { attach, queues, zero_copy, own_umem, tx_checksum, udp_gso, .. } => {
                 let copied_in = self.counters.iter().map(|c| c.tx_copied.load(Relaxed)).sum();
-                umem = Some(UmemInfo { own: *own_umem, copied_in });
+                let partial_csum = self.counters.iter().map(|c| c.tx_partial_csum.load(Relaxed)).sum();
+                let tx_checksum = match tx_checksum {
+                    TxChecksum::Off => None,
+                    TxChecksum::Device => Some("device".to_owned()),
+                    TxChecksum::Software => Some("software".to_owned()),
+                };
+                umem = Some(UmemInfo { own: *own_umem, copied_in, tx_checksum, partial_csum });
                 if !udp_gso.is_empty() {
                     let mut sum = UdpGsoInfo::default();
                     for s in udp_gso {
@@ -270,11 +280,10 @@ impl<H: Host> State<H> {
         let name = format!("xlane_{}", role.name());
         let max_queue = queues.iter().max().copied().unwrap_or(0) + 1;
         let attach = Arc::new(self.host.attach(&link, &name, max_queue, program).map_err(failed)?);
-        if role == Role::Uplink
-            && let Some(f) = self.host.xdp_features(&link)
-        {
-            // Zero-copy binds where the driver offers it (--bind auto); TX checksum
-            // metadata is not used yet: xlane completes checksums itself.
+        let features = if role == Role::Uplink { self.host.xdp_features(&link) } else { None };
+        if let Some(f) = features {
+            // Zero-copy binds where the driver offers it (--bind auto), and so do
+            // checksum requests (--xsk-tx-checksum auto) in the UMEM it then gets.
             tracing::info!(
                 ifname,
                 zero_copy = f.zero_copy(),
@@ -283,6 +292,11 @@ impl<H: Host> State<H> {
                 "uplink driver's AF_XDP features"
             );
         }
+        let own_tx_checksum = match self.cfg.xsk_tx_checksum {
+            XskTxChecksumArg::Software => TxChecksum::Software,
+            XskTxChecksumArg::Auto if features.is_some_and(|f| f.tx_checksum()) => TxChecksum::Device,
+            XskTxChecksumArg::Auto | XskTxChecksumArg::Off => TxChecksum::Off,
+        };
         let fill_target = if role == Role::Uplink { self.cfg.uplink_fill } else { self.cfg.pod_fill };
         let (mut counters, mut kernel, mut udp_gso) = (Vec::new(), Vec::new(), Vec::new());
         let abandon = Arc::new(AtomicBool::new(false));
@@ -299,6 +313,7 @@ impl<H: Host> State<H> {
                 kernel: Arc::new(KernelStats::default()),
                 udp_gso: (role == Role::Uplink && self.cfg.uplink_udp_gso && !transmits_only).then(Arc::default),
                 placement: if role == Role::Uplink { self.cfg.uplink_umem } else { Placement::Shared },
+                own_tx_checksum,
             };
             counters.push(Arc::clone(&spec.counters));
             kernel.push(Arc::clone(&spec.kernel));
@@ -307,7 +322,15 @@ impl<H: Host> State<H> {
         }
         let queues = queues.len();
         let n = u32::try_from(queues).unwrap_or(u32::MAX);
-        let kind = PortKind::Xdp { attach, queues: n, zero_copy: false, own_umem: false, kernel, udp_gso };
+        let kind = PortKind::Xdp {
+            attach,
+            queues: n,
+            zero_copy: false,
+            own_umem: false,
+            tx_checksum: TxChecksum::Off,
+            kernel,
+            udp_gso,
+        };
         Ok(Opening { kind, counters, queues, abandon })
     }
 
@@ -754,8 +777,11 @@ fn detach<H: Host>(kind: &PortKind<H::Attachment>) {
 }
 
 fn set_bound<A>(kind: &mut PortKind<A>, bound: Bound) {
-    if let PortKind::Xdp { zero_copy, own_umem, .. } = kind {
+    if let PortKind::Xdp { zero_copy, own_umem, tx_checksum, .. } = kind {
         *zero_copy |= bound.zero_copy;
         *own_umem |= bound.own_umem;
+        if bound.tx_checksum != TxChecksum::Off {
+            *tx_checksum = bound.tx_checksum;
+        }
     }
 }

@@ -63,6 +63,8 @@ pub struct ControlConfig {
     /// Send TCP super-packets bound for other nodes through UDP GSO sockets on the
     /// uplink (else the engine cuts them into AF_XDP frames).
     pub uplink_udp_gso: bool,
+    /// AF_XDP transmit checksum requests (`--xsk-tx-checksum`).
+    pub xsk_tx_checksum: crate::config::XskTxChecksumArg,
     /// Which UMEM the uplink's sockets go in on each worker.
     pub uplink_umem: crate::host::Placement,
 }

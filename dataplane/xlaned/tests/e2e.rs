@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use xlane_api::{Change, Counters, EndpointSpec, ErrorCode, Mac, Op, Reply, Table, Vtep};
 use xlane_netlab::{Lab, Netns, privileged};
@@ -85,16 +84,7 @@ fn pods_nodes_and_the_pinhole_in(layout: Layout, test: &str, prefix: &str) {
     layout.check(&daemons);
 
     // xlanectl shows live counters, as a table and as JSON.
-    let ctl = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_xlanectl"))
-            .arg("--socket")
-            .arg(&daemons[0].socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "xlanectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let ctl = |args: &[&str]| daemons[0].ctl(args);
     let table = ctl(&["counters"]);
     assert!(
         table.contains("spoofed_source") && table.contains(&p0.host_if) && table.contains("encapsulated"),

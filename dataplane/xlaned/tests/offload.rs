@@ -114,12 +114,50 @@ fn without_udp_gso_the_engine_cuts_super_packets_for_the_uplink() {
     tcp_transfer(&p0.ns, &p2.ns, p2.ip, 5111, 256);
     tcp_transfer(&p2.ns, &p0.ns, p0.ip, 5112, 64);
     for (i, d) in daemons.iter().enumerate() {
-        assert_eq!(uplink(d).udp_gso, None, "node {i}");
+        let up = uplink(d);
+        assert_eq!(up.udp_gso, None, "node {i}");
+        // veth offers no checksum requests (--xsk-tx-checksum auto): every segment
+        // leaves complete, summed by the engine.
+        let umem = up.umem.expect("an AF_XDP port");
+        assert_eq!((umem.tx_checksum, umem.partial_csum), (None, 0), "node {i}");
         let c = d.counters();
         assert!(conserved(&c), "node {i}: {:?} drops {:?}", c.pipeline, nonzero(&c.drops));
         assert_eq!(c.drops["super_packet"], 0, "node {i}: {:?}", nonzero(&c.offload_errors));
         assert!(c.pipeline["gso_segments"] > c.pipeline["gso_packets"], "node {i}: {:?}", c.pipeline);
     }
+}
+
+/// With checksum requests on the uplink's UMEM (`--xsk-tx-checksum software`: the
+/// kernel completes them as it copies each frame, the one mode whose result veth can
+/// show), the engine cuts super-packets without summing their payloads and every
+/// segment leaves with its TCP checksum partial; the byte stream arrives intact.
+#[test]
+fn with_checksum_requests_segments_leave_partial_and_arrive_complete() {
+    let Some((_serial, Cluster { daemons, lab })) = setup_io(
+        "with_checksum_requests_segments_leave_partial_and_arrive_complete",
+        "xe-csum",
+        1,
+        &["--uplink-udp-gso", "false", "--xsk-tx-checksum", "software"],
+        VethIo::AfPacket,
+    ) else {
+        return;
+    };
+    let (p0, p2) = (&lab.pods[0], &lab.pods[2]);
+    tcp_transfer(&p0.ns, &p2.ns, p2.ip, 5121, 256);
+    tcp_transfer(&p2.ns, &p0.ns, p0.ip, 5122, 64);
+    for (i, d) in daemons.iter().enumerate() {
+        let up = uplink(d);
+        let umem = up.umem.expect("an AF_XDP port");
+        assert_eq!(umem.tx_checksum.as_deref(), Some("software"), "node {i}");
+        let c = d.counters();
+        assert!(conserved(&c), "node {i}: {:?} drops {:?}", c.pipeline, nonzero(&c.drops));
+        assert_eq!(c.drops["super_packet"], 0, "node {i}: {:?}", nonzero(&c.offload_errors));
+        assert!(c.pipeline["gso_segments"] > c.pipeline["gso_packets"], "node {i}: {:?}", c.pipeline);
+        // Every segment the engine cut for the uplink went with a request.
+        assert_eq!(umem.partial_csum, c.pipeline["gso_segments"], "node {i}");
+    }
+    let out = daemons[0].ctl(&["ports"]);
+    assert!(out.contains("TX checksum requests (software completes them)"), "{out}");
 }
 
 /// Ping of `size` bytes of payload, DF set (never fragmented), three times.

@@ -9,6 +9,11 @@
 //!   (addresses and protocol, summed once) plus the segment's length, header and payload.
 //!   URG and the urgent pointer are copied to every segment, as the kernel does.
 //!
+//! With [`GsoPlan::leaving_checksums`] the TCP checksums are left partial instead (the
+//! field holds the segment's pseudo-header sum, [`GsoPlan::partial_checksum`] says
+//! where): for a port whose NIC or kernel completes them where the segment leaves
+//! (AF_XDP TX checksum requests), which saves reading every payload byte once more.
+//!
 //! The input's TCP checksum field is ignored, so a partial checksum (`NEEDS_CSUM`, the
 //! field holding the pseudo-header sum) and a complete one give the same segments. Like
 //! the kernel, a super-packet whose full checksum was wrong is not detected: its
@@ -16,7 +21,7 @@
 //! pipeline has checked the super-packet's own on the way in.
 
 use super::headers::{L3, Layout, be16, be32, fill_ip_checksum, ip, pseudo_base, tcp};
-use super::{GsoKind, OffloadError, OffloadMeta};
+use super::{GsoKind, OffloadError, OffloadMeta, PartialCsum};
 use xlane_wire::checksum;
 
 /// A checked super-packet and how it will be cut.
@@ -25,6 +30,8 @@ pub struct GsoPlan {
     layout: Layout,
     mss: usize,
     segments: usize,
+    /// TCP checksums left partial for the port to complete.
+    leave_checksums: bool,
 }
 
 /// What [`GsoPlan::write`] produced, for counters.
@@ -63,10 +70,26 @@ pub fn plan(frame: &[u8], meta: &OffloadMeta) -> Result<GsoPlan, OffloadError> {
         return Err(OffloadError::GsoEmpty);
     }
     let mss = usize::from(gso.size);
-    Ok(GsoPlan { layout, mss, segments: payload.div_ceil(mss) })
+    Ok(GsoPlan { layout, mss, segments: payload.div_ceil(mss), leave_checksums: false })
 }
 
 impl GsoPlan {
+    /// The same plan, writing each segment's TCP checksum partial (the pseudo-header
+    /// sum, [`partial_checksum`](Self::partial_checksum) naming it) for the port to
+    /// complete.
+    #[must_use]
+    pub fn leaving_checksums(self) -> Self {
+        Self { leave_checksums: true, ..self }
+    }
+
+    /// Where each segment's TCP checksum lies, from the segment's first byte: what a
+    /// port completing partial checksums is told.
+    #[must_use]
+    pub fn partial_checksum(&self) -> PartialCsum {
+        #[expect(clippy::cast_possible_truncation, reason = "the plan checked the headers lie in a 64 KiB frame")]
+        PartialCsum { start: self.layout.l4 as u16, offset: tcp::CHECKSUM as u16 }
+    }
+
     /// How many segments the super-packet makes.
     #[must_use]
     pub fn segments(&self) -> usize {
@@ -133,8 +156,13 @@ impl GsoPlan {
         th[tcp::SEQ..tcp::SEQ + 4].copy_from_slice(&seq.to_be_bytes());
         th[tcp::FLAGS] = flags;
         th[tcp::CHECKSUM..tcp::CHECKSUM + 2].fill(0);
-        // The TCP header is a multiple of 4 bytes: its sum and the payload's add up.
-        let c = !checksum::combine(&[pseudo_base(frame), tcp_len, checksum::sum(th), checksum::sum(payload)]);
+        let c = if self.leave_checksums {
+            // NEEDS_CSUM's form: the pseudo-header sum, not complemented.
+            checksum::combine(&[pseudo_base(frame), tcp_len])
+        } else {
+            // The TCP header is a multiple of 4 bytes: its sum and the payload's add up.
+            !checksum::combine(&[pseudo_base(frame), tcp_len, checksum::sum(th), checksum::sum(payload)])
+        };
         th[tcp::CHECKSUM..tcp::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
     }
 

@@ -25,6 +25,18 @@ const XDP_PGOFF_TX_RING: libc::off_t = 0x8000_0000;
 const XDP_UMEM_PGOFF_FILL_RING: libc::off_t = 0x1_0000_0000;
 const XDP_UMEM_PGOFF_COMPLETION_RING: libc::off_t = 0x1_8000_0000;
 
+/// `xdp_umem_reg.flags`: complete TX checksum requests in software (copy mode).
+pub(super) const XDP_UMEM_TX_SW_CSUM: u32 = 1 << 1;
+/// `xdp_umem_reg.flags`: `tx_metadata_len` is set (without it 6.8+ ignores the length).
+pub(super) const XDP_UMEM_TX_METADATA_LEN: u32 = 1 << 2;
+/// Bytes of `struct xsk_tx_metadata` xlane uses (flags, checksum start and offset),
+/// kept before every transmitted packet in a UMEM registered with them.
+pub(super) const TX_METADATA_LEN: u32 = 16;
+/// TX descriptor `options`: metadata lies before the packet.
+pub(super) const XDP_TX_METADATA: u32 = 1 << 1;
+/// `xsk_tx_metadata.flags`: complete the checksum at `csum_start + csum_offset`.
+pub(super) const XDP_TXMD_FLAGS_CHECKSUM: u64 = 1 << 1;
+
 /// `sxdp_flags`: bind to the UMEM of `sxdp_shared_umem_fd`.
 pub(super) const XDP_SHARED_UMEM: u16 = 1 << 0;
 

@@ -104,13 +104,13 @@ impl Umems {
         self.slots.get(usize::from(id.0)).is_some_and(Option::is_some)
     }
 
-    /// Map and register a UMEM of `frames` frames, sized as the shared one otherwise, for
-    /// sockets of their own; returns its id.
+    /// Map and register a UMEM of `frames` frames asking for `tx_checksum` requests,
+    /// sized as the shared one otherwise, for sockets of their own; returns its id.
     ///
     /// # Errors
     /// [`XskError`] as [`Umem::new`]; [`XskError::Settings`] when 255 UMEMs exist.
-    pub fn add(&mut self, frames: u32) -> Result<UmemId, XskError> {
-        let settings = super::UmemSettings { frames, ..self.shared().settings() };
+    pub fn add(&mut self, frames: u32, tx_checksum: super::TxChecksum) -> Result<UmemId, XskError> {
+        let settings = super::UmemSettings { frames, tx_checksum, ..self.shared().settings() };
         let index = match self.slots.iter().skip(1).position(Option::is_none) {
             Some(i) => i + 1,
             None if self.slots.len() <= usize::from(u8::MAX) => {

@@ -94,6 +94,17 @@ impl Xlaned {
         (fds, rss)
     }
 
+    /// Run `xlanectl` against this daemon; its standard output (panics if it fails).
+    pub(crate) fn ctl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlanectl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "xlanectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
     pub(crate) fn client(&self) -> Client {
         Client::connect(&self.socket).expect("connect")
     }
@@ -392,7 +403,7 @@ impl Layout {
                 ports
                     .iter()
                     .filter(|p| p.role == role && p.packet.is_none() && p.vhost_user.is_none())
-                    .map(|p| p.umem.expect("AF_XDP ports report their UMEM"))
+                    .map(|p| p.umem.clone().expect("AF_XDP ports report their UMEM"))
                     .collect()
             };
             let (uplink, pods) = (umem("uplink"), umem("pod"));

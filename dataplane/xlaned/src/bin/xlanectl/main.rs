@@ -347,13 +347,21 @@ fn print_ports(ports: &[PortInfo]) {
                 p.id, g.super_packets, g.datagrams, g.failed
             );
         }
-        if let Some(u) = p.umem.filter(|u| u.own || u.copied_in > 0) {
+        if let Some(u) = p.umem.as_ref().filter(|u| u.own || u.copied_in > 0) {
             println!(
                 "port {} UMEM: {} ({}); {} frames copied in from another UMEM",
                 p.id,
                 if u.own { "its own" } else { "shared" },
                 if p.zero_copy { "zero-copy" } else { "copy mode" },
                 u.copied_in
+            );
+        }
+        if let Some(u) = &p.umem
+            && let Some(by) = &u.tx_checksum
+        {
+            println!(
+                "port {} TX checksum requests ({by} completes them): {} frames sent with a partial checksum",
+                p.id, u.partial_csum
             );
         }
     }
