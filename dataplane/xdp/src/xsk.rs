@@ -180,11 +180,21 @@ pub enum XskError {
 /// `settings` asks for if the kernel grants them (else without: what it granted is
 /// returned).
 fn register(area: &Area, settings: &UmemSettings) -> Result<(Arc<OwnedFd>, TxChecksum), XskError> {
+    register_as(area, settings, TxChecksum::registration)
+}
+
+/// [`register`], the registration's flags and metadata length for each mode given by
+/// `registration`.
+fn register_as(
+    area: &Area,
+    settings: &UmemSettings,
+    registration: impl Fn(TxChecksum) -> (u32, u32),
+) -> Result<(Arc<OwnedFd>, TxChecksum), XskError> {
     let fail = |source| XskError::Socket { step: "UMEM registration", ifname: String::new(), queue: 0, source };
     let mut granted = settings.tx_checksum;
     loop {
         let fd = kernel::socket().map_err(fail)?;
-        let (flags, metadata) = granted.registration();
+        let (flags, metadata) = registration(granted);
         // The kernel pins the area's pages for as long as the registration lives; `Umem`
         // drops the socket before unmapping the area (field order).
         match kernel::register_umem(fd.as_fd(), area.ptr, area.len, settings.frame_size, flags, metadata) {
@@ -717,5 +727,30 @@ impl FrameMemory for Umem {
 
     fn with_buffers<R>(&mut self, bufs: &[u64], f: impl FnOnce(&mut [&mut [u8]]) -> R) -> R {
         self.buffers_mut(bufs, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel that refuses checksum requests (before 6.8, or 6.8–6.10 for software
+    /// completion) answers the registration with EINVAL: the UMEM is registered without
+    /// them and says so, and its frames are then completed by the engine.
+    #[test]
+    fn a_refused_checksum_registration_falls_back_to_none() {
+        if !xlane_netlab::privileged("a_refused_checksum_registration_falls_back_to_none") {
+            return;
+        }
+        let settings = UmemSettings { frames: 64, tx_checksum: TxChecksum::Software, ..UmemSettings::default() };
+        let area = Area::new(settings.check().unwrap()).unwrap();
+        // A metadata length no kernel takes (not a multiple of 8) stands in for flags an
+        // older kernel does not know: both are EINVAL.
+        let refused = |mode| if mode == TxChecksum::Off { (0, 0) } else { (kernel::XDP_UMEM_TX_METADATA_LEN, 12) };
+        let (_fd, granted) = register_as(&area, &settings, refused).unwrap();
+        assert_eq!(granted, TxChecksum::Off);
+        // And granted where the kernel takes it.
+        let (_fd, granted) = register(&area, &settings).unwrap();
+        assert_eq!(granted, TxChecksum::Software);
     }
 }
