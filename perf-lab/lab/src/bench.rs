@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use xlane_netlab::cluster::{Cluster, ClusterOptions, CniPod};
 use xlane_netlab::{Lab, Netns};
+use xlane_xdp::attach::{ModePreference, Program, XdpAttachment};
+use xlane_xdp::programs::UplinkFilter;
 
 /// A dataplane under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -45,14 +47,26 @@ pub enum Contender {
     XlaneOffload,
     /// flannel-style kernel VXLAN (vxlan device, cni0 bridge).
     KernelVxlan,
+    /// Kernel VXLAN with xlane's uplink program attached to each node's uplink and no
+    /// socket behind it (every frame passes to the kernel): the kernel's path paying
+    /// what an XDP program costs on veth, which segments every GSO packet (and copies
+    /// it) before the program sees it — what xlane's AF_XDP uplink always pays here.
+    KernelVxlanXdp,
     /// Kernel routing without encapsulation (flannel's host-gw).
     HostGw,
 }
 
 impl Contender {
     /// Every contender, in report order.
-    pub const ALL: [Self; 6] =
-        [Self::Xlane, Self::XlaneBusyPoll, Self::XlaneOwnUmem, Self::XlaneOffload, Self::KernelVxlan, Self::HostGw];
+    pub const ALL: [Self; 7] = [
+        Self::Xlane,
+        Self::XlaneBusyPoll,
+        Self::XlaneOwnUmem,
+        Self::XlaneOffload,
+        Self::KernelVxlan,
+        Self::KernelVxlanXdp,
+        Self::HostGw,
+    ];
 
     /// Whether this is xlane (in any mode).
     #[must_use]
@@ -76,6 +90,7 @@ impl Contender {
             Self::XlaneOwnUmem => "xlane own-UMEM uplink",
             Self::XlaneOffload => "xlane veth-offload",
             Self::KernelVxlan => "kernel VXLAN",
+            Self::KernelVxlanXdp => "kernel VXLAN, uplink XDP",
             Self::HostGw => "kernel host-gw",
         }
     }
@@ -213,6 +228,8 @@ pub struct Testbed {
     // Pods before what they live on.
     cni_pods: Vec<CniPod>,
     kernel_pods: Vec<Netns>,
+    /// Programs attached to the lab's uplinks (detached on drop, before the lab goes).
+    _uplink_xdp: Vec<XdpAttachment>,
     cluster: Option<Cluster>,
     lab: Option<Lab>,
     receiver_ip: Ipv4Addr,
@@ -297,6 +314,7 @@ fn build(c: Contender, mtu: u16) -> anyhow::Result<Testbed> {
         Contender::XlaneOwnUmem => "xbu",
         Contender::XlaneOffload => "xbo",
         Contender::KernelVxlan => "xbv",
+        Contender::KernelVxlanXdp => "xbw",
         Contender::HostGw => "xbh",
     };
     match c {
@@ -316,6 +334,7 @@ fn build(c: Contender, mtu: u16) -> anyhow::Result<Testbed> {
             Ok(Testbed {
                 cni_pods: pods,
                 kernel_pods: vec![],
+                _uplink_xdp: vec![],
                 cluster: Some(cluster),
                 lab: None,
                 receiver_ip,
@@ -323,17 +342,23 @@ fn build(c: Contender, mtu: u16) -> anyhow::Result<Testbed> {
                 local_ip,
             })
         }
-        Contender::KernelVxlan | Contender::HostGw => {
+        Contender::KernelVxlan | Contender::KernelVxlanXdp | Contender::HostGw => {
             let lab = Lab::with_mtu(prefix, 2, 1, mtu)?;
-            let baseline = if c == Contender::KernelVxlan { kernel::Baseline::Vxlan } else { kernel::Baseline::HostGw };
+            let baseline = if c == Contender::HostGw { kernel::Baseline::HostGw } else { kernel::Baseline::Vxlan };
             let mut pods: Vec<Netns> = kernel::two_pods(&lab, baseline)?.into();
             // The one-node baseline: a second pod on node 0's bridge (veth + bridge).
             pods.push(kernel::bridge_pod(&lab.nodes[0], lab.nodes[0].subnet, 1, kernel::pod_mtu(baseline, mtu))?);
             let (sender_ip, receiver_ip) = (lab.nodes[0].subnet.pod(0), lab.nodes[1].subnet.pod(0));
             let local_ip = lab.nodes[0].subnet.pod(1);
+            let uplink_xdp = if c == Contender::KernelVxlanXdp {
+                lab.nodes.iter().map(uplink_program).collect::<anyhow::Result<_>>()?
+            } else {
+                vec![]
+            };
             Ok(Testbed {
                 cni_pods: vec![],
                 kernel_pods: pods,
+                _uplink_xdp: uplink_xdp,
                 cluster: None,
                 lab: Some(lab),
                 receiver_ip,
@@ -342,6 +367,17 @@ fn build(c: Contender, mtu: u16) -> anyhow::Result<Testbed> {
             })
         }
     }
+}
+
+/// xlane's uplink program on `node`'s uplink, as xlaned attaches it (multi-buffer, VXLAN
+/// to the node's address), with no socket: every frame goes on to the kernel.
+fn uplink_program(node: &xlane_netlab::topology::Node) -> anyhow::Result<XdpAttachment> {
+    let ifindex = node.ns.ifindex(&node.uplink)?;
+    let filter = UplinkFilter { vtep_ip: node.ip, vxlan_port: xlane_wire::VXLAN_PORT_LINUX };
+    let program = Program::Uplink(filter);
+    let attached =
+        node.ns.enter(|| XdpAttachment::attach(ifindex, "xlane_uplink", 1, program, ModePreference::Auto))?;
+    attached.with_context(|| format!("XDP on {}'s {}", node.ns.name(), node.uplink))
 }
 
 /// Measure `contenders` with `w`, reporting progress on stderr.

@@ -29,13 +29,14 @@ fn xlane_packet_rate_says_where_offered_frames_went() {
 }
 
 /// The testbeds of the bench's jumbo run: pods at the underlay's MTU less 50 (VXLAN),
-/// whose full-size packets cross unfragmented (`setup_mtu` checks it with DF pings).
+/// whose full-size packets cross unfragmented (`setup_mtu` checks it with DF pings) —
+/// through the uplinks' XDP program too (multi-buffer, passing them on).
 #[test]
 fn jumbo_testbeds_carry_full_size_packets() {
     if !privileged("jumbo_testbeds_carry_full_size_packets") {
         return;
     }
-    for c in [Contender::XlaneOffload, Contender::KernelVxlan] {
+    for c in [Contender::XlaneOffload, Contender::KernelVxlan, Contender::KernelVxlanXdp] {
         let tb = Testbed::setup_mtu(c, xlane_lab::bench::JUMBO_MTU).unwrap_or_else(|e| panic!("{}: {e:#}", c.name()));
         assert_eq!(tb.sender_mtu().unwrap(), 8950, "{}", c.name());
     }
