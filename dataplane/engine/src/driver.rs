@@ -481,21 +481,20 @@ fn segment<M: FrameMemory, P: Port<M>>(
     meta: &OffloadMeta,
     leave_checksums: bool,
 ) -> Result<usize, OffloadError> {
-    let head = SEGMENT_HEAD - if encapsulated { VXLAN_OVERHEAD } else { 0 };
+    let outer = if encapsulated { VXLAN_OVERHEAD } else { 0 };
     if meta.gso.is_none() {
-        let inner = if encapsulated { VXLAN_OVERHEAD } else { 0 };
-        let copied = copy_whole(mem, queue, frame, inner, meta, head).map(|()| 1);
+        let copied = copy_whole(mem, queue, frame, outer, meta, SEGMENT_HEAD - outer).map(|()| 1);
         flush(mem, port, queue);
         return copied;
     }
-    let mut plan = offload::gso::plan(&frame[if encapsulated { VXLAN_OVERHEAD } else { 0 }..], meta)?;
+    let mut plan = offload::gso::plan(&frame[outer..], meta)?;
     let csum = leave_checksums.then(|| {
         // The queue's frames are complete: they go first, as they are.
         flush(mem, port, queue);
         plan = plan.leaving_checksums();
         let c = plan.partial_checksum();
         #[expect(clippy::cast_possible_truncation, reason = "outer headers are 50 bytes")]
-        PartialCsum { start: c.start + (SEGMENT_HEAD - head) as u16, offset: c.offset }
+        PartialCsum { start: c.start + outer as u16, offset: c.offset }
     });
     let cut = cut_segments(mem, port, queue, frame, encapsulated, &plan, csum);
     flush_with(mem, port, queue, csum);

@@ -19,7 +19,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use xlane_engine::offload::{OffloadMeta, PartialCsum, complete_checksum};
+use xlane_engine::offload::PartialCsum;
 use xlane_engine::{FrameMemory, Packet};
 
 mod closer;
@@ -618,11 +618,7 @@ impl Umem {
     /// completed here first otherwise.
     pub fn transmit_partial(&mut self, port: &mut XskPort, pkts: &[Packet<u64>], csum: PartialCsum) -> usize {
         if self.settings.tx_checksum == TxChecksum::Off {
-            let meta = OffloadMeta { csum: Some(csum), ..OffloadMeta::default() };
-            for p in pkts {
-                // A frame too short for it goes out as it is; the receiver drops it.
-                let _ = self.with_packet(p, |b| complete_checksum(b, &meta));
-            }
+            xlane_engine::port::complete_partial(self, pkts, csum);
             return self.transmit_with(port, pkts, None);
         }
         self.transmit_with(port, pkts, Some(csum))

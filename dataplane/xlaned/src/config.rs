@@ -58,6 +58,29 @@ pub enum XskTxChecksumArg {
     Software,
 }
 
+impl XskTxChecksumArg {
+    /// What the shared UMEM asks for: it serves the veths, for which no driver
+    /// completes requests, so only the kernel's software completion, where asked.
+    #[must_use]
+    pub fn for_shared(self) -> xlane_xdp::xsk::TxChecksum {
+        match self {
+            Self::Software => xlane_xdp::xsk::TxChecksum::Software,
+            Self::Auto | Self::Off => xlane_xdp::xsk::TxChecksum::Off,
+        }
+    }
+
+    /// What a UMEM of an interface's own asks for, its driver offering requests to
+    /// zero-copy sockets or not (netdev xsk-features tx-checksum).
+    #[must_use]
+    pub fn for_own(self, driver_offers: bool) -> xlane_xdp::xsk::TxChecksum {
+        match self {
+            Self::Software => xlane_xdp::xsk::TxChecksum::Software,
+            Self::Auto if driver_offers => xlane_xdp::xsk::TxChecksum::Device,
+            Self::Auto | Self::Off => xlane_xdp::xsk::TxChecksum::Off,
+        }
+    }
+}
+
 /// xlaned: the xlane dataplane daemon.
 ///
 /// Serves the uplink (VXLAN to the local VTEP, through an XDP pinhole: everything else

@@ -9,7 +9,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::sync::Arc;
 use xlane_fib::FibHandle;
 use xlane_xdp::attach::{ModePreference, XdpMode};
-use xlane_xdp::xsk::{BindMode, TxChecksum, Umem, UmemSettings, Umems};
+use xlane_xdp::xsk::{BindMode, Umem, UmemSettings, Umems};
 
 /// Run the daemon with `cfg` until SIGINT or SIGTERM.
 ///
@@ -56,12 +56,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         tracing::info!("keeping the node's objects in the service manager's store (crash recovery)");
     }
     let fib = FibHandle::new();
-    // The shared UMEM serves the veths, which no driver offloads for: checksum requests
-    // there only where asked for, completed by the kernel.
-    let tx_checksum = match cfg.xsk_tx_checksum {
-        config::XskTxChecksumArg::Software => TxChecksum::Software,
-        config::XskTxChecksumArg::Auto | config::XskTxChecksumArg::Off => TxChecksum::Off,
-    };
+    let tx_checksum = cfg.xsk_tx_checksum.for_shared();
     let umem = UmemSettings { frames: cfg.umem_frames, tx_checksum, ..UmemSettings::default() };
     let bind = match cfg.bind_mode {
         config::BindArg::Auto => BindMode::Auto,
@@ -75,18 +70,12 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         // A worker on handed-over rings waits for the tables to know its ports.
         let held = handed.is_some();
         let wc = worker::WorkerConfig { busy_poll: cfg.busy_poll, core: cfg.cores.get(i).copied(), held };
-        let (h, j) = worker::spawn(i, wc, &fib, move || {
-            match handed {
+        let (h, j) = worker::spawn(i, wc, &fib, move || match handed {
             Some(set) => Umems::take_over(set).map_err(|e| format!("the UMEMs handed over: {e}")),
             None => Umem::new(umem)
-                .inspect(|u| {
-                    if u.tx_checksum() != umem.tx_checksum {
-                        tracing::warn!(asked = ?umem.tx_checksum, "the kernel refused AF_XDP checksum requests; the engine completes checksums");
-                    }
-                })
+                .inspect(|u| host::warn_if_refused("shared", umem.tx_checksum, u.tx_checksum()))
                 .map(Umems::new)
                 .map_err(|e| e.to_string()),
-        }
         })?;
         workers.push(h);
         joins.push(j);

@@ -545,6 +545,15 @@ fn all_or_none<T>(
     Ok(opened)
 }
 
+/// Say so when a UMEM (the `shared` one, or an interface's own) was granted other
+/// checksum requests than it asked for: the kernel refused them, the engine completes
+/// checksums.
+pub(crate) fn warn_if_refused(umem: &str, asked: TxChecksum, granted: TxChecksum) {
+    if granted != asked {
+        tracing::warn!(umem, ?asked, "the kernel refused AF_XDP checksum requests; the engine completes checksums");
+    }
+}
+
 /// Serve `opened` (the uplink's first queue with UDP GSO sockets beside it, if asked).
 fn add_xdp_ports(
     spec: OpenSpec<XdpAttachment>,
@@ -554,8 +563,8 @@ fn add_xdp_ports(
 ) -> Bound {
     let zero_copy = opened.first().is_some_and(|p| p.socket().zero_copy());
     let tx_checksum = opened.first().map_or(TxChecksum::Off, XdpPort::tx_checksum);
-    if own_umem && tx_checksum != spec.own_tx_checksum {
-        tracing::warn!(ifname = %spec.ifname, asked = ?spec.own_tx_checksum, "the kernel refused AF_XDP checksum requests; the engine completes checksums");
+    if own_umem {
+        warn_if_refused(&spec.ifname, spec.own_tx_checksum, tx_checksum);
     }
     if let (Some(stats), Some(first)) = (spec.udp_gso, opened.first_mut()) {
         // Without them the engine cuts super-packets into frames itself: slower, not wrong.

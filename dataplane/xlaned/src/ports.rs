@@ -10,7 +10,6 @@
 //! first, then the workers close it; its id is not reused until they have. The uplink
 //! and host port are opened at start-up and wait for the workers.
 
-use crate::config::XskTxChecksumArg;
 use crate::host::{Bound, Hold, Host, OpenJob, OpenSpec, OpenStep, PacketSpec, Placement};
 use crate::state::{Failure, State, Ticket, failed, invalid};
 use crate::worker::WorkerHandle;
@@ -292,11 +291,7 @@ impl<H: Host> State<H> {
                 "uplink driver's AF_XDP features"
             );
         }
-        let own_tx_checksum = match self.cfg.xsk_tx_checksum {
-            XskTxChecksumArg::Software => TxChecksum::Software,
-            XskTxChecksumArg::Auto if features.is_some_and(|f| f.tx_checksum()) => TxChecksum::Device,
-            XskTxChecksumArg::Auto | XskTxChecksumArg::Off => TxChecksum::Off,
-        };
+        let own_tx_checksum = self.cfg.xsk_tx_checksum.for_own(features.is_some_and(|f| f.tx_checksum()));
         let fill_target = if role == Role::Uplink { self.cfg.uplink_fill } else { self.cfg.pod_fill };
         let (mut counters, mut kernel, mut udp_gso) = (Vec::new(), Vec::new(), Vec::new());
         let abandon = Arc::new(AtomicBool::new(false));
