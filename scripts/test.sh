@@ -2,8 +2,8 @@
 # Every test of the project, on a fresh machine of the lab's kind, as root.
 # Installs the system packages the tests need (ping, etcd, protoc for the etcd client,
 # Debian's CNI reference plugins, iptables for portmap, busybox, podman + runc, DPDK's
-# testpmd as a vhost-user frontend, tcpdump, traceroute, tracepath, containerd, buildah,
-# systemd-analyze) and PyPI's kubernetes-validate, then lints, builds and tests.
+# testpmd as a vhost-user frontend, tcpdump, traceroute, tracepath, iperf3, perf,
+# containerd, buildah, systemd-analyze) and PyPI's kubernetes-validate, then lints, builds and tests.
 # Privileged tests (namespaces, XDP, AF_XDP) run for real; with CI=true a missing
 # privilege or tool fails them instead of skipping.
 set -euo pipefail
@@ -27,6 +27,9 @@ command -v runc >/dev/null || need+=(runc)
 # Seeing packets: capture read back by tcpdump, hops listed by traceroute/tracepath.
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v traceroute >/dev/null || need+=(traceroute)
+# Where the time goes: xlane-lab profile runs iperf3 under perf record.
+command -v iperf3 >/dev/null || need+=(iperf3)
+command -v perf >/dev/null || need+=(linux-perf)
 command -v tracepath >/dev/null || need+=(iputils-tracepath)
 # Pods through containerd's CRI (ctr imports the local images buildah builds).
 command -v containerd >/dev/null || need+=(containerd)

@@ -283,6 +283,16 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// iperf3 from the sending pod, `streams` streams for `seconds`, to the pod on the
+    /// other node or (`local`) to the second pod of the sender's node.
+    ///
+    /// # Errors
+    /// As [`iperf3_run`].
+    pub fn tcp(&self, streams: u32, seconds: u32, local: bool) -> anyhow::Result<Iperf3> {
+        let (server, ip) = if local { (self.local(), self.local_ip) } else { (self.receiver(), self.receiver_ip) };
+        iperf3_run(self.sender(), server, ip, streams, seconds)
+    }
+
     /// The sending pod's interface MTU.
     ///
     /// # Errors
@@ -533,6 +543,30 @@ fn request_response(
 
 /// iperf3 from `client` to `server_ip` with `streams` streams for `seconds`; Gbit/s.
 fn iperf3(client: &Netns, server: &Netns, server_ip: Ipv4Addr, streams: u32, seconds: u32) -> anyhow::Result<f64> {
+    Ok(iperf3_run(client, server, server_ip, streams, seconds)?.gbit)
+}
+
+/// What one iperf3 run moved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Iperf3 {
+    /// Received, Gbit/s.
+    pub gbit: f64,
+    /// Segments the sender retransmitted.
+    pub retransmits: u64,
+}
+
+/// iperf3 from `client` to a server in `server` on `server_ip`, `streams` streams for
+/// `seconds`.
+///
+/// # Errors
+/// iperf3 missing, never connecting, or reporting no result.
+pub fn iperf3_run(
+    client: &Netns,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    streams: u32,
+    seconds: u32,
+) -> anyhow::Result<Iperf3> {
     let mut srv = server
         .command("iperf3")
         .args(["-s", "-1", "-B", &server_ip.to_string(), "-p", "5201"])
@@ -563,9 +597,10 @@ fn iperf3(client: &Netns, server: &Netns, server_ip: Ipv4Addr, streams: u32, sec
     let _ = srv.kill();
     let _ = srv.wait();
     let v: serde_json::Value = serde_json::from_slice(&out?.stdout)?;
-    v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).with_context(|| {
+    let gbit = v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).with_context(|| {
         format!("iperf3 with {streams} streams: {}", v.get("error").map_or("no result", |e| e.as_str().unwrap_or("?")))
-    })
+    })?;
+    Ok(Iperf3 { gbit, retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0) })
 }
 
 /// Run the bench and assemble the report (machine, date, versions, results, CNI).

@@ -11,6 +11,7 @@ pub mod forward;
 pub mod interop;
 pub mod kernel;
 pub mod losses;
+pub mod profile;
 pub mod report;
 pub mod traffic;
 pub mod vhost_bench;

@@ -13,7 +13,7 @@
 //! would) at a steady rate and polls xlaned's routes to see when each lands.
 #![forbid(unsafe_code)]
 
-use xlane_lab::{Store, bench, cni_latency, control_plane, crash_gap, demo, interop, report, vhost_bench};
+use xlane_lab::{Store, bench, cni_latency, control_plane, crash_gap, demo, interop, profile, report, vhost_bench};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -85,6 +85,28 @@ enum Cmd {
         cni_pods: usize,
         /// Where to write report.json, report.md and the charts.
         #[arg(long, default_value = "perf-lab/results/latest")]
+        out: PathBuf,
+    },
+    /// Where the time goes during one TCP run: iperf3 through a contender's path with
+    /// `perf record -a -g` over it, the hottest symbols by command.
+    Profile {
+        /// Whose path.
+        #[arg(long, value_enum, default_value = "xlane-offload")]
+        contender: bench::Contender,
+        /// Underlay MTU (9000: the jumbo underlay).
+        #[arg(long, default_value_t = xlane_netlab::topology::UPLINK_MTU)]
+        mtu: u16,
+        /// iperf3 streams.
+        #[arg(long, default_value_t = 1)]
+        streams: u32,
+        /// Between two pods of one node instead of across nodes.
+        #[arg(long)]
+        local: bool,
+        /// Seconds of iperf3 (the profile covers all but the first and last).
+        #[arg(long, default_value_t = 8)]
+        seconds: u32,
+        /// Where perf.data and perf-report.txt go.
+        #[arg(long, default_value = "perf-lab/results/profile")]
         out: PathBuf,
     },
     /// Make report.md and the charts again from a report.json.
@@ -196,6 +218,20 @@ fn main() {
                 let md = report::write(&r, &out)?;
                 print!("{}", std::fs::read_to_string(&md)?);
                 eprintln!("report in {}", md.display());
+                Ok(())
+            })
+        }
+        Cmd::Profile { contender, mtu, streams, local, seconds, out } => {
+            let o = profile::Options { contender, mtu, streams, local, seconds, out };
+            profile::run(&o).and_then(|p| {
+                print!("{}", std::fs::read_to_string(&p.report)?);
+                println!(
+                    "{}: {:.2} Gbit/s, {} retransmits; report in {}",
+                    contender.name(),
+                    p.tcp.gbit,
+                    p.tcp.retransmits,
+                    p.report.display()
+                );
                 Ok(())
             })
         }
