@@ -27,10 +27,10 @@ command -v runc >/dev/null || need+=(runc)
 # Seeing packets: capture read back by tcpdump, hops listed by traceroute/tracepath.
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v traceroute >/dev/null || need+=(traceroute)
+command -v tracepath >/dev/null || need+=(iputils-tracepath)
 # Where the time goes: xlane-lab profile runs iperf3 under perf record.
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v perf >/dev/null || need+=(linux-perf)
-command -v tracepath >/dev/null || need+=(iputils-tracepath)
 # Pods through containerd's CRI (ctr imports the local images buildah builds).
 command -v containerd >/dev/null || need+=(containerd)
 command -v buildah >/dev/null || need+=(buildah)

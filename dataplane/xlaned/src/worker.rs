@@ -11,7 +11,8 @@
 //! non-busy worker yields its CPU: it shares the CPU with the pods it serves and the
 //! kernel's softirq work, and a spin that keeps them waiting slows what it waits for
 //! (bulk TCP on two vCPUs: +13% at MTU 1500, +25–35% at MTU 9000, RR p99 0.9 ms → 0.12
-//! ms, perf-lab/RESULTS.md); on an idle CPU the yield returns at once.
+//! ms, though RR p50 rose from ~25 to 30–80 µs: perf-lab/RESULTS.md); on an idle CPU the
+//! yield returns at once.
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};

@@ -287,10 +287,10 @@ impl Testbed {
     /// other node or (`local`) to the second pod of the sender's node.
     ///
     /// # Errors
-    /// As [`iperf3_run`].
+    /// iperf3 missing, never connecting, or reporting no result.
     pub fn tcp(&self, streams: u32, seconds: u32, local: bool) -> anyhow::Result<Iperf3> {
         let (server, ip) = if local { (self.local(), self.local_ip) } else { (self.receiver(), self.receiver_ip) };
-        iperf3_run(self.sender(), server, ip, streams, seconds)
+        iperf3(self.sender(), server, ip, streams, seconds)
     }
 
     /// The sending pod's interface MTU.
@@ -410,10 +410,10 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
         let latency = request_response(tb.sender(), tb.receiver(), tb.receiver_ip, w.rr_requests, stop)?;
         eprintln!("      p50 {:.1} µs, p99 {:.1} µs", latency.p50_us, latency.p99_us);
         eprintln!("      iperf3, 1 and 4 streams, {} s each", w.tcp_seconds);
-        let tcp1_gbit = iperf3(tb.sender(), tb.receiver(), tb.receiver_ip, 1, w.tcp_seconds)?;
-        let tcp4_gbit = iperf3(tb.sender(), tb.receiver(), tb.receiver_ip, 4, w.tcp_seconds)?;
+        let tcp1_gbit = tb.tcp(1, w.tcp_seconds, false)?.gbit;
+        let tcp4_gbit = tb.tcp(4, w.tcp_seconds, false)?.gbit;
         eprintln!("      {tcp1_gbit:.2} / {tcp4_gbit:.2} Gbit/s");
-        let tcp1_local = iperf3(tb.sender(), tb.local(), tb.local_ip, 1, w.tcp_seconds)?;
+        let tcp1_local = tb.tcp(1, w.tcp_seconds, true)?.gbit;
         eprintln!("      iperf3 between two pods of node 0: {tcp1_local:.2} Gbit/s");
         drop(tb);
         let jumbo = if w.jumbo && c.takes_jumbo() {
@@ -421,9 +421,9 @@ pub fn run(contenders: &[Contender], w: Workload, stop: &AtomicBool) -> anyhow::
             eprintln!("      jumbo underlay (MTU {JUMBO_MTU}): iperf3, 1 and 4 streams, one node");
             let tb = Testbed::setup_mtu(c, JUMBO_MTU)?;
             let j = JumboTcp {
-                tcp1_gbit: iperf3(tb.sender(), tb.receiver(), tb.receiver_ip, 1, w.tcp_seconds)?,
-                tcp4_gbit: iperf3(tb.sender(), tb.receiver(), tb.receiver_ip, 4, w.tcp_seconds)?,
-                tcp1_local_gbit: iperf3(tb.sender(), tb.local(), tb.local_ip, 1, w.tcp_seconds)?,
+                tcp1_gbit: tb.tcp(1, w.tcp_seconds, false)?.gbit,
+                tcp4_gbit: tb.tcp(4, w.tcp_seconds, false)?.gbit,
+                tcp1_local_gbit: tb.tcp(1, w.tcp_seconds, true)?.gbit,
             };
             eprintln!("      {:.2} / {:.2} Gbit/s, one node {:.2}", j.tcp1_gbit, j.tcp4_gbit, j.tcp1_local_gbit);
             Some(j)
@@ -541,11 +541,6 @@ fn request_response(
     Ok(Latency { p50_us: q(0.5), p99_us: q(0.99), p999_us: q(0.999) })
 }
 
-/// iperf3 from `client` to `server_ip` with `streams` streams for `seconds`; Gbit/s.
-fn iperf3(client: &Netns, server: &Netns, server_ip: Ipv4Addr, streams: u32, seconds: u32) -> anyhow::Result<f64> {
-    Ok(iperf3_run(client, server, server_ip, streams, seconds)?.gbit)
-}
-
 /// What one iperf3 run moved.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Iperf3 {
@@ -556,17 +551,8 @@ pub struct Iperf3 {
 }
 
 /// iperf3 from `client` to a server in `server` on `server_ip`, `streams` streams for
-/// `seconds`.
-///
-/// # Errors
-/// iperf3 missing, never connecting, or reporting no result.
-pub fn iperf3_run(
-    client: &Netns,
-    server: &Netns,
-    server_ip: Ipv4Addr,
-    streams: u32,
-    seconds: u32,
-) -> anyhow::Result<Iperf3> {
+/// `seconds`: iperf3 missing, never connecting, or reporting no result is an error.
+fn iperf3(client: &Netns, server: &Netns, server_ip: Ipv4Addr, streams: u32, seconds: u32) -> anyhow::Result<Iperf3> {
     let mut srv = server
         .command("iperf3")
         .args(["-s", "-1", "-B", &server_ip.to_string(), "-p", "5201"])
