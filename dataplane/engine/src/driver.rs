@@ -67,6 +67,28 @@ pub struct Driver<M: FrameMemory, P: Port<M>> {
     /// Super-packets of the burst just received, once a port that keeps offloads is
     /// served (4 MiB of address space, touched as super-packets use it).
     jumbo: Option<Box<Jumbo>>,
+    /// Super-packets of the burst routed whole to one port, sent together
+    /// ([`Port::transmit_offloaded_burst`]) before anything else goes to that port.
+    wholes: Wholes,
+}
+
+/// A routed super-packet waiting in its jumbo slot to be sent whole.
+#[derive(Debug, Clone, Copy)]
+struct Whole {
+    /// Its record in the jumbo store.
+    index: u8,
+    /// Where the frame lies in its slot after the pipeline (decapsulation moves it).
+    head: u32,
+    len: u32,
+    meta: OffloadMeta,
+}
+
+/// The super-packets of a burst on their way to one port whole.
+#[derive(Debug, Default)]
+struct Wholes {
+    /// The entry of `ports` they go to.
+    port: Option<usize>,
+    frames: ArrayVec<Whole, BURST>,
 }
 
 impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
@@ -82,6 +104,7 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
             observer: None,
             offloading: Vec::new(),
             jumbo: None,
+            wholes: Wholes::default(),
         }
     }
 
@@ -354,11 +377,19 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
         for j in 0..supers {
             let before = self.jumbo.as_ref().map_or(0, |jb| usize::from(jb.frames()[j].before)).min(rx.len());
             if before > done {
+                self.send_wholes();
                 self.forward_frames(fib, ingress, &rx[done..before]);
                 done = before;
             }
-            self.forward_super(fib, ingress, j);
+            if let Some((k, whole)) = self.forward_super(fib, ingress, j) {
+                if self.wholes.port != Some(k) {
+                    self.send_wholes();
+                    self.wholes.port = Some(k);
+                }
+                self.wholes.frames.push(whole);
+            }
         }
+        self.send_wholes();
         if done < rx.len() {
             self.forward_frames(fib, ingress, &rx[done..]);
         }
@@ -367,13 +398,33 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
         }
     }
 
+    /// Send the super-packets waiting to go whole to one port, in one call.
+    fn send_wholes(&mut self) {
+        let Self { mem, ports, jumbo, wholes, .. } = self;
+        let Some(k) = wholes.port.take() else { return };
+        let Some(jumbo) = jumbo.as_deref() else { return };
+        let frames: ArrayVec<&[u8], BURST> = wholes
+            .frames
+            .iter()
+            .map(|w| &jumbo.frame(usize::from(w.index)).0[w.head as usize..(w.head + w.len) as usize])
+            .collect();
+        let metas: ArrayVec<OffloadMeta, BURST> = wholes.frames.iter().map(|w| w.meta).collect();
+        let port = &mut ports[k];
+        let sent = port.transmit_offloaded_burst(mem, &frames, &metas).min(frames.len());
+        bump(&port.counters().tx, sent as u64);
+        bump(&port.counters().tx_dropped, (frames.len() - sent) as u64);
+        wholes.frames.clear();
+    }
+
     /// Route recorded super-packet `j` once, then send it whole to a port that keeps
     /// offloads (encapsulated, to an uplink that has the kernel cut it), or cut it into
-    /// segments (each encapsulated if it was) for one that does not. Counted: the pipeline's verdict, then a refusal moved to the
-    /// `super_packet` drop with its offload error.
-    fn forward_super(&mut self, fib: &Fib, ingress: PortId, j: usize) {
+    /// segments (each encapsulated if it was) for one that does not. Counted: the
+    /// pipeline's verdict, then a refusal moved to the `super_packet` drop with its
+    /// offload error. One going whole to a pod is returned with its port's entry instead
+    /// of sent: the caller gathers a burst's for [`send_wholes`](Self::send_wholes).
+    fn forward_super(&mut self, fib: &Fib, ingress: PortId, j: usize) -> Option<(usize, Whole)> {
         let Self { pipeline, mem, ports, egress, pending, offloading, jumbo, observer, .. } = self;
-        let Some(jumbo) = jumbo.as_deref_mut() else { return };
+        let jumbo = jumbo.as_deref_mut()?;
         let (slot, rec) = jumbo.frame_mut(j);
         let Some(frame) = Frame::new(slot, JUMBO_HEADROOM, rec.len as usize) else {
             unreachable!("a slot holds any frame Jumbo::push accepts")
@@ -392,6 +443,7 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
         if let Some(h) = hook.as_deref_mut() {
             h.processed(0, &frame, verdict);
         }
+        let mut whole_to = None;
         let refused = match verdict {
             Verdict::Drop(_) => None,
             Verdict::Tx(dst) => match egress.get(usize::from(dst.0)).copied().flatten().map(usize::from) {
@@ -405,7 +457,12 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
                     let port = &mut ports[k];
                     let whole =
                         if encapsulated { offloading[k].tunnel_segmentation } else { offloading[k].tcp_segmentation };
-                    if whole {
+                    if whole && !encapsulated {
+                        #[expect(clippy::cast_possible_truncation, reason = "within a jumbo slot")]
+                        let w = Whole { index: j as u8, head: frame.head() as u32, len: frame.len() as u32, meta };
+                        whole_to = Some((k, w));
+                        None
+                    } else if whole {
                         let sent = port.transmit_offloaded(mem, frame.data(), &meta);
                         let counters = port.counters();
                         bump(if sent { &counters.tx } else { &counters.tx_dropped }, 1);
@@ -433,6 +490,7 @@ impl<M: FrameMemory, P: Port<M>> Driver<M, P> {
             }
             h.end(fib);
         }
+        whole_to
     }
 }
 

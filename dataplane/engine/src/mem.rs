@@ -283,6 +283,23 @@ impl Port<MemFrames> for MemPort {
         true
     }
 
+    /// Merged as a port with a virtio-net header merges them: each unit in `tx_super`.
+    fn transmit_offloaded_burst(&mut self, _mem: &mut MemFrames, frames: &[&[u8]], metas: &[OffloadMeta]) -> usize {
+        let mut units = [Coalesced::default(); BURST];
+        let n = offload::coalesce_whole(frames, metas, &mut units);
+        for u in &units[..n] {
+            self.tx_super.push_back(match u {
+                Coalesced::Single(i) => (frames[*i].to_vec(), metas[*i]),
+                Coalesced::Merged(m) => {
+                    let mut bytes = vec![0; m.len()];
+                    let meta = m.write(frames, &mut bytes).expect("a merge of these frames");
+                    (bytes, meta)
+                }
+            });
+        }
+        frames.len()
+    }
+
     fn transmit_partial(&mut self, mem: &mut MemFrames, pkts: &[Packet<u32>], csum: PartialCsum) -> usize {
         if !self.offloads.tx_checksum {
             crate::port::complete_partial(mem, pkts, csum);

@@ -160,6 +160,22 @@ pub trait Port<M: FrameMemory> {
         false
     }
 
+    /// [`transmit_offloaded`](Self::transmit_offloaded) of several whole frames, in
+    /// order, on a port whose offloads include TCP segmentation (not an uplink): the
+    /// super-packets and large frames of one burst routed here, so the port may merge
+    /// in-order segments of a flow ([`offload::coalesce_whole`](crate::offload::coalesce_whole))
+    /// and send them in one call. A jumbo uplink's 9000-byte frames then reach a pod as
+    /// 64 KiB super-packets, as the kernel's GRO would hand them over. Returns the frames
+    /// sent (a merged super-packet counts its segments); the driver counts the rest
+    /// dropped. This default sends them one by one.
+    fn transmit_offloaded_burst(&mut self, mem: &mut M, frames: &[&[u8]], metas: &[OffloadMeta]) -> usize {
+        let mut sent = 0;
+        for (f, m) in frames.iter().zip(metas) {
+            sent += usize::from(self.transmit_offloaded(mem, f, m));
+        }
+        sent
+    }
+
     /// Transmit `pkts` in order. The port takes every buffer: those it queues it gives
     /// back when the medium is done with them, the rest it releases at once. Returns
     /// how many it queued (sent); the driver counts the rest as dropped.
@@ -278,6 +294,15 @@ macro_rules! port_enum {
                 meta: &$crate::OffloadMeta,
             ) -> bool {
                 match self { $(Self::$variant(p) => $crate::Port::<$mem>::transmit_offloaded(p, mem, frame, meta),)+ }
+            }
+
+            fn transmit_offloaded_burst(
+                &mut self,
+                mem: &mut $mem,
+                frames: &[&[u8]],
+                metas: &[$crate::OffloadMeta],
+            ) -> usize {
+                match self { $(Self::$variant(p) => $crate::Port::<$mem>::transmit_offloaded_burst(p, mem, frames, metas),)+ }
             }
 
             fn service(&mut self, mem: &mut $mem) {

@@ -4,7 +4,9 @@
 
 use xlane_engine::BURST;
 use xlane_engine::offload::build::TcpSuper;
-use xlane_engine::offload::{Coalesced, GsoKind, OffloadError, OffloadMeta, PartialCsum, coalesce, gso};
+use xlane_engine::offload::{
+    Coalesced, GsoKind, OffloadError, OffloadMeta, PartialCsum, coalesce, coalesce_whole, gso,
+};
 use xlane_wire::checksum;
 
 const HEADROOM: usize = 50;
@@ -140,6 +142,22 @@ fn edited(from: core::ops::Range<usize>, edit: impl Fn(&mut Vec<u8>)) -> Vec<(us
 #[test]
 fn in_order_segments_merge_into_one() {
     assert_eq!(units(&segments()), [(0, 10)]);
+}
+
+/// Whole frames merge only when none carries metadata: a super-packet's segment size or
+/// a partial checksum would be lost in a merge.
+#[test]
+fn whole_frames_merge_only_without_metadata() {
+    let segs = segments();
+    let shape = |metas: &[OffloadMeta]| {
+        let mut out = [Coalesced::default(); BURST];
+        let n = coalesce_whole(&segs, metas, &mut out);
+        out[..n].iter().map(|u| matches!(u, Coalesced::Merged(_))).collect::<Vec<_>>()
+    };
+    assert_eq!(shape(&[OffloadMeta::default(); 10]), [true]);
+    let mut metas = [OffloadMeta::default(); 10];
+    metas[4].csum = Some(PartialCsum { start: 34, offset: 16 });
+    assert_eq!(shape(&metas), [false; 10], "each alone, in order");
 }
 
 #[test]

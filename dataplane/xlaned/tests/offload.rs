@@ -167,7 +167,8 @@ fn ping_size(ns: &xlane_netlab::Netns, dst: std::net::Ipv4Addr, size: u32) {
 
 /// A jumbo underlay (MTU 9000): pods get 8950; frames larger than an AF_XDP buffer
 /// arrive at the uplink in several (multi-buffer) and leave through the UDP GSO
-/// sockets whole; TCP super-packets are cut into 8900-byte segments.
+/// sockets whole; TCP super-packets are cut into 8900-byte segments and merged again
+/// in front of the receiving pod.
 #[test]
 fn a_jumbo_underlay_carries_pods_at_mtu_8950() {
     if !xlane_netlab::privileged("a_jumbo_underlay_carries_pods_at_mtu_8950") {
@@ -195,4 +196,8 @@ fn a_jumbo_underlay_carries_pods_at_mtu_8950() {
         let gso = uplink(d).udp_gso.expect("UDP GSO on the uplink");
         assert!(gso.super_packets > 0 && gso.failed == 0, "node {i}: {gso:?}");
     }
+    // Jumbo frames of a flow that arrive in one burst reach the pod merged (GRO), as
+    // the kernel would hand them over, not one send per 9000-byte frame.
+    let merged: u64 = pod_ports(&daemons[1]).iter().filter_map(|p| p.packet).map(|k| k.gro_merged).sum();
+    assert!(merged > 0, "no jumbo frames merged for the receiving pod: {:?}", pod_ports(&daemons[1]));
 }

@@ -271,6 +271,25 @@ fn joins(o: &Open, head: &[u8], f: &[u8], c: &Candidate) -> bool {
         && o.merged.len() + c.payload - L3 <= usize::from(u16::MAX)
 }
 
+/// [`coalesce`] for whole frames sent with their metadata (super-packets, frames larger
+/// than a buffer): only a burst of plain, complete frames (each `OffloadMeta::default()`,
+/// as a jumbo uplink's decapsulated frames are) is coalesced; with any super-packet or
+/// partial checksum among them every frame goes alone, with its own metadata, since a
+/// merge would lose it.
+///
+/// # Panics
+/// If `frames` holds more than [`BURST`] frames, or `metas` is shorter than `frames`.
+pub fn coalesce_whole<F: AsRef<[u8]>>(frames: &[F], metas: &[OffloadMeta], out: &mut [Coalesced; BURST]) -> usize {
+    assert!(metas.len() >= frames.len(), "a metadata per frame");
+    if metas[..frames.len()].iter().all(|m| *m == OffloadMeta::default()) {
+        return coalesce(frames, true, out);
+    }
+    for (i, u) in out.iter_mut().enumerate().take(frames.len()) {
+        *u = Coalesced::Single(i);
+    }
+    frames.len()
+}
+
 /// Group `frames` (decapsulated inner Ethernet frames of one burst) into units: merged
 /// super-packets and frames passed alone. Writes `out[..n]` and returns `n`; every
 /// frame is in exactly one unit.

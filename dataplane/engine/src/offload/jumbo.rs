@@ -117,6 +117,16 @@ impl Jumbo {
         self.frames.push(JumboFrame { slot: slot as u8, before: before as u8, len: len as u32, meta });
     }
 
+    /// [`frame_mut`](Self::frame_mut), to read.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    #[must_use]
+    pub fn frame(&self, i: usize) -> (&[u8], JumboFrame) {
+        let f = self.frames[i];
+        (&self.bytes[usize::from(f.slot) * SLOT..][..SLOT], f)
+    }
+
     /// The whole slot of recorded frame `i` (headroom, then the frame at
     /// [`JUMBO_HEADROOM`]) and the frame's record.
     ///

@@ -28,7 +28,7 @@ pub mod jumbo;
 mod meta;
 mod tunnel;
 
-pub use gro::{Coalesced, MAX_FLOWS, Merged, coalesce};
+pub use gro::{Coalesced, MAX_FLOWS, Merged, coalesce, coalesce_whole};
 pub use gso::{GsoPlan, Segmented};
 pub use jumbo::{JUMBO_HEADROOM, JUMBO_MAX, Jumbo, JumboFrame};
 pub use meta::{Gso, GsoKind, OffloadMeta, PartialCsum, VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_MRG_LEN, complete_checksum};

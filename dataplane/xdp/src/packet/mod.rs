@@ -447,41 +447,55 @@ impl<B: Copy> PacketPort<B> {
                 slices.iter().zip(pkts).map(|(s, p)| &s[p.head as usize..(p.head + p.len) as usize]).collect();
             let mut units = [Coalesced::default(); BURST];
             let n = offload::coalesce(&frames, true, &mut units);
-            let mut weights = [0u16; BURST];
-            self.batch.clear();
-            for (k, u) in units[..n].iter().enumerate() {
-                match u {
-                    Coalesced::Single(i) => {
-                        weights[self.batch.len()] = 1;
-                        self.batch.push_plain(frames[*i]);
-                    }
-                    Coalesced::Merged(m) => {
-                        let head = &mut self.heads[k];
-                        let (vnet, hdrs) = head.split_at_mut(VIRTIO_NET_HDR_LEN);
-                        let Ok(meta) = m.write_header(&frames, hdrs) else {
-                            bump(&self.stats.tx_errors, 1);
-                            continue;
-                        };
-                        meta.to_virtio(vnet);
-                        bump(&self.stats.gro_merged, 1);
-                        bump(&self.stats.gro_segments, m.segments() as u64);
-                        #[expect(clippy::cast_possible_truncation, reason = "at most BURST segments")]
-                        let w = m.segments() as u16;
-                        weights[self.batch.len()] = w;
-                        // Each unit has its own head, untouched until the batch is sent;
-                        // the payloads are the lent buffers'. `write_header` checked that
-                        // `frames` holds every member.
-                        let head: &[u8] = &self.heads[k][..VIRTIO_NET_HDR_LEN + m.header_len()];
-                        self.batch.push_gathered(head, m.payloads(&frames).map_while(Result::ok));
-                    }
-                }
-            }
-            self.send_batch(&weights)
+            self.send_units(&frames, None, &units[..n])
         });
         for b in bufs {
             mem.release(b);
         }
         sent
+    }
+
+    /// Send `units` of `frames` in one batch: singles as they are (with their metadata
+    /// from `metas`, if given), each merged super-packet gathered from its headers
+    /// (written to `heads`) and its segments' payloads. Returns the frames sent.
+    fn send_units(&mut self, frames: &[&[u8]], metas: Option<&[OffloadMeta]>, units: &[Coalesced]) -> usize {
+        let mut weights = [0u16; BURST];
+        self.batch.clear();
+        for (k, u) in units.iter().enumerate() {
+            match u {
+                Coalesced::Single(i) => {
+                    weights[self.batch.len()] = 1;
+                    match metas.map(|m| m[*i]).filter(|m| *m != OffloadMeta::default()) {
+                        None => self.batch.push_plain(frames[*i]),
+                        Some(meta) => {
+                            let slot = self.batch.len();
+                            meta.to_virtio(&mut self.batch.hdrs[slot]);
+                            self.batch.push_with_hdr(slot, frames[*i]);
+                        }
+                    }
+                }
+                Coalesced::Merged(m) => {
+                    let head = &mut self.heads[k];
+                    let (vnet, hdrs) = head.split_at_mut(VIRTIO_NET_HDR_LEN);
+                    let Ok(meta) = m.write_header(frames, hdrs) else {
+                        bump(&self.stats.tx_errors, 1);
+                        continue;
+                    };
+                    meta.to_virtio(vnet);
+                    bump(&self.stats.gro_merged, 1);
+                    bump(&self.stats.gro_segments, m.segments() as u64);
+                    #[expect(clippy::cast_possible_truncation, reason = "at most BURST segments")]
+                    let w = m.segments() as u16;
+                    weights[self.batch.len()] = w;
+                    // Each unit has its own head, untouched until the batch is sent; the
+                    // payloads are the caller's frames. `write_header` checked that
+                    // `frames` holds every member.
+                    let head: &[u8] = &self.heads[k][..VIRTIO_NET_HDR_LEN + m.header_len()];
+                    self.batch.push_gathered(head, m.payloads(frames).map_while(Result::ok));
+                }
+            }
+        }
+        self.send_batch(&weights)
     }
 }
 
@@ -517,10 +531,13 @@ impl<M: FrameMemory> Port<M> for PacketPort<M::Buf> {
     }
 
     fn transmit_offloaded(&mut self, _mem: &mut M, frame: &[u8], meta: &OffloadMeta) -> bool {
-        self.batch.clear();
-        meta.to_virtio(&mut self.batch.hdrs[0]);
-        self.batch.push_with_hdr(0, frame);
-        self.send_batch(&[1]) == 1
+        self.send_units(&[frame], Some(std::slice::from_ref(meta)), &[Coalesced::Single(0)]) == 1
+    }
+
+    fn transmit_offloaded_burst(&mut self, _mem: &mut M, frames: &[&[u8]], metas: &[OffloadMeta]) -> usize {
+        let mut units = [Coalesced::default(); BURST];
+        let n = offload::coalesce_whole(frames, metas, &mut units);
+        self.send_units(frames, Some(metas), &units[..n])
     }
 
     fn transmit(&mut self, mem: &mut M, pkts: &[Packet<M::Buf>]) -> usize {
