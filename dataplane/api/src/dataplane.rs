@@ -254,6 +254,10 @@ pub struct PortInfo {
     /// For an uplink that sends super-packets through UDP GSO sockets: their counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp_gso: Option<UdpGsoInfo>,
+    /// For an uplink that receives through UDP GRO sockets (`--uplink-rx udp`): their
+    /// counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_rx: Option<UdpRxInfo>,
     /// For an AF_XDP port: the UMEM its sockets live in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub umem: Option<UmemInfo>,
@@ -286,6 +290,18 @@ pub struct UdpGsoInfo {
     pub datagrams: u64,
     /// Super-packets refused (laid out wrong, or a full send buffer, no route).
     pub failed: u64,
+}
+
+/// An uplink's UDP GRO sockets: VXLAN datagrams received through the host's stack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpRxInfo {
+    /// Messages read (one datagram each, or a GRO'd train of them).
+    pub messages: u64,
+    /// Datagrams handed to the engine.
+    pub datagrams: u64,
+    /// Datagrams dropped: a message truncated, no free buffer, too large, or a receive
+    /// error.
+    pub dropped: u64,
 }
 
 /// The AF_PACKET side of a port (a pod whose veth keeps its offloads).
@@ -561,6 +577,7 @@ mod tests {
             vhost_user: None,
             packet: None,
             udp_gso: None,
+            udp_rx: None,
             umem: None,
         }
     }

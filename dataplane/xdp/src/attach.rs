@@ -68,7 +68,8 @@ pub enum AttachError {
 #[derive(Debug)]
 pub struct XdpAttachment {
     // Drop order: the link first (detaches), then program and map.
-    link: OwnedFd,
+    /// None: loaded for its XSKMAP only, never attached ([`XdpAttachment::load`]).
+    link: Option<OwnedFd>,
     prog: OwnedFd,
     xskmap: OwnedFd,
     ifindex: u32,
@@ -90,15 +91,7 @@ impl XdpAttachment {
         program: Program,
         prefer: ModePreference,
     ) -> Result<Self, AttachError> {
-        let xskmap = sys::create_xskmap(name, queues.max(1)).map_err(|source| AttachError::Map { ifindex, source })?;
-        // The uplink's program takes multi-buffer packets (jumbo frames; it reads only
-        // the headers); a pod's stays single-buffer, which also keeps its veth's MTU
-        // within one AF_XDP frame.
-        let multi_buffer = matches!(program, Program::Uplink(_));
-        let prog = match program {
-            Program::Uplink(f) => sys::load_xdp_frags(name, &programs::uplink(&f, xskmap.as_raw_fd(), XDP_PASS))?,
-            Program::Pod(f) => sys::load_xdp(name, &programs::pod(&f, xskmap.as_raw_fd(), XDP_PASS))?,
-        };
+        let Self { prog, xskmap, multi_buffer, .. } = Self::load(ifindex, name, queues, program)?;
         let (modes, tried): (&[XdpMode], _) = match prefer {
             ModePreference::Auto => (&[XdpMode::Native, XdpMode::Generic], "native, then generic"),
             ModePreference::Only(XdpMode::Native) => (&[XdpMode::Native], "native"),
@@ -112,12 +105,32 @@ impl XdpAttachment {
             };
             match sys::link_xdp(prog.as_fd(), ifindex, flags) {
                 Ok(link) => {
-                    return Ok(Self { link, prog, xskmap, ifindex, mode, multi_buffer });
+                    return Ok(Self { link: Some(link), prog, xskmap, ifindex, mode, multi_buffer });
                 }
                 Err(e) => last = Some(e),
             }
         }
         Err(AttachError::Link { ifindex, tried, source: last.expect("at least one mode tried") })
+    }
+
+    /// Create the XSKMAP and load `program` against it, attached nowhere: sockets can
+    /// be inserted (and transmit), the interface's traffic all goes to the kernel. An
+    /// uplink read through UDP GRO sockets has this (`xlaned --uplink-rx udp`): any
+    /// XDP program on it would make the kernel cut GSO packets in front of it.
+    ///
+    /// # Errors
+    /// [`AttachError`] for the step that failed.
+    pub fn load(ifindex: u32, name: &str, queues: u32, program: Program) -> Result<Self, AttachError> {
+        let xskmap = sys::create_xskmap(name, queues.max(1)).map_err(|source| AttachError::Map { ifindex, source })?;
+        // The uplink's program takes multi-buffer packets (jumbo frames; it reads only
+        // the headers); a pod's stays single-buffer, which also keeps its veth's MTU
+        // within one AF_XDP frame.
+        let multi_buffer = matches!(program, Program::Uplink(_));
+        let prog = match program {
+            Program::Uplink(f) => sys::load_xdp_frags(name, &programs::uplink(&f, xskmap.as_raw_fd(), XDP_PASS))?,
+            Program::Pod(f) => sys::load_xdp(name, &programs::pod(&f, xskmap.as_raw_fd(), XDP_PASS))?,
+        };
+        Ok(Self { link: None, prog, xskmap, ifindex, mode: XdpMode::Generic, multi_buffer })
     }
 
     /// Steer queue `queue`'s matching traffic to the socket `xsk`.
@@ -143,7 +156,13 @@ impl XdpAttachment {
     /// # Errors
     /// The kernel's error.
     pub fn detach(&self) -> io::Result<()> {
-        sys::link_detach(self.link.as_fd())
+        self.link.as_ref().map_or(Ok(()), |l| sys::link_detach(l.as_fd()))
+    }
+
+    /// Attached to its interface (not only [loaded](Self::load)).
+    #[must_use]
+    pub fn attached(&self) -> bool {
+        self.link.is_some()
     }
 
     /// Whether the program passes multi-buffer packets to its sockets (the uplink's:
@@ -171,10 +190,10 @@ impl XdpAttachment {
         self.prog.as_fd()
     }
 
-    /// The link descriptor.
+    /// The link descriptor, if attached.
     #[must_use]
-    pub fn link(&self) -> BorrowedFd<'_> {
-        self.link.as_fd()
+    pub fn link(&self) -> Option<BorrowedFd<'_>> {
+        self.link.as_ref().map(AsFd::as_fd)
     }
 }
 
@@ -210,8 +229,9 @@ impl XdpAttachment {
     /// # Errors
     /// A descriptor could not be duplicated.
     pub fn hand_over(&self) -> io::Result<AttachmentHandover> {
+        let link = self.link.as_ref().ok_or_else(|| io::Error::other("a program loaded, not attached"))?;
         Ok(AttachmentHandover {
-            link: self.link.try_clone()?,
+            link: link.try_clone()?,
             prog: self.prog.try_clone()?,
             xskmap: self.xskmap.try_clone()?,
             state: AttachmentState {
@@ -227,7 +247,7 @@ impl XdpAttachment {
     pub fn take_over(h: AttachmentHandover) -> Self {
         let AttachmentHandover { link, prog, xskmap, state } = h;
         let mode = if state.native { XdpMode::Native } else { XdpMode::Generic };
-        Self { link, prog, xskmap, ifindex: state.ifindex, mode, multi_buffer: state.multi_buffer }
+        Self { link: Some(link), prog, xskmap, ifindex: state.ifindex, mode, multi_buffer: state.multi_buffer }
     }
 }
 

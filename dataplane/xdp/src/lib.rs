@@ -27,5 +27,6 @@ pub mod packet;
 pub mod port;
 pub mod programs;
 pub mod sys;
+pub mod udp_gro;
 pub mod udp_gso;
 pub mod xsk;

@@ -3,9 +3,11 @@
 //! service keeps the fill ring at its target, close takes every frame back. The socket
 //! lives in one UMEM of its worker's [`Umems`]; frames of another UMEM sent to it are
 //! copied into its own first. An uplink's port may also send encapsulated super-packets
-//! through UDP GSO sockets ([`XdpPort::set_udp_gso`]).
+//! through UDP GSO sockets ([`XdpPort::set_udp_gso`]), and receive through a UDP GRO
+//! socket instead of its AF_XDP socket ([`XdpPort::set_udp_receiver`]).
 
 use crate::attach::XdpAttachment;
+use crate::udp_gro::UdpReceiver;
 use crate::udp_gso::UdpGsoSender;
 use crate::xsk::handover::SocketHandover;
 use crate::xsk::{BindMode, PreparedSocket, SocketStats, TxChecksum, Umem, UmemId, Umems, XskError, XskPort};
@@ -97,6 +99,9 @@ pub struct XdpPort {
     kernel: Arc<KernelStats>,
     /// On an uplink: sends encapsulated super-packets through the host's stack.
     udp_gso: Option<Box<UdpGsoSender>>,
+    /// On an uplink without an XDP program: where its VXLAN traffic arrives (the AF_XDP
+    /// socket then only transmits).
+    udp_rx: Option<Box<UdpReceiver>>,
     /// The checksum requests its UMEM carries (frames may be sent partial).
     tx_checksum: TxChecksum,
 }
@@ -179,6 +184,7 @@ impl XdpPort {
             counters,
             kernel,
             udp_gso: None,
+            udp_rx: None,
             tx_checksum,
         })
     }
@@ -190,6 +196,9 @@ impl XdpPort {
     /// # Errors
     /// The socket's descriptor could not be duplicated.
     pub fn hand_over(&self) -> Result<PortHandover, XskError> {
+        if self.udp_rx.is_some() {
+            return Err(XskError::Settings("an uplink receiving through a UDP socket is not handed over"));
+        }
         Ok(PortHandover {
             umem: self.umem.index(),
             socket: self.xsk.hand_over()?,
@@ -229,6 +238,12 @@ impl XdpPort {
     /// promises [`Offloads::tunnel_segmentation`]): an uplink's.
     pub fn set_udp_gso(&mut self, sender: UdpGsoSender) {
         self.udp_gso = Some(Box::new(sender));
+    }
+
+    /// Receive through `receiver` instead of the AF_XDP socket: an uplink with no XDP
+    /// program (the port then takes frames larger than a buffer into the jumbo store).
+    pub fn set_udp_receiver(&mut self, receiver: UdpReceiver) {
+        self.udp_rx = Some(Box::new(receiver));
     }
 
     /// Transmit packets of this port's UMEM (addresses in it): as many as the TX ring
@@ -371,13 +386,17 @@ impl Port<Umems> for XdpPort {
             // Copy-mode sockets are bound with XDP_USE_SG; only a multi-buffer program
             // (the uplink's) hands them packets of several buffers, so a pod's port
             // keeps the plain receive.
-            large_frames: !self.xsk.zero_copy() && self.attach.multi_buffer(),
+            large_frames: (!self.xsk.zero_copy() && self.attach.multi_buffer()) || self.udp_rx.is_some(),
             tx_checksum: self.tx_checksum != TxChecksum::Off,
             ..Offloads::default()
         }
     }
 
     fn receive_offloaded(&mut self, umems: &mut Umems, out: &mut [Packet<u64>; BURST], jumbo: &mut Jumbo) -> usize {
+        if let Some(rx) = self.udp_rx.as_deref_mut() {
+            umems.get_mut(self.umem).reap_completions(&mut self.xsk);
+            return rx.receive(umems, out, Some(jumbo));
+        }
         let umem = umems.get_mut(self.umem);
         umem.reap_completions(&mut self.xsk);
         let n = umem.receive_large(&mut self.xsk, out, jumbo);
@@ -393,6 +412,10 @@ impl Port<Umems> for XdpPort {
     }
 
     fn receive(&mut self, umems: &mut Umems, out: &mut [Packet<u64>; BURST]) -> usize {
+        if let Some(rx) = self.udp_rx.as_deref_mut() {
+            umems.get_mut(self.umem).reap_completions(&mut self.xsk);
+            return rx.receive(umems, out, None);
+        }
         let umem = umems.get_mut(self.umem);
         umem.reap_completions(&mut self.xsk);
         let n = umem.receive(&mut self.xsk, out);
@@ -432,7 +455,7 @@ impl Port<Umems> for XdpPort {
     }
 
     fn wait_fd(&self) -> Option<RawFd> {
-        Some(self.xsk.poll_fd())
+        Some(self.udp_rx.as_deref().map_or_else(|| self.xsk.poll_fd(), UdpReceiver::fd))
     }
 
     fn prepare_sleep(&mut self) -> bool {

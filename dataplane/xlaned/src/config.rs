@@ -44,6 +44,19 @@ pub enum UplinkUmemArg {
     Own,
 }
 
+/// How the uplink's VXLAN traffic reaches the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UplinkRxArg {
+    /// The pinhole XDP program steers it to AF_XDP sockets (zero-copy where the NIC
+    /// offers it).
+    Xdp,
+    /// No XDP program on the uplink: a UDP socket per worker with `UDP_GRO` reads it,
+    /// a peer's GSO send arriving whole (veth and virtio-net underlays, where any XDP
+    /// program makes the kernel cut GSO packets first). No hitless handover yet.
+    Udp,
+}
+
 /// AF_XDP transmit checksum requests (`XDP_TXMD_FLAGS_CHECKSUM`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -160,6 +173,10 @@ pub struct Args {
     /// port leave their TCP checksums partial.
     #[arg(long, env = "XLANE_XSK_TX_CHECKSUM", value_enum)]
     pub xsk_tx_checksum: Option<XskTxChecksumArg>,
+    /// How the uplink's VXLAN traffic is received: "xdp" (the pinhole program and
+    /// AF_XDP) or "udp" (UDP GRO sockets, no XDP program on the uplink) [default: xdp].
+    #[arg(long, env = "XLANE_UPLINK_RX", value_enum)]
+    pub uplink_rx: Option<UplinkRxArg>,
     /// Take over from the xlaned running with the same runtime directory without
     /// losing a frame (a hitless upgrade): its sockets, UMEMs, XDP programs and state
     /// (vhost-user guests stay connected) pass to this process, and it exits. Where it
@@ -215,6 +232,8 @@ pub struct Config {
     pub uplink_udp_gso: bool,
     /// AF_XDP transmit checksum requests.
     pub xsk_tx_checksum: XskTxChecksumArg,
+    /// How the uplink receives.
+    pub uplink_rx: UplinkRxArg,
     /// Take over from a running xlaned.
     pub takeover: bool,
     /// The handover protocol version spoken.
@@ -287,6 +306,7 @@ impl Config {
             vtep,
             uplink_udp_gso: args.uplink_udp_gso.unwrap_or(true),
             xsk_tx_checksum: args.xsk_tx_checksum.unwrap_or(XskTxChecksumArg::Auto),
+            uplink_rx: args.uplink_rx.unwrap_or(UplinkRxArg::Xdp),
             takeover,
             handover_version: handover_version.unwrap_or(crate::handover::VERSION),
         })

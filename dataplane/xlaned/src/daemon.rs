@@ -114,9 +114,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         },
         uplink_udp_gso: cfg.uplink_udp_gso,
         xsk_tx_checksum: cfg.xsk_tx_checksum,
+        uplink_rx_udp: cfg.uplink_rx == config::UplinkRxArg::Udp,
         uplink_umem,
     };
-    let host = host::System::new(xdp, bind)?.with_pool(pool);
+    let host = host::System::new(xdp, bind)?.with_pool(pool).with_udp_uplink(cfg.uplink_rx == config::UplinkRxArg::Udp);
     let mut st = state::State::new(control, host, fib, workers, Arc::clone(&metric_ports), Arc::new(|| {}))?;
     if !ops.is_empty() {
         // Each request takes the inherited objects on its path; frames arriving

@@ -414,7 +414,8 @@ fn refusal(state: &State<System>) -> Option<String> {
     if !state.attaching.is_empty() || !state.closing.is_empty() {
         return Some("ports are being attached or removed; retry".into());
     }
-    None
+    // Its UDP sockets are not handed over yet (NOTES).
+    state.cfg.uplink_rx_udp.then(|| "the uplink receives through UDP sockets (--uplink-rx udp)".into())
 }
 
 /// Park every worker, then stop every vhost-user port, and collect what they hand over,

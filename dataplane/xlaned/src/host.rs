@@ -25,6 +25,7 @@ use xlane_xdp::attach::{HostStackBlock, ModePreference, Program, XdpAttachment, 
 use xlane_xdp::packet::{PacketPort, PacketStats};
 use xlane_xdp::port::{KernelStats, OpenError, PortHandover, QueueSpec, XdpPort};
 use xlane_xdp::programs::PodFilter;
+use xlane_xdp::udp_gro::{UdpReceiver, UdpRxStats};
 use xlane_xdp::udp_gso::{UdpGsoSender, UdpGsoStats};
 use xlane_xdp::xsk::{BindMode, PreparedSocket, TxChecksum, UmemId, Umems};
 
@@ -50,10 +51,32 @@ pub struct OpenSpec<A> {
     /// On the uplink: counters of the UDP GSO sockets to open beside the first queue's
     /// socket, which transmits for the port.
     pub udp_gso: Option<Arc<UdpGsoStats>>,
+    /// On an uplink without an XDP program: the UDP GRO socket to open beside the first
+    /// queue's socket, which then receives for the port.
+    pub udp_rx: Option<UdpRxSpec>,
     /// Which of the worker's UMEMs the sockets go in.
     pub placement: Placement,
     /// The checksum requests a UMEM of their own asks for.
     pub own_tx_checksum: TxChecksum,
+}
+
+/// Where an uplink without an XDP program receives: the VTEP's address and VXLAN port.
+#[derive(Debug)]
+pub struct UdpRxSpec {
+    /// The VTEP address.
+    pub vtep: std::net::Ipv4Addr,
+    /// The VXLAN port.
+    pub port: u16,
+    /// The receiver's counters on this worker.
+    pub stats: Arc<UdpRxStats>,
+}
+
+impl UdpRxSpec {
+    /// Reading `vtep`:`port`, counting from zero.
+    #[must_use]
+    pub fn new(vtep: std::net::Ipv4Addr, port: u16) -> Self {
+        Self { vtep, port, stats: Arc::default() }
+    }
 }
 
 /// Which of a worker's UMEMs an interface's sockets go in.
@@ -233,6 +256,9 @@ pub struct System {
     nl: Netlink,
     xdp: ModePreference,
     bind: BindMode,
+    /// The uplink's program is loaded, never attached: it receives through UDP GRO
+    /// sockets (`--uplink-rx udp`).
+    uplink_rx_udp: bool,
     /// What a hitless restart inherited and the replayed requests have yet to take.
     pool: std::sync::Mutex<Pool>,
 }
@@ -244,7 +270,14 @@ impl System {
     /// # Errors
     /// The netlink socket could not be opened.
     pub fn new(xdp: ModePreference, bind: BindMode) -> io::Result<Self> {
-        Ok(Self { nl: Netlink::new()?, xdp, bind, pool: std::sync::Mutex::default() })
+        Ok(Self { nl: Netlink::new()?, xdp, bind, uplink_rx_udp: false, pool: std::sync::Mutex::default() })
+    }
+
+    /// Leave the uplink without an XDP program (its traffic read through UDP GRO
+    /// sockets): its program is loaded for its XSKMAP, never attached.
+    #[must_use]
+    pub fn with_udp_uplink(self, on: bool) -> Self {
+        Self { uplink_rx_udp: on, ..self }
     }
 
     /// Take the objects of `pool` (inherited from the xlaned this one took over from)
@@ -276,6 +309,9 @@ impl Host for System {
     fn attach(&mut self, link: &Link, name: &str, queues: u32, program: Program) -> Result<XdpAttachment, String> {
         if let Some(h) = self.pool().attachment(link.ifindex) {
             return Ok(XdpAttachment::take_over(h));
+        }
+        if self.uplink_rx_udp && matches!(program, Program::Uplink(_)) {
+            return XdpAttachment::load(link.ifindex, name, queues, program).map_err(|e| e.to_string());
         }
         XdpAttachment::attach(link.ifindex, name, queues, program, self.xdp).map_err(|e| e.to_string())
     }
@@ -404,7 +440,7 @@ fn open_sockets(
     };
     if let Some(mode) = own {
         match open_in_own_umem(&spec, mode, d) {
-            Ok(ports) => return OpenStep::Done(Ok(add_xdp_ports(spec, ports, true, d))),
+            Ok(ports) => return OpenStep::Done(add_xdp_ports(spec, ports, true, d)),
             Err(e) if spec.placement == Placement::OwnIfZeroCopy && bind == BindMode::Auto => {
                 tracing::info!(ifname = %spec.ifname, "no zero-copy ({e}): sockets in the shared UMEM, copy mode");
             }
@@ -416,7 +452,7 @@ fn open_sockets(
     }
     if !d.mem().shared().bound() {
         let opened = open_queues(&spec, UmemId::SHARED, BindMode::Copy, d);
-        return OpenStep::Done(opened.map(|ports| add_xdp_ports(spec, ports, false, d)));
+        return OpenStep::Done(opened.and_then(|ports| add_xdp_ports(spec, ports, false, d)));
     }
     let mut sockets = Vec::with_capacity(spec.queues.len());
     for &q in &spec.queues {
@@ -434,7 +470,7 @@ fn open_sockets(
                     .map_err(|e| e.to_string())
                     .and_then(|()| shared_has_room(&spec, d))
                     .and_then(|()| adopt_queues(&spec, sockets, d))
-                    .map(|ports| add_xdp_ports(spec, ports, false, d)),
+                    .and_then(|ports| add_xdp_ports(spec, ports, false, d)),
             )
         })
     }))
@@ -449,7 +485,7 @@ fn take_over_sockets(
 ) -> OpenStep<Umems, NodePort> {
     let own = handed.first().is_some_and(|h| h.umem != UmemId::SHARED.index());
     let opened = all_or_none(handed, d, |h, m| XdpPort::take_over(m, h, queue_spec(&spec)));
-    OpenStep::Done(opened.map(|ports| add_xdp_ports(spec, ports, own, d)))
+    OpenStep::Done(opened.and_then(|ports| add_xdp_ports(spec, ports, own, d)))
 }
 
 /// Whether the shared UMEM can stock `spec`'s queues: a port it cannot would attach and
@@ -554,13 +590,18 @@ pub(crate) fn warn_if_refused(umem: &str, asked: TxChecksum, granted: TxChecksum
     }
 }
 
-/// Serve `opened` (the uplink's first queue with UDP GSO sockets beside it, if asked).
+/// Serve `opened` (the uplink's first queue with UDP GSO sockets beside it, and its
+/// UDP GRO receiver, if asked).
+///
+/// # Errors
+/// The receiver could not be opened (the ports are closed: without it the uplink
+/// would receive nothing).
 fn add_xdp_ports(
     spec: OpenSpec<XdpAttachment>,
     mut opened: Vec<XdpPort>,
     own_umem: bool,
     d: &mut Driver<Umems, NodePort>,
-) -> Bound {
+) -> Result<Bound, String> {
     let zero_copy = opened.first().is_some_and(|p| p.socket().zero_copy());
     let tx_checksum = opened.first().map_or(TxChecksum::Off, XdpPort::tx_checksum);
     if own_umem {
@@ -575,8 +616,19 @@ fn add_xdp_ports(
             }
         }
     }
+    if let (Some(rx), Some(first)) = (spec.udp_rx, opened.first_mut()) {
+        match UdpReceiver::open(&spec.ifname, rx.vtep, rx.port, rx.stats) {
+            Ok(receiver) => first.set_udp_receiver(receiver),
+            Err((what, e)) => {
+                for p in opened {
+                    p.close(d.mem_mut());
+                }
+                return Err(format!("{}: UDP receive socket on {}:{}: {what}: {e}", spec.ifname, rx.vtep, rx.port));
+            }
+        }
+    }
     for p in opened {
         d.add_port(NodePort::Xdp(p));
     }
-    Bound { zero_copy, own_umem, tx_checksum }
+    Ok(Bound { zero_copy, own_umem, tx_checksum })
 }

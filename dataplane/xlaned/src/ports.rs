@@ -10,7 +10,7 @@
 //! first, then the workers close it; its id is not reused until they have. The uplink
 //! and host port are opened at start-up and wait for the workers.
 
-use crate::host::{Bound, Hold, Host, OpenJob, OpenSpec, OpenStep, PacketSpec, Placement};
+use crate::host::{Bound, Hold, Host, OpenJob, OpenSpec, OpenStep, PacketSpec, Placement, UdpRxSpec};
 use crate::state::{Failure, State, Ticket, failed, invalid};
 use crate::worker::WorkerHandle;
 use crossbeam_channel::Sender;
@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
-use xlane_api::{EndpointSpec, Mac, PacketInfo, PortInfo, Reply, UdpGsoInfo, UmemInfo, VethIo, VhostUserInfo};
+use xlane_api::{
+    EndpointSpec, Mac, PacketInfo, PortInfo, Reply, UdpGsoInfo, UdpRxInfo, UmemInfo, VethIo, VhostUserInfo,
+};
 use xlane_engine::{FrameMemory, PortCounters};
 use xlane_fib::{Endpoint, PortId};
 use xlane_vhost::backend::PortIo;
@@ -29,6 +31,7 @@ use xlane_xdp::attach::Program;
 use xlane_xdp::packet::PacketStats;
 use xlane_xdp::port::KernelStats;
 use xlane_xdp::programs::PodFilter;
+use xlane_xdp::udp_gro::UdpRxStats;
 use xlane_xdp::udp_gso::UdpGsoStats;
 use xlane_xdp::xsk::TxChecksum;
 
@@ -74,6 +77,8 @@ pub(crate) enum PortKind<A> {
         kernel: Vec<Arc<KernelStats>>,
         /// The uplink's UDP GSO senders' counters, one per worker (none elsewhere).
         udp_gso: Vec<Arc<UdpGsoStats>>,
+        /// The uplink's UDP GRO receivers' counters, one per worker (`--uplink-rx udp`).
+        udp_rx: Vec<Arc<UdpRxStats>>,
     },
     /// A vhost-user-net backend on a unix socket (a VM-based pod). Dropping it cuts the
     /// frontend off and removes the socket.
@@ -127,16 +132,12 @@ impl<A> Port<A> {
             (rx, tx, tx_dropped) = (rx + r, tx + t, tx_dropped + d);
         }
         let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| self.kernel().iter().map(|k| f(&k.get())).sum();
-        let (mut packet, mut udp_gso_info, mut umem) = (None, None, None);
+        let (mut packet, mut udp_gso_info, mut udp_rx_info, mut umem) = (None, None, None, None);
         let (queues, xdp_mode, zero_copy, vhost_user) = match &self.kind {
-            PortKind::Xdp { attach, queues, zero_copy, own_umem, tx_checksum, udp_gso, .. } => {
+            PortKind::Xdp { attach, queues, zero_copy, own_umem, tx_checksum, udp_gso, udp_rx, .. } => {
                 let copied_in = self.counters.iter().map(|c| c.tx_copied.load(Relaxed)).sum();
                 let partial_csum = self.counters.iter().map(|c| c.tx_partial_csum.load(Relaxed)).sum();
-                let tx_checksum = match tx_checksum {
-                    TxChecksum::Off => None,
-                    TxChecksum::Device => Some("device".to_owned()),
-                    TxChecksum::Software => Some("software".to_owned()),
-                };
+                let tx_checksum = (*tx_checksum != TxChecksum::Off).then(|| format!("{tx_checksum:?}").to_lowercase());
                 umem = Some(UmemInfo { own: *own_umem, copied_in, tx_checksum, partial_csum });
                 if !udp_gso.is_empty() {
                     let mut sum = UdpGsoInfo::default();
@@ -147,6 +148,13 @@ impl<A> Port<A> {
                     }
                     udp_gso_info = Some(sum);
                 }
+                udp_rx_info = (!udp_rx.is_empty()).then(|| {
+                    udp_rx.iter().map(|s| s.totals()).fold(UdpRxInfo::default(), |a, (m, d, x)| UdpRxInfo {
+                        messages: a.messages + m,
+                        datagrams: a.datagrams + d,
+                        dropped: a.dropped + x,
+                    })
+                });
                 (*queues, H::xdp_mode(attach), *zero_copy, None)
             }
             PortKind::Packet { stats, .. } => {
@@ -197,6 +205,7 @@ impl<A> Port<A> {
             vhost_user,
             packet,
             udp_gso: udp_gso_info,
+            udp_rx: udp_rx_info,
             umem,
         }
     }
@@ -278,6 +287,11 @@ impl<H: Host> State<H> {
         let per_worker = self.spread(&queues);
         let name = format!("xlane_{}", role.name());
         let max_queue = queues.iter().max().copied().unwrap_or(0) + 1;
+        // No program on the uplink (`--uplink-rx udp`): a UDP GRO socket per worker reads it.
+        let udp_rx_at = match &program {
+            Program::Uplink(f) if self.cfg.uplink_rx_udp => Some((f.vtep_ip, f.vxlan_port)),
+            _ => None,
+        };
         let attach = Arc::new(self.host.attach(&link, &name, max_queue, program).map_err(failed)?);
         let features = if role == Role::Uplink { self.host.xdp_features(&link) } else { None };
         if let Some(f) = features {
@@ -293,7 +307,7 @@ impl<H: Host> State<H> {
         }
         let own_tx_checksum = self.cfg.xsk_tx_checksum.for_own(features.is_some_and(|f| f.tx_checksum()));
         let fill_target = if role == Role::Uplink { self.cfg.uplink_fill } else { self.cfg.pod_fill };
-        let (mut counters, mut kernel, mut udp_gso) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut counters, mut kernel, mut udp_gso, mut udp_rx) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let abandon = Arc::new(AtomicBool::new(false));
         for (i, qs) in per_worker.into_iter().enumerate() {
             let transmits_only = qs.is_empty();
@@ -307,12 +321,14 @@ impl<H: Host> State<H> {
                 counters: Arc::new(PortCounters::default()),
                 kernel: Arc::new(KernelStats::default()),
                 udp_gso: (role == Role::Uplink && self.cfg.uplink_udp_gso && !transmits_only).then(Arc::default),
+                udp_rx: udp_rx_at.filter(|_| !transmits_only).map(|(vtep, port)| UdpRxSpec::new(vtep, port)),
                 placement: if role == Role::Uplink { self.cfg.uplink_umem } else { Placement::Shared },
                 own_tx_checksum,
             };
             counters.push(Arc::clone(&spec.counters));
             kernel.push(Arc::clone(&spec.kernel));
             udp_gso.extend(spec.udp_gso.clone());
+            udp_rx.extend(spec.udp_rx.as_ref().map(|r| Arc::clone(&r.stats)));
             self.open_on_worker(i, id, events, notify, self.host.opener(spec), &abandon);
         }
         let queues = queues.len();
@@ -325,6 +341,7 @@ impl<H: Host> State<H> {
             tx_checksum: TxChecksum::Off,
             kernel,
             udp_gso,
+            udp_rx,
         };
         Ok(Opening { kind, counters, queues, abandon })
     }

@@ -201,3 +201,48 @@ fn a_jumbo_underlay_carries_pods_at_mtu_8950() {
     let merged: u64 = pod_ports(&daemons[1]).iter().filter_map(|p| p.packet).map(|k| k.gro_merged).sum();
     assert!(merged > 0, "no jumbo frames merged for the receiving pod: {:?}", pod_ports(&daemons[1]));
 }
+
+/// `--uplink-rx udp`: no XDP program on the uplink, its VXLAN traffic read through UDP
+/// GRO sockets, so a peer's GSO sends arrive whole. On a jumbo underlay (datagrams
+/// larger than a buffer go through the jumbo store) between two such nodes, and at MTU
+/// 1500 beside a node that receives through XDP and AF_XDP (the two interoperate on
+/// the wire): pings of every size the pods take and TCP byte for byte, both ways.
+#[test]
+fn an_uplink_without_xdp_receives_through_udp_gro_sockets() {
+    if !xlane_netlab::privileged("an_uplink_without_xdp_receives_through_udp_gro_sockets") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let udp: &[&str] = &["--uplink-rx", "udp"];
+    for (mtu, flags) in [(9000, [udp, udp]), (1500, [udp, &[][..]])] {
+        let lab = xlane_netlab::Lab::with_mtu("xe-udprx", 2, 1, mtu).unwrap();
+        let Cluster { daemons, lab } = cluster_nodes(lab, "xe-udprx", &flags, VethIo::AfPacket);
+        let (p0, p1, p2) = (&lab.pods[0], &lab.pods[1], &lab.pods[2]);
+        let largest = u32::from(mtu) - 50 - 28;
+        ping_size(&p0.ns, p2.ip, largest);
+        ping_size(&p2.ns, p0.ip, largest);
+        ping_size(&p0.ns, p2.ip, 56);
+        ping_size(&p0.ns, p1.ip, 56);
+        tcp_transfer(&p0.ns, &p2.ns, p2.ip, 5131, 256);
+        tcp_transfer(&p2.ns, &p0.ns, p0.ip, 5132, 128);
+        for (i, d) in daemons.iter().enumerate() {
+            let c = d.counters();
+            assert!(conserved(&c), "MTU {mtu} node {i}: {:?} drops {:?}", c.pipeline, nonzero(&c.drops));
+            for reason in ["super_packet", "mtu_exceeded", "truncated", "not_vxlan"] {
+                assert_eq!(c.drops[reason], 0, "MTU {mtu} node {i}: {:?}", nonzero(&c.drops));
+            }
+            let up = uplink(d);
+            let node = &lab.nodes[i];
+            let attached = node.ns.has_xdp(&node.uplink).unwrap();
+            match up.udp_rx {
+                Some(rx) => {
+                    assert!(!attached, "MTU {mtu} node {i}: an XDP program on the uplink");
+                    assert!(rx.datagrams > rx.messages && rx.dropped == 0, "MTU {mtu} node {i}: {rx:?}");
+                }
+                None => assert!(attached && flags[i].is_empty(), "MTU {mtu} node {i}: no UDP receive"),
+            }
+        }
+        let out = daemons[0].ctl(&["ports"]);
+        assert!(out.contains("UDP GRO receive:"), "{out}");
+    }
+}

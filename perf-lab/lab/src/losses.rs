@@ -406,6 +406,7 @@ mod tests {
             vhost_user: None,
             packet: None,
             udp_gso: None,
+            udp_rx: None,
             umem: None,
         }
     }

@@ -347,6 +347,12 @@ fn print_ports(ports: &[PortInfo]) {
                 p.id, g.super_packets, g.datagrams, g.failed
             );
         }
+        if let Some(r) = &p.udp_rx {
+            println!(
+                "port {} UDP GRO receive: {} datagrams in {} messages; dropped {}",
+                p.id, r.datagrams, r.messages, r.dropped
+            );
+        }
         if let Some(u) = p.umem.as_ref().filter(|u| u.own || u.copied_in > 0) {
             println!(
                 "port {} UMEM: {} ({}); {} frames copied in from another UMEM",

@@ -1,0 +1,404 @@
+//! The uplink's VXLAN traffic received through a UDP socket with `UDP_GRO`, instead of
+//! an XDP program and AF_XDP (`xlaned --uplink-rx udp`).
+//!
+//! Any XDP program on a veth (or a virtio-net NIC, which then drops LRO) makes the
+//! kernel cut every GSO packet in front of it: a peer's 64 KiB UDP GSO send crosses
+//! the underlay whole but reaches xlane's AF_XDP socket as ~45 datagrams, each its own
+//! skb, XDP run and copy (kernel VXLAN on the same veth: 10.8 → 4.7 Gbit/s with the
+//! pinhole attached; perf-lab/RESULTS.md). With no program on the uplink, such a send
+//! stays one skb up to a socket that accepts GRO'd datagrams (`UDP_GRO`), and arrives
+//! in one `recvmsg` with its segment size in a control message.
+//!
+//! Each message is read whole into a 64 KiB staging area (its segment count is not
+//! known until it arrives, so scattering it straight into frames could truncate it),
+//! then every datagram is copied into a frame of the worker's memory — a jumbo slot
+//! where it is larger — behind a synthesized outer Ethernet/IPv4/UDP header (source
+//! from the message's address, destination the bound VTEP address and port), so the
+//! pipeline decapsulates it as it does a frame from the wire. The inner checksums are
+//! untouched: GRO in front of a pod verifies them before it merges.
+//!
+//! The sockets of a node's workers share the port (`SO_REUSEPORT`): the kernel spreads
+//! flows across them by hash, as RSS spreads them across NIC queues.
+
+use crate::sys::{set_socket_buffer, setsockopt_int};
+use arrayvec::ArrayVec;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use xlane_engine::offload::{JUMBO_MAX, Jumbo, OffloadMeta};
+use xlane_engine::port::bump;
+use xlane_engine::{BURST, FrameMemory, Packet};
+use xlane_wire::checksum;
+
+/// Bytes of the outer header written in front of each datagram: Ethernet, IPv4, UDP.
+pub const OUTER: usize = 14 + 20 + 8;
+/// Where a datagram's outer header starts in a frame: room in front for the outer
+/// headers of a frame the pipeline sends on (transit), as AF_XDP leaves.
+const FRAME_HEAD: usize = 256;
+/// Messages one `recvmmsg` reads.
+const MESSAGES: usize = 4;
+/// A message's staging area: the largest GRO'd skb (64 KiB) with room to spare, so a
+/// truncation means a bug (counted), not a normal event.
+const STAGE: usize = 65_536 + 4_096;
+/// The socket's receive buffer: a few GRO'd messages per worker in flight.
+const RECEIVE_BUFFER: libc::c_int = 16 << 20;
+
+/// What a receiver did, on one worker. Single writer: relaxed load + store.
+#[derive(Debug, Default)]
+pub struct UdpRxStats {
+    /// Messages read (each one datagram or a GRO'd train of them).
+    pub messages: AtomicU64,
+    /// Datagrams handed to the pipeline.
+    pub datagrams: AtomicU64,
+    /// Messages longer than their staging area (dropped whole).
+    pub truncated: AtomicU64,
+    /// Datagrams dropped for want of a frame in the worker's memory.
+    pub no_buffer: AtomicU64,
+    /// Datagrams too large for a frame, read where no jumbo store was given.
+    pub oversize: AtomicU64,
+    /// Receives the kernel failed (other than "nothing waiting").
+    pub errors: AtomicU64,
+}
+
+impl UdpRxStats {
+    /// (messages, datagrams, dropped): the last summing every reason.
+    #[must_use]
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        let dropped = get(&self.truncated) + get(&self.no_buffer) + get(&self.oversize) + get(&self.errors);
+        (get(&self.messages), get(&self.datagrams), dropped)
+    }
+}
+
+/// One message read and not yet handed out in full.
+#[derive(Debug, Clone, Copy)]
+struct Message {
+    len: usize,
+    /// Bytes per datagram (the last may be shorter).
+    segment: usize,
+    src: Ipv4Addr,
+    src_port: u16,
+}
+
+/// Control buffer of one message: room for the `UDP_GRO` segment size.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Control([u8; 64]);
+
+/// A UDP socket bound to the VTEP's address and VXLAN port that reads GRO'd datagrams.
+pub struct UdpReceiver {
+    sock: OwnedFd,
+    vtep: Ipv4Addr,
+    port: u16,
+    staging: Box<[u8]>,
+    msgs: [libc::mmsghdr; MESSAGES],
+    iovs: [libc::iovec; MESSAGES],
+    names: [libc::sockaddr_in; MESSAGES],
+    controls: [Control; MESSAGES],
+    /// Messages read by the last `recvmmsg`, and the next datagram to hand out: which
+    /// message and where in it.
+    read: ArrayVec<Message, MESSAGES>,
+    next: (usize, usize),
+    stats: Arc<UdpRxStats>,
+}
+
+// SAFETY: the raw pointers in `msgs` and `iovs` point into the receiver's own boxed or
+// inline fields and are rewritten before every `recvmmsg` that reads them; Rust code
+// never dereferences them, so moving the receiver to its worker moves plain bytes.
+unsafe impl Send for UdpReceiver {}
+
+impl core::fmt::Debug for UdpReceiver {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("UdpReceiver").field("vtep", &self.vtep).field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl UdpReceiver {
+    /// A non-blocking socket on `ifname` bound to `vtep`:`port` with `UDP_GRO`, sharing
+    /// the port with the other workers' (`SO_REUSEPORT`), counting into `stats`.
+    ///
+    /// # Errors
+    /// The failing step and the kernel's error (no such address on the node, the port
+    /// taken by a socket that does not share it, such as a kernel VXLAN device's).
+    pub fn open(
+        ifname: &str,
+        vtep: Ipv4Addr,
+        port: u16,
+        stats: Arc<UdpRxStats>,
+    ) -> Result<Self, (&'static str, io::Error)> {
+        // SAFETY: plain socket(2); the result is checked.
+        let raw =
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(("socket(AF_INET, SOCK_DGRAM)", io::Error::last_os_error()));
+        }
+        // SAFETY: the kernel just returned this descriptor; nobody else owns it.
+        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        let s = sock.as_raw_fd();
+        setsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(|e| ("SO_REUSEPORT", e))?;
+        let name = ifname.as_bytes();
+        let len = libc::socklen_t::try_from(name.len())
+            .map_err(|_| ("SO_BINDTODEVICE", io::Error::from(io::ErrorKind::InvalidInput)))?;
+        // SAFETY: `name` is live for the call and `len` is its length (the kernel copies it).
+        if unsafe { libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, name.as_ptr().cast(), len) } < 0 {
+            return Err(("SO_BINDTODEVICE", io::Error::last_os_error()));
+        }
+        setsockopt_int(s, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(|e| ("UDP_GRO", e))?;
+        set_socket_buffer(s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECEIVE_BUFFER).map_err(|e| ("SO_RCVBUF", e))?;
+        let addr = sockaddr(vtep, port);
+        let alen = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("16");
+        // SAFETY: `addr` is a live sockaddr_in and `alen` its size.
+        if unsafe { libc::bind(s, std::ptr::from_ref(&addr).cast(), alen) } < 0 {
+            return Err(("bind(VTEP address, VXLAN port)", io::Error::last_os_error()));
+        }
+        // SAFETY: mmsghdr is plain old data; all-zero is valid (null pointers, no iovecs).
+        let msg = unsafe { std::mem::zeroed::<libc::mmsghdr>() };
+        Ok(Self {
+            sock,
+            vtep,
+            port,
+            staging: vec![0; STAGE * MESSAGES].into_boxed_slice(),
+            msgs: [msg; MESSAGES],
+            iovs: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MESSAGES],
+            names: [sockaddr(Ipv4Addr::UNSPECIFIED, 0); MESSAGES],
+            controls: [Control([0; 64]); MESSAGES],
+            read: ArrayVec::new(),
+            next: (0, 0),
+            stats,
+        })
+    }
+
+    /// The socket (readable when datagrams wait): what a sleeping worker polls.
+    #[must_use]
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// The receiver's counters.
+    #[must_use]
+    pub fn stats(&self) -> &Arc<UdpRxStats> {
+        &self.stats
+    }
+
+    /// Hand out up to [`BURST`] datagrams as frames with outer headers: into buffers of
+    /// `mem` (in `out`, in order; returns how many) or, larger than a buffer, into the
+    /// slots of `jumbo` (recorded after the frames that came before them). Reads at most
+    /// one `recvmmsg`; what does not fit this call is handed out by the next.
+    pub fn receive<M: FrameMemory>(
+        &mut self,
+        mem: &mut M,
+        out: &mut [Packet<M::Buf>; BURST],
+        mut jumbo: Option<&mut Jumbo>,
+    ) -> usize {
+        if self.next.0 >= self.read.len() {
+            self.read_messages();
+        }
+        let room = mem.buffer_size().saturating_sub(FRAME_HEAD + OUTER);
+        // Where each datagram of this call goes: (message, offset, length) into a frame
+        // (`out[k]`) or a jumbo slot.
+        let mut frames: ArrayVec<(usize, usize, usize), BURST> = ArrayVec::new();
+        while let Some((m, at, len)) = self.peek() {
+            if len <= room {
+                if frames.is_full() {
+                    break;
+                }
+                let Some(buf) = mem.alloc() else {
+                    bump(&self.stats.no_buffer, 1);
+                    self.advance(len);
+                    continue;
+                };
+                #[expect(clippy::cast_possible_truncation, reason = "within a buffer")]
+                {
+                    out[frames.len()] = Packet { buf, head: FRAME_HEAD as u32, len: (OUTER + len) as u32 };
+                }
+                frames.push((m, at, len));
+            } else if let Some(j) = jumbo.as_deref_mut() {
+                if j.len() == BURST {
+                    break;
+                }
+                let slot = j.len();
+                let area = j.data_mut(slot);
+                if OUTER + len > JUMBO_MAX {
+                    bump(&self.stats.oversize, 1);
+                    self.advance(len);
+                    continue;
+                }
+                let msg = self.read[m];
+                write_outer(&mut area[..OUTER], &msg, self.vtep, self.port, len);
+                area[OUTER..OUTER + len].copy_from_slice(&self.staging[m * STAGE + at..][..len]);
+                j.push(slot, frames.len(), OUTER + len, OffloadMeta::default());
+            } else {
+                bump(&self.stats.oversize, 1);
+            }
+            self.advance(len);
+        }
+        let n = frames.len();
+        let bufs: ArrayVec<M::Buf, BURST> = out[..n].iter().map(|p| p.buf).collect();
+        let (staging, read, vtep, port) = (&self.staging, &self.read, self.vtep, self.port);
+        mem.with_buffers(&bufs, |slices| {
+            for (s, &(m, at, len)) in slices.iter_mut().zip(&frames) {
+                let f = &mut s[FRAME_HEAD..FRAME_HEAD + OUTER + len];
+                write_outer(&mut f[..OUTER], &read[m], vtep, port, len);
+                f[OUTER..].copy_from_slice(&staging[m * STAGE + at..][..len]);
+            }
+        });
+        let handed = n + jumbo.map_or(0, |j| j.len());
+        bump(&self.stats.datagrams, handed as u64);
+        n
+    }
+
+    /// The next datagram to hand out: (message, offset, length).
+    fn peek(&self) -> Option<(usize, usize, usize)> {
+        let (m, at) = self.next;
+        let msg = self.read.get(m)?;
+        Some((m, at, msg.segment.min(msg.len - at)))
+    }
+
+    /// Past the datagram [`peek`](Self::peek) gave (of `len` bytes).
+    fn advance(&mut self, len: usize) {
+        let (m, at) = self.next;
+        self.next = if at + len >= self.read[m].len { (m + 1, 0) } else { (m, at + len) };
+    }
+
+    /// One `recvmmsg` into the staging areas.
+    fn read_messages(&mut self) {
+        self.read.clear();
+        self.next = (0, 0);
+        let base = self.staging.as_mut_ptr();
+        for m in 0..MESSAGES {
+            // SAFETY: message m's area lies inside `staging` (MESSAGES areas of STAGE).
+            self.iovs[m] = libc::iovec { iov_base: unsafe { base.add(m * STAGE) }.cast(), iov_len: STAGE };
+            let h = &mut self.msgs[m].msg_hdr;
+            h.msg_name = std::ptr::from_mut(&mut self.names[m]).cast();
+            h.msg_namelen = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("16");
+            h.msg_iov = std::ptr::from_mut(&mut self.iovs[m]);
+            h.msg_iovlen = 1;
+            h.msg_control = self.controls[m].0.as_mut_ptr().cast();
+            h.msg_controllen = self.controls[m].0.len();
+            h.msg_flags = 0;
+            self.msgs[m].msg_len = 0;
+        }
+        let count = libc::c_uint::try_from(MESSAGES).expect("small");
+        // SAFETY: every message points at live fields of `self` (a staging area, a name,
+        // a control buffer) sized as their lengths say, none touched during the call.
+        let got = unsafe {
+            libc::recvmmsg(
+                self.sock.as_raw_fd(),
+                self.msgs.as_mut_ptr(),
+                count,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let Ok(got) = usize::try_from(got) else {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock {
+                bump(&self.stats.errors, 1);
+            }
+            return;
+        };
+        bump(&self.stats.messages, got as u64);
+        for m in 0..got {
+            let len = self.msgs[m].msg_len as usize;
+            let h = &self.msgs[m].msg_hdr;
+            if h.msg_flags & libc::MSG_TRUNC != 0 {
+                bump(&self.stats.truncated, 1);
+                continue;
+            }
+            if len == 0 {
+                continue;
+            }
+            // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into
+            // the message's own control buffer, which `h` points at.
+            let segment = unsafe { gro_segment(h) }.filter(|&s| s > 0).unwrap_or(len);
+            let name = &self.names[m];
+            self.read.push(Message {
+                len,
+                segment,
+                src: Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
+                src_port: u16::from_be(name.sin_port),
+            });
+        }
+    }
+}
+
+/// The `UDP_GRO` segment size among a received message's control messages.
+///
+/// # Safety
+/// `h` is a message header the kernel filled: its control pointer and length describe
+/// initialised control messages.
+unsafe fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: per the caller, `h` describes a valid control buffer; CMSG_FIRSTHDR and
+    // CMSG_NXTHDR stay within it and return null past its end.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(v).ok();
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("2"),
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Write the outer header of a datagram of `len` bytes from `msg`'s sender to
+/// `vtep`:`port` into `out` ([`OUTER`] bytes): what the wire carried, but for the MACs
+/// (zero: the pipeline does not read them) and the UDP checksum (0: not verified).
+fn write_outer(out: &mut [u8], msg: &Message, vtep: Ipv4Addr, port: u16, len: usize) {
+    out[..12].fill(0);
+    out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut out[14..34];
+    #[expect(clippy::cast_possible_truncation, reason = "a datagram is below 64 KiB")]
+    let total = (20 + 8 + len) as u16;
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[4..6].fill(0);
+    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[10..12].fill(0);
+    ip[12..16].copy_from_slice(&msg.src.octets());
+    ip[16..20].copy_from_slice(&vtep.octets());
+    let c = !checksum::sum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let udp = &mut out[34..42];
+    udp[0..2].copy_from_slice(&msg.src_port.to_be_bytes());
+    udp[2..4].copy_from_slice(&port.to_be_bytes());
+    udp[4..6].copy_from_slice(&(total - 20).to_be_bytes());
+    udp[6..8].fill(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xlane_wire::{Ipv4Packet, UdpPacket};
+
+    #[test]
+    fn the_outer_header_is_what_the_wire_carried() {
+        let msg = Message { len: 100, segment: 100, src: Ipv4Addr::new(10, 0, 0, 2), src_port: 40_000 };
+        let mut f = [0xaa; OUTER + 100];
+        write_outer(&mut f[..OUTER], &msg, Ipv4Addr::new(10, 0, 0, 1), 4789, 100);
+        let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (msg.src, Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(usize::from(ip.total_len()), 20 + 8 + 100);
+        assert!(ip.dont_frag() && !ip.more_frags() && ip.frag_offset() == 0);
+        let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!((udp.src_port(), udp.dst_port(), udp.len()), (40_000, 4789, 108));
+        assert_eq!(&f[12..14], &[0x08, 0x00]);
+    }
+}
