@@ -45,6 +45,9 @@ pub enum Contender {
     /// xlane with pods attached `veth-offload` (AF_PACKET with a virtio-net header:
     /// the pods keep TSO/GSO, TCP travels as super-packets).
     XlaneOffload,
+    /// `veth-offload` pods and `--uplink-rx udp`: no XDP program on the uplinks, their
+    /// VXLAN traffic read through UDP GRO sockets (a peer's GSO sends arrive whole).
+    XlaneUdpUplink,
     /// flannel-style kernel VXLAN (vxlan device, cni0 bridge).
     KernelVxlan,
     /// Kernel VXLAN with xlane's uplink program attached to each node's uplink and no
@@ -58,11 +61,12 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in report order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Xlane,
         Self::XlaneBusyPoll,
         Self::XlaneOwnUmem,
         Self::XlaneOffload,
+        Self::XlaneUdpUplink,
         Self::KernelVxlan,
         Self::KernelVxlanXdp,
         Self::HostGw,
@@ -71,7 +75,10 @@ impl Contender {
     /// Whether this is xlane (in any mode).
     #[must_use]
     pub fn is_xlane(self) -> bool {
-        matches!(self, Self::Xlane | Self::XlaneBusyPoll | Self::XlaneOwnUmem | Self::XlaneOffload)
+        matches!(
+            self,
+            Self::Xlane | Self::XlaneBusyPoll | Self::XlaneOwnUmem | Self::XlaneOffload | Self::XlaneUdpUplink
+        )
     }
 
     /// Whether it runs on a jumbo underlay: xlane's `veth-xdp` pods take only frames of
@@ -89,6 +96,7 @@ impl Contender {
             Self::XlaneBusyPoll => "xlane busy-poll",
             Self::XlaneOwnUmem => "xlane own-UMEM uplink",
             Self::XlaneOffload => "xlane veth-offload",
+            Self::XlaneUdpUplink => "xlane veth-offload, UDP uplink",
             Self::KernelVxlan => "kernel VXLAN",
             Self::KernelVxlanXdp => "kernel VXLAN, uplink XDP",
             Self::HostGw => "kernel host-gw",
@@ -323,19 +331,22 @@ fn build(c: Contender, mtu: u16) -> anyhow::Result<Testbed> {
         Contender::XlaneBusyPoll => "xbb",
         Contender::XlaneOwnUmem => "xbu",
         Contender::XlaneOffload => "xbo",
+        Contender::XlaneUdpUplink => "xbr",
         Contender::KernelVxlan => "xbv",
         Contender::KernelVxlanXdp => "xbw",
         Contender::HostGw => "xbh",
     };
     match c {
-        Contender::Xlane | Contender::XlaneBusyPoll | Contender::XlaneOwnUmem | Contender::XlaneOffload => {
+        c if c.is_xlane() => {
             let xlaned_args: Vec<String> = match c {
                 Contender::XlaneBusyPoll => vec!["--busy-poll".into()],
                 Contender::XlaneOwnUmem => vec!["--uplink-umem".into(), "own".into()],
+                Contender::XlaneUdpUplink => vec!["--uplink-rx".into(), "udp".into()],
                 _ => vec![],
             };
             // Named explicitly: the CNI default may change, the contenders must not.
-            let attach = Some(if c == Contender::XlaneOffload { "veth-offload" } else { "veth-xdp" }.to_owned());
+            let offload = matches!(c, Contender::XlaneOffload | Contender::XlaneUdpUplink);
+            let attach = Some(if offload { "veth-offload" } else { "veth-xdp" }.to_owned());
             let opts = ClusterOptions { xlaned_args, attach, mtu: Some(mtu), ..ClusterOptions::default() };
             let cluster = Cluster::start(prefix, 2, &opts)?;
             let pods =
@@ -352,7 +363,7 @@ fn build(c: Contender, mtu: u16) -> anyhow::Result<Testbed> {
                 local_ip,
             })
         }
-        Contender::KernelVxlan | Contender::KernelVxlanXdp | Contender::HostGw => {
+        _ => {
             let lab = Lab::with_mtu(prefix, 2, 1, mtu)?;
             let baseline = if c == Contender::HostGw { kernel::Baseline::HostGw } else { kernel::Baseline::Vxlan };
             let mut pods: Vec<Netns> = kernel::two_pods(&lab, baseline)?.into();
