@@ -204,11 +204,7 @@ impl MemPort {
             for u in &units[..n] {
                 match u {
                     Coalesced::Single(i) => single[*i] = true,
-                    Coalesced::Merged(m) => {
-                        let mut bytes = vec![0; m.len()];
-                        let meta = m.write(&frames, &mut bytes).expect("a merge of this burst");
-                        tx_super.push_back((bytes, meta));
-                    }
+                    Coalesced::Merged(m) => tx_super.push_back(merged_bytes(m, &frames)),
                 }
             }
         });
@@ -226,6 +222,13 @@ impl MemPort {
         }
         taken
     }
+}
+
+/// A merged unit of `frames` written out, as a port with a virtio-net header sends it.
+fn merged_bytes(m: &offload::Merged, frames: &[&[u8]]) -> (Vec<u8>, OffloadMeta) {
+    let mut bytes = vec![0; m.len()];
+    let meta = m.write(frames, &mut bytes).expect("a merge of these frames");
+    (bytes, meta)
 }
 
 impl Port<MemFrames> for MemPort {
@@ -290,11 +293,7 @@ impl Port<MemFrames> for MemPort {
         for u in &units[..n] {
             self.tx_super.push_back(match u {
                 Coalesced::Single(i) => (frames[*i].to_vec(), metas[*i]),
-                Coalesced::Merged(m) => {
-                    let mut bytes = vec![0; m.len()];
-                    let meta = m.write(frames, &mut bytes).expect("a merge of these frames");
-                    (bytes, meta)
-                }
+                Coalesced::Merged(m) => merged_bytes(m, frames),
             });
         }
         frames.len()

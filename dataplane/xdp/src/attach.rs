@@ -159,12 +159,6 @@ impl XdpAttachment {
         self.link.as_ref().map_or(Ok(()), |l| sys::link_detach(l.as_fd()))
     }
 
-    /// Attached to its interface (not only [loaded](Self::load)).
-    #[must_use]
-    pub fn attached(&self) -> bool {
-        self.link.is_some()
-    }
-
     /// Whether the program passes multi-buffer packets to its sockets (the uplink's:
     /// jumbo frames); a pod's never does.
     #[must_use]

@@ -329,6 +329,53 @@ pub(crate) fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, v
     setsockopt(fd, level, name, &value)
 }
 
+/// An IPv4 socket address as the kernel takes it.
+#[must_use]
+pub(crate) fn sockaddr_in(ip: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("2"),
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A non-blocking UDP socket on interface `ifname` (`SO_BINDTODEVICE`), given its
+/// options by `configure`, then bound to `ip`:`port`.
+///
+/// # Errors
+/// The failing step's name and the kernel's error.
+pub(crate) fn udp_socket(
+    ifname: &str,
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    configure: impl FnOnce(RawFd) -> Result<(), (&'static str, io::Error)>,
+) -> Result<OwnedFd, (&'static str, io::Error)> {
+    // SAFETY: plain socket(2); the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(("socket(AF_INET, SOCK_DGRAM)", io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel just returned this descriptor; nobody else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let s = fd.as_raw_fd();
+    let name = ifname.as_bytes();
+    let len =
+        libc::socklen_t::try_from(name.len()).map_err(|_| ("SO_BINDTODEVICE", io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: `name` is live for the call and `len` is its length (the kernel copies it).
+    if unsafe { libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, name.as_ptr().cast(), len) } < 0 {
+        return Err(("SO_BINDTODEVICE", io::Error::last_os_error()));
+    }
+    configure(s)?;
+    let addr = sockaddr_in(ip, port);
+    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("16");
+    // SAFETY: `addr` is a live sockaddr_in and `len` its size.
+    if unsafe { libc::bind(s, std::ptr::from_ref(&addr).cast(), len) } < 0 {
+        return Err(("bind", io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
 /// `setsockopt(2)` with a plain-data value (an int, a `#[repr(C)]` struct of the UAPI).
 ///
 /// # Errors

@@ -20,11 +20,11 @@
 //! The sockets of a node's workers share the port (`SO_REUSEPORT`): the kernel spreads
 //! flows across them by hash, as RSS spreads them across NIC queues.
 
-use crate::sys::{set_socket_buffer, setsockopt_int};
+use crate::sys::{self, set_socket_buffer, setsockopt_int};
 use arrayvec::ArrayVec;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use xlane_engine::offload::{JUMBO_MAX, Jumbo, OffloadMeta};
@@ -128,31 +128,12 @@ impl UdpReceiver {
         port: u16,
         stats: Arc<UdpRxStats>,
     ) -> Result<Self, (&'static str, io::Error)> {
-        // SAFETY: plain socket(2); the result is checked.
-        let raw =
-            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(("socket(AF_INET, SOCK_DGRAM)", io::Error::last_os_error()));
-        }
-        // SAFETY: the kernel just returned this descriptor; nobody else owns it.
-        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-        let s = sock.as_raw_fd();
-        setsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(|e| ("SO_REUSEPORT", e))?;
-        let name = ifname.as_bytes();
-        let len = libc::socklen_t::try_from(name.len())
-            .map_err(|_| ("SO_BINDTODEVICE", io::Error::from(io::ErrorKind::InvalidInput)))?;
-        // SAFETY: `name` is live for the call and `len` is its length (the kernel copies it).
-        if unsafe { libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, name.as_ptr().cast(), len) } < 0 {
-            return Err(("SO_BINDTODEVICE", io::Error::last_os_error()));
-        }
-        setsockopt_int(s, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(|e| ("UDP_GRO", e))?;
-        set_socket_buffer(s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECEIVE_BUFFER).map_err(|e| ("SO_RCVBUF", e))?;
-        let addr = sockaddr(vtep, port);
-        let alen = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("16");
-        // SAFETY: `addr` is a live sockaddr_in and `alen` its size.
-        if unsafe { libc::bind(s, std::ptr::from_ref(&addr).cast(), alen) } < 0 {
-            return Err(("bind(VTEP address, VXLAN port)", io::Error::last_os_error()));
-        }
+        // SO_REUSEPORT before the bind: the workers' sockets share the port.
+        let sock = sys::udp_socket(ifname, vtep, port, |s| {
+            setsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(|e| ("SO_REUSEPORT", e))?;
+            setsockopt_int(s, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(|e| ("UDP_GRO", e))?;
+            set_socket_buffer(s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECEIVE_BUFFER).map_err(|e| ("SO_RCVBUF", e))
+        })?;
         // SAFETY: mmsghdr is plain old data; all-zero is valid (null pointers, no iovecs).
         let msg = unsafe { std::mem::zeroed::<libc::mmsghdr>() };
         Ok(Self {
@@ -162,7 +143,7 @@ impl UdpReceiver {
             staging: vec![0; STAGE * MESSAGES].into_boxed_slice(),
             msgs: [msg; MESSAGES],
             iovs: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MESSAGES],
-            names: [sockaddr(Ipv4Addr::UNSPECIFIED, 0); MESSAGES],
+            names: [sys::sockaddr_in(Ipv4Addr::UNSPECIFIED, 0); MESSAGES],
             controls: [Control([0; 64]); MESSAGES],
             read: ArrayVec::new(),
             next: (0, 0),
@@ -174,12 +155,6 @@ impl UdpReceiver {
     #[must_use]
     pub fn fd(&self) -> RawFd {
         self.sock.as_raw_fd()
-    }
-
-    /// The receiver's counters.
-    #[must_use]
-    pub fn stats(&self) -> &Arc<UdpRxStats> {
-        &self.stats
     }
 
     /// Hand out up to [`BURST`] datagrams as frames with outer headers: into buffers of
@@ -218,16 +193,14 @@ impl UdpReceiver {
                 if j.len() == BURST {
                     break;
                 }
-                let slot = j.len();
-                let area = j.data_mut(slot);
                 if OUTER + len > JUMBO_MAX {
                     bump(&self.stats.oversize, 1);
                     self.advance(len);
                     continue;
                 }
-                let msg = self.read[m];
-                write_outer(&mut area[..OUTER], &msg, self.vtep, self.port, len);
-                area[OUTER..OUTER + len].copy_from_slice(&self.staging[m * STAGE + at..][..len]);
+                let slot = j.len();
+                let payload = &self.staging[m * STAGE + at..][..len];
+                write_datagram(&mut j.data_mut(slot)[..OUTER + len], &self.read[m], self.vtep, self.port, payload);
                 j.push(slot, frames.len(), OUTER + len, OffloadMeta::default());
             } else {
                 bump(&self.stats.oversize, 1);
@@ -239,9 +212,8 @@ impl UdpReceiver {
         let (staging, read, vtep, port) = (&self.staging, &self.read, self.vtep, self.port);
         mem.with_buffers(&bufs, |slices| {
             for (s, &(m, at, len)) in slices.iter_mut().zip(&frames) {
-                let f = &mut s[FRAME_HEAD..FRAME_HEAD + OUTER + len];
-                write_outer(&mut f[..OUTER], &read[m], vtep, port, len);
-                f[OUTER..].copy_from_slice(&staging[m * STAGE + at..][..len]);
+                let payload = &staging[m * STAGE + at..][..len];
+                write_datagram(&mut s[FRAME_HEAD..FRAME_HEAD + OUTER + len], &read[m], vtep, port, payload);
             }
         });
         let handed = n + jumbo.map_or(0, |j| j.len());
@@ -345,13 +317,12 @@ unsafe fn gro_segment(h: &libc::msghdr) -> Option<usize> {
     None
 }
 
-fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("2"),
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-        sin_zero: [0; 8],
-    }
+/// Write `payload` (a datagram of `msg`) into `out` behind its outer header
+/// ([`write_outer`]); `out` is exactly [`OUTER`] + its length.
+fn write_datagram(out: &mut [u8], msg: &Message, vtep: Ipv4Addr, port: u16, payload: &[u8]) {
+    let (outer, body) = out.split_at_mut(OUTER);
+    write_outer(outer, msg, vtep, port, payload.len());
+    body.copy_from_slice(payload);
 }
 
 /// Write the outer header of a datagram of `len` bytes from `msg`'s sender to

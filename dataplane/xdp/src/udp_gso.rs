@@ -22,10 +22,11 @@
 //! the AF_XDP frames do, and after them, since the driver flushes a burst's earlier
 //! frames before it sends a super-packet.
 
-use crate::sys::{set_socket_buffer, setsockopt_int};
+use crate::sys::{self, set_socket_buffer, setsockopt_int};
 use arrayvec::ArrayVec;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use xlane_engine::MAX_SEGMENTS;
@@ -149,35 +150,13 @@ impl core::fmt::Debug for UdpGsoSender {
 
 /// One non-blocking UDP socket bound to `ifname` and an ephemeral port.
 fn open_socket(ifname: &str) -> Result<OwnedFd, (&'static str, io::Error)> {
-    // SAFETY: plain socket(2); the result is checked.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(("socket(AF_INET, SOCK_DGRAM)", io::Error::last_os_error()));
-    }
-    // SAFETY: the kernel just returned this descriptor; nobody else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let s = fd.as_raw_fd();
-    let name = ifname.as_bytes();
-    let len =
-        libc::socklen_t::try_from(name.len()).map_err(|_| ("SO_BINDTODEVICE", io::ErrorKind::InvalidInput.into()))?;
-    // SAFETY: `name` is live for the call and `len` is its length (the kernel copies it).
-    if unsafe { libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, name.as_ptr().cast(), len) } < 0 {
-        return Err(("SO_BINDTODEVICE", io::Error::last_os_error()));
-    }
-    setsockopt_int(s, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE)
-        .map_err(|e| ("IP_MTU_DISCOVER", e))?;
-    set_socket_buffer(s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SEND_BUFFER).map_err(|e| ("SO_SNDBUF", e))?;
-    // Nothing is ever sent to these ports; the smallest buffer drops whatever is.
-    setsockopt_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF, 1).map_err(|e| ("SO_RCVBUF", e))?;
-    // SAFETY: sockaddr_in is plain old data; all-zero is INADDR_ANY port 0.
-    let mut any: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    any.sin_family = libc::sa_family_t::try_from(libc::AF_INET).expect("2");
-    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("16");
-    // SAFETY: `any` is a live sockaddr_in and `len` its size.
-    if unsafe { libc::bind(s, std::ptr::from_ref(&any).cast(), len) } < 0 {
-        return Err(("bind(0.0.0.0:0)", io::Error::last_os_error()));
-    }
-    Ok(fd)
+    sys::udp_socket(ifname, Ipv4Addr::UNSPECIFIED, 0, |s| {
+        setsockopt_int(s, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE)
+            .map_err(|e| ("IP_MTU_DISCOVER", e))?;
+        set_socket_buffer(s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SEND_BUFFER).map_err(|e| ("SO_SNDBUF", e))?;
+        // Nothing is ever sent to these ports; the smallest buffer drops whatever is.
+        setsockopt_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF, 1).map_err(|e| ("SO_RCVBUF", e))
+    })
 }
 
 impl UdpGsoSender {
@@ -188,10 +167,9 @@ impl UdpGsoSender {
     /// `SO_BINDTODEVICE`, no such interface).
     pub fn open(ifname: &str, stats: Arc<UdpGsoStats>) -> Result<Self, (&'static str, io::Error)> {
         let socks = (0..SOCKETS).map(|_| open_socket(ifname)).collect::<Result<Vec<_>, _>>()?;
-        // SAFETY: mmsghdr and sockaddr_in are plain old data; all-zero is valid (null
-        // pointers, no iovecs; INADDR_ANY).
-        let (msg, mut dst) = unsafe { (std::mem::zeroed::<libc::mmsghdr>(), std::mem::zeroed::<libc::sockaddr_in>()) };
-        dst.sin_family = libc::sa_family_t::try_from(libc::AF_INET).expect("2");
+        // SAFETY: mmsghdr is plain old data; all-zero is valid (null pointers, no iovecs).
+        let msg = unsafe { std::mem::zeroed::<libc::mmsghdr>() };
+        let dst = sys::sockaddr_in(Ipv4Addr::UNSPECIFIED, 0);
         Ok(Self {
             socks,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
