@@ -202,7 +202,37 @@ impl Cluster {
         for i in 0..cluster.nodes.len() {
             cluster.wait_ready(i)?;
         }
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_converged(i)?;
+        }
         Ok(cluster)
+    }
+
+    /// Wait until node `i`'s dataplane can reach every other xlane node: each is in its
+    /// node table with the next-hop MAC resolved. A lease reaches the other agents by their
+    /// watch and the underlay's ARP answer comes after it; until both have, packets to that
+    /// node are counted drops (`unresolved_vtep`), so a lab that starts traffic earlier
+    /// loses its first packets.
+    ///
+    /// # Errors
+    /// Not within 20 s, or xlaned exited.
+    pub fn wait_converged(&mut self, i: usize) -> io::Result<()> {
+        let socket = self.nodes[i].xlaned_socket.clone();
+        let peers: Vec<Ipv4Addr> = (0..self.nodes.len()).filter(|&j| j != i).map(|j| self.lab.nodes[j].ip).collect();
+        wait_until(
+            "every other node in the dataplane, resolved",
+            Duration::from_secs(20),
+            &mut self.nodes[i].xlaned,
+            || {
+                let Ok(mut c) = Client::connect(&socket) else { return false };
+                match c.call(Op::Dump { table: Table::Nodes }) {
+                    Ok(Reply::Nodes { nodes }) => {
+                        peers.iter().all(|p| nodes.iter().any(|n| n.underlay_ip == *p && n.next_hop_mac.is_some()))
+                    }
+                    _ => false,
+                }
+            },
+        )
     }
 
     fn start_node(&self, i: usize, opts: &ClusterOptions) -> io::Result<ClusterNode> {
