@@ -299,6 +299,10 @@ pub struct UdpRxInfo {
     pub messages: u64,
     /// Datagrams handed to the engine.
     pub datagrams: u64,
+    /// ... of which where the kernel wrote them, uncopied (jumbo underlays; 0 from an
+    /// older xlaned).
+    #[serde(default)]
+    pub in_place: u64,
     /// Datagrams dropped: a message truncated, no free buffer, too large, or a receive
     /// error.
     pub dropped: u64,

@@ -9,13 +9,23 @@
 //! stays one skb up to a socket that accepts GRO'd datagrams (`UDP_GRO`), and arrives
 //! in one `recvmsg` with its segment size in a control message.
 //!
-//! Each message is read whole into a 64 KiB staging area (its segment count is not
-//! known until it arrives, so scattering it straight into frames could truncate it),
-//! then every datagram is copied into a frame of the worker's memory — a jumbo slot
-//! where it is larger — behind a synthesized outer Ethernet/IPv4/UDP header (source
-//! from the message's address, destination the bound VTEP address and port), so the
-//! pipeline decapsulates it as it does a frame from the wire. The inner checksums are
-//! untouched: GRO in front of a pod verifies them before it merges.
+//! Every datagram reaches the pipeline behind a synthesized outer Ethernet/IPv4/UDP
+//! header (source from the message's address, destination the bound VTEP address and
+//! port), so it is decapsulated as a frame from the wire is. The inner checksums are
+//! untouched: GRO in front of a pod verifies them before it merges. Two ways in:
+//!
+//! - **Scattered into jumbo slots** where the uplink's datagrams are larger than a frame
+//!   (jumbo underlays): each message is read across [`SLOTS_PER_MESSAGE`] slots, one
+//!   iovec of the uplink's datagram size S (MTU − 28) each, after room for the outer
+//!   header. A peer of the same MTU sends trains of S-byte datagrams, so datagram k of a
+//!   message lands whole in its k-th slot and is handed out where it lies: no copy.
+//!   A message of another segment size is gathered into a staging area and handed out
+//!   as below; a single small datagram is copied into a frame.
+//! - **Staged**: a batch of messages is read whole into 64 KiB staging areas (a
+//!   message's segment count is not known until it arrives), then each datagram is
+//!   copied into a frame (or a jumbo slot). The batch is 32 messages while they are
+//!   single datagrams (small packets: fewer system calls) and 4 once they are trains
+//!   (what waits in the staging areas stays in the cache until it is copied).
 //!
 //! The sockets of a node's workers share the port (`SO_REUSEPORT`): the kernel spreads
 //! flows across them by hash, as RSS spreads them across NIC queues.
@@ -37,8 +47,11 @@ pub const OUTER: usize = 14 + 20 + 8;
 /// Where a datagram's outer header starts in a frame: room in front for the outer
 /// headers of a frame the pipeline sends on (transit), as AF_XDP leaves.
 const FRAME_HEAD: usize = 256;
-/// Messages one `recvmmsg` reads.
-const MESSAGES: usize = 4;
+/// Messages one `recvmmsg` reads into the staging areas, at most and while messages
+/// are trains of datagrams.
+const MESSAGES: usize = 32;
+/// ... and once they are trains.
+const TRAIN_BATCH: usize = 4;
 /// A message's staging area: the largest GRO'd skb (64 KiB) with room to spare, so a
 /// truncation means a bug (counted), not a normal event.
 const STAGE: usize = 65_536 + 4_096;
@@ -60,19 +73,50 @@ pub struct UdpRxStats {
     pub oversize: AtomicU64,
     /// Receives the kernel failed (other than "nothing waiting").
     pub errors: AtomicU64,
+    /// Datagrams handed out where the kernel wrote them (a jumbo slot each): no copy.
+    pub in_place: AtomicU64,
 }
 
 impl UdpRxStats {
-    /// (messages, datagrams, dropped): the last summing every reason.
+    /// The counters as a user reads them: every drop reason summed.
     #[must_use]
-    pub fn totals(&self) -> (u64, u64, u64) {
+    pub fn totals(&self) -> UdpRxTotals {
         let get = |c: &AtomicU64| c.load(Relaxed);
-        let dropped = get(&self.truncated) + get(&self.no_buffer) + get(&self.oversize) + get(&self.errors);
-        (get(&self.messages), get(&self.datagrams), dropped)
+        UdpRxTotals {
+            messages: get(&self.messages),
+            datagrams: get(&self.datagrams),
+            in_place: get(&self.in_place),
+            dropped: get(&self.truncated) + get(&self.no_buffer) + get(&self.oversize) + get(&self.errors),
+        }
     }
 }
 
-/// One message read and not yet handed out in full.
+/// [`UdpRxStats::totals`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpRxTotals {
+    /// Messages read.
+    pub messages: u64,
+    /// Datagrams handed to the pipeline.
+    pub datagrams: u64,
+    /// ... of which where the kernel wrote them.
+    pub in_place: u64,
+    /// Datagrams dropped, for any reason.
+    pub dropped: u64,
+}
+
+impl core::iter::Sum for UdpRxTotals {
+    /// A node's totals over its workers' receivers.
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |a, t| Self {
+            messages: a.messages + t.messages,
+            datagrams: a.datagrams + t.datagrams,
+            in_place: a.in_place + t.in_place,
+            dropped: a.dropped + t.dropped,
+        })
+    }
+}
+
+/// One message read and not yet handed out in full (in the staging area of its index).
 #[derive(Debug, Clone, Copy)]
 struct Message {
     len: usize,
@@ -80,6 +124,13 @@ struct Message {
     segment: usize,
     src: Ipv4Addr,
     src_port: u16,
+}
+
+impl Message {
+    /// Whether it is one datagram (not a GRO'd train).
+    fn single(&self) -> bool {
+        self.segment >= self.len
+    }
 }
 
 /// Control buffer of one message: room for the `UDP_GRO` segment size.
@@ -92,26 +143,39 @@ pub struct UdpReceiver {
     sock: OwnedFd,
     vtep: Ipv4Addr,
     port: u16,
+    /// The uplink's datagram size (its MTU − 28): where a peer of the same MTU cuts its
+    /// trains, and so the length of each scattered read's iovecs.
+    datagram: usize,
     staging: Box<[u8]>,
     msgs: [libc::mmsghdr; MESSAGES],
+    /// A staged read's iovecs: one staging area per message.
     iovs: [libc::iovec; MESSAGES],
+    /// A scattered read's iovecs: one per jumbo slot.
+    slot_iovs: [libc::iovec; BURST],
     names: [libc::sockaddr_in; MESSAGES],
     controls: [Control; MESSAGES],
-    /// Messages read by the last `recvmmsg`, and the next datagram to hand out: which
-    /// message and where in it.
+    /// Messages in the staging areas, and the next datagram to hand out: which message
+    /// and where in it.
     read: ArrayVec<Message, MESSAGES>,
     next: (usize, usize),
+    /// Messages the next staged read asks for.
+    batch: usize,
     stats: Arc<UdpRxStats>,
 }
 
-// SAFETY: the raw pointers in `msgs` and `iovs` point into the receiver's own boxed or
-// inline fields and are rewritten before every `recvmmsg` that reads them; Rust code
-// never dereferences them, so moving the receiver to its worker moves plain bytes.
+// SAFETY: the raw pointers in `msgs`, `iovs` and `slot_iovs` point into the receiver's
+// own boxed or inline fields, or a caller's jumbo store, and are rewritten before every
+// `recvmmsg` that reads them; Rust code never dereferences them, so moving the receiver
+// to its worker moves plain bytes.
 unsafe impl Send for UdpReceiver {}
 
 impl core::fmt::Debug for UdpReceiver {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("UdpReceiver").field("vtep", &self.vtep).field("port", &self.port).finish_non_exhaustive()
+        f.debug_struct("UdpReceiver")
+            .field("vtep", &self.vtep)
+            .field("port", &self.port)
+            .field("datagram", &self.datagram)
+            .finish_non_exhaustive()
     }
 }
 
@@ -134,19 +198,24 @@ impl UdpReceiver {
             setsockopt_int(s, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(|e| ("UDP_GRO", e))?;
             set_socket_buffer(s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECEIVE_BUFFER).map_err(|e| ("SO_RCVBUF", e))
         })?;
+        let mtu = sys::interface_mtu(sock.as_raw_fd(), ifname).map_err(|e| ("SIOCGIFMTU", e))?;
         // SAFETY: mmsghdr is plain old data; all-zero is valid (null pointers, no iovecs).
         let msg = unsafe { std::mem::zeroed::<libc::mmsghdr>() };
+        let iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
         Ok(Self {
             sock,
             vtep,
             port,
+            datagram: mtu.saturating_sub(28).max(1),
             staging: vec![0; STAGE * MESSAGES].into_boxed_slice(),
             msgs: [msg; MESSAGES],
-            iovs: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MESSAGES],
+            iovs: [iov; MESSAGES],
+            slot_iovs: [iov; BURST],
             names: [sys::sockaddr_in(Ipv4Addr::UNSPECIFIED, 0); MESSAGES],
             controls: [Control([0; 64]); MESSAGES],
             read: ArrayVec::new(),
             next: (0, 0),
+            batch: TRAIN_BATCH,
             stats,
         })
     }
@@ -167,10 +236,17 @@ impl UdpReceiver {
         out: &mut [Packet<M::Buf>; BURST],
         mut jumbo: Option<&mut Jumbo>,
     ) -> usize {
-        if self.next.0 >= self.read.len() {
-            self.read_messages();
-        }
         let room = mem.buffer_size().saturating_sub(FRAME_HEAD + OUTER);
+        if self.next.0 >= self.read.len() {
+            match jumbo.as_deref_mut() {
+                // Only where the uplink's datagrams need jumbo slots, and a message's
+                // slots fit a burst's.
+                Some(j) if self.datagram > room && j.is_empty() && STAGE.div_ceil(self.datagram) <= BURST => {
+                    return self.receive_scattered(mem, out, j, room);
+                }
+                _ => self.read_staged(),
+            }
+        }
         // Where each datagram of this call goes: (message, offset, length) into a frame
         // (`out[k]`) or a jumbo slot.
         let mut frames: ArrayVec<(usize, usize, usize), BURST> = ArrayVec::new();
@@ -184,10 +260,7 @@ impl UdpReceiver {
                     self.advance(len);
                     continue;
                 };
-                #[expect(clippy::cast_possible_truncation, reason = "within a buffer")]
-                {
-                    out[frames.len()] = Packet { buf, head: FRAME_HEAD as u32, len: (OUTER + len) as u32 };
-                }
+                out[frames.len()] = frame_packet(buf, len);
                 frames.push((m, at, len));
             } else if let Some(j) = jumbo.as_deref_mut() {
                 if j.len() == BURST {
@@ -198,6 +271,8 @@ impl UdpReceiver {
                     self.advance(len);
                     continue;
                 }
+                // Slots in use are recorded ones (a scattered read hands all of its out in
+                // its own call).
                 let slot = j.len();
                 let payload = &self.staging[m * STAGE + at..][..len];
                 write_datagram(&mut j.data_mut(slot)[..OUTER + len], &self.read[m], self.vtep, self.port, payload);
@@ -221,6 +296,87 @@ impl UdpReceiver {
         n
     }
 
+    /// One `recvmmsg` straight into the slots of `jumbo` (empty): each message across as
+    /// many slots as the largest message needs at the uplink's datagram size. Datagrams
+    /// that landed whole in their slot are recorded where they lie; a lone datagram
+    /// small enough for a frame is copied into one; a message of another segment size
+    /// is gathered into the staging area for the next calls.
+    fn receive_scattered<M: FrameMemory>(
+        &mut self,
+        mem: &mut M,
+        out: &mut [Packet<M::Buf>; BURST],
+        jumbo: &mut Jumbo,
+        room: usize,
+    ) -> usize {
+        self.read.clear();
+        self.next = (0, 0);
+        let (size, per) = (self.datagram, STAGE.div_ceil(self.datagram));
+        let count = (BURST / per).min(MESSAGES);
+        for (k, area) in jumbo.data_areas().take(count * per).enumerate() {
+            // Behind room for the outer header; OUTER + size ≤ JUMBO_MAX (a datagram is
+            // below 64 KiB).
+            self.slot_iovs[k] = libc::iovec { iov_base: area[OUTER..].as_mut_ptr().cast(), iov_len: size };
+        }
+        for m in 0..count {
+            let iov = std::ptr::from_mut(&mut self.slot_iovs[m * per]);
+            self.prepare(m, iov, per);
+        }
+        let got = self.recv(count);
+        // Datagrams to copy into frames: (frame index in `out`, slot, message).
+        let mut small: ArrayVec<(usize, usize, Message), BURST> = ArrayVec::new();
+        let mut n = 0;
+        let mut in_place = 0u64;
+        for m in 0..got {
+            let Some(msg) = self.message(m) else { continue };
+            let first = m * per;
+            if msg.single() && msg.len <= room {
+                let Some(buf) = mem.alloc() else {
+                    bump(&self.stats.no_buffer, 1);
+                    continue;
+                };
+                out[n] = frame_packet(buf, msg.len);
+                small.push((n, first, msg));
+                n += 1;
+            } else if msg.segment == size || (msg.single() && msg.len <= size) {
+                let mut at = 0;
+                for slot in first.. {
+                    if at >= msg.len {
+                        break;
+                    }
+                    let len = size.min(msg.len - at);
+                    write_outer(&mut jumbo.data_mut(slot)[..OUTER], &msg, self.vtep, self.port, len);
+                    jumbo.push(slot, n, OUTER + len, OffloadMeta::default());
+                    in_place += 1;
+                    at += len;
+                }
+            } else {
+                // Another segment size: datagram boundaries are not slot boundaries.
+                let area = self.read.len();
+                let mut at = 0;
+                for slot in first.. {
+                    if at >= msg.len {
+                        break;
+                    }
+                    let len = size.min(msg.len - at);
+                    self.staging[area * STAGE + at..][..len].copy_from_slice(&jumbo.data(slot)[OUTER..OUTER + len]);
+                    at += len;
+                }
+                self.read.push(msg);
+            }
+        }
+        let bufs: ArrayVec<M::Buf, BURST> = small.iter().map(|&(k, _, _)| out[k].buf).collect();
+        let (vtep, port) = (self.vtep, self.port);
+        mem.with_buffers(&bufs, |slices| {
+            for (s, &(_, slot, msg)) in slices.iter_mut().zip(&small) {
+                let payload = &jumbo.data(slot)[OUTER..OUTER + msg.len];
+                write_datagram(&mut s[FRAME_HEAD..FRAME_HEAD + OUTER + msg.len], &msg, vtep, port, payload);
+            }
+        });
+        bump(&self.stats.in_place, in_place);
+        bump(&self.stats.datagrams, n as u64 + in_place);
+        n
+    }
+
     /// The next datagram to hand out: (message, offset, length).
     fn peek(&self) -> Option<(usize, usize, usize)> {
         let (m, at) = self.next;
@@ -234,27 +390,49 @@ impl UdpReceiver {
         self.next = if at + len >= self.read[m].len { (m + 1, 0) } else { (m, at + len) };
     }
 
-    /// One `recvmmsg` into the staging areas.
-    fn read_messages(&mut self) {
+    /// One `recvmmsg` of `batch` messages into the staging areas.
+    fn read_staged(&mut self) {
         self.read.clear();
         self.next = (0, 0);
         let base = self.staging.as_mut_ptr();
-        for m in 0..MESSAGES {
+        let count = self.batch;
+        for m in 0..count {
             // SAFETY: message m's area lies inside `staging` (MESSAGES areas of STAGE).
             self.iovs[m] = libc::iovec { iov_base: unsafe { base.add(m * STAGE) }.cast(), iov_len: STAGE };
-            let h = &mut self.msgs[m].msg_hdr;
-            h.msg_name = std::ptr::from_mut(&mut self.names[m]).cast();
-            h.msg_namelen = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("16");
-            h.msg_iov = std::ptr::from_mut(&mut self.iovs[m]);
-            h.msg_iovlen = 1;
-            h.msg_control = self.controls[m].0.as_mut_ptr().cast();
-            h.msg_controllen = self.controls[m].0.len();
-            h.msg_flags = 0;
-            self.msgs[m].msg_len = 0;
+            let iov = std::ptr::from_mut(&mut self.iovs[m]);
+            self.prepare(m, iov, 1);
         }
-        let count = libc::c_uint::try_from(MESSAGES).expect("small");
-        // SAFETY: every message points at live fields of `self` (a staging area, a name,
-        // a control buffer) sized as their lengths say, none touched during the call.
+        let got = self.recv(count);
+        for m in 0..got {
+            if let Some(msg) = self.message(m) {
+                self.read.push(msg);
+            }
+        }
+        if got > 0 {
+            self.batch = if self.read.iter().all(Message::single) { MESSAGES } else { TRAIN_BATCH };
+        }
+    }
+
+    /// Point message header `m` at `iovlen` iovecs from `iov`, its name and control
+    /// buffers.
+    fn prepare(&mut self, m: usize, iov: *mut libc::iovec, iovlen: usize) {
+        let h = &mut self.msgs[m].msg_hdr;
+        h.msg_name = std::ptr::from_mut(&mut self.names[m]).cast();
+        h.msg_namelen = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).expect("16");
+        h.msg_iov = iov;
+        h.msg_iovlen = iovlen;
+        h.msg_control = self.controls[m].0.as_mut_ptr().cast();
+        h.msg_controllen = self.controls[m].0.len();
+        h.msg_flags = 0;
+        self.msgs[m].msg_len = 0;
+    }
+
+    /// `recvmmsg` of the first `count` prepared messages; how many arrived.
+    fn recv(&mut self, count: usize) -> usize {
+        let count = libc::c_uint::try_from(count).expect("small");
+        // SAFETY: every message was prepared to point at live memory sized as its
+        // lengths say (staging areas or the caller's jumbo slots, its own name and
+        // control buffers), none touched during the call.
         let got = unsafe {
             libc::recvmmsg(
                 self.sock.as_raw_fd(),
@@ -269,31 +447,40 @@ impl UdpReceiver {
             if e.kind() != io::ErrorKind::WouldBlock {
                 bump(&self.stats.errors, 1);
             }
-            return;
+            return 0;
         };
         bump(&self.stats.messages, got as u64);
-        for m in 0..got {
-            let len = self.msgs[m].msg_len as usize;
-            let h = &self.msgs[m].msg_hdr;
-            if h.msg_flags & libc::MSG_TRUNC != 0 {
-                bump(&self.stats.truncated, 1);
-                continue;
-            }
-            if len == 0 {
-                continue;
-            }
-            // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into
-            // the message's own control buffer, which `h` points at.
-            let segment = unsafe { gro_segment(h) }.filter(|&s| s > 0).unwrap_or(len);
-            let name = &self.names[m];
-            self.read.push(Message {
-                len,
-                segment,
-                src: Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
-                src_port: u16::from_be(name.sin_port),
-            });
-        }
+        got
     }
+
+    /// Message `m` of the last `recvmmsg`, unless it was truncated (counted) or empty.
+    fn message(&self, m: usize) -> Option<Message> {
+        let len = self.msgs[m].msg_len as usize;
+        let h = &self.msgs[m].msg_hdr;
+        if h.msg_flags & libc::MSG_TRUNC != 0 {
+            bump(&self.stats.truncated, 1);
+            return None;
+        }
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into the
+        // message's own control buffer, which `h` points at.
+        let segment = unsafe { gro_segment(h) }.filter(|&s| s > 0).unwrap_or(len);
+        let name = &self.names[m];
+        Some(Message {
+            len,
+            segment,
+            src: Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
+            src_port: u16::from_be(name.sin_port),
+        })
+    }
+}
+
+/// A received frame of a `len`-byte datagram behind its outer header.
+fn frame_packet<B>(buf: B, len: usize) -> Packet<B> {
+    #[expect(clippy::cast_possible_truncation, reason = "within a buffer")]
+    Packet { buf, head: FRAME_HEAD as u32, len: (OUTER + len) as u32 }
 }
 
 /// The `UDP_GRO` segment size among a received message's control messages.
@@ -356,7 +543,84 @@ fn write_outer(out: &mut [u8], msg: &Message, vtep: Ipv4Addr, port: u16, len: us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::UdpSocket;
+    use xlane_engine::mem::MemFrames;
     use xlane_wire::{Ipv4Packet, UdpPacket};
+
+    /// Datagram `i`'s bytes: a pattern of its own.
+    fn datagram(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|k| (k.wrapping_mul(31) ^ i.wrapping_mul(131)).to_le_bytes()[0]).collect()
+    }
+
+    /// The datagram behind a received frame's outer header, checking the header.
+    fn payload_of(frame: &[u8], vtep: Ipv4Addr, port: u16) -> Vec<u8> {
+        let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (vtep, vtep));
+        let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!(udp.dst_port(), port);
+        assert_eq!(usize::from(udp.len()), 8 + frame.len() - OUTER);
+        frame[OUTER..].to_vec()
+    }
+
+    /// On an uplink of MTU 9000 (a namespace's loopback), trains cut at the uplink's
+    /// datagram size are handed out where the kernel wrote them, one jumbo slot each;
+    /// a lone small datagram is copied into a frame; trains of another segment size,
+    /// larger or smaller than a frame, are gathered and handed out on the next call.
+    /// Every datagram arrives once, byte for byte, behind a valid outer header.
+    #[test]
+    fn gro_trains_land_in_their_slots_and_other_sizes_are_gathered() {
+        if !xlane_netlab::privileged("gro_trains_land_in_their_slots_and_other_sizes_are_gathered") {
+            return;
+        }
+        let ns = xlane_netlab::Netns::new("xgro").unwrap();
+        ns.ip(&["link", "set", "lo", "mtu", "9000", "up"]).unwrap();
+        let (lo, port) = (Ipv4Addr::LOCALHOST, 4789);
+        let stats = Arc::new(UdpRxStats::default());
+        let (mut rx, tx) = ns
+            .enter(|| (UdpReceiver::open("lo", lo, port, stats.clone()).unwrap(), UdpSocket::bind((lo, 0)).unwrap()))
+            .unwrap();
+        assert_eq!(rx.datagram, 8972);
+        // (segment size, datagrams, last datagram's size)
+        let sends = [(8972, 8, 1000), (500, 1, 500), (3000, 5, 3000), (100, 10, 60)];
+        let mut expected = Vec::new();
+        for &(segment, count, last) in &sends {
+            let dgrams: Vec<Vec<u8>> =
+                (0..count).map(|k| datagram(expected.len() + k, if k + 1 == count { last } else { segment })).collect();
+            setsockopt_int(tx.as_raw_fd(), libc::SOL_UDP, libc::UDP_SEGMENT, i32::try_from(segment).unwrap()).unwrap();
+            assert_eq!(tx.send_to(&dgrams.concat(), (lo, port)).unwrap(), dgrams.iter().map(Vec::len).sum::<usize>());
+            expected.extend(dgrams);
+        }
+        let (mut mem, mut jumbo) = (MemFrames::default(), Jumbo::new());
+        let mut out = [Packet { buf: 0u32, head: 0, len: 0 }; BURST];
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            if got.len() >= expected.len() {
+                break;
+            }
+            jumbo.clear();
+            let n = rx.receive(&mut mem, &mut out, Some(&mut jumbo));
+            // In arrival order: the jumbo frames after the `before` ordinary ones.
+            let mut k = 0;
+            for i in 0..=jumbo.len() {
+                let before = jumbo.frames().get(i).map_or(n, |f| usize::from(f.before));
+                for p in &out[k..before] {
+                    got.push(payload_of(mem.bytes(p), lo, port));
+                    mem.release(p.buf);
+                }
+                k = before;
+                if let Some(f) = jumbo.frames().get(i) {
+                    got.push(payload_of(&jumbo.data(usize::from(f.slot))[..f.len as usize], lo, port));
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        got.sort();
+        expected.sort();
+        assert!(got == expected, "{} datagrams of {} expected arrived as sent", got.len(), expected.len());
+        let t = stats.totals();
+        assert_eq!(t, UdpRxTotals { messages: 4, datagrams: 24, in_place: 8, dropped: 0 });
+    }
 
     #[test]
     fn the_outer_header_is_what_the_wire_carried() {

@@ -31,7 +31,7 @@ use xlane_xdp::attach::Program;
 use xlane_xdp::packet::PacketStats;
 use xlane_xdp::port::KernelStats;
 use xlane_xdp::programs::PodFilter;
-use xlane_xdp::udp_gro::UdpRxStats;
+use xlane_xdp::udp_gro::{UdpRxStats, UdpRxTotals};
 use xlane_xdp::udp_gso::UdpGsoStats;
 use xlane_xdp::xsk::TxChecksum;
 
@@ -149,11 +149,8 @@ impl<A> Port<A> {
                     udp_gso_info = Some(sum);
                 }
                 udp_rx_info = (!udp_rx.is_empty()).then(|| {
-                    udp_rx.iter().map(|s| s.totals()).fold(UdpRxInfo::default(), |a, (m, d, x)| UdpRxInfo {
-                        messages: a.messages + m,
-                        datagrams: a.datagrams + d,
-                        dropped: a.dropped + x,
-                    })
+                    let t: UdpRxTotals = udp_rx.iter().map(|s| s.totals()).sum();
+                    UdpRxInfo { messages: t.messages, datagrams: t.datagrams, in_place: t.in_place, dropped: t.dropped }
                 });
                 (*queues, H::xdp_mode(attach), *zero_copy, None)
             }

@@ -102,6 +102,15 @@ impl Jumbo {
         &mut self.bytes[slot * SLOT + JUMBO_HEADROOM..][..JUMBO_MAX]
     }
 
+    /// Slot `slot`'s data area, to read (what a port wrote there before recording it).
+    ///
+    /// # Panics
+    /// If `slot >= BURST`.
+    #[must_use]
+    pub fn data(&self, slot: usize) -> &[u8] {
+        &self.bytes[slot * SLOT + JUMBO_HEADROOM..][..JUMBO_MAX]
+    }
+
     /// Record that slot `slot` holds a frame of `len` bytes with `meta`, which arrived
     /// after `before` ordinary frames of the burst. Frames are recorded in arrival order.
     ///
