@@ -23,6 +23,7 @@ pub mod hostport;
 pub mod metrics;
 pub mod node_lock;
 mod observe;
+mod port_info;
 mod ports;
 pub mod server;
 pub mod state;

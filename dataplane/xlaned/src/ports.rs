@@ -17,11 +17,9 @@ use crossbeam_channel::Sender;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Release};
 use std::time::{Duration, Instant};
-use xlane_api::{
-    EndpointSpec, Mac, PacketInfo, PortInfo, Reply, UdpGsoInfo, UdpRxInfo, UmemInfo, VethIo, VhostUserInfo,
-};
+use xlane_api::{EndpointSpec, Mac, Reply, VethIo};
 use xlane_engine::{FrameMemory, PortCounters};
 use xlane_fib::{Endpoint, PortId};
 use xlane_vhost::backend::PortIo;
@@ -31,7 +29,7 @@ use xlane_xdp::attach::Program;
 use xlane_xdp::packet::PacketStats;
 use xlane_xdp::port::KernelStats;
 use xlane_xdp::programs::PodFilter;
-use xlane_xdp::udp_gro::{UdpRxStats, UdpRxTotals};
+use xlane_xdp::udp_gro::UdpRxStats;
 use xlane_xdp::udp_gso::UdpGsoStats;
 use xlane_xdp::xsk::TxChecksum;
 
@@ -122,89 +120,6 @@ impl<A> Port<A> {
                 (PortKind::VhostUser(v), Some(socket)) => v.path() == socket,
                 _ => false,
             }
-    }
-
-    /// What `xlanectl ports` shows.
-    pub(crate) fn info<H: Host<Attachment = A>>(&self, id: PortId) -> PortInfo {
-        let (mut rx, mut tx, mut tx_dropped) = (0, 0, 0);
-        for c in &self.counters {
-            let (r, t, d) = c.get();
-            (rx, tx, tx_dropped) = (rx + r, tx + t, tx_dropped + d);
-        }
-        let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| self.kernel().iter().map(|k| f(&k.get())).sum();
-        let (mut packet, mut udp_gso_info, mut udp_rx_info, mut umem) = (None, None, None, None);
-        let (queues, xdp_mode, zero_copy, vhost_user) = match &self.kind {
-            PortKind::Xdp { attach, queues, zero_copy, own_umem, tx_checksum, udp_gso, udp_rx, .. } => {
-                let copied_in = self.counters.iter().map(|c| c.tx_copied.load(Relaxed)).sum();
-                let partial_csum = self.counters.iter().map(|c| c.tx_partial_csum.load(Relaxed)).sum();
-                let tx_checksum = (*tx_checksum != TxChecksum::Off).then(|| format!("{tx_checksum:?}").to_lowercase());
-                umem = Some(UmemInfo { own: *own_umem, copied_in, tx_checksum, partial_csum });
-                if !udp_gso.is_empty() {
-                    let mut sum = UdpGsoInfo::default();
-                    for s in udp_gso {
-                        sum.super_packets += s.super_packets.load(Relaxed);
-                        sum.datagrams += s.datagrams.load(Relaxed);
-                        sum.failed += s.failed.load(Relaxed);
-                    }
-                    udp_gso_info = Some(sum);
-                }
-                udp_rx_info = (!udp_rx.is_empty()).then(|| {
-                    let t: UdpRxTotals = udp_rx.iter().map(|s| s.totals()).sum();
-                    UdpRxInfo { messages: t.messages, datagrams: t.datagrams, in_place: t.in_place, dropped: t.dropped }
-                });
-                (*queues, H::xdp_mode(attach), *zero_copy, None)
-            }
-            PortKind::Packet { stats, .. } => {
-                let mut sum = PacketInfo::default();
-                for s in stats.iter().map(|s| s.get()) {
-                    sum.rx_malformed += s.rx_malformed;
-                    sum.rx_truncated += s.rx_truncated + s.rx_oversize;
-                    sum.rx_kernel_dropped += s.rx_kernel_dropped;
-                    sum.rx_no_buffer += s.rx_no_buffer;
-                    sum.tx_errors += s.tx_errors;
-                    sum.gro_merged += s.gro_merged;
-                    sum.gro_segments += s.gro_segments;
-                }
-                packet = Some(sum);
-                (u32::try_from(stats.len()).unwrap_or(u32::MAX), "none", false, None)
-            }
-            PortKind::VhostUser(v) => {
-                let c = &v.io().counters;
-                let info = VhostUserInfo {
-                    socket: v.path().to_owned(),
-                    connected: c.connected.load(Relaxed),
-                    connections: c.connections.load(Relaxed),
-                    from_guest: c.from_guest.load(Relaxed),
-                    to_guest: c.to_guest.load(Relaxed),
-                    malformed: c.malformed.load(Relaxed),
-                    dropped: c.dropped.load(Relaxed),
-                };
-                (1, "none", false, Some(info))
-            }
-        };
-        PortInfo {
-            id: id.0,
-            role: self.role.name().to_owned(),
-            ifname: self.ifname.clone(),
-            ip: self.ip,
-            queues,
-            xdp_mode: xdp_mode.to_owned(),
-            zero_copy,
-            rx,
-            tx,
-            tx_ring_full: tx_dropped,
-            rx_fill_ring_empty: kernel(|k| k.rx_fill_ring_empty_descs),
-            rx_ring_full: kernel(|k| k.rx_ring_full),
-            rx_dropped: kernel(|k| k.rx_dropped),
-            rx_invalid_descs: kernel(|k| k.rx_invalid_descs),
-            tx_invalid_descs: kernel(|k| k.tx_invalid_descs),
-            tx_ring_empty_descs: kernel(|k| k.tx_ring_empty_descs),
-            vhost_user,
-            packet,
-            udp_gso: udp_gso_info,
-            udp_rx: udp_rx_info,
-            umem,
-        }
     }
 }
 
@@ -303,7 +218,13 @@ impl<H: Host> State<H> {
             );
         }
         let own_tx_checksum = self.cfg.xsk_tx_checksum.for_own(features.is_some_and(|f| f.tx_checksum()));
-        let fill_target = if role == Role::Uplink { self.cfg.uplink_fill } else { self.cfg.pod_fill };
+        // Read through UDP sockets, the uplink's AF_XDP sockets only transmit: frames
+        // in their fill rings would wait there for good.
+        let fill_target = match role {
+            Role::Uplink if udp_rx_at.is_some() => 0,
+            Role::Uplink => self.cfg.uplink_fill,
+            _ => self.cfg.pod_fill,
+        };
         let (mut counters, mut kernel, mut udp_gso, mut udp_rx) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let abandon = Arc::new(AtomicBool::new(false));
         for (i, qs) in per_worker.into_iter().enumerate() {
