@@ -200,6 +200,14 @@ pub struct AttachmentState {
     pub native: bool,
     /// The program takes multi-buffer packets.
     pub multi_buffer: bool,
+    /// Attached through a link (else only loaded: an uplink read through UDP sockets);
+    /// from an older xlaned, always.
+    #[serde(default = "attached")]
+    pub linked: bool,
+}
+
+fn attached() -> bool {
+    true
 }
 
 /// An attachment on its way to another process: duplicates of its link, program and
@@ -207,8 +215,8 @@ pub struct AttachmentState {
 /// as a process holds the link.
 #[derive(Debug)]
 pub struct AttachmentHandover {
-    /// The BPF link.
-    pub link: OwnedFd,
+    /// The BPF link (none for a program only loaded).
+    pub link: Option<OwnedFd>,
     /// The program.
     pub prog: OwnedFd,
     /// Its XSKMAP.
@@ -223,15 +231,15 @@ impl XdpAttachment {
     /// # Errors
     /// A descriptor could not be duplicated.
     pub fn hand_over(&self) -> io::Result<AttachmentHandover> {
-        let link = self.link.as_ref().ok_or_else(|| io::Error::other("a program loaded, not attached"))?;
         Ok(AttachmentHandover {
-            link: link.try_clone()?,
+            link: self.link.as_ref().map(OwnedFd::try_clone).transpose()?,
             prog: self.prog.try_clone()?,
             xskmap: self.xskmap.try_clone()?,
             state: AttachmentState {
                 ifindex: self.ifindex,
                 native: self.mode == XdpMode::Native,
                 multi_buffer: self.multi_buffer,
+                linked: self.link.is_some(),
             },
         })
     }
@@ -241,7 +249,7 @@ impl XdpAttachment {
     pub fn take_over(h: AttachmentHandover) -> Self {
         let AttachmentHandover { link, prog, xskmap, state } = h;
         let mode = if state.native { XdpMode::Native } else { XdpMode::Generic };
-        Self { link: Some(link), prog, xskmap, ifindex: state.ifindex, mode, multi_buffer: state.multi_buffer }
+        Self { link, prog, xskmap, ifindex: state.ifindex, mode, multi_buffer: state.multi_buffer }
     }
 }
 

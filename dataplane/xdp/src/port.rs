@@ -12,7 +12,7 @@ use crate::udp_gso::UdpGsoSender;
 use crate::xsk::handover::SocketHandover;
 use crate::xsk::{BindMode, PreparedSocket, SocketStats, TxChecksum, Umem, UmemId, Umems, XskError, XskPort};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use xlane_engine::offload::{Jumbo, OffloadMeta, PartialCsum};
@@ -117,6 +117,9 @@ pub struct PortHandover {
     pub fill_target: u32,
     /// Its first fill target.
     pub fill_base: u32,
+    /// The UDP GRO socket it received through (an uplink without XDP), to
+    /// [`UdpReceiver::adopt`].
+    pub udp_rx: Option<OwnedFd>,
 }
 
 /// What a queue's socket serves, beside the socket itself.
@@ -190,27 +193,52 @@ impl XdpPort {
     }
 
     /// Hand the port over to another process (see [`crate::xsk::handover`]): its
-    /// socket, the UMEM it is in and its fill target. The UDP GSO sockets stay (the new
-    /// process opens its own: they hold nothing in flight).
+    /// socket, the UMEM it is in, its fill target and the UDP GRO socket it receives
+    /// through. The UDP GSO sockets stay (the new process opens its own: they hold
+    /// nothing in flight). Datagrams the receiver read and has not handed out are not in
+    /// the handover: [`hold_udp_reads`](Self::hold_udp_reads) first, and forward until
+    /// none is [`udp_pending`](Self::udp_pending).
     ///
     /// # Errors
-    /// The socket's descriptor could not be duplicated.
+    /// A descriptor could not be duplicated.
     pub fn hand_over(&self) -> Result<PortHandover, XskError> {
-        if self.udp_rx.is_some() {
-            return Err(XskError::Settings("an uplink receiving through a UDP socket is not handed over"));
-        }
+        let udp_rx =
+            self.udp_rx.as_deref().map(UdpReceiver::hand_over).transpose().map_err(|source| XskError::Socket {
+                step: "dup UDP socket",
+                ifname: self.xsk.ifname().to_owned(),
+                queue: self.xsk.queue(),
+                source,
+            })?;
         Ok(PortHandover {
             umem: self.umem.index(),
             socket: self.xsk.hand_over()?,
             fill_target: self.fill_target,
             fill_base: self.fill_base,
+            udp_rx,
         })
+    }
+
+    /// See [`UdpReceiver::hold_reads`] (nothing without a receiver).
+    pub fn hold_udp_reads(&mut self, hold: bool) {
+        if let Some(rx) = self.udp_rx.as_deref_mut() {
+            rx.hold_reads(hold);
+        }
+    }
+
+    /// Whether its receiver holds datagrams not handed out yet.
+    #[must_use]
+    pub fn udp_pending(&self) -> bool {
+        self.udp_rx.as_deref().is_some_and(UdpReceiver::pending)
     }
 
     /// Before a handover: stock the fill ring beyond its target, with up to `budget`
     /// frames more (never past the ring, keeping the UMEM's reserve), so that the queue
     /// keeps receiving while no process serves it. Returns how many were given.
     pub fn stock_for_handover(&mut self, umems: &mut Umems, budget: u32) -> u32 {
+        if self.fill_base == 0 {
+            // It receives nothing (an uplink read through UDP sockets).
+            return 0;
+        }
         let umem = umems.get_mut(self.umem);
         let room = umem.settings().fill_ring.saturating_sub(Umem::fill_level(&self.xsk));
         let reserve = Self::reserve(umem);

@@ -160,6 +160,8 @@ pub struct UdpReceiver {
     next: (usize, usize),
     /// Messages the next staged read asks for.
     batch: usize,
+    /// Read nothing more ([`hold_reads`](Self::hold_reads)).
+    held: bool,
     stats: Arc<UdpRxStats>,
 }
 
@@ -198,6 +200,21 @@ impl UdpReceiver {
             setsockopt_int(s, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(|e| ("UDP_GRO", e))?;
             set_socket_buffer(s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECEIVE_BUFFER).map_err(|e| ("SO_RCVBUF", e))
         })?;
+        Self::adopt(sock, ifname, vtep, port, stats)
+    }
+
+    /// A receiver on `sock`, a socket [`open`](Self::open) made (in this process or the
+    /// one that handed it over: what waits in it is read from here on).
+    ///
+    /// # Errors
+    /// `ifname`'s MTU cannot be read.
+    pub fn adopt(
+        sock: OwnedFd,
+        ifname: &str,
+        vtep: Ipv4Addr,
+        port: u16,
+        stats: Arc<UdpRxStats>,
+    ) -> Result<Self, (&'static str, io::Error)> {
         let mtu = sys::interface_mtu(sock.as_raw_fd(), ifname).map_err(|e| ("SIOCGIFMTU", e))?;
         // SAFETY: mmsghdr is plain old data; all-zero is valid (null pointers, no iovecs).
         let msg = unsafe { std::mem::zeroed::<libc::mmsghdr>() };
@@ -216,8 +233,29 @@ impl UdpReceiver {
             read: ArrayVec::new(),
             next: (0, 0),
             batch: TRAIN_BATCH,
+            held: false,
             stats,
         })
+    }
+
+    /// A duplicate of the socket, for another process ([`adopt`](Self::adopt)).
+    ///
+    /// # Errors
+    /// The descriptor could not be duplicated.
+    pub fn hand_over(&self) -> io::Result<OwnedFd> {
+        self.sock.try_clone()
+    }
+
+    /// Whether datagrams already read wait to be handed out.
+    #[must_use]
+    pub fn pending(&self) -> bool {
+        self.next.0 < self.read.len()
+    }
+
+    /// While `hold`, hand out what was read but read nothing more: before a handover,
+    /// so that what the socket holds is left for the next process.
+    pub fn hold_reads(&mut self, hold: bool) {
+        self.held = hold;
     }
 
     /// The socket (readable when datagrams wait): what a sleeping worker polls.
@@ -238,6 +276,9 @@ impl UdpReceiver {
     ) -> usize {
         let room = mem.buffer_size().saturating_sub(FRAME_HEAD + OUTER);
         if self.next.0 >= self.read.len() {
+            if self.held {
+                return 0;
+            }
             match jumbo.as_deref_mut() {
                 // Only where the uplink's datagrams need jumbo slots, and a message's
                 // slots fit a burst's.

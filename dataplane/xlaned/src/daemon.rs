@@ -29,7 +29,8 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     // Taking over: the old xlaned's objects and state, once it has exited (or, where it
     // could not hand over, once it has shut down: then a cold start).
     let (inherited, lock) = if cfg.takeover {
-        handover::take_over(&cfg.socket, cfg.workers, cfg.handover_version)
+        let udp = cfg.uplink_rx == config::UplinkRxArg::Udp;
+        handover::take_over(&cfg.socket, cfg.workers, udp, cfg.handover_version)
             .map_err(|e| anyhow::anyhow!("taking over from the running xlaned: {e}"))?
     } else {
         let lock = NodeLock::try_acquire(&cfg.socket)?.ok_or_else(|| {

@@ -125,7 +125,9 @@ fn take(passed: Vec<(String, OwnedFd)>) -> io::Result<Option<Inherited>> {
     let mut pool = Pool::default();
     for state in kept.attachments {
         let [link, prog, xskmap] = attachment_names(state.ifindex).map(|n| by_name.remove(&n));
-        if let (Some(link), Some(prog), Some(xskmap)) = (link, prog, xskmap) {
+        if let (Some(prog), Some(xskmap)) = (prog, xskmap)
+            && (link.is_some() || !state.linked)
+        {
             pool.attachments.insert(state.ifindex, AttachmentHandover { link, prog, xskmap, state });
         }
     }
@@ -200,7 +202,8 @@ impl FdStore {
         let mut kept = Kept { ops: state.rebuild_ops(), ..Kept::default() };
         for h in attachments {
             let [l, p, m] = attachment_names(h.state.ifindex);
-            objects.extend([(l, h.link), (p, h.prog), (m, h.xskmap)]);
+            objects.extend(h.link.map(|link| (l, link)));
+            objects.extend([(p, h.prog), (m, h.xskmap)]);
             kept.attachments.push(h.state);
         }
         for (ifindex, link, prog) in blocks {

@@ -69,13 +69,15 @@ pub struct UdpRxSpec {
     pub port: u16,
     /// The receiver's counters on this worker.
     pub stats: Arc<UdpRxStats>,
+    /// The socket a predecessor received through (a handover), else a new one is opened.
+    pub inherited: Option<std::os::fd::OwnedFd>,
 }
 
 impl UdpRxSpec {
     /// Reading `vtep`:`port`, counting from zero.
     #[must_use]
     pub fn new(vtep: std::net::Ipv4Addr, port: u16) -> Self {
-        Self { vtep, port, stats: Arc::default() }
+        Self { vtep, port, stats: Arc::default(), inherited: None }
     }
 }
 
@@ -479,11 +481,15 @@ fn open_sockets(
 /// On a worker: `spec`'s queues on the sockets inherited for them (a hitless restart),
 /// on their rings as they stand.
 fn take_over_sockets(
-    spec: OpenSpec<XdpAttachment>,
-    handed: Vec<PortHandover>,
+    mut spec: OpenSpec<XdpAttachment>,
+    mut handed: Vec<PortHandover>,
     d: &mut Driver<Umems, NodePort>,
 ) -> OpenStep<Umems, NodePort> {
     let own = handed.first().is_some_and(|h| h.umem != UmemId::SHARED.index());
+    let udp = handed.iter_mut().find_map(|h| h.udp_rx.take());
+    if let Some(rx) = spec.udp_rx.as_mut() {
+        rx.inherited = udp;
+    }
     let opened = all_or_none(handed, d, |h, m| XdpPort::take_over(m, h, queue_spec(&spec)));
     OpenStep::Done(opened.and_then(|ports| add_xdp_ports(spec, ports, own, d)))
 }
@@ -617,7 +623,14 @@ fn add_xdp_ports(
         }
     }
     if let (Some(rx), Some(first)) = (spec.udp_rx, opened.first_mut()) {
-        match UdpReceiver::open(&spec.ifname, rx.vtep, rx.port, rx.stats) {
+        let receiver = match rx.inherited {
+            Some(sock) => {
+                tracing::info!(uplink = %spec.ifname, "UDP receive socket taken over from the previous xlaned");
+                UdpReceiver::adopt(sock, &spec.ifname, rx.vtep, rx.port, rx.stats)
+            }
+            None => UdpReceiver::open(&spec.ifname, rx.vtep, rx.port, rx.stats),
+        };
+        match receiver {
             Ok(receiver) => first.set_udp_receiver(receiver),
             Err((what, e)) => {
                 for p in opened {

@@ -120,7 +120,7 @@ pub(crate) fn failed(msg: impl Into<String>) -> Failure {
 /// The control thread's state.
 pub struct State<H: Host> {
     pub(crate) cfg: ControlConfig,
-    fib: FibHandle,
+    pub(crate) fib: FibHandle,
     pub(crate) tables: FibBuilder,
     generation: u64,
     pub(crate) host: H,

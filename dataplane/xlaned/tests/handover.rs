@@ -76,11 +76,13 @@ impl TcpStreamCheck {
     }
 }
 
-fn handovers_under_load(test: &str, prefix: &str, veth_io: VethIo, rounds: usize) {
-    let Some((_serial, mut c)) = setup_io(test, prefix, 1, &[], veth_io) else { return };
+fn handovers_under_load(test: &str, prefix: &str, veth_io: VethIo, rounds: usize, flags: &[&str]) {
+    let Some((_serial, mut c)) = setup_io(test, prefix, 1, flags, veth_io) else { return };
     let (a, b, far) = (&c.lab.pods[0], &c.lab.pods[1], &c.lab.pods[2]);
     let node0 = &c.lab.nodes[0].ns;
-    let prog = xdp_prog_id(node0, "eth0").expect("an XDP program on the uplink");
+    let uplink_udp = flags.windows(2).any(|f| f == ["--uplink-rx", "udp"]);
+    let prog = xdp_prog_id(node0, "eth0");
+    assert_eq!(prog.is_some(), !uplink_udp, "an XDP program on the uplink unless it is read through UDP sockets");
 
     // Pings 2 ms apart for longer than the handovers take (checked below); ping waits
     // for the last replies.
@@ -101,6 +103,9 @@ fn handovers_under_load(test: &str, prefix: &str, veth_io: VethIo, rounds: usize
     for round in 0..rounds {
         let old_log = d.take_over(node0, &[]);
         assert!(old_log.contains("handed over to the new xlaned"), "round {round}:\n{old_log}");
+        if uplink_udp {
+            assert!(d.log().contains("UDP receive socket taken over"), "round {round}:\n{}", d.log());
+        }
         footprint.push(d.fds_and_rss());
     }
     let took = t0.elapsed();
@@ -111,7 +116,7 @@ fn handovers_under_load(test: &str, prefix: &str, veth_io: VethIo, rounds: usize
     let stats = PingStats::parse(&String::from_utf8_lossy(&out.stdout)).expect("ping statistics");
     assert_eq!(stats.received, stats.sent, "no ping lost over {rounds} handovers ({took:?})\n{}", d.log());
     assert!(bytes > 0 && sent > 0);
-    assert_eq!(xdp_prog_id(node0, "eth0"), Some(prog), "the uplink kept its XDP program");
+    assert_eq!(xdp_prog_id(node0, "eth0"), prog, "the uplink kept its XDP program (or none)");
     // The successors' footprints are flat (the first two settle the allocator).
     let (fds, rss): (Vec<usize>, Vec<u64>) = footprint.iter().skip(2).copied().unzip();
     let (fd_min, fd_max) = (fds.iter().min().unwrap(), fds.iter().max().unwrap());
@@ -122,6 +127,11 @@ fn handovers_under_load(test: &str, prefix: &str, veth_io: VethIo, rounds: usize
     let Reply::Endpoints { endpoints } = d.ok(Op::Dump { table: xlane_api::Table::Endpoints }) else { panic!() };
     assert_eq!(endpoints.iter().filter(|p| p.role == "pod").count(), 2, "{endpoints:?}");
     common::ping(&a.ns, far.ip).unwrap();
+    if uplink_udp {
+        let Reply::Ports { ports } = d.ok(Op::Dump { table: xlane_api::Table::Ports }) else { panic!() };
+        let rx = ports.iter().find(|p| p.role == "uplink").and_then(|p| p.udp_rx).expect("UDP receive counters");
+        assert!(rx.datagrams > 0 && rx.dropped == 0, "the last successor reads the uplink: {rx:?}");
+    }
     eprintln!(
         "{rounds} handovers in {took:?}: {} pings, {sent} datagrams, {bytes} TCP bytes, none lost; fds {fds:?}",
         stats.sent
@@ -130,12 +140,35 @@ fn handovers_under_load(test: &str, prefix: &str, veth_io: VethIo, rounds: usize
 
 #[test]
 fn af_xdp_pods_lose_nothing_over_a_hundred_handovers() {
-    handovers_under_load("af_xdp_pods_lose_nothing_over_a_hundred_handovers", "xlho", VethIo::AfXdp, 100);
+    handovers_under_load("af_xdp_pods_lose_nothing_over_a_hundred_handovers", "xlho", VethIo::AfXdp, 100, &[]);
 }
 
 #[test]
 fn af_packet_pods_lose_nothing_over_handovers() {
-    handovers_under_load("af_packet_pods_lose_nothing_over_handovers", "xlhp", VethIo::AfPacket, 30);
+    handovers_under_load("af_packet_pods_lose_nothing_over_handovers", "xlhp", VethIo::AfPacket, 30, &[]);
+}
+
+/// The uplink read through UDP GRO sockets (no XDP program on it): each successor
+/// inherits the sockets, with what waits in them.
+#[test]
+fn an_uplink_read_through_udp_sockets_loses_nothing_over_handovers() {
+    let test = "an_uplink_read_through_udp_sockets_loses_nothing_over_handovers";
+    handovers_under_load(test, "xlhu", VethIo::AfPacket, 30, &["--uplink-rx", "udp"]);
+}
+
+/// A successor that reads the uplink the other way (XDP, where the running one reads
+/// UDP sockets) starts cold, saying why; it then forwards.
+#[test]
+fn a_successor_reading_the_uplink_the_other_way_starts_cold() {
+    let test = "a_successor_reading_the_uplink_the_other_way_starts_cold";
+    let Some((_serial, mut c)) = setup_io(test, "xlhm", 1, &["--uplink-rx", "udp"], VethIo::AfPacket) else { return };
+    let node0 = &c.lab.nodes[0].ns;
+    let d = &mut c.daemons[0];
+    let flag = d.args.iter().position(|a| a == "--uplink-rx").expect("the flag given");
+    d.args[flag + 1] = "xdp".into();
+    let old_log = d.take_over(node0, &[]);
+    assert!(old_log.contains("through UDP sockets, this one through XDP"), "{old_log}");
+    assert!(d.log().contains("normal restart"), "{}", d.log());
 }
 
 /// A successor speaking another protocol version cannot take over: the running xlaned

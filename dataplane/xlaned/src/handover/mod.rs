@@ -28,10 +28,13 @@
 //! requests through the usual paths, each of which takes the inherited object instead
 //! of making a new one ([`Pool`]); frames queued in the rings meanwhile wait there.
 
+mod on_worker;
+
+pub(crate) use on_worker::packet_sockets;
+
 use crate::host::System;
 use crate::node_lock::NodeLock;
 use crate::state::State;
-use crate::worker::NodePort;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -40,12 +43,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use xlane_api::Op;
-use xlane_engine::Driver;
 use xlane_vhost::server::{PausedPort, VhostHandover, VhostHandoverState};
 use xlane_xdp::attach::{AttachmentHandover, AttachmentState};
 use xlane_xdp::packet::FanoutMode;
 use xlane_xdp::port::PortHandover;
-use xlane_xdp::xsk::Umems;
 use xlane_xdp::xsk::handover::{SocketHandover, SocketState, UmemHandover, UmemState};
 
 /// The protocol's version: both sides must speak the same (2: vhost-user ports).
@@ -84,8 +85,8 @@ enum Message {
 }
 
 /// What the old process hands over, beside its descriptors (in the order of the fields:
-/// 3 per attachment, 2 per block, then per worker 2 per UMEM, 1 per socket with one, 1
-/// per packet socket, then per vhost-user port its listener and, with a guest
+/// 3 per attachment (2 without a link), 2 per block, then per worker 2 per UMEM, 1 per
+/// socket with one and 1 more with a UDP receive socket, 1 per packet socket, then per vhost-user port its listener and, with a guest
 /// connected, the connection's; last the node's lock).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Offer {
@@ -99,6 +100,10 @@ struct Offer {
     /// same: the new one keeps them in step from there).
     #[serde(default)]
     store: Vec<String>,
+    /// The uplink is read through UDP sockets, not XDP: a successor that reads it the
+    /// other way starts cold.
+    #[serde(default)]
+    uplink_rx_udp: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -121,6 +126,9 @@ struct SocketOffer {
     state: SocketState,
     fill_target: u32,
     fill_base: u32,
+    /// The UDP GRO socket it receives through follows (an uplink without XDP).
+    #[serde(default)]
+    udp_rx: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -411,22 +419,20 @@ fn own_netns() -> u64 {
 
 /// Why this state cannot be handed over, if it cannot.
 fn refusal(state: &State<System>) -> Option<String> {
-    if !state.attaching.is_empty() || !state.closing.is_empty() {
-        return Some("ports are being attached or removed; retry".into());
-    }
-    // Its UDP sockets are not handed over yet (NOTES).
-    state.cfg.uplink_rx_udp.then(|| "the uplink receives through UDP sockets (--uplink-rx udp)".into())
+    (!state.attaching.is_empty() || !state.closing.is_empty())
+        .then(|| "ports are being attached or removed; retry".into())
 }
 
 /// Park every worker, then stop every vhost-user port, and collect what they hand over,
 /// with the control state's part.
 fn park_and_collect(state: &mut State<System>) -> Result<(Stopped, Offer, Vec<OwnedFd>), String> {
     let (attachments, blocks) = port_objects(state)?;
-    let mut offer = Offer { ops: state.rebuild_ops(), ..Offer::default() };
+    let mut offer = Offer { ops: state.rebuild_ops(), uplink_rx_udp: state.cfg.uplink_rx_udp, ..Offer::default() };
     let mut fds = Vec::new();
     for h in attachments {
         offer.attachments.push(h.state);
-        fds.extend([h.link, h.prog, h.xskmap]);
+        fds.extend(h.link);
+        fds.extend([h.prog, h.xskmap]);
     }
     for (ifindex, link, prog) in blocks {
         offer.blocks.push(ifindex);
@@ -437,11 +443,13 @@ fn park_and_collect(state: &mut State<System>) -> Result<(Stopped, Offer, Vec<Ow
     for w in &state.workers {
         let (answer_tx, answer_rx) = crossbeam_channel::bounded(1);
         let (resume_tx, resume_rx) = crossbeam_channel::bounded::<()>(0);
+        let mut fib = state.fib.reader();
         let sent = w.run(move |d| {
-            let _ = answer_tx.send(offer_worker(d));
+            let _ = answer_tx.send(on_worker::offer_worker(d, &mut fib));
             // Parked: forward nothing until the handover ends (resumed when the
             // sender drops; never, if this process exits first).
             let _ = resume_rx.recv();
+            on_worker::hold_udp_reads(d, false);
         });
         if !sent {
             return Err("a worker has exited".into());
@@ -495,72 +503,6 @@ pub(crate) fn port_objects(state: &State<System>) -> Result<(Vec<AttachmentHando
     Ok((attachments, blocks))
 }
 
-/// On a worker, between bursts: its UMEMs and sockets.
-fn offer_worker(d: &mut Driver<Umems, NodePort>) -> Result<(WorkerOffer, Vec<OwnedFd>), String> {
-    stock_for_the_gap(d);
-    let mut w = WorkerOffer::default();
-    let mut socket_fds = Vec::new();
-    // The guest's port is rebuilt by its endpoint's request; the port's socket and
-    // connection go separately (`park_and_collect`).
-    for p in d.ports() {
-        if let NodePort::Xdp(x) = p {
-            let PortHandover { umem, socket, fill_target, fill_base } = x.hand_over().map_err(|e| e.to_string())?;
-            let SocketHandover { fd, state } = socket;
-            w.sockets.push(SocketOffer { umem, state, fill_target, fill_base });
-            socket_fds.extend(fd);
-        }
-    }
-    let mut packet_fds = Vec::new();
-    for (ifindex, fanout, fd) in packet_sockets(d)? {
-        w.packets.push(PacketOffer { ifindex, fanout });
-        packet_fds.push(fd);
-    }
-    let mut fds = Vec::new();
-    for u in d.mem_mut().hand_over().map_err(|e| e.to_string())? {
-        w.umems.push(u.map(|UmemHandover { memory, registration, state }| {
-            fds.extend([memory, registration]);
-            state
-        }));
-    }
-    fds.extend(socket_fds);
-    fds.extend(packet_fds);
-    Ok((w, fds))
-}
-
-/// On a worker: duplicates of its AF_PACKET sockets, by interface index. A
-/// transmit-only socket holds nothing: a new worker opens its own.
-pub(crate) fn packet_sockets(d: &Driver<Umems, NodePort>) -> Result<Vec<(u32, FanoutMode, OwnedFd)>, String> {
-    let mut out = Vec::new();
-    for p in d.ports() {
-        if let NodePort::Packet(p) = p
-            && !p.transmit_only()
-        {
-            let (fd, fanout) = p.hand_over().map_err(|e| e.to_string())?;
-            out.push((p.ifindex(), fanout, fd));
-        }
-    }
-    Ok(out)
-}
-
-/// Give the AF_XDP sockets' fill rings what the shared UMEM can spare, evenly: no
-/// process reads the rings until the new one has rebuilt its tables, and a ring that
-/// runs dry meanwhile drops what arrives. The new process finds them stocked.
-fn stock_for_the_gap(d: &mut Driver<Umems, NodePort>) {
-    let (ports, mem) = d.ports_and_mem();
-    let sockets = ports.iter().filter(|p| matches!(p, NodePort::Xdp(_))).count();
-    if sockets == 0 {
-        return;
-    }
-    // Half the free frames: the other half stays for what the new process sends.
-    let spare = mem.shared().free_frames() / 2 / sockets;
-    let budget = u32::try_from(spare).unwrap_or(u32::MAX);
-    for p in ports {
-        if let NodePort::Xdp(x) = p {
-            x.stock_for_handover(mem, budget);
-        }
-    }
-}
-
 /// In the new xlaned, once the requests are replayed: close what none of them took.
 /// Sockets go through their worker's UMEM so the frames their rings held come back.
 pub fn close_leftovers(state: &mut State<System>) {
@@ -602,7 +544,12 @@ pub fn close_leftovers(state: &mut State<System>) {
 /// received whole: then nothing is inherited and the old one resumes (if it still can).
 /// Or another xlaned holds the node's lock but offers no handover (it is not taking
 /// over, else it would within the wait).
-pub fn take_over(control: &Path, workers: usize, version: u32) -> io::Result<(Option<Inherited>, NodeLock)> {
+pub fn take_over(
+    control: &Path,
+    workers: usize,
+    uplink_rx_udp: bool,
+    version: u32,
+) -> io::Result<(Option<Inherited>, NodeLock)> {
     let path = socket_path(control);
     let deadline = std::time::Instant::now() + TIMEOUT;
     let (mut stream, offer) = loop {
@@ -648,13 +595,27 @@ pub fn take_over(control: &Path, workers: usize, version: u32) -> io::Result<(Op
             Err(e) => return Err(e),
         }
     };
-    if offer.workers.len() != workers {
-        let reason = format!("the running xlaned has {} workers, this one {workers}", offer.workers.len());
+    let mismatch = if offer.workers.len() != workers {
+        Some(format!("the running xlaned has {} workers, this one {workers}", offer.workers.len()))
+    } else if offer.uplink_rx_udp != uplink_rx_udp {
+        let how = |udp| if udp { "UDP sockets" } else { "XDP" };
+        Some(format!(
+            "the running xlaned reads the uplink through {}, this one through {}",
+            how(offer.uplink_rx_udp),
+            how(uplink_rx_udp)
+        ))
+    } else {
+        None
+    };
+    // The descriptors follow the offer: read them either way (closing the duplicates
+    // unused), so that all the stream says next is that the old one exited.
+    let fds = xlane_xdp::fdpass::recv(stream.as_fd(), offer.fds)?;
+    if let Some(reason) = mismatch {
         tracing::warn!(%reason, "cannot take over: normal restart");
+        drop(fds);
         exit_old(stream, &reason)?;
         return Ok((None, lock_after_exit(control)?));
     }
-    let fds = xlane_xdp::fdpass::recv(stream.as_fd(), offer.fds)?;
     write_message(&mut stream, &Message::Taken)?;
     let (inherited, lock) = inherit(*offer, fds)?;
     // The old one exits now; its control and metrics sockets are free once it has.
@@ -688,7 +649,8 @@ fn inherit(offer: Offer, fds: Vec<OwnedFd>) -> io::Result<(Inherited, NodeLock)>
     let mut next = || fds.next().ok_or_else(short);
     let mut pool = Pool::default();
     for state in offer.attachments {
-        let (link, prog, xskmap) = (next()?, next()?, next()?);
+        let link = if state.linked { Some(next()?) } else { None };
+        let (prog, xskmap) = (next()?, next()?);
         pool.attachments.insert(state.ifindex, AttachmentHandover { link, prog, xskmap, state });
     }
     for ifindex in offer.blocks {
@@ -708,10 +670,11 @@ fn inherit(offer: Offer, fds: Vec<OwnedFd>) -> io::Result<(Inherited, NodeLock)>
         let mut sockets = HashMap::new();
         for s in w.sockets {
             let fd = if s.state.umem_socket { None } else { Some(next()?) };
+            let udp_rx = if s.udp_rx { Some(next()?) } else { None };
             let key = (s.state.ifindex, s.state.queue);
             let socket = SocketHandover { fd, state: s.state };
-            sockets
-                .insert(key, PortHandover { umem: s.umem, socket, fill_target: s.fill_target, fill_base: s.fill_base });
+            let (umem, fill_target, fill_base) = (s.umem, s.fill_target, s.fill_base);
+            sockets.insert(key, PortHandover { umem, socket, fill_target, fill_base, udp_rx });
         }
         pool.sockets.push(sockets);
         let mut packets = HashMap::new();
