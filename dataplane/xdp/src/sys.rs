@@ -340,30 +340,6 @@ pub(crate) fn sockaddr_in(ip: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_i
     }
 }
 
-/// The MTU of interface `ifname`, asked through socket `fd` (of its network namespace).
-///
-/// # Errors
-/// No such interface, or a name longer than the kernel takes.
-pub(crate) fn interface_mtu(fd: RawFd, ifname: &str) -> io::Result<usize> {
-    // SAFETY: ifreq is plain old data; all-zero is a valid request.
-    let mut req = unsafe { std::mem::zeroed::<libc::ifreq>() };
-    let name = ifname.as_bytes();
-    if name.len() >= req.ifr_name.len() {
-        return Err(io::ErrorKind::InvalidInput.into());
-    }
-    for (d, &b) in req.ifr_name.iter_mut().zip(name) {
-        *d = libc::c_char::from_ne_bytes([b]);
-    }
-    // SAFETY: SIOCGIFMTU reads the NUL-terminated name and writes the union's MTU
-    // field of `req`, which lives for the call.
-    if unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &raw mut req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel answered SIOCGIFMTU, which sets the union's MTU member.
-    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
-    usize::try_from(mtu).map_err(|_| io::ErrorKind::InvalidData.into())
-}
-
 /// A non-blocking UDP socket on interface `ifname` (`SO_BINDTODEVICE`), given its
 /// options by `configure`, then bound to `ip`:`port`.
 ///

@@ -182,8 +182,9 @@ impl core::fmt::Debug for UdpReceiver {
 }
 
 impl UdpReceiver {
-    /// A non-blocking socket on `ifname` bound to `vtep`:`port` with `UDP_GRO`, sharing
-    /// the port with the other workers' (`SO_REUSEPORT`), counting into `stats`.
+    /// A non-blocking socket on `ifname` (of MTU `mtu`) bound to `vtep`:`port` with
+    /// `UDP_GRO`, sharing the port with the other workers' (`SO_REUSEPORT`), counting
+    /// into `stats`.
     ///
     /// # Errors
     /// The failing step and the kernel's error (no such address on the node, the port
@@ -192,6 +193,7 @@ impl UdpReceiver {
         ifname: &str,
         vtep: Ipv4Addr,
         port: u16,
+        mtu: u32,
         stats: Arc<UdpRxStats>,
     ) -> Result<Self, (&'static str, io::Error)> {
         // SO_REUSEPORT before the bind: the workers' sockets share the port.
@@ -200,30 +202,22 @@ impl UdpReceiver {
             setsockopt_int(s, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(|e| ("UDP_GRO", e))?;
             set_socket_buffer(s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECEIVE_BUFFER).map_err(|e| ("SO_RCVBUF", e))
         })?;
-        Self::adopt(sock, ifname, vtep, port, stats)
+        Ok(Self::adopt(sock, vtep, port, mtu, stats))
     }
 
     /// A receiver on `sock`, a socket [`open`](Self::open) made (in this process or the
     /// one that handed it over: what waits in it is read from here on).
-    ///
-    /// # Errors
-    /// `ifname`'s MTU cannot be read.
-    pub fn adopt(
-        sock: OwnedFd,
-        ifname: &str,
-        vtep: Ipv4Addr,
-        port: u16,
-        stats: Arc<UdpRxStats>,
-    ) -> Result<Self, (&'static str, io::Error)> {
-        let mtu = sys::interface_mtu(sock.as_raw_fd(), ifname).map_err(|e| ("SIOCGIFMTU", e))?;
+    #[must_use]
+    pub fn adopt(sock: OwnedFd, vtep: Ipv4Addr, port: u16, mtu: u32, stats: Arc<UdpRxStats>) -> Self {
         // SAFETY: mmsghdr is plain old data; all-zero is valid (null pointers, no iovecs).
         let msg = unsafe { std::mem::zeroed::<libc::mmsghdr>() };
         let iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
-        Ok(Self {
+        Self {
             sock,
             vtep,
             port,
-            datagram: mtu.saturating_sub(28).max(1),
+            // The IPv4 and UDP headers in front of each datagram.
+            datagram: (mtu as usize).saturating_sub(28).max(1),
             staging: vec![0; STAGE * MESSAGES].into_boxed_slice(),
             msgs: [msg; MESSAGES],
             iovs: [iov; MESSAGES],
@@ -235,7 +229,7 @@ impl UdpReceiver {
             batch: TRAIN_BATCH,
             held: false,
             stats,
-        })
+        }
     }
 
     /// A duplicate of the socket, for another process ([`adopt`](Self::adopt)).
@@ -379,28 +373,19 @@ impl UdpReceiver {
                 small.push((n, first, msg));
                 n += 1;
             } else if msg.segment == size || (msg.single() && msg.len <= size) {
-                let mut at = 0;
-                for slot in first.. {
-                    if at >= msg.len {
-                        break;
-                    }
+                for (k, at) in (0..msg.len).step_by(size).enumerate() {
                     let len = size.min(msg.len - at);
-                    write_outer(&mut jumbo.data_mut(slot)[..OUTER], &msg, self.vtep, self.port, len);
-                    jumbo.push(slot, n, OUTER + len, OffloadMeta::default());
+                    write_outer(&mut jumbo.data_mut(first + k)[..OUTER], &msg, self.vtep, self.port, len);
+                    jumbo.push(first + k, n, OUTER + len, OffloadMeta::default());
                     in_place += 1;
-                    at += len;
                 }
             } else {
                 // Another segment size: datagram boundaries are not slot boundaries.
                 let area = self.read.len();
-                let mut at = 0;
-                for slot in first.. {
-                    if at >= msg.len {
-                        break;
-                    }
+                for (k, at) in (0..msg.len).step_by(size).enumerate() {
                     let len = size.min(msg.len - at);
-                    self.staging[area * STAGE + at..][..len].copy_from_slice(&jumbo.data(slot)[OUTER..OUTER + len]);
-                    at += len;
+                    self.staging[area * STAGE + at..][..len]
+                        .copy_from_slice(&jumbo.data(first + k)[OUTER..OUTER + len]);
                 }
                 self.read.push(msg);
             }
@@ -619,7 +604,9 @@ mod tests {
         let (lo, port) = (Ipv4Addr::LOCALHOST, 4789);
         let stats = Arc::new(UdpRxStats::default());
         let (mut rx, tx) = ns
-            .enter(|| (UdpReceiver::open("lo", lo, port, stats.clone()).unwrap(), UdpSocket::bind((lo, 0)).unwrap()))
+            .enter(|| {
+                (UdpReceiver::open("lo", lo, port, 9000, stats.clone()).unwrap(), UdpSocket::bind((lo, 0)).unwrap())
+            })
             .unwrap();
         assert_eq!(rx.datagram, 8972);
         // (segment size, datagrams, last datagram's size)

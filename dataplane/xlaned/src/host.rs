@@ -69,15 +69,17 @@ pub struct UdpRxSpec {
     pub port: u16,
     /// The receiver's counters on this worker.
     pub stats: Arc<UdpRxStats>,
+    /// The uplink's MTU (where a peer of the same MTU cuts its trains of datagrams).
+    pub mtu: u32,
     /// The socket a predecessor received through (a handover), else a new one is opened.
     pub inherited: Option<std::os::fd::OwnedFd>,
 }
 
 impl UdpRxSpec {
-    /// Reading `vtep`:`port`, counting from zero.
+    /// Reading `vtep`:`port` of an uplink of MTU `mtu`, counting from zero.
     #[must_use]
-    pub fn new(vtep: std::net::Ipv4Addr, port: u16) -> Self {
-        Self { vtep, port, stats: Arc::default(), inherited: None }
+    pub fn new(vtep: std::net::Ipv4Addr, port: u16, mtu: u32) -> Self {
+        Self { vtep, port, stats: Arc::default(), mtu, inherited: None }
     }
 }
 
@@ -626,9 +628,9 @@ fn add_xdp_ports(
         let receiver = match rx.inherited {
             Some(sock) => {
                 tracing::info!(uplink = %spec.ifname, "UDP receive socket taken over from the previous xlaned");
-                UdpReceiver::adopt(sock, &spec.ifname, rx.vtep, rx.port, rx.stats)
+                Ok(UdpReceiver::adopt(sock, rx.vtep, rx.port, rx.mtu, rx.stats))
             }
-            None => UdpReceiver::open(&spec.ifname, rx.vtep, rx.port, rx.stats),
+            None => UdpReceiver::open(&spec.ifname, rx.vtep, rx.port, rx.mtu, rx.stats),
         };
         match receiver {
             Ok(receiver) => first.set_udp_receiver(receiver),

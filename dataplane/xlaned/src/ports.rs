@@ -239,7 +239,9 @@ impl<H: Host> State<H> {
                 counters: Arc::new(PortCounters::default()),
                 kernel: Arc::new(KernelStats::default()),
                 udp_gso: (role == Role::Uplink && self.cfg.uplink_udp_gso && !transmits_only).then(Arc::default),
-                udp_rx: udp_rx_at.filter(|_| !transmits_only).map(|(vtep, port)| UdpRxSpec::new(vtep, port)),
+                udp_rx: udp_rx_at
+                    .filter(|_| !transmits_only)
+                    .map(|(vtep, port)| UdpRxSpec::new(vtep, port, self.uplink.mtu)),
                 placement: if role == Role::Uplink { self.cfg.uplink_umem } else { Placement::Shared },
                 own_tx_checksum,
             };
