@@ -48,12 +48,16 @@ pub enum UplinkUmemArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UplinkRxArg {
+    /// `xdp` where the uplink's driver offers AF_XDP zero-copy (and `--bind-mode` allows
+    /// it), `udp` everywhere else: decided at start-up from the driver's XDP features.
+    Auto,
     /// The pinhole XDP program steers it to AF_XDP sockets (zero-copy where the NIC
     /// offers it).
     Xdp,
     /// No XDP program on the uplink: a UDP socket per worker with `UDP_GRO` reads it,
     /// a peer's GSO send arriving whole (veth and virtio-net underlays, where any XDP
-    /// program makes the kernel cut GSO packets first). No hitless handover yet.
+    /// program makes the kernel cut GSO packets first, and copy-mode AF_XDP pays a
+    /// copy per datagram).
     Udp,
 }
 
@@ -90,6 +94,28 @@ impl XskTxChecksumArg {
             Self::Software => xlane_xdp::xsk::TxChecksum::Software,
             Self::Auto if driver_offers => xlane_xdp::xsk::TxChecksum::Device,
             Self::Auto | Self::Off => xlane_xdp::xsk::TxChecksum::Off,
+        }
+    }
+}
+
+impl UplinkRxArg {
+    /// Whether the uplink is read through UDP sockets. For `auto`, `zero_copy` asks
+    /// the uplink's driver (netdev XDP features); where it cannot say, the UDP path,
+    /// which works on every driver.
+    pub fn reads_udp(self, bind: BindArg, zero_copy: impl FnOnce() -> std::io::Result<bool>) -> bool {
+        match (self, bind) {
+            (Self::Udp, _) => true,
+            (Self::Xdp, _) | (Self::Auto, BindArg::ZeroCopy) => false,
+            // Copy mode pays a copy per datagram in AF_XDP too, and the program
+            // on the uplink costs its GSO packets: nothing left to win.
+            (Self::Auto, BindArg::Copy) => true,
+            (Self::Auto, BindArg::Auto) => match zero_copy() {
+                Ok(zc) => !zc,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the uplink's XDP features: reading it through UDP sockets");
+                    true
+                }
+            },
         }
     }
 }
@@ -174,7 +200,8 @@ pub struct Args {
     #[arg(long, env = "XLANE_XSK_TX_CHECKSUM", value_enum)]
     pub xsk_tx_checksum: Option<XskTxChecksumArg>,
     /// How the uplink's VXLAN traffic is received: "xdp" (the pinhole program and
-    /// AF_XDP) or "udp" (UDP GRO sockets, no XDP program on the uplink) [default: xdp].
+    /// AF_XDP), "udp" (UDP GRO sockets, no XDP program on the uplink) or "auto" (xdp
+    /// where the uplink's driver offers AF_XDP zero-copy, udp elsewhere) [default: auto].
     #[arg(long, env = "XLANE_UPLINK_RX", value_enum)]
     pub uplink_rx: Option<UplinkRxArg>,
     /// Take over from the xlaned running with the same runtime directory without
@@ -306,7 +333,7 @@ impl Config {
             vtep,
             uplink_udp_gso: args.uplink_udp_gso.unwrap_or(true),
             xsk_tx_checksum: args.xsk_tx_checksum.unwrap_or(XskTxChecksumArg::Auto),
-            uplink_rx: args.uplink_rx.unwrap_or(UplinkRxArg::Xdp),
+            uplink_rx: args.uplink_rx.unwrap_or(UplinkRxArg::Auto),
             takeover,
             handover_version: handover_version.unwrap_or(crate::handover::VERSION),
         })
@@ -351,5 +378,19 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("host bits"), "{e}");
+    }
+
+    #[test]
+    fn the_uplink_is_read_through_udp_unless_its_driver_offers_zero_copy() {
+        use UplinkRxArg::{Auto, Udp, Xdp};
+        let c = |rx: UplinkRxArg, bind, zc: std::io::Result<bool>| rx.reads_udp(bind, || zc);
+        assert!(c(Auto, BindArg::Auto, Ok(false)), "veth, virtio-net");
+        assert!(!c(Auto, BindArg::Auto, Ok(true)), "a zero-copy NIC");
+        assert!(c(Auto, BindArg::Auto, Err(std::io::Error::other("no netdev family"))));
+        assert!(c(Auto, BindArg::Copy, Ok(true)), "copy mode asked for");
+        assert!(!c(Auto, BindArg::ZeroCopy, Ok(false)), "zero-copy asked for");
+        assert!(!c(Xdp, BindArg::Auto, Ok(false)) && c(Udp, BindArg::Auto, Ok(true)), "asked for");
+        let args = Args { uplink: Some("eth0".into()), ..Args::default() };
+        assert_eq!(Config::resolve(args).unwrap().uplink_rx, Auto, "the default");
     }
 }

@@ -11,6 +11,12 @@ use xlane_fib::FibHandle;
 use xlane_xdp::attach::{ModePreference, XdpMode};
 use xlane_xdp::xsk::{BindMode, Umem, UmemSettings, Umems};
 
+/// Whether the uplink's driver offers AF_XDP zero-copy (netdev XDP features).
+fn uplink_zero_copy(uplink: &str) -> std::io::Result<bool> {
+    let ifindex = nix::net::if_::if_nametoindex(uplink).map_err(|e| std::io::Error::other(format!("{uplink}: {e}")))?;
+    Ok(xlane_netlink::netdev::xdp_features(ifindex)?.zero_copy())
+}
+
 /// Run the daemon with `cfg` until SIGINT or SIGTERM.
 ///
 /// # Errors
@@ -28,9 +34,14 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
 
     // Taking over: the old xlaned's objects and state, once it has exited (or, where it
     // could not hand over, once it has shut down: then a cold start).
+    let uplink_rx_udp = cfg.uplink_rx.reads_udp(cfg.bind_mode, || uplink_zero_copy(&cfg.uplink));
+    tracing::info!(
+        uplink = %cfg.uplink,
+        through = if uplink_rx_udp { "UDP GRO sockets" } else { "its XDP program and AF_XDP sockets" },
+        "reading the uplink's VXLAN traffic"
+    );
     let (inherited, lock) = if cfg.takeover {
-        let udp = cfg.uplink_rx == config::UplinkRxArg::Udp;
-        handover::take_over(&cfg.socket, cfg.workers, udp, cfg.handover_version)
+        handover::take_over(&cfg.socket, cfg.workers, uplink_rx_udp, cfg.handover_version)
             .map_err(|e| anyhow::anyhow!("taking over from the running xlaned: {e}"))?
     } else {
         let lock = NodeLock::try_acquire(&cfg.socket)?.ok_or_else(|| {
@@ -115,10 +126,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         },
         uplink_udp_gso: cfg.uplink_udp_gso,
         xsk_tx_checksum: cfg.xsk_tx_checksum,
-        uplink_rx_udp: cfg.uplink_rx == config::UplinkRxArg::Udp,
+        uplink_rx_udp,
         uplink_umem,
     };
-    let host = host::System::new(xdp, bind)?.with_pool(pool).with_udp_uplink(cfg.uplink_rx == config::UplinkRxArg::Udp);
+    let host = host::System::new(xdp, bind)?.with_pool(pool).with_udp_uplink(uplink_rx_udp);
     let mut st = state::State::new(control, host, fib, workers, Arc::clone(&metric_ports), Arc::new(|| {}))?;
     if !ops.is_empty() {
         // Each request takes the inherited objects on its path; frames arriving

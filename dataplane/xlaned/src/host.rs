@@ -638,7 +638,23 @@ fn add_xdp_ports(
                 for p in opened {
                     p.close(d.mem_mut());
                 }
-                return Err(format!("{}: UDP receive socket on {}:{}: {what}: {e}", spec.ifname, rx.vtep, rx.port));
+                let remedy = match e.raw_os_error() {
+                    // Only a local address receives: XDP steers by address, the
+                    // kernel's sockets by route.
+                    Some(libc::EADDRNOTAVAIL) => {
+                        " (the VTEP must be an address of this node for the uplink to be read through UDP \
+                         sockets, the default without AF_XDP zero-copy: add it, or use --uplink-rx xdp)"
+                    }
+                    Some(libc::EADDRINUSE) => {
+                        " (another socket holds the VXLAN port, such as a kernel VXLAN device: remove it, \
+                         or use --uplink-rx xdp, whose program takes the traffic before the kernel)"
+                    }
+                    _ => "",
+                };
+                return Err(format!(
+                    "{}: UDP receive socket on {}:{}: {what}: {e}{remedy}",
+                    spec.ifname, rx.vtep, rx.port
+                ));
             }
         }
     }

@@ -24,7 +24,16 @@ fn drops(c: &Counters) -> BTreeMap<String, u64> {
 
 #[test]
 fn pods_nodes_and_the_pinhole() {
-    pods_nodes_and_the_pinhole_in(Layout::Shared, "pods_nodes_and_the_pinhole", "xe-basic");
+    pods_nodes_and_the_pinhole_in(Layout::UdpUplink, "pods_nodes_and_the_pinhole", "xe-basic");
+}
+
+#[test]
+fn pods_nodes_and_the_pinhole_with_the_uplink_read_through_af_xdp() {
+    pods_nodes_and_the_pinhole_in(
+        Layout::Shared,
+        "pods_nodes_and_the_pinhole_with_the_uplink_read_through_af_xdp",
+        "xe-bxdp",
+    );
 }
 
 #[test]
@@ -126,7 +135,8 @@ fn pods_nodes_and_the_pinhole_in(layout: Layout, test: &str, prefix: &str) {
 
     // Stop xlaned: nothing stays attached, and the node keeps its network.
     let node = &lab.nodes[0];
-    assert!(node.ns.has_xdp("eth0").unwrap() && node.ns.has_xdp(&p0.host_if).unwrap());
+    assert_eq!(node.ns.has_xdp("eth0").unwrap(), layout.uplink_xdp());
+    assert!(node.ns.has_xdp(&p0.host_if).unwrap());
     let st = daemons[0].stop_with(nix::sys::signal::Signal::SIGTERM);
     assert!(st.success(), "xlaned exit: {st}\n{}", daemons[0].log());
     for dev in ["eth0", "xlane0-e", &p0.host_if, &p1.host_if] {
@@ -135,7 +145,7 @@ fn pods_nodes_and_the_pinhole_in(layout: Layout, test: &str, prefix: &str) {
     ping(&lab.fabric, node.ip).unwrap();
     // Even a killed xlaned leaves nothing behind (BPF links die with the process).
     let n1 = &lab.nodes[1];
-    assert!(n1.ns.has_xdp("eth0").unwrap());
+    assert_eq!(n1.ns.has_xdp("eth0").unwrap(), layout.uplink_xdp());
     daemons[1].stop_with(nix::sys::signal::Signal::SIGKILL);
     assert!(!n1.ns.has_xdp("eth0").unwrap() && !n1.ns.has_xdp(&p2.host_if).unwrap(), "XDP left after SIGKILL");
 }
@@ -379,6 +389,8 @@ fn idle_costs_no_cpu_unless_busy_polling() {
     ns.ip(&["link", "add", "bp0", "type", "veth", "peer", "name", "bp1"]).unwrap();
     ns.ip(&["link", "set", "bp0", "up"]).unwrap();
     ns.ip(&["link", "set", "bp1", "up"]).unwrap();
+    // Read through UDP sockets (no zero-copy on veth), the VTEP is one of its addresses.
+    ns.ip(&["addr", "add", "192.168.99.1/32", "dev", "bp0"]).unwrap();
     let flags =
         ["--uplink", "bp0", "--vtep-ip", "192.168.99.1", "--busy-poll", "--metrics", "off", "--host-port", "none"];
     let busy = Xlaned::start_with(ns, "xe-idle-busy", &flags);
@@ -408,8 +420,8 @@ fn a_full_umem_refuses_a_port_and_frames_come_back() {
         lab.add_pod(0).unwrap();
     }
     let n = &lab.nodes[0];
-    // The uplink's fill ring takes 2048 of these; each pod needs 256 and a reserve.
-    let d = Xlaned::start_with(&n.ns, "xe-umem", &["--umem-frames", "3200"]);
+    // An AF_XDP uplink's fill ring takes 2048 of these; each pod needs 256 and a reserve.
+    let d = Xlaned::start_with(&n.ns, "xe-umem", &["--umem-frames", "3200", "--uplink-rx", "xdp"]);
     d.ok(Op::SetVtep(Vtep { ip: n.ip, mac: None, vni: 1, port: 8472, subnet: Some(n.subnet_cidr().parse().unwrap()) }));
     let spec = |k: usize| {
         let p = &lab.pods[k];

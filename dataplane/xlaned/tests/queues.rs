@@ -21,7 +21,7 @@ fn drops(c: &Counters) -> BTreeMap<String, u64> {
 #[test]
 fn two_workers_share_the_queues() {
     let Some((_serial, Cluster { daemons, lab })) =
-        setup("two_workers_share_the_queues", "xe-rss", 2, &["--workers", "2", "--cores", "0,1"])
+        setup("two_workers_share_the_queues", "xe-rss", 2, &["--workers", "2", "--cores", "0,1", "--uplink-rx", "xdp"])
     else {
         return;
     };
@@ -55,8 +55,12 @@ fn a_pod_with_fewer_queues_than_workers_is_served_by_every_worker() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut lab = Lab::with_queues("xe-few", 2, 2).unwrap();
     lab.set_pod_queues(1);
-    let Cluster { daemons, lab } =
-        cluster_on(lab, "xe-few", &["--workers", "2", "--cores", "0,1"], xlane_api::VethIo::AfXdp);
+    let Cluster { daemons, lab } = cluster_on(
+        lab,
+        "xe-few",
+        &["--workers", "2", "--cores", "0,1", "--uplink-rx", "xdp"],
+        xlane_api::VethIo::AfXdp,
+    );
     let (p0, p2) = (&lab.pods[0], &lab.pods[2]);
     let Reply::Ports { ports } = daemons[0].ok(Op::Dump { table: Table::Ports }) else { panic!() };
     let queues = |ifname: &str| ports.iter().find(|p| p.ifname == ifname).map(|p| p.queues);
@@ -88,7 +92,7 @@ fn uplink_queues_serves_exactly_the_queues_it_names() {
     let Cluster { daemons, lab } = cluster_nodes(
         lab,
         "xe-uq",
-        &[&["--workers", "2", "--cores", "0,1"], &["--uplink-queues", "1"]],
+        &[&["--workers", "2", "--cores", "0,1", "--uplink-rx", "xdp"], &["--uplink-queues", "1", "--uplink-rx", "xdp"]],
         xlane_api::VethIo::AfXdp,
     );
     let (p0, p2) = (&lab.pods[0], &lab.pods[2]);

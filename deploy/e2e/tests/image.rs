@@ -110,7 +110,10 @@ fn the_image_runs_as_the_daemonset_runs_it_and_attaches_a_pod() {
         ("xlane-agent", "readinessProbe"),
     ];
     wait_for_probes(&pod, &probes, Duration::from_secs(30));
-    assert!(node1.has_xdp("eth0").unwrap(), "xlaned attached its XDP program to the uplink");
+    // A veth uplink has no AF_XDP zero-copy: xlaned reads its VXLAN traffic through UDP
+    // sockets and attaches no program to it.
+    assert!(!node1.has_xdp("eth0").unwrap(), "no XDP program on a veth uplink");
+    assert!(node1.udp_listeners(8472).unwrap() > 0, "xlaned reads the uplink through UDP sockets");
     // Each daemon holds exactly the manifest's capabilities, cannot gain more, and has no
     // seccomp filter (kubelet's default for a container without a seccompProfile): the
     // agent as PID 1 of its container, xlaned as the child of its container's PID 1,

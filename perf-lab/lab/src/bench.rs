@@ -43,10 +43,13 @@ pub enum Contender {
     /// between the uplink's UMEM and the pods').
     XlaneOwnUmem,
     /// xlane with pods attached `veth-offload` (AF_PACKET with a virtio-net header:
-    /// the pods keep TSO/GSO, TCP travels as super-packets).
+    /// the pods keep TSO/GSO, TCP travels as super-packets), the uplink read through
+    /// its XDP program and AF_XDP (`--uplink-rx xdp`, as on a zero-copy NIC).
     XlaneOffload,
     /// `veth-offload` pods and `--uplink-rx udp`: no XDP program on the uplinks, their
     /// VXLAN traffic read through UDP GRO sockets (a peer's GSO sends arrive whole).
+    /// What a user gets by default on this lab: the CNI's default attachment, and
+    /// xlaned's on an uplink without AF_XDP zero-copy.
     XlaneUdpUplink,
     /// flannel-style kernel VXLAN (vxlan device, cni0 bridge).
     KernelVxlan,
@@ -95,8 +98,8 @@ impl Contender {
             Self::Xlane => "xlane",
             Self::XlaneBusyPoll => "xlane busy-poll",
             Self::XlaneOwnUmem => "xlane own-UMEM uplink",
-            Self::XlaneOffload => "xlane veth-offload",
-            Self::XlaneUdpUplink => "xlane veth-offload, UDP uplink",
+            Self::XlaneOffload => "xlane veth-offload, AF_XDP uplink",
+            Self::XlaneUdpUplink => "xlane defaults (veth-offload, UDP uplink)",
             Self::KernelVxlan => "kernel VXLAN",
             Self::KernelVxlanXdp => "kernel VXLAN, uplink XDP",
             Self::HostGw => "kernel host-gw",
@@ -338,12 +341,15 @@ fn build(c: Contender, mtu: u16) -> anyhow::Result<Testbed> {
     };
     match c {
         c if c.is_xlane() => {
-            let xlaned_args: Vec<String> = match c {
-                Contender::XlaneBusyPoll => vec!["--busy-poll".into()],
-                Contender::XlaneOwnUmem => vec!["--uplink-umem".into(), "own".into()],
-                Contender::XlaneUdpUplink => vec!["--uplink-rx".into(), "udp".into()],
-                _ => vec![],
-            };
+            // The uplink's receive named explicitly too (xlaned's default on veth is
+            // UDP): every contender but one keeps the AF_XDP uplink it was built on.
+            let uplink_rx = if c == Contender::XlaneUdpUplink { "udp" } else { "xdp" };
+            let mut xlaned_args: Vec<String> = vec!["--uplink-rx".into(), uplink_rx.into()];
+            match c {
+                Contender::XlaneBusyPoll => xlaned_args.push("--busy-poll".into()),
+                Contender::XlaneOwnUmem => xlaned_args.extend(["--uplink-umem".into(), "own".into()]),
+                _ => {}
+            }
             // Named explicitly: the CNI default may change, the contenders must not.
             let offload = matches!(c, Contender::XlaneOffload | Contender::XlaneUdpUplink);
             let attach = Some(if offload { "veth-offload" } else { "veth-xdp" }.to_owned());

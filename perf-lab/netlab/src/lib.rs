@@ -323,6 +323,18 @@ impl Netns {
         let out = self.ip(&["-d", "link", "show", "dev", dev])?;
         Ok(out.contains("prog/xdp"))
     }
+
+    /// How many UDP sockets listen on `port` (any address).
+    ///
+    /// # Errors
+    /// `ss` failed to run.
+    pub fn udp_listeners(&self, port: u16) -> io::Result<usize> {
+        let out = self.command("ss").args(["-Hnlu", &format!("sport = :{port}")]).output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!("ss: {}", String::from_utf8_lossy(&out.stderr))));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count())
+    }
 }
 
 impl Drop for Netns {

@@ -375,11 +375,14 @@ pub(crate) fn conserved(c: &Counters) -> bool {
     c.pipeline["rx"] + c.pipeline["icmp_errors"] == c.pipeline["tx"] + c.drops.values().sum::<u64>()
 }
 
-/// Where the uplink's sockets live (#16): the UMEM the veths share (the default on a
-/// NIC without zero-copy, as veth), or one of their own, which a zero-copy NIC needs
-/// and `--uplink-umem own` forces in copy mode, so the lab runs that code path.
+/// How the uplink is served. Read through UDP GRO sockets, no XDP program on it (the
+/// default on a NIC without zero-copy, as veth); or through its XDP program and AF_XDP
+/// sockets (#16) in the UMEM the veths share, or in one of their own, which a
+/// zero-copy NIC needs and `--uplink-umem own` forces in copy mode, so the lab runs
+/// that code path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Layout {
+    UdpUplink,
     Shared,
     OwnUplink,
 }
@@ -387,9 +390,15 @@ pub(crate) enum Layout {
 impl Layout {
     pub(crate) fn flags(self) -> &'static [&'static str] {
         match self {
-            Self::Shared => &[],
-            Self::OwnUplink => &["--uplink-umem", "own"],
+            Self::UdpUplink => &[],
+            Self::Shared => &["--uplink-rx", "xdp"],
+            Self::OwnUplink => &["--uplink-rx", "xdp", "--uplink-umem", "own"],
         }
+    }
+
+    /// Whether the uplink carries xlaned's XDP program.
+    pub(crate) fn uplink_xdp(self) -> bool {
+        self != Self::UdpUplink
     }
 
     /// After traffic across the nodes: each uplink is where the layout puts it, and
@@ -414,6 +423,14 @@ impl Layout {
             to_pods += pods.iter().map(|u| u.copied_in).sum::<u64>();
         }
         match self {
+            Self::UdpUplink => {
+                for d in daemons {
+                    let Reply::Ports { ports } = d.ok(Op::Dump { table: Table::Ports }) else { panic!() };
+                    let uplink = ports.iter().find(|p| p.role == "uplink").expect("an uplink");
+                    let rx = uplink.udp_rx.expect("an uplink read through UDP sockets reports them");
+                    assert!(rx.datagrams > 0 && rx.dropped == 0, "{rx:?}");
+                }
+            }
             Self::Shared => assert_eq!((to_uplinks, to_pods), (0, 0), "one UMEM, nothing copied"),
             Self::OwnUplink => {
                 assert!(to_uplinks > 0 && to_pods > 0, "copied both ways: {to_uplinks} to uplinks, {to_pods} to pods");

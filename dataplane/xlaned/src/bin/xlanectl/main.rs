@@ -290,6 +290,9 @@ fn print_ports(ports: &[PortInfo]) {
             "vhost".to_owned()
         } else if p.packet.is_some() {
             "packet".to_owned()
+        } else if p.udp_rx.is_some() {
+            // Read through UDP sockets; its AF_XDP sockets only transmit.
+            "udp".to_owned()
         } else if p.zero_copy {
             format!("{}/zc", p.xdp_mode)
         } else {
