@@ -31,6 +31,7 @@ pub mod fixtures;
 pub mod flow;
 pub mod frame;
 pub mod icmp;
+pub mod idle;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mem;
 pub mod observe;
@@ -44,6 +45,7 @@ pub use counters::{CoreCounters, CounterSnapshot};
 pub use driver::{Driver, MAX_SEGMENTS, Received};
 pub use drop::DropReason;
 pub use frame::Frame;
+pub use idle::Idle;
 pub use offload::{OffloadError, OffloadMeta};
 pub use pipeline::{BURST, Pipeline, Verdict};
 pub use port::{FrameMemory, Offloads, Packet, Port, PortCounters, bump};

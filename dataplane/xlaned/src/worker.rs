@@ -28,8 +28,6 @@ use xlane_xdp::packet::PacketPort;
 use xlane_xdp::port::XdpPort;
 use xlane_xdp::xsk::{Umems, wait_readable};
 
-/// Empty polls before a non-busy worker sleeps.
-const IDLE_SPINS: u32 = 2_000;
 /// Longest sleep (also the period of statistics refresh while idle).
 const SLEEP_MS: i32 = 200;
 
@@ -243,7 +241,7 @@ struct Worker<M: FrameMemory, P: Port<M>> {
 
 impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
     fn run(&mut self) {
-        let mut idle = 0u32;
+        let mut idle = xlane_engine::Idle::new(self.cfg.busy_poll);
         let mut held = self.cfg.held;
         let mut last_publish = Instant::now();
         loop {
@@ -274,22 +272,14 @@ impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
                 let _ = self.wake.read();
                 continue;
             }
-            if self.poll_once() > 0 {
-                idle = 0;
-            } else {
-                idle = idle.saturating_add(1);
-                if !self.cfg.busy_poll {
-                    std::thread::yield_now();
-                }
-            }
+            let work = self.poll_once();
+            let sleep = idle.after_poll(work, !self.driver.ports().is_empty());
             if last_publish.elapsed() >= Duration::from_secs(1) {
                 self.publish();
                 last_publish = Instant::now();
             }
-            // Busy-poll with nothing to poll waits for a command instead of burning a core.
-            if idle >= IDLE_SPINS && (!self.cfg.busy_poll || self.driver.ports().is_empty()) {
+            if sleep {
                 self.sleep();
-                idle = 0;
             }
         }
     }

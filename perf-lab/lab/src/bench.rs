@@ -199,9 +199,9 @@ pub enum Forwarder {
     XlaneMacswap,
     /// DPDK testpmd, `net_af_xdp`, `--forward-mode=macswap`.
     Testpmd,
-    /// xlane's path across two nodes (pod veth → node 0 → fabric → node 1 → pod veth)
+    /// xlane's path across two nodes (pod veth ⇄ node 0 ⇄ fabric ⇄ node 1 ⇄ pod veth)
     /// on the same socket code, one UMEM per node, no pipeline: MACs rewritten, frames
-    /// moved by descriptor ([`forward::xlane_relay`]).
+    /// moved by descriptor ([`forward::xlane_relay_both`]).
     XlaneTwoNode,
 }
 
@@ -231,6 +231,13 @@ pub struct IoResult {
     pub forwarded_pps: f64,
     /// Frames per second the generator offered.
     pub offered_pps: f64,
+    /// Request/response between the pods through it (the two-node relay; absent in
+    /// reports from before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
+    /// TCP, one stream, between the pods through it (the two-node relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp1_gbit: Option<f64>,
 }
 
 /// A contender's two pods, one per lab node, and what runs them.
@@ -689,53 +696,67 @@ pub fn io_ceiling(f: Forwarder, w: Workload, stop: &AtomicBool) -> anyhow::Resul
         }
         let (forwarded_pps, offered_pps) = result?;
         anyhow::ensure!(forwarded_pps > 0.0, "{}: nothing came back", f.name());
-        Ok(IoResult { forwarder: f, forwarded_pps, offered_pps })
+        Ok(IoResult { forwarder: f, forwarded_pps, offered_pps, latency: None, tcp1_gbit: None })
     })
 }
 
-/// The two-node ceiling: a pod per node, a relay on each node on xlaned's path; the
-/// generator in node 0's pod floods node 1's pod, counted at its interface.
+/// The two-node ceiling: a pod per node, a relay on each node on xlaned's path, both
+/// ways; the generator in node 0's pod floods node 1's pod, counted at its interface;
+/// then request/response and one TCP stream between the pods.
 fn two_node_ceiling(w: Workload, stop: &AtomicBool) -> anyhow::Result<IoResult> {
     let mut lab = Lab::new("xbr", 2)?;
     let (a, b) = (lab.add_pod(0)?, lab.add_pod(1)?);
     let (n0, n1, pa, pb) = (&lab.nodes[0], &lab.nodes[1], &lab.pods[a], &lab.pods[b]);
     let mac = |ns: &Netns, dev: &str| -> anyhow::Result<xlane_wire::Mac> { Ok(ns.mac(dev)?.parse()?) };
-    let legs = [
-        (
-            &n0.ns,
-            forward::Relay {
-                from: pa.host_if.clone(),
-                to: "eth0".into(),
-                dst: mac(&n1.ns, "eth0")?,
-                src: mac(&n0.ns, "eth0")?,
-            },
-        ),
-        (
-            &n1.ns,
-            forward::Relay {
-                from: "eth0".into(),
-                to: pb.host_if.clone(),
-                dst: pb.mac.parse()?,
-                src: mac(&n1.ns, &pb.host_if)?,
-            },
-        ),
+    let (up0, up1) = (mac(&n0.ns, "eth0")?, mac(&n1.ns, "eth0")?);
+    // The relays forward IPv4 only: each pod's gateway is a static entry for its host veth.
+    for (pod, node) in [(pa, n0), (pb, n1)] {
+        let host_mac = node.ns.mac(&pod.host_if)?;
+        let gw = node.gateway().to_string();
+        pod.ns.ip(&["neigh", "replace", &gw, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
+    }
+    let relays = [
+        (&n0.ns, &pa.host_if, (up1, up0), (pa.mac.parse()?, mac(&n0.ns, &pa.host_if)?)),
+        (&n1.ns, &pb.host_if, (up0, up1), (pb.mac.parse()?, mac(&n1.ns, &pb.host_if)?)),
     ];
     let frame = traffic::udp_template(mac(&n0.ns, &pa.host_if)?, pa.mac.parse()?, pa.ip, pb.ip, 5300);
     // A bound socket keeps the receiver from answering with port-unreachables.
     let _sink = pb.ns.enter(|| UdpSocket::bind(SocketAddrV4::new(pb.ip, 5300)))??;
     let relay_stop = AtomicBool::new(false);
     std::thread::scope(|sc| -> anyhow::Result<IoResult> {
-        let relays: Vec<_> =
-            legs.iter().map(|(ns, leg)| sc.spawn(|| forward::xlane_relay(ns, leg, &relay_stop))).collect();
+        let relays: Vec<_> = relays
+            .iter()
+            .map(|(ns, pod_if, to_uplink, to_pod)| {
+                let stop = &relay_stop;
+                sc.spawn(move || forward::xlane_relay_both(ns, pod_if, "eth0", *to_uplink, *to_pod, stop))
+            })
+            .collect();
         std::thread::sleep(Duration::from_millis(500));
-        let result = flood_runs(w, stop, &pa.ns, &frame, &pb.ns);
+        let measured = (|| -> anyhow::Result<_> {
+            let (forwarded_pps, offered_pps) = flood_runs(w, stop, &pa.ns, &frame, &pb.ns)?;
+            eprintln!("      {:.0} kpps; UDP request/response, {} round trips", forwarded_pps / 1e3, w.rr_requests);
+            let latency = request_response(&pa.ns, &pb.ns, pb.ip, w.rr_requests, stop)?;
+            eprintln!(
+                "      p50 {:.1} µs, p99 {:.1} µs; iperf3, 1 stream, {} s",
+                latency.p50_us, latency.p99_us, w.tcp_seconds
+            );
+            let tcp1 = iperf3(&pa.ns, &pb.ns, pb.ip, 1, w.tcp_seconds)?.gbit;
+            eprintln!("      {tcp1:.2} Gbit/s");
+            Ok((forwarded_pps, offered_pps, latency, tcp1))
+        })();
         relay_stop.store(true, Ordering::Relaxed);
         for r in relays {
             r.join().map_err(|_| anyhow::anyhow!("a relay panicked"))??;
         }
-        let (forwarded_pps, offered_pps) = result?;
+        let (forwarded_pps, offered_pps, latency, tcp1) = measured?;
         anyhow::ensure!(forwarded_pps > 0.0, "the two-node relay: nothing arrived");
-        Ok(IoResult { forwarder: Forwarder::XlaneTwoNode, forwarded_pps, offered_pps })
+        Ok(IoResult {
+            forwarder: Forwarder::XlaneTwoNode,
+            forwarded_pps,
+            offered_pps,
+            latency: Some(latency),
+            tcp1_gbit: Some(tcp1),
+        })
     })
 }
 

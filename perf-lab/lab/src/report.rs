@@ -276,26 +276,40 @@ impl Report {
         if let Some(ceiling) = self.io.iter().find(|r| r.forwarder == Forwarder::XlaneTwoNode) {
             let _ = writeln!(
                 m,
-                "\nTwo-node ceiling (the generator's pod on node 0 → its host veth → node 0's uplink → fabric → \
-                 node 1's uplink → the pod's host veth → the pod; a relay per node on xlaned's socket code, \
-                 one UMEM each, MACs rewritten, no pipeline), counted at node 1's pod as the results above:\n"
+                "\nTwo-node ceiling (node 0's pod ⇄ its host veth ⇄ node 0's uplink ⇄ fabric ⇄ node 1's uplink ⇄ \
+                 the pod's host veth ⇄ the pod; a relay per node on xlaned's socket code, one UMEM each, MACs \
+                 rewritten, no pipeline and no encapsulation), measured as the results above; ratios are \
+                 to the ceiling (for latency, lower is better):\n"
             );
-            let _ = writeln!(m, "| path | kpps at node 1's pod | offered kpps | vs ceiling |\n|---|---:|---:|---:|");
             let _ = writeln!(
                 m,
-                "| {} | {:.0} | {:.0} | 1.00 |",
+                "| path | 64 B kpps | vs ceiling | RR p50 µs | vs ceiling | RR p99 µs | vs ceiling | TCP ×1 Gbit/s | vs ceiling |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
+            let cell = |v: Option<f64>, c: Option<f64>, digits: usize| match (v, c) {
+                (Some(v), Some(c)) if c > 0.0 => format!("{v:.digits$} | {:.2}", v / c),
+                (Some(v), _) => format!("{v:.digits$} | —"),
+                _ => "— | —".to_owned(),
+            };
+            let (c_p50, c_p99) = (ceiling.latency.map(|l| l.p50_us), ceiling.latency.map(|l| l.p99_us));
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} |",
                 ceiling.forwarder.name(),
-                ceiling.forwarded_pps / 1e3,
-                ceiling.offered_pps / 1e3
+                cell(Some(ceiling.forwarded_pps / 1e3), Some(ceiling.forwarded_pps / 1e3), 0),
+                cell(c_p50, c_p50, 1),
+                cell(c_p99, c_p99, 1),
+                cell(ceiling.tcp1_gbit, ceiling.tcp1_gbit, 2)
             );
             for r in self.results.iter().filter(|r| r.contender.is_xlane()) {
                 let _ = writeln!(
                     m,
-                    "| {} | {:.0} | {:.0} | {:.2} |",
+                    "| {} | {} | {} | {} | {} |",
                     r.contender.name(),
-                    r.udp_pps / 1e3,
-                    r.offered_pps / 1e3,
-                    r.udp_pps / ceiling.forwarded_pps
+                    cell(Some(r.udp_pps / 1e3), Some(ceiling.forwarded_pps / 1e3), 0),
+                    cell(Some(r.latency.p50_us), c_p50, 1),
+                    cell(Some(r.latency.p99_us), c_p99, 1),
+                    cell(Some(r.tcp1_gbit), ceiling.tcp1_gbit, 2)
                 );
             }
         }

@@ -43,8 +43,8 @@ fn jumbo_testbeds_carry_full_size_packets() {
 }
 
 /// The two-node ceiling, briefly: the generator's frames cross both nodes' relays (pod
-/// veth → uplink → fabric → uplink → pod veth) and arrive at node 1's pod; nothing is
-/// left behind.
+/// veth → uplink → fabric → uplink → pod veth) and arrive at node 1's pod; requests
+/// and a TCP stream cross them both ways; nothing is left behind.
 #[test]
 fn the_two_node_relay_carries_frames_across_both_nodes() {
     if !privileged("the_two_node_relay_carries_frames_across_both_nodes") {
@@ -54,5 +54,8 @@ fn the_two_node_relay_carries_frames_across_both_nodes() {
     let r =
         xlane_lab::bench::io_ceiling(xlane_lab::bench::Forwarder::XlaneTwoNode, w, &AtomicBool::new(false)).unwrap();
     assert!(r.forwarded_pps > 0.0 && r.forwarded_pps <= r.offered_pps * 1.001, "{r:?}");
+    let latency = r.latency.expect("request/response measured");
+    assert!(latency.p50_us > 0.0 && latency.p50_us <= latency.p99_us, "{r:?}");
+    assert!(r.tcp1_gbit.is_some_and(|g| g > 0.0), "{r:?}");
     assert_eq!(xlane_netlab::namespaces_of("xbr", std::process::id()).unwrap(), Vec::<String>::new(), "torn down");
 }

@@ -107,3 +107,36 @@ fn where_the_offered_frames_went() {
     let again: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
     assert_eq!(again, r);
 }
+
+/// The two-node ceiling's table: every xlane contender against the relay on rate,
+/// latency and TCP, as ratios a reader checks by hand.
+#[test]
+fn the_two_node_ceiling_table_compares_every_xlane_mode() {
+    let mut r = recorded();
+    r.io.retain(|x| x.forwarder != Forwarder::XlaneTwoNode);
+    r.io.push(xlane_lab::bench::IoResult {
+        forwarder: Forwarder::XlaneTwoNode,
+        forwarded_pps: 400_000.0,
+        offered_pps: 500_000.0,
+        latency: Some(xlane_lab::bench::Latency { p50_us: 20.0, p99_us: 50.0, p999_us: 90.0 }),
+        tcp1_gbit: Some(4.0),
+    });
+    let x = r.results.iter().find(|x| x.contender == Contender::Xlane).unwrap().clone();
+    let md = r.markdown(&[]);
+    let row = format!(
+        "| xlane | {:.0} | {:.2} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} |",
+        x.udp_pps / 1e3,
+        x.udp_pps / 400_000.0,
+        x.latency.p50_us,
+        x.latency.p50_us / 20.0,
+        x.latency.p99_us,
+        x.latency.p99_us / 50.0,
+        x.tcp1_gbit,
+        x.tcp1_gbit / 4.0
+    );
+    assert!(md.contains(&row), "{row}\n{md}");
+    assert!(
+        md.contains("| xlane two-node relay (no pipeline) | 400 | 1.00 | 20.0 | 1.00 | 50.0 | 1.00 | 4.00 | 1.00 |"),
+        "{md}"
+    );
+}
