@@ -32,14 +32,15 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     mask.thread_block()?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
-    // Taking over: the old xlaned's objects and state, once it has exited (or, where it
-    // could not hand over, once it has shut down: then a cold start).
+    // Decided before a handover, whose offer must say the same.
     let uplink_rx_udp = cfg.uplink_rx.reads_udp(cfg.bind_mode, || uplink_zero_copy(&cfg.uplink));
     tracing::info!(
         uplink = %cfg.uplink,
         through = if uplink_rx_udp { "UDP GRO sockets" } else { "its XDP program and AF_XDP sockets" },
         "reading the uplink's VXLAN traffic"
     );
+    // Taking over: the old xlaned's objects and state, once it has exited (or, where it
+    // could not hand over, once it has shut down: then a cold start).
     let (inherited, lock) = if cfg.takeover {
         handover::take_over(&cfg.socket, cfg.workers, uplink_rx_udp, cfg.handover_version)
             .map_err(|e| anyhow::anyhow!("taking over from the running xlaned: {e}"))?
