@@ -47,8 +47,8 @@ pub const OUTER: usize = 14 + 20 + 8;
 /// Where a datagram's outer header starts in a frame: room in front for the outer
 /// headers of a frame the pipeline sends on (transit), as AF_XDP leaves.
 const FRAME_HEAD: usize = 256;
-/// Messages one `recvmmsg` reads into the staging areas, at most and while messages
-/// are trains of datagrams.
+/// Messages one `recvmmsg` reads into the staging areas: at most, and while messages
+/// are single datagrams.
 const MESSAGES: usize = 32;
 /// ... and once they are trains.
 const TRAIN_BATCH: usize = 4;

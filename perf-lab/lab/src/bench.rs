@@ -715,7 +715,7 @@ fn two_node_ceiling(w: Workload, stop: &AtomicBool) -> anyhow::Result<IoResult> 
         let gw = node.gateway().to_string();
         pod.ns.ip(&["neigh", "replace", &gw, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
     }
-    let relays = [
+    let legs = [
         (&n0.ns, &pa.host_if, (up1, up0), (pa.mac.parse()?, mac(&n0.ns, &pa.host_if)?)),
         (&n1.ns, &pb.host_if, (up0, up1), (pb.mac.parse()?, mac(&n1.ns, &pb.host_if)?)),
     ];
@@ -724,7 +724,7 @@ fn two_node_ceiling(w: Workload, stop: &AtomicBool) -> anyhow::Result<IoResult> 
     let _sink = pb.ns.enter(|| UdpSocket::bind(SocketAddrV4::new(pb.ip, 5300)))??;
     let relay_stop = AtomicBool::new(false);
     std::thread::scope(|sc| -> anyhow::Result<IoResult> {
-        let relays: Vec<_> = relays
+        let relays: Vec<_> = legs
             .iter()
             .map(|(ns, pod_if, to_uplink, to_pod)| {
                 let stop = &relay_stop;

@@ -16,76 +16,38 @@ use xlane_netlab::dpdk::Testpmd;
 use xlane_wire::Mac;
 use xlane_xdp::attach::{ModePreference, Program, XdpAttachment};
 use xlane_xdp::programs::PodFilter;
-use xlane_xdp::xsk::{BindMode, Umem, UmemSettings, wait_readable};
+use xlane_xdp::xsk::{BindMode, Umem, UmemSettings, XskPort, wait_readable};
 
 /// Forward with MAC swap on `dev` (in `ns`) until `stop`; returns the frames forwarded.
-/// Steers what xlaned's pod program steers (ARP and IPv4 to 10.244.0.0/16).
+/// Steers what xlaned's pod program steers (ARP and IPv4 to 10.244.0.0/16): xlaned's
+/// socket code and its worker's loop shape (receive a burst, rewrite, transmit, restock;
+/// sleep in poll(2) when idle), no pipeline.
 ///
 /// # Errors
 /// Attach or socket failures.
 pub fn xlane_macswap(ns: &Netns, dev: &str, stop: &AtomicBool) -> anyhow::Result<u64> {
-    forward(ns, dev, dev, "xlane_macswap", stop, |eth| {
-        let (dst, src) = eth.split_at_mut(6);
-        dst.swap_with_slice(src);
-    })
-}
-
-/// Frames steered by the pod program from `from` (queue 0), their Ethernet addresses
-/// (`rewrite` gets the first 12 bytes) rewritten, out of `to` (the same socket if it is
-/// `from`), until `stop`: xlaned's socket code and its worker's loop shape (receive a
-/// burst, rewrite, transmit, restock; sleep in poll(2) when idle), no pipeline. Returns
-/// the frames sent.
-fn forward(
-    ns: &Netns,
-    from: &str,
-    to: &str,
-    name: &str,
-    stop: &AtomicBool,
-    rewrite: impl Fn(&mut [u8]),
-) -> anyhow::Result<u64> {
-    let ifindex = ns.ifindex(from)?;
+    let ifindex = ns.ifindex(dev)?;
     ns.enter(|| -> anyhow::Result<u64> {
-        let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
-        let att = XdpAttachment::attach(ifindex, name, 1, Program::Pod(filter), ModePreference::Auto)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut umem = Umem::new(UmemSettings { frames: 8192, ..UmemSettings::default() })?;
-        let mut rx = umem.open_port(from, 0, BindMode::Auto)?;
-        let mut tx = if to == from { None } else { Some(umem.open_port(to, 0, BindMode::Auto)?) };
-        att.insert_socket(0, rx.fd().as_fd())?;
-        umem.refill(&mut rx, 2048, 0);
-        let mut burst = [Packet::default(); 64];
-        let mut bufs = [0u64; 64];
+        let (_att, port) = open_steered(&mut umem, dev, ifindex, "xlane_macswap")?;
+        let mut ports = [port];
         let mut forwarded = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            umem.reap_completions(tx.as_mut().unwrap_or(&mut rx));
-            let n = umem.receive(&mut rx, &mut burst);
-            if n == 0 {
-                tx.as_ref().unwrap_or(&rx).flush_tx(8);
-                umem.refill(&mut rx, 2048, 64);
-                wait_readable(&[rx.poll_fd()], 10)?;
-                continue;
-            }
-            for (b, p) in bufs.iter_mut().zip(&burst[..n]) {
-                *b = p.buf;
-            }
-            umem.buffers_mut(&bufs[..n], |frames| {
-                for (buf, p) in frames.iter_mut().zip(&burst) {
-                    rewrite(&mut buf[p.head as usize..][..12]);
-                }
+            let (received, sent) = relay_burst(&mut umem, &mut ports, 0, 0, |eth| {
+                let (dst, src) = eth[..12].split_at_mut(6);
+                dst.swap_with_slice(src);
+                true
             });
-            let out = tx.as_mut().unwrap_or(&mut rx);
-            let sent = umem.transmit(out, &burst[..n]);
-            for p in &burst[sent..n] {
-                umem.release(p.buf);
-            }
-            out.flush_tx(8);
             forwarded += sent as u64;
-            umem.refill(&mut rx, 2048, 64);
+            if received == 0 {
+                let [port] = &mut ports;
+                port.flush_tx(8);
+                umem.refill(port, 2048, 64);
+                wait_readable(&[port.poll_fd()], 10)?;
+            }
         }
-        if let Some(tx) = tx {
-            umem.close_port(tx);
-        }
-        umem.close_port(rx);
+        let [port] = ports;
+        umem.close_port(port);
         Ok(forwarded)
     })?
 }
@@ -94,8 +56,9 @@ fn forward(
 /// program, as xlaned's) from the pod's host veth go out of the uplink with the
 /// addresses of `to_uplink`, and those from the uplink out of the pod's veth with the
 /// addresses of `to_pod`; anything else (ARP: the pods' gateways are static entries)
-/// is dropped. One UMEM, one thread, xlaned's worker shape and idle policy — so pod-to-pod TCP and
-/// request/response run over it, not only a one-way flood. Returns the frames sent.
+/// is dropped. One UMEM, one thread, xlaned's worker shape and idle policy — so
+/// pod-to-pod TCP and request/response run over it, not only a one-way flood. Returns
+/// the frames sent.
 ///
 /// # Errors
 /// Attach or socket failures.
@@ -116,61 +79,21 @@ pub fn xlane_relay_both(
     let headers = [header(to_uplink), header(to_pod)];
     let ifindexes = [ns.ifindex(pod_if)?, ns.ifindex(uplink)?];
     ns.enter(|| -> anyhow::Result<u64> {
-        let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
         let mut umem = Umem::new(UmemSettings { frames: 8192, ..UmemSettings::default() })?;
-        let mut ports = Vec::new();
-        let mut attachments = Vec::new();
-        for (dev, ifindex) in [pod_if, uplink].into_iter().zip(ifindexes) {
-            let att = XdpAttachment::attach(ifindex, "xlane_relay", 1, Program::Pod(filter), ModePreference::Auto)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut port = umem.open_port(dev, 0, BindMode::Auto)?;
-            att.insert_socket(0, port.fd().as_fd())?;
-            umem.refill(&mut port, 2048, 0);
-            ports.push(port);
-            attachments.push(att);
-        }
-        let mut burst = [Packet::default(); 64];
-        let mut bufs = [0u64; 64];
-        let mut keep = [false; 64];
-        let mut out = [Packet::default(); 64];
+        let (pod_att, pod) = open_steered(&mut umem, pod_if, ifindexes[0], "xlane_relay")?;
+        let (uplink_att, up) = open_steered(&mut umem, uplink, ifindexes[1], "xlane_relay")?;
+        let mut ports = [pod, up];
         let mut forwarded = 0u64;
         let mut idle = xlane_engine::Idle::new(false);
         while !stop.load(Ordering::Relaxed) {
             let mut work = 0;
-            for from in 0..2 {
-                let to = 1 - from;
-                umem.reap_completions(&mut ports[to]);
-                let n = umem.receive(&mut ports[from], &mut burst);
-                if n == 0 {
-                    continue;
-                }
-                work += n;
-                for (b, p) in bufs.iter_mut().zip(&burst[..n]) {
-                    *b = p.buf;
-                }
-                umem.buffers_mut(&bufs[..n], |frames| {
-                    for ((buf, p), k) in frames.iter_mut().zip(&burst).zip(&mut keep) {
-                        let eth = &mut buf[p.head as usize..][..14];
-                        *k = eth[12..14] == [0x08, 0x00];
-                        eth[..12].copy_from_slice(&headers[from]);
-                    }
+            for (from, header) in headers.iter().enumerate() {
+                let (received, sent) = relay_burst(&mut umem, &mut ports, from, 1 - from, |eth| {
+                    eth[..12].copy_from_slice(header);
+                    eth[12..14] == [0x08, 0x00]
                 });
-                let mut m = 0;
-                for (p, &k) in burst[..n].iter().zip(&keep) {
-                    if k {
-                        out[m] = *p;
-                        m += 1;
-                    } else {
-                        umem.release(p.buf);
-                    }
-                }
-                let sent = umem.transmit(&mut ports[to], &out[..m]);
-                for p in &out[sent..m] {
-                    umem.release(p.buf);
-                }
-                ports[to].flush_tx(8);
+                work += received;
                 forwarded += sent as u64;
-                umem.refill(&mut ports[from], 2048, 64);
             }
             // xlaned's worker's way of waiting: yield after each empty poll, sleep
             // after many.
@@ -185,9 +108,67 @@ pub fn xlane_relay_both(
         for p in ports {
             umem.close_port(p);
         }
-        drop(attachments);
+        drop((pod_att, uplink_att));
         Ok(forwarded)
     })?
+}
+
+/// `dev` (`ifindex`) with the pod program steering to a socket on its queue 0 in
+/// `umem`, its fill ring stocked. The program detaches when the attachment is dropped.
+fn open_steered(umem: &mut Umem, dev: &str, ifindex: u32, name: &str) -> anyhow::Result<(XdpAttachment, XskPort)> {
+    let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
+    let att = XdpAttachment::attach(ifindex, name, 1, Program::Pod(filter), ModePreference::Auto)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut port = umem.open_port(dev, 0, BindMode::Auto)?;
+    att.insert_socket(0, port.fd().as_fd())?;
+    umem.refill(&mut port, 2048, 0);
+    Ok((att, port))
+}
+
+/// One burst from `ports[from]` out of `ports[to]` (the same socket if equal), as a
+/// worker moves it: completions reaped, frames received, each one's Ethernet header
+/// handed to `rewrite` (false drops the frame), sent by descriptor, what the ring
+/// refused released, the fill ring restocked. Returns (received, sent).
+fn relay_burst(
+    umem: &mut Umem,
+    ports: &mut [XskPort],
+    from: usize,
+    to: usize,
+    rewrite: impl Fn(&mut [u8]) -> bool,
+) -> (usize, usize) {
+    let mut burst = [Packet::default(); 64];
+    umem.reap_completions(&mut ports[to]);
+    let n = umem.receive(&mut ports[from], &mut burst);
+    if n == 0 {
+        return (0, 0);
+    }
+    let mut bufs = [0u64; 64];
+    for (b, p) in bufs.iter_mut().zip(&burst[..n]) {
+        *b = p.buf;
+    }
+    let mut keep = [false; 64];
+    umem.buffers_mut(&bufs[..n], |frames| {
+        for ((buf, p), k) in frames.iter_mut().zip(&burst).zip(&mut keep) {
+            *k = rewrite(&mut buf[p.head as usize..][..14]);
+        }
+    });
+    let mut out = [Packet::default(); 64];
+    let mut m = 0;
+    for (p, &k) in burst[..n].iter().zip(&keep) {
+        if k {
+            out[m] = *p;
+            m += 1;
+        } else {
+            umem.release(p.buf);
+        }
+    }
+    let sent = umem.transmit(&mut ports[to], &out[..m]);
+    for p in &out[sent..m] {
+        umem.release(p.buf);
+    }
+    ports[to].flush_tx(8);
+    umem.refill(&mut ports[from], 2048, 64);
+    (n, sent)
 }
 
 /// DPDK testpmd forwarding with MAC swap on `dev` in `ns` (AF_XDP PMD, no hugepages),

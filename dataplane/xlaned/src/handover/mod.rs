@@ -86,8 +86,9 @@ enum Message {
 
 /// What the old process hands over, beside its descriptors (in the order of the fields:
 /// 3 per attachment (2 without a link), 2 per block, then per worker 2 per UMEM, 1 per
-/// socket with one and 1 more with a UDP receive socket, 1 per packet socket, then per vhost-user port its listener and, with a guest
-/// connected, the connection's; last the node's lock).
+/// socket with one and 1 more with a UDP receive socket, 1 per packet socket, then per
+/// vhost-user port its listener and, with a guest connected, the connection's; last the
+/// node's lock).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Offer {
     ops: Vec<Op>,
