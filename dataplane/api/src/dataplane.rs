@@ -315,7 +315,7 @@ pub struct PacketInfo {
     pub rx_malformed: u64,
     /// Received frames larger than a buffer and a super-packet slot together.
     pub rx_truncated: u64,
-    /// Frames the kernel dropped before the socket (its receive buffer full).
+    /// Frames the kernel dropped before the socket (its receive ring, or buffer, full).
     pub rx_kernel_dropped: u64,
     /// Frames discarded for want of a free buffer in the worker's memory.
     #[serde(default)]

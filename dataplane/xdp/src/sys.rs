@@ -444,3 +444,49 @@ pub(crate) fn file_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let st = unsafe { st.assume_init() };
     u64::try_from(st.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
 }
+
+/// A shared read-write mapping of a descriptor's memory (a socket's rings, a memfd),
+/// unmapped on drop.
+pub(crate) struct SharedMapping {
+    base: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl SharedMapping {
+    /// Map `len` bytes of `fd` from page offset `pgoff`, faulted in at once (the rings
+    /// are touched on the hot path).
+    ///
+    /// # Errors
+    /// The kernel's error (EINVAL: no memory of that size there).
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize, pgoff: libc::off_t) -> io::Result<Self> {
+        // SAFETY: a new shared mapping with no address hint; the result is checked
+        // before use and owned by the value returned.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                pgoff,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { base: std::ptr::NonNull::new(p.cast()).expect("mmap never returns null on success"), len })
+    }
+
+    /// The first byte.
+    pub(crate) fn base(&self) -> std::ptr::NonNull<u8> {
+        self.base
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` are exactly a mapping made in `map`, unmapped only here;
+        // every pointer into it belongs to the value that owns this mapping.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}

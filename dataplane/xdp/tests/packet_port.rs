@@ -15,7 +15,7 @@ use xlane_engine::{BURST, FrameMemory, Packet, Port, PortCounters, fixtures};
 use xlane_fib::PortId;
 use xlane_netlab::Netns;
 use xlane_xdp::attach::HostStackBlock;
-use xlane_xdp::packet::{FanoutMode, PacketPort, PacketStats, RX_HEADROOM};
+use xlane_xdp::packet::{FanoutMode, PacketPort, PacketStats, RX_HEADROOM, RxPath};
 use xlane_xdp::xsk::wait_readable;
 
 const POD_MAC: [u8; 6] = [0x0e, 0, 0, 0, 1, 1];
@@ -52,12 +52,18 @@ fn lab() -> Lab {
 }
 
 fn open(ns: &Netns, ifindex: u32, group: u16) -> (Port32, Arc<PacketStats>) {
+    open_with(ns, ifindex, group, RxPath::Ring)
+}
+
+fn open_with(ns: &Netns, ifindex: u32, group: u16, rx: RxPath) -> (Port32, Arc<PacketStats>) {
     let stats = Arc::new(PacketStats::default());
+    let counters = Arc::new(PortCounters::default());
     let port = ns
-        .enter(|| PacketPort::open(PortId(1), ifindex, group, None, Arc::new(PortCounters::default()), stats.clone()))
+        .enter(|| PacketPort::open(PortId(1), ifindex, group, None, rx, counters, stats.clone()))
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(port.fanout(), FanoutMode::HashIgnoringOutgoing);
+    assert_eq!(port.rx_path(), rx);
     (port, stats)
 }
 
@@ -75,12 +81,17 @@ struct Pair {
 
 /// [`Pair`] for `test`, or `None` without privileges (outside CI).
 fn pair(test: &str) -> Option<Pair> {
+    pair_with(test, RxPath::Ring)
+}
+
+/// [`pair`] with the port under test receiving through `rx`.
+fn pair_with(test: &str, rx: RxPath) -> Option<Pair> {
     if !xlane_netlab::privileged(test) {
         return None;
     }
     let lab = lab();
     let _block = lab.host.enter(|| HostStackBlock::attach(lab.h0)).unwrap().unwrap();
-    let (port, stats) = open(&lab.host, lab.h0, 1);
+    let (port, stats) = open_with(&lab.host, lab.h0, 1, rx);
     let (pod, _) = open(&lab.pod, lab.p0, 1);
     Some(Pair { lab, _block, port, stats, pod, mem: MemFrames::default(), pod_mem: MemFrames::default() })
 }
@@ -172,7 +183,18 @@ fn super_packet(flags: u8) -> (Vec<u8>, OffloadMeta) {
 
 #[test]
 fn pod_super_packets_arrive_whole_and_the_host_stack_sees_nothing() {
-    if !xlane_netlab::privileged("pod_super_packets_arrive_whole_and_the_host_stack_sees_nothing") {
+    pod_frames_arrive_in_order("pod_super_packets_arrive_whole_and_the_host_stack_sees_nothing", RxPath::Ring);
+}
+
+#[test]
+fn pod_frames_arrive_in_order_through_the_sockets_queue() {
+    pod_frames_arrive_in_order("pod_frames_arrive_in_order_through_the_sockets_queue", RxPath::Queue);
+}
+
+/// Small frames (in the ring) and a super-packet (too large for a slot: read from the
+/// socket's queue) arrive whole and in order; the host stack sees none of them.
+fn pod_frames_arrive_in_order(test: &str, rx: RxPath) {
+    if !xlane_netlab::privileged(test) {
         return;
     }
     let lab = lab();
@@ -193,7 +215,7 @@ fn pod_super_packets_arrive_whole_and_the_host_stack_sees_nothing() {
     assert!(after > before, "without the block the host stack sees the frame: {before} → {after}");
 
     let block = lab.host.enter(|| HostStackBlock::attach(lab.h0)).unwrap().unwrap_or_else(|e| panic!("{e}"));
-    let (mut port, stats) = open(&lab.host, lab.h0, 1);
+    let (mut port, stats) = open_with(&lab.host, lab.h0, 1, rx);
     let before = lab.host.enter(ip_in_receives).unwrap();
 
     let small = udp_to_gateway(1, 5001);
@@ -447,9 +469,16 @@ impl FrameMemory for Dry {
 
 #[test]
 fn with_no_free_buffer_frames_are_discarded_and_counted_not_left_waiting() {
-    let Some(Pair { lab: _lab, _block, mut port, stats, mut pod, mem: _, mut pod_mem }) =
-        pair("with_no_free_buffer_frames_are_discarded_and_counted_not_left_waiting")
-    else {
+    no_free_buffer("with_no_free_buffer_frames_are_discarded_and_counted_not_left_waiting", RxPath::Ring);
+}
+
+#[test]
+fn with_no_free_buffer_queued_frames_are_discarded_and_counted() {
+    no_free_buffer("with_no_free_buffer_queued_frames_are_discarded_and_counted", RxPath::Queue);
+}
+
+fn no_free_buffer(test: &str, rx: RxPath) {
+    let Some(Pair { lab: _lab, _block, mut port, stats, mut pod, mem: _, mut pod_mem }) = pair_with(test, rx) else {
         return;
     };
     let mut dry = Dry(MemFrames::default());
@@ -467,5 +496,80 @@ fn with_no_free_buffer_frames_are_discarded_and_counted_not_left_waiting() {
     assert_eq!(Port::<Dry>::receive(&mut port, &mut dry, &mut out), 0);
     assert_eq!(stats.get().rx_no_buffer, 5);
     Port::<Dry>::close(port, &mut dry);
+    Port::<MemFrames>::close(pod, &mut pod_mem);
+}
+
+/// Send `frames` from the pod one by one.
+fn send_all(pod: &mut Port32, pod_mem: &mut MemFrames, frames: &[Vec<u8>]) {
+    for f in frames {
+        assert!(pod.transmit_offloaded(pod_mem, f, &OffloadMeta::default()));
+    }
+}
+
+/// The pod's UDP frames `from..to`, told apart by their source port.
+fn numbered(from: u16, to: u16) -> Vec<Vec<u8>> {
+    (from..to).map(|k| udp_to_gateway(7, 10_000 + k)).collect()
+}
+
+/// Receive exactly `want`, in order.
+fn expect_in_order(port: &mut Port32, mem: &mut MemFrames, want: &[Vec<u8>], what: &str) {
+    let got = receive(port, mem, Duration::from_millis(30), |g| g.ipv4().count() >= want.len());
+    let got: Vec<_> = got.ipv4().cloned().collect();
+    let ports = |v: &[Vec<u8>]| v.iter().map(|f| u16::from_be_bytes([f[34], f[35]])).collect::<Vec<_>>();
+    assert_eq!(ports(&got), ports(want), "{what}: source ports received");
+    assert_eq!(got, want, "{what}");
+}
+
+/// Hand the port's socket over as a restarting xlaned does and take it up again.
+fn hand_over(port: Port32, mem: &mut MemFrames, ns: &Netns) -> Port32 {
+    let (fd, fanout) = port.hand_over().unwrap();
+    let ifindex = port.ifindex();
+    Port::<MemFrames>::close(port, mem);
+    let stats = Arc::new(PacketStats::default());
+    ns.enter(|| PacketPort::on(PortId(1), fd, ifindex, fanout, Arc::new(PortCounters::default()), stats))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_handed_over_ring_is_read_on_from_where_its_reader_stopped() {
+    handed_over("a_handed_over_ring_is_read_on_from_where_its_reader_stopped", RxPath::Ring);
+}
+
+#[test]
+fn a_handed_over_socket_without_a_ring_is_read_from_its_queue() {
+    handed_over("a_handed_over_socket_without_a_ring_is_read_from_its_queue", RxPath::Queue);
+}
+
+/// A successor reads what arrived after its predecessor stopped, in order, once: frames
+/// waiting in the ring across its end (the ring of 1024 slots wrapped first), and, with
+/// nothing waiting, frames arriving after it took over.
+fn handed_over(test: &str, rx: RxPath) {
+    let Some(Pair { lab, _block, mut port, stats: _, mut pod, mut mem, mut pod_mem }) = pair_with(test, rx) else {
+        return;
+    };
+    // Read 1020 frames: the kernel's next slot is 1020 of 1024.
+    for chunk in 0..10u16 {
+        let frames = numbered(chunk * 102, (chunk + 1) * 102);
+        send_all(&mut pod, &mut pod_mem, &frames);
+        expect_in_order(&mut port, &mut mem, &frames, "before the handover");
+    }
+    // Eight frames wait across the ring's end when the reader hands over.
+    let waiting = numbered(2000, 2008);
+    send_all(&mut pod, &mut pod_mem, &waiting);
+    std::thread::sleep(Duration::from_millis(50));
+    let mut port = hand_over(port, &mut mem, &lab.host);
+    assert_eq!(port.rx_path(), rx, "the successor reads the way the socket was made");
+    expect_in_order(&mut port, &mut mem, &waiting, "waiting at the handover");
+    let after = numbered(3000, 3005);
+    send_all(&mut pod, &mut pod_mem, &after);
+    expect_in_order(&mut port, &mut mem, &after, "after the handover");
+
+    // Nothing waiting: the successor starts where the kernel writes next.
+    let mut port = hand_over(port, &mut mem, &lab.host);
+    let last = numbered(4000, 4003);
+    send_all(&mut pod, &mut pod_mem, &last);
+    expect_in_order(&mut port, &mut mem, &last, "after a handover with nothing waiting");
+    Port::<MemFrames>::close(port, &mut mem);
     Port::<MemFrames>::close(pod, &mut pod_mem);
 }

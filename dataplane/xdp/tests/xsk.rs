@@ -225,7 +225,7 @@ fn jumbo_frames_arrive_whole_from_several_buffers() {
     use xlane_engine::mem::MemFrames;
     use xlane_engine::offload::{JUMBO_HEADROOM, Jumbo, OffloadMeta};
     use xlane_engine::{Port, PortCounters};
-    use xlane_xdp::packet::{PacketPort, PacketStats};
+    use xlane_xdp::packet::{PacketPort, PacketStats, RxPath};
     use xlane_xdp::programs::UplinkFilter;
 
     if !xlane_netlab::privileged("jumbo_frames_arrive_whole_from_several_buffers") {
@@ -247,9 +247,10 @@ fn jumbo_frames_arrive_whole_from_several_buffers() {
         // The far end writes frames whole through a packet socket.
         let mut mem = MemFrames::default();
         let stats = Arc::new(PacketStats::default());
+        let counters = Arc::new(PortCounters::default());
+        // It only sends: no ring to hold memory for.
         let mut tx =
-            PacketPort::<u32>::open(xlane_fib::PortId(1), j1, 7, None, Arc::new(PortCounters::default()), stats)
-                .unwrap();
+            PacketPort::<u32>::open(xlane_fib::PortId(1), j1, 7, None, RxPath::Queue, counters, stats).unwrap();
         let sent = [vxlan_frame(100, 1), vxlan_frame(8964, 2), vxlan_frame(200, 3), vxlan_frame(8964, 4)];
         for f in &sent {
             assert!(tx.transmit_offloaded(&mut mem, f, &OffloadMeta::default()));

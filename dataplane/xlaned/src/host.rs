@@ -22,7 +22,7 @@ use xlane_vhost::backend::PortIo;
 use xlane_vhost::port::VhostPort;
 use xlane_vhost::server::VhostUserPort;
 use xlane_xdp::attach::{HostStackBlock, ModePreference, Program, XdpAttachment, XdpMode};
-use xlane_xdp::packet::{PacketPort, PacketStats};
+use xlane_xdp::packet::{PacketPort, PacketStats, RxPath};
 use xlane_xdp::port::{KernelStats, OpenError, PortHandover, QueueSpec, XdpPort};
 use xlane_xdp::programs::PodFilter;
 use xlane_xdp::udp_gro::{UdpReceiver, UdpRxStats};
@@ -368,21 +368,33 @@ impl Host for System {
     fn packet_opener(&self, spec: PacketSpec) -> OpenJob<Umems, NodePort> {
         if let Some((fd, fanout)) = self.pool().packet(spec.worker, spec.ifindex) {
             return Box::new(move |d| {
-                let port = PacketPort::on(spec.id, fd, spec.ifindex, fanout, spec.counters, spec.stats);
-                d.add_port(NodePort::Packet(port));
-                OpenStep::Done(Ok(Bound::default()))
+                let taken = PacketPort::on(spec.id, fd, spec.ifindex, fanout, spec.counters, spec.stats)
+                    .map(|port| {
+                        d.add_port(NodePort::Packet(port));
+                        Bound::default()
+                    })
+                    .map_err(|e| format!("{}: {e}", spec.ifname));
+                OpenStep::Done(taken)
             });
         }
         Box::new(move |d| {
             // One fanout group per interface: its index's low 16 bits.
             #[expect(clippy::cast_possible_truncation, reason = "a group id is 16 bits; the index names the interface")]
             let group = spec.ifindex as u16;
-            let opened = PacketPort::open(spec.id, spec.ifindex, group, Some(&spec.filter), spec.counters, spec.stats)
-                .map(|port| {
-                    d.add_port(NodePort::Packet(port));
-                    Bound::default()
-                })
-                .map_err(|e| format!("{}: {e}", spec.ifname));
+            let opened = PacketPort::open(
+                spec.id,
+                spec.ifindex,
+                group,
+                Some(&spec.filter),
+                RxPath::Ring,
+                spec.counters,
+                spec.stats,
+            )
+            .map(|port| {
+                d.add_port(NodePort::Packet(port));
+                Bound::default()
+            })
+            .map_err(|e| format!("{}: {e}", spec.ifname));
             OpenStep::Done(opened)
         })
     }

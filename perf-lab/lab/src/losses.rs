@@ -164,7 +164,7 @@ impl Ledger {
                 // A pod read through AF_PACKET: the socket's own counters.
                 lose(
                     Stage::XlaneRings,
-                    format!("xlane AF_PACKET receive buffer full {at}"),
+                    format!("xlane AF_PACKET receive ring full {at}"),
                     d(|p| p.packet.map_or(0, |k| k.rx_kernel_dropped)),
                 );
                 lose(
@@ -448,7 +448,7 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("xlane AF_PACKET receive buffer full on node 1 xl1b (pod)", 900),
+                ("xlane AF_PACKET receive ring full on node 1 xl1b (pod)", 900),
                 ("xlane AF_PACKET sends refused on node 1 xl1b (pod)", 2),
                 ("xlane AF_PACKET frames malformed or truncated on node 1 xl1b (pod)", 1),
             ]

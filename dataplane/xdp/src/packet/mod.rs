@@ -2,12 +2,14 @@
 //! as the engine's [`Port`]: the pod keeps its offloads (TSO, checksum offload), so its
 //! bulk TCP arrives as 64 KiB super-packets instead of MTU-sized frames (issue #14).
 //!
-//! * Receive: one `recvmmsg` of up to [`BURST`] messages, each read into three parts —
-//!   the 10-byte header, a buffer of the worker's memory (after [`RX_HEADROOM`], as an
-//!   AF_XDP frame), and the matching slot of the driver's jumbo store beyond what the
-//!   buffer holds. A frame that fits the buffer and has no GSO stays there (zero extra
-//!   copy; a partial checksum completed); a super-packet has its first part moved in front
-//!   of the spill and is recorded in the jumbo store.
+//! * Receive: through the socket's receive ring ([`ring`]: the kernel copies each frame
+//!   into a shared slot, no syscall per burst): a frame that fits a buffer of the
+//!   worker's memory (after [`RX_HEADROOM`], as an AF_XDP frame) and has no GSO is copied
+//!   there (a partial checksum completed); a super-packet, or any frame larger than a
+//!   slot, waits whole on the socket's queue and is read with `recvmsg` into a buffer and
+//!   the matching slot of the driver's jumbo store beyond what the buffer holds, then
+//!   recorded in the store. A socket inherited without a ring (from a process before
+//!   rings) is read with `recvmmsg` of up to [`BURST`] messages the same way.
 //! * Transmit: a burst is coalesced first (GRO: in-order segments of one flow become one
 //!   super-packet with a GSO header); singles go out from the memory's buffers with an
 //!   all-zero header, merged ones gathered from their headers (written per unit) and
@@ -18,15 +20,17 @@
 //! The port keeps up to [`BURST`] buffers of the memory between calls, ready to receive
 //! into (its "fill ring"); [`Port::close`] gives them back.
 
+mod ring;
 mod sock;
 
 pub use sock::FanoutMode;
 
 use crate::programs::PodFilter;
 use arrayvec::ArrayVec;
+use ring::{RxRing, Slot};
 use sock::{Batch, RX_IOVS};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use xlane_engine::offload::{self, Coalesced, JUMBO_MAX, Jumbo, OffloadMeta, VIRTIO_NET_HDR_LEN};
@@ -67,7 +71,7 @@ pub struct PacketStatsSnapshot {
     /// (the socket is drained anyway, as a NIC with an empty ring drops: a worker
     /// waiting on a readable socket must not spin).
     pub rx_no_buffer: u64,
-    /// Frames the kernel dropped before the socket (receive buffer full;
+    /// Frames the kernel dropped before the socket (its receive ring, or buffer, full;
     /// `PACKET_STATISTICS`, as of the last [`Port::refresh_stats`]).
     pub rx_kernel_dropped: u64,
     /// Sends the kernel refused for a reason other than a full socket (a header it
@@ -94,6 +98,18 @@ impl PacketStats {
             gro_segments: self.gro_segments.load(Relaxed),
         }
     }
+}
+
+/// How a [`PacketPort`]'s socket hands it received frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxPath {
+    /// A receive ring shared with the kernel ([`ring`]): no syscall, lock or skb per
+    /// frame on the worker; 2 MiB of kernel memory per socket, held while idle.
+    Ring,
+    /// `recvmmsg` off the socket's queue: nothing held while idle; a syscall per burst
+    /// and the queue's lock per frame. What a socket inherited from a process before
+    /// rings is read with.
+    Queue,
 }
 
 /// Failure to open a [`PacketPort`].
@@ -123,10 +139,14 @@ pub struct PacketPort<B> {
     fd: OwnedFd,
     ifindex: u32,
     fanout: FanoutMode,
+    /// The socket's receive ring; `None` on a socket that only transmits, or one
+    /// inherited from a process that read the socket's queue. Boxed: the port is a
+    /// variant of xlaned's port enum, sized by its largest.
+    ring: Option<Box<RxRing>>,
     batch: Box<Batch>,
     /// Buffers kept to receive into, one per message of a burst.
     rx_bufs: ArrayVec<B, BURST>,
-    /// Messages to set up for the next receive: doubled while bursts fill them, halved
+    /// Messages to set up for the next `recvmmsg` (no ring): doubled while bursts fill them, halved
     /// while they stay mostly empty. Setting up all 64 on every poll of an idle pod
     /// cost more than the rest of the worker (perf: 13% of all samples in a TCP run).
     rx_armed: usize,
@@ -142,6 +162,7 @@ impl<B> core::fmt::Debug for PacketPort<B> {
             .field("id", &self.id)
             .field("fd", &self.fd)
             .field("fanout", &self.fanout)
+            .field("ring", &self.ring)
             .field("rx_bufs", &self.rx_bufs.len())
             .finish_non_exhaustive()
     }
@@ -195,23 +216,54 @@ impl<B: Copy> PacketPort<B> {
         ifindex: u32,
         fanout_group: u16,
         filter: Option<&PodFilter>,
+        rx: RxPath,
         counters: Arc<PortCounters>,
         stats: Arc<PacketStats>,
     ) -> Result<Self, OpenError> {
         let program = filter.map(crate::programs::socket_pod_filter);
-        let (fd, fanout) = sock::open(ifindex, fanout_group, program.as_deref())
+        let (fd, fanout) = sock::open(ifindex, fanout_group, program.as_deref(), rx == RxPath::Ring)
             .map_err(|(step, source)| OpenError { ifindex, step, source })?;
-        Ok(Self::on(id, fd, ifindex, fanout, counters, stats))
+        let ring = match rx {
+            RxPath::Ring => Some(Box::new(RxRing::map(fd.as_fd()).map_err(|source| OpenError {
+                ifindex,
+                step: "mmap(rx ring)",
+                source,
+            })?)),
+            RxPath::Queue => None,
+        };
+        Ok(Self::with(id, fd, ifindex, fanout, ring, counters, stats))
     }
 
-    /// Port `id` on an open socket on `ifindex`: one opened here, or one another process
-    /// handed over ([`hand_over`](Self::hand_over)).
-    #[must_use]
+    /// Port `id` on a socket on `ifindex` another process opened and handed over
+    /// ([`hand_over`](Self::hand_over)): its receive ring, if it has one, is mapped
+    /// again and read from where the other process stopped.
+    ///
+    /// # Errors
+    /// [`OpenError`] if the socket's ring cannot be mapped (not the shape this build
+    /// makes).
     pub fn on(
         id: PortId,
         fd: OwnedFd,
         ifindex: u32,
         fanout: FanoutMode,
+        counters: Arc<PortCounters>,
+        stats: Arc<PacketStats>,
+    ) -> Result<Self, OpenError> {
+        let ring = match fanout {
+            FanoutMode::TransmitOnly => None,
+            _ => RxRing::inherit(fd.as_fd())
+                .map_err(|source| OpenError { ifindex, step: "mmap(rx ring)", source })?
+                .map(Box::new),
+        };
+        Ok(Self::with(id, fd, ifindex, fanout, ring, counters, stats))
+    }
+
+    fn with(
+        id: PortId,
+        fd: OwnedFd,
+        ifindex: u32,
+        fanout: FanoutMode,
+        ring: Option<Box<RxRing>>,
         counters: Arc<PortCounters>,
         stats: Arc<PacketStats>,
     ) -> Self {
@@ -220,6 +272,7 @@ impl<B: Copy> PacketPort<B> {
             fd,
             ifindex,
             fanout,
+            ring,
             batch: Batch::new(),
             rx_bufs: ArrayVec::new(),
             rx_armed: MIN_ARMED,
@@ -244,12 +297,12 @@ impl<B: Copy> PacketPort<B> {
         stats: Arc<PacketStats>,
     ) -> Result<Self, OpenError> {
         let fd = sock::open_transmit_only(ifindex).map_err(|(step, source)| OpenError { ifindex, step, source })?;
-        Ok(Self::on(id, fd, ifindex, FanoutMode::TransmitOnly, counters, stats))
+        Ok(Self::with(id, fd, ifindex, FanoutMode::TransmitOnly, None, counters, stats))
     }
 
     /// Hand the socket over to another process (a hitless restart): a duplicate of it
-    /// (its fanout group, filter and queued frames go with it) and how it joined its
-    /// group. The buffers it keeps to receive into are the application's: free frames
+    /// (its fanout group, filter, receive ring and queued frames go with it) and how it
+    /// joined its group. The buffers it keeps to receive into are the application's: free frames
     /// in the other process's view of the memory.
     ///
     /// # Errors
@@ -262,6 +315,12 @@ impl<B: Copy> PacketPort<B> {
     #[must_use]
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// How the socket hands over received frames.
+    #[must_use]
+    pub fn rx_path(&self) -> RxPath {
+        if self.ring.is_some() { RxPath::Ring } else { RxPath::Queue }
     }
 
     /// Whether the socket only transmits ([`open_transmit_only`](Self::open_transmit_only)).
@@ -289,28 +348,83 @@ impl<B: Copy> PacketPort<B> {
     }
 }
 
+/// Take one frame off socket `fd`'s queue and drop it; false if none waits.
+fn discard_one(fd: RawFd) -> bool {
+    // Room for the virtio-net header, which the kernel insists on writing (a smaller
+    // buffer is EINVAL); the frame's bytes are truncated away.
+    let mut hdr = [0u8; VIRTIO_NET_HDR_LEN];
+    // SAFETY: `hdr` is a live local of exactly the length passed, the whole buffer the
+    // kernel may write; MSG_TRUNC only makes it report and discard the rest.
+    let got = unsafe { libc::recv(fd, hdr.as_mut_ptr().cast(), hdr.len(), libc::MSG_DONTWAIT | libc::MSG_TRUNC) };
+    got >= 0
+}
+
+/// The frames a receive hands the caller: `pkts[..n]`.
+struct Received<'a, B> {
+    pkts: &'a mut [Packet<B>; BURST],
+    n: usize,
+}
+
+/// Land message `slot` of a burst, received into buffer `b` (`buf`: its bytes after
+/// [`RX_HEADROOM`]) and beyond it into the jumbo store's slot `slot`, as `arrival`
+/// says: a plain frame (its checksum completed) to `out`; a super-packet's first part
+/// moved in front of the rest in the store and the frame recorded there; the rest
+/// counted. Returns whether the buffer went to `out`.
+fn land<B: Copy>(
+    arrival: Arrival,
+    buf: &mut [u8],
+    b: B,
+    slot: usize,
+    jumbo: Option<&mut Jumbo>,
+    stats: &PacketStats,
+    out: &mut Received<'_, B>,
+) -> bool {
+    match arrival {
+        Arrival::Plain(len, meta) => {
+            if offload::complete_checksum(&mut buf[..len], &meta).is_err() {
+                bump(&stats.rx_malformed, 1);
+                return false;
+            }
+            #[expect(clippy::cast_possible_truncation, reason = "within a buffer")]
+            let p = Packet { buf: b, head: RX_HEADROOM as u32, len: len as u32 };
+            out.pkts[out.n] = p;
+            out.n += 1;
+            return true;
+        }
+        Arrival::Super(whole, meta) => {
+            let j = jumbo.expect("classified with a jumbo store");
+            let in_buf = whole.min(buf.len());
+            j.data_mut(slot)[..in_buf].copy_from_slice(&buf[..in_buf]);
+            j.push(slot, out.n, whole, meta);
+        }
+        Arrival::Malformed => bump(&stats.rx_malformed, 1),
+        Arrival::Truncated => bump(&stats.rx_truncated, 1),
+        Arrival::Oversize => bump(&stats.rx_oversize, 1),
+    }
+    false
+}
+
 impl<B: Copy> PacketPort<B> {
-    /// No buffer to receive into: take up to a burst of frames off the socket and count
-    /// them dropped, so the socket does not stay readable (a sleeping worker would wake
-    /// for it over and over) and the kernel's buffer does not fill with stale frames.
+    /// No buffer to receive into: take up to a burst of frames off the ring or socket
+    /// and count them dropped, so the socket does not stay readable (a sleeping worker
+    /// would wake for it over and over) and stale frames do not fill it.
     #[cold]
     fn discard_burst(&mut self) {
-        // Room for the virtio-net header, which the kernel insists on writing (a
-        // smaller buffer is EINVAL); the frame's bytes are truncated away.
-        let mut hdr = [0u8; VIRTIO_NET_HDR_LEN];
+        let fd = self.fd.as_raw_fd();
         let mut n = 0;
         while n < BURST {
-            // SAFETY: `hdr` is a live local of exactly the length passed, the whole buffer
-            // the kernel may write; MSG_TRUNC only makes it report and discard the rest.
-            let got = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    hdr.as_mut_ptr().cast(),
-                    hdr.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                )
+            let gone = match self.ring.as_mut() {
+                None => discard_one(fd),
+                Some(r) => {
+                    let Some(slot) = r.peek() else { break };
+                    if slot == Slot::Queued {
+                        discard_one(fd);
+                    }
+                    r.release();
+                    true
+                }
             };
-            if got < 0 {
+            if !gone {
                 break;
             }
             n += 1;
@@ -318,12 +432,12 @@ impl<B: Copy> PacketPort<B> {
         bump(&self.stats.rx_no_buffer, n as u64);
     }
 
-    /// One `recvmmsg` burst: plain frames to `out`, the rest to `jumbo` if given.
+    /// One burst: plain frames to `out`, the rest to `jumbo` if given.
     fn receive_burst<M: FrameMemory<Buf = B>>(
         &mut self,
         mem: &mut M,
         out: &mut [Packet<B>; BURST],
-        mut jumbo: Option<&mut Jumbo>,
+        jumbo: Option<&mut Jumbo>,
     ) -> usize {
         while !self.rx_bufs.is_full() {
             match mem.alloc() {
@@ -338,6 +452,104 @@ impl<B: Copy> PacketPort<B> {
             self.discard_burst();
             return 0;
         }
+        let (n, taken) = if self.ring.is_some() {
+            self.receive_ring(mem, out, jumbo, cap)
+        } else {
+            self.receive_queue(mem, out, jumbo, cap)
+        };
+        // The buffers of plain frames now belong to the caller; keep the rest.
+        if taken != 0 {
+            let mut keep = 0;
+            for i in 0..self.rx_bufs.len() {
+                if taken & (1 << i) == 0 {
+                    self.rx_bufs[keep] = self.rx_bufs[i];
+                    keep += 1;
+                }
+            }
+            self.rx_bufs.truncate(keep);
+        }
+        n
+    }
+
+    /// Up to a burst of frames off the receive ring. Returns the frames put in `out`
+    /// and which of the kept buffers they took (bit i: `rx_bufs[i]`).
+    fn receive_ring<M: FrameMemory<Buf = B>>(
+        &mut self,
+        mem: &mut M,
+        out: &mut [Packet<B>; BURST],
+        mut jumbo: Option<&mut Jumbo>,
+        cap: usize,
+    ) -> (usize, u64) {
+        let Self { fd, ring, batch, rx_bufs, stats, .. } = self;
+        let ring = ring.as_mut().expect("called with a ring");
+        let fd = fd.as_raw_fd();
+        let bufs: &[B] = rx_bufs;
+        mem.with_buffers(bufs, |slices| {
+            // Buffers are taken in order: `slices[out.n]` is the next free one.
+            let mut out = Received { pkts: out, n: 0 };
+            for k in 0..BURST {
+                let n = out.n;
+                if n == slices.len() {
+                    break;
+                }
+                let Some(slot) = ring.peek() else { break };
+                let buf = &mut slices[n][RX_HEADROOM..];
+                match slot {
+                    Slot::Whole { vnet, frame } => {
+                        let total = VIRTIO_NET_HDR_LEN + frame.len();
+                        match classify(vnet, total, 0, cap, jumbo.is_some()) {
+                            Arrival::Plain(len, meta) => {
+                                buf[..len].copy_from_slice(frame);
+                                land(Arrival::Plain(len, meta), buf, bufs[n], k, None, stats, &mut out);
+                            }
+                            Arrival::Super(len, meta) => {
+                                // Whole in the slot: straight to the store.
+                                let j = jumbo.as_deref_mut().expect("classified with a jumbo store");
+                                j.data_mut(k)[..len].copy_from_slice(frame);
+                                j.push(k, n, len, meta);
+                            }
+                            other => {
+                                land(other, buf, bufs[n], k, None, stats, &mut out);
+                            }
+                        }
+                    }
+                    Slot::Queued => {
+                        batch.clear();
+                        batch.push_rx(buf, jumbo.as_deref_mut().map(|j| &mut j.data_mut(k)[cap..]));
+                        // SAFETY: the message points at a buffer lent for this closure
+                        // and at a slot of `jumbo`, borrowed mutably by this function;
+                        // neither is touched until the call returns.
+                        let arrival = match unsafe { batch.recv(fd) } {
+                            Ok(1) => {
+                                let (total, flags) = batch.received(0);
+                                classify(&batch.hdrs[0], total, flags, cap, jumbo.is_some())
+                            }
+                            // The kernel marks the slot only once the copy is queued.
+                            _ => Arrival::Truncated,
+                        };
+                        let buf = &mut slices[n][RX_HEADROOM..];
+                        land(arrival, buf, bufs[n], k, jumbo.as_deref_mut(), stats, &mut out);
+                    }
+                    Slot::Truncated => bump(&stats.rx_truncated, 1),
+                    Slot::Malformed => bump(&stats.rx_malformed, 1),
+                }
+                ring.release();
+            }
+            // The first `n` buffers went to `out`.
+            let n = out.n;
+            (n, u64::MAX.checked_shr(u32::try_from(BURST - n).expect("at most BURST")).unwrap_or(0))
+        })
+    }
+
+    /// One `recvmmsg` burst off the socket's queue (no ring). Returns as
+    /// [`receive_ring`](Self::receive_ring) does.
+    fn receive_queue<M: FrameMemory<Buf = B>>(
+        &mut self,
+        mem: &mut M,
+        out: &mut [Packet<B>; BURST],
+        mut jumbo: Option<&mut Jumbo>,
+        cap: usize,
+    ) -> (usize, u64) {
         let Self { fd, batch, rx_bufs, stats, rx_armed, .. } = self;
         let armed = (*rx_armed).min(rx_bufs.len());
         let (fd, bufs): (RawFd, &[B]) = (fd.as_raw_fd(), &rx_bufs[..armed]);
@@ -370,46 +582,17 @@ impl<B: Copy> PacketPort<B> {
             } else {
                 *rx_armed
             };
-            let mut n = 0;
+            let mut out = Received { pkts: out, n: 0 };
             for (i, s) in slices.iter_mut().enumerate().take(got) {
                 let (total, flags) = batch.received(i);
-                let in_buf = total.saturating_sub(VIRTIO_NET_HDR_LEN).min(cap);
-                match classify(&batch.hdrs[i], total, flags, cap, jumbo.is_some()) {
-                    Arrival::Plain(len, meta) => {
-                        if offload::complete_checksum(&mut s[RX_HEADROOM..RX_HEADROOM + len], &meta).is_err() {
-                            bump(&stats.rx_malformed, 1);
-                            continue;
-                        }
-                        #[expect(clippy::cast_possible_truncation, reason = "within a buffer")]
-                        let p = Packet { buf: bufs[i], head: RX_HEADROOM as u32, len: len as u32 };
-                        out[n] = p;
-                        taken |= 1 << i;
-                        n += 1;
-                    }
-                    Arrival::Super(whole, meta) => {
-                        let j = jumbo.as_deref_mut().expect("classified with a jumbo store");
-                        j.data_mut(i)[..in_buf].copy_from_slice(&s[RX_HEADROOM..RX_HEADROOM + in_buf]);
-                        j.push(i, n, whole, meta);
-                    }
-                    Arrival::Malformed => bump(&stats.rx_malformed, 1),
-                    Arrival::Truncated => bump(&stats.rx_truncated, 1),
-                    Arrival::Oversize => bump(&stats.rx_oversize, 1),
+                let arrival = classify(&batch.hdrs[i], total, flags, cap, jumbo.is_some());
+                if land(arrival, &mut s[RX_HEADROOM..], bufs[i], i, jumbo.as_deref_mut(), stats, &mut out) {
+                    taken |= 1 << i;
                 }
             }
-            n
+            out.n
         });
-        // The buffers of plain frames now belong to the caller; keep the rest.
-        if taken != 0 {
-            let mut keep = 0;
-            for i in 0..self.rx_bufs.len() {
-                if taken & (1 << i) == 0 {
-                    self.rx_bufs[keep] = self.rx_bufs[i];
-                    keep += 1;
-                }
-            }
-            self.rx_bufs.truncate(keep);
-        }
-        n
+        (n, taken)
     }
 
     /// Send the messages set up in the batch, `weights[i]` frames each; returns the

@@ -1,5 +1,6 @@
 //! The AF_PACKET socket under a [`PacketPort`](super::PacketPort), and the batch I/O on
-//! it: `recvmmsg`/`sendmmsg` over message and iovec arrays allocated once per port.
+//! it: `sendmmsg`, and `recvmmsg` for frames its receive ring could not hold, over
+//! message and iovec arrays allocated once per port.
 //!
 //! libc directly rather than nix's `recvmmsg`/`sendmmsg`: nix ties every iovec to one
 //! lifetime shared with its `MultiHeaders` and the results iterator, while ours point at
@@ -11,7 +12,7 @@
 use crate::programs::ClassicInsn;
 use crate::sys::{set_socket_buffer, setsockopt_int};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use xlane_engine::BURST;
 use xlane_engine::offload::VIRTIO_NET_HDR_LEN;
 
@@ -37,7 +38,8 @@ pub enum FanoutMode {
 
 /// Open an AF_PACKET `SOCK_RAW` socket on `ifindex` (non-blocking, close-on-exec) with
 /// a 10-byte virtio-net header on every frame, qdisc bypass, outgoing frames ignored,
-/// large socket buffers, in hash fanout group `group`.
+/// large socket buffers, a receive ring ([`super::ring`]) if `ring`, in hash fanout
+/// group `group`.
 ///
 /// # Errors
 /// The failing step's name and the kernel's error.
@@ -45,8 +47,9 @@ pub(super) fn open(
     ifindex: u32,
     group: u16,
     filter: Option<&[ClassicInsn]>,
+    ring: bool,
 ) -> Result<(OwnedFd, FanoutMode), (&'static str, io::Error)> {
-    open_as(ifindex, Some((group, filter)))
+    open_as(ifindex, Some((group, filter, ring)))
 }
 
 /// [`open`] for a socket that only transmits: bound with protocol 0, so it receives
@@ -55,10 +58,11 @@ pub(super) fn open_transmit_only(ifindex: u32) -> Result<OwnedFd, (&'static str,
     open_as(ifindex, None).map(|(fd, _)| fd)
 }
 
-/// `receive`: its fanout group and filter, or `None` to transmit only.
+/// `receive`: its fanout group, filter and whether it has a ring, or `None` to transmit
+/// only.
 fn open_as(
     ifindex: u32,
-    receive: Option<(u16, Option<&[ClassicInsn]>)>,
+    receive: Option<(u16, Option<&[ClassicInsn]>, bool)>,
 ) -> Result<(OwnedFd, FanoutMode), (&'static str, io::Error)> {
     // Protocol 0: the socket receives nothing until bound to the interface below, so no
     // frame of another interface slips in between.
@@ -80,7 +84,7 @@ fn open_as(
         set_socket_buffer(s, force, plain, SOCKET_BUFFER).map_err(|e| (what, e))?;
     }
     // Before the bind: no frame the filter refuses is ever queued.
-    if let Some((_, Some(f))) = receive {
+    if let Some((_, Some(f), _)) = receive {
         let mut code: Vec<libc::sock_filter> =
             f.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
         let len = u16::try_from(code.len())
@@ -96,8 +100,12 @@ fn open_as(
             return Err(("SO_ATTACH_FILTER", io::Error::last_os_error()));
         }
     }
+    if let Some((_, _, true)) = receive {
+        // Before the bind too: every frame the socket takes goes through the ring.
+        super::ring::configure(fd.as_fd())?;
+    }
     let all = u16::try_from(libc::ETH_P_ALL).expect("0x0003").to_be();
-    let Some((group, _)) = receive else {
+    let Some((group, _, _)) = receive else {
         // Protocol 0 binds the interface for sending and registers no receive hook;
         // sent frames take their protocol from their Ethernet header.
         bind(s, ifindex, 0)?;
@@ -135,7 +143,7 @@ fn bind(s: RawFd, ifindex: u32, protocol: u16) -> Result<(), (&'static str, io::
 }
 
 /// Drops the kernel counted on the socket since the last call (`PACKET_STATISTICS`,
-/// which resets on read): frames it could not queue (receive buffer full).
+/// which resets on read): frames it could not take (receive ring, or buffer, full).
 pub(super) fn take_drops(fd: RawFd) -> io::Result<u64> {
     // SAFETY: tpacket_stats is plain old data; all-zero is a valid value.
     let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };

@@ -12,9 +12,10 @@
 //! one's own is a release store, pairing with the kernel's `smp_load_acquire` /
 //! `smp_store_release` on the same words.
 
+use crate::sys::SharedMapping;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -43,20 +44,6 @@ pub(super) struct RingOffsets {
     pub(super) flags: u64,
 }
 
-/// One ring's mapping, unmapped on drop.
-struct Mapping {
-    base: NonNull<u8>,
-    len: usize,
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` are exactly a mapping made in `Ring::map`, unmapped only
-        // here; every pointer into it belongs to the ring that owns this mapping.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
-    }
-}
-
 /// A ring of `size` entries of `T` (a power of two), mapped from a socket.
 struct Ring<T> {
     producer: NonNull<AtomicU32>,
@@ -68,7 +55,7 @@ struct Ring<T> {
     /// Our view of the producer and consumer indices.
     prod: u32,
     cons: u32,
-    _map: Mapping,
+    _map: SharedMapping,
     _entries: PhantomData<T>,
 }
 
@@ -85,23 +72,8 @@ impl<T: Copy> Ring<T> {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "ring size must be a power of two"));
         }
         let bytes = usize::try_from(off.desc).map_err(io::Error::other)? + size as usize * size_of::<T>();
-        // SAFETY: a shared mapping of the socket's ring with no address hint; the result
-        // is checked before use.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
-                pgoff,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(p.cast::<u8>()).expect("mmap never returns null on success");
-        let map = Mapping { base, len: bytes };
+        let map = SharedMapping::map(fd, bytes, pgoff)?;
+        let base = map.base();
         let at = |o: u64| -> io::Result<NonNull<u8>> {
             let o = usize::try_from(o).map_err(io::Error::other)?;
             if o + 4 > bytes {
@@ -252,7 +224,7 @@ impl<T: Copy> Consumer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
     const OFF: RingOffsets = RingOffsets { producer: 0, consumer: 64, flags: 128, desc: 192 };
 
@@ -260,7 +232,7 @@ mod tests {
     /// through a second mapping.
     struct FakeKernel {
         fd: OwnedFd,
-        map: Mapping,
+        map: SharedMapping,
     }
 
     impl FakeKernel {
@@ -273,19 +245,7 @@ mod tests {
             let len = 192 + size as usize * size_of::<Desc>();
             // SAFETY: resizing the memfd this test owns.
             assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) }, 0);
-            // SAFETY: a shared mapping of the memfd, checked before use.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    fd.as_raw_fd(),
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
-            let map = Mapping { base: NonNull::new(p.cast()).unwrap(), len };
+            let map = SharedMapping::map(fd.as_fd(), len, 0).unwrap();
             let k = Self { fd, map };
             k.word(0).store(prod, Ordering::Release);
             k.word(64).store(cons, Ordering::Release);
@@ -294,12 +254,12 @@ mod tests {
 
         fn word(&self, at: usize) -> &AtomicU32 {
             // SAFETY: an aligned word inside the test's mapping.
-            unsafe { &*self.map.base.as_ptr().add(at).cast::<AtomicU32>() }
+            unsafe { &*self.map.base().as_ptr().add(at).cast::<AtomicU32>() }
         }
 
         fn entry(&self, size: u32, index: u32) -> *mut Desc {
             // SAFETY: inside the mapping: 192 + (index mod size) entries.
-            unsafe { self.map.base.as_ptr().add(192).cast::<Desc>().add((index & (size - 1)) as usize) }
+            unsafe { self.map.base().as_ptr().add(192).cast::<Desc>().add((index & (size - 1)) as usize) }
         }
     }
 
