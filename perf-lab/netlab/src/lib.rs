@@ -17,7 +17,7 @@ pub mod runtime;
 pub mod sweep;
 pub mod topology;
 
-pub use topology::{Lab, Node, Pod, Subnet};
+pub use topology::{BRIDGE_NETFILTER, Lab, Node, Pod, Subnet};
 
 use std::io;
 use std::process::{Command, Output};

@@ -1,4 +1,5 @@
-//! A lab removes what a killed earlier run of its prefix left (as root).
+//! A lab's set-up (as root): it removes what a killed earlier run of its prefix left,
+//! and its fabric is a plain switch.
 
 use xlane_netlab::{Lab, privileged};
 
@@ -17,4 +18,20 @@ fn a_new_lab_sweeps_namespaces_of_dead_runs() {
     assert!(!names.contains(&leftover), "the dead run's namespace is gone: {names:?}");
     assert!(names.iter().any(|n| n.starts_with("xsw-fab")), "the new lab is there: {names:?}");
     drop(lab);
+}
+
+#[test]
+fn the_fabric_bridges_without_netfilter() {
+    if !privileged("the_fabric_bridges_without_netfilter") {
+        return;
+    }
+    let lab = Lab::new("xbn", 1).unwrap();
+    for name in xlane_netlab::BRIDGE_NETFILTER {
+        let value = lab.fabric.enter(|| std::fs::read_to_string(format!("/proc/sys/net/bridge/{name}"))).unwrap();
+        match value {
+            Ok(v) => assert_eq!(v.trim(), "0", "{name} in the fabric"),
+            // br_netfilter not loaded: bridges never call netfilter.
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{name}: {e}"),
+        }
+    }
 }
