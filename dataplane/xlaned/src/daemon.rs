@@ -130,7 +130,11 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         uplink_rx_udp,
         uplink_umem,
     };
-    let host = host::System::new(xdp, bind)?.with_pool(pool).with_udp_uplink(uplink_rx_udp);
+    // Two pods' sockets ready ahead.
+    let host = host::System::new(xdp, bind)?
+        .with_pool(pool)
+        .with_udp_uplink(uplink_rx_udp)
+        .with_ready_sockets(2 * cfg.workers)?;
     let mut st = state::State::new(control, host, fib, workers, Arc::clone(&metric_ports), Arc::new(|| {}))?;
     if !ops.is_empty() {
         // Each request takes the inherited objects on its path; frames arriving

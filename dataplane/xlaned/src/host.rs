@@ -8,6 +8,7 @@
 
 use crate::handover::Pool;
 use crate::hostport::HostPortSpec;
+use crate::ready_sockets::ReadySockets;
 use crate::worker::NodePort;
 use std::io;
 use std::net::Ipv4Addr;
@@ -22,7 +23,7 @@ use xlane_vhost::backend::PortIo;
 use xlane_vhost::port::VhostPort;
 use xlane_vhost::server::VhostUserPort;
 use xlane_xdp::attach::{HostStackBlock, ModePreference, Program, XdpAttachment, XdpMode};
-use xlane_xdp::packet::{PacketPort, PacketStats, RxPath};
+use xlane_xdp::packet::{PacketPort, PacketStats, ReadySocket, RxPath};
 use xlane_xdp::port::{KernelStats, OpenError, PortHandover, QueueSpec, XdpPort};
 use xlane_xdp::programs::PodFilter;
 use xlane_xdp::udp_gro::{UdpReceiver, UdpRxStats};
@@ -265,6 +266,8 @@ pub struct System {
     uplink_rx_udp: bool,
     /// What a hitless restart inherited and the replayed requests have yet to take.
     pool: std::sync::Mutex<Pool>,
+    /// Pod sockets made ahead ([`with_ready_sockets`](Self::with_ready_sockets)).
+    ready: Option<ReadySockets>,
 }
 
 impl System {
@@ -274,7 +277,24 @@ impl System {
     /// # Errors
     /// The netlink socket could not be opened.
     pub fn new(xdp: ModePreference, bind: BindMode) -> io::Result<Self> {
-        Ok(Self { nl: Netlink::new()?, xdp, bind, uplink_rx_udp: false, pool: std::sync::Mutex::default() })
+        Ok(Self {
+            nl: Netlink::new()?,
+            xdp,
+            bind,
+            uplink_rx_udp: false,
+            pool: std::sync::Mutex::default(),
+            ready: None,
+        })
+    }
+
+    /// Keep `stock` pod sockets ready ahead of pods (a thread makes them), so that a
+    /// `veth-offload` pod's sockets, one per worker, are there when it comes. Without,
+    /// each worker makes its own as the pod comes, waiting for a grace period.
+    ///
+    /// # Errors
+    /// The thread could not be started.
+    pub fn with_ready_sockets(self, stock: usize) -> io::Result<Self> {
+        Ok(Self { ready: Some(ReadySockets::start(stock)?), ..self })
     }
 
     /// Leave the uplink without an XDP program (its traffic read through UDP GRO
@@ -377,24 +397,32 @@ impl Host for System {
                 OpenStep::Done(taken)
             });
         }
+        // Taken here, on the control thread: the worker only binds it.
+        let ready = self.ready.as_ref().and_then(ReadySockets::take);
         Box::new(move |d| {
             // One fanout group per interface: its index's low 16 bits.
             #[expect(clippy::cast_possible_truncation, reason = "a group id is 16 bits; the index names the interface")]
             let group = spec.ifindex as u16;
-            let opened = PacketPort::open(
-                spec.id,
-                spec.ifindex,
-                group,
-                Some(&spec.filter),
-                RxPath::Ring,
-                spec.counters,
-                spec.stats,
-            )
-            .map(|port| {
-                d.add_port(NodePort::Packet(port));
-                Bound::default()
-            })
-            .map_err(|e| format!("{}: {e}", spec.ifname));
+            // None ready (a burst of pods emptied the stock): made here, the worker
+            // waiting for the ring's grace period.
+            let ready = ready.map_or_else(|| ReadySocket::new(RxPath::Ring), Ok);
+            let opened = ready
+                .and_then(|r| {
+                    PacketPort::open_ready(
+                        r,
+                        spec.id,
+                        spec.ifindex,
+                        group,
+                        Some(&spec.filter),
+                        spec.counters,
+                        spec.stats,
+                    )
+                })
+                .map(|port| {
+                    d.add_port(NodePort::Packet(port));
+                    Bound::default()
+                })
+                .map_err(|e| format!("{}: {e}", spec.ifname));
             OpenStep::Done(opened)
         })
     }

@@ -25,6 +25,7 @@ pub mod node_lock;
 mod observe;
 mod port_info;
 mod ports;
+mod ready_sockets;
 pub mod server;
 pub mod state;
 #[cfg(test)]

@@ -112,6 +112,50 @@ pub enum RxPath {
     Queue,
 }
 
+/// A receiving socket made ready ahead of its interface: its options set and, for
+/// [`RxPath::Ring`], its receive ring set up and mapped.
+/// [`PacketPort::open_ready`] binds it.
+///
+/// Made ahead because a ring's set-up waits for an RCU grace period (the kernel's
+/// `packet_set_ring` calls `synchronize_net`): ~20 ms on this lab's VM, which must
+/// fall neither on a pod's CNI ADD nor on a worker that stops forwarding meanwhile.
+/// Several made at once share one grace period.
+pub struct ReadySocket {
+    fd: OwnedFd,
+    ring: Option<Box<RxRing>>,
+}
+
+impl core::fmt::Debug for ReadySocket {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ReadySocket").field("fd", &self.fd).field("ring", &self.ring).finish()
+    }
+}
+
+impl ReadySocket {
+    /// A socket (in the current network namespace) that will receive through `rx`.
+    ///
+    /// # Errors
+    /// [`OpenError`] (its `ifindex` 0) with the failing step; nothing stays open.
+    pub fn new(rx: RxPath) -> Result<Self, OpenError> {
+        let ring = rx == RxPath::Ring;
+        let fd = sock::prepare(true, ring).map_err(|(step, source)| OpenError { ifindex: 0, step, source })?;
+        let ring = if ring {
+            let mapped =
+                RxRing::map(fd.as_fd()).map_err(|source| OpenError { ifindex: 0, step: "mmap(rx ring)", source })?;
+            Some(Box::new(mapped))
+        } else {
+            None
+        };
+        Ok(Self { fd, ring })
+    }
+
+    /// How the socket will receive.
+    #[must_use]
+    pub fn rx_path(&self) -> RxPath {
+        if self.ring.is_some() { RxPath::Ring } else { RxPath::Queue }
+    }
+}
+
 /// Failure to open a [`PacketPort`].
 #[derive(Debug, thiserror::Error)]
 #[error("AF_PACKET port on ifindex {ifindex}: {step}: {source}")]
@@ -220,17 +264,27 @@ impl<B: Copy> PacketPort<B> {
         counters: Arc<PortCounters>,
         stats: Arc<PacketStats>,
     ) -> Result<Self, OpenError> {
+        let ready = ReadySocket::new(rx).map_err(|e| OpenError { ifindex, ..e })?;
+        Self::open_ready(ready, id, ifindex, fanout_group, filter, counters, stats)
+    }
+
+    /// [`open`](Self::open) on a socket made ready beforehand.
+    ///
+    /// # Errors
+    /// [`OpenError`] with the failing step; nothing stays open.
+    pub fn open_ready(
+        ready: ReadySocket,
+        id: PortId,
+        ifindex: u32,
+        fanout_group: u16,
+        filter: Option<&PodFilter>,
+        counters: Arc<PortCounters>,
+        stats: Arc<PacketStats>,
+    ) -> Result<Self, OpenError> {
         let program = filter.map(crate::programs::socket_pod_filter);
-        let (fd, fanout) = sock::open(ifindex, fanout_group, program.as_deref(), rx == RxPath::Ring)
+        let ReadySocket { fd, ring } = ready;
+        let fanout = sock::join(&fd, ifindex, Some((fanout_group, program.as_deref())))
             .map_err(|(step, source)| OpenError { ifindex, step, source })?;
-        let ring = match rx {
-            RxPath::Ring => Some(Box::new(RxRing::map(fd.as_fd()).map_err(|source| OpenError {
-                ifindex,
-                step: "mmap(rx ring)",
-                source,
-            })?)),
-            RxPath::Queue => None,
-        };
         Ok(Self::with(id, fd, ifindex, fanout, ring, counters, stats))
     }
 
@@ -296,7 +350,8 @@ impl<B: Copy> PacketPort<B> {
         counters: Arc<PortCounters>,
         stats: Arc<PacketStats>,
     ) -> Result<Self, OpenError> {
-        let fd = sock::open_transmit_only(ifindex).map_err(|(step, source)| OpenError { ifindex, step, source })?;
+        let fd = sock::prepare(false, false).map_err(|(step, source)| OpenError { ifindex, step, source })?;
+        sock::join(&fd, ifindex, None).map_err(|(step, source)| OpenError { ifindex, step, source })?;
         Ok(Self::with(id, fd, ifindex, FanoutMode::TransmitOnly, None, counters, stats))
     }
 

@@ -36,36 +36,16 @@ pub enum FanoutMode {
     TransmitOnly,
 }
 
-/// Open an AF_PACKET `SOCK_RAW` socket on `ifindex` (non-blocking, close-on-exec) with
-/// a 10-byte virtio-net header on every frame, qdisc bypass, outgoing frames ignored,
-/// large socket buffers, a receive ring ([`super::ring`]) if `ring`, in hash fanout
-/// group `group`.
+/// An AF_PACKET `SOCK_RAW` socket bound to no interface yet (non-blocking,
+/// close-on-exec) with a 10-byte virtio-net header on every frame, qdisc bypass,
+/// outgoing frames ignored and large socket buffers; if it is to `receive`, a receive
+/// ring ([`super::ring`]) too. [`join`] binds it.
 ///
 /// # Errors
 /// The failing step's name and the kernel's error.
-pub(super) fn open(
-    ifindex: u32,
-    group: u16,
-    filter: Option<&[ClassicInsn]>,
-    ring: bool,
-) -> Result<(OwnedFd, FanoutMode), (&'static str, io::Error)> {
-    open_as(ifindex, Some((group, filter, ring)))
-}
-
-/// [`open`] for a socket that only transmits: bound with protocol 0, so it receives
-/// nothing and joins no group.
-pub(super) fn open_transmit_only(ifindex: u32) -> Result<OwnedFd, (&'static str, io::Error)> {
-    open_as(ifindex, None).map(|(fd, _)| fd)
-}
-
-/// `receive`: its fanout group, filter and whether it has a ring, or `None` to transmit
-/// only.
-fn open_as(
-    ifindex: u32,
-    receive: Option<(u16, Option<&[ClassicInsn]>, bool)>,
-) -> Result<(OwnedFd, FanoutMode), (&'static str, io::Error)> {
-    // Protocol 0: the socket receives nothing until bound to the interface below, so no
-    // frame of another interface slips in between.
+pub(super) fn prepare(receive: bool, ring: bool) -> Result<OwnedFd, (&'static str, io::Error)> {
+    // Protocol 0: the socket receives nothing until bound to an interface, so no frame
+    // of another interface slips in before.
     // SAFETY: plain socket(2); the result is checked.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -80,11 +60,35 @@ fn open_as(
     opt("PACKET_IGNORE_OUTGOING", libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
     let buffers =
         [(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF"), (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF")];
-    for &(force, plain, what) in &buffers[..if receive.is_some() { 2 } else { 1 }] {
+    for &(force, plain, what) in &buffers[..if receive { 2 } else { 1 }] {
         set_socket_buffer(s, force, plain, SOCKET_BUFFER).map_err(|e| (what, e))?;
     }
+    if receive && ring {
+        // Before the bind: every frame the socket takes goes through the ring.
+        super::ring::configure(fd.as_fd())?;
+    }
+    Ok(fd)
+}
+
+/// Bind socket `fd` from [`prepare`] to `ifindex`: to receive, with its filter, in hash
+/// fanout group `group` (`receive`); else only to transmit.
+///
+/// # Errors
+/// The failing step's name and the kernel's error.
+pub(super) fn join(
+    fd: &OwnedFd,
+    ifindex: u32,
+    receive: Option<(u16, Option<&[ClassicInsn]>)>,
+) -> Result<FanoutMode, (&'static str, io::Error)> {
+    let s = fd.as_raw_fd();
+    let Some((group, filter)) = receive else {
+        // Protocol 0 binds the interface for sending and registers no receive hook;
+        // sent frames take their protocol from their Ethernet header.
+        bind(s, ifindex, 0)?;
+        return Ok(FanoutMode::TransmitOnly);
+    };
     // Before the bind: no frame the filter refuses is ever queued.
-    if let Some((_, Some(f), _)) = receive {
+    if let Some(f) = filter {
         let mut code: Vec<libc::sock_filter> =
             f.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
         let len = u16::try_from(code.len())
@@ -100,31 +104,19 @@ fn open_as(
             return Err(("SO_ATTACH_FILTER", io::Error::last_os_error()));
         }
     }
-    if let Some((_, _, true)) = receive {
-        // Before the bind too: every frame the socket takes goes through the ring.
-        super::ring::configure(fd.as_fd())?;
-    }
-    let all = u16::try_from(libc::ETH_P_ALL).expect("0x0003").to_be();
-    let Some((group, _, _)) = receive else {
-        // Protocol 0 binds the interface for sending and registers no receive hook;
-        // sent frames take their protocol from their Ethernet header.
-        bind(s, ifindex, 0)?;
-        return Ok((fd, FanoutMode::TransmitOnly));
-    };
-    bind(s, ifindex, all)?;
+    bind(s, ifindex, u16::try_from(libc::ETH_P_ALL).expect("0x0003").to_be())?;
     let fanout = |flags: libc::c_uint| {
         let arg = libc::c_int::try_from(u32::from(group) | (flags << 16)).map_err(|_| io::ErrorKind::InvalidInput)?;
         setsockopt_int(s, libc::SOL_PACKET, libc::PACKET_FANOUT, arg)
     };
-    let mode = match fanout(libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING) {
-        Ok(()) => FanoutMode::HashIgnoringOutgoing,
+    match fanout(libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING) {
+        Ok(()) => Ok(FanoutMode::HashIgnoringOutgoing),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             fanout(libc::PACKET_FANOUT_HASH).map_err(|e| ("PACKET_FANOUT", e))?;
-            FanoutMode::Hash
+            Ok(FanoutMode::Hash)
         }
-        Err(e) => return Err(("PACKET_FANOUT", e)),
-    };
-    Ok((fd, mode))
+        Err(e) => Err(("PACKET_FANOUT", e)),
+    }
 }
 
 /// Bind packet socket `s` to `ifindex` for `protocol` (network byte order).
