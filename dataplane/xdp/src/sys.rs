@@ -481,6 +481,11 @@ impl SharedMapping {
     pub(crate) fn base(&self) -> std::ptr::NonNull<u8> {
         self.base
     }
+
+    /// Bytes mapped.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
 }
 
 impl Drop for SharedMapping {

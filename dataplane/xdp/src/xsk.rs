@@ -16,7 +16,7 @@
 //! [`FrameMemory`] for AF_XDP ports.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use xlane_engine::offload::PartialCsum;
@@ -197,7 +197,7 @@ fn register_as(
         let (flags, metadata) = registration(granted);
         // The kernel pins the area's pages for as long as the registration lives; `Umem`
         // drops the socket before unmapping the area (field order).
-        match kernel::register_umem(fd.as_fd(), area.ptr, area.len, settings.frame_size, flags, metadata) {
+        match kernel::register_umem(fd.as_fd(), area.ptr(), area.len(), settings.frame_size, flags, metadata) {
             Ok(()) => return Ok((Arc::new(fd), granted)),
             // A kernel before 6.8 (no metadata) or 6.11 (no software completion)
             // refuses the flags: the engine completes checksums itself.
@@ -213,8 +213,7 @@ fn register_as(
 /// anonymous mapping so that another process can map the same frames (a hitless
 /// restart hands the descriptor over, see [`handover`]).
 struct Area {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: crate::sys::SharedMapping,
     memfd: OwnedFd,
 }
 
@@ -233,30 +232,18 @@ impl Area {
                 format!("frame memory is {size} bytes, not {len}"),
             ));
         }
-        // SAFETY: a shared mapping of a file we hold, with no address hint; the kernel
-        // picks the address and we check the result before use. The file is `len` bytes
-        // long (checked above), so every mapped page is backed.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                memfd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self { ptr: NonNull::new(p.cast()).expect("mmap never returns null on success"), len, memfd })
+        // The file is `len` bytes long (checked above), so every mapped page is backed.
+        Ok(Self { map: crate::sys::SharedMapping::map(memfd.as_fd(), len, 0)?, memfd })
     }
-}
 
-impl Drop for Area {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly the mapping created in `map`, unmapped only here.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    /// The first byte.
+    fn ptr(&self) -> NonNull<u8> {
+        self.map.base()
+    }
+
+    /// Bytes.
+    fn len(&self) -> usize {
+        self.map.len()
     }
 }
 
@@ -601,7 +588,7 @@ impl Umem {
             // application (not by a kernel ring), so no other reference to these bytes
             // exists while the slices live; they borrow `self` mutably for `'a`, so no
             // second call can lend them again before they are dropped.
-            *slot = unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(i * size), size) };
+            *slot = unsafe { std::slice::from_raw_parts_mut(self.area.ptr().as_ptr().add(i * size), size) };
             n += 1;
         }
         n
@@ -667,7 +654,7 @@ impl Umem {
         // and is the application's (checked by the caller): no kernel ring holds it and
         // no slice of it is lent (lending borrows `self`), so nothing else touches these
         // bytes; `head` ≥ 16 keeps the write inside frame i.
-        unsafe { std::ptr::copy_nonoverlapping(meta.as_ptr(), self.area.ptr.as_ptr().add(at), meta.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(meta.as_ptr(), self.area.ptr().as_ptr().add(at), meta.len()) };
     }
 
     /// Return an application-owned frame (any address inside it) to the free list.

@@ -49,7 +49,7 @@ impl Umem {
                         // checked), which the kernel just handed back to the application,
                         // so nothing else reads or writes it until it is released below.
                         let bytes =
-                            unsafe { std::slice::from_raw_parts(self.area.ptr.as_ptr().add(from), len as usize) };
+                            unsafe { std::slice::from_raw_parts(self.area.ptr().as_ptr().add(from), len as usize) };
                         large.data_mut(slot)[at..end].copy_from_slice(bytes);
                     }
                     self.release(p.buf);
