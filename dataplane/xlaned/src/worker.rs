@@ -244,6 +244,7 @@ impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
         let mut idle = xlane_engine::Idle::new(self.cfg.busy_poll);
         let mut held = self.cfg.held;
         let mut last_publish = Instant::now();
+        let mut last_refresh = Instant::now();
         loop {
             while let Ok(cmd) = self.cmds.try_recv() {
                 match cmd {
@@ -276,7 +277,12 @@ impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
             let sleep = idle.after_poll(work, !self.driver.ports().is_empty());
             if last_publish.elapsed() >= Duration::from_secs(1) {
                 self.publish();
-                last_publish = Instant::now();
+                (last_publish, last_refresh) = (Instant::now(), Instant::now());
+            } else if last_refresh.elapsed() >= Duration::from_millis(100) {
+                // The kernel's own drop counters every 100 ms (a getsockopt per port): a
+                // reader just after a burst sees its drops, not those of a second ago.
+                self.refresh_stats();
+                last_refresh = Instant::now();
             }
             if sleep {
                 self.sleep();
@@ -326,6 +332,10 @@ impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
     fn publish(&mut self) {
         self.shared.latency.store(Arc::new(self.latency.clone()));
         self.shared.burst.store(Arc::new(self.burst.clone()));
+        self.refresh_stats();
+    }
+
+    fn refresh_stats(&self) {
         for p in self.driver.ports() {
             p.refresh_stats();
         }

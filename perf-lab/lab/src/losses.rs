@@ -183,6 +183,10 @@ impl Ledger {
                     d(|p| p.packet.map_or(0, |k| k.rx_malformed + k.rx_truncated)),
                 );
             }
+            if let (Some(b), Some(a)) = (before.node_udp.get(i), after.node_udp.get(i)) {
+                let full = a.rcvbuf_errors.saturating_sub(b.rcvbuf_errors);
+                lose(Stage::XlaneRings, format!("xlane uplink UDP socket buffer full on node {i}"), full);
+            }
             for (reason, n) in &node.drops {
                 let was = earlier.and_then(|c| c.drops.get(reason)).copied().unwrap_or(0);
                 lose(Stage::XlanePipeline, format!("xlane pipeline on node {i}: {reason}"), n.saturating_sub(was));
@@ -276,6 +280,10 @@ pub struct Snapshot {
     pub xlane: Vec<Counters>,
     /// The receiving pod's IP/UDP counters, when the test counts delivery there.
     pub receiver: Option<UdpCounters>,
+    /// Each xlane node's own UDP counters, by node index: its uplink's UDP sockets
+    /// (`--uplink-rx udp`) are the namespace's only receivers (empty for a kernel
+    /// dataplane).
+    pub node_udp: Vec<UdpCounters>,
 }
 
 /// xlaned's workers publish the kernel's socket statistics about once a second, each
@@ -316,7 +324,11 @@ impl Path<'_> {
         }
         links.push((Hop::Fabric, link_counters(&self.lab.fabric)?));
         let receiver = self.receiving_app.map(udp_counters).transpose()?;
-        Ok(Snapshot { links, xlane, receiver })
+        let node_udp = match self.xlane {
+            Some(_) => self.lab.nodes.iter().map(|n| udp_counters(&n.ns)).collect::<anyhow::Result<_>>()?,
+            None => Vec::new(),
+        };
+        Ok(Snapshot { links, xlane, receiver, node_udp })
     }
 }
 
@@ -431,6 +443,7 @@ mod tests {
             ],
             xlane: vec![node("xl0a"), node("xl1b")],
             receiver: Some(UdpCounters { rcvbuf_errors: 5, in_errors: 6, no_ports: 1, ip_discards: 0 }),
+            node_udp: vec![UdpCounters { rcvbuf_errors: 4, ..UdpCounters::default() }; 2],
         };
         s.xlane[1].ports[0].rx_ring_full = 100;
         s
@@ -443,7 +456,8 @@ mod tests {
         let mut after = before.clone();
         after.xlane[1].ports[1].packet =
             Some(xlane_api::PacketInfo { rx_kernel_dropped: 903, tx_errors: 2, rx_malformed: 1, ..Default::default() });
-        let l = Ledger::from_snapshots(1_000, 97, 0, &before, &after);
+        after.node_udp[1].rcvbuf_errors += 50;
+        let l = Ledger::from_snapshots(1_000, 47, 0, &before, &after);
         let got: Vec<(&str, u64)> = l.losses.iter().map(|x| (x.place.as_str(), x.frames)).collect();
         assert_eq!(
             got,
@@ -451,6 +465,7 @@ mod tests {
                 ("xlane AF_PACKET receive ring full on node 1 xl1b (pod)", 900),
                 ("xlane AF_PACKET sends refused on node 1 xl1b (pod)", 2),
                 ("xlane AF_PACKET frames malformed or truncated on node 1 xl1b (pod)", 1),
+                ("xlane uplink UDP socket buffer full on node 1", 50),
             ]
         );
         assert_eq!(l.unaccounted(), 0);
