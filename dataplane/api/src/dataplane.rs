@@ -306,6 +306,10 @@ pub struct UdpRxInfo {
     /// Datagrams dropped: a message truncated, no free buffer, too large, or a receive
     /// error.
     pub dropped: u64,
+    /// Datagrams the kernel dropped at the sockets, their receive buffers full (since
+    /// each socket was made; 0 from an older xlaned).
+    #[serde(default)]
+    pub kernel_dropped: u64,
 }
 
 /// The AF_PACKET side of a port (a pod whose veth keeps its offloads).

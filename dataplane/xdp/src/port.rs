@@ -498,5 +498,8 @@ impl Port<Umems> for XdpPort {
         if let Ok(s) = self.xsk.stats() {
             self.kernel.set(&s);
         }
+        if let Some(rx) = self.udp_rx.as_deref() {
+            rx.refresh_stats();
+        }
     }
 }

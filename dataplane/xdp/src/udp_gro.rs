@@ -75,6 +75,9 @@ pub struct UdpRxStats {
     pub errors: AtomicU64,
     /// Datagrams handed out where the kernel wrote them (a jumbo slot each): no copy.
     pub in_place: AtomicU64,
+    /// Datagrams the kernel dropped at the socket since it was made (its receive buffer
+    /// full): `SK_MEMINFO_DROPS`, as of the last [`UdpReceiver::refresh_stats`].
+    pub kernel_dropped: AtomicU64,
 }
 
 impl UdpRxStats {
@@ -87,6 +90,7 @@ impl UdpRxStats {
             datagrams: get(&self.datagrams),
             in_place: get(&self.in_place),
             dropped: get(&self.truncated) + get(&self.no_buffer) + get(&self.oversize) + get(&self.errors),
+            kernel_dropped: get(&self.kernel_dropped),
         }
     }
 }
@@ -100,8 +104,10 @@ pub struct UdpRxTotals {
     pub datagrams: u64,
     /// ... of which where the kernel wrote them.
     pub in_place: u64,
-    /// Datagrams dropped, for any reason.
+    /// Datagrams dropped by the receiver, for any reason.
     pub dropped: u64,
+    /// Datagrams the kernel dropped at the sockets (receive buffers full).
+    pub kernel_dropped: u64,
 }
 
 impl core::iter::Sum for UdpRxTotals {
@@ -112,6 +118,7 @@ impl core::iter::Sum for UdpRxTotals {
             datagrams: a.datagrams + t.datagrams,
             in_place: a.in_place + t.in_place,
             dropped: a.dropped + t.dropped,
+            kernel_dropped: a.kernel_dropped + t.kernel_dropped,
         })
     }
 }
@@ -250,6 +257,31 @@ impl UdpReceiver {
     /// so that what the socket holds is left for the next process.
     pub fn hold_reads(&mut self, hold: bool) {
         self.held = hold;
+    }
+
+    /// Read the kernel's drop count of the socket into the stats
+    /// ([`UdpRxStats::kernel_dropped`]); kept as it was if the kernel does not say.
+    pub fn refresh_stats(&self) {
+        // SO_MEMINFO (asm-generic/socket.h; libc has only its offsets): the socket's
+        // memory counters, SK_MEMINFO_DROPS among them.
+        const SO_MEMINFO: libc::c_int = 55;
+        let mut info = [0u32; 9];
+        let mut len = libc::socklen_t::try_from(size_of_val(&info)).expect("36");
+        // SAFETY: `info` is a live array of `len` bytes for the call; the kernel writes
+        // at most `len` bytes and updates `len`.
+        let r = unsafe {
+            libc::getsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_MEMINFO,
+                info.as_mut_ptr().cast(),
+                &raw mut len,
+            )
+        };
+        let at = usize::try_from(libc::SK_MEMINFO_DROPS).expect("8");
+        if r == 0 && len as usize >= (at + 1) * size_of::<u32>() {
+            self.stats.kernel_dropped.store(u64::from(info[at]), Relaxed);
+        }
     }
 
     /// The socket (readable when datagrams wait): what a sleeping worker polls.
@@ -647,7 +679,41 @@ mod tests {
         expected.sort();
         assert!(got == expected, "{} datagrams of {} expected arrived as sent", got.len(), expected.len());
         let t = stats.totals();
-        assert_eq!(t, UdpRxTotals { messages: 4, datagrams: 24, in_place: 8, dropped: 0 });
+        assert_eq!(t, UdpRxTotals { messages: 4, datagrams: 24, in_place: 8, dropped: 0, kernel_dropped: 0 });
+    }
+
+    #[test]
+    fn the_kernels_drops_at_a_full_socket_are_counted() {
+        if !xlane_netlab::privileged("the_kernels_drops_at_a_full_socket_are_counted") {
+            return;
+        }
+        let ns = xlane_netlab::Netns::new("xgrd").unwrap();
+        ns.ip(&["link", "set", "lo", "up"]).unwrap();
+        let (lo, port) = (Ipv4Addr::LOCALHOST, 4789);
+        let stats = Arc::new(UdpRxStats::default());
+        let (rx, tx) = ns
+            .enter(|| {
+                (UdpReceiver::open("lo", lo, port, 1500, stats.clone()).unwrap(), UdpSocket::bind((lo, 0)).unwrap())
+            })
+            .unwrap();
+        rx.refresh_stats();
+        assert_eq!(stats.totals().kernel_dropped, 0);
+        // Far more than the receive buffer holds, never read: the kernel drops the rest.
+        let sent = 60_000u64;
+        for k in 0..sent {
+            tx.send_to(&datagram(usize::try_from(k).unwrap(), 1400), (lo, port)).unwrap();
+        }
+        rx.refresh_stats();
+        let dropped = stats.totals().kernel_dropped;
+        // What the socket kept, read off it (single datagrams: the sender sent no GSO).
+        let mut kept = 0u64;
+        let mut buf = [0u8; 2048];
+        // SAFETY: `buf` is a live buffer of the length passed, for each call.
+        while unsafe { libc::recv(rx.fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) } > 0 {
+            kept += 1;
+        }
+        assert!(kept > 0 && dropped > 0, "kept {kept}, dropped {dropped}");
+        assert_eq!(kept + dropped, sent, "every datagram kept or counted dropped");
     }
 
     #[test]

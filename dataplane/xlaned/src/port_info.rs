@@ -37,7 +37,13 @@ impl<A> Port<A> {
                 }
                 udp_rx_info = (!udp_rx.is_empty()).then(|| {
                     let t: UdpRxTotals = udp_rx.iter().map(|s| s.totals()).sum();
-                    UdpRxInfo { messages: t.messages, datagrams: t.datagrams, in_place: t.in_place, dropped: t.dropped }
+                    UdpRxInfo {
+                        messages: t.messages,
+                        datagrams: t.datagrams,
+                        in_place: t.in_place,
+                        dropped: t.dropped,
+                        kernel_dropped: t.kernel_dropped,
+                    }
                 });
                 (*queues, H::xdp_mode(attach), *zero_copy, None)
             }

@@ -182,10 +182,12 @@ impl Ledger {
                     format!("xlane AF_PACKET frames malformed or truncated {at}"),
                     d(|p| p.packet.map_or(0, |k| k.rx_malformed + k.rx_truncated)),
                 );
-            }
-            if let (Some(b), Some(a)) = (before.node_udp.get(i), after.node_udp.get(i)) {
-                let full = a.rcvbuf_errors.saturating_sub(b.rcvbuf_errors);
-                lose(Stage::XlaneRings, format!("xlane uplink UDP socket buffer full on node {i}"), full);
+                // An uplink read through UDP sockets: the kernel's drops at them.
+                lose(
+                    Stage::XlaneRings,
+                    format!("xlane UDP socket buffer full {at}"),
+                    d(|p| p.udp_rx.map_or(0, |r| r.kernel_dropped)),
+                );
             }
             for (reason, n) in &node.drops {
                 let was = earlier.and_then(|c| c.drops.get(reason)).copied().unwrap_or(0);
@@ -215,13 +217,14 @@ impl Ledger {
 }
 
 /// Frames lost at a port's sockets and rings: the kernel's RX ring full and RX dropped,
-/// xlane's TX-ring refusals and the TX descriptors the kernel refused — what a ledger
-/// counts as [`Stage::XlaneRings`].
+/// xlane's TX-ring refusals, the TX descriptors the kernel refused, the AF_PACKET and
+/// UDP sockets' drops — what a ledger counts as [`Stage::XlaneRings`].
 #[must_use]
 pub fn ring_drops(p: &PortInfo) -> u64 {
     let packet =
         p.packet.map_or(0, |k| k.rx_kernel_dropped + k.rx_no_buffer + k.tx_errors + k.rx_malformed + k.rx_truncated);
-    p.rx_ring_full + p.rx_dropped + p.tx_ring_full + p.tx_invalid_descs + packet
+    let udp = p.udp_rx.map_or(0, |r| r.kernel_dropped);
+    p.rx_ring_full + p.rx_dropped + p.tx_ring_full + p.tx_invalid_descs + packet + udp
 }
 
 /// An interface's counters that the accounting reads.
@@ -280,10 +283,6 @@ pub struct Snapshot {
     pub xlane: Vec<Counters>,
     /// The receiving pod's IP/UDP counters, when the test counts delivery there.
     pub receiver: Option<UdpCounters>,
-    /// Each xlane node's own UDP counters, by node index: its uplink's UDP sockets
-    /// (`--uplink-rx udp`) are the namespace's only receivers (empty for a kernel
-    /// dataplane).
-    pub node_udp: Vec<UdpCounters>,
 }
 
 /// xlaned's workers publish the kernel's socket statistics about once a second, each
@@ -324,11 +323,7 @@ impl Path<'_> {
         }
         links.push((Hop::Fabric, link_counters(&self.lab.fabric)?));
         let receiver = self.receiving_app.map(udp_counters).transpose()?;
-        let node_udp = match self.xlane {
-            Some(_) => self.lab.nodes.iter().map(|n| udp_counters(&n.ns)).collect::<anyhow::Result<_>>()?,
-            None => Vec::new(),
-        };
-        Ok(Snapshot { links, xlane, receiver, node_udp })
+        Ok(Snapshot { links, xlane, receiver })
     }
 }
 
@@ -443,34 +438,34 @@ mod tests {
             ],
             xlane: vec![node("xl0a"), node("xl1b")],
             receiver: Some(UdpCounters { rcvbuf_errors: 5, in_errors: 6, no_ports: 1, ip_discards: 0 }),
-            node_udp: vec![UdpCounters { rcvbuf_errors: 4, ..UdpCounters::default() }; 2],
         };
         s.xlane[1].ports[0].rx_ring_full = 100;
         s
     }
 
     #[test]
-    fn an_af_packet_pods_socket_counts_its_own_losses() {
+    fn af_packet_and_udp_sockets_count_their_own_losses() {
         let mut before = at_rest();
         before.xlane[1].ports[1].packet = Some(xlane_api::PacketInfo { rx_kernel_dropped: 3, ..Default::default() });
         let mut after = before.clone();
         after.xlane[1].ports[1].packet =
             Some(xlane_api::PacketInfo { rx_kernel_dropped: 903, tx_errors: 2, rx_malformed: 1, ..Default::default() });
-        after.node_udp[1].rcvbuf_errors += 50;
+        before.xlane[1].ports[0].udp_rx = Some(xlane_api::UdpRxInfo { kernel_dropped: 4, ..Default::default() });
+        after.xlane[1].ports[0].udp_rx = Some(xlane_api::UdpRxInfo { kernel_dropped: 54, ..Default::default() });
         let l = Ledger::from_snapshots(1_000, 47, 0, &before, &after);
         let got: Vec<(&str, u64)> = l.losses.iter().map(|x| (x.place.as_str(), x.frames)).collect();
         assert_eq!(
             got,
             [
+                ("xlane UDP socket buffer full on node 1 eth0 (uplink)", 50),
                 ("xlane AF_PACKET receive ring full on node 1 xl1b (pod)", 900),
                 ("xlane AF_PACKET sends refused on node 1 xl1b (pod)", 2),
                 ("xlane AF_PACKET frames malformed or truncated on node 1 xl1b (pod)", 1),
-                ("xlane uplink UDP socket buffer full on node 1", 50),
             ]
         );
         assert_eq!(l.unaccounted(), 0);
         let rings = |s: &Snapshot| s.xlane.iter().flat_map(|c| &c.ports).map(ring_drops).sum::<u64>();
-        assert_eq!(rings(&after) - rings(&before), 903);
+        assert_eq!(rings(&after) - rings(&before), 953);
     }
 
     #[test]

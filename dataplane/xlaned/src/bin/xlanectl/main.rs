@@ -352,8 +352,8 @@ fn print_ports(ports: &[PortInfo]) {
         }
         if let Some(r) = &p.udp_rx {
             println!(
-                "port {} UDP GRO receive: {} datagrams in {} messages ({} uncopied); dropped {}",
-                p.id, r.datagrams, r.messages, r.in_place, r.dropped
+                "port {} UDP GRO receive: {} datagrams in {} messages ({} uncopied); dropped {}, by the kernel {}",
+                p.id, r.datagrams, r.messages, r.in_place, r.dropped, r.kernel_dropped
             );
         }
         if let Some(u) = p.umem.as_ref().filter(|u| u.own || u.copied_in > 0) {
