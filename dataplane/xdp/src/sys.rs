@@ -376,6 +376,28 @@ pub(crate) fn udp_socket(
     Ok(fd)
 }
 
+/// `getsockopt(2)` of a plain-data value (an int, a `#[repr(C)]` struct of the UAPI, an
+/// array of counters), which the kernel must fill whole.
+///
+/// # Errors
+/// The kernel's error; `Unsupported` if it wrote another size (an option laid out
+/// otherwise by this kernel).
+pub(crate) fn getsockopt<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<T> {
+    let mut value = std::mem::MaybeUninit::<T>::uninit();
+    let size = size_of::<T>();
+    let mut len = libc::socklen_t::try_from(size).expect("option sizes fit");
+    // SAFETY: `value` is writable for `len` bytes; the kernel writes at most `len` bytes
+    // and reports how many.
+    if unsafe { libc::getsockopt(fd, level, name, value.as_mut_ptr().cast(), &raw mut len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != size {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, format!("option {name}: {len} bytes, not {size}")));
+    }
+    // SAFETY: the kernel wrote all `size` bytes of it, and `T` is plain data.
+    Ok(unsafe { value.assume_init() })
+}
+
 /// `setsockopt(2)` with a plain-data value (an int, a `#[repr(C)]` struct of the UAPI).
 ///
 /// # Errors

@@ -265,21 +265,9 @@ impl UdpReceiver {
         // SO_MEMINFO (asm-generic/socket.h; libc has only its offsets): the socket's
         // memory counters, SK_MEMINFO_DROPS among them.
         const SO_MEMINFO: libc::c_int = 55;
-        let mut info = [0u32; 9];
-        let mut len = libc::socklen_t::try_from(size_of_val(&info)).expect("36");
-        // SAFETY: `info` is a live array of `len` bytes for the call; the kernel writes
-        // at most `len` bytes and updates `len`.
-        let r = unsafe {
-            libc::getsockopt(
-                self.sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_MEMINFO,
-                info.as_mut_ptr().cast(),
-                &raw mut len,
-            )
-        };
+        let info: io::Result<[u32; 9]> = sys::getsockopt(self.sock.as_raw_fd(), libc::SOL_SOCKET, SO_MEMINFO);
         let at = usize::try_from(libc::SK_MEMINFO_DROPS).expect("8");
-        if r == 0 && len as usize >= (at + 1) * size_of::<u32>() {
+        if let Ok(info) = info {
             self.stats.kernel_dropped.store(u64::from(info[at]), Relaxed);
         }
     }

@@ -275,14 +275,16 @@ impl<M: FrameMemory, P: Port<M>> Worker<M, P> {
             }
             let work = self.poll_once();
             let sleep = idle.after_poll(work, !self.driver.ports().is_empty());
-            if last_publish.elapsed() >= Duration::from_secs(1) {
+            // One clock read per pass for both periods.
+            let now = Instant::now();
+            if now - last_publish >= Duration::from_secs(1) {
                 self.publish();
-                (last_publish, last_refresh) = (Instant::now(), Instant::now());
-            } else if last_refresh.elapsed() >= Duration::from_millis(100) {
+                (last_publish, last_refresh) = (now, now);
+            } else if now - last_refresh >= Duration::from_millis(100) {
                 // The kernel's own drop counters every 100 ms (a getsockopt per port): a
                 // reader just after a burst sees its drops, not those of a second ago.
                 self.refresh_stats();
-                last_refresh = Instant::now();
+                last_refresh = now;
             }
             if sleep {
                 self.sleep();

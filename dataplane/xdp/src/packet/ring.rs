@@ -107,21 +107,7 @@ impl RxRing {
     /// The socket's version could not be read, or its ring is not the shape this build
     /// makes (EINVAL from the mapping).
     pub(super) fn inherit(fd: BorrowedFd<'_>) -> io::Result<Option<Self>> {
-        let mut version: libc::c_int = 0;
-        let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("4");
-        // SAFETY: `version` is a live int and `len` its size for the call.
-        let r = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_VERSION,
-                std::ptr::from_mut(&mut version).cast(),
-                &raw mut len,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let version: libc::c_int = crate::sys::getsockopt(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_VERSION)?;
         if version != libc::tpacket_versions::TPACKET_V2 as libc::c_int {
             return Ok(None);
         }

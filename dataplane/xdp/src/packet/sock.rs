@@ -137,20 +137,8 @@ fn bind(s: RawFd, ifindex: u32, protocol: u16) -> Result<(), (&'static str, io::
 /// Drops the kernel counted on the socket since the last call (`PACKET_STATISTICS`,
 /// which resets on read): frames it could not take (receive ring, or buffer, full).
 pub(super) fn take_drops(fd: RawFd) -> io::Result<u64> {
-    // SAFETY: tpacket_stats is plain old data; all-zero is a valid value.
-    let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
-    let mut len = libc::socklen_t::try_from(size_of::<libc::tpacket_stats>()).expect("8");
-    // SAFETY: `st` is a live tpacket_stats and `len` holds its size for the call.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_PACKET,
-            libc::PACKET_STATISTICS,
-            std::ptr::from_mut(&mut st).cast(),
-            &raw mut len,
-        )
-    };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(u64::from(st.tp_drops)) }
+    let st: libc::tpacket_stats = crate::sys::getsockopt(fd, libc::SOL_PACKET, libc::PACKET_STATISTICS)?;
+    Ok(u64::from(st.tp_drops))
 }
 
 /// Iovecs per received message: virtio-net header, buffer, jumbo spill.

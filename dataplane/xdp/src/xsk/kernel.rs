@@ -100,21 +100,13 @@ fn setsockopt<T: Copy>(fd: BorrowedFd<'_>, name: libc::c_int, value: &T) -> io::
     crate::sys::setsockopt(fd.as_raw_fd(), SOL_XDP, name, value)
 }
 
-fn getsockopt<T: Default>(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<T> {
-    let mut value = T::default();
-    let mut len = libc::socklen_t::try_from(size_of::<T>()).expect("option sizes fit");
-    // SAFETY: `value` is a live, writable `T` of `len` bytes; the kernel writes at most
-    // `len` bytes and reports how many.
-    let r = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), SOL_XDP, name, core::ptr::from_mut(&mut value).cast(), &raw mut len)
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if len as usize != size_of::<T>() {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "kernel too old: unexpected AF_XDP option layout"));
-    }
-    Ok(value)
+fn getsockopt<T: Copy>(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<T> {
+    crate::sys::getsockopt(fd.as_raw_fd(), SOL_XDP, name).map_err(|e| match e.kind() {
+        io::ErrorKind::Unsupported => {
+            io::Error::new(io::ErrorKind::Unsupported, "kernel too old: unexpected AF_XDP option layout")
+        }
+        _ => e,
+    })
 }
 
 /// Register `len` bytes at `area` as the UMEM of socket `fd`, in frames of `frame_size`
