@@ -76,6 +76,9 @@ pub struct XdpAttachment {
     mode: XdpMode,
     /// The program takes multi-buffer packets (the uplink's).
     multi_buffer: bool,
+    /// For an uplink read through packet taps: keeps its VXLAN off the host's stack
+    /// ([`block_host_vxlan`](Self::block_host_vxlan)).
+    host_block: Option<HostStackBlock>,
 }
 
 impl XdpAttachment {
@@ -105,7 +108,7 @@ impl XdpAttachment {
             };
             match sys::link_xdp(prog.as_fd(), ifindex, flags) {
                 Ok(link) => {
-                    return Ok(Self { link: Some(link), prog, xskmap, ifindex, mode, multi_buffer });
+                    return Ok(Self { link: Some(link), prog, xskmap, ifindex, mode, multi_buffer, host_block: None });
                 }
                 Err(e) => last = Some(e),
             }
@@ -130,7 +133,7 @@ impl XdpAttachment {
             Program::Uplink(f) => sys::load_xdp_frags(name, &programs::uplink(&f, xskmap.as_raw_fd(), XDP_PASS))?,
             Program::Pod(f) => sys::load_xdp(name, &programs::pod(&f, xskmap.as_raw_fd(), XDP_PASS))?,
         };
-        Ok(Self { link: None, prog, xskmap, ifindex, mode: XdpMode::Generic, multi_buffer })
+        Ok(Self { link: None, prog, xskmap, ifindex, mode: XdpMode::Generic, multi_buffer, host_block: None })
     }
 
     /// Steer queue `queue`'s matching traffic to the socket `xsk`.
@@ -156,7 +159,25 @@ impl XdpAttachment {
     /// # Errors
     /// The kernel's error.
     pub fn detach(&self) -> io::Result<()> {
+        if let Some(b) = &self.host_block {
+            sys::link_detach(b.link())?;
+        }
         self.link.as_ref().map_or(Ok(()), |l| sys::link_detach(l.as_fd()))
+    }
+
+    /// Keep the interface's VXLAN to `filter`'s VTEP from the host's stack
+    /// ([`HostStackBlock::uplink`]) for as long as the attachment lives or until
+    /// [`detach`](Self::detach): an uplink read through packet taps
+    /// ([`crate::packet::UplinkTap`]), which see each frame before the block drops it.
+    /// An attachment taken over from another process gets a block of its own: the
+    /// other's stays until that process exits, so the two overlap and VXLAN never
+    /// reaches the host meanwhile.
+    ///
+    /// # Errors
+    /// [`HostBlockError`]; the attachment is as it was.
+    pub fn block_host_vxlan(&mut self, filter: &programs::UplinkFilter) -> Result<(), HostBlockError> {
+        self.host_block = Some(HostStackBlock::uplink(self.ifindex, filter)?);
+        Ok(())
     }
 
     /// Whether the program passes multi-buffer packets to its sockets (the uplink's:
@@ -249,7 +270,7 @@ impl XdpAttachment {
     pub fn take_over(h: AttachmentHandover) -> Self {
         let AttachmentHandover { link, prog, xskmap, state } = h;
         let mode = if state.native { XdpMode::Native } else { XdpMode::Generic };
-        Self { link, prog, xskmap, ifindex: state.ifindex, mode, multi_buffer: state.multi_buffer }
+        Self { link, prog, xskmap, ifindex: state.ifindex, mode, multi_buffer: state.multi_buffer, host_block: None }
     }
 }
 
@@ -261,7 +282,7 @@ pub enum HostBlockError {
     Load(#[from] sys::LoadError),
     /// The tcx link could not be created.
     #[error(
-        "attaching the drop-all program at tcx ingress of ifindex {ifindex} (needs Linux 6.6+ and CAP_BPF + CAP_NET_ADMIN): {source}"
+        "attaching the host-block program at tcx ingress of ifindex {ifindex} (needs Linux 6.6+ and CAP_BPF + CAP_NET_ADMIN): {source}"
     )]
     Link {
         /// Interface.
@@ -307,6 +328,15 @@ impl HostStackBlock {
     /// [`HostBlockError`] for the step that failed; nothing stays attached.
     pub fn pinhole(ifindex: u32, filter: &programs::PodFilter) -> Result<Self, HostBlockError> {
         Self::attach_program(ifindex, &programs::tc_pod(filter))
+    }
+
+    /// Load the uplink pinhole [`programs::tc_uplink`] and attach it at tcx ingress of
+    /// `ifindex`: the host's stack sees everything but the VXLAN the engine takes.
+    ///
+    /// # Errors
+    /// [`HostBlockError`] for the step that failed; nothing stays attached.
+    pub fn uplink(ifindex: u32, filter: &programs::UplinkFilter) -> Result<Self, HostBlockError> {
+        Self::attach_program(ifindex, &programs::tc_uplink(filter))
     }
 
     fn attach_program(ifindex: u32, insns: &[u64]) -> Result<Self, HostBlockError> {

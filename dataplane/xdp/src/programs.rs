@@ -74,37 +74,59 @@ fn redirect_tail(a: &mut Asm, xskmap_fd: i32, miss: u32) {
         .exit();
 }
 
+/// The uplink pinhole's rule on the frame at r2 (data) .. r3 (data end): IPv4, not
+/// fragmented, UDP to the VTEP's address and VXLAN port falls through (the engine's);
+/// anything else, or headers not all in the data, jumps to `host`. Clobbers r2.
+fn uplink_rule(a: &mut Asm, f: &UplinkFilter, host: Label) {
+    a.mov(R4, R2)
+        .add_imm(R4, ETH_HLEN + IPV4_MIN)
+        .jmp_reg(Cond::Gt, R4, R3, host)
+        .load(Size::H, R5, R2, 12)
+        .jmp32_imm(Cond::Ne, R5, ne16(0x0800), host)
+        .load(Size::B, R5, R2, 23)
+        .jmp32_imm(Cond::Ne, R5, 17, host)
+        .load(Size::W, R5, R2, 30)
+        .jmp32_imm(Cond::Ne, R5, ne32(u32::from(f.vtep_ip)), host)
+        .load(Size::H, R5, R2, 20)
+        .jmp32_imm(Cond::Set, R5, ne16(0x3fff), host)
+        // UDP header at 14 + IHL*4: IHL is 4 bits, so the offset stays bounded.
+        .load(Size::B, R5, R2, 14)
+        .and_imm(R5, 0x0f)
+        .lsh_imm(R5, 2)
+        .jmp_imm(Cond::Lt, R5, IPV4_MIN, host)
+        .add(R2, R5)
+        .mov(R4, R2)
+        .add_imm(R4, ETH_HLEN + UDP_HLEN)
+        .jmp_reg(Cond::Gt, R4, R3, host)
+        .load(Size::H, R5, R2, 16)
+        .jmp32_imm(Cond::Ne, R5, ne16(f.vxlan_port), host);
+}
+
 /// The uplink pinhole program.
 #[must_use]
 pub fn uplink(f: &UplinkFilter, xskmap_fd: i32, miss: u32) -> Vec<u64> {
     let mut a = Asm::new();
     let pass = a.label();
-    a.load(Size::W, R2, R1, MD_DATA)
-        .load(Size::W, R3, R1, MD_DATA_END)
-        .mov(R4, R2)
-        .add_imm(R4, ETH_HLEN + IPV4_MIN)
-        .jmp_reg(Cond::Gt, R4, R3, pass)
-        .load(Size::H, R5, R2, 12)
-        .jmp32_imm(Cond::Ne, R5, ne16(0x0800), pass)
-        .load(Size::B, R5, R2, 23)
-        .jmp32_imm(Cond::Ne, R5, 17, pass)
-        .load(Size::W, R5, R2, 30)
-        .jmp32_imm(Cond::Ne, R5, ne32(u32::from(f.vtep_ip)), pass)
-        .load(Size::H, R5, R2, 20)
-        .jmp32_imm(Cond::Set, R5, ne16(0x3fff), pass)
-        // UDP header at 14 + IHL*4: IHL is 4 bits, so the offset stays bounded.
-        .load(Size::B, R5, R2, 14)
-        .and_imm(R5, 0x0f)
-        .lsh_imm(R5, 2)
-        .jmp_imm(Cond::Lt, R5, IPV4_MIN, pass)
-        .add(R2, R5)
-        .mov(R4, R2)
-        .add_imm(R4, ETH_HLEN + UDP_HLEN)
-        .jmp_reg(Cond::Gt, R4, R3, pass)
-        .load(Size::H, R5, R2, 16)
-        .jmp32_imm(Cond::Ne, R5, ne16(f.vxlan_port), pass);
+    a.load(Size::W, R2, R1, MD_DATA).load(Size::W, R3, R1, MD_DATA_END);
+    uplink_rule(&mut a, f, pass);
     redirect_tail(&mut a, xskmap_fd, miss);
     a.bind(pass).mov_imm(R0, XDP_PASS.cast_signed()).exit();
+    a.finish()
+}
+
+/// The uplink pinhole at tcx ingress of an uplink read through a packet tap
+/// ([`crate::packet::UplinkTap`]): VXLAN to the VTEP is the engine's (`TC_ACT_SHOT`:
+/// the tap has already seen it), anything else goes on to the host's stack
+/// (`TC_ACT_OK`), as `XDP_PASS` does in [`uplink`]. Headers outside the linear data go
+/// to the host as in [`uplink`] (no driver puts a frame's headers there).
+#[must_use]
+pub fn tc_uplink(f: &UplinkFilter) -> Vec<u64> {
+    let mut a = Asm::new();
+    let pass = a.label();
+    a.load(Size::W, R2, R1, SKB_DATA).load(Size::W, R3, R1, SKB_DATA_END);
+    uplink_rule(&mut a, f, pass);
+    a.mov_imm(R0, TC_ACT_SHOT.cast_signed()).exit();
+    a.bind(pass).mov_imm(R0, TC_ACT_OK.cast_signed()).exit();
     a.finish()
 }
 
@@ -186,11 +208,7 @@ pub struct ClassicInsn {
 /// refuses it, as classic BPF does.
 #[must_use]
 pub fn socket_pod_filter(f: &PodFilter) -> Vec<ClassicInsn> {
-    const LDH_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
-    const LDW_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    use classic::{AND_K, JEQ_K, LDH_ABS, LDW_ABS, RET_K};
     let (mask, net) = f.mask_net();
     let i = |code, jt, jf, k| ClassicInsn { code, jt, jf, k };
     vec![
@@ -203,6 +221,51 @@ pub fn socket_pod_filter(f: &PodFilter) -> Vec<ClassicInsn> {
         i(RET_K, 0, 0, u32::MAX),
         i(RET_K, 0, 0, 0),
     ]
+}
+
+/// The uplink pinhole as a classic BPF socket filter for the uplink's packet tap:
+/// accept IPv4, not fragmented, UDP to the VTEP's address and VXLAN port, whole;
+/// refuse the rest (the host's, see [`tc_uplink`]).
+#[must_use]
+pub fn socket_uplink_filter(f: &UplinkFilter) -> Vec<ClassicInsn> {
+    let i = |code, jt, jf, k| ClassicInsn { code, jt, jf, k };
+    vec![
+        i(classic::LDH_ABS, 0, 0, 12),
+        i(classic::JEQ_K, 0, 10, 0x0800), // not IPv4 → refuse
+        i(classic::LDB_ABS, 0, 0, 23),
+        i(classic::JEQ_K, 0, 8, 17), // not UDP → refuse
+        i(classic::LDW_ABS, 0, 0, 30),
+        i(classic::JEQ_K, 0, 6, u32::from(f.vtep_ip)), // to another address → refuse
+        i(classic::LDH_ABS, 0, 0, 20),
+        i(classic::JSET_K, 4, 0, 0x3fff),  // a fragment → refuse
+        i(classic::LDX_MSH, 0, 0, 14),     // X = the IPv4 header's length
+        i(classic::LDH_IND, 0, 0, 14 + 2), // the UDP destination port
+        i(classic::JEQ_K, 0, 1, u32::from(f.vxlan_port)),
+        i(classic::RET_K, 0, 0, u32::MAX),
+        i(classic::RET_K, 0, 0, 0),
+    ]
+}
+
+/// Classic BPF opcodes (`linux/filter.h`).
+mod classic {
+    /// `BPF_LD | BPF_B | BPF_ABS`.
+    pub(super) const LDB_ABS: u16 = 0x30;
+    /// `BPF_LD | BPF_H | BPF_ABS`.
+    pub(super) const LDH_ABS: u16 = 0x28;
+    /// `BPF_LD | BPF_W | BPF_ABS`.
+    pub(super) const LDW_ABS: u16 = 0x20;
+    /// `BPF_LD | BPF_H | BPF_IND`: a half-word at X + k.
+    pub(super) const LDH_IND: u16 = 0x48;
+    /// `BPF_LDX | BPF_B | BPF_MSH`: X = 4 × (the byte at k & 0xf).
+    pub(super) const LDX_MSH: u16 = 0xb1;
+    /// `BPF_JMP | BPF_JEQ | BPF_K`.
+    pub(super) const JEQ_K: u16 = 0x15;
+    /// `BPF_JMP | BPF_JSET | BPF_K`.
+    pub(super) const JSET_K: u16 = 0x45;
+    /// `BPF_ALU | BPF_AND | BPF_K`.
+    pub(super) const AND_K: u16 = 0x54;
+    /// `BPF_RET | BPF_K`.
+    pub(super) const RET_K: u16 = 0x06;
 }
 
 /// The host-side veth end's tcx ingress program for a pod read through AF_PACKET:
@@ -223,19 +286,34 @@ mod tests {
     /// Run a classic filter the way the kernel does for the opcodes it uses; a load past
     /// the frame refuses it.
     fn run(prog: &[ClassicInsn], frame: &[u8]) -> u32 {
-        let (mut a, mut pc) = (0u32, 0usize);
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let load =
+            |at: usize, n: usize| frame.get(at..at + n).map(|b| b.iter().fold(0, |v, &y| (v << 8) | u32::from(y)));
         loop {
             let i = prog[pc];
             pc += 1;
             match i.code {
-                0x28 | 0x20 => {
-                    let (at, n) = (i.k as usize, if i.code == 0x28 { 2 } else { 4 });
-                    let Some(b) = frame.get(at..at + n) else { return 0 };
-                    a = b.iter().fold(0, |v, &x| (v << 8) | u32::from(x));
+                classic::LDB_ABS | classic::LDH_ABS | classic::LDW_ABS => {
+                    let n = match i.code {
+                        classic::LDB_ABS => 1,
+                        classic::LDH_ABS => 2,
+                        _ => 4,
+                    };
+                    let Some(v) = load(i.k as usize, n) else { return 0 };
+                    a = v;
                 }
-                0x54 => a &= i.k,
-                0x15 => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
-                0x06 => return i.k,
+                classic::LDH_IND => {
+                    let Some(v) = load((x + i.k) as usize, 2) else { return 0 };
+                    a = v;
+                }
+                classic::LDX_MSH => {
+                    let Some(v) = load(i.k as usize, 1) else { return 0 };
+                    x = 4 * (v & 0xf);
+                }
+                classic::AND_K => a &= i.k,
+                classic::JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                classic::JSET_K => pc += usize::from(if a & i.k != 0 { i.jt } else { i.jf }),
+                classic::RET_K => return i.k,
                 c => panic!("opcode {c:#x}"),
             }
         }
@@ -258,5 +336,49 @@ mod tests {
         assert_eq!(run(&prog, &frame(0x0800, [93, 184, 216, 34])), 0, "the internet");
         assert_eq!(run(&prog, &frame(0x86dd, [10, 244, 2, 3])), 0, "IPv6");
         assert_eq!(run(&prog, &frame(0x0800, [10, 244, 2, 3])[..30]), 0, "truncated");
+    }
+
+    #[test]
+    fn the_uplink_socket_filter_takes_what_the_uplink_pinhole_gives_the_engine() {
+        let f = UplinkFilter { vtep_ip: Ipv4Addr::new(192, 168, 50, 1), vxlan_port: 8472 };
+        let prog = socket_uplink_filter(&f);
+        // Ethernet, IPv4 (IHL `ihl`) from 192.168.50.2 to `dst`, UDP to `port`.
+        let frame = |ihl: u8, dst: [u8; 4], port: u16| {
+            let mut v = vec![0u8; 14 + usize::from(ihl) * 4 + 8 + 50];
+            v[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+            v[14] = 0x40 | ihl;
+            v[20] = 0x40; // DF
+            v[23] = 17;
+            v[26..30].copy_from_slice(&[192, 168, 50, 2]);
+            v[30..34].copy_from_slice(&dst);
+            let udp = 14 + usize::from(ihl) * 4;
+            v[udp + 2..udp + 4].copy_from_slice(&port.to_be_bytes());
+            v
+        };
+        // Every check refuses by jumping to the last instruction, the refusal.
+        for (k, i) in prog.iter().enumerate() {
+            if matches!(i.code, classic::JEQ_K | classic::JSET_K) {
+                let refuse = k + 1 + usize::from(if i.code == classic::JSET_K { i.jt } else { i.jf });
+                assert_eq!(refuse, prog.len() - 1, "instruction {k} refuses elsewhere");
+            }
+        }
+        let vtep = [192, 168, 50, 1];
+        assert_eq!(run(&prog, &frame(5, vtep, 8472)), u32::MAX, "VXLAN to the VTEP");
+        assert_eq!(run(&prog, &frame(6, vtep, 8472)), u32::MAX, "with IPv4 options");
+        assert_eq!(run(&prog, &frame(5, vtep, 4789)), 0, "another UDP port");
+        assert_eq!(run(&prog, &frame(6, vtep, 4789)), 0, "another UDP port, behind options");
+        assert_eq!(run(&prog, &frame(5, [192, 168, 50, 9], 8472)), 0, "another address");
+        let mut tcp = frame(5, vtep, 8472);
+        tcp[23] = 6;
+        assert_eq!(run(&prog, &tcp), 0, "TCP");
+        let mut fragment = frame(5, vtep, 8472);
+        fragment[20] = 0x20;
+        assert_eq!(run(&prog, &fragment), 0, "a first fragment (MF)");
+        fragment[20..22].copy_from_slice(&[0, 0x10]);
+        assert_eq!(run(&prog, &fragment), 0, "a later fragment");
+        let mut ipv6 = frame(5, vtep, 8472);
+        ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(run(&prog, &ipv6), 0, "IPv6");
+        assert_eq!(run(&prog, &frame(5, vtep, 8472)[..36]), 0, "cut in the UDP header");
     }
 }

@@ -325,7 +325,7 @@ pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
 ///
 /// # Errors
 /// The kernel's error.
-pub(crate) fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+pub fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     setsockopt(fd, level, name, &value)
 }
 

@@ -29,11 +29,8 @@ fn verdicts(insns_for: impl Fn(i32) -> Vec<u64>, cases: &[(&str, Vec<u8>, u32)])
     }
 }
 
-#[test]
-fn uplink_pinhole_takes_only_vxlan_to_our_vtep() {
-    if !xlane_netlab::privileged("uplink_pinhole_takes_only_vxlan_to_our_vtep") {
-        return;
-    }
+/// Frames on the uplink, and whether the uplink pinhole gives them to the engine.
+fn uplink_cases() -> Vec<(&'static str, Vec<u8>, bool)> {
     let vxlan = fixture("decap_udp_in");
     let mutate = |f: fn(&mut Vec<u8>)| {
         let mut v = vxlan.clone();
@@ -48,23 +45,49 @@ fn uplink_pinhole_takes_only_vxlan_to_our_vtep() {
     let total = u16::from_be_bytes([with_options[16], with_options[17]]) + 4;
     with_options[16..18].copy_from_slice(&total.to_be_bytes());
     fill_ipv4_checksum(&mut with_options, 14);
-    let cases = vec![
-        ("VXLAN to VTEP:8472", vxlan.clone(), ENGINE),
-        ("VXLAN with IPv4 options", with_options, ENGINE),
-        ("wrong UDP port", mutate(|f| f[37] = 0xb5), XDP_PASS),
-        ("other destination IP", mutate(|f| f[33] = 9), XDP_PASS),
-        ("TCP", mutate(|f| f[23] = 6), XDP_PASS),
-        ("fragment (MF)", mutate(|f| f[20] = 0x20), XDP_PASS),
-        ("non-first fragment", mutate(|f| f[21] = 0x10), XDP_PASS),
-        ("ARP (the host's own)", fixture("arp_request_in"), XDP_PASS),
-        ("IPv6", mutate(|f| f[12..14].copy_from_slice(&[0x86, 0xdd])), XDP_PASS),
-        ("Ethernet header only", vxlan[..14].to_vec(), XDP_PASS),
-        ("IPv4 without UDP header", vxlan[..40].to_vec(), XDP_PASS),
-    ];
+    vec![
+        ("VXLAN to VTEP:8472", vxlan.clone(), true),
+        ("VXLAN with IPv4 options", with_options, true),
+        ("wrong UDP port", mutate(|f| f[37] = 0xb5), false),
+        ("other destination IP", mutate(|f| f[33] = 9), false),
+        ("TCP", mutate(|f| f[23] = 6), false),
+        ("fragment (MF)", mutate(|f| f[20] = 0x20), false),
+        ("non-first fragment", mutate(|f| f[21] = 0x10), false),
+        ("ARP (the host's own)", fixture("arp_request_in"), false),
+        ("IPv6", mutate(|f| f[12..14].copy_from_slice(&[0x86, 0xdd])), false),
+    ]
+}
+
+#[test]
+fn uplink_pinhole_takes_only_vxlan_to_our_vtep() {
+    if !xlane_netlab::privileged("uplink_pinhole_takes_only_vxlan_to_our_vtep") {
+        return;
+    }
+    let vxlan = fixture("decap_udp_in");
+    let mut cases: Vec<_> =
+        uplink_cases().into_iter().map(|(w, f, engine)| (w, f, if engine { ENGINE } else { XDP_PASS })).collect();
+    cases.push(("Ethernet header only", vxlan[..14].to_vec(), XDP_PASS));
+    cases.push(("IPv4 without UDP header", vxlan[..40].to_vec(), XDP_PASS));
     verdicts(|fd| programs::uplink(&uplink_filter(), fd, XDP_DROP), &cases);
     // The production program (miss = PASS) loads and, with no socket, passes everything.
     let pass_all: Vec<_> = cases.into_iter().map(|(w, f, _)| (w, f, XDP_PASS)).collect();
     verdicts(|fd| programs::uplink(&uplink_filter(), fd, XDP_PASS), &pass_all);
+}
+
+/// The uplink pinhole at tcx ingress (an uplink read through a packet tap): VXLAN to
+/// the VTEP is dropped for the host, the rest goes on to it.
+#[test]
+fn tc_uplink_pinhole_leaves_the_host_what_the_engine_does_not_take() {
+    if !xlane_netlab::privileged("tc_uplink_pinhole_leaves_the_host_what_the_engine_does_not_take") {
+        return;
+    }
+    use xlane_xdp::programs::{TC_ACT_OK, TC_ACT_SHOT};
+    let prog =
+        sys::load_tcx_ingress("xlane_test", &programs::tc_uplink(&uplink_filter())).unwrap_or_else(|e| panic!("{e}"));
+    for (what, frame, engine) in uplink_cases() {
+        let got = sys::test_run(prog.as_fd(), &frame).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(got, if engine { TC_ACT_SHOT } else { TC_ACT_OK }, "{what}");
+    }
 }
 
 /// Frames a pod sends, and whether the pod pinhole gives them to the engine.

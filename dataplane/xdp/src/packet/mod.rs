@@ -23,8 +23,11 @@
 mod ring;
 mod rx;
 mod sock;
+mod tap;
 
 pub use sock::FanoutMode;
+pub(crate) use tap::TapDrop;
+pub use tap::UplinkTap;
 
 use crate::programs::PodFilter;
 use arrayvec::ArrayVec;

@@ -9,6 +9,12 @@
 //! stays one skb up to a socket that accepts GRO'd datagrams (`UDP_GRO`), and arrives
 //! in one `recvmsg` with its segment size in a control message.
 //!
+//! The same receiver reads a packet tap on the uplink instead (`xlaned --uplink-rx
+//! packet`, [`UdpReceiver::open_tap`], [`crate::packet::UplinkTap`]): the tap sees each
+//! frame before the kernel's IP and UDP receive, which a tcx program then keeps from
+//! the frame; a super-packet arrives whole there too. What the tap reads is staged as a
+//! socket's messages are and handed out alike.
+//!
 //! Every datagram reaches the pipeline behind a synthesized outer Ethernet/IPv4/UDP
 //! header (source from the message's address, destination the bound VTEP address and
 //! port), so it is decapsulated as a frame from the wire is. The inner checksums are
@@ -30,17 +36,23 @@
 //! The sockets of a node's workers share the port (`SO_REUSEPORT`): the kernel spreads
 //! flows across them by hash, as RSS spreads them across NIC queues.
 
+mod outer;
+mod stats;
+
+pub use stats::{UdpRxStats, UdpRxTotals};
+
+use crate::packet::{TapDrop, UplinkTap};
 use crate::sys::{self, set_socket_buffer, setsockopt_int};
 use arrayvec::ArrayVec;
+use outer::{frame_packet, write_datagram, write_outer};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use xlane_engine::offload::{JUMBO_MAX, Jumbo, OffloadMeta};
 use xlane_engine::port::bump;
 use xlane_engine::{BURST, FrameMemory, Packet};
-use xlane_wire::checksum;
 
 /// Bytes of the outer header written in front of each datagram: Ethernet, IPv4, UDP.
 pub const OUTER: usize = 14 + 20 + 8;
@@ -58,79 +70,17 @@ const STAGE: usize = 65_536 + 4_096;
 /// The socket's receive buffer: a few GRO'd messages per worker in flight.
 const RECEIVE_BUFFER: libc::c_int = 16 << 20;
 
-/// What a receiver did, on one worker. Single writer: relaxed load + store.
-#[derive(Debug, Default)]
-pub struct UdpRxStats {
-    /// Messages read (each one datagram or a GRO'd train of them).
-    pub messages: AtomicU64,
-    /// Datagrams handed to the pipeline.
-    pub datagrams: AtomicU64,
-    /// Messages longer than their staging area (dropped whole).
-    pub truncated: AtomicU64,
-    /// Datagrams dropped for want of a frame in the worker's memory.
-    pub no_buffer: AtomicU64,
-    /// Datagrams too large for a frame, read where no jumbo store was given.
-    pub oversize: AtomicU64,
-    /// Receives the kernel failed (other than "nothing waiting").
-    pub errors: AtomicU64,
-    /// Datagrams handed out where the kernel wrote them (a jumbo slot each): no copy.
-    pub in_place: AtomicU64,
-    /// Datagrams the kernel dropped at the socket since it was made (its receive buffer
-    /// full): `SK_MEMINFO_DROPS`, as of the last [`UdpReceiver::refresh_stats`].
-    pub kernel_dropped: AtomicU64,
-}
-
-impl UdpRxStats {
-    /// The counters as a user reads them: every drop reason summed.
-    #[must_use]
-    pub fn totals(&self) -> UdpRxTotals {
-        let get = |c: &AtomicU64| c.load(Relaxed);
-        UdpRxTotals {
-            messages: get(&self.messages),
-            datagrams: get(&self.datagrams),
-            in_place: get(&self.in_place),
-            dropped: get(&self.truncated) + get(&self.no_buffer) + get(&self.oversize) + get(&self.errors),
-            kernel_dropped: get(&self.kernel_dropped),
-        }
-    }
-}
-
-/// [`UdpRxStats::totals`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UdpRxTotals {
-    /// Messages read.
-    pub messages: u64,
-    /// Datagrams handed to the pipeline.
-    pub datagrams: u64,
-    /// ... of which where the kernel wrote them.
-    pub in_place: u64,
-    /// Datagrams dropped by the receiver, for any reason.
-    pub dropped: u64,
-    /// Datagrams the kernel dropped at the sockets (receive buffers full).
-    pub kernel_dropped: u64,
-}
-
-impl core::iter::Sum for UdpRxTotals {
-    /// A node's totals over its workers' receivers.
-    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
-        iter.fold(Self::default(), |a, t| Self {
-            messages: a.messages + t.messages,
-            datagrams: a.datagrams + t.datagrams,
-            in_place: a.in_place + t.in_place,
-            dropped: a.dropped + t.dropped,
-            kernel_dropped: a.kernel_dropped + t.kernel_dropped,
-        })
-    }
-}
-
 /// One message read and not yet handed out in full (in the staging area of its index).
-#[derive(Debug, Clone, Copy)]
-struct Message {
-    len: usize,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Message {
+    /// Where its payload starts in its staging area.
+    pub(crate) start: usize,
+    /// Bytes of payload.
+    pub(crate) len: usize,
     /// Bytes per datagram (the last may be shorter).
-    segment: usize,
-    src: Ipv4Addr,
-    src_port: u16,
+    pub(crate) segment: usize,
+    pub(crate) src: Ipv4Addr,
+    pub(crate) src_port: u16,
 }
 
 impl Message {
@@ -145,9 +95,23 @@ impl Message {
 #[derive(Clone, Copy)]
 struct Control([u8; 64]);
 
-/// A UDP socket bound to the VTEP's address and VXLAN port that reads GRO'd datagrams.
+/// Where a [`UdpReceiver`] reads.
+#[derive(Debug)]
+enum Source {
+    /// A UDP socket with `UDP_GRO` bound to the VTEP's address and VXLAN port.
+    Socket(OwnedFd),
+    /// A packet tap on the uplink, and beside it a UDP socket as [`Source::Socket`]'s
+    /// that receives nothing (the tcx block drops the traffic after the tap) but makes
+    /// a NIC's GRO merge the datagrams into trains: the kernel merges UDP only for a
+    /// socket that asked (`udp_gro_receive`). Best effort: without it (no such address
+    /// on the node), datagrams arrive one by one.
+    Tap { tap: UplinkTap, gro_anchor: Result<OwnedFd, (&'static str, io::Error)> },
+}
+
+/// The VXLAN datagrams to the VTEP's address and port, read GRO'd: from a UDP socket
+/// bound there, or from a packet tap on the uplink ([`UdpReceiver::open_tap`]).
 pub struct UdpReceiver {
-    sock: OwnedFd,
+    source: Source,
     vtep: Ipv4Addr,
     port: u16,
     /// The uplink's datagram size (its MTU − 28): where a peer of the same MTU cuts its
@@ -203,24 +167,81 @@ impl UdpReceiver {
         mtu: u32,
         stats: Arc<UdpRxStats>,
     ) -> Result<Self, (&'static str, io::Error)> {
-        // SO_REUSEPORT before the bind: the workers' sockets share the port.
-        let sock = sys::udp_socket(ifname, vtep, port, |s| {
-            setsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(|e| ("SO_REUSEPORT", e))?;
-            setsockopt_int(s, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(|e| ("UDP_GRO", e))?;
-            set_socket_buffer(s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECEIVE_BUFFER).map_err(|e| ("SO_RCVBUF", e))
-        })?;
+        let sock = gro_socket(ifname, vtep, port, RECEIVE_BUFFER)?;
         Ok(Self::adopt(sock, vtep, port, mtu, stats))
+    }
+
+    /// A receiver reading a new packet tap on `ifname` (index `ifindex`, of MTU `mtu`)
+    /// in fanout group `group` ([`UplinkTap::open`]), taking VXLAN to `vtep`:`port`,
+    /// counting into `stats`. The host's stack must be kept off that traffic
+    /// ([`HostStackBlock::uplink`](crate::attach::HostStackBlock::uplink)).
+    ///
+    /// # Errors
+    /// [`OpenError`](crate::packet::OpenError) with the failing step.
+    pub fn open_tap(
+        ifname: &str,
+        ifindex: u32,
+        group: u16,
+        (vtep, port): (Ipv4Addr, u16),
+        mtu: u32,
+        stats: Arc<UdpRxStats>,
+    ) -> Result<Self, crate::packet::OpenError> {
+        let tap = UplinkTap::open(ifindex, group, &crate::programs::UplinkFilter { vtep_ip: vtep, vxlan_port: port })?;
+        Ok(Self::with_tap(tap, ifname, (vtep, port), mtu, stats))
+    }
+
+    /// A receiver reading a tap another process opened and handed over
+    /// ([`hand_over`](Self::hand_over)), from where that process stopped.
+    ///
+    /// # Errors
+    /// [`OpenError`](crate::packet::OpenError): the socket has no ring this build reads.
+    pub fn adopt_tap(
+        fd: OwnedFd,
+        ifname: &str,
+        ifindex: u32,
+        (vtep, port): (Ipv4Addr, u16),
+        mtu: u32,
+        stats: Arc<UdpRxStats>,
+    ) -> Result<Self, crate::packet::OpenError> {
+        let tap = UplinkTap::adopt(fd, ifindex)?;
+        Ok(Self::with_tap(tap, ifname, (vtep, port), mtu, stats))
+    }
+
+    fn with_tap(tap: UplinkTap, ifname: &str, (vtep, port): (Ipv4Addr, u16), mtu: u32, stats: Arc<UdpRxStats>) -> Self {
+        // A small buffer: it should never hold anything.
+        let gro_anchor = gro_socket(ifname, vtep, port, 64 << 10);
+        Self::with(Source::Tap { tap, gro_anchor }, vtep, port, mtu, stats)
+    }
+
+    /// Why no UDP socket stands beside its tap to have a NIC's GRO merge datagrams
+    /// ([`open_tap`](Self::open_tap)), if none could be bound.
+    #[must_use]
+    pub fn gro_anchor_error(&self) -> Option<(&'static str, &io::Error)> {
+        match &self.source {
+            Source::Tap { gro_anchor: Err((what, e)), .. } => Some((what, e)),
+            _ => None,
+        }
+    }
+
+    /// Whether it reads a packet tap (else a UDP socket).
+    #[must_use]
+    pub fn reads_tap(&self) -> bool {
+        matches!(self.source, Source::Tap { .. })
     }
 
     /// A receiver on `sock`, a socket [`open`](Self::open) made (in this process or the
     /// one that handed it over: what waits in it is read from here on).
     #[must_use]
     pub fn adopt(sock: OwnedFd, vtep: Ipv4Addr, port: u16, mtu: u32, stats: Arc<UdpRxStats>) -> Self {
+        Self::with(Source::Socket(sock), vtep, port, mtu, stats)
+    }
+
+    fn with(source: Source, vtep: Ipv4Addr, port: u16, mtu: u32, stats: Arc<UdpRxStats>) -> Self {
         // SAFETY: mmsghdr is plain old data; all-zero is valid (null pointers, no iovecs).
         let msg = unsafe { std::mem::zeroed::<libc::mmsghdr>() };
         let iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
         Self {
-            sock,
+            source,
             vtep,
             port,
             // The IPv4 and UDP headers in front of each datagram.
@@ -244,7 +265,10 @@ impl UdpReceiver {
     /// # Errors
     /// The descriptor could not be duplicated.
     pub fn hand_over(&self) -> io::Result<OwnedFd> {
-        self.sock.try_clone()
+        match &self.source {
+            Source::Socket(sock) => sock.try_clone(),
+            Source::Tap { tap, .. } => tap.hand_over(),
+        }
     }
 
     /// Whether datagrams already read wait to be handed out.
@@ -262,10 +286,20 @@ impl UdpReceiver {
     /// Read the kernel's drop count of the socket into the stats
     /// ([`UdpRxStats::kernel_dropped`]); kept as it was if the kernel does not say.
     pub fn refresh_stats(&self) {
+        let sock = match &self.source {
+            Source::Socket(sock) => sock,
+            Source::Tap { tap, .. } => {
+                // The tap's counter restarts at every read.
+                if let Ok(d) = tap.take_drops() {
+                    bump(&self.stats.kernel_dropped, d);
+                }
+                return;
+            }
+        };
         // SO_MEMINFO (asm-generic/socket.h; libc has only its offsets): the socket's
         // memory counters, SK_MEMINFO_DROPS among them.
         const SO_MEMINFO: libc::c_int = 55;
-        let info: io::Result<[u32; 9]> = sys::getsockopt(self.sock.as_raw_fd(), libc::SOL_SOCKET, SO_MEMINFO);
+        let info: io::Result<[u32; 9]> = sys::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_MEMINFO);
         let at = usize::try_from(libc::SK_MEMINFO_DROPS).expect("8");
         if let Ok(info) = info {
             self.stats.kernel_dropped.store(u64::from(info[at]), Relaxed);
@@ -275,7 +309,10 @@ impl UdpReceiver {
     /// The socket (readable when datagrams wait): what a sleeping worker polls.
     #[must_use]
     pub fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+        match &self.source {
+            Source::Socket(sock) => sock.as_raw_fd(),
+            Source::Tap { tap, .. } => tap.fd(),
+        }
     }
 
     /// Hand out up to [`BURST`] datagrams as frames with outer headers: into buffers of
@@ -296,9 +333,15 @@ impl UdpReceiver {
             match jumbo.as_deref_mut() {
                 // Only where the uplink's datagrams need jumbo slots, and a message's
                 // slots fit a burst's.
-                Some(j) if self.datagram > room && j.is_empty() && STAGE.div_ceil(self.datagram) <= BURST => {
+                Some(j)
+                    if self.datagram > room
+                        && j.is_empty()
+                        && STAGE.div_ceil(self.datagram) <= BURST
+                        && !self.reads_tap() =>
+                {
                     return self.receive_scattered(mem, out, j, room);
                 }
+                _ if self.reads_tap() => self.read_tap(),
                 _ => self.read_staged(),
             }
         }
@@ -329,7 +372,7 @@ impl UdpReceiver {
                 // Slots in use are recorded ones (a scattered read hands all of its out in
                 // its own call).
                 let slot = j.len();
-                let payload = &self.staging[m * STAGE + at..][..len];
+                let payload = &self.staging[m * STAGE + self.read[m].start + at..][..len];
                 write_datagram(&mut j.data_mut(slot)[..OUTER + len], &self.read[m], self.vtep, self.port, payload);
                 j.push(slot, frames.len(), OUTER + len, OffloadMeta::default());
             } else {
@@ -342,7 +385,7 @@ impl UdpReceiver {
         let (staging, read, vtep, port) = (&self.staging, &self.read, self.vtep, self.port);
         mem.with_buffers(&bufs, |slices| {
             for (s, &(m, at, len)) in slices.iter_mut().zip(&frames) {
-                let payload = &staging[m * STAGE + at..][..len];
+                let payload = &staging[m * STAGE + read[m].start + at..][..len];
                 write_datagram(&mut s[FRAME_HEAD..FRAME_HEAD + OUTER + len], &read[m], vtep, port, payload);
             }
         });
@@ -407,7 +450,7 @@ impl UdpReceiver {
                     self.staging[area * STAGE + at..][..len]
                         .copy_from_slice(&jumbo.data(first + k)[OUTER..OUTER + len]);
                 }
-                self.read.push(msg);
+                self.read.push(Message { start: 0, ..msg });
             }
         }
         let bufs: ArrayVec<M::Buf, BURST> = small.iter().map(|&(k, _, _)| out[k].buf).collect();
@@ -434,6 +477,30 @@ impl UdpReceiver {
     fn advance(&mut self, len: usize) {
         let (m, at) = self.next;
         self.next = if at + len >= self.read[m].len { (m + 1, 0) } else { (m, at + len) };
+    }
+
+    /// Up to `batch` frames off the tap into the staging areas (dropped ones counted).
+    fn read_tap(&mut self) {
+        self.read.clear();
+        self.next = (0, 0);
+        let Source::Tap { tap, .. } = &mut self.source else { return };
+        let mut frames = 0u64;
+        // Bounded by the batch, dropped frames included: a ring full of bad frames
+        // must not keep the worker here.
+        for _ in 0..self.batch {
+            let area = &mut self.staging[self.read.len() * STAGE..][..STAGE];
+            match tap.read(area) {
+                None => break,
+                Some(Ok(msg)) => self.read.push(msg),
+                Some(Err(TapDrop::Truncated)) => bump(&self.stats.truncated, 1),
+                Some(Err(TapDrop::Malformed)) => bump(&self.stats.malformed, 1),
+            }
+            frames += 1;
+        }
+        bump(&self.stats.messages, frames);
+        if frames > 0 {
+            self.batch = if self.read.iter().all(Message::single) { MESSAGES } else { TRAIN_BATCH };
+        }
     }
 
     /// One `recvmmsg` of `batch` messages into the staging areas.
@@ -480,13 +547,7 @@ impl UdpReceiver {
         // lengths say (staging areas or the caller's jumbo slots, its own name and
         // control buffers), none touched during the call.
         let got = unsafe {
-            libc::recvmmsg(
-                self.sock.as_raw_fd(),
-                self.msgs.as_mut_ptr(),
-                count,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
+            libc::recvmmsg(self.fd(), self.msgs.as_mut_ptr(), count, libc::MSG_DONTWAIT, std::ptr::null_mut())
         };
         let Ok(got) = usize::try_from(got) else {
             let e = io::Error::last_os_error();
@@ -515,6 +576,7 @@ impl UdpReceiver {
         let segment = unsafe { gro_segment(h) }.filter(|&s| s > 0).unwrap_or(len);
         let name = &self.names[m];
         Some(Message {
+            start: 0,
             len,
             segment,
             src: Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
@@ -523,10 +585,20 @@ impl UdpReceiver {
     }
 }
 
-/// A received frame of a `len`-byte datagram behind its outer header.
-fn frame_packet<B>(buf: B, len: usize) -> Packet<B> {
-    #[expect(clippy::cast_possible_truncation, reason = "within a buffer")]
-    Packet { buf, head: FRAME_HEAD as u32, len: (OUTER + len) as u32 }
+/// A non-blocking UDP socket on `ifname` bound to `vtep`:`port` with `UDP_GRO`, sharing
+/// the port with the other workers' (`SO_REUSEPORT`), with a receive buffer of `buffer`.
+fn gro_socket(
+    ifname: &str,
+    vtep: Ipv4Addr,
+    port: u16,
+    buffer: libc::c_int,
+) -> Result<OwnedFd, (&'static str, io::Error)> {
+    // SO_REUSEPORT before the bind: the workers' sockets share the port.
+    sys::udp_socket(ifname, vtep, port, |s| {
+        setsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(|e| ("SO_REUSEPORT", e))?;
+        setsockopt_int(s, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(|e| ("UDP_GRO", e))?;
+        set_socket_buffer(s, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, buffer).map_err(|e| ("SO_RCVBUF", e))
+    })
 }
 
 /// The `UDP_GRO` segment size among a received message's control messages.
@@ -548,42 +620,6 @@ unsafe fn gro_segment(h: &libc::msghdr) -> Option<usize> {
         }
     }
     None
-}
-
-/// Write `payload` (a datagram of `msg`) into `out` behind its outer header
-/// ([`write_outer`]); `out` is exactly [`OUTER`] + its length.
-fn write_datagram(out: &mut [u8], msg: &Message, vtep: Ipv4Addr, port: u16, payload: &[u8]) {
-    let (outer, body) = out.split_at_mut(OUTER);
-    write_outer(outer, msg, vtep, port, payload.len());
-    body.copy_from_slice(payload);
-}
-
-/// Write the outer header of a datagram of `len` bytes from `msg`'s sender to
-/// `vtep`:`port` into `out` ([`OUTER`] bytes): what the wire carried, but for the MACs
-/// (zero: the pipeline does not read them) and the UDP checksum (0: not verified).
-fn write_outer(out: &mut [u8], msg: &Message, vtep: Ipv4Addr, port: u16, len: usize) {
-    out[..12].fill(0);
-    out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut out[14..34];
-    #[expect(clippy::cast_possible_truncation, reason = "a datagram is below 64 KiB")]
-    let total = (20 + 8 + len) as u16;
-    ip[0] = 0x45;
-    ip[1] = 0;
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[4..6].fill(0);
-    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[10..12].fill(0);
-    ip[12..16].copy_from_slice(&msg.src.octets());
-    ip[16..20].copy_from_slice(&vtep.octets());
-    let c = !checksum::sum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let udp = &mut out[34..42];
-    udp[0..2].copy_from_slice(&msg.src_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&port.to_be_bytes());
-    udp[4..6].copy_from_slice(&(total - 20).to_be_bytes());
-    udp[6..8].fill(0);
 }
 
 #[cfg(test)]
@@ -702,20 +738,5 @@ mod tests {
         }
         assert!(kept > 0 && dropped > 0, "kept {kept}, dropped {dropped}");
         assert_eq!(kept + dropped, sent, "every datagram kept or counted dropped");
-    }
-
-    #[test]
-    fn the_outer_header_is_what_the_wire_carried() {
-        let msg = Message { len: 100, segment: 100, src: Ipv4Addr::new(10, 0, 0, 2), src_port: 40_000 };
-        let mut f = [0xaa; OUTER + 100];
-        write_outer(&mut f[..OUTER], &msg, Ipv4Addr::new(10, 0, 0, 1), 4789, 100);
-        let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
-        assert!(ip.verify_checksum());
-        assert_eq!((ip.src_addr(), ip.dst_addr()), (msg.src, Ipv4Addr::new(10, 0, 0, 1)));
-        assert_eq!(usize::from(ip.total_len()), 20 + 8 + 100);
-        assert!(ip.dont_frag() && !ip.more_frags() && ip.frag_offset() == 0);
-        let udp = UdpPacket::new_checked(ip.payload()).unwrap();
-        assert_eq!((udp.src_port(), udp.dst_port(), udp.len()), (40_000, 4789, 108));
-        assert_eq!(&f[12..14], &[0x08, 0x00]);
     }
 }
