@@ -292,7 +292,8 @@ pub struct UdpGsoInfo {
     pub failed: u64,
 }
 
-/// An uplink's UDP GRO sockets: VXLAN datagrams received through the host's stack.
+/// An uplink's datagram receivers: VXLAN datagrams received through the host's UDP GRO
+/// sockets, or off packet taps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UdpRxInfo {
     /// Messages read (one datagram each, or a GRO'd train of them).
@@ -310,6 +311,10 @@ pub struct UdpRxInfo {
     /// each socket was made; 0 from an older xlaned).
     #[serde(default)]
     pub kernel_dropped: u64,
+    /// Read off packet taps (`--uplink-rx packet`), not UDP sockets (false from an
+    /// older xlaned).
+    #[serde(default)]
+    pub tap: bool,
 }
 
 /// The AF_PACKET side of a port (a pod whose veth keeps its offloads).

@@ -178,14 +178,14 @@ fn a_tap_handed_over_loses_and_repeats_nothing() {
         node.enter(|| UdpReceiver::open_tap("up0", ifindex, 7, at, 9000, Arc::clone(&stats))).unwrap().unwrap();
     let tx = peer.enter(|| UdpSocket::bind((PEER, 40_000))).unwrap().unwrap();
     let mut mem = MemFrames::default();
-    // 700 through first, so that the handover falls where the ring wraps.
-    for k in 0..700 {
+    // 7900 through first, so that the handover falls where the ring (8192 slots) wraps.
+    for k in 0..7900 {
         send(&tx, k, 64, 1, 64);
-        if k % 200 == 199 {
-            assert_eq!(receive(&mut first, &mut mem, 200).len(), 200);
+        if k % 500 == 499 {
+            assert_eq!(receive(&mut first, &mut mem, 500).len(), 500);
         }
     }
-    assert_eq!(receive(&mut first, &mut mem, 100).len(), 100);
+    assert_eq!(receive(&mut first, &mut mem, 400).len(), 400);
     let mut expected = Vec::new();
     for k in 0..600 {
         expected.extend(send(&tx, k, 64, 1, 64));

@@ -49,7 +49,7 @@ pub enum UplinkUmemArg {
 #[serde(rename_all = "kebab-case")]
 pub enum UplinkRxArg {
     /// `xdp` where the uplink's driver offers AF_XDP zero-copy (and `--bind-mode` allows
-    /// it), `udp` everywhere else: decided at start-up from the driver's XDP features.
+    /// it), `packet` everywhere else: decided at start-up from the driver's XDP features.
     Auto,
     /// The pinhole XDP program steers it to AF_XDP sockets (zero-copy where the NIC
     /// offers it).
@@ -59,6 +59,42 @@ pub enum UplinkRxArg {
     /// program makes the kernel cut GSO packets first, and copy-mode AF_XDP pays a
     /// copy per datagram).
     Udp,
+    /// No XDP program on the uplink: a packet tap per worker reads it (AF_PACKET with a
+    /// receive ring, a peer's GSO send arriving whole, as with `udp`), and a tcx program
+    /// keeps it from the host's stack, which `udp` runs every datagram through.
+    Packet,
+}
+
+/// How the uplink's VXLAN traffic is received, as decided at start-up
+/// ([`UplinkRxArg::resolve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UplinkRx {
+    /// The pinhole XDP program and AF_XDP sockets.
+    #[default]
+    Xdp,
+    /// UDP GRO sockets.
+    Udp,
+    /// Packet taps.
+    Packet,
+}
+
+impl UplinkRx {
+    /// No XDP program on the uplink: a datagram receiver per worker reads its VXLAN
+    /// (the uplink's AF_XDP sockets only transmit).
+    #[must_use]
+    pub fn without_program(self) -> bool {
+        self != Self::Xdp
+    }
+
+    /// What reads the uplink, for a log line or an error.
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Xdp => "its XDP program and AF_XDP sockets",
+            Self::Udp => "UDP GRO sockets",
+            Self::Packet => "packet taps",
+        }
+    }
 }
 
 /// AF_XDP transmit checksum requests (`XDP_TXMD_FLAGS_CHECKSUM`).
@@ -99,21 +135,23 @@ impl XskTxChecksumArg {
 }
 
 impl UplinkRxArg {
-    /// Whether the uplink is read through UDP sockets. For `auto`, `zero_copy` asks
-    /// the uplink's driver (netdev XDP features); where it cannot say, the UDP path,
-    /// which works on every driver.
-    pub fn reads_udp(self, bind: BindArg, zero_copy: impl FnOnce() -> std::io::Result<bool>) -> bool {
+    /// How the uplink is read. For `auto`, `zero_copy` asks the uplink's driver (netdev
+    /// XDP features); where it cannot say, through packet taps, which work on every
+    /// driver.
+    pub fn resolve(self, bind: BindArg, zero_copy: impl FnOnce() -> std::io::Result<bool>) -> UplinkRx {
         match (self, bind) {
-            (Self::Udp, _) => true,
-            (Self::Xdp, _) | (Self::Auto, BindArg::ZeroCopy) => false,
+            (Self::Udp, _) => UplinkRx::Udp,
+            (Self::Packet, _) => UplinkRx::Packet,
+            (Self::Xdp, _) | (Self::Auto, BindArg::ZeroCopy) => UplinkRx::Xdp,
             // Copy mode pays a copy per datagram in AF_XDP too, and the program
             // on the uplink costs its GSO packets: nothing left to win.
-            (Self::Auto, BindArg::Copy) => true,
+            (Self::Auto, BindArg::Copy) => UplinkRx::Packet,
             (Self::Auto, BindArg::Auto) => match zero_copy() {
-                Ok(zc) => !zc,
+                Ok(true) => UplinkRx::Xdp,
+                Ok(false) => UplinkRx::Packet,
                 Err(e) => {
-                    tracing::warn!(error = %e, "the uplink's XDP features: reading it through UDP sockets");
-                    true
+                    tracing::warn!(error = %e, "the uplink's XDP features: reading it through packet taps");
+                    UplinkRx::Packet
                 }
             },
         }
@@ -200,8 +238,9 @@ pub struct Args {
     #[arg(long, env = "XLANE_XSK_TX_CHECKSUM", value_enum)]
     pub xsk_tx_checksum: Option<XskTxChecksumArg>,
     /// How the uplink's VXLAN traffic is received: "xdp" (the pinhole program and
-    /// AF_XDP), "udp" (UDP GRO sockets, no XDP program on the uplink) or "auto" (xdp
-    /// where the uplink's driver offers AF_XDP zero-copy, udp elsewhere) [default: auto].
+    /// AF_XDP), "packet" (packet taps and a tcx pinhole, no XDP program on the uplink),
+    /// "udp" (UDP GRO sockets, no XDP program) or "auto" (xdp where the uplink's driver
+    /// offers AF_XDP zero-copy, packet elsewhere) [default: auto].
     #[arg(long, env = "XLANE_UPLINK_RX", value_enum)]
     pub uplink_rx: Option<UplinkRxArg>,
     /// Take over from the xlaned running with the same runtime directory without
@@ -381,15 +420,17 @@ mod tests {
     }
 
     #[test]
-    fn the_uplink_is_read_through_udp_unless_its_driver_offers_zero_copy() {
-        use UplinkRxArg::{Auto, Udp, Xdp};
-        let c = |rx: UplinkRxArg, bind, zc: std::io::Result<bool>| rx.reads_udp(bind, || zc);
-        assert!(c(Auto, BindArg::Auto, Ok(false)), "veth, virtio-net");
-        assert!(!c(Auto, BindArg::Auto, Ok(true)), "a zero-copy NIC");
-        assert!(c(Auto, BindArg::Auto, Err(std::io::Error::other("no netdev family"))));
-        assert!(c(Auto, BindArg::Copy, Ok(true)), "copy mode asked for");
-        assert!(!c(Auto, BindArg::ZeroCopy, Ok(false)), "zero-copy asked for");
-        assert!(!c(Xdp, BindArg::Auto, Ok(false)) && c(Udp, BindArg::Auto, Ok(true)), "asked for");
+    fn the_uplink_is_read_through_taps_unless_its_driver_offers_zero_copy() {
+        use UplinkRxArg::{Auto, Packet, Udp, Xdp};
+        let c = |rx: UplinkRxArg, bind, zc: std::io::Result<bool>| rx.resolve(bind, || zc);
+        assert_eq!(c(Auto, BindArg::Auto, Ok(false)), UplinkRx::Packet, "veth, virtio-net");
+        assert_eq!(c(Auto, BindArg::Auto, Ok(true)), UplinkRx::Xdp, "a zero-copy NIC");
+        assert_eq!(c(Auto, BindArg::Auto, Err(std::io::Error::other("no netdev family"))), UplinkRx::Packet);
+        assert_eq!(c(Auto, BindArg::Copy, Ok(true)), UplinkRx::Packet, "copy mode asked for");
+        assert_eq!(c(Auto, BindArg::ZeroCopy, Ok(false)), UplinkRx::Xdp, "zero-copy asked for");
+        assert_eq!(c(Xdp, BindArg::Auto, Ok(false)), UplinkRx::Xdp, "asked for");
+        assert_eq!(c(Udp, BindArg::Auto, Ok(true)), UplinkRx::Udp, "asked for");
+        assert_eq!(c(Packet, BindArg::ZeroCopy, Ok(true)), UplinkRx::Packet, "asked for");
         let args = Args { uplink: Some("eth0".into()), ..Args::default() };
         assert_eq!(Config::resolve(args).unwrap().uplink_rx, Auto, "the default");
     }

@@ -33,16 +33,12 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
     // Decided before a handover, whose offer must say the same.
-    let uplink_rx_udp = cfg.uplink_rx.reads_udp(cfg.bind_mode, || uplink_zero_copy(&cfg.uplink));
-    tracing::info!(
-        uplink = %cfg.uplink,
-        through = if uplink_rx_udp { "UDP GRO sockets" } else { "its XDP program and AF_XDP sockets" },
-        "reading the uplink's VXLAN traffic"
-    );
+    let uplink_rx = cfg.uplink_rx.resolve(cfg.bind_mode, || uplink_zero_copy(&cfg.uplink));
+    tracing::info!(uplink = %cfg.uplink, through = uplink_rx.describe(), "reading the uplink's VXLAN traffic");
     // Taking over: the old xlaned's objects and state, once it has exited (or, where it
     // could not hand over, once it has shut down: then a cold start).
     let (inherited, lock) = if cfg.takeover {
-        handover::take_over(&cfg.socket, cfg.workers, uplink_rx_udp, cfg.handover_version)
+        handover::take_over(&cfg.socket, cfg.workers, uplink_rx, cfg.handover_version)
             .map_err(|e| anyhow::anyhow!("taking over from the running xlaned: {e}"))?
     } else {
         let lock = NodeLock::try_acquire(&cfg.socket)?.ok_or_else(|| {
@@ -127,14 +123,12 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         },
         uplink_udp_gso: cfg.uplink_udp_gso,
         xsk_tx_checksum: cfg.xsk_tx_checksum,
-        uplink_rx_udp,
+        uplink_rx,
         uplink_umem,
     };
     // Two pods' sockets ready ahead.
-    let host = host::System::new(xdp, bind)?
-        .with_pool(pool)
-        .with_udp_uplink(uplink_rx_udp)
-        .with_ready_sockets(2 * cfg.workers)?;
+    let host =
+        host::System::new(xdp, bind)?.with_pool(pool).with_uplink_rx(uplink_rx).with_ready_sockets(2 * cfg.workers)?;
     let mut st = state::State::new(control, host, fib, workers, Arc::clone(&metric_ports), Arc::new(|| {}))?;
     if !ops.is_empty() {
         // Each request takes the inherited objects on its path; frames arriving

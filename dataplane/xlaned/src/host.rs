@@ -6,6 +6,7 @@
 //! tests run the same [`State`](crate::state::State) on a fake with in-memory ports, so
 //! every request path is tested without privileges.
 
+use crate::config::UplinkRx;
 use crate::handover::Pool;
 use crate::hostport::HostPortSpec;
 use crate::ready_sockets::ReadySockets;
@@ -74,13 +75,16 @@ pub struct UdpRxSpec {
     pub mtu: u32,
     /// The socket a predecessor received through (a handover), else a new one is opened.
     pub inherited: Option<std::os::fd::OwnedFd>,
+    /// Read through a packet tap on the uplink (this index), not a UDP socket.
+    pub tap: Option<u32>,
 }
 
 impl UdpRxSpec {
-    /// Reading `vtep`:`port` of an uplink of MTU `mtu`, counting from zero.
+    /// Reading `vtep`:`port` of an uplink of MTU `mtu` through a UDP socket, or with
+    /// `tap` through a packet tap on that interface index, counting from zero.
     #[must_use]
-    pub fn new(vtep: std::net::Ipv4Addr, port: u16, mtu: u32) -> Self {
-        Self { vtep, port, stats: Arc::default(), mtu, inherited: None }
+    pub fn new(vtep: std::net::Ipv4Addr, port: u16, mtu: u32, tap: Option<u32>) -> Self {
+        Self { vtep, port, stats: Arc::default(), mtu, inherited: None, tap }
     }
 }
 
@@ -261,9 +265,9 @@ pub struct System {
     nl: Netlink,
     xdp: ModePreference,
     bind: BindMode,
-    /// The uplink's program is loaded, never attached: it receives through UDP GRO
-    /// sockets (`--uplink-rx udp`).
-    uplink_rx_udp: bool,
+    /// How the uplink is read: without XDP (`--uplink-rx udp` or `packet`) its program
+    /// is loaded, never attached.
+    uplink_rx: UplinkRx,
     /// What a hitless restart inherited and the replayed requests have yet to take.
     pool: std::sync::Mutex<Pool>,
     /// Pod sockets made ahead ([`with_ready_sockets`](Self::with_ready_sockets)).
@@ -281,7 +285,7 @@ impl System {
             nl: Netlink::new()?,
             xdp,
             bind,
-            uplink_rx_udp: false,
+            uplink_rx: UplinkRx::Xdp,
             pool: std::sync::Mutex::default(),
             ready: None,
         })
@@ -297,11 +301,12 @@ impl System {
         Ok(Self { ready: Some(ReadySockets::start(stock)?), ..self })
     }
 
-    /// Leave the uplink without an XDP program (its traffic read through UDP GRO
-    /// sockets): its program is loaded for its XSKMAP, never attached.
+    /// Read the uplink as `rx` says: without XDP its program is loaded for its XSKMAP,
+    /// never attached, and for packet taps a tcx program keeps its VXLAN from the
+    /// host's stack.
     #[must_use]
-    pub fn with_udp_uplink(self, on: bool) -> Self {
-        Self { uplink_rx_udp: on, ..self }
+    pub fn with_uplink_rx(self, rx: UplinkRx) -> Self {
+        Self { uplink_rx: rx, ..self }
     }
 
     /// Take the objects of `pool` (inherited from the xlaned this one took over from)
@@ -331,13 +336,25 @@ impl Host for System {
     }
 
     fn attach(&mut self, link: &Link, name: &str, queues: u32, program: Program) -> Result<XdpAttachment, String> {
-        if let Some(h) = self.pool().attachment(link.ifindex) {
-            return Ok(XdpAttachment::take_over(h));
+        let uplink = match program {
+            Program::Uplink(f) => Some(f),
+            Program::Pod(_) => None,
+        };
+        let mut attachment = if let Some(h) = self.pool().attachment(link.ifindex) {
+            XdpAttachment::take_over(h)
+        } else if uplink.is_some() && self.uplink_rx.without_program() {
+            XdpAttachment::load(link.ifindex, name, queues, program).map_err(|e| e.to_string())?
+        } else {
+            XdpAttachment::attach(link.ifindex, name, queues, program, self.xdp).map_err(|e| e.to_string())?
+        };
+        if let Some(f) = uplink.filter(|_| self.uplink_rx == UplinkRx::Packet) {
+            // Taken over too: the predecessor's block stays until it exits, so the two
+            // overlap.
+            attachment
+                .block_host_vxlan(&f)
+                .map_err(|e| format!("{e} (the uplink is read through packet taps; --uplink-rx udp needs no tcx)"))?;
         }
-        if self.uplink_rx_udp && matches!(program, Program::Uplink(_)) {
-            return XdpAttachment::load(link.ifindex, name, queues, program).map_err(|e| e.to_string());
-        }
-        XdpAttachment::attach(link.ifindex, name, queues, program, self.xdp).map_err(|e| e.to_string())
+        Ok(attachment)
     }
 
     fn xdp_features(&mut self, link: &Link) -> Option<XdpFeatures> {
@@ -665,36 +682,17 @@ fn add_xdp_ports(
         }
     }
     if let (Some(rx), Some(first)) = (spec.udp_rx, opened.first_mut()) {
-        let receiver = match rx.inherited {
-            Some(sock) => {
-                tracing::info!(uplink = %spec.ifname, "UDP receive socket taken over from the previous xlaned");
-                Ok(UdpReceiver::adopt(sock, rx.vtep, rx.port, rx.mtu, rx.stats))
-            }
-            None => UdpReceiver::open(&spec.ifname, rx.vtep, rx.port, rx.mtu, rx.stats),
+        let receiver = match rx.tap {
+            Some(ifindex) => open_tap(&spec.ifname, spec.worker, ifindex, rx),
+            None => open_udp_receiver(&spec.ifname, rx),
         };
         match receiver {
             Ok(receiver) => first.set_udp_receiver(receiver),
-            Err((what, e)) => {
+            Err(e) => {
                 for p in opened {
                     p.close(d.mem_mut());
                 }
-                let remedy = match e.raw_os_error() {
-                    // Only a local address receives: XDP steers by address, the
-                    // kernel's sockets by route.
-                    Some(libc::EADDRNOTAVAIL) => {
-                        " (the VTEP must be an address of this node for the uplink to be read through UDP \
-                         sockets, the default without AF_XDP zero-copy: add it, or use --uplink-rx xdp)"
-                    }
-                    Some(libc::EADDRINUSE) => {
-                        " (another socket holds the VXLAN port, such as a kernel VXLAN device: remove it, \
-                         or use --uplink-rx xdp, whose program takes the traffic before the kernel)"
-                    }
-                    _ => "",
-                };
-                return Err(format!(
-                    "{}: UDP receive socket on {}:{}: {what}: {e}{remedy}",
-                    spec.ifname, rx.vtep, rx.port
-                ));
+                return Err(e);
             }
         }
     }
@@ -702,4 +700,55 @@ fn add_xdp_ports(
         d.add_port(NodePort::Xdp(p));
     }
     Ok(Bound { zero_copy, own_umem, tx_checksum })
+}
+
+/// The uplink's receiver on a worker reading its VXLAN through a packet tap: the one a
+/// predecessor handed over, else a new one.
+fn open_tap(ifname: &str, worker: usize, ifindex: u32, rx: UdpRxSpec) -> Result<UdpReceiver, String> {
+    let at = (rx.vtep, rx.port);
+    let receiver = match rx.inherited {
+        Some(fd) => {
+            tracing::info!(uplink = %ifname, "packet tap taken over from the previous xlaned");
+            UdpReceiver::adopt_tap(fd, ifname, ifindex, at, rx.mtu, rx.stats)
+        }
+        // One fanout group per interface: its index's low 16 bits, as for pods.
+        #[expect(clippy::cast_possible_truncation, reason = "a group id is 16 bits; the index names the interface")]
+        None => UdpReceiver::open_tap(ifname, ifindex, ifindex as u16, at, rx.mtu, rx.stats),
+    }
+    .map_err(|e| format!("{ifname}: {e}"))?;
+    if let Some((what, e)) = receiver.gro_anchor_error().filter(|_| worker == 0) {
+        tracing::warn!(
+            uplink = %ifname,
+            "no UDP socket on {}:{} beside the packet taps ({what}: {e}): a NIC's GRO will not merge the \
+             uplink's datagrams into trains",
+            rx.vtep,
+            rx.port
+        );
+    }
+    Ok(receiver)
+}
+
+/// The uplink's receiver on a worker reading its VXLAN through a UDP GRO socket: the
+/// one a predecessor handed over, else a new one.
+fn open_udp_receiver(ifname: &str, rx: UdpRxSpec) -> Result<UdpReceiver, String> {
+    if let Some(sock) = rx.inherited {
+        tracing::info!(uplink = %ifname, "UDP receive socket taken over from the previous xlaned");
+        return Ok(UdpReceiver::adopt(sock, rx.vtep, rx.port, rx.mtu, rx.stats));
+    }
+    UdpReceiver::open(ifname, rx.vtep, rx.port, rx.mtu, rx.stats).map_err(|(what, e)| {
+        let remedy = match e.raw_os_error() {
+            // Only a local address receives: XDP steers by address, the kernel's
+            // sockets by route.
+            Some(libc::EADDRNOTAVAIL) => {
+                " (the VTEP must be an address of this node for the uplink to be read through UDP sockets: \
+                 add it, or use --uplink-rx packet or xdp)"
+            }
+            Some(libc::EADDRINUSE) => {
+                " (another socket holds the VXLAN port, such as a kernel VXLAN device: remove it, or use \
+                 --uplink-rx packet or xdp, which take the traffic before the kernel)"
+            }
+            _ => "",
+        };
+        format!("{ifname}: UDP receive socket on {}:{}: {what}: {e}{remedy}", rx.vtep, rx.port)
+    })
 }

@@ -21,7 +21,7 @@ impl<A> Port<A> {
         let kernel = |f: fn(&xlane_xdp::xsk::SocketStats) -> u64| self.kernel().iter().map(|k| f(&k.get())).sum();
         let (mut packet, mut udp_gso_info, mut udp_rx_info, mut umem) = (None, None, None, None);
         let (queues, xdp_mode, zero_copy, vhost_user) = match &self.kind {
-            PortKind::Xdp { attach, queues, zero_copy, own_umem, tx_checksum, udp_gso, udp_rx, .. } => {
+            PortKind::Xdp { attach, queues, zero_copy, own_umem, tx_checksum, udp_gso, udp_rx, udp_rx_tap, .. } => {
                 let copied_in = self.counters.iter().map(|c| c.tx_copied.load(Relaxed)).sum();
                 let partial_csum = self.counters.iter().map(|c| c.tx_partial_csum.load(Relaxed)).sum();
                 let tx_checksum = (*tx_checksum != TxChecksum::Off).then(|| format!("{tx_checksum:?}").to_lowercase());
@@ -43,6 +43,7 @@ impl<A> Port<A> {
                         in_place: t.in_place,
                         dropped: t.dropped,
                         kernel_dropped: t.kernel_dropped,
+                        tap: *udp_rx_tap,
                     }
                 });
                 (*queues, H::xdp_mode(attach), *zero_copy, None)

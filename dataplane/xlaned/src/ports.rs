@@ -10,6 +10,7 @@
 //! first, then the workers close it; its id is not reused until they have. The uplink
 //! and host port are opened at start-up and wait for the workers.
 
+use crate::config::UplinkRx;
 use crate::host::{Bound, Hold, Host, OpenJob, OpenSpec, OpenStep, PacketSpec, Placement, UdpRxSpec};
 use crate::state::{Failure, State, Ticket, failed, invalid};
 use crate::worker::WorkerHandle;
@@ -75,8 +76,11 @@ pub(crate) enum PortKind<A> {
         kernel: Vec<Arc<KernelStats>>,
         /// The uplink's UDP GSO senders' counters, one per worker (none elsewhere).
         udp_gso: Vec<Arc<UdpGsoStats>>,
-        /// The uplink's UDP GRO receivers' counters, one per worker (`--uplink-rx udp`).
+        /// The uplink's datagram receivers' counters, one per worker (`--uplink-rx udp`
+        /// or `packet`).
         udp_rx: Vec<Arc<UdpRxStats>>,
+        /// They read packet taps (`--uplink-rx packet`), not UDP sockets.
+        udp_rx_tap: bool,
     },
     /// A vhost-user-net backend on a unix socket (a VM-based pod). Dropping it cuts the
     /// frontend off and removes the socket.
@@ -199,11 +203,13 @@ impl<H: Host> State<H> {
         let per_worker = self.spread(&queues);
         let name = format!("xlane_{}", role.name());
         let max_queue = queues.iter().max().copied().unwrap_or(0) + 1;
-        // No program on the uplink (`--uplink-rx udp`): a UDP GRO socket per worker reads it.
+        // No program on the uplink (`--uplink-rx packet` or `udp`): a packet tap or UDP
+        // GRO socket per worker reads it.
         let udp_rx_at = match &program {
-            Program::Uplink(f) if self.cfg.uplink_rx_udp => Some((f.vtep_ip, f.vxlan_port)),
+            Program::Uplink(f) if self.cfg.uplink_rx.without_program() => Some((f.vtep_ip, f.vxlan_port)),
             _ => None,
         };
+        let tap = (self.cfg.uplink_rx == UplinkRx::Packet).then_some(link.ifindex);
         let attach = Arc::new(self.host.attach(&link, &name, max_queue, program).map_err(failed)?);
         let features = if role == Role::Uplink { self.host.xdp_features(&link) } else { None };
         if let Some(f) = features {
@@ -241,7 +247,7 @@ impl<H: Host> State<H> {
                 udp_gso: (role == Role::Uplink && self.cfg.uplink_udp_gso && !transmits_only).then(Arc::default),
                 udp_rx: udp_rx_at
                     .filter(|_| !transmits_only)
-                    .map(|(vtep, port)| UdpRxSpec::new(vtep, port, self.uplink.mtu)),
+                    .map(|(vtep, port)| UdpRxSpec::new(vtep, port, self.uplink.mtu, tap)),
                 placement: if role == Role::Uplink { self.cfg.uplink_umem } else { Placement::Shared },
                 own_tx_checksum,
             };
@@ -262,6 +268,7 @@ impl<H: Host> State<H> {
             kernel,
             udp_gso,
             udp_rx,
+            udp_rx_tap: tap.is_some(),
         };
         Ok(Opening { kind, counters, queues, abandon })
     }

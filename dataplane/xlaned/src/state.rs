@@ -65,8 +65,8 @@ pub struct ControlConfig {
     pub uplink_udp_gso: bool,
     /// AF_XDP transmit checksum requests (`--xsk-tx-checksum`).
     pub xsk_tx_checksum: crate::config::XskTxChecksumArg,
-    /// The uplink is read through UDP GRO sockets, with no XDP program on it.
-    pub uplink_rx_udp: bool,
+    /// How the uplink's VXLAN is read.
+    pub uplink_rx: crate::config::UplinkRx,
     /// Which UMEM the uplink's sockets go in on each worker.
     pub uplink_umem: crate::host::Placement,
 }

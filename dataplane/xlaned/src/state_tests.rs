@@ -148,7 +148,7 @@ fn control_config(runtime_dir: &std::path::Path) -> ControlConfig {
         pod_fill: 64,
         uplink_udp_gso: true,
         xsk_tx_checksum: crate::config::XskTxChecksumArg::Auto,
-        uplink_rx_udp: false,
+        uplink_rx: crate::config::UplinkRx::Xdp,
         uplink_umem: crate::host::Placement::OwnIfZeroCopy,
         busy_poll: false,
         runtime_dir: runtime_dir.to_owned(),

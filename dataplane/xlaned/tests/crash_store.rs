@@ -27,7 +27,7 @@ fn logged(log: &str, what: &str, key: &str) -> Option<u64> {
 
 #[test]
 fn a_crash_under_the_supervisor_keeps_the_pods_objects_and_forwarding_comes_back() {
-    // A veth uplink is read through UDP sockets by default: its program is kept
+    // A veth uplink is read through packet taps by default: its program is kept
     // loaded, not linked.
     crash_and_recover(
         "a_crash_under_the_supervisor_keeps_the_pods_objects_and_forwarding_comes_back",

@@ -24,7 +24,16 @@ fn drops(c: &Counters) -> BTreeMap<String, u64> {
 
 #[test]
 fn pods_nodes_and_the_pinhole() {
-    pods_nodes_and_the_pinhole_in(Layout::UdpUplink, "pods_nodes_and_the_pinhole", "xe-basic");
+    pods_nodes_and_the_pinhole_in(Layout::TapUplink, "pods_nodes_and_the_pinhole", "xe-basic");
+}
+
+#[test]
+fn pods_nodes_and_the_pinhole_with_the_uplink_read_through_udp_sockets() {
+    pods_nodes_and_the_pinhole_in(
+        Layout::UdpUplink,
+        "pods_nodes_and_the_pinhole_with_the_uplink_read_through_udp_sockets",
+        "xe-budp",
+    );
 }
 
 #[test]

@@ -80,10 +80,15 @@ fn handovers_under_load(test: &str, prefix: &str, veth_io: VethIo, rounds: usize
     let Some((_serial, mut c)) = setup_io(test, prefix, 1, flags, veth_io) else { return };
     let (a, b, far) = (&c.lab.pods[0], &c.lab.pods[1], &c.lab.pods[2]);
     let node0 = &c.lab.nodes[0].ns;
-    // A veth uplink has no zero-copy: read through UDP sockets unless told otherwise.
-    let uplink_udp = !flags.windows(2).any(|f| f == ["--uplink-rx", "xdp"]);
+    // A veth uplink has no zero-copy: read through packet taps unless told otherwise.
+    let rx_flag = flags.windows(2).find(|f| f[0] == "--uplink-rx").map_or("packet", |f| f[1]);
+    let taken_over = match rx_flag {
+        "packet" => Some("packet tap taken over"),
+        "udp" => Some("UDP receive socket taken over"),
+        _ => None,
+    };
     let prog = xdp_prog_id(node0, "eth0");
-    assert_eq!(prog.is_some(), !uplink_udp, "an XDP program on the uplink unless it is read through UDP sockets");
+    assert_eq!(prog.is_some(), taken_over.is_none(), "an XDP program on the uplink unless it is read without");
 
     // Pings 2 ms apart for longer than the handovers take (checked below); ping waits
     // for the last replies.
@@ -104,8 +109,8 @@ fn handovers_under_load(test: &str, prefix: &str, veth_io: VethIo, rounds: usize
     for round in 0..rounds {
         let old_log = d.take_over(node0, &[]);
         assert!(old_log.contains("handed over to the new xlaned"), "round {round}:\n{old_log}");
-        if uplink_udp {
-            assert!(d.log().contains("UDP receive socket taken over"), "round {round}:\n{}", d.log());
+        if let Some(what) = taken_over {
+            assert!(d.log().contains(what), "round {round}:\n{}", d.log());
         }
         footprint.push(d.fds_and_rss());
     }
@@ -128,9 +133,9 @@ fn handovers_under_load(test: &str, prefix: &str, veth_io: VethIo, rounds: usize
     let Reply::Endpoints { endpoints } = d.ok(Op::Dump { table: xlane_api::Table::Endpoints }) else { panic!() };
     assert_eq!(endpoints.iter().filter(|p| p.role == "pod").count(), 2, "{endpoints:?}");
     common::ping(&a.ns, far.ip).unwrap();
-    if uplink_udp {
+    if taken_over.is_some() {
         let Reply::Ports { ports } = d.ok(Op::Dump { table: xlane_api::Table::Ports }) else { panic!() };
-        let rx = ports.iter().find(|p| p.role == "uplink").and_then(|p| p.udp_rx).expect("UDP receive counters");
+        let rx = ports.iter().find(|p| p.role == "uplink").and_then(|p| p.udp_rx).expect("receive counters");
         assert!(rx.datagrams > 0 && rx.dropped == 0, "the last successor reads the uplink: {rx:?}");
     }
     eprintln!(
@@ -161,15 +166,24 @@ fn af_packet_pods_lose_nothing_over_handovers() {
     );
 }
 
-/// The uplink read through UDP GRO sockets (no XDP program on it; the default on a veth
-/// uplink): each successor inherits the sockets, with what waits in them.
+/// The uplink read through packet taps (no XDP program on it; the default on a veth
+/// uplink): each successor inherits the taps, with what waits in their rings, and puts
+/// its own tcx block beside its predecessor's before that one exits.
+#[test]
+fn an_uplink_read_through_packet_taps_loses_nothing_over_handovers() {
+    let test = "an_uplink_read_through_packet_taps_loses_nothing_over_handovers";
+    handovers_under_load(test, "xlht", VethIo::AfPacket, 30, &[]);
+}
+
+/// The uplink read through UDP GRO sockets (`--uplink-rx udp`): each successor
+/// inherits the sockets, with what waits in them.
 #[test]
 fn an_uplink_read_through_udp_sockets_loses_nothing_over_handovers() {
     let test = "an_uplink_read_through_udp_sockets_loses_nothing_over_handovers";
-    handovers_under_load(test, "xlhu", VethIo::AfPacket, 30, &[]);
+    handovers_under_load(test, "xlhu", VethIo::AfPacket, 30, &["--uplink-rx", "udp"]);
 }
 
-/// A successor that reads the uplink the other way (XDP, where the running one reads
+/// A successor that reads the uplink another way (XDP, where the running one reads
 /// UDP sockets) starts cold, saying why; it then forwards.
 #[test]
 fn a_successor_reading_the_uplink_the_other_way_starts_cold() {
@@ -180,7 +194,7 @@ fn a_successor_reading_the_uplink_the_other_way_starts_cold() {
     let flag = d.args.iter().position(|a| a == "--uplink-rx").expect("the flag given");
     d.args[flag + 1] = "xdp".into();
     let old_log = d.take_over(node0, &[]);
-    assert!(old_log.contains("through UDP sockets, this one through XDP"), "{old_log}");
+    assert!(old_log.contains("through UDP GRO sockets, this one through its XDP program"), "{old_log}");
     assert!(d.log().contains("normal restart"), "{}", d.log());
 }
 

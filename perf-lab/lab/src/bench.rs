@@ -48,9 +48,12 @@ pub enum Contender {
     XlaneOffload,
     /// `veth-offload` pods and `--uplink-rx udp`: no XDP program on the uplinks, their
     /// VXLAN traffic read through UDP GRO sockets (a peer's GSO sends arrive whole).
-    /// What a user gets by default on this lab: the CNI's default attachment, and
-    /// xlaned's on an uplink without AF_XDP zero-copy.
     XlaneUdpUplink,
+    /// `veth-offload` pods and `--uplink-rx packet`: no XDP program on the uplinks,
+    /// their VXLAN traffic read off packet taps (GSO sends arrive whole, no IP/UDP
+    /// receive per datagram). What a user gets by default on this lab: the CNI's
+    /// default attachment, and xlaned's on an uplink without AF_XDP zero-copy.
+    XlaneTapUplink,
     /// flannel-style kernel VXLAN (vxlan device, cni0 bridge).
     KernelVxlan,
     /// Kernel VXLAN with xlane's uplink program attached to each node's uplink and no
@@ -64,12 +67,13 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in report order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Xlane,
         Self::XlaneBusyPoll,
         Self::XlaneOwnUmem,
         Self::XlaneOffload,
         Self::XlaneUdpUplink,
+        Self::XlaneTapUplink,
         Self::KernelVxlan,
         Self::KernelVxlanXdp,
         Self::HostGw,
@@ -80,7 +84,12 @@ impl Contender {
     pub fn is_xlane(self) -> bool {
         matches!(
             self,
-            Self::Xlane | Self::XlaneBusyPoll | Self::XlaneOwnUmem | Self::XlaneOffload | Self::XlaneUdpUplink
+            Self::Xlane
+                | Self::XlaneBusyPoll
+                | Self::XlaneOwnUmem
+                | Self::XlaneOffload
+                | Self::XlaneUdpUplink
+                | Self::XlaneTapUplink
         )
     }
 
@@ -99,7 +108,8 @@ impl Contender {
             Self::XlaneBusyPoll => "xlane busy-poll",
             Self::XlaneOwnUmem => "xlane own-UMEM uplink",
             Self::XlaneOffload => "xlane veth-offload, AF_XDP uplink",
-            Self::XlaneUdpUplink => "xlane defaults (veth-offload, UDP uplink)",
+            Self::XlaneUdpUplink => "xlane veth-offload, UDP uplink",
+            Self::XlaneTapUplink => "xlane defaults (veth-offload, packet-tap uplink)",
             Self::KernelVxlan => "kernel VXLAN",
             Self::KernelVxlanXdp => "kernel VXLAN, uplink XDP",
             Self::HostGw => "kernel host-gw",
@@ -342,6 +352,7 @@ fn build(c: Contender, mtu: u16) -> anyhow::Result<Testbed> {
         Contender::XlaneOwnUmem => "xbu",
         Contender::XlaneOffload => "xbo",
         Contender::XlaneUdpUplink => "xbr",
+        Contender::XlaneTapUplink => "xbt",
         Contender::KernelVxlan => "xbv",
         Contender::KernelVxlanXdp => "xbw",
         Contender::HostGw => "xbh",
@@ -349,8 +360,13 @@ fn build(c: Contender, mtu: u16) -> anyhow::Result<Testbed> {
     match c {
         c if c.is_xlane() => {
             // The uplink's receive named explicitly too (xlaned's default on veth is
-            // UDP): every contender but one keeps the AF_XDP uplink it was built on.
-            let uplink_rx = if c == Contender::XlaneUdpUplink { "udp" } else { "xdp" };
+            // packet taps): the contenders before the UDP and tap uplinks keep the
+            // AF_XDP uplink they were built on.
+            let uplink_rx = match c {
+                Contender::XlaneUdpUplink => "udp",
+                Contender::XlaneTapUplink => "packet",
+                _ => "xdp",
+            };
             let mut xlaned_args: Vec<String> = vec!["--uplink-rx".into(), uplink_rx.into()];
             match c {
                 Contender::XlaneBusyPoll => xlaned_args.push("--busy-poll".into()),
@@ -358,7 +374,7 @@ fn build(c: Contender, mtu: u16) -> anyhow::Result<Testbed> {
                 _ => {}
             }
             // Named explicitly: the CNI default may change, the contenders must not.
-            let offload = matches!(c, Contender::XlaneOffload | Contender::XlaneUdpUplink);
+            let offload = matches!(c, Contender::XlaneOffload | Contender::XlaneUdpUplink | Contender::XlaneTapUplink);
             let attach = Some(if offload { "veth-offload" } else { "veth-xdp" }.to_owned());
             let opts = ClusterOptions { xlaned_args, attach, mtu: Some(mtu), ..ClusterOptions::default() };
             let cluster = Cluster::start(prefix, 2, &opts)?;

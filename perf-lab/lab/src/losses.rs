@@ -182,12 +182,14 @@ impl Ledger {
                     format!("xlane AF_PACKET frames malformed or truncated {at}"),
                     d(|p| p.packet.map_or(0, |k| k.rx_malformed + k.rx_truncated)),
                 );
-                // An uplink read through UDP sockets: the kernel's drops at them.
-                lose(
-                    Stage::XlaneRings,
-                    format!("xlane UDP socket buffer full {at}"),
-                    d(|p| p.udp_rx.map_or(0, |r| r.kernel_dropped)),
-                );
+                // An uplink read through UDP sockets or packet taps: the kernel's drops
+                // at them.
+                let full = if p.udp_rx.is_some_and(|r| r.tap) {
+                    "xlane packet tap ring full"
+                } else {
+                    "xlane UDP socket buffer full"
+                };
+                lose(Stage::XlaneRings, format!("{full} {at}"), d(|p| p.udp_rx.map_or(0, |r| r.kernel_dropped)));
             }
             for (reason, n) in &node.drops {
                 let was = earlier.and_then(|c| c.drops.get(reason)).copied().unwrap_or(0);

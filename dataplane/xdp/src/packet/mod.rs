@@ -31,7 +31,7 @@ pub use tap::UplinkTap;
 
 use crate::programs::PodFilter;
 use arrayvec::ArrayVec;
-use ring::RxRing;
+use ring::{RxRing, Slots};
 use sock::{Batch, RX_IOVS};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -142,10 +142,17 @@ impl ReadySocket {
     /// [`OpenError`] (its `ifindex` 0) with the failing step; nothing stays open.
     pub fn new(rx: RxPath) -> Result<Self, OpenError> {
         let ring = rx == RxPath::Ring;
-        let fd = sock::prepare(true, ring).map_err(|(step, source)| OpenError { ifindex: 0, step, source })?;
+        let fd = sock::prepare(true, ring.then_some(Slots::POD)).map_err(|(step, source)| OpenError {
+            ifindex: 0,
+            step,
+            source,
+        })?;
         let ring = if ring {
-            let mapped =
-                RxRing::map(fd.as_fd()).map_err(|source| OpenError { ifindex: 0, step: "mmap(rx ring)", source })?;
+            let mapped = RxRing::map(fd.as_fd(), Slots::POD).map_err(|source| OpenError {
+                ifindex: 0,
+                step: "mmap(rx ring)",
+                source,
+            })?;
             Some(Box::new(mapped))
         } else {
             None
@@ -278,7 +285,7 @@ impl<B: Copy> PacketPort<B> {
     ) -> Result<Self, OpenError> {
         let ring = match fanout {
             FanoutMode::TransmitOnly => None,
-            _ => RxRing::inherit(fd.as_fd())
+            _ => RxRing::inherit(fd.as_fd(), Slots::POD)
                 .map_err(|source| OpenError { ifindex, step: "mmap(rx ring)", source })?
                 .map(Box::new),
         };
@@ -323,7 +330,7 @@ impl<B: Copy> PacketPort<B> {
         counters: Arc<PortCounters>,
         stats: Arc<PacketStats>,
     ) -> Result<Self, OpenError> {
-        let fd = sock::prepare(false, false).map_err(|(step, source)| OpenError { ifindex, step, source })?;
+        let fd = sock::prepare(false, None).map_err(|(step, source)| OpenError { ifindex, step, source })?;
         sock::join(&fd, ifindex, None).map_err(|(step, source)| OpenError { ifindex, step, source })?;
         Ok(Self::with(id, fd, ifindex, FanoutMode::TransmitOnly, None, counters, stats))
     }

@@ -27,15 +27,36 @@ use xlane_engine::offload::VIRTIO_NET_HDR_LEN;
 /// Bytes per slot: a 1500-byte MTU frame with the slot's header and virtio-net header
 /// fits (the kernel puts the frame at offset 76 of it).
 pub(super) const FRAME_SIZE: u32 = 2048;
-/// Slots per ring: 2 MiB per socket, pinned kernel memory. 1024 frames absorb a worker
-/// descheduled for ~2.5 ms at 400 kpps; DPDK's AF_PACKET driver defaults to 512.
-pub(super) const FRAMES: u32 = 1024;
 /// Bytes per block of the ring (a block is contiguous kernel memory; frames never
 /// straddle one).
 const BLOCK_SIZE: u32 = 64 << 10;
-const RING_BYTES: usize = FRAME_SIZE as usize * FRAMES as usize;
 
-const _: () = assert!(BLOCK_SIZE.is_multiple_of(FRAME_SIZE) && FRAMES.is_multiple_of(BLOCK_SIZE / FRAME_SIZE));
+/// Slots per ring, a multiple of a block's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Slots(u32);
+
+impl Slots {
+    /// A pod socket's: 2 MiB of pinned kernel memory per socket, one per worker and pod.
+    /// 1024 frames absorb a worker descheduled for ~2.5 ms at 400 kpps; DPDK's AF_PACKET
+    /// driver defaults to 512. (4096 changed nothing on the lab.)
+    pub(super) const POD: Self = Self::new(1024);
+    /// An uplink tap's ([`super::UplinkTap`]): 16 MiB per worker, for a node's whole
+    /// VXLAN traffic, with 8192 frames absorbing ~20 ms of a descheduled worker at
+    /// 400 kpps. On the lab's 64-byte flood 1024 overflowed (290 k of 2 M frames lost
+    /// at the tap) where a UDP socket's 16 MiB buffer had not; 8192 lost 13 k.
+    pub(super) const UPLINK: Self = Self::new(8192);
+
+    const fn new(frames: u32) -> Self {
+        assert!(frames > 0 && frames.is_multiple_of(BLOCK_SIZE / FRAME_SIZE));
+        Self(frames)
+    }
+
+    fn bytes(self) -> usize {
+        FRAME_SIZE as usize * self.0 as usize
+    }
+}
+
+const _: () = assert!(BLOCK_SIZE.is_multiple_of(FRAME_SIZE));
 
 /// What a slot holds, seen by the worker.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,16 +79,16 @@ pub(super) enum Slot<'a> {
 ///
 /// # Errors
 /// The failing option's name and the kernel's error.
-pub(super) fn configure(fd: BorrowedFd<'_>) -> Result<(), (&'static str, io::Error)> {
+pub(super) fn configure(fd: BorrowedFd<'_>, slots: Slots) -> Result<(), (&'static str, io::Error)> {
     let s = fd.as_raw_fd();
     let v2 = libc::c_int::try_from(libc::tpacket_versions::TPACKET_V2 as u32).expect("1");
     setsockopt_int(s, libc::SOL_PACKET, libc::PACKET_VERSION, v2).map_err(|e| ("PACKET_VERSION", e))?;
     setsockopt_int(s, libc::SOL_PACKET, libc::PACKET_COPY_THRESH, 1).map_err(|e| ("PACKET_COPY_THRESH", e))?;
     let req = libc::tpacket_req {
         tp_block_size: BLOCK_SIZE,
-        tp_block_nr: FRAMES / (BLOCK_SIZE / FRAME_SIZE),
+        tp_block_nr: slots.0 / (BLOCK_SIZE / FRAME_SIZE),
         tp_frame_size: FRAME_SIZE,
-        tp_frame_nr: FRAMES,
+        tp_frame_nr: slots.0,
     };
     setsockopt(s, libc::SOL_PACKET, libc::PACKET_RX_RING, &req).map_err(|e| ("PACKET_RX_RING", e))
 }
@@ -77,6 +98,8 @@ pub(super) struct RxRing {
     map: SharedMapping,
     /// The slot to read next.
     next: u32,
+    /// Slots in the ring.
+    frames: u32,
 }
 
 // SAFETY: the ring owns its mapping and points nowhere else; it moves to another thread
@@ -95,8 +118,8 @@ impl RxRing {
     ///
     /// # Errors
     /// The kernel's error.
-    pub(super) fn map(fd: BorrowedFd<'_>) -> io::Result<Self> {
-        Ok(Self { map: SharedMapping::map(fd, RING_BYTES, 0)?, next: 0 })
+    pub(super) fn map(fd: BorrowedFd<'_>, slots: Slots) -> io::Result<Self> {
+        Ok(Self { map: SharedMapping::map(fd, slots.bytes(), 0)?, next: 0, frames: slots.0 })
     }
 
     /// The ring of a socket another process set up and read: `None` if it has none (a
@@ -106,12 +129,12 @@ impl RxRing {
     /// # Errors
     /// The socket's version could not be read, or its ring is not the shape this build
     /// makes (EINVAL from the mapping).
-    pub(super) fn inherit(fd: BorrowedFd<'_>) -> io::Result<Option<Self>> {
+    pub(super) fn inherit(fd: BorrowedFd<'_>, slots: Slots) -> io::Result<Option<Self>> {
         let version: libc::c_int = crate::sys::getsockopt(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_VERSION)?;
         if version != libc::tpacket_versions::TPACKET_V2 as libc::c_int {
             return Ok(None);
         }
-        let mut ring = Self::map(fd)?;
+        let mut ring = Self::map(fd, slots)?;
         ring.next = ring.read_position();
         Ok(Some(ring))
     }
@@ -135,16 +158,18 @@ impl RxRing {
     /// back). A frame landing during the scan may be missed by it; it is then read one
     /// lap late, once.
     fn read_position(&self) -> u32 {
-        let user: Vec<bool> = (0..FRAMES).map(|i| self.is_user(i)).collect();
+        let user: Vec<bool> = (0..self.frames).map(|i| self.is_user(i)).collect();
         if user.iter().all(|&u| u) {
             // A full ring: every slot waits, reading from any loses nothing.
             return 0;
         }
-        if let Some(i) = (0..FRAMES).find(|&i| user[i as usize] && !user[((i + FRAMES - 1) % FRAMES) as usize]) {
+        if let Some(i) =
+            (0..self.frames).find(|&i| user[i as usize] && !user[((i + self.frames - 1) % self.frames) as usize])
+        {
             return i;
         }
-        let newest = (0..FRAMES).max_by_key(|&i| self.timestamp(i));
-        newest.filter(|&i| self.timestamp(i) != (0, 0)).map_or(0, |i| (i + 1) % FRAMES)
+        let newest = (0..self.frames).max_by_key(|&i| self.timestamp(i));
+        newest.filter(|&i| self.timestamp(i) != (0, 0)).map_or(0, |i| (i + 1) % self.frames)
     }
 
     /// Slot `slot`'s `tp_sec`, `tp_nsec`.
@@ -157,8 +182,8 @@ impl RxRing {
     }
 
     fn slot_ptr(&self, slot: u32) -> *const u8 {
-        debug_assert!(slot < FRAMES);
-        // SAFETY: slot `slot` < FRAMES starts inside the mapping of FRAMES slots.
+        debug_assert!(slot < self.frames);
+        // SAFETY: slot `slot` < frames starts inside the mapping of `frames` slots.
         unsafe { self.map.base().as_ptr().add(slot as usize * FRAME_SIZE as usize) }
     }
 
@@ -193,13 +218,15 @@ impl RxRing {
     /// Give the slot [`peek`](Self::peek) showed back to the kernel and move on.
     pub(super) fn release(&mut self) {
         self.status(self.next).store(libc::TP_STATUS_KERNEL, Ordering::Release);
-        self.next = (self.next + 1) % FRAMES;
+        self.next = (self.next + 1) % self.frames;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FRAMES: u32 = Slots::POD.0;
     use std::os::fd::{AsFd, OwnedFd};
 
     /// A ring's memory played by a memfd: the test writes slots as the kernel would
@@ -212,9 +239,9 @@ mod tests {
 
     impl FakeKernel {
         fn new() -> Self {
-            let fd = crate::sys::memfd(c"rx-ring", RING_BYTES).unwrap();
-            let map = SharedMapping::map(fd.as_fd(), RING_BYTES, 0).unwrap();
-            let ring = RxRing::map(fd.as_fd()).unwrap();
+            let fd = crate::sys::memfd(c"rx-ring", Slots::POD.bytes()).unwrap();
+            let map = SharedMapping::map(fd.as_fd(), Slots::POD.bytes(), 0).unwrap();
+            let ring = RxRing::map(fd.as_fd(), Slots::POD).unwrap();
             Self { _fd: fd, map, ring }
         }
 

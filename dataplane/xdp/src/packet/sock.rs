@@ -9,6 +9,7 @@
 //! packet socket needs no address or control message per message, which nix's
 //! interface carries per call.
 
+use super::ring::Slots;
 use crate::programs::ClassicInsn;
 use crate::sys::{set_socket_buffer, setsockopt_int};
 use std::io;
@@ -39,11 +40,11 @@ pub enum FanoutMode {
 /// An AF_PACKET `SOCK_RAW` socket bound to no interface yet (non-blocking,
 /// close-on-exec) with a 10-byte virtio-net header on every frame, qdisc bypass,
 /// outgoing frames ignored and large socket buffers; if it is to `receive`, a receive
-/// ring ([`super::ring`]) too. [`join`] binds it.
+/// ring ([`super::ring`]) of `ring` slots too, if given. [`join`] binds it.
 ///
 /// # Errors
 /// The failing step's name and the kernel's error.
-pub(super) fn prepare(receive: bool, ring: bool) -> Result<OwnedFd, (&'static str, io::Error)> {
+pub(super) fn prepare(receive: bool, ring: Option<Slots>) -> Result<OwnedFd, (&'static str, io::Error)> {
     // Protocol 0: the socket receives nothing until bound to an interface, so no frame
     // of another interface slips in before.
     // SAFETY: plain socket(2); the result is checked.
@@ -63,9 +64,9 @@ pub(super) fn prepare(receive: bool, ring: bool) -> Result<OwnedFd, (&'static st
     for &(force, plain, what) in &buffers[..if receive { 2 } else { 1 }] {
         set_socket_buffer(s, force, plain, SOCKET_BUFFER).map_err(|e| (what, e))?;
     }
-    if receive && ring {
+    if let Some(slots) = ring.filter(|_| receive) {
         // Before the bind: every frame the socket takes goes through the ring.
-        super::ring::configure(fd.as_fd())?;
+        super::ring::configure(fd.as_fd(), slots)?;
     }
     Ok(fd)
 }

@@ -18,7 +18,7 @@
 //! afresh for each datagram, so frames from the tap and from a UDP socket are handed to
 //! the pipeline alike.
 
-use super::ring::{RxRing, Slot};
+use super::ring::{RxRing, Slot, Slots};
 use super::{OpenError, sock};
 use crate::programs::{UplinkFilter, socket_uplink_filter};
 use crate::udp_gro::Message;
@@ -62,8 +62,12 @@ impl UplinkTap {
     /// [`OpenError`] with the failing step; nothing stays open.
     pub fn open(ifindex: u32, group: u16, filter: &UplinkFilter) -> Result<Self, OpenError> {
         let err = |(step, source)| OpenError { ifindex, step, source };
-        let fd = sock::prepare(true, true).map_err(err)?;
-        let ring = RxRing::map(fd.as_fd()).map_err(|source| OpenError { ifindex, step: "mmap(rx ring)", source })?;
+        let fd = sock::prepare(true, Some(Slots::UPLINK)).map_err(err)?;
+        let ring = RxRing::map(fd.as_fd(), Slots::UPLINK).map_err(|source| OpenError {
+            ifindex,
+            step: "mmap(rx ring)",
+            source,
+        })?;
         sock::join(&fd, ifindex, Some((group, Some(&socket_uplink_filter(filter))))).map_err(err)?;
         Ok(Self { fd, ring: Box::new(ring) })
     }
@@ -75,7 +79,7 @@ impl UplinkTap {
     /// [`OpenError`]: the socket has no ring of the shape this build makes.
     pub fn adopt(fd: OwnedFd, ifindex: u32) -> Result<Self, OpenError> {
         let err = |source| OpenError { ifindex, step: "mmap(rx ring)", source };
-        let ring = RxRing::inherit(fd.as_fd())
+        let ring = RxRing::inherit(fd.as_fd(), Slots::UPLINK)
             .map_err(err)?
             .ok_or_else(|| err(io::Error::new(io::ErrorKind::InvalidInput, "a socket without a receive ring")))?;
         Ok(Self { fd, ring: Box::new(ring) })

@@ -32,6 +32,7 @@ mod on_worker;
 
 pub(crate) use on_worker::packet_sockets;
 
+use crate::config::UplinkRx;
 use crate::host::System;
 use crate::node_lock::NodeLock;
 use crate::state::State;
@@ -101,10 +102,25 @@ struct Offer {
     /// same: the new one keeps them in step from there).
     #[serde(default)]
     store: Vec<String>,
-    /// The uplink is read through UDP sockets, not XDP: a successor that reads it the
-    /// other way starts cold.
+    /// The uplink is read without XDP (UDP sockets or packet taps): a successor that
+    /// reads it another way starts cold.
     #[serde(default)]
     uplink_rx_udp: bool,
+    /// ... through packet taps (with `uplink_rx_udp`; absent from an xlaned before
+    /// taps, which read UDP sockets then).
+    #[serde(default)]
+    uplink_rx_tap: bool,
+}
+
+impl Offer {
+    /// How the offering xlaned reads the uplink.
+    fn uplink_rx(&self) -> UplinkRx {
+        match (self.uplink_rx_udp, self.uplink_rx_tap) {
+            (false, _) => UplinkRx::Xdp,
+            (true, false) => UplinkRx::Udp,
+            (true, true) => UplinkRx::Packet,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -428,7 +444,13 @@ fn refusal(state: &State<System>) -> Option<String> {
 /// with the control state's part.
 fn park_and_collect(state: &mut State<System>) -> Result<(Stopped, Offer, Vec<OwnedFd>), String> {
     let (attachments, blocks) = port_objects(state)?;
-    let mut offer = Offer { ops: state.rebuild_ops(), uplink_rx_udp: state.cfg.uplink_rx_udp, ..Offer::default() };
+    let rx = state.cfg.uplink_rx;
+    let mut offer = Offer {
+        ops: state.rebuild_ops(),
+        uplink_rx_udp: rx.without_program(),
+        uplink_rx_tap: rx == UplinkRx::Packet,
+        ..Offer::default()
+    };
     let mut fds = Vec::new();
     for h in attachments {
         offer.attachments.push(h.state);
@@ -548,7 +570,7 @@ pub fn close_leftovers(state: &mut State<System>) {
 pub fn take_over(
     control: &Path,
     workers: usize,
-    uplink_rx_udp: bool,
+    uplink_rx: UplinkRx,
     version: u32,
 ) -> io::Result<(Option<Inherited>, NodeLock)> {
     let path = socket_path(control);
@@ -598,12 +620,11 @@ pub fn take_over(
     };
     let mismatch = if offer.workers.len() != workers {
         Some(format!("the running xlaned has {} workers, this one {workers}", offer.workers.len()))
-    } else if offer.uplink_rx_udp != uplink_rx_udp {
-        let how = |udp| if udp { "UDP sockets" } else { "XDP" };
+    } else if offer.uplink_rx() != uplink_rx {
         Some(format!(
             "the running xlaned reads the uplink through {}, this one through {}",
-            how(offer.uplink_rx_udp),
-            how(uplink_rx_udp)
+            offer.uplink_rx().describe(),
+            uplink_rx.describe()
         ))
     } else {
         None

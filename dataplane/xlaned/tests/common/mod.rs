@@ -382,6 +382,8 @@ pub(crate) fn conserved(c: &Counters) -> bool {
 /// that code path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Layout {
+    /// The default on a veth uplink: packet taps.
+    TapUplink,
     UdpUplink,
     Shared,
     OwnUplink,
@@ -390,7 +392,8 @@ pub(crate) enum Layout {
 impl Layout {
     pub(crate) fn flags(self) -> &'static [&'static str] {
         match self {
-            Self::UdpUplink => &[],
+            Self::TapUplink => &[],
+            Self::UdpUplink => &["--uplink-rx", "udp"],
             Self::Shared => &["--uplink-rx", "xdp"],
             Self::OwnUplink => &["--uplink-rx", "xdp", "--uplink-umem", "own"],
         }
@@ -398,7 +401,7 @@ impl Layout {
 
     /// Whether the uplink carries xlaned's XDP program.
     pub(crate) fn uplink_xdp(self) -> bool {
-        self != Self::UdpUplink
+        !matches!(self, Self::TapUplink | Self::UdpUplink)
     }
 
     /// After traffic across the nodes: each uplink is where the layout puts it, and
@@ -423,12 +426,13 @@ impl Layout {
             to_pods += pods.iter().map(|u| u.copied_in).sum::<u64>();
         }
         match self {
-            Self::UdpUplink => {
+            Self::TapUplink | Self::UdpUplink => {
                 for d in daemons {
                     let Reply::Ports { ports } = d.ok(Op::Dump { table: Table::Ports }) else { panic!() };
                     let uplink = ports.iter().find(|p| p.role == "uplink").expect("an uplink");
-                    let rx = uplink.udp_rx.expect("an uplink read through UDP sockets reports them");
+                    let rx = uplink.udp_rx.expect("an uplink read without XDP reports its receivers");
                     assert!(rx.datagrams > 0 && rx.dropped == 0, "{rx:?}");
+                    assert_eq!(rx.tap, self == Self::TapUplink, "{rx:?}");
                 }
             }
             Self::Shared => assert_eq!((to_uplinks, to_pods), (0, 0), "one UMEM, nothing copied"),

@@ -290,9 +290,9 @@ fn print_ports(ports: &[PortInfo]) {
             "vhost".to_owned()
         } else if p.packet.is_some() {
             "packet".to_owned()
-        } else if p.udp_rx.is_some() {
-            // Read through UDP sockets; its AF_XDP sockets only transmit.
-            "udp".to_owned()
+        } else if let Some(r) = &p.udp_rx {
+            // Read through packet taps or UDP sockets; its AF_XDP sockets only transmit.
+            if r.tap { "tap" } else { "udp" }.to_owned()
         } else if p.zero_copy {
             format!("{}/zc", p.xdp_mode)
         } else {
@@ -352,8 +352,14 @@ fn print_ports(ports: &[PortInfo]) {
         }
         if let Some(r) = &p.udp_rx {
             println!(
-                "port {} UDP GRO receive: {} datagrams in {} messages ({} uncopied); dropped {}, by the kernel {}",
-                p.id, r.datagrams, r.messages, r.in_place, r.dropped, r.kernel_dropped
+                "port {} {} receive: {} datagrams in {} messages ({} uncopied); dropped {}, by the kernel {}",
+                p.id,
+                if r.tap { "packet tap" } else { "UDP GRO" },
+                r.datagrams,
+                r.messages,
+                r.in_place,
+                r.dropped,
+                r.kernel_dropped
             );
         }
         if let Some(u) = p.umem.as_ref().filter(|u| u.own || u.copied_in > 0) {
