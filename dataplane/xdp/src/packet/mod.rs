@@ -26,8 +26,8 @@ mod sock;
 mod tap;
 
 pub use sock::FanoutMode;
-pub(crate) use tap::TapDrop;
 pub use tap::UplinkTap;
+pub(crate) use tap::{Scattered, TapDrop};
 
 use crate::programs::PodFilter;
 use arrayvec::ArrayVec;

@@ -22,6 +22,7 @@ use super::ring::{RxRing, Slot, Slots};
 use super::{OpenError, sock};
 use crate::programs::{UplinkFilter, socket_uplink_filter};
 use crate::udp_gro::Message;
+use arrayvec::ArrayVec;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -37,6 +38,22 @@ pub(crate) enum TapDrop {
     /// Not an unfragmented IPv4 UDP datagram with a valid header and virtio-net header
     /// (the filter passes only those; a process sharing the ring scribbled on it).
     Malformed,
+}
+
+/// Bytes in front of a frame's payload that [`UplinkTap::read_scattered`] reads into the
+/// staging area: the virtio-net header and the Ethernet, IPv4 (no options) and UDP
+/// headers.
+pub(crate) const SCATTER_HEAD: usize = VIRTIO_NET_HDR_LEN + 14 + 20 + 8;
+/// Parts a scattered read fills at most: a 64 KiB super-packet of 1 KiB datagrams.
+const MAX_PARTS: usize = 64;
+
+/// Where [`UplinkTap::read_scattered`] put a frame's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scattered {
+    /// In the staging area, from the message's `start`.
+    Staged(Message),
+    /// Datagram k whole at the start of part k.
+    InPlace(Message),
 }
 
 /// One worker's packet tap on the uplink.
@@ -126,6 +143,73 @@ impl UplinkTap {
         Some(got)
     }
 
+    /// As [`read`](Self::read), but a frame too large for a slot is read scattered: its
+    /// headers into `area`, its payload across `parts` (each `size` bytes, after room
+    /// for the outer header the receiver writes there). Where datagram k of it is whole
+    /// in part k (a single datagram, or a train of `size`-byte ones: a peer of the same
+    /// MTU) it is [`Scattered::InPlace`]; otherwise the payload is gathered into `area`.
+    pub(crate) fn read_scattered(
+        &mut self,
+        area: &mut [u8],
+        parts: &mut [&mut [u8]],
+        size: usize,
+    ) -> Option<Result<Scattered, TapDrop>> {
+        let got = match self.ring.peek()? {
+            Slot::Queued => self.read_queued_scattered(area, parts, size),
+            _ => return self.read(area).map(|r| r.map(Scattered::Staged)),
+        };
+        self.ring.release();
+        Some(got)
+    }
+
+    fn read_queued_scattered(
+        &self,
+        area: &mut [u8],
+        parts: &mut [&mut [u8]],
+        size: usize,
+    ) -> Result<Scattered, TapDrop> {
+        let mut iov: ArrayVec<libc::iovec, { MAX_PARTS + 1 }> = ArrayVec::new();
+        iov.push(libc::iovec { iov_base: area.as_mut_ptr().cast(), iov_len: SCATTER_HEAD });
+        for p in parts.iter_mut().take(MAX_PARTS) {
+            iov.push(libc::iovec { iov_base: p.as_mut_ptr().cast(), iov_len: size.min(p.len()) });
+        }
+        let room: usize = iov.iter().map(|v| v.iov_len).sum();
+        // SAFETY: msghdr is plain old data; all-zero is valid (no name, no control).
+        let mut msg = unsafe { std::mem::zeroed::<libc::msghdr>() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
+        // SAFETY: every iovec points at memory exclusively borrowed by this function for
+        // the length it names (`area` holds SCATTER_HEAD: the receiver's staging area),
+        // untouched during the call; MSG_TRUNC makes the kernel report the whole length.
+        let got = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &raw mut msg, libc::MSG_DONTWAIT | libc::MSG_TRUNC) };
+        let total = usize::try_from(got).map_err(|_| TapDrop::Truncated)?;
+        if total > room || total > area.len() {
+            return Err(TapDrop::Truncated);
+        }
+        if total < SCATTER_HEAD {
+            return Err(TapDrop::Malformed);
+        }
+        let (vnet, head) = area[..SCATTER_HEAD].split_at(VIRTIO_NET_HDR_LEN);
+        if let Ok((m, at)) = header(vnet, head, total - VIRTIO_NET_HDR_LEN)
+            && at + VIRTIO_NET_HDR_LEN == SCATTER_HEAD
+            && (m.segment == size || (m.single() && m.len <= size))
+        {
+            return Ok(Scattered::InPlace(m));
+        }
+        // Headers of another length (IPv4 options), or another segment size: the parts
+        // are not datagrams. Gather them behind the headers and read it whole.
+        let mut at = SCATTER_HEAD;
+        for p in parts.iter().take(iov.len() - 1) {
+            let n = size.min(p.len()).min(total - at);
+            area[at..at + n].copy_from_slice(&p[..n]);
+            at += n;
+        }
+        let (vnet, frame) = area[..total].split_at(VIRTIO_NET_HDR_LEN);
+        let (msg, payload) = datagrams(vnet, frame)?;
+        let start = payload.as_ptr() as usize - area.as_ptr() as usize;
+        Ok(Scattered::Staged(Message { start, ..msg }))
+    }
+
     /// The frame queued for a slot marked `TP_STATUS_COPY`, read whole into `area`.
     fn read_queued(&self, area: &mut [u8]) -> Result<Message, TapDrop> {
         // SAFETY: `area` is a live, exclusively borrowed buffer of the length passed;
@@ -150,44 +234,58 @@ impl UplinkTap {
 /// virtio-net header `vnet`: its message (`start` 0) and UDP payload.
 ///
 /// # Errors
+/// As [`header`].
+fn datagrams<'a>(vnet: &[u8], frame: &'a [u8]) -> Result<(Message, &'a [u8]), TapDrop> {
+    let (msg, at) = header(vnet, frame, frame.len())?;
+    Ok((msg, &frame[at..at + msg.len]))
+}
+
+/// The message of a frame of `frame_len` bytes whose first bytes (its headers at least)
+/// are `head`, with virtio-net header `vnet`, and where its UDP payload starts; the
+/// message's `start` is 0.
+///
+/// # Errors
 /// [`TapDrop::Malformed`]: not an unfragmented IPv4 UDP frame whose header checksum
 /// holds and whose lengths fit the frame, or a virtio-net header refused or naming
 /// another GSO type.
-fn datagrams<'a>(vnet: &[u8], frame: &'a [u8]) -> Result<(Message, &'a [u8]), TapDrop> {
+fn header(vnet: &[u8], head: &[u8], frame_len: usize) -> Result<(Message, usize), TapDrop> {
     const ETH: usize = 14;
     let meta = OffloadMeta::from_virtio(vnet).map_err(|_| TapDrop::Malformed)?;
-    let ip = frame.get(ETH..ETH + 20).ok_or(TapDrop::Malformed)?;
+    let ip = head.get(ETH..ETH + 20).ok_or(TapDrop::Malformed)?;
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
-    if frame[12..14] != [0x08, 0x00] || ip[0] >> 4 != 4 || ihl < 20 || ip[9] != 17 || fragment {
+    if head[12..14] != [0x08, 0x00] || ip[0] >> 4 != 4 || ihl < 20 || ip[9] != 17 || fragment {
         return Err(TapDrop::Malformed);
     }
     // The IPv4 total length, not the frame's: short frames carry Ethernet padding.
-    let ip = frame.get(ETH..ETH + total).filter(|_| total >= ihl + 8).ok_or(TapDrop::Malformed)?;
+    let at = ETH + ihl + 8;
+    let (ip, udp) = match head.get(ETH..at) {
+        Some(h) if total >= ihl + 8 && ETH + total <= frame_len => h.split_at(ihl),
+        _ => return Err(TapDrop::Malformed),
+    };
     // What the pipeline checks of a frame from the wire, since the header it gets is
     // written afresh. A super-packet's header is the sender's own, valid too.
-    if checksum::sum(&ip[..ihl]) != 0xffff {
+    if checksum::sum(ip) != 0xffff {
         return Err(TapDrop::Malformed);
     }
-    let payload = &ip[ihl + 8..];
-    if payload.is_empty() {
+    let len = total - ihl - 8;
+    if len == 0 {
         return Err(TapDrop::Malformed);
     }
     let segment = match meta.gso {
-        None => payload.len(),
+        None => len,
         Some(g) if g.kind == GsoKind::UdpL4 => usize::from(g.size),
         Some(_) => return Err(TapDrop::Malformed),
     };
-    let udp = &ip[ihl..];
     let msg = Message {
         start: 0,
-        len: payload.len(),
+        len,
         segment,
         src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
         src_port: u16::from_be_bytes([udp[0], udp[1]]),
     };
-    Ok((msg, payload))
+    Ok((msg, at))
 }
 
 #[cfg(test)]

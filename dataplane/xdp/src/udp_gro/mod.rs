@@ -41,7 +41,7 @@ mod stats;
 
 pub use stats::{UdpRxStats, UdpRxTotals};
 
-use crate::packet::{TapDrop, UplinkTap};
+use crate::packet::{Scattered, TapDrop, UplinkTap};
 use crate::sys::{self, set_socket_buffer, setsockopt_int};
 use arrayvec::ArrayVec;
 use outer::{frame_packet, write_datagram, write_outer};
@@ -85,7 +85,7 @@ pub(crate) struct Message {
 
 impl Message {
     /// Whether it is one datagram (not a GRO'd train).
-    fn single(&self) -> bool {
+    pub(crate) fn single(&self) -> bool {
         self.segment >= self.len
     }
 }
@@ -333,13 +333,12 @@ impl UdpReceiver {
             match jumbo.as_deref_mut() {
                 // Only where the uplink's datagrams need jumbo slots, and a message's
                 // slots fit a burst's.
-                Some(j)
-                    if self.datagram > room
-                        && j.is_empty()
-                        && STAGE.div_ceil(self.datagram) <= BURST
-                        && !self.reads_tap() =>
-                {
-                    return self.receive_scattered(mem, out, j, room);
+                Some(j) if self.datagram > room && j.is_empty() && STAGE.div_ceil(self.datagram) <= BURST => {
+                    return if self.reads_tap() {
+                        self.receive_tap_scattered(mem, out, j, room)
+                    } else {
+                        self.receive_scattered(mem, out, j, room)
+                    };
                 }
                 _ if self.reads_tap() => self.read_tap(),
                 _ => self.read_staged(),
@@ -461,6 +460,75 @@ impl UdpReceiver {
                 write_datagram(&mut s[FRAME_HEAD..FRAME_HEAD + OUTER + msg.len], &msg, vtep, port, payload);
             }
         });
+        bump(&self.stats.in_place, in_place);
+        bump(&self.stats.datagrams, n as u64 + in_place);
+        n
+    }
+
+    /// [`receive_scattered`](Self::receive_scattered) off the tap: frames while a burst
+    /// has room, each one too large for a ring slot read with its payload across the
+    /// next free slots of `jumbo` (empty; as many as the largest message needs at the
+    /// uplink's datagram size), each datagram recorded where it lies if whole in its
+    /// slot; a lone datagram small enough for a frame copied into one at once; a
+    /// message of another segment size staged for the next calls.
+    fn receive_tap_scattered<M: FrameMemory>(
+        &mut self,
+        mem: &mut M,
+        out: &mut [Packet<M::Buf>; BURST],
+        jumbo: &mut Jumbo,
+        room: usize,
+    ) -> usize {
+        self.read.clear();
+        self.next = (0, 0);
+        let (size, per) = (self.datagram, STAGE.div_ceil(self.datagram));
+        let Source::Tap { tap, .. } = &mut self.source else { return 0 };
+        let (mut n, mut in_place, mut frames) = (0, 0u64, 0u64);
+        // The first slot not holding a datagram yet: a frame read in place takes as many
+        // as it has datagrams, others none.
+        let mut first = 0;
+        for _ in 0..MESSAGES {
+            if first + per > BURST || n == BURST {
+                break;
+            }
+            let area = &mut self.staging[self.read.len() * STAGE..][..STAGE];
+            // Behind room for the outer header; OUTER + size ≤ JUMBO_MAX (a datagram
+            // is below 64 KiB).
+            let read = {
+                let mut parts: ArrayVec<&mut [u8], BURST> =
+                    jumbo.data_areas().skip(first).take(per).map(|a| &mut a[OUTER..]).collect();
+                tap.read_scattered(area, &mut parts, size)
+            };
+            let Some(got) = read else { break };
+            frames += 1;
+            match got {
+                Ok(Scattered::InPlace(msg)) => {
+                    for at in (0..msg.len).step_by(size) {
+                        let len = size.min(msg.len - at);
+                        write_outer(&mut jumbo.data_mut(first)[..OUTER], &msg, self.vtep, self.port, len);
+                        jumbo.push(first, n, OUTER + len, OffloadMeta::default());
+                        first += 1;
+                        in_place += 1;
+                    }
+                }
+                Ok(Scattered::Staged(msg)) if msg.single() && msg.len <= room => {
+                    let Some(buf) = mem.alloc() else {
+                        bump(&self.stats.no_buffer, 1);
+                        continue;
+                    };
+                    out[n] = frame_packet(buf, msg.len);
+                    let payload = &area[msg.start..msg.start + msg.len];
+                    let (vtep, port) = (self.vtep, self.port);
+                    mem.with_buffers(&[buf], |s| {
+                        write_datagram(&mut s[0][FRAME_HEAD..FRAME_HEAD + OUTER + msg.len], &msg, vtep, port, payload);
+                    });
+                    n += 1;
+                }
+                Ok(Scattered::Staged(msg)) => self.read.push(msg),
+                Err(TapDrop::Truncated) => bump(&self.stats.truncated, 1),
+                Err(TapDrop::Malformed) => bump(&self.stats.malformed, 1),
+            }
+        }
+        bump(&self.stats.messages, frames);
         bump(&self.stats.in_place, in_place);
         bump(&self.stats.datagrams, n as u64 + in_place);
         n
