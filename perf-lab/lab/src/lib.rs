@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cni_latency;
+pub mod contender;
 pub mod control_plane;
 pub mod crash_gap;
 pub mod demo;
