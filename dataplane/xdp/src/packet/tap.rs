@@ -192,7 +192,7 @@ impl UplinkTap {
         let (vnet, head) = area[..SCATTER_HEAD].split_at(VIRTIO_NET_HDR_LEN);
         if let Ok((m, at)) = header(vnet, head, total - VIRTIO_NET_HDR_LEN)
             && at + VIRTIO_NET_HDR_LEN == SCATTER_HEAD
-            && (m.segment == size || (m.single() && m.len <= size))
+            && m.lands_in_slots(size)
         {
             return Ok(Scattered::InPlace(m));
         }

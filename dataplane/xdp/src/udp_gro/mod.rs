@@ -38,13 +38,14 @@
 
 mod outer;
 mod stats;
+mod tap_rx;
 
 pub use stats::{UdpRxStats, UdpRxTotals};
 
-use crate::packet::{Scattered, TapDrop, UplinkTap};
+use crate::packet::UplinkTap;
 use crate::sys::{self, set_socket_buffer, setsockopt_int};
 use arrayvec::ArrayVec;
-use outer::{frame_packet, write_datagram, write_outer};
+use outer::{frame_packet, record_in_place, write_datagram};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -87,6 +88,13 @@ impl Message {
     /// Whether it is one datagram (not a GRO'd train).
     pub(crate) fn single(&self) -> bool {
         self.segment >= self.len
+    }
+
+    /// Whether read across slots of `size` bytes each, datagram k lands whole in slot k:
+    /// a train of `size`-byte datagrams (a peer of the same MTU), or one datagram that
+    /// fits a slot.
+    pub(crate) fn lands_in_slots(&self, size: usize) -> bool {
+        self.segment == size || (self.single() && self.len <= size)
     }
 }
 
@@ -434,13 +442,8 @@ impl UdpReceiver {
                 out[n] = frame_packet(buf, msg.len);
                 small.push((n, first, msg));
                 n += 1;
-            } else if msg.segment == size || (msg.single() && msg.len <= size) {
-                for (k, at) in (0..msg.len).step_by(size).enumerate() {
-                    let len = size.min(msg.len - at);
-                    write_outer(&mut jumbo.data_mut(first + k)[..OUTER], &msg, self.vtep, self.port, len);
-                    jumbo.push(first + k, n, OUTER + len, OffloadMeta::default());
-                    in_place += 1;
-                }
+            } else if msg.lands_in_slots(size) {
+                in_place += record_in_place(jumbo, first, n, &msg, size, (self.vtep, self.port)) as u64;
             } else {
                 // Another segment size: datagram boundaries are not slot boundaries.
                 let area = self.read.len();
@@ -465,75 +468,6 @@ impl UdpReceiver {
         n
     }
 
-    /// [`receive_scattered`](Self::receive_scattered) off the tap: frames while a burst
-    /// has room, each one too large for a ring slot read with its payload across the
-    /// next free slots of `jumbo` (empty; as many as the largest message needs at the
-    /// uplink's datagram size), each datagram recorded where it lies if whole in its
-    /// slot; a lone datagram small enough for a frame copied into one at once; a
-    /// message of another segment size staged for the next calls.
-    fn receive_tap_scattered<M: FrameMemory>(
-        &mut self,
-        mem: &mut M,
-        out: &mut [Packet<M::Buf>; BURST],
-        jumbo: &mut Jumbo,
-        room: usize,
-    ) -> usize {
-        self.read.clear();
-        self.next = (0, 0);
-        let (size, per) = (self.datagram, STAGE.div_ceil(self.datagram));
-        let Source::Tap { tap, .. } = &mut self.source else { return 0 };
-        let (mut n, mut in_place, mut frames) = (0, 0u64, 0u64);
-        // The first slot not holding a datagram yet: a frame read in place takes as many
-        // as it has datagrams, others none.
-        let mut first = 0;
-        for _ in 0..MESSAGES {
-            if first + per > BURST || n == BURST {
-                break;
-            }
-            let area = &mut self.staging[self.read.len() * STAGE..][..STAGE];
-            // Behind room for the outer header; OUTER + size ≤ JUMBO_MAX (a datagram
-            // is below 64 KiB).
-            let read = {
-                let mut parts: ArrayVec<&mut [u8], BURST> =
-                    jumbo.data_areas().skip(first).take(per).map(|a| &mut a[OUTER..]).collect();
-                tap.read_scattered(area, &mut parts, size)
-            };
-            let Some(got) = read else { break };
-            frames += 1;
-            match got {
-                Ok(Scattered::InPlace(msg)) => {
-                    for at in (0..msg.len).step_by(size) {
-                        let len = size.min(msg.len - at);
-                        write_outer(&mut jumbo.data_mut(first)[..OUTER], &msg, self.vtep, self.port, len);
-                        jumbo.push(first, n, OUTER + len, OffloadMeta::default());
-                        first += 1;
-                        in_place += 1;
-                    }
-                }
-                Ok(Scattered::Staged(msg)) if msg.single() && msg.len <= room => {
-                    let Some(buf) = mem.alloc() else {
-                        bump(&self.stats.no_buffer, 1);
-                        continue;
-                    };
-                    out[n] = frame_packet(buf, msg.len);
-                    let payload = &area[msg.start..msg.start + msg.len];
-                    let (vtep, port) = (self.vtep, self.port);
-                    mem.with_buffers(&[buf], |s| {
-                        write_datagram(&mut s[0][FRAME_HEAD..FRAME_HEAD + OUTER + msg.len], &msg, vtep, port, payload);
-                    });
-                    n += 1;
-                }
-                Ok(Scattered::Staged(msg)) => self.read.push(msg),
-                Err(TapDrop::Truncated) => bump(&self.stats.truncated, 1),
-                Err(TapDrop::Malformed) => bump(&self.stats.malformed, 1),
-            }
-        }
-        bump(&self.stats.messages, frames);
-        bump(&self.stats.in_place, in_place);
-        bump(&self.stats.datagrams, n as u64 + in_place);
-        n
-    }
-
     /// The next datagram to hand out: (message, offset, length).
     fn peek(&self) -> Option<(usize, usize, usize)> {
         let (m, at) = self.next;
@@ -545,30 +479,6 @@ impl UdpReceiver {
     fn advance(&mut self, len: usize) {
         let (m, at) = self.next;
         self.next = if at + len >= self.read[m].len { (m + 1, 0) } else { (m, at + len) };
-    }
-
-    /// Up to `batch` frames off the tap into the staging areas (dropped ones counted).
-    fn read_tap(&mut self) {
-        self.read.clear();
-        self.next = (0, 0);
-        let Source::Tap { tap, .. } = &mut self.source else { return };
-        let mut frames = 0u64;
-        // Bounded by the batch, dropped frames included: a ring full of bad frames
-        // must not keep the worker here.
-        for _ in 0..self.batch {
-            let area = &mut self.staging[self.read.len() * STAGE..][..STAGE];
-            match tap.read(area) {
-                None => break,
-                Some(Ok(msg)) => self.read.push(msg),
-                Some(Err(TapDrop::Truncated)) => bump(&self.stats.truncated, 1),
-                Some(Err(TapDrop::Malformed)) => bump(&self.stats.malformed, 1),
-            }
-            frames += 1;
-        }
-        bump(&self.stats.messages, frames);
-        if frames > 0 {
-            self.batch = if self.read.iter().all(Message::single) { MESSAGES } else { TRAIN_BATCH };
-        }
     }
 
     /// One `recvmmsg` of `batch` messages into the staging areas.

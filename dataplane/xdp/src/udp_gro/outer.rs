@@ -4,12 +4,36 @@
 use super::{FRAME_HEAD, Message, OUTER};
 use std::net::Ipv4Addr;
 use xlane_engine::Packet;
+use xlane_engine::offload::{Jumbo, OffloadMeta};
 use xlane_wire::checksum;
 
 /// A received frame of a `len`-byte datagram behind its outer header.
 pub(super) fn frame_packet<B>(buf: B, len: usize) -> Packet<B> {
     #[expect(clippy::cast_possible_truncation, reason = "within a buffer")]
     Packet { buf, head: FRAME_HEAD as u32, len: (OUTER + len) as u32 }
+}
+
+/// Record message `msg`, read across the slots of `jumbo` from `first` on (`size`
+/// bytes each, behind room for the outer header) with datagram k whole in slot
+/// `first + k` ([`Message::lands_in_slots`]), as its datagrams where they lie: each
+/// behind an outer header to `at` (VTEP address and port), after the `before`
+/// ordinary frames of the burst. Returns the slots it took.
+pub(super) fn record_in_place(
+    jumbo: &mut Jumbo,
+    first: usize,
+    before: usize,
+    msg: &Message,
+    size: usize,
+    (vtep, port): (Ipv4Addr, u16),
+) -> usize {
+    let mut slot = first;
+    for at in (0..msg.len).step_by(size) {
+        let len = size.min(msg.len - at);
+        write_outer(&mut jumbo.data_mut(slot)[..OUTER], msg, vtep, port, len);
+        jumbo.push(slot, before, OUTER + len, OffloadMeta::default());
+        slot += 1;
+    }
+    slot - first
 }
 
 /// Write `payload` (a datagram of `msg`) into `out` behind its outer header
