@@ -87,8 +87,9 @@ enum Cmd {
         #[arg(long, default_value = "perf-lab/results/latest")]
         out: PathBuf,
     },
-    /// Where the time goes during one TCP run: iperf3 through a contender's path with
-    /// `perf record -a -g` over it, the hottest symbols by command.
+    /// Where the time goes during one run of traffic: iperf3 (or the bench's 64-byte UDP
+    /// flood) through a contender's path with `perf record -a -g` over it, the hottest
+    /// symbols by command.
     Profile {
         /// Whose path.
         #[arg(long, value_enum, default_value = "xlane-offload")]
@@ -97,12 +98,15 @@ enum Cmd {
         #[arg(long, default_value_t = xlane_netlab::topology::UPLINK_MTU)]
         mtu: u16,
         /// iperf3 streams.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, conflicts_with = "udp64")]
         streams: u32,
+        /// The bench's 64-byte UDP flood instead of iperf3, in passes of 4M frames.
+        #[arg(long)]
+        udp64: bool,
         /// Between two pods of one node instead of across nodes.
         #[arg(long)]
         local: bool,
-        /// Seconds of iperf3 (the profile covers all but the first and last).
+        /// Seconds of traffic (the profile covers all but the first and last).
         #[arg(long, default_value_t = 8)]
         seconds: u32,
         /// Where perf.data and perf-report.txt go.
@@ -221,17 +225,13 @@ fn main() {
                 Ok(())
             })
         }
-        Cmd::Profile { contender, mtu, streams, local, seconds, out } => {
-            let o = profile::Options { contender, mtu, streams, local, seconds, out };
+        Cmd::Profile { contender, mtu, streams, udp64, local, seconds, out } => {
+            let traffic =
+                if udp64 { profile::Traffic::Udp64 { frames: 4_000_000 } } else { profile::Traffic::Tcp { streams } };
+            let o = profile::Options { contender, mtu, traffic, local, seconds, out };
             profile::run(&o).and_then(|p| {
                 print!("{}", std::fs::read_to_string(&p.report)?);
-                println!(
-                    "{}: {:.2} Gbit/s, {} retransmits; report in {}",
-                    contender.name(),
-                    p.tcp.gbit,
-                    p.tcp.retransmits,
-                    p.report.display()
-                );
+                println!("{}: {}; report in {}", contender.name(), p.measured, p.report.display());
                 Ok(())
             })
         }
