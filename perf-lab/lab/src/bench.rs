@@ -128,11 +128,15 @@ pub enum Forwarder {
     /// on the same socket code, one UMEM per node, no pipeline: MACs rewritten, frames
     /// moved by descriptor ([`forward::xlane_relay_both`]).
     XlaneTwoNode,
+    /// The offload path (`veth-offload` pods, whole super-packets) across two nodes and
+    /// on one, on xlaned's pod sockets, no pipeline and no encapsulation
+    /// ([`crate::offload_ceiling`]).
+    XlaneOffloadRelay,
 }
 
 impl Forwarder {
     /// Every one, in report order.
-    pub const ALL: [Self; 3] = [Self::XlaneMacswap, Self::Testpmd, Self::XlaneTwoNode];
+    pub const ALL: [Self; 4] = [Self::XlaneMacswap, Self::Testpmd, Self::XlaneTwoNode, Self::XlaneOffloadRelay];
 
     /// Report name.
     #[must_use]
@@ -141,6 +145,7 @@ impl Forwarder {
             Self::XlaneMacswap => "xlane MAC-swap",
             Self::Testpmd => "DPDK testpmd macswap",
             Self::XlaneTwoNode => "xlane two-node relay (no pipeline)",
+            Self::XlaneOffloadRelay => "xlane offload relay (veth-offload sockets, no pipeline)",
         }
     }
 }
@@ -160,9 +165,32 @@ pub struct IoResult {
     /// reports from before it was measured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<Latency>,
-    /// TCP, one stream, between the pods through it (the two-node relay).
+    /// TCP, one stream, between the pods through it (the two-node relays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp1_gbit: Option<f64>,
+    /// TCP, four streams (the offload relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp4_gbit: Option<f64>,
+    /// TCP, one stream between two pods of one node (the offload relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp1_local_gbit: Option<f64>,
+    /// The same TCP on the jumbo underlay (the offload relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jumbo: Option<JumboTcp>,
+}
+
+impl IoResult {
+    /// Nothing measured yet (for struct update syntax).
+    pub const NONE: Self = Self {
+        forwarder: Forwarder::XlaneMacswap,
+        forwarded_pps: 0.0,
+        offered_pps: 0.0,
+        latency: None,
+        tcp1_gbit: None,
+        tcp4_gbit: None,
+        tcp1_local_gbit: None,
+        jumbo: None,
+    };
 }
 
 /// A contender's two pods, one per lab node, and what runs them.
@@ -507,7 +535,13 @@ pub struct Iperf3 {
 
 /// iperf3 from `client` to a server in `server` on `server_ip`, `streams` streams for
 /// `seconds`: iperf3 missing, never connecting, or reporting no result is an error.
-fn iperf3(client: &Netns, server: &Netns, server_ip: Ipv4Addr, streams: u32, seconds: u32) -> anyhow::Result<Iperf3> {
+pub(crate) fn iperf3(
+    client: &Netns,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    streams: u32,
+    seconds: u32,
+) -> anyhow::Result<Iperf3> {
     let mut srv = server
         .command("iperf3")
         .args(["-s", "-1", "-B", &server_ip.to_string(), "-p", "5201"])
@@ -559,14 +593,16 @@ pub fn report(
     let results = run(contenders, w, stop)?;
     let mut io = Vec::new();
     for (k, f) in forwarders.iter().enumerate() {
-        let path = if *f == Forwarder::XlaneTwoNode {
-            "node 0's pod → uplink → fabric → node 1's uplink → its pod"
-        } else {
-            "generator pod → its node's host veth → MAC swap → back"
+        let path = match f {
+            Forwarder::XlaneTwoNode => "node 0's pod → uplink → fabric → node 1's uplink → its pod",
+            Forwarder::XlaneOffloadRelay => "TCP, pod → uplink → fabric → uplink → pod, and pod → pod on one node",
+            Forwarder::XlaneMacswap | Forwarder::Testpmd => "generator pod → its node's host veth → MAC swap → back",
         };
         eprintln!("[io {}/{}] {}: {path}", k + 1, forwarders.len(), f.name());
         let r = io_ceiling(*f, w, stop)?;
-        eprintln!("      {:.0} kpps forwarded of {:.0} kpps offered", r.forwarded_pps / 1e3, r.offered_pps / 1e3);
+        if r.offered_pps > 0.0 {
+            eprintln!("      {:.0} kpps forwarded of {:.0} kpps offered", r.forwarded_pps / 1e3, r.offered_pps / 1e3);
+        }
         io.push(r);
     }
     let cni = if cni_pods > 0 {
@@ -597,8 +633,10 @@ pub fn report(
 /// # Errors
 /// Setup failures, `stop`.
 pub fn io_ceiling(f: Forwarder, w: Workload, stop: &AtomicBool) -> anyhow::Result<IoResult> {
-    if f == Forwarder::XlaneTwoNode {
-        return two_node_ceiling(w, stop);
+    match f {
+        Forwarder::XlaneTwoNode => return two_node_ceiling(w, stop),
+        Forwarder::XlaneOffloadRelay => return crate::offload_ceiling::measure(w, stop),
+        Forwarder::XlaneMacswap | Forwarder::Testpmd => {}
     }
     let mut lab = Lab::new(if f == Forwarder::Testpmd { "xbt" } else { "xbm" }, 1)?;
     let k = lab.add_pod(0)?;
@@ -627,7 +665,7 @@ pub fn io_ceiling(f: Forwarder, w: Workload, stop: &AtomicBool) -> anyhow::Resul
         }
         let (forwarded_pps, offered_pps) = result?;
         anyhow::ensure!(forwarded_pps > 0.0, "{}: nothing came back", f.name());
-        Ok(IoResult { forwarder: f, forwarded_pps, offered_pps, latency: None, tcp1_gbit: None })
+        Ok(IoResult { forwarder: f, forwarded_pps, offered_pps, ..IoResult::NONE })
     })
 }
 
@@ -687,6 +725,7 @@ fn two_node_ceiling(w: Workload, stop: &AtomicBool) -> anyhow::Result<IoResult> 
             offered_pps,
             latency: Some(latency),
             tcp1_gbit: Some(tcp1),
+            ..IoResult::NONE
         })
     })
 }

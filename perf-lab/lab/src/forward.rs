@@ -198,3 +198,121 @@ pub fn testpmd_macswap(ns: &Netns, dev: &str) -> anyhow::Result<Testpmd> {
     std::thread::sleep(std::time::Duration::from_millis(500));
     Ok(t)
 }
+
+/// The offload path's ceiling: frames relayed both ways between interfaces `ifs` (in
+/// `ns`) through xlaned's `veth-offload` sockets (AF_PACKET with a virtio-net header, a
+/// receive ring, the pod filter: IPv4 to 10.244.0.0/16), MACs rewritten to `headers[i]`
+/// for frames leaving through `ifs[i]`, super-packets moved whole with their offload
+/// metadata — no lookup, no encapsulation, no segmentation, no coalescing: everything
+/// xlane does on these sockets but the pipeline. The host's stack is kept off the same
+/// frames (xlaned's pod pinhole at tcx). Between a pod veth and an uplink it is the
+/// two-node offload ceiling; between two pods' veths, the one-node one. Returns the
+/// frames forwarded (a super-packet counts once).
+///
+/// # Errors
+/// Attach or socket failures.
+pub fn packet_relay(ns: &Netns, ifs: [&str; 2], headers: [[u8; 12]; 2], stop: &AtomicBool) -> anyhow::Result<u64> {
+    use std::sync::Arc;
+    use xlane_engine::offload::{JUMBO_HEADROOM, Jumbo};
+    use xlane_engine::{BURST, FrameMemory as _, Port as _, PortCounters};
+    use xlane_xdp::attach::HostStackBlock;
+    use xlane_xdp::packet::{PacketPort, PacketStats, RxPath};
+
+    let ifindexes = [ns.ifindex(ifs[0])?, ns.ifindex(ifs[1])?];
+    let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
+    ns.enter(|| -> anyhow::Result<u64> {
+        let mut blocks = Vec::new();
+        let mut ports = Vec::new();
+        for (i, &ifindex) in ifindexes.iter().enumerate() {
+            blocks.push(HostStackBlock::pinhole(ifindex, &filter).map_err(|e| anyhow::anyhow!("{e}"))?);
+            #[expect(clippy::cast_possible_truncation, reason = "a fanout group per interface")]
+            let (id, group) = (xlane_engine::port::PortId(i as u16), ifindex as u16);
+            let counters = Arc::new(PortCounters::default());
+            let port = PacketPort::<u64>::open(
+                id,
+                ifindex,
+                group,
+                Some(&filter),
+                RxPath::Ring,
+                counters,
+                Arc::new(PacketStats::default()),
+            )?;
+            ports.push(port);
+        }
+        // xlaned's worker memory: frames of a UMEM (registered, never bound here).
+        let mut mem = Umem::new(UmemSettings { frames: 8192, ..UmemSettings::default() })?;
+        let mut jumbo = Jumbo::new();
+        let (mut forwarded, mut idle) = (0u64, xlane_engine::Idle::new(false));
+        let mut burst = [Packet::default(); BURST];
+        while !stop.load(Ordering::Relaxed) {
+            let mut work = 0;
+            for from in 0..2 {
+                let to = 1 - from;
+                jumbo.clear();
+                let n = ports[from].receive_offloaded(&mut mem, &mut burst, &mut jumbo);
+                work += n + jumbo.len();
+                let mut bufs = [0u64; BURST];
+                for (b, p) in bufs.iter_mut().zip(&burst[..n]) {
+                    *b = p.buf;
+                }
+                let mut keep = [false; BURST];
+                mem.with_buffers(&bufs[..n], |frames| {
+                    for ((f, p), k) in frames.iter_mut().zip(&burst).zip(&mut keep) {
+                        *k = rewrite(&mut f[p.head as usize..], &headers[to]);
+                    }
+                });
+                // Plain frames and super-packets leave in the order they came.
+                let mut at = 0;
+                for j in 0..jumbo.len() {
+                    let (frame, rec) = jumbo.frame_mut(j);
+                    let before = usize::from(rec.before).min(n);
+                    forwarded += send_plain(&mut ports[to], &mut mem, &burst[at..before], &keep[at..before]);
+                    at = before;
+                    let frame = &mut frame[JUMBO_HEADROOM..][..rec.len as usize];
+                    if rewrite(frame, &headers[to]) && ports[to].transmit_offloaded(&mut mem, frame, &rec.meta) {
+                        forwarded += 1;
+                    }
+                }
+                forwarded += send_plain(&mut ports[to], &mut mem, &burst[at..n], &keep[at..n]);
+            }
+            if idle.after_poll(work, true) {
+                let fds: Vec<_> = ports.iter().filter_map(xlane_engine::Port::<Umem>::wait_fd).collect();
+                wait_readable(&fds, 10)?;
+            }
+        }
+        for p in ports {
+            p.close(&mut mem);
+        }
+        drop(blocks);
+        Ok(forwarded)
+    })?
+}
+
+/// Rewrite an IPv4 frame's MACs; false for anything else (the relays forward IPv4 only).
+fn rewrite(eth: &mut [u8], header: &[u8; 12]) -> bool {
+    if eth.len() < 14 || eth[12..14] != [0x08, 0x00] {
+        return false;
+    }
+    eth[..12].copy_from_slice(header);
+    true
+}
+
+/// Transmit the `keep`-marked frames of `pkts` on `port`, release the rest; the count sent.
+fn send_plain(
+    port: &mut xlane_xdp::packet::PacketPort<u64>,
+    mem: &mut Umem,
+    pkts: &[Packet<u64>],
+    keep: &[bool],
+) -> u64 {
+    use xlane_engine::{BURST, Port as _};
+    let (mut out, mut m) = ([Packet::default(); BURST], 0);
+    for (p, &k) in pkts.iter().zip(keep) {
+        if k {
+            out[m] = *p;
+            m += 1;
+        } else {
+            mem.release(p.buf);
+        }
+    }
+    port.transmit(mem, &out[..m]) as u64
+}

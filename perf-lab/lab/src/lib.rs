@@ -12,6 +12,7 @@ pub mod forward;
 pub mod interop;
 pub mod kernel;
 pub mod losses;
+pub mod offload_ceiling;
 pub mod profile;
 pub mod report;
 pub mod traffic;

@@ -71,6 +71,45 @@ pub struct Goal {
 }
 
 impl Report {
+    /// The offload path's ceiling beside the contenders that take it (TCP only).
+    fn offload_ceiling(&self, m: &mut String) {
+        let Some(c) = self.io.iter().find(|r| r.forwarder == Forwarder::XlaneOffloadRelay) else { return };
+        let _ = writeln!(
+            m,
+            "\nOffload ceiling (`veth-offload` pods: a relay per node on xlaned's pod sockets — AF_PACKET, \
+             virtio-net header, receive ring — between the pod's host veth and the uplink, or between two \
+             pods' host veths; super-packets moved whole, MACs rewritten, no pipeline, no encapsulation, so no \
+             segmentation and no coalescing); TCP Gbit/s, ratios to the ceiling:\n"
+        );
+        let _ = writeln!(
+            m,
+            "| path | ×1 | vs ceiling | ×4 | vs ceiling | one node | vs ceiling | MTU 9000 ×1 | vs ceiling | \
+             MTU 9000 one node | vs ceiling |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let cell = |v: Option<f64>, c: Option<f64>| match (v, c) {
+            (Some(v), Some(c)) if c > 0.0 => format!("{v:.2} | {:.2}", v / c),
+            (Some(v), _) => format!("{v:.2} | —"),
+            _ => "— | —".to_owned(),
+        };
+        let (cj1, cjl) = (c.jumbo.map(|j| j.tcp1_gbit), c.jumbo.map(|j| j.tcp1_local_gbit));
+        let row = |m: &mut String, name: &str, t1, t4, local, j1, jl| {
+            let _ = writeln!(
+                m,
+                "| {name} | {} | {} | {} | {} | {} |",
+                cell(t1, c.tcp1_gbit),
+                cell(t4, c.tcp4_gbit),
+                cell(local, c.tcp1_local_gbit),
+                cell(j1, cj1),
+                cell(jl, cjl)
+            );
+        };
+        row(m, c.forwarder.name(), c.tcp1_gbit, c.tcp4_gbit, c.tcp1_local_gbit, cj1, cjl);
+        for r in self.results.iter().filter(|r| r.contender.takes_jumbo()) {
+            let (j1, jl) = (r.jumbo.map(|j| j.tcp1_gbit), r.jumbo.map(|j| j.tcp1_local_gbit));
+            row(m, r.contender.name(), Some(r.tcp1_gbit), Some(r.tcp4_gbit), r.tcp1_local_gbit, j1, jl);
+        }
+    }
+
     fn get(&self, c: Contender) -> Option<&Results> {
         self.results.iter().find(|r| r.contender == c)
     }
@@ -254,7 +293,7 @@ impl Report {
                  swaps MACs and sends each frame back; one RX and one TX per frame):\n"
             );
             let _ = writeln!(m, "| forwarder | kpps back | offered kpps |\n|---|---:|---:|");
-            for r in self.io.iter().filter(|r| r.forwarder != Forwarder::XlaneTwoNode) {
+            for r in self.io.iter().filter(|r| matches!(r.forwarder, Forwarder::XlaneMacswap | Forwarder::Testpmd)) {
                 let _ = writeln!(
                     m,
                     "| {} | {:.0} | {:.0} |",
@@ -313,6 +352,7 @@ impl Report {
                 );
             }
         }
+        self.offload_ceiling(&mut m);
         if let Some(c) = &self.cni {
             let _ = writeln!(m, "\nCNI (ms, {} pods each):\n", c["pods"]);
             let _ = writeln!(m, "| plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 |\n|---|---:|---:|---:|---:|");

@@ -59,3 +59,21 @@ fn the_two_node_relay_carries_frames_across_both_nodes() {
     assert!(r.tcp1_gbit.is_some_and(|g| g > 0.0), "{r:?}");
     assert_eq!(xlane_netlab::namespaces_of("xbr", std::process::id()).unwrap(), Vec::<String>::new(), "torn down");
 }
+
+/// The offload ceiling, briefly: TCP crosses both nodes' packet-socket relays (super-
+/// packets whole) and the one-node relay between two pods, on both underlays; nothing
+/// is left behind.
+#[test]
+fn the_offload_relay_carries_tcp_across_nodes_and_on_one() {
+    if !privileged("the_offload_relay_carries_tcp_across_nodes_and_on_one") {
+        return;
+    }
+    let w = xlane_lab::bench::Workload::QUICK;
+    let r = xlane_lab::bench::io_ceiling(xlane_lab::bench::Forwarder::XlaneOffloadRelay, w, &AtomicBool::new(false))
+        .unwrap();
+    let positive = |g: Option<f64>| g.is_some_and(|g| g > 0.1);
+    assert!(positive(r.tcp1_gbit) && positive(r.tcp4_gbit) && positive(r.tcp1_local_gbit), "{r:?}");
+    let jumbo = r.jumbo.expect("the jumbo underlay measured");
+    assert!(jumbo.tcp1_gbit > 0.1 && jumbo.tcp1_local_gbit > 0.1, "{r:?}");
+    assert_eq!(xlane_netlab::namespaces_of("xbq", std::process::id()).unwrap(), Vec::<String>::new(), "torn down");
+}

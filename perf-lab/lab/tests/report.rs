@@ -120,6 +120,7 @@ fn the_two_node_ceiling_table_compares_every_xlane_mode() {
         offered_pps: 500_000.0,
         latency: Some(xlane_lab::bench::Latency { p50_us: 20.0, p99_us: 50.0, p999_us: 90.0 }),
         tcp1_gbit: Some(4.0),
+        ..xlane_lab::bench::IoResult::NONE
     });
     let x = r.results.iter().find(|x| x.contender == Contender::Xlane).unwrap().clone();
     let md = r.markdown(&[]);
@@ -139,4 +140,36 @@ fn the_two_node_ceiling_table_compares_every_xlane_mode() {
         md.contains("| xlane two-node relay (no pipeline) | 400 | 1.00 | 20.0 | 1.00 | 50.0 | 1.00 | 4.00 | 1.00 |"),
         "{md}"
     );
+}
+
+/// The offload ceiling's table: the relay's TCP and each contender that runs on a jumbo
+/// underlay beside it, ratios to the relay (a contender without a jumbo run shows
+/// dashes there).
+#[test]
+fn the_offload_ceiling_table_compares_tcp_to_the_relay() {
+    let mut r = recorded();
+    r.io.push(xlane_lab::bench::IoResult {
+        forwarder: Forwarder::XlaneOffloadRelay,
+        tcp1_gbit: Some(8.0),
+        tcp4_gbit: Some(10.0),
+        tcp1_local_gbit: Some(12.0),
+        jumbo: Some(xlane_lab::bench::JumboTcp { tcp1_gbit: 9.0, tcp4_gbit: 11.0, tcp1_local_gbit: 13.0 }),
+        ..xlane_lab::bench::IoResult::NONE
+    });
+    let md = r.markdown(&[]);
+    assert!(
+        md.contains(
+            "| xlane offload relay (veth-offload sockets, no pipeline) | 8.00 | 1.00 | 10.00 | 1.00 | 12.00 | 1.00 \
+             | 9.00 | 1.00 | 13.00 | 1.00 |"
+        ),
+        "{md}"
+    );
+    let k = r.results.iter().find(|x| x.contender == Contender::KernelVxlan).unwrap().clone();
+    let row = format!("| kernel VXLAN | {:.2} | {:.2} |", k.tcp1_gbit, k.tcp1_gbit / 8.0);
+    assert!(md.contains(&row), "{row}\n{md}");
+    // `veth-xdp` xlane takes no offloads: no row in this table.
+    let table = md.split("Offload ceiling").nth(1).and_then(|t| t.split("\n\n").nth(1)).unwrap();
+    assert!(table.contains("| kernel VXLAN |") && !table.contains("\n| xlane |"), "{table}");
+    let again: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    assert_eq!(again, r);
 }
