@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use xlane_netlab::cluster::{Cluster, ClusterOptions, CniPod};
 use xlane_netlab::{Lab, Netns};
+use xlane_wire::Mac;
 use xlane_xdp::attach::{ModePreference, Program, XdpAttachment};
 use xlane_xdp::programs::UplinkFilter;
 
@@ -676,13 +677,10 @@ fn two_node_ceiling(w: Workload, stop: &AtomicBool) -> anyhow::Result<IoResult> 
     let mut lab = Lab::new("xbr", 2)?;
     let (a, b) = (lab.add_pod(0)?, lab.add_pod(1)?);
     let (n0, n1, pa, pb) = (&lab.nodes[0], &lab.nodes[1], &lab.pods[a], &lab.pods[b]);
-    let mac = |ns: &Netns, dev: &str| -> anyhow::Result<xlane_wire::Mac> { Ok(ns.mac(dev)?.parse()?) };
+    let mac = |ns: &Netns, dev: &str| -> anyhow::Result<Mac> { Ok(ns.mac(dev)?.parse()?) };
     let (up0, up1) = (mac(&n0.ns, "eth0")?, mac(&n1.ns, "eth0")?);
-    // The relays forward IPv4 only: each pod's gateway is a static entry for its host veth.
     for (pod, node) in [(pa, n0), (pb, n1)] {
-        let host_mac = node.ns.mac(&pod.host_if)?;
-        let gw = node.gateway().to_string();
-        pod.ns.ip(&["neigh", "replace", &gw, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
+        forward::pin_neighbour(&pod.ns, node.gateway(), &node.ns.mac(&pod.host_if)?)?;
     }
     let legs = [
         (&n0.ns, &pa.host_if, (up1, up0), (pa.mac.parse()?, mac(&n0.ns, &pa.host_if)?)),
@@ -691,42 +689,29 @@ fn two_node_ceiling(w: Workload, stop: &AtomicBool) -> anyhow::Result<IoResult> 
     let frame = traffic::udp_template(mac(&n0.ns, &pa.host_if)?, pa.mac.parse()?, pa.ip, pb.ip, 5300);
     // A bound socket keeps the receiver from answering with port-unreachables.
     let _sink = pb.ns.enter(|| UdpSocket::bind(SocketAddrV4::new(pb.ip, 5300)))??;
-    let relay_stop = AtomicBool::new(false);
-    std::thread::scope(|sc| -> anyhow::Result<IoResult> {
-        let relays: Vec<_> = legs
-            .iter()
-            .map(|(ns, pod_if, to_uplink, to_pod)| {
-                let stop = &relay_stop;
-                sc.spawn(move || forward::xlane_relay_both(ns, pod_if, "eth0", *to_uplink, *to_pod, stop))
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(500));
-        let measured = (|| -> anyhow::Result<_> {
-            let (forwarded_pps, offered_pps) = flood_runs(w, stop, &pa.ns, &frame, &pb.ns)?;
-            eprintln!("      {:.0} kpps; UDP request/response, {} round trips", forwarded_pps / 1e3, w.rr_requests);
-            let latency = request_response(&pa.ns, &pb.ns, pb.ip, w.rr_requests, stop)?;
-            eprintln!(
-                "      p50 {:.1} µs, p99 {:.1} µs; iperf3, 1 stream, {} s",
-                latency.p50_us, latency.p99_us, w.tcp_seconds
-            );
-            let tcp1 = iperf3(&pa.ns, &pb.ns, pb.ip, 1, w.tcp_seconds)?.gbit;
-            eprintln!("      {tcp1:.2} Gbit/s");
-            Ok((forwarded_pps, offered_pps, latency, tcp1))
-        })();
-        relay_stop.store(true, Ordering::Relaxed);
-        for r in relays {
-            r.join().map_err(|_| anyhow::anyhow!("a relay panicked"))??;
-        }
-        let (forwarded_pps, offered_pps, latency, tcp1) = measured?;
-        anyhow::ensure!(forwarded_pps > 0.0, "the two-node relay: nothing arrived");
-        Ok(IoResult {
-            forwarder: Forwarder::XlaneTwoNode,
-            forwarded_pps,
-            offered_pps,
-            latency: Some(latency),
-            tcp1_gbit: Some(tcp1),
-            ..IoResult::NONE
-        })
+    let relay = |&(ns, pod_if, to_uplink, to_pod): &(&Netns, &String, (Mac, Mac), (Mac, Mac)), s: &AtomicBool| {
+        forward::xlane_relay_both(ns, pod_if, "eth0", to_uplink, to_pod, s)
+    };
+    let (forwarded_pps, offered_pps, latency, tcp1) = forward::while_relaying(&legs, relay, stop, || {
+        let (forwarded_pps, offered_pps) = flood_runs(w, stop, &pa.ns, &frame, &pb.ns)?;
+        eprintln!("      {:.0} kpps; UDP request/response, {} round trips", forwarded_pps / 1e3, w.rr_requests);
+        let latency = request_response(&pa.ns, &pb.ns, pb.ip, w.rr_requests, stop)?;
+        eprintln!(
+            "      p50 {:.1} µs, p99 {:.1} µs; iperf3, 1 stream, {} s",
+            latency.p50_us, latency.p99_us, w.tcp_seconds
+        );
+        let tcp1 = iperf3(&pa.ns, &pb.ns, pb.ip, 1, w.tcp_seconds)?.gbit;
+        eprintln!("      {tcp1:.2} Gbit/s");
+        Ok((forwarded_pps, offered_pps, latency, tcp1))
+    })?;
+    anyhow::ensure!(forwarded_pps > 0.0, "the two-node relay: nothing arrived");
+    Ok(IoResult {
+        forwarder: Forwarder::XlaneTwoNode,
+        forwarded_pps,
+        offered_pps,
+        latency: Some(latency),
+        tcp1_gbit: Some(tcp1),
+        ..IoResult::NONE
     })
 }
 

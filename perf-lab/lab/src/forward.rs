@@ -70,12 +70,6 @@ pub fn xlane_relay_both(
     to_pod: (Mac, Mac),
     stop: &AtomicBool,
 ) -> anyhow::Result<u64> {
-    let header = |(dst, src): (Mac, Mac)| {
-        let mut h = [0u8; 12];
-        h[..6].copy_from_slice(&dst.0);
-        h[6..].copy_from_slice(&src.0);
-        h
-    };
     let headers = [header(to_uplink), header(to_pod)];
     let ifindexes = [ns.ifindex(pod_if)?, ns.ifindex(uplink)?];
     ns.enter(|| -> anyhow::Result<u64> {
@@ -88,10 +82,7 @@ pub fn xlane_relay_both(
         while !stop.load(Ordering::Relaxed) {
             let mut work = 0;
             for (from, header) in headers.iter().enumerate() {
-                let (received, sent) = relay_burst(&mut umem, &mut ports, from, 1 - from, |eth| {
-                    eth[..12].copy_from_slice(header);
-                    eth[12..14] == [0x08, 0x00]
-                });
+                let (received, sent) = relay_burst(&mut umem, &mut ports, from, 1 - from, |eth| rewrite(eth, header));
                 work += received;
                 forwarded += sent as u64;
             }
@@ -201,8 +192,8 @@ pub fn testpmd_macswap(ns: &Netns, dev: &str) -> anyhow::Result<Testpmd> {
 
 /// The offload path's ceiling: frames relayed both ways between interfaces `ifs` (in
 /// `ns`) through xlaned's `veth-offload` sockets (AF_PACKET with a virtio-net header, a
-/// receive ring, the pod filter: IPv4 to 10.244.0.0/16), MACs rewritten to `headers[i]`
-/// for frames leaving through `ifs[i]`, super-packets moved whole with their offload
+/// receive ring, the pod filter: IPv4 to 10.244.0.0/16), MACs rewritten to `macs[i]`
+/// (destination, source) for frames leaving through `ifs[i]`, super-packets moved whole with their offload
 /// metadata — no lookup, no encapsulation, no segmentation, no coalescing: everything
 /// xlane does on these sockets but the pipeline. The host's stack is kept off the same
 /// frames (xlaned's pod pinhole at tcx). Between a pod veth and an uplink it is the
@@ -211,7 +202,7 @@ pub fn testpmd_macswap(ns: &Netns, dev: &str) -> anyhow::Result<Testpmd> {
 ///
 /// # Errors
 /// Attach or socket failures.
-pub fn packet_relay(ns: &Netns, ifs: [&str; 2], headers: [[u8; 12]; 2], stop: &AtomicBool) -> anyhow::Result<u64> {
+pub fn packet_relay(ns: &Netns, ifs: [&str; 2], macs: [(Mac, Mac); 2], stop: &AtomicBool) -> anyhow::Result<u64> {
     use std::sync::Arc;
     use xlane_engine::offload::{JUMBO_HEADROOM, Jumbo};
     use xlane_engine::{BURST, FrameMemory as _, Port as _, PortCounters};
@@ -219,6 +210,7 @@ pub fn packet_relay(ns: &Netns, ifs: [&str; 2], headers: [[u8; 12]; 2], stop: &A
     use xlane_xdp::packet::{PacketPort, PacketStats, RxPath};
 
     let ifindexes = [ns.ifindex(ifs[0])?, ns.ifindex(ifs[1])?];
+    let headers = macs.map(header);
     let filter = PodFilter { cluster: [10, 244, 0, 0].into(), prefix_len: 16 };
     ns.enter(|| -> anyhow::Result<u64> {
         let mut blocks = Vec::new();
@@ -288,6 +280,14 @@ pub fn packet_relay(ns: &Netns, ifs: [&str; 2], headers: [[u8; 12]; 2], stop: &A
     })?
 }
 
+/// A (destination, source) MAC pair as the first 12 bytes of an Ethernet header.
+fn header((dst, src): (Mac, Mac)) -> [u8; 12] {
+    let mut h = [0u8; 12];
+    h[..6].copy_from_slice(&dst.0);
+    h[6..].copy_from_slice(&src.0);
+    h
+}
+
 /// Rewrite an IPv4 frame's MACs; false for anything else (the relays forward IPv4 only).
 fn rewrite(eth: &mut [u8], header: &[u8; 12]) -> bool {
     if eth.len() < 14 || eth[12..14] != [0x08, 0x00] {
@@ -315,4 +315,42 @@ fn send_plain(
         }
     }
     port.transmit(mem, &out[..m]) as u64
+}
+
+/// Run `measure` while a thread runs `relay` on each of `legs` until it is done; the
+/// relays stop after, and a relay's failure is the result before `measure`'s. Nothing is
+/// measured once `stop` is raised.
+///
+/// # Errors
+/// A relay failing or panicking, `measure`'s errors, `stop`.
+pub fn while_relaying<L: Sync, T>(
+    legs: &[L],
+    relay: impl Fn(&L, &AtomicBool) -> anyhow::Result<u64> + Sync,
+    stop: &AtomicBool,
+    measure: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let relay_stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let relays: Vec<_> = legs.iter().map(|leg| sc.spawn(|| relay(leg, &relay_stop))).collect();
+        // Sockets bound and programs attached before the first frame.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let measured = if stop.load(Ordering::Relaxed) { Err(anyhow::anyhow!("interrupted")) } else { measure() };
+        relay_stop.store(true, Ordering::Relaxed);
+        for r in relays {
+            r.join().map_err(|_| anyhow::anyhow!("a relay panicked"))??;
+        }
+        measured
+    })
+}
+
+/// Make `mac` the pod's (in `pod_ns`) neighbour entry for `ip`, permanently: the relays
+/// answer no ARP (xlaned's proxy would), so each pod's gateway, and on one node the
+/// other pod, resolve to the pod's host veth.
+///
+/// # Errors
+/// `ip neigh` failing.
+pub fn pin_neighbour(pod_ns: &Netns, ip: std::net::Ipv4Addr, mac: &str) -> anyhow::Result<()> {
+    let ip = ip.to_string();
+    pod_ns.ip(&["neigh", "replace", &ip, "lladdr", mac, "dev", "eth0", "nud", "permanent"])?;
+    Ok(())
 }

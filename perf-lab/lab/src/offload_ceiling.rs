@@ -13,8 +13,7 @@
 
 use crate::bench::{self, Forwarder, IoResult, JUMBO_MTU, JumboTcp, Workload};
 use crate::forward;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 use xlane_netlab::topology::{Lab, UPLINK_MTU};
 use xlane_netlab::{Netns, topology::Pod};
 use xlane_wire::Mac;
@@ -43,40 +42,20 @@ fn on_underlay(mtu: u16, w: Workload, stop: &AtomicBool) -> anyhow::Result<Jumbo
     let (n0, n1) = (&lab.nodes[0], &lab.nodes[1]);
     let (pa, pb, pc) = (&lab.pods[a], &lab.pods[b], &lab.pods[c]);
     let mac = |ns: &Netns, dev: &str| -> anyhow::Result<Mac> { Ok(ns.mac(dev)?.parse()?) };
-    // The relays forward IPv4 only: each pod's gateway is a static entry for its host veth.
     for (pod, node) in [(pa, n0), (pb, n1), (pc, n0)] {
-        let host_mac = node.ns.mac(&pod.host_if)?;
-        let gw = node.gateway().to_string();
-        pod.ns.ip(&["neigh", "replace", &gw, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
+        forward::pin_neighbour(&pod.ns, node.gateway(), &node.ns.mac(&pod.host_if)?)?;
     }
     // The two pods of node 0 share a subnet: each reaches the other through its own host
-    // veth too (the relay answers no ARP, as xlaned's proxy would).
+    // veth too.
     for (from, to) in [(pa, pc), (pc, pa)] {
-        let host_mac = n0.ns.mac(&from.host_if)?;
-        from.ns.ip(&[
-            "neigh",
-            "replace",
-            &to.ip.to_string(),
-            "lladdr",
-            &host_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
+        forward::pin_neighbour(&from.ns, to.ip, &n0.ns.mac(&from.host_if)?)?;
     }
-    let header = |dst: Mac, src: Mac| {
-        let mut h = [0u8; 12];
-        h[..6].copy_from_slice(&dst.0);
-        h[6..].copy_from_slice(&src.0);
-        h
-    };
     let (up0, up1) = (mac(&n0.ns, "eth0")?, mac(&n1.ns, "eth0")?);
     let to_pod =
-        |pod: &Pod, ns: &Netns| -> anyhow::Result<[u8; 12]> { Ok(header(pod.mac.parse()?, mac(ns, &pod.host_if)?)) };
+        |pod: &Pod, ns: &Netns| -> anyhow::Result<(Mac, Mac)> { Ok((pod.mac.parse()?, mac(ns, &pod.host_if)?)) };
     let across = [
-        (&n0.ns, [pa.host_if.as_str(), "eth0"], [to_pod(pa, &n0.ns)?, header(up1, up0)]),
-        (&n1.ns, [pb.host_if.as_str(), "eth0"], [to_pod(pb, &n1.ns)?, header(up0, up1)]),
+        (&n0.ns, [pa.host_if.as_str(), "eth0"], [to_pod(pa, &n0.ns)?, (up1, up0)]),
+        (&n1.ns, [pb.host_if.as_str(), "eth0"], [to_pod(pb, &n1.ns)?, (up0, up1)]),
     ];
     let one_node = [(&n0.ns, [pa.host_if.as_str(), pc.host_if.as_str()], [to_pod(pa, &n0.ns)?, to_pod(pc, &n0.ns)?])];
     let (tcp1, tcp4) = relayed(&across, stop, || {
@@ -95,27 +74,9 @@ fn on_underlay(mtu: u16, w: Workload, stop: &AtomicBool) -> anyhow::Result<Jumbo
 }
 
 /// Where a relay runs: a namespace, its two interfaces, the MACs for frames leaving each.
-type Leg<'a> = (&'a Netns, [&'a str; 2], [[u8; 12]; 2]);
+type Leg<'a> = (&'a Netns, [&'a str; 2], [(Mac, Mac); 2]);
 
-/// Run `measure` while a relay serves each of `legs` (a namespace, its two interfaces,
-/// the MACs for frames leaving each); the relays stop after, and any failure of theirs
-/// is the result.
+/// Run `measure` while [`forward::packet_relay`] serves each of `legs`.
 fn relayed<T>(legs: &[Leg<'_>], stop: &AtomicBool, measure: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let relay_stop = AtomicBool::new(false);
-    std::thread::scope(|sc| {
-        let relays: Vec<_> = legs
-            .iter()
-            .map(|&(ns, ifs, headers)| {
-                let stop = &relay_stop;
-                sc.spawn(move || forward::packet_relay(ns, ifs, headers, stop))
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(300));
-        let measured = if stop.load(Ordering::Relaxed) { Err(anyhow::anyhow!("interrupted")) } else { measure() };
-        relay_stop.store(true, Ordering::Relaxed);
-        for r in relays {
-            r.join().map_err(|_| anyhow::anyhow!("a relay panicked"))??;
-        }
-        measured
-    })
+    forward::while_relaying(legs, |&(ns, ifs, macs), s| forward::packet_relay(ns, ifs, macs, s), stop, measure)
 }

@@ -86,11 +86,7 @@ impl Report {
             "| path | ×1 | vs ceiling | ×4 | vs ceiling | one node | vs ceiling | MTU 9000 ×1 | vs ceiling | \
              MTU 9000 one node | vs ceiling |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
-        let cell = |v: Option<f64>, c: Option<f64>| match (v, c) {
-            (Some(v), Some(c)) if c > 0.0 => format!("{v:.2} | {:.2}", v / c),
-            (Some(v), _) => format!("{v:.2} | —"),
-            _ => "— | —".to_owned(),
-        };
+        let cell = |v, c| ratio_cells(v, c, 2);
         let (cj1, cjl) = (c.jumbo.map(|j| j.tcp1_gbit), c.jumbo.map(|j| j.tcp1_local_gbit));
         let row = |m: &mut String, name: &str, t1, t4, local, j1, jl| {
             let _ = writeln!(
@@ -325,11 +321,7 @@ impl Report {
                 "| path | 64 B kpps | vs ceiling | RR p50 µs | vs ceiling | RR p99 µs | vs ceiling | TCP ×1 Gbit/s | vs ceiling |\n\
                  |---|---:|---:|---:|---:|---:|---:|---:|---:|"
             );
-            let cell = |v: Option<f64>, c: Option<f64>, digits: usize| match (v, c) {
-                (Some(v), Some(c)) if c > 0.0 => format!("{v:.digits$} | {:.2}", v / c),
-                (Some(v), _) => format!("{v:.digits$} | —"),
-                _ => "— | —".to_owned(),
-            };
+            let cell = ratio_cells;
             let (c_p50, c_p99) = (ceiling.latency.map(|l| l.p50_us), ceiling.latency.map(|l| l.p99_us));
             let _ = writeln!(
                 m,
@@ -520,4 +512,14 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
     let md = dir.join("report.md");
     std::fs::write(&md, report.markdown(&charts))?;
     Ok(md)
+}
+
+/// Two table cells: `v` with `digits` decimals and its ratio to the ceiling `c` (dashes
+/// for what is missing).
+fn ratio_cells(v: Option<f64>, c: Option<f64>, digits: usize) -> String {
+    match (v, c) {
+        (Some(v), Some(c)) if c > 0.0 => format!("{v:.digits$} | {:.2}", v / c),
+        (Some(v), _) => format!("{v:.digits$} | —"),
+        _ => "— | —".to_owned(),
+    }
 }
